@@ -1,0 +1,118 @@
+"""Datasets. The default is scikit-learn's bundled digits (8x8 grayscale, 10 classes):
+nothing is ever downloaded. CIFAR-10/100 are read from a local torchvision-format folder
+and any image folder from disk.
+
+``load_dataset`` returns the train part and a held-out test part; ``search_split``
+divides the train part into the search protocol's train/val halves with the run's seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DIGITS_TEST_SEED = 0  # the held-out test split of digits is fixed, so test accuracies compare
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded; the message says how to provide it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    in_channels: int
+    input_size: int
+    num_classes: int
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    test: Dataset
+    info: DatasetInfo
+
+
+def _digits(test_fraction: float = 0.2) -> Splits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32) / 16.0
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=DIGITS_TEST_SEED,
+                                              stratify=y)
+    mean, std = float(x_tr.mean()), float(x_tr.std())
+
+    def tensors(a: np.ndarray, b: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy((a - mean) / std).unsqueeze(1), torch.from_numpy(b))
+
+    return Splits(tensors(x_tr, y_tr), tensors(x_te, y_te), DatasetInfo("digits", 1, 8, 10))
+
+
+def _cifar(name: str, root: str | None) -> Splits:
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    if root is None or not (Path(root) / folder).is_dir():
+        raise DataError(
+            f"{name}: no local copy found (looked for {folder!r} under {root!r}). dartboard never downloads "
+            f"data: download the python version of {name.upper()} yourself, extract it so that "
+            f"ROOT/{folder} exists, and pass --data-root ROOT."
+        )
+    from torchvision import datasets, transforms
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), transforms.Normalize(mean, std)])
+    test_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    train = cls(root, train=True, transform=train_tf, download=False)
+    test = cls(root, train=False, transform=test_tf, download=False)
+    return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100))
+
+
+def _imagefolder(root: str | None, image_size: int) -> Splits:
+    if root is None or not Path(root).is_dir():
+        raise DataError(f"imagefolder: folder {root!r} does not exist; pass --data-root with train/ and test/ "
+                        "subfolders of one folder per class")
+    base = Path(root)
+    test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
+    if not (base / "train").is_dir() or test_dir is None:
+        raise DataError(f"imagefolder: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class")
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                             transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    train = datasets.ImageFolder(str(base / "train"), transform=tf)
+    test = datasets.ImageFolder(str(test_dir), transform=tf)
+    return Splits(train, test, DatasetInfo("imagefolder", 3, image_size, len(train.classes)))
+
+
+def load_dataset(name: str = "digits", root: str | None = None, image_size: int = 32) -> Splits:
+    if name == "digits":
+        return _digits()
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root)
+    if name == "imagefolder":
+        return _imagefolder(root, image_size)
+    raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def search_split(train: Dataset, seed: int, fraction: float = 0.5) -> tuple[Subset, Subset]:
+    """The search protocol's split of the training set (DARTS: 50/50), seeded by the run."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"train_fraction: expected a value in (0, 1), got {fraction}")
+    n = len(train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(n * fraction)
+    return Subset(train, perm[:cut]), Subset(train, perm[cut:])
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False,
+                workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)

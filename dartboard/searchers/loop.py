@@ -1,0 +1,54 @@
+"""The search loop shared by the local CLI and the Ray Train worker: epochs of
+``searcher.step(train_batch, val_batch)`` followed by ``searcher.end_epoch()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from dartboard.searchers.base import Batch, Searcher
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+StepCallback = Callable[[int, int], None]
+
+
+def run_epoch(searcher: Searcher, train_loader: Iterable[Batch], val_loader: Iterable[Batch],
+              on_step: StepCallback | None = None) -> dict[str, float]:
+    """One epoch over ``train_loader``; ``val_loader`` is cycled alongside it."""
+    val_iter = iter(_cycle_loader(val_loader))
+    n = 0
+    for n, train_batch in enumerate(train_loader, start=1):
+        searcher.step(train_batch, next(val_iter))
+        if on_step is not None:
+            on_step(n, len(train_loader) if hasattr(train_loader, "__len__") else -1)
+    if n == 0:
+        raise ValueError("train loader yielded no batch: the dataset is smaller than one batch")
+    return searcher.end_epoch()
+
+
+def _cycle_loader(loader: Iterable[Batch]) -> Iterable[Batch]:
+    # Re-iterate (reshuffling) rather than replaying cached batches like itertools.cycle.
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("validation loader yielded no batch")
+
+
+def run_search(searcher: Searcher, train_loader: Iterable[Batch], val_loader: Iterable[Batch], epochs: int,
+               start_epoch: int = 0, on_epoch: EpochCallback | None = None,
+               on_step: StepCallback | None = None) -> list[dict[str, float]]:
+    """Epochs ``start_epoch .. epochs-1``; stops early when the searcher sets ``stop_requested``."""
+    history = []
+    for epoch in range(start_epoch, epochs):
+        metrics = run_epoch(searcher, train_loader, val_loader, on_step)
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if getattr(searcher, "stop_requested", False):
+            break
+    return history
+
+
+__all__ = ["run_epoch", "run_search"]

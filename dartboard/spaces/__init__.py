@@ -1,0 +1,1 @@
+"""What can be searched: ops, genotypes, cells, networks, named spaces (torch only)."""

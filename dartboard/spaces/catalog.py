@@ -1,0 +1,99 @@
+"""Named spaces and published genotypes, addressable by name (a timm-style registry).
+
+``GENOTYPES[name]()`` returns a genotype; ``SPACES[name]`` a :class:`CellSpace` (the
+candidate ops of every edge of the normal and the reduction cell).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dartboard.spaces.cells import edge_list
+from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype
+from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, DARTS_PRIMITIVES
+
+GENOTYPES: dict[str, Callable[[], Genotype]] = {}
+SPACES: dict[str, CellSpace] = {}
+
+
+def register_genotype(name: str) -> Callable[[Callable[[], Genotype]], Callable[[], Genotype]]:
+    def wrap(fn: Callable[[], Genotype]) -> Callable[[], Genotype]:
+        if name in GENOTYPES:
+            raise ValueError(f"genotype {name!r} is already in the catalog")
+        GENOTYPES[name] = fn
+        return fn
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class CellSpace:
+    """Candidate ops per edge for normal and reduction cells (``steps`` intermediate nodes)."""
+
+    name: str
+    normal: tuple[tuple[str, ...], ...]
+    reduce: tuple[tuple[str, ...], ...]
+    steps: int = 4
+    description: str = ""
+
+    @classmethod
+    def uniform(cls, name: str, primitives: Sequence[str], steps: int = 4, description: str = "") -> CellSpace:
+        per_edge = tuple(tuple(primitives) for _ in edge_list(steps))
+        return cls(name, per_edge, per_edge, steps, description)
+
+    def primitives(self, reduction: bool) -> tuple[tuple[str, ...], ...]:
+        return self.reduce if reduction else self.normal
+
+    @property
+    def n_ops(self) -> int:
+        return len(self.normal[0])
+
+
+def register_space(space: CellSpace) -> CellSpace:
+    if space.name in SPACES:
+        raise ValueError(f"space {space.name!r} is already registered")
+    SPACES[space.name] = space
+    return space
+
+
+def get_space(name: str) -> CellSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(sorted(SPACES))}") from None
+
+
+register_space(CellSpace.uniform("darts", DARTS_PRIMITIVES, description="DARTS: 7 ops + none"))
+register_space(CellSpace.uniform("darts-none", DARTS_PRIMITIVES[1:], description="DARTS without none (FairDARTS)"))
+register_space(CellSpace.uniform("s_o", DARTOPTI_PRIMITIVES, description="DARTOpti S_o: 12 ops"))
+
+
+@register_genotype("darts-v1")
+def darts_v1() -> DartsGenotype:
+    """DARTS (first order), as published with DARTS."""
+    return DartsGenotype(
+        normal=CellGenotype.from_pairs([
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2),
+        ]),
+        reduce=CellGenotype.from_pairs([
+            ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0),
+        ]),
+    )
+
+
+@register_genotype("darts-v2")
+def darts_v2() -> DartsGenotype:
+    """DARTS (second order), as published with DARTS."""
+    return DartsGenotype(
+        normal=CellGenotype.from_pairs([
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2),
+        ]),
+        reduce=CellGenotype.from_pairs([
+            ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1),
+        ]),
+    )
