@@ -21,6 +21,11 @@ app.add_typer(bench_app, name="bench")
 #: Modules whose ``register(app)`` adds commands; one per area of the platform.
 COMMAND_MODULES = [
     "dartboard.platform.commands",
+    "dartboard.platform.cli_registry",
+    "dartboard.platform.cli_quality",
+    "dartboard.platform.cli_sweep",
+    "dartboard.platform.cli_dario",
+    "dartboard.platform.cli_ddarts",
 ]
 
 

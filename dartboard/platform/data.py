@@ -102,8 +102,9 @@ def load_dataset(name: str = "digits", root: str | None = None, image_size: int 
     raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
-def search_split(train: Dataset, seed: int, fraction: float = 0.5) -> tuple[Subset, Subset]:
+def search_split(train: Dataset, seed: int, fraction: float | None = 0.5) -> tuple[Subset, Subset]:
     """The search protocol's split of the training set (DARTS: 50/50), seeded by the run."""
+    fraction = 0.5 if fraction is None else fraction
     if not 0.0 < fraction < 1.0:
         raise DataError(f"train_fraction: expected a value in (0, 1), got {fraction}")
     n = len(train)

@@ -46,8 +46,15 @@ def make_searcher(cfg: SearchRunConfig, splits: Splits):
     return build_searcher(cfg.searcher, cfg.searcher_options(), data_shape(splits), resolve_device(cfg.device))
 
 
-def search_loaders(cfg: SearchRunConfig, splits: Splits):
-    train, val = search_split(splits.train, cfg.seed, cfg.train_fraction)
+def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
+    """The user's split, else the one the searcher's schedule implies, else DARTS' 50/50."""
+    if cfg.train_fraction is not None:
+        return cfg.train_fraction
+    return float(getattr(searcher, "train_fraction", 0.5))
+
+
+def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
+    train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
     if len(train) < cfg.batch_size:
         raise ValueError(f"batch_size: {cfg.batch_size} is larger than the search training split ({len(train)} samples)")
     return (make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True),
@@ -83,7 +90,7 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     seed_everything(cfg.seed)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = make_searcher(cfg, splits)
-    train_loader, val_loader = search_loaders(cfg, splits)
+    train_loader, val_loader = search_loaders(cfg, splits, searcher)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     epochs = searcher.config.epochs
     log.info("search: %s on %s, %d epochs, %d steps/epoch, device %s, output %s", cfg.searcher, cfg.dataset,

@@ -15,6 +15,7 @@ No ``.item()`` and no branching on tensor values inside :meth:`BilevelSearcher.s
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,7 @@ class DartsConfig:
     unrolled_r: float = 0.01  # DARTS: R = 0.01 / ||grad_w' L_val||
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     node_bn: bool = False
+    reductions: tuple[int, ...] | None = None  # reduction cell positions; None: layers//3, 2*layers//3
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -136,7 +138,8 @@ class BilevelSearcher:
         self.discretize = get_discretizer(config.discretizer)
         self.regularizers = list(regularizers)
         self.schedule = schedule or AlternateSchedule()
-        self.reductions = default_reductions(config.layers)
+        self.reductions = (default_reductions(config.layers) if config.reductions is None
+                           else tuple(int(r) for r in config.reductions))
         self.network = self.build_network().to(self.device)
         group_primitives, cell_group = self.cell_groups()
         self.group_primitives = group_primitives
@@ -185,8 +188,9 @@ class BilevelSearcher:
 
     def build_arch_optimizers(self) -> list[torch.optim.Optimizer]:
         c = self.config
+        # fused: the default Adam reads its step counter with .item() (a host sync per step)
         return [torch.optim.Adam(self.arch.parameters(), lr=c.arch_lr, betas=c.arch_betas,
-                                 weight_decay=c.arch_weight_decay)]
+                                 weight_decay=c.arch_weight_decay, fused=True)]
 
     # ------------------------------------------------------------------ forward pieces
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -208,7 +212,9 @@ class BilevelSearcher:
 
     @staticmethod
     def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.float(), y)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # the loss is computed in fp32 under autocast
+            logits = logits.float()
+        return nn.functional.cross_entropy(logits, y)
 
     def regularization(self, group_weights: Sequence[torch.Tensor]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
@@ -384,7 +390,8 @@ class BilevelSearcher:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """A snapshot (deep copy): later steps never change a checkpoint taken earlier."""
+        return copy.deepcopy({
             "config": asdict(self.config),
             "network": self.network.state_dict(),
             "arch": self.arch.state_dict(),
@@ -399,7 +406,7 @@ class BilevelSearcher:
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "arch_steps": self.arch_steps},
             "history": self.history,
             "rng": rng_state(),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])

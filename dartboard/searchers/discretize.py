@@ -63,3 +63,85 @@ def darts_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primiti
         candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
         chosen.extend(sorted((c[2] for c in candidates[:inputs_per_node]), key=lambda ed: ed.src))
     return CellGenotype(tuple(chosen), tuple(nodes))
+
+
+#: FairDARTS / D-DARTS sigmoid threshold for parsing (thesis 4.2.1: sigma_t = 0.85).
+SIGMA_THRESHOLD = 0.85
+
+
+def threshold_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
+                    sigma_threshold: float = SIGMA_THRESHOLD, max_ops_per_edge: int | None = None,
+                    max_inputs_per_node: int | None = None, **_: object) -> CellGenotype:
+    """Threshold parsing (thesis Algorithm 1, derivation; ALGORITHMS.md D-DARTS): keep every
+    non-none op whose weight is >= ``sigma_threshold``, at most ``max_ops_per_edge`` per edge
+    (strongest first) and at most ``max_inputs_per_node`` per node (strongest first).
+    A node left with no input keeps its single strongest op, so the cell stays valid."""
+    if not 0.0 <= sigma_threshold <= 1.0:
+        raise ValueError(f"sigma_threshold: expected a value in [0, 1], got {sigma_threshold}")
+    for name, value in (("max_ops_per_edge", max_ops_per_edge), ("max_inputs_per_node", max_inputs_per_node)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}: expected None or >= 1, got {value}")
+    weights = weights.detach().float().cpu()
+    nodes = sorted({dst for _, dst in edges})
+    chosen: list[Edge] = []
+    for node in nodes:
+        kept: list[tuple[float, int, Edge]] = []
+        fallback: tuple[float, int, Edge] | None = None
+        for e, (src, dst) in enumerate(edges):
+            if dst != node:
+                continue
+            ranked = sorted(((float(weights[e, k]), k) for k, name in enumerate(primitives[e]) if name != "none"),
+                            reverse=True)
+            if ranked and (fallback is None or ranked[0][0] > fallback[0]):
+                fallback = (ranked[0][0], -src, Edge(primitives[e][ranked[0][1]], src, dst))
+            passing = [(w, k) for w, k in ranked if w >= sigma_threshold]
+            kept.extend((w, -src, Edge(primitives[e][k], src, dst)) for w, k in passing[:max_ops_per_edge])
+        kept.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        if max_inputs_per_node is not None:
+            kept = kept[:max_inputs_per_node]
+        if not kept:
+            if fallback is None:
+                raise ValueError(f"node {node}: no incoming edge has an op other than none")
+            kept = [fallback]
+        chosen.extend(sorted((c[2] for c in kept), key=lambda ed: (ed.src, ed.op)))
+    return CellGenotype(tuple(chosen), tuple(nodes))
+
+
+@register_discretizer("sparse")
+def sparse_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
+                 sigma_threshold: float = SIGMA_THRESHOLD, **options: object) -> CellGenotype:
+    """FairDARTS/D-DARTS `sparse`: at most 1 op per edge, weight >= sigma_t (thesis 4.2.4)."""
+    return threshold_parse(weights, edges, primitives, sigma_threshold, max_ops_per_edge=1,
+                           max_inputs_per_node=options.get("max_inputs_per_node"))
+
+
+@register_discretizer("edge")
+def edge_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
+               sigma_threshold: float = SIGMA_THRESHOLD, **options: object) -> CellGenotype:
+    """FairDARTS/D-DARTS `edge`: at most 2 ops per edge, weight >= sigma_t (thesis 4.2.4)."""
+    return threshold_parse(weights, edges, primitives, sigma_threshold, max_ops_per_edge=2,
+                           max_inputs_per_node=options.get("max_inputs_per_node"))
+
+
+@register_discretizer("threshold")
+def sigmoid_threshold_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]],
+                            primitives: Sequence[Sequence[str]], sigma_threshold: float = SIGMA_THRESHOLD,
+                            **options: object) -> CellGenotype:
+    """Sigmoid-threshold parsing: every op with weight >= sigma_t (optionally capped per
+    edge / per node, e.g. ColorNAS: top-2 per node at 0.7)."""
+    return threshold_parse(weights, edges, primitives, sigma_threshold,
+                           max_ops_per_edge=options.get("max_ops_per_edge"),
+                           max_inputs_per_node=options.get("max_inputs_per_node"))
+
+
+def genotype_mask(cell: CellGenotype, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]]
+                  ) -> torch.Tensor:
+    """The one-hot encoding [n_edges, n_ops] of a discrete cell (Maile et al. Eq 1-4: a point of S)."""
+    index = {edge: e for e, edge in enumerate(edges)}
+    mask = torch.zeros(len(edges), max(len(p) for p in primitives))
+    for ed in cell.edges:
+        e = index.get((ed.src, ed.dst))
+        if e is None or ed.op not in primitives[e]:
+            raise ValueError(f"edge ({ed.op}, {ed.src}, {ed.dst}) is not in the search cell")
+        mask[e, list(primitives[e]).index(ed.op)] = 1.0
+    return mask

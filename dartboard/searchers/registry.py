@@ -84,4 +84,5 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_MODULES = ["dartboard.searchers.darts_presets"]
+BUILTIN_MODULES = ["dartboard.searchers.darts_presets", "dartboard.searchers.ddarts", "dartboard.searchers.dartopti",
+                   "dartboard.searchers.presets"]

@@ -68,6 +68,31 @@ register_space(CellSpace.uniform("darts", DARTS_PRIMITIVES, description="DARTS: 
 register_space(CellSpace.uniform("darts-none", DARTS_PRIMITIVES[1:], description="DARTS without none (FairDARTS)"))
 register_space(CellSpace.uniform("s_o", DARTOPTI_PRIMITIVES, description="DARTOpti S_o: 12 ops"))
 
+# tiny81: 2 cells x 2 edges x 3 ops = 81 architectures, exhaustively evaluated (dartboard.bench.table).
+from dartboard.spaces import tiny as _tiny  # noqa: E402
+
+register_space(CellSpace.uniform(_tiny.TINY81_NAME, _tiny.TINY81_OPS, steps=_tiny.TINY81_STEPS,
+                                 description="mini space of 81 members with a shipped table (Zela & Hutter)"))
+
+# R-DARTS spaces S1-S4 (Zela et al. 2020; ALGORITHMS.md R-DARTS). S1 has two preselected ops
+# per edge: the per-edge pairs of the RobustDARTS S1 (the two ops with the highest DARTS alpha
+# on each edge), as listed in the RobustDARTS search-space definition (mirrored in
+# Sunshine-Ye/Beta-DARTS sota/cnn/spaces.py, `primitives_1`); op order as there.
+_S1_NORMAL = (("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5"),
+              ("skip_connect", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"), ("max_pool_3x3", "skip_connect"),
+              ("skip_connect", "sep_conv_3x3"), ("skip_connect", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"),
+              ("skip_connect", "sep_conv_3x3"), ("max_pool_3x3", "skip_connect"), ("skip_connect", "dil_conv_3x3"),
+              ("dil_conv_3x3", "dil_conv_5x5"), ("dil_conv_3x3", "dil_conv_5x5"))
+_S1_REDUCE = (("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "dil_conv_3x3"), ("max_pool_3x3", "avg_pool_3x3"),
+              ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3"),
+              ("max_pool_3x3", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"),
+              ("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"),
+              ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5"))
+register_space(CellSpace("s1", _S1_NORMAL, _S1_REDUCE, description="R-DARTS S1: two preselected ops per edge"))
+register_space(CellSpace.uniform("s2", ("skip_connect", "sep_conv_3x3"), description="R-DARTS S2"))
+register_space(CellSpace.uniform("s3", ("none", "skip_connect", "sep_conv_3x3"), description="R-DARTS S3"))
+register_space(CellSpace.uniform("s4", ("noise", "sep_conv_3x3"), description="R-DARTS S4: noise N(0,1)"))
+
 
 @register_genotype("darts-v1")
 def darts_v1() -> DartsGenotype:
@@ -97,3 +122,7 @@ def darts_v2() -> DartsGenotype:
             ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1),
         ]),
     )
+
+
+# Handcrafted networks encoded in S_o (DARTOpti): registers resnet18, resnet50, xception.
+from dartboard.spaces import handcrafted as _handcrafted  # noqa: E402,F401

@@ -165,6 +165,21 @@ register_op("simple_conv_1x1")(lambda C, stride, affine: ReLUConvBN(C, C, 1, str
 register_op("simple_conv_3x3")(lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine))
 register_op("bottleneck_1x3x1")(lambda C, stride, affine: Bottleneck131(C, stride, affine))
 
+
+class Noise(nn.Module):
+    """R-DARTS S4 `noise` op: N(mean, std) noise of the (strided) input's shape, ignoring the input."""
+
+    def __init__(self, stride: int, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.stride, self.mean, self.std = stride, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shaped = x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+        return torch.randn_like(shaped) * self.std + self.mean
+
+
+register_op("noise")(lambda C, stride, affine: Noise(stride))  # R-DARTS S4: N(0, 1)
+
 #: The DARTS search space (8 ops including `none`), in the order of the original code.
 DARTS_PRIMITIVES: tuple[str, ...] = (
     "none",

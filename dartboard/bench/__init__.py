@@ -1,0 +1,1 @@
+"""Search-quality benchmarks: the tiny81 tabular benchmark, regret tracking, `bench quality`."""

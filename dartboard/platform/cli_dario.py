@@ -1,0 +1,111 @@
+"""``dartboard prune`` and ``dartboard prune-study``: DARIO pruning of timm ViTs (thesis 6.1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import typer
+
+from dartboard.searchers.dario import ITERATIONS, MODEL_LR, SEARCH_LR, THRESHOLD, WARMUP_SAMPLES, DarioConfig
+from dartboard.searchers.proxies import DEFAULT_PROXY
+
+log = logging.getLogger(__name__)
+
+
+def _kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-kwargs: expected a JSON object such as '{{\"img_size\": 32}}' ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--model-kwargs: expected a JSON object, got {text!r}")
+    return data
+
+
+def _mlflow(uri: str | None) -> str | None:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def prune(
+    model: str = typer.Argument("demo", help="timm model name (random init; weights from --checkpoint), or 'demo'"),
+    checkpoint: Path | None = typer.Option(None, help="pre-trained state_dict (.safetensors or torch file)"),
+    granularity: str = typer.Option("block", help="block | head | both (thesis 6.1.1)"),
+    proxy: str = typer.Option(DEFAULT_PROXY, help="Table 6.1 proxy to minimise"),
+    threshold: float = typer.Option(THRESHOLD, help="gates sigmoid(alpha) under this are pruned (thesis: 0.65)"),
+    warmup_samples: int = typer.Option(WARMUP_SAMPLES, "--k", help="warm start: best of k random alphas"),
+    iterations: int = typer.Option(ITERATIONS, "--n", help="search iterations (Algorithm 5)"),
+    search_lr: float = typer.Option(SEARCH_LR, help="lambda, the gate step size"),
+    model_lr: float = typer.Option(MODEL_LR, help="gamma, the theta~ step size (Eq 6.6)"),
+    optimizer: str = typer.Option("sgd", help="sgd (Algorithm 5) or adam"),
+    model_kwargs: str | None = typer.Option(None, help="JSON kwargs for timm.create_model, e.g. image size"),
+    demo: bool = typer.Option(False, "--demo", help="train a small ViT on digits, then prune it"),
+    finetune_epochs: int = typer.Option(20, help="demo: epochs fine-tuning the last block + head"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here"),
+    mlflow_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; "
+                                                         "nothing is logged when neither is set)"),
+) -> None:
+    """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights."""
+    import torch
+
+    from dartboard.platform import dario_run
+    from dartboard.spaces.vit import count_parameters, create_vit, load_state_dict_file
+
+    config = DarioConfig(granularity=granularity, proxy=proxy, threshold=threshold, warmup_samples=warmup_samples,
+                         iterations=iterations, search_lr=search_lr, model_lr=model_lr, optimizer=optimizer,
+                         seed=seed)
+    config.validate()
+    torch.manual_seed(seed)
+    if demo or model == "demo":
+        report, result = dario_run.run_demo(config, seed=seed, finetune_epochs=finetune_epochs)
+        for line in report.lines():
+            typer.echo(line)
+    else:
+        kwargs = _kwargs(model_kwargs)
+        net = create_vit(model, **kwargs).to(device).eval()
+        if checkpoint is None:
+            log.warning("no --checkpoint: pruning randomly initialised weights (useful for speed tests only)")
+        else:
+            net.load_state_dict(load_state_dict_file(checkpoint))
+        result = dario_run.prune_model(net, model, config, kwargs)
+        typer.echo(f"blocks kept: {list(result.genotype.blocks_kept)} of {result.genotype.n_blocks}"
+                   + (f"; heads kept: {dict(result.genotype.heads_kept)}" if result.genotype.heads_kept else ""))
+        typer.echo(f"parameters: original {count_parameters(net):,}  pruned {result.params_pruned:,}")
+        typer.echo(f"search: {result.search_seconds:.1f} s")
+    if out is not None:
+        dario_run.save_pruned(out, result.pruned, result.genotype)
+        typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'}")
+    uri = _mlflow(mlflow_uri)
+    if uri:
+        run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics,
+                                            params={"granularity": granularity, "proxy": proxy,
+                                                    "threshold": threshold, "seed": seed}, tracking_uri=uri)
+        typer.echo(f"mlflow run {run_id}")
+
+
+def prune_study(
+    n_models: int = typer.Option(20, help="random pruned models per repeat (thesis: 100)"),
+    repeats: int = typer.Option(3, help="independent repeats for the 95% CIs (thesis: 12)"),
+    finetune_epochs: int = typer.Option(2, help="brief fine-tuning of each sampled model"),
+    seed: int = typer.Option(0),
+    train_epochs: int = typer.Option(40, help="epochs training the demo ViT that plays the pre-trained model"),
+) -> None:
+    """Proxy study (thesis 6.1.2): correlation of every Table 6.1 proxy with accuracy on digits."""
+    from dartboard.platform import dario_run
+
+    model, train, test = dario_run.train_demo_vit(seed, train_epochs)
+    result = dario_run.proxy_study(model, dario_run.DEMO_MODEL, train, test, n_models=n_models, repeats=repeats,
+                                   finetune_epochs=finetune_epochs, seed=seed)
+    for line in result.table():
+        typer.echo(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(prune)
+    app.command("prune-study")(prune_study)

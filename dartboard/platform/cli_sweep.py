@@ -1,0 +1,60 @@
+"""`dartboard sweep [STUDY]` and `dartboard sweep --resume RUN_DIR`: the project's main job.
+
+With no argument it runs the bundled digits preset (``dartboard/platform/studies/digits.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def sweep(
+    study: str = typer.Argument(None, help="Study YAML, or the name of a preset in dartboard/platform/studies "
+                                           "(default: digits)."),
+    resume: str = typer.Option(None, "--resume", help="Resume the sweep in this run directory (after a crash)."),
+    storage: str = typer.Option(None, help="Override the study's storage: a folder, s3://... or gs://..."),
+    num_samples: int = typer.Option(None, help="Override the study's number of trials."),
+    address: str = typer.Option(None, "--address", help="Join a running Ray cluster (e.g. auto) instead of "
+                                                        "starting a local one."),
+) -> None:
+    """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
+    from dartboard.platform.config import SweepConfig
+    from dartboard.platform.sweep import load_study, run_sweep, validate_study
+
+    if resume is not None:
+        if study is not None:
+            raise ValueError("resume: give either a study or --resume RUN_DIR, not both")
+        result = run_sweep(resume=resume)
+    else:
+        cfg = load_study(study)
+        overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
+                                       "ray_address": address}.items() if v is not None}
+        cfg = SweepConfig(**{**cfg.model_dump(), **overrides})
+        validate_study(cfg)
+        result = run_sweep(cfg)
+    c = result.counts
+    typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
+               f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
+    for t in result.trials:
+        if t["status"] == "error":
+            typer.echo(f"  errored trial {t['trial_id']}: {t['error']}")
+    typer.echo(f"run directory: {result.run_dir}")
+    if result.best is None:
+        typer.echo("no trial completed; nothing to recommend")
+        raise typer.Exit(1)
+    best = result.best
+    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {best['epoch']} epochs")
+    typer.echo("best configuration: " + json.dumps(best["config"], sort_keys=True))
+    typer.echo("best genotype: " + json.dumps(best["genotype"]))
+    if "://" not in result.run_dir:
+        from dartboard.spaces import genotype as gt
+
+        path = gt.save(gt.from_dict(best["genotype"]), Path(result.run_dir) / "best_genotype.json")
+        typer.echo(f"best genotype written to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)

@@ -1,0 +1,394 @@
+"""Running DARIO: fine-tuning, throughput, the proxy study, the digits demo, MLflow logging.
+
+The search itself (thesis Algorithm 5) lives in :mod:`dartboard.searchers.dario`; this module
+prepares models and data around it and measures the result (thesis 6.1.2: accuracy before and
+after pruning with the last block and the head fine-tuned; training and inference throughput of
+the original and the pruned model, measured in the same run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from dartboard.searchers.base import seed_everything
+from dartboard.searchers.dario import MODEL_LR, DarioConfig, DarioSearcher
+from dartboard.searchers.proxies import PROXIES
+from dartboard.spaces.genotype import GateGenotype, save
+from dartboard.spaces.vit import count_parameters, create_vit, find_blocks, functional_forward, infer_input_shape
+
+log = logging.getLogger(__name__)
+
+# The bundled demo: a small ViT for the 8x8 digits (the issue's suggested size).
+DEMO_MODEL = "vit_tiny_patch16_224"
+DEMO_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 64, "depth": 6, "num_heads": 4, "in_chans": 1,
+               "num_classes": 10}
+FINETUNE_LR = 1e-3  # Adam; dartboard's choice (the thesis does not give its fine-tuning schedule)
+
+
+# ----------------------------------------------------------------------------- training and evaluation
+
+
+def train_epochs(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
+                 params: Iterable[nn.Parameter] | None = None, device: str | torch.device = "cpu") -> None:
+    """Cross-entropy training of ``params`` (all trainable parameters when None) with AdamW + cosine."""
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x.to(device)).argmax(-1)
+        correct += int((pred == y.to(device)).sum())
+        total += len(y)
+    return 100.0 * correct / max(1, total)
+
+
+def finetune_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The last transformer block, the final norms and the classifier (thesis 6.1.2); others frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules: list[nn.Module] = []
+    blocks = find_blocks(model)
+    if blocks:
+        modules.append(blocks[-1][1])
+    for name in ("norm", "fc_norm", "head_drop"):
+        m = getattr(model, name, None)
+        if isinstance(m, nn.Module):
+            modules.append(m)
+    modules.append(model.get_classifier())
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def finetune_last_block(model: nn.Module, loader: DataLoader, epochs: int, lr: float = FINETUNE_LR,
+                        device: str | torch.device = "cpu") -> nn.Module:
+    train_epochs(model, loader, epochs, lr, finetune_parameters(model), device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+# ----------------------------------------------------------------------------- throughput
+
+
+def measure_throughput(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, *, train: bool = False,
+                       steps: int = 10, warmup: int = 3, device: str | torch.device = "cpu",
+                       amp_dtype: torch.dtype | None = None) -> float:
+    """Images per second of inference (no grad) or of a training step of the fine-tuned parameters."""
+    device = torch.device(device)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else _null()
+    params = finetune_parameters(model) if train else []
+    opt = torch.optim.SGD(params, lr=1e-6) if train else None
+    model.train(train)
+
+    def once() -> None:
+        with autocast:
+            if train:
+                loss = nn.functional.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.no_grad():
+                    model(x)
+
+    for _ in range(warmup):
+        once()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        once()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return steps * batch_size / elapsed
+
+
+def compare_throughput(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                       **kw: Any) -> dict[str, float]:
+    """Inference and training images/s of both models, measured alternately in the same run."""
+    out = {}
+    for mode in ("inference", "train"):
+        for name, model in (("original", original), ("pruned", pruned)):
+            out[f"{mode}_{name}"] = measure_throughput(model, input_shape, batch_size, train=mode == "train", **kw)
+        out[f"{mode}_speedup"] = out[f"{mode}_pruned"] / out[f"{mode}_original"]
+    return out
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- prune = search + derive + cut
+
+
+@dataclass
+class PruneResult:
+    genotype: GateGenotype
+    pruned: nn.Module
+    search_seconds: float
+    params_original: int
+    params_pruned: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def prune_model(model: nn.Module, model_name: str, config: DarioConfig,
+                create_kwargs: Mapping[str, Any] | None = None) -> PruneResult:
+    """Algorithm 5 on ``model``, then the physical pruning recorded as a genotype."""
+    from dartboard.spaces.vit import prune_vit
+
+    start = time.perf_counter()
+    searcher = DarioSearcher(model, config)
+    searcher.search()
+    seconds = time.perf_counter() - start
+    genotype = searcher.derive(model_name, {"create_kwargs": dict(create_kwargs or {})})
+    pruned = prune_vit(model, genotype)
+    metrics = {**searcher.metrics(), "search_seconds": seconds, "blocks_kept": len(genotype.blocks_kept)}
+    return PruneResult(genotype, pruned, seconds, count_parameters(model), count_parameters(pruned), metrics)
+
+
+# ----------------------------------------------------------------------------- the digits demo
+
+
+def digits_loaders(seed: int, batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
+    from dartboard.platform.data import load_dataset, make_loader
+
+    splits = load_dataset("digits")
+    return (make_loader(splits.train, batch_size, shuffle=True, seed=seed),
+            make_loader(splits.test, 256, shuffle=False, seed=seed))
+
+
+def train_demo_vit(seed: int = 0, epochs: int = 40, lr: float = 2e-3) -> tuple[nn.Module, DataLoader, DataLoader]:
+    """The small ViT of the demo, trained from scratch on digits (it plays the pre-trained model)."""
+    seed_everything(seed)
+    model = create_vit(DEMO_MODEL, **DEMO_KWARGS)
+    train, test = digits_loaders(seed)
+    train_epochs(model, train, epochs, lr)
+    return model, train, test
+
+
+@dataclass
+class DemoReport:
+    accuracy_original: float
+    accuracy_pruned: float
+    accuracy_pruned_before_finetune: float
+    params_original: int
+    params_pruned: int
+    genotype: GateGenotype
+    throughput: dict[str, float]
+    search_seconds: float
+
+    def lines(self) -> list[str]:
+        g = self.genotype
+        return [
+            f"blocks kept: {list(g.blocks_kept)} of {g.n_blocks}"
+            + (f"; heads kept: {dict(g.heads_kept)}" if g.heads_kept else ""),
+            f"parameters: original {self.params_original:,}  pruned {self.params_pruned:,} "
+            f"({100 * self.params_pruned / self.params_original:.1f}%)",
+            f"test accuracy: original {self.accuracy_original:.2f}%  pruned {self.accuracy_pruned_before_finetune:.2f}%"
+            f" before fine-tuning, {self.accuracy_pruned:.2f}% after",
+            f"search: {self.search_seconds:.1f} s",
+            "throughput (images/s, CPU): " + "  ".join(f"{k} {v:.3g}" for k, v in self.throughput.items()),
+        ]
+
+
+def run_demo(config: DarioConfig | None = None, seed: int = 0, train_epochs_: int = 40,
+             finetune_epochs: int = 20) -> tuple[DemoReport, PruneResult]:
+    """Train the demo ViT on digits, prune it with DARIO, fine-tune the last block + head, measure."""
+    config = config or DarioConfig(seed=seed)
+    model, train, test = train_demo_vit(seed, train_epochs_)
+    acc_original = evaluate(model, test)
+    result = prune_model(model, DEMO_MODEL, config, DEMO_KWARGS)
+    acc_before = evaluate(result.pruned, test)
+    finetune_last_block(result.pruned, train, finetune_epochs)
+    acc_after = evaluate(result.pruned, test)
+    shape = infer_input_shape(model)
+    throughput = compare_throughput(model, result.pruned, shape, batch_size=256, steps=5, warmup=2)
+    report = DemoReport(acc_original, acc_after, acc_before, result.params_original, result.params_pruned,
+                        result.genotype, throughput, result.search_seconds)
+    result.metrics.update(accuracy_original=acc_original, accuracy_pruned=acc_after,
+                          accuracy_pruned_before_finetune=acc_before, **throughput)
+    return report, result
+
+
+# ----------------------------------------------------------------------------- proxy study (thesis 6.1.2)
+
+THESIS_STUDY_MODELS = 100  # thesis 6.1.2: 100 random pruned models per pre-trained model
+THESIS_STUDY_REPEATS = 12  # thesis Tables 6.2-6.3: 95% CIs over 12 independent runs
+
+
+def random_head_genotype(model_name: str, n_blocks: int, n_heads: int, generator: torch.Generator,
+                         meta: Mapping[str, Any] | None = None) -> GateGenotype:
+    """A uniform sample of the head-granularity space; a block whose heads are all pruned is removed
+    (thesis 6.1.2: the head space "encompasses all models attainable through block-wise pruning")."""
+    keep = torch.rand(n_blocks, n_heads, generator=generator) < 0.5
+    blocks = tuple(b for b in range(n_blocks) if keep[b].any())
+    heads = {b: tuple(int(h) for h in keep[b].nonzero().flatten()) for b in blocks}
+    return GateGenotype(model_name, blocks, heads, n_blocks, n_heads, dict(meta or {}))
+
+
+def proxy_scores(model: nn.Module, model_lr: float = MODEL_LR, names: Iterable[str] | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> dict[str, float]:
+    """Every proxy of ``model`` (a pruned network): theta~ = theta - gamma d(sum M(ones))/d theta (Eq 6.6)."""
+    model.eval()
+    x = torch.ones(1, *(input_shape or infer_input_shape(model)), device=next(model.parameters()).device)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(model(x).sum(), [p for _, p in named], allow_unused=True)
+    theta = {n: (p if g is None else p - model_lr * g).detach() for (n, p), g in zip(named, grads, strict=True)}
+    out = {}
+    for name in names or PROXIES:
+        proxy = PROXIES[name]
+        fwd = (lambda params: functional_forward(model, params, x)) if proxy.needs_forward else None
+        out[name] = float(proxy(theta, fwd).detach())
+    return out
+
+
+@dataclass
+class StudyResult:
+    spearman: dict[str, tuple[float, float]]  # proxy -> (mean over repeats, 95% CI half-width)
+    pearson: dict[str, tuple[float, float]]
+    runs: list[dict[str, Any]]  # per repeat: proxy values and accuracies of each sampled model
+
+    def table(self) -> list[str]:
+        rows = sorted(self.spearman, key=lambda k: -abs(self.spearman[k][0]) if math.isfinite(self.spearman[k][0])
+                      else 0.0)
+        lines = [f"{'proxy':<20} {'Spearman rho':>18} {'Pearson rho':>18}"]
+        for k in rows:
+            (s, sc), (p, pc) = self.spearman[k], self.pearson[k]
+            lines.append(f"{k:<20} {s:>+9.3f} +- {sc:<6.3f} {p:>+9.3f} +- {pc:<6.3f}")
+        return lines
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+    from scipy import stats
+
+    v = [x for x in values if math.isfinite(x)]
+    if not v:
+        return math.nan, math.nan
+    mean = sum(v) / len(v)
+    if len(v) < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
+    return mean, float(stats.t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))  # 95% t interval
+
+
+def proxy_study(model: nn.Module, model_name: str, train: DataLoader, test: DataLoader, n_models: int = 20,
+                repeats: int = 3, finetune_epochs: int = 2, seed: int = 0) -> StudyResult:
+    """Sample pruned models, fine-tune each briefly, correlate each proxy with test accuracy."""
+    from scipy import stats
+
+    from dartboard.spaces.vit import prune_vit, vit_dims
+
+    if n_models < 3:
+        raise ValueError(f"n_models: correlations need at least 3 models, got {n_models}")
+    if repeats < 1:
+        raise ValueError(f"repeats: expected a positive integer, got {repeats}")
+    n_blocks, n_heads = vit_dims(model)
+    generator = torch.Generator().manual_seed(seed)
+    runs, rho_s, rho_p = [], {k: [] for k in PROXIES}, {k: [] for k in PROXIES}
+    for r in range(repeats):
+        values, accs = {k: [] for k in PROXIES}, []
+        for _ in range(n_models):
+            pruned = prune_vit(model, random_head_genotype(model_name, n_blocks, n_heads, generator))
+            for k, v in proxy_scores(pruned).items():
+                values[k].append(v)
+            seed_everything(seed + r)
+            accs.append(evaluate(finetune_last_block(pruned, train, finetune_epochs), test))
+        for k in PROXIES:
+            constant = len(set(values[k])) < 2 or len(set(accs)) < 2
+            rho_s[k].append(math.nan if constant else float(stats.spearmanr(values[k], accs).statistic))
+            rho_p[k].append(math.nan if constant else float(stats.pearsonr(values[k], accs).statistic))
+        runs.append({"proxies": values, "accuracy": accs})
+        log.info("proxy study: repeat %d/%d done", r + 1, repeats)
+    return StudyResult({k: _mean_ci(v) for k, v in rho_s.items()}, {k: _mean_ci(v) for k, v in rho_p.items()},
+                       runs)
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def log_pruned_model(pruned: nn.Module, genotype: GateGenotype, *, metrics: Mapping[str, float] | None = None,
+                     params: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+                     experiment: str = "dario", run_name: str | None = None) -> str:
+    """Log the genotype (JSON) and the pruned state_dict (safetensors) as MLflow artifacts; returns the run id.
+
+    Registration in the model registry is left to the registry module (it hooks in with the run id).
+    """
+    import mlflow
+    from safetensors.torch import save_file
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({"model": genotype.model, **{k: _param(v) for k, v in (params or {}).items()}})
+        clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
+        if clean:
+            mlflow.log_metrics(clean)
+        save(genotype, Path(tmp) / "genotype.json")
+        state = {k: v.detach().cpu().contiguous() for k, v in pruned.state_dict().items()}
+        save_file(state, str(Path(tmp) / "model.safetensors"))
+        mlflow.log_artifacts(tmp, artifact_path="pruned")
+        return run.info.run_id
+
+
+def _param(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)[:500]
+
+
+def save_pruned(out_dir: str | Path, pruned: nn.Module, genotype: GateGenotype) -> Path:
+    """genotype.json + model.safetensors under ``out_dir`` (rebuild with ``rebuild_pruned``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save(genotype, out / "genotype.json")
+    save_file({k: v.detach().cpu().contiguous() for k, v in pruned.state_dict().items()},
+              str(out / "model.safetensors"))
+    return out
+
+
+def state_dict_of(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,187 @@
+"""R-DARTS (Zela et al. 2020; the Zela & Hutter note; ALGORITHMS.md R-DARTS).
+
+- :func:`dominant_eigenvalue`: the largest eigenvalue of the Hessian of L_val w.r.t. the
+  alphas on a validation minibatch, by Hessian-vector products (double backward) and power
+  iteration, never forming the Hessian (the reference builds it in full).
+- :func:`es_stop_index`: the DARTS-ES rule on the sequence of eigenvalues.
+- :class:`RDartsMonitor`: an epoch hook that computes the eigenvalue every ``every`` epochs,
+  keeps checkpoints, and on the ES signal either stops and restores the architecture of
+  ``lag`` evaluations earlier (DARTS-ES) or rolls back to that checkpoint, multiplies the
+  weight decay by 10 (capped at 0.03) and continues (DARTS-ADA).
+
+The S1-S4 spaces (with S4's `noise` op) are in the catalog (``--space s1..s4``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from dartboard.searchers.base import Batch, to_device
+from dartboard.searchers.regularizers import ADA_WD_FACTOR, ADA_WD_MAX, AdaptiveWeightDecay
+
+# ALGORITHMS.md R-DARTS: eigenvalue every 2 epochs; local average over a window of 5; from
+# epoch 10 stop when avg[t] / avg[t-4] > 1.3; return the architecture of epoch t - 2*4.
+EIG_EVERY = 2
+ES_WINDOW = 5
+ES_LAG = 4
+ES_RATIO = 1.3
+ES_START_EPOCH = 10
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+
+
+def _normalize(v: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    norm = torch.sqrt(_dot(v, v)).clamp_min(1e-30)
+    return [x / norm for x in v]
+
+
+def dominant_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], max_iter: int = 300,
+                        tol: float = 1e-7, seed: int = 0) -> float:
+    """Largest (algebraic) eigenvalue of the Hessian of ``loss_fn()`` w.r.t. ``params``.
+
+    Power iteration v <- Hv / ||Hv|| with H v from one double backward, Rayleigh quotient
+    lambda = v^T H v, until its relative change is < ``tol``. Power iteration finds the
+    eigenvalue of largest magnitude; if that one is negative, a second run on H - lambda I
+    (whose spectrum is >= 0) gives the largest algebraic eigenvalue, as eigvalsh(H)[-1]."""
+    params = list(params)
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+
+    def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, out, strict=True)]
+
+    gen = torch.Generator().manual_seed(seed)
+    start = _normalize([torch.randn(p.shape, generator=gen).to(p) for p in params])
+
+    def power(shift: float) -> float:
+        v, value = start, None
+        for _ in range(max_iter):
+            hv = [h - shift * x for h, x in zip(hvp(v), v, strict=True)]
+            new = float(_dot(v, hv))
+            v = _normalize(hv)
+            if value is not None and abs(new - value) <= tol * max(abs(new), 1e-12):
+                value = new
+                break
+            value = new
+        return value + shift
+
+    largest_magnitude = power(0.0)
+    if largest_magnitude >= 0:
+        return largest_magnitude
+    return power(largest_magnitude)
+
+
+def val_hessian_eigenvalue(searcher: Any, batch: Batch, **options: Any) -> float:
+    """Dominant eigenvalue of the Hessian of L_val(w, alpha) w.r.t. the alphas on ``batch``,
+    with the searcher's activation; BN running statistics are left untouched."""
+    x, y = to_device(batch, searcher.device)
+    buffers = {n: b.detach().clone() for n, b in searcher.network.named_buffers()}
+
+    def loss_fn() -> torch.Tensor:
+        return searcher.criterion(searcher.logits(x, searcher.cell_weights()), y)
+
+    try:
+        return dominant_eigenvalue(loss_fn, list(searcher.arch.parameters()), **options)
+    finally:
+        with torch.no_grad():
+            for n, b in searcher.network.named_buffers():
+                b.copy_(buffers[n])
+
+
+def local_average(values: Sequence[float], t: int, window: int = ES_WINDOW) -> float:
+    """Mean of values[t - window + 1 .. t] (fewer at the start)."""
+    chunk = values[max(0, t - window + 1): t + 1]
+    return sum(chunk) / len(chunk)
+
+
+def es_stop_index(eigenvalues: Sequence[float], epochs: Sequence[int], window: int = ES_WINDOW, lag: int = ES_LAG,
+                  ratio: float = ES_RATIO, start_epoch: int = ES_START_EPOCH) -> int | None:
+    """DARTS-ES: the first evaluation index t with epochs[t] >= start_epoch, t >= lag and
+    avg[t] / avg[t - lag] > ratio (avg: local average over ``window``); None if none."""
+    for t in range(lag, len(eigenvalues)):
+        if epochs[t] < start_epoch:
+            continue
+        before = local_average(eigenvalues, t - lag, window)
+        if before > 0 and local_average(eigenvalues, t, window) / before > ratio:
+            return t
+    return None
+
+
+class RDartsMonitor:
+    """Epoch hook: eigenvalue every ``every`` epochs; ``mode`` = "monitor" (log only),
+    "es" (DARTS-ES) or "ada" (DARTS-ADA). ADA already at the weight-decay cap stops like ES."""
+
+    def __init__(self, mode: str = "es", every: int = EIG_EVERY, window: int = ES_WINDOW, lag: int = ES_LAG,
+                 ratio: float = ES_RATIO, start_epoch: int = ES_START_EPOCH, wd_factor: float = ADA_WD_FACTOR,
+                 wd_max: float = ADA_WD_MAX, max_iter: int = 100, tol: float = 1e-5):
+        if mode not in ("monitor", "es", "ada"):
+            raise ValueError(f"mode: expected 'monitor', 'es' or 'ada', got {mode!r}")
+        for name, value in (("every", every), ("window", window), ("lag", lag)):
+            if int(value) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value}")
+        self.mode, self.every, self.window, self.lag = mode, int(every), int(window), int(lag)
+        self.ratio, self.start_epoch = float(ratio), int(start_epoch)
+        self.weight_decay = AdaptiveWeightDecay(wd_factor, wd_max)
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        self.eigenvalues: list[float] = []
+        self.epochs: list[int] = []
+        self.checkpoints: list[dict[str, Any]] = []
+        self.rollbacks = 0
+        self.stopped_at: int | None = None
+        self.returned_epoch: int | None = None
+        # For tests and custom curvature measures: (searcher, batch) -> eigenvalue.
+        self.eigenvalue_fn: Callable[[Any, Batch], float] = lambda s, b: val_hessian_eigenvalue(
+            s, b, max_iter=self.max_iter, tol=self.tol)
+
+    def end_epoch(self, searcher: Any) -> dict[str, float]:
+        metrics = {"w_weight_decay": AdaptiveWeightDecay.current(searcher), "rdarts_rollbacks": float(self.rollbacks)}
+        if searcher.epoch % self.every or searcher.last_val_batch is None:
+            return metrics
+        value = float(self.eigenvalue_fn(searcher, searcher.last_val_batch))
+        self.eigenvalues.append(value)
+        self.epochs.append(searcher.epoch)
+        self.checkpoints.append(copy.deepcopy(searcher.base_state_dict()))
+        self.checkpoints = self.checkpoints[-(self.lag + 1):]
+        metrics["hessian_eigenvalue"] = value
+        t = len(self.eigenvalues) - 1
+        if self.mode == "monitor" or es_stop_index(self.eigenvalues, self.epochs, self.window, self.lag, self.ratio,
+                                                   self.start_epoch) != t:
+            return metrics
+        stop_epoch = searcher.epoch
+        checkpoint = self.checkpoints[0]  # evaluation t - lag, i.e. epoch t - every * lag
+        self.returned_epoch = checkpoint["counters"]["epoch"]
+        wd_before = AdaptiveWeightDecay.current(searcher)
+        searcher.base_load_state_dict(copy.deepcopy(checkpoint))
+        if self.mode == "es" or wd_before >= self.weight_decay.max_wd * (1 - 1e-9):
+            self.weight_decay.set(searcher, wd_before)
+            self.stopped_at = stop_epoch
+            searcher.stop_requested = True
+            metrics["rdarts_stopped_at"] = float(stop_epoch)
+        else:
+            self.weight_decay.increase(searcher, base=wd_before)
+            self.rollbacks += 1
+            # The curvature history restarts from the restored checkpoint.
+            self.eigenvalues, self.epochs, self.checkpoints = [], [], []
+        metrics["rdarts_returned_epoch"] = float(self.returned_epoch)
+        metrics["w_weight_decay"] = AdaptiveWeightDecay.current(searcher)
+        metrics["rdarts_rollbacks"] = float(self.rollbacks)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"eigenvalues": list(self.eigenvalues), "epochs": list(self.epochs), "checkpoints": self.checkpoints,
+                "rollbacks": self.rollbacks, "stopped_at": self.stopped_at, "returned_epoch": self.returned_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.eigenvalues, self.epochs = list(state["eigenvalues"]), list(state["epochs"])
+        self.checkpoints = list(state["checkpoints"])
+        self.rollbacks, self.stopped_at = state["rollbacks"], state["stopped_at"]
+        self.returned_epoch = state["returned_epoch"]
+
+
+MONITORS: dict[str, Callable[..., Any]] = {"rdarts": RDartsMonitor}

@@ -1,0 +1,165 @@
+"""Update schedules: when the alpha step runs (the weight step always runs).
+
+A schedule has ``arch_step_due() -> bool`` (asked once per iteration, before the weight
+step), ``after_weight_step(grad_sq_norm)`` (called when ``needs_grad_norm``), state and
+``metrics()``; ``train_fraction`` is the train/val split the schedule implies (Maile et al.
+4.1: the data are split by the expected ratio of weight steps to alpha steps).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dartboard.searchers.darts import AlternateSchedule as _DartsAlternate
+
+# Maile et al. 4.1 (ALGORITHMS.md): k = 10 weight steps per alpha step, FIMT EWMA factor 0.2,
+# threshold starting at 1.0 and moving by 1.05 per step (1.05^-k after an alpha step).
+CS_K = 10
+FIMT_K = 10
+FIMT_EWMA = 0.2
+FIMT_THRESHOLD_INIT = 1.0
+FIMT_FACTOR = 1.05
+
+
+def train_fraction_for_ratio(k: int) -> float:
+    """k train batches per val batch -> train share k / (k + 1) (k = 10: 90.91% / 9.09%)."""
+    return k / (k + 1)
+
+
+class AlternateSchedule(_DartsAlternate):
+    """DARTS: one alpha step per weight step; the data split 50/50 (ALGORITHMS.md DARTS)."""
+
+    train_fraction = 0.5
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+class ConstantSchedule:
+    """CS-k (Maile et al. 4): exactly one alpha step every k iterations (k weight steps each)."""
+
+    needs_grad_norm = False
+
+    def __init__(self, k: int = CS_K):
+        if int(k) < 1:
+            raise ValueError(f"k: expected an integer >= 1, got {k}")
+        self.k = int(k)
+        self.calls = 0
+        self.arch_steps = 0
+
+    @property
+    def train_fraction(self) -> float:
+        return train_fraction_for_ratio(self.k)
+
+    def arch_step_due(self) -> bool:
+        due = self.calls % self.k == 0
+        self.calls += 1
+        self.arch_steps += int(due)
+        return due
+
+    def after_weight_step(self, grad_sq_norm: torch.Tensor) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "arch_steps": self.arch_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calls, self.arch_steps = state["calls"], state["arch_steps"]
+
+    def metrics(self) -> dict[str, float]:
+        return {"schedule_arch_steps": float(self.arch_steps), "schedule_iterations": float(self.calls)}
+
+
+class FimtSchedule:
+    """Dynamic FIMT schedule (Maile et al. 3.2; ALGORITHMS.md).
+
+    After each weight step: FI = sum ||grad w||^2 (before clipping);
+    FI_ewma <- (1 - lambda) * FI_ewma + lambda * FI (lambda = 0.2; the first FI initialises it).
+    If FI_ewma < threshold: the next iteration takes an alpha step and threshold *= factor^(-k);
+    otherwise threshold *= factor. With a constant FI the threshold settles into a cycle of one
+    alpha step per k + 1 iterations (k threshold increases per decrease), i.e. k weight steps
+    between alpha steps.
+
+    Reads FI on the host once per step (the decision is a Python bool).
+    """
+
+    needs_grad_norm = True
+
+    def __init__(self, k: int = FIMT_K, ewma: float = FIMT_EWMA, threshold: float = FIMT_THRESHOLD_INIT,
+                 factor: float = FIMT_FACTOR):
+        if int(k) < 1:
+            raise ValueError(f"k: expected an integer >= 1, got {k}")
+        if not 0.0 < ewma <= 1.0:
+            raise ValueError(f"ewma: expected a value in (0, 1], got {ewma}")
+        if factor <= 1.0 or threshold <= 0.0:
+            raise ValueError(f"factor and threshold: expected factor > 1 and threshold > 0, got {factor}, {threshold}")
+        self.k, self.ewma_factor, self.factor = int(k), float(ewma), float(factor)
+        self.threshold = float(threshold)
+        self.fi_ewma: float | None = None
+        self.due = False
+        self.weight_steps = 0
+        self.arch_steps = 0
+
+    @property
+    def train_fraction(self) -> float:
+        return train_fraction_for_ratio(self.k)
+
+    def arch_step_due(self) -> bool:
+        due, self.due = self.due, False
+        self.arch_steps += int(due)
+        return due
+
+    def after_weight_step(self, grad_sq_norm: torch.Tensor) -> None:
+        fi = float(grad_sq_norm)
+        if self.fi_ewma is None:
+            self.fi_ewma = fi
+        else:
+            self.fi_ewma = (1.0 - self.ewma_factor) * self.fi_ewma + self.ewma_factor * fi
+        self.weight_steps += 1
+        if self.fi_ewma < self.threshold:
+            self.due = True
+            self.threshold *= self.factor ** (-self.k)
+        else:
+            self.due = False
+            self.threshold *= self.factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "fi_ewma": self.fi_ewma, "due": self.due,
+                "weight_steps": self.weight_steps, "arch_steps": self.arch_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.threshold, self.fi_ewma, self.due = state["threshold"], state["fi_ewma"], state["due"]
+        self.weight_steps, self.arch_steps = state["weight_steps"], state["arch_steps"]
+
+    def metrics(self) -> dict[str, float]:
+        out = {"schedule_arch_steps": float(self.arch_steps), "schedule_weight_steps": float(self.weight_steps),
+               "fimt_threshold": self.threshold}
+        if self.fi_ewma is not None:
+            out["fimt_ewma"] = self.fi_ewma
+        return out
+
+
+SCHEDULES: dict[str, Callable[..., Any]] = {
+    "alternate": AlternateSchedule,
+    "constant": ConstantSchedule,
+    "fimt": FimtSchedule,
+}
+
+
+def make_schedule(name: str, options: dict[str, Any] | None = None):
+    """A schedule by name; unknown names/options raise naming them."""
+    options = dict(options or {})
+    try:
+        factory = SCHEDULES[name]
+    except KeyError:
+        raise ValueError(f"schedule: unknown schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}") from None
+    accepted = set(inspect.signature(factory).parameters) if factory is not AlternateSchedule else set()
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"schedule_options: {name!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(sorted(accepted)) or '(none)'}")
+    return factory(**options)

@@ -1,0 +1,95 @@
+"""The `dartboard` command end to end (in-process), including its user-error contract."""
+
+import json
+
+import pytest
+
+from dartboard.platform.cli import main
+from dartboard.spaces import genotype as gt
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, out.out, out.err
+
+
+def run_ok(args, capsys):
+    try:
+        main(args)
+    except SystemExit as e:
+        assert not e.code, capsys.readouterr()
+    out = capsys.readouterr()
+    return out.out, out.err
+
+
+def test_info_prints_darts_paper_size(capsys):
+    out, _ = run_ok(["info", "darts-v2", "--channels", "36", "--layers", "20", "--auxiliary", "--dataset",
+                     "cifar10", "--json"], capsys)
+    info = json.loads(out)
+    assert info["parameters"] == 3_349_342 and round(info["parameters"] / 1e6, 1) == 3.3
+    assert info["parameters_with_auxiliary"] > info["parameters"]
+    assert info["multiply_adds"] > 0
+
+
+def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out, _ = run_ok(["search", "--epochs", "1", "--set", "C=4", "--set", "layers=3", "--out", "run",
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], capsys)
+    run = tmp_path / "run"
+    for name in ("genotype.json", "history.json", "alpha_history.png", "normal.png", "reduce.png"):
+        assert (run / name).is_file(), name
+    genotype = gt.load(run / "genotype.json")
+    assert isinstance(genotype, gt.DartsGenotype)
+    out, _ = run_ok(["train", str(run / "genotype.json"), "--channels", "4", "--layers", "3", "--epochs", "1",
+                     "--no-mlflow"], capsys)
+    lines = out.strip().splitlines()
+    acc_line = [line for line in lines if line.startswith("test_acc ")]
+    assert len(acc_line) == 1 and 0.0 <= float(acc_line[0].split()[1]) <= 1.0
+    assert (run / "weights.safetensors").is_file()
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["dartboard"])
+    assert len(runs) == 1 and runs.iloc[0]["tags.searcher"] == "darts"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "darts-v9"], "neither a file nor a catalog name"),
+        (["info", "nope.json"], "neither a file nor a catalog name"),
+        (["search", "--dataset", "cifar10", "--data-root", "/nonexistent", "--no-mlflow"], "never downloads"),
+        (["search", "--batch-size", "0", "--no-mlflow"], "batch_size"),
+        (["search", "--searcher", "dorts", "--no-mlflow"], "unknown searcher 'dorts'"),
+        (["search", "--set", "order=3", "--no-mlflow"], "order: expected 1 or 2"),
+        (["search", "--space", "nospace", "--no-mlflow"], "unknown space 'nospace'"),
+    ],
+)
+def test_user_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_and_unknown_op_genotypes(tmp_path, capsys):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    code, _, err = run_cli(["info", str(bad_json)], capsys)
+    assert code == 2 and "not valid JSON" in err
+    data = gt.to_dict(gt.resolve("darts-v2"))
+    data["normal"]["edges"][0][0] = "conv_11x11"
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps(data))
+    code, _, err = run_cli(["train", str(unknown), "--no-mlflow"], capsys)
+    assert code == 2 and "normal.edges[0].op: unknown op 'conv_11x11'" in err
+
+
+def test_bench_speed_prints_timing(capsys):
+    out, _ = run_ok(["bench", "speed", "--channels", "4", "--layers", "3", "--input-size", "8", "--batch", "8",
+                     "--warmup", "1", "--repeats", "2", "--json"], capsys)
+    result = json.loads(out)
+    assert result["ms_per_iter"] > 0 and result["images_per_s"] > 0

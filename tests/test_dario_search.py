@@ -1,0 +1,145 @@
+"""Algorithm 5 end to end on a tiny ViT, the proxy study, the CLI and the MLflow logging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from dartboard.platform import dario_run
+from dartboard.searchers.dario import DarioConfig, DarioSearcher
+from dartboard.spaces import genotype as G
+from dartboard.spaces.vit import create_vit, rebuild_pruned
+
+TINY = {"img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 3, "num_heads": 2, "in_chans": 1,
+        "num_classes": 3, "mlp_ratio": 2.0}
+NAME = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    torch.manual_seed(0)
+    return create_vit(NAME, **TINY).eval()
+
+
+def test_warm_start_keeps_the_best_sample(tiny_vit):
+    searcher = DarioSearcher(tiny_vit, DarioConfig(warmup_samples=4, iterations=0, seed=3))
+    best = searcher.warm_start()
+    gen = torch.Generator().manual_seed(3)
+    values = []
+    for _ in range(4):
+        sample = {"block": torch.randn(3, generator=gen)}
+        values.append(float(searcher.proxy_value(sample, create_graph=False).detach()))
+    assert best == pytest.approx(min(values))
+    assert torch.allclose(searcher.alpha["block"].detach(), _nth_sample(3, 4, values.index(min(values))))
+
+
+def _nth_sample(seed, count, index):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, generator=gen) for _ in range(count)][index]
+
+
+@pytest.mark.parametrize("granularity", ["block", "both"])
+def test_search_lowers_the_proxy(tiny_vit, granularity):
+    cfg = DarioConfig(granularity=granularity, warmup_samples=3, iterations=12, optimizer="adam", search_lr=0.2,
+                      model_lr=0.05, seed=1)
+    searcher = DarioSearcher(tiny_vit, cfg)
+    before = {k: v.detach().clone() for k, v in tiny_vit.state_dict().items()}
+    searcher.search()
+    assert searcher.final_value() < searcher.warm_start_value
+    # theta is never changed by the search (single level, "reset" every step)
+    assert all(torch.equal(p, q) for p, q in zip(searcher.gated.parameters(), tiny_vit.parameters(), strict=True))
+    assert all(torch.equal(v, tiny_vit.state_dict()[k]) for k, v in before.items())
+    genotype = searcher.derive(NAME, {"create_kwargs": TINY})
+    assert genotype.meta["granularity"] == granularity and len(genotype.meta["block_gates"]) == 3
+
+
+def test_config_errors_name_the_field(tiny_vit):
+    with pytest.raises(ValueError, match="granularity"):
+        DarioSearcher(tiny_vit, DarioConfig(granularity="layer"))
+    with pytest.raises(ValueError, match="l0_norm"):
+        DarioSearcher(tiny_vit, DarioConfig(proxy="l0_norm", iterations=5))
+    with pytest.raises(ValueError, match="proxy"):
+        DarioSearcher(tiny_vit, DarioConfig(proxy="accuracy"))
+
+
+def _random_loaders():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 1, 8, 8, generator=gen)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=48)
+
+
+def test_finetune_trains_only_last_block_and_head(tiny_vit):
+    model = create_vit(NAME, **TINY)
+    model.load_state_dict(tiny_vit.state_dict())
+    train, _ = _random_loaders()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dario_run.finetune_last_block(model, train, epochs=1)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("blocks.2.", "head.", "norm.")) for k in changed)
+
+
+def test_throughput_and_proxy_study_run(tiny_vit):
+    train, test = _random_loaders()
+    res = dario_run.compare_throughput(tiny_vit, tiny_vit, (1, 8, 8), batch_size=4, steps=2, warmup=1)
+    assert res["inference_original"] > 0 and res["train_pruned"] > 0
+    study = dario_run.proxy_study(tiny_vit, NAME, train, test, n_models=4, repeats=2, finetune_epochs=1)
+    assert set(study.spearman) == set(dario_run.PROXIES) and len(study.runs) == 2
+    assert len(study.runs[0]["accuracy"]) == 4 and study.table()[0].startswith("proxy")
+    with pytest.raises(ValueError, match="n_models"):
+        dario_run.proxy_study(tiny_vit, NAME, train, test, n_models=2)
+
+
+def test_cli_prune_with_a_local_checkpoint(tiny_vit, tmp_path):
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from dartboard.platform import cli_dario
+    from dartboard.platform.cli import app
+
+    cli_dario.register(app)
+    ckpt = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, str(ckpt))
+    out = tmp_path / "pruned"
+    args = ["prune", NAME, "--checkpoint", str(ckpt), "--model-kwargs", json.dumps(TINY), "--k", "3", "--n", "2",
+            "--granularity", "both", "--threshold", "0.5", "--out", str(out)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "blocks kept" in result.output
+    genotype = G.load(out / "genotype.json")
+    from safetensors.torch import load_file
+
+    rebuilt = rebuild_pruned(genotype, pruned_state=load_file(str(out / "model.safetensors"))).eval()
+    again = rebuild_pruned(genotype, original_state=tiny_vit.state_dict()).eval()
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(rebuilt(x), again(x), atol=1e-6)
+
+
+def test_cli_bad_granularity_is_one_line(capsys):
+    from dartboard.platform.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", NAME, "--granularity", "layer"])
+    assert exc.value.code == 2
+    assert "granularity" in capsys.readouterr().err
+
+
+@pytest.mark.mlflow
+def test_log_pruned_model_writes_genotype_and_weights(tiny_vit, tmp_path):
+    import mlflow
+
+    genotype = G.GateGenotype(NAME, (0, 2), {}, 3, 2, {"create_kwargs": TINY})
+    from dartboard.spaces.vit import prune_vit
+
+    pruned = prune_vit(tiny_vit, genotype)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = dario_run.log_pruned_model(pruned, genotype, metrics={"accuracy": 90.0}, params={"proxy": "var"},
+                                        tracking_uri=uri)
+    client = mlflow.tracking.MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(run_id, "pruned")}
+    assert names == {"pruned/genotype.json", "pruned/model.safetensors"}
+    assert client.get_run(run_id).data.metrics["accuracy"] == 90.0

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from dartboard.platform.data import DataError, load_dataset, search_split
+
+
+def test_digits_is_bundled_and_split():
+    splits = load_dataset("digits")
+    assert splits.info.in_channels == 1 and splits.info.input_size == 8 and splits.info.num_classes == 10
+    assert len(splits.train) + len(splits.test) == 1797
+    x, y = splits.train[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= int(y) < 10
+
+
+def test_search_split_is_seeded_and_disjoint():
+    train = load_dataset("digits").train
+    a1, b1 = search_split(train, seed=3)
+    a2, _ = search_split(train, seed=3)
+    a3, _ = search_split(train, seed=4)
+    assert a1.indices == a2.indices and a1.indices != a3.indices
+    assert not set(a1.indices) & set(b1.indices) and len(a1) + len(b1) == len(train)
+    a, b = search_split(train, seed=0, fraction=10 / 11)
+    assert abs(len(a) / len(train) - 10 / 11) < 0.01
+
+
+def test_missing_cifar_says_how_to_provide_it(tmp_path):
+    with pytest.raises(DataError, match="never downloads"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_imagefolder_needs_train_and_test(tmp_path):
+    with pytest.raises(DataError, match="train/ and test/"):
+        load_dataset("imagefolder", str(tmp_path))
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist")

@@ -1,0 +1,107 @@
+"""Distance metric M (thesis 4.1.5): Algorithm 3, Hausdorff (Eq 4.6-4.7), M (Eq 4.8)."""
+
+import random
+
+import pytest
+
+from dartboard.spaces.distance import (
+    OP_WEIGHTS,
+    architecture_distance,
+    cell_distance,
+    distance_matrix,
+    edge_distance,
+    hausdorff,
+)
+from dartboard.spaces.genotype import CellGenotype, CellsGenotype, Edge, resolve
+from dartboard.spaces.ops import DARTOPTI_PRIMITIVES
+
+
+def cell(*edges):
+    edges = tuple(Edge(op, s, d) for op, s, d in edges)
+    return CellGenotype(edges, tuple(sorted({e.dst for e in edges})))
+
+
+def test_edge_distance_algorithm_3_by_hand():
+    # differ at indices 0 and 2: (0.5 + 0.3) / 3
+    assert edge_distance([1, 0, 0], [0, 0, 1], [0.5, 0.2, 0.3]) == pytest.approx(0.8 / 3)
+    assert edge_distance([1, 1, 0], [1, 1, 0], [0.5, 0.2, 0.3]) == 0.0
+
+
+def test_table_4_1_weights():
+    assert len(OP_WEIGHTS) == 12 and set(OP_WEIGHTS) == set(DARTOPTI_PRIMITIVES)
+    assert OP_WEIGHTS["sep_conv_5x5"] == pytest.approx(0.8487)
+    assert OP_WEIGHTS["skip_connect"] == pytest.approx(0.8215)
+
+
+def test_hausdorff_by_hand():
+    w = [1.0, 2.0, 3.0]
+    xs, ys = [(1, 0, 0)], [(1, 0, 0), (0, 0, 1)]
+    # sup_x d(x, Y) = 0; sup_y d(X, y) = d((0,0,1), (1,0,0)) = (1 + 3) / 3
+    assert hausdorff(xs, ys, w) == pytest.approx(4 / 3)
+    assert hausdorff(ys, xs, w) == pytest.approx(4 / 3)
+
+
+def test_cell_distance_by_hand():
+    a = cell(("skip_connect", 0, 2), ("sep_conv_3x3", 1, 2))
+    b = cell(("skip_connect", 0, 2), ("sep_conv_5x5", 1, 2))
+    # A->B: max(0, min(d(sep3, skip), d(sep3, sep5))) = (83.19 + 82.15) / 1200
+    # B->A: min(d(sep5, skip), d(sep5, sep3)) = (84.87 + 82.15) / 1200 -> the max
+    assert cell_distance(a, b) == pytest.approx((0.8487 + 0.8215) / 12)
+    assert cell_distance(a, a) == 0.0
+
+
+def test_architecture_distance_is_the_mean_over_cells():
+    a = cell(("skip_connect", 0, 2))
+    b = cell(("max_pool_3x3", 0, 2))
+    g1 = CellsGenotype((a, a, a), (1,))
+    g2 = CellsGenotype((a, b, a), (1,))
+    d = (0.8215 + 0.8296) / 12
+    assert architecture_distance(g1, g2) == pytest.approx(d / 3)
+    with pytest.raises(ValueError, match="cells"):
+        architecture_distance(g1, CellsGenotype((a, a), ()))
+    with pytest.raises(ValueError, match="none"):
+        cell_distance(cell(("none", 0, 2)), a)
+
+
+def random_genotype(rng: random.Random, n_cells: int = 3) -> CellsGenotype:
+    cells = []
+    for _ in range(n_cells):
+        edges = []
+        for node in range(2, 2 + rng.randint(1, 4)):
+            for src in rng.sample(range(node), k=min(node, rng.randint(1, 2))):
+                for op in rng.sample(DARTOPTI_PRIMITIVES, k=rng.randint(1, 2)):
+                    edges.append((op, src, node))
+        cells.append(cell(*edges))
+    return CellsGenotype(tuple(cells), (1,))
+
+
+def test_metric_properties_on_random_genotypes():
+    rng = random.Random(0)
+    gs = [random_genotype(rng) for _ in range(12)]
+    m = distance_matrix(gs)
+    for i in range(len(gs)):
+        assert architecture_distance(gs[i], gs[i]) == 0.0
+        for j in range(len(gs)):
+            assert m[i][j] == pytest.approx(m[j][i])
+            assert m[i][j] == pytest.approx(architecture_distance(gs[i], gs[j]))
+            for k in range(len(gs)):
+                assert m[i][j] <= m[i][k] + m[k][j] + 1e-12
+    assert any(v > 0 for row in m for v in row)
+
+
+def test_handcrafted_and_darts_genotypes():
+    r18, v1, v2 = resolve("resnet18"), resolve("darts-v1"), resolve("darts-v2")
+    assert architecture_distance(r18, r18) == 0.0
+    assert architecture_distance(v1, v2) > 0
+    assert architecture_distance(v1, r18) == pytest.approx(architecture_distance(r18, v1))
+
+
+def test_distance_command_prints_matrix_and_draws_heatmap(tmp_path, capsys):
+    from dartboard.platform.cli_ddarts import distance
+
+    out = tmp_path / "m.png"
+    distance(["resnet18", "resnet18", "darts-v1"], out=out)
+    text = capsys.readouterr().out
+    assert "resnet18" in text and "0.0000" in text and out.stat().st_size > 0
+    with pytest.raises(ValueError, match="at least two"):
+        distance(["resnet18"], out=None)

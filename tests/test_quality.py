@@ -1,0 +1,154 @@
+"""Regret lookup and tracking, rank statistics, random search with a budget, `bench quality`."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from scipy import stats
+
+from dartboard.bench.quality import QualityConfig, markdown, rescore, run_quality, summarize, trial_options
+from dartboard.bench.regret import RegretTracker, lookup_metrics, random_search_curve, searches_tiny81
+from dartboard.bench.table import Table, average_ranks, spearman, table_from_dict
+from dartboard.spaces.tiny import genotype_of_ops, ops_key
+
+A = ("sep_conv_3x3",) * 4
+B = ("sep_conv_3x3", "skip_connect", "sep_conv_3x3", "skip_connect")
+C = ("max_pool_3x3",) * 4
+
+
+def _entry(ops, test, val, seconds=1.0):
+    return {"key": ops_key(ops), "ops": list(ops), "test_acc": list(test), "val_acc": list(val),
+            "test_mean": sum(test) / len(test), "val_mean": sum(val) / len(val), "train_seconds": seconds}
+
+
+@pytest.fixture()
+def table() -> Table:
+    entries = [_entry(A, [0.98, 0.96], [0.90, 0.90]), _entry(B, [0.95, 0.95], [0.95, 0.95]),
+               _entry(C, [0.80, 0.84], [0.70, 0.70])]
+    return table_from_dict({"space": "tiny81", "protocol": {}, "entries": entries})
+
+
+def test_regret_and_rank_by_hand(table):
+    assert table.best_test == pytest.approx(0.97)
+    assert table.regret(genotype_of_ops(A)) == pytest.approx(0.0)
+    assert table.regret(ops_key(B)) == pytest.approx(0.02)
+    assert table.regret(genotype_of_ops(C)) == pytest.approx(0.15)
+    assert [table.rank(ops_key(o)) for o in (A, B, C)] == [1, 2, 3]
+    m = lookup_metrics(table, genotype_of_ops(C))
+    assert m == pytest.approx({"tiny81_test_acc": 0.82, "tiny81_val_acc": 0.70, "tiny81_regret": 0.15,
+                               "tiny81_rank": 3.0, "tiny81_on_table": 1.0})
+
+
+def test_off_table_architecture_gives_nan_and_flag(table):
+    other = ("skip_connect",) * 4  # a member of the space missing from this small table
+    m = lookup_metrics(table, genotype_of_ops(other))
+    assert m["tiny81_on_table"] == 0.0 and math.isnan(m["tiny81_regret"]) and math.isnan(m["tiny81_rank"])
+
+
+def test_table_from_dict_refuses_other_spaces():
+    with pytest.raises(ValueError, match="space: expected a 'tiny81' table"):
+        table_from_dict({"space": "darts", "protocol": {}, "entries": []})
+
+
+def test_spearman_matches_scipy_with_ties():
+    assert average_ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    rng = random.Random(0)
+    a = [rng.choice([0.9, 0.92, 0.95, 0.97]) for _ in range(30)]
+    b = [x + rng.gauss(0, 0.02) for x in a]
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+
+
+class _FakeSearcher:
+    """Derives A, then B, then C: the tracker must report the table's numbers for each."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.sequence = [A, B, C]
+
+    def end_epoch(self):
+        self.epoch += 1
+        return {"val_acc": 0.5}
+
+    def derive(self):
+        return genotype_of_ops(self.sequence[self.epoch - 1])
+
+
+def test_tracker_adds_regret_to_every_epoch_metrics(table):
+    searcher = _FakeSearcher()
+    tracker = RegretTracker(table).attach(searcher)
+    metrics = [searcher.end_epoch() for _ in range(3)]
+    assert [m["tiny81_regret"] for m in metrics] == pytest.approx([0.0, 0.02, 0.15])
+    assert metrics[0]["val_acc"] == 0.5
+    assert [c["epoch"] for c in tracker.curve] == [1, 2, 3]
+    assert [c["key"] for c in tracker.curve] == [ops_key(o) for o in (A, B, C)]
+    assert not searches_tiny81(searcher)
+
+
+def test_random_search_spends_its_budget_and_keeps_the_best_val(table):
+    curve = random_search_curve(table, [0.5, 2.0, 100.0], seed=3)
+    assert [c["tiny81_samples"] for c in curve] == [1.0, 2.0, 3.0]  # at least 1; 1 s per training
+    assert curve[-1]["key"] == ops_key(B)  # best validation accuracy once all are seen
+    assert curve[-1]["tiny81_regret"] == pytest.approx(0.02)
+    # the incumbent is the best observed val among the samples drawn so far (slow recomputation)
+    keys = list(table.entries)
+    random.Random(3).shuffle(keys)
+    first_two = max(keys[:2], key=lambda k: table.entries[k]["val_mean"])
+    assert curve[1]["key"] == first_two
+
+
+def _record(name, seed, regrets, ranks):
+    curve = [{"epoch": i + 1, "key": "k", "tiny81_regret": r, "tiny81_rank": k, "tiny81_test_acc": 0.9 - r,
+              "tiny81_on_table": 0.0 if math.isnan(r) else 1.0, "seconds": float(i + 1)}
+             for i, (r, k) in enumerate(zip(regrets, ranks, strict=True))]
+    return {"searcher": name, "seed": seed, "curve": curve, "seconds": 3.0, "stopped_early": False}
+
+
+def test_summary_by_hand(table):
+    records = [_record("x", 0, [0.05, 0.01, 0.03], [9, 2, 5]), _record("x", 1, [0.02, 0.02, 0.01], [4, 4, 2]),
+               _record("y", 0, [math.nan, 0.1, 0.1], [math.nan, 40, 40])]
+    rows = {r["searcher"]: r for r in summarize(records)}
+    x = rows["x"]
+    assert x["final_regret_mean"] == pytest.approx(0.02) and x["final_regret_std"] == pytest.approx(0.01 * 2 ** 0.5)
+    assert x["best_regret_epoch_mean"] == pytest.approx(2.5)  # epoch 2 (seed 0), epoch 3 (seed 1)
+    assert x["final_rank_mean"] == pytest.approx(3.5) and x["final_ranks"] == [5, 2]
+    assert rows["y"]["off_table_epochs"] == 1 and rows["y"]["best_regret_epoch_mean"] == 2.0
+    assert "| x | 2 | 2.00 +- 1.41 | 2.5 | 3.5 +- 2.1 | 5, 2 |" in markdown(list(rows.values()), table)
+
+
+def test_trial_options_put_any_searcher_on_tiny81_and_use_the_table_parse():
+    opts = trial_options("ddarts", QualityConfig(epochs=3))
+    assert opts["space"] == "tiny81" and opts["layers"] == 2 and opts["reductions"] == [1]
+    assert opts["discretizer"] == "darts" and opts["epochs"] == 3
+    assert "discretizer" not in {**trial_options("darts", QualityConfig(parse=None))}
+    with pytest.raises(ValueError, match="epochs: expected >= 1"):
+        QualityConfig(epochs=0)
+
+
+def test_short_quality_run_and_rescore(tmp_path):
+    """2 epochs of DARTS in tiny81 + random search, on the shipped table: finite regrets, files, plot."""
+    cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=2, workers=1)
+    result = run_quality(cfg, tmp_path)
+    rows = {r["searcher"]: r for r in result["rows"]}
+    assert set(rows) == {"darts", "random"}
+    darts = result["records"][0]
+    assert len(darts["curve"]) == 2 and all(c["tiny81_on_table"] == 1.0 for c in darts["curve"])
+    assert 0.0 <= rows["darts"]["final_regret_mean"] < 0.5 and 1 <= rows["darts"]["final_rank_mean"] <= 81
+    assert (tmp_path / "regret_curves.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert saved["rows"][0]["searcher"] == "darts"
+    from dartboard.bench.table import load_table
+
+    again = rescore(saved["records"], cfg, load_table())
+    assert [c["tiny81_regret"] for c in again[0]["curve"]] == pytest.approx([c["tiny81_regret"]
+                                                                            for c in darts["curve"]])
+
+
+@pytest.mark.ray
+def test_quality_runs_as_a_ray_tune_study(tmp_path):
+    cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=1, workers=1, random_search=False)
+    result = run_quality(cfg, tmp_path, ray=True)
+    assert result["rows"][0]["searcher"] == "darts" and len(result["records"][0]["curve"]) == 1
+    assert (tmp_path / "ray").is_dir()

@@ -1,0 +1,143 @@
+"""R-DARTS: Hessian dominant eigenvalue by power iteration, DARTS-ES and DARTS-ADA, S1-S4."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dartboard.searchers.rdarts import dominant_eigenvalue, es_stop_index, local_average, val_hessian_eigenvalue
+from dartboard.searchers.registry import DataShape, build_searcher
+from dartboard.spaces.catalog import SPACES, CellSpace, get_space, register_space
+from dartboard.spaces.networks import SearchNetwork
+
+torch.set_num_threads(1)  # 2 shared cores: thread contention costs far more than it gains here
+
+TINY = "test-rdarts-tiny"
+if TINY not in SPACES:
+    register_space(CellSpace.uniform(TINY, ("skip_connect", "sep_conv_3x3"), steps=2))
+
+
+def tiny(name: str, **options):
+    base = {"space": TINY, "steps": 2, "multiplier": 2, "C": 4, "layers": 3, "stem_multiplier": 1, "epochs": 30}
+    base.update(options)
+    torch.manual_seed(0)
+    return build_searcher(name, base, DataShape(1, 8, 4))
+
+
+def batch(seed: int = 0, size: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 1, 8, 8, generator=g), torch.randint(0, 4, (size,), generator=g)
+
+
+@pytest.mark.parametrize("shift", [0.0, -6.0])
+def test_power_iteration_on_quadratic_matches_eigvalsh(shift):
+    torch.manual_seed(1)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    h = a @ a.T / 6 + shift * torch.eye(6, dtype=torch.float64)  # shift < 0: dominant magnitude negative
+    x = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    value = dominant_eigenvalue(lambda: 0.5 * x @ h @ x + x.sum(), [x], max_iter=2000, tol=1e-12)
+    assert value == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-6)
+
+
+def test_hessian_eigenvalue_agrees_with_full_hessian_on_small_space():
+    searcher = tiny("rdarts-es")
+    searcher.network.double()
+    with torch.no_grad():
+        for a in searcher.arch.alphas:
+            a.data = a.data.double().normal_()
+    x, y = batch()
+    x = x.double()
+    value = val_hessian_eigenvalue(searcher, (x, y), max_iter=3000, tol=1e-12)
+    alphas = list(searcher.arch.alphas)
+    shapes = [a.shape for a in alphas]
+
+    def loss_of(flat):
+        parts, offset = [], 0
+        for s in shapes:
+            parts.append(flat[offset: offset + s.numel()].view(s))
+            offset += s.numel()
+        weights = [searcher.activation(p) for p in parts]
+        return searcher.criterion(searcher.network(x, searcher.arch.cell_weights(weights)), y)
+
+    flat = torch.cat([a.detach().flatten() for a in alphas])
+    hessian = torch.autograd.functional.hessian(loss_of, flat)
+    exact = float(torch.linalg.eigvalsh((hessian + hessian.T) / 2)[-1])
+    assert value == pytest.approx(exact, rel=1e-3)
+
+
+def test_es_rule_on_constructed_sequence():
+    eigs = [1, 1, 1, 1, 1, 1.2, 1.5, 2, 3, 4]
+    epochs = [2 * (i + 1) for i in range(len(eigs))]
+    assert local_average(eigs, 7) == pytest.approx(1.34)  # (1 + 1 + 1.2 + 1.5 + 2) / 5
+    # avg[t]/avg[t-4]: t=4..7 -> 1, 1.04, 1.14, 1.34 > 1.3: stop at t = 7 (epoch 16)
+    assert es_stop_index(eigs, epochs) == 7
+    assert es_stop_index(eigs[:7], epochs[:7]) is None
+    # a rise before epoch 10 does not count
+    assert es_stop_index([1, 1, 1, 1, 9, 9], [2, 4, 6, 8, 10, 12], start_epoch=20) is None
+
+
+def _run(searcher, epochs: int, sequence):
+    searcher.monitors[0].eigenvalue_fn = lambda s, b: sequence[s.epoch // 2 - 1]
+    data = [batch(0), batch(1)]
+    alphas_at, genotypes_at = {}, {}
+    for _ in range(epochs):
+        searcher.step(data[0], data[1])
+        searcher.step(data[1], data[0])
+        epoch_before = searcher.epoch + 1
+        alphas_at[epoch_before] = [a.detach().clone() for a in searcher.arch.alphas]
+        genotypes_at[epoch_before] = searcher.derive()
+        metrics = searcher.end_epoch()
+        if searcher.stop_requested or "rdarts_returned_epoch" in metrics:
+            return metrics, alphas_at, genotypes_at
+    return None, alphas_at, genotypes_at
+
+
+SEQUENCE = [1, 1, 1, 1, 1, 1.2, 1.5, 2, 3, 4, 5, 6, 7]
+
+
+def test_darts_es_stops_where_the_rule_says_and_restores_epoch_t_minus_8():
+    searcher = tiny("rdarts-es", arch_lr=0.05)
+    metrics, alphas_at, genotypes_at = _run(searcher, 20, SEQUENCE)
+    assert searcher.stop_requested
+    assert metrics["rdarts_stopped_at"] == 16 and metrics["rdarts_returned_epoch"] == 8
+    assert searcher.epoch == 8
+    for a, b in zip(searcher.arch.alphas, alphas_at[8], strict=True):
+        assert torch.equal(a.detach(), b)
+    assert searcher.derive() == genotypes_at[8]
+    assert not torch.equal(alphas_at[16][0], alphas_at[8][0])
+
+
+def test_darts_ada_rolls_back_and_raises_weight_decay():
+    searcher = tiny("rdarts-ada", arch_lr=0.05)
+    assert searcher.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-4)
+    metrics, alphas_at, _ = _run(searcher, 20, SEQUENCE)
+    assert not searcher.stop_requested
+    assert metrics["rdarts_returned_epoch"] == 8 and metrics["rdarts_rollbacks"] == 1
+    assert searcher.epoch == 8
+    for a, b in zip(searcher.arch.alphas, alphas_at[8], strict=True):
+        assert torch.equal(a.detach(), b)
+    assert searcher.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
+    assert searcher.config.w_weight_decay == pytest.approx(3e-3)
+    state = searcher.state_dict()  # continues: checkpoint round trip keeps the monitor state
+    again = tiny("rdarts-ada", arch_lr=0.05)
+    again.load_state_dict(state)
+    assert again.monitors[0].rollbacks == 1 and again.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
+
+
+def test_rdarts_spaces():
+    s1 = get_space("s1")
+    assert s1.normal[0] == ("skip_connect", "dil_conv_3x3") and s1.reduce[0] == ("max_pool_3x3", "avg_pool_3x3")
+    assert all(len(p) == 2 for p in s1.normal + s1.reduce)
+    assert get_space("s2").normal[0] == ("skip_connect", "sep_conv_3x3")
+    assert get_space("s3").normal[0] == ("none", "skip_connect", "sep_conv_3x3")
+    s4 = get_space("s4")
+    net = SearchNetwork(normal_primitives=s4.normal, reduce_primitives=s4.reduce, C=4, layers=3, num_classes=4,
+                        in_channels=1, input_size=8)
+    x = torch.randn(2, 1, 8, 8)
+    noise_only = [torch.tensor([[1.0, 0.0]] * 14)] * 3
+    torch.manual_seed(0)
+    a = net(x, noise_only)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, net(x, noise_only))  # the noise op ignores its input and samples N(0, 1)
+    searcher = build_searcher("rdarts-es", {"space": "s1", "C": 4, "layers": 3}, DataShape(1, 8, 4))
+    assert searcher.group_primitives[1][1] == ("max_pool_3x3", "dil_conv_3x3")

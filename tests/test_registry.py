@@ -1,0 +1,219 @@
+"""Tracking and model registry against a real `mlflow server` process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dartboard.platform import registry
+from dartboard.platform.cli import main as cli_main
+from dartboard.spaces import genotype as gt
+
+pytest.importorskip("mlflow")
+
+
+def _cli(argv: list[str]) -> int:
+    try:
+        cli_main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    import urllib.request
+
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield {"uri": uri, "root": root}
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # uvicorn workers may ignore SIGTERM while busy
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def champion(server, tmp_path_factory):
+    """A digits search (tiny supernet, 1 epoch), its final network trained 1 epoch, registered."""
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.data import load_dataset
+    from dartboard.platform.run import run_search_job
+    from dartboard.platform.train import TrainConfig, train_genotype
+
+    out = tmp_path_factory.mktemp("champion")
+    cfg = SearchRunConfig(searcher="darts", batch_size=256, seed=0, device="cpu", mlflow=False, out=str(out / "search"),
+                          options={"C": 4, "layers": 2, "epochs": 1})
+    result = run_search_job(cfg, progress=False)
+    splits = load_dataset("digits")
+    tcfg = TrainConfig(channels=4, layers=2, epochs=1, batch_size=128, seed=0)
+    trained = train_genotype(result.genotype, splits, tcfg, out / "model")
+    (out / "model" / "network.json").write_text(json.dumps(registry.network_spec(tcfg, splits.info, "digits")))
+    parent = registry.start_parent_run(server["uri"], "test-registry", "study-digits", {"epochs": 1}, {"study": "t"})
+    child = registry.log_child_run(server["uri"], parent, "darts/seed0", {"searcher": "darts", "seed": 0},
+                                   result.history, {"test_acc": trained.test_acc}, [out / "model" / "genotype.json"])
+    registry.end_run(server["uri"], parent)
+    version = registry.register_champion(server["uri"], "digits-net", child, out / "model",
+                                         {"study": "t", "searcher": "darts", "space": "darts", "dataset": "digits",
+                                          "seed": 0, "metric.test_acc": trained.test_acc})
+    return {"version": version, "test_acc": trained.test_acc, "sha": trained.weights_sha256, "parent": parent,
+            "child": child, "history": result.history}
+
+
+def test_study_is_parent_run_with_child_trials(server, champion):
+    c = registry.client(server["uri"])
+    parent, child = c.get_run(champion["parent"]), c.get_run(champion["child"])
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == champion["parent"]
+    steps = c.get_metric_history(champion["child"], "train_loss")
+    assert [m.step for m in steps] == list(range(len(champion["history"])))
+    assert "genotype.json" in [f.path for f in c.list_artifacts(champion["child"])]
+    # logging the same trial twice returns the existing child run
+    again = registry.log_child_run(server["uri"], champion["parent"], "darts/seed0", {}, [], {}, [])
+    assert again == champion["child"]
+
+
+def test_champion_alias_tags_and_pull_rebuilds_network(server, champion, tmp_path, capsys, monkeypatch):
+    v = champion["version"]
+    c = registry.client(server["uri"])
+    by_alias = c.get_model_version_by_alias("digits-net", "champion")
+    assert by_alias.version == v.version
+    assert by_alias.tags["sha256.weights.safetensors"] == champion["sha"]
+    assert {"study", "searcher", "space", "dataset", "seed", "metric.test_acc"} <= set(by_alias.tags)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    assert _cli(["pull", "digits-net@champion", "--to", "pulled", "--tracking-uri", server["uri"]]) == 0
+    pulled = fresh / "pulled"
+    assert {"genotype.json", "weights.safetensors", "network.json"} <= {p.name for p in pulled.iterdir()}
+    from dartboard.platform.data import load_dataset, make_loader
+    from dartboard.platform.train import evaluate
+
+    net = registry.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
+                                     "weights": pulled / "weights.safetensors"})
+    acc, _ = evaluate(net, make_loader(load_dataset("digits").test, 256, shuffle=False, seed=0), torch.device("cpu"))
+    assert acc == pytest.approx(champion["test_acc"], abs=1e-9)
+    # dartboard.load gives the same network, ready in eval mode
+    import dartboard
+
+    loaded = dartboard.load("models:/digits-net@champion", tracking_uri=server["uri"])
+    assert not loaded.training
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), net(x))
+    # list / show name the model, its alias, tags and metrics
+    for argv in (["models", "list"], ["models", "show", "digits-net"]):
+        assert _cli([*argv, "--tracking-uri", server["uri"]]) == 0
+    text = capsys.readouterr().out
+    assert "digits-net" in text and "@champion" in text and "sha256.weights.safetensors" in text
+
+
+def _version_files(server, version) -> Path:
+    """The server's stored copy of a version's artifacts (what an attacker with store access edits)."""
+    hits = [p for p in (server["root"] / "artifacts").rglob("weights.safetensors")]
+    assert hits, "weights not found in the artifact store"
+    return hits[-1].parent
+
+
+def test_tampered_weights_are_refused_and_nothing_written(server, champion, tmp_path):
+    folder = _version_files(server, champion["version"])
+    weights = folder / "weights.safetensors"
+    original = weights.read_bytes()
+    try:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        key = next(iter(state))
+        state[key] = state[key] + 1.0
+        save_file(state, str(weights))
+        with pytest.raises(registry.ModelIntegrityError, match="weights.safetensors: sha256"):
+            registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        assert _cli(["pull", "digits-net:1", "--to", str(tmp_path / "cli"), "--tracking-uri", server["uri"]]) == 2
+    finally:
+        weights.write_bytes(original)
+
+
+def test_invalid_or_altered_genotype_is_refused(server, champion, tmp_path):
+    folder = _version_files(server, champion["version"])
+    path = folder / "genotype.json"
+    original = path.read_text()
+    try:
+        data = json.loads(original)
+        data["normal"]["edges"][0][0] = "no_such_op"
+        path.write_text(json.dumps(data))
+        with pytest.raises(registry.ModelIntegrityError, match="genotype.json fails validation"):
+            registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "a")
+        data = json.loads(original)
+        first = data["normal"]["edges"][0]
+        first[0] = "skip_connect" if first[0] != "skip_connect" else "max_pool_3x3"
+        path.write_text(json.dumps(data))  # still a valid genotype, but not the registered one
+        with pytest.raises(registry.ModelIntegrityError, match="genotype.json: sha256"):
+            registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "b")
+    finally:
+        path.write_text(original)
+    registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "ok")  # restored: accepted again
+
+
+def test_sweep_hook_registers_best_genotype(server, tmp_path):
+    tracker = registry.SweepTracker(server["uri"], "test-sweep", register_as="sweep-best")
+    geno = gt.to_dict(gt.resolve("darts-v2"))
+    from dartboard.platform.sweep import trial_payload  # the sweep's own payload format
+
+    for tid, obj in (("t1", 0.5), ("t2", 0.8)):
+        payload = trial_payload(tid, {"searcher": "darts", "w_lr": 0.1},
+                                {"objective": obj, "search_done": 1.0, "genotype": json.dumps(geno)}, None)
+        assert payload["status"] == "complete"
+        tracker("trial", {**payload, "study": "s", "run_dir": "x"})
+    tracker("study", {"study": "s", "run_dir": "x", "best": {"trial_id": "t2", "objective": 0.8, "genotype": geno,
+                                                             "config": {"searcher": "darts"}}})
+    c = registry.client(server["uri"])
+    v = c.get_model_version_by_alias("sweep-best", "champion")
+    assert v.tags["trial"] == "t2" and v.run_id == tracker.children["t2"]
+    assert c.get_run(tracker.parent).info.status == "FINISHED"
+    genotype = registry.load("models:/sweep-best@champion", server["uri"], tmp_path / "g")
+    assert gt.to_dict(genotype) == geno
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("models:/net@champion", ("net", "champion", None)), ("net:3", ("net", None, "3")),
+    ("models:/net/4", ("net", None, "4")), ("net", ("net", None, None))])
+def test_parse_model_ref(ref, expected):
+    assert registry.parse_model_ref(ref) == expected
+
+
+def test_parse_model_ref_rejects_bad_version():
+    with pytest.raises(ValueError, match="version 'x' is not a number"):
+        registry.parse_model_ref("net:x")

@@ -1,0 +1,144 @@
+"""Sweeps without a cluster: study validation (one clear error naming the field), the conditional
+search space, and how ASHA-stopped trials reach Optuna (PRUNED, never COMPLETE with a truncated value)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from dartboard.platform.config import SweepConfig
+from dartboard.platform.sweep import (
+    StudySpace,
+    check_resources,
+    check_storage,
+    load_study,
+    make_search_alg,
+    resolve_storage,
+    trial_run_config,
+    validate_study,
+)
+
+
+def study(**kw) -> SweepConfig:
+    base = {"name": "t", "searcher": "darts", "epochs": 2, "options": {"C": 4, "layers": 3},
+            "params": {"arch_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}
+    return SweepConfig(**{**base, **kw})
+
+
+def test_bundled_presets_are_valid():
+    for name in ("digits", "digits-derived"):
+        cfg = load_study(name)
+        validate_study(cfg)
+    cfg = load_study(None)  # `dartboard sweep` with no argument
+    assert cfg.name == "digits-darts" and cfg.num_samples >= 8 and cfg.max_concurrent == 2
+
+
+def test_unknown_searcher_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"searcher: unknown searcher 'nope'"):
+        validate_study(study(searcher="nope"))
+
+
+def test_distribution_for_a_hyperparameter_the_searcher_lacks():
+    cfg = study(params={"rho_p": {"type": "uniform", "low": 0.0, "high": 1.0}})
+    with pytest.raises(ValueError, match=r"params.rho_p: searcher 'darts' has no hyperparameter 'rho_p'"):
+        validate_study(cfg)
+    cond = study(searcher=["darts", "darts-2nd"],
+                 params={"unrolled_r": {"type": "uniform", "low": 0.001, "high": 0.1, "when": {"searcher": "fair"}}})
+    with pytest.raises(ValueError, match=r"params.unrolled_r.when.searcher: 'fair' is not one of"):
+        validate_study(cond)
+    with pytest.raises(ValueError, match=r"options.epochs: set the study's top-level 'epochs'"):
+        validate_study(study(options={"epochs": 3}))
+
+
+def test_bad_distributions_name_the_problem():
+    with pytest.raises(ValidationError, match="needs low > 0"):
+        study(params={"arch_lr": {"type": "loguniform", "low": 0.0, "high": 1.0}})
+    with pytest.raises(ValidationError, match="expected low < high"):
+        study(params={"arch_lr": {"type": "uniform", "low": 2.0, "high": 1.0}})
+    with pytest.raises(ValidationError, match="non-empty 'values'"):
+        study(params={"C": {"type": "choice", "values": []}})
+
+
+def test_impossible_resource_request():
+    with pytest.raises(ValueError, match=r"resources.gpus_per_worker: a trial needs 2 worker\(s\) x 0.5 GPU = 1 GPU"):
+        check_resources(study(resources={"workers": 2, "gpus_per_worker": 0.5}), cpus=2, gpus=0)
+    with pytest.raises(ValueError, match=r"resources.cpus_per_worker: .* = 8 CPUs but the cluster has 2"):
+        check_resources(study(resources={"workers": 2, "cpus_per_worker": 4}), cpus=2, gpus=0)
+    check_resources(study(resources={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0.5}), cpus=2, gpus=1)
+    with pytest.raises(ValidationError, match="fraction <= 1 or a whole number"):
+        study(resources={"gpus_per_worker": 1.5})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_storage_non_root(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="storage: .* is not writable"):
+        check_storage(str(locked / "sweeps"))
+
+
+def test_unwritable_storage(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a path below a regular file can never be created, even by root
+    with pytest.raises(ValueError, match=r"storage: '.*a-file/sweeps' is not writable"):
+        check_storage(str(blocker / "sweeps"))
+    check_storage(str(tmp_path / "ok"))
+    assert resolve_storage("s3://bucket/x/") == "s3://bucket/x"
+    assert resolve_storage(None).endswith("runs/sweeps") and os.path.isabs(resolve_storage(None))
+
+
+def test_conditional_space_and_trial_config():
+    import optuna
+
+    params = {"arch_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+              "unrolled_r": {"type": "uniform", "low": 0.001, "high": 0.1, "when": {"searcher": "darts-2nd"}},
+              "layers": {"type": "int", "low": 3, "high": 5}}
+    cfg = study(searcher=["darts", "darts-2nd"], params=params)
+    validate_study(cfg)
+    space = StudySpace({k: v.model_dump() for k, v in cfg.params.items()}, cfg.searchers())
+    opt = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        t = opt.ask()
+        space(t)
+        seen.add(t.params["searcher"])
+        assert ("unrolled_r" in t.params) == (t.params["searcher"] == "darts-2nd")
+        assert 3 <= t.params["layers"] <= 5 and isinstance(t.params["layers"], int)
+        run = trial_run_config(cfg, t.params)
+        assert run["searcher"] == t.params["searcher"] and run["options"]["epochs"] == 2
+        assert "searcher" not in run["options"] and run["options"]["C"] == 4
+        opt.tell(t, 0.5)
+    assert seen == {"darts", "darts-2nd"}
+
+
+def test_asha_stopped_trials_reach_optuna_as_pruned():
+    """Complete = the last report says search_done; a trial stopped earlier is PRUNED with its
+    per-epoch intermediate values; an errored or non-finite one is FAIL; never a truncated COMPLETE."""
+    from optuna.trial import TrialState
+
+    alg = make_search_alg(study(num_samples=4))
+    ids = ["a", "b", "c", "d"]
+    for i in ids:
+        assert "arch_lr" in alg.suggest(i)
+    for epoch in (1, 2):
+        alg.on_trial_result("a", {"objective": 0.5 + epoch / 10, "epoch": epoch})
+    alg.on_trial_result("b", {"objective": 0.3, "epoch": 1})
+    alg.on_trial_result("b", {"objective": 0.3, "epoch": 1})  # a restored trial re-reporting an epoch
+    alg.on_trial_complete("a", {"objective": 0.7, "epoch": 2, "search_done": 1.0})
+    alg.on_trial_complete("b", {"objective": 0.3, "epoch": 1, "search_done": 0.0})  # ASHA stopped it
+    alg.on_trial_complete("c", None, error=True)
+    alg.on_trial_complete("d", {"objective": float("nan"), "epoch": 2, "search_done": 1.0})
+    trials = {t.number: t for t in alg._ot_study.trials}
+    assert trials[0].state == TrialState.COMPLETE and trials[0].value == pytest.approx(0.7)
+    assert trials[0].intermediate_values == {1: pytest.approx(0.6), 2: pytest.approx(0.7)}
+    # Optuna's own convention for a pruned trial: it keeps its last intermediate value for TPE's ranking.
+    assert trials[1].state == TrialState.PRUNED and trials[1].values == [pytest.approx(0.3)]
+    assert trials[1].intermediate_values == {1: pytest.approx(0.3)}
+    assert trials[2].state == TrialState.FAIL and trials[3].state == TrialState.FAIL
+
+
+def test_seeded_tpe_proposes_the_same_configs():
+    a, b = make_search_alg(study(seed=3)), make_search_alg(study(seed=3))
+    assert [a.suggest(str(i)) for i in range(3)] == [b.suggest(str(i)) for i in range(3)]

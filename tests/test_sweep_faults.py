@@ -1,0 +1,70 @@
+"""Fault tolerance on a simulated multi-node cluster (ray.cluster_utils.Cluster): removing the node
+that runs a trial's Train workers mid-trial; the trial resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dartboard.platform.config import SweepConfig
+
+pytestmark = pytest.mark.ray
+
+EPOCHS = 4
+
+
+def _reports(run_dir: Path) -> list[dict]:
+    rows = []
+    for f in run_dir.glob("*/result.json"):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from dartboard.platform.sweep import run_sweep
+
+    # The head (1 CPU) can host trial drivers but never a Train worker (2 CPUs each): workers land
+    # on one of the two worker nodes, which the test then removes.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    removed = {}
+    try:
+        cfg = SweepConfig(name="nodeloss", searcher="darts", epochs=EPOCHS, num_samples=1, max_concurrent=1,
+                          options={"C": 4, "layers": 2}, scheduler={"type": "fifo"}, storage=str(tmp_path),
+                          resources={"workers": 1, "cpus_per_worker": 2}, ray_address=cluster.address,
+                          max_failures=2, train_max_failures=3)
+
+        def kill_worker_node() -> None:
+            deadline = time.time() + 900
+            while time.time() < deadline and not removed:
+                rows = [r for d in tmp_path.glob("nodeloss-*") for r in _reports(d) if "node_id" in r]
+                if rows and 1 <= rows[-1]["epoch"] < EPOCHS:
+                    for node in nodes:
+                        if node.node_id == rows[-1]["node_id"]:
+                            removed.update(node=node.node_id, epoch=rows[-1]["epoch"])
+                            cluster.remove_node(node, allow_graceful=False)
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=kill_worker_node, daemon=True)
+        watcher.start()
+        result = run_sweep(cfg)
+        watcher.join(timeout=5)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed, "the trial finished before its node could be removed"
+    assert result.counts == {"complete": 1, "pruned": 0, "error": 0} and len(result.trials) == 1
+    epochs = [r["epoch"] for r in _reports(Path(result.run_dir)) if "epoch" in r]
+    # resumed, not restarted: the epoch counter never goes back (epoch 1 is reported once)
+    assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS and epochs.count(1) == 1
+    after = [r["node_id"] for r in _reports(Path(result.run_dir)) if r.get("epoch", 0) > removed["epoch"]]
+    assert after and removed["node"] not in after  # the rest ran on the surviving node

@@ -1,0 +1,295 @@
+"""Parts of the DARTS variants (activations, regularizers, schedules, discretizers) and the
+presets built from them: formula tests and end-to-end direction tests on tiny supernets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dartboard.searchers.activations import (
+    clipped_relu,
+    project_capped_simplex,
+    project_simplex,
+)
+from dartboard.searchers.discretize import edge_parse, genotype_mask, sigmoid_threshold_parse, sparse_parse
+from dartboard.searchers.presets import PRESETS, build_variant, merge
+from dartboard.searchers.registry import DataShape, build_searcher
+from dartboard.searchers.regularizers import (
+    admm_loss,
+    beta_decay_loss,
+    l1_loss,
+    make_regularizer,
+    proximity_loss,
+    zero_one_loss,
+)
+from dartboard.searchers.schedules import ConstantSchedule, FimtSchedule, make_schedule
+from dartboard.spaces.catalog import SPACES, CellSpace, register_space
+from dartboard.spaces.cells import edge_list
+
+torch.set_num_threads(1)  # 2 shared cores: thread contention costs far more than it gains here
+
+TINY = "test-variants-tiny"
+if TINY not in SPACES:  # 2 steps (5 edges), 3 cheap ops
+    register_space(CellSpace.uniform(TINY, ("skip_connect", "max_pool_3x3", "sep_conv_3x3"), steps=2))
+SHAPE = DataShape(1, 8, 4)
+
+
+def tiny(name: str, **options):
+    base = {"space": TINY, "steps": 2, "multiplier": 2, "C": 4, "layers": 3, "stem_multiplier": 1, "epochs": 4}
+    base.update(options)
+    torch.manual_seed(0)
+    return build_searcher(name, base, SHAPE)
+
+
+def batches(n: int, seed: int = 0, size: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, size, 1, 8, 8, generator=g)
+    y = torch.randint(0, 4, (n, size), generator=g)
+    x[:, :, :, :4] += y.view(n, size, 1, 1, 1).float()  # a little learnable signal
+    return [(x[i], y[i]) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- activations
+def test_crb_clamps_to_unit_interval():
+    assert clipped_relu(torch.tensor([-0.5, 0.0, 0.3, 1.7])).tolist() == pytest.approx([0.0, 0.0, 0.3, 1.0])
+
+
+def _slow_capped(row: torch.Tensor, capped: bool) -> torch.Tensor:
+    """Projection by bisection on theta in a = max(x - theta, 0) (KKT), theta >= 0 if capped."""
+    if capped and row.clamp_min(0).sum() <= 1:
+        return row.clamp_min(0)
+    lo, hi = float(row.min()) - 1, float(row.max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if (row - mid).clamp_min(0).sum() > 1:
+            lo = mid
+        else:
+            hi = mid
+    return (row - (lo + hi) / 2).clamp_min(0)
+
+
+def test_simplex_projections_match_slow_bisection():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(20, 5, dtype=torch.float64) * 2, 0.1 * torch.rand(5, 5, dtype=torch.float64)])
+    exact, capped = project_simplex(x), project_capped_simplex(x)
+    for i in range(len(x)):
+        assert torch.allclose(exact[i], _slow_capped(x[i], capped=False), atol=1e-9)
+        assert torch.allclose(capped[i], _slow_capped(x[i], capped=True), atol=1e-9)
+    assert torch.allclose(exact.sum(-1), torch.ones(len(x), dtype=torch.float64))
+    assert (capped >= 0).all() and (capped.sum(-1) <= 1 + 1e-12).all()
+    # hand value: (0.5, 0.5, -1) is above the cap -> (0.5, 0.5, 0); (0.2, -0.3) inside -> (0.2, 0)
+    assert project_capped_simplex(torch.tensor([[0.9, 0.9, -1.0]])).tolist()[0] == pytest.approx([0.5, 0.5, 0.0])
+    assert project_capped_simplex(torch.tensor([[0.2, -0.3]])).tolist()[0] == pytest.approx([0.2, 0.0])
+
+
+# ----------------------------------------------------------------------------- regularizers
+def test_regularizer_formulas_hand_values():
+    # thesis Eq 3.1: sigmoid(0) = 0.5, sigmoid(log 3) = 0.75 -> -(0 + 0.0625) / 2
+    assert float(zero_one_loss(torch.tensor([0.0, math.log(3.0)]))) == pytest.approx(-0.03125)
+    assert float(l1_loss([torch.tensor([-1.0, 2.0]), torch.tensor([0.5])])) == pytest.approx(3.5)
+    # Maile Eq 6: c=0.5, rho=0.1 -> 0.025 * ||(0.2, -0.2)|| = 0.025 * 0.28284
+    value = proximity_loss([torch.tensor([[0.2, 0.8]])], [torch.tensor([[0.0, 1.0]])], c=0.5, rho=0.1)
+    assert float(value) == pytest.approx(0.025 * math.sqrt(0.08))
+    # Maile Eq 7: alpha - z + u = (0.5, 0) + (0.1, 0.2) -> squared norm 0.36 + 0.04
+    a, z, u = [torch.tensor([0.5, 1.0])], [torch.tensor([0.0, 1.0])], [torch.tensor([0.1, 0.2])]
+    assert float(admm_loss(a, z, u, rho=0.1)) == pytest.approx(0.05 * 0.40)
+    assert float(admm_loss(a, z, u, rho=0.1, squared=False)) == pytest.approx(0.05 * math.sqrt(0.40))
+    # beta-decay: rows (0, 0) and (log 3, 0): log 2 and log 4 -> mean 1.5 log 2
+    rows = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    assert float(beta_decay_loss(rows)) == pytest.approx(1.5 * math.log(2.0))
+
+
+def test_beta_decay_ramp_and_bad_options():
+    part = make_regularizer({"name": "beta_decay"})
+    assert part.weight(0) == 0.0 and part.weight(50) == pytest.approx(25.0) and part.weight(100) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="'rho'.*zero_one|zero_one.*'rho'"):
+        make_regularizer({"name": "zero_one", "rho": 1})
+    with pytest.raises(ValueError, match="unknown regularizer 'nope'"):
+        make_regularizer("nope")
+
+
+# ----------------------------------------------------------------------------- discretizers
+PRIMS = [("none", "skip_connect", "sep_conv_3x3")] * 5
+EDGES = edge_list(2)  # (0,2) (1,2) (0,3) (1,3) (2,3)
+
+
+def test_threshold_parsers_and_fallback():
+    w = torch.tensor([[0.99, 0.9, 0.95],   # (0,2): none ignored; skip 0.9, sep 0.95
+                      [0.0, 0.2, 0.86],    # (1,2): sep 0.86
+                      [0.0, 0.1, 0.3],     # (0,3)
+                      [0.0, 0.5, 0.4],     # (1,3)  -> node 3 has nothing >= 0.85: fallback skip 1->3
+                      [0.0, 0.1, 0.2]])
+    sparse = sparse_parse(w, EDGES, PRIMS)
+    assert [(e.op, e.src, e.dst) for e in sparse.edges] == [
+        ("sep_conv_3x3", 0, 2), ("sep_conv_3x3", 1, 2), ("skip_connect", 1, 3)]
+    edge = edge_parse(w, EDGES, PRIMS)
+    assert {(e.op, e.src, e.dst) for e in edge.edges} == {
+        ("sep_conv_3x3", 0, 2), ("skip_connect", 0, 2), ("sep_conv_3x3", 1, 2), ("skip_connect", 1, 3)}
+    top1 = sigmoid_threshold_parse(w, EDGES, PRIMS, sigma_threshold=0.85, max_inputs_per_node=1)
+    assert [(e.op, e.src, e.dst) for e in top1.edges] == [("sep_conv_3x3", 0, 2), ("skip_connect", 1, 3)]
+    mask = genotype_mask(sparse, EDGES, PRIMS)
+    assert mask.sum() == 3 and mask[0, 2] == 1 and mask[1, 2] == 1 and mask[3, 1] == 1
+    with pytest.raises(ValueError, match="sigma_threshold"):
+        sparse_parse(w, EDGES, PRIMS, sigma_threshold=1.5)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_constant_schedule_and_split():
+    cs = ConstantSchedule(10)
+    due = [cs.arch_step_due() for _ in range(100)]
+    assert sum(due) == 10 and due[0] and due[10] and not any(due[1:10])
+    assert cs.train_fraction == pytest.approx(0.9091, abs=1e-4)
+    assert make_schedule("alternate").train_fraction == 0.5
+    with pytest.raises(ValueError, match="schedule_options.*'q'"):
+        make_schedule("constant", {"q": 1})
+
+
+def test_fimt_hand_trace():
+    s = FimtSchedule(k=2, ewma=0.5, threshold=1.0, factor=2.0)
+    s.after_weight_step(torch.tensor(3.0))  # ewma 3 >= 1 -> no step, threshold 2
+    assert not s.arch_step_due() and s.threshold == 2.0
+    s.after_weight_step(torch.tensor(1.0))  # ewma 2 >= 2 -> no step, threshold 4
+    assert not s.arch_step_due() and s.threshold == 4.0
+    s.after_weight_step(torch.tensor(1.0))  # ewma 1.5 < 4 -> step, threshold 4 * 2^-2 = 1
+    assert s.arch_step_due() and s.threshold == 1.0 and s.fi_ewma == 1.5
+
+
+@pytest.mark.parametrize("fisher", [1e-3, 2.5, 400.0])
+def test_fimt_constant_trace_one_alpha_step_per_k_weight_steps(fisher):
+    s = FimtSchedule(k=10)
+    n, steps = 5000, 0
+    for _ in range(n):
+        steps += s.arch_step_due()
+        s.after_weight_step(torch.tensor(fisher))
+    assert steps > 0
+    assert n / steps == pytest.approx(10, rel=0.2)
+
+
+def test_fimt_in_searcher_with_constant_trace():
+    searcher = tiny("darts+fimt", schedule_options={"k": 3})
+    feed = searcher.schedule.after_weight_step
+    searcher.schedule.after_weight_step = lambda g: feed(torch.tensor(0.5))  # constant Fisher trace
+    data = batches(2)
+    for i in range(40):
+        searcher.step(data[i % 2], data[(i + 1) % 2])
+    assert searcher.arch_steps == searcher.schedule.arch_steps
+    assert 40 / searcher.arch_steps == pytest.approx(3, rel=0.35)  # short run: k + 1 cycle plus warm-in
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_fairdarts_zero_one_pushes_sigmoids_to_the_ends():
+    searcher = tiny("fairdarts", arch_lr=0.1, regularizers=[{"name": "zero_one", "weight": 10.0}])
+    data = batches(2)
+    for i in range(60):
+        searcher.step(data[i % 2], data[(i + 1) % 2])
+    w = torch.cat([torch.sigmoid(a.detach()).flatten() for a in searcher.arch.alphas])
+    outside = ((w < 0.1) | (w > 0.9)).float().mean()
+    assert outside >= 0.9
+
+
+def test_crb_masked_ops_never_return_and_are_skipped():
+    searcher = tiny("darts+crb", arch_lr=0.05, regularizers=[{"name": "l1", "weight": 1.0}], alpha_init_scale=0.05)
+    calls: dict[tuple[int, int, int], int] = {}
+    for c, cell in enumerate(searcher.network.cells):
+        for e, mixed in enumerate(cell.mixed):
+            for o, op in enumerate(mixed.ops):
+                op.register_forward_hook(lambda m, i, out, key=(c, e, o): calls.__setitem__(key, calls.get(key, 0) + 1))
+    data = batches(2)
+    previous = searcher.active_ops()
+    masked_ever: set[tuple[int, int, int]] = set()
+    for i in range(30):
+        calls.clear()
+        searcher.step(data[i % 2], data[(i + 1) % 2])
+        # Masked earlier: skipped by both forwards (an edge with every op masked is excepted:
+        # MixedOp then calls op 0 once, times 0, for the output shape).
+        now = searcher.active_ops()
+        assert not any(calls.get((c, e, o), 0) for c, e, o in masked_ever if now[c][e])
+        for c, cell in enumerate(now):
+            for e, active in enumerate(cell):
+                assert set(active) <= set(previous[c][e])  # masks only shrink
+                masked_ever |= {(c, e, o) for o in set(previous[c][e]) - set(active)}
+        assert all(o not in now[c][e] for c, e, o in masked_ever)  # never return
+        previous = now
+    assert masked_ever, "no op reached alpha <= 0"
+    for c, e, o in masked_ever:  # masked alphas stay <= 0, so their weight is exactly 0
+        group = searcher.arch.cell_group[c]
+        assert float(searcher.arch.alphas[group][e, o].detach()) <= 0.0
+    assert searcher.end_epoch()["active_ops"] < 3 * 5 * 3
+
+
+def test_admm_every_z_is_a_discrete_architecture():
+    searcher = tiny("darts+admm", arch_lr=0.05, regularizers=[{"name": "admm", "period": 2}])
+    admm = searcher.regularizers[0]
+    seen = []
+    original = admm.after_arch_step
+
+    def record(s):
+        before = admm.updates
+        original(s)
+        if admm.updates != before:
+            seen.append([z.clone() for z in admm.z])
+
+    admm.after_arch_step = record
+    data = batches(2)
+    for i in range(8):
+        searcher.step(data[i % 2], data[(i + 1) % 2])
+    assert len(seen) == 4
+    for zs in seen:
+        for z in zs:
+            assert set(z.unique().tolist()) <= {0.0, 1.0}
+            assert (z.sum(dim=1) <= 1).all()  # at most one op per edge
+            for node in (2, 3):  # exactly two inputs per node, from distinct sources
+                rows = [e for e, (_, dst) in enumerate(searcher.network.edges) if dst == node]
+                assert float(z[rows].sum()) == 2.0
+    assert any(float(u.abs().sum()) > 0 for u in admm.u)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_sparse_darts_stays_in_capped_simplex(weight):
+    searcher = tiny("sparse-darts", arch_lr=0.05, regularizers=[{"name": "l1", "weight": weight}])
+    data = batches(2)
+    for i in range(25):
+        searcher.step(data[i % 2], data[(i + 1) % 2])
+        for a in searcher.arch.alphas:
+            assert (a >= 0).all() and (a.sum(dim=1) <= 1 + 1e-6).all()
+    zeros = sum(int((a == 0).sum()) for a in searcher.arch.alphas)
+    if weight > 0:
+        assert zeros > 0
+        assert searcher.end_epoch()["alpha_exact_zeros"] == zeros
+
+
+def test_sparse_l1_gives_more_exact_zeros_than_none():
+    counts = []
+    for weight in (0.0, 0.5):
+        searcher = tiny("sparse-darts", arch_lr=0.05, regularizers=[{"name": "l1", "weight": weight}])
+        data = batches(2)
+        for i in range(15):
+            searcher.step(data[i % 2], data[(i + 1) % 2])
+        counts.append(sum(int((a == 0).sum()) for a in searcher.arch.alphas))
+    assert counts[1] > counts[0]
+
+
+# ----------------------------------------------------------------------------- presets
+def test_build_searcher_darts_pr_fimt_documented_call():
+    searcher = build_searcher("darts+pr+fimt", {"C": 4, "layers": 3}, DataShape(1, 8, 10))
+    assert type(searcher.schedule).__name__ == "FimtSchedule"
+    assert [type(r).__name__ for r in searcher.regularizers] == ["Proximity"]
+    assert searcher.train_fraction == pytest.approx(10 / 11)
+
+
+def test_every_preset_builds_and_user_combinations():
+    for name in PRESETS:
+        searcher = tiny(name)
+        assert searcher.derive() is not None
+    combo = tiny("darts-variant", activation="crb", schedule="constant", schedule_options={"k": 4},
+                 regularizers=["proximity", {"name": "admm", "squared": False}], node_bn=True)
+    assert [type(r).__name__ for r in combo.regularizers] == ["Proximity", "Admm", "CrbMasking"]
+    assert combo.train_fraction == pytest.approx(0.8)
+    assert PRESETS["darts+pr+fimt+crb"][1] == merge({"regularizers": [{"name": "proximity"}]},
+                                                    PRESETS["darts+fimt+crb"][1])
+    with pytest.raises(ValueError, match="disagree on 'schedule'"):
+        merge({"schedule": "fimt"}, {"schedule": "constant"})
+    with pytest.raises(ValueError, match="schedule: unknown schedule 'weekly'"):
+        build_variant({"schedule": "weekly"}, SHAPE, "cpu")
