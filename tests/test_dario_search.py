@@ -143,3 +143,11 @@ def test_log_pruned_model_writes_genotype_and_weights(tiny_vit, tmp_path):
     names = {a.path for a in client.list_artifacts(run_id, "pruned")}
     assert names == {"pruned/genotype.json", "pruned/model.safetensors"}
     assert client.get_run(run_id).data.metrics["accuracy"] == 90.0
+
+
+@pytest.mark.slow
+def test_digits_demo_keeps_accuracy_with_fewer_parameters():
+    report, result = dario_run.run_demo(seed=0)
+    assert report.params_pruned < report.params_original
+    assert report.accuracy_pruned >= report.accuracy_original - 2.0
+    assert len(result.genotype.blocks_kept) < result.genotype.n_blocks

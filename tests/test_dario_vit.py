@@ -147,3 +147,17 @@ def test_alpha_gradient_matches_finite_differences(tiny_vit, granularity, proxy)
             analytic = grads[key].flatten()[i].item()
             assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-10), (key, i)
     assert any(g.abs().max() > 0 for g in grads.values())
+
+
+def test_mobilevit_transformer_blocks_are_gated_and_pruned():
+    torch.manual_seed(0)
+    model = create_vit("mobilevit_xxs", num_classes=3).eval()
+    block = torch.ones(9)
+    block[[1, 3]] = 0.0
+    head = torch.ones(9, 4)
+    head[0, 0] = 0.0
+    genotype = genotype_from_gates("mobilevit_xxs", 9, 4, block, head, 0.65)
+    x = torch.randn(1, 3, 64, 64)
+    pruned = prune_vit(model, genotype).eval()
+    assert torch.allclose(pruned(x), GatedViT(model)(x, block, head), atol=1e-5)
+    assert count_parameters(pruned) < count_parameters(model)

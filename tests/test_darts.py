@@ -180,3 +180,19 @@ def test_bad_config_values_are_named():
         build_searcher("darts", {"colour": 1}, DataShape(1, 8, 10))
     with pytest.raises(ValueError, match="unknown searcher 'dorts'"):
         build_searcher("dorts", {}, DataShape(1, 8, 10))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("order", [1, 2])
+def test_search_step_on_gpu(precision, order):
+    cfg = DartsConfig(C=8, layers=5, in_channels=1, input_size=8, epochs=2, order=order, precision=precision,
+                      device="cuda")
+    s = BilevelSearcher(cfg)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    before = [a.detach().clone() for a in s.arch.parameters()]
+    for _ in range(3):
+        s.step((x, y), (x, y))
+    m = s.end_epoch()
+    assert math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"])
+    assert any(not torch.equal(b, a.detach()) for b, a in zip(before, s.arch.parameters()))

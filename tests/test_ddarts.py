@@ -141,3 +141,15 @@ def test_mixed_precision_step_runs():
     s = run_steps("ddarts", {"precision": "bf16", "ablation_grad": "full"}, n=1)
     assert all(torch.isfinite(a).all() for a in s.arch.parameters())
     assert any(a.abs().sum() > 0 for a in s.arch.parameters())
+
+
+@pytest.mark.slow  # the profiler's memory records make it ~2 minutes on a loaded 2-core machine
+def test_memory_benchmark_lt_within_25_percent_of_lf():
+    from dartboard.platform.cli_ddarts import _benchmark_module
+
+    bench = _benchmark_module()
+    setting = bench.Setting(batch=8, C=4, layers=3, input_size=8, steps=1)
+    results = bench.run(setting, ["L_F", "L_T (active)", "L_T (full)"])
+    assert results["L_F"]["peak_bytes"] > 0
+    assert results["L_T (active)"]["ratio"] <= bench.LIMIT
+    assert results["L_T (full)"]["ratio"] <= bench.LIMIT

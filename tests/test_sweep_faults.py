@@ -31,9 +31,10 @@ def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path):
     from dartboard.platform.sweep import run_sweep
 
     # The head (1 CPU) can host trial drivers but never a Train worker (2 CPUs each): workers land
-    # on one of the two worker nodes, which the test then removes.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    # on one of the two worker nodes, which the test then removes. 4 CPUs per worker node: Ray
+    # reschedules the dead group's placement group bundle before Train frees it.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = [cluster.add_node(num_cpus=4) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     removed = {}

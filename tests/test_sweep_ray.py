@@ -16,7 +16,8 @@ DIVERGING_LR = 1e12  # with momentum 0 the first weight step blows the supernet 
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False)  # FIFO sweep: no early stop, no placement group to clean
+    # FIFO sweep: no early stop, so no placement group for Ray Train's cleaner (state API) to free
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
 

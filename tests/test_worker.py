@@ -79,7 +79,7 @@ def test_nonfinite_reason_names_the_metric():
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
 

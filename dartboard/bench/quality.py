@@ -125,13 +125,29 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     tune.report({"done": 1, "trial_json": json.dumps(record)})
 
 
-def _run_ray(specs: list[dict[str, Any]], workers: int, out: Path) -> list[dict[str, Any]]:
-    """All trials as one Ray Tune study (a grid over (searcher, seed)), one CPU per trial."""
+def _run_ray(specs: list[dict[str, Any]], workers: int, out: Path, address: str | None = None
+             ) -> list[dict[str, Any]]:
+    """All trials as one Ray Tune study (a grid over (searcher, seed)), one CPU per trial.
+
+    Without ``address`` a private local Ray instance is started (``address="local"``: never
+    another user's ``ray start`` cluster on this machine) and shut down afterwards."""
     import ray
     from ray import tune
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        return _fit_ray(specs, workers, out, tune)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _fit_ray(specs: list[dict[str, Any]], workers: int, out: Path, tune: Any) -> list[dict[str, Any]]:
     tuner = tune.Tuner(
         tune.with_resources(_ray_trainable, {"cpu": 1}),
         param_space={"trial": tune.grid_search(specs)},
@@ -303,7 +319,8 @@ def rescore_file(path: str | Path, table_path: str | None = None) -> tuple[Quali
     return cfg, write_outputs(records, cfg, table, path.parent, data.get("wall_seconds", 0.0))
 
 
-def run_quality(cfg: QualityConfig, out: str | Path, ray: bool = False) -> dict[str, Any]:
+def run_quality(cfg: QualityConfig, out: str | Path, ray: bool = False, ray_address: str | None = None
+                ) -> dict[str, Any]:
     """Run the study; write quality.json, quality.md and regret_curves.png under ``out``."""
     from dartboard.bench.table import load_table
 
@@ -313,7 +330,7 @@ def run_quality(cfg: QualityConfig, out: str | Path, ray: bool = False) -> dict[
     searchers = [s for s in cfg.searchers if s != RANDOM]
     specs = trial_specs(QualityConfig(**{**asdict(cfg), "searchers": searchers}))
     start = time.perf_counter()
-    records = _run_ray(specs, cfg.workers, out) if ray else _run_local(specs, cfg.workers)
+    records = _run_ray(specs, cfg.workers, out, ray_address) if ray else _run_local(specs, cfg.workers)
     if cfg.random_search or RANDOM in cfg.searchers:
         records += random_search_records(records, cfg, table)
     return write_outputs(records, cfg, table, out, time.perf_counter() - start)

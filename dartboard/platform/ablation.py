@@ -60,7 +60,8 @@ class AblationStudy(BaseModel):
     dataset: str = "digits"
     data_root: str | None = None
     batch_size: int = Field(64, ge=1)
-    train_fraction: float = Field(0.5, gt=0.0, lt=1.0)  # DARTS: train half / val half
+    # DARTS: train half / val half; None = the split each variant's schedule implies (CS-k, FIMT: 10/11)
+    train_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])  # Maile et al.: 3 seeds per experiment
     variants: list[AblationVariant]
     search: dict[str, Any] = Field(default_factory=dict)  # searcher options shared by every variant
@@ -173,7 +174,7 @@ def ablation_trial(config: dict[str, Any]) -> None:
     seed_everything(seed)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = make_searcher(cfg, splits)
-    train_loader, val_loader = search_loaders(cfg, splits)
+    train_loader, val_loader = search_loaders(cfg, splits, searcher)
     history: list[dict] = []
     seconds = 0.0
     checkpoint = ray.tune.get_checkpoint()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from dartboard.platform.dario_run import DEMO_THRESHOLD
 from dartboard.searchers.dario import ITERATIONS, MODEL_LR, SEARCH_LR, THRESHOLD, WARMUP_SAMPLES, DarioConfig
 from dartboard.searchers.proxies import DEFAULT_PROXY
 
@@ -36,7 +37,8 @@ def prune(
     checkpoint: Path | None = typer.Option(None, help="pre-trained state_dict (.safetensors or torch file)"),
     granularity: str = typer.Option("block", help="block | head | both (thesis 6.1.1)"),
     proxy: str = typer.Option(DEFAULT_PROXY, help="Table 6.1 proxy to minimise"),
-    threshold: float = typer.Option(THRESHOLD, help="gates sigmoid(alpha) under this are pruned (thesis: 0.65)"),
+    threshold: float | None = typer.Option(None, help=f"gates sigmoid(alpha) under this are pruned [default: "
+                                           f"{THRESHOLD} (thesis); demo: {DEMO_THRESHOLD} (reference)]"),
     warmup_samples: int = typer.Option(WARMUP_SAMPLES, "--k", help="warm start: best of k random alphas"),
     iterations: int = typer.Option(ITERATIONS, "--n", help="search iterations (Algorithm 5)"),
     search_lr: float = typer.Option(SEARCH_LR, help="lambda, the gate step size"),
@@ -57,12 +59,15 @@ def prune(
     from dartboard.platform import dario_run
     from dartboard.spaces.vit import count_parameters, create_vit, load_state_dict_file
 
+    is_demo = demo or model == "demo"
+    if threshold is None:
+        threshold = DEMO_THRESHOLD if is_demo else THRESHOLD
     config = DarioConfig(granularity=granularity, proxy=proxy, threshold=threshold, warmup_samples=warmup_samples,
                          iterations=iterations, search_lr=search_lr, model_lr=model_lr, optimizer=optimizer,
                          seed=seed)
     config.validate()
     torch.manual_seed(seed)
-    if demo or model == "demo":
+    if is_demo:
         report, result = dario_run.run_demo(config, seed=seed, finetune_epochs=finetune_epochs)
         for line in report.lines():
             typer.echo(line)

@@ -51,6 +51,7 @@ def quality_cmd(
     epochs: int = typer.Option(20, help="Search epochs per trial."),
     workers: int = typer.Option(2, help="Trials run at once (one CPU each)."),
     ray: bool = typer.Option(False, "--ray", help="Run the trials as one Ray Tune study."),
+    ray_address: str = typer.Option(None, help="With --ray: an existing cluster (default: a private local one)."),
     own_parse: bool = typer.Option(False, "--own-parse", help="Keep each preset's discretizer (default: the "
                                    "DARTS parse, whose outcomes are exactly the table's members)."),
     no_random: bool = typer.Option(False, "--no-random", help="Leave out random search."),
@@ -85,7 +86,7 @@ def quality_cmd(
                         table=str(table) if table else None)
     log.info("bench quality: %s x seeds %s, %d epochs, %d workers%s", ", ".join(names), cfg.seeds, epochs, workers,
              " (Ray Tune)" if ray else "")
-    result = run_quality(cfg, out, ray=ray)
+    result = run_quality(cfg, out, ray=ray, ray_address=ray_address)
     typer.echo(result["markdown"])
     typer.echo(f"curves: {result['plot']}; table: {out / 'quality.md'}; took {result['wall_seconds']:.0f} s")
     if not no_mlflow:

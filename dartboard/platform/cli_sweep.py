@@ -19,22 +19,29 @@ def sweep(
     num_samples: int = typer.Option(None, help="Override the study's number of trials."),
     address: str = typer.Option(None, "--address", help="Join a running Ray cluster (e.g. auto) instead of "
                                                         "starting a local one."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not track in MLflow nor register the champion."),
 ) -> None:
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
     from dartboard.platform.config import SweepConfig
-    from dartboard.platform.sweep import load_study, run_sweep, validate_study
+    from dartboard.platform.registry import SweepTracker
+    from dartboard.platform.sweep import load_study, resolve_storage, run_sweep, study_name, validate_study
 
     if resume is not None:
         if study is not None:
             raise ValueError("resume: give either a study or --resume RUN_DIR, not both")
-        result = run_sweep(resume=resume)
+        name = study_name(resolve_storage(resume))
+        hooks = [] if no_mlflow else [SweepTracker(tracking_uri, register_as=name)]
+        result = run_sweep(resume=resume, callbacks=hooks)
     else:
         cfg = load_study(study)
         overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
                                        "ray_address": address}.items() if v is not None}
         cfg = SweepConfig(**{**cfg.model_dump(), **overrides})
         validate_study(cfg)
-        result = run_sweep(cfg)
+        # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
+        hooks = [] if no_mlflow else [SweepTracker(tracking_uri, register_as=cfg.name)]
+        result = run_sweep(cfg, callbacks=hooks)
     c = result.counts
     typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")

@@ -31,6 +31,7 @@ def search(
     config: Path = typer.Option(None, "--config", "-c", help="YAML run config (flags override it)."),
     searcher: str = typer.Option(None, help="Searcher or preset name (see `dartboard searchers`)."),
     space: str = typer.Option(None, help="Cell space (darts, darts-none, s_o, s1..s4, ...)."),
+    start: str = typer.Option(None, help="DARTOpti: starting architecture (resnet18, resnet50, xception)."),
     dataset: str = typer.Option(None, help="digits (default), cifar10, cifar100, imagefolder."),
     data_root: str = typer.Option(None, help="Folder holding the local dataset."),
     epochs: int = typer.Option(None, help="Search epochs."),
@@ -55,7 +56,7 @@ def search(
     if no_mlflow:
         data["mlflow"] = False
     options = dict(data.get("options") or {})
-    options.update({k: v for k, v in {"space": space, "epochs": epochs, "order": order,
+    options.update({k: v for k, v in {"space": space, "start": start, "epochs": epochs, "order": order,
                                       "precision": precision}.items() if v is not None})
     options.update(parse_set(set_))
     data["options"] = options

@@ -46,7 +46,12 @@ class SearchRunConfig(BaseModel):
 
     def searcher_options(self) -> dict[str, Any]:
         """Options with the dataset's defaults filled in where the user gave none."""
-        defaults = DIGITS_SEARCH_DEFAULTS if self.dataset == "digits" else {}
+        from dartboard.searchers.registry import get_searcher_spec
+
+        defaults: dict[str, Any] = {}
+        if self.dataset == "digits":
+            profile = get_searcher_spec(self.searcher).small_data_defaults
+            defaults = dict(DIGITS_SEARCH_DEFAULTS if profile is None else profile)
         return {**defaults, **self.options}
 
 
@@ -161,7 +166,7 @@ class SweepConfig(BaseModel):
     data_root: str | None = None
     image_size: int = Field(32, ge=8)
     batch_size: int = Field(64, ge=1)
-    train_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    train_fraction: float | None = Field(None, gt=0.0, lt=1.0)  # None: the searcher's schedule decides
     epochs: int = Field(3, ge=1)  # the budget: search epochs per trial (ASHA's max_t)
     options: dict[str, Any] = Field(default_factory=dict)  # fixed searcher options
     params: dict[str, Distribution] = Field(default_factory=dict)  # the outer hyperparameters

@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 # The bundled demo: a small ViT for the 8x8 digits (the issue's suggested size).
 DEMO_MODEL = "vit_tiny_patch16_224"
 DEMO_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 64, "depth": 6, "num_heads": 4, "in_chans": 1,
-               "num_classes": 10}
+               "num_classes": 10, "drop_path_rate": 0.1}  # stochastic depth as in DeiT's recipe (0.1)
+# The demo prunes with the reference implementation's threshold (ALGORITHMS.md: 0.3): at the thesis' 0.65 the
+# N(0,1) warm start removes ~73% of gates, i.e. 5 of this 6-block model's blocks, which costs 7-9 points of
+# digits accuracy after fine-tuning the last block + head (measured); the thesis tuned 0.65 on 12-block ViT-B.
+DEMO_THRESHOLD = 0.3
 FINETUNE_LR = 1e-3  # Adam; dartboard's choice (the thesis does not give its fine-tuning schedule)
 
 
@@ -212,8 +216,9 @@ def train_demo_vit(seed: int = 0, epochs: int = 40, lr: float = 2e-3) -> tuple[n
 @dataclass
 class DemoReport:
     accuracy_original: float
-    accuracy_pruned: float
+    accuracy_pruned: float  # after fine-tuning every layer of the pruned model
     accuracy_pruned_before_finetune: float
+    accuracy_pruned_last_block: float  # after the thesis protocol: last block + head fine-tuned
     params_original: int
     params_pruned: int
     genotype: GateGenotype
@@ -228,7 +233,8 @@ class DemoReport:
             f"parameters: original {self.params_original:,}  pruned {self.params_pruned:,} "
             f"({100 * self.params_pruned / self.params_original:.1f}%)",
             f"test accuracy: original {self.accuracy_original:.2f}%  pruned {self.accuracy_pruned_before_finetune:.2f}%"
-            f" before fine-tuning, {self.accuracy_pruned:.2f}% after",
+            f" before fine-tuning, {self.accuracy_pruned_last_block:.2f}% after fine-tuning the last block + head,"
+            f" {self.accuracy_pruned:.2f}% after fine-tuning all layers",
             f"search: {self.search_seconds:.1f} s",
             "throughput (images/s, CPU): " + "  ".join(f"{k} {v:.3g}" for k, v in self.throughput.items()),
         ]
@@ -237,19 +243,24 @@ class DemoReport:
 def run_demo(config: DarioConfig | None = None, seed: int = 0, train_epochs_: int = 40,
              finetune_epochs: int = 20) -> tuple[DemoReport, PruneResult]:
     """Train the demo ViT on digits, prune it with DARIO, fine-tune the last block + head, measure."""
-    config = config or DarioConfig(seed=seed)
+    config = config or DarioConfig(seed=seed, threshold=DEMO_THRESHOLD)
     model, train, test = train_demo_vit(seed, train_epochs_)
     acc_original = evaluate(model, test)
     result = prune_model(model, DEMO_MODEL, config, DEMO_KWARGS)
     acc_before = evaluate(result.pruned, test)
-    finetune_last_block(result.pruned, train, finetune_epochs)
+    import copy
+
+    last_block = finetune_last_block(copy.deepcopy(result.pruned), train, finetune_epochs)
+    acc_last = evaluate(last_block, test)
+    train_epochs(result.pruned, train, finetune_epochs, FINETUNE_LR)
     acc_after = evaluate(result.pruned, test)
     shape = infer_input_shape(model)
     throughput = compare_throughput(model, result.pruned, shape, batch_size=256, steps=5, warmup=2)
-    report = DemoReport(acc_original, acc_after, acc_before, result.params_original, result.params_pruned,
+    report = DemoReport(acc_original, acc_after, acc_before, acc_last, result.params_original, result.params_pruned,
                         result.genotype, throughput, result.search_seconds)
     result.metrics.update(accuracy_original=acc_original, accuracy_pruned=acc_after,
-                          accuracy_pruned_before_finetune=acc_before, **throughput)
+                          accuracy_pruned_before_finetune=acc_before, accuracy_pruned_last_block=acc_last,
+                          **throughput)
     return report, result
 
 

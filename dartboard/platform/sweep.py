@@ -354,7 +354,13 @@ def init_ray(cfg: SweepConfig) -> None:
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, runtime_env={"env_vars": env})
     else:
-        ray.init(num_cpus=local_num_cpus(cfg), runtime_env={"env_vars": env})
+        # address="local": always a new local instance, never another `ray start` cluster on this machine.
+        ray.init(address="local", num_cpus=local_num_cpus(cfg), runtime_env={"env_vars": env})
+
+
+def study_name(run_dir: str) -> str:
+    """The name of the study whose sweep lives in ``run_dir``."""
+    return str(yaml.safe_load(_read_text(f"{run_dir}/{STUDY_FILE}", "resume")).get("name", "study"))
 
 
 def run_sweep(cfg: SweepConfig | None = None, *, resume: str | None = None,

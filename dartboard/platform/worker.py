@@ -151,13 +151,14 @@ def wrap_ddp(searcher: Any, device: torch.device) -> None:
     searcher.train_module = DistributedDataParallel(network, device_ids=ids, find_unused_parameters=True)
 
 
-def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int):
+def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, searcher: Any = None):
     """The search split's train/val halves, each sharded over ranks (equal batch counts per rank)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from dartboard.platform.data import search_split
+    from dartboard.platform.run import train_fraction
 
-    train, val = search_split(splits.train, cfg.seed, cfg.train_fraction)
+    train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
     per_rank = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
     samplers = [DistributedSampler(d, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed + i, drop_last=True)
                 for i, d in enumerate((train, val))]
@@ -201,7 +202,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(cfg.seed)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = build_searcher(cfg.searcher, cfg.searcher_options(), data_shape(splits), str(device))
-    (train_loader, val_loader), samplers, halves = sharded_loaders(cfg, splits, rank, world)
+    (train_loader, val_loader), samplers, halves = sharded_loaders(cfg, splits, rank, world, searcher)
     epochs = int(getattr(getattr(searcher, "config", None), "epochs", cfg.searcher_options().get("epochs", 1)))
 
     checkpoint = ray.train.get_checkpoint()

@@ -194,6 +194,7 @@ class DartOptiSearcher(DDartsSearcher):
 
 
 @register_searcher("dartopti", "DARTOpti (thesis 4.1.4): D-DARTS in S_o started from a handcrafted network "
-                   "(start=resnet18|resnet50|xception)", options=dataclass_options(DartOptiConfig))
+                   "(start=resnet18|resnet50|xception)", options=dataclass_options(DartOptiConfig),
+                   small_data_defaults={"C": 8, "epochs": 10})  # the cell count comes from the start
 def build_dartopti(options: dict[str, Any], shape: DataShape, device: str) -> DartOptiSearcher:
     return DartOptiSearcher(ddarts_config(DartOptiConfig, options, shape, device))

@@ -32,17 +32,21 @@ class SearcherSpec:
     description: str
     options: tuple[str, ...] = ()  # accepted option names (for validation and sweeps)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # The scaled-down profile used on small data (digits); None = the platform's default profile.
+    small_data_defaults: Mapping[str, Any] | None = None
 
 
 SEARCHERS: dict[str, SearcherSpec] = {}
 
 
 def register_searcher(name: str, description: str, options: tuple[str, ...] = (),
-                      defaults: Mapping[str, Any] | None = None) -> Callable[[Builder], Builder]:
+                      defaults: Mapping[str, Any] | None = None,
+                      small_data_defaults: Mapping[str, Any] | None = None) -> Callable[[Builder], Builder]:
     def wrap(build: Builder) -> Builder:
         if name in SEARCHERS:
             raise ValueError(f"searcher {name!r} is already registered")
-        SEARCHERS[name] = SearcherSpec(name, build, description, tuple(options), dict(defaults or {}))
+        SEARCHERS[name] = SearcherSpec(name, build, description, tuple(options), dict(defaults or {}),
+                                       None if small_data_defaults is None else dict(small_data_defaults))
         return build
 
     return wrap
