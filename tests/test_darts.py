@@ -51,9 +51,9 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
     def objective(alpha_values):
         cw = s.arch.cell_weights([torch.softmax(a, -1) for a in alpha_values])
         w = [p.clone().requires_grad_(True) for p in w0]
-        loss_tr = s.criterion(functional_call(s.network, dict(zip(names, w)), (x_tr, cw)), y_tr)
+        loss_tr = s.criterion(functional_call(s.network, dict(zip(names, w, strict=True)), (x_tr, cw)), y_tr)
         g = torch.autograd.grad(loss_tr, w)
-        unrolled = {n: p - xi * gi for n, p, gi in zip(names, w0, g)}
+        unrolled = {n: p - xi * gi for n, p, gi in zip(names, w0, g, strict=True)}
         return s.criterion(functional_call(s.network, unrolled, (x_va, cw)), y_va)
 
     base = [a.detach().clone() for a in alphas]
@@ -157,7 +157,7 @@ def test_checkpoint_round_trip_continues_identically():
     a.step((x, y), (x, y))
     b.step((x, y), (x, y))
     for pa, pb in zip(list(a.arch.parameters()) + list(a.network.parameters()),
-                      list(b.arch.parameters()) + list(b.network.parameters())):
+                      list(b.arch.parameters()) + list(b.network.parameters()), strict=True):
         assert torch.equal(pa, pb)
     assert b.epoch == 1
 
@@ -195,4 +195,4 @@ def test_search_step_on_gpu(precision, order):
         s.step((x, y), (x, y))
     m = s.end_epoch()
     assert math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"])
-    assert any(not torch.equal(b, a.detach()) for b, a in zip(before, s.arch.parameters()))
+    assert any(not torch.equal(b, a.detach()) for b, a in zip(before, s.arch.parameters(), strict=True))

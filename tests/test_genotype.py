@@ -40,7 +40,8 @@ def _base():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d["normal"]["edges"][3].__setitem__(0, "sep_conv_9x9"), "normal.edges[3].op: unknown op 'sep_conv_9x9'"),
+        (lambda d: d["normal"]["edges"][3].__setitem__(0, "sep_conv_9x9"),
+         "normal.edges[3].op: unknown op 'sep_conv_9x9'"),
         (lambda d: d["reduce"]["edges"][2].__setitem__(1, 4), "reduce.edges[2]: edge 4->3 goes into an earlier node"),
         (lambda d: d["normal"].pop("concat"), "normal.concat: missing field"),
         (lambda d: d.pop("reduce"), "reduce: missing field"),

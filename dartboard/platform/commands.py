@@ -98,7 +98,8 @@ def train(
     cfg = TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed,
                       device=resolve_device(device))
     if cfg.epochs < 1 or cfg.channels < 2 or cfg.layers < 1:
-        raise ValueError(f"epochs, channels and layers must be positive (got {cfg.epochs}, {cfg.channels}, {cfg.layers})")
+        raise ValueError(f"epochs, channels and layers must be positive "
+                         f"(got {cfg.epochs}, {cfg.channels}, {cfg.layers})")
     if out is None:
         path = Path(genotype)
         out_dir = path.parent if path.is_file() else Path("runs") / f"train-{genotype}"

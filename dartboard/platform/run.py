@@ -56,7 +56,8 @@ def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
 def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
     train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
     if len(train) < cfg.batch_size:
-        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the search training split ({len(train)} samples)")
+        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the search training split "
+                         f"({len(train)} samples)")
     return (make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True),
             make_loader(val, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, drop_last=True))
 

@@ -102,7 +102,8 @@ def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_
             out = net(x)
             if isinstance(out, tuple):
                 logits, aux = out
-                loss = nn.functional.cross_entropy(logits, y) + cfg.auxiliary_weight * nn.functional.cross_entropy(aux, y)
+                aux_loss = nn.functional.cross_entropy(aux, y)
+                loss = nn.functional.cross_entropy(logits, y) + cfg.auxiliary_weight * aux_loss
             else:
                 loss = nn.functional.cross_entropy(out, y)
             loss.backward()

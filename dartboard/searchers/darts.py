@@ -26,7 +26,15 @@ from torch import nn
 from torch.func import functional_call
 
 from dartboard.searchers.activations import get_activation
-from dartboard.searchers.base import ArchParameters, Batch, EpochMeter, accuracy_count, rng_state, set_rng_state, to_device
+from dartboard.searchers.base import (
+    ArchParameters,
+    Batch,
+    EpochMeter,
+    accuracy_count,
+    rng_state,
+    set_rng_state,
+    to_device,
+)
 from dartboard.searchers.discretize import get_discretizer
 from dartboard.spaces.catalog import CellSpace, get_space
 from dartboard.spaces.genotype import CellsGenotype, DartsGenotype, Genotype
@@ -133,7 +141,8 @@ class BilevelSearcher:
         self.device = torch.device(config.device)
         self.space = space or get_space(config.space)
         if self.space.steps != config.steps:
-            raise ValueError(f"steps: space {self.space.name!r} has {self.space.steps} steps, config says {config.steps}")
+            raise ValueError(f"steps: space {self.space.name!r} has {self.space.steps} steps, "
+                             f"config says {config.steps}")
         self.activation = get_activation(config.activation)
         self.discretize = get_discretizer(config.discretizer)
         self.regularizers = list(regularizers)
@@ -253,13 +262,13 @@ class BilevelSearcher:
         else:
             loss = self.arch_loss(x_val, y_val)
             grads = torch.autograd.grad(self.arch_scaler.scale(loss), alphas, allow_unused=True)
-            grads = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
+            grads = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads, strict=True)]
         self.apply_arch_grads(grads)
 
     def apply_arch_grads(self, grads: Sequence[torch.Tensor]) -> None:
         alphas = list(self.arch.parameters())
         self.reduce_arch_grads(grads)
-        for a, g in zip(alphas, grads):
+        for a, g in zip(alphas, grads, strict=True):
             a.grad = g
         for opt in self.arch_optimizers:
             self.arch_scaler.step(opt)
@@ -304,11 +313,11 @@ class BilevelSearcher:
         alphas = list(self.arch.parameters())
         eta = self.w_optimizer.param_groups[0]["lr"]
         # w' = w - eta * (momentum * buf + grad L_train(w) + wd * w)
-        train_loss = self._train_loss_fn(dict(zip(names, weights)), x_train, y_train,
+        train_loss = self._train_loss_fn(dict(zip(names, weights, strict=True)), x_train, y_train,
                                          [w.detach() for w in self.cell_weights()])
         g_train = torch.autograd.grad(train_loss, weights)
         unrolled = []
-        for p, g in zip(weights, g_train):
+        for p, g in zip(weights, g_train, strict=True):
             buf = self.w_optimizer.state.get(p, {}).get("momentum_buffer")
             step = g + c.w_weight_decay * p.detach()
             if buf is not None:
@@ -317,24 +326,25 @@ class BilevelSearcher:
         # grad_alpha and grad_w' of L_val(w', alpha) (+ regularizers, which depend on alpha only)
         gw = self.group_weights()
         with self.autocast():
-            logits = functional_call(self.network, dict(zip(names, unrolled)), (x_val, self.arch.cell_weights(gw)))
+            unrolled_params = dict(zip(names, unrolled, strict=True))
+            logits = functional_call(self.network, unrolled_params, (x_val, self.arch.cell_weights(gw)))
         val_loss = self.criterion(logits, y_val)
         self.meter.add("val_loss", val_loss.detach() * y_val.numel(), y_val.numel())
         self.meter.add("val_acc", accuracy_count(logits, y_val), y_val.numel())
         total = val_loss + self.regularization(gw)
         grads = torch.autograd.grad(total, alphas + unrolled, allow_unused=True)
-        d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
-        d_w = [torch.zeros_like(u) if g is None else g for u, g in zip(unrolled, grads[len(alphas):])]
+        d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)], strict=True)]
+        d_w = [torch.zeros_like(u) if g is None else g for u, g in zip(unrolled, grads[len(alphas):], strict=True)]
         # Finite-difference Hessian-vector product: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R
         R = c.unrolled_r / torch.sqrt(sum(g.pow(2).sum() for g in d_w)).clamp_min(1e-12)
         hvp = None
         for sign in (1.0, -1.0):
-            shifted = {n: p.detach() + sign * R * d for n, p, d in zip(names, weights, d_w)}
+            shifted = {n: p.detach() + sign * R * d for n, p, d in zip(names, weights, d_w, strict=True)}
             loss = self._train_loss_fn(shifted, x_train, y_train, self.cell_weights())
             g = torch.autograd.grad(loss, alphas, allow_unused=True)
-            g = [torch.zeros_like(a) if gi is None else gi for a, gi in zip(alphas, g)]
-            hvp = g if hvp is None else [h - gi for h, gi in zip(hvp, g)]
-        return [da - eta * h / (2 * R) for da, h in zip(d_alpha, hvp)]
+            g = [torch.zeros_like(a) if gi is None else gi for a, gi in zip(alphas, g, strict=True)]
+            hvp = g if hvp is None else [h - gi for h, gi in zip(hvp, g, strict=True)]
+        return [da - eta * h / (2 * R) for da, h in zip(d_alpha, hvp, strict=True)]
 
     # ------------------------------------------------------------------ epochs
     def end_epoch(self) -> dict[str, float]:
@@ -413,16 +423,17 @@ class BilevelSearcher:
         self.arch.load_state_dict(state["arch"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.w_scheduler.load_state_dict(state["w_scheduler"])
-        for opt, s in zip(self.arch_optimizers, state["arch_optimizers"]):
+        for opt, s in zip(self.arch_optimizers, state["arch_optimizers"], strict=True):
             opt.load_state_dict(s)
         self.w_scaler.load_state_dict(state["w_scaler"])
         self.arch_scaler.load_state_dict(state["arch_scaler"])
         self.schedule.load_state_dict(state["schedule"])
-        for reg, s in zip(self.regularizers, state["regularizers"]):
+        for reg, s in zip(self.regularizers, state["regularizers"], strict=True):
             reg.load_state_dict(s)
         self.set_active_ops(state.get("masks"))
         counters = state["counters"]
-        self.epoch, self.global_step, self.arch_steps = counters["epoch"], counters["global_step"], counters["arch_steps"]
+        self.epoch, self.global_step = counters["epoch"], counters["global_step"]
+        self.arch_steps = counters["arch_steps"]
         self.history = list(state["history"])
         set_rng_state(state["rng"])
 
@@ -433,8 +444,8 @@ class BilevelSearcher:
     def set_active_ops(self, masks: list[list[list[int]]] | None) -> None:
         if masks is None:
             return
-        for cell, cell_masks in zip(self.network.cells, masks):
-            for mixed, active in zip(cell.mixed, cell_masks):
+        for cell, cell_masks in zip(self.network.cells, masks, strict=True):
+            for mixed, active in zip(cell.mixed, cell_masks, strict=True):
                 mixed.active = tuple(active)
 
 

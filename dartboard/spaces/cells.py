@@ -79,7 +79,7 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
         self.mixed = nn.ModuleList(
             MixedOp(C, 2 if reduction and src < 2 else 1, prims)
-            for (src, _), prims in zip(self.edges, self.edge_primitives)
+            for (src, _), prims in zip(self.edges, self.edge_primitives, strict=True)
         )
         # Maile et al.: a non-affine BN after each node's sum (used with CRB).
         self.node_bn = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(steps)) if node_bn else None

@@ -114,7 +114,7 @@ class SearchNetwork(_Skeleton):
         if len(weights) != len(self.cells):
             raise ValueError(f"weights: expected one tensor per cell ({len(self.cells)}), got {len(weights)}")
         s0, s1 = self._stem_forward(x)
-        for cell, w in zip(self.cells, weights):
+        for cell, w in zip(self.cells, weights, strict=True):
             s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
