@@ -10,25 +10,12 @@ from collections.abc import Callable
 
 import torch
 
+from dartboard.registries import Registry
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
-ACTIVATIONS: dict[str, Activation] = {}
-
-
-def register_activation(name: str) -> Callable[[Activation], Activation]:
-    def wrap(fn: Activation) -> Activation:
-        if name in ACTIVATIONS:
-            raise ValueError(f"activation {name!r} is already registered")
-        ACTIVATIONS[name] = fn
-        return fn
-
-    return wrap
-
-
-def get_activation(name: str) -> Activation:
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
+ACTIVATIONS: Registry[Activation] = Registry("activation")
+register_activation = ACTIVATIONS.register
+get_activation = ACTIVATIONS.lookup
 
 
 @register_activation("softmax")

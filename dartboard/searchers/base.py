@@ -9,7 +9,7 @@ Searchers never import ray or mlflow.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -118,8 +118,3 @@ def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def to_device(batch: Batch, device: torch.device) -> Batch:
     x, y = batch
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def cycle(loader: Iterable[Batch]) -> Iterable[Batch]:
-    while True:
-        yield from loader

@@ -11,27 +11,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dartboard.registries import Registry
 from dartboard.spaces.genotype import CellGenotype, Edge
 
 Discretizer = Callable[..., CellGenotype]
-DISCRETIZERS: dict[str, Discretizer] = {}
-
-
-def register_discretizer(name: str) -> Callable[[Discretizer], Discretizer]:
-    def wrap(fn: Discretizer) -> Discretizer:
-        if name in DISCRETIZERS:
-            raise ValueError(f"discretizer {name!r} is already registered")
-        DISCRETIZERS[name] = fn
-        return fn
-
-    return wrap
-
-
-def get_discretizer(name: str) -> Discretizer:
-    try:
-        return DISCRETIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown discretizer {name!r}; known: {', '.join(sorted(DISCRETIZERS))}") from None
+DISCRETIZERS: Registry[Discretizer] = Registry("discretizer")
+register_discretizer = DISCRETIZERS.register
+get_discretizer = DISCRETIZERS.lookup
 
 
 def best_op(row: torch.Tensor, primitives: Sequence[str]) -> tuple[int, float]:

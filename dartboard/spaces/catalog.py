@@ -9,22 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dartboard.registries import Registry
 from dartboard.spaces.cells import edge_list
 from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, DARTS_PRIMITIVES
 
-GENOTYPES: dict[str, Callable[[], Genotype]] = {}
-SPACES: dict[str, CellSpace] = {}
-
-
-def register_genotype(name: str) -> Callable[[Callable[[], Genotype]], Callable[[], Genotype]]:
-    def wrap(fn: Callable[[], Genotype]) -> Callable[[], Genotype]:
-        if name in GENOTYPES:
-            raise ValueError(f"genotype {name!r} is already in the catalog")
-        GENOTYPES[name] = fn
-        return fn
-
-    return wrap
+GENOTYPES: Registry[Callable[[], Genotype]] = Registry("genotype")
+SPACES: Registry[CellSpace] = Registry("space")
+register_genotype = GENOTYPES.register
+get_space = SPACES.lookup
 
 
 @dataclass(frozen=True)
@@ -51,17 +44,7 @@ class CellSpace:
 
 
 def register_space(space: CellSpace) -> CellSpace:
-    if space.name in SPACES:
-        raise ValueError(f"space {space.name!r} is already registered")
-    SPACES[space.name] = space
-    return space
-
-
-def get_space(name: str) -> CellSpace:
-    try:
-        return SPACES[name]
-    except KeyError:
-        raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(sorted(SPACES))}") from None
+    return SPACES.add(space.name, space)
 
 
 register_space(CellSpace.uniform("darts", DARTS_PRIMITIVES, description="DARTS: 7 ops + none"))

@@ -13,29 +13,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from dartboard.registries import Registry
+
 OpFactory = Callable[[int, int, bool], nn.Module]
-OPS: dict[str, OpFactory] = {}
-
-
-def register_op(name: str) -> Callable[[OpFactory], OpFactory]:
-    """Decorator adding an op factory to :data:`OPS` under ``name``."""
-
-    def wrap(factory: OpFactory) -> OpFactory:
-        if name in OPS:
-            raise ValueError(f"op {name!r} is already registered")
-        OPS[name] = factory
-        return factory
-
-    return wrap
+OPS: Registry[OpFactory] = Registry("op")
+register_op = OPS.register  # decorator adding an op factory under a name
 
 
 def make_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
     """Build op ``name``; unknown names raise a ValueError listing the known ones."""
-    try:
-        factory = OPS[name]
-    except KeyError:
-        raise ValueError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
-    return factory(C, stride, affine)
+    return OPS.lookup(name)(C, stride, affine)
 
 
 class ReLUConvBN(nn.Sequential):
