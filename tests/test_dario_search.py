@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -145,9 +146,92 @@ def test_log_pruned_model_writes_genotype_and_weights(tiny_vit, tmp_path):
     assert client.get_run(run_id).data.metrics["accuracy"] == 90.0
 
 
-@pytest.mark.slow
-def test_digits_demo_keeps_accuracy_with_fewer_parameters():
-    report, result = dario_run.run_demo(seed=0)
+@pytest.mark.parametrize("mode", ["log", "unit"])
+def test_gate_gradient_normalisations(tiny_vit, mode):
+    searcher = DarioSearcher(tiny_vit, DarioConfig(granularity="both", gate_gradient=mode, model_lr=0.05))
+    raw = searcher.alpha_gradient()
+    value = searcher.history[-1]
+    step = searcher.search_direction(raw, value)
+    if mode == "log":  # d log s / d alpha = (ds/dalpha) / s, s > 0 for the parameter variance
+        for k in raw:
+            assert torch.allclose(step[k], raw[k] / value)
+    else:  # one L2 norm over the block and head gates together
+        norm = torch.sqrt(sum((g ** 2).sum() for g in raw.values()))
+        for k in raw:
+            assert torch.allclose(step[k], raw[k] / norm)
+        assert float(torch.sqrt(sum((g ** 2).sum() for g in step.values()))) == pytest.approx(1.0)
+
+
+def test_unit_gate_step_moves_alpha_by_lambda_and_thesis_step_by_lambda_times_gradient(tiny_vit):
+    for mode in ("unit", "thesis"):
+        searcher = DarioSearcher(tiny_vit, DarioConfig(gate_gradient=mode, search_lr=0.05, warmup_samples=0))
+        raw = searcher.alpha_gradient()["block"]
+        before = searcher.alpha["block"].detach().clone()
+        searcher.step()
+        moved = searcher.alpha["block"].detach() - before
+        expected = 0.05 * (raw / raw.norm() if mode == "unit" else raw)
+        assert torch.allclose(moved, -expected, atol=1e-7)  # Algorithm 5 line 10 with the normalised gradient
+    assert float(moved.norm()) < 0.05  # the thesis form on this tiny model: |ds/dalpha| << 1
+
+
+def test_prior_mean_for_keep_probability():
+    from dartboard.searchers.dario import prior_mean_for_keep_probability as mu
+
+    assert mu(0.5, 0.5) == pytest.approx(0.0, abs=1e-12)
+    assert mu(0.65, 0.5) == pytest.approx(math.log(0.65 / 0.35))  # logit(0.65) = 0.6190
+    assert mu(0.65, 0.8413447460685429) == pytest.approx(math.log(0.65 / 0.35) + 1.0)  # Phi(1) = 0.8413
+    # empirical check: the fraction of N(mu, 1) samples whose sigmoid clears the threshold
+    gen = torch.Generator().manual_seed(0)
+    alpha = mu(0.65, 0.3) + torch.randn(200_000, generator=gen)
+    assert float((torch.sigmoid(alpha) >= 0.65).double().mean()) == pytest.approx(0.3, abs=0.005)
+    with pytest.raises(ValueError, match="keep_probability"):
+        mu(0.65, 1.0)
+
+
+def test_warm_start_samples_around_the_prior(tiny_vit):
+    cfg = DarioConfig(warmup_samples=1, iterations=0, warmup_mean=5.0, warmup_std=0.01)
+    searcher = DarioSearcher(tiny_vit, cfg)
+    searcher.warm_start()
+    assert torch.allclose(searcher.alpha["block"].detach(), torch.full((3,), 5.0), atol=0.05)
+    with pytest.raises(ValueError, match="gate_gradient"):
+        DarioConfig(gate_gradient="sign").validate()
+    with pytest.raises(ValueError, match="warmup_std"):
+        DarioConfig(warmup_std=0.0).validate()
+
+
+# A reduced digits demo (< 60 s on 2 cores): a 4-block ViT of width 32 trained briefly. Margin: the full demo
+# holds the issue's 2 points; this small, briefly trained model is checked against a looser 5-point margin.
+REDUCED_MARGIN = 5.0
+
+
+def test_reduced_digits_demo_prunes_and_keeps_accuracy():
+    from dartboard.platform.dario_demo import DemoSettings, run_demo
+
+    settings = DemoSettings(model_kwargs={**dario_demo_kwargs(), "embed_dim": 32, "depth": 4, "num_heads": 2},
+                            train_epochs=12, warmup_epochs=1.0, finetune_epochs=6, warmup_samples=12,
+                            iterations=5)
+    report, result = run_demo(settings, seed=0, throughput_steps=0)
+    assert report.accuracy_original > 85.0  # the model really learned digits, so the comparison means something
     assert report.params_pruned < report.params_original
-    assert report.accuracy_pruned >= report.accuracy_original - 2.0
     assert len(result.genotype.blocks_kept) < result.genotype.n_blocks
+    assert report.accuracy_all_layers >= report.accuracy_original - REDUCED_MARGIN
+    assert any(line.startswith("bar") for line in report.lines())
+
+
+def dario_demo_kwargs():
+    from dartboard.platform.dario_demo import DEMO_KWARGS
+
+    return dict(DEMO_KWARGS)
+
+
+@pytest.mark.slow
+def test_digits_demo_meets_the_issue_bar():
+    from dartboard.platform.dario_demo import ACCURACY_BAR, run_demo
+
+    report, result = run_demo(seed=0)
+    assert report.accuracy_original > 97.0
+    assert report.params_pruned < report.params_original
+    assert len(result.genotype.blocks_kept) < result.genotype.n_blocks
+    assert result.genotype.meta["threshold"] == 0.65  # the thesis threshold
+    assert report.accuracy_all_layers >= report.accuracy_original - ACCURACY_BAR
+    assert report.meets_bar(report.accuracy_all_layers)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
-from dartboard.platform.dario_run import DEMO_THRESHOLD
-from dartboard.searchers.dario import ITERATIONS, MODEL_LR, SEARCH_LR, THRESHOLD, WARMUP_SAMPLES, DarioConfig
+from dartboard.searchers.dario import (
+    GATE_GRADIENTS,
+    ITERATIONS,
+    MODEL_LR,
+    SEARCH_LR,
+    THRESHOLD,
+    WARMUP_MEAN,
+    WARMUP_SAMPLES,
+    DarioConfig,
+)
 from dartboard.searchers.proxies import DEFAULT_PROXY
 
 log = logging.getLogger(__name__)
@@ -37,16 +46,22 @@ def prune(
     checkpoint: Path | None = typer.Option(None, help="pre-trained state_dict (.safetensors or torch file)"),
     granularity: str = typer.Option("block", help="block | head | both (thesis 6.1.1)"),
     proxy: str = typer.Option(DEFAULT_PROXY, help="Table 6.1 proxy to minimise"),
-    threshold: float | None = typer.Option(None, help=f"gates sigmoid(alpha) under this are pruned [default: "
-                                           f"{THRESHOLD} (thesis); demo: {DEMO_THRESHOLD} (reference)]"),
-    warmup_samples: int = typer.Option(WARMUP_SAMPLES, "--k", help="warm start: best of k random alphas"),
-    iterations: int = typer.Option(ITERATIONS, "--n", help="search iterations (Algorithm 5)"),
-    search_lr: float = typer.Option(SEARCH_LR, help="lambda, the gate step size"),
+    threshold: float = typer.Option(THRESHOLD, help="gates sigmoid(alpha) under this are pruned (thesis 0.65)"),
+    warmup_samples: int | None = typer.Option(None, "--k", help=f"warm start: best of k random alphas "
+                                              f"[default: {WARMUP_SAMPLES}; demo 100]"),
+    warmup_mean: float | None = typer.Option(None, help=f"warm start alpha ~ N(mean, 1) [default: {WARMUP_MEAN} "
+                                             "(thesis); demo: each gate kept with probability 1/2]"),
+    iterations: int | None = typer.Option(None, "--n", help=f"search iterations (Algorithm 5) [default: "
+                                          f"{ITERATIONS}; demo 50]"),
+    search_lr: float | None = typer.Option(None, help=f"lambda, the gate step size [default: {SEARCH_LR}; "
+                                           "demo 0.01 with --gate-gradient unit]"),
+    gate_gradient: str | None = typer.Option(None, help=f"{' | '.join(GATE_GRADIENTS)}: the gate step "
+                                             "(thesis = raw ds/dalpha) [default: thesis; demo: unit]"),
     model_lr: float = typer.Option(MODEL_LR, help="gamma, the theta~ step size (Eq 6.6)"),
     optimizer: str = typer.Option("sgd", help="sgd (Algorithm 5) or adam"),
     model_kwargs: str | None = typer.Option(None, help="JSON kwargs for timm.create_model, e.g. image size"),
     demo: bool = typer.Option(False, "--demo", help="train a small ViT on digits, then prune it"),
-    finetune_epochs: int = typer.Option(20, help="demo: epochs fine-tuning the last block + head"),
+    finetune_epochs: int = typer.Option(15, help="demo: epochs of each fine-tuning protocol"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here"),
@@ -60,15 +75,24 @@ def prune(
     from dartboard.spaces.vit import count_parameters, create_vit, load_state_dict_file
 
     is_demo = demo or model == "demo"
-    if threshold is None:
-        threshold = DEMO_THRESHOLD if is_demo else THRESHOLD
-    config = DarioConfig(granularity=granularity, proxy=proxy, threshold=threshold, warmup_samples=warmup_samples,
-                         iterations=iterations, search_lr=search_lr, model_lr=model_lr, optimizer=optimizer,
-                         seed=seed)
+    search = {"warmup_samples": warmup_samples, "iterations": iterations, "search_lr": search_lr,
+              "gate_gradient": gate_gradient}
+    search = {k: v for k, v in search.items() if v is not None}
+    if is_demo:
+        from dartboard.platform import dario_demo
+
+        settings = dario_demo.DemoSettings(threshold=threshold, finetune_epochs=finetune_epochs, **search)
+        config = replace(settings.config(seed), granularity=granularity, proxy=proxy, model_lr=model_lr,
+                         optimizer=optimizer)
+    else:
+        config = DarioConfig(granularity=granularity, proxy=proxy, threshold=threshold, model_lr=model_lr,
+                             optimizer=optimizer, seed=seed, **search)
+    if warmup_mean is not None:
+        config = replace(config, warmup_mean=warmup_mean)
     config.validate()
     torch.manual_seed(seed)
     if is_demo:
-        report, result = dario_run.run_demo(config, seed=seed, finetune_epochs=finetune_epochs)
+        report, result = dario_demo.run_demo(settings, seed=seed, config=config)
         for line in report.lines():
             typer.echo(line)
     else:
@@ -102,10 +126,10 @@ def prune_study(
     train_epochs: int = typer.Option(40, help="epochs training the demo ViT that plays the pre-trained model"),
 ) -> None:
     """Proxy study (thesis 6.1.2): correlation of every Table 6.1 proxy with accuracy on digits."""
-    from dartboard.platform import dario_run
+    from dartboard.platform import dario_demo, dario_run
 
-    model, train, test = dario_run.train_demo_vit(seed, train_epochs)
-    result = dario_run.proxy_study(model, dario_run.DEMO_MODEL, train, test, n_models=n_models, repeats=repeats,
+    model, train, test = dario_demo.train_demo_vit(seed, dario_demo.DemoSettings(train_epochs=train_epochs))
+    result = dario_run.proxy_study(model, dario_demo.DEMO_MODEL, train, test, n_models=n_models, repeats=repeats,
                                    finetune_epochs=finetune_epochs, seed=seed)
     for line in result.table():
         typer.echo(line)

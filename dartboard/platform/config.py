@@ -47,11 +47,16 @@ class SearchRunConfig(BaseModel):
     def searcher_options(self) -> dict[str, Any]:
         """Options with the dataset's defaults filled in where the user gave none."""
         from dartboard.searchers.registry import get_searcher_spec
+        from dartboard.spaces.catalog import get_space
 
+        spec = get_searcher_spec(self.searcher)
         defaults: dict[str, Any] = {}
         if self.dataset == "digits":
-            profile = get_searcher_spec(self.searcher).small_data_defaults
+            profile = spec.small_data_defaults
             defaults = dict(DIGITS_SEARCH_DEFAULTS if profile is None else profile)
+        space = self.options.get("space", spec.defaults.get("space"))
+        if space is not None:  # a space's own supernet settings (tiny81: 1 step, 2 cells) win over the profile
+            defaults.update(get_space(space).network_defaults)
         return {**defaults, **self.options}
 
 

@@ -91,6 +91,9 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     seed_everything(cfg.seed)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = make_searcher(cfg, splits)
+    from dartboard.bench.regret import attach_if_tiny81
+
+    attach_if_tiny81(searcher)  # in the tabular space, log each epoch's looked-up regret
     train_loader, val_loader = search_loaders(cfg, splits, searcher)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     epochs = searcher.config.epochs

@@ -9,6 +9,15 @@ Single-level search over gate parameters alpha (block, head or both granularitie
 
 The reference implementation takes the alpha gradient from sum(output).backward(); dartboard follows
 the thesis and differentiates the proxy of theta~ (Eq 6.4, 6.6).
+
+Gate step size. s depends on alpha only through the gamma-step of Eq 6.6, so ds/dalpha is O(gamma) and
+carries the proxy's scale (parameter variance scales with |theta|^2). Measured on the digits demo ViT
+(gamma = 1e-3): s ~ 3.9e-3, |ds/dalpha| ~ 2e-8, so 500 thesis steps at lambda = 0.1 move alpha by ~1e-6:
+the thesis form needs lambda ~ 1e5 on that model, and another lambda for every model, gamma and proxy.
+``gate_gradient`` keeps the thesis form by default and offers two documented normalisations:
+"log" descends log|s| (ds/dalpha / |s|: invariant to the proxy's scale, still O(gamma)) and "unit"
+takes steps of length lambda along -ds/dalpha / ||ds/dalpha||_2 (normalised gradient descent: lambda
+is then a distance in alpha space, independent of the proxy's and gamma's scales).
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ ITERATIONS = 500  # n: thesis Fig 6.8 ("5 runs of 500 iterations")
 # The thesis gives neither step size; these are dartboard's choices (a sweep can vary them).
 SEARCH_LR = 0.1  # lambda, Algorithm 5 line 10
 MODEL_LR = 1e-3  # gamma, Eq 6.6 / Algorithm 5 line 8
+WARMUP_MEAN = 0.0  # thesis 6.1.2 random search: alpha ~ N(0, 1)
+WARMUP_STD = 1.0
+GATE_GRADIENTS = ("thesis", "log", "unit")  # see the module docstring; "thesis" is Algorithm 5 line 10
 
 
 @dataclass
@@ -52,6 +64,9 @@ class DarioConfig:
     search_lr: float = SEARCH_LR
     model_lr: float = MODEL_LR
     optimizer: str = "sgd"  # Algorithm 5 line 10 is plain gradient descent; "adam" is an option
+    gate_gradient: str = "thesis"  # "thesis": ds/dalpha; "log": ds/dalpha / |s|; "unit": ds/dalpha / ||.||_2
+    warmup_mean: float = WARMUP_MEAN  # warm start samples alpha ~ N(warmup_mean, warmup_std^2)
+    warmup_std: float = WARMUP_STD
     batch_size: int = 1
     seed: int = 0
     input_shape: tuple[int, int, int] | None = None  # (C, H, W); inferred from the model when None
@@ -73,6 +88,25 @@ class DarioConfig:
             raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.gate_gradient not in GATE_GRADIENTS:
+            raise ValueError(f"gate_gradient: expected one of {', '.join(GATE_GRADIENTS)}, got {self.gate_gradient!r}")
+        if not (math.isfinite(self.warmup_mean) and math.isfinite(self.warmup_std) and self.warmup_std > 0):
+            raise ValueError(f"warmup_mean, warmup_std: expected finite values with warmup_std > 0, got "
+                             f"{self.warmup_mean}, {self.warmup_std}")
+
+
+def prior_mean_for_keep_probability(threshold: float, keep_probability: float = 0.5, std: float = WARMUP_STD) -> float:
+    """The warm-start mean mu such that P(sigmoid(alpha) >= threshold) = keep_probability, alpha ~ N(mu, std^2).
+
+    sigmoid(alpha) >= t  <=>  alpha >= logit(t), so mu = logit(t) + std * Phi^-1(keep_probability).
+    With the thesis prior N(0, 1) and t = 0.65, each gate is kept with probability 1 - Phi(0.619) = 0.27.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold: expected a value in (0, 1), got {threshold}")
+    if not 0.0 < keep_probability < 1.0:
+        raise ValueError(f"keep_probability: expected a value in (0, 1), got {keep_probability}")
+    logit = math.log(threshold / (1.0 - threshold))
+    return logit + std * float(torch.special.ndtri(torch.tensor(keep_probability, dtype=torch.float64)))
 
 
 class DarioSearcher:
@@ -129,21 +163,34 @@ class DarioSearcher:
         return self.proxy(theta, forward if self.proxy.needs_forward else None)  # Alg 5 line 9
 
     def alpha_gradient(self) -> dict[str, Tensor]:
-        """ds/dalpha for the current alpha (one double backward)."""
+        """ds/dalpha for the current alpha (one double backward), raw: the thesis form."""
         with unfused_attention(self.gated):
             s = self.proxy_value(create_graph=True)
             grads = torch.autograd.grad(s, list(self.alpha.values()))
         self.history.append(float(s.detach()))
         return dict(zip(self.alpha, grads, strict=True))
 
+    def search_direction(self, grads: dict[str, Tensor], value: float) -> dict[str, Tensor]:
+        """The gradient the optimiser steps along, per ``gate_gradient`` (module docstring)."""
+        mode = self.config.gate_gradient
+        if mode == "log":  # d log|s| / d alpha = (ds/dalpha) / |s|
+            return {k: g / max(abs(value), torch.finfo(g.dtype).tiny) for k, g in grads.items()}
+        if mode == "unit":  # one L2 norm over all gate groups, so their relative sizes are kept
+            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))
+            if float(norm) == 0.0:
+                return grads
+            return {k: g / norm.to(g.dtype) for k, g in grads.items()}
+        return grads
+
     # ------------------------------------------------------------------ Algorithm 5
 
     def warm_start(self) -> float:
-        """Keep the best of k samples alpha ~ N(0, 1) (Algorithm 5 lines 1-3)."""
+        """Keep the best of k samples alpha ~ N(warmup_mean, warmup_std^2) (Algorithm 5 lines 1-3; thesis N(0, 1))."""
         best, best_alpha = math.inf, None
         with unfused_attention(self.gated):
             for _ in range(self.config.warmup_samples):
-                sample = {k: torch.randn(v.shape, generator=self.generator).to(v) for k, v in self.alpha.items()}
+                sample = {k: (self.config.warmup_mean + self.config.warmup_std
+                              * torch.randn(v.shape, generator=self.generator)).to(v) for k, v in self.alpha.items()}
                 value = float(self.proxy_value(sample, create_graph=False).detach())
                 if value < best:
                     best, best_alpha = value, sample
@@ -156,7 +203,7 @@ class DarioSearcher:
 
     def step(self) -> float:
         """One iteration of Algorithm 5 (lines 5-10); returns the proxy value before the step."""
-        grads = self.alpha_gradient()
+        grads = self.search_direction(self.alpha_gradient(), self.history[-1])
         self.optimizer.zero_grad(set_to_none=True)
         for k, v in self.alpha.items():
             v.grad = grads[k]

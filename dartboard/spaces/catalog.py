@@ -6,8 +6,9 @@ candidate ops of every edge of the normal and the reduction cell).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from dartboard.registries import Registry
 from dartboard.spaces.cells import edge_list
@@ -29,11 +30,14 @@ class CellSpace:
     reduce: tuple[tuple[str, ...], ...]
     steps: int = 4
     description: str = ""
+    # Supernet settings the space implies (e.g. tiny81: 1 step, 2 cells), applied under the user's options.
+    network_defaults: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
-    def uniform(cls, name: str, primitives: Sequence[str], steps: int = 4, description: str = "") -> CellSpace:
+    def uniform(cls, name: str, primitives: Sequence[str], steps: int = 4, description: str = "",
+                network_defaults: Mapping[str, Any] | None = None) -> CellSpace:
         per_edge = tuple(tuple(primitives) for _ in edge_list(steps))
-        return cls(name, per_edge, per_edge, steps, description)
+        return cls(name, per_edge, per_edge, steps, description, dict(network_defaults or {"steps": steps}))
 
     def primitives(self, reduction: bool) -> tuple[tuple[str, ...], ...]:
         return self.reduce if reduction else self.normal
@@ -55,7 +59,9 @@ register_space(CellSpace.uniform("s_o", DARTOPTI_PRIMITIVES, description="DARTOp
 from dartboard.spaces import tiny as _tiny  # noqa: E402
 
 register_space(CellSpace.uniform(_tiny.TINY81_NAME, _tiny.TINY81_OPS, steps=_tiny.TINY81_STEPS,
-                                 description="mini space of 81 members with a shipped table (Zela & Hutter)"))
+                                 description="mini space of 81 members with a shipped table (Zela & Hutter)",
+                                 network_defaults={k: v for k, v in _tiny.TINY81_SEARCH_OPTIONS.items()
+                                                   if k != "space"}))
 
 # R-DARTS spaces S1-S4 (Zela et al. 2020; ALGORITHMS.md R-DARTS). S1 has two preselected ops
 # per edge: the per-edge pairs of the RobustDARTS S1 (the two ops with the highest DARTS alpha
