@@ -217,3 +217,40 @@ def test_parse_model_ref(ref, expected):
 def test_parse_model_ref_rejects_bad_version():
     with pytest.raises(ValueError, match="version 'x' is not a number"):
         registry.parse_model_ref("net:x")
+
+
+@pytest.mark.ray
+def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_path, monkeypatch):
+    """A real digits sweep (Ray Tune + Train) with final training registers NAME@champion on the
+    server; `dartboard pull` in a fresh folder rebuilds a network with the logged test accuracy."""
+    ray = pytest.importorskip("ray")
+    from dartboard.platform.config import SweepConfig
+    from dartboard.platform.data import load_dataset, make_loader
+    from dartboard.platform.sweep import run_sweep
+    from dartboard.platform.train import evaluate
+
+    cfg = SweepConfig(name="digits-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
+                      options={"C": 4, "layers": 2}, params={"arch_lr": {"type": "loguniform", "low": 1e-4,
+                                                                         "high": 1e-2}},
+                      scheduler={"type": "fifo"}, storage=str(tmp_path / "sweeps"),
+                      final_training={"channels": 4, "layers": 3, "epochs": 1})
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    try:
+        result = run_sweep(cfg, callbacks=[registry.SweepTracker(server["uri"], register_as="digits-sweep")])
+    finally:
+        ray.shutdown()
+    assert result.best is not None and result.counts["complete"] == 2
+    logged = result.best["final"]["test_acc"]
+    version = registry.client(server["uri"]).get_model_version_by_alias("digits-sweep", "champion")
+    assert float(version.tags["metric.test_acc"]) == pytest.approx(logged)
+    assert version.tags["dataset"] == "digits" and version.tags["study"] == "digits-sweep"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    assert _cli(["pull", "digits-sweep@champion", "--to", "pulled", "--tracking-uri", server["uri"]]) == 0
+    pulled = fresh / "pulled"
+    assert gt.load(pulled / "genotype.json") == gt.from_dict(result.best["genotype"])
+    net = registry.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
+                                     "weights": pulled / "weights.safetensors"})
+    acc, _ = evaluate(net, make_loader(load_dataset("digits").test, 256, shuffle=False, seed=0), torch.device("cpu"))
+    assert acc == pytest.approx(logged, abs=1e-9)

@@ -148,6 +148,18 @@ class SweepObjective(BaseModel):
     train_batch_size: int = Field(64, ge=1)
 
 
+class SweepFinalTraining(BaseModel):
+    """After the sweep: train the best genotype from scratch and register it with its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: int = Field(16, ge=2)
+    layers: int = Field(8, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
 class SweepScheduler(BaseModel):
     """ASHA on a per-epoch metric; the rung clock is the epoch counter the workers report."""
 
@@ -180,6 +192,7 @@ class SweepConfig(BaseModel):
     seed: int = 0
     resources: SweepResources = Field(default_factory=SweepResources)
     objective: SweepObjective = Field(default_factory=SweepObjective)
+    final_training: SweepFinalTraining | None = None  # None: the champion is registered as a genotype only
     scheduler: SweepScheduler = Field(default_factory=SweepScheduler)
     storage: str | None = None  # local folder (default ./runs/sweeps), s3://, gs:// or a shared mount
     max_failures: int = Field(2, ge=0)  # Tune retries of a trial (driver/node loss)

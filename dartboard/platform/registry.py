@@ -427,9 +427,15 @@ class SweepTracker:
 
         run_id = self.children.get(best["trial_id"]) or self.parent
         config = best.get("config", {})
-        tags = {"study": payload.get("study"), "trial": best["trial_id"], "searcher": config.get("searcher", ""),
-                "space": config.get("space", ""), "dataset": config.get("dataset", ""), "seed": config.get("seed", ""),
+        tags = {"study": payload.get("study"), "trial": best["trial_id"],
+                "searcher": config.get("searcher", payload.get("searcher", "")), "space": config.get("space", ""),
+                "dataset": config.get("dataset", payload.get("dataset", "")), "seed": config.get("seed", ""),
                 "metric.objective": best.get("objective")}
+        final = best.get("final")
+        if final:  # the sweep trained the champion: register genotype, network spec and weights
+            tags.update({"metric.test_acc": final["test_acc"], "metric.parameters": final["parameters"]})
+            register_champion(self.uri, self.register_as, run_id, final["dir"], tags)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / GENOTYPE_FILE).write_text(json.dumps(best["genotype"]))
             register_champion(self.uri, self.register_as, run_id, tmp, tags)

@@ -358,6 +358,26 @@ def init_ray(cfg: SweepConfig) -> None:
         ray.init(address="local", num_cpus=local_num_cpus(cfg), runtime_env={"env_vars": env})
 
 
+def train_champion(cfg: SweepConfig, best: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Train the best genotype from scratch (``cfg.final_training``) on the study's data; the folder
+    holds genotype.json, network.json and weights.safetensors, ready for the registry."""
+    from dartboard.platform.config import resolve_device
+    from dartboard.platform.data import load_dataset
+    from dartboard.platform.registry import NETWORK_FILE, network_spec
+    from dartboard.platform.train import TrainConfig, train_genotype
+    from dartboard.spaces import genotype as gt
+
+    final = cfg.final_training
+    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    train_cfg = TrainConfig(channels=final.channels, layers=final.layers, epochs=final.epochs,
+                            batch_size=final.batch_size, seed=final.seed, device=resolve_device("auto"))
+    result = train_genotype(gt.from_dict(best["genotype"]), splits, train_cfg, out_dir)
+    (out_dir / NETWORK_FILE).write_text(json.dumps(network_spec(train_cfg, splits.info, cfg.dataset)))
+    log.info("champion trained: test accuracy %.4f (%d parameters)", result.test_acc, result.parameters)
+    return {"dir": str(out_dir), "test_acc": result.test_acc, "test_loss": result.test_loss,
+            "parameters": result.parameters, "weights_sha256": result.weights_sha256}
+
+
 def study_name(run_dir: str) -> str:
     """The name of the study whose sweep lives in ``run_dir``."""
     return str(yaml.safe_load(_read_text(f"{run_dir}/{STUDY_FILE}", "resume")).get("name", "study"))
@@ -413,11 +433,14 @@ def run_sweep(cfg: SweepConfig | None = None, *, resume: str | None = None,
         trials.append(trial_payload(trial_id, r.config, r.metrics or {}, error))
     complete = [t for t in trials if t["status"] == "complete" and _finite(t["objective"])]
     best = max(complete, key=lambda t: t["objective"]) if complete else None
+    if best is not None and cfg.final_training is not None and "://" not in run_dir:
+        best["final"] = train_champion(cfg, best, Path(run_dir) / "champion")
     counts = {s: sum(t["status"] == s for t in trials) for s in ("complete", "pruned", "error")}
     result = SweepResult(run_dir, trials, best, time.perf_counter() - start, counts)
     _write_text(f"{run_dir}/{RESULT_FILE}", json.dumps({"best": best, "counts": counts, "trials": trials},
                                                           indent=1, default=str))
-    payload = {"study": cfg.name, "run_dir": run_dir, "best": best, "counts": counts, "trials": trials}
+    payload = {"study": cfg.name, "run_dir": run_dir, "best": best, "counts": counts, "trials": trials,
+               "dataset": cfg.dataset, "searcher": cfg.searchers()[0] if len(cfg.searchers()) == 1 else ""}
     for hook in list(callbacks) + SWEEP_CALLBACKS:
         hook("study", payload)
     return result
