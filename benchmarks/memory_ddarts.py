@@ -1,116 +1,11 @@
-"""Peak memory of a D-DARTS search step: L_T (ablation loss) against L_F (FairDARTS loss per cell).
-
-The thesis (4.2.3) reports that L_T doubles GPU memory over L_F; dartboard's L_T runs the n
-ablated forwards without autograd graphs (``ablation_grad: active``) or one graph at a time
-(``full``), so it must stay within 25% of L_F (issue 4).
-
-Every variant builds a fresh searcher on the same network, batch and seed, takes one step
-(so optimizer states exist), then measures the peak memory that further steps allocate:
-- CPU: from the torch profiler's memory records (each op's own allocations and frees, summed
-  in time order); the resident set is useless here, as the C allocator keeps freed pages;
-- GPU (``--device cuda``): ``torch.cuda.max_memory_allocated`` minus the memory allocated
-  before the steps.
-
-Run: ``python benchmarks/memory_ddarts.py`` or ``dartboard bench memory``.
-"""
+"""Script form of ``dartboard bench memory`` (the benchmark lives in dartboard.bench.memory)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
-LIMIT = 1.25  # issue 4: L_T may cost at most 25% more peak memory than L_F
-
-VARIANTS = {
-    "L_F": {"searcher": "ddarts-lf", "options": {}},
-    "L_T (active)": {"searcher": "ddarts", "options": {"ablation_grad": "active"}},
-    "L_T (full)": {"searcher": "ddarts", "options": {"ablation_grad": "full"}},
-    "L_T (none)": {"searcher": "ddarts", "options": {"ablation_grad": "none"}},
-}
-
-
-@dataclass
-class Setting:
-    batch: int = 32
-    C: int = 8
-    layers: int = 5
-    input_size: int = 32
-    steps: int = 2
-    device: str = "cpu"
-    threads: int = 1
-
-
-def profiled_peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak of the bytes that ``fn`` allocates on the CPU and still holds, from the torch
-    profiler's memory records: every op's own (self) allocations minus frees, summed in time order."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
-
-
-def measure(searcher: str, options: dict, setting: Setting) -> dict:
-    """Peak bytes added by ``setting.steps`` search steps of a fresh searcher."""
-    import torch
-
-    from dartboard.searchers.registry import DataShape, build_searcher
-
-    torch.set_num_threads(setting.threads)
-    torch.manual_seed(0)
-    opts = {"C": setting.C, "layers": setting.layers, "epochs": 1, **options}
-    s = build_searcher(searcher, opts, DataShape(3, setting.input_size, 10), setting.device)
-    x = torch.randn(setting.batch, 3, setting.input_size, setting.input_size, device=setting.device)
-    y = torch.randint(0, 10, (setting.batch,), device=setting.device)
-    s.step((x, y), (x, y))  # optimizer states exist before measuring
-
-    def steps() -> None:
-        for _ in range(setting.steps):
-            s.step((x, y), (x, y))
-
-    if setting.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        steps()
-        torch.cuda.synchronize()
-        return {"peak_bytes": torch.cuda.max_memory_allocated() - base, "method": "torch.cuda.max_memory_allocated"}
-    return {"peak_bytes": profiled_peak_bytes(steps), "method": "torch.profiler CPU memory records"}
-
-
-def run_variant(name: str, setting: Setting) -> dict:
-    spec = VARIANTS[name]
-    return measure(spec["searcher"], dict(spec["options"]), setting)
-
-
-def run(setting: Setting, variants: list[str] | None = None) -> dict[str, dict]:
-    """Peaks of every variant and their ratio to L_F."""
-    names = variants or list(VARIANTS)
-    if "L_F" not in names:
-        names = ["L_F", *names]
-    results = {name: run_variant(name, setting) for name in names}
-    base = results["L_F"]["peak_bytes"]
-    for r in results.values():
-        r["ratio"] = r["peak_bytes"] / base if base > 0 else float("nan")
-    return results
-
-
-def report(results: dict[str, dict], setting: Setting) -> str:
-    lines = [f"D-DARTS peak memory per search step ({setting.device}, batch {setting.batch}, C {setting.C}, "
-             f"{setting.layers} cells, {setting.input_size}x{setting.input_size}); "
-             f"method: {next(iter(results.values()))['method']}",
-             f"{'variant':<16}{'peak MiB':>10}{'ratio to L_F':>14}"]
-    for name, r in results.items():
-        lines.append(f"{name:<16}{r['peak_bytes'] / 2**20:>10.1f}{r['ratio']:>14.3f}")
-    worst = max(r["ratio"] for name, r in results.items() if name.startswith("L_T") and name != "L_T (none)")
-    lines.append(f"L_T / L_F = {worst:.3f} (limit {LIMIT}): {'OK' if worst <= LIMIT else 'OVER'}")
-    return "\n".join(lines)
+from dartboard.bench.memory import LIMIT, Setting, report, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,9 +145,8 @@ def test_mixed_precision_step_runs():
 
 @pytest.mark.slow  # the profiler's memory records make it ~2 minutes on a loaded 2-core machine
 def test_memory_benchmark_lt_within_25_percent_of_lf():
-    from dartboard.platform.cli_ddarts import _benchmark_module
+    from dartboard.bench import memory as bench
 
-    bench = _benchmark_module()
     setting = bench.Setting(batch=8, C=4, layers=3, input_size=8, steps=1)
     results = bench.run(setting, ["L_F", "L_T (active)", "L_T (full)"])
     assert results["L_F"]["peak_bytes"] > 0

@@ -3,11 +3,13 @@ presets built from them: formula tests and end-to-end direction tests on tiny su
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
+from dartboard.platform.data import load_dataset
 from dartboard.searchers.activations import (
     clipped_relu,
     project_capped_simplex,
@@ -33,7 +35,7 @@ torch.set_num_threads(1)  # 2 shared cores: thread contention costs far more tha
 TINY = "test-variants-tiny"
 if TINY not in SPACES:  # 2 steps (5 edges), 3 cheap ops
     register_space(CellSpace.uniform(TINY, ("skip_connect", "max_pool_3x3", "sep_conv_3x3"), steps=2))
-SHAPE = DataShape(1, 8, 4)
+SHAPE = DataShape(1, 8, 10)
 
 
 def tiny(name: str, **options):
@@ -43,12 +45,20 @@ def tiny(name: str, **options):
     return build_searcher(name, base, SHAPE)
 
 
+@functools.cache
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    train = load_dataset("digits").train
+    return train.tensors
+
+
 def batches(n: int, seed: int = 0, size: int = 16):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, size, 1, 8, 8, generator=g)
-    y = torch.randint(0, 4, (n, size), generator=g)
-    x[:, :, :, :4] += y.view(n, size, 1, 1, 1).float()  # a little learnable signal
-    return [(x[i], y[i]) for i in range(n)]
+    """``n`` seeded batches of real digits (the bundled 8x8 images)."""
+    x, y = _digits()
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    if n * size > len(y):
+        idx = idx.repeat(n * size // len(y) + 1)
+    idx = idx[: n * size].view(n, size)
+    return [(x[i], y[i]) for i in idx]
 
 
 # ----------------------------------------------------------------------------- activations

@@ -50,7 +50,7 @@ def prune(
     warmup_samples: int | None = typer.Option(None, "--k", help=f"warm start: best of k random alphas "
                                               f"[default: {WARMUP_SAMPLES}; demo 100]"),
     warmup_mean: float | None = typer.Option(None, help=f"warm start alpha ~ N(mean, 1) [default: {WARMUP_MEAN} "
-                                             "(thesis); demo: each gate kept with probability 1/2]"),
+                                             "(thesis); demo: prior keep rate 0.8 at the threshold]"),
     iterations: int | None = typer.Option(None, "--n", help=f"search iterations (Algorithm 5) [default: "
                                           f"{ITERATIONS}; demo 50]"),
     search_lr: float | None = typer.Option(None, help=f"lambda, the gate step size [default: {SEARCH_LR}; "

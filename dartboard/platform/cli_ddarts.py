@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import typer
@@ -52,17 +50,6 @@ def _heatmap(matrix: list[list[float]], labels: list[str], out: Path) -> None:
     plt.close(fig)
 
 
-def _benchmark_module():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_ddarts.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: `dartboard bench memory` runs from a source checkout")
-    spec = importlib.util.spec_from_file_location("memory_ddarts", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_memory(
     batch: int = typer.Option(32, help="batch size"),
     channels: int = typer.Option(8, "--C", help="initial channels of the supernet"),
@@ -74,7 +61,8 @@ def bench_memory(
     """Peak memory of a D-DARTS step with L_T (ablation loss) against L_F, and their ratio."""
     import torch
 
-    bench = _benchmark_module()
+    from dartboard.bench import memory as bench
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = bench.Setting(batch=batch, C=channels, layers=layers, input_size=input_size, steps=steps,

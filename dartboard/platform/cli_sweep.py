@@ -56,6 +56,13 @@ def sweep(
     typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {best['epoch']} epochs")
     typer.echo("best configuration: " + json.dumps(best["config"], sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
+    if best.get("final"):
+        final = best["final"]
+        typer.echo(f"champion trained from scratch: test accuracy {final['test_acc']:.4f}, "
+                   f"{final['parameters']:,} parameters, weights in {final['dir']}")
+    if hooks:
+        typer.echo(f"registered in MLflow as {hooks[0].register_as}@champion "
+                   f"(dartboard pull {hooks[0].register_as}@champion --to DIR)")
     if "://" not in result.run_dir:
         from dartboard.spaces import genotype as gt
 
