@@ -199,19 +199,20 @@ def test_warm_start_samples_around_the_prior(tiny_vit):
         DarioConfig(warmup_std=0.0).validate()
 
 
-# A reduced digits demo (< 60 s on 2 cores): a 4-block ViT of width 32 trained briefly. Margin: the full demo
-# holds the 2 points; this small, briefly trained model is checked against a looser 5-point margin.
-REDUCED_MARGIN = 5.0
+# A reduced digits demo (~15 s on 2 cores): a 4-block ViT of width 32, 30 epochs. Measured (seed 0): original
+# 95.3%, 3 of 4 blocks kept, 95.3% after fine-tuning all layers. Checked against a 3-point margin (the full demo
+# holds the 2 points; 1 test image is 0.28 points).
+REDUCED_MARGIN = 3.0
 
 
 def test_reduced_digits_demo_prunes_and_keeps_accuracy():
     from dartboard.platform.dario_demo import DemoSettings, run_demo
 
     settings = DemoSettings(model_kwargs={**dario_demo_kwargs(), "embed_dim": 32, "depth": 4, "num_heads": 2},
-                            train_epochs=12, warmup_epochs=1.0, finetune_epochs=6, warmup_samples=12,
+                            train_epochs=30, warmup_epochs=2.0, finetune_epochs=10, warmup_samples=12,
                             iterations=5)
     report, result = run_demo(settings, seed=0, throughput_steps=0)
-    assert report.accuracy_original > 85.0  # the model really learned digits, so the comparison means something
+    assert report.accuracy_original > 90.0  # the model really learned digits, so the comparison means something
     assert report.params_pruned < report.params_original
     assert len(result.genotype.blocks_kept) < result.genotype.n_blocks
     assert report.accuracy_all_layers >= report.accuracy_original - REDUCED_MARGIN

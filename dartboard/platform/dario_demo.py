@@ -30,15 +30,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from dartboard.platform.dario_run import (
-    FINETUNE_LR,
     PruneResult,
     compare_throughput,
     evaluate,
-    finetune_last_block,
+    finetune_parameters,
     prune_model,
     train_epochs,
 )
@@ -48,8 +48,9 @@ from dartboard.spaces.genotype import GateGenotype
 from dartboard.spaces.vit import create_vit, infer_input_shape
 
 DEMO_MODEL = "vit_tiny_patch16_224"
-# A small ViT for the 8x8 digits: 2x2 patches (16 tokens), 6 blocks of width 64.
-DEMO_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 64, "depth": 6, "num_heads": 4, "in_chans": 1,
+# A small ViT for the 8x8 digits: 2x2 patches (16 tokens), 6 blocks of width 96 (674k parameters). Width 64
+# reached 96.4-96.7% on seeds 0 and 2 with the same recipe; width 96 reaches 97.5% on seed 0 (measured).
+DEMO_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 4, "in_chans": 1,
                "num_classes": 10, "drop_path_rate": 0.1}  # stochastic depth as in DeiT's recipe (0.1)
 ACCURACY_BAR = 2.0  # issue 8: the pruned ViT loses at most 2 points of test accuracy after fine-tuning
 DEMO_KEEP_PROBABILITY = 0.8  # warm-start prior keep rate = the reference's N(0,1) at its threshold 0.3
@@ -64,10 +65,10 @@ class DemoSettings:
     model_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEMO_KWARGS))
     train_epochs: int = 40
     train_lr: float = 2e-3
-    warmup_epochs: float = 3.0  # linear warm-up (DeiT: 5 of 300 epochs); digits 93.1% -> 96.7% (measured, 40 ep)
-    label_smoothing: float = 0.1  # DeiT's recipe; with the warm-up: 97.2% (measured, 40 epochs)
-    finetune_epochs: int = 15  # each protocol
-    finetune_lr: float = FINETUNE_LR
+    warmup_epochs: float = 3.0  # linear warm-up (DeiT: 5 of 300 epochs); width 64: 93.1% -> 96.7% (measured)
+    label_smoothing: float = 0.1  # DeiT's recipe
+    finetune_epochs: int = 30  # each protocol
+    finetune_lr: float = 2e-3  # each protocol: the training recipe again (1 epoch warm-up, label smoothing)
     threshold: float = THRESHOLD  # thesis 0.65
     keep_probability: float = DEMO_KEEP_PROBABILITY
     warmup_samples: int = 100  # k
@@ -152,9 +153,26 @@ def _keep_rate(config: DarioConfig) -> float:
     return 0.5 * math.erfc((logit - config.warmup_mean) / (config.warmup_std * math.sqrt(2.0)))
 
 
+DEMO_THREADS = 1  # tiny ViT: 2 intra-op threads cost ~2.5x the CPU time of 1 thread per epoch (measured)
+
+
 def run_demo(settings: DemoSettings | None = None, seed: int = 0, config: DarioConfig | None = None,
-             throughput_steps: int = 5) -> tuple[DemoReport, PruneResult]:
-    """Train the demo ViT on digits, prune it with DARIO, fine-tune with both protocols, measure."""
+             throughput_steps: int = 5, num_threads: int | None = DEMO_THREADS) -> tuple[DemoReport, PruneResult]:
+    """Train the demo ViT on digits, prune it with DARIO, fine-tune with both protocols, measure.
+
+    ``num_threads``: torch intra-op threads during the demo (restored afterwards); None leaves them as they are.
+    """
+    saved = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _run_demo(settings, seed, config, throughput_steps)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run_demo(settings: DemoSettings | None, seed: int, config: DarioConfig | None,
+              throughput_steps: int) -> tuple[DemoReport, PruneResult]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     settings = settings or DemoSettings()
     config = config or settings.config(seed)
@@ -163,11 +181,15 @@ def run_demo(settings: DemoSettings | None = None, seed: int = 0, config: DarioC
     result = prune_model(model, DEMO_MODEL, config, settings.model_kwargs)
     acc_before = evaluate(result.pruned, test)
     seed_everything(seed)
-    last_block = finetune_last_block(copy.deepcopy(result.pruned), train, settings.finetune_epochs,
-                                     settings.finetune_lr)
+    last_block = copy.deepcopy(result.pruned)
+    train_epochs(last_block, train, settings.finetune_epochs, settings.finetune_lr, finetune_parameters(last_block),
+                 warmup_epochs=1.0, label_smoothing=settings.label_smoothing)
+    for p in last_block.parameters():
+        p.requires_grad_(True)
     acc_last = evaluate(last_block, test)
     seed_everything(seed)
-    train_epochs(result.pruned, train, settings.finetune_epochs, settings.finetune_lr, warmup_epochs=1.0)
+    train_epochs(result.pruned, train, settings.finetune_epochs, settings.finetune_lr, warmup_epochs=1.0,
+                 label_smoothing=settings.label_smoothing)
     acc_all = evaluate(result.pruned, test)
     throughput = {}
     if throughput_steps > 0:
