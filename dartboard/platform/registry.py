@@ -226,6 +226,9 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "dartboard_model.py"
         code.write_text(_MODEL_CODE)
+        # Reopen the run inside its own experiment: a run id from another experiment than the
+        # process's active one (set by any earlier set_experiment) is refused by MLflow.
+        mlflow.set_experiment(experiment_id=client(uri).get_run(run_id).info.experiment_id)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts=artifacts,
                                            pip_requirements=["dartboard", "torch", "safetensors"])
