@@ -275,12 +275,13 @@ class _TrialHooks(tune.Callback):
             trial.max_failures = 0  # deterministic divergence: retrying would diverge again
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        release_placement_group((trial.last_result or {}).get("placement_group_id"))
+        last = trial.last_result or {}
+        release_placement_group(last.get("placement_group_id"), last.get("node_id"))
         self._call(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
-        release_placement_group(last.get("placement_group_id"))
+        release_placement_group(last.get("placement_group_id"), last.get("node_id"))
         self._call(trial, last.get("error") or f"trial {trial.trial_id} failed (see {trial.local_path})")
 
     def _call(self, trial, error: str | None) -> None:
@@ -290,11 +291,19 @@ class _TrialHooks(tune.Callback):
             hook("trial", payload)
 
 
-def release_placement_group(pg_hex: str | None) -> None:
+def release_placement_group(pg_hex: str | None, node_id: str | None = None) -> None:
     """Free the Train workers' placement group of a finished trial. Ray Train's own cleaner needs
     the state API, which fails when several Ray instances run on one machine ("Found multiple
-    active Ray instances"): an ASHA-stopped trial would then hold its CPUs forever."""
+    active Ray instances"): an ASHA-stopped trial would then hold its CPUs forever.
+
+    A result restored from before a driver crash names a placement group of the previous Ray
+    session; ids repeat across sessions, so it could name a live group of another trial. Only a
+    group reported from a node of the current cluster is removed."""
     if not pg_hex:
+        return
+    import ray
+
+    if node_id is not None and node_id not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}:
         return
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
