@@ -15,3 +15,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with -m slow or DARTBOARD_SLOW=1"))
+
+
+#: A tiny timm ViT for the DARIO tests (8x8 single-channel input, 3 blocks of 2 heads).
+TINY_VIT = {"img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 3, "num_heads": 2, "in_chans": 1,
+            "num_classes": 3, "mlp_ratio": 2.0}
+TINY_VIT_NAME = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    from dartboard.spaces.vit import create_vit
+
+    torch.manual_seed(0)
+    return create_vit(TINY_VIT_NAME, **TINY_VIT).eval()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray instance for one test module (never another `ray start` cluster)."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield ray
+    ray.shutdown()

@@ -7,22 +7,14 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_VIT as TINY  # noqa: E402
+from conftest import TINY_VIT_NAME as NAME  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset
 
 from dartboard.platform import dario_run
 from dartboard.searchers.dario import DarioConfig, DarioSearcher
 from dartboard.spaces import genotype as G
 from dartboard.spaces.vit import create_vit, rebuild_pruned
-
-TINY = {"img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 3, "num_heads": 2, "in_chans": 1,
-        "num_classes": 3, "mlp_ratio": 2.0}
-NAME = "vit_tiny_patch16_224"
-
-
-@pytest.fixture(scope="module")
-def tiny_vit():
-    torch.manual_seed(0)
-    return create_vit(NAME, **TINY).eval()
 
 
 def test_warm_start_keeps_the_best_sample(tiny_vit):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_VIT as TINY  # noqa: E402
+from conftest import TINY_VIT_NAME as NAME  # noqa: E402
 
 from dartboard.searchers.dario import DarioConfig, DarioSearcher
 from dartboard.spaces import genotype as G
@@ -16,16 +18,6 @@ from dartboard.spaces.vit import (
     rebuild_pruned,
     unfused_attention,
 )
-
-TINY = {"img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 3, "num_heads": 2, "in_chans": 1,
-        "num_classes": 3, "mlp_ratio": 2.0}
-NAME = "vit_tiny_patch16_224"
-
-
-@pytest.fixture(scope="module")
-def tiny_vit():
-    torch.manual_seed(0)
-    return create_vit(NAME, **TINY).eval()
 
 
 def test_ungated_forward_matches_timm(tiny_vit):

@@ -13,15 +13,6 @@ pytestmark = pytest.mark.ray
 DIVERGING_LR = 1e12  # with momentum 0 the first weight step blows the supernet up: NaN loss in epoch 1
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    # FIFO sweep: no early stop, so no placement group for Ray Train's cleaner (state API) to free
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 def _seed_proposing_both(base: dict) -> int:
     """The first TPE seed whose first two (random start-up) proposals differ in w_lr."""
     for seed in range(50):

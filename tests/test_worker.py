@@ -76,14 +76,6 @@ def test_nonfinite_reason_names_the_metric():
     assert allreduce_mean({"a": 1.0}, torch.device("cpu"), 1) == {"a": 1.0}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     """2 gloo workers, one epoch of sharded steps: the sha256 of every rank's alphas, weights and
