@@ -259,7 +259,12 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
                            gpus_per_worker=r.gpus_per_worker, max_failures=cfg.train_max_failures,
                            objective=cfg.objective.model_dump(), callbacks=[TuneReportCallback()],
                            required_metrics=["objective", cfg.scheduler.metric])
+    finished_before = train_run_finished(f"{study['train_storage']}/train-{trial_id}")
     result = trainer.fit()
+    if finished_before and result.metrics:
+        # The Train run had ended before a driver crash, but Tune never recorded its end (or this
+        # trial would not run again): fit() resumes nothing and forwards nothing, so report it here.
+        tune.report(dict(result.metrics))
     if result.metrics and result.metrics.get("nonfinite"):
         raise NonFiniteLossError(f"trial {trial_id}: {result.metrics.get('error', 'loss became NaN or inf')}")
 
@@ -385,6 +390,16 @@ def train_champion(cfg: SweepConfig, best: dict[str, Any], out_dir: Path) -> dic
     log.info("champion trained: test accuracy %.4f (%d parameters)", result.test_acc, result.parameters)
     return {"dir": str(out_dir), "test_acc": result.test_acc, "test_loss": result.test_loss,
             "parameters": result.parameters, "weights_sha256": result.weights_sha256}
+
+
+def train_run_finished(train_dir: str) -> bool:
+    """Whether the Train run stored in ``train_dir`` already reported its last epoch."""
+    try:
+        snapshot = json.loads(_read_text(f"{train_dir}/checkpoint_manager_snapshot.json", "train run"))
+    except (ValueError, json.JSONDecodeError):
+        return False
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return bool((latest.get("metrics") or {}).get("search_done") == 1.0)
 
 
 def study_name(run_dir: str) -> str:
