@@ -112,9 +112,13 @@ class Schedule(Protocol):
 
 
 class AlternateSchedule:
-    """DARTS: one alpha step, then one weight step, every iteration."""
+    """DARTS: one alpha step, then one weight step, every iteration; the data split 50/50."""
 
     needs_grad_norm = False
+    train_fraction = 0.5
+
+    def metrics(self) -> dict[str, float]:
+        return {}
 
     def arch_step_due(self) -> bool:
         return True

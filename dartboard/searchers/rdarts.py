@@ -146,7 +146,7 @@ class RDartsMonitor:
         value = float(self.eigenvalue_fn(searcher, searcher.last_val_batch))
         self.eigenvalues.append(value)
         self.epochs.append(searcher.epoch)
-        self.checkpoints.append(copy.deepcopy(searcher.base_state_dict()))
+        self.checkpoints.append(searcher.base_state_dict())  # already a snapshot (deep copy)
         self.checkpoints = self.checkpoints[-(self.lag + 1):]
         metrics["hessian_eigenvalue"] = value
         t = len(self.eigenvalues) - 1

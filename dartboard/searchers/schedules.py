@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dartboard.searchers.darts import AlternateSchedule as _DartsAlternate
+from dartboard.searchers.darts import AlternateSchedule  # DARTS: one alpha step per weight step, 50/50
 
 # Maile et al. 4.1 (ALGORITHMS.md): k = 10 weight steps per alpha step, FIMT EWMA factor 0.2,
 # threshold starting at 1.0 and moving by 1.05 per step (1.05^-k after an alpha step).
@@ -28,15 +28,6 @@ FIMT_FACTOR = 1.05
 def train_fraction_for_ratio(k: int) -> float:
     """k train batches per val batch -> train share k / (k + 1) (k = 10: 90.91% / 9.09%)."""
     return k / (k + 1)
-
-
-class AlternateSchedule(_DartsAlternate):
-    """DARTS: one alpha step per weight step; the data split 50/50 (ALGORITHMS.md DARTS)."""
-
-    train_fraction = 0.5
-
-    def metrics(self) -> dict[str, float]:
-        return {}
 
 
 class ConstantSchedule:
