@@ -4,14 +4,20 @@
 #   usage: start_mlflow.sh ARTIFACTS_DESTINATION   (s3://..., gs://..., or a shared folder)
 # The admin password comes from $MLFLOW_ADMIN_PASSWORD, else a random one is written to
 # ~/mlflow/admin_password (mode 600). Clients set MLFLOW_TRACKING_USERNAME / _PASSWORD.
+# Optional: MLFLOW_PORT (default 5000), MLFLOW_WORKERS (default 4), DARTBOARD_PRIVATE_IP.
 set -euo pipefail
 ARTIFACTS="${1:?usage: start_mlflow.sh ARTIFACTS_DESTINATION}"
 STATE="$HOME/mlflow"
 mkdir -p "$STATE" && chmod 700 "$STATE"
 PRIVATE_IP="${DARTBOARD_PRIVATE_IP:-$(hostname -I | awk '{print $1}')}"
+PORT="${MLFLOW_PORT:-5000}"
 if [ -z "${MLFLOW_ADMIN_PASSWORD:-}" ]; then
   [ -f "$STATE/admin_password" ] || (umask 077; python3 -c "import secrets; print(secrets.token_urlsafe(24))" > "$STATE/admin_password")
   MLFLOW_ADMIN_PASSWORD="$(cat "$STATE/admin_password")"
+fi
+if [ "${#MLFLOW_ADMIN_PASSWORD}" -lt 12 ]; then  # MLflow's auth app refuses to create the admin otherwise
+  echo "start_mlflow.sh: MLFLOW_ADMIN_PASSWORD must be at least 12 characters (MLflow's rule); server not started" >&2
+  exit 2
 fi
 (umask 077; cat > "$STATE/basic_auth.ini" <<INI
 [mlflow]
@@ -27,11 +33,11 @@ export MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
 export MLFLOW_FLASK_SERVER_SECRET_KEY="${MLFLOW_FLASK_SERVER_SECRET_KEY:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}"
 if [ -f "$STATE/server.pid" ]; then kill "$(cat "$STATE/server.pid")" 2>/dev/null || true; fi
 nohup mlflow server --app-name basic-auth \
-  --host "$PRIVATE_IP" --port 5000 \
+  --host "$PRIVATE_IP" --port "$PORT" --workers "${MLFLOW_WORKERS:-4}" \
   --backend-store-uri "sqlite:///$STATE/mlflow.db" \
   --artifacts-destination "$ARTIFACTS" \
-  --allowed-hosts "$PRIVATE_IP:5000,localhost:5000,127.0.0.1:5000" \
+  --allowed-hosts "$PRIVATE_IP:$PORT,localhost:$PORT,127.0.0.1:$PORT" \
   > "$STATE/server.log" 2>&1 &
 echo $! > "$STATE/server.pid"
-echo "MLflow tracking server: http://$PRIVATE_IP:5000 (basic auth, user admin); log $STATE/server.log"
-echo "export MLFLOW_TRACKING_URI=http://$PRIVATE_IP:5000" > "$STATE/env"
+echo "MLflow tracking server: http://$PRIVATE_IP:$PORT (basic auth, user admin); log $STATE/server.log"
+echo "export MLFLOW_TRACKING_URI=http://$PRIVATE_IP:$PORT" > "$STATE/env"
