@@ -118,15 +118,14 @@ def test_requests_without_valid_credentials_are_refused(head):
 
 
 def test_new_user_reads_but_cannot_write(head):
-    uri, admin = head["uri"], ("admin", head["password"])
-    assert _request(f"{uri}/api/2.0/mlflow/users/create", *admin, body={"username": "alice", "password": "alice-password-1"}) \
+    uri, admin, alice = head["uri"], ("admin", head["password"]), ("alice", "alice-password-1")
+    assert _request(f"{uri}/api/2.0/mlflow/users/create", *admin, body={"username": alice[0], "password": alice[1]}) \
         == 200
     exp = "auth-readonly"
     created: list = []
     assert _request(f"{uri}/api/2.0/mlflow/experiments/create", *admin, body={"name": exp}, answer=created) == 200
-    assert _request(f"{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name={exp}", "alice", "alice-password-1") \
-        == 200
-    code = _request(f"{uri}/api/2.0/mlflow/experiments/update", "alice", "alice-password-1",
+    assert _request(f"{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name={exp}", *alice) == 200
+    code = _request(f"{uri}/api/2.0/mlflow/experiments/update", *alice,
                     body={"experiment_id": created[0]["experiment_id"], "new_name": "renamed"})
     assert code == 403
 

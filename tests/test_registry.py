@@ -254,3 +254,22 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
                                      "weights": pulled / "weights.safetensors"})
     acc, _ = evaluate(net, make_loader(load_dataset("digits").test, 256, shuffle=False, seed=0), torch.device("cpu"))
     assert acc == pytest.approx(logged, abs=1e-9)
+
+
+def test_resumed_sweep_tracker_reopens_its_parent_run(tmp_path):
+    """A second tracker (the driver after a crash) on the same run directory logs into the same parent."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    payload = {"study": "s", "run_dir": str(tmp_path / "sweeps" / "s-1"), "config": {"arch_lr": 0.001},
+               "metrics": {"objective": 0.5}, "status": "complete"}
+    first = registry.SweepTracker(uri)
+    first("trial", {**payload, "trial_id": "a"})
+    second = registry.SweepTracker(uri)
+    second("trial", {**payload, "trial_id": "a"})  # reported again after the crash: not logged twice
+    second("trial", {**payload, "trial_id": "b"})
+    other = registry.SweepTracker(uri)
+    other("trial", {**payload, "run_dir": str(tmp_path / "sweeps" / "s-2"), "trial_id": "a"})
+    assert second.parent == first.parent != other.parent
+    c = registry.client(uri)
+    children = c.search_runs([c.get_run(first.parent).info.experiment_id],
+                             f"tags.mlflow.parentRunId = '{first.parent}'")
+    assert sorted(r.data.tags[registry.TRIAL_TAG] for r in children) == ["a", "b"]

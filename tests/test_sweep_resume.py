@@ -24,10 +24,12 @@ def _reports(trial_dir: Path) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
 
 
-def _cli(*args: str) -> subprocess.Popen:
+def _cli(*args: str, log: Path) -> subprocess.Popen:
+    """`dartboard sweep ARGS` in a session of its own, output to ``log`` (a pipe nobody reads while the
+    sweep runs would fill up and block the driver)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.Popen([sys.executable, "-m", "dartboard.platform.cli", "sweep", *args], env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
 
 
 def _end_session(proc: subprocess.Popen) -> None:
@@ -45,7 +47,9 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
              "scheduler": {"type": "fifo"}, "storage": str(tmp_path / "sweeps")}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    first = _cli(str(path))
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    first = _cli(str(path), *tracking, log=first_log)
     try:
         deadline = time.time() + 400
         killed_at = None
@@ -57,16 +61,21 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
                 break
             time.sleep(0.5)
         first.wait(timeout=60)
-        assert killed_at is not None, "the sweep ended before the driver could be killed:\n" + first.stdout.read()
+        assert killed_at is not None, "the sweep ended before the driver could be killed:\n" + first_log.read_text()
     finally:
         _end_session(first)
     time.sleep(3)
     (run_dir,) = (tmp_path / "sweeps").glob("resume-*")
-    second = _cli("--resume", str(run_dir))
+    second = _cli("--resume", str(run_dir), *tracking, log=second_log)
     try:
-        out, _ = second.communicate(timeout=400)  # ~60 s on 2 idle cores
+        second.wait(timeout=400)  # ~60 s on 2 idle cores
+    except subprocess.TimeoutExpired:
+        second.send_signal(signal.SIGUSR1)  # the CLI prints every thread's stack
+        time.sleep(3)
+        pytest.fail("the resumed sweep did not finish in 400 s; its output:\n" + second_log.read_text()[-12000:])
     finally:
         _end_session(second)
+    out = second_log.read_text()
     assert second.returncode == 0, out[-3000:]
     summary = json.loads((run_dir / "sweep_result.json").read_text())
     ids = [t["trial_id"] for t in summary["trials"]]
@@ -77,3 +86,12 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
         epochs = [r["epoch"] for r in _reports(trial_dir) if "epoch" in r]
         assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS  # continued, never restarted at 0
     assert "best configuration" in out and "best genotype" in out
+    # MLflow: one parent run for the study (reopened by the resumed driver), one child per trial
+    from dartboard.platform import registry
+
+    c = registry.client(tracking[1])
+    runs = c.search_runs([c.get_experiment_by_name("dartboard-sweeps").experiment_id], "")
+    parents = [r for r in runs if r.data.tags.get("dartboard.kind") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r.data.tags[registry.TRIAL_TAG] for r in runs if r.data.tags.get("dartboard.kind") == "trial"]
+    assert sorted(children) == sorted(ids)

@@ -7,8 +7,10 @@ the problem and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import logging
+import signal
 import sys
 
 import typer
@@ -49,6 +51,8 @@ def _register_all() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if argv is None and hasattr(signal, "SIGUSR1"):  # the command line: `kill -USR1 PID` prints every
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread's stack (a stuck sweep, say)
     _register_all()
     try:
         app(args=argv, standalone_mode=False)

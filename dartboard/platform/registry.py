@@ -81,6 +81,7 @@ def log_train_run(uri: str | None, experiment: str, genotype_path: str, params: 
 # ---------------------------------------------------------------------------------------------
 
 TRIAL_TAG = "dartboard.trial"  # identifies a trial's child run inside its parent (idempotent logging)
+RUN_DIR_TAG = "dartboard.run_dir"  # a sweep's parent run: its run directory (a resumed sweep reopens it)
 
 
 def client(uri: str | None = None):
@@ -116,6 +117,18 @@ def start_parent_run(uri: str | None, experiment: str, run_name: str, params: Ma
     for key, value in flat_params("", params).items():
         c.log_param(run.info.run_id, key, value)
     return run.info.run_id
+
+
+def find_study_run(uri: str | None, experiment: str, run_dir: str) -> str | None:
+    """The parent run of the sweep stored in ``run_dir``, if one was opened before (a driver crash)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    escaped = run_dir.replace("'", "\\'")
+    runs = c.search_runs([exp.experiment_id],
+                         f"tags.`{RUN_DIR_TAG}` = '{escaped}' and tags.`dartboard.kind` = 'study'")
+    return runs[0].info.run_id if runs else None
 
 
 def end_run(uri: str | None, run_id: str, failed: bool = False) -> None:
@@ -403,8 +416,12 @@ class SweepTracker:
         from pathlib import Path
 
         if self.parent is None:
+            # A resumed sweep (same run directory) reopens its parent run: one study, one parent.
+            run_dir = str(payload.get("run_dir"))
             self.parent = start_parent_run(self.uri, self.experiment, f"sweep-{payload.get('study')}",
-                                           {"run_dir": payload.get("run_dir")}, {"study": str(payload.get("study"))})
+                                           {"run_dir": run_dir},
+                                           {"study": str(payload.get("study")), RUN_DIR_TAG: run_dir},
+                                           run_id=find_study_run(self.uri, self.experiment, run_dir))
         if event == "trial":
             with tempfile.TemporaryDirectory() as tmp:
                 files = []
