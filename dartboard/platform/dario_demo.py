@@ -38,7 +38,7 @@ from dartboard.platform.dario_run import (
     PruneResult,
     compare_throughput,
     evaluate,
-    finetune_parameters,
+    finetune_last_block,
     prune_model,
     train_epochs,
 )
@@ -182,10 +182,8 @@ def _run_demo(settings: DemoSettings | None, seed: int, config: DarioConfig | No
     acc_before = evaluate(result.pruned, test)
     seed_everything(seed)
     last_block = copy.deepcopy(result.pruned)
-    train_epochs(last_block, train, settings.finetune_epochs, settings.finetune_lr, finetune_parameters(last_block),
-                 warmup_epochs=1.0, label_smoothing=settings.label_smoothing)
-    for p in last_block.parameters():
-        p.requires_grad_(True)
+    finetune_last_block(last_block, train, settings.finetune_epochs, settings.finetune_lr, warmup_epochs=1.0,
+                        label_smoothing=settings.label_smoothing)
     acc_last = evaluate(last_block, test)
     seed_everything(seed)
     train_epochs(result.pruned, train, settings.finetune_epochs, settings.finetune_lr, warmup_epochs=1.0,

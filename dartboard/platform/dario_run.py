@@ -96,9 +96,10 @@ def finetune_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def finetune_last_block(model: nn.Module, loader: DataLoader, epochs: int, lr: float = FINETUNE_LR,
-                        device: str | torch.device = "cpu", warmup_epochs: float = 0.0) -> nn.Module:
+                        device: str | torch.device = "cpu", warmup_epochs: float = 0.0,
+                        label_smoothing: float = 0.0) -> nn.Module:
     """Thesis 6.1.2 protocol: train only the last block, the final norm and the head."""
-    train_epochs(model, loader, epochs, lr, finetune_parameters(model), device, warmup_epochs)
+    train_epochs(model, loader, epochs, lr, finetune_parameters(model), device, warmup_epochs, label_smoothing)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

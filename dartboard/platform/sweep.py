@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -457,8 +458,11 @@ def run_sweep(cfg: SweepConfig | None = None, *, resume: str | None = None,
         trials.append(trial_payload(trial_id, r.config, r.metrics or {}, error))
     complete = [t for t in trials if t["status"] == "complete" and _finite(t["objective"])]
     best = max(complete, key=lambda t: t["objective"]) if complete else None
-    if best is not None and cfg.final_training is not None and "://" not in run_dir:
-        best["final"] = train_champion(cfg, best, Path(run_dir) / "champion")
+    if best is not None and cfg.final_training is not None:
+        # On s3:// or gs:// storage the champion trains in a local folder; the registry then holds its files.
+        local = "://" not in run_dir
+        out_dir = Path(run_dir) / "champion" if local else Path(tempfile.mkdtemp(prefix="dartboard-champion-"))
+        best["final"] = train_champion(cfg, best, out_dir)
     counts = {s: sum(t["status"] == s for t in trials) for s in ("complete", "pruned", "error")}
     result = SweepResult(run_dir, trials, best, time.perf_counter() - start, counts)
     _write_text(f"{run_dir}/{RESULT_FILE}", json.dumps({"best": best, "counts": counts, "trials": trials},

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dartboard.registries import Registry
 from dartboard.searchers.base import Searcher
 
 
@@ -36,17 +37,15 @@ class SearcherSpec:
     small_data_defaults: Mapping[str, Any] | None = None
 
 
-SEARCHERS: dict[str, SearcherSpec] = {}
+SEARCHERS: Registry[SearcherSpec] = Registry("searcher")
 
 
 def register_searcher(name: str, description: str, options: tuple[str, ...] = (),
                       defaults: Mapping[str, Any] | None = None,
                       small_data_defaults: Mapping[str, Any] | None = None) -> Callable[[Builder], Builder]:
     def wrap(build: Builder) -> Builder:
-        if name in SEARCHERS:
-            raise ValueError(f"searcher {name!r} is already registered")
-        SEARCHERS[name] = SearcherSpec(name, build, description, tuple(options), dict(defaults or {}),
-                                       None if small_data_defaults is None else dict(small_data_defaults))
+        SEARCHERS.add(name, SearcherSpec(name, build, description, tuple(options), dict(defaults or {}),
+                                         None if small_data_defaults is None else dict(small_data_defaults)))
         return build
 
     return wrap
@@ -54,10 +53,7 @@ def register_searcher(name: str, description: str, options: tuple[str, ...] = ()
 
 def get_searcher_spec(name: str) -> SearcherSpec:
     _load_builtin()
-    try:
-        return SEARCHERS[name]
-    except KeyError:
-        raise ValueError(f"unknown searcher {name!r}; known searchers: {', '.join(sorted(SEARCHERS))}") from None
+    return SEARCHERS.lookup(name)
 
 
 def check_options(name: str, options: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
