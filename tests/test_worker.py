@@ -79,13 +79,30 @@ def test_nonfinite_reason_names_the_metric():
 @pytest.mark.ray
 def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     """2 gloo workers, one epoch of sharded steps: the sha256 of every rank's alphas, weights and
-    derived genotype agree, and the checkpoint's genotype is the reported one."""
+    derived genotype agree, and the checkpoint's genotype is the reported one. The objective is the
+    derived architecture's accuracy after a short training (rank 0 trains, broadcasts): it equals the
+    same training run here on the search split's halves."""
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.data import Splits, load_dataset, search_split
+    from dartboard.platform.train import TrainConfig, train_genotype
     from dartboard.platform.worker import make_trainer
+    from dartboard.spaces import genotype as gt
 
     run = {"searcher": "darts", "dataset": "digits", "batch_size": 32, "seed": 0, "device": "cpu",
            "options": {"C": 4, "layers": 2, "epochs": 1}}
-    result = make_trainer(run, name="ddp", storage_path=str(tmp_path), workers=2).fit()
+    objective = {"kind": "derived", "train_epochs": 1, "train_channels": 4, "train_layers": 2, "train_batch_size": 64}
+    result = make_trainer(run, name="ddp", storage_path=str(tmp_path), workers=2, objective=objective).fit()
     m = result.metrics
+    splits = load_dataset("digits")
+    train, val = search_split(splits.train, 0, SearchRunConfig(**run).train_fraction or 0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray worker (OMP_NUM_THREADS=1): the same float sums
+    try:
+        expected = train_genotype(gt.from_dict(json.loads(m["genotype"])), Splits(train, val, splits.info),
+                                  TrainConfig(channels=4, layers=2, epochs=1, batch_size=64, seed=0)).test_acc
+    finally:
+        torch.set_num_threads(threads)
+    assert m["objective"] == m["derived_acc"] == pytest.approx(expected, abs=1.5 / len(val))
     assert len(m["replica_digests"]) == 2 and m["replica_digests"][0] == m["replica_digests"][1]
     assert m["replicas_identical"] == 1.0 and m["epoch"] == 1 and m["search_done"] == 1.0
     assert m["arch_steps"] > 5  # several alpha steps were all-reduced
