@@ -104,6 +104,9 @@ def test_darts_parse_by_hand():
     assert cell.edges == (Edge("skip_connect", 0, 2), Edge("sep_conv_3x3", 1, 2),
                           Edge("skip_connect", 0, 3), Edge("sep_conv_3x3", 2, 3))
     assert cell.concat == (2, 3)
+    w[1, 2] = float("nan")  # a diverged search: say so, do not derive an arbitrary cell
+    with pytest.raises(FloatingPointError, match="'sep_conv_3x3' is nan: the search diverged"):
+        darts_parse(w, edges, prims)
 
 
 def test_cosine_lr():

@@ -87,6 +87,18 @@ def test_tracker_adds_regret_to_every_epoch_metrics(table):
     assert not searches_tiny81(searcher)
 
 
+def test_tracker_does_not_derive_in_a_diverged_epoch(table):
+    """NaN loss (the alphas may be NaN too): the lookups are NaN and off-table, derive() is not called;
+    the search loop then ends the trial with the divergence as its reason."""
+    searcher = _FakeSearcher()
+    searcher.end_epoch = lambda: {"train_loss": math.nan, "val_loss": 1.0}
+    searcher.derive = lambda: pytest.fail("derive() called in a diverged epoch")
+    tracker = RegretTracker(table).attach(searcher)
+    m = searcher.end_epoch()
+    assert math.isnan(m["tiny81_regret"]) and m["tiny81_on_table"] == 0.0 and m["val_loss"] == 1.0
+    assert tracker.curve == []
+
+
 def test_random_search_spends_its_budget_and_keeps_the_best_val(table):
     curve = random_search_curve(table, [0.5, 2.0, 100.0], seed=3)
     assert [c["tiny81_samples"] for c in curve] == [1.0, 2.0, 3.0]  # at least 1; 1 s per training

@@ -1,12 +1,17 @@
 """A real sweep on a local Ray cluster: a diverging trial ends as errored with its reason, is not
-retried, and the sweep goes on; the plug-in hooks see every finished trial and the best."""
+retried, and the sweep goes on; the plug-in hooks see every finished trial and the best. The study
+searches the tabular tiny81 space, so each trial's report carries its derived genotype's looked-up
+regret (what the tracker logs to MLflow)."""
 
 from __future__ import annotations
 
 import pytest
 
+from dartboard.bench.regret import lookup_metrics
+from dartboard.bench.table import load_table
 from dartboard.platform.config import SweepConfig
 from dartboard.platform.sweep import make_search_alg
+from dartboard.spaces import genotype as gt
 
 pytestmark = pytest.mark.ray
 
@@ -25,8 +30,8 @@ def _seed_proposing_both(base: dict) -> int:
 def test_nan_trial_is_errored_and_the_sweep_goes_on(ray_local, tmp_path):
     from dartboard.platform.sweep import run_sweep
 
-    base = {"name": "nan", "searcher": "darts", "epochs": 1, "batch_size": 64, "num_samples": 2, "max_concurrent": 2,
-            "options": {"C": 4, "layers": 2, "w_momentum": 0.0},
+    base = {"name": "nan", "searcher": "darts", "space": "tiny81", "epochs": 1, "batch_size": 64, "num_samples": 2,
+            "max_concurrent": 2, "options": {"w_momentum": 0.0},
             "params": {"w_lr": {"type": "choice", "values": [0.025, DIVERGING_LR]}},
             "scheduler": {"type": "fifo"}, "storage": str(tmp_path), "max_failures": 2}
     cfg = SweepConfig(**base, seed=_seed_proposing_both(base))
@@ -38,6 +43,9 @@ def test_nan_trial_is_errored_and_the_sweep_goes_on(ray_local, tmp_path):
     assert bad["status"] == "error" and "train_loss became nan in epoch 1" in bad["error"]
     assert good["status"] == "complete" and good["epoch"] == 1 and 0.0 < good["objective"] <= 1.0
     assert result.best["trial_id"] == good["trial_id"] and result.counts == {"complete": 1, "pruned": 0, "error": 1}
+    looked_up = lookup_metrics(load_table(), gt.from_dict(good["genotype"]))
+    assert looked_up["tiny81_on_table"] == 1.0
+    assert {k: good["metrics"][k] for k in looked_up} == pytest.approx(looked_up)
     kinds = [k for k, _ in events]
     assert kinds.count("trial") == 2 and kinds[-1] == "study"
     errored = [p for k, p in events if k == "trial" and p["status"] == "error"]

@@ -66,7 +66,10 @@ class RegretTracker:
 
         def end_epoch_with_regret() -> dict[str, float]:
             metrics = end_epoch()
-            metrics.update(self.record(searcher.derive(), int(getattr(searcher, "epoch", len(self.curve) + 1))))
+            if all(math.isfinite(v) for k, v in metrics.items() if k.endswith("_loss")):
+                metrics.update(self.record(searcher.derive(), int(getattr(searcher, "epoch", len(self.curve) + 1))))
+            else:  # a diverged epoch derives nothing (its alphas may be NaN); the loop reports the divergence
+                metrics.update(lookup_metrics(self.table, None, self.prefix))
             return metrics
 
         searcher.end_epoch = end_epoch_with_regret

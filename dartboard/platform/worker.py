@@ -188,6 +188,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from dartboard.bench.regret import attach_if_tiny81
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.data import load_dataset
     from dartboard.platform.run import data_shape
@@ -202,6 +203,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(cfg.seed)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = build_searcher(cfg.searcher, cfg.searcher_options(), data_shape(splits), str(device))
+    attach_if_tiny81(searcher)  # in the tabular space, every epoch's report carries the looked-up regret
     (train_loader, val_loader), samplers, halves = sharded_loaders(cfg, splits, rank, world, searcher)
     epochs = int(getattr(getattr(searcher, "config", None), "epochs", cfg.searcher_options().get("epochs", 1)))
 
@@ -232,7 +234,11 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
             _report_nonfinite(rank, reason, done_epochs, config.get("required_metrics", ()))
             return
         stop = bool(getattr(searcher, "stop_requested", False))
-        genotype = searcher.derive()
+        try:
+            genotype = searcher.derive()
+        except FloatingPointError as err:  # NaN/inf alphas with finite losses: the same divergence
+            _report_nonfinite(rank, f"{err} in epoch {done_epochs}", done_epochs, config.get("required_metrics", ()))
+            return
         digests = gather_digests(replica_digest(searcher, genotype), world)
         report = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg_id,
                   "replicas_identical": float(len(set(digests)) == 1), "replica_digests": digests,

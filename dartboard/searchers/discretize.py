@@ -7,6 +7,7 @@ list of the search cell and ``primitives`` the candidate op names of every edge.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,6 +26,8 @@ def best_op(row: torch.Tensor, primitives: Sequence[str]) -> tuple[int, float]:
     best, best_w = -1, float("-inf")
     for k, name in enumerate(primitives):
         w = float(row[k])
+        if name != "none" and not math.isfinite(w):
+            raise FloatingPointError(f"architecture weight of {name!r} is {w}: the search diverged (NaN or inf)")
         if name != "none" and w > best_w:
             best, best_w = k, w
     if best < 0:
