@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STUDY = "digits"
 STUDY_FILE = "study.yaml"
 RESULT_FILE = "sweep_result.json"
+CHAMPION_DIR = "champion"
 #: Hooks called as hook(event, payload), event "trial" or "study"; other modules append here.
 SWEEP_CALLBACKS: list[Callable[[str, dict[str, Any]], None]] = []
 # Worker start-up imports torch in fresh processes; Ray Train's 60 s default is tight on 2 busy cores.
@@ -458,19 +460,29 @@ def run_sweep(cfg: SweepConfig | None = None, *, resume: str | None = None,
         trials.append(trial_payload(trial_id, r.config, r.metrics or {}, error))
     complete = [t for t in trials if t["status"] == "complete" and _finite(t["objective"])]
     best = max(complete, key=lambda t: t["objective"]) if complete else None
+    staging = None  # on s3:// or gs:// storage the champion trains in a local folder, then is uploaded
+    hook_best = best
     if best is not None and cfg.final_training is not None:
-        # On s3:// or gs:// storage the champion trains in a local folder; the registry then holds its files.
-        local = "://" not in run_dir
-        out_dir = Path(run_dir) / "champion" if local else Path(tempfile.mkdtemp(prefix="dartboard-champion-"))
-        best["final"] = train_champion(cfg, best, out_dir)
+        champion = f"{run_dir}/{CHAMPION_DIR}"
+        if "://" in run_dir:
+            staging = Path(tempfile.mkdtemp(prefix="dartboard-champion-"))
+        best["final"] = train_champion(cfg, best, staging or Path(champion))
+        if staging is not None:
+            _upload_dir(staging, champion)
+            best["final"]["dir"] = champion
+            hook_best = {**best, "final": {**best["final"], "dir": str(staging)}}  # hooks read local files
     counts = {s: sum(t["status"] == s for t in trials) for s in ("complete", "pruned", "error")}
     result = SweepResult(run_dir, trials, best, time.perf_counter() - start, counts)
     _write_text(f"{run_dir}/{RESULT_FILE}", json.dumps({"best": best, "counts": counts, "trials": trials},
                                                           indent=1, default=str))
-    payload = {"study": cfg.name, "run_dir": run_dir, "best": best, "counts": counts, "trials": trials,
+    payload = {"study": cfg.name, "run_dir": run_dir, "best": hook_best, "counts": counts, "trials": trials,
                "dataset": cfg.dataset, "searcher": cfg.searchers()[0] if len(cfg.searchers()) == 1 else ""}
-    for hook in list(callbacks) + SWEEP_CALLBACKS:
-        hook("study", payload)
+    try:
+        for hook in list(callbacks) + SWEEP_CALLBACKS:
+            hook("study", payload)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
@@ -497,6 +509,15 @@ def _write_text(uri: str, text: str) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
+
+
+def _upload_dir(local: Path, uri: str) -> None:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    fs.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=fs)
 
 
 def _read_text(uri: str, field_name: str) -> str:

@@ -1,0 +1,131 @@
+"""Sweeps on object storage: a real S3-compatible server (moto) on loopback, reached the way a cluster
+reaches MinIO or S3 (``AWS_ENDPOINT_URL`` and credentials in the environment). Trial checkpoints, Tune's
+experiment state, the study file and the result go to the bucket; the champion trains in a local staging
+folder, is uploaded next to them and registered in MLflow, and the staging folder is removed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+BUCKET = "dartboard-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def s3(tmp_path, monkeypatch):
+    """A moto S3 server on loopback with an empty bucket; the environment points pyarrow (and so Ray
+    Tune, Ray Train and dartboard) at it."""
+    port = _free_port()
+    log = (tmp_path / "moto.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start: " + (tmp_path / "moto.log").read_text()) from None
+                time.sleep(0.3)
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            monkeypatch.setenv(key, value)
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=10)
+        yield f"s3://{BUCKET}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _listing(uri: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    return sorted(i.path[len(root) + 1:] for i in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)))
+
+
+def test_unwritable_bucket_is_one_clear_error(s3):
+    from dartboard.platform.sweep import check_storage
+
+    with pytest.raises(ValueError, match="storage: 's3://no-such-bucket/sweeps' is not writable"):
+        check_storage("s3://no-such-bucket/sweeps")
+    check_storage(f"{s3}/sweeps")  # the bucket exists: fine, and the probe file is gone again
+    assert _listing(f"{s3}/sweeps") == []
+
+
+def test_sweep_on_s3_checkpoints_and_registers_the_champion(s3, tmp_path, monkeypatch):
+    import hashlib
+    import tempfile
+
+    import ray
+
+    from dartboard.platform import registry
+    from dartboard.platform.config import SweepConfig
+    from dartboard.platform.sweep import RESULT_FILE, run_sweep, study_name
+    from dartboard.platform.worker import STATE_FILE
+
+    cfg = SweepConfig(name="s3-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
+                      options={"C": 4, "layers": 2}, params={"arch_lr": {"type": "loguniform", "low": 1e-4,
+                                                                         "high": 1e-2}},
+                      scheduler={"type": "fifo"}, storage=f"{s3}/sweeps",
+                      final_training={"channels": 4, "layers": 3, "epochs": 1})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where the champion is staged before upload
+    ray.init(address="local", num_cpus=4, include_dashboard=False)  # after the fixture set the environment
+    try:
+        result = run_sweep(cfg, callbacks=[registry.SweepTracker(uri, register_as="s3-sweep")])
+    finally:
+        ray.shutdown()
+    run_dir = result.run_dir
+    assert run_dir.startswith(f"{s3}/sweeps/s3-sweep-") and result.counts["complete"] == 2
+    files = _listing(run_dir)
+    assert {"study.yaml", RESULT_FILE, "champion/genotype.json", "champion/network.json",
+            "champion/weights.safetensors"} <= set(files)
+    for t in result.trials:  # each trial's Train run checkpointed its epoch into the bucket
+        assert any(f.startswith(f"trials/train-{t['trial_id']}/checkpoint_") and f.endswith(f"/{STATE_FILE}")
+                   for f in files), files
+    assert study_name(run_dir) == "s3-sweep"  # what --resume reads back
+    best = result.best
+    assert best["final"]["dir"] == f"{run_dir}/champion"
+    summary = json.loads(_read(f"{run_dir}/{RESULT_FILE}"))
+    assert summary["best"]["final"]["dir"] == f"{run_dir}/champion"
+    assert json.loads(_read(f"{run_dir}/champion/genotype.json")) == best["genotype"]
+    version = registry.client(uri).get_model_version_by_alias("s3-sweep", "champion")
+    assert float(version.tags["metric.test_acc"]) == pytest.approx(best["final"]["test_acc"])
+    pulled, _ = registry.pull_model(uri, "s3-sweep@champion", tmp_path / "pulled")
+    weights = (pulled / "weights.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == best["final"]["weights_sha256"]
+    assert _read_bytes(f"{run_dir}/champion/weights.safetensors") == weights
+    assert not list(staging.glob("dartboard-champion-*"))  # the local staging folder is gone
+
+
+def _read_bytes(uri: str) -> bytes:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _read(uri: str) -> str:
+    return _read_bytes(uri).decode()
