@@ -94,8 +94,13 @@ def test_sweep_on_s3_checkpoints_and_registers_the_champion(s3, tmp_path, monkey
     ray.init(address="local", num_cpus=4, include_dashboard=False)  # after the fixture set the environment
     try:
         result = run_sweep(cfg, callbacks=[registry.SweepTracker(uri, register_as="s3-sweep")])
+        # --resume reads the study and Tune's experiment state back from the bucket; a finished study
+        # runs no trial again (the driver-loss test resumes an unfinished one on local storage)
+        again = run_sweep(resume=result.run_dir)
     finally:
         ray.shutdown()
+    assert sorted(t["trial_id"] for t in again.trials) == sorted(t["trial_id"] for t in result.trials)
+    assert [t["epoch"] for t in again.trials] == [1, 1]
     run_dir = result.run_dir
     assert run_dir.startswith(f"{s3}/sweeps/s3-sweep-") and result.counts["complete"] == 2
     files = _listing(run_dir)
