@@ -7,28 +7,20 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, pid_alive, stop_group, wait_for_url
 
 from dartboard.platform import registry
 from dartboard.platform.cli import main as cli_main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "clusters" / "start_mlflow.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(url: str, user: str | None = None, password: str | None = None, body: dict | None = None,
@@ -53,7 +45,7 @@ def _request(url: str, user: str | None = None, password: str | None = None, bod
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     home = tmp_path_factory.mktemp("head-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HOME": str(home), "DARTBOARD_PRIVATE_IP": "127.0.0.1", "MLFLOW_PORT": str(port),
            "MLFLOW_WORKERS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_ADMIN_PASSWORD", None)
@@ -64,32 +56,13 @@ def head(tmp_path_factory):
     state = home / "mlflow"
     pid = int((state / "server.pid").read_text())
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except urllib.error.HTTPError:  # the auth app answers /health with an HTTP status: it is up
-                break
-            except OSError:
-                alive = subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0
-                if not alive or time.time() > deadline:
-                    pytest.fail(f"mlflow server did not start: {(state / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+        wait_for_url(f"{uri}/health", lambda: pid_alive(pid), state / "server.log", "mlflow server (basic auth)")
         yield {"uri": uri, "state": state, "password": (state / "admin_password").read_text().strip(),
                "stdout": starter.stdout}
     finally:
-        pgid = os.getpgid(pid) if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0 \
-            else None
-        if pgid is not None:
-            os.killpg(pgid, signal.SIGTERM)
-            for _ in range(50):
-                if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0:
-                    break
-                time.sleep(0.2)
-            else:
-                os.killpg(pgid, signal.SIGKILL)
+        if pid_alive(pid):
+            stop_group(os.getpgid(pid), lambda: pid_alive(pid))
 
 
 def test_short_admin_password_is_refused_before_start(tmp_path):

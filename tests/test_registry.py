@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from servers import free_port, stop_group, wait_for_url
 
 from dartboard.platform import registry
 from dartboard.platform.cli import main as cli_main
@@ -29,40 +27,21 @@ def _cli(argv: list[str]) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
         stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    import urllib.request
-
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield {"uri": uri, "root": root}
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # uvicorn workers may ignore SIGTERM while busy
-        os.killpg(proc.pid, signal.SIGKILL)
+        wait_for_url(f"{uri}/health", lambda: proc.poll() is None, root / "server.log", "mlflow server")
+        yield {"uri": uri, "root": root}
+    finally:
+        stop_group(proc.pid, lambda: proc.poll() is None, grace=5)
         proc.wait(timeout=15)
 
 

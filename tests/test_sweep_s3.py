@@ -6,53 +6,37 @@ folder, is uploaded next to them and registered in MLflow, and the staging folde
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+from servers import free_port, stop_group, wait_for_url
 
 pytestmark = pytest.mark.ray
 
 BUCKET = "dartboard-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def s3(tmp_path, monkeypatch):
     """A moto S3 server on loopback with an empty bucket; the environment points pyarrow (and so Ray
     Tune, Ray Train and dartboard) at it."""
-    port = _free_port()
-    log = (tmp_path / "moto.log").open("w")
+    port = free_port()
+    log = tmp_path / "moto.log"
     proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start: " + (tmp_path / "moto.log").read_text()) from None
-                time.sleep(0.3)
+        wait_for_url(f"{endpoint}/moto-api/", lambda: proc.poll() is None, log, "moto S3 server", timeout=60)
         for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
             monkeypatch.setenv(key, value)
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=10)
         yield f"s3://{BUCKET}"
     finally:
-        proc.terminate()
+        stop_group(proc.pid, lambda: proc.poll() is None)
         proc.wait(timeout=30)
-        log.close()
 
 
 def _listing(uri: str) -> list[str]:
