@@ -1,7 +1,9 @@
-"""Sweeps on object storage: a real S3-compatible server (moto) on loopback, reached the way a cluster
-reaches MinIO or S3 (``AWS_ENDPOINT_URL`` and credentials in the environment). Trial checkpoints, Tune's
-experiment state, the study file and the result go to the bucket; the champion trains in a local staging
-folder, is uploaded next to them and registered in MLflow, and the staging folder is removed."""
+"""Sweeps on object storage, against real servers on loopback: an S3-compatible one (moto), reached the
+way a cluster reaches MinIO or S3 (``AWS_ENDPOINT_URL`` and credentials in the environment), and a Google
+Cloud Storage emulator (``CLOUD_STORAGE_EMULATOR_ENDPOINT``, anonymous ``gs://anonymous@BUCKET``). Trial
+checkpoints, Tune's experiment state, the study file and the result go to the bucket; the champion trains
+in a local staging folder, is uploaded next to them and registered in MLflow, and the staging folder is
+removed; the study resumes from the bucket."""
 
 from __future__ import annotations
 
@@ -39,6 +41,29 @@ def s3(tmp_path, monkeypatch):
         proc.wait(timeout=30)
 
 
+@pytest.fixture()
+def gcs(tmp_path, monkeypatch):
+    """A Google Cloud Storage emulator on loopback with an empty bucket (anonymous access)."""
+    port = free_port()
+    log = tmp_path / "gcs.log"
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_url(f"{endpoint}/storage/v1/b", lambda: proc.poll() is None, log, "GCS emulator", timeout=60)
+        monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", endpoint)
+        yield f"gs://anonymous@{BUCKET}"
+    finally:
+        stop_group(proc.pid, lambda: proc.poll() is None)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(request):
+    return request.getfixturevalue(request.param)
+
+
 def _listing(uri: str) -> list[str]:
     import pyarrow.fs
 
@@ -46,16 +71,17 @@ def _listing(uri: str) -> list[str]:
     return sorted(i.path[len(root) + 1:] for i in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)))
 
 
-def test_unwritable_bucket_is_one_clear_error(s3):
+def test_unwritable_bucket_is_one_clear_error(bucket):
     from dartboard.platform.sweep import check_storage
 
-    with pytest.raises(ValueError, match="storage: 's3://no-such-bucket/sweeps' is not writable"):
-        check_storage("s3://no-such-bucket/sweeps")
-    check_storage(f"{s3}/sweeps")  # the bucket exists: fine, and the probe file is gone again
-    assert _listing(f"{s3}/sweeps") == []
+    missing = bucket.replace(BUCKET, "no-such-bucket")
+    with pytest.raises(ValueError, match=f"storage: '{missing}/sweeps' is not writable"):
+        check_storage(f"{missing}/sweeps")
+    check_storage(f"{bucket}/sweeps")  # the bucket exists: fine, and the probe file is gone again
+    assert _listing(f"{bucket}/sweeps") == []
 
 
-def test_sweep_on_s3_checkpoints_and_registers_the_champion(s3, tmp_path, monkeypatch):
+def test_sweep_on_object_storage_checkpoints_resumes_and_registers_the_champion(bucket, tmp_path, monkeypatch):
     import hashlib
     import tempfile
 
@@ -66,10 +92,10 @@ def test_sweep_on_s3_checkpoints_and_registers_the_champion(s3, tmp_path, monkey
     from dartboard.platform.sweep import RESULT_FILE, run_sweep, study_name
     from dartboard.platform.worker import STATE_FILE
 
-    cfg = SweepConfig(name="s3-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
+    cfg = SweepConfig(name="bucket-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
                       options={"C": 4, "layers": 2}, params={"arch_lr": {"type": "loguniform", "low": 1e-4,
                                                                          "high": 1e-2}},
-                      scheduler={"type": "fifo"}, storage=f"{s3}/sweeps",
+                      scheduler={"type": "fifo"}, storage=f"{bucket}/sweeps",
                       final_training={"channels": 4, "layers": 3, "epochs": 1})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     staging = tmp_path / "tmp"
@@ -77,7 +103,7 @@ def test_sweep_on_s3_checkpoints_and_registers_the_champion(s3, tmp_path, monkey
     monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where the champion is staged before upload
     ray.init(address="local", num_cpus=4, include_dashboard=False)  # after the fixture set the environment
     try:
-        result = run_sweep(cfg, callbacks=[registry.SweepTracker(uri, register_as="s3-sweep")])
+        result = run_sweep(cfg, callbacks=[registry.SweepTracker(uri, register_as="bucket-sweep")])
         # --resume reads the study and Tune's experiment state back from the bucket; a finished study
         # runs no trial again (the driver-loss test resumes an unfinished one on local storage)
         again = run_sweep(resume=result.run_dir)
@@ -86,22 +112,22 @@ def test_sweep_on_s3_checkpoints_and_registers_the_champion(s3, tmp_path, monkey
     assert sorted(t["trial_id"] for t in again.trials) == sorted(t["trial_id"] for t in result.trials)
     assert [t["epoch"] for t in again.trials] == [1, 1]
     run_dir = result.run_dir
-    assert run_dir.startswith(f"{s3}/sweeps/s3-sweep-") and result.counts["complete"] == 2
+    assert run_dir.startswith(f"{bucket}/sweeps/bucket-sweep-") and result.counts["complete"] == 2
     files = _listing(run_dir)
     assert {"study.yaml", RESULT_FILE, "champion/genotype.json", "champion/network.json",
             "champion/weights.safetensors"} <= set(files)
     for t in result.trials:  # each trial's Train run checkpointed its epoch into the bucket
         assert any(f.startswith(f"trials/train-{t['trial_id']}/checkpoint_") and f.endswith(f"/{STATE_FILE}")
                    for f in files), files
-    assert study_name(run_dir) == "s3-sweep"  # what --resume reads back
+    assert study_name(run_dir) == "bucket-sweep"  # what --resume reads back
     best = result.best
     assert best["final"]["dir"] == f"{run_dir}/champion"
     summary = json.loads(_read(f"{run_dir}/{RESULT_FILE}"))
     assert summary["best"]["final"]["dir"] == f"{run_dir}/champion"
     assert json.loads(_read(f"{run_dir}/champion/genotype.json")) == best["genotype"]
-    version = registry.client(uri).get_model_version_by_alias("s3-sweep", "champion")
+    version = registry.client(uri).get_model_version_by_alias("bucket-sweep", "champion")
     assert float(version.tags["metric.test_acc"]) == pytest.approx(best["final"]["test_acc"])
-    pulled, _ = registry.pull_model(uri, "s3-sweep@champion", tmp_path / "pulled")
+    pulled, _ = registry.pull_model(uri, "bucket-sweep@champion", tmp_path / "pulled")
     weights = (pulled / "weights.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == best["final"]["weights_sha256"]
     assert _read_bytes(f"{run_dir}/champion/weights.safetensors") == weights
