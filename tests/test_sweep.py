@@ -62,13 +62,18 @@ def test_bad_distributions_name_the_problem():
 
 
 def test_impossible_resource_request():
-    with pytest.raises(ValueError, match=r"resources.gpus_per_worker: a trial needs 2 worker\(s\) x 0.5 GPU = 1 GPU"):
-        check_resources(study(resources={"workers": 2, "gpus_per_worker": 0.5}), cpus=2, gpus=0)
+    with pytest.raises(ValueError, match=r"resources.gpus_per_worker: a trial needs 2 worker\(s\) x 1 GPU = 2 GPU"):
+        check_resources(study(resources={"workers": 2, "gpus_per_worker": 1}), cpus=2, gpus=1)
+    with pytest.raises(ValueError, match=r"resources.gpus_per_worker: a trial needs 1 worker\(s\) x 0.25 GPU"):
+        check_resources(study(resources={"gpus_per_worker": 0.25}), cpus=2, gpus=0)
     with pytest.raises(ValueError, match=r"resources.cpus_per_worker: .* = 8 CPUs but the cluster has 2"):
         check_resources(study(resources={"workers": 2, "cpus_per_worker": 4}), cpus=2, gpus=0)
-    check_resources(study(resources={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0.5}), cpus=2, gpus=1)
+    check_resources(study(resources={"cpus_per_worker": 1, "gpus_per_worker": 0.5}), cpus=2, gpus=1)  # 2 trials/GPU
+    check_resources(study(resources={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 1}), cpus=2, gpus=2)
     with pytest.raises(ValidationError, match="fraction <= 1 or a whole number"):
         study(resources={"gpus_per_worker": 1.5})
+    with pytest.raises(ValidationError, match="DDP ranks of one trial on a shared GPU, which NCCL refuses"):
+        study(resources={"workers": 2, "gpus_per_worker": 0.5})
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -134,6 +134,16 @@ class SweepResources(BaseModel):
             raise ValueError(f"expected a fraction <= 1 or a whole number of GPUs, got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _shared_gpu(self) -> SweepResources:
+        # Fractions pack several one-worker trials on a GPU. Two DDP ranks of one trial on one GPU is
+        # what Ray's packing gives, and NCCL refuses it ("Duplicate GPU detected").
+        if self.workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError(f"gpus_per_worker {self.gpus_per_worker:g} with {self.workers} workers would put DDP "
+                             "ranks of one trial on a shared GPU, which NCCL refuses; use fractions with workers: 1 "
+                             "(several trials per GPU) or whole GPUs per worker")
+        return self
+
 
 class SweepObjective(BaseModel):
     """What Optuna maximises: the supernet's validation accuracy (``supernet``), or the derived

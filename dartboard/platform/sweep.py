@@ -130,11 +130,11 @@ def check_resources(cfg: SweepConfig, cpus: float, gpus: float) -> None:
     need_cpu = r.workers * r.cpus_per_worker + r.trial_driver_cpus
     need_gpu = r.workers * r.gpus_per_worker
     if need_gpu > gpus:
-        raise ValueError(f"resources.gpus_per_worker: a trial needs {r.workers} worker(s) x {r.gpus_per_worker} GPU "
+        raise ValueError(f"resources.gpus_per_worker: a trial needs {r.workers} worker(s) x {r.gpus_per_worker:g} GPU "
                          f"= {need_gpu:g} GPU(s) but the cluster has {gpus:g}")
     if need_cpu > cpus:
-        raise ValueError(f"resources.cpus_per_worker: a trial needs {r.workers} worker(s) x {r.cpus_per_worker} CPU "
-                         f"+ {r.trial_driver_cpus} for its driver = {need_cpu:g} CPUs but the cluster has {cpus:g}")
+        raise ValueError(f"resources.cpus_per_worker: a trial needs {r.workers} worker(s) x {r.cpus_per_worker:g} CPU "
+                         f"+ {r.trial_driver_cpus:g} for its driver = {need_cpu:g} CPUs but the cluster has {cpus:g}")
 
 
 def resolve_storage(storage: str | None) -> str:
