@@ -1,7 +1,8 @@
-"""A real sweep on a local Ray cluster: a diverging trial ends as errored with its reason, is not
-retried, and the sweep goes on; the plug-in hooks see every finished trial and the best. The study
+"""Real sweeps on a local Ray cluster. A diverging trial ends as errored with its reason, is not
+retried, and the sweep goes on; the plug-in hooks see every finished trial and the best; the study
 searches the tabular tiny81 space, so each trial's report carries its derived genotype's looked-up
-regret (what the tracker logs to MLflow)."""
+regret (what the tracker logs to MLflow). ASHA stops a trial that is behind at its first rung: it
+ends pruned at that epoch, never as a complete trial with a truncated value."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ pytestmark = pytest.mark.ray
 DIVERGING_LR = 1e12  # with momentum 0 the first weight step blows the supernet up: NaN loss in epoch 1
 
 
-def _seed_proposing_both(base: dict) -> int:
-    """The first TPE seed whose first two (random start-up) proposals differ in w_lr."""
-    for seed in range(50):
+def _seed_proposing(base: dict, first: float, second: float) -> int:
+    """The first TPE seed whose first two (random start-up) proposals of w_lr are ``first``, ``second``."""
+    for seed in range(100):
         alg = make_search_alg(SweepConfig(**base, seed=seed))
-        if alg.suggest("a")["w_lr"] != alg.suggest("b")["w_lr"]:
+        if (alg.suggest("a")["w_lr"], alg.suggest("b")["w_lr"]) == (first, second):
             return seed
-    raise AssertionError("no seed proposes both learning rates")
+    raise AssertionError(f"no seed proposes {first} then {second}")
 
 
 def test_nan_trial_is_errored_and_the_sweep_goes_on(ray_local, tmp_path):
@@ -34,7 +35,7 @@ def test_nan_trial_is_errored_and_the_sweep_goes_on(ray_local, tmp_path):
             "max_concurrent": 2, "options": {"w_momentum": 0.0},
             "params": {"w_lr": {"type": "choice", "values": [0.025, DIVERGING_LR]}},
             "scheduler": {"type": "fifo"}, "storage": str(tmp_path), "max_failures": 2}
-    cfg = SweepConfig(**base, seed=_seed_proposing_both(base))
+    cfg = SweepConfig(**base, seed=_seed_proposing(base, 0.025, DIVERGING_LR))
     events = []
     result = run_sweep(cfg, callbacks=[lambda kind, payload: events.append((kind, payload))])
     by_lr = {t["config"]["w_lr"]: t for t in result.trials}
@@ -54,3 +55,29 @@ def test_nan_trial_is_errored_and_the_sweep_goes_on(ray_local, tmp_path):
     # not retried: one Train run per trial, the diverged one ended at its first report
     runs = sorted(p.name for p in (tmp_path.glob("nan-*/trials/*")))
     assert len(runs) == 2
+
+
+def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
+    """One trial at a time: the first (w_lr 0.05) passes every rung alone; the second learns nothing
+    (w_lr 1e-6 and a frozen architecture) and is behind at rung 1: ASHA stops it after epoch 1."""
+    from dartboard.platform.sweep import run_sweep
+
+    base = {"name": "asha", "searcher": "darts", "epochs": 3, "batch_size": 64, "num_samples": 2, "max_concurrent": 1,
+            "options": {"C": 4, "layers": 2, "arch_lr": 1e-12},
+            "params": {"w_lr": {"type": "choice", "values": [0.05, 1e-6]}},
+            "scheduler": {"type": "asha", "metric": "val_acc", "grace_period": 1, "reduction_factor": 2},
+            "storage": str(tmp_path)}
+    cfg = SweepConfig(**base, seed=_seed_proposing(base, 0.05, 1e-6))
+    events = []
+    result = run_sweep(cfg, callbacks=[lambda kind, payload: events.append((kind, payload))])
+    by_lr = {t["config"]["w_lr"]: t for t in result.trials}
+    good, slow = by_lr[0.05], by_lr[1e-6]
+    assert good["status"] == "complete" and good["epoch"] == 3
+    assert slow["status"] == "pruned" and slow["epoch"] == 1 and slow["objective"] < good["metrics"]["val_acc"]
+    assert result.counts == {"complete": 1, "pruned": 1, "error": 0} and result.best["trial_id"] == good["trial_id"]
+    assert sorted(p["status"] for k, p in events if k == "trial") == ["complete", "pruned"]
+    saved = make_search_alg(cfg)  # the Optuna study Tune saved with the experiment
+    saved.restore_from_dir(result.run_dir)
+    states = {t.params["w_lr"]: t.state.name for t in saved._ot_study.trials}
+    assert states == {0.05: "COMPLETE", 1e-6: "PRUNED"}
+    assert saved._ot_study.best_trial.params["w_lr"] == 0.05
