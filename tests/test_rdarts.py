@@ -39,6 +39,24 @@ def test_power_iteration_on_quadratic_matches_eigvalsh(shift):
     assert value == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-6)
 
 
+@pytest.mark.parametrize("shift", [0.0, -6.0])
+def test_unused_and_linear_parameters_add_zero_eigenvalues(shift):
+    """A parameter outside the graph and one used linearly: H has zero rows/columns for them, so the
+    answer is eigvalsh of the full Hessian (the zeros included), not an autograd error."""
+    torch.manual_seed(1)
+    a = torch.randn(4, 4, dtype=torch.float64)
+    h = a @ a.T / 4 + shift * torch.eye(4, dtype=torch.float64)
+    x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    unused = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    linear = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    value = dominant_eigenvalue(lambda: 0.5 * x @ h @ x + x.sum() + 2 * linear.sum(), [x, unused, linear],
+                                max_iter=2000, tol=1e-12)
+    full = torch.zeros(9, 9, dtype=torch.float64)
+    full[:4, :4] = h
+    assert value == pytest.approx(float(torch.linalg.eigvalsh(full)[-1]), rel=1e-6, abs=1e-9)
+    assert dominant_eigenvalue(lambda: 2 * linear.sum(), [unused, linear]) == 0.0
+
+
 def test_hessian_eigenvalue_agrees_with_full_hessian_on_small_space():
     searcher = tiny("rdarts-es")
     searcher.network.double()

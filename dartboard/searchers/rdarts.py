@@ -48,9 +48,18 @@ def dominant_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[to
     Power iteration v <- Hv / ||Hv|| with H v from one double backward, Rayleigh quotient
     lambda = v^T H v, until its relative change is < ``tol``. Power iteration finds the
     eigenvalue of largest magnitude; if that one is negative, a second run on H - lambda I
-    (whose spectrum is >= 0) gives the largest algebraic eigenvalue, as eigvalsh(H)[-1]."""
+    (whose spectrum is >= 0) gives the largest algebraic eigenvalue, as eigvalsh(H)[-1].
+
+    Parameters the loss does not use (e.g. normal-cell alphas of a supernet made of reduction cells
+    only), or uses linearly, have zero rows and columns in H: the iteration runs on the others and
+    the zero eigenvalues they add count in the maximum."""
     params = list(params)
-    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    first = torch.autograd.grad(loss_fn(), params, create_graph=True, allow_unused=True)
+    curved = [(p, g) for p, g in zip(params, first, strict=True) if g is not None and g.requires_grad]
+    if not curved:
+        return 0.0
+    has_zero_block = len(curved) < len(params)
+    params, grads = [p for p, _ in curved], [g for _, g in curved]
 
     def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
         out = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True, allow_unused=True)
@@ -72,9 +81,8 @@ def dominant_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[to
         return value + shift
 
     largest_magnitude = power(0.0)
-    if largest_magnitude >= 0:
-        return largest_magnitude
-    return power(largest_magnitude)
+    value = largest_magnitude if largest_magnitude >= 0 else power(largest_magnitude)
+    return max(value, 0.0) if has_zero_block else value
 
 
 def val_hessian_eigenvalue(searcher: Any, batch: Batch, **options: Any) -> float:
