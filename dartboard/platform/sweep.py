@@ -460,24 +460,24 @@ def run_sweep(cfg: SweepConfig | None = None, *, resume: str | None = None,
         trials.append(trial_payload(trial_id, r.config, r.metrics or {}, error))
     complete = [t for t in trials if t["status"] == "complete" and _finite(t["objective"])]
     best = max(complete, key=lambda t: t["objective"]) if complete else None
-    staging = None  # on s3:// or gs:// storage the champion trains in a local folder, then is uploaded
-    hook_best = best
-    if best is not None and cfg.final_training is not None:
-        champion = f"{run_dir}/{CHAMPION_DIR}"
-        if "://" in run_dir:
-            staging = Path(tempfile.mkdtemp(prefix="dartboard-champion-"))
-        best["final"] = train_champion(cfg, best, staging or Path(champion))
-        if staging is not None:
-            _upload_dir(staging, champion)
-            best["final"]["dir"] = champion
-            hook_best = {**best, "final": {**best["final"], "dir": str(staging)}}  # hooks read local files
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("complete", "pruned", "error")}
-    result = SweepResult(run_dir, trials, best, time.perf_counter() - start, counts)
-    _write_text(f"{run_dir}/{RESULT_FILE}", json.dumps({"best": best, "counts": counts, "trials": trials},
-                                                          indent=1, default=str))
-    payload = {"study": cfg.name, "run_dir": run_dir, "best": hook_best, "counts": counts, "trials": trials,
-               "dataset": cfg.dataset, "searcher": cfg.searchers()[0] if len(cfg.searchers()) == 1 else ""}
+    # On s3:// or gs:// storage the champion trains in a local staging folder, then is uploaded.
+    final = best is not None and cfg.final_training is not None
+    staging = Path(tempfile.mkdtemp(prefix="dartboard-champion-")) if final and "://" in run_dir else None
     try:
+        hook_best = best
+        if final:
+            champion = f"{run_dir}/{CHAMPION_DIR}"
+            best["final"] = train_champion(cfg, best, staging or Path(champion))
+            if staging is not None:
+                _upload_dir(staging, champion)
+                best["final"]["dir"] = champion
+                hook_best = {**best, "final": {**best["final"], "dir": str(staging)}}  # hooks read local files
+        counts = {s: sum(t["status"] == s for t in trials) for s in ("complete", "pruned", "error")}
+        result = SweepResult(run_dir, trials, best, time.perf_counter() - start, counts)
+        _write_text(f"{run_dir}/{RESULT_FILE}", json.dumps({"best": best, "counts": counts, "trials": trials},
+                                                              indent=1, default=str))
+        payload = {"study": cfg.name, "run_dir": run_dir, "best": hook_best, "counts": counts, "trials": trials,
+                   "dataset": cfg.dataset, "searcher": cfg.searchers()[0] if len(cfg.searchers()) == 1 else ""}
         for hook in list(callbacks) + SWEEP_CALLBACKS:
             hook("study", payload)
     finally:
