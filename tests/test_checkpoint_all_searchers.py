@@ -64,12 +64,11 @@ def test_searcher_resumes_bit_identically_from_its_checkpoint(name, tmp_path):
     save_state(a.state_dict(), tmp_path / STATE_FILE)
     rng = load_state(tmp_path / STATE_FILE).get("rng")
     assert rng is not None, "the checkpoint keeps the RNG states"
-    seed_everything(123)  # another process state: the checkpoint must restore everything
-    b = _build(name)
-    b.load_state_dict(load_state(tmp_path / STATE_FILE))
-    set_rng_state(rng)
+    set_rng_state(rng)  # the uninterrupted run goes on from the RNG states of the checkpoint
     metrics_a = _epoch(a, second)
-    set_rng_state(rng)  # b starts from the same RNG states as a did
+    seed_everything(123)  # another process state: the checkpoint must restore everything, RNG included
+    b = _build(name)
+    b.load_state_dict(load_state(tmp_path / STATE_FILE))  # as the Ray worker does: nothing restored by hand
     metrics_b = _epoch(b, second)
     _same(metrics_a, metrics_b, "metrics")
     assert a.derive() == b.derive()
