@@ -10,33 +10,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@runtime_checkable
-class Searcher(Protocol):
-    def step(self, train_batch: Batch, val_batch: Batch) -> None:
-        """One search iteration on a pair of batches (no host synchronisation inside)."""
-
-    def end_epoch(self) -> dict[str, float]:
-        """Close an epoch (schedulers, stop rules); return the epoch's metrics."""
-
-    def derive(self) -> Any:
-        """The discrete architecture preferred now (a genotype)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the search exactly."""
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def metrics(self) -> dict[str, float]:
-        """The latest epoch's metrics."""
+from dartboard.searchers.protocol import Batch, Searcher  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int) -> None:

@@ -151,6 +151,12 @@ class DartOptiSearcher(DDartsSearcher):
             alpha[edges.index((e.src, e.dst)), ops.index(e.op)] = self.config.alpha_encoded
         return alpha
 
+    def group_rows(self, group: int) -> tuple:
+        return tuple(edge_list(self.type_steps[group]))
+
+    def group_names(self) -> list[str]:
+        return [f"type_{t}" for t in range(len(self.type_cells))]
+
     # ------------------------------------------------------------------ derivation
     def derive_group(self, group: int, weights: torch.Tensor) -> CellGenotype:
         steps = self.type_steps[group]

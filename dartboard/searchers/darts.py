@@ -36,6 +36,7 @@ from dartboard.searchers.base import (
     to_device,
 )
 from dartboard.searchers.discretize import get_discretizer
+from dartboard.searchers.protocol import AlphaGroup, GradReducer, ModuleWrapper
 from dartboard.spaces.catalog import CellSpace, get_space
 from dartboard.spaces.genotype import CellsGenotype, DartsGenotype, Genotype
 from dartboard.spaces.networks import SearchNetwork, default_reductions
@@ -243,6 +244,38 @@ class BilevelSearcher:
         self.meter.add("val_loss", loss * y.numel(), y.numel())
         self.meter.add("val_acc", accuracy_count(logits, y), y.numel())
         return loss + self.regularization(gw)
+
+    # ------------------------------------------------------------------ Searcher protocol
+    @property
+    def epochs(self) -> int:
+        return int(self.config.epochs)
+
+    @property
+    def train_fraction(self) -> float:
+        return float(getattr(self.schedule, "train_fraction", 0.5))
+
+    def arch_parameters(self) -> list[torch.Tensor]:
+        return list(self.arch.parameters())
+
+    def weight_parameters(self) -> list[torch.Tensor]:
+        return list(self.network.parameters())
+
+    def distribute(self, wrap: ModuleWrapper, reduce_arch_grads: GradReducer) -> None:
+        self.train_module = wrap(self.network)
+        self.reduce_arch_grads = reduce_arch_grads
+
+    def group_names(self) -> list[str]:
+        if len(self.group_primitives) == 2 and self.arch.cell_group == tuple(
+                1 if i in self.reductions else 0 for i in range(self.config.layers)):
+            return ["normal", "reduce"]
+        return [f"group_{g}" for g in range(len(self.group_primitives))]
+
+    def group_rows(self, group: int) -> tuple:
+        return tuple(self.network.edges)
+
+    def alpha_groups(self) -> list[AlphaGroup]:
+        return [AlphaGroup(name, self.group_rows(g), tuple(self.group_primitives[g]))
+                for g, name in enumerate(self.group_names())]
 
     @property
     def progress(self) -> float:

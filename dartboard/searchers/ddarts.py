@@ -137,6 +137,9 @@ class DDartsSearcher(BilevelSearcher):
         layers = self.config.layers
         return [self.space.primitives(i in self.reductions) for i in range(layers)], list(range(layers))
 
+    def group_names(self) -> list[str]:
+        return [f"cell_{i}" for i in range(self.config.layers)]
+
     def build_arch_optimizers(self) -> list[torch.optim.Optimizer]:
         c = self.config
         return [torch.optim.Adam([a], lr=c.arch_lr, betas=c.arch_betas, weight_decay=c.arch_weight_decay)

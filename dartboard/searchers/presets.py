@@ -61,11 +61,6 @@ class VariantSearcher(BilevelSearcher):
                 if isinstance(part, SimplexProjection):
                     part.after_arch_step(self)
 
-    @property
-    def train_fraction(self) -> float:
-        """The train/val split the schedule implies (Maile et al. 4.1)."""
-        return float(getattr(self.schedule, "train_fraction", 0.5))
-
     def alpha_init(self, shape: tuple[int, int]) -> torch.Tensor:
         if self.alpha_init_mode == "uniform":
             return 1.0 / shape[1] + self.config.alpha_init_scale * torch.randn(shape)
