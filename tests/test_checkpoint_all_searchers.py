@@ -13,9 +13,8 @@ import torch
 
 from dartboard.platform.worker import STATE_FILE, load_state, save_state, to_plain
 from dartboard.searchers.base import seed_everything, set_rng_state
-from dartboard.searchers.registry import SEARCHERS, DataShape, _load_builtin, build_searcher, get_searcher_spec
+from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
 
-_load_builtin()
 SHAPE = DataShape(1, 8, 10)
 TINY = {"C": 4, "layers": 2, "epochs": 3}
 OWN = {"dartopti": {"C": 4, "epochs": 3}}  # its cell count is its start genotype's (ResNet-18: 4 cells)

@@ -32,8 +32,8 @@ def test_derive_before_search_is_the_handcrafted_network(start):
     assert s.derive() == resolve(start)
     assert architecture_distance(s.derive(), resolve(start)) == 0.0
     n_types = len(set(resolve(start).types))
-    assert len(s.arch.alphas) == len(s.arch_optimizers) == n_types  # one set of alphas per cell type
-    assert {float(v) for a in s.arch.alphas for v in a.detach().unique()} == {0.0, 10.0}
+    assert len(s.arch) == len(s.arch_optimizer.optimizers) == n_types  # one set of alphas per cell type
+    assert {float(v) for a in s.arch for v in a.detach().unique()} == {0.0, 10.0}
 
 
 def digits_batches(n_train=2, n_val=2, size=32):
@@ -52,9 +52,9 @@ def test_warmup_then_search_moves_away_from_resnet18():
     train, val = digits_batches()
     s = build_searcher("dartopti", {"start": "resnet18", "C": 4, "epochs": 4, "warmup_epochs": 1,
                                     "arch_lr": 0.5, "early_stop": False}, SHAPE)
-    start_alphas = [a.detach().clone() for a in s.arch.alphas]
+    start_alphas = [a.detach().clone() for a in s.arch]
     run_search(s, train, val, epochs=1)  # warm-up: weights only
-    assert all(torch.equal(a, b) for a, b in zip(s.arch.alphas, start_alphas, strict=False))
+    assert all(torch.equal(a, b) for a, b in zip(s.arch, start_alphas, strict=False))
     assert s.history[-1]["metrics"]["arch_steps"] == 0
     history = run_search(s, train, val, epochs=4, start_epoch=1)
     assert history[-1]["distance_to_start"] > 0

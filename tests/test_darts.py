@@ -6,27 +6,31 @@ from torch.func import functional_call
 
 from dartboard.platform.data import load_dataset, make_loader, search_split
 from dartboard.searchers.base import seed_everything
-from dartboard.searchers.darts import BilevelSearcher, DartsConfig, cosine_lr
+from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.discretize import darts_parse
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
-from dartboard.spaces.catalog import CellSpace
+from dartboard.spaces.catalog import SPACES, CellSpace, register_space
 from dartboard.spaces.cells import edge_list
 from dartboard.spaces.genotype import DartsGenotype, Edge
 
 TINY = CellSpace.uniform("tiny-test", ["skip_connect", "sep_conv_3x3", "avg_pool_3x3"], steps=2)
+if TINY.name not in SPACES:
+    register_space(TINY)
 
 
-def tiny_searcher(**kw) -> BilevelSearcher:
-    cfg = DartsConfig(C=4, layers=3, steps=2, multiplier=2, in_channels=1, input_size=8, epochs=4, **kw)
-    return BilevelSearcher(cfg, space=TINY)
+def tiny_searcher(**kw):
+    return build_searcher("darts", {"space": TINY.name, "C": 4, "layers": 3, "steps": 2, "multiplier": 2,
+                                    "epochs": 4, **kw}, DataShape(1, 8, 10))
 
 
 def test_published_defaults():
-    c = DartsConfig()
+    c = EngineConfig()
     assert (c.C, c.layers, c.epochs, c.w_lr, c.w_lr_min, c.w_momentum, c.w_weight_decay, c.grad_clip) == (
         16, 8, 50, 0.025, 0.001, 0.9, 3e-4, 5.0)
-    assert (c.arch_lr, c.arch_betas, c.arch_weight_decay, c.alpha_init_scale) == (3e-4, (0.5, 0.999), 1e-3, 1e-3)
+    assert (c.arch_lr, c.arch_betas, c.arch_weight_decay) == (3e-4, (0.5, 0.999), 1e-3)
+    s = build_searcher("darts", {"C": 4, "layers": 3}, DataShape(1, 8, 10))
+    assert s.parts.alpha_init.scale == 1e-3  # DARTS: alpha = 1e-3 * randn
 
 
 def test_second_order_matches_finite_difference_of_unrolled_objective():
@@ -35,26 +39,26 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
     s = tiny_searcher(order=2, w_lr=0.5, w_weight_decay=0.0, unrolled_r=1e-3)
     # Finite differences need a smooth function: a tiny ReLU network flips units under a 1e-3 shift,
     # which makes gradients jump. SiLU keeps the network smooth; the formula under test is unchanged.
-    for module in list(s.network.modules()):
+    for module in list(s.supernet.modules()):
         for name, child in module.named_children():
             if isinstance(child, torch.nn.ReLU):
                 setattr(module, name, torch.nn.SiLU())
-    s.network.double()
+    s.supernet.double()
     s.arch.double()
     x_tr, y_tr = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
     x_va, y_va = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
     xi = s.w_optimizer.param_groups[0]["lr"]
-    names = [n for n, _ in s.network.named_parameters()]
-    w0 = [p.detach().clone() for _, p in s.network.named_parameters()]
+    names = [n for n, _ in s.supernet.named_parameters()]
+    w0 = [p.detach().clone() for _, p in s.supernet.named_parameters()]
     alphas = list(s.arch.parameters())
 
     def objective(alpha_values):
-        cw = s.arch.cell_weights([torch.softmax(a, -1) for a in alpha_values])
+        cw = [torch.softmax(a, -1) for a in alpha_values]
         w = [p.clone().requires_grad_(True) for p in w0]
-        loss_tr = s.criterion(functional_call(s.network, dict(zip(names, w, strict=True)), (x_tr, cw)), y_tr)
+        loss_tr = s.objective.loss(functional_call(s.supernet, dict(zip(names, w, strict=True)), (x_tr, cw)), y_tr)
         g = torch.autograd.grad(loss_tr, w)
         unrolled = {n: p - xi * gi for n, p, gi in zip(names, w0, g, strict=True)}
-        return s.criterion(functional_call(s.network, unrolled, (x_va, cw)), y_va)
+        return s.objective.loss(functional_call(s.supernet, unrolled, (x_va, cw)), y_va)
 
     base = [a.detach().clone() for a in alphas]
     eps = 1e-5
@@ -68,8 +72,8 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
             minus[gi].view(-1)[idx] -= eps
             grad.view(-1)[idx] = (objective(plus) - objective(minus)) / (2 * eps)
         fd.append(grad)
-    hyper = s.unrolled_arch_grads(x_tr, y_tr, x_va, y_va)
-    first = torch.autograd.grad(s.criterion(s.network(x_va, s.cell_weights()), y_va), alphas)
+    hyper = s.unrolled_grads(x_tr, y_tr, x_va, y_va)
+    first = torch.autograd.grad(s.objective.loss(s.supernet(x_va, s.group_weights()), y_va), alphas)
     fd_flat, hyper_flat = torch.cat([g.flatten() for g in fd]), torch.cat([g.flatten() for g in hyper])
     first_flat = torch.cat([g.flatten() for g in first])
     rel = (hyper_flat - fd_flat).norm() / fd_flat.norm()
@@ -81,12 +85,12 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
 def test_alpha_step_descends_validation_loss():
     seed_everything(1)
     s = tiny_searcher(arch_lr=0.05, arch_weight_decay=0.0)
-    s.network.eval()  # fixed BN statistics: the loss is a function of alpha only
+    s.supernet.eval()  # fixed BN statistics: the loss is a function of alpha only
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    before = float(s.criterion(s.network(x, s.cell_weights()), y))
+    before = float(s.objective.loss(s.supernet(x, s.group_weights()), y))
     for _ in range(5):
         s.arch_step(x, y, x, y)
-    after = float(s.criterion(s.network(x, s.cell_weights()), y))
+    after = float(s.objective.loss(s.supernet(x, s.group_weights()), y))
     assert after < before
 
 
@@ -107,12 +111,6 @@ def test_darts_parse_by_hand():
     w[1, 2] = float("nan")  # a diverged search: say so, do not derive an arbitrary cell
     with pytest.raises(FloatingPointError, match="'sep_conv_3x3' is nan: the search diverged"):
         darts_parse(w, edges, prims)
-
-
-def test_cosine_lr():
-    assert cosine_lr(0.025, 0.001, 0, 50) == pytest.approx(0.025)
-    assert cosine_lr(0.025, 0.001, 25, 50) == pytest.approx(0.013)
-    assert cosine_lr(0.025, 0.001, 50, 50) == pytest.approx(0.001)
 
 
 def test_step_has_no_host_sync_points():
@@ -159,8 +157,8 @@ def test_checkpoint_round_trip_continues_identically():
     b.load_state_dict(state)
     a.step((x, y), (x, y))
     b.step((x, y), (x, y))
-    for pa, pb in zip(list(a.arch.parameters()) + list(a.network.parameters()),
-                      list(b.arch.parameters()) + list(b.network.parameters()), strict=True):
+    for pa, pb in zip(list(a.arch.parameters()) + list(a.supernet.parameters()),
+                      list(b.arch.parameters()) + list(b.supernet.parameters()), strict=True):
         assert torch.equal(pa, pb)
     assert b.epoch == 1
 
@@ -176,10 +174,10 @@ def test_autocast_step_runs_on_cpu(precision):
 
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="order: expected 1 or 2, got 3"):
-        DartsConfig(order=3)
+        EngineConfig(order=3)
     with pytest.raises(ValueError, match="precision"):
-        DartsConfig(precision="fp8")
-    with pytest.raises(ValueError, match="has no option 'colour'"):
+        EngineConfig(precision="fp8")
+    with pytest.raises(ValueError, match="unknown option 'colour'"):
         build_searcher("darts", {"colour": 1}, DataShape(1, 8, 10))
     with pytest.raises(ValueError, match="unknown searcher 'dorts'"):
         build_searcher("dorts", {}, DataShape(1, 8, 10))
@@ -189,9 +187,8 @@ def test_bad_config_values_are_named():
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("order", [1, 2])
 def test_search_step_on_gpu(precision, order):
-    cfg = DartsConfig(C=8, layers=5, in_channels=1, input_size=8, epochs=2, order=order, precision=precision,
-                      device="cuda")
-    s = BilevelSearcher(cfg)
+    s = build_searcher("darts", {"C": 8, "layers": 5, "epochs": 2, "order": order, "precision": precision},
+                       DataShape(1, 8, 10), "cuda")
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     before = [a.detach().clone() for a in s.arch.parameters()]
     for _ in range(3):

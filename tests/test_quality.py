@@ -62,15 +62,26 @@ def test_spearman_matches_scipy_with_ties():
 
 
 class _FakeSearcher:
-    """Derives A, then B, then C: the tracker must report the table's numbers for each."""
+    """Derives A, then B, then C: the tracker must report the table's numbers for each. It runs
+    its epoch hooks as the engine does, and is its own hook context (epoch, epoch_metrics, derive)."""
+
+    space_info = {"space": "darts", "layers": 8, "reductions": (2, 5)}
 
     def __init__(self):
         self.epoch = 0
         self.sequence = [A, B, C]
+        self.hooks = []
+        self.epoch_metrics = {"val_acc": 0.5}
+
+    def add_hook(self, hook):
+        self.hooks.append(hook)
 
     def end_epoch(self):
         self.epoch += 1
-        return {"val_acc": 0.5}
+        metrics = dict(self.epoch_metrics)
+        for hook in self.hooks:
+            metrics.update(hook.end_epoch(self))
+        return metrics
 
     def derive(self):
         return genotype_of_ops(self.sequence[self.epoch - 1])
@@ -91,7 +102,7 @@ def test_tracker_does_not_derive_in_a_diverged_epoch(table):
     """NaN loss (the alphas may be NaN too): the lookups are NaN and off-table, derive() is not called;
     the search loop then ends the trial with the divergence as its reason."""
     searcher = _FakeSearcher()
-    searcher.end_epoch = lambda: {"train_loss": math.nan, "val_loss": 1.0}
+    searcher.epoch_metrics = {"train_loss": math.nan, "val_loss": 1.0}
     searcher.derive = lambda: pytest.fail("derive() called in a diverged epoch")
     tracker = RegretTracker(table).attach(searcher)
     m = searcher.end_epoch()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dartboard.searchers.rdarts import dominant_eigenvalue, es_stop_index, local_average, val_hessian_eigenvalue
+from dartboard.searchers.parts.rdarts import dominant_eigenvalue, es_stop_index, local_average, val_hessian_eigenvalue
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces.catalog import SPACES, CellSpace, get_space, register_space
 from dartboard.spaces.networks import SearchNetwork
@@ -59,14 +59,14 @@ def test_unused_and_linear_parameters_add_zero_eigenvalues(shift):
 
 def test_hessian_eigenvalue_agrees_with_full_hessian_on_small_space():
     searcher = tiny("rdarts-es")
-    searcher.network.double()
+    searcher.supernet.double()
     with torch.no_grad():
-        for a in searcher.arch.alphas:
+        for a in searcher.arch:
             a.data = a.data.double().normal_()
     x, y = batch()
     x = x.double()
-    value = val_hessian_eigenvalue(searcher, (x, y), max_iter=3000, tol=1e-12)
-    alphas = list(searcher.arch.alphas)
+    value = val_hessian_eigenvalue(searcher.ctx, (x, y), max_iter=3000, tol=1e-12)
+    alphas = list(searcher.arch)
     shapes = [a.shape for a in alphas]
 
     def loss_of(flat):
@@ -74,8 +74,8 @@ def test_hessian_eigenvalue_agrees_with_full_hessian_on_small_space():
         for s in shapes:
             parts.append(flat[offset: offset + s.numel()].view(s))
             offset += s.numel()
-        weights = [searcher.activation(p) for p in parts]
-        return searcher.criterion(searcher.network(x, searcher.arch.cell_weights(weights)), y)
+        weights = [searcher.activation.weights(p) for p in parts]
+        return searcher.objective.loss(searcher.supernet(x, weights), y)
 
     flat = torch.cat([a.detach().flatten() for a in alphas])
     hessian = torch.autograd.functional.hessian(loss_of, flat)
@@ -95,14 +95,14 @@ def test_es_rule_on_constructed_sequence():
 
 
 def _run(searcher, epochs: int, sequence):
-    searcher.monitors[0].eigenvalue_fn = lambda s, b: sequence[s.epoch // 2 - 1]
+    searcher.hooks[0].eigenvalue_fn = lambda s, b: sequence[s.epoch // 2 - 1]
     data = [batch(0), batch(1)]
     alphas_at, genotypes_at = {}, {}
     for _ in range(epochs):
         searcher.step(data[0], data[1])
         searcher.step(data[1], data[0])
         epoch_before = searcher.epoch + 1
-        alphas_at[epoch_before] = [a.detach().clone() for a in searcher.arch.alphas]
+        alphas_at[epoch_before] = [a.detach().clone() for a in searcher.arch]
         genotypes_at[epoch_before] = searcher.derive()
         metrics = searcher.end_epoch()
         if searcher.stop_requested or "rdarts_returned_epoch" in metrics:
@@ -119,7 +119,7 @@ def test_darts_es_stops_where_the_rule_says_and_restores_epoch_t_minus_8():
     assert searcher.stop_requested
     assert metrics["rdarts_stopped_at"] == 16 and metrics["rdarts_returned_epoch"] == 8
     assert searcher.epoch == 8
-    for a, b in zip(searcher.arch.alphas, alphas_at[8], strict=True):
+    for a, b in zip(searcher.arch, alphas_at[8], strict=True):
         assert torch.equal(a.detach(), b)
     assert searcher.derive() == genotypes_at[8]
     assert not torch.equal(alphas_at[16][0], alphas_at[8][0])
@@ -132,14 +132,15 @@ def test_darts_ada_rolls_back_and_raises_weight_decay():
     assert not searcher.stop_requested
     assert metrics["rdarts_returned_epoch"] == 8 and metrics["rdarts_rollbacks"] == 1
     assert searcher.epoch == 8
-    for a, b in zip(searcher.arch.alphas, alphas_at[8], strict=True):
+    for a, b in zip(searcher.arch, alphas_at[8], strict=True):
         assert torch.equal(a.detach(), b)
     assert searcher.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
-    assert searcher.config.w_weight_decay == pytest.approx(3e-3)
+    # parts never mutate the config: the unrolled step reads the raised value from the weight optimizer
+    assert searcher.config.w_weight_decay == pytest.approx(3e-4)
     state = searcher.state_dict()  # continues: checkpoint round trip keeps the monitor state
     again = tiny("rdarts-ada", arch_lr=0.05)
     again.load_state_dict(state)
-    assert again.monitors[0].rollbacks == 1 and again.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
+    assert again.hooks[0].rollbacks == 1 and again.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
 
 
 def test_rdarts_spaces():
@@ -158,4 +159,4 @@ def test_rdarts_spaces():
     torch.manual_seed(1)
     assert not torch.allclose(a, net(x, noise_only))  # the noise op ignores its input and samples N(0, 1)
     searcher = build_searcher("rdarts-es", {"space": "s1", "C": 4, "layers": 3}, DataShape(1, 8, 4))
-    assert searcher.group_primitives[1][1] == ("max_pool_3x3", "dil_conv_3x3")
+    assert searcher.alpha_groups()[1].primitives[1] == ("max_pool_3x3", "dil_conv_3x3")

@@ -9,7 +9,6 @@ import torch
 
 from dartboard.bench.table import TableProtocol, fit_val_split, load_table, train_entry
 from dartboard.platform.data import load_dataset
-from dartboard.searchers.darts import BilevelSearcher, DartsConfig
 from dartboard.searchers.discretize import darts_parse
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces.catalog import get_space
@@ -71,10 +70,11 @@ def test_per_cell_genotypes_map_and_non_members_are_refused():
 
 
 def test_reductions_option_is_additive():
-    assert BilevelSearcher(DartsConfig(C=4, layers=5, steps=1, multiplier=1, space="tiny81", in_channels=1,
-                                       input_size=8)).reductions == (1, 3)
+    default = build_searcher("darts", {"C": 4, "layers": 5, "steps": 1, "multiplier": 1, "space": "tiny81"},
+                             DataShape(1, 8, 10))
+    assert default.space_info["reductions"] == (1, 3)
     s = build_searcher("darts", {**TINY81_SEARCH_OPTIONS, "C": 4, "epochs": 1}, DataShape(1, 8, 10))
-    assert s.reductions == (1,) and [c.reduction for c in s.network.cells] == [False, True]
+    assert s.space_info["reductions"] == (1,) and [c.reduction for c in s.supernet.network.cells] == [False, True]
 
 
 def test_darts_searches_tiny81_and_derives_a_member():

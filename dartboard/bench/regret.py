@@ -41,11 +41,9 @@ def lookup_metrics(table: Table, genotype: gt.Genotype | str | None, prefix: str
 
 
 class RegretTracker:
-    """Adds the looked-up numbers of the derived architecture to every epoch's metrics.
-
-    ``attach(searcher)`` wraps the searcher's ``end_epoch`` (an instance attribute, the
-    class is untouched), so it works with any loop that calls the Searcher protocol:
-    ``run_search``, the Ray Train worker, a notebook.
+    """An epoch hook that adds the looked-up numbers of the derived architecture to every
+    epoch's metrics. ``attach(searcher)`` adds it to the searcher's epoch hooks, so it works
+    with any loop that calls the Searcher protocol: ``run_search``, the Ray Train worker, a notebook.
     """
 
     def __init__(self, table: Table, prefix: str = PREFIX):
@@ -61,27 +59,28 @@ class RegretTracker:
                            **metrics})
         return metrics
 
+    def end_epoch(self, ctx: Any) -> dict[str, float]:
+        if all(math.isfinite(v) for k, v in ctx.epoch_metrics.items() if k.endswith("_loss")):
+            return self.record(ctx.derive(), ctx.epoch)
+        # a diverged epoch derives nothing (its alphas may be NaN); the loop reports the divergence
+        return lookup_metrics(self.table, None, self.prefix)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curve": list(self.curve)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curve = list(state["curve"])
+
     def attach(self, searcher: Any) -> RegretTracker:
-        end_epoch = searcher.end_epoch
-
-        def end_epoch_with_regret() -> dict[str, float]:
-            metrics = end_epoch()
-            if all(math.isfinite(v) for k, v in metrics.items() if k.endswith("_loss")):
-                metrics.update(self.record(searcher.derive(), int(getattr(searcher, "epoch", len(self.curve) + 1))))
-            else:  # a diverged epoch derives nothing (its alphas may be NaN); the loop reports the divergence
-                metrics.update(lookup_metrics(self.table, None, self.prefix))
-            return metrics
-
-        searcher.end_epoch = end_epoch_with_regret
+        searcher.add_hook(self)
         return self
 
 
 def searches_tiny81(searcher: Any) -> bool:
     """Whether ``searcher`` runs on the tiny81 supernet with the table's network shape."""
-    space = getattr(searcher, "space", None)
-    config = getattr(searcher, "config", None)
-    return (getattr(space, "name", None) == TINY81_NAME and getattr(config, "layers", None) == TINY81_LAYERS
-            and tuple(getattr(searcher, "reductions", ())) == TINY81_REDUCTIONS)
+    info = searcher.space_info
+    return (info.get("space") == TINY81_NAME and info.get("layers") == TINY81_LAYERS
+            and tuple(info.get("reductions", ())) == TINY81_REDUCTIONS)
 
 
 def attach_if_tiny81(searcher: Any, table: Table | None = None) -> RegretTracker | None:

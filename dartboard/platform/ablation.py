@@ -114,9 +114,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Abl
 
 def check_searchers(study: AblationStudy) -> None:
     """Every variant must name a registered searcher (clear error listing the known ones)."""
-    from dartboard.searchers.registry import SEARCHERS, _load_builtin
+    from dartboard.searchers.registry import SEARCHERS
 
-    _load_builtin()
     missing = [f"{v.name} (searcher {v.searcher!r})" for v in study.variants if v.searcher not in SEARCHERS]
     if missing:
         raise ValueError(f"study {study.name!r}: unknown searchers for variants {'; '.join(missing)}; "
@@ -182,7 +181,7 @@ def ablation_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             history, seconds = _restore_searcher(searcher, Path(folder))
         log.info("trial %s resumes after epoch %d", trial_key(variant.name, seed), len(history))
-    epochs = searcher.config.epochs
+    epochs = searcher.epochs
     for epoch in range(len(history), epochs):
         start = time.perf_counter()
         metrics = run_epoch(searcher, train_loader, val_loader)
@@ -192,16 +191,17 @@ def ablation_trial(config: dict[str, Any]) -> None:
             _save_searcher(searcher, history, seconds, Path(tmp))
             ray.tune.report({**history[-1], "epoch": epoch + 1, "search_seconds": seconds, "done": 0},
                             checkpoint=ray.tune.Checkpoint.from_directory(tmp))
-        if getattr(searcher, "stop_requested", False):
+        if searcher.stop_requested:
             break
     genotype = searcher.derive()
     final = {"search_seconds": seconds, "epoch": len(history), "done": 1}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         write_search_artifacts(searcher, genotype, history, out)
-        if searcher.history and hasattr(searcher, "group_primitives"):
+        if searcher.history:
             (out / "alpha_meta.json").write_text(json.dumps(
-                {"group_primitives": searcher.group_primitives, "edges": searcher.network.edges}))
+                {"group_primitives": [g.primitives for g in searcher.alpha_groups()],
+                 "edges": searcher.alpha_groups()[0].rows}))
         tcfg = TrainConfig(**{**study.train, "seed": seed, "device": resolve_device(study.device)})
         result = train_genotype(genotype, splits, tcfg, out)
         (out / "network.json").write_text(json.dumps(network_spec(tcfg, splits.info, study.dataset)))

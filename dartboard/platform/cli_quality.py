@@ -65,7 +65,7 @@ def quality_cmd(
 ) -> None:
     """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search."""
     from dartboard.bench.quality import DEFAULT_SEARCHERS, QualityConfig, log_mlflow, rescore_file, run_quality
-    from dartboard.searchers.registry import SEARCHERS, _load_builtin
+    from dartboard.searchers.registry import SEARCHERS
 
     if rescore is not None:
         cfg, result = rescore_file(rescore, str(table) if table else None)
@@ -76,7 +76,6 @@ def quality_cmd(
                                 tracking_uri, experiment)
             typer.echo(f"mlflow: run {run_id}")
         return
-    _load_builtin()
     if searchers:
         names = [s.strip() for s in searchers.split(",") if s.strip()]
     else:

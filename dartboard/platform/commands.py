@@ -191,11 +191,11 @@ def speed_benchmark(batch: int, device: str, precision: str, order: int, channel
     import torch
 
     from dartboard.platform.config import resolve_device
-    from dartboard.searchers.darts import BilevelSearcher, DartsConfig
+    from dartboard.searchers.registry import DataShape, build_searcher
 
     dev = resolve_device(device)
-    cfg = DartsConfig(C=channels, layers=layers, input_size=input_size, order=order, precision=precision, device=dev)
-    searcher = BilevelSearcher(cfg)
+    searcher = build_searcher("darts", {"C": channels, "layers": layers, "order": order, "precision": precision},
+                              DataShape(3, input_size, 10), dev)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, input_size, input_size, generator=gen).to(dev)
     y = torch.randint(0, 10, (batch,), generator=gen).to(dev)
@@ -220,9 +220,8 @@ def speed_benchmark(batch: int, device: str, precision: str, order: int, channel
 
 def searchers_cmd() -> None:
     """List the registered searchers and presets."""
-    from dartboard.searchers.registry import SEARCHERS, _load_builtin
+    from dartboard.searchers.registry import SEARCHERS
 
-    _load_builtin()
     for name in sorted(SEARCHERS):
         typer.echo(f"{name:24s} {SEARCHERS[name].description}")
 

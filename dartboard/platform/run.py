@@ -50,7 +50,7 @@ def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
     """The user's split, else the one the searcher's schedule implies, else DARTS' 50/50."""
     if cfg.train_fraction is not None:
         return cfg.train_fraction
-    return float(getattr(searcher, "train_fraction", 0.5))
+    return 0.5 if searcher is None else float(searcher.train_fraction)
 
 
 def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
@@ -71,10 +71,10 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
     artifacts = {"genotype": gt.save(genotype, out / "genotype.json")}
     (out / "history.json").write_text(json.dumps(history, indent=1))
     artifacts["history"] = out / "history.json"
-    if getattr(searcher, "history", None):
-        names = ["normal", "reduce"] if isinstance(genotype, gt.DartsGenotype) else None
-        artifacts["alphas"] = plot_alpha_history(searcher.history, searcher.group_primitives, searcher.network.edges,
-                                                 out / "alpha_history.png", names)
+    if searcher.history:
+        groups = searcher.alpha_groups()
+        artifacts["alphas"] = plot_alpha_history(searcher.history, [g.primitives for g in groups], groups[0].rows,
+                                                 out / "alpha_history.png", [g.name for g in groups])
         (out / "alpha_history.json").write_text(json.dumps(searcher.history))
     if isinstance(genotype, gt.DartsGenotype):
         cells = {"normal": genotype.normal, "reduce": genotype.reduce}
@@ -96,7 +96,7 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     attach_if_tiny81(searcher)  # in the tabular space, log each epoch's looked-up regret
     train_loader, val_loader = search_loaders(cfg, splits, searcher)
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
-    epochs = searcher.config.epochs
+    epochs = searcher.epochs
     log.info("search: %s on %s, %d epochs, %d steps/epoch, device %s, output %s", cfg.searcher, cfg.dataset,
              epochs, len(train_loader), searcher.device, out)
     start = time.perf_counter()

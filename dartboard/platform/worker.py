@@ -2,10 +2,9 @@
 
 Per rank: the same seed builds the same searcher (so the alphas start identical; rank 0's are
 broadcast anyway), the search split is sharded with a ``DistributedSampler``, the network weights
-train under DDP (``searcher.train_module``) and the alpha gradients are averaged over ranks
-(``searcher.reduce_arch_grads``), so every rank takes the same alpha step and derives the same
-genotype. Any searcher works through the Searcher protocol; the two hooks are set only where the
-searcher has them (``getattr`` with defaults).
+train under DDP and the alpha gradients are averaged over ranks (``searcher.distribute``), so every
+rank takes the same alpha step and derives the same genotype. Any searcher works through the
+Searcher protocol (``dartboard.searchers.protocol``).
 
 Every epoch the all-reduced metrics are reported with a checkpoint of ``searcher.state_dict()``
 (weights, alphas, optimizers, schedulers, schedule/regularizer state, masks, history, RNG), saved
@@ -98,11 +97,8 @@ def broadcast_arch(searcher: Any) -> None:
     """Make rank 0's alphas everyone's (identical seeds already give identical alphas)."""
     import torch.distributed as dist
 
-    arch = getattr(searcher, "arch", None)
-    if arch is None:
-        return
     with torch.no_grad():
-        for p in arch.parameters():
+        for p in searcher.arch_parameters():
             dist.broadcast(p.data, src=0)
 
 
@@ -112,11 +108,8 @@ def replica_digest(searcher: Any, genotype: Any) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for module_name in ("arch", "network"):
-        module = getattr(searcher, module_name, None)
-        if module is not None:
-            for p in module.parameters():
-                h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    for p in searcher.arch_parameters() + searcher.weight_parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
     h.update(genotype_json(genotype).encode())
     return h.hexdigest()
 
@@ -140,15 +133,12 @@ def gather_digests(digest: str, world: int) -> list[str]:
     return [str(d) for d in out]
 
 
-def wrap_ddp(searcher: Any, device: torch.device) -> None:
+def ddp_wrapper(device: torch.device):
     from torch.nn.parallel import DistributedDataParallel
 
-    network = getattr(searcher, "network", None)
-    if network is None or not hasattr(searcher, "train_module"):
-        return
     ids = [device.index] if device.type == "cuda" else None
     # Masked ops (MixedOp.active) leave parameters without gradient: find_unused_parameters.
-    searcher.train_module = DistributedDataParallel(network, device_ids=ids, find_unused_parameters=True)
+    return lambda module: DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
 def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, searcher: Any = None):
@@ -205,7 +195,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
     searcher = build_searcher(cfg.searcher, cfg.searcher_options(), data_shape(splits), str(device))
     attach_if_tiny81(searcher)  # in the tabular space, every epoch's report carries the looked-up regret
     (train_loader, val_loader), samplers, halves = sharded_loaders(cfg, splits, rank, world, searcher)
-    epochs = int(getattr(getattr(searcher, "config", None), "epochs", cfg.searcher_options().get("epochs", 1)))
+    epochs = searcher.epochs
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -216,14 +206,12 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
                 return
             searcher.load_state_dict(load_state(Path(d) / STATE_FILE))
     if world > 1:
-        wrap_ddp(searcher, device)
-        if hasattr(searcher, "reduce_arch_grads"):
-            searcher.reduce_arch_grads = average_grads_hook(world)
+        searcher.distribute(ddp_wrapper(device), average_grads_hook(world))
         broadcast_arch(searcher)
 
     pg = ray.util.get_current_placement_group()
     pg_id = pg.id.hex() if pg is not None else ""  # lets the sweep driver free it when ASHA stops the trial
-    start_epoch = int(getattr(searcher, "epoch", 0))
+    start_epoch = searcher.epoch
     for epoch in range(start_epoch, epochs):
         for s in samplers:
             s.set_epoch(epoch)
@@ -233,7 +221,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
         if reason is not None:
             _report_nonfinite(rank, reason, done_epochs, config.get("required_metrics", ()))
             return
-        stop = bool(getattr(searcher, "stop_requested", False))
+        stop = searcher.stop_requested
         try:
             genotype = searcher.derive()
         except FloatingPointError as err:  # NaN/inf alphas with finite losses: the same divergence

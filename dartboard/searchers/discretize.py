@@ -1,24 +1,32 @@
 """Discretizers: mixing weights of a cell -> a discrete :class:`CellGenotype`.
 
-A discretizer has the signature ``fn(weights, edges, primitives, **options) -> CellGenotype``
+A discretizer has the signature ``fn(weights, edges, primitives, <options>) -> CellGenotype``
 where ``weights`` is ``[n_edges, n_ops]`` (after the activation), ``edges`` the (src, dst)
-list of the search cell and ``primitives`` the candidate op names of every edge.
+list of the search cell and ``primitives`` the candidate op names of every edge. Its options
+are named keyword parameters: a misspelt option is refused when the search is built.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from dartboard.registries import Registry
+from dartboard.searchers.parts import PartRegistry, PartSpec
 from dartboard.spaces.genotype import CellGenotype, Edge
 
 Discretizer = Callable[..., CellGenotype]
-DISCRETIZERS: Registry[Discretizer] = Registry("discretizer")
+DISCRETIZERS = PartRegistry("discretizer", skip=3)
 register_discretizer = DISCRETIZERS.register
 get_discretizer = DISCRETIZERS.lookup
+
+
+def build_discretizer(spec: PartSpec) -> Discretizer:
+    """The discretizer of ``spec`` with its options bound (validated by name)."""
+    name, options = DISCRETIZERS.check(spec)
+    return functools.partial(DISCRETIZERS[name], **options)
 
 
 def best_op(row: torch.Tensor, primitives: Sequence[str]) -> tuple[int, float]:
@@ -37,7 +45,7 @@ def best_op(row: torch.Tensor, primitives: Sequence[str]) -> tuple[int, float]:
 
 @register_discretizer("darts")
 def darts_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
-                inputs_per_node: int = 2, **_: object) -> CellGenotype:
+                inputs_per_node: int = 2) -> CellGenotype:
     """DARTS parsing: per node, keep the ``inputs_per_node`` incoming edges whose best
     non-none op is strongest; on each, the argmax op excluding none."""
     weights = weights.detach().float().cpu()
@@ -60,7 +68,7 @@ SIGMA_THRESHOLD = 0.85
 
 def threshold_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
                     sigma_threshold: float = SIGMA_THRESHOLD, max_ops_per_edge: int | None = None,
-                    max_inputs_per_node: int | None = None, **_: object) -> CellGenotype:
+                    max_inputs_per_node: int | None = None) -> CellGenotype:
     """Threshold parsing (thesis Algorithm 1, derivation; ALGORITHMS.md D-DARTS): keep every
     non-none op whose weight is >= ``sigma_threshold``, at most ``max_ops_per_edge`` per edge
     (strongest first) and at most ``max_inputs_per_node`` per node (strongest first).
@@ -74,53 +82,60 @@ def threshold_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], pri
     nodes = sorted({dst for _, dst in edges})
     chosen: list[Edge] = []
     for node in nodes:
-        kept: list[tuple[float, int, Edge]] = []
-        fallback: tuple[float, int, Edge] | None = None
-        for e, (src, dst) in enumerate(edges):
-            if dst != node:
-                continue
-            ranked = sorted(((float(weights[e, k]), k) for k, name in enumerate(primitives[e]) if name != "none"),
-                            reverse=True)
-            if ranked and (fallback is None or ranked[0][0] > fallback[0]):
-                fallback = (ranked[0][0], -src, Edge(primitives[e][ranked[0][1]], src, dst))
-            passing = [(w, k) for w, k in ranked if w >= sigma_threshold]
-            kept.extend((w, -src, Edge(primitives[e][k], src, dst)) for w, k in passing[:max_ops_per_edge])
-        kept.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        if max_inputs_per_node is not None:
-            kept = kept[:max_inputs_per_node]
-        if not kept:
-            if fallback is None:
-                raise ValueError(f"node {node}: no incoming edge has an op other than none")
-            kept = [fallback]
-        chosen.extend(sorted((c[2] for c in kept), key=lambda ed: (ed.src, ed.op)))
+        chosen.extend(_node_threshold_parse(node, weights, edges, primitives, sigma_threshold, max_ops_per_edge,
+                                            max_inputs_per_node))
     return CellGenotype(tuple(chosen), tuple(nodes))
+
+
+def _node_threshold_parse(node: int, weights: torch.Tensor, edges: Sequence[tuple[int, int]],
+                          primitives: Sequence[Sequence[str]], sigma_threshold: float, max_ops_per_edge: int | None,
+                          max_inputs_per_node: int | None) -> list[Edge]:
+    kept: list[tuple[float, int, Edge]] = []
+    fallback: tuple[float, int, Edge] | None = None
+    for e, (src, dst) in enumerate(edges):
+        if dst != node:
+            continue
+        ranked = sorted(((float(weights[e, k]), k) for k, name in enumerate(primitives[e]) if name != "none"),
+                        reverse=True)
+        if ranked and (fallback is None or ranked[0][0] > fallback[0]):
+            fallback = (ranked[0][0], -src, Edge(primitives[e][ranked[0][1]], src, dst))
+        passing = [(w, k) for w, k in ranked if w >= sigma_threshold]
+        kept.extend((w, -src, Edge(primitives[e][k], src, dst)) for w, k in passing[:max_ops_per_edge])
+    kept.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    if max_inputs_per_node is not None:
+        kept = kept[:max_inputs_per_node]
+    if not kept:
+        if fallback is None:
+            raise ValueError(f"node {node}: no incoming edge has an op other than none")
+        kept = [fallback]
+    return sorted((c[2] for c in kept), key=lambda ed: (ed.src, ed.op))
 
 
 @register_discretizer("sparse")
 def sparse_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
-                 sigma_threshold: float = SIGMA_THRESHOLD, **options: object) -> CellGenotype:
+                 sigma_threshold: float = SIGMA_THRESHOLD, max_inputs_per_node: int | None = None) -> CellGenotype:
     """FairDARTS/D-DARTS `sparse`: at most 1 op per edge, weight >= sigma_t (thesis 4.2.4)."""
     return threshold_parse(weights, edges, primitives, sigma_threshold, max_ops_per_edge=1,
-                           max_inputs_per_node=options.get("max_inputs_per_node"))
+                           max_inputs_per_node=max_inputs_per_node)
 
 
 @register_discretizer("edge")
 def edge_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]],
-               sigma_threshold: float = SIGMA_THRESHOLD, **options: object) -> CellGenotype:
+               sigma_threshold: float = SIGMA_THRESHOLD, max_inputs_per_node: int | None = None) -> CellGenotype:
     """FairDARTS/D-DARTS `edge`: at most 2 ops per edge, weight >= sigma_t (thesis 4.2.4)."""
     return threshold_parse(weights, edges, primitives, sigma_threshold, max_ops_per_edge=2,
-                           max_inputs_per_node=options.get("max_inputs_per_node"))
+                           max_inputs_per_node=max_inputs_per_node)
 
 
 @register_discretizer("threshold")
 def sigmoid_threshold_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]],
                             primitives: Sequence[Sequence[str]], sigma_threshold: float = SIGMA_THRESHOLD,
-                            **options: object) -> CellGenotype:
+                            max_ops_per_edge: int | None = None, max_inputs_per_node: int | None = None
+                            ) -> CellGenotype:
     """Sigmoid-threshold parsing: every op with weight >= sigma_t (optionally capped per
     edge / per node, e.g. ColorNAS: top-2 per node at 0.7)."""
-    return threshold_parse(weights, edges, primitives, sigma_threshold,
-                           max_ops_per_edge=options.get("max_ops_per_edge"),
-                           max_inputs_per_node=options.get("max_inputs_per_node"))
+    return threshold_parse(weights, edges, primitives, sigma_threshold, max_ops_per_edge=max_ops_per_edge,
+                           max_inputs_per_node=max_inputs_per_node)
 
 
 def genotype_mask(cell: CellGenotype, edges: Sequence[tuple[int, int]], primitives: Sequence[Sequence[str]]

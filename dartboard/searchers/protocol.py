@@ -9,25 +9,16 @@ Part protocols (activation, schedule, regularizer, ...) live beside the engine i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from dartboard.spaces.supernet import AlphaGroup  # noqa: F401  (part of the protocol)
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 ModuleWrapper = Callable[[nn.Module], nn.Module]
 GradReducer = Callable[[Sequence[torch.Tensor]], None]
-
-
-@dataclass(frozen=True)
-class AlphaGroup:
-    """How to read one group of alphas (plots, reports): its name, the label of each row
-    (an edge ``(src, dst)``, a layer index, ...) and the op names of each row."""
-
-    name: str
-    rows: tuple[Any, ...]
-    primitives: tuple[tuple[str, ...], ...]
 
 
 @runtime_checkable
@@ -70,6 +61,13 @@ class Searcher(Protocol):
     def distribute(self, wrap: ModuleWrapper, reduce_arch_grads: GradReducer) -> None:
         """Distributed seams: ``wrap`` the module used by the weight step (e.g. in DDP) and
         average alpha gradients over ranks with ``reduce_arch_grads`` before each alpha step."""
+
+    @property
+    def space_info(self) -> dict[str, Any]:
+        """What is searched: ``{"space": name, "layers": cells, "reductions": positions}`` for cell spaces."""
+
+    def add_hook(self, hook: Any) -> None:
+        """An epoch hook from outside (``end_epoch(ctx) -> metrics``, state), e.g. the tiny81 regret tracker."""
 
     def alpha_groups(self) -> list[AlphaGroup]:
         """How to read ``history[i]["weights"]``: one entry per group of alphas."""

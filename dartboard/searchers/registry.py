@@ -1,19 +1,18 @@
-"""Searcher registry: every searcher and published preset is a name (timm-style).
-
-A builder takes the user's options (a flat dict of hyperparameters), the dataset's
-shape and the device, and returns a ready searcher. Unknown options are refused with
-the option's name and the accepted ones.
-"""
+"""Searcher registry: every searcher is a preset of the one engine, addressable by name
+(timm-style). ``build_searcher(name, options, shape, device)`` applies the user's options to
+the preset (:mod:`dartboard.searchers.compose`) and returns a ready searcher; unknown options
+are refused with the option's name and the accepted ones."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dartboard.registries import Registry
-from dartboard.searchers.base import Searcher
+from dartboard.searchers.compose import build_engine, option_names
+from dartboard.searchers.engine import Engine
+from dartboard.searchers.presets import PRESETS, Preset
 
 
 @dataclass(frozen=True)
@@ -23,66 +22,43 @@ class DataShape:
     num_classes: int
 
 
-Builder = Callable[[dict[str, Any], DataShape, str], Searcher]
-
-
 @dataclass(frozen=True)
 class SearcherSpec:
     name: str
-    build: Builder
-    description: str
-    options: tuple[str, ...] = ()  # accepted option names (for validation and sweeps)
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    # The scaled-down profile used on small data (digits); None = the platform's default profile.
-    small_data_defaults: Mapping[str, Any] | None = None
+    preset: Preset
+
+    @property
+    def description(self) -> str:
+        return self.preset.description
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return self.preset.options
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Accepted top-level option names (for validation and sweeps)."""
+        return option_names(self.preset.aliases)
+
+    @property
+    def small_data_defaults(self) -> Mapping[str, Any] | None:
+        return self.preset.small_data_defaults
 
 
 SEARCHERS: Registry[SearcherSpec] = Registry("searcher")
-
-
-def register_searcher(name: str, description: str, options: tuple[str, ...] = (),
-                      defaults: Mapping[str, Any] | None = None,
-                      small_data_defaults: Mapping[str, Any] | None = None) -> Callable[[Builder], Builder]:
-    def wrap(build: Builder) -> Builder:
-        SEARCHERS.add(name, SearcherSpec(name, build, description, tuple(options), dict(defaults or {}),
-                                         None if small_data_defaults is None else dict(small_data_defaults)))
-        return build
-
-    return wrap
+for _name, _preset in PRESETS.items():
+    SEARCHERS.add(_name, SearcherSpec(_name, _preset))
 
 
 def get_searcher_spec(name: str) -> SearcherSpec:
-    _load_builtin()
     return SEARCHERS.lookup(name)
 
 
-def check_options(name: str, options: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"searcher {name!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(sorted(accepted))}")
-
-
-def build_searcher(name: str, options: Mapping[str, Any], shape: DataShape, device: str = "cpu") -> Searcher:
+def build_searcher(name: str, options: Mapping[str, Any], shape: DataShape, device: str = "cpu") -> Engine:
     spec = get_searcher_spec(name)
-    opts = {**spec.defaults, **dict(options)}
-    check_options(name, opts, spec.options)
-    return spec.build(opts, shape, device)
-
-
-def dataclass_options(cls: type) -> tuple[str, ...]:
-    """Option names of a config dataclass, without those the platform sets itself."""
-    skip = {"num_classes", "in_channels", "input_size", "device"}
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip)
-
-
-def _load_builtin() -> None:
-    """Import the modules that register the built-in searchers."""
-    import importlib
-
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
-BUILTIN_MODULES = ["dartboard.searchers.darts_presets", "dartboard.searchers.ddarts", "dartboard.searchers.dartopti",
-                   "dartboard.searchers.presets"]
+    platform = {"num_classes": shape.num_classes, "in_channels": shape.in_channels, "input_size": shape.input_size,
+                "device": device}
+    try:
+        return build_engine(name, spec.preset.options, dict(options), platform, spec.preset.aliases)
+    except ValueError as err:
+        raise ValueError(f"searcher {name!r}: {err}") from None

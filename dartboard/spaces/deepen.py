@@ -16,10 +16,10 @@ from __future__ import annotations
 def deepen(n_searched: int, n_target: int) -> list[int]:
     """Thesis Algorithm 2: for every cell ``i`` of the target network, the index of the
     searched cell it copies. ``n_target <= n_searched`` keeps cells ``0 .. n_target-1``."""
-    if isinstance(n_searched, bool) or not isinstance(n_searched, int) or n_searched < 1:
-        raise ValueError(f"n_searched: expected a positive number of searched cells, got {n_searched!r}")
-    if isinstance(n_target, bool) or not isinstance(n_target, int) or n_target < 1:
-        raise ValueError(f"n_target: expected a positive number of cells, got {n_target!r}")
+    for name, value in (("n_searched", n_searched), ("n_target", n_target)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive number of {'searched ' * (name == 'n_searched')}cells, "
+                             f"got {value!r}")
     if n_target <= n_searched:
         return list(range(n_target))  # Algorithm 2, line 18: c <- i
     m = n_searched // 3  # line 2: the first searched reduction cell
@@ -32,18 +32,17 @@ def deepen(n_searched: int, n_target: int) -> list[int]:
             raise ValueError(
                 f"n_searched: {n_searched} searched cells leave no normal cell {where} (reductions at {m} and "
                 f"{m2}); Algorithm 2 needs at least one normal cell in each interval, e.g. n_searched >= 5")
+    return [_source_cell(i, n_target, n_searched, m, m2) for i in range(n_target)]  # line 4, i in [0, n)
+
+
+def _source_cell(i: int, n_target: int, n_searched: int, m: int, m2: int) -> int:
     first, second = n_target // 3, 2 * n_target // 3
-    mapping = []
-    for i in range(n_target):  # line 4, i in [0, n)
-        if i < first:
-            c = i % m  # line 7
-        elif i == first:
-            c = m  # line 9
-        elif i < second:
-            c = i % (m2 - 1 - m) + m + 1  # line 11
-        elif i == second:
-            c = m2  # line 13
-        else:
-            c = i % (n_searched - 1 - m2) + m2 + 1  # line 15
-        mapping.append(c)
-    return mapping
+    if i < first:
+        return i % m  # line 7
+    if i == first:
+        return m  # line 9
+    if i < second:
+        return i % (m2 - 1 - m) + m + 1  # line 11
+    if i == second:
+        return m2  # line 13
+    return i % (n_searched - 1 - m2) + m2 + 1  # line 15

@@ -187,31 +187,25 @@ def _int_list(value: Any, where: str) -> tuple[int, ...]:
     return tuple(_int(v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
-def _cell_from_dict(data: Any, where: str, known_ops: Iterable[str] | None) -> CellGenotype:
-    edges_raw = _require(data, "edges", where)
-    concat = _int_list(_require(data, "concat", where), f"{where}.concat")
-    n_inputs = _int(data.get("n_inputs", 2), f"{where}.n_inputs")
-    if not isinstance(edges_raw, list) or not edges_raw:
-        raise GenotypeError(f"{where}.edges: expected a non-empty list of [op, src, dst]")
-    ops = set(known_ops) if known_ops is not None else None
-    edges = []
-    for i, raw in enumerate(edges_raw):
-        at = f"{where}.edges[{i}]"
-        if not isinstance(raw, list) or len(raw) != 3:
-            raise GenotypeError(f"{at}: expected [op, src, dst], got {raw!r}")
-        op, src, dst = raw
-        if not isinstance(op, str):
-            raise GenotypeError(f"{at}.op: expected an op name, got {op!r}")
-        if ops is not None and op not in ops:
-            raise GenotypeError(f"{at}.op: unknown op {op!r}; known ops: {', '.join(sorted(ops))}")
-        src, dst = _int(src, f"{at}.src"), _int(dst, f"{at}.dst")
-        if src < 0:
-            raise GenotypeError(f"{at}.src: node {src} is negative")
-        if dst < n_inputs:
-            raise GenotypeError(f"{at}.dst: node {dst} is a cell input (inputs are 0..{n_inputs - 1})")
-        if src >= dst:
-            raise GenotypeError(f"{at}: edge {src}->{dst} goes into an earlier node (src must be < dst)")
-        edges.append(Edge(op, src, dst))
+def _edge_from_raw(raw: Any, at: str, ops: set[str] | None, n_inputs: int) -> Edge:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise GenotypeError(f"{at}: expected [op, src, dst], got {raw!r}")
+    op, src, dst = raw
+    if not isinstance(op, str):
+        raise GenotypeError(f"{at}.op: expected an op name, got {op!r}")
+    if ops is not None and op not in ops:
+        raise GenotypeError(f"{at}.op: unknown op {op!r}; known ops: {', '.join(sorted(ops))}")
+    src, dst = _int(src, f"{at}.src"), _int(dst, f"{at}.dst")
+    if src < 0:
+        raise GenotypeError(f"{at}.src: node {src} is negative")
+    if dst < n_inputs:
+        raise GenotypeError(f"{at}.dst: node {dst} is a cell input (inputs are 0..{n_inputs - 1})")
+    if src >= dst:
+        raise GenotypeError(f"{at}: edge {src}->{dst} goes into an earlier node (src must be < dst)")
+    return Edge(op, src, dst)
+
+
+def _check_nodes(edges: list[Edge], concat: tuple[int, ...], n_inputs: int, where: str) -> None:
     targets = {e.dst for e in edges}
     for i, node in enumerate(concat):
         if node >= n_inputs and node not in targets:
@@ -221,7 +215,85 @@ def _cell_from_dict(data: Any, where: str, known_ops: Iterable[str] | None) -> C
     for e in edges:
         if e.src >= n_inputs and e.src not in targets:
             raise GenotypeError(f"{where}.edges: node {e.src} is used as an input but has no incoming edge")
+
+
+def _cell_from_dict(data: Any, where: str, known_ops: Iterable[str] | None) -> CellGenotype:
+    edges_raw = _require(data, "edges", where)
+    concat = _int_list(_require(data, "concat", where), f"{where}.concat")
+    n_inputs = _int(data.get("n_inputs", 2), f"{where}.n_inputs")
+    if not isinstance(edges_raw, list) or not edges_raw:
+        raise GenotypeError(f"{where}.edges: expected a non-empty list of [op, src, dst]")
+    ops = set(known_ops) if known_ops is not None else None
+    edges = [_edge_from_raw(raw, f"{where}.edges[{i}]", ops, n_inputs) for i, raw in enumerate(edges_raw)]
+    _check_nodes(edges, concat, n_inputs, where)
     return CellGenotype(tuple(edges), concat, n_inputs)
+
+
+def _darts_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -> Genotype:
+    return DartsGenotype(
+        _cell_from_dict(_require(data, "normal", ""), "normal", known_ops),
+        _cell_from_dict(_require(data, "reduce", ""), "reduce", known_ops),
+    )
+
+
+def _cells_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -> Genotype:
+    cells_raw = _require(data, "cells", "")
+    if not isinstance(cells_raw, list) or not cells_raw:
+        raise GenotypeError("cells: expected a non-empty list of cells")
+    cells = tuple(_cell_from_dict(c, f"cells[{i}]", known_ops) for i, c in enumerate(cells_raw))
+    reductions = _int_list(_require(data, "reductions", ""), "reductions")
+    for i, r in enumerate(reductions):
+        if not 0 <= r < len(cells):
+            raise GenotypeError(f"reductions[{i}]: position {r} is outside 0..{len(cells) - 1}")
+    types = data.get("types")
+    if types is not None:
+        types = _int_list(types, "types")
+        if len(types) != len(cells):
+            raise GenotypeError(f"types: expected {len(cells)} entries (one per cell), got {len(types)}")
+    return CellsGenotype(cells, reductions, types)
+
+
+def _mlp_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -> Genotype:
+    chains_raw = _require(data, "chains", "")
+    if not isinstance(chains_raw, Mapping) or not chains_raw:
+        raise GenotypeError("chains: expected an object of name -> list of ops")
+    chains = {}
+    for name, ops_list in chains_raw.items():
+        if not isinstance(ops_list, list) or not all(isinstance(o, str) for o in ops_list):
+            raise GenotypeError(f"chains.{name}: expected a list of op names")
+        if known_ops is not None:
+            for i, o in enumerate(ops_list):
+                if o not in set(known_ops):
+                    raise GenotypeError(f"chains.{name}[{i}]: unknown op {o!r}")
+        chains[name] = tuple(ops_list)
+    return MlpGenotype(chains, dict(data.get("meta", {})))
+
+
+def _gates_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -> Genotype:
+    n_blocks = _int(_require(data, "n_blocks", ""), "n_blocks")
+    n_heads = _int(_require(data, "n_heads", ""), "n_heads")
+    blocks = _int_list(_require(data, "blocks_kept", ""), "blocks_kept")
+    for i, b in enumerate(blocks):
+        if not 0 <= b < n_blocks:
+            raise GenotypeError(f"blocks_kept[{i}]: block {b} is outside 0..{n_blocks - 1}")
+    heads_raw = _require(data, "heads_kept", "")
+    if not isinstance(heads_raw, Mapping):
+        raise GenotypeError("heads_kept: expected an object of block -> list of heads")
+    heads = {}
+    for key, value in heads_raw.items():
+        try:
+            block = int(key)
+        except ValueError:
+            raise GenotypeError(f"heads_kept.{key}: block index must be an integer") from None
+        kept = _int_list(value, f"heads_kept.{key}")
+        for i, h in enumerate(kept):
+            if not 0 <= h < n_heads:
+                raise GenotypeError(f"heads_kept.{key}[{i}]: head {h} is outside 0..{n_heads - 1}")
+        heads[block] = kept
+    model = _require(data, "model", "")
+    if not isinstance(model, str):
+        raise GenotypeError(f"model: expected a model name, got {model!r}")
+    return GateGenotype(model, blocks, heads, n_blocks, n_heads, dict(data.get("meta", {})))
 
 
 def from_dict(data: Any, known_ops: Iterable[str] | None = None) -> Genotype:
@@ -239,65 +311,10 @@ def from_dict(data: Any, known_ops: Iterable[str] | None = None) -> Genotype:
         from dartboard.spaces.ops import OPS
 
         known_ops = OPS.keys()
-    if kind == "darts":
-        return DartsGenotype(
-            _cell_from_dict(_require(data, "normal", ""), "normal", known_ops),
-            _cell_from_dict(_require(data, "reduce", ""), "reduce", known_ops),
-        )
-    if kind == "cells":
-        cells_raw = _require(data, "cells", "")
-        if not isinstance(cells_raw, list) or not cells_raw:
-            raise GenotypeError("cells: expected a non-empty list of cells")
-        cells = tuple(_cell_from_dict(c, f"cells[{i}]", known_ops) for i, c in enumerate(cells_raw))
-        reductions = _int_list(_require(data, "reductions", ""), "reductions")
-        for i, r in enumerate(reductions):
-            if not 0 <= r < len(cells):
-                raise GenotypeError(f"reductions[{i}]: position {r} is outside 0..{len(cells) - 1}")
-        types = data.get("types")
-        if types is not None:
-            types = _int_list(types, "types")
-            if len(types) != len(cells):
-                raise GenotypeError(f"types: expected {len(cells)} entries (one per cell), got {len(types)}")
-        return CellsGenotype(cells, reductions, types)
-    if kind == "mlp":
-        chains_raw = _require(data, "chains", "")
-        if not isinstance(chains_raw, Mapping) or not chains_raw:
-            raise GenotypeError("chains: expected an object of name -> list of ops")
-        chains = {}
-        for name, ops_list in chains_raw.items():
-            if not isinstance(ops_list, list) or not all(isinstance(o, str) for o in ops_list):
-                raise GenotypeError(f"chains.{name}: expected a list of op names")
-            if known_ops is not None:
-                for i, o in enumerate(ops_list):
-                    if o not in set(known_ops):
-                        raise GenotypeError(f"chains.{name}[{i}]: unknown op {o!r}")
-            chains[name] = tuple(ops_list)
-        return MlpGenotype(chains, dict(data.get("meta", {})))
-    if kind == "gates":
-        n_blocks = _int(_require(data, "n_blocks", ""), "n_blocks")
-        n_heads = _int(_require(data, "n_heads", ""), "n_heads")
-        blocks = _int_list(_require(data, "blocks_kept", ""), "blocks_kept")
-        for i, b in enumerate(blocks):
-            if not 0 <= b < n_blocks:
-                raise GenotypeError(f"blocks_kept[{i}]: block {b} is outside 0..{n_blocks - 1}")
-        heads_raw = _require(data, "heads_kept", "")
-        if not isinstance(heads_raw, Mapping):
-            raise GenotypeError("heads_kept: expected an object of block -> list of heads")
-        heads = {}
-        for key, value in heads_raw.items():
-            try:
-                block = int(key)
-            except ValueError:
-                raise GenotypeError(f"heads_kept.{key}: block index must be an integer") from None
-            kept = _int_list(value, f"heads_kept.{key}")
-            for i, h in enumerate(kept):
-                if not 0 <= h < n_heads:
-                    raise GenotypeError(f"heads_kept.{key}[{i}]: head {h} is outside 0..{n_heads - 1}")
-            heads[block] = kept
-        model = _require(data, "model", "")
-        if not isinstance(model, str):
-            raise GenotypeError(f"model: expected a model name, got {model!r}")
-        return GateGenotype(model, blocks, heads, n_blocks, n_heads, dict(data.get("meta", {})))
+    decoders = {"darts": _darts_from_dict, "cells": _cells_from_dict, "mlp": _mlp_from_dict,
+                "gates": _gates_from_dict}
+    if kind in decoders:
+        return decoders[kind](data, known_ops)
     raise GenotypeError(f"kind: unknown genotype kind {kind!r}; expected darts, cells, mlp or gates")
 
 

@@ -208,3 +208,29 @@ class DiscreteNetwork(_Skeleton):
 def count_parameters(module: nn.Module, exclude: str | None = "auxiliary") -> int:
     """Number of parameters, leaving out those whose name contains ``exclude``."""
     return sum(p.numel() for name, p in module.named_parameters() if exclude is None or exclude not in name)
+
+
+class TypedSearchNetwork(SearchNetwork):
+    """A supernet whose cells may have different numbers of intermediate nodes (one per cell
+    type, DARTOpti); each search cell concatenates all its nodes, like the handcrafted cells."""
+
+    def __init__(self, edge_primitives: Sequence[Sequence[Sequence[str]]], cell_steps: Sequence[int], *, C: int,
+                 num_classes: int, in_channels: int, input_size: int, stem_multiplier: int,
+                 reductions: Sequence[int]):
+        _Skeleton.__init__(self)  # the cells differ from SearchNetwork's: build them here
+        layers = len(cell_steps)
+        self._init_skeleton(C, num_classes, layers, in_channels, input_size, stem_multiplier, reductions)
+        self.steps, self.multiplier = max(cell_steps), max(cell_steps)
+        self.edges = edge_list(self.steps)
+        C_pp, C_p, reduction_prev = self._first_channels()
+        C_curr = C
+        cells = []
+        for i, (prims, steps) in enumerate(zip(edge_primitives, cell_steps, strict=True)):
+            reduction = i in self.reductions
+            if reduction:
+                C_curr *= 2
+            cells.append(SearchCell(prims, steps, steps, C_pp, C_p, C_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, steps * C_curr
+        self.cells = nn.ModuleList(cells)
+        self.classifier = nn.Linear(C_p, num_classes)

@@ -8,13 +8,14 @@ step), ``after_weight_step(grad_sq_norm)`` (called when ``needs_grad_norm``), st
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from dartboard.searchers.darts import AlternateSchedule  # DARTS: one alpha step per weight step, 50/50
+from dartboard.searchers.parts import PartRegistry
+from dartboard.searchers.parts.base import Part
+
+SCHEDULES = PartRegistry("schedule")
 
 # Maile et al. 4.1 (ALGORITHMS.md): k = 10 weight steps per alpha step, FIMT EWMA factor 0.2,
 # threshold starting at 1.0 and moving by 1.05 per step (1.05^-k after an alpha step).
@@ -30,10 +31,25 @@ def train_fraction_for_ratio(k: int) -> float:
     return k / (k + 1)
 
 
-class ConstantSchedule:
-    """CS-k (Maile et al. 4): exactly one alpha step every k iterations (k weight steps each)."""
+class Schedule(Part):
+    needs_grad_norm = False  # True: after_weight_step gets sum ||grad w||^2 (before clipping)
+    train_fraction = 0.5
 
-    needs_grad_norm = False
+    def arch_step_due(self) -> bool:
+        return True
+
+    def after_weight_step(self, grad_sq_norm: torch.Tensor) -> None:
+        """Called after every weight step when ``needs_grad_norm``."""
+
+
+@SCHEDULES.register("alternate")
+class AlternateSchedule(Schedule):
+    """DARTS: one alpha step, then one weight step, every iteration; the data split 50/50."""
+
+
+@SCHEDULES.register("constant")
+class ConstantSchedule(Schedule):
+    """CS-k (Maile et al. 4): exactly one alpha step every k iterations (k weight steps each)."""
 
     def __init__(self, k: int = CS_K):
         if int(k) < 1:
@@ -52,20 +68,18 @@ class ConstantSchedule:
         self.arch_steps += int(due)
         return due
 
-    def after_weight_step(self, grad_sq_norm: torch.Tensor) -> None:
-        pass
-
     def state_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "arch_steps": self.arch_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls, self.arch_steps = state["calls"], state["arch_steps"]
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, ctx: Any = None) -> dict[str, float]:
         return {"schedule_arch_steps": float(self.arch_steps), "schedule_iterations": float(self.calls)}
 
 
-class FimtSchedule:
+@SCHEDULES.register("fimt")
+class FimtSchedule(Schedule):
     """Dynamic FIMT schedule (Maile et al. 3.2; ALGORITHMS.md).
 
     After each weight step: FI = sum ||grad w||^2 (before clipping);
@@ -126,31 +140,9 @@ class FimtSchedule:
         self.threshold, self.fi_ewma, self.due = state["threshold"], state["fi_ewma"], state["due"]
         self.weight_steps, self.arch_steps = state["weight_steps"], state["arch_steps"]
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, ctx: Any = None) -> dict[str, float]:
         out = {"schedule_arch_steps": float(self.arch_steps), "schedule_weight_steps": float(self.weight_steps),
                "fimt_threshold": self.threshold}
         if self.fi_ewma is not None:
             out["fimt_ewma"] = self.fi_ewma
         return out
-
-
-SCHEDULES: dict[str, Callable[..., Any]] = {
-    "alternate": AlternateSchedule,
-    "constant": ConstantSchedule,
-    "fimt": FimtSchedule,
-}
-
-
-def make_schedule(name: str, options: dict[str, Any] | None = None):
-    """A schedule by name; unknown names/options raise naming them."""
-    options = dict(options or {})
-    try:
-        factory = SCHEDULES[name]
-    except KeyError:
-        raise ValueError(f"schedule: unknown schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}") from None
-    accepted = set(inspect.signature(factory).parameters) if factory is not AlternateSchedule else set()
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ValueError(f"schedule_options: {name!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(sorted(accepted)) or '(none)'}")
-    return factory(**options)

@@ -1,9 +1,10 @@
 """Regularizers of the alpha step: terms added to L_val, each a small swappable part.
 
-A regularizer has ``loss(searcher, group_weights) -> Tensor`` (added to the validation
-loss of the alpha step), ``after_arch_step(searcher)``, ``state_dict``/``load_state_dict``
-and ``metrics(searcher)``. The pure formulas are module-level functions, tested against
-hand-computed values. Build parts by name with :func:`make_regularizer`.
+A regularizer has ``loss(ctx, group_weights) -> Tensor`` (added to the validation loss of
+the alpha step), ``after_arch_step(ctx)``, state and ``metrics(ctx)``. A regularizer with
+``needs_val_grad`` also adds a per-group gradient term that needs the gradient of L_val
+alone (D-DARTS's L_AB, :mod:`dartboard.searchers.parts.ablation`). The pure formulas are
+module-level functions, tested against hand-computed values.
 
 ``on="alphas"`` (the papers' symbols) applies a term to the raw architecture parameters;
 ``on="weights"`` to the activated mixing weights.
@@ -11,13 +12,17 @@ hand-computed values. Build parts by name with :func:`make_regularizer`.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from dartboard.searchers.base import EpochMeter
 from dartboard.searchers.discretize import genotype_mask
+from dartboard.searchers.parts import PartRegistry
+from dartboard.searchers.parts.base import Part
+
+REGULARIZERS = PartRegistry("regularizer")
 
 # Published constants (named defaults; a sweep may vary them).
 W01_FAIRDARTS = 10.0  # FairDARTS: w01 = 10 (ALGORITHMS.md FairDARTS)
@@ -30,8 +35,6 @@ ADMM_PERIOD = 10  # Maile et al. 4.1: z and u updated after every 10 alpha steps
 BETA_MAX_WEIGHT = 50.0
 BETA_RAMP_EPOCHS = 100
 SPARSE_L1_WEIGHT = 0.01  # Ito's abstract fixes no lambda: dartboard's choice
-ADA_WD_FACTOR = 10.0  # R-DARTS DARTS-ADA: multiply the L2 factor by 10 ...
-ADA_WD_MAX = 0.03  # ... capped at 0.03 (ALGORITHMS.md R-DARTS)
 
 
 def _flat(tensors: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -74,37 +77,28 @@ def beta_decay_loss(alphas: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tens
     return torch.logsumexp(rows, dim=-1).mean()
 
 
-def discrete_targets(searcher: Any, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Pi_S(values): the one-hot of the searcher's parse (DARTS top-2) of each group."""
+def discrete_targets(ctx: Any, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Pi_S(values): the one-hot of the search's parse of each group (Maile et al. Eq 1-4)."""
     out = []
     for g, v in enumerate(values):
-        cell = searcher.derive_group(g, v.detach())
-        out.append(genotype_mask(cell, searcher.network.edges, searcher.group_primitives[g]).to(v))
+        group = ctx.groups[g]
+        out.append(genotype_mask(ctx.discretize(g, v.detach()), group.rows, group.primitives).to(v))
     return out
 
 
 # ----------------------------------------------------------------------------- parts
-class _Part:
-    """Defaults for the regularizer protocol."""
+class Regularizer(Part):
+    needs_val_grad = False  # True: add_grad_terms gets grad_alpha L_val alone (first order only)
 
-    def loss(self, searcher: Any, group_weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+    def loss(self, ctx: Any, group_weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.zeros((), device=ctx.device)
 
-    def after_arch_step(self, searcher: Any) -> None:
-        pass
+    def after_arch_step(self, ctx: Any) -> None:
+        """After every alpha step (ADMM's z/u updates)."""
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def metrics(self, searcher: Any) -> dict[str, float]:
-        return {}
-
-    @staticmethod
-    def _values(searcher: Any, group_weights: Sequence[torch.Tensor], on: str) -> list[torch.Tensor]:
-        return list(searcher.arch.alphas) if on == "alphas" else list(group_weights)
+    def add_grad_terms(self, ctx: Any, x: torch.Tensor, y: torch.Tensor, val_loss: torch.Tensor,
+                       val_grads: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        return grads
 
 
 def _check_on(on: str) -> str:
@@ -113,17 +107,34 @@ def _check_on(on: str) -> str:
     return on
 
 
-class ZeroOne(_Part):
-    """w01 * L01 (FairDARTS, thesis Eq 3.2: L_F = L_val + w01 * L01)."""
-
-    def __init__(self, weight: float = W01_FAIRDARTS):
-        self.weight = float(weight)
-
-    def loss(self, searcher, group_weights):
-        return self.weight * zero_one_loss(list(searcher.arch.alphas))
+def _values(ctx: Any, group_weights: Sequence[torch.Tensor], on: str) -> list[torch.Tensor]:
+    return ctx.alphas if on == "alphas" else list(group_weights)
 
 
-class L1(_Part):
+@REGULARIZERS.register("zero_one")
+class ZeroOne(Regularizer):
+    """w01 * L01 (FairDARTS, thesis Eq 3.2: L_F = L_val + w01 * L01); ``per_group``: the sum of
+    every group's own L01^i (D-DARTS, thesis Eq 4.5: each cell's L_T^i has its L01^i)."""
+
+    def __init__(self, weight: float = W01_FAIRDARTS, per_group: bool = False):
+        self.weight, self.per_group = float(weight), bool(per_group)
+        self.meter = EpochMeter()
+
+    def loss(self, ctx, group_weights):
+        if self.per_group:
+            values = torch.stack([zero_one_loss(a) for a in ctx.alphas])
+            self.meter.add("l01", values.detach().mean())
+            return self.weight * values.sum()
+        value = zero_one_loss(ctx.alphas)
+        self.meter.add("l01", value.detach())
+        return self.weight * value
+
+    def metrics(self, ctx):
+        return self.meter.read()
+
+
+@REGULARIZERS.register("l1")
+class L1(Regularizer):
     """lambda * ||alpha||_1 (sparse DARTS, ALGORITHMS.md)."""
 
     def __init__(self, weight: float = SPARSE_L1_WEIGHT, on: str = "alphas"):
@@ -131,27 +142,29 @@ class L1(_Part):
             raise ValueError(f"weight: expected >= 0, got {weight}")
         self.weight, self.on = float(weight), _check_on(on)
 
-    def loss(self, searcher, group_weights):
-        return self.weight * l1_loss(self._values(searcher, group_weights, self.on))
+    def loss(self, ctx, group_weights):
+        return self.weight * l1_loss(_values(ctx, group_weights, self.on))
 
 
-class Proximity(_Part):
-    """Maile et al. Eq 6 with c = searcher.progress (linear 0 -> 1 over the search)."""
+@REGULARIZERS.register("proximity")
+class Proximity(Regularizer):
+    """Maile et al. Eq 6 with c = progress of the search (linear 0 -> 1)."""
 
     def __init__(self, rho: float = RHO_PROXIMITY, on: str = "alphas"):
         self.rho, self.on = float(rho), _check_on(on)
         self.last_c = 0.0
 
-    def loss(self, searcher, group_weights):
-        values = self._values(searcher, group_weights, self.on)
-        self.last_c = float(searcher.progress)
-        return proximity_loss(values, discrete_targets(searcher, values), self.last_c, self.rho)
+    def loss(self, ctx, group_weights):
+        values = _values(ctx, group_weights, self.on)
+        self.last_c = float(ctx.progress)
+        return proximity_loss(values, discrete_targets(ctx, values), self.last_c, self.rho)
 
-    def metrics(self, searcher):
+    def metrics(self, ctx):
         return {"proximity_c": self.last_c}
 
 
-class Admm(_Part):
+@REGULARIZERS.register("admm")
+class Admm(Regularizer):
     """Maile et al. Eq 7-11: loss (rho_a/2)||alpha - z + u||^2; every ``period`` alpha steps
     z = Pi_S(alpha + u) (a discrete architecture) and u = lambda_u * u + alpha - z."""
 
@@ -166,29 +179,29 @@ class Admm(_Part):
         self.steps = 0
         self.updates = 0
 
-    def _values(self, searcher, group_weights=None):
+    def _current(self, ctx, group_weights=None):
         if self.on == "alphas":
-            return list(searcher.arch.alphas)
-        return list(group_weights) if group_weights is not None else list(searcher.group_weights())
+            return ctx.alphas
+        return list(group_weights) if group_weights is not None else ctx.group_weights()
 
-    def _init(self, searcher, values):
+    def _init(self, ctx, values):
         if self.z is None:
-            self.z = discrete_targets(searcher, values)  # z^0 = Pi_S(alpha^0), u^0 = 0
+            self.z = discrete_targets(ctx, values)  # z^0 = Pi_S(alpha^0), u^0 = 0
             self.u = [torch.zeros_like(v.detach()) for v in values]
 
-    def loss(self, searcher, group_weights):
-        values = self._values(searcher, group_weights)
-        self._init(searcher, values)
+    def loss(self, ctx, group_weights):
+        values = self._current(ctx, group_weights)
+        self._init(ctx, values)
         return admm_loss(values, self.z, self.u, self.rho, self.squared)
 
     @torch.no_grad()
-    def after_arch_step(self, searcher):
+    def after_arch_step(self, ctx):
         self.steps += 1
         if self.steps % self.period:
             return
-        values = [v.detach() for v in self._values(searcher)]
-        self._init(searcher, values)
-        self.z = discrete_targets(searcher, [v + u for v, u in zip(values, self.u, strict=True)])  # Eq 9
+        values = [v.detach() for v in self._current(ctx)]
+        self._init(ctx, values)
+        self.z = discrete_targets(ctx, [v + u for v, u in zip(values, self.u, strict=True)])  # Eq 9
         self.u = [self.lambda_u * u + v - z for u, v, z in zip(self.u, values, self.z, strict=True)]  # Eq 11
         self.updates += 1
 
@@ -198,11 +211,12 @@ class Admm(_Part):
     def load_state_dict(self, state):
         self.z, self.u, self.steps, self.updates = state["z"], state["u"], state["steps"], state["updates"]
 
-    def metrics(self, searcher):
+    def metrics(self, ctx):
         return {"admm_updates": float(self.updates)}
 
 
-class BetaDecay(_Part):
+@REGULARIZERS.register("beta_decay")
+class BetaDecay(Regularizer):
     """beta-DARTS: lambda(epoch) * L_beta, lambda(epoch) = max_weight * epoch / ramp_epochs
     (reference: 50 * epoch / 100), on the pre-softmax alphas."""
 
@@ -214,59 +228,8 @@ class BetaDecay(_Part):
     def weight(self, epoch: int) -> float:
         return self.max_weight * epoch / self.ramp_epochs
 
-    def loss(self, searcher, group_weights):
-        return self.weight(searcher.epoch) * beta_decay_loss(list(searcher.arch.alphas))
+    def loss(self, ctx, group_weights):
+        return self.weight(ctx.epoch) * beta_decay_loss(ctx.alphas)
 
-    def metrics(self, searcher):
-        return {"beta_decay_weight": self.weight(searcher.epoch)}
-
-
-class AdaptiveWeightDecay:
-    """The inner L2 (weight-decay) factor of L_train, which DARTS-ADA raises (R-DARTS):
-    wd <- min(wd * factor, max_wd). Acts on the weight optimizer and the unrolled step."""
-
-    def __init__(self, factor: float = ADA_WD_FACTOR, max_wd: float = ADA_WD_MAX):
-        self.factor, self.max_wd = float(factor), float(max_wd)
-
-    @staticmethod
-    def current(searcher: Any) -> float:
-        return float(searcher.w_optimizer.param_groups[0]["weight_decay"])
-
-    def set(self, searcher: Any, value: float) -> None:
-        for group in searcher.w_optimizer.param_groups:
-            group["weight_decay"] = value
-        searcher.config.w_weight_decay = value  # used by the second-order unrolled step
-
-    def increase(self, searcher: Any, base: float | None = None) -> float:
-        value = min((self.current(searcher) if base is None else base) * self.factor, self.max_wd)
-        self.set(searcher, value)
-        return value
-
-
-REGULARIZERS: dict[str, Callable[..., _Part]] = {
-    "zero_one": ZeroOne,
-    "l1": L1,
-    "proximity": Proximity,
-    "admm": Admm,
-    "beta_decay": BetaDecay,
-}
-
-
-def make_regularizer(spec: str | dict[str, Any]) -> _Part:
-    """A part from a name or ``{"name": ..., **options}``; bad names/options raise naming them."""
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"regularizers: expected a name or a mapping with 'name', got {spec!r}")
-    options = {k: v for k, v in spec.items() if k != "name"}
-    try:
-        factory = REGULARIZERS[spec["name"]]
-    except KeyError:
-        raise ValueError(f"regularizers: unknown regularizer {spec['name']!r}; known: "
-                         f"{', '.join(sorted(REGULARIZERS))}") from None
-    accepted = set(inspect.signature(factory).parameters)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ValueError(f"regularizers: {spec['name']!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(sorted(accepted))}")
-    return factory(**options)
+    def metrics(self, ctx):
+        return {"beta_decay_weight": self.weight(ctx.epoch)}

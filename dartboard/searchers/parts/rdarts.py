@@ -4,10 +4,10 @@
   alphas on a validation minibatch, by Hessian-vector products (double backward) and power
   iteration, never forming the Hessian (the reference builds it in full).
 - :func:`es_stop_index`: the DARTS-ES rule on the sequence of eigenvalues.
-- :class:`RDartsMonitor`: an epoch hook that computes the eigenvalue every ``every`` epochs,
-  keeps checkpoints, and on the ES signal either stops and restores the architecture of
-  ``lag`` evaluations earlier (DARTS-ES) or rolls back to that checkpoint, multiplies the
-  weight decay by 10 (capped at 0.03) and continues (DARTS-ADA).
+- :class:`RDartsHook`: an epoch hook (``hooks: [{name: rdarts, mode: ...}]``) that computes
+  the eigenvalue every ``every`` epochs, keeps checkpoints, and on the ES signal either stops
+  and restores the architecture of ``lag`` evaluations earlier (DARTS-ES) or rolls back to
+  that checkpoint, multiplies the weight decay by 10 (capped at 0.03) and continues (DARTS-ADA).
 
 The S1-S4 spaces (with S4's `noise` op) are in the catalog (``--space s1..s4``).
 """
@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from dartboard.searchers.base import Batch, to_device
-from dartboard.searchers.regularizers import ADA_WD_FACTOR, ADA_WD_MAX, AdaptiveWeightDecay
+from dartboard.searchers.parts.base import Part
+from dartboard.searchers.parts.hooks import HOOKS
 
 # ALGORITHMS.md R-DARTS: eigenvalue every 2 epochs; local average over a window of 5; from
 # epoch 10 stop when avg[t] / avg[t-4] > 1.3; return the architecture of epoch t - 2*4.
@@ -30,6 +31,8 @@ ES_WINDOW = 5
 ES_LAG = 4
 ES_RATIO = 1.3
 ES_START_EPOCH = 10
+ADA_WD_FACTOR = 10.0  # R-DARTS DARTS-ADA: multiply the L2 factor by 10 ...
+ADA_WD_MAX = 0.03  # ... capped at 0.03 (ALGORITHMS.md R-DARTS)
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -85,21 +88,34 @@ def dominant_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[to
     return max(value, 0.0) if has_zero_block else value
 
 
-def val_hessian_eigenvalue(searcher: Any, batch: Batch, **options: Any) -> float:
+def val_hessian_eigenvalue(ctx: Any, batch: Batch, **options: Any) -> float:
     """Dominant eigenvalue of the Hessian of L_val(w, alpha) w.r.t. the alphas on ``batch``,
-    with the searcher's activation; BN running statistics are left untouched."""
-    x, y = to_device(batch, searcher.device)
-    buffers = {n: b.detach().clone() for n, b in searcher.network.named_buffers()}
+    with the search's activation; BN running statistics are left untouched."""
+    x, y = to_device(batch, ctx.device)
+    with ctx.preserved_buffers():
+        return dominant_eigenvalue(lambda: ctx.loss(ctx.forward(x, ctx.group_weights()), y), ctx.alphas, **options)
 
-    def loss_fn() -> torch.Tensor:
-        return searcher.criterion(searcher.logits(x, searcher.cell_weights()), y)
 
-    try:
-        return dominant_eigenvalue(loss_fn, list(searcher.arch.parameters()), **options)
-    finally:
-        with torch.no_grad():
-            for n, b in searcher.network.named_buffers():
-                b.copy_(buffers[n])
+class AdaptiveWeightDecay:
+    """The inner L2 (weight-decay) factor of L_train, which DARTS-ADA raises (R-DARTS):
+    wd <- min(wd * factor, max_wd), set on the weight optimizer (the unrolled step reads it there)."""
+
+    def __init__(self, factor: float = ADA_WD_FACTOR, max_wd: float = ADA_WD_MAX):
+        self.factor, self.max_wd = float(factor), float(max_wd)
+
+    @staticmethod
+    def current(optimizer: torch.optim.Optimizer) -> float:
+        return float(optimizer.param_groups[0]["weight_decay"])
+
+    @staticmethod
+    def set(optimizer: torch.optim.Optimizer, value: float) -> None:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = value
+
+    def increase(self, optimizer: torch.optim.Optimizer, base: float) -> float:
+        value = min(base * self.factor, self.max_wd)
+        self.set(optimizer, value)
+        return value
 
 
 def local_average(values: Sequence[float], t: int, window: int = ES_WINDOW) -> float:
@@ -121,7 +137,8 @@ def es_stop_index(eigenvalues: Sequence[float], epochs: Sequence[int], window: i
     return None
 
 
-class RDartsMonitor:
+@HOOKS.register("rdarts")
+class RDartsHook(Part):
     """Epoch hook: eigenvalue every ``every`` epochs; ``mode`` = "monitor" (log only),
     "es" (DARTS-ES) or "ada" (DARTS-ADA). ADA already at the weight-decay cap stops like ES."""
 
@@ -143,41 +160,42 @@ class RDartsMonitor:
         self.rollbacks = 0
         self.stopped_at: int | None = None
         self.returned_epoch: int | None = None
-        # For tests and custom curvature measures: (searcher, batch) -> eigenvalue.
+        # For tests and custom curvature measures: (ctx, batch) -> eigenvalue.
         self.eigenvalue_fn: Callable[[Any, Batch], float] = lambda s, b: val_hessian_eigenvalue(
             s, b, max_iter=self.max_iter, tol=self.tol)
 
-    def end_epoch(self, searcher: Any) -> dict[str, float]:
-        metrics = {"w_weight_decay": AdaptiveWeightDecay.current(searcher), "rdarts_rollbacks": float(self.rollbacks)}
-        if searcher.epoch % self.every or searcher.last_val_batch is None:
+    def end_epoch(self, ctx: Any) -> dict[str, float]:
+        optimizer = ctx.weight_optimizer
+        metrics = {"w_weight_decay": AdaptiveWeightDecay.current(optimizer), "rdarts_rollbacks": float(self.rollbacks)}
+        if ctx.epoch % self.every or ctx.last_val_batch is None:
             return metrics
-        value = float(self.eigenvalue_fn(searcher, searcher.last_val_batch))
+        value = float(self.eigenvalue_fn(ctx, ctx.last_val_batch))
         self.eigenvalues.append(value)
-        self.epochs.append(searcher.epoch)
-        self.checkpoints.append(searcher.base_state_dict())  # already a snapshot (deep copy)
+        self.epochs.append(ctx.epoch)
+        self.checkpoints.append(ctx.snapshot())  # already a deep copy
         self.checkpoints = self.checkpoints[-(self.lag + 1):]
         metrics["hessian_eigenvalue"] = value
         t = len(self.eigenvalues) - 1
         if self.mode == "monitor" or es_stop_index(self.eigenvalues, self.epochs, self.window, self.lag, self.ratio,
                                                    self.start_epoch) != t:
             return metrics
-        stop_epoch = searcher.epoch
+        stop_epoch = ctx.epoch
         checkpoint = self.checkpoints[0]  # evaluation t - lag, i.e. epoch t - every * lag
         self.returned_epoch = checkpoint["counters"]["epoch"]
-        wd_before = AdaptiveWeightDecay.current(searcher)
-        searcher.base_load_state_dict(copy.deepcopy(checkpoint))
+        wd_before = AdaptiveWeightDecay.current(optimizer)
+        ctx.restore(copy.deepcopy(checkpoint))
         if self.mode == "es" or wd_before >= self.weight_decay.max_wd * (1 - 1e-9):
-            self.weight_decay.set(searcher, wd_before)
+            self.weight_decay.set(optimizer, wd_before)
             self.stopped_at = stop_epoch
-            searcher.stop_requested = True
+            ctx.request_stop()
             metrics["rdarts_stopped_at"] = float(stop_epoch)
         else:
-            self.weight_decay.increase(searcher, base=wd_before)
+            self.weight_decay.increase(optimizer, base=wd_before)
             self.rollbacks += 1
             # The curvature history restarts from the restored checkpoint.
             self.eigenvalues, self.epochs, self.checkpoints = [], [], []
         metrics["rdarts_returned_epoch"] = float(self.returned_epoch)
-        metrics["w_weight_decay"] = AdaptiveWeightDecay.current(searcher)
+        metrics["w_weight_decay"] = AdaptiveWeightDecay.current(optimizer)
         metrics["rdarts_rollbacks"] = float(self.rollbacks)
         return metrics
 
@@ -191,5 +209,3 @@ class RDartsMonitor:
         self.rollbacks, self.stopped_at = state["rollbacks"], state["stopped_at"]
         self.returned_epoch = state["returned_epoch"]
 
-
-MONITORS: dict[str, Callable[..., Any]] = {"rdarts": RDartsMonitor}

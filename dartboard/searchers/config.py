@@ -1,0 +1,79 @@
+"""The scalar hyperparameters of a search (the supernet, the weight step, the alpha step's
+base learning rate) and the parts it is composed of. Defaults are the published DARTS ones
+(ALGORITHMS.md, DARTS; Liu et al. 2019, CIFAR-10 search); a preset overrides them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class EngineConfig:
+    space: str = "darts"
+    start: str | None = None  # a handcrafted start (DARTOpti): the supernet takes its cells, types, reductions
+    C: int = 16  # DARTS search: 16 initial channels
+    layers: int | None = None  # DARTS search: 8 cells; None: 8, or the start's number of cells
+    steps: int = 4
+    multiplier: int = 4
+    stem_multiplier: int = 3
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: int = 32
+    epochs: int = 50  # DARTS: 50 search epochs
+    warmup_epochs: int = 0  # epochs training weights only (DARTOpti: 5)
+    order: int = 1  # hypergradient: 1 = first order, 2 = unrolled second order (thesis Eq 2.8)
+    w_lr: float = 0.025  # DARTS: SGD lr 0.025, cosine to 0.001
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4  # DARTS: Adam lr 3e-4, betas (0.5, 0.999), wd 1e-3
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    unrolled_r: float = 0.01  # DARTS: R = 0.01 / ||grad_w' L_val||
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    node_bn: bool = False  # Maile et al.: non-affine BN after every node's sum (with CRB)
+    reductions: tuple[int, ...] | None = None  # reduction cell positions; None: layers//3, 2*layers//3
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.order not in (1, 2):
+            raise ValueError(f"order: expected 1 or 2, got {self.order}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        self.arch_betas = tuple(float(b) for b in self.arch_betas)
+        if self.reductions is not None:
+            self.reductions = tuple(int(r) for r in self.reductions)
+        self._resolve_layers()
+        self._check_numbers()
+
+    def _resolve_layers(self) -> None:
+        if self.start is not None:
+            from dartboard.spaces.supernet import start_genotype
+
+            cells = len(start_genotype(self.start).cells)
+            if self.layers is not None and self.layers != cells:
+                raise ValueError(f"layers: the start {self.start!r} has {cells} cells, got layers={self.layers}")
+            if self.reductions is not None:
+                raise ValueError("reductions: a search from a start takes the start's reductions")
+            self.layers = cells
+        elif self.layers is None:
+            self.layers = 8
+
+    def _check_numbers(self) -> None:
+        for name in ("C", "layers", "steps", "epochs", "multiplier", "stem_multiplier"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs: expected an integer >= 0, got {self.warmup_epochs!r}")
+        for name in ("w_lr", "grad_clip", "unrolled_r"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+        for name in ("arch_lr", "w_lr_min", "w_momentum", "w_weight_decay", "arch_weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")

@@ -1,0 +1,334 @@
+"""The one search engine: a bilevel DARTS-family searcher that runs a composition of parts
+(DESIGN.md, "the one idea"; thesis 2.7 for the bilevel step).
+
+    space x grouping x alpha init x activation x arch optimizer x schedule x regularizers
+        x weight-step perturbation x mixed-op modifier x discretizer x objective x epoch hooks
+
+Each iteration: (schedule permitting, after the warm-up epochs) one alpha step on a
+validation batch, first order or unrolled (:mod:`dartboard.searchers.hypergradient`), then
+one weight step on a training batch. The activation is sampled once per step and read by
+both. No ``.item()`` and no branching on tensor values inside :meth:`Engine.step` (a part
+that must read a tensor, such as FIMT or CRB masking, says so itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dartboard.searchers.base import EpochMeter, rng_state, set_rng_state, to_device
+from dartboard.searchers.config import EngineConfig
+from dartboard.searchers.context import SearchContext
+from dartboard.searchers.hypergradient import functional_loss, grads_or_zeros, unrolled_arch_grads
+from dartboard.searchers.protocol import Batch, GradReducer, ModuleWrapper
+from dartboard.spaces.catalog import get_space
+from dartboard.spaces.genotype import Genotype
+from dartboard.spaces.supernet import AlphaGroup, CellSupernet, plain_layout, start_layout
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Parts:
+    """The built parts of a search (see :mod:`dartboard.searchers.parts`)."""
+
+    grouping: Any
+    alpha_init: Any
+    activation: Any
+    arch_optimizer: Any
+    schedule: Any
+    regularizers: list[Any]
+    perturbation: Any
+    mixed_op: Any
+    hooks: list[Any]
+    discretizer: Any
+    objective: Any
+
+
+class Engine:
+    """Runs one composition of parts; implements the Searcher protocol."""
+
+    def __init__(self, config: EngineConfig, parts: Parts, name: str = "darts"):
+        self.name, self.config, self.device = name, config, torch.device(config.device)
+        space = get_space(config.space)
+        if config.start is None and space.steps != config.steps:
+            raise ValueError(f"steps: space {space.name!r} has {space.steps} steps, config says {config.steps}")
+        self.layout = (plain_layout(space, config.layers, config.reductions) if config.start is None
+                       else start_layout(space, config.start))
+        for part in (parts.grouping, parts.alpha_init, parts.activation, parts.arch_optimizer, parts.schedule,
+                     parts.perturbation, parts.mixed_op, parts.objective, *parts.regularizers, *parts.hooks):
+            part.check(config, self.layout)
+        self.activation, self.schedule, self.regularizers = parts.activation, parts.schedule, parts.regularizers
+        self.perturbation, self.hooks, self.discretizer = parts.perturbation, list(parts.hooks), parts.discretizer
+        self.objective, self.parts = parts.objective, parts
+        cell_group, group_names = parts.grouping.assign(self.layout)
+        self.supernet = CellSupernet(self.layout, cell_group, group_names, C=config.C, num_classes=config.num_classes,
+                                     in_channels=config.in_channels, input_size=config.input_size,
+                                     stem_multiplier=config.stem_multiplier, multiplier=config.multiplier,
+                                     node_bn=config.node_bn)
+        parts.mixed_op.apply(self.supernet)
+        self.supernet.to(self.device)
+        self.arch = nn.ParameterList(nn.Parameter(parts.alpha_init.init(g, self.supernet.cells_of(i), self.layout))
+                                     for i, g in enumerate(self.supernet.groups)).to(self.device)
+        self.w_optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.w_lr, momentum=config.w_momentum,
+                                           weight_decay=config.w_weight_decay)
+        self.w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
+                                                                      eta_min=config.w_lr_min)
+        self.arch_optimizer = parts.arch_optimizer.build(list(self.arch), config)
+        self.amp_dtype = AMP_DTYPES[config.precision]
+        fp16 = config.precision == "fp16"
+        self.w_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.arch_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.train_module: nn.Module = self.supernet  # the distributed seam (DDP-wrapped by the platform)
+        self.reduce_arch_grads: GradReducer = lambda grads: None
+        self.epoch = self.global_step = self.arch_steps = 0
+        self.meter = EpochMeter()
+        self.history: list[dict[str, Any]] = []  # per-epoch metrics + mixing-weight snapshots
+        self._metrics: dict[str, float] = {}
+        self.epoch_metrics: dict[str, float] = {}  # this epoch's metrics before the hooks (for the hooks)
+        self.stop_requested = False
+        self.last_val_batch: Batch | None = None
+        self.ctx = SearchContext(self)
+        self.activation.start(self.ctx)  # feasible start (projections) and the masks the init implies
+
+    # ------------------------------------------------------------------ Searcher protocol
+    @property
+    def epochs(self) -> int:
+        return int(self.config.epochs)
+
+    @property
+    def train_fraction(self) -> float:
+        return float(self.schedule.train_fraction)
+
+    def arch_parameters(self) -> list[torch.Tensor]:
+        return list(self.arch)
+
+    def weight_parameters(self) -> list[torch.Tensor]:
+        return list(self.supernet.parameters())
+
+    def distribute(self, wrap: ModuleWrapper, reduce_arch_grads: GradReducer) -> None:
+        self.train_module = wrap(self.supernet)
+        self.reduce_arch_grads = reduce_arch_grads
+
+    def alpha_groups(self) -> list[AlphaGroup]:
+        return list(self.supernet.groups)
+
+    @property
+    def space_info(self) -> dict[str, Any]:
+        return {"space": self.config.space, "layers": self.layout.layers, "reductions": self.layout.reductions}
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self._metrics)
+
+    def add_hook(self, hook: Any) -> None:
+        """An epoch hook from outside the preset (e.g. the tiny81 regret tracker)."""
+        self.hooks.append(hook)
+
+    # ------------------------------------------------------------------ forward pieces
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def group_weights(self) -> list[torch.Tensor]:
+        return [self.activation.weights(a) for a in self.arch]
+
+    def forward(self, x: torch.Tensor, group_weights: Sequence[torch.Tensor], module: nn.Module | None = None
+                ) -> torch.Tensor:
+        with self.autocast():
+            return (module or self.supernet)(x, list(group_weights))
+
+    def regularization(self, group_weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for reg in self.regularizers:
+            total = total + reg.loss(self.ctx, group_weights)
+        return total
+
+    def _record(self, prefix: str, loss: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
+        self.meter.add(f"{prefix}_loss", loss.detach() * y.numel(), y.numel())
+        for name, (value, count) in self.objective.metrics(output, y).items():
+            self.meter.add(f"{prefix}_{name}", value, count)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, train_batch: Batch, val_batch: Batch) -> None:
+        self.last_val_batch = val_batch  # for curvature hooks at the end of the epoch
+        x_train, y_train = to_device(train_batch, self.device)
+        self.activation.resample(self.ctx)
+        if self.epoch >= self.config.warmup_epochs and self.schedule.arch_step_due():
+            x_val, y_val = to_device(val_batch, self.device)
+            self.arch_step(x_train, y_train, x_val, y_val)
+        self.weight_step(x_train, y_train)
+        self.global_step += 1
+
+    def arch_step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor
+                  ) -> None:
+        if self.config.order == 2:
+            grads = self.unrolled_grads(x_train, y_train, x_val, y_val)
+        else:
+            grads = self.first_order_grads(x_val, y_val)
+        self.apply_arch_grads(grads)
+
+    def unrolled_grads(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor
+                       ) -> list[torch.Tensor]:
+        """The second-order hypergradient (thesis Eq 2.8) of S * (L_val + regularizers)."""
+        return unrolled_arch_grads(
+            self.supernet, functional_loss(self.supernet, self.autocast, self.objective.loss), list(self.arch),
+            self.group_weights, self.regularization, self.w_optimizer, self.arch_scaler.scale,
+            (x_train, y_train, x_val, y_val), self.config.unrolled_r,
+            lambda loss, out, y: self._record("val", loss, out, y))
+
+    def first_order_grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """grad_alpha of S * (L_val + regularizers); with a per-group gradient term (D-DARTS
+        L_AB) the L_val gradient is taken alone first, as the term needs it."""
+        alphas = list(self.arch)
+        gw = self.group_weights()
+        output = self.forward(x, gw)
+        loss = self.objective.loss(output, y)
+        self._record("val", loss, output, y)
+        terms = [r for r in self.regularizers if r.needs_val_grad]
+        if not terms:
+            return grads_or_zeros(self.arch_scaler.scale(loss + self.regularization(gw)), alphas)
+        del output
+        g_val = grads_or_zeros(self.arch_scaler.scale(loss), alphas)
+        loss = loss.detach()  # a loss that keeps its grad_fn keeps part of the freed graph alive
+        reg = self.regularization(self.group_weights())
+        g_reg = grads_or_zeros(self.arch_scaler.scale(reg), alphas) if reg.requires_grad else None
+        grads = g_val if g_reg is None else [a + b for a, b in zip(g_val, g_reg, strict=True)]
+        for term in terms:
+            grads = term.add_grad_terms(self.ctx, x, y, loss, g_val, grads)
+        return grads
+
+    def apply_arch_grads(self, grads: Sequence[torch.Tensor]) -> None:
+        self.reduce_arch_grads(grads)
+        for a, g in zip(self.arch, grads, strict=True):
+            a.grad = g
+        self.arch_optimizer.step(self.arch_scaler)
+        self.arch_steps += 1
+        for reg in self.regularizers:
+            reg.after_arch_step(self.ctx)
+        self.activation.constrain(self.ctx)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.no_grad():
+            weights = [w.detach() for w in self.group_weights()]
+        weights = self.perturbation.weights(self.ctx, weights)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        output = self.forward(x, weights, self.train_module)
+        loss = self.objective.loss(output, y)
+        self.w_scaler.scale(loss).backward()
+        self.w_scaler.unscale_(self.w_optimizer)
+        params = [p for p in self.supernet.parameters() if p.grad is not None]
+        if self.schedule.needs_grad_norm:  # Fisher information trace (FIMT): sum ||grad w||^2 before clipping
+            self.schedule.after_weight_step(torch.stack([p.grad.float().pow(2).sum() for p in params]).sum())
+        nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.w_scaler.step(self.w_optimizer)
+        self.w_scaler.update()
+        self._record("train", loss, output, y)
+
+    # ------------------------------------------------------------------ epochs
+    def end_epoch(self) -> dict[str, float]:
+        metrics = self.meter.read()
+        metrics["lr"] = self.w_optimizer.param_groups[0]["lr"]
+        metrics["arch_steps"] = float(self.arch_steps)
+        metrics["epoch"] = float(self.epoch)
+        self.w_scheduler.step()
+        self.arch_optimizer.end_epoch(searching=self.epoch >= self.config.warmup_epochs)
+        self.epoch += 1
+        with torch.no_grad():
+            snapshot = [w.detach().float().cpu().tolist() for w in self.group_weights()]
+        self.history.append({"epoch": self.epoch, "metrics": dict(metrics), "weights": snapshot})
+        metrics["active_ops"] = float(self.ctx.active_op_count())
+        metrics["arch_lr"] = float(self.arch_optimizer.lr)
+        metrics.update(self.schedule.metrics(self.ctx))
+        metrics.update(self.activation.metrics(self.ctx))
+        for part in self.regularizers:
+            metrics.update(part.metrics(self.ctx))
+        self.epoch_metrics = dict(metrics)
+        for hook in self.hooks:
+            metrics.update(hook.end_epoch(self.ctx))
+        self._metrics = metrics
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
+        """Supernet loss and accuracy on ``loader`` with the current mixing weights."""
+        was_training = self.supernet.training
+        self.supernet.eval()
+        gw = self.group_weights()
+        meter = EpochMeter()
+        for batch in loader:
+            x, y = to_device(batch, self.device)
+            output = self.forward(x, gw)
+            meter.add("loss", self.objective.loss(output, y) * y.numel(), y.numel())
+            for name, (value, count) in self.objective.metrics(output, y).items():
+                meter.add(name, value, count)
+        self.supernet.train(was_training)
+        return meter.read()
+
+    # ------------------------------------------------------------------ derivation
+    def derive(self) -> Genotype:
+        with torch.no_grad():
+            gw = [self.activation.derive_weights(a) for a in self.arch]
+        groups = self.supernet.groups
+        return self.supernet.genotype([self.discretizer(w, g.rows, g.primitives) for w, g in zip(gw, groups,
+                                                                                                 strict=True)])
+
+    # ------------------------------------------------------------------ checkpoints
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of everything but the epoch hooks' own state (what a rollback restores)."""
+        return copy.deepcopy({
+            "config": asdict(self.config),
+            "network": self.supernet.state_dict(),
+            "arch": self.arch.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "w_scheduler": self.w_scheduler.state_dict(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "w_scaler": self.w_scaler.state_dict(),
+            "arch_scaler": self.arch_scaler.state_dict(),
+            "activation": self.activation.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "regularizers": [r.state_dict() for r in self.regularizers],
+            "masks": self.supernet.active_ops(),
+            "counters": {"epoch": self.epoch, "global_step": self.global_step, "arch_steps": self.arch_steps},
+            "history": self.history,
+            "rng": rng_state(),
+        })
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.supernet.load_state_dict(state["network"])
+        self.arch.load_state_dict(state["arch"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.w_scheduler.load_state_dict(state["w_scheduler"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        self.w_scaler.load_state_dict(state["w_scaler"])
+        self.arch_scaler.load_state_dict(state["arch_scaler"])
+        self.activation.load_state_dict(state["activation"])
+        self.schedule.load_state_dict(state["schedule"])
+        for reg, s in zip(self.regularizers, state["regularizers"], strict=True):
+            reg.load_state_dict(s)
+        self.supernet.set_active_ops(state["masks"])
+        counters = state["counters"]
+        self.epoch, self.global_step = counters["epoch"], counters["global_step"]
+        self.arch_steps = counters["arch_steps"]
+        self.history = list(state["history"])
+        set_rng_state(state["rng"])
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.snapshot()
+        state["hooks"] = [h.state_dict() for h in self.hooks]
+        state["stop_requested"] = self.stop_requested
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restore(state)
+        if len(state["hooks"]) != len(self.hooks):
+            raise ValueError(f"checkpoint has {len(state['hooks'])} epoch hooks, this search {len(self.hooks)}")
+        for hook, s in zip(self.hooks, state["hooks"], strict=True):
+            hook.load_state_dict(s)
+        self.stop_requested = bool(state["stop_requested"])

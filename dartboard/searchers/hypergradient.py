@@ -1,0 +1,83 @@
+"""The alpha gradient of the bilevel problem (thesis 2.7, Eq 2.8).
+
+- first order: grad_alpha L_val(w, alpha) with the current w;
+- second order (unrolled): w' = w - eta (m * buf + grad_w L_train + wd * w),
+  grad_alpha L_val(w', alpha) - eta * grad^2_{alpha,w} L_train(w, alpha) grad_w' L_val(w', alpha),
+  the Hessian-vector product by finite differences with R = r / ||grad_w' L_val||.
+
+The learning rate, momentum and weight decay of the unrolled step are read from the weight
+optimizer itself, so a hook that raised the weight decay (R-DARTS ADA) is honoured, also
+after a resume. Under fp16 every gradient here is of the *scaled* loss (the arch scaler's S),
+so the scaler's inf checks and unscaling apply to the result as to a first-order step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def grads_or_zeros(loss: torch.Tensor, inputs: Sequence[torch.Tensor], **kw) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, list(inputs), allow_unused=True, **kw)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads, strict=True)]
+
+
+def unrolled_arch_grads(network: nn.Module, loss_fn: LossFn, alphas: Sequence[torch.Tensor],
+                        group_weights: Callable[[], list[torch.Tensor]], regularization: Callable[[list], torch.Tensor],
+                        w_optimizer: torch.optim.Optimizer, scale: Callable[[torch.Tensor], torch.Tensor],
+                        batches: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], r: float,
+                        record_val: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> list[torch.Tensor]:
+    """Second-order DARTS hypergradient (thesis Eq 2.8 with the finite-difference Hessian),
+    of the scaled validation loss. ``loss_fn(params, x, y, weights) -> (loss, output)``."""
+    x_train, y_train, x_val, y_val = batches
+    names = [n for n, _ in network.named_parameters()]
+    weights = [p for _, p in network.named_parameters()]
+    alphas = list(alphas)
+    group = w_optimizer.param_groups[0]
+    eta, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+    # w' = w - eta * (momentum * buf + grad L_train(w) + wd * w)
+    with torch.no_grad():
+        detached = [w.detach() for w in group_weights()]
+    train_loss, _ = loss_fn(dict(zip(names, weights, strict=True)), x_train, y_train, detached)
+    g_train = torch.autograd.grad(train_loss, weights)
+    unrolled = []
+    for p, g in zip(weights, g_train, strict=True):
+        buf = w_optimizer.state.get(p, {}).get("momentum_buffer")
+        step = g + wd * p.detach()
+        if buf is not None:
+            step = step + momentum * buf
+        unrolled.append((p.detach() - eta * step).requires_grad_(True))
+    # grad_alpha and grad_w' of S * (L_val(w', alpha) + regularizers)
+    gw = group_weights()
+    val_loss, output = loss_fn(dict(zip(names, unrolled, strict=True)), x_val, y_val, gw)
+    record_val(val_loss, output, y_val)
+    grads = grads_or_zeros(scale(val_loss + regularization(gw)), alphas + unrolled)
+    d_alpha, d_w = grads[: len(alphas)], grads[len(alphas):]
+    # Finite-difference Hessian-vector product (grad_a L_train(w+) - grad_a L_train(w-)) / 2R.
+    # With d_w scaled by S, R is R_true / S (the shift R * d_w is the same) and the quotient of
+    # scaled gradients is S^2 * hvp: divide by S once to match the scaled d_alpha. The two
+    # shifted passes run in fp32: a shift of norm r = 0.01 is below bf16/fp16 weight resolution.
+    s = scale(torch.ones((), device=d_alpha[0].device))
+    R = r / torch.sqrt(sum(g.float().pow(2).sum() for g in d_w)).clamp_min(1e-12)
+    hvp = None
+    for sign in (1.0, -1.0):
+        shifted = {n: p.detach() + sign * R * d for n, p, d in zip(names, weights, d_w, strict=True)}
+        loss, _ = loss_fn(shifted, x_train, y_train, group_weights(), amp=False)
+        g = grads_or_zeros(scale(loss), alphas)
+        hvp = g if hvp is None else [h - gi for h, gi in zip(hvp, g, strict=True)]
+    return [da - eta * h / (2 * R * s) for da, h in zip(d_alpha, hvp, strict=True)]
+
+
+def functional_loss(network: nn.Module, autocast: Callable, objective_loss: Callable) -> LossFn:
+    def loss_fn(params, x, y, weights, amp: bool = True):
+        with autocast() if amp else contextlib.nullcontext():
+            output = functional_call(network, params, (x, list(weights)))
+        return objective_loss(output, y), output
+
+    return loss_fn

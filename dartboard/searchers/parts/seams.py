@@ -1,0 +1,49 @@
+"""The objective (the task loss), and the two seams later methods plug into: a perturbation
+of the mixing weights the weight step sees (SDARTS) and a modifier of the supernet's mixed
+ops (PC-DARTS partial channels, DARTS- auxiliary skip). Today one entry each: the plain
+behaviour of DARTS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dartboard.searchers.parts import PartRegistry
+from dartboard.searchers.parts.base import Part
+
+OBJECTIVES = PartRegistry("objective")
+PERTURBATIONS = PartRegistry("perturbation")
+MIXED_OPS = PartRegistry("mixed_op")
+
+
+@OBJECTIVES.register("classification")
+class Classification(Part):
+    """Cross-entropy on the logits (in fp32 under autocast); metric: accuracy."""
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if output.dtype in (torch.float16, torch.bfloat16):
+            output = output.float()
+        return nn.functional.cross_entropy(output, y)
+
+    def metrics(self, output: torch.Tensor, y: torch.Tensor) -> dict[str, tuple[torch.Tensor, int]]:
+        """Per-batch sums and counts (device tensors: no sync inside a step)."""
+        return {"acc": ((output.argmax(dim=1) == y).sum(), y.numel())}
+
+
+@PERTURBATIONS.register("none")
+class NoPerturbation(Part):
+    """DARTS: the weight step sees the current mixing weights."""
+
+    def weights(self, ctx: Any, group_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(group_weights)
+
+
+@MIXED_OPS.register("none")
+class PlainMixedOp(Part):
+    """DARTS: every edge mixes all its candidate ops on all channels."""
+
+    def apply(self, supernet: nn.Module) -> None:
+        """Modify the supernet's mixed ops in place (nothing for plain DARTS)."""
