@@ -6,6 +6,7 @@ import pytest
 
 from dartboard.platform.cli import main
 from dartboard.spaces import genotype as gt
+from dartboard.spaces.catalog import resolve
 
 
 def run_cli(args, capsys):
@@ -80,7 +81,7 @@ def test_malformed_and_unknown_op_genotypes(tmp_path, capsys):
     bad_json.write_text("{not json")
     code, _, err = run_cli(["info", str(bad_json)], capsys)
     assert code == 2 and "not valid JSON" in err
-    data = gt.to_dict(gt.resolve("darts-v2"))
+    data = gt.to_dict(resolve("darts-v2"))
     data["normal"]["edges"][0][0] = "conv_11x11"
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps(data))

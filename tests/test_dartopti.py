@@ -5,8 +5,9 @@ import torch
 
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
+from dartboard.spaces.catalog import resolve
 from dartboard.spaces.distance import architecture_distance
-from dartboard.spaces.genotype import from_dict, resolve, to_dict
+from dartboard.spaces.genotype import from_dict, to_dict
 from dartboard.spaces.networks import DiscreteNetwork
 
 SHAPE = DataShape(in_channels=1, input_size=8, num_classes=10)

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from dartboard.spaces.catalog import resolve
 from dartboard.spaces.distance import (
     OP_WEIGHTS,
     architecture_distance,
@@ -12,7 +13,7 @@ from dartboard.spaces.distance import (
     edge_distance,
     hausdorff,
 )
-from dartboard.spaces.genotype import CellGenotype, CellsGenotype, Edge, resolve
+from dartboard.spaces.genotype import CellGenotype, CellsGenotype, Edge
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dartboard.spaces import genotype as gt
-from dartboard.spaces.catalog import GENOTYPES
+from dartboard.spaces.catalog import GENOTYPES, resolve
 
 
 def test_darts_v2_pairs_map_to_steps():
@@ -67,8 +67,8 @@ def test_never_evals_python(tmp_path):
 
 
 def test_resolve_name_or_path(tmp_path):
-    assert gt.resolve("darts-v1") == GENOTYPES["darts-v1"]()
+    assert resolve("darts-v1") == GENOTYPES["darts-v1"]()
     p = gt.save(GENOTYPES["darts-v2"](), tmp_path / "x.json")
-    assert gt.resolve(str(p)) == GENOTYPES["darts-v2"]()
+    assert resolve(str(p)) == GENOTYPES["darts-v2"]()
     with pytest.raises(gt.GenotypeError, match="neither a file nor a catalog name"):
-        gt.resolve("darts-v9")
+        resolve("darts-v9")

@@ -15,6 +15,7 @@ from servers import free_port, stop_group, wait_for_url
 from dartboard.platform import registry
 from dartboard.platform.cli import main as cli_main
 from dartboard.spaces import genotype as gt
+from dartboard.spaces.catalog import resolve
 
 pytest.importorskip("mlflow")
 
@@ -168,7 +169,7 @@ def test_invalid_or_altered_genotype_is_refused(server, champion, tmp_path):
 
 def test_sweep_hook_registers_best_genotype(server, tmp_path):
     tracker = registry.SweepTracker(server["uri"], "test-sweep", register_as="sweep-best")
-    geno = gt.to_dict(gt.resolve("darts-v2"))
+    geno = gt.to_dict(resolve("darts-v2"))
     from dartboard.platform.sweep import trial_payload  # the sweep's own payload format
 
     for tid, obj in (("t1", 0.5), ("t2", 0.8)):

@@ -12,8 +12,8 @@ def distance(
     out: Path | None = typer.Option(None, "--out", help="draw the heatmap of M into this PNG"),
 ) -> None:
     """Print the matrix of the architecture distance M (thesis Eq 4.8) between genotypes."""
+    from dartboard.spaces.catalog import resolve
     from dartboard.spaces.distance import distance_matrix
-    from dartboard.spaces.genotype import resolve
 
     if len(genotypes) < 2:
         raise ValueError(f"genotypes: expected at least two, got {len(genotypes)}")

@@ -88,7 +88,7 @@ def train(
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, resolve_device
     from dartboard.platform.data import load_dataset
     from dartboard.platform.train import TrainConfig, train_genotype
-    from dartboard.spaces.genotype import resolve
+    from dartboard.spaces.catalog import resolve
 
     geno = resolve(genotype)
     splits = load_dataset(dataset, data_root)
@@ -124,7 +124,7 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dartboard.spaces.genotype import resolve
+    from dartboard.spaces.catalog import resolve
     from dartboard.spaces.networks import DiscreteNetwork, count_parameters
 
     if dataset not in DATASET_SHAPES:

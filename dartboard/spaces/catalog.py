@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dartboard.registries import Registry
+from dartboard.spaces import handcrafted, tiny
 from dartboard.spaces.cells import edge_list
-from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype
+from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype, GenotypeError, load
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, DARTS_PRIMITIVES
 
 GENOTYPES: Registry[Callable[[], Genotype]] = Registry("genotype")
@@ -56,11 +58,9 @@ register_space(CellSpace.uniform("darts-none", DARTS_PRIMITIVES[1:], description
 register_space(CellSpace.uniform("s_o", DARTOPTI_PRIMITIVES, description="DARTOpti S_o: 12 ops"))
 
 # tiny81: 2 cells x 2 edges x 3 ops = 81 architectures, exhaustively evaluated (dartboard.bench.table).
-from dartboard.spaces import tiny as _tiny  # noqa: E402
-
-register_space(CellSpace.uniform(_tiny.TINY81_NAME, _tiny.TINY81_OPS, steps=_tiny.TINY81_STEPS,
+register_space(CellSpace.uniform(tiny.TINY81_NAME, tiny.TINY81_OPS, steps=tiny.TINY81_STEPS,
                                  description="mini space of 81 members with a shipped table (Zela & Hutter)",
-                                 network_defaults={k: v for k, v in _tiny.TINY81_SEARCH_OPTIONS.items()
+                                 network_defaults={k: v for k, v in tiny.TINY81_SEARCH_OPTIONS.items()
                                                    if k != "space"}))
 
 # R-DARTS spaces S1-S4 (Zela et al. 2020; ALGORITHMS.md R-DARTS). S1 has two preselected ops
@@ -113,5 +113,18 @@ def darts_v2() -> DartsGenotype:
     )
 
 
-# Handcrafted networks encoded in S_o (DARTOpti): registers resnet18, resnet50, xception.
-from dartboard.spaces import handcrafted as _handcrafted  # noqa: E402,F401
+# Handcrafted networks encoded in S_o (DARTOpti).
+for _name in handcrafted.HANDCRAFTED:
+    register_genotype(_name)(getattr(handcrafted, _name))
+
+
+def resolve(name_or_path: str | Path) -> Genotype:
+    """A catalog name (``darts-v2``) or a path to a genotype JSON file."""
+    text = str(name_or_path)
+    if text in GENOTYPES:
+        return GENOTYPES[text]()
+    if Path(text).is_file():
+        return load(text)
+    raise GenotypeError(
+        f"genotype {text!r} is neither a file nor a catalog name; catalog names: {', '.join(sorted(GENOTYPES))}"
+    )

@@ -331,18 +331,3 @@ def load(path: str | Path, known_ops: Iterable[str] | None = None) -> Genotype:
     if not path.is_file():
         raise GenotypeError(f"genotype file {str(path)!r} does not exist")
     return loads(path.read_text(), known_ops)
-
-
-def resolve(name_or_path: str | Path) -> Genotype:
-    """A catalog name (``darts-v2``) or a path to a genotype JSON file."""
-    from dartboard.spaces import catalog
-
-    text = str(name_or_path)
-    if text in catalog.GENOTYPES:
-        return catalog.GENOTYPES[text]()
-    if Path(text).is_file():
-        return load(text)
-    raise GenotypeError(
-        f"genotype {text!r} is neither a file nor a catalog name; catalog names: "
-        f"{', '.join(sorted(catalog.GENOTYPES))}"
-    )

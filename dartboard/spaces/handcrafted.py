@@ -6,14 +6,13 @@ Nodes 0 and 1 are the cell inputs (outputs of the two previous cells); a cell co
 all its intermediate nodes. Two ops on one connection (ResNet50's bottleneck + skip pair)
 are two edges with the same (src, dst).
 
-Registered in the genotype catalog as ``resnet18``, ``resnet50`` and ``xception``.
+Registered in the genotype catalog (by :mod:`dartboard.spaces.catalog`) as ``resnet18``, ``resnet50`` and ``xception``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dartboard.spaces.catalog import register_genotype
 from dartboard.spaces.genotype import CellGenotype, CellsGenotype, Edge
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES
 
@@ -52,7 +51,6 @@ def _residual_pairs(n_blocks: int) -> list[tuple[str, int, int]]:
     return edges
 
 
-@register_genotype("resnet18")
 def resnet18() -> CellsGenotype:
     """ResNet18 (He et al.): one cell type of two basic residual blocks (two 3x3 convs and a
     skip each), 4 cells, reductions at cells 1, 2, 3."""
@@ -63,7 +61,6 @@ def resnet18() -> CellsGenotype:
     return typed_genotype([block], [0, 0, 0, 0], (1, 2, 3))
 
 
-@register_genotype("resnet50")
 def resnet50() -> CellsGenotype:
     """ResNet50 (He et al.): bottleneck + skip pairs; types of 3, 4 and 6 blocks, in the order
     0, 1, 2, 0 (4 cells), reductions at cells 1, 2, 3."""
@@ -71,7 +68,6 @@ def resnet50() -> CellsGenotype:
     return typed_genotype(types, [0, 1, 2, 0], (1, 2, 3))
 
 
-@register_genotype("xception")
 def xception() -> CellsGenotype:
     """Xception (Chollet): entry/exit type 0 (two separable convs, a max-pool and a 1x1 shortcut),
     middle type 1 (three separable convs and a skip), final type 2 (two separable convs);

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dartboard.spaces.catalog import CellSpace
+from dartboard.spaces.catalog import CellSpace, resolve
 from dartboard.spaces.cells import edge_list
-from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype, Genotype, resolve
+from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype, Genotype
 from dartboard.spaces.networks import SearchNetwork, TypedSearchNetwork, default_reductions
 
 Primitives = tuple[tuple[str, ...], ...]  # the candidate ops of every row (edge) of a group
