@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from dartboard.platform.data import load_dataset
+from dartboard.data.datasets import load_dataset
 from dartboard.searchers.activations import (
     clipped_relu,
     project_capped_simplex,

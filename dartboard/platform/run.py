@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dartboard.data.datasets import Splits, load_dataset, make_loader, search_split
+from dartboard.errors import UserInputError
 from dartboard.platform.config import SearchRunConfig, resolve_device
-from dartboard.platform.data import Splits, load_dataset, make_loader, search_split
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
@@ -43,7 +46,22 @@ def data_shape(splits: Splits) -> DataShape:
 
 
 def make_searcher(cfg: SearchRunConfig, splits: Splits):
-    return build_searcher(cfg.searcher, cfg.searcher_options(), data_shape(splits), resolve_device(cfg.device))
+    """The searcher of the run. Its options, space and device come from the user: the registry checks
+    them (names, values) before it builds, so a ``ValueError`` from here is about that input."""
+    with _input_error(f"searcher {cfg.searcher!r}"):
+        options = cfg.searcher_options()
+        device = resolve_device(cfg.device)
+        return build_searcher(cfg.searcher, options, data_shape(splits), device)
+
+
+@contextmanager
+def _input_error(context: str) -> Iterator[None]:
+    try:
+        yield
+    except UserInputError:
+        raise
+    except ValueError as err:
+        raise UserInputError(f"{context}: {' '.join(str(err).split())}") from err
 
 
 def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
@@ -56,7 +74,7 @@ def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
 def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
     train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
     if len(train) < cfg.batch_size:
-        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the search training split "
+        raise UserInputError(f"batch_size: {cfg.batch_size} is larger than the search training split "
                          f"({len(train)} samples)")
     return (make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True),
             make_loader(val, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, drop_last=True))

@@ -1,13 +1,27 @@
-"""The ``dartboard`` command. Each area of the platform registers its own commands from
-its own module (listed in :data:`COMMAND_MODULES`, each with a ``register(app)``).
+"""The ``dartboard`` command: one Typer app, its commands registered once, on first use.
 
-User errors (bad genotype, missing dataset, bad config value) end with one line naming
-the problem and exit code 2, never a traceback.
+Each command group lives in its own module of this package (listed in :data:`COMMAND_MODULES`,
+each with a ``register(app)``). Those modules import only typer and the standard library at the
+top; torch, ray and mlflow are imported inside the commands, so ``--help`` and usage errors are
+instant.
+
+The contract of the command line (CONVENTIONS.md):
+
+- usage errors (unknown flag, missing argument, bad value) print click's usage message and exit 2;
+- bad input (:func:`dartboard.platform.cli.errors.is_user_error`) prints one line and exits 2;
+- Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks and ``except KeyboardInterrupt``
+  handlers have saved what exists;
+- anything else is a bug: its traceback is printed and the exit code is 1.
+
+Click does the first and the interrupt part itself in standalone mode (``app()`` ends in
+``sys.exit``), so nothing here depends on click's exception classes, which typer 0.29 vendors
+under a private module path.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import importlib
 import logging
 import signal
@@ -15,73 +29,68 @@ import sys
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="dartboard: differentiable architecture search, from laptop to Ray cluster.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (speed, memory, quality).")
-app.add_typer(bench_app, name="bench")
+from dartboard.platform.cli.errors import is_user_error, one_line
 
-#: Modules whose ``register(app)`` adds commands; one per area of the platform.
-COMMAND_MODULES = [
-    "dartboard.platform.commands",
-    "dartboard.platform.cli_registry",
-    "dartboard.platform.cli_quality",
-    "dartboard.platform.cli_sweep",
-    "dartboard.platform.cli_dario",
-    "dartboard.platform.cli_ddarts",
-]
+#: Modules whose ``register(app)`` adds commands; one per command group.
+COMMAND_MODULES = (
+    "dartboard.platform.cli.search",
+    "dartboard.platform.cli.train",
+    "dartboard.platform.cli.info",
+    "dartboard.platform.cli.sweep",
+    "dartboard.platform.cli.ablate",
+    "dartboard.platform.cli.models",
+    "dartboard.platform.cli.distance",
+    "dartboard.platform.cli.prune",
+    "dartboard.platform.cli.bench",
+)
 
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line, exit code 2."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from dartboard.platform.data import DataError
-    from dartboard.spaces.genotype import GenotypeError
-
-    return (UserError, GenotypeError, DataError, ValidationError, ValueError, FileNotFoundError)
+SIGINT_EXIT = 128 + signal.SIGINT  # 130
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143
 
 
-def _register_all() -> None:
+@functools.cache
+def build_app() -> typer.Typer:
+    """The app with every command registered; built once per process, however often ``main`` runs."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      rich_markup_mode=None,  # plain click help and usage errors: no rich import, one error line
+                      help="dartboard: differentiable architecture search, from laptop to Ray cluster.")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(app)
+    return app
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same handlers save what exists; exit code 143."""
+
+
+_terminated: list[int] = []  # the SIGTERM received, if any
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _terminated.append(signum)
+    raise Terminated(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the command line and exit with the contract's code (never returns)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if argv is None and hasattr(signal, "SIGUSR1"):  # the command line: `kill -USR1 PID` prints every
-        faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread's stack (a stuck sweep, say)
-    _register_all()
+    if argv is None:  # the real command line, not a test calling main([...])
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (a stuck sweep, say)
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    app = build_app()
     try:
-        app(args=argv, standalone_mode=False)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except SystemExit:
+        app(args=argv, prog_name="dartboard")  # standalone: always ends in SystemExit
+    except SystemExit as done:
+        if done.code == SIGINT_EXIT and _terminated:  # click exits 130 on any KeyboardInterrupt
+            sys.exit(SIGTERM_EXIT)
         raise
-    except Exception as err:  # noqa: BLE001 - one clear line for user errors, traceback otherwise
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        if isinstance(err, user_error_types()):
-            typer.echo(f"error: {_one_line(err)}", err=True)
+    except Terminated:  # raised outside click's handler (e.g. while it was building the context)
+        sys.exit(SIGTERM_EXIT)
+    except KeyboardInterrupt:
+        sys.exit(SIGINT_EXIT)
+    except Exception as err:
+        if is_user_error(err):
+            typer.echo(f"error: {one_line(err)}", err=True)
             sys.exit(2)
-        raise
-
-
-def _one_line(err: BaseException) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(err, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        return "invalid configuration: " + "; ".join(parts)
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-if __name__ == "__main__":
-    main()
+        raise  # a bug: Python prints the traceback and exits 1
