@@ -131,11 +131,17 @@ def test_an_internal_value_error_keeps_its_traceback_exit_1(tmp_path):
     assert result.stderr.strip().endswith("ValueError: an internal bug, not the user's input")
 
 
-def test_a_genotype_the_user_names_wrongly_is_one_line_exit_2():
-    result = run(["info", "darts-v9"])
+@pytest.mark.parametrize("args, message", [
+    (["info", "darts-v9"], "'darts-v9' is neither a file nor a catalog name"),
+    (["distance", "resnet18"], "genotypes: expected at least two, got 1"),
+    (["bench", "quality", "--seeds", "0,x", "--no-mlflow"], "--seeds: expected comma-separated integers"),
+    (["bench", "speed", "--precision", "fp64"], "precision: expected fp32, bf16 or fp16, got 'fp64'"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    result = run(args)
     assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "darts-v9" in result.stderr and "neither a file nor a catalog name" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
 
 
 # ------------------------------------------------------------------ interrupts

@@ -13,10 +13,19 @@ from typing import Any
 
 import typer
 
+from dartboard.errors import UserInputError
 from dartboard.platform.cli.errors import user_input
 
 log = logging.getLogger("dartboard")
 DEFAULT_TABLE_OUT = "dartboard/data/tiny81.json"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserInputError(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
 def build_table_cmd(
@@ -34,8 +43,9 @@ def build_table_cmd(
     from dartboard.bench.table import TableProtocol, build_table
 
     kw = {"epochs": epochs, "channels": channels, "threads": threads,
-          "seeds": tuple(int(s) for s in seeds.split(",")) if seeds else None}
-    protocol = TableProtocol(**{k: v for k, v in kw.items() if v is not None})
+          "seeds": tuple(parse_seeds(seeds)) if seeds else None}
+    with user_input():  # only checks the protocol's values
+        protocol = TableProtocol(**{k: v for k, v in kw.items() if v is not None})
     command = "dartboard " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--reverse")
     command = command.split(" --offset")[0]
 
@@ -89,9 +99,10 @@ def quality_cmd(
         names = [s.strip() for s in searchers.split(",") if s.strip()]
     else:
         names = [s for s in DEFAULT_SEARCHERS if s in SEARCHERS]
-    cfg = QualityConfig(searchers=names, seeds=[int(s) for s in seeds.split(",")], epochs=epochs, workers=workers,
-                        parse=None if own_parse else "darts", random_search=not no_random,
-                        table=str(table) if table else None)
+    with user_input():  # only checks the configuration's values
+        cfg = QualityConfig(searchers=names, seeds=parse_seeds(seeds), epochs=epochs,
+                            workers=workers, parse=None if own_parse else "darts", random_search=not no_random,
+                            table=str(table) if table else None)
     log.info("bench quality: %s x seeds %s, %d epochs, %d workers%s", ", ".join(names), cfg.seeds, epochs, workers,
              " (Ray Tune)" if ray else "")
     result = run_quality(cfg, out, ray=ray, ray_address=ray_address)
@@ -134,7 +145,9 @@ def speed_benchmark(batch: int, device: str, precision: str, order: int, channel
 
     with user_input("device"):  # only checks that the device exists
         dev = resolve_device(device)
-    cfg = DartsConfig(C=channels, layers=layers, input_size=input_size, order=order, precision=precision, device=dev)
+    with user_input():  # only checks the options' values
+        cfg = DartsConfig(C=channels, layers=layers, input_size=input_size, order=order, precision=precision,
+                          device=dev)
     searcher = BilevelSearcher(cfg)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, input_size, input_size, generator=gen).to(dev)

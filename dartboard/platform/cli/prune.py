@@ -122,8 +122,8 @@ def prune(
 
 
 def prune_study(
-    n_models: int = typer.Option(20, help="random pruned models per repeat (thesis: 100)"),
-    repeats: int = typer.Option(3, help="independent repeats for the 95% CIs (thesis: 12)"),
+    n_models: int = typer.Option(20, min=3, help="random pruned models per repeat (thesis: 100)"),
+    repeats: int = typer.Option(3, min=1, help="independent repeats for the 95% CIs (thesis: 12)"),
     finetune_epochs: int = typer.Option(2, help="brief fine-tuning of each sampled model"),
     seed: int = typer.Option(0),
     train_epochs: int = typer.Option(40, help="epochs training the demo ViT that plays the pre-trained model"),
