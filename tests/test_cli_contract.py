@@ -200,6 +200,15 @@ def test_commands_are_registered_once_however_often_main_runs(capsys):
     assert sorted(typer.main.get_command(app).commands) == sorted(names)
 
 
+def test_main_called_from_python_leaves_the_sigterm_handler_as_it_was(capsys):
+    from dartboard.platform.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_help_defaults_read_from_source_equal_the_imported_constants():
     from dartboard.platform.cli import prune
     from dartboard.searchers import dario, proxies

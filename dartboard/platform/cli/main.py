@@ -26,6 +26,7 @@ import importlib
 import logging
 import signal
 import sys
+import threading
 
 import typer
 
@@ -74,10 +75,20 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the command line and exit with the contract's code (never returns)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if argv is None:  # the real command line, not a test calling main([...])
-        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (a stuck sweep, say)
-            faulthandler.register(signal.SIGUSR1, all_threads=True)
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    _terminated.clear()
+    if argv is None and hasattr(signal, "SIGUSR1"):  # the real command line: `kill -USR1 PID` prints every
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread's stack (a stuck sweep, say)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    if in_main_thread:
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _run(argv)
+    finally:
+        if in_main_thread:  # main([...]) called from Python leaves the process's SIGTERM handler as it was
+            signal.signal(signal.SIGTERM, previous_sigterm if previous_sigterm is not None else signal.SIG_DFL)
+
+
+def _run(argv: list[str] | None) -> None:
     app = build_app()
     try:
         app(args=argv, prog_name="dartboard")  # standalone: always ends in SystemExit
