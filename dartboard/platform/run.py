@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dartboard.data.datasets import Splits, load_dataset, make_loader, search_split
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, user_input
 from dartboard.platform.config import SearchRunConfig, resolve_device
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_search
@@ -48,20 +46,10 @@ def data_shape(splits: Splits) -> DataShape:
 def make_searcher(cfg: SearchRunConfig, splits: Splits):
     """The searcher of the run. Its options, space and device come from the user: the registry checks
     them (names, values) before it builds, so a ``ValueError`` from here is about that input."""
-    with _input_error(f"searcher {cfg.searcher!r}"):
+    with user_input(f"searcher {cfg.searcher!r}"):
         options = cfg.searcher_options()
         device = resolve_device(cfg.device)
         return build_searcher(cfg.searcher, options, data_shape(splits), device)
-
-
-@contextmanager
-def _input_error(context: str) -> Iterator[None]:
-    try:
-        yield
-    except UserInputError:
-        raise
-    except ValueError as err:
-        raise UserInputError(f"{context}: {' '.join(str(err).split())}") from err
 
 
 def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.platform.cli.errors import user_input
+from dartboard.errors import user_input
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 

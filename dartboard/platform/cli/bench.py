@@ -13,8 +13,7 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError
-from dartboard.platform.cli.errors import user_input
+from dartboard.errors import UserInputError, user_input
 
 log = logging.getLogger("dartboard")
 DEFAULT_TABLE_OUT = "dartboard/data/tiny81.json"

@@ -8,7 +8,7 @@ instant.
 The contract of the command line (CONVENTIONS.md):
 
 - usage errors (unknown flag, missing argument, bad value) print click's usage message and exit 2;
-- bad input (:func:`dartboard.platform.cli.errors.is_user_error`) prints one line and exits 2;
+- bad input (:func:`dartboard.errors.is_user_error`) prints one line and exits 2;
 - Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks and ``except KeyboardInterrupt``
   handlers have saved what exists;
 - anything else is a bug: its traceback is printed and the exit code is 1.
@@ -30,7 +30,7 @@ import threading
 
 import typer
 
-from dartboard.platform.cli.errors import is_user_error, one_line
+from dartboard.errors import is_user_error, one_line
 
 #: Modules whose ``register(app)`` adds commands; one per command group.
 COMMAND_MODULES = (

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, user_input
 from dartboard.platform.cli.defaults import literal_constants
-from dartboard.platform.cli.errors import user_input
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError
-from dartboard.platform.cli.errors import user_input
+from dartboard.errors import UserInputError, user_input
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:

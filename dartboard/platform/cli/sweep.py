@@ -10,8 +10,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError
-from dartboard.platform.cli.errors import user_input
+from dartboard.errors import UserInputError, user_input
 
 
 def sweep(

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError
-from dartboard.platform.cli.errors import user_input
+from dartboard.errors import UserInputError, user_input
 
 log = logging.getLogger("dartboard")
 
