@@ -175,6 +175,35 @@ def test_a_signal_exits_130_or_143_after_saving(tmp_path, signum, code):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_search_saves_its_finished_epochs(tmp_path, signum, code):
+    import json
+
+    out = tmp_path / "run"
+    args = ["search", "--epochs", "50", "--set", "C=4", "--set", "layers=2", "--no-mlflow", "--out", str(out)]
+    proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = []
+    try:
+        for line in proc.stderr:  # wait, from the search's own log, until its first epoch has ended
+            log.append(line)
+            if line.startswith("epoch   1 "):
+                proc.send_signal(signum)
+                break
+        log.extend(proc.stderr)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(log)
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr
+    finished = json.loads((out / "interrupted.json").read_text())
+    assert finished["epochs"] == 50 and 1 <= finished["epochs_finished"] < 50
+    assert len(json.loads((out / "history.json").read_text())) == finished["epochs_finished"]
+    assert (out / "genotype.json").is_file()
+
+
 def test_keyboard_interrupt_raised_inside_a_command_exits_130(tmp_path):
     env = inject(tmp_path, INTERRUPTIBLE.format(folder=str(tmp_path), wait="raise KeyboardInterrupt"))
     result = run(["info", "darts-v2"], env)

@@ -105,16 +105,22 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     epochs = searcher.config.epochs
     log.info("search: %s on %s, %d epochs, %d steps/epoch, device %s, output %s", cfg.searcher, cfg.dataset,
              epochs, len(train_loader), searcher.device, out)
+    finished: list[dict[str, float]] = []  # the metrics of every finished epoch, kept if interrupted
     start = time.perf_counter()
-    with _progress(progress, epochs * len(train_loader)) as advance:
-        def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            log.info("epoch %3d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %s", epoch + 1,
-                     m.get("train_loss", float("nan")), m.get("train_acc", float("nan")),
-                     m.get("val_loss", float("nan")), m.get("val_acc", float("nan")),
-                     _extra(m))
+    try:
+        with _progress(progress, epochs * len(train_loader)) as advance:
+            def on_epoch(epoch: int, m: dict[str, float]) -> None:
+                finished.append(m)
+                log.info("epoch %3d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %s", epoch + 1,
+                         m.get("train_loss", float("nan")), m.get("train_acc", float("nan")),
+                         m.get("val_loss", float("nan")), m.get("val_acc", float("nan")),
+                         _extra(m))
 
-        history = run_search(searcher, train_loader, val_loader, epochs, on_epoch=on_epoch,
-                             on_step=lambda i, n: advance())
+            history = run_search(searcher, train_loader, val_loader, epochs, on_epoch=on_epoch,
+                                 on_step=lambda i, n: advance())
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from the command line: save what exists, then stop
+        save_interrupted(searcher, finished, epochs, out)
+        raise
     seconds = time.perf_counter() - start
     genotype = searcher.derive()
     artifacts = write_search_artifacts(searcher, genotype, history, out)
@@ -124,6 +130,18 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
 
         log_search_run(cfg, result)
     return result
+
+
+def save_interrupted(searcher: Any, finished: list[dict[str, float]], epochs: int, out: Path) -> None:
+    """After an interrupt: the artifacts of the finished epochs (genotype derived from the alphas as they
+    are now, history, pictures) and ``interrupted.json`` saying how far the search got."""
+    if not finished:
+        log.warning("search interrupted before its first epoch ended: nothing to save")
+        return
+    write_search_artifacts(searcher, searcher.derive(), finished, out)
+    (out / "interrupted.json").write_text(json.dumps({"epochs_finished": len(finished), "epochs": epochs}))
+    log.warning("search interrupted after %d of %d epochs: %s holds their history and the genotype derived "
+                "from the alphas at the interrupt", len(finished), epochs, out)
 
 
 def _extra(m: dict[str, float]) -> str:
