@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from dartboard.errors import UserInputError
+
 T = TypeVar("T")
 
 
@@ -28,4 +30,5 @@ class Registry(dict[str, T]):
         try:
             return self[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(sorted(self))}") from None
+            known = ", ".join(sorted(self))
+            raise UserInputError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None

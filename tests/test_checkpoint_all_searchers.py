@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from dartboard.platform.worker import STATE_FILE, load_state, save_state, to_plain
+from dartboard.platform.worker import STATE_FILE
 from dartboard.searchers.base import seed_everything, set_rng_state
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
+from dartboard.training.checkpoint import load_state, save_state, to_plain
 
 SHAPE = DataShape(1, 8, 10)
 TINY = {"C": 4, "layers": 2, "epochs": 3}

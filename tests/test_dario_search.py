@@ -15,6 +15,7 @@ from dartboard.platform import dario_run
 from dartboard.searchers.dario import DarioConfig, DarioSearcher
 from dartboard.spaces import genotype as G
 from dartboard.spaces.vit import create_vit, rebuild_pruned
+from dartboard.training import vit_finetune
 
 
 def test_warm_start_keeps_the_best_sample(tiny_vit):
@@ -71,7 +72,7 @@ def test_finetune_trains_only_last_block_and_head(tiny_vit):
     model.load_state_dict(tiny_vit.state_dict())
     train, _ = _random_loaders()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    dario_run.finetune_last_block(model, train, epochs=1)
+    vit_finetune.finetune_last_block(model, train, epochs=1)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("blocks.2.", "head.", "norm.")) for k in changed)
 
@@ -91,10 +92,9 @@ def test_cli_prune_with_a_local_checkpoint(tiny_vit, tmp_path):
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
-    from dartboard.platform import cli_dario
-    from dartboard.platform.cli import app
+    from dartboard.platform.cli import build_app
 
-    cli_dario.register(app)
+    app = build_app()
     ckpt = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, str(ckpt))
     out = tmp_path / "pruned"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from dartboard.platform.data import load_dataset, make_loader, search_split
+from dartboard.data.datasets import load_dataset, make_loader, search_split
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.discretize import darts_parse

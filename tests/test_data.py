@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dartboard.platform.data import DataError, load_dataset, search_split
+from dartboard.data.datasets import DataError, load_dataset, search_split
 
 
 def test_digits_is_bundled_and_split():

@@ -98,7 +98,7 @@ def test_handcrafted_and_darts_genotypes():
 
 
 def test_distance_command_prints_matrix_and_draws_heatmap(tmp_path, capsys):
-    from dartboard.platform.cli_ddarts import distance
+    from dartboard.platform.cli.distance import distance
 
     out = tmp_path / "m.png"
     distance(["resnet18", "resnet18", "darts-v1"], out=out)

@@ -49,10 +49,10 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def champion(server, tmp_path_factory):
     """A digits search (tiny supernet, 1 epoch), its final network trained 1 epoch, registered."""
+    from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import SearchRunConfig
-    from dartboard.platform.data import load_dataset
     from dartboard.platform.run import run_search_job
-    from dartboard.platform.train import TrainConfig, train_genotype
+    from dartboard.training.final import TrainConfig, train_genotype
 
     out = tmp_path_factory.mktemp("champion")
     cfg = SearchRunConfig(searcher="darts", batch_size=256, seed=0, device="cpu", mlflow=False, out=str(out / "search"),
@@ -99,8 +99,8 @@ def test_champion_alias_tags_and_pull_rebuilds_network(server, champion, tmp_pat
     assert _cli(["pull", "digits-net@champion", "--to", "pulled", "--tracking-uri", server["uri"]]) == 0
     pulled = fresh / "pulled"
     assert {"genotype.json", "weights.safetensors", "network.json"} <= {p.name for p in pulled.iterdir()}
-    from dartboard.platform.data import load_dataset, make_loader
-    from dartboard.platform.train import evaluate
+    from dartboard.data.datasets import load_dataset, make_loader
+    from dartboard.training.final import evaluate
 
     net = registry.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
                                      "weights": pulled / "weights.safetensors"})
@@ -204,10 +204,10 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
     """A real digits sweep (Ray Tune + Train) with final training registers NAME@champion on the
     server; `dartboard pull` in a fresh folder rebuilds a network with the logged test accuracy."""
     ray = pytest.importorskip("ray")
+    from dartboard.data.datasets import load_dataset, make_loader
     from dartboard.platform.config import SweepConfig
-    from dartboard.platform.data import load_dataset, make_loader
     from dartboard.platform.sweep import run_sweep
-    from dartboard.platform.train import evaluate
+    from dartboard.training.final import evaluate
 
     cfg = SweepConfig(name="digits-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
                       options={"C": 4, "layers": 2}, params={"arch_lr": {"type": "loguniform", "low": 1e-4,

@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dartboard.platform.worker import (
-    STATE_FILE,
-    allreduce_mean,
-    from_plain,
-    load_state,
-    nonfinite_reason,
-    save_state,
-    to_plain,
-)
+from dartboard.platform.worker import STATE_FILE, allreduce_mean, nonfinite_reason
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.registry import DataShape, build_searcher
+from dartboard.training.checkpoint import from_plain, load_state, save_state, to_plain
 
 TINY = {"C": 4, "layers": 2, "epochs": 2}
 SHAPE = DataShape(1, 8, 10)
@@ -82,11 +75,11 @@ def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     derived genotype agree, and the checkpoint's genotype is the reported one. The objective is the
     derived architecture's accuracy after a short training (rank 0 trains, broadcasts): it equals the
     same training run here on the search split's halves."""
+    from dartboard.data.datasets import Splits, load_dataset, search_split
     from dartboard.platform.config import SearchRunConfig
-    from dartboard.platform.data import Splits, load_dataset, search_split
-    from dartboard.platform.train import TrainConfig, train_genotype
     from dartboard.platform.worker import make_trainer
     from dartboard.spaces import genotype as gt
+    from dartboard.training.final import TrainConfig, train_genotype
 
     run = {"searcher": "darts", "dataset": "digits", "batch_size": 32, "seed": 0, "device": "cpu",
            "options": {"C": 4, "layers": 2, "epochs": 1}}

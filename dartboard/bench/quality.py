@@ -74,7 +74,7 @@ def run_trial(spec: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] |
 
     from dartboard.bench.regret import RegretTracker
     from dartboard.bench.table import load_table
-    from dartboard.platform.data import load_dataset, make_loader, search_split
+    from dartboard.data.datasets import load_dataset, make_loader, search_split
     from dartboard.searchers.base import seed_everything
     from dartboard.searchers.loop import run_search
     from dartboard.searchers.registry import DataShape, build_searcher

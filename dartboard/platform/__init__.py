@@ -1,1 +1,1 @@
-"""Where and when searches run: data, CLI, Ray Train/Tune, Optuna, MLflow."""
+"""Where and when searches run: CLI, Ray Train/Tune, Optuna, MLflow."""

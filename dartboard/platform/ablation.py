@@ -156,13 +156,13 @@ def ablation_trial(config: dict[str, Any]) -> None:
     import ray.tune
     import torch
 
+    from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import SearchRunConfig, resolve_device
-    from dartboard.platform.data import load_dataset
     from dartboard.platform.registry import network_spec
     from dartboard.platform.run import make_searcher, search_loaders, write_search_artifacts
-    from dartboard.platform.train import TrainConfig, train_genotype
     from dartboard.searchers.base import seed_everything
     from dartboard.searchers.loop import run_epoch
+    from dartboard.training.final import TrainConfig, train_genotype
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     study = AblationStudy(**config["study"])

@@ -34,18 +34,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dartboard.platform.dario_run import (
-    PruneResult,
-    compare_throughput,
-    evaluate,
-    finetune_last_block,
-    prune_model,
-    train_epochs,
-)
+from dartboard.platform.dario_run import PruneResult, compare_throughput, prune_model
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.dario import THRESHOLD, DarioConfig, prior_mean_for_keep_probability
 from dartboard.spaces.genotype import GateGenotype
 from dartboard.spaces.vit import create_vit, infer_input_shape
+from dartboard.training.vit_finetune import evaluate, finetune_last_block, train_epochs
 
 DEMO_MODEL = "vit_tiny_patch16_224"
 # A small ViT for the 8x8 digits: 2x2 patches (16 tokens), 6 blocks of width 96 (674k parameters). Width 64
@@ -85,7 +79,7 @@ class DemoSettings:
 
 
 def digits_loaders(seed: int, batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
-    from dartboard.platform.data import load_dataset, make_loader
+    from dartboard.data.datasets import load_dataset, make_loader
 
     splits = load_dataset("digits")
     return (make_loader(splits.train, batch_size, shuffle=True, seed=seed),

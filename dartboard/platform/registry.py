@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from dartboard.errors import UserInputError
+
 log = logging.getLogger("dartboard")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -212,7 +214,7 @@ set_model(DartboardNetwork())
 '''
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(UserInputError):
     """A pulled model that does not match what was registered; it is never loaded."""
 
 
@@ -225,8 +227,8 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
 
     import mlflow
 
-    from dartboard.platform.train import sha256_file
     from dartboard.spaces import genotype as gt
+    from dartboard.training.final import sha256_file
 
     if "genotype" not in files:
         raise ValueError("files: a registered model needs a 'genotype' file")
@@ -277,11 +279,11 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
         name, version = body.rsplit(":" if ":" in body else "/", 1)
         alias = None
         if not version.isdigit():
-            raise ValueError(f"model {ref!r}: version {version!r} is not a number; expected NAME:VERSION")
+            raise UserInputError(f"model {ref!r}: version {version!r} is not a number; expected NAME:VERSION")
     else:
         name, alias, version = body, None, None
     if not name:
-        raise ValueError(f"model {ref!r}: expected NAME[@ALIAS|:VERSION]")
+        raise UserInputError(f"model {ref!r}: expected NAME[@ALIAS|:VERSION]")
     return name, alias, version
 
 
@@ -295,10 +297,10 @@ def resolve_version(uri: str | None, ref: str):
             return c.get_model_version(name, version)
         versions = c.search_model_versions(f"name='{name}'")
     except Exception as err:  # noqa: BLE001 - MLflow raises RestException/MlflowException
-        raise ValueError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
+        raise UserInputError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
                          f"{str(err).splitlines()[0]}") from None
     if not versions:
-        raise ValueError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
+        raise UserInputError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
     return max(versions, key=lambda v: int(v.version))
 
 
@@ -307,8 +309,8 @@ def verify_model_dir(folder, tags: Mapping[str, str]) -> None:
     recorded a SHA-256 for must exist and match it. Raises ModelIntegrityError / GenotypeError."""
     from pathlib import Path
 
-    from dartboard.platform.train import sha256_file
     from dartboard.spaces import genotype as gt
+    from dartboard.training.final import sha256_file
 
     folder = Path(folder)
     if not (folder / GENOTYPE_FILE).is_file():
@@ -362,8 +364,8 @@ def build_from_files(files: Mapping[str, str | os.PathLike]):
     import json
     from pathlib import Path
 
-    from dartboard.platform.train import TrainConfig, load_network
     from dartboard.spaces import genotype as gt
+    from dartboard.training.final import TrainConfig, load_network
 
     genotype = gt.load(files["genotype"])
     if "network" not in files or "weights" not in files:

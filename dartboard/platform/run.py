@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dartboard.data.datasets import Splits, load_dataset, make_loader, search_split
+from dartboard.errors import UserInputError, user_input
 from dartboard.platform.config import SearchRunConfig, resolve_device
-from dartboard.platform.data import Splits, load_dataset, make_loader, search_split
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
@@ -43,7 +44,12 @@ def data_shape(splits: Splits) -> DataShape:
 
 
 def make_searcher(cfg: SearchRunConfig, splits: Splits):
-    return build_searcher(cfg.searcher, cfg.searcher_options(), data_shape(splits), resolve_device(cfg.device))
+    """The searcher of the run. Its options, space and device come from the user: the registry checks
+    them (names, values) before it builds, so a ``ValueError`` from here is about that input."""
+    with user_input(f"searcher {cfg.searcher!r}"):
+        options = cfg.searcher_options()
+        device = resolve_device(cfg.device)
+        return build_searcher(cfg.searcher, options, data_shape(splits), device)
 
 
 def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
@@ -56,7 +62,7 @@ def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
 def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
     train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
     if len(train) < cfg.batch_size:
-        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the search training split "
+        raise UserInputError(f"batch_size: {cfg.batch_size} is larger than the search training split "
                          f"({len(train)} samples)")
     return (make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True),
             make_loader(val, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, drop_last=True))
@@ -99,16 +105,22 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     epochs = searcher.epochs
     log.info("search: %s on %s, %d epochs, %d steps/epoch, device %s, output %s", cfg.searcher, cfg.dataset,
              epochs, len(train_loader), searcher.device, out)
+    finished: list[dict[str, float]] = []  # the metrics of every finished epoch, kept if interrupted
     start = time.perf_counter()
-    with _progress(progress, epochs * len(train_loader)) as advance:
-        def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            log.info("epoch %3d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %s", epoch + 1,
-                     m.get("train_loss", float("nan")), m.get("train_acc", float("nan")),
-                     m.get("val_loss", float("nan")), m.get("val_acc", float("nan")),
-                     _extra(m))
+    try:
+        with _progress(progress, epochs * len(train_loader)) as advance:
+            def on_epoch(epoch: int, m: dict[str, float]) -> None:
+                finished.append(m)
+                log.info("epoch %3d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %s", epoch + 1,
+                         m.get("train_loss", float("nan")), m.get("train_acc", float("nan")),
+                         m.get("val_loss", float("nan")), m.get("val_acc", float("nan")),
+                         _extra(m))
 
-        history = run_search(searcher, train_loader, val_loader, epochs, on_epoch=on_epoch,
-                             on_step=lambda i, n: advance())
+            history = run_search(searcher, train_loader, val_loader, epochs, on_epoch=on_epoch,
+                                 on_step=lambda i, n: advance())
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from the command line: save what exists, then stop
+        save_interrupted(searcher, finished, epochs, out)
+        raise
     seconds = time.perf_counter() - start
     genotype = searcher.derive()
     artifacts = write_search_artifacts(searcher, genotype, history, out)
@@ -118,6 +130,18 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
 
         log_search_run(cfg, result)
     return result
+
+
+def save_interrupted(searcher: Any, finished: list[dict[str, float]], epochs: int, out: Path) -> None:
+    """After an interrupt: the artifacts of the finished epochs (genotype derived from the alphas as they
+    are now, history, pictures) and ``interrupted.json`` saying how far the search got."""
+    if not finished:
+        log.warning("search interrupted before its first epoch ended: nothing to save")
+        return
+    write_search_artifacts(searcher, searcher.derive(), finished, out)
+    (out / "interrupted.json").write_text(json.dumps({"epochs_finished": len(finished), "epochs": epochs}))
+    log.warning("search interrupted after %d of %d epochs: %s holds their history and the genotype derived "
+                "from the alphas at the interrupt", len(finished), epochs, out)
 
 
 def _extra(m: dict[str, float]) -> str:

@@ -378,11 +378,11 @@ def init_ray(cfg: SweepConfig) -> None:
 def train_champion(cfg: SweepConfig, best: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Train the best genotype from scratch (``cfg.final_training``) on the study's data; the folder
     holds genotype.json, network.json and weights.safetensors, ready for the registry."""
+    from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import resolve_device
-    from dartboard.platform.data import load_dataset
     from dartboard.platform.registry import NETWORK_FILE, network_spec
-    from dartboard.platform.train import TrainConfig, train_genotype
     from dartboard.spaces import genotype as gt
+    from dartboard.training.final import TrainConfig, train_genotype
 
     final = cfg.final_training
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)

@@ -22,50 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from dartboard.training.checkpoint import load_state, save_state
 
 STATE_FILE = "searcher.pt"
 STATUS_FILE = "status.json"
-
-
-# ------------------------------------------------------------------ plain checkpoints
-def to_plain(obj: Any) -> Any:
-    """Replace what ``torch.load(weights_only=True)`` refuses (numpy arrays and scalars, e.g. in
-    numpy's RNG state) by tagged tensors/numbers; containers are walked (tuples stay tuples)."""
-    if isinstance(obj, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy()),
-                "dtype": str(obj.dtype)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_plain(v) for v in obj)
-    return obj
-
-
-def from_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if "__ndarray__" in obj and set(obj) == {"__ndarray__", "dtype"}:
-            return obj["__ndarray__"].numpy().astype(obj["dtype"])
-        return {k: from_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_plain(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(from_plain(v) for v in obj)
-    return obj
-
-
-def save_state(state: dict[str, Any], path: str | Path) -> Path:
-    torch.save(to_plain(state), path)
-    return Path(path)
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    return from_plain(torch.load(path, map_location="cpu", weights_only=True))
 
 
 # ------------------------------------------------------------------ distributed pieces
@@ -145,7 +107,7 @@ def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, searcher: Any 
     """The search split's train/val halves, each sharded over ranks (equal batch counts per rank)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from dartboard.platform.data import search_split
+    from dartboard.data.datasets import search_split
     from dartboard.platform.run import train_fraction
 
     train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
@@ -179,8 +141,8 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from dartboard.bench.regret import attach_if_tiny81
+    from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import SearchRunConfig
-    from dartboard.platform.data import load_dataset
     from dartboard.platform.run import data_shape
     from dartboard.searchers.base import seed_everything
     from dartboard.searchers.loop import run_epoch
@@ -273,8 +235,8 @@ def _derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[s
                       device: torch.device, rank: int, world: int) -> float:
     """Train the derived architecture briefly on the search-train half, score it on the val half
     (never on the test split: the sweep selects on this number). Rank 0 trains; all ranks agree."""
-    from dartboard.platform.data import Splits
-    from dartboard.platform.train import TrainConfig, train_genotype
+    from dartboard.data.datasets import Splits
+    from dartboard.training.final import TrainConfig, train_genotype
 
     acc = 0.0
     if rank == 0:

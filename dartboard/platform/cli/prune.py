@@ -10,19 +10,18 @@ from pathlib import Path
 
 import typer
 
-from dartboard.searchers.dario import (
-    GATE_GRADIENTS,
-    ITERATIONS,
-    MODEL_LR,
-    SEARCH_LR,
-    THRESHOLD,
-    WARMUP_MEAN,
-    WARMUP_SAMPLES,
-    DarioConfig,
-)
-from dartboard.searchers.proxies import DEFAULT_PROXY
+from dartboard.errors import UserInputError, user_input
+from dartboard.platform.cli.defaults import literal_constants
 
 log = logging.getLogger(__name__)
+
+# The thesis' defaults, read from the searcher's source so that --help does not import torch.
+_DARIO = literal_constants("dartboard.searchers.dario", "GATE_GRADIENTS", "ITERATIONS", "MODEL_LR", "SEARCH_LR",
+                           "THRESHOLD", "WARMUP_MEAN", "WARMUP_SAMPLES")
+GATE_GRADIENTS, ITERATIONS, MODEL_LR, SEARCH_LR = (_DARIO[k] for k in ("GATE_GRADIENTS", "ITERATIONS", "MODEL_LR",
+                                                                          "SEARCH_LR"))
+THRESHOLD, WARMUP_MEAN, WARMUP_SAMPLES = _DARIO["THRESHOLD"], _DARIO["WARMUP_MEAN"], _DARIO["WARMUP_SAMPLES"]
+DEFAULT_PROXY = literal_constants("dartboard.searchers.proxies", "DEFAULT_PROXY")["DEFAULT_PROXY"]
 
 
 def _kwargs(text: str | None) -> dict:
@@ -31,9 +30,9 @@ def _kwargs(text: str | None) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--model-kwargs: expected a JSON object such as '{{\"img_size\": 32}}' ({err})") from None
+        raise UserInputError(f"--model-kwargs: expected a JSON object such as '{{\"img_size\": 32}}' ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--model-kwargs: expected a JSON object, got {text!r}")
+        raise UserInputError(f"--model-kwargs: expected a JSON object, got {text!r}")
     return data
 
 
@@ -43,7 +42,8 @@ def _mlflow(uri: str | None) -> str | None:
 
 def prune(
     model: str = typer.Argument("demo", help="timm model name (random init; weights from --checkpoint), or 'demo'"),
-    checkpoint: Path | None = typer.Option(None, help="pre-trained state_dict (.safetensors or torch file)"),
+    checkpoint: Path | None = typer.Option(None, exists=True, dir_okay=False,
+                                           help="pre-trained state_dict (.safetensors or torch file)"),
     granularity: str = typer.Option("block", help="block | head | both (thesis 6.1.1)"),
     proxy: str = typer.Option(DEFAULT_PROXY, help="Table 6.1 proxy to minimise"),
     threshold: float = typer.Option(THRESHOLD, help="gates sigmoid(alpha) under this are pruned (thesis 0.65)"),
@@ -72,6 +72,7 @@ def prune(
     import torch
 
     from dartboard.platform import dario_run
+    from dartboard.searchers.dario import DarioConfig
     from dartboard.spaces.vit import count_parameters, create_vit, load_state_dict_file
 
     is_demo = demo or model == "demo"
@@ -89,7 +90,8 @@ def prune(
                              optimizer=optimizer, seed=seed, **search)
     if warmup_mean is not None:
         config = replace(config, warmup_mean=warmup_mean)
-    config.validate()
+    with user_input():  # only checks the options' values
+        config.validate()
     torch.manual_seed(seed)
     if is_demo:
         report, result = dario_demo.run_demo(settings, seed=seed, config=config)
@@ -119,8 +121,8 @@ def prune(
 
 
 def prune_study(
-    n_models: int = typer.Option(20, help="random pruned models per repeat (thesis: 100)"),
-    repeats: int = typer.Option(3, help="independent repeats for the 95% CIs (thesis: 12)"),
+    n_models: int = typer.Option(20, min=3, help="random pruned models per repeat (thesis: 100)"),
+    repeats: int = typer.Option(3, min=1, help="independent repeats for the 95% CIs (thesis: 12)"),
     finetune_epochs: int = typer.Option(2, help="brief fine-tuning of each sampled model"),
     seed: int = typer.Option(0),
     train_epochs: int = typer.Option(40, help="epochs training the demo ViT that plays the pre-trained model"),

@@ -1,16 +1,30 @@
-"""`dartboard bench build-table` and `dartboard bench quality` (the tiny81 benchmark)."""
+"""`dartboard bench`: speed and memory of a search step, and the tiny81 benchmark (build-table, quality)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from dartboard.errors import UserInputError, user_input
+
 log = logging.getLogger("dartboard")
 DEFAULT_TABLE_OUT = "dartboard/data/tiny81.json"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserInputError(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
 def build_table_cmd(
@@ -28,8 +42,9 @@ def build_table_cmd(
     from dartboard.bench.table import TableProtocol, build_table
 
     kw = {"epochs": epochs, "channels": channels, "threads": threads,
-          "seeds": tuple(int(s) for s in seeds.split(",")) if seeds else None}
-    protocol = TableProtocol(**{k: v for k, v in kw.items() if v is not None})
+          "seeds": tuple(parse_seeds(seeds)) if seeds else None}
+    with user_input():  # only checks the protocol's values
+        protocol = TableProtocol(**{k: v for k, v in kw.items() if v is not None})
     command = "dartboard " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--reverse")
     command = command.split(" --offset")[0]
 
@@ -55,12 +70,14 @@ def quality_cmd(
     own_parse: bool = typer.Option(False, "--own-parse", help="Keep each preset's discretizer (default: the "
                                    "DARTS parse, whose outcomes are exactly the table's members)."),
     no_random: bool = typer.Option(False, "--no-random", help="Leave out random search."),
-    table: Path = typer.Option(None, help="Table JSON (default: the shipped dartboard/data/tiny81.json)."),
+    table: Path = typer.Option(None, exists=True, dir_okay=False,
+                               help="Table JSON (default: the shipped dartboard/data/tiny81.json)."),
     out: Path = typer.Option(Path("runs/bench-quality"), help="Output folder."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
     experiment: str = typer.Option("dartboard-quality", help="MLflow experiment."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
-    rescore: Path = typer.Option(None, help="Do not search: rescore this quality.json against the (rebuilt) "
+    rescore: Path = typer.Option(None, exists=True, dir_okay=False,
+                                 help="Do not search: rescore this quality.json against the (rebuilt) "
                                  "table from its recorded architectures, rewriting its table and plot."),
 ) -> None:
     """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search."""
@@ -80,9 +97,10 @@ def quality_cmd(
         names = [s.strip() for s in searchers.split(",") if s.strip()]
     else:
         names = [s for s in DEFAULT_SEARCHERS if s in SEARCHERS]
-    cfg = QualityConfig(searchers=names, seeds=[int(s) for s in seeds.split(",")], epochs=epochs, workers=workers,
-                        parse=None if own_parse else "darts", random_search=not no_random,
-                        table=str(table) if table else None)
+    with user_input():  # only checks the configuration's values
+        cfg = QualityConfig(searchers=names, seeds=parse_seeds(seeds), epochs=epochs,
+                            workers=workers, parse=None if own_parse else "darts", random_search=not no_random,
+                            table=str(table) if table else None)
     log.info("bench quality: %s x seeds %s, %d epochs, %d workers%s", ", ".join(names), cfg.seeds, epochs, workers,
              " (Ray Tune)" if ray else "")
     result = run_quality(cfg, out, ray=ray, ray_address=ray_address)
@@ -93,8 +111,88 @@ def quality_cmd(
         typer.echo(f"mlflow: run {run_id}")
 
 
-def register(app: typer.Typer) -> None:
-    from dartboard.platform.cli import bench_app
+def bench_speed(
+    batch: int = typer.Option(64, help="Batch size."),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    order: int = typer.Option(1, help="1 or 2."),
+    channels: int = typer.Option(16),
+    layers: int = typer.Option(8),
+    input_size: int = typer.Option(32),
+    warmup: int = typer.Option(3),
+    repeats: int = typer.Option(10),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """ms per search iteration (alpha step + weight step) of the default supernet on synthetic data."""
+    result = speed_benchmark(batch, device, precision, order, channels, layers, input_size, warmup, repeats)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"device {result['device']}  precision {precision}  order {order}  batch {batch}  "
+               f"C={channels} layers={layers} input {input_size}x{input_size}")
+    typer.echo(f"median {result['ms_per_iter']:.1f} ms/iter (min {result['ms_min']:.1f}, max {result['ms_max']:.1f}) "
+               f"over {repeats} iterations after {warmup} warm-up; {result['images_per_s']:.1f} images/s")
 
+
+def speed_benchmark(batch: int, device: str, precision: str, order: int, channels: int, layers: int,
+                    input_size: int, warmup: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from dartboard.platform.config import resolve_device
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    with user_input("device"):  # only checks that the device exists
+        dev = resolve_device(device)
+    with user_input():  # only checks the options' values
+        searcher = build_searcher("darts", {"C": channels, "layers": layers, "order": order,
+                                            "precision": precision}, DataShape(3, input_size, 10), dev)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, input_size, input_size, generator=gen).to(dev)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(dev)
+
+    def sync() -> None:
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        searcher.step((x, y), (x, y))
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        searcher.step((x, y), (x, y))
+        sync()
+        times.append(time.perf_counter() - start)
+    med = statistics.median(times)
+    return {"device": dev, "ms_per_iter": med * 1e3, "ms_min": min(times) * 1e3, "ms_max": max(times) * 1e3,
+            "images_per_s": batch / med}
+
+
+def bench_memory(
+    batch: int = typer.Option(32, help="batch size"),
+    channels: int = typer.Option(8, "--C", help="initial channels of the supernet"),
+    layers: int = typer.Option(5, help="number of cells"),
+    input_size: int = typer.Option(32, help="image side"),
+    steps: int = typer.Option(2, help="measured search steps"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)"),
+) -> None:
+    """Peak memory of a D-DARTS step with L_T (ablation loss) against L_F, and their ratio."""
+    import torch
+
+    from dartboard.bench import memory as bench
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    setting = bench.Setting(batch=batch, C=channels, layers=layers, input_size=input_size, steps=steps,
+                            device=device)
+    results = bench.run(setting)
+    typer.echo(bench.report(results, setting))
+
+
+def register(app: typer.Typer) -> None:
+    bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (speed, memory, quality).")
+    bench_app.command("speed")(bench_speed)
+    bench_app.command("memory")(bench_memory)
     bench_app.command("build-table")(build_table_cmd)
     bench_app.command("quality")(quality_cmd)
+    app.add_typer(bench_app, name="bench")

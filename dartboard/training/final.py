@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dartboard.platform.data import Splits, make_loader
+from dartboard.data.datasets import Splits, make_loader
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from dartboard.errors import UserInputError, user_input
+
 
 def sweep(
     study: str = typer.Argument(None, help="Study YAML, or the name of a preset in dartboard/platform/studies "
@@ -29,16 +31,18 @@ def sweep(
 
     if resume is not None:
         if study is not None:
-            raise ValueError("resume: give either a study or --resume RUN_DIR, not both")
-        name = study_name(resolve_storage(resume))
+            raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
+        with user_input("--resume"):  # only reads the study file of the run directory
+            name = study_name(resolve_storage(resume))
         hooks = [] if no_mlflow else [SweepTracker(tracking_uri, register_as=name)]
         result = run_sweep(resume=resume, callbacks=hooks)
     else:
-        cfg = load_study(study)
-        overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
-                                       "ray_address": address}.items() if v is not None}
-        cfg = SweepConfig(**{**cfg.model_dump(), **overrides})
-        validate_study(cfg)
+        with user_input():  # only reads and validates the study
+            cfg = load_study(study)
+            overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
+                                           "ray_address": address}.items() if v is not None}
+            cfg = SweepConfig(**{**cfg.model_dump(), **overrides})
+            validate_study(cfg)
         # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
         hooks = [] if no_mlflow else [SweepTracker(tracking_uri, register_as=cfg.name)]
         result = run_sweep(cfg, callbacks=hooks)

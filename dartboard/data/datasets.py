@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from dartboard.errors import UserInputError
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 DIGITS_TEST_SEED = 0  # the held-out test split of digits is fixed, so test accuracies compare
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A dataset that cannot be loaded; the message says how to provide it."""
 
 

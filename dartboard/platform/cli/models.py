@@ -1,4 +1,4 @@
-"""`dartboard pull`, `dartboard models list|show` and `dartboard ablate`."""
+"""`dartboard models list|show` and `dartboard pull`: the MLflow model registry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-models_app = typer.Typer(no_args_is_help=True, help="Registered models (MLflow model registry).")
+from dartboard.errors import UserInputError
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 
@@ -52,7 +52,7 @@ def models_show(
     c = client(tracking_uri)
     versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     if not versions:
-        raise ValueError(f"model {name!r}: no registered model of that name")
+        raise UserInputError(f"model {name!r}: no registered model of that name")
     out = []
     for v in versions:
         metrics = {}
@@ -75,38 +75,9 @@ def models_show(
             typer.echo(f"    metric {k} = {val:.6g}")
 
 
-def ablate(
-    study: Path = typer.Argument(..., help="Study YAML (see dartboard/platform/studies/ablation_*.yaml)."),
-    out: Path = typer.Option(None, help="Output folder (default runs/ablation-NAME)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the study in this folder after a stop."),
-    address: str = typer.Option(None, help="Ray cluster address (auto, ray://...); default: a local Ray."),
-    num_cpus: int = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
-    storage: str = typer.Option(None, help="Ray storage for checkpoints (s3://, gs://, NFS); default OUT/ray."),
-    tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
-    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
-) -> None:
-    """Run a comparative ablation study (variants x seeds on Ray) and write its table and plots."""
-    from dartboard.platform.ablation import load_study, run_ablation
-
-    overrides = {}
-    if tracking_uri:
-        overrides["tracking_uri"] = tracking_uri
-    if no_mlflow:
-        overrides["mlflow"] = False
-    if storage:
-        overrides["storage_path"] = storage
-    cfg = load_study(study, overrides)
-    folder = resume or out or Path("runs") / f"ablation-{cfg.name}"
-    summary = run_ablation(cfg, folder, resume=resume is not None, address=address, num_cpus=num_cpus)
-    typer.echo(Path(summary["table_md"]).read_text())
-    typer.echo(f"table: {summary['table_md']} and {summary['table_csv']}")
-    if summary["champion"] is not None:
-        typer.echo(f"champion: {summary['champion'].name} version {summary['champion'].version}")
-
-
 def register(app: typer.Typer) -> None:
-    app.command("pull")(pull)
-    app.command("ablate")(ablate)
+    models_app = typer.Typer(no_args_is_help=True, help="Registered models (MLflow model registry).")
     models_app.command("list")(models_list)
     models_app.command("show")(models_show)
     app.add_typer(models_app, name="models")
+    app.command("pull")(pull)

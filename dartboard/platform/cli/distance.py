@@ -1,10 +1,12 @@
-"""``dartboard distance`` (thesis 4.1.5, Fig 4.8) and ``dartboard bench memory`` (D-DARTS L_T vs L_F)."""
+"""``dartboard distance``: the architecture distance M between genotypes (thesis 4.1.5, Eq 4.8, Fig 4.8)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from dartboard.errors import UserInputError
 
 
 def distance(
@@ -16,7 +18,7 @@ def distance(
     from dartboard.spaces.distance import distance_matrix
 
     if len(genotypes) < 2:
-        raise ValueError(f"genotypes: expected at least two, got {len(genotypes)}")
+        raise UserInputError(f"genotypes: expected at least two, got {len(genotypes)}")
     labels = [Path(g).stem if Path(g).suffix == ".json" else g for g in genotypes]
     matrix = distance_matrix([resolve(g) for g in genotypes])
     width = max(8, *(len(label) for label in labels)) + 2
@@ -50,29 +52,5 @@ def _heatmap(matrix: list[list[float]], labels: list[str], out: Path) -> None:
     plt.close(fig)
 
 
-def bench_memory(
-    batch: int = typer.Option(32, help="batch size"),
-    channels: int = typer.Option(8, "--C", help="initial channels of the supernet"),
-    layers: int = typer.Option(5, help="number of cells"),
-    input_size: int = typer.Option(32, help="image side"),
-    steps: int = typer.Option(2, help="measured search steps"),
-    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)"),
-) -> None:
-    """Peak memory of a D-DARTS step with L_T (ablation loss) against L_F, and their ratio."""
-    import torch
-
-    from dartboard.bench import memory as bench
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    setting = bench.Setting(batch=batch, C=channels, layers=layers, input_size=input_size, steps=steps,
-                            device=device)
-    results = bench.run(setting)
-    typer.echo(bench.report(results, setting))
-
-
 def register(app: typer.Typer) -> None:
-    from dartboard.platform.cli import bench_app
-
     app.command("distance")(distance)
-    bench_app.command("memory")(bench_memory)

@@ -1,0 +1,66 @@
+"""Errors about the user's input (torch-free, so any layer can raise them).
+
+A :class:`UserInputError` says that what the user gave (a flag, a file, a config value, a name)
+cannot be used, and names the field, the value and what was expected. It subclasses ``ValueError``
+so that callers catching ``ValueError`` keep working.
+
+The ``dartboard`` command prints a user error as one line and exits 2 (:func:`is_user_error`):
+a ``UserInputError``, a genotype that cannot be read (``GenotypeError``) or a config rejected by
+pydantic (``ValidationError``). A plain ``ValueError`` is a bug like any other: traceback, exit 1.
+Those other types are matched through the modules that define them, only when these are already
+loaded (an exception cannot come from a module never imported), so the check imports nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class UserInputError(ValueError):
+    """Bad input from the user; the message names the field, the value and what was expected."""
+
+
+#: (module, class name) of the other exceptions that are about the user's input.
+INPUT_ERROR_TYPES = (
+    ("dartboard.spaces.genotype", "GenotypeError"),
+    ("pydantic", "ValidationError"),
+)
+
+
+def is_user_error(err: BaseException) -> bool:
+    if isinstance(err, UserInputError):
+        return True
+    for module_name, type_name in INPUT_ERROR_TYPES:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, type_name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(err, cls):
+            return True
+    return False
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error on one line (pydantic's errors as ``field: message; ...``)."""
+    errors = getattr(err, "errors", None)
+    if type(err).__name__ == "ValidationError" and callable(errors):
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()]
+        return "invalid configuration: " + "; ".join(parts)
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+@contextmanager
+def user_input(context: str | None = None) -> Iterator[None]:
+    """Around a call that only reads and validates what the user gave (a study file, a config's
+    values): its ``ValueError`` or ``FileNotFoundError`` is about that input, so it becomes a
+    :class:`UserInputError`.
+
+    Never put work (training, I/O of results) inside: a ``ValueError`` there is a bug.
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        if is_user_error(err):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise UserInputError(f"{context}: {message}" if context else message) from err

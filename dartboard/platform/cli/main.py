@@ -1,0 +1,107 @@
+"""The ``dartboard`` command: one Typer app, its commands registered once, on first use.
+
+Each command group lives in its own module of this package (listed in :data:`COMMAND_MODULES`,
+each with a ``register(app)``). Those modules import only typer and the standard library at the
+top; torch, ray and mlflow are imported inside the commands, so ``--help`` and usage errors are
+instant.
+
+The contract of the command line (CONVENTIONS.md):
+
+- usage errors (unknown flag, missing argument, bad value) print click's usage message and exit 2;
+- bad input (:func:`dartboard.errors.is_user_error`) prints one line and exits 2;
+- Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks and ``except KeyboardInterrupt``
+  handlers have saved what exists;
+- anything else is a bug: its traceback is printed and the exit code is 1.
+
+Click does the first and the interrupt part itself in standalone mode (``app()`` ends in
+``sys.exit``), so nothing here depends on click's exception classes, which typer 0.29 vendors
+under a private module path.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import functools
+import importlib
+import logging
+import signal
+import sys
+import threading
+
+import typer
+
+from dartboard.errors import is_user_error, one_line
+
+#: Modules whose ``register(app)`` adds commands; one per command group.
+COMMAND_MODULES = (
+    "dartboard.platform.cli.search",
+    "dartboard.platform.cli.train",
+    "dartboard.platform.cli.info",
+    "dartboard.platform.cli.sweep",
+    "dartboard.platform.cli.ablate",
+    "dartboard.platform.cli.models",
+    "dartboard.platform.cli.distance",
+    "dartboard.platform.cli.prune",
+    "dartboard.platform.cli.bench",
+)
+
+SIGINT_EXIT = 128 + signal.SIGINT  # 130
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143
+
+
+@functools.cache
+def build_app() -> typer.Typer:
+    """The app with every command registered; built once per process, however often ``main`` runs."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      rich_markup_mode=None,  # plain click help and usage errors: no rich import, one error line
+                      help="dartboard: differentiable architecture search, from laptop to Ray cluster.")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+    return app
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same handlers save what exists; exit code 143."""
+
+
+_terminated: list[int] = []  # the SIGTERM received, if any
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _terminated.append(signum)
+    raise Terminated(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line and exit with the contract's code (never returns)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _terminated.clear()
+    if argv is None and hasattr(signal, "SIGUSR1"):  # the real command line: `kill -USR1 PID` prints every
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread's stack (a stuck sweep, say)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    if in_main_thread:
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _run(argv)
+    finally:
+        if in_main_thread:  # main([...]) called from Python leaves the process's SIGTERM handler as it was
+            signal.signal(signal.SIGTERM, previous_sigterm if previous_sigterm is not None else signal.SIG_DFL)
+
+
+def _run(argv: list[str] | None) -> None:
+    app = build_app()
+    try:
+        app(args=argv, prog_name="dartboard")  # standalone: always ends in SystemExit
+    except SystemExit as done:
+        if done.code == SIGINT_EXIT and _terminated:  # click exits 130 on any KeyboardInterrupt
+            sys.exit(SIGTERM_EXIT)
+        raise
+    except Terminated:  # raised outside click's handler (e.g. while it was building the context)
+        sys.exit(SIGTERM_EXIT)
+    except KeyboardInterrupt:
+        sys.exit(SIGINT_EXIT)
+    except Exception as err:
+        if is_user_error(err):
+            typer.echo(f"error: {one_line(err)}", err=True)
+            sys.exit(2)
+        raise  # a bug: Python prints the traceback and exits 1

@@ -1,0 +1,85 @@
+"""`dartboard search` (one architecture search on this machine) and `dartboard searchers`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dartboard.errors import UserInputError, user_input
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are parsed as YAML scalars (numbers, bools, lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserInputError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            reason = " ".join(str(err).split())
+            raise UserInputError(f"--set {item!r}: the value is not valid YAML ({reason})") from None
+    return out
+
+
+def search(
+    config: Path = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                help="YAML run config (flags override it)."),
+    searcher: str = typer.Option(None, help="Searcher or preset name (see `dartboard searchers`)."),
+    space: str = typer.Option(None, help="Cell space (darts, darts-none, s_o, s1..s4, ...)."),
+    start: str = typer.Option(None, help="DARTOpti: starting architecture (resnet18, resnet50, xception)."),
+    dataset: str = typer.Option(None, help="digits (default), cifar10, cifar100, imagefolder."),
+    data_root: str = typer.Option(None, help="Folder holding the local dataset."),
+    epochs: int = typer.Option(None, help="Search epochs."),
+    batch_size: int = typer.Option(None, help="Batch size (train and val)."),
+    order: int = typer.Option(None, help="DARTS order: 1 or 2."),
+    precision: str = typer.Option(None, help="fp32, bf16 or fp16."),
+    seed: int = typer.Option(None, help="Seed of the run."),
+    device: str = typer.Option(None, help="auto (default), cpu, cuda."),
+    out: str = typer.Option(None, help="Output directory (default runs/search-...)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
+    set_: list[str] = typer.Option(None, "--set", help="Searcher option KEY=VALUE (repeatable)."),
+) -> None:
+    """Run an architecture search and write genotype.json, alpha history and cell pictures."""
+    from dartboard.platform.config import SearchRunConfig, load_yaml
+    from dartboard.platform.run import run_search_job
+
+    with user_input():  # only reads and checks the YAML file
+        data = load_yaml(config) if config else {}
+    flags = {"searcher": searcher, "dataset": dataset, "data_root": data_root, "batch_size": batch_size,
+             "seed": seed, "device": device, "out": out, "tracking_uri": tracking_uri}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if no_mlflow:
+        data["mlflow"] = False
+    options = dict(data.get("options") or {})
+    options.update({k: v for k, v in {"space": space, "start": start, "epochs": epochs, "order": order,
+                                      "precision": precision}.items() if v is not None})
+    options.update(parse_set(set_))
+    data["options"] = options
+    cfg = SearchRunConfig(**data)
+    result = run_search_job(cfg)
+    typer.echo(f"genotype written to {result.artifacts['genotype']}")
+    from dartboard.spaces.genotype import to_dict
+
+    typer.echo(json.dumps(to_dict(result.genotype)))
+    typer.echo(f"search took {result.seconds:.1f} s")
+
+
+def searchers_cmd() -> None:
+    """List the registered searchers and presets."""
+    from dartboard.searchers.registry import SEARCHERS
+
+    for name in sorted(SEARCHERS):
+        typer.echo(f"{name:24s} {SEARCHERS[name].description}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("searchers")(searchers_cmd)

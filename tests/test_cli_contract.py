@@ -1,0 +1,259 @@
+"""The command line's contract, through the installed ``dartboard`` console script (CONVENTIONS.md):
+usage errors exit 2 with click's one-line error, bad input exits 2 with one line, interrupts exit
+130/143 after ``finally`` blocks ran, internal errors keep their traceback and exit 1; ``--help`` and
+usage errors import neither torch nor ray nor mlflow; commands are registered once per process.
+
+Faults are injected from a state the test controls: a ``sitecustomize`` module on the subprocess's
+``PYTHONPATH`` replaces the function behind ``dartboard info`` before the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "ray", "mlflow", "optuna")
+
+
+def console_script() -> str:
+    """The installed entry point itself (not a pyenv shim), so signals reach the Python process."""
+    script = Path(sysconfig.get_path("scripts")) / "dartboard"
+    found = str(script) if script.is_file() else shutil.which("dartboard")
+    if found is None:
+        pytest.skip("the dartboard console script is not installed (pip install -e .)")
+    return found
+
+
+def env_for(*front: Path, **extra: str) -> dict[str, str]:
+    """The subprocess runs this checkout's code (and ``front`` folders first, e.g. a sitecustomize)."""
+    path = os.pathsep.join([*map(str, front), str(REPO)])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def run(args: list[str], env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([console_script(), *args], env=env or env_for(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """Top-level names of every module imported, from ``PYTHONPROFILEIMPORTTIME`` output."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            names.add(name.split(".")[0])
+    return names
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.lower().startswith("error")]
+
+
+# ------------------------------------------------------------------ help and usage errors are instant
+@pytest.mark.parametrize("args, code", [
+    (["--help"], 0),
+    (["search", "--help"], 0),
+    (["bench", "--help"], 0),
+    (["train", "darts-v2", "--workers", "2"], 2),
+    (["prune", "demo", "--no-such-flag"], 2),
+])
+def test_help_and_bad_flags_import_no_heavy_module(args, code):
+    result = run(args, env_for(PYTHONPROFILEIMPORTTIME="1"))
+    assert result.returncode == code, result.stderr[-2000:]
+    modules = imported_modules(result.stderr)
+    assert "dartboard" in modules  # the profile did record this checkout's imports
+    assert not modules & set(HEAVY), f"{args} imported {sorted(modules & set(HEAVY))}"
+
+
+def test_help_lists_every_command_once():
+    result = run(["--help"])
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.startswith("  ")]
+    for name in ("search", "train", "info", "searchers", "sweep", "ablate", "models", "pull", "distance", "prune",
+                 "prune-study", "bench"):
+        assert listed.count(name) == 1, (name, listed)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "darts-v2", "--workers", "2"], "No such option: --workers"),
+    (["info"], "Missing argument"),
+    (["search", "--epochs", "many"], "Invalid value for '--epochs'"),
+    (["bench", "spede"], "No such command 'spede'"),
+    (["ablate", "/nonexistent/study.yaml"], "does not exist"),
+])
+def test_usage_errors_exit_2_with_one_error_line(args, message):
+    result = run(args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+# ------------------------------------------------------------------ user errors vs bugs
+def inject(tmp_path: Path, body: str) -> dict[str, str]:
+    """A sitecustomize that replaces ``network_info`` (what ``dartboard info`` calls) by ``body``."""
+    folder = tmp_path / "inject"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import dartboard.platform.cli.info as info\n\n\n"
+        "def network_info(*args, **kwargs):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n\n"
+        "info.network_info = network_info\n")
+    return env_for(folder)
+
+
+def test_a_user_input_error_is_one_line_exit_2(tmp_path):
+    env = inject(tmp_path, """
+        from dartboard.errors import UserInputError
+        raise UserInputError("channels: expected a positive integer, got -1")
+    """)
+    result = run(["info", "darts-v2"], env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: channels: expected a positive integer, got -1"
+
+
+def test_an_internal_value_error_keeps_its_traceback_exit_1(tmp_path):
+    env = inject(tmp_path, """
+        raise ValueError("an internal bug, not the user's input")
+    """)
+    result = run(["info", "darts-v2"], env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().endswith("ValueError: an internal bug, not the user's input")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "darts-v9"], "'darts-v9' is neither a file nor a catalog name"),
+    (["distance", "resnet18"], "genotypes: expected at least two, got 1"),
+    (["bench", "quality", "--seeds", "0,x", "--no-mlflow"], "--seeds: expected comma-separated integers"),
+    (["bench", "speed", "--precision", "fp64"], "precision: expected fp32, bf16 or fp16, got 'fp64'"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    result = run(args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------ interrupts
+INTERRUPTIBLE = """
+    import pathlib, time
+    folder = pathlib.Path({folder!r})
+    try:
+        (folder / "started").write_text("running")
+        {wait}
+    finally:
+        (folder / "saved").write_text("what exists")
+"""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_exits_130_or_143_after_saving(tmp_path, signum, code):
+    env = inject(tmp_path, INTERRUPTIBLE.format(folder=str(tmp_path), wait="time.sleep(300)"))
+    proc = subprocess.Popen([console_script(), "info", "darts-v2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not (tmp_path / "started").exists():  # the command is inside its work
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr
+    assert (tmp_path / "saved").read_text() == "what exists"
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_search_saves_its_finished_epochs(tmp_path, signum, code):
+    import json
+
+    out = tmp_path / "run"
+    args = ["search", "--epochs", "50", "--set", "C=4", "--set", "layers=2", "--no-mlflow", "--out", str(out)]
+    proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = []
+    try:
+        for line in proc.stderr:  # wait, from the search's own log, until its first epoch has ended
+            log.append(line)
+            if line.startswith("epoch   1 "):
+                proc.send_signal(signum)
+                break
+        log.extend(proc.stderr)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(log)
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr
+    finished = json.loads((out / "interrupted.json").read_text())
+    assert finished["epochs"] == 50 and 1 <= finished["epochs_finished"] < 50
+    assert len(json.loads((out / "history.json").read_text())) == finished["epochs_finished"]
+    assert (out / "genotype.json").is_file()
+
+
+def test_keyboard_interrupt_raised_inside_a_command_exits_130(tmp_path):
+    env = inject(tmp_path, INTERRUPTIBLE.format(folder=str(tmp_path), wait="raise KeyboardInterrupt"))
+    result = run(["info", "darts-v2"], env)
+    assert result.returncode == 130, result.stderr
+    assert (tmp_path / "saved").is_file()
+
+
+# ------------------------------------------------------------------ registration
+def test_commands_are_registered_once_however_often_main_runs(capsys):
+    import typer
+
+    from dartboard.platform.cli import build_app, main
+
+    for _ in range(2):
+        with pytest.raises(SystemExit) as done:
+            main(["--help"])
+        assert done.value.code == 0
+    capsys.readouterr()
+    app = build_app()
+    assert build_app() is app
+    names = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert len(names) == len(set(names)) == 12, names
+    assert sorted(typer.main.get_command(app).commands) == sorted(names)
+
+
+def test_main_called_from_python_leaves_the_sigterm_handler_as_it_was(capsys):
+    from dartboard.platform.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_help_defaults_read_from_source_equal_the_imported_constants():
+    from dartboard.platform.cli import prune
+    from dartboard.searchers import dario, proxies
+
+    for name in ("GATE_GRADIENTS", "ITERATIONS", "MODEL_LR", "SEARCH_LR", "THRESHOLD", "WARMUP_MEAN",
+                 "WARMUP_SAMPLES"):
+        assert getattr(prune, name) == getattr(dario, name), name
+    assert prune.DEFAULT_PROXY == proxies.DEFAULT_PROXY
+
+
+def test_literal_constants_refuses_a_missing_name():
+    from dartboard.platform.cli.defaults import literal_constants
+
+    with pytest.raises(LookupError, match="NO_SUCH_CONSTANT"):
+        literal_constants("dartboard.searchers.dario", "THRESHOLD", "NO_SUCH_CONSTANT")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,56 @@
+"""User-input errors: which exceptions count as the user's, and the validation wrapper."""
+
+from __future__ import annotations
+
+import pytest
+
+from dartboard.errors import UserInputError, is_user_error, one_line, user_input
+
+
+def test_only_input_errors_are_user_errors():
+    from pydantic import BaseModel, ValidationError
+
+    from dartboard.spaces.genotype import GenotypeError
+
+    class Run(BaseModel):
+        batch_size: int
+
+    with pytest.raises(ValidationError) as invalid:
+        Run(batch_size="many")
+    assert is_user_error(UserInputError("x")) and is_user_error(GenotypeError("x"))
+    assert is_user_error(invalid.value)
+    assert one_line(invalid.value).startswith("invalid configuration: batch_size: ")
+    assert not is_user_error(ValueError("an internal bug")) and not is_user_error(KeyError("k"))
+
+
+def test_user_input_turns_validation_value_errors_into_user_errors():
+    with pytest.raises(UserInputError, match=r"^--config: threshold: expected a value in \[0, 1\], got 2$") as err:
+        with user_input("--config"):
+            raise ValueError("threshold: expected a value in [0, 1],\n got 2")
+    assert isinstance(err.value.__cause__, ValueError)
+    with pytest.raises(UserInputError, match="study 'x' does not exist"):
+        with user_input():
+            raise FileNotFoundError("study 'x' does not exist")
+
+
+def test_user_input_leaves_other_errors_alone():
+    from dartboard.spaces.genotype import GenotypeError
+
+    with pytest.raises(GenotypeError):  # already a user error: unchanged (pydantic's keep their formatting)
+        with user_input("genotype"):
+            raise GenotypeError("normal.edges[0].op: unknown op")
+    with pytest.raises(RuntimeError):
+        with user_input():
+            raise RuntimeError("a bug")
+
+
+def test_registry_misses_are_user_errors():
+    from dartboard.registries import Registry
+
+    registry = Registry("space")
+    registry.add("darts", object())
+    with pytest.raises(UserInputError, match="unknown space 'nospace'; known spaces: darts"):
+        registry.lookup("nospace")
+    with pytest.raises(ValueError) as duplicate:  # registering twice is a bug, not the user's input
+        registry.add("darts", object())
+    assert not is_user_error(duplicate.value)
