@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dartboard.platform.worker import (
-    STATE_FILE,
-    allreduce_mean,
-    from_plain,
-    load_state,
-    nonfinite_reason,
-    save_state,
-    to_plain,
-)
+from dartboard.platform.ray.checkpoint import STATE_FILE, from_plain, load_state, save_state, to_plain
+from dartboard.platform.ray.worker import allreduce_mean, nonfinite_reason
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.registry import DataShape, build_searcher
 
@@ -85,7 +78,7 @@ def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.data import Splits, load_dataset, search_split
     from dartboard.platform.train import TrainConfig, train_genotype
-    from dartboard.platform.worker import make_trainer
+    from dartboard.platform.ray.worker import make_trainer
     from dartboard.spaces import genotype as gt
 
     run = {"searcher": "darts", "dataset": "digits", "batch_size": 32, "seed": 0, "device": "cpu",

@@ -18,7 +18,7 @@ def pull(
     tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
 ) -> None:
     """Download a registered model's genotype and weights, verified against the recorded SHA-256."""
-    from dartboard.platform.registry import pull_model
+    from dartboard.platform.tracking.models import pull_model
 
     folder, version = pull_model(tracking_uri, model, to)
     typer.echo(f"{version.name} version {version.version} written to {folder}")
@@ -28,7 +28,7 @@ def pull(
 
 def models_list(tracking_uri: str = typer.Option(None, help=TRACKING_HELP)) -> None:
     """Registered models with their latest version and aliases."""
-    from dartboard.platform.registry import client
+    from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
     models = c.search_registered_models()
@@ -47,7 +47,7 @@ def models_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Every version of NAME with its aliases, tags (study, searcher, metrics, SHA-256) and run metrics."""
-    from dartboard.platform.registry import client
+    from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
     versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
@@ -76,30 +76,31 @@ def models_show(
 
 
 def ablate(
-    study: Path = typer.Argument(..., help="Study YAML (see dartboard/platform/studies/ablation_*.yaml)."),
-    out: Path = typer.Option(None, help="Output folder (default runs/ablation-NAME)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the study in this folder after a stop."),
+    study: str = typer.Argument(None, help="Study YAML or preset name (see dartboard/platform/studies/ablation_*)."),
+    out: Path = typer.Option(None, help="The study's run directory (default STORAGE/NAME-TIMESTAMP)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the study in this run directory after a stop."),
     address: str = typer.Option(None, help="Ray cluster address (auto, ray://...); default: a local Ray."),
     num_cpus: int = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
-    storage: str = typer.Option(None, help="Ray storage for checkpoints (s3://, gs://, NFS); default OUT/ray."),
+    storage: str = typer.Option(None, help="Where run directories live (s3://, gs://, NFS); default runs/studies."),
     tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
 ) -> None:
     """Run a comparative ablation study (variants x seeds on Ray) and write its table and plots."""
     from dartboard.platform.ablation import load_study, run_ablation
 
-    overrides = {}
-    if tracking_uri:
-        overrides["tracking_uri"] = tracking_uri
-    if no_mlflow:
-        overrides["mlflow"] = False
-    if storage:
-        overrides["storage_path"] = storage
-    cfg = load_study(study, overrides)
-    folder = resume or out or Path("runs") / f"ablation-{cfg.name}"
-    summary = run_ablation(cfg, folder, resume=resume is not None, address=address, num_cpus=num_cpus)
+    if resume is not None:
+        if study is not None:
+            raise ValueError("resume: give either a study or --resume RUN_DIR, not both")
+        summary = run_ablation(resume=str(resume), tracking_uri=tracking_uri, mlflow=not no_mlflow)
+    else:
+        if study is None:
+            raise ValueError("study: give a study YAML or preset name (or --resume RUN_DIR)")
+        overrides = {k: v for k, v in {"storage": storage, "ray_address": address,
+                                       "ray_num_cpus": num_cpus}.items() if v is not None}
+        cfg = load_study(study, overrides)
+        summary = run_ablation(cfg, out=out, tracking_uri=tracking_uri, mlflow=not no_mlflow)
     typer.echo(Path(summary["table_md"]).read_text())
-    typer.echo(f"table: {summary['table_md']} and {summary['table_csv']}")
+    typer.echo(f"table: {summary['table_md']} and {summary['table_csv']}; run directory: {summary['run_dir']}")
     if summary["champion"] is not None:
         typer.echo(f"champion: {summary['champion'].name} version {summary['champion'].version}")
 

@@ -114,7 +114,7 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     artifacts = write_search_artifacts(searcher, genotype, history, out)
     result = SearchResult(genotype, history, out, seconds, artifacts, searcher)
     if cfg.mlflow:
-        from dartboard.platform.registry import log_search_run
+        from dartboard.platform.tracking.runs import log_search_run
 
         log_search_run(cfg, result)
     return result
