@@ -77,8 +77,8 @@ def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     same training run here on the search split's halves."""
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.data import Splits, load_dataset, search_split
-    from dartboard.platform.train import TrainConfig, train_genotype
     from dartboard.platform.ray.worker import make_trainer
+    from dartboard.platform.train import TrainConfig, train_genotype
     from dartboard.spaces import genotype as gt
 
     run = {"searcher": "darts", "dataset": "digits", "batch_size": 32, "seed": 0, "device": "cpu",

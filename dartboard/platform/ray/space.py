@@ -28,11 +28,12 @@ def validate_study(cfg: StudyConfig) -> None:
     from dartboard.spaces.catalog import get_space
 
     specs = {}
-    for name in cfg.searchers():
+    for v in cfg.variants:
         try:
-            specs[name] = get_searcher_spec(name)
+            specs[v.searcher] = get_searcher_spec(v.searcher)
         except ValueError as err:
-            raise ValueError(f"searcher: {err}") from None
+            where = "searcher" if v.name == v.searcher and len(cfg.variants) == 1 else f"variants.{v.name}.searcher"
+            raise ValueError(f"{where}: {err}") from None
     if cfg.space is not None:
         try:
             get_space(cfg.space)
@@ -81,25 +82,26 @@ def validate_study(cfg: StudyConfig) -> None:
 
 
 def _dry_build(cfg: StudyConfig) -> None:
-    """Build each variant's searcher once on a tiny shape with every applicable parameter at a
-    representative value: option values the searcher refuses (a regularizer option that does not
-    exist, a threshold out of range) fail here, before any trial starts, naming the parameter."""
+    """Build each variant's searcher on a tiny shape and derive once, with every applicable parameter
+    at its lowest and at its highest value: option values the searcher refuses (a regularizer option
+    that does not exist, a threshold out of range) fail here, before any trial starts."""
     from dartboard.searchers.registry import DataShape, build_searcher
 
     for v in cfg.variants:
-        sample = {"variant": v.name}
-        for pname, dist in cfg.params.items():
-            d = dist.model_dump()
-            if _applies(d, v.name, v.searcher):
-                sample[pname] = d["values"][0] if d["type"] == "choice" else (
-                    int(d["low"]) if d["type"] == "int" else d["low"])
-        run = SearchRunConfig(**trial_run_config(cfg, sample))
-        try:
-            build_searcher(run.searcher, run.searcher_options(), DataShape(1, 8, 10), "cpu")
-        except (ValueError, TypeError) as err:
-            names = ", ".join(k for k in sample if k != "variant") or "its fixed options"
-            raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options ({names}): "
-                             f"{err}") from None
+        for end in ("low", "high"):
+            sample: dict[str, Any] = {"variant": v.name}
+            for pname, dist in cfg.params.items():
+                d = dist.model_dump()
+                if _applies(d, v.name, v.searcher):
+                    value = d["values"][0 if end == "low" else -1] if d["type"] == "choice" else d[end]
+                    sample[pname] = int(value) if d["type"] == "int" else value
+            run = SearchRunConfig(**trial_run_config(cfg, sample))
+            try:
+                build_searcher(run.searcher, run.searcher_options(), DataShape(1, 8, 10), "cpu").derive()
+            except (ValueError, TypeError, KeyError) as err:
+                names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
+                raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
+                                 f"({names}): {err}") from None
 
 
 def _applies(dist: dict[str, Any], variant: str, searcher: str) -> bool:
