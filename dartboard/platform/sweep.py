@@ -6,16 +6,18 @@ from __future__ import annotations
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray.runner import StudyResult, load_study, run_study, stored_study  # noqa: F401
 from dartboard.platform.ray.space import validate_study  # noqa: F401 - re-exported for the CLI
+from dartboard.platform.ray.trial import TrialHook
 
 
 def run_sweep(cfg: StudyConfig | None = None, *, resume: str | None = None, tracking_uri: str | None = None,
-              mlflow: bool = True) -> StudyResult:
-    """Run (or resume) a sweep; the best genotype is also written to RUN_DIR/best_genotype.json."""
+              mlflow: bool = True, hooks: list[TrialHook] = ()) -> StudyResult:
+    """Run (or resume) a sweep; the best genotype is also written to RUN_DIR/best_genotype.json.
+    ``hooks`` get each finished trial's payload as it ends."""
     from pathlib import Path
 
     from dartboard.platform.tracking.study import StudyTracker
 
-    result = run_study(cfg, resume=resume, tracker=StudyTracker(tracking_uri) if mlflow else None)
+    result = run_study(cfg, resume=resume, tracker=StudyTracker(tracking_uri) if mlflow else None, hooks=hooks)
     if result.best is not None and "://" not in result.run_dir:
         from dartboard.spaces import genotype as gt
 

@@ -166,8 +166,12 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
                 return
             searcher.load_state_dict(ck.load_state(Path(d) / ck.STATE_FILE))
             progress = ck.read_progress(Path(d))
+    pg = ray.util.get_current_placement_group()
+    # Where this trial runs: lets the study driver free the workers' placement group when the trial
+    # ends (Ray Train's own cleaner fails when two Ray instances share a machine).
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
     if progress["done"]:  # finished before a driver crash: report the last result again
-        ray.train.report(progress["history"][-1])
+        ray.train.report({**progress["history"][-1], **where})
         return
     if world > 1:
         searcher.distribute(ddp_wrapper(device), average_grads_hook(world))
@@ -175,8 +179,6 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
 
     from dartboard.searchers.loop import run_epoch
 
-    pg = ray.util.get_current_placement_group()
-    pg_id = pg.id.hex() if pg is not None else ""  # lets the study driver free it when ASHA stops the trial
     epochs, final = searcher.epochs, config.get("final")
     genotype = None
     searched = bool(progress["history"]) and progress["history"][-1].get("search_done") == 1.0
@@ -197,7 +199,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
             return
         last = done_epochs == epochs or bool(searcher.stop_requested)
         digests = gather_digests(replica_digest(searcher, genotype), world)
-        report = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg_id,
+        report = {**metrics, **where,
                   "replicas_identical": float(len(set(digests)) == 1), "replica_digests": digests,
                   "epoch": done_epochs, "objective": metrics.get("val_acc", 0.0), "search_done": float(last),
                   "search_seconds": progress["search_seconds"], "genotype": genotype_json(genotype), "done": 0.0}
@@ -214,7 +216,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
         if last:
             break
     if final is not None:
-        _final_training(searcher, genotype, splits, config, cfg, device, rank, progress)
+        _final_training(searcher, genotype, splits, config, cfg, device, rank, progress, where)
 
 
 def _numbers(report: dict[str, Any]) -> dict[str, float]:
@@ -261,7 +263,7 @@ def _report_nonfinite(rank: int, reason: str, epoch: int, required: Sequence[str
 
 
 def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str, Any], cfg: Any,
-                    device: torch.device, rank: int, progress: dict[str, Any]) -> None:
+                    device: torch.device, rank: int, progress: dict[str, Any], where: dict[str, str]) -> None:
     """``final_training.scope: trial``: rank 0 trains the derived genotype from scratch (seeded, so a
     retried trial gets the same network) and the last report carries its test metrics."""
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
@@ -283,7 +285,7 @@ def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str,
         values = _broadcast(values, device)
         result = {"test_acc": values[0], "test_error": 100.0 * (1.0 - values[0]), "test_loss": values[1],
                   "parameters": values[2], "train_seconds": values[3]}
-        report = {**last, **result, "genotype": genotype_json(genotype), "search_done": 1.0, "done": 1.0}
+        report = {**last, **result, **where, "genotype": genotype_json(genotype), "search_done": 1.0, "done": 1.0}
         if config["objective"]["kind"] == "final":
             report["objective"] = result["test_acc"]
         progress["history"][-1] = _numbers(report)
