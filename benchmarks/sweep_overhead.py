@@ -3,7 +3,7 @@
     python benchmarks/sweep_overhead.py                 # runs the bundled digits preset, then measures
     python benchmarks/sweep_overhead.py --run-dir DIR   # measures a finished sweep's run directory
 
-overhead = wall / (sum of trial times / max_concurrent) - 1 (goal: < 25% on 2 CPU cores). A trial's
+overhead = wall / (sum of trial times / max_concurrent) - 1 (goal: < 10% on 2 CPU cores). A trial's
 time is Tune's ``time_total_s`` (its function running, TorchTrainer start-up included). Inside
 trials the time is split into start-up (trial start to the first epoch report minus one epoch:
 controller + worker processes importing torch, process group, data, supernet) and epochs. What

@@ -143,9 +143,6 @@ def _run(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -
             trainable, param_space=grid_param_space(cfg) if cfg.sampler == "grid" else None,
             tune_config=tune.TuneConfig(search_alg=make_search_alg(cfg), scheduler=make_scheduler(cfg),
                                         num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent,
-                                        # a finished trial's driver actor runs the next trial: no process
-                                        # start (importing torch) between trials on the critical path
-                                        reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"run_trial_{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=parent, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

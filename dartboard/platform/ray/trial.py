@@ -121,7 +121,10 @@ def trial_payload(cfg: StudyConfig, run_dir: str, trial_id: str, config: dict, m
     found = last_checkpoint(run_dir, trial_id) if status != "error" else None
     history = found[1]["history"] if found else []
     last = history[-1] if history else {}
-    keep = {k: v for k, v in {**last, **metrics}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    from ray.tune.result import AUTO_RESULT_KEYS  # Tune's bookkeeping (pid, timers), not the trial's
+
+    keep = {k: v for k, v in {**last, **metrics}.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in AUTO_RESULT_KEYS}
     if found and status == "complete" and not found[1].get("done"):
         status = "pruned"  # its last epoch reported, but the trial never finished (e.g. final training)
     genotype = metrics.get("genotype")
