@@ -33,7 +33,7 @@ def quality_study(cfg: QualityConfig, ray_address: str | None = None, storage: s
                        variants=variants, space=space, seeds=list(cfg.seeds), sampler="grid", epochs=cfg.epochs,
                        batch_size=cfg.batch_size, train_fraction=cfg.train_fraction, num_samples=1,
                        max_concurrent=cfg.workers, scheduler={"type": "fifo"}, storage=storage,
-                       ray_address=ray_address, ray_num_cpus=None if ray_address else cfg.workers,
+                       ray_address=ray_address,
                        experiment="dartboard-quality", register_as=None,
                        report={"metrics": ["tiny81_regret", "tiny81_rank"], "rank_metric": "tiny81_regret",
                                "rank_mode": "min"})

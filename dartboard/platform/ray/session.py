@@ -45,3 +45,4 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
         ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env},
                  _system_config={"preload_python_modules": list(PRELOAD_MODULES)})
     return True
+
