@@ -148,7 +148,7 @@ def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one
                           {"name": "darts-C6", "searcher": "darts", "options": {"C": 6}}],
              "options": {"C": 4, "layers": 2}, "scheduler": {"type": "fifo"}, "max_concurrent": 2,
              "final_training": {"scope": "trial", "channels": 4, "layers": 2, "epochs": 1, "batch_size": 256},
-             "objective": {"kind": "final"}, "register_as": "tiny-champion", "ray_num_cpus": 2,
+             "objective": {"kind": "final"}, "register_as": "tiny-champion", "ray_num_cpus": 3,
              "report": {"metrics": ["test_error", "parameters", "search_seconds"], "rank_metric": "test_error",
                         "rank_mode": "min"}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(study))
@@ -160,7 +160,7 @@ def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one
     first = _cli(["tiny.yaml", "--out", str(run1), "--tracking-uri", uri], tmp_path / "first.log",
                  {EPOCH_GATE_ENV: str(gate)}, via_submit=True)
     try:
-        deadline = time.time() + 400  # a safety net only: the kill happens at the gate's state
+        deadline = time.time() + 1200  # a safety net only: the kill happens at the gate's state
         while not _held_after_epoch_1(gate, run1) and first.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -175,7 +175,7 @@ def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one
     try:
         for proc, log in ((second, "second.log"), (reference, "reference.log")):
             try:
-                proc.wait(timeout=600)
+                proc.wait(timeout=1500)  # a safety net only (a few minutes on 2 idle cores)
             except subprocess.TimeoutExpired:
                 pytest.fail(f"{log} did not finish:\n" + (tmp_path / log).read_text()[-6000:])
             assert proc.returncode == 0, (tmp_path / log).read_text()[-3000:]

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from dartboard.platform.config import SearchRunConfig, StudyConfig
 from dartboard.platform.ray.options import parse_path, set_option
 from dartboard.platform.ray.runner import load_study
-from dartboard.platform.ray.space import StudySpace, grid_param_space, trial_run_config, validate_study
+from dartboard.platform.ray.samplers import StudySpace
+from dartboard.platform.ray.space import grid_param_space, trial_run_config, validate_study
 from dartboard.searchers.registry import DataShape, build_searcher, get_searcher_spec
 
 

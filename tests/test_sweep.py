@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray.resources import check_resources
 from dartboard.platform.ray.runner import load_study
-from dartboard.platform.ray.space import StudySpace, make_search_alg, trial_run_config, validate_study
+from dartboard.platform.ray.samplers import StudySpace, make_search_alg
+from dartboard.platform.ray.space import trial_run_config, validate_study
 from dartboard.platform.ray.storage import check_storage, resolve_storage
 
 

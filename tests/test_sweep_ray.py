@@ -11,7 +11,7 @@ import pytest
 from dartboard.bench.regret import lookup_metrics
 from dartboard.bench.table import load_table
 from dartboard.platform.config import StudyConfig
-from dartboard.platform.ray.space import make_search_alg
+from dartboard.platform.ray.samplers import make_search_alg
 from dartboard.spaces import genotype as gt
 
 pytestmark = pytest.mark.ray

@@ -31,8 +31,9 @@ from ray import tune
 from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
+from dartboard.platform.ray.samplers import make_search_alg
 from dartboard.platform.ray.session import init_ray
-from dartboard.platform.ray.space import grid_param_space, make_scheduler, make_search_alg, validate_study
+from dartboard.platform.ray.space import grid_param_space, make_scheduler, validate_study
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, run_trial, trial_payload
 
 log = logging.getLogger("dartboard")

@@ -15,8 +15,7 @@ WORKER_START_TIMEOUT_S = "600"
 # prestarts when the driver connects have torch and dartboard loaded before the first trial asks for
 # them: trial drivers, Train controllers and Train workers then start without the import on the
 # critical path (PLATFORM-NOTES: worker start-up dominates short trials).
-PRELOAD_MODULES = ("torch", "ray.train.torch", "ray.tune", "dartboard.platform.ray.trial",
-                   "dartboard.platform.ray.worker", "dartboard.searchers.registry")
+PRELOAD_MODULES = ("torch", "ray.train.torch", "dartboard.platform.ray.worker")
 
 
 def worker_env() -> dict[str, str]:
@@ -45,4 +44,3 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
         ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env},
                  _system_config={"preload_python_modules": list(PRELOAD_MODULES)})
     return True
-

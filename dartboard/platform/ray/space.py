@@ -1,18 +1,14 @@
 """A study's search space: which trials exist (variants x seeds x sampled hyperparameters), how
-they are sampled (Optuna TPE or random, define-by-run with conditions; or a grid), and the search
-run each trial config stands for.
+they are sampled (a grid here; Optuna TPE or random in ``samplers.py``, which the trial processes
+never import), and the search run each trial config stands for.
 
 A trial config is ``{"variant": NAME, "seed": N, PATH: value, ...}``; ``variant`` and ``seed`` are
-left out where the study has only one. ASHA-stopped trials reach Optuna as PRUNED, never as
-complete with a truncated value (:class:`PruneAwareOptunaSearch`).
+left out where the study has only one.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
-
-from ray.tune.search.optuna import OptunaSearch
 
 from dartboard.platform.config import SearchRunConfig, StudyConfig
 from dartboard.platform.ray.options import parse_path, root_option, set_option
@@ -69,7 +65,8 @@ def validate_study(cfg: StudyConfig) -> None:
                 raise ValueError(f"params.{pname}.values: choices must be numbers, strings, booleans or null, "
                                  f"got {v!r}")
         for v in cfg.variants:
-            if _applies(dist.model_dump(), v.name, v.searcher) and root_option(pname) not in specs[v.searcher].options:
+            applies = condition_applies(dist.model_dump(), v.name, v.searcher)
+            if applies and root_option(pname) not in specs[v.searcher].options:
                 raise ValueError(f"params.{pname}: searcher {v.searcher!r} has no hyperparameter "
                                  f"{root_option(pname)!r}; its hyperparameters: "
                                  f"{', '.join(sorted(specs[v.searcher].options))}")
@@ -92,7 +89,7 @@ def _dry_build(cfg: StudyConfig) -> None:
             sample: dict[str, Any] = {"variant": v.name}
             for pname, dist in cfg.params.items():
                 d = dist.model_dump()
-                if _applies(d, v.name, v.searcher):
+                if condition_applies(d, v.name, v.searcher):
                     value = d["values"][0 if end == "low" else -1] if d["type"] == "choice" else d[end]
                     sample[pname] = int(value) if d["type"] == "int" else value
             run = SearchRunConfig(**trial_run_config(cfg, sample))
@@ -104,15 +101,15 @@ def _dry_build(cfg: StudyConfig) -> None:
                                  f"({names}): {err}") from None
 
 
-def _applies(dist: dict[str, Any], variant: str, searcher: str) -> bool:
+def condition_applies(dist: dict[str, Any], variant: str, searcher: str) -> bool:
     when = dist.get("when") or {}
     for key, actual in (("searcher", searcher), ("variant", variant)):
-        if key in when and not _matches(actual, when[key]):
+        if key in when and not value_matches(actual, when[key]):
             return False
     return True
 
 
-def _matches(value: Any, want: Any) -> bool:
+def value_matches(value: Any, want: Any) -> bool:
     return value in want if isinstance(want, list) else value == want
 
 
@@ -146,79 +143,7 @@ def trial_key(cfg: StudyConfig, trial_config: dict[str, Any], trial_id: str) -> 
     return f"{variant}/seed{seed}{extra}"
 
 
-# ------------------------------------------------------------------ samplers
-class StudySpace:
-    """Optuna define-by-run space (picklable: OptunaSearch saves its state with pickle)."""
-
-    def __init__(self, params: dict[str, dict[str, Any]], variants: dict[str, str]):
-        self.params, self.variants = params, variants  # variants: name -> searcher
-
-    def __call__(self, trial: Any) -> dict[str, Any] | None:
-        names = list(self.variants)
-        chosen: dict[str, Any] = {}
-        if len(names) > 1:
-            chosen["variant"] = trial.suggest_categorical("variant", names)
-        variant = chosen.get("variant", names[0])
-        for name, d in self.params.items():
-            if not _applies(d, variant, self.variants[variant]):
-                continue
-            others = {k: w for k, w in d["when"].items() if k not in ("searcher", "variant")}
-            if not all(_matches(chosen.get(k), w) for k, w in others.items()):
-                continue
-            kind = d["type"]
-            if kind == "choice":
-                chosen[name] = trial.suggest_categorical(name, d["values"])
-            elif kind == "int":
-                chosen[name] = trial.suggest_int(name, int(d["low"]), int(d["high"]), step=d["step"] or 1,
-                                                 log=d["log"])
-            else:
-                chosen[name] = trial.suggest_float(name, d["low"], d["high"], log=kind == "loguniform" or d["log"])
-        return None
-
-
-class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED (not complete with a truncated
-    value) and keys intermediate values by the reported epoch counter."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        value, step = result.get(self.metric), result.get("epoch")
-        if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
-            ot_trial = self._ot_trials[trial_id]
-            if int(step) not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
-                ot_trial.report(float(value), int(step))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if (not error and result is not None and result.get("search_done") != 1.0
-                and trial_id in self._ot_trials and trial_id not in self._completed_trials):
-            from optuna.trial import TrialState
-
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
-        if result is not None and not error and not math.isfinite(float(result.get(self.metric, math.nan))):
-            error, result = True, None  # a non-finite objective is a failed trial, never a value
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-def make_search_alg(cfg: StudyConfig) -> PruneAwareOptunaSearch | None:
-    """Optuna TPE (seeded; start-up trials scaled to the study) or Optuna random; None for a grid."""
-    import optuna
-
-    if cfg.sampler == "grid":
-        return None
-    if cfg.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
-    else:
-        # TPE's default 10 random start-up trials would make a small study pure random search.
-        startup = min(10, max(2, cfg.num_samples // 3))
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
-    params = {k: v.model_dump() for k, v in cfg.params.items()}
-    return PruneAwareOptunaSearch(space=StudySpace(params, {v.name: v.searcher for v in cfg.variants}),
-                                  metric="objective", mode="max", sampler=sampler)
-
-
+# ------------------------------------------------------------------ grid and scheduler
 def grid_param_space(cfg: StudyConfig) -> dict[str, Any]:
     """Tune's grid: every variant x every seed x every choice of every parameter."""
     from ray import tune
