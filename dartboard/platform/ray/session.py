@@ -11,11 +11,6 @@ from dartboard.platform.ray.resources import local_num_cpus
 
 # Worker start-up imports torch in fresh processes; Ray Train's 60 s default is tight on 2 busy cores.
 WORKER_START_TIMEOUT_S = "600"
-# Imported by every Ray worker process as it starts (Ray's preload_python_modules), so the workers Ray
-# prestarts when the driver connects have torch and dartboard loaded before the first trial asks for
-# them: trial drivers, Train controllers and Train workers then start without the import on the
-# critical path (PLATFORM-NOTES: worker start-up dominates short trials).
-PRELOAD_MODULES = ("torch", "ray.train.torch", "dartboard.platform.ray.worker")
 
 
 def worker_env() -> dict[str, str]:
@@ -41,6 +36,5 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
     else:
         # address="local": always a new private instance, never another `ray start` cluster on this machine.
         cpus = num_cpus or (local_num_cpus(cfg) if cfg is not None else os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env},
-                 _system_config={"preload_python_modules": list(PRELOAD_MODULES)})
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env})
     return True
