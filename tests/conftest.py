@@ -35,6 +35,8 @@ def tiny_vit():
 def ray_local():
     """A private local Ray instance for one test module (never another `ray start` cluster)."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    from dartboard.platform.ray.session import init_ray
+
+    init_ray(num_cpus=4)  # the platform's one ray.init (dashboard on)
     yield ray
     ray.shutdown()

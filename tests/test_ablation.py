@@ -1,5 +1,8 @@
-"""Ablation studies: summaries (hand-computed), presets, and a tiny study on a local Ray with a
-kill and a resume (through clusters/submit.py)."""
+"""Ablation studies on the one study runner: summaries (hand-computed), presets, and a tiny study
+whose driver is SIGKILLed while a trial is held inside its search (after epoch 1, by a gate file the
+test controls), then resumed: the resumed study equals an uninterrupted one (metrics per epoch,
+genotypes, final training), the held trial continued from its checkpoint (no epoch ran twice), and
+MLflow has one parent with a child per trial and the champion registered once."""
 
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dartboard.platform import ablation as ab
+from dartboard.platform.ablation import load_study
+from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray.space import validate_study
+from dartboard.platform.ray.worker import EPOCH_GATE_ENV
+from dartboard.platform.reports.tables import best_per_variant, mean_std, summarize, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "dartboard" / "platform" / "studies"
@@ -23,15 +30,17 @@ STUDIES = ROOT / "dartboard" / "platform" / "studies"
 
 def test_mean_std_matches_hand_values():
     # values 1, 2, 4: mean 7/3; sample variance ((4/3)^2 + (1/3)^2 + (5/3)^2) / 2 = 7/3
-    mean, std = ab.mean_std([1.0, 2.0, 4.0])
+    mean, std = mean_std([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3) and std == pytest.approx(math.sqrt(7 / 3))
-    assert ab.mean_std([5.0]) == (5.0, 0.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
 
 
 def _study(**kw):
-    base = {"name": "s", "variants": ["darts", {"name": "B", "searcher": "darts", "options": {"C": 6}}],
-            "seeds": [0, 1], "metrics": ["test_error", "parameters"]}
-    return ab.AblationStudy(**{**base, **kw})
+    base = {"name": "s", "variants": [{"name": "darts", "searcher": "darts"},
+                                      {"name": "B", "searcher": "darts", "options": {"C": 6}}],
+            "seeds": [0, 1], "sampler": "grid",
+            "report": {"metrics": ["test_error", "parameters"], "rank_metric": "test_error", "rank_mode": "min"}}
+    return StudyConfig(**{**base, **kw})
 
 
 def test_summarize_table_and_csv(tmp_path):
@@ -39,89 +48,176 @@ def test_summarize_table_and_csv(tmp_path):
     results = [{"variant": "darts", "seed": 0, "test_error": 10.0, "parameters": 100.0},
                {"variant": "darts", "seed": 1, "test_error": 14.0, "parameters": 300.0},
                {"variant": "B", "seed": 0, "test_error": 5.0, "parameters": 50.0}]
-    rows = ab.summarize(study, results)
+    rows = summarize(study, results)
     assert [r["variant"] for r in rows] == ["darts", "B"]
     assert rows[0]["test_error"] == pytest.approx((12.0, math.sqrt(8.0)))
     assert rows[1]["seeds"] == 1 and rows[1]["parameters"] == (50.0, 0.0)
-    md, csv_path = ab.write_tables(study, rows, tmp_path)
+    md, csv_path = write_tables(study, rows, tmp_path)
     assert "| darts | `darts` | 2 | 12.00 ± 2.83 | 200.00 ± 141.42 |" in md.read_text()
     assert csv_path.read_text().splitlines()[1].startswith("darts,darts,2,12,2.82843,200,141.421")
-    assert ab.best_per_variant(study, results)["darts"]["seed"] == 0
-    with pytest.raises(ValueError, match="'val_acc' is not reported"):
-        ab.summarize(_study(metrics=["val_acc"]), results)
+    assert best_per_variant(study, results)["darts"]["seed"] == 0
+    higher = _study(report={"metrics": ["test_error"], "rank_metric": "test_error", "rank_mode": "max"})
+    assert best_per_variant(higher, results)["darts"]["seed"] == 1
+    with pytest.raises(ValueError, match="report.metrics: 'val_acc' is not reported"):
+        summarize(_study(report={"metrics": ["val_acc"]}), results)
 
 
 def test_study_validation_names_the_field():
-    with pytest.raises(ValueError, match="names must be unique"):
-        _study(variants=["darts", "darts"])
-    with pytest.raises(ValueError, match="distinct seeds"):
+    with pytest.raises(ValueError, match="variants: names must be unique, repeated: darts"):
+        _study(variants=[{"name": "darts", "searcher": "darts"}] * 2)
+    with pytest.raises(ValueError, match="seeds: expected distinct seeds"):
         _study(seeds=[1, 1])
-    with pytest.raises(ValueError, match="unknown searchers for variants nope"):
-        ab.check_searchers(_study(variants=["nope"]))
+    with pytest.raises(ValueError, match="seeds: the 'tpe' sampler draws one configuration per trial"):
+        _study(sampler="tpe")
+    with pytest.raises(ValueError, match="num_samples: the grid sampler runs each grid point once"):
+        _study(num_samples=3)
+    with pytest.raises(ValueError, match="objective.kind: 'final' needs final_training with scope: trial"):
+        _study(objective={"kind": "final"})
+    with pytest.raises(ValueError, match="variants.nope.searcher: unknown searcher 'nope'"):
+        validate_study(_study(variants=[{"name": "nope", "searcher": "nope"}, {"name": "ok", "searcher": "darts"}]))
 
 
-@pytest.mark.parametrize("path", sorted(STUDIES.glob("ablation_*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*ablation*.yaml")), ids=lambda p: p.name)
 def test_presets_load_and_name_registered_searchers(path):
-    study = ab.load_study(path)
-    ab.check_searchers(study)
-    assert len(study.seeds) == 3 and study.metrics == ["test_error", "parameters", "search_seconds"]
+    study = load_study(path)
+    validate_study(study)
+    assert study.trial_seeds() == [0, 1, 2] and study.report.metrics == ["test_error", "parameters", "search_seconds"]
+    assert study.sampler == "grid" and study.final_training.scope == "trial" and study.objective.kind == "final"
 
 
 def test_maile_preset_has_every_table1_row():
-    study = ab.load_study(STUDIES / "ablation_maile_table1.yaml")
+    study = load_study(STUDIES / "ablation_maile_table1.yaml")
     assert [v.name for v in study.variants] == [
         "DARTS", "+CS10", "+FIMT", "+CRB", "+FIMT+CRB", "+PR", "+PR+FIMT", "+PR+FIMT+CRB", "+ADMM",
         "+ADMM+FIMT", "+ADMM+FIMT+CRB"]
 
 
-def _trial_results(storage: Path) -> list[Path]:
-    return [p for p in storage.rglob("result.json") if "checkpoint" in str(p.parent)]
+# ------------------------------------------------------------------ kill inside a trial, resume
+TIMING = ("search_seconds", "train_seconds")  # wall-clock durations: the only numbers allowed to differ
 
 
-def test_tiny_study_runs_on_ray_is_killed_and_resumes(tmp_path):
-    """2 variants x 2 seeds, 1 epoch each, tiny supernet; killed after its first finished trial."""
-    study = {"name": "tiny", "variants": ["darts", {"name": "darts-C6", "searcher": "darts", "options": {"C": 6}}],
-             "seeds": [0, 1], "batch_size": 256, "search": {"C": 4, "layers": 2, "epochs": 1},
-             "train": {"channels": 4, "layers": 2, "epochs": 1, "batch_size": 256}, "device": "cpu",
-             "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": "tiny-champion",
-             "max_concurrent_trials": 1}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(study))
-    out = tmp_path / "out"
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "clusters" / "submit.py"), "--local", "ablate",
-                             str(tmp_path / "tiny.yaml"), "--out", str(out), "--num-cpus", "2"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
-    deadline = time.time() + 240
-    while not _trial_results(out / "ray") and time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    assert _trial_results(out / "ray"), "no trial finished in time"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "table.md").exists()
-    import ray
+def _cli(args: list[str], log: Path, env: dict[str, str], via_submit: bool = False) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", EPOCH_GATE_ENV)}, **env}
+    entry = [str(ROOT / "clusters" / "submit.py"), "--local"] if via_submit else ["-m", "dartboard.platform.cli"]
+    return subprocess.Popen([sys.executable, *entry, "ablate", *args], env=env, start_new_session=True,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=log.parent)
 
+
+def _kill_session(proc: subprocess.Popen) -> None:
     try:
-        summary = ab.run_ablation(ab.load_study(tmp_path / "tiny.yaml"), out, resume=True, num_cpus=2)
-    finally:
-        ray.shutdown()
-    rows = {r["variant"]: r for r in summary["rows"]}
-    assert set(rows) == {"darts", "darts-C6"} and all(r["seeds"] == 2 for r in rows.values())
-    table = (out / "table.md").read_text()
-    assert "| darts | `darts` | 2 |" in table and "| darts-C6 | `darts` | 2 |" in table
-    for name, row in rows.items():
-        errors = [r["test_error"] for r in summary["results"] if r["variant"] == name]
-        assert row["test_error"] == pytest.approx(ab.mean_std(errors)) and row["parameters"][0] > 0
-    assert (out / "plots" / "metric_vs_size.png").is_file() and (out / "plots" / "alphas-darts.png").is_file()
-    from dartboard.platform import registry
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
-    c = registry.client(study["tracking_uri"])
-    parent = c.get_run(summary["parent_run_id"])
+
+def _held_after_epoch_1(gate: Path, run_dir: Path) -> bool:
+    """A trial is held by the gate after epoch 1, and both Tune (the trial's result) and Ray Train
+    (its checkpoint manager's snapshot) have recorded that epoch: the state the test kills in."""
+    log = gate / "epochs.log"
+    if not log.is_file() or not any(line.endswith(" 1") for line in log.read_text().splitlines()):
+        return False
+    tune_seen = any(_json(line).get("epoch") == 1 for f in run_dir.glob("run_trial_*/result.json")
+                    for line in f.read_text().splitlines())
+    snapshots = [_json(f.read_text()) for f in run_dir.glob("trials/train-*/checkpoint_manager_snapshot.json")]
+    train_seen = any(c.get("metrics", {}).get("epoch") == 1 for s in snapshots for c in s.get("checkpoint_results", []))
+    return tune_seen and train_seen
+
+
+def _json(text: str) -> dict:
+    try:  # a file being written can be read half-way: that state simply is not reached yet
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+
+
+def _trials(run_dir: Path) -> dict[str, dict]:
+    return {t["key"]: t for t in json.loads((run_dir / "study_result.json").read_text())["trials"]}
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.mark.ray
+def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one(tmp_path):
+    """2 variants x 2 seeds, 2 search epochs, each trial trains its network; the first driver is
+    SIGKILLed while trials are held after epoch 1."""
+    study = {"name": "tiny", "sampler": "grid", "seeds": [0, 1], "batch_size": 256, "epochs": 2,
+             "variants": [{"name": "darts", "searcher": "darts"},
+                          {"name": "darts-C6", "searcher": "darts", "options": {"C": 6}}],
+             "options": {"C": 4, "layers": 2}, "scheduler": {"type": "fifo"}, "max_concurrent": 2,
+             "final_training": {"scope": "trial", "channels": 4, "layers": 2, "epochs": 1, "batch_size": 256},
+             "objective": {"kind": "final"}, "register_as": "tiny-champion", "ray_num_cpus": 3,
+             "report": {"metrics": ["test_error", "parameters", "search_seconds"], "rank_metric": "test_error",
+                        "rank_mode": "min"}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(study))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold").write_text("held by the test")
+    run1, run2 = tmp_path / "interrupted", tmp_path / "reference"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = _cli(["tiny.yaml", "--out", str(run1), "--tracking-uri", uri], tmp_path / "first.log",
+                 {EPOCH_GATE_ENV: str(gate)}, via_submit=True)
+    try:
+        deadline = time.time() + 1200  # a safety net only: the kill happens at the gate's state
+        while not _held_after_epoch_1(gate, run1) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert _held_after_epoch_1(gate, run1), "no trial held:\n" + (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        _kill_session(first)
+    held = {line.split()[0] for line in (gate / "epochs.log").read_text().splitlines()}
+    assert not (run1 / "table.md").exists()
+    (gate / "hold").unlink()
+    reference = _cli(["tiny.yaml", "--out", str(run2), "--no-mlflow"], tmp_path / "reference.log", {})
+    second = _cli(["--resume", str(run1), "--tracking-uri", uri], tmp_path / "second.log", {EPOCH_GATE_ENV: str(gate)})
+    try:
+        for proc, log in ((second, "second.log"), (reference, "reference.log")):
+            try:
+                proc.wait(timeout=1500)  # a safety net only (a few minutes on 2 idle cores)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{log} did not finish:\n" + (tmp_path / log).read_text()[-6000:])
+            assert proc.returncode == 0, (tmp_path / log).read_text()[-3000:]
+    finally:
+        _kill_session(second)
+        _kill_session(reference)
+
+    # the held trials continued from their epoch-1 checkpoint: no (trial, epoch) ran twice, none was lost
+    lines = (gate / "epochs.log").read_text().splitlines()
+    assert len(lines) == len(set(lines)), lines
+    assert sorted(lines) == sorted(f"{k}/seed{s} {e}" for k in ("darts", "darts-C6") for s in (0, 1) for e in (1, 2))
+    assert held and all(f"{key} 2" in lines for key in held)
+
+    resumed, uninterrupted = _trials(run1), _trials(run2)
+    assert sorted(resumed) == sorted(uninterrupted) == ["darts-C6/seed0", "darts-C6/seed1", "darts/seed0",
+                                                        "darts/seed1"]
+    for key, t in resumed.items():
+        u = uninterrupted[key]
+        assert t["status"] == u["status"] == "complete"
+        assert _without_timing(t["history"]) == _without_timing(u["history"]), key  # every epoch, bit for bit
+        assert t["genotypes"] == u["genotypes"] and t["genotype"] == u["genotype"]
+        assert {k: v for k, v in t["metrics"].items() if k not in TIMING} == \
+            {k: v for k, v in u["metrics"].items() if k not in TIMING}
+
+    summary = json.loads((run1 / "results.json").read_text())
+    table = (run1 / "table.md").read_text()
+    assert "| darts | `darts` | 2 |" in table and "| darts-C6 | `darts` | 2 |" in table
+    for name in ("darts", "darts-C6"):
+        errors = [r["test_error"] for r in summary if r["variant"] == name]
+        assert len(errors) == 2 and all(r["parameters"] > 0 for r in summary)
+    assert (run1 / "plots" / "metric_vs_size.png").is_file() and (run1 / "plots" / "alphas-darts.png").is_file()
+
+    from dartboard.platform.tracking import runs
+
+    c = runs.client(uri)
+    (parent,) = c.search_runs([c.get_experiment_by_name("dartboard-studies").experiment_id],
+                              "tags.`dartboard.kind` = 'study'")
     assert parent.info.status == "FINISHED"
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 4
+    assert sorted(r.data.tags["trial"] for r in children) == sorted(resumed)
     assert {"table.md", "table.csv", "plots"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
     version = c.get_model_version_by_alias("tiny-champion", "champion")
-    best = min(summary["results"], key=lambda r: r["test_error"])
-    assert version.tags["trial"] == f"{best['variant']}/seed{best['seed']}"
-    assert json.loads((out / "results.json").read_text()) == summary["results"]
+    best = min(summary, key=lambda r: r["test_error"])
+    assert version.tags["trial"] == best["key"]
+    assert len(c.search_model_versions("name='tiny-champion'")) == 1

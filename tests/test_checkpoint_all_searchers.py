@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from dartboard.platform.worker import STATE_FILE
+from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything, set_rng_state
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
 from dartboard.training.checkpoint import load_state, save_state, to_plain

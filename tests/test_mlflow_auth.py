@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from servers import free_port, pid_alive, stop_group, wait_for_url
 
-from dartboard.platform import registry
 from dartboard.platform.cli import main as cli_main
+from dartboard.platform.tracking import runs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "clusters" / "start_mlflow.sh"
 
@@ -109,11 +109,11 @@ def test_dartboard_tracks_and_lists_models_through_the_auth_server(head, tmp_pat
     uri = head["uri"]
     genotype = tmp_path / "genotype.json"
     genotype.write_text(json.dumps({"kind": "darts", "note": "artifact through the proxied store"}))
-    parent = registry.start_parent_run(uri, "auth-study", "study", {"epochs": 1}, {"study": "auth"})
-    child = registry.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, [{"train_loss": 1.0}, {"train_loss": 0.5}],
+    parent = runs.start_parent_run(uri, "auth-study", "study", {"epochs": 1}, {"study": "auth"})
+    child = runs.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, [{"train_loss": 1.0}, {"train_loss": 0.5}],
                                    {"val_acc": 0.9}, [genotype])
-    registry.end_run(uri, parent)
-    c = registry.client(uri)
+    runs.end_run(uri, parent)
+    c = runs.client(uri)
     assert c.get_run(child).data.metrics["val_acc"] == 0.9
     assert [m.value for m in c.get_metric_history(child, "train_loss")] == [1.0, 0.5]
     got = Path(c.download_artifacts(child, "genotype.json", str(tmp_path / "dl")))

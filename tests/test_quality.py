@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 from scipy import stats
 
-from dartboard.bench.quality import QualityConfig, markdown, rescore, run_quality, summarize, trial_options
+from dartboard.bench.quality import QualityConfig, markdown, rescore, summarize, trial_options
 from dartboard.bench.regret import RegretTracker, lookup_metrics, random_search_curve, searches_tiny81
 from dartboard.bench.table import Table, average_ranks, spearman, table_from_dict
 from dartboard.spaces.tiny import genotype_of_ops, ops_key
@@ -150,16 +151,22 @@ def test_trial_options_put_any_searcher_on_tiny81_and_use_the_table_parse():
         QualityConfig(epochs=0)
 
 
-def test_short_quality_run_and_rescore(tmp_path):
-    """2 epochs of DARTS in tiny81 + random search, on the shipped table: finite regrets, files, plot."""
+@pytest.mark.ray
+def test_short_quality_run_on_the_study_runner_and_rescore(tmp_path):
+    """2 epochs of DARTS in tiny81 (a grid study on the one runner: a Ray Train trial) + random search,
+    on the shipped table: finite regrets, files, plot; rescoring the recorded keys gives the same curve."""
+    from dartboard.platform.quality import run_quality
+
     cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=2, workers=1)
-    result = run_quality(cfg, tmp_path)
+    result = run_quality(cfg, tmp_path, mlflow=False)
     rows = {r["searcher"]: r for r in result["rows"]}
-    assert set(rows) == {"darts", "random"}
+    assert set(rows) == {"darts", "random"} and result["rows"][0]["searcher"] == "darts"
     darts = result["records"][0]
     assert len(darts["curve"]) == 2 and all(c["tiny81_on_table"] == 1.0 for c in darts["curve"])
+    assert all(c["seconds"] > 0 for c in darts["curve"]) and darts["curve"][0]["seconds"] < darts["curve"][1]["seconds"]
     assert 0.0 <= rows["darts"]["final_regret_mean"] < 0.5 and 1 <= rows["darts"]["final_rank_mean"] <= 81
     assert (tmp_path / "regret_curves.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
+    assert (tmp_path / "studies").is_dir() and "://" not in result["run_dir"]
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["rows"][0]["searcher"] == "darts"
     from dartboard.bench.table import load_table
@@ -169,9 +176,13 @@ def test_short_quality_run_and_rescore(tmp_path):
                                                                             for c in darts["curve"]])
 
 
-@pytest.mark.ray
-def test_quality_runs_as_a_ray_tune_study(tmp_path):
-    cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=1, workers=1, random_search=False)
-    result = run_quality(cfg, tmp_path, ray=True)
-    assert result["rows"][0]["searcher"] == "darts" and len(result["records"][0]["curve"]) == 1
-    assert (tmp_path / "ray").is_dir()
+def test_bench_never_imports_the_platform():
+    """bench/ is pure scoring (DESIGN.md): its quality module must import without dartboard.platform."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "dartboard" / "bench"
+    for name in ("quality.py", "regret.py", "memory.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("dartboard.platform")], name

@@ -12,8 +12,8 @@ import pytest
 import torch
 from servers import free_port, stop_group, wait_for_url
 
-from dartboard.platform import registry
 from dartboard.platform.cli import main as cli_main
+from dartboard.platform.tracking import models, runs
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.catalog import resolve
 
@@ -61,12 +61,12 @@ def champion(server, tmp_path_factory):
     splits = load_dataset("digits")
     tcfg = TrainConfig(channels=4, layers=2, epochs=1, batch_size=128, seed=0)
     trained = train_genotype(result.genotype, splits, tcfg, out / "model")
-    (out / "model" / "network.json").write_text(json.dumps(registry.network_spec(tcfg, splits.info, "digits")))
-    parent = registry.start_parent_run(server["uri"], "test-registry", "study-digits", {"epochs": 1}, {"study": "t"})
-    child = registry.log_child_run(server["uri"], parent, "darts/seed0", {"searcher": "darts", "seed": 0},
+    (out / "model" / "network.json").write_text(json.dumps(models.network_spec(tcfg, splits.info, "digits")))
+    parent = runs.start_parent_run(server["uri"], "test-registry", "study-digits", {"epochs": 1}, {"study": "t"})
+    child = runs.log_child_run(server["uri"], parent, "darts/seed0", {"searcher": "darts", "seed": 0},
                                    result.history, {"test_acc": trained.test_acc}, [out / "model" / "genotype.json"])
-    registry.end_run(server["uri"], parent)
-    version = registry.register_champion(server["uri"], "digits-net", child, out / "model",
+    runs.end_run(server["uri"], parent)
+    version = models.register_champion(server["uri"], "digits-net", child, out / "model",
                                          {"study": "t", "searcher": "darts", "space": "darts", "dataset": "digits",
                                           "seed": 0, "metric.test_acc": trained.test_acc})
     return {"version": version, "test_acc": trained.test_acc, "sha": trained.weights_sha256, "parent": parent,
@@ -74,7 +74,7 @@ def champion(server, tmp_path_factory):
 
 
 def test_study_is_parent_run_with_child_trials(server, champion):
-    c = registry.client(server["uri"])
+    c = runs.client(server["uri"])
     parent, child = c.get_run(champion["parent"]), c.get_run(champion["child"])
     assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
     assert child.data.tags["mlflow.parentRunId"] == champion["parent"]
@@ -82,13 +82,13 @@ def test_study_is_parent_run_with_child_trials(server, champion):
     assert [m.step for m in steps] == list(range(len(champion["history"])))
     assert "genotype.json" in [f.path for f in c.list_artifacts(champion["child"])]
     # logging the same trial twice returns the existing child run
-    again = registry.log_child_run(server["uri"], champion["parent"], "darts/seed0", {}, [], {}, [])
+    again = runs.log_child_run(server["uri"], champion["parent"], "darts/seed0", {}, [], {}, [])
     assert again == champion["child"]
 
 
 def test_champion_alias_tags_and_pull_rebuilds_network(server, champion, tmp_path, capsys, monkeypatch):
     v = champion["version"]
-    c = registry.client(server["uri"])
+    c = runs.client(server["uri"])
     by_alias = c.get_model_version_by_alias("digits-net", "champion")
     assert by_alias.version == v.version
     assert by_alias.tags["sha256.weights.safetensors"] == champion["sha"]
@@ -102,7 +102,7 @@ def test_champion_alias_tags_and_pull_rebuilds_network(server, champion, tmp_pat
     from dartboard.data.datasets import load_dataset, make_loader
     from dartboard.training.final import evaluate
 
-    net = registry.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
+    net = models.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
                                      "weights": pulled / "weights.safetensors"})
     acc, _ = evaluate(net, make_loader(load_dataset("digits").test, 256, shuffle=False, seed=0), torch.device("cpu"))
     assert acc == pytest.approx(champion["test_acc"], abs=1e-9)
@@ -138,8 +138,8 @@ def test_tampered_weights_are_refused_and_nothing_written(server, champion, tmp_
         key = next(iter(state))
         state[key] = state[key] + 1.0
         save_file(state, str(weights))
-        with pytest.raises(registry.ModelIntegrityError, match="weights.safetensors: sha256"):
-            registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "out")
+        with pytest.raises(models.ModelIntegrityError, match="weights.safetensors: sha256"):
+            models.pull_model(server["uri"], "digits-net@champion", tmp_path / "out")
         assert not (tmp_path / "out").exists()
         assert _cli(["pull", "digits-net:1", "--to", str(tmp_path / "cli"), "--tracking-uri", server["uri"]]) == 2
     finally:
@@ -154,36 +154,47 @@ def test_invalid_or_altered_genotype_is_refused(server, champion, tmp_path):
         data = json.loads(original)
         data["normal"]["edges"][0][0] = "no_such_op"
         path.write_text(json.dumps(data))
-        with pytest.raises(registry.ModelIntegrityError, match="genotype.json fails validation"):
-            registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "a")
+        with pytest.raises(models.ModelIntegrityError, match="genotype.json fails validation"):
+            models.pull_model(server["uri"], "digits-net@champion", tmp_path / "a")
         data = json.loads(original)
         first = data["normal"]["edges"][0]
         first[0] = "skip_connect" if first[0] != "skip_connect" else "max_pool_3x3"
         path.write_text(json.dumps(data))  # still a valid genotype, but not the registered one
-        with pytest.raises(registry.ModelIntegrityError, match="genotype.json: sha256"):
-            registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "b")
+        with pytest.raises(models.ModelIntegrityError, match="genotype.json: sha256"):
+            models.pull_model(server["uri"], "digits-net@champion", tmp_path / "b")
     finally:
         path.write_text(original)
-    registry.pull_model(server["uri"], "digits-net@champion", tmp_path / "ok")  # restored: accepted again
+    models.pull_model(server["uri"], "digits-net@champion", tmp_path / "ok")  # restored: accepted again
 
 
-def test_sweep_hook_registers_best_genotype(server, tmp_path):
-    tracker = registry.SweepTracker(server["uri"], "test-sweep", register_as="sweep-best")
+def _trial(cfg, run_dir: str, trial_id: str, objective: float, genotype: dict | None = None) -> dict:
+    from dartboard.platform.ray.trial import trial_payload  # the runner's own payload format
+
+    metrics = {"objective": objective, "search_done": 1.0, **({"genotype": json.dumps(genotype)} if genotype else {})}
+    return trial_payload(cfg, run_dir, trial_id, {"w_lr": 0.1}, metrics, None)
+
+
+def test_study_tracker_registers_best_genotype(server, tmp_path):
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.runner import StudyResult
+    from dartboard.platform.tracking.study import StudyTracker
+
+    cfg = StudyConfig(name="s", experiment="test-sweep", register_as="sweep-best")
+    tracker = StudyTracker(server["uri"])
+    tracker.open(cfg, str(tmp_path / "x"))
     geno = gt.to_dict(resolve("darts-v2"))
-    from dartboard.platform.sweep import trial_payload  # the sweep's own payload format
-
-    for tid, obj in (("t1", 0.5), ("t2", 0.8)):
-        payload = trial_payload(tid, {"searcher": "darts", "w_lr": 0.1},
-                                {"objective": obj, "search_done": 1.0, "genotype": json.dumps(geno)}, None)
-        assert payload["status"] == "complete"
-        tracker("trial", {**payload, "study": "s", "run_dir": "x"})
-    tracker("study", {"study": "s", "run_dir": "x", "best": {"trial_id": "t2", "objective": 0.8, "genotype": geno,
-                                                             "config": {"searcher": "darts"}}})
-    c = registry.client(server["uri"])
+    trials = [_trial(cfg, str(tmp_path / "x"), tid, obj, geno) for tid, obj in (("t1", 0.5), ("t2", 0.8))]
+    for t in trials:
+        assert t["status"] == "complete"
+        tracker.log_trial(t)
+    tracker.finish(StudyResult(str(tmp_path / "x"), cfg, trials, trials[1], 1.0), [], {"best_objective": 0.8})
+    tracker.close(failed=False)
+    c = runs.client(server["uri"])
     v = c.get_model_version_by_alias("sweep-best", "champion")
-    assert v.tags["trial"] == "t2" and v.run_id == tracker.children["t2"]
+    assert v.tags["trial"] == "t2" and v.run_id == tracker.children["t2"] and tracker.champion.version == v.version
     assert c.get_run(tracker.parent).info.status == "FINISHED"
-    genotype = registry.load("models:/sweep-best@champion", server["uri"], tmp_path / "g")
+    assert c.get_run(tracker.parent).data.metrics["best_objective"] == pytest.approx(0.8)
+    genotype = models.load("models:/sweep-best@champion", server["uri"], tmp_path / "g")
     assert gt.to_dict(genotype) == geno
 
 
@@ -191,12 +202,12 @@ def test_sweep_hook_registers_best_genotype(server, tmp_path):
     ("models:/net@champion", ("net", "champion", None)), ("net:3", ("net", None, "3")),
     ("models:/net/4", ("net", None, "4")), ("net", ("net", None, None))])
 def test_parse_model_ref(ref, expected):
-    assert registry.parse_model_ref(ref) == expected
+    assert models.parse_model_ref(ref) == expected
 
 
 def test_parse_model_ref_rejects_bad_version():
     with pytest.raises(ValueError, match="version 'x' is not a number"):
-        registry.parse_model_ref("net:x")
+        models.parse_model_ref("net:x")
 
 
 @pytest.mark.ray
@@ -205,23 +216,24 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
     server; `dartboard pull` in a fresh folder rebuilds a network with the logged test accuracy."""
     ray = pytest.importorskip("ray")
     from dartboard.data.datasets import load_dataset, make_loader
-    from dartboard.platform.config import SweepConfig
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.session import init_ray
     from dartboard.platform.sweep import run_sweep
     from dartboard.training.final import evaluate
 
-    cfg = SweepConfig(name="digits-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
+    cfg = StudyConfig(name="digits-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
                       options={"C": 4, "layers": 2}, params={"arch_lr": {"type": "loguniform", "low": 1e-4,
                                                                          "high": 1e-2}},
                       scheduler={"type": "fifo"}, storage=str(tmp_path / "sweeps"),
                       final_training={"channels": 4, "layers": 3, "epochs": 1})
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    init_ray(num_cpus=4)
     try:
-        result = run_sweep(cfg, callbacks=[registry.SweepTracker(server["uri"], register_as="digits-sweep")])
+        result = run_sweep(cfg, tracking_uri=server["uri"])
     finally:
         ray.shutdown()
     assert result.best is not None and result.counts["complete"] == 2
     logged = result.best["final"]["test_acc"]
-    version = registry.client(server["uri"]).get_model_version_by_alias("digits-sweep", "champion")
+    version = runs.client(server["uri"]).get_model_version_by_alias("digits-sweep", "champion")
     assert float(version.tags["metric.test_acc"]) == pytest.approx(logged)
     assert version.tags["dataset"] == "digits" and version.tags["study"] == "digits-sweep"
     fresh = tmp_path / "fresh"
@@ -230,26 +242,32 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
     assert _cli(["pull", "digits-sweep@champion", "--to", "pulled", "--tracking-uri", server["uri"]]) == 0
     pulled = fresh / "pulled"
     assert gt.load(pulled / "genotype.json") == gt.from_dict(result.best["genotype"])
-    net = registry.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
+    net = models.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
                                      "weights": pulled / "weights.safetensors"})
     acc, _ = evaluate(net, make_loader(load_dataset("digits").test, 256, shuffle=False, seed=0), torch.device("cpu"))
     assert acc == pytest.approx(logged, abs=1e-9)
 
 
-def test_resumed_sweep_tracker_reopens_its_parent_run(tmp_path):
+def test_resumed_study_tracker_reopens_its_parent_run(tmp_path):
     """A second tracker (the driver after a crash) on the same run directory logs into the same parent."""
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.tracking.study import StudyTracker
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    payload = {"study": "s", "run_dir": str(tmp_path / "sweeps" / "s-1"), "config": {"arch_lr": 0.001},
-               "metrics": {"objective": 0.5}, "status": "complete"}
-    first = registry.SweepTracker(uri)
-    first("trial", {**payload, "trial_id": "a"})
-    second = registry.SweepTracker(uri)
-    second("trial", {**payload, "trial_id": "a"})  # reported again after the crash: not logged twice
-    second("trial", {**payload, "trial_id": "b"})
-    other = registry.SweepTracker(uri)
-    other("trial", {**payload, "run_dir": str(tmp_path / "sweeps" / "s-2"), "trial_id": "a"})
+    cfg = StudyConfig(name="s")
+    run_dir, other_dir = str(tmp_path / "sweeps" / "s-1"), str(tmp_path / "sweeps" / "s-2")
+    first = StudyTracker(uri)
+    first.open(cfg, run_dir)
+    first.log_trial(_trial(cfg, run_dir, "a", 0.5))
+    second = StudyTracker(uri)
+    second.open(cfg, run_dir)
+    second.log_trial(_trial(cfg, run_dir, "a", 0.5))  # reported again after the crash: not logged twice
+    second.log_trial(_trial(cfg, run_dir, "b", 0.5))
+    other = StudyTracker(uri)
+    other.open(cfg, other_dir)
+    other.log_trial(_trial(cfg, other_dir, "a", 0.5))
     assert second.parent == first.parent != other.parent
-    c = registry.client(uri)
+    c = runs.client(uri)
     children = c.search_runs([c.get_run(first.parent).info.experiment_id],
                              f"tags.mlflow.parentRunId = '{first.parent}'")
-    assert sorted(r.data.tags[registry.TRIAL_TAG] for r in children) == ["a", "b"]
+    assert sorted(r.data.tags[runs.TRIAL_TAG] for r in children) == ["a", "b"]

@@ -8,23 +8,18 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from dartboard.platform.config import SweepConfig
-from dartboard.platform.sweep import (
-    StudySpace,
-    check_resources,
-    check_storage,
-    load_study,
-    make_search_alg,
-    resolve_storage,
-    trial_run_config,
-    validate_study,
-)
+from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray.resources import check_resources
+from dartboard.platform.ray.runner import load_study
+from dartboard.platform.ray.samplers import StudySpace, make_search_alg
+from dartboard.platform.ray.space import trial_run_config, validate_study
+from dartboard.platform.ray.storage import check_storage, resolve_storage
 
 
-def study(**kw) -> SweepConfig:
+def study(**kw) -> StudyConfig:
     base = {"name": "t", "searcher": "darts", "epochs": 2, "options": {"C": 4, "layers": 3},
             "params": {"arch_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}
-    return SweepConfig(**{**base, **kw})
+    return StudyConfig(**{**base, **kw})
 
 
 def test_bundled_presets_are_valid():
@@ -46,7 +41,7 @@ def test_distribution_for_a_hyperparameter_the_searcher_lacks():
         validate_study(cfg)
     cond = study(searcher=["darts", "darts-2nd"],
                  params={"unrolled_r": {"type": "uniform", "low": 0.001, "high": 0.1, "when": {"searcher": "fair"}}})
-    with pytest.raises(ValueError, match=r"params.unrolled_r.when.searcher: 'fair' is not one of"):
+    with pytest.raises(ValueError, match=r"params.unrolled_r.when.searcher: 'fair' is not one of the study's "):
         validate_study(cond)
     with pytest.raises(ValueError, match=r"options.epochs: set the study's top-level 'epochs'"):
         validate_study(study(options={"epochs": 3}))
@@ -91,7 +86,7 @@ def test_unwritable_storage(tmp_path):
         check_storage(str(blocker / "sweeps"))
     check_storage(str(tmp_path / "ok"))
     assert resolve_storage("s3://bucket/x/") == "s3://bucket/x"
-    assert resolve_storage(None).endswith("runs/sweeps") and os.path.isabs(resolve_storage(None))
+    assert resolve_storage(None).endswith("runs/studies") and os.path.isabs(resolve_storage(None))
 
 
 def test_conditional_space_and_trial_config():
@@ -102,18 +97,18 @@ def test_conditional_space_and_trial_config():
               "layers": {"type": "int", "low": 3, "high": 5}}
     cfg = study(searcher=["darts", "darts-2nd"], params=params)
     validate_study(cfg)
-    space = StudySpace({k: v.model_dump() for k, v in cfg.params.items()}, cfg.searchers())
+    space = StudySpace({k: v.model_dump() for k, v in cfg.params.items()}, {v.name: v.searcher for v in cfg.variants})
     opt = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(12):
         t = opt.ask()
         space(t)
-        seen.add(t.params["searcher"])
-        assert ("unrolled_r" in t.params) == (t.params["searcher"] == "darts-2nd")
+        seen.add(t.params["variant"])
+        assert ("unrolled_r" in t.params) == (t.params["variant"] == "darts-2nd")
         assert 3 <= t.params["layers"] <= 5 and isinstance(t.params["layers"], int)
         run = trial_run_config(cfg, t.params)
-        assert run["searcher"] == t.params["searcher"] and run["options"]["epochs"] == 2
-        assert "searcher" not in run["options"] and run["options"]["C"] == 4
+        assert run["searcher"] == t.params["variant"] and run["options"]["epochs"] == 2
+        assert "variant" not in run["options"] and "searcher" not in run["options"] and run["options"]["C"] == 4
         opt.tell(t, 0.5)
     assert seen == {"darts", "darts-2nd"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dartboard.platform.config import SweepConfig
+from dartboard.platform.config import StudyConfig
 
 pytestmark = pytest.mark.ray
 
@@ -50,7 +50,7 @@ def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path):
     ray.init(address=cluster.address)
     removed = {}
     try:
-        cfg = SweepConfig(name="nodeloss", searcher="darts", epochs=EPOCHS, num_samples=1, max_concurrent=1,
+        cfg = StudyConfig(name="nodeloss", searcher="darts", epochs=EPOCHS, num_samples=1, max_concurrent=1,
                           options={"C": 4, "layers": 2}, scheduler={"type": "fifo"}, storage=str(tmp_path),
                           resources={"workers": 1, "cpus_per_worker": 2}, ray_address=cluster.address,
                           max_failures=2, train_max_failures=3)
@@ -71,7 +71,7 @@ def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path):
 
         watcher = threading.Thread(target=kill_worker_node, daemon=True)
         watcher.start()
-        result = run_sweep(cfg)
+        result = run_sweep(cfg, mlflow=False)
         watcher.join(timeout=5)
     finally:
         ray.shutdown()

@@ -72,7 +72,7 @@ def _listing(uri: str) -> list[str]:
 
 
 def test_unwritable_bucket_is_one_clear_error(bucket):
-    from dartboard.platform.sweep import check_storage
+    from dartboard.platform.ray.storage import check_storage
 
     missing = bucket.replace(BUCKET, "no-such-bucket")
     with pytest.raises(ValueError, match=f"storage: '{missing}/sweeps' is not writable"):
@@ -87,12 +87,15 @@ def test_sweep_on_object_storage_checkpoints_resumes_and_registers_the_champion(
 
     import ray
 
-    from dartboard.platform import registry
-    from dartboard.platform.config import SweepConfig
-    from dartboard.platform.sweep import RESULT_FILE, run_sweep, study_name
-    from dartboard.platform.worker import STATE_FILE
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.checkpoint import STATE_FILE
+    from dartboard.platform.ray.runner import stored_study
+    from dartboard.platform.ray.session import init_ray
+    from dartboard.platform.ray.storage import RESULT_FILE
+    from dartboard.platform.sweep import run_sweep
+    from dartboard.platform.tracking import models, runs
 
-    cfg = SweepConfig(name="bucket-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
+    cfg = StudyConfig(name="bucket-sweep", searcher="darts", epochs=1, num_samples=2, max_concurrent=2,
                       options={"C": 4, "layers": 2}, params={"arch_lr": {"type": "loguniform", "low": 1e-4,
                                                                          "high": 1e-2}},
                       scheduler={"type": "fifo"}, storage=f"{bucket}/sweeps",
@@ -101,12 +104,12 @@ def test_sweep_on_object_storage_checkpoints_resumes_and_registers_the_champion(
     staging = tmp_path / "tmp"
     staging.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where the champion is staged before upload
-    ray.init(address="local", num_cpus=4, include_dashboard=False)  # after the fixture set the environment
+    init_ray(num_cpus=4)  # after the fixture set the environment
     try:
-        result = run_sweep(cfg, callbacks=[registry.SweepTracker(uri, register_as="bucket-sweep")])
+        result = run_sweep(cfg, tracking_uri=uri)
         # --resume reads the study and Tune's experiment state back from the bucket; a finished study
         # runs no trial again (the driver-loss test resumes an unfinished one on local storage)
-        again = run_sweep(resume=result.run_dir)
+        again = run_sweep(resume=result.run_dir, mlflow=False)
     finally:
         ray.shutdown()
     assert sorted(t["trial_id"] for t in again.trials) == sorted(t["trial_id"] for t in result.trials)
@@ -119,15 +122,15 @@ def test_sweep_on_object_storage_checkpoints_resumes_and_registers_the_champion(
     for t in result.trials:  # each trial's Train run checkpointed its epoch into the bucket
         assert any(f.startswith(f"trials/train-{t['trial_id']}/checkpoint_") and f.endswith(f"/{STATE_FILE}")
                    for f in files), files
-    assert study_name(run_dir) == "bucket-sweep"  # what --resume reads back
+    assert stored_study(run_dir).name == "bucket-sweep"  # what --resume reads back
     best = result.best
     assert best["final"]["dir"] == f"{run_dir}/champion"
     summary = json.loads(_read(f"{run_dir}/{RESULT_FILE}"))
     assert summary["best"]["final"]["dir"] == f"{run_dir}/champion"
     assert json.loads(_read(f"{run_dir}/champion/genotype.json")) == best["genotype"]
-    version = registry.client(uri).get_model_version_by_alias("bucket-sweep", "champion")
+    version = runs.client(uri).get_model_version_by_alias("bucket-sweep", "champion")
     assert float(version.tags["metric.test_acc"]) == pytest.approx(best["final"]["test_acc"])
-    pulled, _ = registry.pull_model(uri, "bucket-sweep@champion", tmp_path / "pulled")
+    pulled, _ = models.pull_model(uri, "bucket-sweep@champion", tmp_path / "pulled")
     weights = (pulled / "weights.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == best["final"]["weights_sha256"]
     assert _read_bytes(f"{run_dir}/champion/weights.safetensors") == weights

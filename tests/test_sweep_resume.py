@@ -77,7 +77,7 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
         _end_session(second)
     out = second_log.read_text()
     assert second.returncode == 0, out[-3000:]
-    summary = json.loads((run_dir / "sweep_result.json").read_text())
+    summary = json.loads((run_dir / "study_result.json").read_text())
     ids = [t["trial_id"] for t in summary["trials"]]
     assert len(ids) == N_TRIALS and len(set(ids)) == N_TRIALS  # no trial lost, none duplicated
     assert all(t["status"] == "complete" and t["epoch"] == EPOCHS for t in summary["trials"])
@@ -87,11 +87,11 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
         assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS  # continued, never restarted at 0
     assert "best configuration" in out and "best genotype" in out
     # MLflow: one parent run for the study (reopened by the resumed driver), one child per trial
-    from dartboard.platform import registry
+    from dartboard.platform.tracking import runs
 
-    c = registry.client(tracking[1])
-    runs = c.search_runs([c.get_experiment_by_name("dartboard-sweeps").experiment_id], "")
-    parents = [r for r in runs if r.data.tags.get("dartboard.kind") == "study"]
+    c = runs.client(tracking[1])
+    found = c.search_runs([c.get_experiment_by_name("dartboard-studies").experiment_id], "")
+    parents = [r for r in found if r.data.tags.get("dartboard.kind") == "study"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = [r.data.tags[registry.TRIAL_TAG] for r in runs if r.data.tags.get("dartboard.kind") == "trial"]
+    children = [r.data.tags[runs.TRIAL_TAG] for r in found if r.data.tags.get("dartboard.kind") == "trial"]
     assert sorted(children) == sorted(ids)

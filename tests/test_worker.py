@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dartboard.platform.worker import STATE_FILE, allreduce_mean, nonfinite_reason
+from dartboard.platform.ray.checkpoint import STATE_FILE
+from dartboard.platform.ray.worker import allreduce_mean, nonfinite_reason
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.training.checkpoint import from_plain, load_state, save_state, to_plain
@@ -77,7 +78,7 @@ def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     same training run here on the search split's halves."""
     from dartboard.data.datasets import Splits, load_dataset, search_split
     from dartboard.platform.config import SearchRunConfig
-    from dartboard.platform.worker import make_trainer
+    from dartboard.platform.ray.worker import make_trainer
     from dartboard.spaces import genotype as gt
     from dartboard.training.final import TrainConfig, train_genotype
 

@@ -2,11 +2,10 @@
 
 Each trial is one (searcher, seed): the searcher runs its published preset on the tiny81
 supernet (:data:`TINY81_SEARCH_OPTIONS`) on digits; every epoch the derived architecture is
-looked up in the shipped table (:class:`RegretTracker`). Random search with the same
-wall-clock budget is the baseline (:func:`random_search_curve`). Trials run in worker
-processes (default) or as one Ray Tune study (``ray=True``); the driver writes a Markdown
-and JSON table (final regret mean +- std, epoch of best regret, rank of the found
-architecture), the regret curves plot, and optionally one MLflow run per trial.
+looked up in the table (:func:`curve_from_trial`). Random search with the same wall-clock
+budget is the baseline (:func:`random_search_curve`). This module is the scoring only (pure
+torch-free functions of the recorded architectures): the trials run as a study of the one
+study runner (``dartboard.platform.quality``), which never is imported from here.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ import json
 import logging
 import math
 import statistics
-import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,100 +64,20 @@ def trial_options(name: str, cfg: QualityConfig) -> dict[str, Any]:
     return opts
 
 
-def run_trial(spec: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """One search in tiny81 with regret tracking; returns a JSON-able record with the curve."""
-    import torch
+def curve_from_trial(table, genotypes: list[dict[str, Any]], history: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """A search's anytime curve: each epoch's derived architecture looked up in ``table`` (never
+    trained), with the search seconds spent by then and the supernet's validation accuracy."""
+    from dartboard.bench.regret import lookup_metrics
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.tiny import genotype_key
 
-    from dartboard.bench.regret import RegretTracker
-    from dartboard.bench.table import load_table
-    from dartboard.data.datasets import load_dataset, make_loader, search_split
-    from dartboard.searchers.base import seed_everything
-    from dartboard.searchers.loop import run_search
-    from dartboard.searchers.registry import DataShape, build_searcher
-
-    torch.set_num_threads(1)  # one core per trial; several trials share the machine
-    seed = int(spec["seed"])
-    seed_everything(seed)
-    table = load_table(spec.get("table"))
-    splits = load_dataset("digits")
-    shape = DataShape(splits.info.in_channels, splits.info.input_size, splits.info.num_classes)
-    searcher = build_searcher(spec["searcher"], spec["options"], shape, "cpu")
-    train, val = search_split(splits.train, seed, spec["train_fraction"])
-    train_loader = make_loader(train, spec["batch_size"], shuffle=True, seed=seed, drop_last=True)
-    val_loader = make_loader(val, spec["batch_size"], shuffle=True, seed=seed + 1, drop_last=True)
-    tracker = RegretTracker(table).attach(searcher)
-    start = time.perf_counter()
-
-    def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.curve[-1]["seconds"] = time.perf_counter() - start
-        tracker.curve[-1]["val_acc_supernet"] = metrics.get("val_acc", float("nan"))
-        if on_epoch is not None:
-            on_epoch({k: v for k, v in tracker.curve[-1].items() if k != "key"})
-
-    run_search(searcher, train_loader, val_loader, spec["epochs"], on_epoch=epoch_done)
-    return {"searcher": spec["searcher"], "seed": seed, "options": spec["options"], "curve": tracker.curve,
-            "seconds": time.perf_counter() - start, "stopped_early": len(tracker.curve) < spec["epochs"]}
-
-
-def trial_specs(cfg: QualityConfig) -> list[dict[str, Any]]:
-    return [{"searcher": name, "seed": seed, "options": trial_options(name, cfg), "epochs": cfg.epochs,
-             "batch_size": cfg.batch_size, "train_fraction": cfg.train_fraction, "table": cfg.table}
-            for name in cfg.searchers for seed in cfg.seeds]
-
-
-def _run_local(specs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
-    if workers == 1:
-        return [run_trial(s) for s in specs]
-    import multiprocessing
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_trial, specs))
-
-
-def _ray_trainable(config: dict[str, Any]) -> None:
-    from ray import tune
-
-    record = run_trial(config["trial"], on_epoch=lambda m: tune.report({**m, "done": 0}))
-    tune.report({"done": 1, "trial_json": json.dumps(record)})
-
-
-def _run_ray(specs: list[dict[str, Any]], workers: int, out: Path, address: str | None = None
-             ) -> list[dict[str, Any]]:
-    """All trials as one Ray Tune study (a grid over (searcher, seed)), one CPU per trial.
-
-    Without ``address`` a private local Ray instance is started (``address="local"``: never
-    another user's ``ray start`` cluster on this machine) and shut down afterwards."""
-    import ray
-    from ray import tune
-
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    try:
-        return _fit_ray(specs, workers, out, tune)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _fit_ray(specs: list[dict[str, Any]], workers: int, out: Path, tune: Any) -> list[dict[str, Any]]:
-    tuner = tune.Tuner(
-        tune.with_resources(_ray_trainable, {"cpu": 1}),
-        param_space={"trial": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=workers),
-        run_config=tune.RunConfig(name="bench-quality", storage_path=str((out / "ray").resolve()), verbose=0),
-    )
-    grid = tuner.fit()
-    records = []
-    for result in grid:
-        if result.error is not None:
-            raise RuntimeError(f"quality trial failed: {result.error}")
-        records.append(json.loads(result.metrics["trial_json"]))
-    order = {(s["searcher"], s["seed"]): i for i, s in enumerate(specs)}
-    return sorted(records, key=lambda r: order[(r["searcher"], r["seed"])])
+    curve = []
+    for epoch, (genotype, metrics) in enumerate(zip(genotypes, history, strict=True), start=1):
+        key = genotype_key(gt.from_dict(genotype))
+        curve.append({"epoch": epoch, "key": key, **lookup_metrics(table, key),
+                      "seconds": float(metrics.get("search_seconds", math.nan)),
+                      "val_acc_supernet": float(metrics.get("val_acc", math.nan))})
+    return curve
 
 
 def random_search_records(records: list[dict[str, Any]], cfg: QualityConfig, table) -> list[dict[str, Any]]:
@@ -259,26 +175,6 @@ def plot_curves(records: list[dict[str, Any]], epochs: int, path: Path) -> Path:
     return path
 
 
-def log_mlflow(records: list[dict[str, Any]], cfg: QualityConfig, artifacts: list[Path], uri: str | None,
-               experiment: str) -> str:
-    """A parent run for the study, one child run per trial with the per-epoch regret metrics."""
-    from dartboard.platform.registry import flat_params, setup_mlflow
-
-    mlflow, _ = setup_mlflow(uri, experiment)
-    with mlflow.start_run(run_name="bench-quality-tiny81") as parent:
-        mlflow.set_tags({"dartboard.kind": "bench-quality", "space": "tiny81"})
-        mlflow.log_params(flat_params("", {k: v for k, v in asdict(cfg).items() if k != "options"}))
-        for r in records:
-            with mlflow.start_run(run_name=f"{r['searcher']}-s{r['seed']}", nested=True):
-                mlflow.set_tags({"searcher": r["searcher"], "seed": str(r["seed"])})
-                for c in r["curve"]:
-                    mlflow.log_metrics({k: float(v) for k, v in c.items() if isinstance(v, (int, float))
-                                        and k != "epoch"}, step=int(c["epoch"]))
-        for path in artifacts:
-            mlflow.log_artifact(str(path))
-        return parent.info.run_id
-
-
 def rescore(records: list[dict[str, Any]], cfg: QualityConfig, table) -> list[dict[str, Any]]:
     """Recompute every looked-up number from the recorded keys with ``table`` (e.g. a rebuilt
     table) without searching again; random search is replayed with its recorded budgets."""
@@ -317,20 +213,3 @@ def rescore_file(path: str | Path, table_path: str | None = None) -> tuple[Quali
     table = load_table(cfg.table)
     records = rescore(data["records"], cfg, table)
     return cfg, write_outputs(records, cfg, table, path.parent, data.get("wall_seconds", 0.0))
-
-
-def run_quality(cfg: QualityConfig, out: str | Path, ray: bool = False, ray_address: str | None = None
-                ) -> dict[str, Any]:
-    """Run the study; write quality.json, quality.md and regret_curves.png under ``out``."""
-    from dartboard.bench.table import load_table
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = load_table(cfg.table)
-    searchers = [s for s in cfg.searchers if s != RANDOM]
-    specs = trial_specs(QualityConfig(**{**asdict(cfg), "searchers": searchers}))
-    start = time.perf_counter()
-    records = _run_ray(specs, cfg.workers, out, ray_address) if ray else _run_local(specs, cfg.workers)
-    if cfg.random_search or RANDOM in cfg.searchers:
-        records += random_search_records(records, cfg, table)
-    return write_outputs(records, cfg, table, out, time.perf_counter() - start)

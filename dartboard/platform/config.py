@@ -85,10 +85,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# ---------------------------------------------------------------------------------- sweeps (issue 5)
+# ---------------------------------------------------------------------------------- studies
+# A study is variants x seeds x sampled hyperparameters, run by one runner (platform/ray/runner.py);
+# `dartboard sweep`, `dartboard ablate` and `dartboard bench quality` are front ends of it.
 class Distribution(BaseModel):
     """One outer hyperparameter of a study: ``uniform``/``loguniform`` (low, high), ``int`` (low, high,
-    step, log) or ``choice`` (values); ``when`` makes it conditional, e.g. ``{searcher: darts-2nd}``."""
+    step, log) or ``choice`` (values); ``when`` makes it conditional, e.g. ``{searcher: darts-2nd}`` or
+    ``{variant: NAME}``. The parameter's name is an option path (``platform/ray/space.py``):
+    ``arch_lr``, ``discretizer_options.sigma_threshold``, ``regularizers[proximity].rho``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -117,7 +121,7 @@ class Distribution(BaseModel):
         return self
 
 
-class SweepResources(BaseModel):
+class StudyResources(BaseModel):
     """Per trial: Ray Train workers, CPUs and GPUs (fractions allowed) per worker."""
 
     model_config = ConfigDict(extra="forbid")
@@ -135,7 +139,7 @@ class SweepResources(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _shared_gpu(self) -> SweepResources:
+    def _shared_gpu(self) -> StudyResources:
         # Fractions pack several one-worker trials on a GPU. Two DDP ranks of one trial on one GPU is
         # what Ray's packing gives, and NCCL refuses it ("Duplicate GPU detected").
         if self.workers > 1 and 0 < self.gpus_per_worker < 1:
@@ -145,33 +149,37 @@ class SweepResources(BaseModel):
         return self
 
 
-class SweepObjective(BaseModel):
-    """What Optuna maximises: the supernet's validation accuracy (``supernet``), or the derived
-    architecture's validation accuracy after a short training from scratch (``derived``)."""
+class StudyObjective(BaseModel):
+    """What the study maximises: the supernet's validation accuracy (``supernet``), the derived
+    architecture's validation accuracy after a short training from scratch (``derived``), or the
+    test accuracy of each trial's final training (``final``, needs ``final_training.scope: trial``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["supernet", "derived"] = "supernet"
+    kind: Literal["supernet", "derived", "final"] = "supernet"
     train_epochs: int = Field(3, ge=1)
     train_channels: int = Field(8, ge=1)
     train_layers: int = Field(3, ge=1)
     train_batch_size: int = Field(64, ge=1)
 
 
-class SweepFinalTraining(BaseModel):
-    """After the sweep: train the best genotype from scratch and register it with its weights."""
+class FinalTraining(BaseModel):
+    """Training a genotype from scratch: of the champion after the study (``scope: champion``, then
+    registered with its weights) or of every trial's genotype inside the trial (``scope: trial``,
+    ablation tables: test error, network size)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    scope: Literal["champion", "trial"] = "champion"
     channels: int = Field(16, ge=2)
     layers: int = Field(8, ge=1)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
-    seed: int = 0
+    seed: int | None = None  # None: the trial's seed (scope trial) or 0 (champion)
 
 
-class SweepScheduler(BaseModel):
-    """ASHA on a per-epoch metric; the rung clock is the epoch counter the workers report."""
+class StudyScheduler(BaseModel):
+    """ASHA on a per-epoch metric (the rung clock is the epoch counter the workers report), or FIFO."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -181,13 +189,38 @@ class SweepScheduler(BaseModel):
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
-class SweepConfig(BaseModel):
-    """A study: searcher, space, dataset, budget and the outer hyperparameters as distributions."""
+class StudyVariant(BaseModel):
+    """One row of a comparison: a registered searcher (or preset) and options on top of the study's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    searcher: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyReport(BaseModel):
+    """The study's table: which trial metrics (mean +- std over seeds per variant) and plot axes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: list[str] = Field(default_factory=lambda: ["objective", "val_acc"], min_length=1)
+    size_metric: str = "parameters"
+    rank_metric: str = "objective"  # picks each variant's best seed for the alpha plots
+    rank_mode: Literal["min", "max"] = "max"
+
+
+class StudyConfig(BaseModel):
+    """A study: variants x seeds x sampled hyperparameters, sampler, scheduler, objective, resources,
+    storage and an optional final training."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("study", pattern=r"^[A-Za-z0-9._-]+$")
-    searcher: str | list[str] = "darts"  # a list makes the searcher itself a choice (conditionals use `when`)
+    description: str = ""
+    # The variants: `searcher` (a name, or a list of names, each a variant of that name) or `variants`.
+    searcher: str | list[str] | None = None
+    variants: list[StudyVariant] = Field(default_factory=list)
     space: str | None = None  # the cell space (searcher option `space`); None keeps the searcher's default
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
     data_root: str | None = None
@@ -195,20 +228,65 @@ class SweepConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     train_fraction: float | None = Field(None, gt=0.0, lt=1.0)  # None: the searcher's schedule decides
     epochs: int = Field(3, ge=1)  # the budget: search epochs per trial (ASHA's max_t)
-    options: dict[str, Any] = Field(default_factory=dict)  # fixed searcher options
+    options: dict[str, Any] = Field(default_factory=dict)  # fixed searcher options of every variant
     params: dict[str, Distribution] = Field(default_factory=dict)  # the outer hyperparameters
-    num_samples: int = Field(8, ge=1)
+    sampler: Literal["tpe", "grid", "random"] = "tpe"
+    num_samples: int | None = Field(None, ge=1)  # tpe/random: number of trials (default 8); grid: 1
+    seed: int = 0  # the sampler's seed, and the trials' seed when `seeds` is not given
+    seeds: list[int] | None = None  # trial seeds (grid: every variant x every seed)
     max_concurrent: int = Field(2, ge=1)
-    seed: int = 0
-    resources: SweepResources = Field(default_factory=SweepResources)
-    objective: SweepObjective = Field(default_factory=SweepObjective)
-    final_training: SweepFinalTraining | None = None  # None: the champion is registered as a genotype only
-    scheduler: SweepScheduler = Field(default_factory=SweepScheduler)
-    storage: str | None = None  # local folder (default ./runs/sweeps), s3://, gs:// or a shared mount
+    resources: StudyResources = Field(default_factory=StudyResources)
+    objective: StudyObjective = Field(default_factory=StudyObjective)
+    final_training: FinalTraining | None = None  # None: the champion is registered as a genotype only
+    scheduler: StudyScheduler = Field(default_factory=StudyScheduler)
+    report: StudyReport = Field(default_factory=StudyReport)
+    storage: str | None = None  # local folder (default ./runs/studies), s3://, gs:// or a shared mount
     max_failures: int = Field(2, ge=0)  # Tune retries of a trial (driver/node loss)
     train_max_failures: int = Field(2, ge=0)  # Ray Train retries inside a trial (worker/node loss)
     ray_address: str | None = None  # None: start a local Ray; "auto" or ray://... joins a cluster
     ray_num_cpus: int | None = Field(None, ge=1)  # logical CPUs of a local Ray (None: this machine's)
+    experiment: str = "dartboard-studies"  # MLflow experiment of the parent run
+    register_as: str | None = None  # registered-model name of the champion (None: the study's name)
+
+    @model_validator(mode="after")
+    def _variants_and_seeds(self) -> StudyConfig:
+        if self.searcher is not None and self.variants:
+            raise ValueError("searcher: give either 'searcher' (names) or 'variants', not both")
+        if not self.variants:
+            names = [self.searcher or "darts"] if not isinstance(self.searcher, list) else self.searcher
+            if not names:
+                raise ValueError("searcher: expected at least one searcher name")
+            self.variants = [StudyVariant(name=n, searcher=n) for n in names]
+            self.searcher = None
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variants: names must be unique, repeated: {', '.join(dup)}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds: expected distinct seeds, got {self.seeds}")
+        if self.sampler != "grid" and len(self.trial_seeds()) > 1:
+            raise ValueError(f"seeds: the {self.sampler!r} sampler draws one configuration per trial and runs it "
+                             f"with the study's seed; give one seed or use sampler: grid (variants x seeds)")
+        if self.num_samples is None:
+            self.num_samples = 1 if self.sampler == "grid" else 8
+        elif self.sampler == "grid" and self.num_samples != 1:
+            raise ValueError(f"num_samples: the grid sampler runs each grid point once, got {self.num_samples}; "
+                             "vary seeds with 'seeds'")
+        if self.objective.kind == "final" and (self.final_training is None or self.final_training.scope != "trial"):
+            raise ValueError("objective.kind: 'final' needs final_training with scope: trial")
+        return self
+
+    def trial_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def variant(self, name: str) -> StudyVariant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ValueError(f"variant: {name!r} is not a variant of study {self.name!r}")
 
     def searchers(self) -> list[str]:
-        return [self.searcher] if isinstance(self.searcher, str) else list(self.searcher)
+        return list(dict.fromkeys(v.searcher for v in self.variants))
+
+    def trials_per_sample(self) -> int:
+        return len(self.variants) * len(self.trial_seeds()) if self.sampler == "grid" else 1

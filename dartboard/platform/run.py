@@ -71,7 +71,7 @@ def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
 def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[dict[str, float]], out: Path
                            ) -> dict[str, Path]:
     """genotype.json, metrics history, alpha evolution plot and cell pictures."""
-    from dartboard.platform.plots import draw_cell, plot_alpha_history
+    from dartboard.platform.reports.figures import draw_cell, plot_alpha_history
 
     out.mkdir(parents=True, exist_ok=True)
     artifacts = {"genotype": gt.save(genotype, out / "genotype.json")}
@@ -126,7 +126,7 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     artifacts = write_search_artifacts(searcher, genotype, history, out)
     result = SearchResult(genotype, history, out, seconds, artifacts, searcher)
     if cfg.mlflow:
-        from dartboard.platform.registry import log_search_run
+        from dartboard.platform.tracking.runs import log_search_run
 
         log_search_run(cfg, result)
     return result

@@ -65,8 +65,7 @@ def quality_cmd(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     epochs: int = typer.Option(20, help="Search epochs per trial."),
     workers: int = typer.Option(2, help="Trials run at once (one CPU each)."),
-    ray: bool = typer.Option(False, "--ray", help="Run the trials as one Ray Tune study."),
-    ray_address: str = typer.Option(None, help="With --ray: an existing cluster (default: a private local one)."),
+    ray_address: str = typer.Option(None, help="An existing Ray cluster (default: a private local one)."),
     own_parse: bool = typer.Option(False, "--own-parse", help="Keep each preset's discretizer (default: the "
                                    "DARTS parse, whose outcomes are exactly the table's members)."),
     no_random: bool = typer.Option(False, "--no-random", help="Leave out random search."),
@@ -74,25 +73,23 @@ def quality_cmd(
                                help="Table JSON (default: the shipped dartboard/data/tiny81.json)."),
     out: Path = typer.Option(Path("runs/bench-quality"), help="Output folder."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
-    experiment: str = typer.Option("dartboard-quality", help="MLflow experiment."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     rescore: Path = typer.Option(None, exists=True, dir_okay=False,
                                  help="Do not search: rescore this quality.json against the (rebuilt) "
                                  "table from its recorded architectures, rewriting its table and plot."),
 ) -> None:
-    """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search."""
-    from dartboard.bench.quality import DEFAULT_SEARCHERS, QualityConfig, log_mlflow, rescore_file, run_quality
+    """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search (a study
+    on the one study runner: every (searcher, seed) a Ray Train trial)."""
+    from dartboard.bench.quality import DEFAULT_SEARCHERS, QualityConfig, rescore_file
     from dartboard.searchers.registry import SEARCHERS
 
     if rescore is not None:
         cfg, result = rescore_file(rescore, str(table) if table else None)
         typer.echo(result["markdown"])
         typer.echo(f"rescored {rescore}; curves: {result['plot']}")
-        if not no_mlflow:
-            run_id = log_mlflow(result["records"], cfg, [result["plot"], rescore.parent / "quality.md"],
-                                tracking_uri, experiment)
-            typer.echo(f"mlflow: run {run_id}")
         return
+    from dartboard.platform.quality import run_quality
+
     if searchers:
         names = [s.strip() for s in searchers.split(",") if s.strip()]
     else:
@@ -101,14 +98,12 @@ def quality_cmd(
         cfg = QualityConfig(searchers=names, seeds=parse_seeds(seeds), epochs=epochs,
                             workers=workers, parse=None if own_parse else "darts", random_search=not no_random,
                             table=str(table) if table else None)
-    log.info("bench quality: %s x seeds %s, %d epochs, %d workers%s", ", ".join(names), cfg.seeds, epochs, workers,
-             " (Ray Tune)" if ray else "")
-    result = run_quality(cfg, out, ray=ray, ray_address=ray_address)
+    log.info("bench quality: %s x seeds %s, %d epochs, %d trials at once", ", ".join(names), cfg.seeds, epochs,
+             workers)
+    result = run_quality(cfg, out, ray_address=ray_address, tracking_uri=tracking_uri, mlflow=not no_mlflow)
     typer.echo(result["markdown"])
-    typer.echo(f"curves: {result['plot']}; table: {out / 'quality.md'}; took {result['wall_seconds']:.0f} s")
-    if not no_mlflow:
-        run_id = log_mlflow(result["records"], cfg, [result["plot"], out / "quality.md"], tracking_uri, experiment)
-        typer.echo(f"mlflow: run {run_id}")
+    typer.echo(f"curves: {result['plot']}; table: {out / 'quality.md'}; took {result['wall_seconds']:.0f} s; "
+               f"study: {result['run_dir']}")
 
 
 def bench_speed(

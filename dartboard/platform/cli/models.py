@@ -18,7 +18,7 @@ def pull(
     tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
 ) -> None:
     """Download a registered model's genotype and weights, verified against the recorded SHA-256."""
-    from dartboard.platform.registry import pull_model
+    from dartboard.platform.tracking.models import pull_model
 
     folder, version = pull_model(tracking_uri, model, to)
     typer.echo(f"{version.name} version {version.version} written to {folder}")
@@ -28,7 +28,7 @@ def pull(
 
 def models_list(tracking_uri: str = typer.Option(None, help=TRACKING_HELP)) -> None:
     """Registered models with their latest version and aliases."""
-    from dartboard.platform.registry import client
+    from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
     models = c.search_registered_models()
@@ -47,7 +47,7 @@ def models_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Every version of NAME with its aliases, tags (study, searcher, metrics, SHA-256) and run metrics."""
-    from dartboard.platform.registry import client
+    from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
     versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))

@@ -25,27 +25,19 @@ def sweep(
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not track in MLflow nor register the champion."),
 ) -> None:
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
-    from dartboard.platform.config import SweepConfig
-    from dartboard.platform.registry import SweepTracker
-    from dartboard.platform.sweep import load_study, resolve_storage, run_sweep, study_name, validate_study
+    from dartboard.platform.sweep import load_study, run_sweep
 
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
-        with user_input("--resume"):  # only reads the study file of the run directory
-            name = study_name(resolve_storage(resume))
-        hooks = [] if no_mlflow else [SweepTracker(tracking_uri, register_as=name)]
-        result = run_sweep(resume=resume, callbacks=hooks)
+        result = run_sweep(resume=resume, tracking_uri=tracking_uri, mlflow=not no_mlflow)
     else:
+        overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
+                                       "ray_address": address}.items() if v is not None}
         with user_input():  # only reads and validates the study
-            cfg = load_study(study)
-            overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
-                                           "ray_address": address}.items() if v is not None}
-            cfg = SweepConfig(**{**cfg.model_dump(), **overrides})
-            validate_study(cfg)
+            cfg = load_study(study, overrides)
         # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
-        hooks = [] if no_mlflow else [SweepTracker(tracking_uri, register_as=cfg.name)]
-        result = run_sweep(cfg, callbacks=hooks)
+        result = run_sweep(cfg, tracking_uri=tracking_uri, mlflow=not no_mlflow)
     c = result.counts
     typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
@@ -57,21 +49,18 @@ def sweep(
         typer.echo("no trial completed; nothing to recommend")
         raise typer.Exit(1)
     best = result.best
-    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {best['epoch']} epochs")
-    typer.echo("best configuration: " + json.dumps(best["config"], sort_keys=True))
+    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {best['epoch']:.0f} epochs")
+    typer.echo("best configuration: " + json.dumps({"variant": best["variant"], **best["config"]}, sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
     if best.get("final"):
         final = best["final"]
         typer.echo(f"champion trained from scratch: test accuracy {final['test_acc']:.4f}, "
                    f"{final['parameters']:,} parameters, weights in {final['dir']}")
-    if hooks:
-        typer.echo(f"registered in MLflow as {hooks[0].register_as}@champion "
-                   f"(dartboard pull {hooks[0].register_as}@champion --to DIR)")
+    if not no_mlflow:
+        name = result.config.register_as or result.config.name
+        typer.echo(f"registered in MLflow as {name}@champion (dartboard pull {name}@champion --to DIR)")
     if "://" not in result.run_dir:
-        from dartboard.spaces import genotype as gt
-
-        path = gt.save(gt.from_dict(best["genotype"]), Path(result.run_dir) / "best_genotype.json")
-        typer.echo(f"best genotype written to {path}")
+        typer.echo(f"best genotype written to {Path(result.run_dir) / 'best_genotype.json'}")
 
 
 def register(app: typer.Typer) -> None:

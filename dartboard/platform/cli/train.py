@@ -55,7 +55,7 @@ def train(
     result = train_genotype(geno, splits, cfg, out_dir,
                             on_epoch=lambda e, loss: log.info("epoch %3d  loss %.4f", e + 1, loss))
     if not no_mlflow:
-        from dartboard.platform.registry import log_train_run
+        from dartboard.platform.tracking.runs import log_train_run
 
         log_train_run(tracking_uri, "dartboard", genotype, {**cfg.__dict__, "dataset": dataset}, result, out_dir)
     typer.echo(f"weights written to {result.weights_path} (sha256 {result.weights_sha256})")

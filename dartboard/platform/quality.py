@@ -1,0 +1,82 @@
+"""`dartboard bench quality` on the study runner: every (searcher, seed) is a trial of one grid
+study on tiny81 (a Ray Train job like every trial, checkpointed per epoch, resumable); the
+scoring (regret curves, random-search baseline, table, plot) is ``dartboard.bench.quality``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dartboard.bench.quality import (
+    RANDOM,
+    QualityConfig,
+    curve_from_trial,
+    random_search_records,
+    trial_options,
+    write_outputs,
+)
+from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray.runner import StudyResult, run_study
+
+
+def quality_study(cfg: QualityConfig, ray_address: str | None = None, storage: str | None = None) -> StudyConfig:
+    """The benchmark as a study: variants = searchers (their presets on tiny81), seeds, grid sampler,
+    no early stopping, one CPU per trial, ``workers`` trials at once."""
+    variants = []
+    for name in (s for s in cfg.searchers if s != RANDOM):
+        options = trial_options(name, cfg)
+        space, _ = options.pop("space"), options.pop("epochs")
+        variants.append({"name": name, "searcher": name, "options": options})
+    return StudyConfig(name="bench-quality", description="tiny81 search quality (regret) of each searcher",
+                       variants=variants, space=space, seeds=list(cfg.seeds), sampler="grid", epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, train_fraction=cfg.train_fraction, num_samples=1,
+                       max_concurrent=cfg.workers, scheduler={"type": "fifo"}, storage=storage,
+                       ray_address=ray_address,
+                       experiment="dartboard-quality", register_as=None,
+                       report={"metrics": ["tiny81_regret", "tiny81_rank"], "rank_metric": "tiny81_regret",
+                               "rank_mode": "min"})
+
+
+def records_of(result: StudyResult, table) -> list[dict[str, Any]]:
+    """The scoring's records (one per searcher and seed, study order) from the trials' histories."""
+    records = []
+    for t in result.trials:
+        if t["status"] != "complete":
+            raise RuntimeError(f"quality trial {t['key']} did not finish: {t.get('error') or t['status']}")
+        curve = curve_from_trial(table, t["genotypes"], t["history"])
+        records.append({"searcher": t["searcher"], "seed": t["seed"], "options": t["config"], "curve": curve,
+                        "seconds": curve[-1]["seconds"] if curve else 0.0,
+                        "stopped_early": len(curve) < result.config.epochs})
+    order = {(v.searcher, s): i for i, (v, s) in enumerate((v, s) for v in result.config.variants
+                                                           for s in result.config.trial_seeds())}
+    return sorted(records, key=lambda r: order[(r["searcher"], r["seed"])])
+
+
+def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = None, tracking_uri: str | None = None,
+                mlflow: bool = True) -> dict[str, Any]:
+    """Run the benchmark study; write quality.json, quality.md and regret_curves.png under ``out``
+    (the study's run directory is under ``out/studies``); MLflow: parent run, a child per trial."""
+    from dartboard.bench.table import load_table
+    from dartboard.platform.tracking.study import StudyTracker
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = load_table(cfg.table)
+    study = quality_study(cfg, ray_address, str(out / "studies"))
+    outputs: dict[str, Any] = {}
+
+    def report(result: StudyResult) -> tuple[list[Path], dict[str, float]]:
+        records = records_of(result, table)
+        if cfg.random_search or RANDOM in cfg.searchers:
+            records += random_search_records(records, cfg, table)
+        outputs.update(write_outputs(records, cfg, table, out, time.perf_counter() - start))
+        outputs["run_dir"] = result.run_dir
+        numbers = {f"{r['searcher']}.final_regret_mean": r["final_regret_mean"] for r in outputs["rows"]}
+        return [out / "quality.md", out / "quality.json", outputs["plot"]], numbers
+
+    start = time.perf_counter()
+    run_study(study, tracker=StudyTracker(tracking_uri) if mlflow else None, report=report)
+    outputs["config"] = asdict(cfg)
+    return outputs

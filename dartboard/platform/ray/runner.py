@@ -1,0 +1,213 @@
+"""The study runner: one way to run every study (sweep, ablation, benchmark).
+
+    study YAML -> StudyConfig -> Ray Tune (Optuna TPE / random, or a grid; optional ASHA)
+        each trial -> TorchTrainer (ray/worker.py), one checkpoint per epoch (ray/checkpoint.py)
+    -> StudyResult (every trial: status, metrics, per-epoch history, genotype, last checkpoint)
+    -> optional final training of the champion -> tracking (one MLflow parent, a child per trial,
+       one champion registration) through the ``tracker`` given by the front end.
+
+A study whose driver died (even SIGKILL) is resumed from its run directory: finished trials are
+kept, running ones continue from their last epoch checkpoint with the searcher's full state, none
+runs twice. The run directory holds ``study.yaml``, Tune's state, ``trials/`` and the result file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from dartboard.platform.config import StudyConfig, load_yaml
+from dartboard.platform.ray import storage as st
+from dartboard.platform.ray.resources import check_resources, driver_cpus
+from dartboard.platform.ray.samplers import make_search_alg
+from dartboard.platform.ray.session import init_ray
+from dartboard.platform.ray.space import grid_param_space, make_scheduler, validate_study
+from dartboard.platform.ray.trial import TrialCallback, TrialHook, run_trial, trial_payload
+
+log = logging.getLogger("dartboard")
+
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+DEFAULT_STUDY = "digits"
+CHAMPION_DIR = "champion"
+
+
+@dataclass
+class StudyResult:
+    run_dir: str
+    config: StudyConfig
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ loading
+def study_path(name_or_path: str | None) -> Path:
+    """A YAML path, or the name of a bundled preset in ``dartboard/platform/studies``."""
+    name = name_or_path or DEFAULT_STUDY
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = STUDIES_DIR / f"{name}.yaml"
+    if not preset.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"study: {name!r} is neither a YAML file nor a preset; presets: {known}")
+    return preset
+
+
+def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    return StudyConfig(**{**load_yaml(study_path(name_or_path)), **(overrides or {})})
+
+
+def stored_study(run_dir: str) -> StudyConfig:
+    """The study of a run directory (for --resume)."""
+    return StudyConfig(**yaml.safe_load(st.read_text(f"{run_dir}/{st.STUDY_FILE}", "resume")))
+
+
+# ------------------------------------------------------------------ running
+def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, tracker: Any = None,
+              report: Callable[[StudyResult], tuple[list[Path], dict[str, float]]] | None = None,
+              hooks: list[TrialHook] = (), run_dir: str | None = None) -> StudyResult:
+    """Run ``cfg`` (or resume the study stored in the run directory ``resume``).
+
+    ``tracker`` (``tracking.study.StudyTracker``) gets the parent run, a child per trial and the
+    champion; ``report(result)`` (the front end's tables and plots) returns files and numbers for the
+    parent run; ``hooks`` are called with each trial's payload as it finishes. ``run_dir``: where a
+    new study lives (default ``STORAGE/NAME-TIMESTAMP``)."""
+    if resume is not None:
+        run_dir = st.resolve_storage(resume)
+        cfg = stored_study(run_dir)
+    assert cfg is not None
+    validate_study(cfg)
+    if resume is None and run_dir is not None:
+        run_dir = st.resolve_storage(run_dir)
+        if st.exists(f"{run_dir}/{st.STUDY_FILE}"):
+            raise ValueError(f"out: {run_dir!r} already holds a study; continue it with --resume {run_dir}")
+    elif resume is None:
+        storage = st.resolve_storage(cfg.storage)
+        st.check_storage(storage)
+        run_dir = f"{storage}/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not cfg.ray_address:
+        import torch
+
+        check_resources(cfg, float(cfg.ray_num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count()))
+    if resume is None:
+        st.check_storage(run_dir)
+        st.write_text(f"{run_dir}/{st.STUDY_FILE}", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    if tracker is not None:
+        tracker.open(cfg, run_dir)
+    failed = True
+    try:
+        result = _run(cfg, run_dir, resume is not None, ([tracker.log_trial] if tracker else []) + list(hooks))
+        artifacts, numbers = report(result) if report is not None else ([], {})
+        if tracker is not None:
+            tracker.finish(result, artifacts, numbers)
+        failed = False
+        return result
+    finally:
+        if tracker is not None:
+            tracker.close(failed)
+
+
+def _run(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:
+    init_ray(cfg)
+    import ray
+
+    if cfg.ray_address:
+        total = ray.cluster_resources()
+        check_resources(cfg, float(total.get("CPU", 0)), float(total.get("GPU", 0)))
+    start = time.perf_counter()
+    study = {"config": cfg.model_dump(), "run_dir": run_dir}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, study=study), {"cpu": driver_cpus(cfg)})
+    callback = TrialCallback(cfg, run_dir, hooks)
+    if resume:
+        if not tune.Tuner.can_restore(run_dir):
+            raise ValueError(f"resume: {run_dir!r} holds no Tune experiment to resume")
+        tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=False)
+        # Tune restores the first driver's RunConfig (callbacks pickled without their hooks): use ours.
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+    else:
+        parent, name = run_dir.rsplit("/", 1)
+        tuner = tune.Tuner(
+            trainable, param_space=grid_param_space(cfg) if cfg.sampler == "grid" else None,
+            tune_config=tune.TuneConfig(search_alg=make_search_alg(cfg), scheduler=make_scheduler(cfg),
+                                        num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent,
+                                        trial_dirname_creator=lambda t: f"run_trial_{t.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=parent, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                      callbacks=[callback]),
+        )
+    grid = tuner.fit()
+    trials = []
+    for r in grid:
+        error = _last_line(str(r.error)) if r.error is not None else None
+        trial_id = (r.metrics or {}).get("trial_id") or _trial_id_from_path(r.path)
+        trials.append(trial_payload(cfg, run_dir, trial_id, r.config, r.metrics or {}, error))
+    trials.sort(key=lambda t: t["key"])
+    complete = [t for t in trials if t["status"] == "complete" and _finite(t["objective"])]
+    best = max(complete, key=lambda t: t["objective"]) if complete else None
+    if best is not None and cfg.final_training is not None and cfg.final_training.scope == "champion":
+        best["final"] = _train_champion(cfg, best, run_dir)
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("complete", "pruned", "error")}
+    result = StudyResult(run_dir, cfg, trials, best, time.perf_counter() - start, counts)
+    st.write_text(f"{run_dir}/{st.RESULT_FILE}", json.dumps({"best": best, "counts": counts, "trials": trials},
+                                                            indent=1, default=str))
+    return result
+
+
+def _train_champion(cfg: StudyConfig, best: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Train the best genotype from scratch (``final_training``, scope champion) on the study's data;
+    the folder holds genotype.json, network.json and weights.safetensors, ready for the registry. On
+    s3:// or gs:// storage it trains in a local staging folder that is then uploaded."""
+    from dartboard.data.datasets import load_dataset
+    from dartboard.platform.config import resolve_device
+    from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
+    from dartboard.spaces import genotype as gt
+    from dartboard.training.final import TrainConfig, train_genotype
+
+    final = cfg.final_training
+    champion = f"{run_dir}/{CHAMPION_DIR}"
+    staging = Path(tempfile.mkdtemp(prefix="dartboard-champion-")) if "://" in run_dir else None
+    out = staging or Path(champion)
+    try:
+        splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+        train_cfg = TrainConfig(channels=final.channels, layers=final.layers, epochs=final.epochs,
+                                batch_size=final.batch_size, seed=final.seed or 0, device=resolve_device("auto"))
+        result = train_genotype(gt.from_dict(best["genotype"]), splits, train_cfg, out)
+        (out / NETWORK_FILE).write_text(json.dumps(network_spec(train_cfg, splits.info, cfg.dataset)))
+        if staging is not None:
+            st.upload_dir(staging, champion)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("champion trained: test accuracy %.4f (%d parameters)", result.test_acc, result.parameters)
+    return {"dir": champion, "test_acc": result.test_acc, "test_loss": result.test_loss,
+            "parameters": result.parameters, "weights_sha256": result.weights_sha256}
+
+
+def _last_line(text: str) -> str:
+    """The exception line of a remote traceback (the reason, without Ray's frames)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else text
+
+
+def _trial_id_from_path(path: str | None) -> str:
+    # trial folders are named run_trial_<trial_id> (trial_dirname_creator above)
+    name = (path or "").rstrip("/").rsplit("/", 1)[-1]
+    return name.removeprefix("run_trial_").split("_", 1)[0]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,169 @@
+"""A study's search space: which trials exist (variants x seeds x sampled hyperparameters), how
+they are sampled (a grid here; Optuna TPE or random in ``samplers.py``, which the trial processes
+never import), and the search run each trial config stands for.
+
+A trial config is ``{"variant": NAME, "seed": N, PATH: value, ...}``; ``variant`` and ``seed`` are
+left out where the study has only one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dartboard.platform.config import SearchRunConfig, StudyConfig
+from dartboard.platform.ray.options import parse_path, root_option, set_option
+
+RESERVED = ("variant", "seed")
+
+
+# ------------------------------------------------------------------ validation (no cluster needed)
+def validate_study(cfg: StudyConfig) -> None:  # noqa: C901  (to split: one check per concern)
+    """Every check that needs no cluster: searchers, option paths, conditions, sampler, data, and a
+    dry build of each variant's searcher with sampled values (so a bad nested option fails now)."""
+    from dartboard.searchers.registry import get_searcher_spec
+    from dartboard.spaces.catalog import get_space
+
+    specs = {}
+    for v in cfg.variants:
+        try:
+            specs[v.searcher] = get_searcher_spec(v.searcher)
+        except ValueError as err:
+            where = "searcher" if v.name == v.searcher and len(cfg.variants) == 1 else f"variants.{v.name}.searcher"
+            raise ValueError(f"{where}: {err}") from None
+    if cfg.space is not None:
+        try:
+            get_space(cfg.space)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"space: {err}") from None
+    for key in ("epochs", "space"):
+        if key in cfg.options or key in cfg.params or any(key in v.options for v in cfg.variants):
+            raise ValueError(f"options.{key}: set the study's top-level {key!r} field instead")
+    for v in cfg.variants:
+        unknown = sorted((set(cfg.options) | set(v.options)) - set(specs[v.searcher].options))
+        if unknown:
+            where = "options" if unknown[0] in cfg.options else f"variants.{v.name}.options"
+            raise ValueError(f"{where}.{unknown[0]}: searcher {v.searcher!r} has no hyperparameter {unknown[0]!r}; "
+                             f"its hyperparameters: {', '.join(sorted(specs[v.searcher].options))}")
+    variant_names = [v.name for v in cfg.variants]
+    for pname, dist in cfg.params.items():
+        if pname in RESERVED or pname == "searcher":
+            raise ValueError(f"params.{pname}: list variants in 'variants' (or 'searcher') and seeds in 'seeds'")
+        parse_path(pname)
+        when = dict(dist.when)
+        want_searcher, want_variant = when.pop("searcher", None), when.pop("variant", None)
+        for key, want, known in (("searcher", want_searcher, cfg.searchers()), ("variant", want_variant,
+                                                                                  variant_names)):
+            for w in ([want] if isinstance(want, str) else list(want or [])):
+                if w not in known:
+                    raise ValueError(f"params.{pname}.when.{key}: {w!r} is not one of the study's {key}s {known}")
+        for other in when:
+            if other not in cfg.params:
+                raise ValueError(f"params.{pname}.when.{other}: conditions may name 'searcher', 'variant' or another "
+                                 f"parameter of the study, got {other!r}")
+        for v in dist.values or []:
+            if not (v is None or isinstance(v, (bool, int, float, str))):
+                raise ValueError(f"params.{pname}.values: choices must be numbers, strings, booleans or null, "
+                                 f"got {v!r}")
+        for v in cfg.variants:
+            applies = condition_applies(dist.model_dump(), v.name, v.searcher)
+            if applies and root_option(pname) not in specs[v.searcher].options:
+                raise ValueError(f"params.{pname}: searcher {v.searcher!r} has no hyperparameter "
+                                 f"{root_option(pname)!r}; its hyperparameters: "
+                                 f"{', '.join(sorted(specs[v.searcher].options))}")
+        if cfg.sampler == "grid" and (dist.type != "choice" or dist.when):
+            raise ValueError(f"params.{pname}: the grid sampler takes 'choice' distributions without 'when' "
+                             f"(got {dist.type!r}); use sampler tpe or random for ranges")
+    if cfg.dataset != "digits" and cfg.data_root is None and cfg.dataset != "imagefolder":
+        raise ValueError(f"data_root: dataset {cfg.dataset!r} needs a local data_root (nothing is downloaded)")
+    _dry_build(cfg)
+
+
+def _dry_build(cfg: StudyConfig) -> None:
+    """Build each variant's searcher on a tiny shape and derive once, with every applicable parameter
+    at its lowest and at its highest value: option values the searcher refuses (a regularizer option
+    that does not exist, a threshold out of range) fail here, before any trial starts."""
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    for v in cfg.variants:
+        for end in ("low", "high"):
+            sample: dict[str, Any] = {"variant": v.name}
+            for pname, dist in cfg.params.items():
+                d = dist.model_dump()
+                if condition_applies(d, v.name, v.searcher):
+                    value = d["values"][0 if end == "low" else -1] if d["type"] == "choice" else d[end]
+                    sample[pname] = int(value) if d["type"] == "int" else value
+            run = SearchRunConfig(**trial_run_config(cfg, sample))
+            try:
+                build_searcher(run.searcher, run.searcher_options(), DataShape(1, 8, 10), "cpu").derive()
+            except (ValueError, TypeError, KeyError) as err:
+                names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
+                raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
+                                 f"({names}): {err}") from None
+
+
+def condition_applies(dist: dict[str, Any], variant: str, searcher: str) -> bool:
+    when = dist.get("when") or {}
+    for key, actual in (("searcher", searcher), ("variant", variant)):
+        if key in when and not value_matches(actual, when[key]):
+            return False
+    return True
+
+
+def value_matches(value: Any, want: Any) -> bool:
+    return value in want if isinstance(want, list) else value == want
+
+
+# ------------------------------------------------------------------ one trial's search run
+def trial_run_config(cfg: StudyConfig, trial_config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's SearchRunConfig (as a dict): study options, the variant's, then the sampled values
+    at their option paths (nested ones inside copies of the preset's lists and mappings)."""
+    from dartboard.searchers.registry import get_searcher_spec
+
+    variant = cfg.variant(trial_config.get("variant", cfg.variants[0].name))
+    seed = int(trial_config.get("seed", cfg.trial_seeds()[0]))
+    options = {**cfg.options, **variant.options, **({"space": cfg.space} if cfg.space else {}), "epochs": cfg.epochs}
+    defaults = get_searcher_spec(variant.searcher).defaults
+    for path in sorted(k for k in trial_config if k not in RESERVED):
+        options = set_option(options, path, trial_config[path], defaults)
+    run = SearchRunConfig(searcher=variant.searcher, dataset=cfg.dataset, data_root=cfg.data_root,
+                          image_size=cfg.image_size, batch_size=cfg.batch_size, train_fraction=cfg.train_fraction,
+                          seed=seed, device="cuda" if cfg.resources.gpus_per_worker > 0 else "cpu", options=options,
+                          mlflow=False)
+    return run.model_dump()
+
+
+def trial_key(cfg: StudyConfig, trial_config: dict[str, Any], trial_id: str) -> str:
+    """A readable, stable name of a trial: ``VARIANT/seedN`` (+ ``/PATH=value`` for grid values) on a
+    grid; the Tune trial id for sampled studies (their configs are not known in advance)."""
+    if cfg.sampler != "grid":
+        return trial_id
+    variant = trial_config.get("variant", cfg.variants[0].name)
+    seed = trial_config.get("seed", cfg.trial_seeds()[0])
+    extra = "".join(f"/{k}={trial_config[k]}" for k in sorted(trial_config) if k not in RESERVED)
+    return f"{variant}/seed{seed}{extra}"
+
+
+# ------------------------------------------------------------------ grid and scheduler
+def grid_param_space(cfg: StudyConfig) -> dict[str, Any]:
+    """Tune's grid: every variant x every seed x every choice of every parameter."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    if len(cfg.variants) > 1:
+        space["variant"] = tune.grid_search([v.name for v in cfg.variants])
+    if len(cfg.trial_seeds()) > 1:
+        space["seed"] = tune.grid_search(cfg.trial_seeds())
+    for pname, dist in cfg.params.items():
+        space[pname] = tune.grid_search(list(dist.values or []))
+    return space
+
+
+def make_scheduler(cfg: StudyConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = cfg.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    mode = "min" if s.metric.endswith("loss") else "max"
+    return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=mode, max_t=cfg.epochs,
+                         grace_period=min(s.grace_period, cfg.epochs), reduction_factor=s.reduction_factor)

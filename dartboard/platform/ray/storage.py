@@ -1,0 +1,118 @@
+"""Where a study lives: a local folder, a shared mount, or s3:// / gs:// (through pyarrow.fs, the
+filesystems Ray itself uses). The run directory holds the study file, Tune's experiment state,
+each trial's Train run (``trials/train-<trial_id>``, its epoch checkpoints) and the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STORAGE = "runs/studies"
+STUDY_FILE = "study.yaml"
+RESULT_FILE = "study_result.json"
+TRIALS_DIR = "trials"
+
+
+def resolve_storage(storage: str | None) -> str:
+    """Local folders become absolute (default ./runs/studies); s3://, gs:// and other URIs stay."""
+    if storage and "://" in storage and not storage.startswith("file://"):
+        return storage.rstrip("/")
+    return str(Path(storage.removeprefix("file://") if storage else DEFAULT_STORAGE).expanduser().resolve())
+
+
+def check_storage(storage: str) -> None:
+    """Write and delete a probe file, so an unwritable storage fails before any trial starts."""
+    import pyarrow.fs
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.create_dir(root, recursive=True)
+        probe = f"{root}/.dartboard-write-probe"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as err:  # noqa: BLE001 - any filesystem failure is the same user error
+        raise ValueError(f"storage: {storage!r} is not writable ({' '.join(str(err).split())})") from None
+
+
+def write_text(uri: str, text: str) -> None:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_text(uri: str, field_name: str) -> str:
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(path) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError) as err:
+        raise ValueError(f"{field_name}: cannot read {uri!r}: is it a study run directory? ({err})") from None
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def upload_dir(local: Path, uri: str) -> None:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    fs.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=fs)
+
+
+def download_dir(uri: str, local: Path) -> Path:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    local.mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return local
+
+
+def train_dir(run_dir: str, trial_id: str) -> str:
+    return f"{run_dir}/{TRIALS_DIR}/train-{trial_id}"
+
+
+def last_checkpoint(run_dir: str, trial_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The trial's most advanced epoch checkpoint (URI, its progress.json), or None."""
+    import pyarrow.fs
+
+    from dartboard.platform.ray.checkpoint import PROGRESS_FILE
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(train_dir(run_dir, trial_id))
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    best: tuple[tuple[int, int], str, dict[str, Any]] | None = None
+    for info in infos:
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{PROGRESS_FILE}") as f:
+                progress = json.loads(f.read().decode())
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            continue
+        rank = (int(bool(progress.get("done"))), len(progress.get("history", [])))
+        if best is None or rank > best[0]:
+            prefix = train_dir(run_dir, trial_id)
+            best = (rank, f"{prefix}/{info.base_name}", progress)
+    return None if best is None else (best[1], best[2])
+
+
+def train_run_finished(run_dir: str, trial_id: str) -> bool:
+    """Whether the trial's Train run already made its last report (before a driver crash)."""
+    found = last_checkpoint(run_dir, trial_id)
+    return bool(found and found[1].get("done"))

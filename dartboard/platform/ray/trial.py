@@ -1,0 +1,137 @@
+"""One trial of a study: a Ray Tune function that launches the trial's search as a Ray Train
+TorchTrainer named ``train-<trial_id>`` (so a retried or resumed trial continues from its last
+epoch checkpoint), and the driver-side callback that frees placement groups, turns retries off for
+diverged trials and hands every finished trial to the study's hooks.
+
+NaN/inf: the workers end a diverged trial with a ``nonfinite`` report; :class:`TrialCallback` turns
+Tune's retries off for it and :func:`run_trial` raises :class:`NonFiniteLossError`, so the trial
+ends as errored with that reason and the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+
+from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray.space import trial_key, trial_run_config
+from dartboard.platform.ray.storage import train_run_finished
+from dartboard.platform.ray.worker import NonFiniteLossError, make_trainer
+
+log = logging.getLogger("dartboard")
+TrialHook = Callable[[dict[str, Any]], None]
+
+
+def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
+    """The Tune function trainable: launch this trial's search TorchTrainer and wait for it."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = StudyConfig(**study["config"])
+    trial_id = tune.get_context().get_trial_id()
+    r = cfg.resources
+    final = cfg.final_training.model_dump() if cfg.final_training and cfg.final_training.scope == "trial" else None
+    trainer = make_trainer(trial_run_config(cfg, config), name=f"train-{trial_id}",
+                           storage_path=f"{study['run_dir']}/trials", workers=r.workers,
+                           cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
+                           max_failures=cfg.train_max_failures, objective=cfg.objective.model_dump(), final=final,
+                           key=trial_key(cfg, config, trial_id), callbacks=[TuneReportCallback()],
+                           required_metrics=["objective", cfg.scheduler.metric])
+    finished_before = train_run_finished(study["run_dir"], trial_id)
+    result = trainer.fit()
+    if finished_before and result.metrics:
+        # The Train run had ended before a driver crash, but Tune never recorded its end (or this
+        # trial would not run again): fit() resumes nothing and forwards nothing, so report it here.
+        tune.report(dict(result.metrics))
+    if result.metrics and result.metrics.get("nonfinite"):
+        raise NonFiniteLossError(f"trial {trial_id}: {result.metrics.get('error', 'loss became NaN or inf')}")
+
+
+class TrialCallback(tune.Callback):
+    """Driver-side: no retries for diverged trials; placement groups freed; each finished trial's
+    payload (:func:`trial_payload`) handed to ``hooks`` (live tracking)."""
+
+    def __init__(self, cfg: StudyConfig, run_dir: str, hooks: list[TrialHook]):
+        self.cfg, self.run_dir, self.hooks = cfg, run_dir, list(hooks)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "hooks": []}  # Tune pickles its callbacks; hooks belong to one driver
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("nonfinite"):
+            trial.max_failures = 0  # deterministic divergence: retrying would diverge again
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        last = trial.last_result or {}
+        release_placement_group(last.get("placement_group_id"), last.get("node_id"))
+        self._call(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        last = trial.last_result or {}
+        release_placement_group(last.get("placement_group_id"), last.get("node_id"))
+        self._call(trial, last.get("error") or f"trial {trial.trial_id} failed (see {trial.local_path})")
+
+    def _call(self, trial, error: str | None) -> None:
+        payload = trial_payload(self.cfg, self.run_dir, trial.trial_id, trial.config, trial.last_result or {}, error)
+        for hook in self.hooks:
+            try:
+                hook(payload)
+            except Exception:  # noqa: BLE001 - live tracking must not stop the study; the end logs again
+                log.exception("trial hook failed for %s", trial.trial_id)
+
+
+def release_placement_group(pg_hex: str | None, node_id: str | None = None) -> None:
+    """Free the Train workers' placement group of a finished trial. Ray Train's own cleaner needs
+    the state API, which fails when several Ray instances run on one machine ("Found multiple
+    active Ray instances"): an ASHA-stopped trial would then hold its CPUs forever.
+
+    A result restored from before a driver crash names a placement group of the previous Ray
+    session; ids repeat across sessions, so it could name a live group of another trial. Only a
+    group reported from a node of the current cluster is removed."""
+    if not pg_hex:
+        return
+    import ray
+
+    if node_id is not None and node_id not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}:
+        return
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex)))
+    if placement_group_table(pg).get("state") not in (None, "REMOVED"):
+        try:
+            remove_placement_group(pg)
+        except Exception as err:  # noqa: BLE001 - already gone is fine
+            log.debug("placement group %s: %s", pg_hex, err)
+
+
+def trial_payload(cfg: StudyConfig, run_dir: str, trial_id: str, config: dict, metrics: dict,
+                  error: str | None) -> dict[str, Any]:
+    """A finished trial as plain data: status (complete / pruned / error), key, variant, searcher,
+    seed, final numeric metrics, objective, genotype, and where its last checkpoint is."""
+    from dartboard.platform.ray.storage import last_checkpoint
+
+    config = dict(config or {})
+    status = "error" if error or metrics.get("nonfinite") else (
+        "complete" if metrics.get("search_done") == 1.0 else "pruned")
+    variant = cfg.variant(config.get("variant", cfg.variants[0].name))
+    found = last_checkpoint(run_dir, trial_id) if status != "error" else None
+    history = found[1]["history"] if found else []
+    last = history[-1] if history else {}
+    from ray.tune.result import AUTO_RESULT_KEYS  # Tune's bookkeeping (pid, timers), not the trial's
+
+    keep = {k: v for k, v in {**last, **metrics}.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in AUTO_RESULT_KEYS}
+    if found and status == "complete" and not found[1].get("done"):
+        status = "pruned"  # its last epoch reported, but the trial never finished (e.g. final training)
+    genotype = metrics.get("genotype")
+    return {"trial_id": trial_id, "key": trial_key(cfg, config, trial_id), "status": status, "config": config,
+            "variant": variant.name, "searcher": variant.searcher,
+            "seed": int(config.get("seed", cfg.trial_seeds()[0])),
+            "metrics": keep, "objective": keep.get("objective"), "epoch": keep.get("epoch"),
+            "genotype": json.loads(genotype) if genotype else None, "history": history,
+            "genotypes": [json.loads(g) for g in found[1].get("genotypes", [])] if found else [],
+            "checkpoint": found[0] if found else None, "error": metrics.get("error") or error}

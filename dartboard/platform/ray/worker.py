@@ -1,0 +1,350 @@
+"""The Ray Train worker: one trial's search as a ``ray.train.torch.TorchTrainer`` with N workers.
+
+Per rank: the same seed builds the same searcher (rank 0's alphas are broadcast anyway), the search
+split is sharded with a ``DistributedSampler``, and the searcher is distributed through the Searcher
+protocol: ``distribute(wrap=DDP, reduce_arch_grads=all-reduce mean)``, so every rank takes the same
+alpha step and derives the same genotype. Nothing else of the searcher is reached into.
+
+Every epoch the all-reduced metrics are reported with a checkpoint (``checkpoint.py``); a restored
+trial loads the searcher's full state (RNG included) and continues bit-identically. With
+``final_training.scope: trial`` rank 0 then trains the derived genotype from scratch and the last
+report carries its test metrics. A NaN/inf loss ends the trial with a ``nonfinite`` report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dartboard.platform.ray import checkpoint as ck
+
+#: Tests hold a trial at a state they control: after each epoch's report, rank 0 appends
+#: "KEY EPOCH" to DIR/epochs.log and waits while DIR/hold exists (never a timer).
+EPOCH_GATE_ENV = "DARTBOARD_EPOCH_GATE"
+
+
+# ------------------------------------------------------------------ distributed pieces
+def average_grads_hook(world_size: int) -> Callable[[Sequence[torch.Tensor]], None]:
+    """``reduce_arch_grads``: all-reduce each alpha gradient in place and divide by the world size."""
+    import torch.distributed as dist
+
+    def reduce(grads: Sequence[torch.Tensor]) -> None:
+        for g in grads:
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            g.div_(world_size)
+
+    return reduce
+
+
+def allreduce_mean(metrics: dict[str, float], device: torch.device, world_size: int) -> dict[str, float]:
+    """The mean of each metric over ranks (keys sorted so every rank packs the same vector)."""
+    if world_size == 1:
+        return dict(metrics)
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    vec = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(vec, op=dist.ReduceOp.SUM)
+    return {k: float(v) / world_size for k, v in zip(keys, vec.tolist(), strict=True)}
+
+
+def broadcast_arch(searcher: Any) -> None:
+    """Make rank 0's alphas everyone's (identical seeds already give identical alphas)."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in searcher.arch_parameters():
+            dist.broadcast(p.data, src=0)
+
+
+def replica_digest(searcher: Any, genotype: Any) -> str:
+    """sha256 over the raw bytes of the alphas, the supernet weights and the derived genotype:
+    equal digests on all ranks mean bit-identical replicas."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in list(searcher.arch_parameters()) + list(searcher.weight_parameters()):
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    h.update(genotype_json(genotype).encode())
+    return h.hexdigest()
+
+
+def genotype_json(genotype: Any) -> str:
+    from dartboard.spaces import genotype as gt
+
+    try:
+        return json.dumps(gt.to_dict(genotype), sort_keys=True)
+    except (TypeError, gt.GenotypeError):  # a searcher deriving something else than a genotype
+        return json.dumps(repr(genotype))
+
+
+def gather_digests(digest: str, world: int) -> list[str]:
+    if world == 1:
+        return [digest]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, digest)
+    return [str(d) for d in out]
+
+
+def ddp_wrapper(device: torch.device) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # Masked ops (MixedOp.active) leave parameters without gradient: find_unused_parameters.
+    return lambda module: DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, fraction: float):
+    """The search split's train/val halves, each sharded over ranks (equal batch counts per rank)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dartboard.data.datasets import search_split
+
+    train, val = search_split(splits.train, cfg.seed, fraction)
+    per_rank = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
+    samplers = [DistributedSampler(d, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed + i, drop_last=True)
+                for i, d in enumerate((train, val))]
+    if len(samplers[0]) < per_rank:
+        raise ValueError(f"batch_size: {cfg.batch_size} is larger than one rank's shard ({len(samplers[0])} samples)")
+    loaders = [DataLoader(d, batch_size=per_rank, sampler=s, drop_last=True)
+               for d, s in zip((train, val), samplers, strict=True)]
+    return loaders, samplers, (train, val)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A trial whose loss became NaN or inf."""
+
+
+def nonfinite_reason(metrics: dict[str, float], epoch: int) -> str | None:
+    for key in ("train_loss", "val_loss"):
+        if key in metrics and not math.isfinite(metrics[key]):
+            return f"{key} became {metrics[key]} in epoch {epoch}"
+    return None
+
+
+# ------------------------------------------------------------------ the worker loop
+def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
+    """``train_loop_per_worker``. ``config``: ``run`` (SearchRunConfig fields), ``objective``
+    (StudyObjective fields), ``final`` (FinalTraining fields or None), ``key`` (the trial's name)."""
+    import ray.train
+    import ray.train.torch
+
+    from dartboard.bench.regret import attach_if_tiny81
+    from dartboard.data.datasets import load_dataset
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.searchers.base import seed_everything
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    cfg = SearchRunConfig(**config["run"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    seed_everything(cfg.seed)
+    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    shape = DataShape(splits.info.in_channels, splits.info.input_size, splits.info.num_classes)
+    searcher = build_searcher(cfg.searcher, cfg.searcher_options(), shape, str(device))
+    attach_if_tiny81(searcher)  # in the tabular space, every epoch's report carries the looked-up regret
+    fraction = cfg.train_fraction if cfg.train_fraction is not None else searcher.train_fraction
+    (train_loader, val_loader), samplers, halves = sharded_loaders(cfg, splits, rank, world, fraction)
+    progress: dict[str, Any] = {"history": [], "search_seconds": 0.0, "done": False}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / ck.STATUS_FILE).is_file():  # the trial diverged before: say so again, do not retrain
+                ray.train.report(json.loads((Path(d) / ck.STATUS_FILE).read_text()))
+                return
+            searcher.load_state_dict(ck.load_state(Path(d) / ck.STATE_FILE))
+            progress = ck.read_progress(Path(d))
+    pg = ray.util.get_current_placement_group()
+    # Where this trial runs: lets the study driver free the workers' placement group when the trial
+    # ends (Ray Train's own cleaner fails when two Ray instances share a machine).
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
+    if progress["done"]:  # finished before a driver crash: report the last result again
+        ray.train.report({**progress["history"][-1], **where})
+        return
+    if world > 1:
+        searcher.distribute(ddp_wrapper(device), average_grads_hook(world))
+        broadcast_arch(searcher)
+
+    from dartboard.searchers.loop import run_epoch
+
+    epochs, final = searcher.epochs, config.get("final")
+    genotype = None
+    searched = bool(progress["history"]) and progress["history"][-1].get("search_done") == 1.0
+    for epoch in range(epochs if searched else searcher.epoch, epochs):
+        for s in samplers:
+            s.set_epoch(epoch)
+        start = time.perf_counter()
+        metrics = allreduce_mean(run_epoch(searcher, train_loader, val_loader), device, world)
+        progress["search_seconds"] += time.perf_counter() - start
+        done_epochs = epoch + 1
+        reason = nonfinite_reason(metrics, done_epochs)
+        try:
+            genotype = None if reason else searcher.derive()
+        except FloatingPointError as err:  # NaN/inf alphas with finite losses: the same divergence
+            reason = f"{err} in epoch {done_epochs}"
+        if reason is not None:
+            _report_nonfinite(rank, reason, done_epochs, config.get("required_metrics", ()))
+            return
+        last = done_epochs == epochs or bool(searcher.stop_requested)
+        digests = gather_digests(replica_digest(searcher, genotype), world)
+        report = {**metrics, **where,
+                  "replicas_identical": float(len(set(digests)) == 1), "replica_digests": digests,
+                  "epoch": done_epochs, "objective": metrics.get("val_acc", 0.0), "search_done": float(last),
+                  "search_seconds": progress["search_seconds"], "genotype": genotype_json(genotype), "done": 0.0}
+        if last and config["objective"]["kind"] == "derived":
+            report["derived_acc"] = _derived_accuracy(genotype, splits, halves, config["objective"], cfg, device,
+                                                      rank, world)
+            report["objective"] = report["derived_acc"]
+        report["done"] = float(last and final is None)
+        progress["history"].append(_numbers(report))
+        progress.setdefault("genotypes", []).append(report["genotype"])
+        progress["done"] = bool(report["done"])
+        _report(report, searcher, progress, rank)
+        _epoch_gate(config.get("key", ""), done_epochs, rank)
+        if last:
+            break
+    if final is not None:
+        _final_training(searcher, genotype, splits, config, cfg, device, rank, progress, where)
+
+
+def _numbers(report: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _report(report: dict[str, Any], searcher: Any, progress: dict[str, Any], rank: int,
+            extra: Callable[[Path], None] | None = None) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            ck.write_epoch(Path(d), searcher, progress, report["genotype"])
+            if extra is not None:
+                extra(Path(d))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(report, checkpoint=checkpoint)
+
+
+def _epoch_gate(key: str, epoch: int, rank: int) -> None:
+    gate = os.environ.get(EPOCH_GATE_ENV)
+    if not gate or rank != 0:
+        return
+    with open(Path(gate) / "epochs.log", "a") as f:
+        f.write(f"{key} {epoch}\n")
+    while (Path(gate) / "hold").exists():
+        time.sleep(0.1)
+
+
+def _report_nonfinite(rank: int, reason: str, epoch: int, required: Sequence[str] = ()) -> None:
+    import ray.train
+
+    # Tune refuses a result without the metrics its searcher/scheduler expect: they are NaN here
+    # (Optuna never receives them as values; ASHA's comparisons ignore NaN).
+    status = {**{k: math.nan for k in required}, "nonfinite": 1.0, "error": reason, "epoch": epoch,
+              "search_done": 0.0, "done": 1.0}
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            (Path(d) / ck.STATUS_FILE).write_text(json.dumps(status))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(status, checkpoint=checkpoint)
+
+
+def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str, Any], cfg: Any,
+                    device: torch.device, rank: int, progress: dict[str, Any], where: dict[str, str]) -> None:
+    """``final_training.scope: trial``: rank 0 trains the derived genotype from scratch (seeded, so a
+    retried trial gets the same network) and the last report carries its test metrics."""
+    from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
+    from dartboard.training.final import TrainConfig, train_genotype
+
+    final = config["final"]
+    genotype = genotype if genotype is not None else searcher.derive()
+    tcfg = TrainConfig(channels=final["channels"], layers=final["layers"], epochs=final["epochs"],
+                       batch_size=final["batch_size"], seed=cfg.seed if final["seed"] is None else final["seed"],
+                       device=str(device))
+    last = dict(progress["history"][-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        values = [0.0] * 5
+        if rank == 0:
+            r = train_genotype(genotype, splits, tcfg, out)
+            values = [r.test_acc, r.test_loss, float(r.parameters), r.seconds, 1.0]
+            (out / NETWORK_FILE).write_text(json.dumps(network_spec(tcfg, splits.info, cfg.dataset)))
+        values = _broadcast(values, device)
+        result = {"test_acc": values[0], "test_error": 100.0 * (1.0 - values[0]), "test_loss": values[1],
+                  "parameters": values[2], "train_seconds": values[3]}
+        report = {**last, **result, **where, "genotype": genotype_json(genotype), "search_done": 1.0, "done": 1.0}
+        if config["objective"]["kind"] == "final":
+            report["objective"] = result["test_acc"]
+        progress["history"][-1] = _numbers(report)
+        progress["done"] = True
+
+        def artifacts(folder: Path) -> None:
+            for f in out.iterdir():
+                (folder / f.name).write_bytes(f.read_bytes())
+            (folder / ck.RESULT_FILE).write_text(json.dumps({"key": config.get("key", ""), **_numbers(report)}))
+            ck.write_alphas(folder, searcher)
+
+        _report(report, searcher, progress, rank, artifacts)
+
+
+def _broadcast(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def _derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
+                      device: torch.device, rank: int, world: int) -> float:
+    """Train the derived architecture briefly on the search-train half, score it on the val half
+    (never on the test split: the study selects on this number). Rank 0 trains; all ranks agree."""
+    from dartboard.data.datasets import Splits
+    from dartboard.training.final import TrainConfig, train_genotype
+
+    acc = 0.0
+    if rank == 0:
+        tcfg = TrainConfig(channels=objective["train_channels"], layers=objective["train_layers"],
+                           epochs=objective["train_epochs"], batch_size=objective["train_batch_size"],
+                           seed=cfg.seed, device=str(device))
+        acc = train_genotype(genotype, Splits(halves[0], halves[1], splits.info), tcfg).test_acc
+    return _broadcast([acc], device)[0]
+
+
+def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: int = 1, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, max_failures: int = 2, objective: dict[str, Any] | None = None,
+                 final: dict[str, Any] | None = None, key: str = "", callbacks: Sequence[Any] = (),
+                 required_metrics: Sequence[str] = ()):
+    """A search TorchTrainer. The deterministic ``name`` makes a relaunch resume from the last
+    checkpoint (Ray Train V2 reads ``storage_path/name/checkpoint_manager_snapshot.json``)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = gpus_per_worker > 0
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
+    loop_config = {"run": run, "objective": objective or {"kind": "supernet"}, "final": final, "key": key,
+                   "required_metrics": list(required_metrics), "threads": max(1, int(cpus_per_worker))}
+    return TorchTrainer(
+        search_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )

@@ -1,0 +1,233 @@
+"""The MLflow model registry: a version is a models-from-code pyfunc carrying genotype.json,
+network.json and weights.safetensors, tagged with the SHA-256 of each file; pulls verify both the
+genotype and the digests before anything is loaded, and nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from dartboard.platform.tracking.runs import client, tracking_uri
+
+log = logging.getLogger("dartboard")
+
+# ---------------------------------------------------------------------------------------------
+# Model registry: a version is a models-from-code pyfunc whose artifacts are genotype.json,
+# network.json (how to rebuild the network) and weights.safetensors. No file needs unpickling.
+# ---------------------------------------------------------------------------------------------
+
+CHAMPION_ALIAS = "champion"
+GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE = "genotype.json", "network.json", "weights.safetensors"
+SHA_TAG = "sha256."  # one tag per artifact file: sha256.<file name> = hex digest
+
+_MODEL_CODE = '''"""dartboard network served as an MLflow pyfunc (models-from-code: nothing is pickled)."""
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class DartboardNetwork(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from dartboard.platform.tracking.models import build_from_files
+
+        self.net = build_from_files(context.artifacts)
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+
+        with torch.no_grad():
+            return self.net(torch.as_tensor(np.asarray(model_input, dtype=np.float32))).numpy()
+
+
+set_model(DartboardNetwork())
+'''
+
+
+class ModelIntegrityError(ValueError):
+    """A pulled model that does not match what was registered; it is never loaded."""
+
+
+def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping[str, str | os.PathLike],
+                         tags: Mapping[str, Any], aliases: tuple[str, ...] = ()):
+    """Register a version of ``name`` from ``files`` (keys: genotype, network, weights) logged under
+    ``run_id``. Tags get the SHA-256 of every file; the genotype is validated first."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from dartboard.spaces import genotype as gt
+    from dartboard.training.final import sha256_file
+
+    if "genotype" not in files:
+        raise ValueError("files: a registered model needs a 'genotype' file")
+    gt.load(files["genotype"])  # refuse to register an invalid genotype
+    artifacts = {key: str(Path(path).resolve()) for key, path in files.items()}
+    all_tags = {k: str(v) for k, v in tags.items()}
+    all_tags.update({SHA_TAG + Path(p).name: sha256_file(p) for p in artifacts.values()})
+    all_tags["dartboard.kind"] = "network" if "weights" in files else "genotype"
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "dartboard_model.py"
+        code.write_text(_MODEL_CODE)
+        # Reopen the run inside its own experiment: a run id from another experiment than the
+        # process's active one (set by any earlier set_experiment) is refused by MLflow.
+        mlflow.set_experiment(experiment_id=client(uri).get_run(run_id).info.experiment_id)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts=artifacts,
+                                           pip_requirements=["dartboard", "torch", "safetensors"])
+    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    c = client(uri)
+    for alias in aliases:
+        c.set_registered_model_alias(name, alias, version.version)
+    log.info("registry: %s version %s%s", name, version.version,
+             f" (aliases {', '.join(aliases)})" if aliases else "")
+    return version
+
+
+def register_champion(uri: str | None, name: str, run_id: str, model_dir: str | os.PathLike,
+                      tags: Mapping[str, Any], alias: str = CHAMPION_ALIAS):
+    """Register the best trial's folder (genotype.json, network.json, weights.safetensors, whichever
+    exist) and point ``alias`` at it. Usable as a sweep's best-result hook."""
+    from pathlib import Path
+
+    folder = Path(model_dir)
+    files = {key: folder / fname for key, fname in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
+                                                     ("weights", WEIGHTS_FILE)) if (folder / fname).is_file()}
+    return register_model_files(uri, name, run_id, files, tags, aliases=(alias,))
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS``, ``NAME@ALIAS``, ``NAME:VERSION``, ``models:/NAME/VERSION`` or ``NAME``
+    (latest version) -> (name, alias, version)."""
+    body = ref[len("models:/"):] if ref.startswith("models:/") else ref
+    if "@" in body:
+        name, alias = body.rsplit("@", 1)
+        version = None
+    elif ":" in body or "/" in body:
+        name, version = body.rsplit(":" if ":" in body else "/", 1)
+        alias = None
+        if not version.isdigit():
+            raise ValueError(f"model {ref!r}: version {version!r} is not a number; expected NAME:VERSION")
+    else:
+        name, alias, version = body, None, None
+    if not name:
+        raise ValueError(f"model {ref!r}: expected NAME[@ALIAS|:VERSION]")
+    return name, alias, version
+
+
+def resolve_version(uri: str | None, ref: str):
+    name, alias, version = parse_model_ref(ref)
+    c = client(uri)
+    try:
+        if alias:
+            return c.get_model_version_by_alias(name, alias)
+        if version:
+            return c.get_model_version(name, version)
+        versions = c.search_model_versions(f"name='{name}'")
+    except Exception as err:  # noqa: BLE001 - MLflow raises RestException/MlflowException
+        raise ValueError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
+                         f"{str(err).splitlines()[0]}") from None
+    if not versions:
+        raise ValueError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def verify_model_dir(folder, tags: Mapping[str, str]) -> None:
+    """Refuse a downloaded model: genotype.json must validate, and every file that the version
+    recorded a SHA-256 for must exist and match it. Raises ModelIntegrityError / GenotypeError."""
+    from pathlib import Path
+
+    from dartboard.spaces import genotype as gt
+    from dartboard.training.final import sha256_file
+
+    folder = Path(folder)
+    if not (folder / GENOTYPE_FILE).is_file():
+        raise ModelIntegrityError(f"{GENOTYPE_FILE}: missing from the downloaded model")
+    try:
+        gt.load(folder / GENOTYPE_FILE)
+    except (gt.GenotypeError, ValueError) as err:
+        raise ModelIntegrityError(f"{GENOTYPE_FILE} fails validation, refusing the model: {err}") from None
+    recorded = {k[len(SHA_TAG):]: v for k, v in tags.items() if k.startswith(SHA_TAG)}
+    if not recorded:
+        raise ModelIntegrityError("the model version records no SHA-256 tags; refusing to trust its files")
+    for fname, digest in recorded.items():
+        path = folder / fname
+        if not path.is_file():
+            raise ModelIntegrityError(f"{fname}: recorded with sha256 {digest} but missing from the download")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ModelIntegrityError(f"{fname}: sha256 {actual} does not match the registered {digest}; "
+                                      "the file was modified after registration, refusing to load it")
+
+
+def pull_model(uri: str | None, ref: str, to: str | os.PathLike):
+    """Download a version's files into ``to`` after verifying them; return (folder, version).
+    Nothing is written to ``to`` when verification fails."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    version = resolve_version(uri, ref)
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}",
+                                                         dst_path=tmp))
+        files = local / "artifacts"
+        verify_model_dir(files, version.tags)
+        dest = Path(to)
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in files.iterdir():
+            if path.is_file():
+                shutil.copy2(path, dest / path.name)
+    (dest / "model.json").write_text(__import__("json").dumps(
+        {"name": version.name, "version": version.version, "aliases": list(version.aliases or []),
+         "tags": dict(version.tags), "run_id": version.run_id}, indent=2))
+    return dest, version
+
+
+def build_from_files(files: Mapping[str, str | os.PathLike]):
+    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling)."""
+    import json
+    from pathlib import Path
+
+    from dartboard.spaces import genotype as gt
+    from dartboard.training.final import TrainConfig, load_network
+
+    genotype = gt.load(files["genotype"])
+    if "network" not in files or "weights" not in files:
+        return genotype
+    spec = json.loads(Path(files["network"]).read_text())
+    cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
+                      auxiliary=bool(spec.get("auxiliary", False)))
+    info = _ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
+    return load_network(genotype, files["weights"], cfg, info).eval()
+
+
+class _ShapeInfo:
+    def __init__(self, in_channels: int, input_size: int, num_classes: int):
+        self.in_channels, self.input_size, self.num_classes = in_channels, input_size, num_classes
+
+
+def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None = None):
+    """``dartboard.load("models:/NAME@champion")``: verified pull, then a ready network in eval
+    mode (or the Genotype when the version holds no weights)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="dartboard-model-"))
+    folder, _ = pull_model(uri, ref, folder)
+    files = {k: folder / f for k, f in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
+                                        ("weights", WEIGHTS_FILE)) if (folder / f).is_file()}
+    return build_from_files(files)
+
+
+def network_spec(train_cfg, info, dataset: str) -> dict[str, Any]:
+    """Contents of network.json: everything needed to rebuild a trained network."""
+    return {"channels": train_cfg.channels, "layers": train_cfg.layers, "auxiliary": train_cfg.auxiliary,
+            "in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
+            "dataset": dataset}

@@ -1,0 +1,177 @@
+"""MLflow tracking: runs of single searches and trainings, and the one study layout (a parent run
+per study, a child run per trial, created with the client API so that any process can log; runs
+are always ended). MLflow is imported inside the functions only.
+
+Default backend: a local sqlite file (``sqlite:///mlflow.db``); ``--tracking-uri`` or
+``MLFLOW_TRACKING_URI`` selects a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("dartboard")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def setup_mlflow(uri: str | None, experiment: str):
+    """Point MLflow at ``uri`` and make sure ``experiment`` exists (once, on the driver)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    exp = mlflow.set_experiment(experiment)
+    return mlflow, exp
+
+
+def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flat_params(f"{key}.", v))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+def log_search_run(cfg, result) -> str:
+    """One MLflow run for a local search: params, per-epoch metrics, genotype and pictures."""
+    mlflow, _ = setup_mlflow(cfg.tracking_uri, cfg.experiment)
+    with mlflow.start_run(run_name=f"search-{cfg.searcher}-{cfg.dataset}-s{cfg.seed}") as run:
+        mlflow.set_tags({"dartboard.kind": "search", "searcher": cfg.searcher, "dataset": cfg.dataset,
+                         "seed": str(cfg.seed)})
+        mlflow.log_params(flat_params("", {"searcher": cfg.searcher, "dataset": cfg.dataset, "seed": cfg.seed,
+                                           "batch_size": cfg.batch_size, **cfg.searcher_options()}))
+        for step, metrics in enumerate(result.history):
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        mlflow.log_metric("search_seconds", result.seconds)
+        for path in result.artifacts.values():
+            mlflow.log_artifact(str(path))
+        log.info("mlflow: run %s in %s", run.info.run_id, tracking_uri(cfg.tracking_uri))
+        return run.info.run_id
+
+
+def log_train_run(uri: str | None, experiment: str, genotype_path: str, params: Mapping[str, Any], result,
+                  out_dir) -> str:
+    mlflow, _ = setup_mlflow(uri, experiment)
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.set_tags({"dartboard.kind": "train"})
+        mlflow.log_params(flat_params("", {"genotype": genotype_path, **params}))
+        mlflow.log_metrics({"test_acc": result.test_acc, "test_loss": result.test_loss,
+                            "parameters": float(result.parameters), "train_seconds": result.seconds})
+        if out_dir is not None:
+            mlflow.log_artifacts(str(out_dir))
+        return run.info.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Studies: a parent run per study, a child run per trial (client API: safe from any process).
+# ---------------------------------------------------------------------------------------------
+
+TRIAL_TAG = "dartboard.trial"  # identifies a trial's child run inside its parent (idempotent logging)
+RUN_DIR_TAG = "dartboard.run_dir"  # a sweep's parent run: its run directory (a resumed sweep reopens it)
+
+
+def client(uri: str | None = None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(uri))
+
+
+def ensure_experiment(uri: str | None, experiment: str) -> str:
+    """Create ``experiment`` once (on the driver, before any trial starts); return its id."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(experiment)
+    except Exception:  # noqa: BLE001 - created meanwhile by another driver: read it back
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_parent_run(uri: str | None, experiment: str, run_name: str, params: Mapping[str, Any],
+                     tags: Mapping[str, str], run_id: str | None = None) -> str:
+    """Open (or, with ``run_id``, reopen) a study's parent run; end it with :func:`end_run`."""
+    c = client(uri)
+    if run_id is not None:
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    run = c.create_run(ensure_experiment(uri, experiment), run_name=run_name,
+                       tags={"dartboard.kind": "study", **tags})
+    for key, value in flat_params("", params).items():
+        c.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def find_study_run(uri: str | None, experiment: str, run_dir: str) -> str | None:
+    """The parent run of the sweep stored in ``run_dir``, if one was opened before (a driver crash)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    escaped = run_dir.replace("'", "\\'")
+    runs = c.search_runs([exp.experiment_id],
+                         f"tags.`{RUN_DIR_TAG}` = '{escaped}' and tags.`dartboard.kind` = 'study'")
+    return runs[0].info.run_id if runs else None
+
+
+def end_run(uri: str | None, run_id: str, failed: bool = False) -> None:
+    client(uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def find_child_run(uri: str | None, parent_id: str, key: str):
+    c = client(uri)
+    parent = c.get_run(parent_id)
+    runs = c.search_runs([parent.info.experiment_id],
+                         f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_TAG}` = '{key}'")
+    return runs[0] if runs else None
+
+
+def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str, Any],
+                  history: list[Mapping[str, float]], metrics: Mapping[str, float],
+                  artifacts: list[str | os.PathLike], tags: Mapping[str, str] | None = None) -> str:
+    """One trial as a child run: params, per-epoch metrics (step = epoch), final metrics and
+    artifacts. Logged once: a second call for the same ``key`` returns the existing run."""
+    existing = find_child_run(uri, parent_id, key)
+    if existing is not None:
+        return existing.info.run_id
+    from mlflow.entities import Metric
+
+    c = client(uri)
+    parent = c.get_run(parent_id)
+    run = c.create_run(parent.info.experiment_id, run_name=key,
+                       tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: key, "dartboard.kind": "trial",
+                             **(tags or {})})
+    rid, failed = run.info.run_id, True
+    try:
+        for k, v in flat_params("", params).items():
+            c.log_param(rid, k, v)
+        now = int(__import__("time").time() * 1000)
+        points = [Metric(k, float(v), now, step) for step, m in enumerate(history) for k, v in m.items()
+                  if _is_number(v)]
+        points += [Metric(k, float(v), now, len(history)) for k, v in metrics.items() if _is_number(v)]
+        for start in range(0, len(points), 900):  # the REST API takes at most 1000 metrics per batch
+            c.log_batch(rid, metrics=points[start:start + 900])
+        for path in artifacts:
+            c.log_artifact(rid, str(path))
+        failed = False
+    finally:
+        c.set_terminated(rid, "FAILED" if failed else "FINISHED")
+    return rid
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+

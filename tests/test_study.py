@@ -1,0 +1,129 @@
+"""Study configs without a cluster: option paths (nested options inside lists and mappings), their
+validation (every error names the parameter), the samplers, and the shipped outer-hyperparameter
+studies (D-DARTS, constrained DARTS, FairDARTS)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from dartboard.platform.config import SearchRunConfig, StudyConfig
+from dartboard.platform.ray.options import parse_path, set_option
+from dartboard.platform.ray.runner import load_study
+from dartboard.platform.ray.samplers import StudySpace
+from dartboard.platform.ray.space import grid_param_space, trial_run_config, validate_study
+from dartboard.searchers.registry import DataShape, build_searcher, get_searcher_spec
+
+
+def test_option_paths_parse_and_set_nested_values_on_copies():
+    assert parse_path("regularizers[admm].rho") == [("regularizers", "admm"), ("rho", None)]
+    assert parse_path("regularizers[0].rho") == [("regularizers", 0), ("rho", None)]
+    assert parse_path("discretizer_options.sigma_threshold") == [("discretizer_options", None),
+                                                                  ("sigma_threshold", None)]
+    defaults = {"regularizers": ["zero_one", {"name": "admm", "period": 5}]}
+    out = set_option({"C": 4}, "regularizers[admm].rho", 0.3, defaults)
+    assert out == {"C": 4, "regularizers": ["zero_one", {"name": "admm", "period": 5, "rho": 0.3}]}
+    assert defaults == {"regularizers": ["zero_one", {"name": "admm", "period": 5}]}  # never mutated
+    out = set_option(out, "regularizers[zero_one].weight", 2.0, defaults)
+    assert out["regularizers"][0] == {"name": "zero_one", "weight": 2.0}
+    assert set_option({}, "discretizer_options.sigma_threshold", 0.7, {}) == {
+        "discretizer_options": {"sigma_threshold": 0.7}}
+    assert set_option({"discretizer_options": {"max_ops": 1}}, "discretizer_options.sigma_threshold", 0.7, {}) == {
+        "discretizer_options": {"max_ops": 1, "sigma_threshold": 0.7}}
+
+
+@pytest.mark.parametrize("path, message", [
+    ("regularizers[l1].weight", r"params.regularizers\[l1\].weight: regularizers has no element named 'l1'"),
+    ("regularizers[5].weight", r"params.regularizers\[5\].weight: regularizers has 1 element\(s\), no index 5"),
+    ("regularizers[admm]", r"params.regularizers\[admm\]: a path must end in an option name"),
+    ("arch_lr.x", r"params.arch_lr.x: 'arch_lr' is float 0.1, not a mapping"),
+    ("a..b", r"params.a..b: '' is not NAME or NAME\[selector\]"),
+    ("C.x", r"params.C.x: 'C' is int 4, not a mapping"),
+])
+def test_bad_option_paths_name_the_parameter(path, message):
+    with pytest.raises(ValueError, match=message):
+        set_option({"arch_lr": 0.1, "C": 4}, path, 1.0, {"regularizers": [{"name": "admm"}]})
+
+
+def _study(**kw) -> StudyConfig:
+    base = {"name": "t", "searcher": "darts+admm", "epochs": 2, "options": {"C": 4, "layers": 3},
+            "params": {"regularizers[admm].rho": {"type": "loguniform", "low": 0.01, "high": 1.0}}}
+    return StudyConfig(**{**base, **kw})
+
+
+def test_nested_parameter_reaches_the_regularizer_and_leaves_the_preset_alone():
+    cfg = _study()
+    validate_study(cfg)
+    run = SearchRunConfig(**trial_run_config(cfg, {"regularizers[admm].rho": 0.37}))
+    assert run.options["regularizers"] == [{"name": "admm", "rho": 0.37}]
+    assert get_searcher_spec("darts+admm").defaults["regularizers"] == [{"name": "admm"}]
+    searcher = build_searcher(run.searcher, run.searcher_options(), DataShape(1, 8, 10))
+    (admm,) = [r for r in searcher.regularizers if type(r).__name__ == "Admm"]
+    assert admm.rho == pytest.approx(0.37)
+
+
+def test_validation_names_the_parameter():
+    with pytest.raises(ValueError, match=r"variants.darts\+admm: searcher 'darts\+admm' refuses the study's options "
+                                         r"\(regularizers\[admm\].rhoo=0.01\): regularizers: 'admm' has no option"):
+        validate_study(_study(params={"regularizers[admm].rhoo": {"type": "uniform", "low": 0.01, "high": 1.0}}))
+    with pytest.raises(ValueError, match=r"params.regularizers\[proximity\].rho: regularizers has no element named "
+                                         r"'proximity' \(its elements: admm\)"):
+        validate_study(_study(params={"regularizers[proximity].rho": {"type": "uniform", "low": 0.01, "high": 1.0}}))
+    with pytest.raises(ValueError, match=r"params.foo.bar: searcher 'darts\+admm' has no hyperparameter 'foo'"):
+        validate_study(_study(params={"foo.bar": {"type": "uniform", "low": 0.0, "high": 1.0}}))
+    # the highest value is tried too: a threshold above 1 fails before any trial starts
+    with pytest.raises(ValueError, match=r"discretizer_options.sigma_threshold=1.5\): sigma_threshold: expected a "
+                                         r"value in \[0, 1\], got 1.5"):
+        validate_study(_study(searcher="ddarts", params={"discretizer_options.sigma_threshold": {
+            "type": "uniform", "low": 0.5, "high": 1.5}}))
+    with pytest.raises(ValueError, match=r"params.regularizers\[admm\].rho: the grid sampler takes 'choice'"):
+        validate_study(_study(sampler="grid"))
+    with pytest.raises(ValueError, match=r"params.variant: list variants in 'variants'"):
+        validate_study(_study(params={"variant": {"type": "choice", "values": ["a"]}}))
+    with pytest.raises(ValueError, match=r"params.x.when.variant: 'nope' is not one of the study's variants"):
+        validate_study(_study(params={"x": {"type": "choice", "values": [1], "when": {"variant": "nope"}}}))
+    with pytest.raises(ValidationError, match="give either 'searcher' \\(names\\) or 'variants'"):
+        _study(variants=[{"name": "a", "searcher": "darts"}])
+
+
+def test_grid_is_variants_x_seeds_x_choices():
+    cfg = StudyConfig(name="g", sampler="grid", seeds=[0, 1], variants=[
+        {"name": "a", "searcher": "darts"}, {"name": "b", "searcher": "darts+pr"}],
+        params={"C": {"type": "choice", "values": [4, 6]}})
+    validate_study(cfg)
+    space = grid_param_space(cfg)
+    assert space["variant"] == {"grid_search": ["a", "b"]} and space["seed"] == {"grid_search": [0, 1]}
+    assert space["C"] == {"grid_search": [4, 6]}
+    run = SearchRunConfig(**trial_run_config(cfg, {"variant": "b", "seed": 1, "C": 6}))
+    assert run.searcher == "darts+pr" and run.seed == 1 and run.options["C"] == 6
+
+
+@pytest.mark.parametrize("name", ["ddarts-outer", "constrained-darts-outer", "fairdarts-outer"])
+def test_outer_hyperparameter_studies_are_valid_and_use_the_derived_objective(name):
+    cfg = load_study(name)
+    validate_study(cfg)
+    assert cfg.objective.kind == "derived" and cfg.dataset == "digits" and cfg.sampler == "tpe"
+
+
+def test_constrained_study_samples_each_variants_own_parameters():
+    import optuna
+
+    cfg = load_study("constrained-darts-outer")
+    space = StudySpace({k: v.model_dump() for k, v in cfg.params.items()}, {v.name: v.searcher for v in cfg.variants})
+    opt = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(10):
+        t = opt.ask()
+        space(t)
+        seen.add(t.params["variant"])
+        nested = sorted(k for k in t.params if k != "variant")
+        if t.params["variant"] == "darts+pr":
+            assert nested == ["regularizers[proximity].rho"]
+        else:
+            assert nested == ["regularizers[admm].lambda_u", "regularizers[admm].rho"]
+        run = SearchRunConfig(**trial_run_config(cfg, t.params))
+        (reg,) = run.options["regularizers"]
+        assert {k: v for k, v in reg.items() if k != "name"} == {k.split(".")[-1]: v for k, v in t.params.items()
+                                                                 if k != "variant"}
+        opt.tell(t, 0.5)
+    assert seen == {"darts+pr", "darts+admm"}
