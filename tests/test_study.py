@@ -64,7 +64,8 @@ def test_nested_parameter_reaches_the_regularizer_and_leaves_the_preset_alone():
 
 def test_validation_names_the_parameter():
     with pytest.raises(ValueError, match=r"variants.darts\+admm: searcher 'darts\+admm' refuses the study's options "
-                                         r"\(regularizers\[admm\].rhoo=0.01\): regularizers: 'admm' has no option"):
+                                         r"\(regularizers\[admm\].rhoo=0.01\): searcher 'darts\+admm': "
+                                         r"regularizer 'admm' has no option 'rhoo'"):
         validate_study(_study(params={"regularizers[admm].rhoo": {"type": "uniform", "low": 0.01, "high": 1.0}}))
     with pytest.raises(ValueError, match=r"params.regularizers\[proximity\].rho: regularizers has no element named "
                                          r"'proximity' \(its elements: admm\)"):

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from dartboard.errors import UserInputError
 from dartboard.platform.tracking.runs import client, tracking_uri
 
 log = logging.getLogger("dartboard")
@@ -45,7 +46,7 @@ set_model(DartboardNetwork())
 '''
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(UserInputError):
     """A pulled model that does not match what was registered; it is never loaded."""
 
 
@@ -110,11 +111,11 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
         name, version = body.rsplit(":" if ":" in body else "/", 1)
         alias = None
         if not version.isdigit():
-            raise ValueError(f"model {ref!r}: version {version!r} is not a number; expected NAME:VERSION")
+            raise UserInputError(f"model {ref!r}: version {version!r} is not a number; expected NAME:VERSION")
     else:
         name, alias, version = body, None, None
     if not name:
-        raise ValueError(f"model {ref!r}: expected NAME[@ALIAS|:VERSION]")
+        raise UserInputError(f"model {ref!r}: expected NAME[@ALIAS|:VERSION]")
     return name, alias, version
 
 
@@ -128,10 +129,10 @@ def resolve_version(uri: str | None, ref: str):
             return c.get_model_version(name, version)
         versions = c.search_model_versions(f"name='{name}'")
     except Exception as err:  # noqa: BLE001 - MLflow raises RestException/MlflowException
-        raise ValueError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
+        raise UserInputError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
                          f"{str(err).splitlines()[0]}") from None
     if not versions:
-        raise ValueError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
+        raise UserInputError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
     return max(versions, key=lambda v: int(v.version))
 
 
