@@ -58,8 +58,8 @@ def test_checkpoint_weights_only_resumes_exactly(tmp_path):
     for s in (a, b):
         set_rng_state(rng)
         s.step(batches[0], batches[1])
-    for pa, pb in zip(list(a.network.parameters()) + list(a.arch.parameters()),
-                      list(b.network.parameters()) + list(b.arch.parameters()), strict=True):
+    for pa, pb in zip(list(a.supernet.parameters()) + list(a.arch.parameters()),
+                      list(b.supernet.parameters()) + list(b.arch.parameters()), strict=True):
         assert torch.equal(pa, pb)
 
 

@@ -128,10 +128,12 @@ def trial_payload(cfg: StudyConfig, run_dir: str, trial_id: str, config: dict, m
     if found and status == "complete" and not found[1].get("done"):
         status = "pruned"  # its last epoch reported, but the trial never finished (e.g. final training)
     genotype = metrics.get("genotype")
+    genotypes = [json.loads(g) for g in found[1].get("genotypes", [])] if found else []
+    # a trial restored after a driver crash may reach Tune without its last report: its checkpoint has it
+    genotype = json.loads(genotype) if genotype else (genotypes[-1] if genotypes else None)
     return {"trial_id": trial_id, "key": trial_key(cfg, config, trial_id), "status": status, "config": config,
             "variant": variant.name, "searcher": variant.searcher,
             "seed": int(config.get("seed", cfg.trial_seeds()[0])),
             "metrics": keep, "objective": keep.get("objective"), "epoch": keep.get("epoch"),
-            "genotype": json.loads(genotype) if genotype else None, "history": history,
-            "genotypes": [json.loads(g) for g in found[1].get("genotypes", [])] if found else [],
+            "genotype": genotype, "history": history, "genotypes": genotypes,
             "checkpoint": found[0] if found else None, "error": metrics.get("error") or error}
