@@ -8,6 +8,7 @@ divides the train part into the search protocol's train/val halves with the run'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from dartboard.errors import UserInputError
+from dartboard.registries import Registry
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 DIGITS_TEST_SEED = 0  # the held-out test split of digits is fixed, so test accuracies compare
 
 
@@ -94,14 +95,34 @@ def _imagefolder(root: str | None, image_size: int) -> Splits:
     return Splits(train, test, DatasetInfo("imagefolder", 3, image_size, len(train.classes)))
 
 
+#: name -> loader(root, image_size) -> Splits. Applications register their own data (a motor
+#: simulator, colour digits) with :func:`register_dataset`; ``small``: sized for a laptop CPU, so
+#: the searchers' small-data profile applies (digits and the data made from it).
+DATASETS: Registry[Callable[[str | None, int], Splits]] = Registry("dataset")
+SMALL_DATASETS: set[str] = set()
+LOCAL_DATASETS = ("cifar10", "cifar100")  # read from a folder the user gives (--data-root)
+
+
+def register_dataset(name: str, loader: Callable[[str | None, int], Splits], small: bool = False) -> None:
+    DATASETS.add(name, loader)
+    if small:
+        SMALL_DATASETS.add(name)
+
+
+register_dataset("digits", lambda root, image_size: _digits(), small=True)
+register_dataset("cifar10", lambda root, image_size: _cifar("cifar10", root))
+register_dataset("cifar100", lambda root, image_size: _cifar("cifar100", root))
+register_dataset("imagefolder", _imagefolder)
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return name
+
+
 def load_dataset(name: str = "digits", root: str | None = None, image_size: int = 32) -> Splits:
-    if name == "digits":
-        return _digits()
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, root)
-    if name == "imagefolder":
-        return _imagefolder(root, image_size)
-    raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return DATASETS[check_dataset(name)](root, image_size)
 
 
 def search_split(train: Dataset, seed: int, fraction: float | None = 0.5) -> tuple[Subset, Subset]:

@@ -22,7 +22,7 @@ class SearchRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     searcher: str = "darts"
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    dataset: str | None = None  # None: the preset's own data (an application's), else digits
     data_root: str | None = None
     image_size: int = Field(32, ge=8)
     batch_size: int = Field(64, ge=1)
@@ -44,6 +44,16 @@ class SearchRunConfig(BaseModel):
             raise ValueError(f"expected auto, cpu, cuda[:N] or mps, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _dataset(self) -> SearchRunConfig:
+        if self.dataset is None:
+            from dartboard.searchers.presets import PRESETS  # data only: no torch
+
+            preset = PRESETS.get(self.searcher)
+            self.dataset = preset.dataset if preset is not None and preset.dataset else "digits"
+        check_dataset_name(self.dataset)
+        return self
+
     def searcher_options(self) -> dict[str, Any]:
         """Options with the dataset's defaults filled in where the user gave none."""
         from dartboard.searchers.registry import get_searcher_spec
@@ -51,13 +61,26 @@ class SearchRunConfig(BaseModel):
 
         spec = get_searcher_spec(self.searcher)
         defaults: dict[str, Any] = {}
-        if self.dataset == "digits":
+        if is_small_dataset(self.dataset):
             profile = spec.small_data_defaults
             defaults = dict(DIGITS_SEARCH_DEFAULTS if profile is None else profile)
         space = self.options.get("space", spec.defaults.get("space"))
         if space is not None:  # a space's own supernet settings (tiny81: 1 step, 2 cells) win over the profile
             defaults.update(get_space(space).network_defaults)
         return {**defaults, **self.options}
+
+
+def check_dataset_name(name: str) -> None:
+    from dartboard.data.datasets import check_dataset
+
+    check_dataset(name)
+
+
+def is_small_dataset(name: str | None) -> bool:
+    """Digits and the data made from it: the searchers' small-data profile applies."""
+    from dartboard.data.datasets import SMALL_DATASETS
+
+    return name in SMALL_DATASETS
 
 
 def resolve_device(device: str) -> str:
@@ -222,7 +245,7 @@ class StudyConfig(BaseModel):
     searcher: str | list[str] | None = None
     variants: list[StudyVariant] = Field(default_factory=list)
     space: str | None = None  # the cell space (searcher option `space`); None keeps the searcher's default
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    dataset: str = "digits"  # a registered dataset (dartboard.data.datasets.DATASETS)
     data_root: str | None = None
     image_size: int = Field(32, ge=8)
     batch_size: int = Field(64, ge=1)

@@ -29,7 +29,7 @@ from dartboard.searchers.hypergradient import functional_loss, grads_or_zeros, u
 from dartboard.searchers.protocol import Batch, GradReducer, ModuleWrapper
 from dartboard.spaces.catalog import get_space
 from dartboard.spaces.genotype import Genotype
-from dartboard.spaces.supernet import AlphaGroup, CellSupernet, plain_layout, start_layout
+from dartboard.spaces.supernet import AlphaGroup, Supernet
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,10 +57,7 @@ class Engine:
     def __init__(self, config: EngineConfig, parts: Parts, name: str = "darts"):
         self.name, self.config, self.device = name, config, torch.device(config.device)
         space = get_space(config.space)
-        if config.start is None and space.steps != config.steps:
-            raise ValueError(f"steps: space {space.name!r} has {space.steps} steps, config says {config.steps}")
-        self.layout = (plain_layout(space, config.layers, config.reductions) if config.start is None
-                       else start_layout(space, config.start))
+        self.layout = space.layout(config)
         for part in (parts.grouping, parts.alpha_init, parts.activation, parts.arch_optimizer, parts.schedule,
                      parts.perturbation, parts.mixed_op, parts.objective, *parts.regularizers, *parts.hooks):
             part.check(config, self.layout)
@@ -68,10 +65,7 @@ class Engine:
         self.perturbation, self.hooks, self.discretizer = parts.perturbation, list(parts.hooks), parts.discretizer
         self.objective, self.parts = parts.objective, parts
         cell_group, group_names = parts.grouping.assign(self.layout)
-        self.supernet = CellSupernet(self.layout, cell_group, group_names, C=config.C, num_classes=config.num_classes,
-                                     in_channels=config.in_channels, input_size=config.input_size,
-                                     stem_multiplier=config.stem_multiplier, multiplier=config.multiplier,
-                                     node_bn=config.node_bn)
+        self.supernet: Supernet = space.supernet(self.layout, cell_group, group_names, config)
         parts.mixed_op.apply(self.supernet)
         self.supernet.to(self.device)
         self.arch = nn.ParameterList(nn.Parameter(parts.alpha_init.init(g, self.supernet.cells_of(i), self.layout))
@@ -121,7 +115,7 @@ class Engine:
 
     @property
     def space_info(self) -> dict[str, Any]:
-        return {"space": self.config.space, "layers": self.layout.layers, "reductions": self.layout.reductions}
+        return {"space": self.config.space, "layers": self.layout.layers, "reductions": tuple(self.layout.reductions)}
 
     def metrics(self) -> dict[str, float]:
         return dict(self._metrics)

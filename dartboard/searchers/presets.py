@@ -24,6 +24,8 @@ class Preset:
     aliases: dict[str, str] = field(default_factory=dict)
     # The scaled-down profile on small data (digits); None = the platform's default profile.
     small_data_defaults: dict[str, Any] | None = None
+    # The data a search runs on when the user names none (an application's own data); None: digits.
+    dataset: str | None = None
 
 
 def merge(*fragments: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Named spaces and published genotypes, addressable by name (a timm-style registry).
 
-``GENOTYPES[name]()`` returns a genotype; ``SPACES[name]`` a :class:`CellSpace` (the
-candidate ops of every edge of the normal and the reduction cell).
+``GENOTYPES[name]()`` returns a genotype; ``SPACES[name]`` a search space: anything with the
+:class:`~dartboard.spaces.supernet.SearchSpace` protocol (``layout(config)`` and
+``supernet(layout, cell_group, group_names, config)``). The cell spaces of DARTS are
+:class:`CellSpace` (the candidate ops of every edge of the normal and the reduction cell);
+applications register their own (MLP chains, activation functions, colour models).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype, Gen
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, DARTS_PRIMITIVES
 
 GENOTYPES: Registry[Callable[[], Genotype]] = Registry("genotype")
-SPACES: Registry[CellSpace] = Registry("space")
+SPACES: Registry[Any] = Registry("space")
 register_genotype = GENOTYPES.register
 get_space = SPACES.lookup
 
@@ -48,8 +51,28 @@ class CellSpace:
     def n_ops(self) -> int:
         return len(self.normal[0])
 
+    # ------------------------------------------------------------------ the SearchSpace protocol
+    def layout(self, config: Any) -> Any:
+        """The cells of the supernet: the plain DARTS layout, or the layout of ``config.start``."""
+        from dartboard.spaces.supernet import plain_layout, start_layout
 
-def register_space(space: CellSpace) -> CellSpace:
+        if config.start is None:
+            if self.steps != config.steps:
+                raise ValueError(f"steps: space {self.name!r} has {self.steps} steps, config says {config.steps}")
+            return plain_layout(self, config.layers, config.reductions)
+        return start_layout(self, config.start)
+
+    def supernet(self, layout: Any, cell_group: Sequence[int], group_names: Sequence[str], config: Any) -> Any:
+        from dartboard.spaces.supernet import CellSupernet
+
+        return CellSupernet(layout, cell_group, group_names, C=config.C, num_classes=config.num_classes,
+                            in_channels=config.in_channels, input_size=config.input_size,
+                            stem_multiplier=config.stem_multiplier, multiplier=config.multiplier,
+                            node_bn=config.node_bn)
+
+
+def register_space(space: Any) -> Any:
+    """Register a search space (a :class:`CellSpace` or any other SearchSpace) under ``space.name``."""
     return SPACES.add(space.name, space)
 
 

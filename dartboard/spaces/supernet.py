@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -38,6 +39,42 @@ class AlphaGroup:
     name: str
     rows: tuple
     primitives: Primitives
+
+
+@runtime_checkable
+class Supernet(Protocol):
+    """What the engine needs of a supernet (an ``nn.Module``): its alpha groups, the units
+    (cells, layers, channels) of each group, a forward with one mixing-weight tensor per group,
+    op masks per group (CRB; a supernet without masks keeps every op active) and the genotype
+    of one discrete choice per group (what the discretizer returned for it)."""
+
+    layout: Any
+    groups: list[AlphaGroup]
+
+    def cells_of(self, group: int) -> list[int]: ...
+    def __call__(self, x: Any, group_weights: Sequence[torch.Tensor]) -> torch.Tensor: ...
+    def active_ops(self) -> Any: ...
+    def set_active_ops(self, masks: Any) -> None: ...
+    def mask_group(self, group: int, keep: torch.Tensor) -> None: ...
+    def group_active(self, group: int) -> torch.Tensor: ...
+    def genotype(self, choices: Sequence[Any]) -> Genotype: ...
+
+
+@runtime_checkable
+class SearchSpace(Protocol):
+    """A registered space (``spaces.catalog.SPACES``): a layout from the engine's config (units
+    with ``layers``, ``types``, ``type_names``, ``reductions`` and ``start`` (None outside
+    DARTOpti), so that the groupings apply), then the supernet of a layout whose units are
+    grouped by ``cell_group``. ``network_defaults``: options the space implies (under the
+    user's)."""
+
+    name: str
+    description: str
+    network_defaults: Any
+
+    def layout(self, config: Any) -> Any: ...
+    def supernet(self, layout: Any, cell_group: Sequence[int], group_names: Sequence[str], config: Any
+                 ) -> Supernet: ...
 
 
 @dataclass(frozen=True)

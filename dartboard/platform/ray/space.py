@@ -73,7 +73,10 @@ def validate_study(cfg: StudyConfig) -> None:  # noqa: C901  (to split: one chec
         if cfg.sampler == "grid" and (dist.type != "choice" or dist.when):
             raise ValueError(f"params.{pname}: the grid sampler takes 'choice' distributions without 'when' "
                              f"(got {dist.type!r}); use sampler tpe or random for ranges")
-    if cfg.dataset != "digits" and cfg.data_root is None and cfg.dataset != "imagefolder":
+    from dartboard.data.datasets import LOCAL_DATASETS, check_dataset
+
+    check_dataset(cfg.dataset)
+    if cfg.dataset in LOCAL_DATASETS and cfg.data_root is None:
         raise ValueError(f"data_root: dataset {cfg.dataset!r} needs a local data_root (nothing is downloaded)")
     _dry_build(cfg)
 
