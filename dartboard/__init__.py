@@ -13,3 +13,13 @@ def load(model_uri: str, tracking_uri: str | None = None, cache_dir: str | None 
     from dartboard.platform.tracking.models import load as _load
 
     return _load(model_uri, tracking_uri, cache_dir)
+
+
+def network_from_files(files):
+    """The network (eval mode) of a registered model's files ``{"genotype": ..., "network": ...,
+    "weights": ...}``; the genotype alone without network and weights. The stable entry point of
+    the registry's MLflow pyfunc code (torch only)."""
+    from dartboard.training.final import network_from_files as _build
+
+    return _build(files)
+

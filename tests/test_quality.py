@@ -186,3 +186,38 @@ def test_bench_never_imports_the_platform():
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in imported if m.startswith("dartboard.platform")], name
+
+
+@pytest.mark.mlflow
+def test_rescore_logs_the_study_layout_to_mlflow(tmp_path):
+    """`bench quality --rescore` logs like a study: a parent run with each searcher's mean final regret and
+    the files, a child per (searcher, seed) whose regret history has one point per epoch."""
+    from dataclasses import asdict
+
+    from dartboard.bench.quality import rescore_file
+    from dartboard.bench.table import load_table
+    from dartboard.platform.quality import log_rescore
+    from dartboard.platform.tracking import runs
+
+    table = load_table()
+    keys = sorted(table.entries)[:2]
+    cfg = QualityConfig(searchers=["darts"], seeds=[0, 1], epochs=2, random_search=False)
+    records = [{"searcher": "darts", "seed": s, "options": {}, "seconds": 2.0, "stopped_early": False,
+                "curve": [{"epoch": t + 1, "key": keys[(s + t) % 2], "seconds": float(t + 1)} for t in range(2)]}
+               for s in (0, 1)]
+    source = tmp_path / "quality.json"
+    source.write_text(json.dumps({"config": asdict(cfg), "records": records, "wall_seconds": 3.0}))
+    cfg, result = rescore_file(source)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = log_rescore(result, cfg, source, uri)
+    c = runs.client(uri)
+    run = c.get_run(parent)
+    expected = sum(table.regret(keys[(s + 1) % 2]) for s in (0, 1)) / 2
+    assert run.data.metrics["darts.final_regret_mean"] == pytest.approx(expected)
+    assert run.info.status == "FINISHED"
+    assert {a.path for a in c.list_artifacts(parent)} >= {"quality.json", "quality.md", "regret_curves.png"}
+    for s in (0, 1):
+        child = runs.find_child_run(uri, parent, f"darts-s{s}")
+        history = c.get_metric_history(child.info.run_id, "tiny81_regret")
+        assert [h.step for h in history] == [0, 1]
+        assert [h.value for h in history] == pytest.approx([table.regret(keys[(s + t) % 2]) for t in range(2)])

@@ -69,8 +69,10 @@ def champion(server, tmp_path_factory):
     version = models.register_champion(server["uri"], "digits-net", child, out / "model",
                                          {"study": "t", "searcher": "darts", "space": "darts", "dataset": "digits",
                                           "seed": 0, "metric.test_acc": trained.test_acc})
+    files = {key: out / "model" / name for key, name in (("genotype", "genotype.json"), ("network", "network.json"),
+                                                          ("weights", "weights.safetensors"))}
     return {"version": version, "test_acc": trained.test_acc, "sha": trained.weights_sha256, "parent": parent,
-            "child": child, "history": result.history}
+            "child": child, "history": result.history, "files": files}
 
 
 def test_study_is_parent_run_with_child_trials(server, champion):
@@ -271,3 +273,51 @@ def test_resumed_study_tracker_reopens_its_parent_run(tmp_path):
     children = c.search_runs([c.get_run(first.parent).info.experiment_id],
                              f"tags.mlflow.parentRunId = '{first.parent}'")
     assert sorted(r.data.tags[runs.TRIAL_TAG] for r in children) == ["a", "b"]
+
+
+_OLD_MODEL_CODE = '''import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class DartboardNetwork(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from dartboard.platform.registry import build_from_files
+
+        self.net = build_from_files(context.artifacts)
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+
+        with torch.no_grad():
+            return self.net(torch.as_tensor(np.asarray(model_input, dtype=np.float32))).numpy()
+
+
+set_model(DartboardNetwork())
+'''
+
+
+def test_pyfunc_loads_current_and_pre_move_versions(server, champion, monkeypatch):
+    """mlflow.pyfunc.load_model serves the champion, and a version registered with the model code of
+    before the platform's layout change (importing dartboard.platform.registry) still loads and predicts
+    the same classes."""
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(server["uri"])
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    current = mlflow.pyfunc.load_model("models:/digits-net@champion").predict(x)
+    net = dartboard_load(server["uri"])
+    expected = net(torch.as_tensor(x)).detach().numpy()
+    np.testing.assert_allclose(current, expected, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(models, "_MODEL_CODE", _OLD_MODEL_CODE)
+    files = {k: Path(v) for k, v in champion["files"].items()}
+    old = models.register_model_files(server["uri"], "digits-net-premove", champion["child"], files, {})
+    served = mlflow.pyfunc.load_model(f"models:/digits-net-premove/{old.version}").predict(x)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+
+
+def dartboard_load(uri: str):
+    import dartboard
+
+    return dartboard.load("models:/digits-net@champion", tracking_uri=uri)

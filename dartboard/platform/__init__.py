@@ -1,1 +1,24 @@
 """Where and when searches run: CLI, Ray Train/Tune, Optuna, MLflow."""
+
+import sys
+import types
+
+
+def _legacy_registry_module() -> types.ModuleType:
+    """Model versions registered before the platform's layout change run ``from
+    dartboard.platform.registry import build_from_files`` in their MLflow pyfunc code. That module
+    is now ``platform.tracking.models``; this alias (no file, so ``registry`` stays one module)
+    keeps those versions loadable through ``mlflow.pyfunc.load_model``."""
+    module = types.ModuleType(f"{__name__}.registry", "Alias of dartboard.platform.tracking.models "
+                              "for model versions registered before the move.")
+
+    def build_from_files(files):
+        from dartboard import network_from_files
+
+        return network_from_files(files)
+
+    module.build_from_files = build_from_files
+    return module
+
+
+sys.modules.setdefault(f"{__name__}.registry", _legacy_registry_module())

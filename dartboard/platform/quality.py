@@ -80,3 +80,34 @@ def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = N
     run_study(study, tracker=StudyTracker(tracking_uri) if mlflow else None, report=report)
     outputs["config"] = asdict(cfg)
     return outputs
+
+
+def log_rescore(result: dict[str, Any], cfg: QualityConfig, source: Path, tracking_uri: str | None = None,
+                experiment: str = "dartboard-quality") -> str:
+    """A rescored benchmark in the studies' MLflow layout: a parent run (the rescored file, its table
+    and plot as artifacts, each searcher's mean final regret as a metric) and one child run per
+    (searcher, seed) with the rescored regret curve (step = epoch). Returns the parent run's id."""
+    from dartboard.platform.tracking import runs
+
+    params = {"source": str(source), "table": cfg.table or "tiny81 (shipped)", "searchers": list(cfg.searchers),
+              "seeds": list(cfg.seeds), "epochs": cfg.epochs}
+    parent = runs.start_parent_run(tracking_uri, experiment, "bench-quality-rescore", params,
+                                   {"dartboard.study_kind": "bench-quality-rescore"})
+    failed = True
+    try:
+        for r in result["records"]:
+            history = [{k: v for k, v in c.items() if k != "epoch"} for c in r["curve"]]
+            runs.log_child_run(tracking_uri, parent, f"{r['searcher']}-s{r['seed']}",
+                               {"searcher": r["searcher"], "seed": r["seed"]}, history, {}, [],
+                               {"searcher": r["searcher"], "seed": str(r["seed"])})
+        c = runs.client(tracking_uri)
+        for row in result["rows"]:
+            c.log_metric(parent, f"{row['searcher']}.final_regret_mean", float(row["final_regret_mean"]))
+        for path in (source, source.parent / "quality.md", Path(result["plot"])):
+            if path.is_file():
+                c.log_artifact(parent, str(path))
+        failed = False
+    finally:
+        runs.end_run(tracking_uri, parent, failed=failed)
+    return parent
+

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,3 +143,25 @@ def load_network(genotype: gt.Genotype, weights_path: str | Path, cfg: TrainConf
     state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     net.load_state_dict(state)
     return net
+
+
+@dataclass(frozen=True)
+class ShapeInfo:
+    """A data set's shape, as recorded in a registered model's network.json."""
+
+    in_channels: int
+    input_size: int
+    num_classes: int
+
+
+def network_from_files(files: Mapping[str, str | os.PathLike]):
+    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling);
+    the genotype alone when no network.json or weights are given."""
+    genotype = gt.load(files["genotype"])
+    if "network" not in files or "weights" not in files:
+        return genotype
+    spec = json.loads(Path(files["network"]).read_text())
+    cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
+                      auxiliary=bool(spec.get("auxiliary", False)))
+    info = ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
+    return load_network(genotype, files["weights"], cfg, info).eval()

@@ -87,6 +87,10 @@ def quality_cmd(
         cfg, result = rescore_file(rescore, str(table) if table else None)
         typer.echo(result["markdown"])
         typer.echo(f"rescored {rescore}; curves: {result['plot']}")
+        if not no_mlflow:
+            from dartboard.platform.quality import log_rescore
+
+            typer.echo(f"mlflow: run {log_rescore(result, cfg, rescore, tracking_uri)}")
         return
     from dartboard.platform.quality import run_quality
 

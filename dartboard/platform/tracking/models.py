@@ -30,9 +30,9 @@ from mlflow.models import set_model
 
 class DartboardNetwork(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from dartboard.platform.tracking.models import build_from_files
+        from dartboard import network_from_files  # the stable entry point: survives module moves
 
-        self.net = build_from_files(context.artifacts)
+        self.net = network_from_files(context.artifacts)
 
     def predict(self, context, model_input, params=None):
         import numpy as np
@@ -192,26 +192,10 @@ def pull_model(uri: str | None, ref: str, to: str | os.PathLike):
 
 
 def build_from_files(files: Mapping[str, str | os.PathLike]):
-    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling)."""
-    import json
-    from pathlib import Path
+    """Rebuild a registered network from its files (see :func:`dartboard.training.final.network_from_files`)."""
+    from dartboard.training.final import network_from_files
 
-    from dartboard.spaces import genotype as gt
-    from dartboard.training.final import TrainConfig, load_network
-
-    genotype = gt.load(files["genotype"])
-    if "network" not in files or "weights" not in files:
-        return genotype
-    spec = json.loads(Path(files["network"]).read_text())
-    cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
-                      auxiliary=bool(spec.get("auxiliary", False)))
-    info = _ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
-    return load_network(genotype, files["weights"], cfg, info).eval()
-
-
-class _ShapeInfo:
-    def __init__(self, in_channels: int, input_size: int, num_classes: int):
-        self.in_channels, self.input_size, self.num_classes = in_channels, input_size, num_classes
+    return network_from_files(files)
 
 
 def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None = None):
