@@ -266,3 +266,15 @@ def test_mixed_precision_search_steps_run_on_cpu(precision, order):
     metrics = s.end_epoch()
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
     assert any(not torch.equal(b, a) for b, a in zip(before, s.arch_parameters(), strict=True))
+
+
+def test_mixing_entropy_by_hand():
+    from dartboard.searchers.base import mixing_entropy
+
+    uniform, onehot = torch.full((2, 4), 0.25), torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    assert mixing_entropy([uniform]) == pytest.approx(1.0)
+    assert mixing_entropy([onehot]) == pytest.approx(0.0, abs=1e-6)
+    # sigmoid-style weights are normalised per row: [0.5, 0.5] -> 1; [0.9, 0.1] -> H(0.9, 0.1) / log 2
+    h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
+    assert mixing_entropy([torch.tensor([[0.5, 0.5], [0.9, 0.1]])]) == pytest.approx((1.0 + h) / 2)
+    assert mixing_entropy([uniform, onehot]) == pytest.approx(2 / 3)  # the mean over all rows

@@ -59,12 +59,12 @@ def write_report(result: StudyResult) -> tuple[list[Path], dict[str, float], dic
 
 
 def run_ablation(cfg: StudyConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
-                 tracking_uri: str | None = None, mlflow: bool = True) -> dict[str, Any]:
+                 tracking_uri: str | None = None, mlflow: bool = True, promote: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume`` = its run directory, continue) an ablation study; return the table
     rows, results, file paths, the parent run id and the registered champion version."""
     from dartboard.platform.tracking.study import StudyTracker
 
-    tracker = StudyTracker(tracking_uri) if mlflow else None
+    tracker = StudyTracker(tracking_uri, promote=promote) if mlflow else None
     summary: dict[str, Any] = {}
 
     def report(result: StudyResult) -> tuple[list[Path], dict[str, float]]:
@@ -78,4 +78,5 @@ def run_ablation(cfg: StudyConfig | None = None, *, out: str | Path | None = Non
     log.info("ablation: %d/%d trials done; table %s", done, len(result.trials), summary.get("table_md"))
     return {**summary, "run_dir": result.run_dir, "result": result,
             "parent_run_id": tracker.parent if tracker else None,
-            "champion": tracker.champion if tracker else None}
+            "champion": tracker.champion if tracker else None,
+            "champion_decision": tracker.decision if tracker else None}

@@ -15,13 +15,16 @@ from typing import Any
 
 from dartboard.data.datasets import Splits, load_dataset, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
+from dartboard.platform import search_checkpoint as ckpt
 from dartboard.platform.config import SearchRunConfig, resolve_device
+from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt
 
 log = logging.getLogger("dartboard")
+INTERRUPTED_FILE = "interrupted.json"
 
 
 @dataclass
@@ -94,37 +97,65 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
 
 
 def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
+    """A search from scratch; it checkpoints every epoch under ``OUT/checkpoint`` (see :func:`resume_search_job`)."""
+    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    cfg = cfg.model_copy(update={"out": str(out)})
     seed_everything(cfg.seed)
+    return _search(cfg, out, progress, resume=False)
+
+
+def resume_search_job(folder: str | Path, progress: bool = True) -> SearchResult:
+    """Finish the interrupted search in ``folder`` from its last epoch checkpoint; the result equals an
+    uninterrupted run's (searcher state, RNG states and data order are restored)."""
+    folder = Path(folder)
+    run_file = folder / ckpt.RUN_FILE
+    if not run_file.is_file() or not (folder / ckpt.CHECKPOINT_DIR / STATE_FILE).is_file():
+        raise UserInputError(f"--resume: {str(folder)!r} holds no search checkpoint (expected {ckpt.RUN_FILE} "
+                             f"and {ckpt.CHECKPOINT_DIR}/{STATE_FILE}, written by `dartboard search`)")
+    if (folder / "genotype.json").is_file() and not (folder / INTERRUPTED_FILE).is_file():
+        raise UserInputError(f"--resume: the search in {str(folder)!r} has finished; nothing to resume")
+    cfg = SearchRunConfig(**json.loads(run_file.read_text()))
+    return _search(cfg, folder, progress, resume=True)
+
+
+def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> SearchResult:
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = make_searcher(cfg, splits)
     from dartboard.bench.regret import attach_if_tiny81
 
     attach_if_tiny81(searcher)  # in the tabular space, log each epoch's looked-up regret
     train_loader, val_loader = search_loaders(cfg, splits, searcher)
-    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     epochs = searcher.epochs
-    log.info("search: %s on %s, %d epochs, %d steps/epoch, device %s, output %s", cfg.searcher, cfg.dataset,
-             epochs, len(train_loader), searcher.device, out)
-    finished: list[dict[str, float]] = []  # the metrics of every finished epoch, kept if interrupted
-    start = time.perf_counter()
+    state = ckpt.read(out) if resume else ckpt.SearchProgress()
+    if resume:
+        ckpt.restore(out, searcher, (train_loader, val_loader))
+        (out / INTERRUPTED_FILE).unlink(missing_ok=True)
+    else:
+        ckpt.start(out, cfg.model_dump())
+    finished = state.history  # the metrics of every finished epoch, kept if interrupted
+    log.info("search: %s on %s, %d epochs (from epoch %d), %d steps/epoch, device %s, output %s", cfg.searcher,
+             cfg.dataset, epochs, len(finished) + 1, len(train_loader), searcher.device, out)
+    start, spent_before = time.perf_counter(), state.seconds
     try:
-        with _progress(progress, epochs * len(train_loader)) as advance:
+        with _progress(progress, (epochs - len(finished)) * len(train_loader)) as advance:
             def on_epoch(epoch: int, m: dict[str, float]) -> None:
                 finished.append(m)
+                state.seconds = spent_before + time.perf_counter() - start
+                ckpt.write(out, searcher, (train_loader, val_loader), state)
                 log.info("epoch %3d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %s", epoch + 1,
                          m.get("train_loss", float("nan")), m.get("train_acc", float("nan")),
                          m.get("val_loss", float("nan")), m.get("val_acc", float("nan")),
                          _extra(m))
 
-            history = run_search(searcher, train_loader, val_loader, epochs, on_epoch=on_epoch,
-                                 on_step=lambda i, n: advance())
+            if not searcher.stop_requested:
+                run_search(searcher, train_loader, val_loader, epochs, start_epoch=len(finished),
+                           on_epoch=on_epoch, on_step=lambda i, n: advance())
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from the command line: save what exists, then stop
-        save_interrupted(searcher, finished, epochs, out)
+        save_interrupted(cfg, searcher, finished, epochs, out)
         raise
-    seconds = time.perf_counter() - start
     genotype = searcher.derive()
-    artifacts = write_search_artifacts(searcher, genotype, history, out)
-    result = SearchResult(genotype, history, out, seconds, artifacts, searcher)
+    artifacts = write_search_artifacts(searcher, genotype, finished, out)
+    result = SearchResult(genotype, finished, out, state.seconds, artifacts, searcher)
     if cfg.mlflow:
         from dartboard.platform.tracking.runs import log_search_run
 
@@ -132,16 +163,24 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     return result
 
 
-def save_interrupted(searcher: Any, finished: list[dict[str, float]], epochs: int, out: Path) -> None:
+def save_interrupted(cfg: SearchRunConfig, searcher: Any, finished: list[dict[str, float]], epochs: int, out: Path
+                     ) -> None:
     """After an interrupt: the artifacts of the finished epochs (genotype derived from the alphas as they
-    are now, history, pictures) and ``interrupted.json`` saying how far the search got."""
+    are now, history, pictures), ``interrupted.json`` saying how far the search got, and an MLflow run
+    marked KILLED. The last epoch's checkpoint stays for ``dartboard search --resume OUT``."""
     if not finished:
         log.warning("search interrupted before its first epoch ended: nothing to save")
         return
-    write_search_artifacts(searcher, searcher.derive(), finished, out)
-    (out / "interrupted.json").write_text(json.dumps({"epochs_finished": len(finished), "epochs": epochs}))
+    genotype = searcher.derive()
+    artifacts = write_search_artifacts(searcher, genotype, finished, out)
+    (out / INTERRUPTED_FILE).write_text(json.dumps({"epochs_finished": len(finished), "epochs": epochs}))
     log.warning("search interrupted after %d of %d epochs: %s holds their history and the genotype derived "
-                "from the alphas at the interrupt", len(finished), epochs, out)
+                "from the alphas at the interrupt; `dartboard search --resume %s` finishes it", len(finished),
+                epochs, out, out)
+    if cfg.mlflow:
+        from dartboard.platform.tracking.runs import log_search_run
+
+        log_search_run(cfg, SearchResult(genotype, finished, out, 0.0, artifacts, searcher), status="KILLED")
 
 
 def _extra(m: dict[str, float]) -> str:

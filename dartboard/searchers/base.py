@@ -60,3 +60,20 @@ class EpochMeter:
 def to_device(batch: Batch, device: torch.device) -> Batch:
     x, y = batch
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def mixing_entropy(group_weights: list[torch.Tensor]) -> float:
+    """Mean normalised entropy of the mixing weights' rows (1: uniform over a row's ops, 0: one op):
+    each row ``w`` is read as the distribution ``w / sum(w)`` and its entropy divided by ``log(#ops)``.
+    Rows with fewer than two ops or no weight are left out."""
+    values = []
+    for w in group_weights:
+        w = w.detach().float().clamp_min(0.0)
+        if w.shape[-1] < 2:
+            continue
+        total = w.sum(dim=-1, keepdim=True)
+        keep = total.squeeze(-1) > 0
+        p = w[keep] / total[keep]
+        h = -(p * p.clamp_min(1e-30).log()).sum(dim=-1) / torch.log(torch.tensor(float(w.shape[-1])))
+        values.append(h)
+    return float(torch.cat(values).mean()) if values else float("nan")

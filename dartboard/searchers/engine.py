@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dartboard.searchers.base import EpochMeter, rng_state, set_rng_state, to_device
+from dartboard.searchers.base import EpochMeter, mixing_entropy, rng_state, set_rng_state, to_device
 from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.context import SearchContext
 from dartboard.searchers.hypergradient import functional_loss, grads_or_zeros, unrolled_arch_grads
@@ -235,8 +235,10 @@ class Engine:
         self.arch_optimizer.end_epoch(searching=self.epoch >= self.config.warmup_epochs)
         self.epoch += 1
         with torch.no_grad():
-            snapshot = [w.detach().float().cpu().tolist() for w in self.group_weights()]
+            weights = self.group_weights()
+            snapshot = [w.detach().float().cpu().tolist() for w in weights]
         self.history.append({"epoch": self.epoch, "metrics": dict(metrics), "weights": snapshot})
+        metrics["alpha_entropy"] = mixing_entropy(weights)
         metrics["active_ops"] = float(self.ctx.active_op_count())
         metrics["arch_lr"] = float(self.arch_optimizer.lr)
         metrics.update(self.schedule.metrics(self.ctx))

@@ -20,6 +20,8 @@ def ablate(
     storage: str = typer.Option(None, help="Where run directories live (s3://, gs://, NFS); default runs/studies."),
     tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
+    promote: bool = typer.Option(False, "--promote", help="Give the @champion alias to this study's champion even "
+                                 "if it does not beat the current one."),
 ) -> None:
     """Run a comparative ablation study (variants x seeds on Ray) and write its table and plots."""
     from dartboard.platform.ablation import load_study, run_ablation
@@ -27,7 +29,8 @@ def ablate(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
-        summary = run_ablation(resume=str(resume), tracking_uri=tracking_uri, mlflow=not no_mlflow)
+        summary = run_ablation(resume=str(resume), tracking_uri=tracking_uri, mlflow=not no_mlflow,
+                               promote=promote)
     else:
         if study is None:
             raise UserInputError("study: give a study YAML or preset name (or --resume RUN_DIR)")
@@ -35,11 +38,14 @@ def ablate(
                                        "ray_num_cpus": num_cpus}.items() if v is not None}
         with user_input():  # only reads and validates the study file
             cfg = load_study(study, overrides)
-        summary = run_ablation(cfg, out=out, tracking_uri=tracking_uri, mlflow=not no_mlflow)
+        summary = run_ablation(cfg, out=out, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     typer.echo(Path(summary["table_md"]).read_text())
     typer.echo(f"table: {summary['table_md']} and {summary['table_csv']}; run directory: {summary['run_dir']}")
     if summary["champion"] is not None:
-        typer.echo(f"champion: {summary['champion'].name} version {summary['champion'].version}")
+        decision = summary["champion_decision"]
+        where = "takes @champion" if decision.move else "registered without @champion"
+        typer.echo(f"champion: {summary['champion'].name} version {summary['champion'].version}, {where} "
+                   f"({decision.reason})")
 
 
 def register(app: typer.Typer) -> None:

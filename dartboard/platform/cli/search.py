@@ -46,10 +46,26 @@ def search(
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     set_: list[str] = typer.Option(None, "--set", help="Searcher option KEY=VALUE (repeatable)."),
+    resume: Path = typer.Option(None, "--resume", file_okay=False,
+                                help="Finish the interrupted search in this output folder (no other flag)."),
 ) -> None:
-    """Run an architecture search and write genotype.json, alpha history and cell pictures."""
+    """Run an architecture search and write genotype.json, alpha history and cell pictures; the search
+    checkpoints every epoch under OUT/checkpoint, and `--resume OUT` finishes an interrupted one."""
     from dartboard.platform.config import SearchRunConfig, load_yaml
-    from dartboard.platform.run import run_search_job
+    from dartboard.platform.run import resume_search_job, run_search_job
+
+    if resume is not None:
+        given = [name for name, v in (("--config", config), ("--searcher", searcher), ("--space", space),
+                                      ("--start", start), ("--dataset", dataset), ("--data-root", data_root),
+                                      ("--epochs", epochs), ("--batch-size", batch_size), ("--order", order),
+                                      ("--precision", precision), ("--seed", seed), ("--device", device),
+                                      ("--out", out), ("--tracking-uri", tracking_uri), ("--set", set_))
+                 if v]
+        if given or no_mlflow:
+            raise UserInputError(f"--resume: the search resumes with the config it started with; drop "
+                                 f"{', '.join(given + (['--no-mlflow'] if no_mlflow else []))}")
+        _report(resume_search_job(resume))
+        return
 
     with user_input():  # only reads and checks the YAML file
         data = load_yaml(config) if config else {}
@@ -64,7 +80,10 @@ def search(
     options.update(parse_set(set_))
     data["options"] = options
     cfg = SearchRunConfig(**data)
-    result = run_search_job(cfg)
+    _report(run_search_job(cfg))
+
+
+def _report(result) -> None:
     typer.echo(f"genotype written to {result.artifacts['genotype']}")
     from dartboard.spaces.genotype import to_dict
 

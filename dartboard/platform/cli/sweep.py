@@ -23,6 +23,8 @@ def sweep(
                                                         "starting a local one."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not track in MLflow nor register the champion."),
+    promote: bool = typer.Option(False, "--promote", help="Give the @champion alias to this study's champion even "
+                                 "if it does not beat the current one."),
 ) -> None:
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
     from dartboard.platform.sweep import load_study, run_sweep
@@ -30,14 +32,14 @@ def sweep(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
-        result = run_sweep(resume=resume, tracking_uri=tracking_uri, mlflow=not no_mlflow)
+        result = run_sweep(resume=resume, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     else:
         overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
                                        "ray_address": address}.items() if v is not None}
         with user_input():  # only reads and validates the study
             cfg = load_study(study, overrides)
         # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
-        result = run_sweep(cfg, tracking_uri=tracking_uri, mlflow=not no_mlflow)
+        result = run_sweep(cfg, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     c = result.counts
     typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
@@ -57,10 +59,22 @@ def sweep(
         typer.echo(f"champion trained from scratch: test accuracy {final['test_acc']:.4f}, "
                    f"{final['parameters']:,} parameters, weights in {final['dir']}")
     if not no_mlflow:
-        name = result.config.register_as or result.config.name
-        typer.echo(f"registered in MLflow as {name}@champion (dartboard pull {name}@champion --to DIR)")
+        _say_champion(result)
     if "://" not in result.run_dir:
         typer.echo(f"best genotype written to {Path(result.run_dir) / 'best_genotype.json'}")
+
+
+def _say_champion(result) -> None:
+    tracker = result.tracker
+    if tracker is None or tracker.champion is None or tracker.decision is None:
+        return
+    name, version = tracker.champion.name, tracker.champion.version
+    if tracker.decision.move:
+        typer.echo(f"registered in MLflow as {name} version {version}, now {name}@champion "
+                   f"({tracker.decision.reason}; dartboard pull {name}@champion --to DIR)")
+    else:
+        typer.echo(f"registered in MLflow as {name} version {version}; {name}@champion stays where it was "
+                   f"({tracker.decision.reason})")
 
 
 def register(app: typer.Typer) -> None:

@@ -51,6 +51,7 @@ class StudyResult:
     best: dict[str, Any] | None
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)
+    tracker: Any = None  # the front end's MLflow tracker, when there is one (its champion decision)
 
 
 # ------------------------------------------------------------------ loading

@@ -136,4 +136,5 @@ def trial_payload(cfg: StudyConfig, run_dir: str, trial_id: str, config: dict, m
             "seed": int(config.get("seed", cfg.trial_seeds()[0])),
             "metrics": keep, "objective": keep.get("objective"), "epoch": keep.get("epoch"),
             "genotype": genotype, "history": history, "genotypes": genotypes,
+            "started": found[1].get("started") if found else None, "times": found[1].get("times", []) if found else [],
             "checkpoint": found[0] if found else None, "error": metrics.get("error") or error}

@@ -170,6 +170,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
     # Where this trial runs: lets the study driver free the workers' placement group when the trial
     # ends (Ray Train's own cleaner fails when two Ray instances share a machine).
     where = {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
+    progress.setdefault("started", time.time())  # wall-clock start and epoch ends: the trial run's real times
     if progress["done"]:  # finished before a driver crash: report the last result again
         ray.train.report({**progress["history"][-1], **where})
         return
@@ -209,6 +210,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
             report["objective"] = report["derived_acc"]
         report["done"] = float(last and final is None)
         progress["history"].append(_numbers(report))
+        progress.setdefault("times", []).append(time.time())
         progress.setdefault("genotypes", []).append(report["genotype"])
         progress["done"] = bool(report["done"])
         _report(report, searcher, progress, rank)

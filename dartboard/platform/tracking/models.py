@@ -89,15 +89,15 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
 
 
 def register_champion(uri: str | None, name: str, run_id: str, model_dir: str | os.PathLike,
-                      tags: Mapping[str, Any], alias: str = CHAMPION_ALIAS):
+                      tags: Mapping[str, Any], alias: str | None = CHAMPION_ALIAS):
     """Register the best trial's folder (genotype.json, network.json, weights.safetensors, whichever
-    exist) and point ``alias`` at it. Usable as a sweep's best-result hook."""
+    exist) and point ``alias`` at it (``None``: no alias). Usable as a sweep's best-result hook."""
     from pathlib import Path
 
     folder = Path(model_dir)
     files = {key: folder / fname for key, fname in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
                                                      ("weights", WEIGHTS_FILE)) if (folder / fname).is_file()}
-    return register_model_files(uri, name, run_id, files, tags, aliases=(alias,))
+    return register_model_files(uri, name, run_id, files, tags, aliases=(alias,) if alias else ())
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,12 +42,14 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def log_search_run(cfg, result) -> str:
-    """One MLflow run for a local search: params, per-epoch metrics, genotype and pictures."""
+def log_search_run(cfg, result, status: str = "FINISHED") -> str:
+    """One MLflow run for a local search: params, per-epoch metrics, genotype and pictures; an
+    interrupted search's run (its finished epochs) ends with ``status="KILLED"``."""
     mlflow, _ = setup_mlflow(cfg.tracking_uri, cfg.experiment)
-    with mlflow.start_run(run_name=f"search-{cfg.searcher}-{cfg.dataset}-s{cfg.seed}") as run:
+    run = mlflow.start_run(run_name=f"search-{cfg.searcher}-{cfg.dataset}-s{cfg.seed}")
+    try:
         mlflow.set_tags({"dartboard.kind": "search", "searcher": cfg.searcher, "dataset": cfg.dataset,
-                         "seed": str(cfg.seed)})
+                         "seed": str(cfg.seed), "space": str(cfg.searcher_options().get("space") or "darts")})
         mlflow.log_params(flat_params("", {"searcher": cfg.searcher, "dataset": cfg.dataset, "seed": cfg.seed,
                                            "batch_size": cfg.batch_size, **cfg.searcher_options()}))
         for step, metrics in enumerate(result.history):
@@ -54,8 +57,12 @@ def log_search_run(cfg, result) -> str:
         mlflow.log_metric("search_seconds", result.seconds)
         for path in result.artifacts.values():
             mlflow.log_artifact(str(path))
-        log.info("mlflow: run %s in %s", run.info.run_id, tracking_uri(cfg.tracking_uri))
-        return run.info.run_id
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status=status)
+    log.info("mlflow: run %s in %s (%s)", run.info.run_id, tracking_uri(cfg.tracking_uri), status)
+    return run.info.run_id
 
 
 def log_train_run(uri: str | None, experiment: str, genotype_path: str, params: Mapping[str, Any], result,
@@ -140,9 +147,12 @@ def find_child_run(uri: str | None, parent_id: str, key: str):
 
 def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str, Any],
                   history: list[Mapping[str, float]], metrics: Mapping[str, float],
-                  artifacts: list[str | os.PathLike], tags: Mapping[str, str] | None = None) -> str:
+                  artifacts: list[str | os.PathLike], tags: Mapping[str, str] | None = None,
+                  started: float | None = None, times: list[float] | None = None) -> str:
     """One trial as a child run: params, per-epoch metrics (step = epoch), final metrics and
-    artifacts. Logged once: a second call for the same ``key`` returns the existing run."""
+    artifacts; ``started`` / ``times`` (unix seconds: the trial's start, each epoch's end) give the
+    run its real start and end times and each point its time. Logged once: a second call for the
+    same ``key`` returns the existing run."""
     existing = find_child_run(uri, parent_id, key)
     if existing is not None:
         return existing.info.run_id
@@ -150,24 +160,27 @@ def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str
 
     c = client(uri)
     parent = c.get_run(parent_id)
-    run = c.create_run(parent.info.experiment_id, run_name=key,
+    now = int(time.time() * 1000)
+    stamps = [int(t * 1000) for t in (times or [])][:len(history)]
+    stamps += [now] * (len(history) - len(stamps))
+    end = stamps[-1] if stamps else now
+    run = c.create_run(parent.info.experiment_id, run_name=key, start_time=int(started * 1000) if started else None,
                        tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: key, "dartboard.kind": "trial",
                              **(tags or {})})
     rid, failed = run.info.run_id, True
     try:
         for k, v in flat_params("", params).items():
             c.log_param(rid, k, v)
-        now = int(__import__("time").time() * 1000)
-        points = [Metric(k, float(v), now, step) for step, m in enumerate(history) for k, v in m.items()
+        points = [Metric(k, float(v), stamps[step], step) for step, m in enumerate(history) for k, v in m.items()
                   if _is_number(v)]
-        points += [Metric(k, float(v), now, len(history)) for k, v in metrics.items() if _is_number(v)]
+        points += [Metric(k, float(v), end, len(history)) for k, v in metrics.items() if _is_number(v)]
         for start in range(0, len(points), 900):  # the REST API takes at most 1000 metrics per batch
             c.log_batch(rid, metrics=points[start:start + 900])
         for path in artifacts:
             c.log_artifact(rid, str(path))
         failed = False
     finally:
-        c.set_terminated(rid, "FAILED" if failed else "FINISHED")
+        c.set_terminated(rid, "FAILED" if failed else "FINISHED", end_time=end if started else None)
     return rid
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dartboard.platform.tracking import runs
+from dartboard.platform.tracking.champion import SIGNATURE_TAG, Decision, decide, objective_signature
 from dartboard.platform.tracking.models import CHAMPION_ALIAS, GENOTYPE_FILE, register_champion
 
 log = logging.getLogger("dartboard")
@@ -23,12 +24,14 @@ class StudyTracker:
     """Plug into ``run_study(tracker=...)``: ``open`` -> ``log_trial`` (live, idempotent) ->
     ``finish`` (every trial again, idempotent; parent artifacts; champion) -> ``close``."""
 
-    def __init__(self, uri: str | None = None, experiment: str | None = None, register: bool = True):
-        self.uri, self.experiment, self.register = uri, experiment, register
+    def __init__(self, uri: str | None = None, experiment: str | None = None, register: bool = True,
+                 promote: bool = False):
+        self.uri, self.experiment, self.register, self.promote = uri, experiment, register, promote
         self.parent: str | None = None
         self.study: Any = None
         self.children: dict[str, str] = {}
         self.champion: Any = None  # the registered model version, after finish()
+        self.decision: Decision | None = None  # whether it took the champion alias, and why
 
     def open(self, cfg: Any, run_dir: str) -> str:
         self.study = cfg
@@ -46,11 +49,13 @@ class StudyTracker:
         params = {"variant": trial["variant"], "searcher": trial["searcher"], "seed": trial["seed"],
                   **{k: v for k, v in trial["config"].items() if k not in ("variant", "seed")}}
         tags = {"study": self.study.name, "status": str(trial["status"]), "variant": trial["variant"],
-                "searcher": trial["searcher"], "seed": str(trial["seed"]), "trial": trial["key"]}
+                "searcher": trial["searcher"], "seed": str(trial["seed"]), "trial": trial["key"],
+                "space": _space(self.study, trial), "dataset": self.study.dataset}
         with tempfile.TemporaryDirectory() as tmp:
             files = _trial_files(trial, Path(tmp))
             rid = runs.log_child_run(self.uri, self.parent, trial["key"], params, trial.get("history") or [],
-                                     dict(trial.get("metrics") or {}), files, tags)
+                                     dict(trial.get("metrics") or {}), files, tags, trial.get("started"),
+                                     trial.get("times"))
         self.children[trial["key"]] = rid
         return rid
 
@@ -62,8 +67,46 @@ class StudyTracker:
             c.log_metric(self.parent, _metric_name(key), float(value))
         for path in artifacts:
             c.log_artifact(self.parent, str(path), "plots" if Path(path).suffix == ".png" else None)
+        self._summary(c, result)
         if self.register and result.best is not None and result.best.get("genotype"):
             self.champion = self._register(result.best)
+
+    def _summary(self, c: Any, result: Any) -> None:
+        """The study at a glance on its parent run: the objective of every trial (step = study order),
+        the best trial's objective, configuration and champion metrics, tags, summary plots."""
+        import json
+
+        from mlflow.entities import Metric
+
+        from dartboard.platform.reports import study_plots
+
+        now = int(__import__("time").time() * 1000)
+        points = [Metric("trial_objective", float(t["objective"]), now, i) for i, t in enumerate(result.trials)
+                  if runs._is_number(t.get("objective"))]
+        best = result.best
+        if best is not None:
+            final = best.get("final") or {}
+            merged = {**best.get("metrics", {}), **final}
+            points.append(Metric("best_objective", float(best["objective"]), now, 0))
+            points += [Metric(f"champion.{k}", float(merged[k]), now, 0) for k in ("test_acc", "test_loss",
+                                                                                 "parameters")
+                       if runs._is_number(merged.get(k))]
+            c.set_tag(self.parent, "best.trial", best["key"])
+            c.set_tag(self.parent, "best.config", json.dumps({"variant": best["variant"], **best["config"]},
+                                                             sort_keys=True, default=str)[:5000])
+        if points:
+            c.log_batch(self.parent, metrics=points)
+        study = self.study
+        c.set_tag(self.parent, "space", study.space or ",".join(sorted({_space(study, t) for t in result.trials})))
+        c.set_tag(self.parent, "dataset", study.dataset)
+        c.set_tag(self.parent, "seeds", ",".join(str(s) for s in study.trial_seeds()))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            made = [study_plots.plot_objectives(result.trials, folder / "objective_per_trial.png", study.name),
+                    study_plots.plot_parallel(result.trials, sorted(study.params), folder / "parallel_coordinates.png"),
+                    study_plots.plot_curves(result.trials, folder / "trial_curves.png")]
+            for path in (p for p in made if p is not None):
+                c.log_artifact(self.parent, str(path), "plots")
 
     def close(self, failed: bool) -> None:
         if self.parent is not None:
@@ -75,17 +118,45 @@ class StudyTracker:
         c = runs.client(self.uri)
         for version in c.search_model_versions(f"name='{name}' and tag.study='{cfg.name}'"):
             if version.tags.get("trial") == best["key"]:  # a resumed study registered it already
-                c.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+                moved = version.tags.get("champion.moved") == "1"
+                self.decision = Decision(moved, version.tags.get("champion.decision", "registered before a resume"))
+                if moved:
+                    c.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
                 return version
         tags = {"study": cfg.name, "trial": best["key"], "searcher": best["searcher"],
                 "space": cfg.space or best["config"].get("space", ""), "dataset": cfg.dataset, "seed": best["seed"],
-                "metric.objective": best.get("objective")}
+                "metric.objective": best.get("objective"), SIGNATURE_TAG: objective_signature(cfg)}
         metrics = {**best.get("metrics", {}), **(best.get("final") or {})}
         tags.update({f"metric.{k}": f"{metrics[k]:.6g}" for k in ("test_acc", "test_error", "parameters")
                      if isinstance(metrics.get(k), (int, float))})
+        self.decision = decide(_alias_tags(c, name), tags, self.promote)
+        log.info("champion: %s %s (%s)", name, "takes @" + CHAMPION_ALIAS if self.decision.move
+                 else "is registered without the alias", self.decision.reason)
         with tempfile.TemporaryDirectory() as tmp:
             folder = _champion_folder(best, Path(tmp))
-            return register_champion(self.uri, name, self.children.get(best["key"]) or self.parent, folder, tags)
+            return register_champion(self.uri, name, self.children.get(best["key"]) or self.parent, folder,
+                                     {**tags, "champion.decision": self.decision.reason,
+                                      "champion.moved": "1" if self.decision.move else "0"},
+                                     alias=CHAMPION_ALIAS if self.decision.move else None)
+
+
+def _space(study: Any, trial: Mapping[str, Any]) -> str:
+    """The space a trial searched: its own option, the study's, else its preset's default."""
+    from dartboard.searchers.presets import PRESETS
+
+    preset = PRESETS.get(trial["searcher"])
+    default = preset.options.get("space", "darts") if preset is not None else "darts"
+    return str(trial["config"].get("space") or study.space or default)
+
+
+def _alias_tags(c: Any, name: str) -> dict[str, str] | None:
+    """The tags of the version of ``name`` holding the champion alias (None: no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(c.get_model_version_by_alias(name, CHAMPION_ALIAS).tags)
+    except MlflowException:
+        return None
 
 
 def _trial_files(trial: Mapping[str, Any], tmp: Path) -> list[Path]:

@@ -1,0 +1,82 @@
+"""Epoch checkpoints of a local search (``dartboard search``), so that ``--resume OUT`` finishes an
+interrupted search exactly as an uninterrupted one would have.
+
+    OUT/run.json                   the run's config (SearchRunConfig), written when the search starts
+    OUT/checkpoint/searcher.pt     searcher.state_dict() (weights, alphas, optimizers, RNG states, ...),
+    OUT/checkpoint/progress.json   and the finished epochs' metrics: the Ray worker's format
+    OUT/checkpoint/genotype.json   (``platform/ray/checkpoint.py``)
+    OUT/checkpoint/loaders.pt      the shuffling generators' states of the train and val loaders
+
+A checkpoint is written to ``checkpoint.tmp`` and renamed over the previous one, so an interrupt
+while writing leaves the previous epoch's checkpoint whole. Nothing is unpickled when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dartboard.platform.ray.checkpoint import read_progress, write_epoch
+from dartboard.training.checkpoint import load_state, save_state
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoint"
+LOADERS_FILE = "loaders.pt"
+
+
+@dataclass
+class SearchProgress:
+    history: list[dict[str, float]] = field(default_factory=list)  # metrics of each finished epoch
+    seconds: float = 0.0  # search time spent so far (all sessions)
+
+
+def start(out: Path, config: dict[str, Any]) -> None:
+    """A new search in ``out``: its config (what --resume rebuilds from); no older checkpoint stays."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    (out / RUN_FILE).write_text(json.dumps(config, indent=1))
+
+
+def _generators(loaders: Sequence[Any]) -> list[torch.Generator]:
+    gens = [getattr(loader, "generator", None) for loader in loaders]
+    if any(g is None for g in gens):
+        raise ValueError("search checkpoint: every loader needs its own shuffling generator")
+    return gens
+
+
+def write(out: Path, searcher: Any, loaders: Sequence[Any], progress: SearchProgress) -> None:
+    tmp, final = out / f"{CHECKPOINT_DIR}.tmp", out / CHECKPOINT_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    from dartboard.spaces.genotype import to_dict
+
+    write_epoch(tmp, searcher, {"history": progress.history, "search_seconds": progress.seconds, "done": False},
+                json.dumps(to_dict(searcher.derive())))
+    save_state({"generators": [g.get_state() for g in _generators(loaders)]}, tmp / LOADERS_FILE)
+    old = out / f"{CHECKPOINT_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read(out: Path) -> SearchProgress:
+    progress = read_progress(out / CHECKPOINT_DIR)
+    return SearchProgress(list(progress["history"]), float(progress["search_seconds"]))
+
+
+def restore(out: Path, searcher: Any, loaders: Sequence[Any]) -> None:
+    """The searcher's full state and the loaders' shuffling state after the last finished epoch."""
+    from dartboard.platform.ray.checkpoint import STATE_FILE
+
+    searcher.load_state_dict(load_state(out / CHECKPOINT_DIR / STATE_FILE))
+    states = load_state(out / CHECKPOINT_DIR / LOADERS_FILE)["generators"]
+    for gen, state in zip(_generators(loaders), states, strict=True):
+        gen.set_state(state)

@@ -1,0 +1,111 @@
+"""A local search checkpoints every epoch; an interrupted search resumed with `--resume` ends exactly as an
+uninterrupted one (genotype, alphas, every epoch's metrics), and its MLflow run is marked KILLED."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from test_cli_contract import console_script, env_for
+
+from dartboard.errors import UserInputError
+from dartboard.platform import run as run_module
+from dartboard.platform.config import SearchRunConfig
+from dartboard.platform.run import resume_search_job, run_search_job
+
+OPTIONS = {"C": 4, "layers": 2, "epochs": 3}
+
+
+def _cfg(out, **kw) -> SearchRunConfig:
+    return SearchRunConfig(searcher="fairdarts", batch_size=128, seed=3, device="cpu", mlflow=False, out=str(out),
+                           options=OPTIONS, **kw)
+
+
+def _same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if "seconds" not in k} == {k: v for k, v in y.items() if "seconds" not in k}
+
+
+def test_an_interrupted_search_resumes_bit_identically(tmp_path, monkeypatch):
+    whole = run_search_job(_cfg(tmp_path / "whole"), progress=False)
+    # interrupt after the 2nd epoch's checkpoint: a state the test controls, not a timer
+    real_write = run_module.ckpt.write
+    calls = []
+
+    def write_then_interrupt(*args, **kwargs):
+        real_write(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module.ckpt, "write", write_then_interrupt)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_search_job(_cfg(cut), progress=False)
+    assert json.loads((cut / "interrupted.json").read_text()) == {"epochs_finished": 2, "epochs": 3}
+    monkeypatch.setattr(run_module.ckpt, "write", real_write)
+    torch.manual_seed(12345)  # the process's RNG moved on: resume must restore it, not rely on it
+    resumed = resume_search_job(cut, progress=False)
+    assert resumed.genotype == whole.genotype
+    _same_metrics(resumed.history, whole.history)
+    for a, b in zip(resumed.searcher.arch_parameters(), whole.searcher.arch_parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not (cut / "interrupted.json").exists()
+    assert json.loads((cut / "history.json").read_text()) == resumed.history
+    with pytest.raises(UserInputError, match="has finished"):
+        resume_search_job(cut, progress=False)
+    with pytest.raises(UserInputError, match="no search checkpoint"):
+        resume_search_job(tmp_path, progress=False)
+
+
+@pytest.mark.mlflow
+def test_an_interrupted_search_run_is_marked_killed(tmp_path, monkeypatch):
+    from dartboard.platform.tracking import runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path / "run", tracking_uri=uri).model_copy(update={"mlflow": True})
+    real_write = run_module.ckpt.write
+    monkeypatch.setattr(run_module.ckpt, "write", lambda *a, **k: (real_write(*a, **k), interrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run_search_job(cfg, progress=False)
+    c = runs.client(uri)
+    found = c.search_runs([c.get_experiment_by_name("dartboard").experiment_id])
+    assert [r.info.status for r in found] == ["KILLED"]
+    assert [m.step for m in c.get_metric_history(found[0].info.run_id, "train_loss")] == [0]
+
+
+def test_sigint_then_resume_through_the_console_script(tmp_path):
+    """Ctrl-C after the first epoch exits 130; `dartboard search --resume OUT` finishes with exit 0 and the
+    uninterrupted run's genotype."""
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    args = ["search", "--searcher", "fairdarts", "--epochs", "2", "--batch-size", "128", "--set", "C=4",
+            "--set", "layers=2", "--seed", "3", "--no-mlflow"]
+    env = env_for(OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([console_script(), *args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # the search's own log says when its first epoch (and checkpoint) ended
+            if line.startswith("epoch   1 "):
+                proc.send_signal(subprocess.signal.SIGINT)
+                break
+        proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    resumed = subprocess.run([console_script(), "search", "--resume", str(out)], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    subprocess.run([console_script(), *args, "--out", str(whole)], env=env, capture_output=True, text=True,
+                   timeout=600, check=True)
+    assert json.loads((out / "genotype.json").read_text()) == json.loads((whole / "genotype.json").read_text())
+    bad = subprocess.run([console_script(), "search", "--resume", str(out), "--epochs", "5"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--epochs" in bad.stderr and "Traceback" not in bad.stderr
