@@ -235,6 +235,23 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
         ray.shutdown()
     assert result.best is not None and result.counts["complete"] == 2
     logged = result.best["final"]["test_acc"]
+    # the study's MLflow records: trial runs with one point per epoch at real times, a parent run's summary
+    c = runs.client(server["uri"])
+    tracker = result.tracker
+    parent = c.get_run(tracker.parent)
+    assert parent.data.metrics["champion.test_acc"] == pytest.approx(logged)
+    assert len(c.get_metric_history(tracker.parent, "trial_objective")) == 2
+    assert {a.path for a in c.list_artifacts(tracker.parent, "plots")} >= {"plots/objective_per_trial.png",
+                                                                           "plots/parallel_coordinates.png",
+                                                                           "plots/trial_curves.png"}
+    for rid in tracker.children.values():
+        child = c.get_run(rid)
+        points = c.get_metric_history(rid, "val_acc")
+        assert [p.step for p in points] == list(range(cfg.epochs))
+        assert child.info.start_time <= points[0].timestamp <= child.info.end_time
+        assert {"pid", "timestamp", "time_total_s"}.isdisjoint(child.data.metrics)
+        assert child.data.tags["space"] == "darts" and child.data.tags["seed"] == "0"
+        assert "alpha_entropy" in child.data.metrics
     version = runs.client(server["uri"]).get_model_version_by_alias("digits-sweep", "champion")
     assert float(version.tags["metric.test_acc"]) == pytest.approx(logged)
     assert version.tags["dataset"] == "digits" and version.tags["study"] == "digits-sweep"

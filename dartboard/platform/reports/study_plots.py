@@ -31,17 +31,20 @@ def plot_objectives(trials: Sequence[dict[str, Any]], path: Path, title: str = "
     if not points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     for status, color in STATUS_COLORS.items():
         pts = [(i, y) for i, y, s in points if s == status]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, label=status, s=30)
-    best = max(points, key=lambda p: p[1])
-    ax.scatter([best[0]], [best[1]], marker="*", s=180, color="gold", edgecolor="black", zorder=3, label="best")
+    complete = [p for p in points if p[2] == "complete"]
+    if complete:  # the study's best is the best complete trial
+        best = max(complete, key=lambda p: p[1])
+        ax.scatter([best[0]], [best[1]], marker="*", s=200, color="gold", edgecolor="black", zorder=3,
+                   label="best complete")
     ax.set_xlabel("trial (study order)")
     ax.set_ylabel("objective")
     ax.set_title(title or "objective per trial")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -93,6 +96,8 @@ def plot_curves(trials: Sequence[dict[str, Any]], path: Path) -> Path | None:
     if not metrics:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for t in trials:
@@ -100,11 +105,12 @@ def plot_curves(trials: Sequence[dict[str, Any]], path: Path) -> Path | None:
             if any(_finite(y) for y in ys):
                 ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, lw=1.2,
                         ls="-" if t["status"] == "complete" else ":", label=t["key"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} per epoch (dotted: stopped early)")
     if sum(1 for t in trials if t.get("history")) <= 12:
-        axes[0][-1].legend(fontsize=6)
+        axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -75,10 +75,13 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
         code.write_text(_MODEL_CODE)
         # Reopen the run inside its own experiment: a run id from another experiment than the
         # process's active one (set by any earlier set_experiment) is refused by MLflow.
-        mlflow.set_experiment(experiment_id=client(uri).get_run(run_id).info.experiment_id)
+        before = client(uri).get_run(run_id).info
+        mlflow.set_experiment(experiment_id=before.experiment_id)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts=artifacts,
                                            pip_requirements=["dartboard", "torch", "safetensors"])
+        if before.end_time:  # reopening the run to log the model must not rewrite when it ended
+            client(uri).set_terminated(run_id, before.status, end_time=before.end_time)
     version = mlflow.register_model(info.model_uri, name, tags=all_tags)
     c = client(uri)
     for alias in aliases:

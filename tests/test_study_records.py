@@ -1,0 +1,64 @@
+"""What a study leaves in MLflow: trial runs with one metric point per epoch at the epoch's real time,
+their real start/end, tags; a parent run with the objective of every trial, the best configuration,
+the champion's test metrics and the summary plots (no Ray needed: the runner's own payloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dartboard.spaces import genotype as gt
+from dartboard.spaces.catalog import resolve
+
+pytestmark = pytest.mark.mlflow
+
+
+def _payload(cfg, run_dir, trial_id, objective, arch_lr, status="complete", epochs=3, t0=1_700_000_000.0):
+    from dartboard.platform.ray.trial import trial_payload
+
+    metrics = {"objective": objective, "search_done": 1.0 if status == "complete" else 0.0,
+               "genotype": json.dumps(gt.to_dict(resolve("darts-v2")))}
+    p = trial_payload(cfg, run_dir, trial_id, {"arch_lr": arch_lr}, metrics, None)
+    p["history"] = [{"val_acc": objective * (e + 1) / epochs, "train_loss": 1.0 / (e + 1), "epoch": e + 1.0}
+                    for e in range(epochs)]
+    p["started"], p["times"] = t0, [t0 + 10.0 * (e + 1) for e in range(epochs)]
+    return p
+
+
+def test_study_parent_and_trial_runs(tmp_path):
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.runner import StudyResult
+    from dartboard.platform.tracking import runs
+    from dartboard.platform.tracking.study import StudyTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = StudyConfig(name="rec", register_as="rec-net", epochs=3,
+                      params={"arch_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}})
+    run_dir = str(tmp_path / "rec")
+    trials = [_payload(cfg, run_dir, "a", 0.5, 1e-4), _payload(cfg, run_dir, "b", 0.9, 1e-3),
+              _payload(cfg, run_dir, "c", 0.3, 1e-2, status="pruned", epochs=1)]
+    best = {**trials[1], "final": {"test_acc": 0.97, "test_loss": 0.1, "parameters": 1234}}
+    tracker = StudyTracker(uri)
+    tracker.open(cfg, run_dir)
+    tracker.finish(StudyResult(run_dir, cfg, trials, best, 1.0), [], {})
+    tracker.close(failed=False)
+    c = runs.client(uri)
+    parent = c.get_run(tracker.parent)
+    history = c.get_metric_history(tracker.parent, "trial_objective")
+    assert [(h.step, h.value) for h in history] == [(0, 0.5), (1, 0.9), (2, 0.3)]
+    assert parent.data.metrics["best_objective"] == pytest.approx(0.9)
+    assert parent.data.metrics["champion.test_acc"] == pytest.approx(0.97)
+    assert parent.data.metrics["champion.parameters"] == 1234
+    assert json.loads(parent.data.tags["best.config"])["arch_lr"] == pytest.approx(1e-3)
+    assert parent.data.tags["space"] == "darts" and parent.data.tags["dataset"] == "digits"
+    plots = {a.path for a in c.list_artifacts(tracker.parent, "plots")}
+    assert plots == {"plots/objective_per_trial.png", "plots/parallel_coordinates.png", "plots/trial_curves.png"}
+    child = c.get_run(tracker.children["b"])
+    points = c.get_metric_history(child.info.run_id, "val_acc")
+    assert [p.step for p in points] == [0, 1, 2]
+    assert [p.timestamp for p in points] == [1_700_000_010_000, 1_700_000_020_000, 1_700_000_030_000]
+    assert child.info.start_time == 1_700_000_000_000 and child.info.end_time == 1_700_000_030_000
+    assert {"pid", "timestamp", "time_total_s", "training_iteration"}.isdisjoint(child.data.metrics)
+    assert child.data.tags["space"] == "darts" and child.data.tags["seed"] == "0"
+    assert child.data.params["arch_lr"] == "0.001"
