@@ -39,6 +39,11 @@ def ablate(
         with user_input():  # only reads and validates the study file
             cfg = load_study(study, overrides)
         summary = run_ablation(cfg, out=out, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
+    trials = summary["result"].trials
+    if not any(t["status"] == "complete" for t in trials):
+        typer.echo(f"no trial of the study completed ({len(trials)} trials); run directory: {summary['run_dir']}",
+                   err=True)
+        raise typer.Exit(1)
     typer.echo(Path(summary["table_md"]).read_text())
     typer.echo(f"table: {summary['table_md']} and {summary['table_csv']}; run directory: {summary['run_dir']}")
     if summary["champion"] is not None:
