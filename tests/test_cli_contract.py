@@ -240,7 +240,8 @@ def test_main_called_from_python_leaves_the_sigterm_handler_as_it_was(capsys):
 
 def test_help_defaults_read_from_source_equal_the_imported_constants():
     from dartboard.platform.cli import prune
-    from dartboard.searchers import dario, proxies
+    from dartboard.searchers.dario import proxies
+    from dartboard.searchers.dario import search as dario
 
     for name in ("GATE_GRADIENTS", "ITERATIONS", "MODEL_LR", "SEARCH_LR", "THRESHOLD", "WARMUP_MEAN",
                  "WARMUP_SAMPLES"):
@@ -252,7 +253,7 @@ def test_literal_constants_refuses_a_missing_name():
     from dartboard.platform.cli.defaults import literal_constants
 
     with pytest.raises(LookupError, match="NO_SUCH_CONSTANT"):
-        literal_constants("dartboard.searchers.dario", "THRESHOLD", "NO_SUCH_CONSTANT")
+        literal_constants("dartboard.searchers.dario.search", "THRESHOLD", "NO_SUCH_CONSTANT")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dartboard.searchers import proxies
-from dartboard.searchers.proxies import PROXIES, get_proxy
+from dartboard.searchers.dario import proxies
+from dartboard.searchers.dario.proxies import PROXIES, get_proxy
 
 
 def tiny_theta() -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.dario import MODEL_LR, DarioConfig, DarioSearcher
-from dartboard.searchers.proxies import PROXIES
+from dartboard.searchers.dario.proxies import PROXIES
 from dartboard.spaces.genotype import GateGenotype, save
 from dartboard.spaces.vit import count_parameters, functional_forward, infer_input_shape
 from dartboard.training.vit_finetune import evaluate, finetune_last_block, finetune_parameters

@@ -16,12 +16,12 @@ from dartboard.platform.cli.defaults import literal_constants
 log = logging.getLogger(__name__)
 
 # The thesis' defaults, read from the searcher's source so that --help does not import torch.
-_DARIO = literal_constants("dartboard.searchers.dario", "GATE_GRADIENTS", "ITERATIONS", "MODEL_LR", "SEARCH_LR",
+_DARIO = literal_constants("dartboard.searchers.dario.search", "GATE_GRADIENTS", "ITERATIONS", "MODEL_LR", "SEARCH_LR",
                            "THRESHOLD", "WARMUP_MEAN", "WARMUP_SAMPLES")
 GATE_GRADIENTS, ITERATIONS, MODEL_LR, SEARCH_LR = (_DARIO[k] for k in ("GATE_GRADIENTS", "ITERATIONS", "MODEL_LR",
                                                                           "SEARCH_LR"))
 THRESHOLD, WARMUP_MEAN, WARMUP_SAMPLES = _DARIO["THRESHOLD"], _DARIO["WARMUP_MEAN"], _DARIO["WARMUP_SAMPLES"]
-DEFAULT_PROXY = literal_constants("dartboard.searchers.proxies", "DEFAULT_PROXY")["DEFAULT_PROXY"]
+DEFAULT_PROXY = literal_constants("dartboard.searchers.dario.proxies", "DEFAULT_PROXY")["DEFAULT_PROXY"]
 
 
 def _kwargs(text: str | None) -> dict:

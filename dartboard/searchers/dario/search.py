@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dartboard.searchers.proxies import DEFAULT_PROXY, get_proxy
+from dartboard.searchers.dario.proxies import DEFAULT_PROXY, get_proxy
 from dartboard.spaces.genotype import GateGenotype
 from dartboard.spaces.vit import (
     GRANULARITIES,
