@@ -17,11 +17,11 @@ pytestmark = pytest.mark.mlflow
 def _payload(cfg, run_dir, trial_id, objective, arch_lr, status="complete", epochs=3, t0=1_700_000_000.0):
     from dartboard.platform.ray.trial import trial_payload
 
-    metrics = {"objective": objective, "search_done": 1.0 if status == "complete" else 0.0,
+    metrics = {"objective": objective, "val_acc": objective, "search_done": 1.0 if status == "complete" else 0.0,
                "genotype": json.dumps(gt.to_dict(resolve("darts-v2")))}
     p = trial_payload(cfg, run_dir, trial_id, {"arch_lr": arch_lr}, metrics, None)
-    p["history"] = [{"val_acc": objective * (e + 1) / epochs, "train_loss": 1.0 / (e + 1), "epoch": e + 1.0}
-                    for e in range(epochs)]
+    p["history"] = [{"val_acc": objective * (e + 1) / epochs if e + 1 < epochs else objective,
+                     "train_loss": 1.0 / (e + 1), "epoch": e + 1.0} for e in range(epochs)]
     p["started"], p["times"] = t0, [t0 + 10.0 * (e + 1) for e in range(epochs)]
     return p
 
@@ -56,7 +56,8 @@ def test_study_parent_and_trial_runs(tmp_path):
     assert plots == {"plots/objective_per_trial.png", "plots/parallel_coordinates.png", "plots/trial_curves.png"}
     child = c.get_run(tracker.children["b"])
     points = c.get_metric_history(child.info.run_id, "val_acc")
-    assert [p.step for p in points] == [0, 1, 2]
+    assert [p.step for p in points] == [0, 1, 2]  # the final report repeats the last epoch: not logged twice
+    assert c.get_run(tracker.children["b"]).data.metrics["objective"] == pytest.approx(0.9)
     assert [p.timestamp for p in points] == [1_700_000_010_000, 1_700_000_020_000, 1_700_000_030_000]
     assert child.info.start_time == 1_700_000_000_000 and child.info.end_time == 1_700_000_030_000
     assert {"pid", "timestamp", "time_total_s", "training_iteration"}.isdisjoint(child.data.metrics)

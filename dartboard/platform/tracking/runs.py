@@ -173,7 +173,10 @@ def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str
             c.log_param(rid, k, v)
         points = [Metric(k, float(v), stamps[step], step) for step, m in enumerate(history) for k, v in m.items()
                   if _is_number(v)]
-        points += [Metric(k, float(v), end, len(history)) for k, v in metrics.items() if _is_number(v)]
+        # final metrics belong to the last epoch; those its curve already holds are not logged again
+        last = history[-1] if history else {}
+        points += [Metric(k, float(v), end, max(len(history) - 1, 0)) for k, v in metrics.items()
+                   if _is_number(v) and last.get(k) != v]
         for start in range(0, len(points), 900):  # the REST API takes at most 1000 metrics per batch
             c.log_batch(rid, metrics=points[start:start + 900])
         for path in artifacts:
