@@ -17,9 +17,18 @@ RESERVED = ("variant", "seed")
 
 
 # ------------------------------------------------------------------ validation (no cluster needed)
-def validate_study(cfg: StudyConfig) -> None:  # noqa: C901  (to split: one check per concern)
+def validate_study(cfg: StudyConfig) -> None:
     """Every check that needs no cluster: searchers, option paths, conditions, sampler, data, and a
     dry build of each variant's searcher with sampled values (so a bad nested option fails now)."""
+    specs = _searcher_specs(cfg)
+    _check_fixed_options(cfg, specs)
+    for pname, dist in cfg.params.items():
+        _check_param(cfg, specs, pname, dist)
+    _check_data(cfg)
+    _dry_build(cfg)
+
+
+def _searcher_specs(cfg: StudyConfig) -> dict[str, Any]:
     from dartboard.searchers.registry import get_searcher_spec
     from dartboard.spaces.catalog import get_space
 
@@ -35,6 +44,10 @@ def validate_study(cfg: StudyConfig) -> None:  # noqa: C901  (to split: one chec
             get_space(cfg.space)
         except (KeyError, ValueError) as err:
             raise ValueError(f"space: {err}") from None
+    return specs
+
+
+def _check_fixed_options(cfg: StudyConfig, specs: dict[str, Any]) -> None:
     for key in ("epochs", "space"):
         if key in cfg.options or key in cfg.params or any(key in v.options for v in cfg.variants):
             raise ValueError(f"options.{key}: set the study's top-level {key!r} field instead")
@@ -44,41 +57,48 @@ def validate_study(cfg: StudyConfig) -> None:  # noqa: C901  (to split: one chec
             where = "options" if unknown[0] in cfg.options else f"variants.{v.name}.options"
             raise ValueError(f"{where}.{unknown[0]}: searcher {v.searcher!r} has no hyperparameter {unknown[0]!r}; "
                              f"its hyperparameters: {', '.join(sorted(specs[v.searcher].options))}")
-    variant_names = [v.name for v in cfg.variants]
-    for pname, dist in cfg.params.items():
-        if pname in RESERVED or pname == "searcher":
-            raise ValueError(f"params.{pname}: list variants in 'variants' (or 'searcher') and seeds in 'seeds'")
-        parse_path(pname)
-        when = dict(dist.when)
-        want_searcher, want_variant = when.pop("searcher", None), when.pop("variant", None)
-        for key, want, known in (("searcher", want_searcher, cfg.searchers()), ("variant", want_variant,
-                                                                                  variant_names)):
-            for w in ([want] if isinstance(want, str) else list(want or [])):
-                if w not in known:
-                    raise ValueError(f"params.{pname}.when.{key}: {w!r} is not one of the study's {key}s {known}")
-        for other in when:
-            if other not in cfg.params:
-                raise ValueError(f"params.{pname}.when.{other}: conditions may name 'searcher', 'variant' or another "
-                                 f"parameter of the study, got {other!r}")
-        for v in dist.values or []:
-            if not (v is None or isinstance(v, (bool, int, float, str))):
-                raise ValueError(f"params.{pname}.values: choices must be numbers, strings, booleans or null, "
-                                 f"got {v!r}")
-        for v in cfg.variants:
-            applies = condition_applies(dist.model_dump(), v.name, v.searcher)
-            if applies and root_option(pname) not in specs[v.searcher].options:
-                raise ValueError(f"params.{pname}: searcher {v.searcher!r} has no hyperparameter "
-                                 f"{root_option(pname)!r}; its hyperparameters: "
-                                 f"{', '.join(sorted(specs[v.searcher].options))}")
-        if cfg.sampler == "grid" and (dist.type != "choice" or dist.when):
-            raise ValueError(f"params.{pname}: the grid sampler takes 'choice' distributions without 'when' "
-                             f"(got {dist.type!r}); use sampler tpe or random for ranges")
+
+
+def _check_param(cfg: StudyConfig, specs: dict[str, Any], pname: str, dist: Any) -> None:
+    """One outer hyperparameter: its path, its condition, its values, the variants it applies to."""
+    if pname in RESERVED or pname == "searcher":
+        raise ValueError(f"params.{pname}: list variants in 'variants' (or 'searcher') and seeds in 'seeds'")
+    parse_path(pname)
+    _check_condition(cfg, pname, dict(dist.when))
+    for v in dist.values or []:
+        if not (v is None or isinstance(v, (bool, int, float, str))):
+            raise ValueError(f"params.{pname}.values: choices must be numbers, strings, booleans or null, "
+                             f"got {v!r}")
+    for v in cfg.variants:
+        applies = condition_applies(dist.model_dump(), v.name, v.searcher)
+        if applies and root_option(pname) not in specs[v.searcher].options:
+            raise ValueError(f"params.{pname}: searcher {v.searcher!r} has no hyperparameter "
+                             f"{root_option(pname)!r}; its hyperparameters: "
+                             f"{', '.join(sorted(specs[v.searcher].options))}")
+    if cfg.sampler == "grid" and (dist.type != "choice" or dist.when):
+        raise ValueError(f"params.{pname}: the grid sampler takes 'choice' distributions without 'when' "
+                         f"(got {dist.type!r}); use sampler tpe or random for ranges")
+
+
+def _check_condition(cfg: StudyConfig, pname: str, when: dict[str, Any]) -> None:
+    want_searcher, want_variant = when.pop("searcher", None), when.pop("variant", None)
+    for key, want, known in (("searcher", want_searcher, cfg.searchers()),
+                             ("variant", want_variant, [v.name for v in cfg.variants])):
+        for w in ([want] if isinstance(want, str) else list(want or [])):
+            if w not in known:
+                raise ValueError(f"params.{pname}.when.{key}: {w!r} is not one of the study's {key}s {known}")
+    for other in when:
+        if other not in cfg.params:
+            raise ValueError(f"params.{pname}.when.{other}: conditions may name 'searcher', 'variant' or another "
+                             f"parameter of the study, got {other!r}")
+
+
+def _check_data(cfg: StudyConfig) -> None:
     from dartboard.data.datasets import LOCAL_DATASETS, check_dataset
 
     check_dataset(cfg.dataset)
     if cfg.dataset in LOCAL_DATASETS and cfg.data_root is None:
         raise ValueError(f"data_root: dataset {cfg.dataset!r} needs a local data_root (nothing is downloaded)")
-    _dry_build(cfg)
 
 
 def _dry_build(cfg: StudyConfig) -> None:
