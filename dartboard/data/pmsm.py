@@ -22,16 +22,17 @@ electrical speed in base speed omega_b, flux in V_b / omega_b, time in 1 / omega
 derivative of 1 p.u. is a change of one rated current per 1/omega_b seconds). The defaults
 (:class:`MotorParams`) describe a small salient interior-magnet motor:
 
-    R = 0.02, lambda_f = 0.7, L_d0 = 0.5, L_q0 = 0.9, I_s = 1.0 (saturation current), cross = 0.1,
+    R = 0.02, lambda_f = 0.7, L_d0 = 0.5, L_q0 = 0.9, I_s = 1.0 (saturation current), cross = 0.05,
     P = 4 pole pairs (torque only, Eq 6.9), currents uniform in [-1.25, 1.25]^2,
     |omega_e| uniform in [0.3, 1.0] with a random sign (never near 0: at omega_e = 0 the
     permanent-magnet flux lambda_f drops out of the equations and cannot be identified),
     voltages uniform in the voltage circle |v| <= 1.0, noise 1 % of each derivative's std.
 
 **Flux maps** (saturating, ``I_s``): ``lambda_d = lambda_f + L_d0 I_s tanh(I_d / I_s) + c I_q^2 / 2``,
-``lambda_q = L_q0 I_s tanh(I_q / I_s) + c I_d I_q``. ``c`` (``cross``, default 0.1) is a
+``lambda_q = L_q0 I_s tanh(I_q / I_s) + c I_d I_q``. ``c`` (``cross``, default 0.05) is a
 cross-saturation term (0 gives exactly the separable maps); it comes from the co-energy term ``c I_d I_q^2 / 2``, so the Jacobian stays
-symmetric (reciprocity, d lambda_d / d I_q = d lambda_q / d I_d = c I_q) as a physical flux map must.
+symmetric (reciprocity, d lambda_d / d I_q = d lambda_q / d I_d = c I_q) as a physical flux map must;
+d lambda_q / d I_q = L_q0 sech^2(I_q / I_s) + c I_d.
 
 A sample is ``x = (I_d, I_q, omega_e, v_d, v_q, R)`` (R travels with the measurement; it may differ
 between motors or temperatures) and ``y = (dI_d/dt, dI_q/dt)``. The ground-truth flux maps are kept
@@ -74,7 +75,7 @@ class MotorParams:
     L_d0: float = 0.5
     L_q0: float = 0.9
     I_s: float = 1.0
-    cross: float = 0.1
+    cross: float = 0.05
     I_max: float = 1.25
     omega_min: float = 0.3
     omega_max: float = 1.0
@@ -99,9 +100,10 @@ class MotorParams:
             low = 0 if name == "seed" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DataError(f"{name}: expected an integer >= {low}, got {value!r}")
-        # the smallest determinant of the tanh maps' Jacobian in the current box (corner, |I_q| = I_max)
+        # a lower bound of the tanh maps' Jacobian determinant in the current box (the corners)
         sech2 = 1.0 / math.cosh(self.I_max / self.I_s) ** 2
-        worst = (self.L_d0 * sech2) * (self.L_q0 * sech2) - (self.cross * self.I_max) ** 2
+        c = abs(self.cross) * self.I_max
+        worst = (self.L_d0 * sech2) * (self.L_q0 * sech2 - c) - c**2
         if worst <= DET_FLOOR:
             raise DataError(f"cross: {self.cross} makes the flux map's Jacobian singular inside the current box "
                             f"(det down to {worst:.3g} at |I_q| = I_max = {self.I_max}); a motor whose currents "
@@ -155,7 +157,7 @@ def tanh_jacobian(params: MotorParams, currents: torch.Tensor) -> torch.Tensor:
     i_d, i_q = currents[..., 0], currents[..., 1]
     s, c = params.I_s, params.cross
     j_dd = params.L_d0 / torch.cosh(i_d / s) ** 2
-    j_qq = params.L_q0 / torch.cosh(i_q / s) ** 2
+    j_qq = params.L_q0 / torch.cosh(i_q / s) ** 2 + c * i_d
     j_dq = c * i_q  # d lambda_d / d I_q
     j_qd = c * i_q  # d lambda_q / d I_d
     return torch.stack([torch.stack([j_dd, j_dq], -1), torch.stack([j_qd, j_qq], -1)], -2)

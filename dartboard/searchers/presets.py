@@ -133,5 +133,6 @@ PRESETS["pmsm-depth"] = Preset(
     small_data_defaults={}, dataset="pmsm")
 PRESETS["pmsm-activation"] = Preset(
     "PMSM step 2 (thesis 6.2.2): one global activation B(U1, U2) after each of layers hidden layers",
-    {**_PMSM, "space": "pmsm-activation", "layers": 3, "epochs": 20, "warmup_epochs": 3}, _PMSM_ALIASES,
+    {**_PMSM, "space": "pmsm-activation", "layers": 3, "epochs": 20, "warmup_epochs": 3, "w_lr": 3e-3,
+     "arch_lr": 3e-3}, _PMSM_ALIASES,
     small_data_defaults={}, dataset="pmsm")

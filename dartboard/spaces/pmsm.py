@@ -32,7 +32,8 @@ from dartboard.spaces.catalog import GENOTYPES, register_space
 from dartboard.spaces.genotype import Genotype, GenotypeError
 from dartboard.spaces.pmsm_genotype import BINARY, UNARY, ActivationSpec, FluxMlpGenotype
 
-EXP_MAX = 10.0  # exp is evaluated at min(x, EXP_MAX): exp(10) ~ 2.2e4, no overflow even through prod and x^2
+EXP_MAX = 10.0  # exp is evaluated at min(x, EXP_MAX): exp(10) ~ 2.2e4
+ACT_MAX = 1e4  # every activation's output is clamped to +-ACT_MAX: x^2, prod and exp cannot compound into inf
 DEPTH_OPS = ("linear_relu", "identity")  # (with the tanh placeholder: linear_tanh, identity)
 PLACEHOLDERS = ("relu", "tanh")  # step 1's activation: ReLU (thesis) or tanh (space pmsm-depth-tanh)
 
@@ -57,17 +58,17 @@ UNARY_OPS, BINARY_OPS = tuple(UNARY), tuple(BINARY)
 
 def activation_fn(spec: ActivationSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     b, u1, u2 = BINARY_FNS[spec.binary], UNARY_FNS[spec.unary1], UNARY_FNS[spec.unary2]
-    return lambda x: b(u1(x), u2(x))
+    return lambda x: torch.clamp(b(u1(x), u2(x)), -ACT_MAX, ACT_MAX)
 
 
 def mixed_activation(x: torch.Tensor, w_binary: torch.Tensor, w_unary1: torch.Tensor, w_unary2: torch.Tensor
                      ) -> torch.Tensor:
-    """sum_b w_b B_b(sum_u w1_u U_u(x), sum_u w2_u U_u(x)) (weights: [6], [10], [10])."""
+    """sum_b w_b B_b(sum_u w1_u U_u(x), sum_u w2_u U_u(x)) (weights: [6], [10], [10]), clamped to +-ACT_MAX."""
     unaries = torch.stack([f(x) for f in UNARY_FNS.values()], 0)
     u1 = torch.tensordot(w_unary1.to(x.dtype), unaries, dims=1)
     u2 = torch.tensordot(w_unary2.to(x.dtype), unaries, dims=1)
     binaries = torch.stack([f(u1, u2) for f in BINARY_FNS.values()], 0)
-    return torch.tensordot(w_binary.to(x.dtype), binaries, dims=1)
+    return torch.clamp(torch.tensordot(w_binary.to(x.dtype), binaries, dims=1), -ACT_MAX, ACT_MAX)
 
 
 class FluxOutput(NamedTuple):
