@@ -107,7 +107,8 @@ def test_criterion_closed_form_for_a_linear_flux_model():
     y, _ = predicted_derivatives(true)
     crit = FluxCriterion()
     assert float(crit.loss(true, y)) == pytest.approx(0.0, abs=1e-20)
-    # hand: a diagonal L' = diag(a, b) with lambda_f' = f: dI_d = (-R I_d + w b I_q + v_d) / a, dI_q = (-R I_q - w (a I_d + f) + v_q) / b
+    # hand: a diagonal L' = diag(a, b) with lambda_f' = f:
+    # dI_d = (-R I_d + w b I_q + v_d) / a, dI_q = (-R I_q - w (a I_d + f) + v_q) / b
     a, b, f = 0.5, 0.9, 0.6
     other = _linear_output(x, torch.tensor([[a, 0.0], [0.0, b]], dtype=torch.float64), f)
     i_d, i_q, w, v_d, v_q, r = x.unbind(1)
@@ -249,7 +250,7 @@ def test_info_shows_a_flux_genotype():
 # ------------------------------------------------------------------ supernets and searches
 def test_supernets_forward_derive_and_refuse_a_wrong_grouping():
     x, y = load_dataset("pmsm").train.tensors
-    for searcher, kind in (("pmsm-depth", "depth"), ("pmsm-activation", "activation")):
+    for searcher in ("pmsm-depth", "pmsm-activation"):
         s = build_searcher(searcher, {"epochs": 1}, SHAPE)
         out = s.forward(x[:8], s.group_weights())
         assert out.flux.shape == (8, 2) and out.jac.shape == (8, 2, 2)

@@ -30,7 +30,8 @@ derivative of 1 p.u. is a change of one rated current per 1/omega_b seconds). Th
 
 **Flux maps** (saturating, ``I_s``): ``lambda_d = lambda_f + L_d0 I_s tanh(I_d / I_s) + c I_q^2 / 2``,
 ``lambda_q = L_q0 I_s tanh(I_q / I_s) + c I_d I_q``. ``c`` (``cross``, default 0.05) is a
-cross-saturation term (0 gives exactly the separable maps); it comes from the co-energy term ``c I_d I_q^2 / 2``, so the Jacobian stays
+cross-saturation term (0 gives exactly the separable maps); it comes from the co-energy term
+``c I_d I_q^2 / 2``, so the Jacobian stays
 symmetric (reciprocity, d lambda_d / d I_q = d lambda_q / d I_d = c I_q) as a physical flux map must;
 d lambda_q / d I_q = L_q0 sech^2(I_q / I_s) + c I_d.
 
@@ -56,7 +57,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from dartboard.data.datasets import DatasetInfo, DataError, Splits, register_dataset
+from dartboard.data.datasets import DataError, DatasetInfo, Splits, register_dataset
 
 FEATURES = ("I_d", "I_q", "omega_e", "v_d", "v_q", "R")
 TARGETS = ("dI_d/dt", "dI_q/dt")

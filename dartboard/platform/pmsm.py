@@ -127,12 +127,13 @@ def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int)
     head = ("| model | architecture | criterion C (test) | flux RMSE (test) | flux RMSE (grid) | torque RMSE | "
             "parameters | train s / run | diverged |")
     lines = [head, "|" + "---|" * 9]
+    def ms(e: dict[str, Any], key: str, fmt: str = ".3g") -> str:
+        mean, std = e[key]
+        return f"{mean:{fmt}} +- {std:{fmt}}"
+
     for e in summary:
-        def ms(key: str, fmt: str = ".3g") -> str:
-            mean, std = e[key]
-            return f"{mean:{fmt}} +- {std:{fmt}}"
-        lines.append(f"| {e['model']} | {e['architecture']} | {ms('criterion_test')} | {ms('flux_rmse')} | "
-                     f"{ms('flux_rmse_grid')} | {ms('torque_rmse')} | {e['parameters'][0]:.0f} | "
+        lines.append(f"| {e['model']} | {e['architecture']} | {ms(e, 'criterion_test')} | {ms(e, 'flux_rmse')} | "
+                     f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {e['parameters'][0]:.0f} | "
                      f"{e['seconds'][0]:.0f} | {e['diverged']}/{e['runs'] + e['diverged']} |")
     lines.append(f"\n(mean +- std over {n_seeds} seeds, {epochs} epochs of Adam each, per-unit values)")
     return "\n".join(lines)

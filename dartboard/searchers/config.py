@@ -46,7 +46,8 @@ class EngineConfig:
         if self.w_optimizer not in W_OPTIMIZERS:
             raise ValueError(f"w_optimizer: expected sgd or adam, got {self.w_optimizer!r}")
         if self.w_optimizer != "sgd" and self.order == 2:
-            raise ValueError("order: 2 unrolls an SGD weight step (thesis Eq 2.8); w_optimizer adam is first order only")
+            raise ValueError("order: 2 unrolls an SGD weight step (thesis Eq 2.8); "
+                             "w_optimizer adam is first order only")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
         self.arch_betas = tuple(float(b) for b in self.arch_betas)

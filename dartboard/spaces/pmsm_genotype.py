@@ -91,7 +91,8 @@ def _activation(raw: Any) -> ActivationSpec:
                             f"{{binary, unary1, unary2}}, got {raw!r}")
     unknown = sorted(set(raw) - {"binary", "unary1", "unary2"})
     if unknown:
-        raise GenotypeError(f"activation: unknown field {', '.join(map(repr, unknown))}; fields: binary, unary1, unary2")
+        raise GenotypeError(f"activation: unknown field {', '.join(map(repr, unknown))}; "
+                            "fields: binary, unary1, unary2")
     for key, table in (("binary", BINARY), ("unary1", UNARY), ("unary2", UNARY)):
         if key not in raw:
             raise GenotypeError(f"activation.{key}: missing field")
@@ -104,7 +105,8 @@ def decode(data: Mapping[str, Any]) -> FluxMlpGenotype:
     known = {"schema", "version", "kind", "hidden_layers", "width", "decoupled", "activation", "meta"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise GenotypeError(f"{KIND}: unknown field {', '.join(map(repr, unknown))}; fields: {', '.join(sorted(known))}")
+        raise GenotypeError(f"{KIND}: unknown field {', '.join(map(repr, unknown))}; "
+                            f"fields: {', '.join(sorted(known))}")
     hidden = _int_in(data, "hidden_layers", None, 1, MAX_HIDDEN_LAYERS)
     width = _int_in(data, "width", 16, 1, MAX_WIDTH)
     decoupled = data.get("decoupled", False)

@@ -146,7 +146,8 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out / "weights.safetensors"))
+        weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(weights, str(out / "weights.safetensors"))
         (out / "result.json").write_text(json.dumps({**asdict(result), "config": asdict(cfg)}, indent=1))
     return net, result
 
