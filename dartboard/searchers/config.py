@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+W_OPTIMIZERS = ("sgd", "adam")  # the weight step's optimizer; adam for regression objectives (PMSM criterion C)
 
 
 @dataclass
@@ -24,6 +25,7 @@ class EngineConfig:
     epochs: int = 50  # DARTS: 50 search epochs
     warmup_epochs: int = 0  # epochs training weights only (DARTOpti: 5)
     order: int = 1  # hypergradient: 1 = first order, 2 = unrolled second order (thesis Eq 2.8)
+    w_optimizer: str = "sgd"  # DARTS: SGD with momentum; "adam" (betas 0.9, 0.999; first order only)
     w_lr: float = 0.025  # DARTS: SGD lr 0.025, cosine to 0.001
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
@@ -41,6 +43,11 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.order not in (1, 2):
             raise ValueError(f"order: expected 1 or 2, got {self.order}")
+        if self.w_optimizer not in W_OPTIMIZERS:
+            raise ValueError(f"w_optimizer: expected sgd or adam, got {self.w_optimizer!r}")
+        if self.w_optimizer != "sgd" and self.order == 2:
+            raise ValueError("order: 2 unrolls an SGD weight step (thesis Eq 2.8); "
+                             "w_optimizer adam is first order only")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
         self.arch_betas = tuple(float(b) for b in self.arch_betas)

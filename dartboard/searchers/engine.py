@@ -70,8 +70,10 @@ class Engine:
         self.supernet.to(self.device)
         self.arch = nn.ParameterList(nn.Parameter(parts.alpha_init.init(g, self.supernet.cells_of(i), self.layout))
                                      for i, g in enumerate(self.supernet.groups)).to(self.device)
-        self.w_optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.w_lr, momentum=config.w_momentum,
-                                           weight_decay=config.w_weight_decay)
+        self.w_optimizer: torch.optim.Optimizer = (
+            torch.optim.SGD(self.supernet.parameters(), lr=config.w_lr, momentum=config.w_momentum,
+                            weight_decay=config.w_weight_decay) if config.w_optimizer == "sgd" else
+            torch.optim.Adam(self.supernet.parameters(), lr=config.w_lr, weight_decay=config.w_weight_decay))
         self.w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
                                                                       eta_min=config.w_lr_min)
         self.arch_optimizer = parts.arch_optimizer.build(list(self.arch), config)

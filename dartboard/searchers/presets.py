@@ -115,3 +115,24 @@ for _row in ("cs10", "fimt", "crb", "fimt+crb", "pr", "pr+fimt", "pr+fimt+crb", 
              "admm+fimt+crb"):
     PRESETS[f"darts+{_row}"] = Preset(f"Maile et al. Table 1: DARTS+{_row.upper()}",
                                       merge(*(FRAGMENTS[f] for f in _row.split("+"))))
+
+# PMSM flux models (thesis 6.2): two steps in sequence (searching both at once diverged in the thesis), on the
+# simulator's data ('pmsm'), criterion C (Eqs 6.15-6.16, physically consistent form), argmax per layer.
+# Adam for the weights (criterion C divides by det J: SGD at any lr that learns also blows up), warm-up epochs
+# and arch betas (0.5, 0.9) so that the huge first gradients (a random model's J is near singular) do not
+# freeze Adam's alpha steps. Step 1's placeholder activation is tanh: with the thesis's ReLU (space pmsm-depth)
+# the model's Jacobian is piecewise constant and the supernet never fits (README, PMSM).
+_PMSM = {"grouping": "per_cell_type", "objective": {"name": "flux_criterion"}, "discretizer": "argmax",
+         "hooks": [{"name": "finite_guard"}], "C": 16, "w_optimizer": "adam", "w_lr": 0.01, "w_lr_min": 1e-4,
+         "w_weight_decay": 0.0, "arch_lr": 0.01, "arch_betas": (0.5, 0.9), "arch_weight_decay": 0.0}
+_PMSM_ALIASES = {"form": "objective.form", "det_floor": "objective.det_floor"}
+PRESETS["pmsm-depth"] = Preset(
+    "PMSM step 1 (thesis 6.2.2): depth of the flux MLP, layers = N mixed {Linear+tanh, Identity} layers "
+    "(space=pmsm-depth: the thesis's ReLU placeholder)",
+    {**_PMSM, "space": "pmsm-depth-tanh", "layers": 4, "epochs": 15, "warmup_epochs": 5}, _PMSM_ALIASES,
+    small_data_defaults={}, dataset="pmsm")
+PRESETS["pmsm-activation"] = Preset(
+    "PMSM step 2 (thesis 6.2.2): one global activation B(U1, U2) after each of layers hidden layers",
+    {**_PMSM, "space": "pmsm-activation", "layers": 3, "epochs": 20, "warmup_epochs": 3, "w_lr": 3e-3,
+     "arch_lr": 3e-3}, _PMSM_ALIASES,
+    small_data_defaults={}, dataset="pmsm")

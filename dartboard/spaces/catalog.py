@@ -151,3 +151,6 @@ def resolve(name_or_path: str | Path) -> Genotype:
     raise GenotypeError(
         f"genotype {text!r} is neither a file nor a catalog name; catalog names: {', '.join(sorted(GENOTYPES))}"
     )
+
+
+from dartboard.spaces import pmsm as _pmsm  # noqa: E402,F401  (registers the PMSM spaces and genotypes)

@@ -6,7 +6,9 @@ Kinds of genotype, told apart by the ``kind`` field:
 - ``cells``: an ordered list of individual cells with the positions of the reductions
   (D-DARTS searches one cell per position; DARTOpti encodes handcrafted networks);
 - ``mlp``: named chains of layer ops (NASiam projector/predictor, PMSM);
-- ``gates``: which blocks / attention heads of a pre-trained model are kept (DARIO).
+- ``gates``: which blocks / attention heads of a pre-trained model are kept (DARIO);
+- kinds registered by an application with :func:`register_kind` (``flux_mlp``: a PMSM flux
+  model, :mod:`dartboard.spaces.pmsm_genotype`).
 
 Cells are lists of edges ``(op, src, dst)``: nodes ``0 .. n_inputs-1`` are the cell
 inputs, the others are intermediate nodes; ``concat`` lists the nodes whose outputs are
@@ -17,7 +19,7 @@ names the offending field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -114,6 +116,29 @@ class GateGenotype:
 Genotype = Union[DartsGenotype, CellsGenotype, MlpGenotype, GateGenotype]
 
 
+@dataclass(frozen=True)
+class GenotypeKind:
+    """A kind registered by an application: its class (with a ``kind`` field), its encoder
+    (genotype -> the JSON fields besides schema, version and kind) and its validating decoder
+    (JSON mapping -> genotype, raising :class:`GenotypeError` that names the field)."""
+
+    kind: str
+    cls: type
+    encode: Callable[[Any], dict[str, Any]]
+    decode: Callable[[Mapping[str, Any]], Any]
+
+
+EXTRA_KINDS: dict[str, GenotypeKind] = {}
+
+
+def register_kind(kind: str, cls: type, encode: Callable[[Any], dict[str, Any]],
+                  decode: Callable[[Mapping[str, Any]], Any]) -> GenotypeKind:
+    if kind in ("darts", "cells", "mlp", "gates") or kind in EXTRA_KINDS:
+        raise ValueError(f"genotype kind {kind!r} is already registered")
+    EXTRA_KINDS[kind] = GenotypeKind(kind, cls, encode, decode)
+    return EXTRA_KINDS[kind]
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
@@ -148,6 +173,8 @@ def to_dict(genotype: Genotype) -> dict[str, Any]:
             n_heads=genotype.n_heads,
             meta=dict(genotype.meta),
         )
+    elif getattr(genotype, "kind", None) in EXTRA_KINDS and isinstance(genotype, EXTRA_KINDS[genotype.kind].cls):
+        out.update(EXTRA_KINDS[genotype.kind].encode(genotype))
     else:
         raise GenotypeError(f"not a genotype: {type(genotype).__name__}")
     return out
@@ -315,7 +342,10 @@ def from_dict(data: Any, known_ops: Iterable[str] | None = None) -> Genotype:
                 "gates": _gates_from_dict}
     if kind in decoders:
         return decoders[kind](data, known_ops)
-    raise GenotypeError(f"kind: unknown genotype kind {kind!r}; expected darts, cells, mlp or gates")
+    if isinstance(kind, str) and kind in EXTRA_KINDS:
+        return EXTRA_KINDS[kind].decode(data)
+    known = ", ".join([*decoders, *EXTRA_KINDS])
+    raise GenotypeError(f"kind: unknown genotype kind {kind!r}; expected one of {known}")
 
 
 def loads(text: str, known_ops: Iterable[str] | None = None) -> Genotype:
@@ -331,3 +361,6 @@ def load(path: str | Path, known_ops: Iterable[str] | None = None) -> Genotype:
     if not path.is_file():
         raise GenotypeError(f"genotype file {str(path)!r} does not exist")
     return loads(path.read_text(), known_ops)
+
+
+from dartboard.spaces import pmsm_genotype as _pmsm_genotype  # noqa: E402,F401  (registers 'flux_mlp')

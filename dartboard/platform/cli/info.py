@@ -19,10 +19,12 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     from dartboard.spaces.catalog import resolve
     from dartboard.spaces.networks import DiscreteNetwork, count_parameters
 
+    geno = resolve(genotype)
+    if geno.kind == "flux_mlp":
+        return flux_info(genotype, geno)
     if dataset not in DATASET_SHAPES:
         raise UserInputError(f"dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASET_SHAPES)}")
     in_ch, size, classes = DATASET_SHAPES[dataset]
-    geno = resolve(genotype)
     if geno.kind not in ("darts", "cells"):
         raise UserInputError(f"genotype {genotype!r} is a {geno.kind!r} genotype; info needs a cell network")
     net = DiscreteNetwork(geno, C=channels, layers=layers, auxiliary=auxiliary, num_classes=classes,
@@ -32,6 +34,16 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     return {"genotype": genotype, "channels": channels, "layers": layers, "dataset": dataset,
             "parameters": count_parameters(net), "parameters_with_auxiliary": count_parameters(net, None),
             "multiply_adds": counter.get_total_flops() // 2}
+
+
+def flux_info(name: str, geno: Any) -> dict[str, Any]:
+    """A PMSM flux model (``flux_mlp``): its architecture, parameters and multiply-adds per flux evaluation."""
+    from dartboard.spaces.pmsm import FluxNet, count_parameters, multiply_adds
+
+    return {"genotype": name, "kind": geno.kind, "architecture": geno.describe(),
+            "hidden_layers": geno.hidden_layers, "width": geno.width, "decoupled": geno.decoupled,
+            "activation": geno.activation.formula(), "parameters": count_parameters(FluxNet(geno)),
+            "multiply_adds": multiply_adds(geno)}
 
 
 def info(
@@ -46,6 +58,11 @@ def info(
     result = network_info(genotype, channels, layers, auxiliary, dataset)
     if as_json:
         typer.echo(json.dumps(result))
+        return
+    if result.get("kind") == "flux_mlp":  # channels, layers and dataset do not apply
+        typer.echo(f"{genotype}: {result['architecture']}")
+        typer.echo(f"parameters: {result['parameters']:,}")
+        typer.echo(f"multiply-adds per flux evaluation: {result['multiply_adds']:,}")
         return
     typer.echo(f"{genotype}: C={channels}, {layers} cells, {dataset} input")
     typer.echo(f"parameters (without auxiliary head): {result['parameters']:,} ({result['parameters'] / 1e6:.2f}M)")

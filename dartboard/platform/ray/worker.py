@@ -125,6 +125,15 @@ class NonFiniteLossError(FloatingPointError):
     """A trial whose loss became NaN or inf."""
 
 
+def supernet_objective(metrics: dict[str, float]) -> float:
+    """What a study maximises for ``objective.kind: supernet``: the supernet's validation accuracy, or,
+    for an objective without accuracy (a regression such as the PMSM criterion C), minus its
+    validation loss (NaN while there is none yet, e.g. in warm-up epochs)."""
+    if "val_acc" in metrics:
+        return metrics["val_acc"]
+    return -metrics["val_loss"] if "val_loss" in metrics else math.nan
+
+
 def nonfinite_reason(metrics: dict[str, float], epoch: int) -> str | None:
     for key in ("train_loss", "val_loss"):
         if key in metrics and not math.isfinite(metrics[key]):
@@ -202,7 +211,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
         digests = gather_digests(replica_digest(searcher, genotype), world)
         report = {**metrics, **where,
                   "replicas_identical": float(len(set(digests)) == 1), "replica_digests": digests,
-                  "epoch": done_epochs, "objective": metrics.get("val_acc", 0.0), "search_done": float(last),
+                  "epoch": done_epochs, "objective": supernet_objective(metrics), "search_done": float(last),
                   "search_seconds": progress["search_seconds"], "genotype": genotype_json(genotype), "done": 0.0}
         if last and config["objective"]["kind"] == "derived":
             report["derived_acc"] = _derived_accuracy(genotype, splits, halves, config["objective"], cfg, device,

@@ -1,0 +1,139 @@
+"""The PMSM study (thesis 6.2): the two searches in sequence, then the comparison of the derived
+flux model with the thesis's baseline over several seeds, against the simulator's ground truth.
+
+    step 1  dartboard search --searcher pmsm-depth           -> depth (hidden layers)
+    step 2  dartboard search --searcher pmsm-activation --set layers=DEPTH  -> A(x) = B(U1, U2)
+    compare each model trained through criterion C with the same budget, seeds x models:
+            criterion C and flux / torque error on the test split, mean +- std; flux map plot
+
+``dartboard pmsm search`` and ``dartboard pmsm compare`` are the command-line front ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dartboard.platform.config import SearchRunConfig
+from dartboard.spaces import genotype as gt
+from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
+
+log = logging.getLogger("dartboard")
+
+METRICS = ("criterion_test", "flux_rmse", "flux_rmse_grid", "torque_rmse", "parameters", "seconds")
+
+
+@dataclass
+class TwoStepResult:
+    genotype: FluxMlpGenotype
+    depth_genotype: FluxMlpGenotype
+    seconds_depth: float
+    seconds_activation: float
+    out: Path
+
+
+def run_two_step(out: str | Path, *, seed: int = 0, dataset: str = "pmsm", data_root: str | None = None,
+                 depth_options: Mapping[str, Any] | None = None, activation_options: Mapping[str, Any] | None = None,
+                 mlflow: bool = False, tracking_uri: str | None = None, progress: bool = False) -> TwoStepResult:
+    """Step 1 (pmsm-depth), then step 2 (pmsm-activation) on the depth and width step 1 derived."""
+    from dartboard.platform.run import run_search_job
+
+    out = Path(out)
+    common = {"dataset": dataset, "data_root": data_root, "seed": seed, "mlflow": mlflow, "tracking_uri": tracking_uri}
+    r1 = run_search_job(SearchRunConfig(searcher="pmsm-depth", out=str(out / "step1-depth"),
+                                        options=dict(depth_options or {}), **common), progress=progress)
+    depth = r1.genotype
+    log.info("step 1: %s (%.1f s)", depth.describe(), r1.seconds)
+    options = {"layers": depth.hidden_layers, "C": depth.width, **(activation_options or {})}
+    if depth.decoupled and "space" not in options:
+        options["space"] = "pmsm-activation-decoupled"
+    r2 = run_search_job(SearchRunConfig(searcher="pmsm-activation", out=str(out / "step2-activation"), options=options,
+                                        **common), progress=progress)
+    final = r2.genotype
+    final = FluxMlpGenotype(final.hidden_layers, final.width, final.activation, final.decoupled,
+                            {**final.meta, "step1": gt.to_dict(depth)["meta"], "seed": seed,
+                             "search_seconds": {"depth": round(r1.seconds, 1), "activation": round(r2.seconds, 1)}})
+    gt.save(final, out / "genotype.json")
+    log.info("step 2: %s (%.1f s); written to %s", final.describe(), r2.seconds, out / "genotype.json")
+    return TwoStepResult(final, depth, r1.seconds, r2.seconds, out)
+
+
+def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: str | Path, *, epochs: int = 150,
+            dataset: str = "pmsm", data_root: str | None = None, lr: float = 3e-3, device: str = "cpu"
+            ) -> dict[str, Any]:
+    """Train every model on every seed with the same budget; table (mean +- std), CSV, plot."""
+    from dartboard.data.datasets import load_dataset
+    from dartboard.training.pmsm import FluxTrainConfig, TrainingDiverged, plot_flux_maps, train_flux_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_dataset(dataset, data_root)
+    rows: list[dict[str, Any]] = []
+    best_nets: dict[str, Any] = {}
+    start = time.perf_counter()
+    for name, genotype in models.items():
+        best = None
+        for seed in seeds:
+            cfg = FluxTrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)
+            try:
+                net, r = train_flux_model(genotype, splits, cfg, out / "models" / name / f"seed{seed}")
+                row = {"model": name, "seed": seed, **{k: v for k, v in asdict(r).items() if k != "genotype"}}
+            except TrainingDiverged as err:
+                log.warning("%s seed %d: %s", name, seed, err)
+                net, row = None, {"model": name, "seed": seed, "diverged": str(err)}
+            rows.append(row)
+            log.info("%s seed %d: %s", name, seed, {k: row.get(k) for k in METRICS})
+            if net is not None and (best is None or row["criterion_val"] < best[0]):
+                best = (row["criterion_val"], net)
+        if best is not None:
+            best_nets[name] = best[1]
+    summary = summarize(rows, models)
+    with open(out / "runs.csv", "w", newline="") as f:
+        keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("model", "seed"), k))
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = markdown_table(summary, len(seeds), epochs)
+    (out / "comparison.md").write_text(table + "\n")
+    (out / "comparison.json").write_text(json.dumps({"summary": summary, "runs": rows, "seeds": list(seeds),
+                                                     "epochs": epochs, "seconds": time.perf_counter() - start},
+                                                    indent=1, default=str))
+    plot = plot_flux_maps(best_nets, splits, out / "flux_maps.png") if best_nets else None
+    return {"summary": summary, "runs": rows, "table": table, "plot": plot}
+
+
+def summarize(rows: Sequence[dict[str, Any]], models: Mapping[str, FluxMlpGenotype]) -> list[dict[str, Any]]:
+    out = []
+    for name, genotype in models.items():
+        ok = [r for r in rows if r["model"] == name and "diverged" not in r]
+        entry: dict[str, Any] = {"model": name, "architecture": genotype.describe(), "runs": len(ok),
+                                 "diverged": sum(1 for r in rows if r["model"] == name and "diverged" in r)}
+        for m in METRICS:
+            values = [float(r[m]) for r in ok]
+            entry[m] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0) if values \
+                else (float("nan"), float("nan"))
+        out.append(entry)
+    return out
+
+
+def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int) -> str:
+    head = ("| model | architecture | criterion C (test) | flux RMSE (test) | flux RMSE (grid) | torque RMSE | "
+            "parameters | train s / run | diverged |")
+    lines = [head, "|" + "---|" * 9]
+    def ms(e: dict[str, Any], key: str, fmt: str = ".3g") -> str:
+        mean, std = e[key]
+        return f"{mean:{fmt}} +- {std:{fmt}}"
+
+    for e in summary:
+        lines.append(f"| {e['model']} | {e['architecture']} | {ms(e, 'criterion_test')} | {ms(e, 'flux_rmse')} | "
+                     f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {e['parameters'][0]:.0f} | "
+                     f"{e['seconds'][0]:.0f} | {e['diverged']}/{e['runs'] + e['diverged']} |")
+    lines.append(f"\n(mean +- std over {n_seeds} seeds, {epochs} epochs of Adam each, per-unit values)")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Training and evaluating a PMSM flux model (thesis 6.2.3) from a ``flux_mlp`` genotype.
+
+The model is trained through criterion C only (it never sees the flux); evaluation reports C on the
+val and test splits and, against the simulator's ground truth, the flux error (RMSE of lambda_d and
+lambda_q on the test split's operating points and on a grid over the current box) and the torque
+error (Eq 6.9) the flux implies. :func:`plot_flux_maps` draws learned vs true flux (the thesis's
+Fig 6.15 as a picture).
+
+The learned flux is identifiable: a constant offset on lambda_d (lambda_q) changes the q (d) row of
+the residual by omega_e times the offset, and omega_e is kept away from 0 by the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dartboard.data.datasets import make_loader
+from dartboard.data.pmsm import PmsmSplits, torque
+from dartboard.searchers.base import seed_everything
+from dartboard.searchers.parts.pmsm import DET_FLOOR, predicted_derivatives
+from dartboard.spaces.pmsm import FluxNet, count_parameters
+from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
+
+log = logging.getLogger("dartboard")
+
+
+@dataclass
+class FluxTrainConfig:
+    epochs: int = 150
+    batch_size: int = 128
+    lr: float = 3e-3  # Adam, cosine to lr_min
+    lr_min: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    form: str = "physical"
+    det_floor: float = DET_FLOOR
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+
+
+@dataclass
+class FluxTrainResult:
+    genotype: dict[str, Any]
+    criterion_val: float
+    criterion_test: float
+    flux_rmse_d: float
+    flux_rmse_q: float
+    flux_rmse: float  # sqrt of the mean of both squared errors, test split
+    flux_rmse_grid: float  # the same on a 41 x 41 grid over the current box
+    torque_rmse: float
+    singular_test: float
+    parameters: int
+    seconds: float
+    epochs: int
+    seed: int
+
+
+class TrainingDiverged(FloatingPointError):
+    """The criterion became NaN or inf while training a flux model."""
+
+
+def criterion_on(net: FluxNet, dataset: Any, form: str, det_floor: float, device: torch.device
+                 ) -> tuple[float, float]:
+    """(criterion C, fraction of near-singular samples) over ``dataset`` (a TensorDataset)."""
+    x, y = (t.to(device) for t in dataset.tensors)
+    with torch.no_grad():
+        pred, singular = predicted_derivatives(net(x), form, det_floor)
+    return float(((pred - y) ** 2).mean()), float(singular.float().mean())
+
+
+def flux_errors(net: FluxNet, splits: PmsmSplits, device: torch.device) -> dict[str, float]:
+    """Flux and torque errors against the simulator's ground truth (test split and a grid)."""
+    params = splits.params
+    x = splits.test.tensors[0].to(device)
+    currents = x[:, :2]
+    with torch.no_grad():
+        learned = net.flux(currents)
+        true = splits.flux(currents.double()).float().to(device)
+        err = (learned - true) ** 2
+        axis = torch.linspace(-params.I_max, params.I_max, 41, device=device)
+        grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+        grid_err = (net.flux(grid) - splits.flux(grid.double()).float().to(device)) ** 2
+        t_err = (torque(params, currents, learned) - torque(params, currents, true)) ** 2
+    return {"flux_rmse_d": math.sqrt(float(err[:, 0].mean())), "flux_rmse_q": math.sqrt(float(err[:, 1].mean())),
+            "flux_rmse": math.sqrt(float(err.mean())), "flux_rmse_grid": math.sqrt(float(grid_err.mean())),
+            "torque_rmse": math.sqrt(float(t_err.mean()))}
+
+
+def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTrainConfig,
+                     out_dir: str | Path | None = None,
+                     on_epoch: Callable[[int, float], None] | None = None) -> tuple[FluxNet, FluxTrainResult]:
+    """Train the network of ``genotype`` on ``splits.train`` through criterion C (Adam, cosine),
+    then evaluate it. ``out_dir``: where ``weights.safetensors`` and ``result.json`` go."""
+    from dartboard.spaces.genotype import to_dict
+
+    if not isinstance(splits, PmsmSplits) or splits.flux is None:
+        raise ValueError("data: a flux model is trained on the PMSM simulator's data (dataset 'pmsm')")
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    net = FluxNet(genotype).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs, eta_min=cfg.lr_min)
+    loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        total, n = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            pred, _ = predicted_derivatives(net(x), cfg.form, cfg.det_floor)
+            loss = torch.mean((pred - y) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            total, n = total + float(loss.detach()) * y.shape[0], n + y.shape[0]
+        sched.step()
+        if not math.isfinite(total):
+            raise TrainingDiverged(f"training {genotype.describe()}: criterion C became {total / n} in epoch "
+                                   f"{epoch + 1}; lower lr")
+        if on_epoch is not None:
+            on_epoch(epoch, total / n)
+    seconds = time.perf_counter() - start
+    net.eval()
+    c_val, _ = criterion_on(net, splits.val, cfg.form, cfg.det_floor, device)
+    c_test, singular = criterion_on(net, splits.test, cfg.form, cfg.det_floor, device)
+    result = FluxTrainResult(to_dict(genotype), c_val, c_test, singular_test=singular, parameters=count_parameters(net),
+                             seconds=seconds, epochs=cfg.epochs, seed=cfg.seed, **flux_errors(net, splits, device))
+    if out_dir is not None:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(weights, str(out / "weights.safetensors"))
+        (out / "result.json").write_text(json.dumps({**asdict(result), "config": asdict(cfg)}, indent=1))
+    return net, result
+
+
+def plot_flux_maps(models: Mapping[str, FluxNet], splits: PmsmSplits, path: str | Path,
+                   slices: tuple[float, ...] = (-1.0, 0.0, 1.0)) -> Path:
+    """Learned vs true flux: lambda_d against I_d and lambda_q against I_q, at a few values of the
+    other current (columns), one colour per model, the truth dashed black (thesis Fig 6.15)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = splits.params
+    axis = torch.linspace(-params.I_max, params.I_max, 101)
+    fig, axes = plt.subplots(2, len(slices), figsize=(3.4 * len(slices), 6.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, (label, k) in enumerate((("d", 0), ("q", 1))):
+        for col, other in enumerate(slices):
+            ax = axes[row][col]
+            currents = torch.stack([axis, torch.full_like(axis, other)], -1) if k == 0 else \
+                torch.stack([torch.full_like(axis, other), axis], -1)
+            true = splits.flux(currents.double()).float()[:, k]
+            ax.plot(axis, true, "k--", linewidth=2, label="true (simulator)")
+            for m, (name, net) in enumerate(models.items()):
+                device = next(net.parameters()).device
+                with torch.no_grad():
+                    learned = net.flux(currents.to(device)).cpu()[:, k]
+                ax.plot(axis, learned, color=colors[m % len(colors)], linewidth=1.4, label=name)
+            other_name = "I_q" if k == 0 else "I_d"
+            ax.set_title(f"lambda_{label} vs I_{label}, {other_name} = {other:g}", fontsize=9)
+            ax.set_xlabel(f"I_{label} (p.u.)", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[row][0].set_ylabel(f"lambda_{label} (p.u.)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
