@@ -75,6 +75,9 @@ CHOICES: dict[str, list] = {
 }
 
 
+LAYER_DISCRETIZERS = {n for n, f in DISCRETIZERS.items() if getattr(f, "row_kind", "edge") == "layer"}
+
+
 def pairwise_cover(choices: dict[str, list]) -> list[dict[str, object]]:
     """A greedy all-pairs covering set: every pair of choices of two kinds is in some row."""
     kinds = list(choices)
@@ -95,6 +98,8 @@ def pairwise_cover(choices: dict[str, list]) -> list[dict[str, object]]:
 
 
 def expected_conflict(row: dict[str, object]) -> str | None:
+    if row["discretizer"] in LAYER_DISCRETIZERS:  # chain spaces' parses, refused on a cell space
+        return f"discretizer '{row['discretizer']}' parses layer rows"
     if row["alpha_init"] == "encoded":
         return "alpha_init 'encoded'"
     if row["order"] == 2 and ["ablation"] == row["regularizers"]:

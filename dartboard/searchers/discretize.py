@@ -26,7 +26,9 @@ get_discretizer = DISCRETIZERS.lookup
 def build_discretizer(spec: PartSpec) -> Discretizer:
     """The discretizer of ``spec`` with its options bound (validated by name)."""
     name, options = DISCRETIZERS.check(spec)
-    return functools.partial(DISCRETIZERS[name], **options)
+    bound = functools.partial(DISCRETIZERS[name], **options)
+    bound.name = name  # for errors that name the part
+    return bound
 
 
 def best_op(row: torch.Tensor, primitives: Sequence[str]) -> tuple[int, float]:

@@ -57,6 +57,7 @@ class Engine:
     def __init__(self, config: EngineConfig, parts: Parts, name: str = "darts"):
         self.name, self.config, self.device = name, config, torch.device(config.device)
         space = get_space(config.space)
+        _check_row_kind(space, parts.discretizer)
         self.layout = space.layout(config)
         for part in (parts.grouping, parts.alpha_init, parts.activation, parts.arch_optimizer, parts.schedule,
                      parts.perturbation, parts.mixed_op, parts.objective, *parts.regularizers, *parts.hooks):
@@ -330,3 +331,15 @@ class Engine:
         for hook, s in zip(self.hooks, state["hooks"], strict=True):
             hook.load_state_dict(s)
         self.stop_requested = bool(state["stop_requested"])
+
+
+def _check_row_kind(space: Any, discretizer: Any) -> None:
+    """A discretizer parses one kind of alpha row: cell edges (``edge``, every DARTS discretizer) or
+    chain layers (``layer``); the space says which rows it has (``row_kind``, default ``edge``)."""
+    fn = getattr(discretizer, "func", discretizer)
+    want, got = getattr(space, "row_kind", "edge"), getattr(fn, "row_kind", "edge")
+    if want != got:
+        name = getattr(discretizer, "name", getattr(fn, "__name__", "?"))
+        raise ValueError(f"discretizer {name!r} parses {got} rows; space {space.name!r} has {want} rows: "
+                         f"choose a discretizer for {want}s")
+

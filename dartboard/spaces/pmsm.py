@@ -317,6 +317,7 @@ class DepthSpace:
     description: str
     decoupled: bool = False
     network_defaults: Any = None
+    row_kind = "layer"  # a row of alphas is a layer of the chain (a discretizer must parse layers)
     placeholder: str = "relu"
 
     def layout(self, config: Any) -> ChainLayout:
@@ -336,6 +337,7 @@ class ActivationSpace:
     description: str
     decoupled: bool = False
     network_defaults: Any = None
+    row_kind = "layer"  # a row of alphas is a layer of the chain (a discretizer must parse layers)
 
     def layout(self, config: Any) -> ChainLayout:
         return ChainLayout((BINARY_OPS, UNARY_OPS, UNARY_OPS), (0, 1, 2), ("binary", "unary1", "unary2"))

@@ -113,6 +113,9 @@ def argmax_parse(weights: torch.Tensor, rows: Sequence[Any], primitives: Sequenc
     return tuple(primitives[r][best_op(weights[r][: len(primitives[r])], primitives[r])[0]] for r in range(len(rows)))
 
 
+argmax_parse.row_kind = "layer"  # parses chains (one op per layer), not cells (see Engine: the space's row kind)
+
+
 class SearchDiverged(FloatingPointError):
     """The search's loss became NaN or inf: stopped with the epoch and the metric that diverged."""
 
