@@ -46,7 +46,7 @@ def data_shape(splits: Splits) -> DataShape:
 def make_searcher(cfg: SearchRunConfig, splits: Splits):
     """The searcher of the run. Its options, space and device come from the user: the registry checks
     them (names, values) before it builds, so a ``ValueError`` from here is about that input."""
-    with user_input(f"searcher {cfg.searcher!r}"):
+    with user_input():  # build_searcher names the searcher in its errors
         options = cfg.searcher_options()
         device = resolve_device(cfg.device)
         return build_searcher(cfg.searcher, options, data_shape(splits), device)
@@ -94,6 +94,8 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
 
 
 def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
+    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    check_outputs(cfg, out)
     seed_everything(cfg.seed)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     searcher = make_searcher(cfg, splits)
@@ -101,7 +103,6 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
 
     attach_if_tiny81(searcher)  # in the tabular space, log each epoch's looked-up regret
     train_loader, val_loader = search_loaders(cfg, splits, searcher)
-    out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     epochs = searcher.epochs
     log.info("search: %s on %s, %d epochs, %d steps/epoch, device %s, output %s", cfg.searcher, cfg.dataset,
              epochs, len(train_loader), searcher.device, out)
@@ -130,6 +131,17 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
 
         log_search_run(cfg, result)
     return result
+
+
+def check_outputs(cfg: SearchRunConfig, out: Path) -> None:
+    """Before the search: its output folder can be written and its tracking server answers."""
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+
+    check_writable_dir(out, "--out")
+    if cfg.mlflow:
+        from dartboard.platform.tracking.runs import tracking_uri
+
+        check_tracking_server(tracking_uri(cfg.tracking_uri))
 
 
 def save_interrupted(searcher: Any, finished: list[dict[str, float]], epochs: int, out: Path) -> None:

@@ -24,6 +24,9 @@ class StudyTracker:
     ``finish`` (every trial again, idempotent; parent artifacts; champion) -> ``close``."""
 
     def __init__(self, uri: str | None = None, experiment: str | None = None, register: bool = True):
+        from dartboard.platform.checks import check_tracking_server
+
+        check_tracking_server(runs.tracking_uri(uri))  # a server that is down: one line now, before any trial
         self.uri, self.experiment, self.register = uri, experiment, register
         self.parent: str | None = None
         self.study: Any = None
