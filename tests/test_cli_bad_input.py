@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_cli_contract import console_script, env_for
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
