@@ -110,3 +110,32 @@ def test_a_genotype_with_thousands_of_edges_is_refused_up_front_with_the_limit(t
     name = genotype_file(tmp_path, darts_cell(edges, [79]))
     line = refused(["info", name], tmp_path)
     assert f"normal.edges: {len(edges)} edges; at most 64 per cell" in line
+
+
+# ------------------------------------------------------------------ the genotype limits (in process)
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["normal"].update(edges=[["sep_conv_3x3", 0, 40], ["skip_connect", 1, 40]], concat=[40]),
+     "normal.edges: node 40 makes 39 intermediate nodes; at most 32 are supported"),
+    (lambda d: d["reduce"].update(n_inputs=3), "reduce.n_inputs: expected 2"),
+    (lambda d: d["normal"].update(concat=[]), "normal.concat: expected a non-empty list"),
+])
+def test_genotype_sizes_and_shapes_are_checked_when_read(change, message):
+    from dartboard.spaces import genotype as gt
+
+    data = gt.to_dict(gt.loads(json.dumps({"schema": "dartboard.genotype", "version": 1, "kind": "darts",
+                                           "normal": darts_cell([["sep_conv_3x3", 0, 2]], [2]),
+                                           "reduce": darts_cell([["max_pool_3x3", 1, 2]], [2])})))
+    change(data)
+    with pytest.raises(gt.GenotypeError, match=message.replace("[", r"\[")):
+        gt.from_dict(data)
+
+
+def test_a_cells_genotype_of_more_than_100_cells_is_refused():
+    from dartboard.spaces import genotype as gt
+
+    cell = {"edges": [["sep_conv_3x3", 0, 2]], "concat": [2]}
+    data = {"schema": "dartboard.genotype", "version": 1, "kind": "cells", "cells": [cell] * 101, "reductions": []}
+    with pytest.raises(gt.GenotypeError, match="cells: 101 cells; at most 100 are supported"):
+        gt.from_dict(data)
+    data["cells"] = [cell] * 100
+    assert len(gt.from_dict(data).cells) == 100
