@@ -73,8 +73,13 @@ def _cifar(name: str, root: str | None) -> Splits:
                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
     test_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    train = cls(root, train=True, transform=train_tf, download=False)
-    test = cls(root, train=False, transform=test_tf, download=False)
+    try:
+        train = cls(root, train=True, transform=train_tf, download=False)
+        test = cls(root, train=False, transform=test_tf, download=False)
+    except RuntimeError as err:  # torchvision checks every file's MD5 against the official release
+        raise DataError(f"{name}: {str(Path(root) / folder)!r} is incomplete or differs from the official "
+                        f"python version of {name.upper()} (a file is missing or its MD5 differs); extract the "
+                        "original archive there again") from err
     return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100))
 
 

@@ -299,6 +299,13 @@ class StudyConfig(BaseModel):
             raise ValueError("objective.kind: 'final' needs final_training with scope: trial")
         return self
 
+    @model_validator(mode="after")
+    def _batch_shared_by_workers(self) -> StudyConfig:
+        if self.batch_size % self.resources.workers:  # each DDP rank takes batch_size / workers (worker.py)
+            raise ValueError(f"batch_size: {self.batch_size} is not divisible by resources.workers "
+                             f"{self.resources.workers}; the global batch is shared equally by the DDP ranks")
+        return self
+
     def trial_seeds(self) -> list[int]:
         return list(self.seeds) if self.seeds is not None else [self.seed]
 

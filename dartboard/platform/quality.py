@@ -61,6 +61,7 @@ def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = N
     from dartboard.bench.table import load_table
     from dartboard.platform.tracking.study import StudyTracker
 
+    tracker = StudyTracker(tracking_uri) if mlflow else None  # a tracking server that is down: refused first
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = load_table(cfg.table)
@@ -77,7 +78,7 @@ def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = N
         return [out / "quality.md", out / "quality.json", outputs["plot"]], numbers
 
     start = time.perf_counter()
-    run_study(study, tracker=StudyTracker(tracking_uri) if mlflow else None, report=report)
+    run_study(study, tracker=tracker, report=report)
     outputs["config"] = asdict(cfg)
     return outputs
 

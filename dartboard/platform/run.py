@@ -49,7 +49,7 @@ def data_shape(splits: Splits) -> DataShape:
 def make_searcher(cfg: SearchRunConfig, splits: Splits):
     """The searcher of the run. Its options, space and device come from the user: the registry checks
     them (names, values) before it builds, so a ``ValueError`` from here is about that input."""
-    with user_input(f"searcher {cfg.searcher!r}"):
+    with user_input():  # build_searcher names the searcher in its errors
         options = cfg.searcher_options()
         device = resolve_device(cfg.device)
         return build_searcher(cfg.searcher, options, data_shape(splits), device)
@@ -99,6 +99,7 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
 def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     """A search from scratch; it checkpoints every epoch under ``OUT/checkpoint`` (see :func:`resume_search_job`)."""
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    check_outputs(cfg, out)
     cfg = cfg.model_copy(update={"out": str(out)})
     seed_everything(cfg.seed)
     return _search(cfg, out, progress, resume=False)
@@ -115,6 +116,7 @@ def resume_search_job(folder: str | Path, progress: bool = True) -> SearchResult
     if (folder / "genotype.json").is_file() and not (folder / INTERRUPTED_FILE).is_file():
         raise UserInputError(f"--resume: the search in {str(folder)!r} has finished; nothing to resume")
     cfg = SearchRunConfig(**json.loads(run_file.read_text()))
+    check_outputs(cfg, folder)
     return _search(cfg, folder, progress, resume=True)
 
 
@@ -161,6 +163,17 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
 
         log_search_run(cfg, result)
     return result
+
+
+def check_outputs(cfg: SearchRunConfig, out: Path) -> None:
+    """Before the search: its output folder can be written and its tracking server answers."""
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+
+    check_writable_dir(out, "--out")
+    if cfg.mlflow:
+        from dartboard.platform.tracking.runs import tracking_uri
+
+        check_tracking_server(tracking_uri(cfg.tracking_uri))
 
 
 def save_interrupted(cfg: SearchRunConfig, searcher: Any, finished: list[dict[str, float]], epochs: int, out: Path

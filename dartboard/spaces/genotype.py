@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from dartboard.spaces.limits import MAX_CELLS, MAX_EDGES_PER_CELL, MAX_NODES_PER_CELL
+
 SCHEMA = "dartboard.genotype"
 VERSION = 1
 
@@ -233,7 +235,13 @@ def _edge_from_raw(raw: Any, at: str, ops: set[str] | None, n_inputs: int) -> Ed
 
 
 def _check_nodes(edges: list[Edge], concat: tuple[int, ...], n_inputs: int, where: str) -> None:
+    if not concat:
+        raise GenotypeError(f"{where}.concat: expected a non-empty list of the nodes whose outputs form the "
+                            "cell's output, got []")
     targets = {e.dst for e in edges}
+    if max(targets) - n_inputs + 1 > MAX_NODES_PER_CELL:
+        raise GenotypeError(f"{where}.edges: node {max(targets)} makes {max(targets) - n_inputs + 1} intermediate "
+                            f"nodes; at most {MAX_NODES_PER_CELL} are supported")
     for i, node in enumerate(concat):
         if node >= n_inputs and node not in targets:
             raise GenotypeError(f"{where}.concat[{i}]: node {node} has no incoming edge")
@@ -248,8 +256,13 @@ def _cell_from_dict(data: Any, where: str, known_ops: Iterable[str] | None) -> C
     edges_raw = _require(data, "edges", where)
     concat = _int_list(_require(data, "concat", where), f"{where}.concat")
     n_inputs = _int(data.get("n_inputs", 2), f"{where}.n_inputs")
+    if n_inputs != 2:  # a cell reads the outputs of the two cells before it (DiscreteCell, SearchCell)
+        raise GenotypeError(f"{where}.n_inputs: expected 2 (the outputs of the two previous cells), got {n_inputs}")
     if not isinstance(edges_raw, list) or not edges_raw:
         raise GenotypeError(f"{where}.edges: expected a non-empty list of [op, src, dst]")
+    if len(edges_raw) > MAX_EDGES_PER_CELL:
+        raise GenotypeError(f"{where}.edges: {len(edges_raw)} edges; at most {MAX_EDGES_PER_CELL} per cell are "
+                            "supported")
     ops = set(known_ops) if known_ops is not None else None
     edges = [_edge_from_raw(raw, f"{where}.edges[{i}]", ops, n_inputs) for i, raw in enumerate(edges_raw)]
     _check_nodes(edges, concat, n_inputs, where)
@@ -267,6 +280,8 @@ def _cells_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -
     cells_raw = _require(data, "cells", "")
     if not isinstance(cells_raw, list) or not cells_raw:
         raise GenotypeError("cells: expected a non-empty list of cells")
+    if len(cells_raw) > MAX_CELLS:
+        raise GenotypeError(f"cells: {len(cells_raw)} cells; at most {MAX_CELLS} are supported")
     cells = tuple(_cell_from_dict(c, f"cells[{i}]", known_ops) for i, c in enumerate(cells_raw))
     reductions = _int_list(_require(data, "reductions", ""), "reductions")
     for i, r in enumerate(reductions):

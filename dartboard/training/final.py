@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from dartboard.data.datasets import Splits, make_loader
+from dartboard.errors import UserInputError
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
+from dartboard.spaces.limits import check_network_size
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters
 
 log = logging.getLogger("dartboard")
@@ -42,6 +44,21 @@ class TrainConfig:
     drop_path_prob: float = 0.0
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        """Refuse values that would train nonsense (drop path 2.0 trains to chance) before any work."""
+        check_network_size(self.channels, self.layers)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.drop_path_prob < 1.0:
+            raise UserInputError(f"drop_path_prob: expected a probability in [0, 1), got {self.drop_path_prob}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise UserInputError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        for name in ("momentum", "weight_decay", "auxiliary_weight"):
+            if not getattr(self, name) >= 0:
+                raise UserInputError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -123,6 +123,10 @@ def bench_speed(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """ms per search iteration (alpha step + weight step) of the default supernet on synthetic data."""
+    for flag, value, low in (("--batch", batch, 1), ("--warmup", warmup, 0), ("--repeats", repeats, 1),
+                             ("--input-size", input_size, 8)):
+        if value < low:
+            raise UserInputError(f"{flag}: expected an integer >= {low}, got {value}")
     result = speed_benchmark(batch, device, precision, order, channels, layers, input_size, warmup, repeats)
     if as_json:
         typer.echo(json.dumps(result))

@@ -19,6 +19,10 @@ def distance(
 
     if len(genotypes) < 2:
         raise UserInputError(f"genotypes: expected at least two, got {len(genotypes)}")
+    if out is not None:
+        from dartboard.platform.checks import check_writable_file
+
+        check_writable_file(out, "--out")
     labels = [Path(g).stem if Path(g).suffix == ".json" else g for g in genotypes]
     matrix = distance_matrix([resolve(g) for g in genotypes])
     width = max(8, *(len(label) for label in labels)) + 2

@@ -13,6 +13,9 @@ DATASET_SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 
 
 
 def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dataset: str) -> dict[str, Any]:
+    from dartboard.spaces.limits import check_network_size
+
+    check_network_size(channels, layers)  # before torch is imported: a bad size fails at once
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

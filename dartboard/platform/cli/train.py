@@ -10,6 +10,9 @@ import typer
 from dartboard.errors import UserInputError, user_input
 
 log = logging.getLogger("dartboard")
+#: TrainConfig's fields as the flags that set them (errors name the flag the user typed).
+FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "batch_size": "--batch-size",
+         "lr": "--lr", "drop_path_prob": "--drop-path"}
 
 
 def train(
@@ -30,27 +33,35 @@ def train(
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy."""
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.datasets import check_dataset, load_dataset
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, resolve_device
     from dartboard.spaces.catalog import resolve
     from dartboard.training.final import TrainConfig, train_genotype
 
-    geno = resolve(genotype)
-    splits = load_dataset(dataset, data_root)
+    check_dataset(dataset)
     defaults = DIGITS_TRAIN_DEFAULTS if dataset == "digits" else {}
     values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
     chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
     with user_input("device"):  # only checks that the device exists
         resolved = resolve_device(device)
-    cfg = TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed, device=resolved)
-    if cfg.epochs < 1 or cfg.channels < 2 or cfg.layers < 1:
-        raise UserInputError(f"epochs, channels and layers must be positive "
-                         f"(got {cfg.epochs}, {cfg.channels}, {cfg.layers})")
+    try:
+        cfg = TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed, device=resolved)
+    except UserInputError as err:  # name the flag, not the config field
+        field, _, rest = str(err).partition(":")
+        raise UserInputError(f"{FLAGS.get(field, field)}:{rest}") from None
+    geno = resolve(genotype)
     if out is None:
         path = Path(genotype)
         out_dir = path.parent if path.is_file() else Path("runs") / f"train-{genotype}"
     else:
         out_dir = Path(out)
+    check_writable_dir(out_dir, "--out")  # before training, not after it
+    if not no_mlflow:
+        from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
+
+        check_tracking_server(resolved_uri(tracking_uri))
+    splits = load_dataset(dataset, data_root)
     log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
     result = train_genotype(geno, splits, cfg, out_dir,
                             on_epoch=lambda e, loss: log.info("epoch %3d  loss %.4f", e + 1, loss))

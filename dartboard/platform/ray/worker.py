@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from dartboard.errors import UserInputError
 from dartboard.platform.ray import checkpoint as ck
 
 #: Tests hold a trial at a state they control: after each epoch's report, rank 0 appends
@@ -104,6 +105,16 @@ def ddp_wrapper(device: torch.device) -> Callable[[torch.nn.Module], torch.nn.Mo
     return lambda module: DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
+def per_rank_batch(batch_size: int, world: int) -> int:
+    """Each rank's share of the global batch. A global batch the ranks cannot share equally is refused:
+    rounding down would train with a smaller batch than asked for (30 on 4 ranks: 28), silently."""
+    if batch_size % world:
+        raise UserInputError(f"batch_size: {batch_size} is not divisible by the {world} workers of a trial; each "
+                             f"DDP rank takes batch_size / workers samples per step, so use a multiple of {world} "
+                             f"(e.g. {batch_size - batch_size % world or world})")
+    return batch_size // world
+
+
 def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, fraction: float):
     """The search split's train/val halves, each sharded over ranks (equal batch counts per rank)."""
     from torch.utils.data import DataLoader, DistributedSampler
@@ -111,7 +122,7 @@ def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, fraction: floa
     from dartboard.data.datasets import search_split
 
     train, val = search_split(splits.train, cfg.seed, fraction)
-    per_rank = max(1, cfg.batch_size // world)  # the global batch stays cfg.batch_size
+    per_rank = per_rank_batch(cfg.batch_size, world)  # the global batch stays cfg.batch_size
     samplers = [DistributedSampler(d, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed + i, drop_last=True)
                 for i, d in enumerate((train, val))]
     if len(samplers[0]) < per_rank:

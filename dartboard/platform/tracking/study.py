@@ -26,6 +26,9 @@ class StudyTracker:
 
     def __init__(self, uri: str | None = None, experiment: str | None = None, register: bool = True,
                  promote: bool = False):
+        from dartboard.platform.checks import check_tracking_server
+
+        check_tracking_server(runs.tracking_uri(uri))  # a server that is down: one line now, before any trial
         self.uri, self.experiment, self.register, self.promote = uri, experiment, register, promote
         self.parent: str | None = None
         self.study: Any = None

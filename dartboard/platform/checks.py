@@ -1,0 +1,73 @@
+"""Checks of what a command will need, made before it does any work: an output folder it can write,
+a tracking server it can reach. Each failure is one :class:`~dartboard.errors.UserInputError` naming
+the flag and the value, so a search never runs for minutes to fail on its last write, and a server
+that is down is reported in seconds rather than after MLflow's retries (minutes).
+
+Standard library only: the command line calls these before torch or mlflow are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dartboard.errors import UserInputError
+
+#: Seconds to wait for a TCP connection to the tracking server.
+TRACKING_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
+    """Make sure files can be created in the folder ``path`` (created if missing). Leaves nothing
+    behind: the probe file and any folder made for it are removed again."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"{flag}: {str(folder)!r} exists and is not a folder")
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dartboard-probe-"):
+            pass
+    except OSError as err:
+        raise UserInputError(f"{flag}: cannot write to {str(folder)!r} ({err.strerror or err})") from None
+    finally:
+        for made in missing:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> None:
+    """Make sure the file ``path`` can be written (its folder is writable, it is not a folder)."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserInputError(f"{flag}: {str(target)!r} is a folder; expected a file name")
+    check_writable_dir(target.parent if str(target.parent) else Path("."), flag)
+
+
+def check_tracking_server(uri: str, flag: str = "--tracking-uri") -> None:
+    """An ``http(s)://`` tracking URI must accept a TCP connection within seconds (MLflow itself
+    retries for minutes); local URIs (``sqlite:``, ``file:``, a path) are not checked here."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:  # a port that is not a number
+        raise UserInputError(f"{flag}: {uri!r} is not a valid URL ({err})") from None
+    if not host:
+        raise UserInputError(f"{flag}: {uri!r} names no host")
+    try:
+        with socket.create_connection((host, port), timeout=TRACKING_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise UserInputError(f"{flag}: cannot reach the MLflow tracking server at {uri} ({reason})") from None

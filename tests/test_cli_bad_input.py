@@ -1,0 +1,141 @@
+"""Bad input tried as a new user would, through the installed ``dartboard`` console script: each
+case exits 2 with one line naming the problem, no traceback, and leaves nothing behind in the
+folder it ran in (each runs in an empty folder that the test lists before and after).
+
+An unreachable tracking server must fail before any work: without the connection check MLflow
+retries for minutes (250-316 s measured), far past the subprocess timeout of these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_cli_contract import console_script, env_for
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
+TIMEOUT_S = 180  # far below MLflow's minutes of retries, far above a loaded machine's torch import
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def refused(args: list[str], cwd: Path) -> str:
+    """Run ``dartboard ARGS`` in ``cwd``; assert the contract for bad input; return the error line."""
+    before = listing(cwd)
+    result = subprocess.run([console_script(), *args], cwd=cwd, env=env_for(OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert listing(cwd) == before, "something was left behind"
+    return lines[0]
+
+
+def darts_cell(edges: list[list], concat: list[int]) -> dict:
+    return {"edges": edges, "concat": concat}
+
+
+def genotype_file(folder: Path, normal: dict) -> str:
+    reduce = darts_cell([["max_pool_3x3", 0, 2], ["skip_connect", 1, 2]], [2])
+    path = folder / "geno.json"
+    path.write_text(json.dumps({"schema": "dartboard.genotype", "version": 1, "kind": "darts",
+                                "normal": normal, "reduce": reduce}))
+    return path.name
+
+
+# ------------------------------------------------------------------ a tracking server that is down
+@pytest.mark.parametrize("args", [
+    ["search", "--tracking-uri", UNREACHABLE, "--out", "run"],
+    ["models", "list", "--tracking-uri", UNREACHABLE],
+    ["pull", "digits-darts@champion", "--to", "got", "--tracking-uri", UNREACHABLE],
+], ids=["search", "models-list", "pull"])
+def test_an_unreachable_tracking_server_is_one_line_naming_the_uri(args, tmp_path):
+    line = refused(args, tmp_path)
+    assert f"cannot reach the MLflow tracking server at {UNREACHABLE}" in line
+
+
+# ------------------------------------------------------------------ output folders that cannot be written
+@pytest.mark.parametrize("args", [
+    ["search", "--out", "afile/run", "--no-mlflow"],
+    ["search", "--out", "afile", "--no-mlflow"],
+    ["train", "darts-v2", "--out", "afile/weights", "--no-mlflow"],
+    ["pull", "digits-darts@champion", "--to", "afile/got"],
+    ["distance", "darts-v1", "darts-v2", "--out", "afile/heatmap.png"],
+], ids=["search-under-a-file", "search-onto-a-file", "train", "pull", "distance"])
+def test_an_unwritable_output_is_refused_before_work(args, tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    line = refused(args, tmp_path)
+    assert line.startswith(("error: --out: ", "error: --to: ")) and "afile" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_before_the_search(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = refused(["search", "--out", "locked/run", "--no-mlflow"], tmp_path)
+    finally:
+        locked.chmod(0o700)
+    assert "--out: cannot write to 'locked/run'" in line
+
+
+# ------------------------------------------------------------------ values
+@pytest.mark.parametrize("args, message", [
+    (["search", "--set", "C=abc", "--no-mlflow", "--out", "run"], "C: expected an integer >= 1, got 'abc'"),
+    (["info", "darts-v2", "--channels", "-5"], "channels: expected an integer in [2, 1024], got -5"),
+    (["info", "darts-v2", "--layers", "5000"], "layers: expected an integer in [1, 100], got 5000"),
+    (["train", "darts-v2", "--drop-path", "2.0", "--no-mlflow"], "--drop-path: expected a probability in [0, 1)"),
+    (["bench", "speed", "--batch", "0"], "--batch: expected an integer >= 1, got 0"),
+], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch"])
+def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
+    line = refused(args, tmp_path)
+    assert message in line
+
+
+def test_a_genotype_with_an_empty_concat_is_refused(tmp_path):
+    name = genotype_file(tmp_path, darts_cell([["sep_conv_3x3", 0, 2], ["skip_connect", 1, 2]], []))
+    line = refused(["info", name, "--layers", "3"], tmp_path)
+    assert "normal.concat: expected a non-empty list" in line
+
+
+def test_a_genotype_with_thousands_of_edges_is_refused_up_front_with_the_limit(tmp_path):
+    edges = [["sep_conv_3x3", src, dst] for dst in range(2, 80) for src in range(dst)]  # 3,237 edges
+    name = genotype_file(tmp_path, darts_cell(edges, [79]))
+    line = refused(["info", name], tmp_path)
+    assert f"normal.edges: {len(edges)} edges; at most 64 per cell" in line
+
+
+# ------------------------------------------------------------------ the genotype limits (in process)
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["normal"].update(edges=[["sep_conv_3x3", 0, 40], ["skip_connect", 1, 40]], concat=[40]),
+     "normal.edges: node 40 makes 39 intermediate nodes; at most 32 are supported"),
+    (lambda d: d["reduce"].update(n_inputs=3), "reduce.n_inputs: expected 2"),
+    (lambda d: d["normal"].update(concat=[]), "normal.concat: expected a non-empty list"),
+])
+def test_genotype_sizes_and_shapes_are_checked_when_read(change, message):
+    from dartboard.spaces import genotype as gt
+
+    data = gt.to_dict(gt.loads(json.dumps({"schema": "dartboard.genotype", "version": 1, "kind": "darts",
+                                           "normal": darts_cell([["sep_conv_3x3", 0, 2]], [2]),
+                                           "reduce": darts_cell([["max_pool_3x3", 1, 2]], [2])})))
+    change(data)
+    with pytest.raises(gt.GenotypeError, match=message.replace("[", r"\[")):
+        gt.from_dict(data)
+
+
+def test_a_cells_genotype_of_more_than_100_cells_is_refused():
+    from dartboard.spaces import genotype as gt
+
+    cell = {"edges": [["sep_conv_3x3", 0, 2]], "concat": [2]}
+    data = {"schema": "dartboard.genotype", "version": 1, "kind": "cells", "cells": [cell] * 101, "reductions": []}
+    with pytest.raises(gt.GenotypeError, match="cells: 101 cells; at most 100 are supported"):
+        gt.from_dict(data)
+    data["cells"] = [cell] * 100
+    assert len(gt.from_dict(data).cells) == 100

@@ -1,0 +1,157 @@
+"""The CIFAR-10/100 and ImageFolder readers on tiny on-disk fixtures written here: the python-pickle
+CIFAR layout (``cifar-10-batches-py``, ``cifar-100-python``) and a folder of PNGs. Checked: shapes,
+labels, the normalisation (value by value), the test transform (deterministic) and the training
+augmentation (each output is one of the 9 x 9 x 2 crops/flips of the padded image, and several occur).
+
+torchvision compares every CIFAR file's MD5 with the official release; the fixtures cannot match it,
+so the reading tests replace that comparison by "the file exists" (and one test keeps it, to see a
+copy that differs refused with one line).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dartboard.data.datasets import DataError, load_dataset, make_loader, search_split
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+PER_BATCH, N_TEST = 4, 6
+
+
+def image(i: int) -> np.ndarray:
+    """A 3x32x32 uint8 image with no symmetry (so crops and flips are told apart), different per i."""
+    c, h, w = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
+    return ((c * 71 + h * 5 + w * 3 + 17 * i) % 256).astype(np.uint8)
+
+
+def write_cifar(root, name: str) -> tuple[list[int], list[int]]:
+    """The python-pickle layout torchvision reads; returns the train and test labels written."""
+    classes = 10 if name == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    files = ([f"data_batch_{k}" for k in range(1, 6)] if name == "cifar10" else ["train"])
+    per_file = PER_BATCH if name == "cifar10" else 5 * PER_BATCH
+    train_labels: list[int] = []
+    count = 0
+    for file in files:
+        labels = [(count + j) * 7 % classes for j in range(per_file)]
+        data = np.stack([image(count + j).reshape(-1) for j in range(per_file)])
+        (folder / file).write_bytes(pickle.dumps({"data": data, label_key: labels}))
+        train_labels += labels
+        count += per_file
+    test_labels = [(j * 3) % classes for j in range(N_TEST)]
+    data = np.stack([image(1000 + j).reshape(-1) for j in range(N_TEST)])
+    (folder / ("test_batch" if name == "cifar10" else "test")).write_bytes(
+        pickle.dumps({"data": data, label_key: test_labels}))
+    meta_key = "label_names" if name == "cifar10" else "fine_label_names"
+    (folder / ("batches.meta" if name == "cifar10" else "meta")).write_bytes(
+        pickle.dumps({meta_key: [f"class{k}" for k in range(classes)]}))
+    return train_labels, test_labels
+
+
+@pytest.fixture
+def files_exist(monkeypatch):
+    """torchvision's MD5 comparison with the official release, as 'the file exists'."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+def normalised(img: np.ndarray, mean, std) -> torch.Tensor:
+    x = torch.from_numpy(img.astype(np.float32) / 255.0)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def crops_and_flips(img: np.ndarray) -> list[torch.Tensor]:
+    """Every output RandomCrop(32, padding=4) + RandomHorizontalFlip can give (before normalising)."""
+    padded = np.pad(img, ((0, 0), (4, 4), (4, 4)))
+    out = []
+    for top in range(9):
+        for left in range(9):
+            crop = padded[:, top:top + 32, left:left + 32]
+            out += [crop, crop[:, :, ::-1]]
+    return out
+
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_reads_the_python_layout_with_shapes_labels_and_normalisation(tmp_path, files_exist, name, classes):
+    train_labels, test_labels = write_cifar(tmp_path, name)
+    splits = load_dataset(name, str(tmp_path))
+    assert (splits.info.in_channels, splits.info.input_size, splits.info.num_classes) == (3, 32, classes)
+    assert len(splits.train) == 5 * PER_BATCH and len(splits.test) == N_TEST
+    for j in range(N_TEST):  # the test transform: ToTensor + Normalize with the CIFAR-10 statistics
+        x, y = splits.test[j]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == test_labels[j]
+        assert torch.allclose(x, normalised(image(1000 + j), CIFAR_MEAN, CIFAR_STD), atol=1e-6)
+    assert torch.equal(splits.test[0][0], splits.test[0][0])  # deterministic
+    assert [splits.train[j][1] for j in range(len(splits.train))] == train_labels
+
+
+def test_cifar_training_augmentation_is_a_padded_crop_and_flip(tmp_path, files_exist):
+    write_cifar(tmp_path, "cifar10")
+    splits = load_dataset("cifar10", str(tmp_path))
+    candidates = [normalised(np.ascontiguousarray(c), CIFAR_MEAN, CIFAR_STD) for c in crops_and_flips(image(0))]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        x, _ = splits.train[0]
+        assert x.shape == (3, 32, 32)
+        matches = [k for k, c in enumerate(candidates) if torch.allclose(x, c, atol=1e-6)]
+        assert matches, "the training transform is not a 4-pixel padded crop (+ flip) of the image"
+        seen.add(matches[0])
+    assert len(seen) > 1, "the training transform is not random"
+
+
+def test_cifar_batches_and_search_split_on_the_fixture(tmp_path, files_exist):
+    write_cifar(tmp_path, "cifar10")
+    splits = load_dataset("cifar10", str(tmp_path))
+    train, val = search_split(splits.train, seed=0)
+    assert len(train) == len(val) == 5 * PER_BATCH // 2
+    x, y = next(iter(make_loader(train, 4, shuffle=True, seed=0)))
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4,) and y.dtype == torch.int64
+
+
+def test_a_cifar_copy_that_differs_from_the_release_is_one_data_error(tmp_path):
+    write_cifar(tmp_path, "cifar10")  # the MD5 comparison is kept: the fixture is not the release
+    with pytest.raises(DataError, match="is incomplete or differs from the official python version of CIFAR10"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+# ------------------------------------------------------------------ ImageFolder
+def write_folder(root, part: str, classes: dict[str, list[tuple[int, int, int]]], mode: str = "RGB") -> None:
+    for cls, colours in classes.items():
+        (root / part / cls).mkdir(parents=True)
+        for k, colour in enumerate(colours):
+            img = Image.new("RGB", (12, 10), colour)
+            (img.convert(mode) if mode != "RGB" else img).save(root / part / cls / f"{k}.png")
+
+
+def test_imagefolder_resizes_normalises_and_labels_by_folder(tmp_path):
+    write_folder(tmp_path, "train", {"cat": [(255, 0, 0), (0, 255, 0)], "dog": [(0, 0, 255)]})
+    write_folder(tmp_path, "test", {"cat": [(51, 102, 153)], "dog": [(255, 255, 255)]})
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=16)
+    assert (splits.info.in_channels, splits.info.input_size, splits.info.num_classes) == (3, 16, 2)
+    assert len(splits.train) == 3 and len(splits.test) == 2
+    assert [y for _, y in splits.train] == [0, 0, 1]  # classes in sorted folder order
+    x, y = splits.test[0]
+    assert x.shape == (3, 16, 16) and y == 0
+    expected = (torch.tensor([51, 102, 153]) / 255.0 - 0.5) / 0.5  # Normalize((0.5,)*3, (0.5,)*3)
+    assert torch.allclose(x, expected.view(3, 1, 1).expand(3, 16, 16), atol=1e-6)
+    assert torch.equal(splits.train[0][0], splits.train[0][0])  # no augmentation: train is deterministic too
+
+
+def test_imagefolder_reads_val_when_there_is_no_test_and_greyscale_as_rgb(tmp_path):
+    write_folder(tmp_path, "train", {"a": [(10, 10, 10)], "b": [(20, 20, 20)], "c": [(30, 30, 30)]}, mode="L")
+    write_folder(tmp_path, "val", {"a": [(40, 40, 40)], "b": [(50, 50, 50)], "c": [(60, 60, 60)]}, mode="L")
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    assert splits.info.num_classes == 3 and len(splits.test) == 3
+    x, _ = splits.test[2]
+    assert x.shape == (3, 8, 8)
+    assert torch.allclose(x, torch.full((3, 8, 8), (60 / 255.0 - 0.5) / 0.5), atol=1e-6)
