@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "dartboard.platform.cli.sweep",
     "dartboard.platform.cli.ablate",
     "dartboard.platform.cli.models",
+    "dartboard.platform.cli.predict",
     "dartboard.platform.cli.distance",
     "dartboard.platform.cli.prune",
     "dartboard.platform.cli.bench",
