@@ -46,6 +46,8 @@ def search(
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     set_: list[str] = typer.Option(None, "--set", help="Searcher option KEY=VALUE (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (genotype, last epoch's "
+                                                       "metrics, files)."),
 ) -> None:
     """Run an architecture search and write genotype.json, alpha history and cell pictures."""
     from dartboard.platform.config import SearchRunConfig, load_yaml
@@ -65,8 +67,15 @@ def search(
     data["options"] = options
     cfg = SearchRunConfig(**data)
     result = run_search_job(cfg)
-    typer.echo(f"genotype written to {result.artifacts['genotype']}")
     from dartboard.spaces.genotype import to_dict
+
+    if as_json:
+        typer.echo(json.dumps({"genotype": to_dict(result.genotype), "out": str(result.out_dir),
+                               "seconds": round(result.seconds, 3), "epochs": len(result.history),
+                               "last_epoch": result.history[-1] if result.history else None,
+                               "files": {k: str(v) for k, v in result.artifacts.items()}}, indent=1))
+        return
+    typer.echo(f"genotype written to {result.artifacts['genotype']}")
 
     typer.echo(json.dumps(to_dict(result.genotype)))
     typer.echo(f"search took {result.seconds:.1f} s")

@@ -23,6 +23,7 @@ def sweep(
                                                         "starting a local one."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not track in MLflow nor register the champion."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (counts, best trial, every trial)."),
 ) -> None:
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
     from dartboard.platform.sweep import load_study, run_sweep
@@ -38,6 +39,11 @@ def sweep(
             cfg = load_study(study, overrides)
         # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
         result = run_sweep(cfg, tracking_uri=tracking_uri, mlflow=not no_mlflow)
+    if as_json:
+        typer.echo(json.dumps(json_summary(result, registered=not no_mlflow), indent=1, default=str))
+        if result.best is None:
+            raise typer.Exit(1)
+        return
     c = result.counts
     typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
@@ -61,6 +67,16 @@ def sweep(
         typer.echo(f"registered in MLflow as {name}@champion (dartboard pull {name}@champion --to DIR)")
     if "://" not in result.run_dir:
         typer.echo(f"best genotype written to {Path(result.run_dir) / 'best_genotype.json'}")
+
+
+def json_summary(result, registered: bool) -> dict:
+    """What the text summary says, as one JSON object (for scripts)."""
+    name = result.config.register_as or result.config.name
+    keep = ("trial_id", "variant", "status", "objective", "epoch", "config", "error")
+    return {"study": result.config.name, "run_dir": result.run_dir, "seconds": round(result.seconds, 3),
+            "counts": result.counts, "best": result.best,
+            "registered": f"{name}@champion" if registered and result.best is not None else None,
+            "trials": [{k: t.get(k) for k in keep} for t in result.trials]}
 
 
 def register(app: typer.Typer) -> None:
