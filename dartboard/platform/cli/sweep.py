@@ -44,6 +44,11 @@ def sweep(
         if result.best is None:
             raise typer.Exit(1)
         return
+    echo_summary(result, registered=not no_mlflow)
+
+
+def echo_summary(result, registered: bool) -> None:
+    """The text summary: counts, errors, the best trial, its configuration and genotype, where it went."""
     c = result.counts
     typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
@@ -62,7 +67,7 @@ def sweep(
         final = best["final"]
         typer.echo(f"champion trained from scratch: test accuracy {final['test_acc']:.4f}, "
                    f"{final['parameters']:,} parameters, weights in {final['dir']}")
-    if not no_mlflow:
+    if registered:
         name = result.config.register_as or result.config.name
         typer.echo(f"registered in MLflow as {name}@champion (dartboard pull {name}@champion --to DIR)")
     if "://" not in result.run_dir:

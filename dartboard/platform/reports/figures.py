@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from dartboard.platform.reports.alphas import op_color
 from dartboard.platform.reports.alphas import plot_alpha_history as plot_alpha_history  # one place for both

@@ -10,7 +10,6 @@ from typing import Any
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.reports.tables import METRIC_LABELS
 
-
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
