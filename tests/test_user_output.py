@@ -115,8 +115,11 @@ def test_ray_is_quiet_unless_verbose(monkeypatch, verbose):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setenv(session.VERBOSE_ENV, "1" if verbose else "0")
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    monkeypatch.setattr(session.os, "environ", dict(session.os.environ))  # quiet_ray's setdefault stays here
     session.init_ray(num_cpus=1)
     assert calls[0]["log_to_driver"] is verbose
+    assert session.os.environ.get("RAY_AIR_NEW_OUTPUT") == (None if verbose else "0")
     assert session.tune_verbosity() == (1 if verbose else 0)
 
 

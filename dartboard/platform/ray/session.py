@@ -43,6 +43,9 @@ def quiet_ray() -> None:
 
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune's newer console output prints its experiment header and result paths even at verbose=0;
+    # its classic reporter prints nothing at verbose=0 (read when a Tuner runs).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for category in (DeprecationWarning, FutureWarning, UserWarning, RuntimeWarning):
         warnings.filterwarnings("ignore", category=category, module=r"ray(\.|$)")
 
