@@ -71,8 +71,8 @@ def plot_alpha_history(history: Sequence[dict[str, Any]], group_primitives: Sequ
     ops_order = _ops_in_order(group_primitives)
     n_epochs = len(history)
     n_rows = max(len(r) for r in rows)
-    width = min(24.0, 3.0 + 0.22 * n_epochs + 0.42 * len(ops_order))
-    fig, axes = plt.subplots(n_groups, 2, squeeze=False, figsize=(width, 0.6 + n_groups * (0.28 * n_rows + 1.1)),
+    width = min(24.0, max(10.0, 3.0 + 0.22 * n_epochs + 0.42 * len(ops_order)))
+    fig, axes = plt.subplots(n_groups, 2, squeeze=False, figsize=(width, 0.6 + n_groups * (0.28 * n_rows + 1.3)),
                              gridspec_kw={"width_ratios": [max(4, n_epochs), max(3, len(ops_order)) * 1.4]})
     for g in range(n_groups):
         weights = [[list(h["weights"][g][e]) for e in range(len(rows[g]))] for h in history]
@@ -131,7 +131,7 @@ def _winner_panel(ax, weights, primitives, rows, epochs, kept, name: str) -> Non
                   fontsize=7)
     ax.set_xlabel("epoch", fontsize=8)
     _row_labels(ax, rows, kept)
-    ax.set_title(f"{name}: winning op per edge (pale = undecided)", fontsize=9)
+    ax.set_title(f"{name}: winning op per edge\n(pale = undecided)", fontsize=9)
 
 
 def _final_panel(ax, final, primitives, rows, ops_order, kept, name: str) -> None:
@@ -158,7 +158,7 @@ def _final_panel(ax, final, primitives, rows, ops_order, kept, name: str) -> Non
     for tick, op in zip(ax.get_xticklabels(), ops_order, strict=True):
         tick.set_color(op_color(op) if op != "none" else "#555555")
     _row_labels(ax, rows, kept)
-    ax.set_title(f"{name}: final weights in % (boxed: the derived genotype)" if kept
+    ax.set_title(f"{name}: final weights in %\n(boxed: the derived genotype)" if kept
                  else f"{name}: final weights in %", fontsize=9)
 
 
