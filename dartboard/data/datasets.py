@@ -32,6 +32,10 @@ class DatasetInfo:
     in_channels: int
     input_size: int
     num_classes: int
+    # The normalisation the loader applies to pixel values in [0, 1], per channel (recorded with a
+    # trained model so that `dartboard predict` feeds it the same inputs); empty when unknown.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
 
 @dataclass
@@ -55,7 +59,7 @@ def _digits(test_fraction: float = 0.2) -> Splits:
     def tensors(a: np.ndarray, b: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy((a - mean) / std).unsqueeze(1), torch.from_numpy(b))
 
-    return Splits(tensors(x_tr, y_tr), tensors(x_te, y_te), DatasetInfo("digits", 1, 8, 10))
+    return Splits(tensors(x_tr, y_tr), tensors(x_te, y_te), DatasetInfo("digits", 1, 8, 10, (mean,), (std,)))
 
 
 def _cifar(name: str, root: str | None) -> Splits:
@@ -80,7 +84,7 @@ def _cifar(name: str, root: str | None) -> Splits:
         raise DataError(f"{name}: {str(Path(root) / folder)!r} is incomplete or differs from the official "
                         f"python version of {name.upper()} (a file is missing or its MD5 differs); extract the "
                         "original archive there again") from err
-    return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100))
+    return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100, mean, std))
 
 
 def _imagefolder(root: str | None, image_size: int) -> Splits:
@@ -93,11 +97,12 @@ def _imagefolder(root: str | None, image_size: int) -> Splits:
         raise DataError(f"imagefolder: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class")
     from torchvision import datasets, transforms
 
+    mean = std = (0.5, 0.5, 0.5)
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                             transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+                             transforms.Normalize(mean, std)])
     train = datasets.ImageFolder(str(base / "train"), transform=tf)
     test = datasets.ImageFolder(str(test_dir), transform=tf)
-    return Splits(train, test, DatasetInfo("imagefolder", 3, image_size, len(train.classes)))
+    return Splits(train, test, DatasetInfo("imagefolder", 3, image_size, len(train.classes), mean, std))
 
 
 #: name -> loader(root, image_size) -> Splits. Applications register their own data (a motor

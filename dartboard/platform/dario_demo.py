@@ -93,7 +93,7 @@ def train_demo_vit(seed: int = 0, settings: DemoSettings | None = None) -> tuple
     model = create_vit(DEMO_MODEL, **settings.model_kwargs)
     train, test = digits_loaders(seed, settings.batch_size)
     train_epochs(model, train, settings.train_epochs, settings.train_lr, warmup_epochs=settings.warmup_epochs,
-                 label_smoothing=settings.label_smoothing)
+                 label_smoothing=settings.label_smoothing, description="training the demo ViT")
     return model, train, test
 
 
@@ -181,7 +181,7 @@ def _run_demo(settings: DemoSettings | None, seed: int, config: DarioConfig | No
     acc_last = evaluate(last_block, test)
     seed_everything(seed)
     train_epochs(result.pruned, train, settings.finetune_epochs, settings.finetune_lr, warmup_epochs=1.0,
-                 label_smoothing=settings.label_smoothing)
+                 label_smoothing=settings.label_smoothing, description="fine-tuning all layers")
     acc_all = evaluate(result.pruned, test)
     throughput = {}
     if throughput_steps > 0:

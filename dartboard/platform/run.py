@@ -74,7 +74,8 @@ def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
 def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[dict[str, float]], out: Path
                            ) -> dict[str, Path]:
     """genotype.json, metrics history, alpha evolution plot and cell pictures."""
-    from dartboard.platform.reports.figures import draw_cell, plot_alpha_history
+    from dartboard.platform.reports.alphas import chosen_edges, plot_alpha_history
+    from dartboard.platform.reports.figures import draw_cell
 
     out.mkdir(parents=True, exist_ok=True)
     artifacts = {"genotype": gt.save(genotype, out / "genotype.json")}
@@ -82,8 +83,10 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
     artifacts["history"] = out / "history.json"
     if searcher.history:
         groups = searcher.alpha_groups()
+        names = [g.name for g in groups]
         artifacts["alphas"] = plot_alpha_history(searcher.history, [g.primitives for g in groups], groups[0].rows,
-                                                 out / "alpha_history.png", [g.name for g in groups])
+                                                 out / "alpha_history.png", names, chosen_edges(genotype, names),
+                                                 [g.rows for g in groups])
         (out / "alpha_history.json").write_text(json.dumps(searcher.history))
     if isinstance(genotype, gt.DartsGenotype):
         cells = {"normal": genotype.normal, "reduce": genotype.reduce}

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.limits import check_network_size
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters
+from dartboard.training.progress import phase
 
 log = logging.getLogger("dartboard")
 
@@ -69,6 +70,7 @@ class TrainResult:
     seconds: float
     weights_path: Path | None
     weights_sha256: str | None
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: mean train loss and accuracy
 
 
 def build_network(genotype: gt.Genotype, cfg: TrainConfig, splits: Splits) -> DiscreteNetwork:
@@ -101,9 +103,33 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _train_epoch(net: nn.Module, loader, opt, cfg: TrainConfig, device: torch.device, advance) -> dict[str, float]:
+    """One epoch in train mode; the mean loss and accuracy over its samples (not the last batch's)."""
+    net.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = nn.functional.cross_entropy(logits, y)
+        if isinstance(out, tuple):
+            loss = loss + cfg.auxiliary_weight * nn.functional.cross_entropy(out[1], y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        loss_sum += float(loss.detach()) * y.numel()
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += y.numel()
+        advance()
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
 def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_dir: str | Path | None = None,
                    on_epoch=None) -> TrainResult:
-    """Train from scratch on ``splits.train``, report accuracy on ``splits.test``; save a state_dict."""
+    """Train from scratch on ``splits.train``, report accuracy on ``splits.test`` (in eval mode: BatchNorm's
+    running statistics, no drop path); save a state_dict. ``on_epoch(epoch, {"train_loss", "train_acc"})``
+    gets the epoch's means over its samples (train mode)."""
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     net = build_network(genotype, cfg, splits).to(device)
@@ -112,25 +138,14 @@ def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        net.train()
-        net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs  # DARTS: linear ramp
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            out = net(x)
-            if isinstance(out, tuple):
-                logits, aux = out
-                aux_loss = nn.functional.cross_entropy(aux, y)
-                loss = nn.functional.cross_entropy(logits, y) + cfg.auxiliary_weight * aux_loss
-            else:
-                loss = nn.functional.cross_entropy(out, y)
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-        sched.step()
-        if on_epoch is not None:
-            on_epoch(epoch, float(loss))
+    history: list[dict[str, float]] = []
+    with phase("training", cfg.epochs * len(train_loader)) as advance:
+        for epoch in range(cfg.epochs):
+            net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs  # DARTS: linear ramp
+            history.append({"epoch": epoch, **_train_epoch(net, train_loader, opt, cfg, device, advance)})
+            sched.step()
+            if on_epoch is not None:
+                on_epoch(epoch, history[-1])
     seconds = time.perf_counter() - start
     test_acc, test_loss = evaluate(net, test_loader, device)
     weights_path = sha = None
@@ -144,9 +159,9 @@ def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_
         sha = sha256_file(weights_path)
         gt.save(genotype, out / "genotype.json")
         (out / "train.json").write_text(json.dumps({"config": asdict(cfg), "test_acc": test_acc,
-                                                    "test_loss": test_loss, "weights_sha256": sha,
+                                                    "test_loss": test_loss, "weights_sha256": sha, "history": history,
                                                     "parameters": count_parameters(net)}, indent=2))
-    return TrainResult(test_acc, test_loss, count_parameters(net), seconds, weights_path, sha)
+    return TrainResult(test_acc, test_loss, count_parameters(net), seconds, weights_path, sha, history)
 
 
 def load_network(genotype: gt.Genotype, weights_path: str | Path, cfg: TrainConfig, splits_info) -> DiscreteNetwork:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dartboard.spaces.vit import find_blocks
+from dartboard.training.progress import phase
 
 FINETUNE_LR = 1e-3  # Adam; dartboard's choice (the thesis does not give its fine-tuning schedule)
 
@@ -30,7 +31,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def train_epochs(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
                  params: Iterable[nn.Parameter] | None = None, device: str | torch.device = "cpu",
-                 warmup_epochs: float = 0.0, label_smoothing: float = 0.0) -> None:
+                 warmup_epochs: float = 0.0, label_smoothing: float = 0.0, description: str = "training") -> None:
     """Cross-entropy training of ``params`` (all trainable parameters when None) with AdamW, linear warm-up
     over ``warmup_epochs`` then cosine decay, optional label smoothing (DeiT's recipe: wd 0.05, smoothing 0.1)."""
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
@@ -38,14 +39,16 @@ def train_epochs(model: nn.Module, loader: DataLoader, epochs: int, lr: float,
     total, warmup = max(1, epochs * len(loader)), int(warmup_epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
     model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    with phase(description, epochs * len(loader)) as advance:
+        for _ in range(epochs):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                advance()
     model.eval()
 
 
@@ -84,7 +87,8 @@ def finetune_last_block(model: nn.Module, loader: DataLoader, epochs: int, lr: f
                         device: str | torch.device = "cpu", warmup_epochs: float = 0.0,
                         label_smoothing: float = 0.0) -> nn.Module:
     """Thesis 6.1.2 protocol: train only the last block, the final norm and the head."""
-    train_epochs(model, loader, epochs, lr, finetune_parameters(model), device, warmup_epochs, label_smoothing)
+    train_epochs(model, loader, epochs, lr, finetune_parameters(model), device, warmup_epochs, label_smoothing,
+                 description="fine-tuning the last block")
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -23,7 +23,7 @@ def distance(
         from dartboard.platform.checks import check_writable_file
 
         check_writable_file(out, "--out")
-    labels = [Path(g).stem if Path(g).suffix == ".json" else g for g in genotypes]
+    labels = genotype_labels(genotypes)
     matrix = distance_matrix([resolve(g) for g in genotypes])
     width = max(8, *(len(label) for label in labels)) + 2
     typer.echo(" " * width + "".join(f"{label:>{width}}" for label in labels))
@@ -32,6 +32,24 @@ def distance(
     if out is not None:
         _heatmap(matrix, labels, out)
         typer.echo(f"heatmap: {out}")
+
+
+def genotype_labels(genotypes: list[str]) -> list[str]:
+    """A catalog name as given; a file by the shortest end of its path that tells it apart from the
+    others (``a/genotype.json`` and ``b/genotype.json``, not ``genotype`` twice)."""
+    files = {g: Path(g).parts for g in genotypes if Path(g).suffix == ".json"}
+
+    def label(g: str) -> str:
+        if g not in files:
+            return g
+        parts = files[g]
+        for n in range(1, len(parts) + 1):
+            tail = parts[-n:]
+            if not any(other[-n:] == tail for h, other in files.items() if h != g and Path(h) != Path(g)):
+                return "/".join(tail) if n > 1 else Path(g).stem
+        return g
+
+    return [label(g) for g in genotypes]
 
 
 def _heatmap(matrix: list[list[float]], labels: list[str], out: Path) -> None:
@@ -45,9 +63,11 @@ def _heatmap(matrix: list[list[float]], labels: list[str], out: Path) -> None:
     image = ax.imshow(matrix, cmap="viridis")
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
+    top = max(max(row) for row in matrix) or 1.0
     for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{matrix[i][j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+        for j in range(n):  # dark text on viridis' bright (large) end, white on its dark end
+            ax.text(j, i, f"{matrix[i][j]:.3f}", ha="center", va="center", fontsize=8,
+                    color="black" if matrix[i][j] > 0.55 * top else "white")
     fig.colorbar(image, ax=ax, label="M (distance units)")
     ax.set_title("Architecture distance M (thesis Eq 4.8)")
     fig.tight_layout()

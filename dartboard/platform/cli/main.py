@@ -24,6 +24,7 @@ import faulthandler
 import functools
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,7 @@ COMMAND_MODULES = (
     "dartboard.platform.cli.sweep",
     "dartboard.platform.cli.ablate",
     "dartboard.platform.cli.models",
+    "dartboard.platform.cli.predict",
     "dartboard.platform.cli.distance",
     "dartboard.platform.cli.prune",
     "dartboard.platform.cli.bench",
@@ -56,9 +58,32 @@ def build_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       rich_markup_mode=None,  # plain click help and usage errors: no rich import, one error line
                       help="dartboard: differentiable architecture search, from laptop to Ray cluster.")
+    app.callback()(_options)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(app)
     return app
+
+
+VERBOSE_ENV = "DARTBOARD_VERBOSE"  # read by dartboard.platform.ray.session (and inherited by Ray's workers)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from dartboard import __version__
+
+        typer.echo(f"dartboard {__version__}")
+        raise typer.Exit()
+
+
+def _options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray Tune's status tables, Ray's logs and "
+                                                                 "warnings, and every trial's output."),
+) -> None:
+    """dartboard: differentiable architecture search, from laptop to Ray cluster."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 class Terminated(KeyboardInterrupt):
@@ -82,8 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     in_main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     if in_main_thread:
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    from dartboard.platform.progress import terminal_display
+    from dartboard.training.progress import showing
+
     try:
-        _run(argv)
+        with showing(terminal_display()):  # progress bars of long phases, on a terminal only
+            _run(argv)
     finally:
         if in_main_thread:  # main([...]) called from Python leaves the process's SIGTERM handler as it was
             signal.signal(signal.SIGTERM, previous_sigterm if previous_sigterm is not None else signal.SIG_DFL)

@@ -48,6 +48,8 @@ def search(
     set_: list[str] = typer.Option(None, "--set", help="Searcher option KEY=VALUE (repeatable)."),
     resume: Path = typer.Option(None, "--resume", file_okay=False,
                                 help="Finish the interrupted search in this output folder (no other flag)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (genotype, last epoch's "
+                                                       "metrics, files)."),
 ) -> None:
     """Run an architecture search and write genotype.json, alpha history and cell pictures; the search
     checkpoints every epoch under OUT/checkpoint, and `--resume OUT` finishes an interrupted one."""
@@ -64,7 +66,7 @@ def search(
         if given or no_mlflow:
             raise UserInputError(f"--resume: the search resumes with the config it started with; drop "
                                  f"{', '.join(given + (['--no-mlflow'] if no_mlflow else []))}")
-        _report(resume_search_job(resume))
+        _report(resume_search_job(resume), as_json)
         return
 
     with user_input():  # only reads and checks the YAML file
@@ -80,13 +82,19 @@ def search(
     options.update(parse_set(set_))
     data["options"] = options
     cfg = SearchRunConfig(**data)
-    _report(run_search_job(cfg))
+    _report(run_search_job(cfg), as_json)
 
 
-def _report(result) -> None:
-    typer.echo(f"genotype written to {result.artifacts['genotype']}")
+def _report(result, as_json: bool = False) -> None:
     from dartboard.spaces.genotype import to_dict
 
+    if as_json:
+        typer.echo(json.dumps({"genotype": to_dict(result.genotype), "out": str(result.out_dir),
+                               "seconds": round(result.seconds, 3), "epochs": len(result.history),
+                               "last_epoch": result.history[-1] if result.history else None,
+                               "files": {k: str(v) for k, v in result.artifacts.items()}}, indent=1))
+        return
+    typer.echo(f"genotype written to {result.artifacts['genotype']}")
     typer.echo(json.dumps(to_dict(result.genotype)))
     typer.echo(f"search took {result.seconds:.1f} s")
 

@@ -25,6 +25,7 @@ def sweep(
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not track in MLflow nor register the champion."),
     promote: bool = typer.Option(False, "--promote", help="Give the @champion alias to this study's champion even "
                                  "if it does not beat the current one."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (counts, best trial, every trial)."),
 ) -> None:
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
     from dartboard.platform.sweep import load_study, run_sweep
@@ -40,6 +41,16 @@ def sweep(
             cfg = load_study(study, overrides)
         # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
         result = run_sweep(cfg, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
+    if as_json:
+        typer.echo(json.dumps(json_summary(result, registered=not no_mlflow), indent=1, default=str))
+        if result.best is None:
+            raise typer.Exit(1)
+        return
+    echo_summary(result, registered=not no_mlflow)
+
+
+def echo_summary(result, registered: bool) -> None:
+    """The text summary: counts, errors, the best trial, its configuration and genotype, where it went."""
     c = result.counts
     typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
@@ -58,10 +69,19 @@ def sweep(
         final = best["final"]
         typer.echo(f"champion trained from scratch: test accuracy {final['test_acc']:.4f}, "
                    f"{final['parameters']:,} parameters, weights in {final['dir']}")
-    if not no_mlflow:
+    if registered:
         _say_champion(result)
     if "://" not in result.run_dir:
         typer.echo(f"best genotype written to {Path(result.run_dir) / 'best_genotype.json'}")
+
+
+def _registered(result) -> dict | None:
+    """The registered champion version and whether it took the alias (None: nothing registered)."""
+    tracker = result.tracker
+    if tracker is None or tracker.champion is None or tracker.decision is None:
+        return None
+    return {"name": tracker.champion.name, "version": str(tracker.champion.version),
+            "alias": tracker.decision.move, "reason": tracker.decision.reason}
 
 
 def _say_champion(result) -> None:
@@ -75,6 +95,15 @@ def _say_champion(result) -> None:
     else:
         typer.echo(f"registered in MLflow as {name} version {version}; {name}@champion stays where it was "
                    f"({tracker.decision.reason})")
+
+
+def json_summary(result, registered: bool) -> dict:
+    """What the text summary says, as one JSON object (for scripts)."""
+    keep = ("trial_id", "variant", "status", "objective", "epoch", "config", "error")
+    return {"study": result.config.name, "run_dir": result.run_dir, "seconds": round(result.seconds, 3),
+            "counts": result.counts, "best": result.best,
+            "registered": _registered(result) if registered else None,
+            "trials": [{k: t.get(k) for k in keep} for t in result.trials]}
 
 
 def register(app: typer.Typer) -> None:

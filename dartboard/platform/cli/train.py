@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def train(
     out: str = typer.Option(None, help="Where weights go (default: next to the genotype file)."),
     tracking_uri: str = typer.Option(None),
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (test metrics, per-epoch "
+                                                       "history, weights and their SHA-256)."),
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy."""
     from dartboard.data.datasets import check_dataset, load_dataset
@@ -63,14 +66,23 @@ def train(
         check_tracking_server(resolved_uri(tracking_uri))
     splits = load_dataset(dataset, data_root)
     log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
-    result = train_genotype(geno, splits, cfg, out_dir,
-                            on_epoch=lambda e, loss: log.info("epoch %3d  loss %.4f", e + 1, loss))
+    result = train_genotype(geno, splits, cfg, out_dir, on_epoch=lambda e, m: log.info(
+        "epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", e + 1, m["train_loss"],
+        m["train_acc"]))
     if not no_mlflow:
         from dartboard.platform.tracking.runs import log_train_run
 
         log_train_run(tracking_uri, "dartboard", genotype, {**cfg.__dict__, "dataset": dataset}, result, out_dir)
+    if as_json:
+        typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
+                               "test_loss": result.test_loss, "parameters": result.parameters,
+                               "seconds": round(result.seconds, 3), "weights": str(result.weights_path),
+                               "weights_sha256": result.weights_sha256, "history": result.history,
+                               "config": {k: v for k, v in cfg.__dict__.items()}}, indent=1))
+        return
     typer.echo(f"weights written to {result.weights_path} (sha256 {result.weights_sha256})")
     typer.echo(f"parameters {result.parameters}")
+    typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
     typer.echo(f"test_acc {result.test_acc:.4f}")
 
 

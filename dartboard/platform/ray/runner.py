@@ -32,7 +32,7 @@ from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
 from dartboard.platform.ray.samplers import make_search_alg
-from dartboard.platform.ray.session import init_ray
+from dartboard.platform.ray.session import init_ray, tune_verbosity
 from dartboard.platform.ray.space import grid_param_space, make_scheduler, validate_study
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, run_trial, trial_payload
 
@@ -146,7 +146,7 @@ def _run(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -
             tune_config=tune.TuneConfig(search_alg=make_search_alg(cfg), scheduler=make_scheduler(cfg),
                                         num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent,
                                         trial_dirname_creator=lambda t: f"run_trial_{t.trial_id}"),
-            run_config=tune.RunConfig(name=name, storage_path=parent, verbose=1,
+            run_config=tune.RunConfig(name=name, storage_path=parent, verbose=tune_verbosity(),
                                       failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                       callbacks=[callback]),
         )

@@ -23,18 +23,52 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+VERBOSE_ENV = "DARTBOARD_VERBOSE"  # set by `dartboard --verbose` (cli/main.py)
+
+
+def verbose() -> bool:
+    """Ray's own output wanted: Tune's status tables, Ray's INFO logs and warnings, the trials' output."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def tune_verbosity() -> int:
+    """Tune's ``RunConfig(verbose=...)``: 0 (silent; dartboard prints its own summary) unless --verbose."""
+    return 1 if verbose() else 0
+
+
+def quiet_ray() -> None:
+    """Without --verbose: Ray's loggers show errors only and its deprecation notices are not printed."""
+    import logging
+    import warnings
+
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune's newer console output prints its experiment header and result paths even at verbose=0;
+    # its classic reporter prints nothing at verbose=0 (read when a Tuner runs).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for category in (DeprecationWarning, FutureWarning, UserWarning, RuntimeWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"ray(\.|$)")
+
+
 def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Start (or join) Ray once per process; True when this call started it."""
+    """Start (or join) Ray once per process; True when this call started it. Quiet unless ``verbose()``:
+    the workers' output stays in Ray's session logs and the trials' results carry their errors."""
+    import logging
+
     import ray
 
     env = worker_env()
     if ray.is_initialized():
         return False
+    loud = verbose()
+    if not loud:
+        quiet_ray()
+    output = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.ERROR}
     address = address or (cfg.ray_address if cfg is not None else None)
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+        ray.init(address=address, runtime_env={"env_vars": env}, **output)
     else:
         # address="local": always a new private instance, never another `ray start` cluster on this machine.
         cpus = num_cpus or (local_num_cpus(cfg) if cfg is not None else os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env})
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env}, **output)
     return True

@@ -10,22 +10,31 @@ from typing import Any
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.reports.tables import METRIC_LABELS
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
 
 def plot_scatter(study: StudyConfig, results: list[dict[str, Any]], path: Path) -> Path:
+    """Rank metric against network size, one marker and colour per variant. Variants that tie (the same
+    derived network: equal size and metric) are set side by side instead of hiding one another, and
+    the legend says how many points each variant has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     size, rank = study.report.size_metric, study.report.rank_metric
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for v in study.variants:
-        pts = [(r[size], r[rank]) for r in results if r["variant"] == v.name and size in r and rank in r]
+    points = {v.name: [(float(r[size]), float(r[rank])) for r in results
+                       if r["variant"] == v.name and size in r and rank in r] for v in study.variants}
+    shown = dodge_ties(points)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (name, pts) in enumerate(shown.items()):
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=v.name, s=28)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{name} (n={len(pts)})", s=36,
+                       marker=MARKERS[i % len(MARKERS)], alpha=0.85, edgecolors="black", linewidths=0.5)
     ax.set_xlabel(METRIC_LABELS.get(size, size))
     ax.set_ylabel(METRIC_LABELS.get(rank, rank))
-    ax.set_title(study.name)
+    ties = sum(len(p) for p in points.values()) - len({q for p in points.values() for q in p})
+    ax.set_title(study.name + (f"  ({ties} tied points set side by side)" if ties else ""), fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -33,12 +42,33 @@ def plot_scatter(study: StudyConfig, results: list[dict[str, Any]], path: Path) 
     return path
 
 
+def dodge_ties(points: dict[str, list[tuple[float, float]]], fraction: float = 0.025
+               ) -> dict[str, list[tuple[float, float]]]:
+    """The same points, those that coincide across or within variants spread horizontally by
+    ``fraction`` of the x range each (centred on the true value)."""
+    xs = [p[0] for pts in points.values() for p in pts]
+    if not xs:
+        return points
+    span = (max(xs) - min(xs)) or abs(xs[0]) or 1.0
+    groups: dict[tuple[float, float], list[tuple[str, int]]] = {}
+    for name, pts in points.items():
+        for j, (x, y) in enumerate(pts):
+            groups.setdefault((round(x, 9), round(y, 9)), []).append((name, j))
+    out = {name: list(pts) for name, pts in points.items()}
+    for members in groups.values():
+        for k, (name, j) in enumerate(members):
+            x, y = out[name][j]
+            out[name][j] = (x + (k - (len(members) - 1) / 2) * fraction * span, y)
+    return out
+
+
 def plot_alphas(study: StudyConfig, best: dict[str, dict[str, Any]], folders: dict[str, Path], out: Path
                 ) -> list[Path]:
     """One alpha-evolution figure per variant, from its best trial's ``alpha_history.json`` and
     ``alpha_groups.json`` (``folders``: trial key -> its downloaded last checkpoint)."""
     from dartboard.platform.ray.checkpoint import ALPHA_GROUPS_FILE, ALPHA_HISTORY_FILE
-    from dartboard.platform.reports.figures import plot_alpha_history
+    from dartboard.platform.reports.alphas import chosen_edges, plot_alpha_history
+    from dartboard.spaces import genotype as gt
 
     paths = []
     for v in study.variants:
@@ -49,9 +79,12 @@ def plot_alphas(study: StudyConfig, best: dict[str, dict[str, Any]], folders: di
         history = json.loads((folder / ALPHA_HISTORY_FILE).read_text())
         if not history:
             continue
-        edges = [tuple(e) if isinstance(e, list) else e for e in groups[0]["rows"]]
-        paths.append(plot_alpha_history(history, [g["primitives"] for g in groups], edges,
-                                        out / f"alphas-{slug(v.name)}.png", [g["name"] for g in groups]))
+        rows = [[tuple(e) if isinstance(e, list) else e for e in g["rows"]] for g in groups]
+        names = [g["name"] for g in groups]
+        genotype_file = folder / "genotype.json"
+        chosen = chosen_edges(gt.load(genotype_file), names) if genotype_file.is_file() else None
+        paths.append(plot_alpha_history(history, [g["primitives"] for g in groups], rows[0],
+                                        out / f"alphas-{slug(v.name)}.png", names, chosen, rows))
     return paths
 
 

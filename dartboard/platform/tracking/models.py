@@ -4,6 +4,7 @@ genotype and the digests before anything is loaded, and nothing is ever unpickle
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -23,13 +24,38 @@ CHAMPION_ALIAS = "champion"
 GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE = "genotype.json", "network.json", "weights.safetensors"
 SHA_TAG = "sha256."  # one tag per artifact file: sha256.<file name> = hex digest
 
-_MODEL_CODE = '''"""dartboard network served as an MLflow pyfunc (models-from-code: nothing is pickled)."""
+_MODEL_CODE = '''"""dartboard network served as an MLflow pyfunc (models-from-code: nothing is pickled).
+
+The network's input is the normalised tensor (N, C, H, W); artifacts/network.json records the
+preprocessing ("preprocessing": input size, channels, mean, std) that turns pixels in [0, 1] into it."""
+import hashlib
+import os
+
 import mlflow.pyfunc
 from mlflow.models import set_model
+
+# File name -> SHA-256 of every artifact, written here when the version was registered: a file
+# changed in the artifact store afterwards is refused before anything is loaded from it.
+EXPECTED_SHA256 = __SHA256__
+
+
+def verify_artifacts(artifacts):
+    by_name = {os.path.basename(path): path for path in artifacts.values()}
+    for name, digest in EXPECTED_SHA256.items():
+        if name not in by_name:
+            raise ValueError(f"{name}: recorded with sha256 {digest} at registration but missing from the model")
+        sha = hashlib.sha256()
+        with open(by_name[name], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
+        if sha.hexdigest() != digest:
+            raise ValueError(f"{name}: sha256 {sha.hexdigest()} does not match the registered {digest}; "
+                             "the file was modified after registration, refusing to load it")
 
 
 class DartboardNetwork(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        verify_artifacts(context.artifacts)
         from dartboard import network_from_files  # the stable entry point: survives module moves
 
         self.net = network_from_files(context.artifacts)
@@ -72,7 +98,8 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
     mlflow.set_tracking_uri(tracking_uri(uri))
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "dartboard_model.py"
-        code.write_text(_MODEL_CODE)
+        digests = {k[len(SHA_TAG):]: v for k, v in all_tags.items() if k.startswith(SHA_TAG)}
+        code.write_text(_MODEL_CODE.replace("__SHA256__", json.dumps(digests, sort_keys=True)))
         # Reopen the run inside its own experiment: a run id from another experiment than the
         # process's active one (set by any earlier set_experiment) is refused by MLflow.
         before = client(uri).get_run(run_id).info
@@ -183,15 +210,25 @@ def pull_model(uri: str | None, ref: str, to: str | os.PathLike):
                                                          dst_path=tmp))
         files = local / "artifacts"
         verify_model_dir(files, version.tags)
+        recorded = recorded_files(version.tags)
+        extra = sorted(p.name for p in files.rglob("*") if p.is_file() and p.relative_to(files).as_posix()
+                       not in recorded)
+        for fname in extra:  # put there after registration (or by a writer that bypassed it): never copied
+            log.warning("pull: %s is in the stored model of %s version %s but was not recorded at registration; "
+                        "not copied", fname, version.name, version.version)
         dest = Path(to)
         dest.mkdir(parents=True, exist_ok=True)
-        for path in files.iterdir():
-            if path.is_file():
-                shutil.copy2(path, dest / path.name)
-    (dest / "model.json").write_text(__import__("json").dumps(
+        for fname in sorted(recorded):
+            shutil.copy2(files / fname, dest / fname)
+    (dest / "model.json").write_text(json.dumps(
         {"name": version.name, "version": version.version, "aliases": list(version.aliases or []),
-         "tags": dict(version.tags), "run_id": version.run_id}, indent=2))
+         "tags": dict(version.tags), "run_id": version.run_id, "not_copied": extra}, indent=2))
     return dest, version
+
+
+def recorded_files(tags: Mapping[str, str]) -> set[str]:
+    """The file names a version recorded a SHA-256 for at registration."""
+    return {k[len(SHA_TAG):] for k in tags if k.startswith(SHA_TAG)}
 
 
 def build_from_files(files: Mapping[str, str | os.PathLike]):
@@ -215,7 +252,11 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
 
 
 def network_spec(train_cfg, info, dataset: str) -> dict[str, Any]:
-    """Contents of network.json: everything needed to rebuild a trained network."""
+    """Contents of network.json: everything needed to rebuild a trained network, and the preprocessing
+    (input size, channels, normalisation) its inputs need (``dartboard predict`` applies it)."""
+    from dartboard.data.preprocess import preprocessing_of
+
+    pre = preprocessing_of(info)
     return {"channels": train_cfg.channels, "layers": train_cfg.layers, "auxiliary": train_cfg.auxiliary,
             "in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
-            "dataset": dataset}
+            "dataset": dataset, "preprocessing": pre.to_dict() if pre is not None else None}

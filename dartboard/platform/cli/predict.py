@@ -1,0 +1,55 @@
+"""`dartboard predict NAME@ALIAS FILES...` and `dartboard evaluate NAME@ALIAS`: a registered network
+applied to image files (with the preprocessing recorded with it) or to its data set's test split."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+
+
+def predict(
+    model: str = typer.Argument(..., help="NAME@ALIAS, NAME:VERSION or models:/NAME@ALIAS."),
+    files: list[str] = typer.Argument(..., help="Image files: PNG/JPEG (8 or 16 bit) or NPY arrays with values "
+                                                "in [0, 1] (or uint8)."),
+    tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with every class's probability)."),
+) -> None:
+    """Classify image files with a registered network; prints FILE, class and confidence per line."""
+    from dartboard.platform.predict import predict_files
+
+    rows = predict_files(model, files, tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["file"]) for r in rows)
+    for r in rows:
+        typer.echo(f"{r['file']:<{width}}  class {r['class']}  confidence {r['confidence']:.4f}")
+
+
+def evaluate(
+    model: str = typer.Argument(..., help="NAME@ALIAS, NAME:VERSION or models:/NAME@ALIAS."),
+    data_root: str = typer.Option(None, help="Folder holding the model's data set (cifar10, imagefolder, ...)."),
+    tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Accuracy of a registered network on the test split of the data set it was trained on."""
+    from dartboard.platform.predict import evaluate_model
+
+    result = evaluate_model(model, tracking_uri, data_root)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    typer.echo(f"{result['model']} version {result['version']} on the {result['dataset']} test split "
+               f"({result['test_samples']} images)")
+    typer.echo(f"test_loss {result['test_loss']:.4f}")
+    typer.echo(f"test_acc {result['test_acc']:.4f}")
+    if result["registered_test_acc"] is not None:
+        typer.echo(f"registered test_acc {result['registered_test_acc']:.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)
+    app.command("evaluate")(evaluate)
