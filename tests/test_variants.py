@@ -3,6 +3,7 @@ presets built from them: formula tests and end-to-end direction tests on tiny su
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -157,38 +158,79 @@ def test_constant_schedule_and_split():
 
 
 def test_fimt_hand_trace():
-    s = FimtSchedule(k=2, ewma=0.5, threshold=1.0, factor=2.0)
+    """Paper convention: an alpha step multiplies the threshold by factor^-(k-1), so that with a constant
+    Fisher trace k-1 increases balance one decrease: k weight steps per alpha step."""
+    s = FimtSchedule(k=3, ewma=0.5, threshold=1.0, factor=2.0)
     s.after_weight_step(torch.tensor(3.0))  # ewma 3 >= 1 -> no step, threshold 2
     assert not s.arch_step_due() and s.threshold == 2.0
     s.after_weight_step(torch.tensor(1.0))  # ewma 2 >= 2 -> no step, threshold 4
     assert not s.arch_step_due() and s.threshold == 4.0
-    s.after_weight_step(torch.tensor(1.0))  # ewma 1.5 < 4 -> step, threshold 4 * 2^-2 = 1
+    s.after_weight_step(torch.tensor(1.0))  # ewma 1.5 < 4 -> step, threshold 4 * 2^-(3-1) = 1
     assert s.arch_step_due() and s.threshold == 1.0 and s.fi_ewma == 1.5
 
 
+def test_fimt_reference_convention_hand_trace():
+    """DARTS-PRIME: decrease by factor^-k, and its first iteration (no Fisher trace yet) raises the
+    threshold once before any comparison: the first comparison is against threshold * factor."""
+    s = FimtSchedule(k=3, ewma=0.5, threshold=1.0, factor=2.0, convention="reference")
+    s.after_weight_step(torch.tensor(1.5))  # ewma 1.5 < 1 * 2 -> step, threshold 2 * 2^-3 = 0.25
+    assert s.arch_step_due() and s.threshold == 0.25
+    paper = FimtSchedule(k=3, ewma=0.5, threshold=1.0, factor=2.0)
+    paper.after_weight_step(torch.tensor(1.5))  # ewma 1.5 >= 1 -> no step, threshold 2
+    assert not paper.arch_step_due() and paper.threshold == 2.0
+
+
+def _alpha_step_intervals(schedule: FimtSchedule, fisher: float, n: int) -> list[int]:
+    steps = []
+    for i in range(n):
+        if schedule.arch_step_due():
+            steps.append(i)
+        schedule.after_weight_step(torch.tensor(fisher))
+    return [b - a for a, b in zip(steps, steps[1:], strict=False)]
+
+
 @pytest.mark.parametrize("fisher", [1e-3, 2.5, 400.0])
-def test_fimt_constant_trace_one_alpha_step_per_k_weight_steps(fisher):
-    s = FimtSchedule(k=10)
-    n, steps = 5000, 0
-    for _ in range(n):
-        steps += s.arch_step_due()
-        s.after_weight_step(torch.tensor(fisher))
-    assert steps > 0
-    assert n / steps == pytest.approx(10, rel=0.2)
+def test_fimt_constant_trace_k_weight_steps_per_alpha_step(fisher):
+    """Maile et al. 4.1: the expected ratio is k = 10 weight steps per alpha step (the 90.91/9.09 split)."""
+    intervals = _alpha_step_intervals(FimtSchedule(k=10), fisher, 3000)
+    assert len(intervals) > 100 and set(intervals[-100:]) == {10}  # after the warm-in: exactly k
+    assert FimtSchedule(k=10).train_fraction == pytest.approx(10 / 11)
+    reference = _alpha_step_intervals(FimtSchedule(k=10, convention="reference"), fisher, 3000)
+    assert set(reference[-100:]) == {11}  # the authors' code: k + 1
+    with pytest.raises(ValueError, match="convention: expected 'paper' or 'reference', got 'x'"):
+        FimtSchedule(convention="x")
 
 
-def test_fimt_in_searcher_with_constant_trace():
-    searcher = tiny("darts+fimt", schedule_options={"k": 3})
+def test_fimt_receives_the_fisher_trace_before_clipping():
+    """The searcher passes FI = sum over weights of grad^2 of L_train on the training batch, before clipping:
+    recomputed here by a plain forward/backward on a copy of the supernet taken just before each weight step
+    (the clip is tiny, so a clipped trace would be ~1e-8 and an alpha-gradient one would differ)."""
+    searcher = tiny("darts+fimt", grad_clip=1e-4)
+    received, expected = [], []
     feed = searcher.schedule.after_weight_step
-    searcher.schedule.after_weight_step = lambda g: feed(torch.tensor(0.5))  # constant Fisher trace
-    data = batches(2)
-    for i in range(40):
-        searcher.step(data[i % 2], data[(i + 1) % 2])
-    assert searcher.arch_steps == searcher.schedule.arch_steps
-    assert 40 / searcher.arch_steps == pytest.approx(3, rel=0.35)  # short run: k + 1 cycle plus warm-in
+    searcher.schedule.after_weight_step = lambda g: received.append(float(g)) or feed(g)
+    weight_step = searcher.weight_step
+
+    def checked_weight_step(x, y):
+        net = copy.deepcopy(searcher.supernet)
+        with torch.no_grad():
+            weights = [w.detach() for w in searcher.group_weights()]
+        loss = torch.nn.functional.cross_entropy(net(x, weights), y)
+        loss.backward()
+        expected.append(sum(float(p.grad.double().pow(2).sum()) for p in net.parameters() if p.grad is not None))
+        weight_step(x, y)
+
+    searcher.weight_step = checked_weight_step
+    data = batches(3)
+    for i in range(6):
+        searcher.step(data[i % 3], data[(i + 1) % 3])
+    assert len(received) == len(expected) == 6
+    assert received == pytest.approx(expected, rel=1e-5)
+    assert min(expected) > 1e-3  # far above what a clipped gradient (norm 1e-4) would give
+    clipped = sum(float(p.grad.pow(2).sum()) for p in searcher.supernet.parameters() if p.grad is not None)
+    assert clipped <= 1e-8 * 1.001  # the weight step itself did clip
 
 
-# ----------------------------------------------------------------------------- end to end
 def test_fairdarts_zero_one_pushes_sigmoids_to_the_ends():
     searcher = tiny("fairdarts", arch_lr=0.1, regularizers=[{"name": "zero_one", "weight": 10.0}])
     data = batches(2)
