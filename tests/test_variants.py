@@ -21,6 +21,7 @@ from dartboard.searchers.parts.regularizers import (
     REGULARIZERS,
     admm_loss,
     beta_decay_loss,
+    discrete_targets,
     l1_loss,
     proximity_loss,
     zero_one_loss,
@@ -270,6 +271,69 @@ def test_crb_masked_ops_never_return_and_are_skipped():
         group = searcher.supernet.cell_group[c]
         assert float(searcher.arch[group][e, o].detach()) <= 0.0
     assert searcher.end_epoch()["active_ops"] < 3 * 5 * 3
+
+
+# Hand-set alphas on the tiny space (edges (0,2) (1,2) (0,3) (1,3) (2,3); ops skip, max_pool, sep_conv).
+HAND_A = [[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.6, 0.2, 0.2]]
+# Pi_S(A), the DARTS parse: node 2 keeps both inputs (skip, sep); node 3 keeps its two strongest
+# edges, (0,3) max 0.7 and (2,3) skip 0.6, and drops (1,3) (best 0.4).
+HAND_PI_A = [[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def _set_alphas(searcher, rows):
+    with torch.no_grad():
+        for a in searcher.arch:
+            a.copy_(torch.tensor(rows))
+
+
+def test_proximity_ramp_and_target_by_hand():
+    """Maile et al. Eq 6: (c rho_p / 2) ||alpha - Pi_S(alpha)||_2 with c = epoch / epochs, rho_p = 0.1."""
+    searcher = tiny("darts+pr", epochs=4)
+    prox = searcher.regularizers[0]
+    _set_alphas(searcher, HAND_A)
+    # ||A - Pi_S(A)||^2 per group = 0.015 + 0.06 + 0.14 + 0.34 + 0.24 = 0.795; two groups (normal, reduce)
+    for epoch, c in [(0, 0.0), (1, 0.25), (3, 0.75)]:
+        searcher.epoch = epoch
+        value = float(prox.loss(searcher.ctx, searcher.group_weights()).detach())
+        assert prox.last_c == c
+        assert value == pytest.approx(c * 0.1 / 2 * math.sqrt(2 * 0.795), abs=1e-7)
+    target = torch.tensor(HAND_PI_A, dtype=torch.float32)
+    for got in discrete_targets(searcher.ctx, list(searcher.arch)):
+        assert torch.equal(got, target)
+
+
+def test_admm_z_and_u_over_two_periods_by_hand():
+    """Maile et al. Eq 9 and 11 (with the u discount lambda_u): every `period` alpha steps
+    z = Pi_S(alpha + u), then u = lambda_u * u + alpha - z; in between z and u stay put."""
+    searcher = tiny("darts+admm", regularizers=[{"name": "admm", "period": 2, "lambda_u": 0.5, "rho": 0.1}])
+    admm, ctx = searcher.regularizers[0], searcher.ctx
+    _set_alphas(searcher, HAND_A)
+    admm.loss(ctx, searcher.group_weights())  # z0 = Pi_S(A), u0 = 0
+    admm.after_arch_step(ctx)  # alpha step 1: no update
+    assert admm.updates == 0 and all(float(u.abs().sum()) == 0 for u in admm.u)
+    admm.after_arch_step(ctx)  # alpha step 2, alpha = A: z1 = Pi_S(A + 0), u1 = 0.5 * 0 + A - z1
+    u1 = [[-0.1, 0.05, 0.05], [0.1, 0.1, -0.2], [0.2, -0.3, 0.1], [0.3, 0.3, 0.4], [-0.4, 0.2, 0.2]]
+    for z, u in zip(admm.z, admm.u, strict=True):
+        assert torch.equal(z, torch.tensor(HAND_PI_A, dtype=torch.float32))
+        assert torch.allclose(u, torch.tensor(u1), atol=1e-6)
+    c = [[0.2, 0.1, 0.7], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05], [0.85, 0.1, 0.05]]
+    _set_alphas(searcher, c)
+    admm.after_arch_step(ctx)  # step 3: nothing
+    assert admm.updates == 1 and torch.allclose(admm.u[0], torch.tensor(u1), atol=1e-6)
+    admm.after_arch_step(ctx)  # step 4: z2 = Pi_S(C + u1), u2 = 0.5 u1 + C - z2
+    # C + u1 = [.1 .15 .75; .6 .5 -.1; .3 -.2 .9; 1.2 .35 .45; .45 .3 .25]: node 2 keeps sep and skip,
+    # node 3 keeps (1,3) skip 1.2 and (0,3) sep 0.9. Pi_S(C) alone would keep (2,3) (skip 0.85) instead
+    # of (0,3) (0.8): u moves z, as Eq 9 says.
+    z2 = [[0, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]]
+    u2 = [[0.15, 0.125, -0.275], [-0.45, 0.45, 0.0], [0.2, -0.05, -0.15], [0.05, 0.2, 0.25], [0.65, 0.2, 0.15]]
+    assert admm.updates == 2
+    for z, u in zip(admm.z, admm.u, strict=True):
+        assert torch.equal(z, torch.tensor(z2, dtype=torch.float32))
+        assert torch.allclose(u, torch.tensor(u2), atol=1e-6)
+    # Eq 7 with these: (rho / 2) ||C - z2 + u2||^2 over both groups
+    diff = torch.tensor(c) - torch.tensor(z2, dtype=torch.float32) + torch.tensor(u2)
+    expected = 0.05 * 2 * float(diff.pow(2).sum())
+    assert float(admm.loss(ctx, searcher.group_weights()).detach()) == pytest.approx(expected, rel=1e-6)
 
 
 def test_admm_every_z_is_a_discrete_architecture():
