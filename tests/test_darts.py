@@ -91,6 +91,24 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
     assert (first_flat - fd_flat).norm() / fd_flat.norm() > 10 * rel
 
 
+def test_learning_rate_schedules_the_searcher_uses_by_hand():
+    """Weights: cosine from w_lr to w_lr_min over the epochs (DARTS); alphas with lr_schedule cosine:
+    cosine from arch_lr to lr_min over the epochs after the warm-up, constant during it. Read from the
+    searcher's own optimizers, epoch by epoch (the lr each epoch trained with)."""
+    s = tiny_searcher(epochs=4, w_lr=0.025, w_lr_min=0.001, arch_lr=0.01, warmup_epochs=1,
+                      **{"arch_optimizer.lr_schedule": "cosine", "arch_optimizer.lr_min": 0.002})
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    w_lrs, a_lrs = [], []
+    for _ in range(4):
+        s.step((x, y), (x, y))
+        w_lrs.append(s.w_optimizer.param_groups[0]["lr"])
+        a_lrs.append(s.arch_optimizer.lr)
+        s.end_epoch()
+    assert w_lrs == pytest.approx([0.001 + 0.012 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    assert a_lrs == pytest.approx([0.01, 0.01, 0.002 + 0.004 * (1 + math.cos(math.pi / 3)),
+                                   0.002 + 0.004 * (1 + math.cos(2 * math.pi / 3))])
+
+
 def test_alpha_step_descends_validation_loss():
     seed_everything(1)
     s = tiny_searcher(arch_lr=0.05, arch_weight_decay=0.0)

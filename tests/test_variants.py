@@ -29,6 +29,7 @@ from dartboard.searchers.parts.regularizers import (
 from dartboard.searchers.parts.schedules import SCHEDULES, ConstantSchedule, FimtSchedule
 from dartboard.searchers.presets import PRESETS, merge
 from dartboard.searchers.registry import DataShape, build_searcher
+from dartboard.spaces import genotype as gt
 from dartboard.spaces.catalog import SPACES, CellSpace, register_space
 from dartboard.spaces.cells import edge_list
 
@@ -401,7 +402,11 @@ def test_every_preset_builds_and_user_combinations():
         if name == "dartopti":  # its cells come from a handcrafted start, not the tiny space
             continue
         searcher = tiny(name)
-        assert searcher.derive() is not None
+        genotype = searcher.derive()  # a valid genotype of the tiny space: schema round trip, its ops only
+        assert gt.loads(gt.dumps(genotype)) == genotype
+        cells = genotype.cells if genotype.kind == "cells" else (genotype.normal, genotype.reduce)
+        assert {e.op for c in cells for e in c.edges} <= {"skip_connect", "max_pool_3x3", "sep_conv_3x3"}
+        assert all(c.concat for c in cells)
     combo = tiny("darts-variant", activation="crb", schedule="constant", schedule_options={"k": 4},
                  regularizers=["proximity", {"name": "admm", "squared": False}], node_bn=True)
     assert [type(r).__name__ for r in combo.regularizers] == ["Proximity", "Admm"]
