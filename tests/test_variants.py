@@ -191,6 +191,22 @@ def _alpha_step_intervals(schedule: FimtSchedule, fisher: float, n: int) -> list
     return [b - a for a, b in zip(steps, steps[1:], strict=False)]
 
 
+def test_fimt_fisher_trace_on_a_hand_set_network():
+    """Every supernet weight 0: the features are 0, the logits are the classifier bias (0), p = 1/10, and
+    the only non-zero weight gradient is the bias's, mean(p - onehot(y)). Labels 0, 0, 1, 2:
+    (0.1 - 0.5)^2 + 2 (0.1 - 0.25)^2 + 7 (0.1)^2 = 0.16 + 0.045 + 0.07 = 0.275."""
+    searcher = tiny("darts+fimt")
+    with torch.no_grad():
+        for p in searcher.supernet.parameters():
+            p.zero_()
+    received = []
+    feed = searcher.schedule.after_weight_step
+    searcher.schedule.after_weight_step = lambda g: received.append(float(g)) or feed(g)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 2])
+    searcher.step((x, y), (x, y))
+    assert received == pytest.approx([0.275], rel=1e-6)
+
+
 @pytest.mark.parametrize("fisher", [1e-3, 2.5, 400.0])
 def test_fimt_constant_trace_k_weight_steps_per_alpha_step(fisher):
     """Maile et al. 4.1: the expected ratio is k = 10 weight steps per alpha step (the 90.91/9.09 split)."""
