@@ -1,12 +1,15 @@
 """The `dartboard` command end to end (in-process), including its user-error contract."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dartboard.platform.cli import main
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.catalog import resolve
+from dartboard.spaces.networks import DiscreteNetwork
 
 
 def run_cli(args, capsys):
@@ -31,7 +34,27 @@ def test_info_prints_darts_paper_size(capsys):
     info = json.loads(out)
     assert info["parameters"] == 3_349_342 and round(info["parameters"] / 1e6, 1) == 3.3
     assert info["parameters_with_auxiliary"] > info["parameters"]
-    assert info["multiply_adds"] > 0
+    assert info["multiply_adds"] == _conv_and_linear_macs(DiscreteNetwork(resolve("darts-v2"), C=36, layers=20,
+                                                                          auxiliary=True).eval(), (1, 3, 32, 32))
+
+
+def _conv_and_linear_macs(net, shape) -> int:
+    """Multiply-adds of every Conv2d and Linear, counted by forward hooks (the slow, obvious way)."""
+    total = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total.append(output[0].numel() * k)
+        else:
+            total.append(module.in_features * module.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    with torch.no_grad():
+        net(torch.zeros(shape))
+    for h in handles:
+        h.remove()
+    return sum(total)
 
 
 def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch):
@@ -89,8 +112,20 @@ def test_malformed_and_unknown_op_genotypes(tmp_path, capsys):
     assert code == 2 and "normal.edges[0].op: unknown op 'conv_11x11'" in err
 
 
-def test_bench_speed_prints_timing(capsys):
+def test_bench_speed_prints_timing(capsys, monkeypatch):
+    """A clock the test controls: iterations of 10, 30 and 20 ms -> median 20 ms, 8 / 0.02 = 400 images/s;
+    one warm-up and three timed search steps (alpha + weight step each)."""
+    from dartboard.platform.cli import bench
+    from dartboard.searchers.engine import Engine
+
+    ticks = iter([0.0, 0.010, 1.0, 1.030, 2.0, 2.020])
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    steps = []
+    original = Engine.step
+    monkeypatch.setattr(Engine, "step", lambda self, *a: steps.append(self.arch_steps) or original(self, *a))
     out, _ = run_ok(["bench", "speed", "--channels", "4", "--layers", "3", "--input-size", "8", "--batch", "8",
-                     "--warmup", "1", "--repeats", "2", "--json"], capsys)
+                     "--warmup", "1", "--repeats", "3", "--json"], capsys)
     result = json.loads(out)
-    assert result["ms_per_iter"] > 0 and result["images_per_s"] > 0
+    assert result["ms_per_iter"] == pytest.approx(20.0) and result["images_per_s"] == pytest.approx(400.0)
+    assert (result["ms_min"], result["ms_max"]) == pytest.approx((10.0, 30.0))
+    assert steps == [0, 1, 2, 3]  # every step took an alpha step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -77,10 +78,16 @@ def test_finetune_trains_only_last_block_and_head(tiny_vit):
     assert changed and all(k.startswith(("blocks.2.", "head.", "norm.")) for k in changed)
 
 
-def test_throughput_and_proxy_study_run(tiny_vit):
+def test_throughput_and_proxy_study_run(tiny_vit, monkeypatch):
     train, test = _random_loaders()
+    # A clock the test controls: the four timed runs (inference original/pruned, train original/pruned)
+    # take 0.5, 0.25, 1.0 and 0.5 s for 2 steps of 4 images.
+    ticks = iter([0.0, 0.5, 1.0, 1.25, 2.0, 3.0, 4.0, 4.5])
+    monkeypatch.setattr(dario_run, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     res = dario_run.compare_throughput(tiny_vit, tiny_vit, (1, 8, 8), batch_size=4, steps=2, warmup=1)
-    assert res["inference_original"] > 0 and res["train_pruned"] > 0
+    assert res == pytest.approx({"inference_original": 16.0, "inference_pruned": 32.0, "inference_speedup": 2.0,
+                                 "train_original": 8.0, "train_pruned": 16.0, "train_speedup": 2.0})
+    monkeypatch.undo()
     study = dario_run.proxy_study(tiny_vit, NAME, train, test, n_models=4, repeats=2, finetune_epochs=1)
     assert set(study.spearman) == set(dario_run.PROXIES) and len(study.runs) == 2
     assert len(study.runs[0]["accuracy"]) == 4 and study.table()[0].startswith("proxy")

@@ -34,9 +34,10 @@ def test_published_defaults():
 
 
 def test_second_order_matches_finite_difference_of_unrolled_objective():
-    """dL_val(w - xi grad_w L_train(w, a), a)/da by central differences vs the searcher's hypergradient."""
+    """dL_val(w', a)/da with w' = w - xi (grad_w L_train(w, a) + wd w + momentum buf), by central differences,
+    vs the searcher's hypergradient, after real search steps (non-empty momentum buffer, wd > 0)."""
     seed_everything(0)
-    s = tiny_searcher(order=2, w_lr=0.5, w_weight_decay=0.0, unrolled_r=1e-3)
+    s = tiny_searcher(order=2, w_lr=0.5, w_weight_decay=0.05, unrolled_r=1e-3)
     # Finite differences need a smooth function: a tiny ReLU network flips units under a 1e-3 shift,
     # which makes gradients jump. SiLU keeps the network smooth; the formula under test is unchanged.
     for module in list(s.supernet.modules()):
@@ -47,9 +48,17 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
     s.arch.double()
     x_tr, y_tr = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
     x_va, y_va = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
-    xi = s.w_optimizer.param_groups[0]["lr"]
+    for i in range(2):  # real weight (and alpha) steps: the momentum buffers fill
+        g = torch.Generator().manual_seed(10 + i)
+        s.step((torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (6,), generator=g)),
+               (x_va, y_va))
+    group = s.w_optimizer.param_groups[0]
+    xi, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+    assert wd == 0.05 and momentum == 0.9
     names = [n for n, _ in s.supernet.named_parameters()]
     w0 = [p.detach().clone() for _, p in s.supernet.named_parameters()]
+    bufs = [s.w_optimizer.state[p]["momentum_buffer"].clone() for _, p in s.supernet.named_parameters()]
+    assert all(b.abs().sum() > 0 for b in bufs)
     alphas = list(s.arch.parameters())
 
     def objective(alpha_values):
@@ -57,7 +66,7 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
         w = [p.clone().requires_grad_(True) for p in w0]
         loss_tr = s.objective.loss(functional_call(s.supernet, dict(zip(names, w, strict=True)), (x_tr, cw)), y_tr)
         g = torch.autograd.grad(loss_tr, w)
-        unrolled = {n: p - xi * gi for n, p, gi in zip(names, w0, g, strict=True)}
+        unrolled = {n: p - xi * (gi + wd * p + momentum * b) for n, p, gi, b in zip(names, w0, g, bufs, strict=True)}
         return s.objective.loss(functional_call(s.supernet, unrolled, (x_va, cw)), y_va)
 
     base = [a.detach().clone() for a in alphas]
@@ -80,6 +89,24 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
     assert rel < 1e-3, rel
     # the second-order term matters here: the first-order gradient is far off
     assert (first_flat - fd_flat).norm() / fd_flat.norm() > 10 * rel
+
+
+def test_learning_rate_schedules_the_searcher_uses_by_hand():
+    """Weights: cosine from w_lr to w_lr_min over the epochs (DARTS); alphas with lr_schedule cosine:
+    cosine from arch_lr to lr_min over the epochs after the warm-up, constant during it. Read from the
+    searcher's own optimizers, epoch by epoch (the lr each epoch trained with)."""
+    s = tiny_searcher(epochs=4, w_lr=0.025, w_lr_min=0.001, arch_lr=0.01, warmup_epochs=1,
+                      **{"arch_optimizer.lr_schedule": "cosine", "arch_optimizer.lr_min": 0.002})
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    w_lrs, a_lrs = [], []
+    for _ in range(4):
+        s.step((x, y), (x, y))
+        w_lrs.append(s.w_optimizer.param_groups[0]["lr"])
+        a_lrs.append(s.arch_optimizer.lr)
+        s.end_epoch()
+    assert w_lrs == pytest.approx([0.001 + 0.012 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    assert a_lrs == pytest.approx([0.01, 0.01, 0.002 + 0.004 * (1 + math.cos(math.pi / 3)),
+                                   0.002 + 0.004 * (1 + math.cos(2 * math.pi / 3))])
 
 
 def test_alpha_step_descends_validation_loss():
@@ -113,18 +140,38 @@ def test_darts_parse_by_hand():
         darts_parse(w, edges, prims)
 
 
-def test_step_has_no_host_sync_points():
-    """The step reads no tensor value on the host (CUDA-graph friendly)."""
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def test_step_has_no_host_sync_points(monkeypatch):
+    """The step reads no tensor value on the host (CUDA-graph friendly): no .item(), float(t), int(t),
+    bool(t) (an `if` on a tensor), .tolist(), .cpu() or .numpy() on any tensor."""
     s = tiny_searcher()
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     calls = []
-    original = torch.Tensor.item
-    torch.Tensor.item = lambda self: calls.append(1) or original(self)
-    try:
-        s.step((x, y), (x, y))
-    finally:
-        torch.Tensor.item = original
+
+    def recorder(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+
+        return wrapped
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, recorder(name))
+    s.step((x, y), (x, y))  # the first step (lazy optimizer state is created) and a later one
+    s.step((x, y), (x, y))
+    monkeypatch.undo()
     assert calls == []
+    # the check sees each kind of read (it would catch one in the step)
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, recorder(name))
+    t = torch.ones(())
+    t.item(), float(t), int(t), bool(t), t.tolist(), t.cpu(), t.numpy()
+    monkeypatch.undo()
+    assert sorted(calls) == sorted(HOST_READS)
 
 
 def test_search_on_digits_moves_alphas_and_learns():

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from dartboard.spaces.catalog import GENOTYPES, SPACES, CellSpace
-from dartboard.spaces.cells import MixedOp, edge_list
+from dartboard.spaces.cells import DiscreteCell, MixedOp, drop_path, edge_list
+from dartboard.spaces.genotype import CellGenotype, Edge
 from dartboard.spaces.networks import DiscreteNetwork, SearchNetwork, count_parameters
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, OPS, make_op
 
@@ -84,3 +85,44 @@ def test_discrete_cell_drop_path_only_in_training():
     x = torch.randn(4, 1, 8, 8)
     net.eval()
     assert torch.equal(net(x), net(x))
+
+
+def test_drop_path_zeroes_whole_samples_and_rescales_the_rest():
+    torch.manual_seed(0)
+    x = torch.rand(400, 3, 2, 2) + 0.5
+    out = drop_path(x, 0.25)
+    kept = out.flatten(1).ne(0).all(dim=1)
+    dropped = out.flatten(1).eq(0).all(dim=1)
+    assert torch.equal(kept | dropped, torch.ones(400, dtype=torch.bool))  # a sample is dropped whole or not at all
+    assert torch.allclose(out[kept], x[kept] / 0.75)  # survivors scaled by 1 / keep
+    assert 0.18 < dropped.float().mean() < 0.32  # about drop_prob of the samples (binomial, 400 draws)
+
+
+def _one_edge_cell(op: str, src: int, reduction: bool) -> DiscreteCell:
+    """A cell whose only node is ``op`` applied to input ``src`` (C = 4, both inputs 4 channels)."""
+    cell = DiscreteCell(CellGenotype((Edge(op, src, 2),), (2,)), 4, 4, 4, reduction, reduction_prev=False)
+    return cell.train()
+
+
+@pytest.mark.parametrize("op,src,reduction,dropped", [
+    ("skip_connect", 0, False, False),   # a true identity: never dropped
+    ("skip_connect", 1, False, False),
+    ("skip_connect", 0, True, True),     # stride 2 from a cell input: a FactorizedReduce, dropped (DARTS)
+    ("skip_connect", 1, True, True),
+    ("sep_conv_3x3", 1, False, True),
+    ("max_pool_3x3", 0, True, True),
+])
+def test_drop_path_in_training_spares_only_true_identities(op, src, reduction, dropped):
+    torch.manual_seed(0)
+    cell = _one_edge_cell(op, src, reduction)
+    s0, s1 = torch.randn(16, 4, 8, 8), torch.randn(16, 4, 8, 8)
+    reference = cell(s0, s1)  # drop_prob 0 (BN in training mode: batch statistics, deterministic)
+    cell.drop_prob = 0.5
+    out = cell(s0, s1)
+    if not dropped:
+        assert torch.equal(out, reference)
+        return
+    per_sample = out.flatten(1)
+    zero = per_sample.eq(0).all(dim=1)
+    assert 0 < int(zero.sum()) < 16  # some samples dropped, some kept (seeded)
+    assert torch.allclose(out[~zero], reference[~zero] / 0.5)

@@ -83,56 +83,76 @@ def test_hessian_eigenvalue_agrees_with_full_hessian_on_small_space():
     assert value == pytest.approx(exact, rel=1e-3)
 
 
-def test_es_rule_on_constructed_sequence():
-    eigs = [1, 1, 1, 1, 1, 1.2, 1.5, 2, 3, 4]
-    epochs = [2 * (i + 1) for i in range(len(eigs))]
-    assert local_average(eigs, 7) == pytest.approx(1.34)  # (1 + 1 + 1.2 + 1.5 + 2) / 5
-    # avg[t]/avg[t-4]: t=4..7 -> 1, 1.04, 1.14, 1.34 > 1.3: stop at t = 7 (epoch 16)
-    assert es_stop_index(eigs, epochs) == 7
-    assert es_stop_index(eigs[:7], epochs[:7]) is None
-    # a rise before epoch 10 does not count
-    assert es_stop_index([1, 1, 1, 1, 9, 9], [2, 4, 6, 8, 10, 12], start_epoch=20) is None
+# A hand-written eigenvalue trace, one evaluation every 2 epochs from epoch 1 (the reference's 0-based
+# epochs 0, 2, 4, ...): evaluation i is taken after epoch 2i + 1. The curvature is flat, then rises.
+TRACE = [1.0] * 9 + [1.5, 2.5, 4.0, 6.0, 8.0, 10.0, 12.0]
+TRACE_EPOCHS = [2 * i + 1 for i in range(len(TRACE))]
+# Trailing means of 5 evaluations: A[t] = 1 up to t = 8, A[9] = 1.1, A[10] = 1.4, A[11] = 2.0, A[12] = 3.0.
+# A[t] belongs to the window's centre t - 2 and is compared with the one 4 evaluations earlier (t - 6):
+#   t = 10: 1.4 / 1 > 1.3, but the architecture it would return (evaluation 4, epoch 9; reference epoch 8)
+#           is before the start epoch 10: no stop;
+#   t = 11 (epoch 23): 2.0 / 1 > 1.3 and evaluation 5 is epoch 11 (reference epoch 10 >= 10): stop, and
+#           return the architecture after epoch 11 = current epoch 23 - 12.
+FIRES_AT, RETURNS = 11, 5
 
 
-def _run(searcher, epochs: int, sequence):
-    searcher.hooks[0].eigenvalue_fn = lambda s, b: sequence[s.epoch // 2 - 1]
+def test_local_average_belongs_to_the_window_centre():
+    assert local_average(TRACE, 9) == pytest.approx((1 + 1 + 1.5 + 2.5 + 4) / 5)  # TRACE[7..11]
+    assert local_average(TRACE, 11) == pytest.approx((1.5 + 2.5 + 4 + 6 + 8) / 5)
+    assert local_average([3.0, 6.0, 9.0, 12.0], 0) == pytest.approx(6.0)  # truncated at the start: [0..2]
+    assert local_average([3.0, 6.0, 9.0, 12.0], 1) == pytest.approx(7.5)  # [0..3]
+
+
+def test_es_rule_on_hand_written_trace():
+    assert es_stop_index(TRACE, TRACE_EPOCHS) == (FIRES_AT, RETURNS)
+    assert TRACE_EPOCHS[FIRES_AT] == 23 and TRACE_EPOCHS[RETURNS] == 11
+    assert es_stop_index(TRACE[:FIRES_AT], TRACE_EPOCHS[:FIRES_AT]) is None
+    # an earlier start lets the rise at t = 10 count: it returns evaluation 4 (epoch 9)
+    assert es_stop_index(TRACE, TRACE_EPOCHS, start_epoch=8) == (10, 4)
+    # one evaluation every epoch: the returned architecture is current - 6 epochs
+    every_epoch = list(range(1, len(TRACE) + 1))
+    assert es_stop_index(TRACE, every_epoch, start_epoch=0) == (10, 4)
+    assert every_epoch[10] - every_epoch[4] == 6
+
+
+def _run(searcher, epochs: int, trace):
+    """One step per epoch; the eigenvalue of the evaluation after epoch e is trace[(e - 1) // 2]."""
+    asked = []
+    searcher.hooks[0].eigenvalue_fn = lambda s, b: asked.append(s.epoch) or trace[(s.epoch - 1) // 2]
     data = [batch(0), batch(1)]
     alphas_at, genotypes_at = {}, {}
-    for _ in range(epochs):
-        searcher.step(data[0], data[1])
-        searcher.step(data[1], data[0])
-        epoch_before = searcher.epoch + 1
-        alphas_at[epoch_before] = [a.detach().clone() for a in searcher.arch]
-        genotypes_at[epoch_before] = searcher.derive()
+    for e in range(epochs):
+        searcher.step(data[e % 2], data[(e + 1) % 2])
+        epoch_after = searcher.epoch + 1
+        alphas_at[epoch_after] = [a.detach().clone() for a in searcher.arch]
+        genotypes_at[epoch_after] = searcher.derive()
         metrics = searcher.end_epoch()
         if searcher.stop_requested or "rdarts_returned_epoch" in metrics:
-            return metrics, alphas_at, genotypes_at
-    return None, alphas_at, genotypes_at
+            return metrics, alphas_at, genotypes_at, asked
+    return None, alphas_at, genotypes_at, asked
 
 
-SEQUENCE = [1, 1, 1, 1, 1, 1.2, 1.5, 2, 3, 4, 5, 6, 7]
-
-
-def test_darts_es_stops_where_the_rule_says_and_restores_epoch_t_minus_8():
+def test_darts_es_stops_where_the_rule_says_and_returns_centre_minus_8_epochs():
     searcher = tiny("rdarts-es", arch_lr=0.05)
-    metrics, alphas_at, genotypes_at = _run(searcher, 20, SEQUENCE)
+    metrics, alphas_at, genotypes_at, asked = _run(searcher, 30, TRACE)
+    assert asked == TRACE_EPOCHS[: FIRES_AT + 1]  # first eigenvalue after 1 epoch, then every 2
     assert searcher.stop_requested
-    assert metrics["rdarts_stopped_at"] == 16 and metrics["rdarts_returned_epoch"] == 8
-    assert searcher.epoch == 8
-    for a, b in zip(searcher.arch, alphas_at[8], strict=True):
+    assert metrics["rdarts_stopped_at"] == 23 and metrics["rdarts_returned_epoch"] == 11
+    assert searcher.epoch == 11
+    for a, b in zip(searcher.arch, alphas_at[11], strict=True):
         assert torch.equal(a.detach(), b)
-    assert searcher.derive() == genotypes_at[8]
-    assert not torch.equal(alphas_at[16][0], alphas_at[8][0])
+    assert searcher.derive() == genotypes_at[11]
+    assert not torch.equal(alphas_at[23][0], alphas_at[11][0])
 
 
 def test_darts_ada_rolls_back_and_raises_weight_decay():
     searcher = tiny("rdarts-ada", arch_lr=0.05)
     assert searcher.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-4)
-    metrics, alphas_at, _ = _run(searcher, 20, SEQUENCE)
+    metrics, alphas_at, _, _ = _run(searcher, 30, TRACE)
     assert not searcher.stop_requested
-    assert metrics["rdarts_returned_epoch"] == 8 and metrics["rdarts_rollbacks"] == 1
-    assert searcher.epoch == 8
-    for a, b in zip(searcher.arch, alphas_at[8], strict=True):
+    assert metrics["rdarts_returned_epoch"] == 11 and metrics["rdarts_rollbacks"] == 1
+    assert searcher.epoch == 11
+    for a, b in zip(searcher.arch, alphas_at[11], strict=True):
         assert torch.equal(a.detach(), b)
     assert searcher.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
     # parts never mutate the config: the unrolled step reads the raised value from the weight optimizer

@@ -1,20 +1,22 @@
-"""Fault tolerance on a simulated multi-node cluster (ray.cluster_utils.Cluster): removing the node
-that runs a trial's Train workers mid-trial; the trial resumes from its last checkpoint."""
+"""Fault tolerance on a simulated multi-node cluster (ray.cluster_utils.Cluster): the node that runs a
+trial's Train worker is removed while the worker is held after epoch 1 by the epoch gate (a state the
+test controls); the trial resumes from its epoch-1 checkpoint on the other node."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
+import epoch_gate
 import pytest
 
 from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray.worker import EPOCH_GATE_ENV
 
 pytestmark = pytest.mark.ray
 
-EPOCHS = 6
+EPOCHS = 3
 
 
 def _latest_train_report(storage: Path) -> dict | None:
@@ -35,53 +37,55 @@ def _reports(run_dir: Path) -> list[dict]:
     return rows
 
 
-def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path):
+def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    from dartboard.platform.ray.session import init_ray
     from dartboard.platform.sweep import run_sweep
 
+    gate = epoch_gate.close(tmp_path / "gate")
+    monkeypatch.setenv(EPOCH_GATE_ENV, str(gate))  # init_ray passes it to every worker
     # The head (1 CPU) can host trial drivers but never a Train worker (2 CPUs each): workers land
     # on one of the two worker nodes, which the test then removes. 4 CPUs per worker node: Ray
     # reschedules the dead group's placement group bundle before Train frees it.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes = [cluster.add_node(num_cpus=4) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+    init_ray(address=cluster.address)
     removed = {}
+    storage = tmp_path / "sweeps"
     try:
         cfg = StudyConfig(name="nodeloss", searcher="darts", epochs=EPOCHS, num_samples=1, max_concurrent=1,
-                          options={"C": 4, "layers": 2}, scheduler={"type": "fifo"}, storage=str(tmp_path),
+                          options={"C": 4, "layers": 2}, scheduler={"type": "fifo"}, storage=str(storage),
                           resources={"workers": 1, "cpus_per_worker": 2}, ray_address=cluster.address,
                           max_failures=2, train_max_failures=3)
 
-        def kill_worker_node() -> None:
-            # The Train run's checkpoint snapshot, written by its controller at every epoch, is the
-            # freshest view of the workers; Tune's result file can lag by several epochs. Removing the
-            # node at epoch <= EPOCHS - 3 leaves it seconds to die before the trial could finish.
-            deadline = time.time() + 900
-            while time.time() < deadline and not removed:
-                latest = _latest_train_report(tmp_path)
-                if latest and 1 <= latest.get("epoch", 0) <= EPOCHS - 3:
-                    for node in nodes:
-                        if node.node_id == latest.get("node_id"):
-                            removed.update(node=node.node_id, epoch=latest["epoch"])
-                            cluster.remove_node(node, allow_graceful=False)
-                time.sleep(0.2)
+        def remove_the_held_workers_node() -> None:
+            # The worker is held after epoch 1 (reported and checkpointed): remove its node, then let go.
+            if epoch_gate.wait_until(lambda: epoch_gate.held_after_epoch_1(gate, lambda: storage.glob("nodeloss-*"),
+                                                                          1)):
+                latest = _latest_train_report(storage) or {}
+                for node in nodes:
+                    if node.node_id == latest.get("node_id"):
+                        removed.update(node=node.node_id, epoch=latest["epoch"])
+                        cluster.remove_node(node, allow_graceful=False)
+            epoch_gate.open_(gate)
 
-        watcher = threading.Thread(target=kill_worker_node, daemon=True)
+        watcher = threading.Thread(target=remove_the_held_workers_node, daemon=True)
         watcher.start()
         result = run_sweep(cfg, mlflow=False)
         watcher.join(timeout=5)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert removed, "the trial finished before its node could be removed"
+    assert removed.get("epoch") == 1, "the held worker's node was not found"
     assert result.counts == {"complete": 1, "pruned": 0, "error": 0} and len(result.trials) == 1
-    epochs = [r["epoch"] for r in _reports(Path(result.run_dir)) if "epoch" in r]
-    # resumed, not restarted: the epoch counter never goes back (epoch 1 is reported once)
-    assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS and epochs.count(1) == 1
-    # Node removal is not instant: the removed node may finish one more epoch before it goes. What must
-    # hold: the trial ended on the surviving node.
-    after = [r["node_id"] for r in _reports(Path(result.run_dir)) if r.get("epoch", 0) > removed["epoch"]]
-    assert after and after[-1] != removed["node"]
+    reports = _reports(Path(result.run_dir))
+    epochs = [r["epoch"] for r in reports if "epoch" in r]
+    # resumed from the epoch-1 checkpoint, not restarted: every epoch reported once, in order
+    assert epochs == list(range(1, EPOCHS + 1)), epochs
+    assert sorted(epoch_gate.lines(gate)) == sorted(f"{k} {e}" for k in epoch_gate.keys_at(gate, 1)
+                                                    for e in range(1, EPOCHS + 1))
+    # epoch 1 ran on the removed node, every later epoch on the surviving one
+    assert [r["node_id"] == removed["node"] for r in reports if "epoch" in r] == [True] + [False] * (EPOCHS - 1)

@@ -1,5 +1,7 @@
-"""Driver loss: `dartboard sweep STUDY` killed with SIGKILL mid-sweep, then `dartboard sweep --resume
-RUN_DIR`: every trial completes, none twice, none lost, and resumed trials continue their epochs."""
+"""Driver loss: `dartboard sweep STUDY` killed with SIGKILL while its running trials are held after epoch 1
+by the epoch gate (a state the test controls, not a moment it guesses), then `dartboard sweep --resume
+RUN_DIR`: every trial completes, none twice, none lost, and the held trials continue from their epoch-1
+checkpoint (no epoch runs twice)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import epoch_gate
 import pytest
 import yaml
+
+from dartboard.platform.ray.worker import EPOCH_GATE_ENV
 
 pytestmark = pytest.mark.ray
 
@@ -24,10 +29,10 @@ def _reports(trial_dir: Path) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
 
 
-def _cli(*args: str, log: Path) -> subprocess.Popen:
+def _cli(*args: str, log: Path, gate: Path) -> subprocess.Popen:
     """`dartboard sweep ARGS` in a session of its own, output to ``log`` (a pipe nobody reads while the
-    sweep runs would fill up and block the driver)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sweep runs would fill up and block the driver), its trials passing through the epoch ``gate``."""
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, EPOCH_GATE_ENV: str(gate)}
     return subprocess.Popen([sys.executable, "-m", "dartboard.platform.cli", "sweep", *args], env=env,
                             start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
 
@@ -49,30 +54,27 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
     path.write_text(yaml.safe_dump(study))
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    first = _cli(str(path), *tracking, log=first_log)
-    try:
-        deadline = time.time() + 400
-        killed_at = None
-        while time.time() < deadline and first.poll() is None:
-            done = [r for t in (tmp_path / "sweeps").glob("resume-*/run_trial_*") for r in _reports(t)]
-            if any(r.get("epoch") == 1 for r in done):  # mid-sweep: one epoch checkpointed somewhere
-                first.send_signal(signal.SIGKILL)
-                killed_at = len(done)
-                break
-            time.sleep(0.5)
+    gate = epoch_gate.close(tmp_path / "gate")
+    first = _cli(str(path), *tracking, log=first_log, gate=gate)
+    try:  # both running trials (max_concurrent 2) held after epoch 1, recorded by Tune and Ray Train
+        held = epoch_gate.wait_until(
+            lambda: epoch_gate.held_after_epoch_1(gate, lambda: (tmp_path / "sweeps").glob("resume-*"), 2), first)
+        assert held, "no trials held after epoch 1:\n" + first_log.read_text()[-3000:]
+        first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-        assert killed_at is not None, "the sweep ended before the driver could be killed:\n" + first_log.read_text()
     finally:
         _end_session(first)
-    time.sleep(3)
+    held_keys = epoch_gate.keys_at(gate, 1)
+    assert len(held_keys) == 2 and not epoch_gate.keys_at(gate, 2)
+    epoch_gate.open_(gate)
     (run_dir,) = (tmp_path / "sweeps").glob("resume-*")
-    second = _cli("--resume", str(run_dir), *tracking, log=second_log)
+    second = _cli("--resume", str(run_dir), *tracking, log=second_log, gate=gate)
     try:
-        second.wait(timeout=400)  # ~60 s on 2 idle cores
+        second.wait(timeout=600)  # a safety net (~60 s on 2 idle cores)
     except subprocess.TimeoutExpired:
         second.send_signal(signal.SIGUSR1)  # the CLI prints every thread's stack
         time.sleep(3)
-        pytest.fail("the resumed sweep did not finish in 400 s; its output:\n" + second_log.read_text()[-12000:])
+        pytest.fail("the resumed sweep did not finish in 600 s; its output:\n" + second_log.read_text()[-12000:])
     finally:
         _end_session(second)
     out = second_log.read_text()
@@ -85,6 +87,10 @@ def test_sigkilled_driver_resumes_every_trial_once(tmp_path):
     for trial_dir in run_dir.glob("run_trial_*"):
         epochs = [r["epoch"] for r in _reports(trial_dir) if "epoch" in r]
         assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS  # continued, never restarted at 0
+    # every (trial, epoch) ran exactly once: the held trials continued from their epoch-1 checkpoint
+    ran = epoch_gate.lines(gate)
+    assert sorted(ran) == sorted(f"{i} {e}" for i in ids for e in range(1, EPOCHS + 1)), ran
+    assert held_keys <= set(ids)
     assert "best configuration" in out and "best genotype" in out
     # MLflow: one parent run for the study (reopened by the resumed driver), one child per trial
     from dartboard.platform.tracking import runs

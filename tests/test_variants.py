@@ -3,6 +3,7 @@ presets built from them: formula tests and end-to-end direction tests on tiny su
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -20,6 +21,7 @@ from dartboard.searchers.parts.regularizers import (
     REGULARIZERS,
     admm_loss,
     beta_decay_loss,
+    discrete_targets,
     l1_loss,
     proximity_loss,
     zero_one_loss,
@@ -27,6 +29,7 @@ from dartboard.searchers.parts.regularizers import (
 from dartboard.searchers.parts.schedules import SCHEDULES, ConstantSchedule, FimtSchedule
 from dartboard.searchers.presets import PRESETS, merge
 from dartboard.searchers.registry import DataShape, build_searcher
+from dartboard.spaces import genotype as gt
 from dartboard.spaces.catalog import SPACES, CellSpace, register_space
 from dartboard.spaces.cells import edge_list
 
@@ -157,38 +160,95 @@ def test_constant_schedule_and_split():
 
 
 def test_fimt_hand_trace():
-    s = FimtSchedule(k=2, ewma=0.5, threshold=1.0, factor=2.0)
+    """Paper convention: an alpha step multiplies the threshold by factor^-(k-1), so that with a constant
+    Fisher trace k-1 increases balance one decrease: k weight steps per alpha step."""
+    s = FimtSchedule(k=3, ewma=0.5, threshold=1.0, factor=2.0)
     s.after_weight_step(torch.tensor(3.0))  # ewma 3 >= 1 -> no step, threshold 2
     assert not s.arch_step_due() and s.threshold == 2.0
     s.after_weight_step(torch.tensor(1.0))  # ewma 2 >= 2 -> no step, threshold 4
     assert not s.arch_step_due() and s.threshold == 4.0
-    s.after_weight_step(torch.tensor(1.0))  # ewma 1.5 < 4 -> step, threshold 4 * 2^-2 = 1
+    s.after_weight_step(torch.tensor(1.0))  # ewma 1.5 < 4 -> step, threshold 4 * 2^-(3-1) = 1
     assert s.arch_step_due() and s.threshold == 1.0 and s.fi_ewma == 1.5
 
 
-@pytest.mark.parametrize("fisher", [1e-3, 2.5, 400.0])
-def test_fimt_constant_trace_one_alpha_step_per_k_weight_steps(fisher):
-    s = FimtSchedule(k=10)
-    n, steps = 5000, 0
-    for _ in range(n):
-        steps += s.arch_step_due()
-        s.after_weight_step(torch.tensor(fisher))
-    assert steps > 0
-    assert n / steps == pytest.approx(10, rel=0.2)
+def test_fimt_reference_convention_hand_trace():
+    """DARTS-PRIME: decrease by factor^-k, and its first iteration (no Fisher trace yet) raises the
+    threshold once before any comparison: the first comparison is against threshold * factor."""
+    s = FimtSchedule(k=3, ewma=0.5, threshold=1.0, factor=2.0, convention="reference")
+    s.after_weight_step(torch.tensor(1.5))  # ewma 1.5 < 1 * 2 -> step, threshold 2 * 2^-3 = 0.25
+    assert s.arch_step_due() and s.threshold == 0.25
+    paper = FimtSchedule(k=3, ewma=0.5, threshold=1.0, factor=2.0)
+    paper.after_weight_step(torch.tensor(1.5))  # ewma 1.5 >= 1 -> no step, threshold 2
+    assert not paper.arch_step_due() and paper.threshold == 2.0
 
 
-def test_fimt_in_searcher_with_constant_trace():
-    searcher = tiny("darts+fimt", schedule_options={"k": 3})
+def _alpha_step_intervals(schedule: FimtSchedule, fisher: float, n: int) -> list[int]:
+    steps = []
+    for i in range(n):
+        if schedule.arch_step_due():
+            steps.append(i)
+        schedule.after_weight_step(torch.tensor(fisher))
+    return [b - a for a, b in zip(steps, steps[1:], strict=False)]
+
+
+def test_fimt_fisher_trace_on_a_hand_set_network():
+    """Every supernet weight 0: the features are 0, the logits are the classifier bias (0), p = 1/10, and
+    the only non-zero weight gradient is the bias's, mean(p - onehot(y)). Labels 0, 0, 1, 2:
+    (0.1 - 0.5)^2 + 2 (0.1 - 0.25)^2 + 7 (0.1)^2 = 0.16 + 0.045 + 0.07 = 0.275."""
+    searcher = tiny("darts+fimt")
+    with torch.no_grad():
+        for p in searcher.supernet.parameters():
+            p.zero_()
+    received = []
     feed = searcher.schedule.after_weight_step
-    searcher.schedule.after_weight_step = lambda g: feed(torch.tensor(0.5))  # constant Fisher trace
-    data = batches(2)
-    for i in range(40):
-        searcher.step(data[i % 2], data[(i + 1) % 2])
-    assert searcher.arch_steps == searcher.schedule.arch_steps
-    assert 40 / searcher.arch_steps == pytest.approx(3, rel=0.35)  # short run: k + 1 cycle plus warm-in
+    searcher.schedule.after_weight_step = lambda g: received.append(float(g)) or feed(g)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 2])
+    searcher.step((x, y), (x, y))
+    assert received == pytest.approx([0.275], rel=1e-6)
 
 
-# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("fisher", [1e-3, 2.5, 400.0])
+def test_fimt_constant_trace_k_weight_steps_per_alpha_step(fisher):
+    """Maile et al. 4.1: the expected ratio is k = 10 weight steps per alpha step (the 90.91/9.09 split)."""
+    intervals = _alpha_step_intervals(FimtSchedule(k=10), fisher, 3000)
+    assert len(intervals) > 100 and set(intervals[-100:]) == {10}  # after the warm-in: exactly k
+    assert FimtSchedule(k=10).train_fraction == pytest.approx(10 / 11)
+    reference = _alpha_step_intervals(FimtSchedule(k=10, convention="reference"), fisher, 3000)
+    assert set(reference[-100:]) == {11}  # the authors' code: k + 1
+    with pytest.raises(ValueError, match="convention: expected 'paper' or 'reference', got 'x'"):
+        FimtSchedule(convention="x")
+
+
+def test_fimt_receives_the_fisher_trace_before_clipping():
+    """The searcher passes FI = sum over weights of grad^2 of L_train on the training batch, before clipping:
+    recomputed here by a plain forward/backward on a copy of the supernet taken just before each weight step
+    (the clip is tiny, so a clipped trace would be ~1e-8 and an alpha-gradient one would differ)."""
+    searcher = tiny("darts+fimt", grad_clip=1e-4)
+    received, expected = [], []
+    feed = searcher.schedule.after_weight_step
+    searcher.schedule.after_weight_step = lambda g: received.append(float(g)) or feed(g)
+    weight_step = searcher.weight_step
+
+    def checked_weight_step(x, y):
+        net = copy.deepcopy(searcher.supernet)
+        with torch.no_grad():
+            weights = [w.detach() for w in searcher.group_weights()]
+        loss = torch.nn.functional.cross_entropy(net(x, weights), y)
+        loss.backward()
+        expected.append(sum(float(p.grad.double().pow(2).sum()) for p in net.parameters() if p.grad is not None))
+        weight_step(x, y)
+
+    searcher.weight_step = checked_weight_step
+    data = batches(3)
+    for i in range(6):
+        searcher.step(data[i % 3], data[(i + 1) % 3])
+    assert len(received) == len(expected) == 6
+    assert received == pytest.approx(expected, rel=1e-5)
+    assert min(expected) > 1e-3  # far above what a clipped gradient (norm 1e-4) would give
+    clipped = sum(float(p.grad.pow(2).sum()) for p in searcher.supernet.parameters() if p.grad is not None)
+    assert clipped <= 1e-8 * 1.001  # the weight step itself did clip
+
+
 def test_fairdarts_zero_one_pushes_sigmoids_to_the_ends():
     searcher = tiny("fairdarts", arch_lr=0.1, regularizers=[{"name": "zero_one", "weight": 10.0}])
     data = batches(2)
@@ -228,6 +288,69 @@ def test_crb_masked_ops_never_return_and_are_skipped():
         group = searcher.supernet.cell_group[c]
         assert float(searcher.arch[group][e, o].detach()) <= 0.0
     assert searcher.end_epoch()["active_ops"] < 3 * 5 * 3
+
+
+# Hand-set alphas on the tiny space (edges (0,2) (1,2) (0,3) (1,3) (2,3); ops skip, max_pool, sep_conv).
+HAND_A = [[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.6, 0.2, 0.2]]
+# Pi_S(A), the DARTS parse: node 2 keeps both inputs (skip, sep); node 3 keeps its two strongest
+# edges, (0,3) max 0.7 and (2,3) skip 0.6, and drops (1,3) (best 0.4).
+HAND_PI_A = [[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def _set_alphas(searcher, rows):
+    with torch.no_grad():
+        for a in searcher.arch:
+            a.copy_(torch.tensor(rows))
+
+
+def test_proximity_ramp_and_target_by_hand():
+    """Maile et al. Eq 6: (c rho_p / 2) ||alpha - Pi_S(alpha)||_2 with c = epoch / epochs, rho_p = 0.1."""
+    searcher = tiny("darts+pr", epochs=4)
+    prox = searcher.regularizers[0]
+    _set_alphas(searcher, HAND_A)
+    # ||A - Pi_S(A)||^2 per group = 0.015 + 0.06 + 0.14 + 0.34 + 0.24 = 0.795; two groups (normal, reduce)
+    for epoch, c in [(0, 0.0), (1, 0.25), (3, 0.75)]:
+        searcher.epoch = epoch
+        value = float(prox.loss(searcher.ctx, searcher.group_weights()).detach())
+        assert prox.last_c == c
+        assert value == pytest.approx(c * 0.1 / 2 * math.sqrt(2 * 0.795), abs=1e-7)
+    target = torch.tensor(HAND_PI_A, dtype=torch.float32)
+    for got in discrete_targets(searcher.ctx, list(searcher.arch)):
+        assert torch.equal(got, target)
+
+
+def test_admm_z_and_u_over_two_periods_by_hand():
+    """Maile et al. Eq 9 and 11 (with the u discount lambda_u): every `period` alpha steps
+    z = Pi_S(alpha + u), then u = lambda_u * u + alpha - z; in between z and u stay put."""
+    searcher = tiny("darts+admm", regularizers=[{"name": "admm", "period": 2, "lambda_u": 0.5, "rho": 0.1}])
+    admm, ctx = searcher.regularizers[0], searcher.ctx
+    _set_alphas(searcher, HAND_A)
+    admm.loss(ctx, searcher.group_weights())  # z0 = Pi_S(A), u0 = 0
+    admm.after_arch_step(ctx)  # alpha step 1: no update
+    assert admm.updates == 0 and all(float(u.abs().sum()) == 0 for u in admm.u)
+    admm.after_arch_step(ctx)  # alpha step 2, alpha = A: z1 = Pi_S(A + 0), u1 = 0.5 * 0 + A - z1
+    u1 = [[-0.1, 0.05, 0.05], [0.1, 0.1, -0.2], [0.2, -0.3, 0.1], [0.3, 0.3, 0.4], [-0.4, 0.2, 0.2]]
+    for z, u in zip(admm.z, admm.u, strict=True):
+        assert torch.equal(z, torch.tensor(HAND_PI_A, dtype=torch.float32))
+        assert torch.allclose(u, torch.tensor(u1), atol=1e-6)
+    c = [[0.2, 0.1, 0.7], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05], [0.85, 0.1, 0.05]]
+    _set_alphas(searcher, c)
+    admm.after_arch_step(ctx)  # step 3: nothing
+    assert admm.updates == 1 and torch.allclose(admm.u[0], torch.tensor(u1), atol=1e-6)
+    admm.after_arch_step(ctx)  # step 4: z2 = Pi_S(C + u1), u2 = 0.5 u1 + C - z2
+    # C + u1 = [.1 .15 .75; .6 .5 -.1; .3 -.2 .9; 1.2 .35 .45; .45 .3 .25]: node 2 keeps sep and skip,
+    # node 3 keeps (1,3) skip 1.2 and (0,3) sep 0.9. Pi_S(C) alone would keep (2,3) (skip 0.85) instead
+    # of (0,3) (0.8): u moves z, as Eq 9 says.
+    z2 = [[0, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]]
+    u2 = [[0.15, 0.125, -0.275], [-0.45, 0.45, 0.0], [0.2, -0.05, -0.15], [0.05, 0.2, 0.25], [0.65, 0.2, 0.15]]
+    assert admm.updates == 2
+    for z, u in zip(admm.z, admm.u, strict=True):
+        assert torch.equal(z, torch.tensor(z2, dtype=torch.float32))
+        assert torch.allclose(u, torch.tensor(u2), atol=1e-6)
+    # Eq 7 with these: (rho / 2) ||C - z2 + u2||^2 over both groups
+    diff = torch.tensor(c) - torch.tensor(z2, dtype=torch.float32) + torch.tensor(u2)
+    expected = 0.05 * 2 * float(diff.pow(2).sum())
+    assert float(admm.loss(ctx, searcher.group_weights()).detach()) == pytest.approx(expected, rel=1e-6)
 
 
 def test_admm_every_z_is_a_discrete_architecture():
@@ -295,7 +418,11 @@ def test_every_preset_builds_and_user_combinations():
         if name == "dartopti":  # its cells come from a handcrafted start, not the tiny space
             continue
         searcher = tiny(name)
-        assert searcher.derive() is not None
+        genotype = searcher.derive()  # a valid genotype of the tiny space: schema round trip, its ops only
+        assert gt.loads(gt.dumps(genotype)) == genotype
+        cells = genotype.cells if genotype.kind == "cells" else (genotype.normal, genotype.reduce)
+        assert {e.op for c in cells for e in c.edges} <= {"skip_connect", "max_pool_3x3", "sep_conv_3x3"}
+        assert all(c.concat for c in cells)
     combo = tiny("darts-variant", activation="crb", schedule="constant", schedule_options={"k": 4},
                  regularizers=["proximity", {"name": "admm", "squared": False}], node_bn=True)
     assert [type(r).__name__ for r in combo.regularizers] == ["Proximity", "Admm"]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dartboard.spaces.genotype import CellGenotype
-from dartboard.spaces.ops import IDENTITY_OPS, FactorizedReduce, ReLUConvBN, make_op
+from dartboard.spaces.ops import FactorizedReduce, Identity, ReLUConvBN, make_op
 
 
 def edge_list(steps: int, n_inputs: int = 2) -> list[tuple[int, int]]:
@@ -98,7 +98,7 @@ class SearchCell(nn.Module):
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples with probability ``drop_prob`` and rescale the rest."""
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest by 1 / (1 - drop_prob)."""
     keep = 1.0 - drop_prob
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
     return x.div(keep) * mask
@@ -119,7 +119,9 @@ class DiscreteCell(nn.Module):
         self.ops = nn.ModuleList(
             make_op(e.op, C, 2 if reduction and e.src < 2 else 1, affine=True) for e in self.edges
         )
-        self.identity = [e.op in IDENTITY_OPS for e in self.edges]
+        # Drop path spares true identities only (DARTS model.py: `not isinstance(op, Identity)`): a
+        # skip_connect on a stride-2 edge is a FactorizedReduce with weights and is dropped like any op.
+        self.identity = [isinstance(op, Identity) for op in self.ops]
         self.nodes = sorted({e.dst for e in self.edges})
         self.concat = list(genotype.concat)
         self.multiplier = len(self.concat)

@@ -186,5 +186,6 @@ DARTOPTI_PRIMITIVES: tuple[str, ...] = DARTS_PRIMITIVES[1:] + (
     "simple_conv_3x3",
     "bottleneck_1x3x1",
 )
-#: Ops that pass their input through unchanged at stride 1 (drop path skips them).
+#: Ops that are an identity at stride 1 (at stride 2 `skip_connect` is a FactorizedReduce); drop path
+#: tests the built op (``isinstance(op, Identity)``), not this name.
 IDENTITY_OPS = frozenset({"skip_connect"})

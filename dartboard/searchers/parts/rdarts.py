@@ -3,11 +3,27 @@
 - :func:`dominant_eigenvalue`: the largest eigenvalue of the Hessian of L_val w.r.t. the
   alphas on a validation minibatch, by Hessian-vector products (double backward) and power
   iteration, never forming the Hessian (the reference builds it in full).
-- :func:`es_stop_index`: the DARTS-ES rule on the sequence of eigenvalues.
+- :func:`local_average` and :func:`es_stop_index`: the DARTS-ES rule on the sequence of eigenvalues.
 - :class:`RDartsHook`: an epoch hook (``hooks: [{name: rdarts, mode: ...}]``) that computes
-  the eigenvalue every ``every`` epochs, keeps checkpoints, and on the ES signal either stops
-  and restores the architecture of ``lag`` evaluations earlier (DARTS-ES) or rolls back to
+  the eigenvalue after epoch 1 and then every ``every`` epochs, keeps checkpoints, and on the ES
+  signal either stops and restores the architecture the rule returns (DARTS-ES) or rolls back to
   that checkpoint, multiplies the weight decay by 10 (capped at 0.03) and continues (DARTS-ADA).
+
+The DARTS-ES rule (Zela et al. 2020, DARTS-ES; the RobustDARTS code, ``EVLocalAvg``; ALGORITHMS.md
+R-DARTS). The local average of the dominant eigenvalue over a window of ``window`` = 5 evaluations
+belongs to the window's centre: with the window ending at the latest evaluation t it is the average of
+evaluations t-4..t, attributed to evaluation c = t - 2. The rule compares it with the local average
+``lag`` = 4 evaluations earlier (centre c - 4) and fires when their ratio exceeds 1.3; it may only fire
+once the architecture it would return, that of evaluation c - 4, is at least the start epoch 10; it
+returns that architecture (DARTS-ADA rolls back to that checkpoint). With the reference's schedule (an
+eigenvalue after epoch 1 and then every 2 epochs) that is current epoch - 4 (centre) - 8 = current - 12;
+with one evaluation every epoch it is current - 6. Epochs: the reference counts from 0 and evaluates
+at its epochs 0, 2, 4, ...; dartboard's epoch is the number of finished epochs, so the reference's epoch
+e is dartboard's e + 1: evaluations after epochs 1, 3, 5, ..., and "start epoch 10" (0-based) means
+the returned architecture is from dartboard epoch >= 11. Two deliberate differences from the code:
+the rule is also checked at the last epoch (the reference skips it there, where its bookkeeping
+switches to a shrinking window), and after a DARTS-ADA rollback the curvature history restarts
+(the reference reloads the history saved with the checkpoint, which needs every older checkpoint).
 
 The S1-S4 spaces (with S4's `noise` op) are in the catalog (``--space s1..s4``).
 """
@@ -24,8 +40,10 @@ from dartboard.searchers.base import Batch, to_device
 from dartboard.searchers.parts.base import Part
 from dartboard.searchers.parts.hooks import HOOKS
 
-# ALGORITHMS.md R-DARTS: eigenvalue every 2 epochs; local average over a window of 5; from
-# epoch 10 stop when avg[t] / avg[t-4] > 1.3; return the architecture of epoch t - 2*4.
+# R-DARTS (Zela et al. 2020; RobustDARTS scripts and EVLocalAvg; ALGORITHMS.md R-DARTS): an eigenvalue
+# after the first epoch and then every 2 epochs; local average over a window of 5 evaluations, attributed
+# to its centre; stop when avg[c] / avg[c - 4] > 1.3, once the returned evaluation c - 4 is at
+# epoch >= 10 (0-based, as in the reference); return the architecture of evaluation c - 4.
 EIG_EVERY = 2
 ES_WINDOW = 5
 ES_LAG = 4
@@ -118,29 +136,44 @@ class AdaptiveWeightDecay:
         return value
 
 
-def local_average(values: Sequence[float], t: int, window: int = ES_WINDOW) -> float:
-    """Mean of values[t - window + 1 .. t] (fewer at the start)."""
-    chunk = values[max(0, t - window + 1): t + 1]
+def local_average(values: Sequence[float], centre: int, window: int = ES_WINDOW) -> float:
+    """The local average that belongs to evaluation ``centre``: the mean of the ``window`` evaluations
+    ``centre - window//2 ..`` (``centre - 2 .. centre + 2`` for 5), truncated at the start as in the
+    reference (centre 0: evaluations 0..2)."""
+    last = centre + window // 2
+    chunk = values[max(0, last - window + 1): last + 1]
     return sum(chunk) / len(chunk)
 
 
+def es_returned_index(eigenvalues: Sequence[float], epochs: Sequence[int], window: int = ES_WINDOW,
+                      lag: int = ES_LAG, ratio: float = ES_RATIO, start_epoch: int = ES_START_EPOCH) -> int | None:
+    """DARTS-ES at the latest evaluation t: with c = t - window//2 the centre of the latest window, the
+    index c - lag of the evaluation whose architecture is returned if avg[c] / avg[c - lag] > ratio and
+    that evaluation's epoch is >= ``start_epoch`` counted from 0 (``epochs`` counts finished epochs);
+    None if the rule does not fire."""
+    centre = len(eigenvalues) - 1 - window // 2
+    back = centre - lag
+    if back < 0 or epochs[back] - 1 < start_epoch:
+        return None
+    before = local_average(eigenvalues, back, window)
+    return back if before > 0 and local_average(eigenvalues, centre, window) / before > ratio else None
+
+
 def es_stop_index(eigenvalues: Sequence[float], epochs: Sequence[int], window: int = ES_WINDOW, lag: int = ES_LAG,
-                  ratio: float = ES_RATIO, start_epoch: int = ES_START_EPOCH) -> int | None:
-    """DARTS-ES: the first evaluation index t with epochs[t] >= start_epoch, t >= lag and
-    avg[t] / avg[t - lag] > ratio (avg: local average over ``window``); None if none."""
-    for t in range(lag, len(eigenvalues)):
-        if epochs[t] < start_epoch:
-            continue
-        before = local_average(eigenvalues, t - lag, window)
-        if before > 0 and local_average(eigenvalues, t, window) / before > ratio:
-            return t
+                  ratio: float = ES_RATIO, start_epoch: int = ES_START_EPOCH) -> tuple[int, int] | None:
+    """DARTS-ES over a whole sequence: (the first evaluation at which the rule fires, the evaluation
+    whose architecture it returns), or None."""
+    for t in range(len(eigenvalues)):
+        back = es_returned_index(eigenvalues[: t + 1], epochs[: t + 1], window, lag, ratio, start_epoch)
+        if back is not None:
+            return t, back
     return None
 
 
 @HOOKS.register("rdarts")
 class RDartsHook(Part):
-    """Epoch hook: eigenvalue every ``every`` epochs; ``mode`` = "monitor" (log only),
-    "es" (DARTS-ES) or "ada" (DARTS-ADA). ADA already at the weight-decay cap stops like ES."""
+    """Epoch hook: eigenvalue after epoch 1 and then every ``every`` epochs; ``mode`` = "monitor" (log
+    only), "es" (DARTS-ES) or "ada" (DARTS-ADA). ADA already at the weight-decay cap stops like ES."""
 
     def __init__(self, mode: str = "es", every: int = EIG_EVERY, window: int = ES_WINDOW, lag: int = ES_LAG,
                  ratio: float = ES_RATIO, start_epoch: int = ES_START_EPOCH, wd_factor: float = ADA_WD_FACTOR,
@@ -167,20 +200,20 @@ class RDartsHook(Part):
     def end_epoch(self, ctx: Any) -> dict[str, float]:
         optimizer = ctx.weight_optimizer
         metrics = {"w_weight_decay": AdaptiveWeightDecay.current(optimizer), "rdarts_rollbacks": float(self.rollbacks)}
-        if ctx.epoch % self.every or ctx.last_val_batch is None:
+        if (ctx.epoch - 1) % self.every or ctx.last_val_batch is None:  # epochs 1, 1 + every, ...
             return metrics
         value = float(self.eigenvalue_fn(ctx, ctx.last_val_batch))
         self.eigenvalues.append(value)
         self.epochs.append(ctx.epoch)
         self.checkpoints.append(ctx.snapshot())  # already a deep copy
-        self.checkpoints = self.checkpoints[-(self.lag + 1):]
+        # The rule returns evaluation t - window//2 - lag: keep the checkpoints from there on.
+        self.checkpoints = self.checkpoints[-(self.window // 2 + self.lag + 1):]
         metrics["hessian_eigenvalue"] = value
-        t = len(self.eigenvalues) - 1
-        if self.mode == "monitor" or es_stop_index(self.eigenvalues, self.epochs, self.window, self.lag, self.ratio,
-                                                   self.start_epoch) != t:
+        back = es_returned_index(self.eigenvalues, self.epochs, self.window, self.lag, self.ratio, self.start_epoch)
+        if self.mode == "monitor" or back is None:
             return metrics
         stop_epoch = ctx.epoch
-        checkpoint = self.checkpoints[0]  # evaluation t - lag, i.e. epoch t - every * lag
+        checkpoint = self.checkpoints[back - len(self.eigenvalues)]  # evaluation `back`
         self.returned_epoch = checkpoint["counters"]["epoch"]
         wd_before = AdaptiveWeightDecay.current(optimizer)
         ctx.restore(copy.deepcopy(checkpoint))

@@ -24,6 +24,8 @@ FIMT_K = 10
 FIMT_EWMA = 0.2
 FIMT_THRESHOLD_INIT = 1.0
 FIMT_FACTOR = 1.05
+# "paper": k weight steps per alpha step; "reference": the authors' code (k + 1; see FimtSchedule).
+FIMT_CONVENTIONS = ("paper", "reference")
 
 
 def train_fraction_for_ratio(k: int) -> float:
@@ -80,14 +82,25 @@ class ConstantSchedule(Schedule):
 
 @SCHEDULES.register("fimt")
 class FimtSchedule(Schedule):
-    """Dynamic FIMT schedule (Maile et al. 3.2; ALGORITHMS.md).
+    """Dynamic FIMT schedule (Maile et al. 3.2; ALGORITHMS.md Maile et al.).
 
     After each weight step: FI = sum ||grad w||^2 (before clipping);
     FI_ewma <- (1 - lambda) * FI_ewma + lambda * FI (lambda = 0.2; the first FI initialises it).
-    If FI_ewma < threshold: the next iteration takes an alpha step and threshold *= factor^(-k);
-    otherwise threshold *= factor. With a constant FI the threshold settles into a cycle of one
-    alpha step per k + 1 iterations (k threshold increases per decrease), i.e. k weight steps
-    between alpha steps.
+    If FI_ewma < threshold: the next iteration takes an alpha step and threshold *= factor^(-(k-1));
+    otherwise threshold *= factor.
+
+    The ratio (``convention``). Maile et al. 4.1 set "the expected ratio of w steps per alpha step" to
+    k = 10 and split the data 90.91 / 9.09 for it; the factors are "computed to maintain the desired
+    average frequency of alpha updates, assuming the FIMT were constant". With a constant FI a cycle of
+    n weight steps has n - 1 increases and one decrease, so n = k needs the decrease factor^-(k-1):
+    that is the default ("paper"). The authors' code (DARTS-PRIME) decreases by factor^-k, which
+    balances at k + 1 = 11 weight steps per alpha step while still splitting the data for 10:
+    ``convention: reference`` reproduces it.
+
+    The first comparison. The paper compares "after each w update", so the first FI is compared with
+    the initial threshold (1.0). The reference decides before the weight step; its first iteration has
+    no FI yet, skips the comparison and raises the threshold once, so its first comparison is against
+    1.0 * 1.05. ``convention: reference`` reproduces that too (the threshold starts at threshold * factor).
 
     Reads FI on the host once per step (the decision is a Python bool).
     """
@@ -95,15 +108,20 @@ class FimtSchedule(Schedule):
     needs_grad_norm = True
 
     def __init__(self, k: int = FIMT_K, ewma: float = FIMT_EWMA, threshold: float = FIMT_THRESHOLD_INIT,
-                 factor: float = FIMT_FACTOR):
+                 factor: float = FIMT_FACTOR, convention: str = "paper"):
         if int(k) < 1:
             raise ValueError(f"k: expected an integer >= 1, got {k}")
         if not 0.0 < ewma <= 1.0:
             raise ValueError(f"ewma: expected a value in (0, 1], got {ewma}")
         if factor <= 1.0 or threshold <= 0.0:
             raise ValueError(f"factor and threshold: expected factor > 1 and threshold > 0, got {factor}, {threshold}")
+        if convention not in FIMT_CONVENTIONS:
+            raise ValueError(f"convention: expected 'paper' or 'reference', got {convention!r}")
         self.k, self.ewma_factor, self.factor = int(k), float(ewma), float(factor)
-        self.threshold = float(threshold)
+        self.convention = convention
+        # Decreases per alpha step, in units of log(factor): k - 1 (paper, k steps a cycle) or k (reference).
+        self.decrease = self.k - 1 if convention == "paper" else self.k
+        self.threshold = float(threshold) * (self.factor if convention == "reference" else 1.0)
         self.fi_ewma: float | None = None
         self.due = False
         self.weight_steps = 0
@@ -127,7 +145,7 @@ class FimtSchedule(Schedule):
         self.weight_steps += 1
         if self.fi_ewma < self.threshold:
             self.due = True
-            self.threshold *= self.factor ** (-self.k)
+            self.threshold *= self.factor ** (-self.decrease)
         else:
             self.due = False
             self.threshold *= self.factor
