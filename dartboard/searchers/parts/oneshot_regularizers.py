@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ class DirichletAnchor(Regularizer):
         return self.weight * sum(term(dirichlet_concentration(a), self.anchor) for a in ctx.alphas)
 
 
-@lru_cache(maxsize=None)
+@cache
 def op_cost(name: str) -> float:
     """Parameters of op ``name`` in a search cell at C = 16, stride 1 (none, skip, pools: 0)."""
     from dartboard.spaces.ops import make_op
