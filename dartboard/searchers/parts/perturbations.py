@@ -111,7 +111,7 @@ class AdversarialPerturbation(RandomSmoothing):
         noise = self.noise(ctx, base)
         current = [self.project(b, b + d) if self.random_start else b for b, d in zip(base, noise, strict=True)]
         lr = 2.0 * self.epsilon / self.steps
-        with ctx.frozen_batchnorm():
+        with ctx.frozen_batchnorm(), torch.enable_grad():
             for _ in range(self.steps):
                 current = [c.detach().requires_grad_(True) for c in current]
                 loss = ctx.loss(ctx.forward(x, current), y)
