@@ -261,7 +261,8 @@ def test_darts_pt_keeps_the_op_that_matters():
     group = SimpleNamespace(rows=((0, 2), (1, 2), (0, 3), (1, 3), (2, 3)), primitives=(("a", "b", "c"),) * 5)
     alphas = [torch.zeros(5, 3)]
     ctx = SimpleNamespace(alphas=alphas, groups=[group], device="cpu", forward=forward,
-                          loss=torch.nn.functional.cross_entropy, frozen_batchnorm=torch.no_grad)
+                          loss=torch.nn.functional.cross_entropy, frozen_batchnorm=torch.no_grad,
+                          reduce_mean=lambda tensors: None)
     pt = PerturbationProjection(seed=0)
     pt.start(SimpleNamespace(alphas=alphas, skip_zero_weight_ops=lambda: None))
     pt.buffer = [(torch.zeros(4, 1), y)]

@@ -144,6 +144,11 @@ class SearchContext:
         if skip is not None:
             skip(True)
 
+    def reduce_mean(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average ``tensors`` in place over the ranks of a distributed search (the engine's
+        ``reduce_arch_grads``; nothing on one process): a decision every rank must share."""
+        self._engine.reduce_arch_grads(list(tensors))
+
     def request_stop(self) -> None:
         self._engine.stop_requested = True
 

@@ -132,16 +132,23 @@ class PerturbationProjection(_GroupSampler):
             w[group][row, op] = 0.0
         return self.score(ctx, w)
 
+    @staticmethod
+    def _mean_over_ranks(ctx: Any, scores: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Every rank scores on its own validation shard: the criterion is their mean (one decision)."""
+        t = torch.tensor(scores, dtype=torch.float64, device=ctx.device)
+        ctx.reduce_mean([t])
+        return [(float(a), float(b)) for a, b in t.tolist()]
+
     def decide(self, ctx: Any, decision: list) -> None:
         kind, g, i = decision[0], int(decision[1]), int(decision[2])
         group = ctx.groups[g]
         if kind == "op":
             candidates = [k for k, name in enumerate(group.primitives[i]) if name != "none"]
-            scores = [self._without(ctx, g, i, k) for k in candidates]
+            scores = self._mean_over_ranks(ctx, [self._without(ctx, g, i, k) for k in candidates])
             self.decided[(g, i)] = removal_choice(scores, candidates)[0]
             return
         incoming = [e for e, (_, d) in enumerate(group.rows) if d == i and (g, e) not in self.removed]
-        scores = [self._without(ctx, g, e, None) for e in incoming]
+        scores = self._mean_over_ranks(ctx, [self._without(ctx, g, e, None) for e in incoming])
         kept = set(removal_choice(scores, incoming, keep=2))
         self.removed.update((g, e) for e in incoming if e not in kept)
 
