@@ -304,6 +304,7 @@ class Engine:
             "activation": self.activation.state_dict(),
             "schedule": self.schedule.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
+            "perturbation": self.perturbation.state_dict(),
             "masks": self.supernet.active_ops(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "arch_steps": self.arch_steps},
             "history": self.history,
@@ -323,6 +324,7 @@ class Engine:
         self.schedule.load_state_dict(state["schedule"])
         for reg, s in zip(self.regularizers, state["regularizers"], strict=True):
             reg.load_state_dict(s)
+        self.perturbation.load_state_dict(state["perturbation"])
         self.supernet.set_active_ops(state["masks"])
         counters = state["counters"]
         self.epoch, self.global_step = counters["epoch"], counters["global_step"]
