@@ -61,7 +61,8 @@ def build_table_cmd(
 
 def quality_cmd(
     searchers: str = typer.Option(None, help="Comma-separated searchers (default: darts, fairdarts, rdarts-es, "
-                                  "darts+pr+fimt, ddarts, those registered); random search is added."),
+                                  "darts+pr+fimt, ddarts and the one-shot presets gdas, snas, drnas, pc-darts, "
+                                  "sdarts-rs, sdarts-adv, darts-minus, darts-pt); random search is added."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     epochs: int = typer.Option(20, help="Search epochs per trial."),
     workers: int = typer.Option(2, help="Trials run at once (one CPU each)."),
