@@ -1,7 +1,11 @@
 """The quality benchmark's trials in this process, without Ray (for a quick look or a machine where
 a Ray cluster is too heavy): the same trial options (:func:`dartboard.bench.quality.trial_options`),
 the same seeded search split and loaders as a study trial, the architecture derived after every
-epoch and the search seconds, scored by the same functions as ``dartboard bench quality``."""
+epoch and the search seconds, scored by the same functions as ``dartboard bench quality``.
+
+The search seconds are this process's CPU seconds (one thread): on a shared, loaded machine the wall
+time would inflate the searchers' budget and so random search's, which pays the table's recorded
+(idle) training times."""
 
 from __future__ import annotations
 
@@ -33,9 +37,9 @@ def run_trial(name: str, seed: int, cfg: QualityConfig, table, splits) -> dict[s
     val_loader = make_loader(val, cfg.batch_size, shuffle=True, seed=seed + 1, drop_last=True)
     genotypes, history, seconds = [], [], 0.0
     for _ in range(cfg.epochs):
-        start = time.perf_counter()
+        start = time.process_time()
         metrics = run_epoch(searcher, train_loader, val_loader)
-        seconds += time.perf_counter() - start
+        seconds += time.process_time() - start
         genotypes.append(gt.to_dict(searcher.derive()))
         history.append({**metrics, "search_seconds": seconds})
         if searcher.stop_requested:
