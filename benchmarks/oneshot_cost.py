@@ -3,7 +3,8 @@
 Every variant is its preset on the DARTS space (8 ops with none) with the same network, batch and
 seed; one search step (alpha step + weight step) is the unit. Time: the median of ``--repeats``
 steps after ``--warmup`` steps, the variants interleaved step by step so that a shared machine's
-load hits them alike. Peak memory: what ``--mem-steps`` further steps allocate and still hold
+load hits them alike; on the CPU the process's CPU time (one thread) is the measure, which a loaded
+machine inflates far less than the wall time (both are printed). Peak memory: what ``--mem-steps`` further steps allocate and still hold
 (CPU: the torch profiler's memory records, as ``dartboard bench memory``; CUDA:
 ``torch.cuda.max_memory_allocated``). PC-DARTS runs without its warm-up so its alpha step is timed too.
 
@@ -30,7 +31,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
+def step_times(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     shape = DataShape(3, args.input_size, 10)
     searchers, batches = {}, {}
     for name, extra in VARIANTS.items():
@@ -41,15 +42,16 @@ def step_times(args: argparse.Namespace) -> dict[str, list[float]]:
     for i in range(2):
         batches[i] = (torch.randn(args.batch, 3, args.input_size, args.input_size, generator=g).to(args.device),
                       torch.randint(0, 10, (args.batch,), generator=g).to(args.device))
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in VARIANTS}
     for i in range(args.warmup + args.repeats):
         for name, s in searchers.items():  # interleaved: the same load for every variant
             _sync(args.device)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             s.step(batches[0], batches[1])
             _sync(args.device)
             if i >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name]["wall"].append(time.perf_counter() - start)
+                times[name]["cpu"].append(time.process_time() - cpu)
     return times
 
 
@@ -70,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     setting = Setting(batch=args.batch, C=args.C, layers=args.layers, input_size=args.input_size,
                       steps=args.mem_steps, device=args.device, threads=args.threads)
     memory = {name: measure(name, dict(extra), setting) for name, extra in VARIANTS.items()}
-    t0, m0 = statistics.median(times["darts"]), memory["darts"]["peak_bytes"]
+    clock = "wall" if args.device.startswith("cuda") else "cpu"
+    t0, m0 = statistics.median(times["darts"][clock]), memory["darts"]["peak_bytes"]
     print(f"one search step (alpha + weight step), DARTS space, C={args.C}, {args.layers} cells, batch {args.batch}, "
           f"{args.input_size}x{args.input_size}, {args.device}, {args.threads} thread(s); memory: "
           f"{memory['darts']['method']}")
-    print(f"{'searcher':<10}{'step ms':>10}{'time / DARTS':>14}{'peak MiB':>10}{'memory / DARTS':>16}")
+    print(f"{'searcher':<10}{clock + ' ms':>10}{'time / DARTS':>14}{'wall ms':>10}{'peak MiB':>10}"
+          f"{'memory / DARTS':>16}")
     for name in VARIANTS:
-        t, m = statistics.median(times[name]), memory[name]["peak_bytes"]
-        print(f"{name:<10}{1000 * t:>10.1f}{t / t0:>14.3f}{m / 2**20:>10.1f}{m / m0:>16.3f}")
+        t, m = statistics.median(times[name][clock]), memory[name]["peak_bytes"]
+        wall = statistics.median(times[name]["wall"])
+        print(f"{name:<10}{1000 * t:>10.1f}{t / t0:>14.3f}{1000 * wall:>10.1f}{m / 2**20:>10.1f}{m / m0:>16.3f}")
     return 0
 
 
