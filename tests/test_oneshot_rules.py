@@ -181,10 +181,10 @@ def test_edge_normalisation_scores_and_betas_are_architecture_parameters():
         for a in s.arch:
             a.zero_()
             a[:, 2] = 1.0  # sep_conv everywhere, the same strength on every edge
-        s.arch_extra[0].copy_(torch.tensor([0.0, 0.0, 5.0, -5.0, 0.0]))  # node 3 prefers edge (0, 3)...
+        s.arch_extra[0].copy_(torch.tensor([0.0, 0.0, 5.0, 5.0, -5.0]))  # node 3 prefers edges (0, 3), (1, 3)...
         s.arch[0][4, 2] = 1.5  # ... over (2, 3), whose alpha alone would win
     cell = s.derive().normal
-    assert {(e.src, e.dst) for e in cell.edges if e.dst == 3} == {(0, 3), (2, 3)}  # (1, 3) dropped by beta
+    assert {(e.src, e.dst) for e in cell.edges if e.dst == 3} == {(0, 3), (1, 3)}  # (2, 3) dropped by beta
     s.step(batch(0), batch(1))
     assert all(b.grad is None for b in s.arch_extra)  # set by the alpha step, cleared by the optimizer
     assert s.arch_extra[0].abs().sum() > 0
