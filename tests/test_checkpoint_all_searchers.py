@@ -18,7 +18,9 @@ from dartboard.training.checkpoint import load_state, save_state, to_plain
 
 SHAPE = DataShape(1, 8, 10)
 TINY = {"C": 4, "layers": 2, "epochs": 3}
-OWN = {"dartopti": {"C": 4, "epochs": 3}}  # its cell count is its start genotype's (ResNet-18: 4 cells)
+OWN = {"dartopti": {"C": 4, "epochs": 3},  # its cell count is its start genotype's (ResNet-18: 4 cells)
+       "pc-darts": {**TINY, "warmup_epochs": 1},  # alpha and beta steps before and after the checkpoint
+       "darts-pt": {**TINY, "pt_start_epoch": 0, "pt_tune_steps": 0}}  # projection decisions on both sides
 
 
 def _batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

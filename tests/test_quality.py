@@ -50,7 +50,7 @@ def test_off_table_architecture_gives_nan_and_flag(table):
 
 
 def test_table_from_dict_refuses_other_spaces():
-    with pytest.raises(ValueError, match="space: expected a 'tiny81' table"):
+    with pytest.raises(ValueError, match="space: expected a table of 'tiny81', 'tiny625'"):
         table_from_dict({"space": "darts", "protocol": {}, "entries": []})
 
 

@@ -20,7 +20,9 @@ from typing import Any
 
 log = logging.getLogger("dartboard")
 
-DEFAULT_SEARCHERS = ("darts", "fairdarts", "rdarts-es", "darts+pr+fimt", "ddarts")
+ONESHOT_SEARCHERS = ("gdas", "snas", "drnas", "pc-darts", "sdarts-rs", "sdarts-adv", "darts-minus", "darts-pt")
+DEFAULT_SEARCHERS = ("darts", "fairdarts", "rdarts-es", "darts+pr+fimt", "ddarts", *ONESHOT_SEARCHERS)
+DARTS_SEARCH_EPOCHS = 50  # a preset's warm-up (PC-DARTS: 15 of 50 epochs) keeps its share of a shorter search
 RANDOM = "random"
 # The table's members are exactly the outcomes of the DARTS parse (top-2 inputs, argmax op).
 # Searchers whose preset parses otherwise (D-DARTS: sigmoid threshold 0.85, which drops the
@@ -58,6 +60,9 @@ def trial_options(name: str, cfg: QualityConfig) -> dict[str, Any]:
     opts = {**TINY81_SEARCH_OPTIONS, "epochs": cfg.epochs, **cfg.options}
     if cfg.parse is not None and "discretizer" in spec.options:
         opts["discretizer"] = cfg.parse
+    warmup = spec.defaults.get("warmup_epochs", 0)
+    if warmup and "warmup_epochs" not in cfg.options:
+        opts["warmup_epochs"] = round(warmup * cfg.epochs / DARTS_SEARCH_EPOCHS)
     unknown = sorted(set(opts) - set(spec.options))
     if unknown:
         raise ValueError(f"searcher {name!r} cannot search tiny81: it has no option {', '.join(unknown)}")

@@ -32,11 +32,9 @@ from dartboard.spaces.networks import DiscreteNetwork, count_parameters
 from dartboard.spaces.tiny import (
     TINY81_LAYERS,
     TINY81_NAME,
-    TINY81_OPS,
     TINY81_REDUCTIONS,
-    enumerate_ops,
-    genotype_key,
-    genotype_of_ops,
+    TINY_SPACES,
+    TinySpace,
     ops_key,
 )
 
@@ -182,8 +180,12 @@ class Table:
     def best_val(self) -> float:
         return max(e["val_mean"] for e in self.entries.values())
 
+    @property
+    def space(self) -> TinySpace:
+        return TINY_SPACES[self.meta.get("space", TINY81_NAME)]
+
     def entry(self, genotype_or_key: gt.Genotype | str) -> dict[str, Any] | None:
-        key = genotype_or_key if isinstance(genotype_or_key, str) else genotype_key(genotype_or_key)
+        key = genotype_or_key if isinstance(genotype_or_key, str) else self.space.genotype_key(genotype_or_key)
         return None if key is None else self.entries.get(key)
 
     def regret(self, genotype_or_key: gt.Genotype | str) -> float | None:
@@ -203,8 +205,8 @@ class Table:
 
 
 def table_from_dict(data: dict[str, Any]) -> Table:
-    if data.get("space") != TINY81_NAME:
-        raise ValueError(f"space: expected a {TINY81_NAME!r} table, got {data.get('space')!r}")
+    if data.get("space") not in TINY_SPACES:
+        raise ValueError(f"space: expected a table of {', '.join(map(repr, TINY_SPACES))}, got {data.get('space')!r}")
     entries = {e["key"]: e for e in data["entries"]}
     meta = {k: v for k, v in data.items() if k not in ("protocol", "entries")}
     return Table(entries, data["protocol"], meta)
@@ -221,10 +223,11 @@ def load_table(path: str | Path | None = None) -> Table:
     return table_from_dict(json.loads(text))
 
 
-def summarize(key: str, ops: Sequence[str], runs: Sequence[EntryRun], seeds: Sequence[int]) -> dict[str, Any]:
+def summarize(key: str, ops: Sequence[str], runs: Sequence[EntryRun], seeds: Sequence[int],
+              space: TinySpace = TINY_SPACES[TINY81_NAME]) -> dict[str, Any]:
     val_mean, val_std = _mean_std([r.val_acc for r in runs])
     test_mean, test_std = _mean_std([r.test_acc for r in runs])
-    return {"key": key, "ops": list(ops), "genotype": gt.to_dict(genotype_of_ops(list(ops))),
+    return {"key": key, "ops": list(ops), "genotype": gt.to_dict(space.genotype_of_ops(list(ops))),
             "seeds": list(seeds), "val_acc": [r.val_acc for r in runs], "test_acc": [r.test_acc for r in runs],
             "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean, "test_std": test_std,
             "parameters": runs[0].parameters, "train_seconds": statistics.fmean(r.seconds for r in runs)}
@@ -242,12 +245,40 @@ def table_statistics(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"best_test_mean": max(means), "worst_test_mean": min(means),
             "mean_seed_std_test": statistics.fmean(e["test_std"] for e in entries),
             "spearman_between_seeds_test": correlations,
-            "spearman_val_vs_test": spearman([e["val_mean"] for e in entries], means)}
+            "spearman_val_vs_test": spearman([e["val_mean"] for e in entries], means),
+            "separable_pairs": separable_pairs(entries),
+            "random_search_regret": {str(k): random_k_regret(entries, k) for k in RANDOM_K if k < len(entries)}}
+
+
+RANDOM_K = (1, 5, 10, 20)  # random-search budgets (members trained) of the informativeness statistics
+
+
+def separable_pairs(entries: Sequence[dict[str, Any]]) -> float:
+    """Share of member pairs whose mean test accuracies differ by more than the sum of their seed
+    stds (their +-1 std intervals do not overlap): how much of the ranking is above seed noise."""
+    items = [(e["test_mean"], e["test_std"]) for e in entries]
+    pairs = [(a, b) for i, a in enumerate(items) for b in items[i + 1:]]
+    return sum(abs(a[0] - b[0]) > a[1] + b[1] for a, b in pairs) / max(len(pairs), 1)
+
+
+def random_k_regret(entries: Sequence[dict[str, Any]], k: int, draws: int = 2000, seed: int = 0) -> float:
+    """Expected test regret of random search that trains ``k`` distinct members and keeps the best
+    one on validation (Monte Carlo, seeded): small values for small ``k`` mean a table too easy to
+    separate searchers (tiny81: 5 or 6 samples are within one std of DARTS)."""
+    import random
+
+    rng = random.Random(seed)
+    best = max(e["test_mean"] for e in entries)
+    total = 0.0
+    for _ in range(draws):
+        pick = max(rng.sample(list(entries), k), key=lambda e: e["val_mean"])
+        total += best - pick["test_mean"]
+    return total / draws
 
 
 def build_table(protocol: TableProtocol, out: str | Path, command: str = "",
                 keys: Sequence[str] | None = None, on_entry: Callable[[int, int, dict], None] | None = None,
-                reverse: bool = False, offset: int = 0) -> Table:
+                reverse: bool = False, offset: int = 0, space: str = TINY81_NAME) -> Table:
     """Train every member (or only ``keys``) with every seed; write the JSON after each entry.
 
     Resumable and shareable: before each entry the file is re-read, and entries already in it
@@ -257,7 +288,8 @@ def build_table(protocol: TableProtocol, out: str | Path, command: str = "",
     out = Path(out)
     torch.set_num_threads(protocol.threads)
     splits = load_dataset(protocol.dataset)
-    todo = [ops for ops in enumerate_ops() if keys is None or ops_key(ops) in keys]
+    tiny = TINY_SPACES[space]
+    todo = [ops for ops in tiny.enumerate_ops() if keys is None or ops_key(ops) in keys]
     if reverse:
         todo.reverse()
     todo = todo[offset % max(len(todo), 1):] + todo[:offset % max(len(todo), 1)]
@@ -267,12 +299,12 @@ def build_table(protocol: TableProtocol, out: str | Path, command: str = "",
         key = ops_key(ops)
         done.update(_read_entries(out, protocol))
         if key not in done:
-            runs = [train_entry(genotype_of_ops(list(ops)), splits, protocol, s) for s in protocol.seeds]
-            done[key] = summarize(key, ops, runs, protocol.seeds)
-            _write(out, protocol, command, done, time.perf_counter() - start)
+            runs = [train_entry(tiny.genotype_of_ops(list(ops)), splits, protocol, s) for s in protocol.seeds]
+            done[key] = summarize(key, ops, runs, protocol.seeds, tiny)
+            _write(out, protocol, command, done, time.perf_counter() - start, tiny)
         if on_entry is not None:
             on_entry(n, len(todo), done[key])
-    _write(out, protocol, command, done, time.perf_counter() - start)
+    _write(out, protocol, command, done, time.perf_counter() - start, tiny)
     return load_table(out)
 
 
@@ -291,11 +323,12 @@ def _protocol_dict(protocol: TableProtocol) -> dict[str, Any]:
     return d
 
 
-def _write(out: Path, protocol: TableProtocol, command: str, done: dict[str, dict], seconds: float) -> None:
+def _write(out: Path, protocol: TableProtocol, command: str, done: dict[str, dict], seconds: float,
+           tiny: TinySpace = TINY_SPACES[TINY81_NAME]) -> None:
     done = {**_read_entries(out, protocol), **done}  # keep what another builder wrote meanwhile
-    order = [ops_key(ops) for ops in enumerate_ops()]
+    order = [ops_key(ops) for ops in tiny.enumerate_ops()]
     entries = [done[k] for k in order if k in done]
-    data = {"space": TINY81_NAME, "version": TABLE_VERSION, "ops": list(TINY81_OPS),
+    data = {"space": tiny.name, "version": TABLE_VERSION, "ops": list(tiny.ops),
             "complete": len(entries) == len(order), "command": command, "torch": torch.__version__,
             "build_seconds_last_session": round(seconds, 1),
             "statistics": table_statistics(entries) if len(entries) > 2 else {},

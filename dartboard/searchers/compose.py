@@ -31,6 +31,7 @@ from dartboard.searchers.parts.arch_optimizers import ARCH_OPTIMIZERS
 from dartboard.searchers.parts.groupings import GROUPINGS
 from dartboard.searchers.parts.hooks import HOOKS
 from dartboard.searchers.parts.inits import ALPHA_INITS
+from dartboard.searchers.parts.oneshot import ONESHOT_PARTS  # noqa: F401  (registers the one-shot methods' parts)
 from dartboard.searchers.parts.pmsm import FluxCriterion  # noqa: F401  (registers the PMSM parts)
 from dartboard.searchers.parts.rdarts import RDartsHook  # noqa: F401  (registers the hook)
 from dartboard.searchers.parts.regularizers import REGULARIZERS

@@ -26,6 +26,7 @@ class EngineConfig:
     warmup_epochs: int = 0  # epochs training weights only (DARTOpti: 5)
     order: int = 1  # hypergradient: 1 = first order, 2 = unrolled second order (thesis Eq 2.8)
     w_optimizer: str = "sgd"  # DARTS: SGD with momentum; "adam" (betas 0.9, 0.999; first order only)
+    single_level: bool = False  # SNAS (Xie et al. 2019): the alpha step on the training batch, as the weight step
     w_lr: float = 0.025  # DARTS: SGD lr 0.025, cosine to 0.001
     w_lr_min: float = 0.001
     w_momentum: float = 0.9

@@ -82,6 +82,11 @@ class SearchContext:
         return self._engine.last_val_batch
 
     @property
+    def global_step(self) -> int:
+        """Search iterations done (samplers seed their draws with it)."""
+        return self._engine.global_step
+
+    @property
     def start(self) -> Genotype | None:
         """The handcrafted genotype the supernet was started from (DARTOpti), else None."""
         return self._engine.supernet.layout.start
@@ -131,6 +136,18 @@ class SearchContext:
 
     def active_op_count(self) -> int:
         return sum(len(a) for cell in self._engine.supernet.active_ops() for a in cell)
+
+    def skip_zero_weight_ops(self) -> None:
+        """Ask the supernet to skip ops whose mixing weight is exactly 0 (GDAS: only the sampled
+        op of each edge is computed); a supernet without that ability computes every op."""
+        skip = getattr(self._engine.supernet, "set_skip_zero_weights", None)
+        if skip is not None:
+            skip(True)
+
+    def reduce_mean(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average ``tensors`` in place over the ranks of a distributed search (the engine's
+        ``reduce_arch_grads``; nothing on one process): a decision every rank must share."""
+        self._engine.reduce_arch_grads(list(tensors))
 
     def request_stop(self) -> None:
         self._engine.stop_requested = True

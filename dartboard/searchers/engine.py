@@ -64,6 +64,7 @@ class Engine:
             part.check(config, self.layout)
         self.activation, self.schedule, self.regularizers = parts.activation, parts.schedule, parts.regularizers
         self.perturbation, self.hooks, self.discretizer = parts.perturbation, list(parts.hooks), parts.discretizer
+        self.mixed_op = parts.mixed_op
         self.objective, self.parts = parts.objective, parts
         cell_group, group_names = parts.grouping.assign(self.layout)
         self.supernet: Supernet = space.supernet(self.layout, cell_group, group_names, config)
@@ -71,13 +72,17 @@ class Engine:
         self.supernet.to(self.device)
         self.arch = nn.ParameterList(nn.Parameter(parts.alpha_init.init(g, self.supernet.cells_of(i), self.layout))
                                      for i, g in enumerate(self.supernet.groups)).to(self.device)
+        # extra architecture parameters of the mixed op (PC-DARTS edge normalisation betas): optimised,
+        # all-reduced and checkpointed with the alphas
+        self.arch_extra = nn.ParameterList(nn.Parameter(t) for t in parts.mixed_op.arch_parameters(
+            self.supernet.groups)).to(self.device)
         self.w_optimizer: torch.optim.Optimizer = (
             torch.optim.SGD(self.supernet.parameters(), lr=config.w_lr, momentum=config.w_momentum,
                             weight_decay=config.w_weight_decay) if config.w_optimizer == "sgd" else
             torch.optim.Adam(self.supernet.parameters(), lr=config.w_lr, weight_decay=config.w_weight_decay))
         self.w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
                                                                       eta_min=config.w_lr_min)
-        self.arch_optimizer = parts.arch_optimizer.build(list(self.arch), config)
+        self.arch_optimizer = parts.arch_optimizer.build(self.arch_parameters(), config)
         self.amp_dtype = AMP_DTYPES[config.precision]
         fp16 = config.precision == "fp16"
         self.w_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -104,7 +109,7 @@ class Engine:
         return float(self.schedule.train_fraction)
 
     def arch_parameters(self) -> list[torch.Tensor]:
-        return list(self.arch)
+        return list(self.arch) + list(self.arch_extra)
 
     def weight_parameters(self) -> list[torch.Tensor]:
         return list(self.supernet.parameters())
@@ -136,10 +141,17 @@ class Engine:
     def group_weights(self) -> list[torch.Tensor]:
         return [self.activation.weights(a) for a in self.arch]
 
-    def forward(self, x: torch.Tensor, group_weights: Sequence[torch.Tensor], module: nn.Module | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, group_weights: Sequence[torch.Tensor], module: nn.Module | None = None,
+                detach_arch: bool = False) -> torch.Tensor:
+        weights = self.forward_weights(group_weights, detach_arch)
         with self.autocast():
-            return (module or self.supernet)(x, list(group_weights))
+            return (module or self.supernet)(x, weights)
+
+    def forward_weights(self, group_weights: Sequence[torch.Tensor], detach_arch: bool = False) -> list[torch.Tensor]:
+        """What the supernet's forward takes: the mixing weights as the mixed op reads them (PC-DARTS
+        edge weights, the DARTS- skip coefficient); ``detach_arch``: no gradient to the extra parameters."""
+        extra = [b.detach() for b in self.arch_extra] if detach_arch else list(self.arch_extra)
+        return self.mixed_op.forward_weights(self.ctx, list(group_weights), extra)
 
     def regularization(self, group_weights: Sequence[torch.Tensor]) -> torch.Tensor:
         total = torch.zeros((), device=self.device)
@@ -158,7 +170,8 @@ class Engine:
         x_train, y_train = to_device(train_batch, self.device)
         self.activation.resample(self.ctx)
         if self.epoch >= self.config.warmup_epochs and self.schedule.arch_step_due():
-            x_val, y_val = to_device(val_batch, self.device)
+            # single level (SNAS): the alpha step takes the training batch, like the weight step
+            x_val, y_val = (x_train, y_train) if self.config.single_level else to_device(val_batch, self.device)
             self.arch_step(x_train, y_train, x_val, y_val)
         self.weight_step(x_train, y_train)
         self.global_step += 1
@@ -175,7 +188,8 @@ class Engine:
                        ) -> list[torch.Tensor]:
         """The second-order hypergradient (thesis Eq 2.8) of S * (L_val + regularizers)."""
         return unrolled_arch_grads(
-            self.supernet, functional_loss(self.supernet, self.autocast, self.objective.loss), list(self.arch),
+            self.supernet, functional_loss(self.supernet, self.autocast, self.objective.loss, self.forward_weights),
+            self.arch_parameters(),
             self.group_weights, self.regularization, self.w_optimizer, self.arch_scaler.scale,
             (x_train, y_train, x_val, y_val), self.config.unrolled_r,
             lambda loss, out, y: self._record("val", loss, out, y))
@@ -183,7 +197,7 @@ class Engine:
     def first_order_grads(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """grad_alpha of S * (L_val + regularizers); with a per-group gradient term (D-DARTS
         L_AB) the L_val gradient is taken alone first, as the term needs it."""
-        alphas = list(self.arch)
+        alphas = self.arch_parameters()
         gw = self.group_weights()
         output = self.forward(x, gw)
         loss = self.objective.loss(output, y)
@@ -203,7 +217,7 @@ class Engine:
 
     def apply_arch_grads(self, grads: Sequence[torch.Tensor]) -> None:
         self.reduce_arch_grads(grads)
-        for a, g in zip(self.arch, grads, strict=True):
+        for a, g in zip(self.arch_parameters(), grads, strict=True):
             a.grad = g
         self.arch_optimizer.step(self.arch_scaler)
         self.arch_steps += 1
@@ -214,9 +228,9 @@ class Engine:
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.no_grad():
             weights = [w.detach() for w in self.group_weights()]
-        weights = self.perturbation.weights(self.ctx, weights)
+        weights = self.perturbation.weights(self.ctx, weights, x, y)
         self.w_optimizer.zero_grad(set_to_none=True)
-        output = self.forward(x, weights, self.train_module)
+        output = self.forward(x, weights, self.train_module, detach_arch=True)
         loss = self.objective.loss(output, y)
         self.w_scaler.scale(loss).backward()
         self.w_scaler.unscale_(self.w_optimizer)
@@ -273,7 +287,8 @@ class Engine:
     # ------------------------------------------------------------------ derivation
     def derive(self) -> Genotype:
         with torch.no_grad():
-            gw = [self.activation.derive_weights(a) for a in self.arch]
+            gw = self.mixed_op.derive_weights([self.activation.derive_weights(a) for a in self.arch],
+                                              list(self.arch_extra))
         groups = self.supernet.groups
         return self.supernet.genotype([self.discretizer(w, g.rows, g.primitives) for w, g in zip(gw, groups,
                                                                                                  strict=True)])
@@ -285,6 +300,7 @@ class Engine:
             "config": asdict(self.config),
             "network": self.supernet.state_dict(),
             "arch": self.arch.state_dict(),
+            "arch_extra": self.arch_extra.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "w_scheduler": self.w_scheduler.state_dict(),
             "arch_optimizer": self.arch_optimizer.state_dict(),
@@ -293,6 +309,7 @@ class Engine:
             "activation": self.activation.state_dict(),
             "schedule": self.schedule.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
+            "perturbation": self.perturbation.state_dict(),
             "masks": self.supernet.active_ops(),
             "counters": {"epoch": self.epoch, "global_step": self.global_step, "arch_steps": self.arch_steps},
             "history": self.history,
@@ -302,6 +319,7 @@ class Engine:
     def restore(self, state: dict[str, Any]) -> None:
         self.supernet.load_state_dict(state["network"])
         self.arch.load_state_dict(state["arch"])
+        self.arch_extra.load_state_dict(state["arch_extra"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.w_scheduler.load_state_dict(state["w_scheduler"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
@@ -311,6 +329,7 @@ class Engine:
         self.schedule.load_state_dict(state["schedule"])
         for reg, s in zip(self.regularizers, state["regularizers"], strict=True):
             reg.load_state_dict(s)
+        self.perturbation.load_state_dict(state["perturbation"])
         self.supernet.set_active_ops(state["masks"])
         counters = state["counters"]
         self.epoch, self.global_step = counters["epoch"], counters["global_step"]

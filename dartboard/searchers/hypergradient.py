@@ -74,10 +74,12 @@ def unrolled_arch_grads(network: nn.Module, loss_fn: LossFn, alphas: Sequence[to
     return [da - eta * h / (2 * R * s) for da, h in zip(d_alpha, hvp, strict=True)]
 
 
-def functional_loss(network: nn.Module, autocast: Callable, objective_loss: Callable) -> LossFn:
+def functional_loss(network: nn.Module, autocast: Callable, objective_loss: Callable,
+                    forward_weights: Callable[[list], list] = list) -> LossFn:
+    """``forward_weights``: the mixing weights as the supernet's forward takes them (the engine's)."""
     def loss_fn(params, x, y, weights, amp: bool = True):
         with autocast() if amp else contextlib.nullcontext():
-            output = functional_call(network, params, (x, list(weights)))
+            output = functional_call(network, params, (x, forward_weights(list(weights))))
         return objective_loss(output, y), output
 
     return loss_fn

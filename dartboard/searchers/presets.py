@@ -136,3 +136,43 @@ PRESETS["pmsm-activation"] = Preset(
     {**_PMSM, "space": "pmsm-activation", "layers": 3, "epochs": 20, "warmup_epochs": 3, "w_lr": 3e-3,
      "arch_lr": 3e-3}, _PMSM_ALIASES,
     small_data_defaults={}, dataset="pmsm")
+# The one-shot methods around DARTS (issue 19): parts in dartboard/searchers/parts/{samplers, mixed_ops,
+# perturbations, projection, oneshot_regularizers}.py, each paper's numbers named there.
+PC_DARTS_WARMUP = 15  # PC-DARTS 4.1: the first 15 of the 50 epochs train the weights only
+ARCH_LR_PC_DARTS = 6e-4  # PC-DARTS 4.1 (and DrNAS's script, built on it): Adam lr 6e-4, wd 1e-3
+_SMALL = {"C": 8, "layers": 5, "epochs": 10}  # the digits profile (platform/config.py), PC-DARTS's warm-up scaled
+PRESETS.update({
+    "gdas": Preset("GDAS (Dong & Yang 2019): hard Gumbel-softmax sample per edge (tau 10 -> 0.1), only the "
+                   "sampled op computed", {"activation": {"name": "gumbel", "hard": True}},
+                   {"tau_max": "activation.tau_max", "tau_min": "activation.tau_min"}),
+    "snas": Preset("SNAS (Xie et al. 2019): relaxed Gumbel-softmax (tau 1 -> 0.03), single-level update, "
+                   "optional resource penalty (resource_weight)", {
+                       "activation": {"name": "gumbel", "hard": False, "tau_max": 1.0, "tau_min": 0.03},
+                       "single_level": True, "regularizers": [{"name": "resource", "weight": 0.0}]},
+                   {"tau_max": "activation.tau_max", "tau_min": "activation.tau_min",
+                    "resource_weight": "regularizers.resource.weight"}),
+    "drnas": Preset("DrNAS (Chen et al. 2021): Dirichlet mixing weights (elu(alpha) + 1), pathwise gradient, "
+                    "KL to Dir(1) (lambda 1e-3), derivation from E[w]", {
+                        "activation": "dirichlet", "regularizers": [{"name": "dirichlet_kl"}],
+                        "arch_lr": ARCH_LR_PC_DARTS},
+                    {"kl_weight": "regularizers.dirichlet_kl.weight", "kl_kind": "regularizers.dirichlet_kl.kind"}),
+    "pc-darts": Preset("PC-DARTS (Xu et al. 2020): 1/K partial channels (K = 4) with channel shuffle, edge "
+                       "normalisation betas, 15 warm-up epochs", {
+                           "mixed_op": {"name": "partial_channel"}, "warmup_epochs": PC_DARTS_WARMUP,
+                           "arch_lr": ARCH_LR_PC_DARTS},
+                       {"pc_k": "mixed_op.k", "edge_norm": "mixed_op.edge_norm"},
+                       small_data_defaults={**_SMALL, "warmup_epochs": 3}),
+    "sdarts-rs": Preset("SDARTS-RS (Chen & Hsieh 2020): weight step on softmax(alpha) + U[-eps, eps], eps "
+                        "0.03 -> 0.3", {"perturbation": {"name": "random"}},
+                        {"epsilon_max": "perturbation.epsilon_max"}),
+    "sdarts-adv": Preset("SDARTS-ADV (Chen & Hsieh 2020): weight step on 7-step PGD-perturbed weights, eps "
+                         "0.03 -> 0.3", {"perturbation": {"name": "adversarial"}},
+                         {"epsilon_max": "perturbation.epsilon_max", "pgd_steps": "perturbation.steps"}),
+    "darts-minus": Preset("DARTS- (Chu et al. 2021): auxiliary skip on every edge, coefficient 1 -> 0, "
+                          "ignored at derivation", {"mixed_op": {"name": "aux_skip"}},
+                          {"aux_decay": "mixed_op.decay"}),
+    "darts-pt": Preset("DARTS-PT (Wang et al. 2021): DARTS supernet training, then perturbation-based "
+                       "projection (op per edge, then topology) with fine-tuning between decisions",
+                       {"activation": {"name": "darts_pt"}},
+                       {"pt_start_epoch": "activation.start_epoch", "pt_tune_steps": "activation.tune_steps"}),
+})

@@ -85,6 +85,10 @@ register_space(CellSpace.uniform(tiny.TINY81_NAME, tiny.TINY81_OPS, steps=tiny.T
                                  description="mini space of 81 members with a shipped table (Zela & Hutter)",
                                  network_defaults={k: v for k, v in tiny.TINY81_SEARCH_OPTIONS.items()
                                                    if k != "space"}))
+register_space(CellSpace.uniform(tiny.TINY625_NAME, tiny.TINY625_OPS, steps=tiny.TINY81_STEPS,
+                                 description="tiny81's two cells with 5 ops: 625 members (the larger table)",
+                                 network_defaults={k: v for k, v in tiny.TINY81_SEARCH_OPTIONS.items()
+                                                   if k != "space"}))
 
 # R-DARTS spaces S1-S4 (Zela et al. 2020; ALGORITHMS.md R-DARTS). S1 has two preselected ops
 # per edge: the per-edge pairs of the RobustDARTS S1 (the two ops with the highest DARTS alpha

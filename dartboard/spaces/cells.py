@@ -28,12 +28,16 @@ class MixedOp(nn.Module):
 
     ``active`` lists the indices of the ops evaluated in the forward; masked ops
     (CRB, ALGORITHMS.md Maile et al.) are skipped entirely, not multiplied by zero.
+    With ``skip_zero_weights`` (GDAS's hard samples) an op whose weight is exactly 0 in this
+    forward is skipped too (one host read of the weights): the sampled op alone is computed, and
+    the alphas still get the straight-through gradient through the sampled op's weight.
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str]):
         super().__init__()
         self.primitives = tuple(primitives)
-        self.stride = stride
+        self.C, self.stride = C, stride
+        self.skip_zero_weights = False
         ops = []
         for name in self.primitives:
             op = make_op(name, C, stride, affine=False)
@@ -45,7 +49,11 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
-        for i in self.active:
+        active = self.active
+        if self.skip_zero_weights:
+            nonzero = (weights.detach() != 0).tolist()
+            active = tuple(i for i in active if nonzero[i])
+        for i in active:
             term = weights[i] * self.ops[i](x)
             out = term if out is None else out + term
         if out is None:  # every op masked: the edge contributes zeros, at no cost

@@ -203,6 +203,14 @@ class CellSupernet(nn.Module):
                 out[e, list(mixed.active)] = True
         return out
 
+    def set_skip_zero_weights(self, skip: bool) -> None:
+        """Skip, in every mixed op, the ops whose weight is exactly 0 in a forward (GDAS)."""
+        from dartboard.spaces.cells import MixedOp
+
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.skip_zero_weights = bool(skip)
+
     # ------------------------------------------------------------------ genotypes
     def genotype(self, cells: Sequence[CellGenotype]) -> Genotype:
         """The genotype of one discrete cell per group."""

@@ -18,6 +18,7 @@ Nothing here trains; the table lives in :mod:`dartboard.bench.table`.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype, Edge, Genotype
@@ -42,20 +43,27 @@ def n_architectures() -> int:
     return len(TINY81_OPS) ** len(TINY81_EDGES)
 
 
+# tiny625 (issue 19): the same two cells with 5 none-free ops, 5**4 = 625 members: a table large enough to
+# separate searchers (with 81 members random search that trains 5 or 6 of them is within one std of DARTS).
+TINY625_NAME = "tiny625"
+TINY625_OPS: tuple[str, ...] = ("sep_conv_3x3", "dil_conv_3x3", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
+
+
 def _cell(op0: str, op1: str) -> CellGenotype:
     return CellGenotype((Edge(op0, 0, 2), Edge(op1, 1, 2)), (2,))
 
 
-def genotype_of_ops(ops: tuple[str, str, str, str] | list[str]) -> DartsGenotype:
+def genotype_of_ops(ops: tuple[str, str, str, str] | list[str], space_ops: tuple[str, ...] = TINY81_OPS
+                    ) -> DartsGenotype:
     """The member with ops (normal 0->2, normal 1->2, reduce 0->2, reduce 1->2)."""
-    if len(ops) != 4 or any(op not in TINY81_OPS for op in ops):
-        raise ValueError(f"ops: expected 4 ops from {TINY81_OPS}, got {list(ops)}")
+    if len(ops) != 4 or any(op not in space_ops for op in ops):
+        raise ValueError(f"ops: expected 4 ops from {space_ops}, got {list(ops)}")
     return DartsGenotype(normal=_cell(ops[0], ops[1]), reduce=_cell(ops[2], ops[3]))
 
 
-def enumerate_ops() -> list[tuple[str, ...]]:
-    """All 81 op assignments, in a fixed order (the table's index order)."""
-    return list(itertools.product(TINY81_OPS, repeat=len(TINY81_EDGES)))
+def enumerate_ops(space_ops: tuple[str, ...] = TINY81_OPS) -> list[tuple[str, ...]]:
+    """All op assignments (81 for tiny81), in a fixed order (the table's index order)."""
+    return list(itertools.product(space_ops, repeat=len(TINY81_EDGES)))
 
 
 def ops_key(ops: tuple[str, ...] | list[str]) -> str:
@@ -63,17 +71,17 @@ def ops_key(ops: tuple[str, ...] | list[str]) -> str:
     return f"{ops[0]},{ops[1]}|{ops[2]},{ops[3]}"
 
 
-def _cell_ops(cell: CellGenotype) -> tuple[str, str] | None:
+def _cell_ops(cell: CellGenotype, space_ops: tuple[str, ...] = TINY81_OPS) -> tuple[str, str] | None:
     by_src = {e.src: e.op for e in cell.edges}
     if (cell.n_inputs != 2 or len(cell.edges) != 2 or set(by_src) != {0, 1}
             or any(e.dst != 2 for e in cell.edges) or tuple(cell.concat) != (2,)):
         return None
-    if any(op not in TINY81_OPS for op in by_src.values()):
+    if any(op not in space_ops for op in by_src.values()):
         return None
     return by_src[0], by_src[1]
 
 
-def genotype_key(genotype: Genotype) -> str | None:
+def genotype_key(genotype: Genotype, space_ops: tuple[str, ...] = TINY81_OPS) -> str | None:
     """The table key of a derived genotype, or None when it is not one of the 81 members
     (e.g. a threshold parse dropped an edge, or a per-cell genotype of another depth)."""
     if isinstance(genotype, DartsGenotype):
@@ -84,7 +92,35 @@ def genotype_key(genotype: Genotype) -> str | None:
         cells = tuple(genotype.cells)
     else:
         return None
-    normal, reduce = (_cell_ops(c) for c in cells)
+    normal, reduce = (_cell_ops(c, space_ops) for c in cells)
     if normal is None or reduce is None:
         return None
     return ops_key(normal + reduce)
+
+
+@dataclass(frozen=True)
+class TinySpace:
+    """An exhaustively tabulated two-cell space (tiny81, tiny625): its name and ops."""
+
+    name: str
+    ops: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.ops) ** len(TINY81_EDGES)
+
+    def enumerate_ops(self) -> list[tuple[str, ...]]:
+        return enumerate_ops(self.ops)
+
+    def genotype_of_ops(self, ops: tuple[str, ...] | list[str]) -> DartsGenotype:
+        return genotype_of_ops(ops, self.ops)
+
+    def genotype_key(self, genotype: Genotype) -> str | None:
+        return genotype_key(genotype, self.ops)
+
+    @property
+    def search_options(self) -> dict[str, Any]:
+        return {**TINY81_SEARCH_OPTIONS, "space": self.name}
+
+
+TINY_SPACES = {TINY81_NAME: TinySpace(TINY81_NAME, TINY81_OPS), TINY625_NAME: TinySpace(TINY625_NAME, TINY625_OPS)}

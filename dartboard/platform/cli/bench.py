@@ -36,10 +36,18 @@ def build_table_cmd(
     reverse: bool = typer.Option(False, "--reverse", help="Build from the last entry backwards (run a second "
                                  "process with --reverse on the same --out to use two cores)."),
     offset: int = typer.Option(0, help="Start this many entries into the (possibly reversed) order."),
+    space: str = typer.Option("tiny81", help="tiny81 (81 members, shipped) or tiny625 (625 members; default out "
+                              "dartboard/data/tiny625.json)."),
 ) -> None:
-    """Train all 81 members of tiny81 with every seed and write the table (about 25 min on a
-    shared 2-core CPU with the default protocol; resumes a partial file)."""
+    """Train all members of tiny81 (or tiny625) with every seed and write the table (tiny81: about 25 min
+    on a shared 2-core CPU with the default protocol; resumes a partial file)."""
     from dartboard.bench.table import TableProtocol, build_table
+    from dartboard.spaces.tiny import TINY_SPACES
+
+    if space not in TINY_SPACES:
+        raise UserInputError(f"--space: expected one of {', '.join(TINY_SPACES)}, got {space!r}")
+    if space != "tiny81" and out == Path(DEFAULT_TABLE_OUT):
+        out = Path(DEFAULT_TABLE_OUT).with_name(f"{space}.json")
 
     kw = {"epochs": epochs, "channels": channels, "threads": threads,
           "seeds": tuple(parse_seeds(seeds)) if seeds else None}
@@ -52,7 +60,8 @@ def build_table_cmd(
         log.info("[%d/%d] %-45s test %.4f +- %.4f  val %.4f  %.1f s", n, total, entry["key"], entry["test_mean"],
                  entry["test_std"], entry["val_mean"], entry["train_seconds"])
 
-    table = build_table(protocol, out, command=command, on_entry=on_entry, reverse=reverse, offset=offset)
+    table = build_table(protocol, out, command=command, on_entry=on_entry, reverse=reverse, offset=offset,
+                        space=space)
     stats = table.meta.get("statistics", {})
     typer.echo(f"table written to {out}: {len(table.entries)} entries; best test {stats.get('best_test_mean'):.4f}, "
                f"worst {stats.get('worst_test_mean'):.4f}, mean seed std {stats.get('mean_seed_std_test'):.4f}, "
@@ -61,7 +70,8 @@ def build_table_cmd(
 
 def quality_cmd(
     searchers: str = typer.Option(None, help="Comma-separated searchers (default: darts, fairdarts, rdarts-es, "
-                                  "darts+pr+fimt, ddarts, those registered); random search is added."),
+                                  "darts+pr+fimt, ddarts and the one-shot presets gdas, snas, drnas, pc-darts, "
+                                  "sdarts-rs, sdarts-adv, darts-minus, darts-pt); random search is added."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     epochs: int = typer.Option(20, help="Search epochs per trial."),
     workers: int = typer.Option(2, help="Trials run at once (one CPU each)."),

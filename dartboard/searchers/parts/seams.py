@@ -35,15 +35,31 @@ class Classification(Part):
 
 @PERTURBATIONS.register("none")
 class NoPerturbation(Part):
-    """DARTS: the weight step sees the current mixing weights."""
+    """DARTS: the weight step sees the current mixing weights. A perturbation (SDARTS,
+    :mod:`dartboard.searchers.parts.perturbations`) gets the weight step's batch ``x, y`` too."""
 
-    def weights(self, ctx: Any, group_weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def weights(self, ctx: Any, group_weights: Sequence[torch.Tensor], x: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> list[torch.Tensor]:
         return list(group_weights)
 
 
 @MIXED_OPS.register("none")
 class PlainMixedOp(Part):
-    """DARTS: every edge mixes all its candidate ops on all channels."""
+    """DARTS: every edge mixes all its candidate ops on all channels. The mixed-op modifiers
+    (:mod:`dartboard.searchers.parts.mixed_ops`) may own extra architecture parameters (PC-DARTS
+    betas: optimised, all-reduced and checkpointed with the alphas) and change the weights the
+    supernet's forward reads (``forward_weights``) and those the discretizer reads (``derive_weights``)."""
 
     def apply(self, supernet: nn.Module) -> None:
         """Modify the supernet's mixed ops in place (nothing for plain DARTS)."""
+
+    def arch_parameters(self, groups: Sequence[Any]) -> list[torch.Tensor]:
+        """Initial values of the extra architecture parameters (none for plain DARTS)."""
+        return []
+
+    def forward_weights(self, ctx: Any, group_weights: list[torch.Tensor], extra: list[torch.Tensor]
+                        ) -> list[torch.Tensor]:
+        return group_weights
+
+    def derive_weights(self, group_weights: list[torch.Tensor], extra: list[torch.Tensor]) -> list[torch.Tensor]:
+        return group_weights
