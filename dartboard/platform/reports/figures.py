@@ -94,16 +94,19 @@ def plot_alpha_history(history: Sequence[dict[str, Any]], group_primitives: Sequ
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n_groups = len(group_primitives)
-    n_edges = len(edges)
+    n_edges = max(len(p) for p in group_primitives)  # groups may differ in rows (MLP heads)
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(n_groups, n_edges, figsize=(1.6 * n_edges, 1.6 * n_groups + 0.6), squeeze=False,
                              sharey=True)
     for g in range(n_groups):
         for e in range(n_edges):
             ax = axes[g][e]
+            if e >= len(group_primitives[g]):  # a group with fewer rows (an MLP head shorter than another)
+                ax.axis("off")
+                continue
             for k, op in enumerate(group_primitives[g][e]):
                 ax.plot(epochs, [h["weights"][g][e][k] for h in history], label=op, linewidth=1)
-            ax.set_title(f"{edges[e][0]}->{edges[e][1]}", fontsize=7)
+            ax.set_title(f"{edges[e][0]}->{edges[e][1]}" if e < len(edges) else f"{e}->{e + 1}", fontsize=7)
             ax.tick_params(labelsize=5)
         axes[g][0].set_ylabel(group_names[g] if group_names else f"group {g}", fontsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
