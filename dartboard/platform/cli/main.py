@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "dartboard.platform.cli.distance",
     "dartboard.platform.cli.prune",
     "dartboard.platform.cli.bench",
+    "dartboard.platform.cli.ssl",
 )
 
 SIGINT_EXIT = 128 + signal.SIGINT  # 130

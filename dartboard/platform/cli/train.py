@@ -18,7 +18,7 @@ def train(
     layers: int = typer.Option(None, help="Number of cells."),
     epochs: int = typer.Option(None, help="Training epochs."),
     batch_size: int = typer.Option(None, help="Batch size."),
-    lr: float = typer.Option(0.025, help="SGD learning rate (cosine to 0)."),
+    lr: float = typer.Option(None, help="SGD learning rate, cosine to 0 (default 0.025; mlp heads 0.06)."),
     auxiliary: bool = typer.Option(False, help="Auxiliary head (weight 0.4)."),
     drop_path: float = typer.Option(0.0, help="Drop path probability (ramped)."),
     dataset: str = typer.Option("digits", help="digits, cifar10, cifar100, imagefolder."),
@@ -28,21 +28,37 @@ def train(
     out: str = typer.Option(None, help="Where weights go (default: next to the genotype file)."),
     tracking_uri: str = typer.Option(None),
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
+    framework: str = typer.Option(None, help="mlp genotypes (NASiam): simsiam, simclr or moco (default: simsiam "
+                                             "with a predictor, else simclr)."),
 ) -> None:
-    """Train the network of a genotype from scratch and print its test accuracy."""
+    """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
+    SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
     from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, resolve_device
     from dartboard.spaces.catalog import resolve
     from dartboard.training.final import TrainConfig, train_genotype
 
     geno = resolve(genotype)
+    if geno.kind == "mlp":
+        from dartboard.platform.cli.ssl import train_heads
+
+        with user_input("device"):
+            resolved = resolve_device(device)
+        result = train_heads(geno, genotype, framework=framework, channels=channels, epochs=epochs,
+                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset,
+                             data_root=data_root, seed=seed, device=resolved, out=out)
+        typer.echo(f"weights written to {result['weights']}")
+        for key in ("probe_acc", "knn_acc", "collapse_std", "retrieval_map"):
+            typer.echo(f"{key} {result[key]:.4f} (held-out)")
+        return
     splits = load_dataset(dataset, data_root)
     defaults = DIGITS_TRAIN_DEFAULTS if dataset == "digits" else {}
     values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
     chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
     with user_input("device"):  # only checks that the device exists
         resolved = resolve_device(device)
-    cfg = TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed, device=resolved)
+    cfg = TrainConfig(**chosen, lr=0.025 if lr is None else lr, auxiliary=auxiliary, drop_path_prob=drop_path,
+                      seed=seed, device=resolved)
     if cfg.epochs < 1 or cfg.channels < 2 or cfg.layers < 1:
         raise UserInputError(f"epochs, channels and layers must be positive "
                          f"(got {cfg.epochs}, {cfg.channels}, {cfg.layers})")
