@@ -121,6 +121,8 @@ def test_identity_layers_vanish_on_derivation_and_the_genotype_round_trips(tmp_p
     assert dict(genotype.chains) == {"projector": ("linear_silu",), "predictor": ("avg_pool_3",)}
     path = gt.save(genotype, tmp_path / "g.json")
     assert gt.load(path) == genotype
+    # a threshold parse that keeps no op in a layer removes the layer
+    assert build("nasiam-simclr", discretizer="threshold").derive().chains == {"projector": ()}
     with pytest.raises(gt.GenotypeError, match=r"chains.projector\[0\]: unknown op"):
         gt.from_dict({**gt.to_dict(genotype), "chains": {"projector": ["conv"]}}, known_ops=ops)
 

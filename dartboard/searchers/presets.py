@@ -84,9 +84,9 @@ _DARTOPTI_ALIASES = {**_DDARTS_ALIASES, "alpha_encoded": "alpha_init.value", "ea
                      "stop_min_epoch": "hooks.distance_stop.min_epoch"}
 
 # NASiam (thesis ch. 5, Algorithm 4; ALGORITHMS.md): SGD lr 0.06, momentum 0.9, wd 5e-4, cosine to 0, 100 epochs;
-# alphas AdamW lr 1e-3, wd 1e-3 (reference); one alpha group per head; argmax per layer; whole-pass alternation
-# per epoch (Algorithm 4; schedule=alternate: per step, as the reference).
-_NASIAM = {"space": "nasiam-mlp", "grouping": "per_cell_type", "discretizer": "layers", "schedule": "per_epoch",
+# alphas AdamW lr 1e-3, wd 1e-3 (reference); one alpha group per head; argmax per layer (the DARTS parse of a
+# chain); whole-pass alternation per epoch (Algorithm 4; schedule=alternate: per step, as the reference).
+_NASIAM = {"space": "nasiam-mlp", "grouping": "per_cell_type", "schedule": "per_epoch",
            "arch_optimizer": "adamw", "arch_lr": 1e-3, "arch_weight_decay": 1e-3, "arch_betas": (0.9, 0.999),
            "w_lr": 0.06, "w_lr_min": 0.0, "w_momentum": 0.9, "w_weight_decay": 5e-4, "epochs": 100,
            "projector_layers": 6}

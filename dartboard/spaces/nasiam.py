@@ -232,9 +232,11 @@ class NasiamSupernet(nn.Module):
         return out
 
     # ------------------------------------------------------------------ genotype
-    def genotype(self, choices: Sequence[Sequence[str]]) -> MlpGenotype:
-        """Per group the op of each row (argmax); identity layers vanish, so depth is searched."""
-        ops = [choices[g][row] for g, row in self._rows]
+    def genotype(self, choices: Sequence[Any]) -> MlpGenotype:
+        """Per group the discretizer's cell over the chain edges (DARTS parse: the argmax op of every
+        layer); a layer is the first op into its node (identity when a threshold parse kept none).
+        Identity layers vanish, so depth is searched."""
+        ops = [next((e.op for e in choices[g].edges if e.dst == row + 1), "identity") for g, row in self._rows]
         chains = {name: tuple(op for op, t in zip(ops, self.layout.types, strict=True) if t == head
                               and op != "identity")
                   for head, name in enumerate(self.layout.type_names)}

@@ -1,5 +1,6 @@
-"""NASiam's parts (thesis ch. 5, Algorithm 4): the three Siamese objectives, the per-layer
-argmax discretizer, the per-epoch alternation of whole passes and AdamW for the alphas.
+"""NASiam's parts (thesis ch. 5, Algorithm 4): the three Siamese objectives, the per-epoch
+alternation of whole passes and AdamW for the alphas. (Derivation needs no part of its own: a
+head's rows are chain edges ``(i, i + 1)``, so the DARTS parse keeps the argmax op of every layer.)
 
 Objectives read a :class:`~dartboard.spaces.nasiam.SiameseOutput` (the labels are ignored; the
 engine counts samples with them). Losses are computed in fp32.
@@ -12,13 +13,11 @@ engine counts samples with them). Losses are computed in fp32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from dartboard.searchers.discretize import register_discretizer
 from dartboard.searchers.parts.arch_optimizers import ARCH_OPTIMIZERS, _ArchOptimizerPart
 from dartboard.searchers.parts.base import Part
 from dartboard.searchers.parts.schedules import SCHEDULES, Schedule
@@ -140,15 +139,6 @@ class MoCo(SiameseObjective):
         queue = output.queue.float()
         return 0.5 * (info_nce(output.z1.float(), output.k2.float(), queue, self.temperature)
                       + info_nce(output.z2.float(), output.k1.float(), queue, self.temperature))
-
-
-@register_discretizer("layers")
-def layer_argmax(weights: torch.Tensor, rows: Sequence[Any], primitives: Sequence[Sequence[str]]) -> tuple[str, ...]:
-    """NASiam (thesis 5.1.1): the strongest op of every layer (identity included, so layers vanish)."""
-    weights = weights.detach().float().cpu()
-    if not torch.isfinite(weights).all():
-        raise FloatingPointError("architecture weights are NaN or inf: the search diverged")
-    return tuple(primitives[r][int(weights[r, : len(primitives[r])].argmax())] for r in range(len(rows)))
 
 
 @SCHEDULES.register("per_epoch")
