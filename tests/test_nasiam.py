@@ -247,6 +247,8 @@ def test_bad_inputs_give_one_clear_error():
         build("nasiam-simclr", predictor_layers=2)
     with pytest.raises(ValueError, match="predictor_layers: simsiam needs a predictor"):
         build("nasiam-simsiam", predictor_layers=0)
+    with pytest.raises(ValueError, match="order: objective 'simsiam' searches first order"):
+        build("nasiam-simsiam", order=2)
     with pytest.raises(ValueError, match="objective 'classification'"):
         build("nasiam-simsiam", objective="classification")
     with pytest.raises(ValueError, match="objective 'simsiam' trains the heads of a Siamese space"):

@@ -100,5 +100,9 @@ def test_train_retrieve_and_info_commands_on_digits(tmp_path, capsys):
     code, _ = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "empty"), "--gallery",
                   str(tmp_path / "empty"))
     assert code == 2
+    code, _ = run("retrieve", str(path))  # a genotype file is not the weights of a pretraining
+    assert code == 2
+    code, _ = run("train", "darts-v2", "--framework", "simclr")  # a cell genotype has no Siamese heads
+    assert code == 2
     code, text = run("info", str(path))
     assert code == 0 and "projector (1 layers): linear_relu" in text

@@ -96,8 +96,13 @@ def retrieve(
 
     if not Path(weights).is_file():
         raise UserInputError(f"weights: file {weights!r} does not exist")
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
-    net, _ = E.head_network(from_dict(saved["genotype"]), saved["in_channels"], saved["C"])
+    try:
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        genotype = from_dict(saved["genotype"])
+    except Exception as err:  # a genotype file, another checkpoint: not what train of an mlp genotype wrote
+        raise UserInputError(f"weights: {weights!r} is not an {WEIGHTS_FILE} written by `dartboard train` of an mlp "
+                             f"genotype ({type(err).__name__})") from None
+    net, _ = E.head_network(genotype, saved["in_channels"], saved["C"])
     if saved["framework"] == "moco":
         net.attach_momentum_encoder(0.0, saved["state_dict"]["key_encoder.queue"].shape[0])
     net.load_state_dict(saved["state_dict"])

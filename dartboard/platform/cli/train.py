@@ -39,6 +39,9 @@ def train(
     from dartboard.training.final import TrainConfig, train_genotype
 
     geno = resolve(genotype)
+    if framework is not None and geno.kind != "mlp":
+        raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
+                             f"genotype")
     if geno.kind == "mlp":
         from dartboard.platform.cli.ssl import train_heads
 
