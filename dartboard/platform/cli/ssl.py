@@ -55,7 +55,10 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     info = views.info
     net, history = E.pretrain(geno, Subset(views.train, fit), (info.in_channels, info.input_size), cfg)
     metrics = E.evaluate_backbone(net.backbone, plain.train, seed, device, fit, held)
-    out_dir = Path(out) if out else Path("runs") / f"train-ssl-{Path(name).stem}"
+    if out is None:  # next to the genotype file, as for cell networks
+        out_dir = Path(name).parent if Path(name).is_file() else Path("runs") / f"train-ssl-{name}"
+    else:
+        out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"genotype": to_dict(geno), "framework": cfg.framework, "C": cfg.C, "in_channels": info.in_channels,
                 "input_size": info.input_size, "state_dict": net.state_dict()}, out_dir / WEIGHTS_FILE)
