@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dartboard.errors import UserInputError
 from dartboard.spaces.genotype import MlpGenotype
 from dartboard.spaces.mlp_heads import NASIAM_OPS, NASIAM_REDUCED_OPS, MixedLayer, SmallCNN
 
@@ -100,7 +101,7 @@ NASIAM_SPACES = (
 
 def _check_views(x: torch.Tensor) -> None:
     if x.dim() != 5 or x.shape[1] != 2:
-        raise ValueError(f"nasiam: expected a batch of two views [batch, 2, channels, height, width], got shape "
+        raise UserInputError(f"nasiam: expected a batch of two views [batch, 2, channels, height, width], got shape "
                          f"{tuple(x.shape)}; search on a two-view dataset such as digits-views (augmentations on) "
                          f"or digits-views-noaug (the no-augmentation ablation)")
 
@@ -129,7 +130,7 @@ class MomentumEncoder(nn.Module):
     def enqueue(self, keys: torch.Tensor) -> None:
         size, n = self.queue.shape[0], keys.shape[0]
         if size % n:
-            raise ValueError(f"moco queue_size: {size} is not divisible by the {n} keys each step enqueues "
+            raise UserInputError(f"moco queue_size: {size} is not divisible by the {n} keys each step enqueues "
                              f"(both views of a batch of {n // 2}); choose a multiple of {n}")
         ptr = int(self.queue_ptr)
         self.queue[ptr:ptr + n] = keys.detach().to(self.queue.dtype)
