@@ -23,9 +23,11 @@ OWN = {"dartopti": {"C": 4, "epochs": 3},  # its cell count is its start genotyp
        "darts-pt": {**TINY, "pt_start_epoch": 0, "pt_tune_steps": 0}}  # projection decisions on both sides
 
 
-def _batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(n: int, seed: int, views: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``views``: two views per image, [8, 2, 1, 8, 8] (the Siamese searchers, NASiam)."""
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+    shape = (8, 2, 1, 8, 8) if views else (8, 1, 8, 8)
+    return [(torch.randn(*shape, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
 
 
 def _build(name: str):
@@ -59,7 +61,8 @@ def _same(a: Any, b: Any, where: str = "state") -> None:
 
 @pytest.mark.parametrize("name", sorted(SEARCHERS))
 def test_searcher_resumes_bit_identically_from_its_checkpoint(name, tmp_path):
-    first, second = _batches(4, 0), _batches(4, 1)
+    views = name.startswith("nasiam-")
+    first, second = _batches(4, 0, views), _batches(4, 1, views)
     seed_everything(0)
     a = _build(name)
     _epoch(a, first)

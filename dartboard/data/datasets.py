@@ -125,6 +125,25 @@ register_dataset("cifar100", lambda root, image_size: _cifar("cifar100", root))
 register_dataset("imagefolder", _imagefolder)
 
 
+def _views(name: str) -> Callable[[str | None, int], Splits]:
+    """Two-view data for Siamese self-supervised search (NASiam); see :mod:`dartboard.data.views`."""
+
+    def load(root: str | None, image_size: int) -> Splits:
+        from dartboard.data import views  # views builds on this module's loaders
+
+        if name.startswith("digits-views"):
+            return views.digits_views(augment=name == "digits-views")
+        return views.image_views(name, root, image_size)
+
+    return load
+
+
+register_dataset("digits-views", _views("digits-views"), small=True)
+register_dataset("digits-views-noaug", _views("digits-views-noaug"), small=True)  # ablation: augmentations off
+for _name in ("cifar10-views", "cifar100-views", "imagefolder-views"):
+    register_dataset(_name, _views(_name))
+
+
 def check_dataset(name: str) -> str:
     if name not in DATASETS:
         raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")

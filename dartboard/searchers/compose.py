@@ -37,6 +37,7 @@ from dartboard.searchers.parts.rdarts import RDartsHook  # noqa: F401  (register
 from dartboard.searchers.parts.regularizers import REGULARIZERS
 from dartboard.searchers.parts.schedules import SCHEDULES
 from dartboard.searchers.parts.seams import MIXED_OPS, OBJECTIVES, PERTURBATIONS
+from dartboard.searchers.parts.siamese import SimSiam  # noqa: F401  (registers the NASiam parts)
 
 #: Singular part kinds: registry and the DARTS choice.
 PART_KINDS: dict[str, tuple[PartRegistry, str]] = {

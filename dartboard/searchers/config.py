@@ -39,6 +39,8 @@ class EngineConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     node_bn: bool = False  # Maile et al.: non-affine BN after every node's sum (with CRB)
     reductions: tuple[int, ...] | None = None  # reduction cell positions; None: layers//3, 2*layers//3
+    projector_layers: int = 6  # MLP-head spaces (NASiam, thesis 5.1.1): projector up to 6 layers ...
+    predictor_layers: int = 4  # ... predictor up to 4 (0: none, SimCLR and MoCo)
     device: str = "cpu"
 
     def __post_init__(self) -> None:

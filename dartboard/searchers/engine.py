@@ -69,6 +69,8 @@ class Engine:
         cell_group, group_names = parts.grouping.assign(self.layout)
         self.supernet: Supernet = space.supernet(self.layout, cell_group, group_names, config)
         parts.mixed_op.apply(self.supernet)
+        if hasattr(parts.objective, "attach"):  # e.g. MoCo's momentum key encoder, part of the supernet's state
+            parts.objective.attach(self.supernet)
         self.supernet.to(self.device)
         self.arch = nn.ParameterList(nn.Parameter(parts.alpha_init.init(g, self.supernet.cells_of(i), self.layout))
                                      for i, g in enumerate(self.supernet.groups)).to(self.device)
@@ -96,6 +98,7 @@ class Engine:
         self.epoch_metrics: dict[str, float] = {}  # this epoch's metrics before the hooks (for the hooks)
         self.stop_requested = False
         self.last_val_batch: Batch | None = None
+        self.deferred: list[Batch] = []  # a whole-pass schedule's train batches, weight-stepped at the epoch's end
         self.ctx = SearchContext(self)
         self.activation.start(self.ctx)  # feasible start (projections) and the masks the init implies
 
@@ -173,8 +176,17 @@ class Engine:
             # single level (SNAS): the alpha step takes the training batch, like the weight step
             x_val, y_val = (x_train, y_train) if self.config.single_level else to_device(val_batch, self.device)
             self.arch_step(x_train, y_train, x_val, y_val)
-        self.weight_step(x_train, y_train)
+        if getattr(self.schedule, "whole_pass", False):  # NASiam Algorithm 4: all alpha steps, then all weight steps
+            self.deferred.append(train_batch)
+        else:
+            self.weight_step(x_train, y_train)
         self.global_step += 1
+
+    def _deferred_weight_steps(self) -> None:
+        for batch in self.deferred:
+            self.activation.resample(self.ctx)
+            self.weight_step(*to_device(batch, self.device))
+        self.deferred.clear()
 
     def arch_step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor
                   ) -> None:
@@ -244,6 +256,7 @@ class Engine:
 
     # ------------------------------------------------------------------ epochs
     def end_epoch(self) -> dict[str, float]:
+        self._deferred_weight_steps()
         metrics = self.meter.read()
         metrics["lr"] = self.w_optimizer.param_groups[0]["lr"]
         metrics["arch_steps"] = float(self.arch_steps)

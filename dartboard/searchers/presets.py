@@ -83,6 +83,16 @@ _DARTOPTI_ALIASES = {**_DDARTS_ALIASES, "alpha_encoded": "alpha_init.value", "ea
                      "stop_patience": "hooks.distance_stop.patience",
                      "stop_min_epoch": "hooks.distance_stop.min_epoch"}
 
+# NASiam (thesis ch. 5, Algorithm 4; ALGORITHMS.md): SGD lr 0.06, momentum 0.9, wd 5e-4, cosine to 0, 100 epochs;
+# alphas AdamW lr 1e-3, wd 1e-3 (reference); one alpha group per head; argmax per layer (the DARTS parse of a
+# chain); whole-pass alternation per epoch (Algorithm 4; schedule=alternate: per step, as the reference).
+_NASIAM = {"space": "nasiam-mlp", "grouping": "per_cell_type", "schedule": "per_epoch",
+           "arch_optimizer": "adamw", "arch_lr": 1e-3, "arch_weight_decay": 1e-3, "arch_betas": (0.9, 0.999),
+           "w_lr": 0.06, "w_lr_min": 0.0, "w_momentum": 0.9, "w_weight_decay": 5e-4, "epochs": 100,
+           "projector_layers": 6}
+NASIAM_DATASET = "digits-views"  # two augmented views of every digit (digits-views-noaug: the ablation)
+NASIAM_SMALL = {"C": 16, "epochs": 10}  # digits on a CPU: a 64-dimensional head, minutes
+
 PRESETS: dict[str, Preset] = {
     "darts": Preset("DARTS (Liu et al.): softmax mixing, bilevel; order 1 or 2"),
     "darts-2nd": Preset("DARTS, second order (unrolled)", {"order": 2}),
@@ -109,6 +119,19 @@ PRESETS: dict[str, Preset] = {
     "dartopti": Preset("DARTOpti (thesis 4.1.4): D-DARTS in S_o started from a handcrafted network "
                        "(start=resnet18|resnet50|xception)", _DARTOPTI, _DARTOPTI_ALIASES,
                        small_data_defaults={"C": 8, "epochs": 10}),  # the cell count comes from the start
+    "nasiam-simsiam": Preset("NASiam (thesis ch. 5) with SimSiam: searched projector (<= 6) and predictor (<= 4) "
+                             "heads, negative cosine with stop-gradient", {**_NASIAM, "objective": "simsiam",
+                                                                           "predictor_layers": 4},
+                             small_data_defaults=NASIAM_SMALL, dataset=NASIAM_DATASET),
+    "nasiam-simclr": Preset("NASiam with SimCLR: searched projector (<= 6 layers), NT-Xent",
+                            {**_NASIAM, "objective": "simclr", "predictor_layers": 0},
+                            {"temperature": "objective.temperature"}, NASIAM_SMALL, NASIAM_DATASET),
+    "nasiam-moco": Preset("NASiam with MoCo v2: searched projector (<= 6 layers), momentum key encoder, queue",
+                          {**_NASIAM, "objective": "moco", "predictor_layers": 0},
+                          {"temperature": "objective.temperature", "queue_size": "objective.queue_size",
+                           "key_momentum": "objective.momentum"},
+                          # the queue holds a multiple of the 2 x 64 keys of a default batch, under the 718 images
+                          {**NASIAM_SMALL, "objective.queue_size": 512}, NASIAM_DATASET),
 }
 # Maile et al. Table 1 rows: compositions of fragments.
 for _row in ("cs10", "fimt", "crb", "fimt+crb", "pr", "pr+fimt", "pr+fimt+crb", "admm", "admm+fimt",

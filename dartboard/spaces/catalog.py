@@ -18,6 +18,7 @@ from dartboard.registries import Registry
 from dartboard.spaces import handcrafted, tiny
 from dartboard.spaces.cells import edge_list
 from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype, GenotypeError, load
+from dartboard.spaces.nasiam import NASIAM_SPACES
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, DARTS_PRIMITIVES
 
 GENOTYPES: Registry[Callable[[], Genotype]] = Registry("genotype")
@@ -108,6 +109,8 @@ register_space(CellSpace("s1", _S1_NORMAL, _S1_REDUCE, description="R-DARTS S1: 
 register_space(CellSpace.uniform("s2", ("skip_connect", "sep_conv_3x3"), description="R-DARTS S2"))
 register_space(CellSpace.uniform("s3", ("none", "skip_connect", "sep_conv_3x3"), description="R-DARTS S3"))
 register_space(CellSpace.uniform("s4", ("noise", "sep_conv_3x3"), description="R-DARTS S4: noise N(0,1)"))
+for _space in NASIAM_SPACES:  # NASiam S and S' (MLP heads of Siamese networks)
+    register_space(_space)
 
 
 @register_genotype("darts-v1")

@@ -57,7 +57,17 @@ def info(
     dataset: str = typer.Option("cifar10", help="Input shape: digits, cifar10, cifar100, imagenet."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network."""
+    """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network;
+    an mlp genotype (NASiam heads): its chains."""
+    from dartboard.spaces.catalog import resolve
+
+    geno = resolve(genotype)
+    if geno.kind == "mlp":
+        chains = {name: list(ops) for name, ops in geno.chains.items()}
+        typer.echo(json.dumps({"genotype": genotype, "kind": "mlp", "chains": chains, "meta": dict(geno.meta)})
+                   if as_json else "\n".join(f"{name} ({len(ops)} layers): {' -> '.join(ops) or 'none'}"
+                                             for name, ops in chains.items()))
+        return
     result = network_info(genotype, channels, layers, auxiliary, dataset)
     if as_json:
         typer.echo(json.dumps(result))

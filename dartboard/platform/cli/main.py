@@ -46,6 +46,7 @@ COMMAND_MODULES = (
     "dartboard.platform.cli.prune",
     "dartboard.platform.cli.bench",
     "dartboard.platform.cli.pmsm",
+    "dartboard.platform.cli.ssl",
 )
 
 SIGINT_EXIT = 128 + signal.SIGINT  # 130

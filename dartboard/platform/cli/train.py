@@ -22,7 +22,7 @@ def train(
     layers: int = typer.Option(None, help="Number of cells."),
     epochs: int = typer.Option(None, help="Training epochs."),
     batch_size: int = typer.Option(None, help="Batch size."),
-    lr: float = typer.Option(0.025, help="SGD learning rate (cosine to 0)."),
+    lr: float = typer.Option(None, help="SGD learning rate, cosine to 0 (default 0.025; mlp heads 0.06)."),
     auxiliary: bool = typer.Option(False, help="Auxiliary head (weight 0.4)."),
     drop_path: float = typer.Option(0.0, help="Drop path probability (ramped)."),
     dataset: str = typer.Option("digits", help="digits, cifar10, cifar100, imagefolder."),
@@ -34,26 +34,57 @@ def train(
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (test metrics, per-epoch "
                                                        "history, weights and their SHA-256)."),
+    framework: str = typer.Option(None, help="mlp genotypes (NASiam): simsiam, simclr or moco (default: simsiam "
+                                             "with a predictor, else simclr)."),
 ) -> None:
-    """Train the network of a genotype from scratch and print its test accuracy."""
-    from dartboard.data.datasets import check_dataset, load_dataset
-    from dartboard.platform.checks import check_tracking_server, check_writable_dir
-    from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, resolve_device
+    """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
+    SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
+    from dartboard.data.datasets import check_dataset
+    from dartboard.platform.config import resolve_device
     from dartboard.spaces.catalog import resolve
-    from dartboard.training.final import TrainConfig, train_genotype
 
+    geno = resolve(genotype)
+    if framework is not None and geno.kind != "mlp":
+        raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
+                             f"genotype")
+    with user_input("device"):  # only checks that the device exists
+        resolved = resolve_device(device)
+    if geno.kind == "mlp":
+        from dartboard.platform.cli.ssl import train_heads
+
+        result = train_heads(geno, genotype, framework=framework, channels=channels, epochs=epochs,
+                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset,
+                             data_root=data_root, seed=seed, device=resolved, out=out)
+        typer.echo(f"weights written to {result['weights']}")
+        for key in ("probe_acc", "knn_acc", "collapse_std", "retrieval_map"):
+            typer.echo(f"{key} {result[key]:.4f} (held-out)")
+        return
     check_dataset(dataset)
+    _train_cells(geno, genotype, _train_config(dataset, channels, layers, epochs, batch_size,
+                                               0.025 if lr is None else lr, auxiliary, drop_path, seed, resolved),
+                 dataset, data_root, out, tracking_uri, no_mlflow, as_json)
+
+
+def _train_config(dataset, channels, layers, epochs, batch_size, lr, auxiliary, drop_path, seed, device):
+    from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS
+    from dartboard.training.final import TrainConfig
+
     defaults = DIGITS_TRAIN_DEFAULTS if dataset == "digits" else {}
     values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
     chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
-    with user_input("device"):  # only checks that the device exists
-        resolved = resolve_device(device)
     try:
-        cfg = TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed, device=resolved)
+        return TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed, device=device)
     except UserInputError as err:  # name the flag, not the config field
         field, _, rest = str(err).partition(":")
         raise UserInputError(f"{FLAGS.get(field, field)}:{rest}") from None
-    geno = resolve(genotype)
+
+
+def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
+                 as_json: bool) -> None:
+    from dartboard.data.datasets import load_dataset
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    from dartboard.training.final import train_genotype
+
     if out is None:
         path = Path(genotype)
         out_dir = path.parent if path.is_file() else Path("runs") / f"train-{genotype}"

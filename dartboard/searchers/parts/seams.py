@@ -23,6 +23,11 @@ MIXED_OPS = PartRegistry("mixed_op")
 class Classification(Part):
     """Cross-entropy on the logits (in fp32 under autocast); metric: accuracy."""
 
+    def check(self, config: Any, layout: Any) -> None:
+        if getattr(layout, "siamese", False):
+            raise ValueError(f"objective 'classification': space {config.space!r} has no classifier; "
+                             f"its objectives are simsiam, simclr and moco")
+
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if output.dtype in (torch.float16, torch.bfloat16):
             output = output.float()

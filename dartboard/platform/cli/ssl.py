@@ -1,0 +1,133 @@
+"""NASiam on the command line: ``dartboard train`` of an ``mlp`` genotype (SSL pretraining with its
+heads, then linear probe, weighted kNN, collapse indicator and retrieval mAP on held-out data) and
+``dartboard retrieve`` (rank a query folder against a gallery, thesis 5.1.3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dartboard.errors import UserInputError
+
+WEIGHTS_FILE = "ssl_weights.pt"
+
+
+def view_datasets(dataset: str) -> tuple[str, str]:
+    """(plain data for evaluation, two-view data for pretraining) of ``dataset``."""
+    for suffix in ("-views-noaug", "-views"):
+        if dataset.endswith(suffix):
+            return dataset[: -len(suffix)], dataset
+    return dataset, f"{dataset}-views"
+
+
+def framework_of(geno: Any, framework: str | None) -> str:
+    if framework is None:
+        return "simsiam" if geno.chains.get("predictor") is not None else "simclr"
+    if framework not in ("simsiam", "simclr", "moco"):
+        raise UserInputError(f"framework: expected simsiam, simclr or moco, got {framework!r}")
+    return framework
+
+
+def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | None, epochs: int | None,
+                batch_size: int | None, lr: float, dataset: str, data_root: str | None, seed: int, device: str,
+                out: str | None) -> dict[str, Any]:
+    """SSL pretraining with the genotype's heads on the fit part of the train split, then the held-out metrics."""
+    import torch
+    from torch.utils.data import Subset
+
+    from dartboard.data.datasets import load_dataset
+    from dartboard.spaces.genotype import to_dict
+    from dartboard.training import ssl_eval as E
+
+    plain_name, views_name = view_datasets(dataset)
+    plain, views = load_dataset(plain_name, data_root), load_dataset(views_name, data_root)
+    cfg = E.SslConfig(framework=framework_of(geno, framework), C=channels or 16, epochs=epochs or 20,
+                      batch_size=batch_size or 64, lr=lr, seed=seed, device=device)
+    if cfg.epochs < 1 or cfg.C < 1 or cfg.batch_size < 1:
+        raise UserInputError(f"epochs, channels and batch_size must be positive (got {cfg.epochs}, {cfg.C}, "
+                             f"{cfg.batch_size})")
+    if cfg.framework == "moco":
+        cfg.objective_options = {"queue_size": 4 * 2 * cfg.batch_size}  # a multiple of the 2 x batch keys per step
+    fit, held = E.fit_held_out(len(plain.train), seed)
+    info = views.info
+    net, history = E.pretrain(geno, Subset(views.train, fit), (info.in_channels, info.input_size), cfg)
+    metrics = E.evaluate_backbone(net.backbone, plain.train, seed, device, fit, held)
+    if out is None:  # next to the genotype file, as for cell networks
+        out_dir = Path(name).parent if Path(name).is_file() else Path("runs") / f"train-ssl-{name}"
+    else:
+        out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"genotype": to_dict(geno), "framework": cfg.framework, "C": cfg.C, "in_channels": info.in_channels,
+                "input_size": info.input_size, "state_dict": net.state_dict()}, out_dir / WEIGHTS_FILE)
+    result = {**metrics, "framework": cfg.framework, "pretrain_loss": history, "weights": str(out_dir / WEIGHTS_FILE)}
+    (out_dir / "ssl_metrics.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _folder(path: str, role: str, image_size: int):
+    from torchvision import datasets, transforms
+
+    if not Path(path).is_dir():
+        raise UserInputError(f"--{role}: folder {path!r} does not exist")
+    groups = [d for d in Path(path).iterdir() if d.is_dir()]
+    if not groups or not any(f.is_file() for d in groups for f in d.iterdir()):
+        raise UserInputError(f"--{role}: folder {path!r} holds no images; expected one subfolder of images per "
+                             f"group (relevant = same group)")
+    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                             transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    data = datasets.ImageFolder(path, transform=tf)
+    return data, [data.classes[t] for t in data.targets]
+
+
+def retrieve(
+    weights: str = typer.Argument(..., help=f"{WEIGHTS_FILE} written by `dartboard train` of an mlp genotype."),
+    query: str = typer.Option(None, help="Folder of query images, one subfolder per group."),
+    gallery: str = typer.Option(None, help="Folder of gallery images, one subfolder per group."),
+    tau: float = typer.Option(0.0, help="Similarity threshold: only gallery items above it are ranked."),
+    seed: int = typer.Option(0, help="Digits mode: the fit / held-out split of the training run."),
+) -> None:
+    """Rank a query folder against a gallery by cosine similarity (thesis Eq 5.5) with threshold tau and
+    print the mAP; without folders: digits held-out queries against the fit gallery (relevant = same class)."""
+    import torch
+    from torch.utils.data import Subset
+
+    from dartboard.spaces.genotype import from_dict
+    from dartboard.training import ssl_eval as E
+
+    if not Path(weights).is_file():
+        raise UserInputError(f"weights: file {weights!r} does not exist")
+    try:
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        genotype = from_dict(saved["genotype"])
+    except Exception as err:  # a genotype file, another checkpoint: not what train of an mlp genotype wrote
+        raise UserInputError(f"weights: {weights!r} is not an {WEIGHTS_FILE} written by `dartboard train` of an mlp "
+                             f"genotype ({type(err).__name__})") from None
+    net, _ = E.head_network(genotype, saved["in_channels"], saved["C"])
+    if saved["framework"] == "moco":
+        net.attach_momentum_encoder(0.0, saved["state_dict"]["key_encoder.queue"].shape[0])
+    net.load_state_dict(saved["state_dict"])
+    if (query is None) != (gallery is None):
+        raise UserInputError("--query and --gallery: give both folders, or neither (digits held-out mode)")
+    if query is None:
+        from dartboard.data.datasets import load_dataset
+
+        plain = load_dataset("digits").train
+        fit, held = E.fit_held_out(len(plain), seed)
+        q_data, g_data = Subset(plain, held), Subset(plain, fit)
+        q_f, q_y = E.embed(net.backbone, q_data)
+        g_f, g_y = E.embed(net.backbone, g_data)
+        q_groups, g_groups = q_y.tolist(), g_y.tolist()
+    else:
+        (q_data, q_groups), (g_data, g_groups) = (_folder(query, "query", saved["input_size"]),
+                                                  _folder(gallery, "gallery", saved["input_size"]))
+        q_f, _ = E.embed(net.backbone, q_data)
+        g_f, _ = E.embed(net.backbone, g_data)
+    typer.echo(f"queries {len(q_groups)}, gallery {len(g_groups)}, tau {tau}")
+    typer.echo(f"mAP {E.retrieval_map(q_f, q_groups, g_f, g_groups, tau):.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("retrieve")(retrieve)

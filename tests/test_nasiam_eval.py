@@ -1,0 +1,108 @@
+"""NASiam evaluation: retrieval mAP (thesis 5.1.3, Eq 5.5) and the weighted kNN against hand-computed
+values, the head network of a derived genotype, and the train / retrieve / info commands on digits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dartboard.spaces import genotype as gt
+from dartboard.training import ssl_eval as E
+
+torch.set_num_threads(1)
+
+QUERIES = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+GALLERY = torch.tensor([[1.0, 0.1], [1.0, 0.5], [0.2, 1.0], [-1.0, 0.0]])
+GROUPS = ["a", "b", "a", "a"]
+
+
+def test_retrieval_map_against_a_hand_computed_ranking():
+    # query a (1, 0): similarities 0.995 (a), 0.894 (b), 0.196 (a), -1 (a). tau = 0 keeps the first three:
+    # hits at ranks 1 and 3 out of 3 relevant -> (1/1 + 2/3) / 3.
+    ap_a = (1 + 2 / 3) / 3
+    # query (0, 1) of group a: 0.0995 (a), 0.447 (b), 0.981 (a), exactly 0 (a: not *above* tau, never retrieved):
+    # ranking a, b, a -> hits at ranks 1 and 3 of 3 relevant.
+    ap_2 = (1 + 2 / 3) / 3
+    assert E.retrieval_map(QUERIES, ["a", "a"], GALLERY, GROUPS, tau=0.0) == pytest.approx((ap_a + ap_2) / 2)
+    # a query of group b: one relevant item, ranked 2nd for (0, 1)
+    assert E.retrieval_map(QUERIES[1:], ["b"], GALLERY, GROUPS, tau=0.0) == pytest.approx(1 / 2)
+    # no threshold: query a ranks all four -> (1/1 + 2/3 + 3/4) / 3
+    assert E.retrieval_map(QUERIES[:1], ["a"], GALLERY, GROUPS, tau=-2.0) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    with pytest.raises(ValueError, match="must not be empty"):
+        E.retrieval_map(QUERIES, ["a", "b"], GALLERY[:0], [], tau=0.0)
+
+
+def test_cosine_similarity_is_eq_5_5_with_its_epsilon():
+    sim = E.cosine_similarity(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[4.0, 3.0]]))
+    assert float(sim[0, 0]) == pytest.approx(24 / 25) and float(sim[1, 0]) == 0.0  # max(., eps): no NaN
+
+
+def test_weighted_knn_votes_with_exp_similarity_over_t():
+    train = torch.tensor([[1.0, 0.05], [0.0, 1.0], [0.1, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    test = torch.tensor([[1.0, 0.0]])
+    # k = 3, T = 1: class 0 gets e^0.9988 = 2.715, class 1 e^0 + e^0.0995 = 2.105 -> 0 (a plain majority says 1)
+    assert E.knn_accuracy(train, labels, test, torch.tensor([0]), k=3, temperature=1.0) == 1.0
+    assert E.knn_accuracy(train, labels, test, torch.tensor([0]), k=3, temperature=100.0) == 0.0
+
+
+def test_linear_probe_and_collapse_indicator():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = torch.randn(40, 4, generator=g) + 4 * y[:, None].float()
+    acc, lr = E.linear_probe(x[:30], y[:30], x[30:], y[30:], epochs=50)
+    assert acc == 1.0 and lr in E.PROBE_LRS
+    assert E.collapse_std(torch.ones(10, 8)) == 0.0
+    assert E.collapse_std(torch.randn(4000, 16, generator=g)) == pytest.approx(1 / math.sqrt(16), rel=0.05)
+
+
+def test_head_network_of_a_genotype():
+    geno = gt.MlpGenotype({"projector": ("linear_silu", "avg_pool_3"), "predictor": ()})
+    net, weights = E.head_network(geno, 1, 4)
+    assert [len(w) for w in weights] == [2, 1]
+    assert isinstance(net.predictor[0].ops[0], nn.Identity)  # an empty chain is one identity
+    simsiam, _ = E.head_network(gt.MlpGenotype(E.HAND_DESIGNED["simsiam"]), 1, 4)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in simsiam.predictor[-1].modules())
+    with pytest.raises(gt.GenotypeError, match="'darts' genotype is not a Siamese head network"):
+        from dartboard.spaces.catalog import resolve
+
+        E.head_network(resolve("darts-v2"), 1, 4)
+    with pytest.raises(gt.GenotypeError, match=r"chains.projector\[0\]: unknown op 'conv'"):
+        E.head_network(gt.MlpGenotype({"projector": ("conv",)}), 1, 4)
+
+
+def test_train_retrieve_and_info_commands_on_digits(tmp_path, capsys):
+    from dartboard.platform.cli.main import main
+
+    path = gt.save(gt.MlpGenotype({"projector": ("linear_relu",), "predictor": ("linear_relu",)},
+                                  {"space": "nasiam-mlp"}), tmp_path / "heads.json")
+    out = tmp_path / "run"
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+        return code or 0, capsys.readouterr().out
+
+    code, text = run("train", str(path), "--epochs", "1", "--channels", "4", "--out", str(out), "--no-mlflow")
+    assert code == 0, text
+    metrics = json.loads((out / "ssl_metrics.json").read_text())
+    assert metrics["framework"] == "simsiam" and 0.0 <= metrics["knn_acc"] <= 1.0
+    code, text = run("retrieve", str(out / "ssl_weights.pt"))
+    assert code == 0 and f"mAP {metrics['retrieval_map']:.4f}" in text
+    (tmp_path / "empty").mkdir()
+    code, _ = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "empty"), "--gallery",
+                  str(tmp_path / "empty"))
+    assert code == 2
+    code, _ = run("retrieve", str(path))  # a genotype file is not the weights of a pretraining
+    assert code == 2
+    code, _ = run("train", "darts-v2", "--framework", "simclr")  # a cell genotype has no Siamese heads
+    assert code == 2
+    code, text = run("info", str(path))
+    assert code == 0 and "projector (1 layers): linear_relu" in text
