@@ -36,6 +36,7 @@ class EngineConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     node_bn: bool = False  # Maile et al.: non-affine BN after every node's sum (with CRB)
     reductions: tuple[int, ...] | None = None  # reduction cell positions; None: layers//3, 2*layers//3
+    space_options: dict | None = None  # options of the space, checked by it (ColorNAS: colour_model, ...)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -46,6 +47,8 @@ class EngineConfig:
         self.arch_betas = tuple(float(b) for b in self.arch_betas)
         if self.reductions is not None:
             self.reductions = tuple(int(r) for r in self.reductions)
+        if self.space_options is not None and not isinstance(self.space_options, dict):
+            raise ValueError(f"space_options: expected a mapping of the space's options, got {self.space_options!r}")
         self._resolve_layers()
         self._check_numbers()
 

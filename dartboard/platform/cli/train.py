@@ -21,7 +21,8 @@ def train(
     lr: float = typer.Option(0.025, help="SGD learning rate (cosine to 0)."),
     auxiliary: bool = typer.Option(False, help="Auxiliary head (weight 0.4)."),
     drop_path: float = typer.Option(0.0, help="Drop path probability (ramped)."),
-    dataset: str = typer.Option("digits", help="digits, cifar10, cifar100, imagefolder."),
+    dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder (default: digits; "
+                                "colour-digits for a ColorNAS genotype)."),
     data_root: str = typer.Option(None, help="Folder holding the local dataset."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
@@ -31,13 +32,16 @@ def train(
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy."""
     from dartboard.data.datasets import load_dataset
-    from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, resolve_device
+    from dartboard.data.colour_digits import COLOUR_DIGITS
+    from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset, resolve_device
     from dartboard.spaces.catalog import resolve
+    from dartboard.spaces.genotype import ColourGenotype
     from dartboard.training.final import TrainConfig, train_genotype
 
     geno = resolve(genotype)
+    dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     splits = load_dataset(dataset, data_root)
-    defaults = DIGITS_TRAIN_DEFAULTS if dataset == "digits" else {}
+    defaults = DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset) else {}
     values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
     chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
     with user_input("device"):  # only checks that the device exists
@@ -46,6 +50,10 @@ def train(
     if cfg.epochs < 1 or cfg.channels < 2 or cfg.layers < 1:
         raise UserInputError(f"epochs, channels and layers must be positive "
                          f"(got {cfg.epochs}, {cfg.channels}, {cfg.layers})")
+    from dartboard.training.final import network_of
+
+    with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
+        network_of(geno, cfg, splits.info)
     if out is None:
         path = Path(genotype)
         out_dir = path.parent if path.is_file() else Path("runs") / f"train-{genotype}"
