@@ -81,8 +81,9 @@ def main() -> None:
                    "genotype": gt.to_dict(search.genotype)}
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "genotype"}), flush=True)
-    (out / "results.json").write_text(json.dumps({"study": cfg.model_dump(), "seeds": seeds, "search_epochs": cfg.epochs,
-                                                  "final": tcfg.__dict__, "results": results}, indent=1))
+    summary = {"study": cfg.model_dump(), "seeds": seeds, "search_epochs": cfg.epochs, "final": tcfg.__dict__,
+               "results": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
     print(table(results, variants))
 
 

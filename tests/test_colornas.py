@@ -163,7 +163,8 @@ def test_genotype_round_trip_records_one_cell_pair_per_channel_and_the_meta_lear
     assert len(geno.channels) == 4 and all(isinstance(c, gt.DartsGenotype) for c in geno.channels)
     assert geno.meta_hidden == (32, 16)
     data = json.loads(gt.dumps(geno))
-    assert [c["name"] for c in data["channels"]] == ["R", "G", "B", "Y"] and data["meta_learner"] == {"hidden": [32, 16]}
+    assert [c["name"] for c in data["channels"]] == ["R", "G", "B", "Y"]
+    assert data["meta_learner"] == {"hidden": [32, 16]}
     assert gt.loads(gt.dumps(geno)) == geno
 
 
@@ -171,7 +172,8 @@ def test_genotype_round_trip_records_one_cell_pair_per_channel_and_the_meta_lear
     (lambda d: d["channels"].pop(), r"channels: colour model 'rgby' has 4 channels \(R, G, B, Y\), got 3 channels"),
     (lambda d: d.__setitem__("colour_model", "rb"), r"channels: colour model 'rb' has 2 channels \(R, B\), got 4"),
     (lambda d: d.__setitem__("colour_model", "hsv"), "colour_model: unknown colour model 'hsv'"),
-    (lambda d: d["channels"][1].__setitem__("name", "Y"), r"channels\[1\]: expected a darts or cells genotype named 'G'"),
+    (lambda d: d["channels"][1].__setitem__("name", "Y"),
+     r"channels\[1\]: expected a darts or cells genotype named 'G'"),
     (lambda d: d["channels"][2]["normal"]["edges"][0].__setitem__(0, "conv_9x9"),
      r"channels\[2\] \(B\).normal.edges\[0\].op: unknown op 'conv_9x9'"),
     (lambda d: d["meta_learner"].__setitem__("hidden", [0]), "meta_learner.hidden: expected widths >= 1"),

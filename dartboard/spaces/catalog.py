@@ -57,7 +57,8 @@ class CellSpace:
         from dartboard.spaces.supernet import plain_layout, start_layout
 
         if getattr(config, "space_options", None):
-            raise ValueError(f"space_options: the cell space {self.name!r} takes no options, got {config.space_options}")
+            raise ValueError(f"space_options: the cell space {self.name!r} takes no options, "
+                             f"got {config.space_options}")
         if config.start is None:
             if self.steps != config.steps:
                 raise ValueError(f"steps: space {self.name!r} has {self.steps} steps, config says {config.steps}")

@@ -2,11 +2,11 @@
 pooled features concatenated and fed to an MLP meta-learner (stacked generalisation).
 
 The space ``colornas`` (:class:`~dartboard.spaces.colour.ColourSpace`, registered in
-:data:`~dartboard.spaces.catalog.SPACES`) follows the :class:`~dartboard.spaces.supernet.SearchSpace` protocol, so the one engine searches it like any
-cell space. Its layout lays the channels' cells end to end (channel ``c`` owns cells
-``c*L .. c*L+L-1``) with one cell type per channel and cell kind (``R_normal``, ``R_reduce``,
-``G_normal``, ...): the grouping ``per_cell_type`` gives every channel its own normal and reduce
-alphas (the thesis' 2|C| sets), ``per_cell`` one set per cell. Each channel is a
+:data:`~dartboard.spaces.catalog.SPACES`) follows the :class:`~dartboard.spaces.supernet.SearchSpace`
+protocol, so the one engine searches it like any cell space. Its layout lays the channels' cells
+end to end (channel ``c`` owns cells ``c*L .. c*L+L-1``) with one cell type per channel and cell
+kind (``R_normal``, ``R_reduce``, ``G_normal``, ...): the grouping ``per_cell_type`` gives every
+channel its own normal and reduce alphas (the thesis' 2|C| sets), ``per_cell`` one set per cell. Each channel is a
 :class:`~dartboard.spaces.supernet.CellSupernet` (the DARTS ``SearchNetwork`` on one input
 channel) whose classifier is replaced by the identity, so it returns its pooled features.
 

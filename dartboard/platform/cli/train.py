@@ -31,8 +31,8 @@ def train(
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy."""
-    from dartboard.data.datasets import load_dataset
     from dartboard.data.colour_digits import COLOUR_DIGITS
+    from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset, resolve_device
     from dartboard.spaces.catalog import resolve
     from dartboard.spaces.genotype import ColourGenotype
