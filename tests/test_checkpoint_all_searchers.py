@@ -21,14 +21,20 @@ TINY = {"C": 4, "layers": 2, "epochs": 3}
 OWN = {"dartopti": {"C": 4, "epochs": 3}}  # its cell count is its start genotype's (ResNet-18: 4 cells)
 
 
-def _batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _channels(name: str) -> int:
+    """Input channels: RGB for searchers of RGB data (ColorNAS), else grayscale."""
+    return 3 if get_searcher_spec(name).preset.dataset == "colour-digits" else SHAPE.in_channels
+
+
+def _batches(n: int, seed: int, channels: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+    return [(torch.randn(8, channels, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
 
 
 def _build(name: str):
     spec = get_searcher_spec(name)
-    return build_searcher(name, OWN.get(name, {k: v for k, v in TINY.items() if k in spec.options}), SHAPE)
+    shape = DataShape(_channels(name), SHAPE.input_size, SHAPE.num_classes)
+    return build_searcher(name, OWN.get(name, {k: v for k, v in TINY.items() if k in spec.options}), shape)
 
 
 def _epoch(searcher, batches) -> dict[str, float]:
@@ -57,7 +63,7 @@ def _same(a: Any, b: Any, where: str = "state") -> None:
 
 @pytest.mark.parametrize("name", sorted(SEARCHERS))
 def test_searcher_resumes_bit_identically_from_its_checkpoint(name, tmp_path):
-    first, second = _batches(4, 0), _batches(4, 1)
+    first, second = _batches(4, 0, _channels(name)), _batches(4, 1, _channels(name))
     seed_everything(0)
     a = _build(name)
     _epoch(a, first)
