@@ -5,12 +5,15 @@ state its schedule, regularizers and monitors keep (FIMT thresholds, ADMM z/u, m
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import default_collate
 
+from dartboard.data.datasets import load_dataset
 from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything, set_rng_state
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
@@ -23,16 +26,31 @@ OWN = {"dartopti": {"C": 4, "epochs": 3},  # its cell count is its start genotyp
        "darts-pt": {**TINY, "pt_start_epoch": 0, "pt_tune_steps": 0}}  # projection decisions on both sides
 
 
-def _batches(n: int, seed: int, views: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``views``: two views per image, [8, 2, 1, 8, 8] (the Siamese searchers, NASiam)."""
+@functools.cache
+def _data(name: str) -> tuple[DataShape, Any]:
+    """The data shape and training split of a searcher that names its own data (an application: PMSM's
+    motor samples, ColorNAS's colour digits, NASiam's two views); else grayscale 8x8 images."""
+    dataset = get_searcher_spec(name).preset.dataset
+    if dataset is None:
+        return SHAPE, None
+    splits = load_dataset(dataset)
+    info = splits.info
+    return DataShape(info.in_channels, info.input_size, info.num_classes), splits.train
+
+
+def _batches(name: str, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    shape = (8, 2, 1, 8, 8) if views else (8, 1, 8, 8)
-    return [(torch.randn(*shape, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+    _, train = _data(name)
+    if train is None:
+        return [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+    index = torch.randperm(len(train), generator=g)[:8 * n].tolist()
+    return [default_collate([train[i] for i in index[8 * b:8 * b + 8]]) for b in range(n)]
 
 
 def _build(name: str):
     spec = get_searcher_spec(name)
-    return build_searcher(name, OWN.get(name, {k: v for k, v in TINY.items() if k in spec.options}), SHAPE)
+    shape = _data(name)[0]
+    return build_searcher(name, OWN.get(name, {k: v for k, v in TINY.items() if k in spec.options}), shape)
 
 
 def _epoch(searcher, batches) -> dict[str, float]:
@@ -61,8 +79,7 @@ def _same(a: Any, b: Any, where: str = "state") -> None:
 
 @pytest.mark.parametrize("name", sorted(SEARCHERS))
 def test_searcher_resumes_bit_identically_from_its_checkpoint(name, tmp_path):
-    views = name.startswith("nasiam-")
-    first, second = _batches(4, 0, views), _batches(4, 1, views)
+    first, second = _batches(name, 4, 0), _batches(name, 4, 1)
     seed_everything(0)
     a = _build(name)
     _epoch(a, first)

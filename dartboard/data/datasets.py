@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from dartboard.data.colour_digits import COLOUR_DIGITS, colourise
 from dartboard.errors import UserInputError
 from dartboard.registries import Registry
 
@@ -45,21 +46,37 @@ class Splits:
     info: DatasetInfo
 
 
-def _digits(test_fraction: float = 0.2) -> Splits:
+def _digits_arrays(colour: bool = False, test_fraction: float = 0.2) -> tuple[np.ndarray, ...]:
+    """(x_train, x_test, y_train, y_test) of digits in [0, 1]; ``colour``: the colour-digits images."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = digits.images.astype(np.float32) / 16.0
     y = digits.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=DIGITS_TEST_SEED,
-                                              stratify=y)
+    if colour:
+        x = colourise(x, y)
+    return tuple(train_test_split(x, y, test_size=test_fraction, random_state=DIGITS_TEST_SEED, stratify=y))
+
+
+def _digits() -> Splits:
+    x_tr, x_te, y_tr, y_te = _digits_arrays()
     mean, std = float(x_tr.mean()), float(x_tr.std())
 
     def tensors(a: np.ndarray, b: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy((a - mean) / std).unsqueeze(1), torch.from_numpy(b))
 
     return Splits(tensors(x_tr, y_tr), tensors(x_te, y_te), DatasetInfo("digits", 1, 8, 10, (mean,), (std,)))
+
+
+def _colour_digits() -> Splits:
+    """colour-digits (:mod:`dartboard.data.colour_digits`): the digits split, RGB in [0, 1], not normalised."""
+    x_tr, x_te, y_tr, y_te = _digits_arrays(colour=True)
+
+    def tensors(a: np.ndarray, b: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(a), torch.from_numpy(b))
+
+    return Splits(tensors(x_tr, y_tr), tensors(x_te, y_te), DatasetInfo(COLOUR_DIGITS, 3, 8, 10))
 
 
 def _cifar(name: str, root: str | None) -> Splits:
@@ -120,6 +137,7 @@ def register_dataset(name: str, loader: Callable[[str | None, int], Splits], sma
 
 
 register_dataset("digits", lambda root, image_size: _digits(), small=True)
+register_dataset(COLOUR_DIGITS, lambda root, image_size: _colour_digits(), small=True)  # ColorNAS
 register_dataset("cifar10", lambda root, image_size: _cifar("cifar10", root))
 register_dataset("cifar100", lambda root, image_size: _cifar("cifar100", root))
 register_dataset("imagefolder", _imagefolder)

@@ -92,11 +92,23 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
         cells = {"normal": genotype.normal, "reduce": genotype.reduce}
     elif isinstance(genotype, gt.CellsGenotype):
         cells = {f"cell_{i}": c for i, c in enumerate(genotype.cells)}
+    elif isinstance(genotype, gt.ColourGenotype):  # ColorNAS: the cells of every channel's network
+        from dartboard.spaces.colour import colour_model_spec
+
+        cells = {f"{name}_{k}": c for name, ch in zip(colour_model_spec(genotype.colour_model).channels,
+                                                        genotype.channels, strict=True)
+                 for k, c in _named_cells(ch).items()}
     else:
         cells = {}
     for name, cell in cells.items():
         artifacts[name] = draw_cell(cell, out / f"{name}.png", title=name)
     return artifacts
+
+
+def _named_cells(genotype: gt.DartsGenotype | gt.CellsGenotype) -> dict[str, gt.CellGenotype]:
+    if isinstance(genotype, gt.DartsGenotype):
+        return {"normal": genotype.normal, "reduce": genotype.reduce}
+    return {f"cell_{i}": c for i, c in enumerate(genotype.cells)}
 
 
 def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:

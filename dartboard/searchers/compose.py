@@ -9,7 +9,8 @@ study's sampled hyperparameters). A key is one of:
   of those. A part given here replaces the preset's;
 - ``<kind>_options``: options merged into a singular part (``schedule_options: {k: 5}``);
 - a dotted path to one part option: ``discretizer.sigma_threshold``, ``schedule.k``,
-  ``regularizers.zero_one.weight``, ``hooks.rdarts.mode`` (sweepable like any key);
+  ``regularizers.zero_one.weight``, ``hooks.rdarts.mode`` (sweepable like any key), or to one
+  option of the space: ``space_options.colour_model``;
 - a preset's alias for such a path (D-DARTS: ``w01`` is ``regularizers.zero_one.weight``).
 
 Unknown keys, parts and part options are refused with the known ones listed.
@@ -101,10 +102,11 @@ def resolve(preset: Mapping[str, Any], options: Mapping[str, Any], aliases: Mapp
     config, specs = _whole_parts(merged)
     _merge_part_options(merged, specs)
     for key, value in merged.items():  # then single options by path
-        if key in aliases:
-            _set_path(specs, aliases[key], value)
-        elif "." in key:
-            _set_path(specs, key, value)
+        path = aliases.get(key, key if "." in key else None)
+        if path is not None and path.startswith("space_options."):  # one option of the space (ColorNAS)
+            config["space_options"] = {**(config.get("space_options") or {}), path.partition(".")[2]: value}
+        elif path is not None:
+            _set_path(specs, path, value)
     return config, specs
 
 

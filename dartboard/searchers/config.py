@@ -41,6 +41,7 @@ class EngineConfig:
     reductions: tuple[int, ...] | None = None  # reduction cell positions; None: layers//3, 2*layers//3
     projector_layers: int = 6  # MLP-head spaces (NASiam, thesis 5.1.1): projector up to 6 layers ...
     predictor_layers: int = 4  # ... predictor up to 4 (0: none, SimCLR and MoCo)
+    space_options: dict | None = None  # options of the space, checked by it (ColorNAS: colour_model, ...)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -56,6 +57,8 @@ class EngineConfig:
         self.arch_betas = tuple(float(b) for b in self.arch_betas)
         if self.reductions is not None:
             self.reductions = tuple(int(r) for r in self.reductions)
+        if self.space_options is not None and not isinstance(self.space_options, dict):
+            raise ValueError(f"space_options: expected a mapping of the space's options, got {self.space_options!r}")
         self._resolve_layers()
         self._check_numbers()
 

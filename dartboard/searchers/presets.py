@@ -14,6 +14,8 @@ CRB_INIT_SCALE = 1e-4  # Maile et al. (ALGORITHMS.md): CRB alpha init 1/|O| + 1e
 W01_DDARTS = 7.0  # thesis 4.2.2 (4.2.1 says 8; the analysis of Fig 4.4 picks 7)
 DARTOPTI_CHANNELS = 32  # thesis 4.2.1: 32 initial channels while searching from a handcrafted network
 DARTOPTI_WARMUP = 5  # thesis 4.1.4 (iii): 5 warm-up epochs train the weights only
+COLORNAS_THRESHOLD = 0.7  # thesis A.3.1: the two best incoming ops per node, selected with a threshold of 0.7
+COLORNAS_INPUTS_PER_NODE = 2
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,19 @@ PRESETS: dict[str, Preset] = {
                           # the queue holds a multiple of the 2 x 64 keys of a default batch, under the 718 images
                           {**NASIAM_SMALL, "objective.queue_size": 512}, NASIAM_DATASET),
 }
+# ColorNAS (thesis appendix A): a beta-DARTS supernet per channel of a colour model (space colornas, its own
+# normal/reduce alphas per channel: per_cell_type), pooled features -> MLP meta-learner; threshold parse.
+_COLORNAS = {**PRESETS["beta-darts"].options, "space": "colornas", "grouping": "per_cell_type",
+             "discretizer": {"name": "threshold", "sigma_threshold": COLORNAS_THRESHOLD,
+                             "max_inputs_per_node": COLORNAS_INPUTS_PER_NODE}}
+_COLORNAS_ALIASES = {"colour_model": "space_options.colour_model", "yellow": "space_options.yellow",
+                     "meta_hidden": "space_options.meta_hidden", "sigma_threshold": "discretizer.sigma_threshold"}
+for _model, _what in (("rb", "RB (Algorithm 6: green removed)"), ("rgb", "RGB"),
+                      ("rgby", "RGBY (Algorithm 7; yellow=printed|min)")):
+    PRESETS[f"colornas-{_model}"] = Preset(
+        f"ColorNAS {_what}: a beta-DARTS supernet per channel + MLP meta-learner (thesis appendix A)",
+        {**_COLORNAS, "space_options": {"colour_model": _model}}, _COLORNAS_ALIASES,
+        small_data_defaults={"C": 4, "layers": 5, "epochs": 10}, dataset="colour-digits")
 # Maile et al. Table 1 rows: compositions of fragments.
 for _row in ("cs10", "fimt", "crb", "fimt+crb", "pr", "pr+fimt", "pr+fimt+crb", "admm", "admm+fimt",
              "admm+fimt+crb"):

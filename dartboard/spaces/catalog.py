@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dartboard.registries import Registry
-from dartboard.spaces import handcrafted, tiny
+from dartboard.spaces import colour, handcrafted, tiny
 from dartboard.spaces.cells import edge_list
 from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype, GenotypeError, load
 from dartboard.spaces.nasiam import NASIAM_SPACES
@@ -57,6 +57,9 @@ class CellSpace:
         """The cells of the supernet: the plain DARTS layout, or the layout of ``config.start``."""
         from dartboard.spaces.supernet import plain_layout, start_layout
 
+        if getattr(config, "space_options", None):
+            raise ValueError(f"space_options: the cell space {self.name!r} takes no options, "
+                             f"got {config.space_options}")
         if config.start is None:
             if self.steps != config.steps:
                 raise ValueError(f"steps: space {self.name!r} has {self.steps} steps, config says {config.steps}")
@@ -111,6 +114,8 @@ register_space(CellSpace.uniform("s3", ("none", "skip_connect", "sep_conv_3x3"),
 register_space(CellSpace.uniform("s4", ("noise", "sep_conv_3x3"), description="R-DARTS S4: noise N(0,1)"))
 for _space in NASIAM_SPACES:  # NASiam S and S' (MLP heads of Siamese networks)
     register_space(_space)
+# ColorNAS (thesis appendix A): one cell supernet per colour channel + a meta-learner (dartboard.spaces.colornas).
+register_space(colour.ColourSpace())
 
 
 @register_genotype("darts-v1")

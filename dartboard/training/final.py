@@ -54,9 +54,10 @@ class TrainConfig:
                 raise UserInputError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise UserInputError(f"drop_path_prob: expected a probability in [0, 1), got {self.drop_path_prob}")
-        for name in ("lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise UserInputError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if not self.grad_clip > 0:
+            raise UserInputError(f"grad_clip: expected a positive number, got {self.grad_clip}")
+        if not self.lr >= 0:  # lr 0 trains nothing but is a valid (evaluation) setting
+            raise UserInputError(f"lr: expected a number >= 0, got {self.lr}")
         for name in ("momentum", "weight_decay", "auxiliary_weight"):
             if not getattr(self, name) >= 0:
                 raise UserInputError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
@@ -73,10 +74,22 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: mean train loss and accuracy
 
 
-def build_network(genotype: gt.Genotype, cfg: TrainConfig, splits: Splits) -> DiscreteNetwork:
+def build_network(genotype: gt.Genotype, cfg: TrainConfig, splits: Splits) -> nn.Module:
+    return network_of(genotype, cfg, splits.info)
+
+
+def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
+    """The final network of a cell genotype (DiscreteNetwork) or of a ColorNAS genotype (one cell
+    network per colour channel + the meta-learner, each channel's network C channels, ``layers`` cells)."""
+    if isinstance(genotype, gt.ColourGenotype):
+        from dartboard.spaces.colornas import ColourNetwork
+
+        return ColourNetwork(genotype, C=cfg.channels, num_classes=info.num_classes, layers=cfg.layers,
+                             auxiliary=cfg.auxiliary, in_channels=info.in_channels, input_size=info.input_size,
+                             drop_path_prob=cfg.drop_path_prob)
     if not isinstance(genotype, (gt.DartsGenotype, gt.CellsGenotype)):
-        raise gt.GenotypeError(f"kind: a {genotype.kind!r} genotype is not a cell network; expected darts or cells")
-    info = splits.info
+        raise gt.GenotypeError(f"kind: a {genotype.kind!r} genotype is not a cell network; expected darts, cells "
+                               f"or colornas")
     return DiscreteNetwork(genotype, C=cfg.channels, num_classes=info.num_classes, layers=cfg.layers,
                            auxiliary=cfg.auxiliary, in_channels=info.in_channels, input_size=info.input_size,
                            drop_path_prob=cfg.drop_path_prob)
@@ -164,13 +177,11 @@ def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_
     return TrainResult(test_acc, test_loss, count_parameters(net), seconds, weights_path, sha, history)
 
 
-def load_network(genotype: gt.Genotype, weights_path: str | Path, cfg: TrainConfig, splits_info) -> DiscreteNetwork:
+def load_network(genotype: gt.Genotype, weights_path: str | Path, cfg: TrainConfig, splits_info) -> nn.Module:
     """Rebuild a trained network from its genotype and a weights file (no unpickling)."""
     from safetensors.torch import load_file
 
-    net = DiscreteNetwork(genotype, C=cfg.channels, num_classes=splits_info.num_classes, layers=cfg.layers,
-                          auxiliary=cfg.auxiliary, in_channels=splits_info.in_channels,
-                          input_size=splits_info.input_size)
+    net = network_of(genotype, TrainConfig(**{**asdict(cfg), "drop_path_prob": 0.0}), splits_info)
     path = Path(weights_path)
     state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     net.load_state_dict(state)

@@ -9,7 +9,8 @@ import typer
 
 from dartboard.errors import UserInputError
 
-DATASET_SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "imagenet": (3, 224, 1000)}
+DATASET_SHAPES = {"digits": (1, 8, 10), "colour-digits": (3, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
+                  "imagenet": (3, 224, 1000)}
 
 
 def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dataset: str) -> dict[str, Any]:
@@ -19,8 +20,10 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from dartboard.data.datasets import DatasetInfo
     from dartboard.spaces.catalog import resolve
-    from dartboard.spaces.networks import DiscreteNetwork, count_parameters
+    from dartboard.spaces.networks import count_parameters
+    from dartboard.training.final import TrainConfig, network_of
 
     geno = resolve(genotype)
     if geno.kind == "flux_mlp":
@@ -28,10 +31,13 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     if dataset not in DATASET_SHAPES:
         raise UserInputError(f"dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASET_SHAPES)}")
     in_ch, size, classes = DATASET_SHAPES[dataset]
-    if geno.kind not in ("darts", "cells"):
+    if geno.kind not in ("darts", "cells", "colornas"):
         raise UserInputError(f"genotype {genotype!r} is a {geno.kind!r} genotype; info needs a cell network")
-    net = DiscreteNetwork(geno, C=channels, layers=layers, auxiliary=auxiliary, num_classes=classes,
-                          in_channels=in_ch, input_size=size).eval()
+    cfg = TrainConfig(channels=channels, layers=layers, auxiliary=auxiliary)
+    try:  # a ColorNAS genotype on a grayscale shape, an auxiliary head it does not have
+        net = network_of(geno, cfg, DatasetInfo(dataset, in_ch, size, classes)).eval()
+    except ValueError as err:
+        raise UserInputError(f"genotype {genotype!r} on {dataset}: {err}") from None
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(torch.zeros(1, in_ch, size, size))
     return {"genotype": genotype, "channels": channels, "layers": layers, "dataset": dataset,
@@ -54,7 +60,7 @@ def info(
     channels: int = typer.Option(36, help="Initial channels C."),
     layers: int = typer.Option(20, help="Number of cells."),
     auxiliary: bool = typer.Option(False, help="Build the auxiliary head too."),
-    dataset: str = typer.Option("cifar10", help="Input shape: digits, cifar10, cifar100, imagenet."),
+    dataset: str = typer.Option("cifar10", help="Input shape: digits, colour-digits, cifar10, cifar100, imagenet."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network;

@@ -25,7 +25,8 @@ def train(
     lr: float = typer.Option(None, help="SGD learning rate, cosine to 0 (default 0.025; mlp heads 0.06)."),
     auxiliary: bool = typer.Option(False, help="Auxiliary head (weight 0.4)."),
     drop_path: float = typer.Option(0.0, help="Drop path probability (ramped)."),
-    dataset: str = typer.Option("digits", help="digits, cifar10, cifar100, imagefolder."),
+    dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder (default: digits; "
+                                "colour-digits for a ColorNAS genotype)."),
     data_root: str = typer.Option(None, help="Folder holding the local dataset."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
@@ -53,12 +54,16 @@ def train(
         from dartboard.platform.cli.ssl import train_heads
 
         result = train_heads(geno, genotype, framework=framework, channels=channels, epochs=epochs,
-                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset,
+                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset or "digits",
                              data_root=data_root, seed=seed, device=resolved, out=out)
         typer.echo(f"weights written to {result['weights']}")
         for key in ("probe_acc", "knn_acc", "collapse_std", "retrieval_map"):
             typer.echo(f"{key} {result[key]:.4f} (held-out)")
         return
+    from dartboard.data.colour_digits import COLOUR_DIGITS
+    from dartboard.spaces.genotype import ColourGenotype
+
+    dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_dataset(dataset)
     _train_cells(geno, genotype, _train_config(dataset, channels, layers, epochs, batch_size,
                                                0.025 if lr is None else lr, auxiliary, drop_path, seed, resolved),
@@ -66,10 +71,10 @@ def train(
 
 
 def _train_config(dataset, channels, layers, epochs, batch_size, lr, auxiliary, drop_path, seed, device):
-    from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS
+    from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset
     from dartboard.training.final import TrainConfig
 
-    defaults = DIGITS_TRAIN_DEFAULTS if dataset == "digits" else {}
+    defaults = DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset) else {}
     values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
     chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
     try:
@@ -83,7 +88,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
                  as_json: bool) -> None:
     from dartboard.data.datasets import load_dataset
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
-    from dartboard.training.final import train_genotype
+    from dartboard.training.final import network_of, train_genotype
 
     if out is None:
         path = Path(genotype)
@@ -96,6 +101,8 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
 
         check_tracking_server(resolved_uri(tracking_uri))
     splits = load_dataset(dataset, data_root)
+    with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
+        network_of(geno, cfg, splits.info)
     log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
     result = train_genotype(geno, splits, cfg, out_dir, on_epoch=lambda e, m: log.info(
         "epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", e + 1, m["train_loss"],

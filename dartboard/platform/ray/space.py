@@ -105,8 +105,9 @@ def _dry_build(cfg: StudyConfig) -> None:
     """Build each variant's searcher on a tiny shape and derive once, with every applicable parameter
     at its lowest and at its highest value: option values the searcher refuses (a regularizer option
     that does not exist, a threshold out of range) fail here, before any trial starts."""
-    from dartboard.searchers.registry import DataShape, build_searcher
+    from dartboard.searchers.registry import build_searcher
 
+    shape = _dry_shape(cfg)
     for v in cfg.variants:
         for end in ("low", "high"):
             sample: dict[str, Any] = {"variant": v.name}
@@ -117,11 +118,23 @@ def _dry_build(cfg: StudyConfig) -> None:
                     sample[pname] = int(value) if d["type"] == "int" else value
             run = SearchRunConfig(**trial_run_config(cfg, sample))
             try:
-                build_searcher(run.searcher, run.searcher_options(), DataShape(1, 8, 10), "cpu").derive()
+                build_searcher(run.searcher, run.searcher_options(), shape, "cpu").derive()
             except (ValueError, TypeError, KeyError) as err:
                 names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
                 raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
                                  f"({names}): {err}") from None
+
+
+def _dry_shape(cfg: StudyConfig):
+    """The data shape of the dry builds, at 8 pixels: a small data set's own channels and classes
+    (grayscale digits, RGB colour-digits; loaded in well under a second), RGB for the others."""
+    from dartboard.data.datasets import SMALL_DATASETS, load_dataset
+    from dartboard.searchers.registry import DataShape
+
+    if cfg.dataset in SMALL_DATASETS:
+        info = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size).info
+        return DataShape(info.in_channels, 8, info.num_classes)
+    return DataShape(3, 8, 10)
 
 
 def condition_applies(dist: dict[str, Any], variant: str, searcher: str) -> bool:
