@@ -75,7 +75,7 @@ class TrainResult:
 
 
 def build_network(genotype: gt.Genotype, cfg: TrainConfig, splits: Splits) -> nn.Module:
-    return network_of(genotype, cfg, splits.info)
+    return network_of(genotype, cfg, getattr(splits, "info", None))  # the kind is checked before the shape
 
 
 def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
