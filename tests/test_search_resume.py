@@ -78,6 +78,7 @@ def test_an_interrupted_search_run_is_marked_killed(tmp_path, monkeypatch):
     c = runs.client(uri)
     found = c.search_runs([c.get_experiment_by_name("dartboard").experiment_id])
     assert [r.info.status for r in found] == ["KILLED"]
+    assert found[0].data.tags["space"] == "darts-none"  # fairdarts's own space, not DARTS's
     assert [m.step for m in c.get_metric_history(found[0].info.run_id, "train_loss")] == [0]
 
 

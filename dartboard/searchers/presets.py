@@ -214,3 +214,13 @@ PRESETS.update({
                        {"activation": {"name": "darts_pt"}},
                        {"pt_start_epoch": "activation.start_epoch", "pt_tune_steps": "activation.tune_steps"}),
 })
+
+
+def space_of(searcher: str, options: dict[str, Any] | None = None, default: str = "darts") -> str:
+    """The space a search of ``searcher`` runs in: the user's ``space`` option, else its preset's,
+    else DARTS's (torch-free: for tags and reports)."""
+    if options and options.get("space"):
+        return str(options["space"])
+    preset = PRESETS.get(searcher)
+    return str(preset.options.get("space", default)) if preset is not None else default
+

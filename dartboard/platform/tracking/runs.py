@@ -45,11 +45,13 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 def log_search_run(cfg, result, status: str = "FINISHED") -> str:
     """One MLflow run for a local search: params, per-epoch metrics, genotype and pictures; an
     interrupted search's run (its finished epochs) ends with ``status="KILLED"``."""
+    from dartboard.searchers.presets import space_of
+
     mlflow, _ = setup_mlflow(cfg.tracking_uri, cfg.experiment)
     run = mlflow.start_run(run_name=f"search-{cfg.searcher}-{cfg.dataset}-s{cfg.seed}")
     try:
         mlflow.set_tags({"dartboard.kind": "search", "searcher": cfg.searcher, "dataset": cfg.dataset,
-                         "seed": str(cfg.seed), "space": str(cfg.searcher_options().get("space") or "darts")})
+                         "seed": str(cfg.seed), "space": space_of(cfg.searcher, cfg.options)})
         mlflow.log_params(flat_params("", {"searcher": cfg.searcher, "dataset": cfg.dataset, "seed": cfg.seed,
                                            "batch_size": cfg.batch_size, **cfg.searcher_options()}))
         for step, metrics in enumerate(result.history):

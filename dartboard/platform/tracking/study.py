@@ -145,11 +145,9 @@ class StudyTracker:
 
 def _space(study: Any, trial: Mapping[str, Any]) -> str:
     """The space a trial searched: its own option, the study's, else its preset's default."""
-    from dartboard.searchers.presets import PRESETS
+    from dartboard.searchers.presets import space_of
 
-    preset = PRESETS.get(trial["searcher"])
-    default = preset.options.get("space", "darts") if preset is not None else "darts"
-    return str(trial["config"].get("space") or study.space or default)
+    return space_of(trial["searcher"], {"space": trial["config"].get("space") or study.space})
 
 
 def _alias_tags(c: Any, name: str) -> dict[str, str] | None:
