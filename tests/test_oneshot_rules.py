@@ -291,3 +291,18 @@ def test_darts_pt_decision_matches_a_brute_force_search():
         accs.append((sum(float((o.argmax(1) == y).sum()) for o, y in out),
                      -sum(float(s.objective.loss(o, y)) * len(y) for o, y in out)))
     assert k == min(range(3), key=lambda op: (accs[op], op))
+
+
+def test_snas_resource_penalty_by_hand():
+    """Expected normalised cost: skip costs 0, sep_conv_3x3 the most; rows [1, 0] and [0.5, 0.5] give
+    (0 + 0.5 * c) / c = 0.5; the regularizer multiplies by its weight and sums the groups."""
+    from dartboard.searchers.parts.oneshot_regularizers import Resource, op_cost, resource_cost
+
+    prims = (("skip_connect", "sep_conv_3x3"),) * 2
+    w = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    assert op_cost("skip_connect") == 0.0 and op_cost("sep_conv_3x3") > 0
+    assert float(resource_cost(w, prims)) == pytest.approx(0.5)
+    ctx = SimpleNamespace(groups=[SimpleNamespace(primitives=prims)] * 2)
+    assert float(Resource(weight=2.0).loss(ctx, [w, w])) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="weight"):
+        Resource(weight=-1.0)
