@@ -64,9 +64,13 @@ def main() -> None:
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    done = out / "results.json"  # resumable: rows already there (same study and budget) are kept
+    results = [r for r in json.loads(done.read_text())["results"] if r["variant"] in variants and r["seed"] in seeds] \
+        if done.is_file() else []
     for name in variants:
         for seed in seeds:
+            if any(r["variant"] == name and r["seed"] == seed for r in results):
+                continue
             run = trial_run_config(cfg, {"variant": name, "seed": seed})
             run["out"] = str(out / name / f"seed{seed}")
             search = run_search_job(SearchRunConfig(**run), progress=False)
@@ -81,10 +85,13 @@ def main() -> None:
                    "genotype": gt.to_dict(search.genotype)}
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "genotype"}), flush=True)
-    summary = {"study": cfg.model_dump(), "seeds": seeds, "search_epochs": cfg.epochs, "final": tcfg.__dict__,
-               "results": results}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+            done.write_text(json.dumps(summary(cfg, seeds, tcfg, results), indent=1))
     print(table(results, variants))
+
+
+def summary(cfg, seeds: list[int], tcfg, results: list[dict]) -> dict:
+    return {"study": cfg.model_dump(), "seeds": seeds, "search_epochs": cfg.epochs, "final": tcfg.__dict__,
+            "results": results}
 
 
 def _mean_std(values: list[float]) -> str:

@@ -174,7 +174,9 @@ class StudyResources(BaseModel):
 
 class StudyObjective(BaseModel):
     """What the study maximises: the supernet's validation accuracy (``supernet``), the derived
-    architecture's validation accuracy after a short training from scratch (``derived``), or the
+    architecture's validation accuracy after a short training from scratch (``derived``; for NASiam's
+    ``mlp`` heads: the weighted-kNN accuracy of the backbone after a short SSL pretraining with them,
+    ``train_channels`` = the backbone's C), or the
     test accuracy of each trial's final training (``final``, needs ``final_training.scope: trial``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -245,7 +247,7 @@ class StudyConfig(BaseModel):
     searcher: str | list[str] | None = None
     variants: list[StudyVariant] = Field(default_factory=list)
     space: str | None = None  # the cell space (searcher option `space`); None keeps the searcher's default
-    dataset: str = "digits"  # a registered dataset (dartboard.data.datasets.DATASETS)
+    dataset: str | None = None  # a registered dataset; None: the presets' own (nasiam: digits-views) or digits
     data_root: str | None = None
     image_size: int = Field(32, ge=8)
     batch_size: int = Field(64, ge=1)
@@ -297,6 +299,19 @@ class StudyConfig(BaseModel):
                              "vary seeds with 'seeds'")
         if self.objective.kind == "final" and (self.final_training is None or self.final_training.scope != "trial"):
             raise ValueError("objective.kind: 'final' needs final_training with scope: trial")
+        return self
+
+    @model_validator(mode="after")
+    def _preset_dataset(self) -> StudyConfig:
+        if self.dataset is None:
+            from dartboard.searchers.presets import PRESETS  # data only: no torch
+
+            own = {v.searcher: (PRESETS[v.searcher].dataset if v.searcher in PRESETS else None) or "digits"
+                   for v in self.variants}
+            if len(set(own.values())) > 1:
+                raise ValueError("dataset: the variants' presets train on different data ("
+                                 + ", ".join(f"{k}: {d}" for k, d in own.items()) + "); set the study's dataset")
+            self.dataset = next(iter(own.values()), "digits")
         return self
 
     @model_validator(mode="after")

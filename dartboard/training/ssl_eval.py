@@ -76,6 +76,32 @@ class SslConfig:
     objective_options: Mapping[str, Any] | None = None  # e.g. MoCo's queue_size
 
 
+def view_datasets(dataset: str) -> tuple[str, str]:
+    """(plain data for evaluation, two-view data for pretraining) of ``dataset``."""
+    for suffix in ("-views-noaug", "-views"):
+        if dataset.endswith(suffix):
+            return dataset[: -len(suffix)], dataset
+    return dataset, f"{dataset}-views"
+
+
+def moco_queue(batch_size: int) -> int:
+    """MoCo's queue for a short pretraining: 4 steps of keys (a multiple of the 2 x batch keys per step)."""
+    return 4 * 2 * batch_size
+
+
+def pretrain_and_evaluate(genotype: gt.Genotype, views_train: Dataset, plain_train: Dataset,
+                          fit: Sequence[int], held: Sequence[int], shape: tuple[int, int], cfg: SslConfig
+                          ) -> tuple[nn.Module, list, dict[str, float]]:
+    """SSL pretraining with the genotype's heads on the ``fit`` samples of ``views_train``, then the
+    held-out metrics of the frozen backbone on ``plain_train`` (the same samples as single images):
+    fitted on ``fit``, reported on ``held``. The network, the loss per epoch and the metrics."""
+    if len(views_train) != len(plain_train):
+        raise ValueError(f"views and plain data differ in size ({len(views_train)} vs {len(plain_train)}): "
+                         "they must be the same training samples")
+    net, history = pretrain(genotype, Subset(views_train, list(fit)), shape, cfg)
+    return net, history, evaluate_backbone(net.backbone, plain_train, cfg.seed, cfg.device, fit, held)
+
+
 def fit_held_out(n: int, seed: int) -> tuple[list[int], list[int]]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     cut = int(n * (1 - HELD_OUT_FRACTION))

@@ -15,14 +15,6 @@ from dartboard.errors import UserInputError
 WEIGHTS_FILE = "ssl_weights.pt"
 
 
-def view_datasets(dataset: str) -> tuple[str, str]:
-    """(plain data for evaluation, two-view data for pretraining) of ``dataset``."""
-    for suffix in ("-views-noaug", "-views"):
-        if dataset.endswith(suffix):
-            return dataset[: -len(suffix)], dataset
-    return dataset, f"{dataset}-views"
-
-
 def framework_of(geno: Any, framework: str | None) -> str:
     if framework is None:
         return "simsiam" if geno.chains.get("predictor") is not None else "simclr"
@@ -36,13 +28,12 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
                 out: str | None) -> dict[str, Any]:
     """SSL pretraining with the genotype's heads on the fit part of the train split, then the held-out metrics."""
     import torch
-    from torch.utils.data import Subset
 
     from dartboard.data.datasets import load_dataset
     from dartboard.spaces.genotype import to_dict
     from dartboard.training import ssl_eval as E
 
-    plain_name, views_name = view_datasets(dataset)
+    plain_name, views_name = E.view_datasets(dataset)
     plain, views = load_dataset(plain_name, data_root), load_dataset(views_name, data_root)
     cfg = E.SslConfig(framework=framework_of(geno, framework), C=channels or 16, epochs=epochs or 20,
                       batch_size=batch_size or 64, lr=lr, seed=seed, device=device)
@@ -50,11 +41,11 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
         raise UserInputError(f"epochs, channels and batch_size must be positive (got {cfg.epochs}, {cfg.C}, "
                              f"{cfg.batch_size})")
     if cfg.framework == "moco":
-        cfg.objective_options = {"queue_size": 4 * 2 * cfg.batch_size}  # a multiple of the 2 x batch keys per step
+        cfg.objective_options = {"queue_size": E.moco_queue(cfg.batch_size)}
     fit, held = E.fit_held_out(len(plain.train), seed)
     info = views.info
-    net, history = E.pretrain(geno, Subset(views.train, fit), (info.in_channels, info.input_size), cfg)
-    metrics = E.evaluate_backbone(net.backbone, plain.train, seed, device, fit, held)
+    net, history, metrics = E.pretrain_and_evaluate(geno, views.train, plain.train, fit, held,
+                                                    (info.in_channels, info.input_size), cfg)
     if out is None:  # next to the genotype file, as for cell networks
         out_dir = Path(name).parent if Path(name).is_file() else Path("runs") / f"train-ssl-{name}"
     else:
