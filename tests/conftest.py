@@ -7,6 +7,10 @@ import pytest
 import torch
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per xdist worker: the workers share the cores
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     has_gpu = torch.cuda.is_available()
     run_slow = os.environ.get("DARTBOARD_SLOW") == "1" or "slow" in (config.getoption("-m") or "")
@@ -15,6 +19,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with -m slow or DARTBOARD_SLOW=1"))
+        # With pytest-xdist (`-n 2 --dist loadgroup`, README's test command): the tests that start a Ray
+        # cluster run one after the other on one worker (never two Ray clusters at once), the others
+        # module by module (module fixtures, e.g. an MLflow server, are built once).
+        item.add_marker(pytest.mark.xdist_group("ray" if "ray" in item.keywords else item.nodeid.split("::")[0]))
 
 
 #: A tiny timm ViT for the DARIO tests (8x8 single-channel input, 3 blocks of 2 heads).

@@ -141,9 +141,9 @@ def _without_timing(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.ray
 def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one(tmp_path):
-    """2 variants x 2 seeds, 2 search epochs, each trial trains its network; the first driver is
-    SIGKILLed while trials are held after epoch 1."""
-    study = {"name": "tiny", "sampler": "grid", "seeds": [0, 1], "batch_size": 256, "epochs": 2,
+    """2 variants x 1 seed, 2 search epochs, each trial trains its network; the first driver is
+    SIGKILLed while both trials are held after epoch 1."""
+    study = {"name": "tiny", "sampler": "grid", "seeds": [0], "batch_size": 256, "epochs": 2,
              "variants": [{"name": "darts", "searcher": "darts"},
                           {"name": "darts-C6", "searcher": "darts", "options": {"C": 6}}],
              "options": {"C": 4, "layers": 2}, "scheduler": {"type": "fifo"}, "max_concurrent": 2,
@@ -186,12 +186,11 @@ def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one
     # the held trials continued from their epoch-1 checkpoint: no (trial, epoch) ran twice, none was lost
     lines = (gate / "epochs.log").read_text().splitlines()
     assert len(lines) == len(set(lines)), lines
-    assert sorted(lines) == sorted(f"{k}/seed{s} {e}" for k in ("darts", "darts-C6") for s in (0, 1) for e in (1, 2))
+    assert sorted(lines) == sorted(f"{k}/seed{s} {e}" for k in ("darts", "darts-C6") for s in (0,) for e in (1, 2))
     assert held and all(f"{key} 2" in lines for key in held)
 
     resumed, uninterrupted = _trials(run1), _trials(run2)
-    assert sorted(resumed) == sorted(uninterrupted) == ["darts-C6/seed0", "darts-C6/seed1", "darts/seed0",
-                                                        "darts/seed1"]
+    assert sorted(resumed) == sorted(uninterrupted) == ["darts-C6/seed0", "darts/seed0"]
     for key, t in resumed.items():
         u = uninterrupted[key]
         assert t["status"] == u["status"] == "complete"
@@ -202,10 +201,10 @@ def test_ablation_driver_killed_inside_a_trial_resumes_like_an_uninterrupted_one
 
     summary = json.loads((run1 / "results.json").read_text())
     table = (run1 / "table.md").read_text()
-    assert "| darts | `darts` | 2 |" in table and "| darts-C6 | `darts` | 2 |" in table
+    assert "| darts | `darts` | 1 |" in table and "| darts-C6 | `darts` | 1 |" in table
     for name in ("darts", "darts-C6"):
         errors = [r["test_error"] for r in summary if r["variant"] == name]
-        assert len(errors) == 2 and all(r["parameters"] > 0 for r in summary)
+        assert len(errors) == 1 and all(r["parameters"] > 0 for r in summary)
     assert (run1 / "plots" / "metric_vs_size.png").is_file() and (run1 / "plots" / "alphas-darts.png").is_file()
 
     from dartboard.platform.tracking import runs

@@ -66,3 +66,25 @@ def test_informativeness_statistics_hand_values():
     assert separable_pairs(entries) == pytest.approx(2 / 3)
     assert random_k_regret(entries, 3) == 0.0  # every member trained: the best on validation is the best
     assert random_k_regret(entries, 1) == pytest.approx((0.0 + 0.1 + 0.4) / 3, abs=0.02)
+
+
+def test_the_quality_benchmark_searches_and_scores_in_the_tables_own_space(tmp_path):
+    """A tiny625 table gives tiny625 search options and is looked up with tiny625's ops: a derived
+    architecture with dil_conv_3x3 / avg_pool_3x3 (not tiny81 members) gets its row's regret and rank."""
+    from dartboard.bench.quality import QualityConfig, curve_from_trial, trial_options
+    from dartboard.spaces import genotype as gt
+
+    members = TINY625.enumerate_ops()
+    keys = [ops_key(o) for o in (members[1], members[7])]  # ...avg_pool_3x3, ...dil_conv_3x3
+    out = tmp_path / "tiny625.json"
+    build_table(TableProtocol(epochs=1, channels=4, seeds=(0,)), out, command="test", keys=keys, space=TINY625_NAME)
+    table = load_table(out)
+    cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=2, table=str(out))
+    assert trial_options("darts", cfg, table.space)["space"] == TINY625_NAME
+    assert trial_options("darts", cfg)["space"] == "tiny81"
+    genotypes = [gt.to_dict(TINY625.genotype_of_ops(members[i])) for i in (1, 7)]
+    curve = curve_from_trial(table, genotypes, [{"search_seconds": 1.0}, {"search_seconds": 2.0}])
+    assert [c["key"] for c in curve] == keys
+    for c in curve:
+        assert c["tiny81_on_table"] and c["tiny81_regret"] == pytest.approx(table.regret(c["key"]))
+        assert c["tiny81_rank"] == table.rank(c["key"])

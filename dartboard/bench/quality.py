@@ -52,12 +52,14 @@ class QualityConfig:
             raise ValueError(f"workers: expected >= 1, got {self.workers}")
 
 
-def trial_options(name: str, cfg: QualityConfig) -> dict[str, Any]:
+def trial_options(name: str, cfg: QualityConfig, space=None) -> dict[str, Any]:
+    """A searcher's options in the table's space (``space``: a ``TinySpace``; None: tiny81)."""
     from dartboard.searchers.registry import get_searcher_spec
     from dartboard.spaces.tiny import TINY81_SEARCH_OPTIONS
 
     spec = get_searcher_spec(name)
-    opts = {**TINY81_SEARCH_OPTIONS, "epochs": cfg.epochs, **cfg.options}
+    base = TINY81_SEARCH_OPTIONS if space is None else space.search_options
+    opts = {**base, "epochs": cfg.epochs, **cfg.options}
     if cfg.parse is not None and "discretizer" in spec.options:
         opts["discretizer"] = cfg.parse
     warmup = spec.defaults.get("warmup_epochs", 0)
@@ -65,7 +67,7 @@ def trial_options(name: str, cfg: QualityConfig) -> dict[str, Any]:
         opts["warmup_epochs"] = round(warmup * cfg.epochs / DARTS_SEARCH_EPOCHS)
     unknown = sorted(set(opts) - set(spec.options))
     if unknown:
-        raise ValueError(f"searcher {name!r} cannot search tiny81: it has no option {', '.join(unknown)}")
+        raise ValueError(f"searcher {name!r} cannot search {base['space']}: it has no option {', '.join(unknown)}")
     return opts
 
 
@@ -74,11 +76,10 @@ def curve_from_trial(table, genotypes: list[dict[str, Any]], history: list[dict[
     trained), with the search seconds spent by then and the supernet's validation accuracy."""
     from dartboard.bench.regret import lookup_metrics
     from dartboard.spaces import genotype as gt
-    from dartboard.spaces.tiny import genotype_key
 
     curve = []
     for epoch, (genotype, metrics) in enumerate(zip(genotypes, history, strict=True), start=1):
-        key = genotype_key(gt.from_dict(genotype))
+        key = table.space.genotype_key(gt.from_dict(genotype))  # the table's own ops (tiny81 or tiny625)
         curve.append({"epoch": epoch, "key": key, **lookup_metrics(table, key),
                       "seconds": float(metrics.get("search_seconds", math.nan)),
                       "val_acc_supernet": float(metrics.get("val_acc", math.nan))})

@@ -30,7 +30,7 @@ def run_trial(name: str, seed: int, cfg: QualityConfig, table, splits) -> dict[s
     torch.set_num_threads(1)
     seed_everything(seed)
     info = splits.info
-    searcher = build_searcher(name, trial_options(name, cfg), DataShape(info.in_channels, info.input_size,
+    searcher = build_searcher(name, trial_options(name, cfg, table.space), DataShape(info.in_channels, info.input_size,
                                                                           info.num_classes))
     train, val = search_split(splits.train, seed, cfg.train_fraction)
     train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True)
@@ -46,8 +46,8 @@ def run_trial(name: str, seed: int, cfg: QualityConfig, table, splits) -> dict[s
             break
     curve = curve_from_trial(table, genotypes, history)
     log.info("%s seed %d: final regret %.4f after %.1f s", name, seed, curve[-1]["tiny81_regret"], seconds)
-    return {"searcher": name, "seed": seed, "options": trial_options(name, cfg), "curve": curve, "seconds": seconds,
-            "stopped_early": len(curve) < cfg.epochs}
+    return {"searcher": name, "seed": seed, "options": trial_options(name, cfg, table.space), "curve": curve,
+            "seconds": seconds, "stopped_early": len(curve) < cfg.epochs}
 
 
 def run_local(cfg: QualityConfig, table) -> list[dict[str, Any]]:

@@ -21,15 +21,16 @@ from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray.runner import StudyResult, run_study
 
 
-def quality_study(cfg: QualityConfig, ray_address: str | None = None, storage: str | None = None) -> StudyConfig:
+def quality_study(cfg: QualityConfig, ray_address: str | None = None, storage: str | None = None,
+                  tiny_space=None) -> StudyConfig:
     """The benchmark as a study: variants = searchers (their presets on tiny81), seeds, grid sampler,
     no early stopping, one CPU per trial, ``workers`` trials at once."""
     variants = []
     for name in (s for s in cfg.searchers if s != RANDOM):
-        options = trial_options(name, cfg)
+        options = trial_options(name, cfg, tiny_space)
         space, _ = options.pop("space"), options.pop("epochs")
         variants.append({"name": name, "searcher": name, "options": options})
-    return StudyConfig(name="bench-quality", description="tiny81 search quality (regret) of each searcher",
+    return StudyConfig(name="bench-quality", description=f"{space} search quality (regret) of each searcher",
                        variants=variants, space=space, seeds=list(cfg.seeds), sampler="grid", epochs=cfg.epochs,
                        batch_size=cfg.batch_size, train_fraction=cfg.train_fraction, num_samples=1,
                        max_concurrent=cfg.workers, scheduler={"type": "fifo"}, storage=storage,
@@ -65,7 +66,7 @@ def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = load_table(cfg.table)
-    study = quality_study(cfg, ray_address, str(out / "studies"))
+    study = quality_study(cfg, ray_address, str(out / "studies"), table.space)
     outputs: dict[str, Any] = {}
 
     def report(result: StudyResult) -> tuple[list[Path], dict[str, float]]:
