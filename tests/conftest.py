@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 
-
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per xdist worker: the workers share the cores
     torch.set_num_threads(1)
 
