@@ -22,6 +22,12 @@ class UserInputError(ValueError):
     """Bad input from the user; the message names the field, the value and what was expected."""
 
 
+class ServiceError(RuntimeError):
+    """A service the command needs could not start or be reached (a local Ray instance on an
+    overloaded machine, say): not the user's input and not a bug. The command prints one line
+    naming the service and what to try, and exits 1."""
+
+
 #: (module, class name) of the other exceptions that are about the user's input.
 INPUT_ERROR_TYPES = (
     ("dartboard.spaces.genotype", "GenotypeError"),

@@ -41,3 +41,27 @@ def test_ablate_without_a_complete_trial_exits_1(tmp_path, monkeypatch, capsys):
                                                                    "table_md": str(tmp_path / "none.md")})
     assert _exit_code(["ablate", "ablation_maile_table1", "--no-mlflow"]) == 1
     assert "no trial of the study completed" in capsys.readouterr().err
+
+
+def test_a_local_ray_that_does_not_start_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """Ray's startup timeout (seen on an overloaded machine) is neither the user's input nor a bug:
+    one line naming Ray, exit 1, no traceback; any other failure of ray.init stays a bug."""
+    ray = pytest.importorskip("ray")
+
+    def timed_out(*args, **kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    code = _exit_code(["sweep", "--no-mlflow", "--storage", str(tmp_path / "s"), "--num-samples", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: ray: the local Ray instance did not start in time") and "overloaded" in line
+
+    from dartboard.platform.ray.session import init_ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(Exception("something else")))
+    with pytest.raises(Exception, match="something else"):
+        init_ray(num_cpus=1)

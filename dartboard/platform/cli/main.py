@@ -9,6 +9,8 @@ The contract of the command line (CONVENTIONS.md):
 
 - usage errors (unknown flag, missing argument, bad value) print click's usage message and exit 2;
 - bad input (:func:`dartboard.errors.is_user_error`) prints one line and exits 2;
+- a service that could not start or be reached (:class:`dartboard.errors.ServiceError`) prints one
+  line and exits 1;
 - Ctrl-C exits 130 and SIGTERM 143, after ``finally`` blocks and ``except KeyboardInterrupt``
   handlers have saved what exists;
 - anything else is a bug: its traceback is printed and the exit code is 1.
@@ -31,7 +33,7 @@ import threading
 
 import typer
 
-from dartboard.errors import is_user_error, one_line
+from dartboard.errors import ServiceError, is_user_error, one_line
 
 #: Modules whose ``register(app)`` adds commands; one per command group.
 COMMAND_MODULES = (
@@ -135,4 +137,7 @@ def _run(argv: list[str] | None) -> None:
         if is_user_error(err):
             typer.echo(f"error: {one_line(err)}", err=True)
             sys.exit(2)
+        if isinstance(err, ServiceError):
+            typer.echo(f"error: {one_line(err)}", err=True)
+            sys.exit(1)
         raise  # a bug: Python prints the traceback and exits 1

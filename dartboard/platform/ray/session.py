@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from dartboard.errors import ServiceError, one_line
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray.resources import local_num_cpus
 
@@ -70,5 +71,11 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
     else:
         # address="local": always a new private instance, never another `ray start` cluster on this machine.
         cpus = num_cpus or (local_num_cpus(cfg) if cfg is not None else os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env}, **output)
+        try:
+            ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env}, **output)
+        except Exception as err:
+            if "timed out during startup" not in str(err):
+                raise
+            raise ServiceError(f"ray: the local Ray instance did not start in time ({one_line(err)}); the "
+                               "machine is probably overloaded: retry when it is less busy") from err
     return True
