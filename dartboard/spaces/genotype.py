@@ -7,10 +7,9 @@ Kinds of genotype, told apart by the ``kind`` field:
   (D-DARTS searches one cell per position; DARTOpti encodes handcrafted networks);
 - ``mlp``: named chains of layer ops (NASiam projector/predictor, PMSM);
 - ``gates``: which blocks / attention heads of a pre-trained model are kept (DARIO);
-- kinds registered by an application with :func:`register_kind` (``flux_mlp``: a PMSM flux
-  model, :mod:`dartboard.spaces.pmsm_genotype`).
-- ``colornas``: one cell network (``darts`` or ``cells``) per channel of a colour model and the
-  hidden widths of the MLP meta-learner on their concatenated pooled features (thesis appendix A).
+- kinds registered by an application with :func:`register_kind`: ``flux_mlp`` (a PMSM flux
+  model, :mod:`dartboard.spaces.pmsm_genotype`) and ``colornas`` (one cell network per channel of
+  a colour model and the meta-learner's widths, :mod:`dartboard.spaces.colour_genotype`).
 
 Cells are lists of edges ``(op, src, dst)``: nodes ``0 .. n_inputs-1`` are the cell
 inputs, the others are intermediate nodes; ``concat`` lists the nodes whose outputs are
@@ -117,20 +116,7 @@ class GateGenotype:
     kind: str = field(default="gates", init=False)
 
 
-@dataclass(frozen=True)
-class ColourGenotype:
-    """ColorNAS: ``channels[i]`` is the cell genotype of the network of the colour model's channel i
-    (``colour_model``: rb, rgb, rgby; ``yellow``: RGBY's yellow form), ``meta_hidden`` the hidden
-    widths of the meta-learner."""
-
-    colour_model: str
-    channels: tuple[DartsGenotype | CellsGenotype, ...]
-    meta_hidden: tuple[int, ...]
-    yellow: str = "printed"
-    kind: str = field(default="colornas", init=False)
-
-
-Genotype = Union[DartsGenotype, CellsGenotype, MlpGenotype, GateGenotype, ColourGenotype]
+Genotype = Union[DartsGenotype, CellsGenotype, MlpGenotype, GateGenotype, Any]  # Any: registered kinds
 
 
 @dataclass(frozen=True)
@@ -181,14 +167,6 @@ def to_dict(genotype: Genotype) -> dict[str, Any]:
     elif isinstance(genotype, MlpGenotype):
         out["chains"] = {k: list(v) for k, v in genotype.chains.items()}
         out["meta"] = dict(genotype.meta)
-    elif isinstance(genotype, ColourGenotype):
-        from dartboard.spaces.colour import colour_model_spec
-
-        names = colour_model_spec(genotype.colour_model).channels
-        out.update(colour_model=genotype.colour_model, yellow=genotype.yellow,
-                   channels=[{"name": n, **{k: v for k, v in to_dict(c).items() if k not in ("schema", "version")}}
-                             for n, c in zip(names, genotype.channels, strict=True)],
-                   meta_learner={"hidden": list(genotype.meta_hidden)})
     elif isinstance(genotype, GateGenotype):
         out.update(
             model=genotype.model,
@@ -361,37 +339,6 @@ def _gates_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -
     return GateGenotype(model, blocks, heads, n_blocks, n_heads, dict(data.get("meta", {})))
 
 
-def _colour_from_dict(data: Mapping[str, Any], known_ops: Iterable[str] | None) -> Genotype:
-    from dartboard.spaces.colour import YELLOWS, colour_model_spec
-
-    model = _require(data, "colour_model", "")
-    try:
-        names = colour_model_spec(model).channels
-    except ValueError as err:
-        raise GenotypeError(str(err)) from None
-    yellow = data.get("yellow", "printed")
-    if yellow not in YELLOWS:
-        raise GenotypeError(f"yellow: expected one of {', '.join(YELLOWS)}, got {yellow!r}")
-    raw = _require(data, "channels", "")
-    if not isinstance(raw, list) or len(raw) != len(names):
-        got = f"{len(raw)} channels" if isinstance(raw, list) else repr(raw)
-        raise GenotypeError(f"channels: colour model {model!r} has {len(names)} channels ({', '.join(names)}), "
-                            f"got {got}")
-    channels = []
-    for i, (name, ch) in enumerate(zip(names, raw, strict=True)):
-        if not isinstance(ch, Mapping) or ch.get("name") != name or ch.get("kind") not in ("darts", "cells"):
-            raise GenotypeError(f"channels[{i}]: expected a darts or cells genotype named {name!r}")
-        decode = _darts_from_dict if ch["kind"] == "darts" else _cells_from_dict
-        try:
-            channels.append(decode(ch, known_ops))
-        except GenotypeError as err:
-            raise GenotypeError(f"channels[{i}] ({name}).{err}") from None
-    hidden = _int_list(_require(_require(data, "meta_learner", ""), "hidden", "meta_learner"), "meta_learner.hidden")
-    if any(h < 1 for h in hidden):
-        raise GenotypeError(f"meta_learner.hidden: expected widths >= 1, got {list(hidden)}")
-    return ColourGenotype(model, tuple(channels), hidden, yellow)
-
-
 def from_dict(data: Any, known_ops: Iterable[str] | None = None) -> Genotype:
     """Validate and decode; ``known_ops`` defaults to the cell op registry for cell genotypes."""
     if not isinstance(data, Mapping):
@@ -403,12 +350,12 @@ def from_dict(data: Any, known_ops: Iterable[str] | None = None) -> Genotype:
     if version != VERSION:
         raise GenotypeError(f"version: unknown version {version!r} (this dartboard reads version {VERSION})")
     kind = _require(data, "kind", "")
-    if kind in ("darts", "cells", "colornas") and known_ops is None:
+    if kind in ("darts", "cells") and known_ops is None:
         from dartboard.spaces.ops import OPS
 
         known_ops = OPS.keys()
     decoders = {"darts": _darts_from_dict, "cells": _cells_from_dict, "mlp": _mlp_from_dict,
-                "gates": _gates_from_dict, "colornas": _colour_from_dict}
+                "gates": _gates_from_dict}
     if kind in decoders:
         return decoders[kind](data, known_ops)
     if isinstance(kind, str) and kind in EXTRA_KINDS:
@@ -433,3 +380,4 @@ def load(path: str | Path, known_ops: Iterable[str] | None = None) -> Genotype:
 
 
 from dartboard.spaces import pmsm_genotype as _pmsm_genotype  # noqa: E402,F401  (registers 'flux_mlp')
+from dartboard.spaces.colour_genotype import ColourGenotype  # noqa: E402,F401  (registers 'colornas')
