@@ -1,9 +1,9 @@
 """Final training as a Ray Train job on a real local Ray instance (gloo on CPU), darts-v2 at C=4 with
 3 cells on digits for 3 epochs, with the auxiliary head, drop path 0.2 and cutout on:
 
-- 2 workers: the weights (and BatchNorm statistics) of both ranks are bit-identical after every epoch,
-  and they match a 1-worker run on the same global batch within a tolerance set by how far training
-  moved the weights (BatchNorm statistics are per rank, drop path and cutout draw per rank);
+- 2 workers: the weights (and BatchNorm statistics) of both ranks are bit-identical after every epoch;
+  1 and 2 workers on the same global batch each equal a slow in-process replay of 1 and 2 ranks, and
+  stay close to each other (only BatchNorm's batch statistics are per rank);
 - a 2-worker run whose rank 0 is killed (SIGKILL) while the test holds it after epoch 1 (the epoch gate
   of tests/epoch_gate.py; no timing) resumes from the epoch-1 checkpoint: the epoch counter goes on at
   2, and the weights equal those of the uninterrupted 2-worker run bit for bit.
@@ -82,19 +82,68 @@ def test_two_workers_hold_bit_identical_replicas(two_workers):
     assert result2.weights_sha256 == train["weights_sha256"]
 
 
+def simulated_ranks(cfg: TrainConfig, world: int) -> dict[str, torch.Tensor]:
+    """An obviously correct slow replay of W-rank DDP in one process: one seeded permutation, global
+    batch k = positions 64k .. 64k+63, rank r's half = every W-th of them from r; each half's loss / W
+    is back-propagated (DDP averages the ranks' gradients), then clip and SGD as the protocol does.
+    BatchNorm normalises each half with its own statistics; the running statistics are rank 0's (DDP
+    broadcasts rank 0's buffers before each forward)."""
+    from torch import nn
+    from torch.utils.data import DistributedSampler
+
+    from dartboard.data.datasets import load_dataset
+    from dartboard.searchers.base import seed_everything
+    from dartboard.training.final import network_of
+
+    splits = load_dataset("digits")
+    seed_everything(cfg.seed)
+    net = network_of(resolve("darts-v2"), cfg, splits.info).train()
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    order = list(DistributedSampler(splits.train, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed,
+                                    drop_last=True))
+    xs, ys = splits.train.tensors
+    for k in range(len(order) // cfg.batch_size):
+        batch = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        opt.zero_grad()
+        for r in range(world):
+            idx = torch.tensor(batch[r::world])
+            saved = [b.clone() for b in net.buffers()]
+            logits, aux = net(xs[idx])
+            loss = nn.functional.cross_entropy(logits, ys[idx]) + 0.4 * nn.functional.cross_entropy(aux, ys[idx])
+            (loss / world).backward()
+            if r > 0:
+                with torch.no_grad():
+                    for b, s in zip(net.buffers(), saved, strict=True):
+                        b.copy_(s)
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+    return {k: v.detach() for k, v in net.state_dict().items()}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in b)
+
+
 def test_two_workers_match_one_worker_on_the_same_global_batch(gated_ray, tmp_path):
-    """One epoch without drop path or cutout: the ranks' summed gradient is the global batch's, only the
-    BatchNorm statistics (per rank: 32 samples, not 64) differ. The 2-worker weights end much closer to
-    the 1-worker ones than training moved them; a run on other data order (seed 1) does not."""
+    """One epoch without drop path or cutout. Each run equals its slow in-process replay (the 2-worker
+    one is the global batch's gradient with BatchNorm statistics per rank; the replays of 1 and 2 ranks
+    differ by ~0.45, so the check can tell them apart). BatchNorm per rank (32 samples, not 64) is the
+    only difference between 1 and 2 workers: their weights stay well within what training moved them."""
     cfg = TrainConfig(channels=4, layers=3, epochs=1, batch_size=64, auxiliary=True, seed=0)
     runs = {w: train_on_ray(resolve("darts-v2"), cfg, "digits", None, tmp_path / f"w{w}", workers=w) for w in (1, 2)}
     w0, w1, w2 = initial_weights(), weights(tmp_path / "w1"), weights(tmp_path / "w2")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray workers: the same float sums
+    try:
+        assert max_difference(w1, simulated_ranks(cfg, 1)) < 1e-5
+        assert max_difference(w2, simulated_ranks(cfg, 2)) < 1e-5
+    finally:
+        torch.set_num_threads(threads)
     params = [k for k in w0 if "running" not in k and "num_batches" not in k]
     moved = sum(float((w1[k] - w0[k]).pow(2).sum()) for k in params) ** 0.5
     apart = sum(float((w2[k] - w1[k]).pow(2).sum()) for k in params) ** 0.5
-    print(f"moved {moved:.4f} apart {apart:.4f} acc {runs[1][0].test_acc:.4f} {runs[2][0].test_acc:.4f}")
     assert moved > 0.5  # training moved the weights far enough for the comparison to mean something
-    assert apart < 0.1 * moved, f"2 workers ended {apart:.3f} from 1 worker; training moved {moved:.3f}"
+    assert apart < 0.5 * moved, f"2 workers ended {apart:.3f} from 1 worker; training moved {moved:.3f}"
     assert abs(runs[2][0].test_acc - runs[1][0].test_acc) < 0.05
 
 

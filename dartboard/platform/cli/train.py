@@ -46,6 +46,8 @@ def train(
     workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 without --address trains in this process."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray Train worker (NCCL when > 0, else gloo)."),
     address: str = typer.Option(None, help="Ray cluster address (e.g. auto); implies a Ray Train job."),
+    storage: str = typer.Option(None, help="Ray Train checkpoints (default: OUT/ray; several nodes need shared "
+                                           "storage: NFS, s3://, gs://)."),
     register_as: str = typer.Option(None, "--register", help="Registered model NAME or NAME@ALIAS (default: "
                                                              "final-<genotype>-<dataset>, no alias)."),
 ) -> None:
@@ -60,6 +62,8 @@ def train(
     if distributed and geno.kind == "mlp":
         raise UserInputError(f"--workers/--address: Ray Train final training is for cell networks; {genotype!r} is "
                              f"an mlp genotype (train it in one process)")
+    if storage is not None and not distributed:
+        raise UserInputError("--storage: only for a Ray Train job (--workers > 1 or --address)")
     if framework is not None and geno.kind != "mlp":
         raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
                              f"genotype")
@@ -85,7 +89,8 @@ def train(
                 "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1, "precision": precision,
                 "grad_clip": grad_clip, "seed": seed, "device": resolved}
     cfg = _train_config(dataset, channels, layers, epochs, batch_size, protocol)
-    cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address} if distributed else None
+    cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
+               "storage": storage} if distributed else None
     _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
                  register_as)
 

@@ -246,9 +246,10 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
 
 def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, out_dir: str | Path, *,
                  workers: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, address: str | None = None,
-                 max_failures: int = 2):
+                 max_failures: int = 2, storage: str | None = None):
     """Run (or resume) the final training of ``genotype`` as a Ray Train job; the model files land in
-    ``out_dir`` (checkpoints under ``out_dir/ray``). Returns a ``TrainResult`` and the last metrics."""
+    ``out_dir``, the checkpoints under ``storage`` (default ``out_dir/ray``; a multi-node cluster needs
+    storage every node sees: NFS, s3://, gs://). Returns a ``TrainResult`` and the last metrics."""
     from dataclasses import asdict
 
     import ray
@@ -262,15 +263,15 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
     if address is None:
         check_resources(workers, cpus_per_worker, gpus_per_worker, float("inf"), float(torch.cuda.device_count()))
     out = Path(out_dir).resolve()
-    storage = out / RAY_DIR
+    storage = storage or str(out / RAY_DIR)
     identity = job_identity(gt.to_dict(genotype), train, dataset)
-    for folder in stored_checkpoints(storage):
+    for folder in stored_checkpoints(storage) if "://" not in storage else ():  # (workers check remote ones)
         check_same_training(folder, identity)
     init_ray(address=address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
     total = ray.cluster_resources()
     check_resources(workers, cpus_per_worker, gpus_per_worker, float(total.get("CPU", 0)), float(total.get("GPU", 0)))
     start = time.perf_counter()
-    result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, str(storage), workers=workers,
+    result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
                                 cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                                 max_failures=max_failures).fit()
     seconds = time.perf_counter() - start
