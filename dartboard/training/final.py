@@ -194,9 +194,15 @@ class ShapeInfo:
 
 
 def network_from_files(files: Mapping[str, str | os.PathLike]):
-    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling);
-    the genotype alone when no network.json or weights are given."""
+    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling); a
+    DARIO gates genotype + weights: the pruned timm ViT; the genotype alone without network.json or weights."""
     genotype = gt.load(files["genotype"])
+    if isinstance(genotype, gt.GateGenotype) and "weights" in files:  # a DARIO-pruned ViT: the smaller timm model
+        from safetensors.torch import load_file
+
+        from dartboard.spaces.vit import rebuild_pruned
+
+        return rebuild_pruned(genotype, pruned_state=load_file(str(files["weights"]))).eval()
     if "network" not in files or "weights" not in files:
         return genotype
     spec = json.loads(Path(files["network"]).read_text())
