@@ -67,7 +67,10 @@ def test_label_smoothing_loss_by_hand():
     loss, _ = protocol_loss(logits, y, 0.4, 0.1)
     assert float(loss) == pytest.approx(0.3426127, abs=1e-6)
     assert float(protocol_loss(logits, y, 0.4, 0.0)[0]) == pytest.approx(-math.log(0.75), abs=1e-6)
-    # auxiliary logits (0, 0): p = (1/2, 1/2), CE = ln 2 whatever the smoothing; weighted 0.4
+    # the auxiliary logits are smoothed too (DARTS ImageNet), weighted 0.4: 1.4 x 0.3426127
+    loss, _ = protocol_loss((logits, logits.clone()), y, 0.4, 0.1)
+    assert float(loss) == pytest.approx(1.4 * 0.3426127, abs=1e-6)
+    # auxiliary logits (0, 0): p = (1/2, 1/2), CE = ln 2 whatever the smoothing
     loss, _ = protocol_loss((logits, torch.zeros(1, 2)), y, 0.4, 0.1)
     assert float(loss) == pytest.approx(0.3426127 + 0.4 * math.log(2.0), abs=1e-6)
 
