@@ -87,6 +87,8 @@ def _write(net: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
     elif fmt == "pt2":
         torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)), str(path))
     else:
+        for name in ("onnxscript", "onnx_ir"):  # their INFO lines (every rewrite rule applied) are not ours
+            logging.getLogger(name).setLevel(logging.WARNING)
         torch.onnx.export(net, (example,), str(path), dynamo=True, external_data=False, input_names=["input"],
                           output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
 

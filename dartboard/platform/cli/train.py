@@ -145,6 +145,8 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
         from dartboard.platform.ray.final_job import train_on_ray
 
         result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster)
+        if last.get("finished_before"):
+            log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
         log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
                  bool(last["replicas_identical"]), last["resumed_at"] or "none")
     (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))

@@ -115,7 +115,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
             progress = ck.read_progress(Path(d))
         progress["resumed_at"].append(trainer.epoch)
     if progress["done"]:  # finished before the driver was lost: report the last result again
-        ray.train.report(progress["history"][-1])
+        ray.train.report({**progress["history"][-1], "finished_before": 1.0})
         return
     for epoch in range(trainer.epoch, cfg.epochs):
         sampler.set_epoch(epoch)
