@@ -6,7 +6,9 @@
   stay close to each other (only BatchNorm's batch statistics are per rank);
 - a 2-worker run whose rank 0 is killed (SIGKILL) while the test holds it after epoch 1 (the epoch gate
   of tests/epoch_gate.py; no timing) resumes from the epoch-1 checkpoint: the epoch counter goes on at
-  2, and the weights equal those of the uninterrupted 2-worker run bit for bit.
+  2, and the weights equal those of the uninterrupted 2-worker run bit for bit;
+- the same through the console script with the driver killed instead (SIGKILL, process group ended):
+  the same command run again continues from epoch 1 and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -177,3 +181,45 @@ def epoch_committed(out: Path, epoch: int) -> bool:
     except (FileNotFoundError, json.JSONDecodeError):
         return False
     return any(r.get("metrics", {}).get("epoch") == epoch for r in results)
+
+
+def test_a_killed_driver_is_continued_by_the_same_command(gated_ray, two_workers, tmp_path):
+    gate, out = close(gated_ray), tmp_path / "driver"
+    before = len(lines(gate))
+    args = ["darts-v2", "--workers", "2", "--channels", "4", "--layers", "3", "--epochs", "3", "--batch-size", "64",
+            "--auxiliary", "--drop-path", "0.2", "--cutout", "--cutout-length", "4", "--seed", "0", "--out", str(out),
+            "--no-mlflow"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, EPOCH_GATE_ENV: str(gate)}
+
+    def launch(log: Path) -> subprocess.Popen:  # its own session: its Ray daemons die with its process group
+        return subprocess.Popen([sys.executable, "-m", "dartboard.platform.cli", "train", *args], env=env,
+                                start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+
+    first = launch(tmp_path / "first.log")
+    try:
+        held = wait_until(lambda: lines(gate)[before:] == [f"{RUN_NAME} 1"] and epoch_committed(out, 1), first)
+        assert held, (tmp_path / "first.log").read_text()[-3000:]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        end_session(first)
+        open_(gate)
+    second = launch(tmp_path / "second.log")
+    try:
+        second.wait(timeout=SAFETY_NET_S)
+    finally:
+        end_session(second)
+    log = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, log[-3000:]
+    assert lines(gate)[before:] == [f"{RUN_NAME} {e}" for e in (1, 2, 3)]  # epoch 1 did not run again
+    assert "resumed at epochs [1]" in log
+    uninterrupted, resumed = weights(two_workers[0]), weights(out)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), "the relaunch left the path"
+
+
+def end_session(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of the process group this test started (the Ray daemons of a killed driver)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
