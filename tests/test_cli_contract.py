@@ -64,7 +64,7 @@ def error_lines(stderr: str) -> list[str]:
     (["--help"], 0),
     (["search", "--help"], 0),
     (["bench", "--help"], 0),
-    (["train", "darts-v2", "--workers", "2"], 2),
+    (["train", "darts-v2", "--no-such-flag"], 2),
     (["prune", "demo", "--no-such-flag"], 2),
 ])
 def test_help_and_bad_flags_import_no_heavy_module(args, code):
@@ -80,12 +80,12 @@ def test_help_lists_every_command_once():
     assert result.returncode == 0, result.stderr
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.startswith("  ")]
     for name in ("search", "train", "info", "searchers", "sweep", "ablate", "models", "pull", "distance", "prune",
-                 "prune-study", "bench", "retrieve"):
+                 "prune-study", "bench", "retrieve", "export"):
         assert listed.count(name) == 1, (name, listed)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "darts-v2", "--workers", "2"], "No such option: --workers"),
+    (["train", "darts-v2", "--no-such-flag"], "No such option: --no-such-flag"),
     (["info"], "Missing argument"),
     (["search", "--epochs", "many"], "Invalid value for '--epochs'"),
     (["bench", "spede"], "No such command 'spede'"),

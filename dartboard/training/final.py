@@ -26,6 +26,7 @@ from dartboard.spaces import genotype as gt
 from dartboard.spaces.limits import check_network_size
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters
 from dartboard.training.progress import phase
+from dartboard.training.protocol import AMP_DTYPES, FinalTrainer
 
 log = logging.getLogger("dartboard")
 
@@ -42,7 +43,12 @@ class TrainConfig:
     grad_clip: float = 5.0
     auxiliary: bool = False
     auxiliary_weight: float = 0.4
-    drop_path_prob: float = 0.0
+    drop_path_prob: float = 0.0  # DARTS CIFAR: 0.2 (``--drop-path 0.2``), ramped linearly from 0
+    cutout: bool = False
+    cutout_length: int = 16  # DARTS CIFAR: --cutout --cutout_length 16
+    label_smoothing: bool = False
+    label_smoothing_eps: float = 0.1  # DARTS ImageNet: CrossEntropyLabelSmooth(0.1)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
     seed: int = 0
     device: str = "cpu"
 
@@ -61,6 +67,15 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "auxiliary_weight"):
             if not getattr(self, name) >= 0:
                 raise UserInputError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
+        self._check_protocol_options()
+
+    def _check_protocol_options(self) -> None:
+        if self.cutout_length < 1:
+            raise UserInputError(f"cutout_length: expected a positive number of pixels, got {self.cutout_length}")
+        if not 0.0 <= self.label_smoothing_eps < 1.0:
+            raise UserInputError(f"label_smoothing_eps: expected a number in [0, 1), got {self.label_smoothing_eps}")
+        if self.precision not in AMP_DTYPES:
+            raise UserInputError(f"precision: expected one of {', '.join(AMP_DTYPES)}, got {self.precision!r}")
 
 
 @dataclass
@@ -116,28 +131,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _train_epoch(net: nn.Module, loader, opt, cfg: TrainConfig, device: torch.device, advance) -> dict[str, float]:
-    """One epoch in train mode; the mean loss and accuracy over its samples (not the last batch's)."""
-    net.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad(set_to_none=True)
-        out = net(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = nn.functional.cross_entropy(logits, y)
-        if isinstance(out, tuple):
-            loss = loss + cfg.auxiliary_weight * nn.functional.cross_entropy(out[1], y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        loss_sum += float(loss.detach()) * y.numel()
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += y.numel()
-        advance()
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
-
-
 def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_dir: str | Path | None = None,
                    on_epoch=None) -> TrainResult:
     """Train from scratch on ``splits.train``, report accuracy on ``splits.test`` (in eval mode: BatchNorm's
@@ -148,33 +141,36 @@ def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_
     net = build_network(genotype, cfg, splits).to(device)
     train_loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=False)
     test_loader = make_loader(splits.test, 256, shuffle=False, seed=cfg.seed)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    trainer = FinalTrainer(net, cfg, device)
     start = time.perf_counter()
-    history: list[dict[str, float]] = []
     with phase("training", cfg.epochs * len(train_loader)) as advance:
         for epoch in range(cfg.epochs):
-            net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs  # DARTS: linear ramp
-            history.append({"epoch": epoch, **_train_epoch(net, train_loader, opt, cfg, device, advance)})
-            sched.step()
+            metrics = trainer.train_epoch(train_loader, advance)
             if on_epoch is not None:
-                on_epoch(epoch, history[-1])
+                on_epoch(epoch, metrics)
     seconds = time.perf_counter() - start
     test_acc, test_loss = evaluate(net, test_loader, device)
     weights_path = sha = None
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        weights_path = out / "weights.safetensors"
-        from safetensors.torch import save_file
+        weights_path, sha = save_trained(net, genotype, cfg, out_dir, {"test_acc": test_acc, "test_loss": test_loss,
+                                                                      "history": trainer.history})
+    return TrainResult(test_acc, test_loss, count_parameters(net), seconds, weights_path, sha, trainer.history)
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(weights_path))
-        sha = sha256_file(weights_path)
-        gt.save(genotype, out / "genotype.json")
-        (out / "train.json").write_text(json.dumps({"config": asdict(cfg), "test_acc": test_acc,
-                                                    "test_loss": test_loss, "weights_sha256": sha, "history": history,
-                                                    "parameters": count_parameters(net)}, indent=2))
-    return TrainResult(test_acc, test_loss, count_parameters(net), seconds, weights_path, sha, history)
+
+def save_trained(net: nn.Module, genotype: gt.Genotype, cfg: TrainConfig, out_dir: str | Path,
+                 results: Mapping) -> tuple[Path, str]:
+    """weights.safetensors, genotype.json and train.json (config, results, SHA-256, parameter count)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path = out / "weights.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(weights_path))
+    sha = sha256_file(weights_path)
+    gt.save(genotype, out / "genotype.json")
+    (out / "train.json").write_text(json.dumps({"config": asdict(cfg), **results, "weights_sha256": sha,
+                                                "parameters": count_parameters(net)}, indent=2))
+    return weights_path, sha
 
 
 def load_network(genotype: gt.Genotype, weights_path: str | Path, cfg: TrainConfig, splits_info) -> nn.Module:
@@ -198,9 +194,15 @@ class ShapeInfo:
 
 
 def network_from_files(files: Mapping[str, str | os.PathLike]):
-    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling);
-    the genotype alone when no network.json or weights are given."""
+    """Rebuild a network from genotype.json + network.json + weights (loaded without unpickling); a
+    DARIO gates genotype + weights: the pruned timm ViT; the genotype alone without network.json or weights."""
     genotype = gt.load(files["genotype"])
+    if isinstance(genotype, gt.GateGenotype) and "weights" in files:  # a DARIO-pruned ViT: the smaller timm model
+        from safetensors.torch import load_file
+
+        from dartboard.spaces.vit import rebuild_pruned
+
+        return rebuild_pruned(genotype, pruned_state=load_file(str(files["weights"]))).eval()
     if "network" not in files or "weights" not in files:
         return genotype
     spec = json.loads(Path(files["network"]).read_text())

@@ -49,6 +49,7 @@ COMMAND_MODULES = (
     "dartboard.platform.cli.bench",
     "dartboard.platform.cli.pmsm",
     "dartboard.platform.cli.ssl",
+    "dartboard.platform.cli.export",
 )
 
 SIGINT_EXIT = 128 + signal.SIGINT  # 130

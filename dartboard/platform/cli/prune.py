@@ -36,6 +36,9 @@ def _kwargs(text: str | None) -> dict:
     return data
 
 
+THROUGHPUT_STEPS = 3  # images/s before and after pruning, recorded with the registered model
+
+
 def _mlflow(uri: str | None) -> str | None:
     return uri or os.environ.get("MLFLOW_TRACKING_URI")
 
@@ -67,8 +70,11 @@ def prune(
     out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here"),
     mlflow_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; "
                                                          "nothing is logged when neither is set)"),
+    register_as: str | None = typer.Option(None, "--register", help="with MLflow: the registered model NAME or "
+                                           "NAME@ALIAS of the pruned ViT (default: dario-<model>, no alias)"),
 ) -> None:
-    """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights."""
+    """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights;
+    with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
     import torch
 
     from dartboard.platform import dario_run
@@ -118,6 +124,30 @@ def prune(
                                             params={"granularity": granularity, "proxy": proxy,
                                                     "threshold": threshold, "seed": seed}, tracking_uri=uri)
         typer.echo(f"mlflow run {run_id}")
+        _register(uri, register_as or default_name(model if not is_demo else "demo"), run_id, result,
+                  None if is_demo else net)
+
+
+def default_name(model: str) -> str:
+    from dartboard.platform.tracking.pruned import default_pruned_name
+
+    return default_pruned_name(model)
+
+
+def _register(uri: str, register_as: str, run_id: str, result, original) -> None:
+    """Register the pruned model; throughput before/after is the demo's, or measured here (few steps)."""
+    from dartboard.platform import dario_run
+    from dartboard.platform.tracking.pruned import register_pruned
+    from dartboard.spaces.vit import infer_input_shape
+
+    throughput = {k: v for k, v in result.metrics.items() if k.startswith(("inference_", "train_"))}
+    if not throughput and original is not None:
+        throughput = dario_run.compare_throughput(original, result.pruned, infer_input_shape(original), batch_size=8,
+                                                  steps=THROUGHPUT_STEPS, warmup=1)
+    name, _, alias = register_as.partition("@")
+    version = register_pruned(uri, name, run_id, result.pruned, result.genotype, params_original=result.params_original,
+                              params_pruned=result.params_pruned, throughput=throughput, alias=alias or None)
+    typer.echo(f"registered {name} version {version.version}" + (f" (@{alias})" if alias else ""))
 
 
 def prune_study(

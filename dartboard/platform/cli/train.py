@@ -13,7 +13,8 @@ from dartboard.errors import UserInputError, user_input
 log = logging.getLogger("dartboard")
 #: TrainConfig's fields as the flags that set them (errors name the flag the user typed).
 FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "batch_size": "--batch-size",
-         "lr": "--lr", "drop_path_prob": "--drop-path"}
+         "lr": "--lr", "drop_path_prob": "--drop-path", "cutout_length": "--cutout-length",
+         "label_smoothing_eps": "--label-smoothing", "precision": "--precision", "grad_clip": "--grad-clip"}
 
 
 def train(
@@ -37,6 +38,18 @@ def train(
                                                        "history, weights and their SHA-256)."),
     framework: str = typer.Option(None, help="mlp genotypes (NASiam): simsiam, simclr or moco (default: simsiam "
                                              "with a predictor, else simclr)."),
+    cutout: bool = typer.Option(False, help="Cutout on the training batches (DARTS CIFAR)."),
+    cutout_length: int = typer.Option(16, help="Cutout square side in pixels (DARTS CIFAR: 16)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing epsilon, 0 = off (DARTS ImageNet: 0.1)."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)."),
+    grad_clip: float = typer.Option(5.0, help="Gradient norm clip (DARTS: 5)."),
+    workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 without --address trains in this process."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray Train worker (NCCL when > 0, else gloo)."),
+    address: str = typer.Option(None, help="Ray cluster address (e.g. auto); implies a Ray Train job."),
+    storage: str = typer.Option(None, help="Ray Train checkpoints (default: OUT/ray; several nodes need shared "
+                                           "storage: NFS, s3://, gs://)."),
+    register_as: str = typer.Option(None, "--register", help="Registered model NAME or NAME@ALIAS (default: "
+                                                             "final-<genotype>-<dataset>, no alias)."),
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
@@ -45,6 +58,12 @@ def train(
     from dartboard.spaces.catalog import resolve
 
     geno = resolve(genotype)
+    distributed = workers != 1 or address is not None
+    if distributed and geno.kind == "mlp":
+        raise UserInputError(f"--workers/--address: Ray Train final training is for cell networks; {genotype!r} is "
+                             f"an mlp genotype (train it in one process)")
+    if storage is not None and not distributed:
+        raise UserInputError("--storage: only for a Ray Train job (--workers > 1 or --address)")
     if framework is not None and geno.kind != "mlp":
         raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
                              f"genotype")
@@ -65,12 +84,18 @@ def train(
 
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_dataset(dataset)
-    _train_cells(geno, genotype, _train_config(dataset, channels, layers, epochs, batch_size,
-                                               0.025 if lr is None else lr, auxiliary, drop_path, seed, resolved),
-                 dataset, data_root, out, tracking_uri, no_mlflow, as_json)
+    protocol = {"lr": 0.025 if lr is None else lr, "auxiliary": auxiliary, "drop_path_prob": drop_path,
+                "cutout": cutout, "cutout_length": cutout_length, "label_smoothing": label_smoothing > 0,
+                "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1, "precision": precision,
+                "grad_clip": grad_clip, "seed": seed, "device": resolved}
+    cfg = _train_config(dataset, channels, layers, epochs, batch_size, protocol)
+    cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
+               "storage": storage} if distributed else None
+    _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
+                 register_as)
 
 
-def _train_config(dataset, channels, layers, epochs, batch_size, lr, auxiliary, drop_path, seed, device):
+def _train_config(dataset, channels, layers, epochs, batch_size, protocol):
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset
     from dartboard.training.final import TrainConfig
 
@@ -78,16 +103,17 @@ def _train_config(dataset, channels, layers, epochs, batch_size, lr, auxiliary, 
     values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
     chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
     try:
-        return TrainConfig(**chosen, lr=lr, auxiliary=auxiliary, drop_path_prob=drop_path, seed=seed, device=device)
+        return TrainConfig(**chosen, **protocol)
     except UserInputError as err:  # name the flag, not the config field
         field, _, rest = str(err).partition(":")
         raise UserInputError(f"{FLAGS.get(field, field)}:{rest}") from None
 
 
 def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
-                 as_json: bool) -> None:
+                 as_json: bool, cluster: dict | None = None, register_as: str | None = None) -> None:
     from dartboard.data.datasets import load_dataset
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
     from dartboard.training.final import network_of, train_genotype
 
     if out is None:
@@ -96,6 +122,13 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     else:
         out_dir = Path(out)
     check_writable_dir(out_dir, "--out")  # before training, not after it
+    if cluster is not None and cluster["address"] is None:  # a local cluster: this machine's GPUs
+        import torch
+
+        from dartboard.platform.ray.final_job import check_resources
+
+        check_resources(cluster["workers"], 1.0, cluster["gpus_per_worker"], float("inf"),
+                        float(torch.cuda.device_count()))
     if not no_mlflow:
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
@@ -104,13 +137,21 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
         network_of(geno, cfg, splits.info)
     log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
-    result = train_genotype(geno, splits, cfg, out_dir, on_epoch=lambda e, m: log.info(
-        "epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", e + 1, m["train_loss"],
-        m["train_acc"]))
-    if not no_mlflow:
-        from dartboard.platform.tracking.runs import log_train_run
+    if cluster is None:
+        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=lambda e, m: log.info(
+            "epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", e + 1, m["train_loss"],
+            m["train_acc"]))
+    else:
+        from dartboard.platform.ray.final_job import train_on_ray
 
-        log_train_run(tracking_uri, "dartboard", genotype, {**cfg.__dict__, "dataset": dataset}, result, out_dir)
+        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster)
+        if last.get("finished_before"):
+            log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
+        log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
+                 bool(last["replicas_identical"]), last["resumed_at"] or "none")
+    (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
+    if not no_mlflow:
+        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, register_as, cluster, as_json)
     if as_json:
         typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
                                "test_loss": result.test_loss, "parameters": result.parameters,
@@ -122,6 +163,19 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     typer.echo(f"parameters {result.parameters}")
     typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
     typer.echo(f"test_acc {result.test_acc:.4f}")
+
+
+def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, register_as: str | None,
+              cluster: dict | None, as_json: bool) -> None:
+    from dartboard.platform.tracking.final import default_model_name, register_final
+
+    name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
+    config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "dataset": dataset,
+              "workers": cluster["workers"] if cluster else 1}
+    version = register_final(uri, "dartboard", name, alias or None, genotype, config, result, out_dir,
+                             {"dataset": dataset})
+    typer.echo(f"registered {name} version {version.version}" + (f" (@{alias})" if alias else ""),
+               err=as_json)  # --json: stdout holds the JSON only
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,102 @@
+"""`dartboard export`: a trained network as a file that runs without dartboard (ONNX, TorchScript, pt2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dartboard.errors import UserInputError
+
+
+def is_model_ref(source: str) -> bool:
+    """A registry reference (``models:/...``, ``NAME@ALIAS``, ``NAME:VERSION``), not a genotype."""
+    return source.startswith("models:/") or "@" in source or (":" in source and source.rsplit(":", 1)[1].isdigit())
+
+
+def export(
+    source: str = typer.Argument(..., help="NAME@ALIAS / NAME:VERSION / models:/... of a registered network, or a "
+                                           "genotype (JSON file or catalog name) with --weights."),
+    out: Path = typer.Option(..., "--out", help="The file to write."),
+    fmt: str = typer.Option(..., "--format", help="onnx, torchscript or pt2."),
+    weights: Path = typer.Option(None, help="weights.safetensors of the genotype's trained network."),
+    network: Path = typer.Option(None, help="network.json (default: next to --weights)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (registry references)."),
+) -> None:
+    """Export a trained network; the file is loaded by its own runtime and its outputs compared with the
+    PyTorch network's on random inputs before it is written to --out."""
+    from dartboard.platform.checks import check_writable_file
+    from dartboard.platform.export import check_format
+
+    check_format(fmt)  # a missing package fails here, before any work
+    check_writable_file(out, "--out")
+    if is_model_ref(source):
+        if weights is not None:
+            raise UserInputError(f"--weights: {source!r} is a registered model, which holds its weights")
+        net, spec = _registered(source, tracking_uri)
+    else:
+        net, spec = _from_files(source, weights, network)
+    from dartboard.platform.export import export_network
+
+    report = export_network(net, (int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"])), fmt,
+                            out)
+    typer.echo(f"{report.format} written to {report.path} ({report.bytes} bytes); outputs equal the network's on "
+               f"random inputs (max |difference| {report.max_abs_difference:.3g})")
+
+
+def _registered(ref: str, uri: str | None):
+    import tempfile
+
+    from dartboard.platform.cli.models import check_server
+    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, pull_model
+
+    check_server(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, version = pull_model(uri, ref, tmp)  # verified against the recorded SHA-256
+        if not (folder / WEIGHTS_FILE).is_file() or not (folder / NETWORK_FILE).is_file():
+            raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only, no trained network")
+        return _build(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE)
+
+
+def _from_files(source: str, weights: Path | None, network: Path | None):
+    import tempfile
+
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.catalog import resolve
+
+    if weights is None:
+        raise UserInputError(f"--weights: {source!r} is a genotype; its trained weights (weights.safetensors) are "
+                             f"needed to export a network")
+    if not weights.is_file():
+        raise UserInputError(f"--weights: {str(weights)!r} does not exist")
+    network = network or weights.parent / "network.json"
+    if not network.is_file():
+        raise UserInputError(f"--network: {str(network)!r} does not exist; it records the channels, cells and input "
+                             f"shape of the trained network (written by dartboard train)")
+    with tempfile.TemporaryDirectory() as tmp:
+        genotype_file = Path(tmp) / "genotype.json"
+        gt.save(resolve(source), genotype_file)
+        return _build(genotype_file, weights, network)
+
+
+def _build(genotype: Path, weights: Path, network: Path):
+    from safetensors import SafetensorError
+
+    from dartboard.training.final import network_from_files
+
+    try:
+        spec = json.loads(network.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserInputError(f"--network: {str(network)!r} is not a network.json ({err})") from None
+    try:
+        net = network_from_files({"genotype": genotype, "network": network, "weights": weights})
+    except (SafetensorError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"--weights: {str(weights)!r} is not the trained weights of this network ({first})") \
+            from None
+    return net, spec
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

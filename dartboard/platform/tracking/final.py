@@ -1,0 +1,51 @@
+"""A trained final network in MLflow: one run (params = the training config, per-epoch metrics with
+step = epoch, the test metrics, the model files) and one registered model version whose tags carry the
+genotype's name, the data set, the training config (``config.*``), the metrics (``metric.*``), the
+parameter count and the SHA-256 of every file (``sha256.*``, recorded by ``register_model_files``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, register_model_files
+from dartboard.platform.tracking.runs import flat_params, setup_mlflow
+
+log = logging.getLogger("dartboard")
+TRAIN_FILE = "train.json"  # the training config, results and per-epoch history (training/final.py)
+FILES = {"genotype": GENOTYPE_FILE, "network": NETWORK_FILE, "weights": WEIGHTS_FILE, "train": TRAIN_FILE}
+
+
+def default_model_name(genotype: str, dataset: str) -> str:
+    """``final-<genotype>-<dataset>``: the genotype's catalog name or its file's stem."""
+    stem = Path(genotype).stem if genotype.endswith(".json") else genotype
+    return f"final-{stem}-{dataset}"
+
+
+def register_final(uri: str | None, experiment: str, name: str, alias: str | None, genotype: str,
+                   config: Mapping[str, Any], result: Any, out_dir: str | Path, extra_tags: Mapping[str, Any] = ()):
+    """Log the training as a run and register its model files as a version of ``name`` (``alias`` moved
+    to it when given); returns the version."""
+    out = Path(out_dir)
+    files = {key: out / fname for key, fname in FILES.items() if (out / fname).is_file()}
+    missing = sorted(set(FILES) - set(files))
+    if missing:
+        raise FileNotFoundError(f"{out}: the trained model lacks {', '.join(FILES[k] for k in missing)}")
+    mlflow, _ = setup_mlflow(uri, experiment)
+    metrics = {"test_acc": result.test_acc, "test_loss": result.test_loss, "parameters": float(result.parameters),
+               "train_seconds": result.seconds}
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        mlflow.set_tags({"dartboard.kind": "train", "genotype": genotype})
+        mlflow.log_params(flat_params("", {"genotype": genotype, **config}))
+        for step, epoch in enumerate(result.history):
+            mlflow.log_metrics({k: float(v) for k, v in epoch.items() if k != "epoch"}, step=step)
+        mlflow.log_metrics(metrics)
+        for path in files.values():
+            mlflow.log_artifact(str(path))
+        run_id = run.info.run_id
+    tags = {"genotype": genotype, "parameters": result.parameters,
+            **{f"config.{k}": v for k, v in config.items()}, **{f"metric.{k}": v for k, v in metrics.items()},
+            **dict(extra_tags)}
+    return register_model_files(uri, name, run_id, files, tags, aliases=(alias,) if alias else ())
