@@ -24,8 +24,10 @@ def train(
     epochs: int = typer.Option(None, help="Training epochs."),
     batch_size: int = typer.Option(None, help="Batch size."),
     lr: float = typer.Option(None, help="SGD learning rate, cosine to 0 (default 0.025; mlp heads 0.06)."),
-    auxiliary: bool = typer.Option(False, help="Auxiliary head (weight 0.4)."),
-    drop_path: float = typer.Option(0.0, help="Drop path probability (ramped)."),
+    auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Auxiliary head (weight 0.4; default: "
+                                   "on for CIFAR/image data as in DARTS, off on the small bundled data)."),
+    drop_path: float = typer.Option(None, help="Drop path probability, ramped linearly (default: 0.2 on CIFAR/image "
+                                               "data as in DARTS, 0 on the small bundled data)."),
     dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder (default: digits; "
                                 "colour-digits for a ColorNAS genotype)."),
     data_root: str = typer.Option(None, help="Folder holding the local dataset."),
@@ -38,7 +40,8 @@ def train(
                                                        "history, weights and their SHA-256)."),
     framework: str = typer.Option(None, help="mlp genotypes (NASiam): simsiam, simclr or moco (default: simsiam "
                                              "with a predictor, else simclr)."),
-    cutout: bool = typer.Option(False, help="Cutout on the training batches (DARTS CIFAR)."),
+    cutout: bool = typer.Option(None, "--cutout/--no-cutout", help="Cutout on the training batches (default: on "
+                                "for CIFAR/image data as in DARTS, off on the small bundled data)."),
     cutout_length: int = typer.Option(16, help="Cutout square side in pixels (DARTS CIFAR: 16)."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing epsilon, 0 = off (DARTS ImageNet: 0.1)."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)."),
@@ -84,8 +87,9 @@ def train(
 
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_dataset(dataset)
-    protocol = {"lr": 0.025 if lr is None else lr, "auxiliary": auxiliary, "drop_path_prob": drop_path,
-                "cutout": cutout, "cutout_length": cutout_length, "label_smoothing": label_smoothing > 0,
+    switches = protocol_switches(dataset, auxiliary=auxiliary, cutout=cutout, drop_path_prob=drop_path)
+    protocol = {"lr": 0.025 if lr is None else lr, **switches, "cutout_length": cutout_length,
+                "label_smoothing": label_smoothing > 0,
                 "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1, "precision": precision,
                 "grad_clip": grad_clip, "seed": seed, "device": resolved}
     cfg = _train_config(dataset, channels, layers, epochs, batch_size, protocol)
@@ -93,6 +97,21 @@ def train(
                "storage": storage} if distributed else None
     _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
                  register_as)
+
+
+#: The DARTS evaluation protocol's switches (Liu et al. 2019, CIFAR-10: auxiliary towers weight 0.4,
+#: cutout 16 px, drop path 0.2), the defaults on CIFAR and image folders. On the small bundled data
+#: (8x8 digits) they are off: a 16-px cutout would blank the whole image.
+PUBLISHED_SWITCHES = {"auxiliary": True, "cutout": True, "drop_path_prob": 0.2}
+SMALL_DATA_SWITCHES = {"auxiliary": False, "cutout": False, "drop_path_prob": 0.0}
+
+
+def protocol_switches(dataset: str, **given) -> dict:
+    """The given switches, the others at the dataset's defaults."""
+    from dartboard.platform.config import is_small_dataset
+
+    defaults = SMALL_DATA_SWITCHES if is_small_dataset(dataset) else PUBLISHED_SWITCHES
+    return {k: given[k] if given.get(k) is not None else v for k, v in defaults.items()}
 
 
 def _train_config(dataset, channels, layers, epochs, batch_size, protocol):
