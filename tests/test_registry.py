@@ -235,6 +235,8 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
         ray.shutdown()
     assert result.best is not None and result.counts["complete"] == 2
     logged = result.best["final"]["test_acc"]
+    # the champion trained as a Ray Train job (not on the driver): its per-epoch checkpoints are in the run
+    assert list(Path(result.run_dir, "champion-ray").rglob("checkpoint_*/weights.safetensors"))
     # the study's MLflow records: trial runs with one point per epoch at real times, a parent run's summary
     c = runs.client(server["uri"])
     tracker = result.tracker

@@ -1,7 +1,14 @@
 """Where and when searches run: CLI, Ray Train/Tune, Optuna, MLflow."""
 
+import os
 import sys
 import types
+
+# MLflow's usage telemetry sends events to the internet from a background thread that also writes
+# os.environ (_MLFLOW_TELEMETRY_SESSION_ID) while other threads read it: a request reading the
+# environment then fails with KeyError (seen in a sweep). dartboard runs offline; a user who wants
+# the telemetry sets MLFLOW_DISABLE_TELEMETRY=false.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _legacy_registry_module() -> types.ModuleType:

@@ -319,6 +319,10 @@ class StudyConfig(BaseModel):
         if self.batch_size % self.resources.workers:  # each DDP rank takes batch_size / workers (worker.py)
             raise ValueError(f"batch_size: {self.batch_size} is not divisible by resources.workers "
                              f"{self.resources.workers}; the global batch is shared equally by the DDP ranks")
+        final = self.final_training
+        if final is not None and final.scope == "champion" and final.batch_size % self.resources.workers:
+            raise ValueError(f"final_training.batch_size: {final.batch_size} is not divisible by resources.workers "
+                             f"{self.resources.workers}; the champion trains as a Ray Train job on those workers")
         return self
 
     def trial_seeds(self) -> list[int]:

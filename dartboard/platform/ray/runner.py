@@ -169,14 +169,16 @@ def _run(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -
 
 
 def _train_champion(cfg: StudyConfig, best: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Train the best genotype from scratch (``final_training``, scope champion) on the study's data;
-    the folder holds genotype.json, network.json and weights.safetensors, ready for the registry. On
-    s3:// or gs:// storage it trains in a local staging folder that is then uploaded."""
+    """Train the best genotype from scratch (``final_training``, scope champion) on the study's data, as
+    a Ray Train job on the study's cluster (``resources``: workers, GPUs; checkpointed per epoch under
+    the run directory, so a resumed study continues it), not on the driver; the folder holds
+    genotype.json, network.json and weights.safetensors, ready for the registry. On s3:// or gs://
+    storage the files land in a local staging folder that is then uploaded."""
     from dartboard.data.datasets import load_dataset
-    from dartboard.platform.config import resolve_device
+    from dartboard.platform.ray.final_job import train_on_ray
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
     from dartboard.spaces import genotype as gt
-    from dartboard.training.final import TrainConfig, train_genotype
+    from dartboard.training.final import TrainConfig
 
     final = cfg.final_training
     champion = f"{run_dir}/{CHAMPION_DIR}"
@@ -184,9 +186,14 @@ def _train_champion(cfg: StudyConfig, best: dict[str, Any], run_dir: str) -> dic
     out = staging or Path(champion)
     try:
         splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+        r = cfg.resources
         train_cfg = TrainConfig(channels=final.channels, layers=final.layers, epochs=final.epochs,
-                                batch_size=final.batch_size, seed=final.seed or 0, device=resolve_device("auto"))
-        result = train_genotype(gt.from_dict(best["genotype"]), splits, train_cfg, out)
+                                batch_size=final.batch_size, seed=final.seed or 0,
+                                device="cuda" if r.gpus_per_worker > 0 else "cpu")
+        result, _ = train_on_ray(gt.from_dict(best["genotype"]), train_cfg, cfg.dataset, cfg.data_root, out,
+                                 workers=r.workers, gpus_per_worker=r.gpus_per_worker,
+                                 cpus_per_worker=r.cpus_per_worker, address=cfg.ray_address,
+                                 max_failures=cfg.train_max_failures, storage=f"{run_dir}/{CHAMPION_DIR}-ray")
         (out / NETWORK_FILE).write_text(json.dumps(network_spec(train_cfg, splits.info, cfg.dataset)))
         if staging is not None:
             st.upload_dir(staging, champion)
