@@ -30,6 +30,7 @@ class SpeedSetting:
     device: str = "cpu"
     precision: str = "fp32"
     memory: bool = True
+    threads: int | None = None  # torch threads (None: torch's default)
 
 
 def build(preset: str, engine: str, order: int, setting: SpeedSetting):
@@ -60,26 +61,13 @@ def compare(preset: str, order: int, engines: Sequence[str], setting: SpeedSetti
     """Timings of ``engines`` for one preset and order; ``ratio``: first engine's time / each one's."""
     import torch
 
+    if setting.threads is not None:
+        torch.set_num_threads(setting.threads)
     searchers = {e: build(preset, e, order, setting) for e in engines}
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(setting.batch, 3, setting.input_size, setting.input_size, generator=gen).to(setting.device)
     y = torch.randint(0, 10, (setting.batch,), generator=gen).to(setting.device)
-
-    def sync() -> None:
-        if setting.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for s in searchers.values():
-        for _ in range(setting.warmup):
-            s.step((x, y), (x, y))
-    sync()
-    times: dict[str, list[float]] = {e: [] for e in engines}
-    for _ in range(setting.repeats):
-        for e, s in searchers.items():
-            start = time.perf_counter()
-            s.step((x, y), (x, y))
-            sync()
-            times[e].append(time.perf_counter() - start)
+    times = _interleaved_times(searchers, (x, y), setting)
     rows = {}
     for e, s in searchers.items():
         med = statistics.median(times[e])
@@ -94,6 +82,28 @@ def compare(preset: str, order: int, engines: Sequence[str], setting: SpeedSetti
     return {"preset": preset, "order": order, "engines": rows}
 
 
+def _interleaved_times(searchers: dict[str, Any], batch: Any, setting: SpeedSetting) -> dict[str, list[float]]:
+    """Seconds of each timed search step, per engine: warm-up steps, then one step of each engine in turn."""
+    import torch
+
+    def sync() -> None:
+        if setting.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for s in searchers.values():
+        for _ in range(setting.warmup):
+            s.step(batch, batch)
+    sync()
+    times: dict[str, list[float]] = {e: [] for e in searchers}
+    for _ in range(setting.repeats):
+        for e, s in searchers.items():
+            start = time.perf_counter()
+            s.step(batch, batch)
+            sync()
+            times[e].append(time.perf_counter() - start)
+    return times
+
+
 def run(presets: Sequence[str], orders: Sequence[int], engines: Sequence[str], setting: SpeedSetting
         ) -> list[dict[str, Any]]:
     return [compare(p, o, engines, setting) for p in presets for o in orders]
@@ -101,7 +111,8 @@ def run(presets: Sequence[str], orders: Sequence[int], engines: Sequence[str], s
 
 def report(results: Sequence[dict[str, Any]], setting: SpeedSetting) -> str:
     lines = [f"device {setting.device}  precision {setting.precision}  batch {setting.batch}  C={setting.channels} "
-             f"layers={setting.layers} input {setting.input_size}x{setting.input_size}; median of {setting.repeats} "
+             f"layers={setting.layers} input {setting.input_size}x{setting.input_size}, "
+             f"{setting.threads or 'default'} threads; median of {setting.repeats} "
              f"interleaved iterations after {setting.warmup} warm-up",
              f"{'preset':<14}{'order':>6}  {'engine':<10}{'ms/iter':>10}{'images/s':>10}{'peak MiB':>10}"
              f"{'ratio':>8}"]

@@ -132,6 +132,7 @@ def bench_speed(
     warmup: int = typer.Option(3),
     repeats: int = typer.Option(10),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory step."),
+    threads: int = typer.Option(None, help="torch threads (default: torch's; the published CPU ratios: 1)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """ms per search iteration (alpha step + weight step), images/s, peak memory and the ratio of both
@@ -142,7 +143,10 @@ def bench_speed(
             raise UserInputError(f"{flag}: expected an integer >= {low}, got {value}")
     from dartboard.bench import speed
 
+    if threads is not None and threads < 1:
+        raise UserInputError(f"--threads: expected an integer >= 1, got {threads}")
     setting = _speed_setting(batch, device, precision, channels, layers, input_size, warmup, repeats, not no_memory)
+    setting.threads = threads
     order_list = _int_list("--orders", orders, (1, 2))
     preset_list, engine_list = _names("--presets", presets), _names("--engines", engines)
     with user_input():  # only checks the options' values (unknown preset, engine or option)
