@@ -130,6 +130,7 @@ def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
     bns = [op[1] for op in ops]
     with torch.no_grad():
         var, mean = torch.var_mean(pooled.detach(), dim=(0, 2, 3), correction=1)
+        var, mean = var.to(bns[0].running_var.dtype), mean.to(bns[0].running_mean.dtype)  # autocast: bf16 input
         momentum = bns[0].momentum
         torch._foreach_lerp_([b.running_mean for b in bns], [mean] * len(bns), momentum)
         torch._foreach_lerp_([b.running_var for b in bns], [var] * len(bns), momentum)
