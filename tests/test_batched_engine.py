@@ -246,3 +246,19 @@ def test_unknown_engines_are_refused_by_name():
     s = _build("darts", "batched")
     assert use_engine(s.supernet, "reference") == 2
     assert not any(isinstance(m, BatchedSearchCell) for m in s.supernet.modules())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_steps_agree_roughly_and_keep_fp32_statistics(precision):
+    """Under autocast the batched engine runs (the pooled BN's statistics go into fp32 buffers) and its
+    alpha gradients stay close to the reference's (low precision: cosine > 0.99)."""
+    grads = []
+    for engine in ("reference", "batched"):
+        torch.manual_seed(0)
+        s = build_searcher("darts", {**TINY, "engine": engine, "precision": precision}, SHAPE)
+        x, y = _batch("darts", 0)
+        grads.append(torch.cat([g.flatten() for g in s.first_order_grads(x, y)]))
+        s.step((x, y), (x, y))
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all()
+                   for t in s.supernet.state_dict().values() if t.is_floating_point())
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
