@@ -43,7 +43,7 @@ class EngineConfig:
     projector_layers: int = 6  # MLP-head spaces (NASiam, thesis 5.1.1): projector up to 6 layers ...
     predictor_layers: int = 4  # ... predictor up to 4 (0: none, SimCLR and MoCo)
     space_options: dict | None = None  # options of the space, checked by it (ColorNAS: colour_model, ...)
-    engine: str = "reference"  # supernet forward: reference (per edge, per op) or batched (dartboard.spaces.batched)
+    engine: str = "batched"  # supernet forward: batched (dartboard.spaces.batched) or reference (per edge, per op)
     device: str = "cpu"
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ Every edge leaving a node reads the same input, so in a search cell's training f
 - the parameter-free ops run once per source node for all its outgoing edges: max and average
   pooling and their non-affine BN (the same batch statistics on every edge; each edge's BN still
   gets its own running-statistics update), the stride-1 skip, and ``none`` (a zero, left out);
-- the ReLU in front of every convolution of the node runs once;
+- the ReLU in front of every convolution of the node runs once (the modules' own, of the first edge);
 - the convolutions of one kind (``sep_conv_3x3`` on all outgoing edges, ...) run as one depthwise
   convolution with a channel multiplier (one output group per edge) and one grouped pointwise
   convolution, with one BN call over all their channels;
@@ -101,7 +101,7 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
     primitives = mixed[0].primitives
     if any(m.primitives != primitives for m in mixed):  # edges of one node with other ops: per edge
         return torch.stack([m(h, w) for m, w in zip(mixed, weights, strict=True)], dim=1)
-    relu = None
+    activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
     total = None
     for o, name in enumerate(primitives):
         if name == "none":  # w * 0: no output, and no gradient to w either way
@@ -112,8 +112,11 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
         elif name == "skip_connect" and mixed[0].stride == 1:
             out = h.unsqueeze(1)
         elif name.startswith(CONV_KINDS):
-            relu = F.relu(h) if relu is None else relu
-            out = _conv_stack(relu, ops, name.startswith("sep_conv"))
+            separable = name.startswith("sep_conv")
+            act = (ops[0][0] if separable else ops[0])[0]  # the first DilConv's activation module
+            if type(act) not in activated:
+                activated[type(act)] = act(h)
+            out = _conv_stack(activated[type(act)], ops, separable)
         else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
             out = torch.stack([op(h) for op in ops], dim=1)
         term = weights[:, o].view(1, -1, 1, 1, 1) * out
@@ -143,7 +146,7 @@ def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool) -
     stages = [list(op) for op in ops] if separable else [[op] for op in ops]
     out = _dil_conv_shared(relu, [s[0] for s in stages])
     if separable:
-        out = _dil_conv_grouped(F.relu(out), [s[1] for s in stages])
+        out = _dil_conv_grouped(stages[0][1][0](out), [s[1] for s in stages])
     batch, _, height, width = out.shape
     return out.view(batch, len(ops), -1, height, width)
 
