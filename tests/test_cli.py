@@ -113,19 +113,31 @@ def test_malformed_and_unknown_op_genotypes(tmp_path, capsys):
 
 
 def test_bench_speed_prints_timing(capsys, monkeypatch):
-    """A clock the test controls: iterations of 10, 30 and 20 ms -> median 20 ms, 8 / 0.02 = 400 images/s;
-    one warm-up and three timed search steps (alpha + weight step each)."""
-    from dartboard.platform.cli import bench
+    """A clock the test controls, both engines interleaved (reference, batched, reference, ...): the
+    reference's iterations take 10, 30, 20 ms (median 20 ms, 8 / 0.02 = 400 images/s), the batched
+    engine's 5, 4, 6 ms (median 5 ms): ratio 4; one warm-up and three timed search steps each."""
+    from dartboard.bench import speed
     from dartboard.searchers.engine import Engine
 
-    ticks = iter([0.0, 0.010, 1.0, 1.030, 2.0, 2.020])
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    durations = [0.010, 0.005, 0.030, 0.004, 0.020, 0.006]
+    ticks = iter([t for i, d in enumerate(durations) for t in (float(i), i + d)])
+    monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     steps = []
     original = Engine.step
-    monkeypatch.setattr(Engine, "step", lambda self, *a: steps.append(self.arch_steps) or original(self, *a))
-    out, _ = run_ok(["bench", "speed", "--channels", "4", "--layers", "3", "--input-size", "8", "--batch", "8",
-                     "--warmup", "1", "--repeats", "3", "--json"], capsys)
-    result = json.loads(out)
-    assert result["ms_per_iter"] == pytest.approx(20.0) and result["images_per_s"] == pytest.approx(400.0)
-    assert (result["ms_min"], result["ms_max"]) == pytest.approx((10.0, 30.0))
-    assert steps == [0, 1, 2, 3]  # every step took an alpha step
+    monkeypatch.setattr(Engine, "step", lambda self, *a: steps.append((self.config.engine, self.arch_steps))
+                        or original(self, *a))
+    args = ["bench", "speed", "--channels", "4", "--layers", "3", "--input-size", "8", "--batch", "8",
+            "--warmup", "1", "--repeats", "3", "--orders", "1", "--no-memory"]
+    out, _ = run_ok([*args, "--json"], capsys)
+    result = json.loads(out)["results"]
+    assert [(r["preset"], r["order"]) for r in result] == [("darts", 1)]
+    ref, bat = result[0]["engines"]["reference"], result[0]["engines"]["batched"]
+    assert ref["ms_per_iter"] == pytest.approx(20.0) and ref["images_per_s"] == pytest.approx(400.0)
+    assert (ref["ms_min"], ref["ms_max"]) == pytest.approx((10.0, 30.0))
+    assert bat["ms_per_iter"] == pytest.approx(5.0) and bat["images_per_s"] == pytest.approx(1600.0)
+    assert bat["ratio"] == pytest.approx(4.0) and ref["ratio"] == pytest.approx(1.0)
+    assert steps == [("reference", 0), ("batched", 0)] + [(e, k) for k in (1, 2, 3) for e in ("reference", "batched")]
+    ticks = iter([t for i, d in enumerate(durations) for t in (float(i), i + d)])
+    out, _ = run_ok(args, capsys)
+    line = next(row for row in out.splitlines() if "batched" in row and "darts" in row)
+    assert line.split()[-1] == "4.00x" and "1600.0" in line

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+ENGINES = ("reference", "batched")  # dartboard.spaces.batched.ENGINES (the core of config imports no torch)
 W_OPTIMIZERS = ("sgd", "adam")  # the weight step's optimizer; adam for regression objectives (PMSM criterion C)
 
 
@@ -42,6 +43,7 @@ class EngineConfig:
     projector_layers: int = 6  # MLP-head spaces (NASiam, thesis 5.1.1): projector up to 6 layers ...
     predictor_layers: int = 4  # ... predictor up to 4 (0: none, SimCLR and MoCo)
     space_options: dict | None = None  # options of the space, checked by it (ColorNAS: colour_model, ...)
+    engine: str = "batched"  # supernet forward: batched (dartboard.spaces.batched) or reference (per edge, per op)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -52,6 +54,8 @@ class EngineConfig:
         if self.w_optimizer != "sgd" and self.order == 2:
             raise ValueError("order: 2 unrolls an SGD weight step (thesis Eq 2.8); "
                              "w_optimizer adam is first order only")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
         self.arch_betas = tuple(float(b) for b in self.arch_betas)

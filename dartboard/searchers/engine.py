@@ -27,6 +27,7 @@ from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.context import SearchContext
 from dartboard.searchers.hypergradient import functional_loss, grads_or_zeros, unrolled_arch_grads
 from dartboard.searchers.protocol import Batch, GradReducer, ModuleWrapper
+from dartboard.spaces.batched import use_engine
 from dartboard.spaces.catalog import get_space
 from dartboard.spaces.genotype import Genotype
 from dartboard.spaces.supernet import AlphaGroup, Supernet
@@ -69,6 +70,7 @@ class Engine:
         cell_group, group_names = parts.grouping.assign(self.layout)
         self.supernet: Supernet = space.supernet(self.layout, cell_group, group_names, config)
         parts.mixed_op.apply(self.supernet)
+        use_engine(self.supernet, config.engine)  # batched: falls back to the reference path where it must
         if hasattr(parts.objective, "attach"):  # e.g. MoCo's momentum key encoder, part of the supernet's state
             parts.objective.attach(self.supernet)
         self.supernet.to(self.device)

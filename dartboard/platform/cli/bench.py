@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,61 +122,70 @@ def bench_speed(
     batch: int = typer.Option(64, help="Batch size."),
     device: str = typer.Option("auto"),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
-    order: int = typer.Option(1, help="1 or 2."),
+    orders: str = typer.Option("1,2", "--orders", "--order", help="Hypergradient orders, comma-separated (1, 2)."),
+    presets: str = typer.Option("darts", help="Comma-separated presets (searchers) to time."),
+    engines: str = typer.Option("reference,batched", help="Supernet engines, interleaved; ratios are to the "
+                                "first."),
     channels: int = typer.Option(16),
     layers: int = typer.Option(8),
     input_size: int = typer.Option(32),
     warmup: int = typer.Option(3),
     repeats: int = typer.Option(10),
+    no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory step."),
+    threads: int = typer.Option(None, help="torch threads (default: torch's; the published CPU ratios: 1)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """ms per search iteration (alpha step + weight step) of the default supernet on synthetic data."""
+    """ms per search iteration (alpha step + weight step), images/s, peak memory and the ratio of both
+    supernet engines on synthetic data, timed interleaved in one process."""
     for flag, value, low in (("--batch", batch, 1), ("--warmup", warmup, 0), ("--repeats", repeats, 1),
                              ("--input-size", input_size, 8)):
         if value < low:
             raise UserInputError(f"{flag}: expected an integer >= {low}, got {value}")
-    result = speed_benchmark(batch, device, precision, order, channels, layers, input_size, warmup, repeats)
+    from dartboard.bench import speed
+
+    if threads is not None and threads < 1:
+        raise UserInputError(f"--threads: expected an integer >= 1, got {threads}")
+    setting = _speed_setting(batch, device, precision, channels, layers, input_size, warmup, repeats, not no_memory)
+    setting.threads = threads
+    order_list = _int_list("--orders", orders, (1, 2))
+    preset_list, engine_list = _names("--presets", presets), _names("--engines", engines)
+    with user_input():  # only checks the options' values (unknown preset, engine or option)
+        for name in preset_list:
+            for engine in engine_list:
+                speed.build(name, engine, order_list[0], setting)
+    results = speed.run(preset_list, order_list, engine_list, setting)
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps({"device": setting.device, "results": results}))
         return
-    typer.echo(f"device {result['device']}  precision {precision}  order {order}  batch {batch}  "
-               f"C={channels} layers={layers} input {input_size}x{input_size}")
-    typer.echo(f"median {result['ms_per_iter']:.1f} ms/iter (min {result['ms_min']:.1f}, max {result['ms_max']:.1f}) "
-               f"over {repeats} iterations after {warmup} warm-up; {result['images_per_s']:.1f} images/s")
+    typer.echo(speed.report(results, setting))
 
 
-def speed_benchmark(batch: int, device: str, precision: str, order: int, channels: int, layers: int,
-                    input_size: int, warmup: int, repeats: int) -> dict[str, Any]:
-    import torch
-
+def _speed_setting(batch: int, device: str, precision: str, channels: int, layers: int, input_size: int,
+                   warmup: int, repeats: int, memory: bool) -> Any:
+    from dartboard.bench.speed import SpeedSetting
     from dartboard.platform.config import resolve_device
-    from dartboard.searchers.registry import DataShape, build_searcher
 
     with user_input("device"):  # only checks that the device exists
         dev = resolve_device(device)
-    with user_input():  # only checks the options' values
-        searcher = build_searcher("darts", {"C": channels, "layers": layers, "order": order,
-                                            "precision": precision}, DataShape(3, input_size, 10), dev)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, input_size, input_size, generator=gen).to(dev)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(dev)
+    return SpeedSetting(batch=batch, channels=channels, layers=layers, input_size=input_size, warmup=warmup,
+                        repeats=repeats, device=dev, precision=precision, memory=memory)
 
-    def sync() -> None:
-        if dev.startswith("cuda"):
-            torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        searcher.step((x, y), (x, y))
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        searcher.step((x, y), (x, y))
-        sync()
-        times.append(time.perf_counter() - start)
-    med = statistics.median(times)
-    return {"device": dev, "ms_per_iter": med * 1e3, "ms_min": min(times) * 1e3, "ms_max": max(times) * 1e3,
-            "images_per_s": batch / med}
+def _names(flag: str, text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserInputError(f"{flag}: expected comma-separated names, got {text!r}")
+    return names
+
+
+def _int_list(flag: str, text: str, allowed: tuple[int, ...]) -> list[int]:
+    try:
+        values = [int(n) for n in _names(flag, text)]
+    except ValueError:
+        values = []
+    if not values or any(v not in allowed for v in values):
+        raise UserInputError(f"{flag}: expected comma-separated values among {allowed}, got {text!r}")
+    return values
 
 
 def bench_memory(

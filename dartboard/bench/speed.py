@@ -1,0 +1,124 @@
+"""Speed of a search iteration (alpha step + weight step) on both supernet engines, in one process.
+
+For every preset and hypergradient order, one searcher per engine is built from the same seed and
+options; after the warm-up steps the engines' timed steps are *interleaved* (reference, batched,
+reference, ...) so that a shared machine's load changes hit both alike; the median of each engine's
+times gives ms/iteration, images/s and the ratio reference / batched. Peak memory comes from one
+more, untimed step per engine (:func:`dartboard.bench.memory.profiled_peak_bytes` on CPU,
+``torch.cuda.max_memory_allocated`` on a GPU).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dartboard.bench.memory import profiled_peak_bytes
+
+
+@dataclass
+class SpeedSetting:
+    batch: int = 64
+    channels: int = 16
+    layers: int = 8
+    input_size: int = 32
+    warmup: int = 3
+    repeats: int = 10
+    device: str = "cpu"
+    precision: str = "fp32"
+    memory: bool = True
+    threads: int | None = None  # torch threads (None: torch's default)
+
+
+def build(preset: str, engine: str, order: int, setting: SpeedSetting):
+    import torch
+
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    torch.manual_seed(0)
+    options = {"C": setting.channels, "layers": setting.layers, "order": order, "precision": setting.precision,
+               "engine": engine}
+    return build_searcher(preset, options, DataShape(3, setting.input_size, 10), setting.device)
+
+
+def _peak_bytes(step: Any, device: str) -> tuple[int, str]:
+    import torch
+
+    if not device.startswith("cuda"):
+        return profiled_peak_bytes(step), "torch.profiler CPU memory records"
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base, "torch.cuda.max_memory_allocated"
+
+
+def compare(preset: str, order: int, engines: Sequence[str], setting: SpeedSetting) -> dict[str, Any]:
+    """Timings of ``engines`` for one preset and order; ``ratio``: first engine's time / each one's."""
+    import torch
+
+    if setting.threads is not None:
+        torch.set_num_threads(setting.threads)
+    searchers = {e: build(preset, e, order, setting) for e in engines}
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(setting.batch, 3, setting.input_size, setting.input_size, generator=gen).to(setting.device)
+    y = torch.randint(0, 10, (setting.batch,), generator=gen).to(setting.device)
+    times = _interleaved_times(searchers, (x, y), setting)
+    rows = {}
+    for e, s in searchers.items():
+        med = statistics.median(times[e])
+        rows[e] = {"ms_per_iter": med * 1e3, "ms_min": min(times[e]) * 1e3, "ms_max": max(times[e]) * 1e3,
+                   "images_per_s": setting.batch / med}
+        if setting.memory:
+            peak, method = _peak_bytes(lambda s=s: s.step((x, y), (x, y)), setting.device)
+            rows[e].update(peak_mib=peak / 2**20, memory_method=method)
+    base = rows[engines[0]]["ms_per_iter"]
+    for row in rows.values():
+        row["ratio"] = base / row["ms_per_iter"]
+    return {"preset": preset, "order": order, "engines": rows}
+
+
+def _interleaved_times(searchers: dict[str, Any], batch: Any, setting: SpeedSetting) -> dict[str, list[float]]:
+    """Seconds of each timed search step, per engine: warm-up steps, then one step of each engine in turn."""
+    import torch
+
+    def sync() -> None:
+        if setting.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for s in searchers.values():
+        for _ in range(setting.warmup):
+            s.step(batch, batch)
+    sync()
+    times: dict[str, list[float]] = {e: [] for e in searchers}
+    for _ in range(setting.repeats):
+        for e, s in searchers.items():
+            start = time.perf_counter()
+            s.step(batch, batch)
+            sync()
+            times[e].append(time.perf_counter() - start)
+    return times
+
+
+def run(presets: Sequence[str], orders: Sequence[int], engines: Sequence[str], setting: SpeedSetting
+        ) -> list[dict[str, Any]]:
+    return [compare(p, o, engines, setting) for p in presets for o in orders]
+
+
+def report(results: Sequence[dict[str, Any]], setting: SpeedSetting) -> str:
+    lines = [f"device {setting.device}  precision {setting.precision}  batch {setting.batch}  C={setting.channels} "
+             f"layers={setting.layers} input {setting.input_size}x{setting.input_size}, "
+             f"{setting.threads or 'default'} threads; median of {setting.repeats} "
+             f"interleaved iterations after {setting.warmup} warm-up",
+             f"{'preset':<14}{'order':>6}  {'engine':<10}{'ms/iter':>10}{'images/s':>10}{'peak MiB':>10}"
+             f"{'ratio':>8}"]
+    for r in results:
+        for engine, row in r["engines"].items():
+            peak = f"{row['peak_mib']:>10.1f}" if "peak_mib" in row else f"{'-':>10}"
+            lines.append(f"{r['preset']:<14}{r['order']:>6}  {engine:<10}{row['ms_per_iter']:>10.1f}"
+                         f"{row['images_per_s']:>10.1f}{peak}{row['ratio']:>7.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""The ``batched`` supernet engine: the same cells and parameters as the ``reference`` engine (the
+per-edge, per-op code of :mod:`dartboard.spaces.cells`), a forward that works per *source node*.
+
+Every edge leaving a node reads the same input, so in a search cell's training forward:
+
+- the parameter-free ops run once per source node for all its outgoing edges: max and average
+  pooling and their non-affine BN (the same batch statistics on every edge; each edge's BN still
+  gets its own running-statistics update), the stride-1 skip, and ``none`` (a zero, left out);
+- the ReLU in front of every convolution of the node runs once (the modules' own, of the first edge);
+- the convolutions of one kind (``sep_conv_3x3`` on all outgoing edges, ...) run as one depthwise
+  convolution with a channel multiplier (one output group per edge) and one grouped pointwise
+  convolution, with one BN call over all their channels;
+- the mixing sum_o w_o o(x) is one broadcast multiply-add per op for all outgoing edges;
+- tensors are channels-last (faster depthwise convolutions on CPU).
+
+The parameters stay in the reference modules (one state_dict for both engines): the batched forward
+concatenates the weights of the edges it batches at each call. It applies only to a plain search
+cell in training mode; everything else takes the reference path, explicitly (:func:`batched_path`):
+evaluation mode (each edge's running statistics), mixed ops replaced by a modifier (PC-DARTS partial
+channels, DARTS- auxiliary skip), masked ops (CRB, DARTS-PT projection) and GDAS's sampled ops
+(``skip_zero_weights``). Other ops (stride-2 skip, DARTOpti's extra ops) run per edge inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dartboard.spaces.cells import MixedOp, SearchCell
+
+ENGINES = ("reference", "batched")
+POOLS = ("max_pool_3x3", "avg_pool_3x3")
+CONV_KINDS = ("sep_conv", "dil_conv")  # SepConv = two DilConvs; DilConv = ReLU, depthwise, pointwise, BN
+CHANNELS_LAST = torch.channels_last
+
+
+def use_engine(module: nn.Module, engine: str) -> int:
+    """Switch every search cell of ``module`` to ``engine``; returns the number of cells switched."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    cells = [m for m in module.modules() if isinstance(m, SearchCell)]
+    for cell in cells:
+        cell.__class__ = BatchedSearchCell if engine == "batched" else SearchCell
+    return len(cells)
+
+
+def batched_path(cell: SearchCell, weights: torch.Tensor | None = None) -> str | None:
+    """None when the batched forward applies to ``cell`` (with mixing ``weights``) now, else why the
+    reference path runs. Ops skipped when their weight is 0 (GDAS's samples, DARTS-PT's projected
+    ops) give no gradient to that weight on the reference path: one host read of the weights tells."""
+    if not cell.training:
+        return "evaluation mode (per-edge running statistics)"
+    skip_zero = False
+    for mixed in cell.mixed:
+        if type(mixed) is not MixedOp:
+            return f"mixed op {type(mixed).__name__} (a mixed-op modifier)"
+        if len(mixed.active) != len(mixed.ops):
+            return "masked ops"
+        skip_zero = skip_zero or mixed.skip_zero_weights
+    if skip_zero and (weights is None or bool((weights.detach() == 0).any())):
+        return "sampled ops (zero weights skipped)"
+    return None
+
+
+class BatchedSearchCell(SearchCell):
+    """A :class:`SearchCell` whose training forward batches the edges of each source node."""
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        s0, s1 = s0.contiguous(memory_format=CHANNELS_LAST), s1.contiguous(memory_format=CHANNELS_LAST)
+        if batched_path(self, weights) is not None:
+            return super().forward(s0, s1, weights)
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        incoming: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]
+        for src in range(2 + self.steps):
+            if src >= 2:  # node src is complete: every edge into it left an earlier node
+                node = _sum(incoming[src - 2])
+                if self.node_bn is not None:
+                    node = self.node_bn[src - 2](node)
+                states.append(node)
+            out = [e for e, (s, _) in enumerate(self.edges) if s == src]
+            if not out:
+                continue
+            mixed = _edges_from(states[src], [self.mixed[e] for e in out], weights[out])
+            for k, e in enumerate(out):
+                incoming[self.edges[e][1] - 2].append(mixed[:, k])
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor) -> torch.Tensor:
+    """``[B, E, C, H', W']``: sum_o w[e, o] o_e(h) for the E edges leaving one node (DARTS Eq 2)."""
+    primitives = mixed[0].primitives
+    if any(m.primitives != primitives for m in mixed):  # edges of one node with other ops: per edge
+        return torch.stack([m(h, w) for m, w in zip(mixed, weights, strict=True)], dim=1)
+    activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
+    total = None
+    for o, name in enumerate(primitives):
+        if name == "none":  # w * 0: no output, and no gradient to w either way
+            continue
+        ops = [m.ops[o] for m in mixed]
+        if name in POOLS:
+            out = _shared_pool(h, ops).unsqueeze(1)
+        elif name == "skip_connect" and mixed[0].stride == 1:
+            out = h.unsqueeze(1)
+        elif name.startswith(CONV_KINDS):
+            separable = name.startswith("sep_conv")
+            act = (ops[0][0] if separable else ops[0])[0]  # the first DilConv's activation module
+            if type(act) not in activated:
+                activated[type(act)] = act(h)
+            out = _conv_stack(activated[type(act)], ops, separable)
+        else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
+            out = torch.stack([op(h) for op in ops], dim=1)
+        term = weights[:, o].view(1, -1, 1, 1, 1) * out
+        total = term if total is None else total + term
+    if total is None:  # only `none`: zeros of the output shape
+        stride = mixed[0].stride
+        return h[:, :, ::stride, ::stride].mul(0.0).unsqueeze(1).expand(-1, len(mixed), -1, -1, -1)
+    return total
+
+
+def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
+    """Pooling then non-affine BN, once for all edges; every edge's BN records the batch statistics."""
+    pooled = ops[0][0](h)
+    bns = [op[1] for op in ops]
+    with torch.no_grad():
+        var, mean = torch.var_mean(pooled.detach(), dim=(0, 2, 3), correction=1)
+        var, mean = var.to(bns[0].running_var.dtype), mean.to(bns[0].running_mean.dtype)  # autocast: bf16 input
+        momentum = bns[0].momentum
+        torch._foreach_lerp_([b.running_mean for b in bns], [mean] * len(bns), momentum)
+        torch._foreach_lerp_([b.running_var for b in bns], [var] * len(bns), momentum)
+        torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+    return F.batch_norm(pooled, None, None, training=True, eps=bns[0].eps)
+
+
+def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool) -> torch.Tensor:
+    """``[B, E, C, H', W']``: one DilConv (or SepConv: two) per edge on a shared ReLU'd input, batched."""
+    stages = [list(op) for op in ops] if separable else [[op] for op in ops]
+    out = _dil_conv_shared(relu, [s[0] for s in stages])
+    if separable:
+        out = _dil_conv_grouped(stages[0][1][0](out), [s[1] for s in stages])
+    batch, _, height, width = out.shape
+    return out.view(batch, len(ops), -1, height, width)
+
+
+def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
+    """The depthwise convs of E DilConvs on one input: one conv with channel multiplier E (output
+    channel c * E + e), reordered to edge-major channels (e * C + c) for the grouped pointwise conv."""
+    dw = convs[0][1]
+    n, C = len(convs), x.shape[1]
+    weight = torch.stack([c[1].weight for c in convs], dim=1).reshape(C * n, 1, *dw.kernel_size)
+    y = F.conv2d(x, weight, None, dw.stride, dw.padding, dw.dilation, groups=C)
+    batch, _, height, width = y.shape
+    y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
+    y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
+    return _pointwise_bn(y, convs)
+
+
+def _dil_conv_grouped(x: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
+    """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
+    dw = convs[0][1]
+    weight = torch.cat([c[1].weight for c in convs])
+    y = F.conv2d(x, weight, None, dw.stride, dw.padding, dw.dilation, groups=weight.shape[0])
+    return _pointwise_bn(y, convs)
+
+
+def _pointwise_bn(y: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
+    weight = torch.cat([c[2].weight for c in convs])
+    return batch_norm_many(F.conv2d(y, weight, groups=len(convs)), [c[3] for c in convs])
+
+
+def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+    """One training-mode BN call over the channels of several non-affine BNs (concatenated in order);
+    each BN's running statistics get exactly the update its own call would give them."""
+    if len(bns) == 1:
+        return bns[0](x)
+    means, variances = [b.running_mean for b in bns], [b.running_var for b in bns]
+    mean, var = torch.cat(means), torch.cat(variances)
+    out = F.batch_norm(x, mean, var, None, None, True, bns[0].momentum, bns[0].eps)
+    with torch.no_grad():
+        sizes = [m.numel() for m in means]
+        torch._foreach_copy_(means, list(mean.split(sizes)))
+        torch._foreach_copy_(variances, list(var.split(sizes)))
+        torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+    return out

@@ -1,0 +1,264 @@
+"""The batched supernet engine (dartboard.spaces.batched) against the reference engine, the oracle:
+the same logits, alpha gradients, weight gradients, first- and second-order hypergradients and BN
+running statistics (within 1e-5, fp32) on every preset; one state_dict for both; the fallbacks to the
+reference path are taken where batching does not apply, and named."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from dartboard.data.datasets import load_dataset
+from dartboard.searchers.config import EngineConfig
+from dartboard.searchers.hypergradient import grads_or_zeros
+from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
+from dartboard.spaces import batched
+from dartboard.spaces.batched import BatchedSearchCell, batch_norm_many, batched_path, use_engine
+from dartboard.spaces.cells import SearchCell
+
+torch.set_num_threads(1)
+SHAPE = DataShape(1, 8, 10)
+TINY = {"C": 4, "layers": 2}
+OWN = {"dartopti": {"C": 4}}  # its cell count is its start genotype's
+TOL = 1e-5
+#: Presets whose every cell takes the batched path in a training forward (the others fall back).
+BATCHED = {"darts", "darts-2nd", "darts-variant", "fairdarts", "beta-darts", "ddarts", "ddarts-lf", "dartopti",
+           "drnas", "snas", "sdarts-rs", "sdarts-adv", "darts-pt", "rdarts-es", "rdarts-ada", "sparse-darts",
+           "darts+admm", "darts+admm+fimt", "darts+cs10", "darts+fimt", "darts+pr", "darts+pr+fimt",
+           "colornas-rb", "colornas-rgb", "colornas-rgby"}
+#: Compared in float64: DARTOpti's ResNet-18 start takes an 8x8 input down to 1x1 through four cells whose BNs
+#: normalise over 4 values; fp32 rounding there reaches 1e-4 relative (weight gradients) and 10 % (the
+#: finite-difference Hessian of the second order divides it by R = 0.01 / ||grad||), on the reference
+#: engine too when summation order changes. In float64 the engines agree to 1e-12.
+DOUBLE = {"dartopti"}
+FALLBACK = {"gdas": "sampled ops", "pc-darts": "PartialChannelMixedOp", "darts-minus": "AuxSkipMixedOp"}
+
+
+@functools.cache
+def _data(name: str) -> tuple[DataShape, Any]:
+    dataset = get_searcher_spec(name).preset.dataset
+    if dataset is None:
+        return SHAPE, None
+    splits = load_dataset(dataset)
+    return DataShape(splits.info.in_channels, splits.info.input_size, splits.info.num_classes), splits.train
+
+
+def _batch(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    train = _data(name)[1]
+    if train is None:
+        return torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    index = torch.randperm(len(train), generator=g)[:4].tolist()
+    torch.manual_seed(seed)  # NASiam's views are random augmentations from the global generator
+    return default_collate([train[i] for i in index])
+
+
+def _build(name: str, engine: str, seed: int = 0):
+    spec = get_searcher_spec(name)
+    options = OWN.get(name, {k: v for k, v in TINY.items() if k in spec.options})
+    torch.manual_seed(seed)
+    return build_searcher(name, {**options, "engine": engine}, _data(name)[0])
+
+
+def _pair(name: str):
+    """Both engines from one seed (the samplers' seeds too), the reference's weights and alphas
+    copied into the batched one (test_state_dict_copies_exactly_between_engines: from another seed)."""
+    ref, bat = _build(name, "reference"), _build(name, "batched")
+    bat.supernet.load_state_dict(ref.supernet.state_dict())
+    with torch.no_grad():
+        for a, b in zip(ref.arch_parameters(), bat.arch_parameters(), strict=True):
+            b.copy_(a)
+    return ref, bat
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor], what: str) -> None:
+    assert len(a) == len(b), what
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x.shape == y.shape, f"{what}[{i}]"
+        scale = max(1.0, x.float().abs().max().item())  # 1e-5 absolute, or relative to the tensor's largest entry
+        diff = (x.float() - y.float()).abs().max().item() if x.numel() else 0.0
+        assert diff <= TOL * scale, f"{what}[{i}]: max difference {diff:.3g} (largest entry {scale:.3g})"
+
+
+def _measures(s, name: str) -> dict[str, list[torch.Tensor]]:
+    """Logits, weight gradients, first-order alpha gradients, second-order hypergradients and the
+    supernet's state (BN running statistics) after those forwards, of one engine."""
+    x, y = _batch(name, 0)
+    x_val, y_val = _batch(name, 1)
+    out: dict[str, list[torch.Tensor]] = {}
+    s.activation.resample(s.ctx)  # a search step's sample (GDAS: one-hot weights, its ops skipped)
+    torch.manual_seed(7)  # objectives that draw (augmentations) draw alike on both engines
+    output = s.forward(x, [w.detach() for w in s.group_weights()], detach_arch=True)
+    loss = s.objective.loss(output, y)
+    if torch.is_tensor(output):
+        parts = [output]
+    elif dataclasses.is_dataclass(output):
+        parts = [getattr(output, f.name) for f in dataclasses.fields(output)]
+    else:
+        parts = list(output)
+    parts = [p for p in parts if torch.is_tensor(p)]
+    out["logits"] = [p.detach() for p in parts]  # NASiam: the projections and predictions of both views
+    out["weight grads"] = grads_or_zeros(loss, [p for p in s.weight_parameters() if p.requires_grad])
+    torch.manual_seed(8)
+    out["alpha grads (first order)"] = s.first_order_grads(x_val, y_val)
+    # the unrolled step of an SGD weight step (MoCo's key encoder is no trained weight: first order only)
+    if s.config.w_optimizer == "sgd" and all(p.requires_grad for p in s.weight_parameters()):
+        torch.manual_seed(9)
+        try:
+            out["hypergradient (second order)"] = s.unrolled_grads(x, y, x_val, y_val)
+        except RuntimeError as error:  # GDAS: its skipped ops have no gradient, on either engine
+            out["hypergradient (second order)"] = [torch.tensor(float(len(str(error))))]
+    out["state"] = [t for t in s.supernet.state_dict().values() if t.is_floating_point()]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHERS))
+def test_both_engines_agree_on_every_preset(name, monkeypatch):
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if name in DOUBLE else torch.float32)
+    try:
+        _agree(name, monkeypatch)
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def _agree(name: str, monkeypatch) -> None:
+    ref, bat = _pair(name)
+    reasons = []
+    monkeypatch.setattr(batched, "batched_path", lambda cell, w=None: reasons.append(batched_path(cell, w))
+                        or reasons[-1])
+    cells = [m for m in bat.supernet.modules() if isinstance(m, SearchCell)]
+    assert all(type(c) is BatchedSearchCell for c in cells)
+    assert not any(type(c) is BatchedSearchCell for c in ref.supernet.modules())
+    assert list(ref.supernet.state_dict()) == list(bat.supernet.state_dict())  # one layout, no mapping
+    m_ref, m_bat = _measures(ref, name), _measures(bat, name)
+    if name in BATCHED:  # every training forward of every cell took the batched path
+        assert cells and set(reasons) == {None}
+    elif name in FALLBACK:
+        assert set(reasons) == {next(r for r in reasons if FALLBACK[name] in r)}
+    assert m_ref.keys() == m_bat.keys()
+    for what in m_ref:
+        _close(m_ref[what], m_bat[what], f"{name} {what}")
+
+
+def test_presets_lists_cover_the_cell_presets():
+    """Every preset with search cells is either batched or a named fallback (CRB masks after its
+    first masking; NASiam and PMSM have no search cells)."""
+    crb = {n for n in SEARCHERS if n.endswith("+crb")}
+    no_cells = {n for n in SEARCHERS if n.startswith(("nasiam-", "pmsm-"))}
+    assert BATCHED | set(FALLBACK) | crb | no_cells == set(SEARCHERS)
+
+
+def test_state_dict_copies_exactly_between_engines():
+    ref, bat = _build("darts", "reference"), _build("darts", "batched", seed=3)
+    assert not all(torch.equal(a, b) for a, b in zip(ref.supernet.state_dict().values(),
+                                                      bat.supernet.state_dict().values(), strict=True))
+    bat.supernet.load_state_dict(ref.supernet.state_dict())
+    for a, b in zip(ref.supernet.state_dict().values(), bat.supernet.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    ref.supernet.load_state_dict(bat.supernet.state_dict())  # and back
+
+
+def test_a_search_runs_alike_on_both_engines():
+    """Four search steps (alpha step, weight step with momentum and weight decay), then the same
+    alphas, weights, running statistics, evaluation and genotype."""
+    ref, bat = _pair("darts")
+    batches = [_batch("darts", s) for s in range(4)]
+    for s in (ref, bat):
+        for i in range(4):
+            s.step(batches[i], batches[(i + 1) % 4])
+        s.end_epoch()
+    _close(ref.arch_parameters(), bat.arch_parameters(), "alphas")
+    _close(list(ref.supernet.state_dict().values()), list(bat.supernet.state_dict().values()), "state")
+    ev_ref, ev_bat = ref.evaluate(batches[:1]), bat.evaluate(batches[:1])
+    assert ev_ref == pytest.approx(ev_bat, abs=TOL)
+    assert ref.derive() == bat.derive()
+
+
+def test_reduction_cells_and_the_none_only_edge_agree():
+    """Stride-2 edges (the per-edge FactorizedReduce skip inside the batched cell) and a cell whose
+    ops are all `none`, on a reduction-only supernet."""
+    for options in ({"reductions": (0, 1)}, {}):
+        torch.manual_seed(0)
+        ref = build_searcher("darts", {"C": 4, "layers": 2, "engine": "reference", **options}, SHAPE)
+        torch.manual_seed(0)
+        bat = build_searcher("darts", {"C": 4, "layers": 2, "engine": "batched", **options}, SHAPE)
+        x, _ = _batch("darts", 0)
+        weights = [torch.zeros_like(w) for w in ref.group_weights()]
+        for w in weights:
+            w[:, 0] = 1.0  # `none` alone: zeros
+        _close([ref.forward(x, weights)], [bat.forward(x, weights)], "none only")
+        _close([ref.forward(x, ref.group_weights())], [bat.forward(x, bat.group_weights())], "logits")
+
+
+def test_fallbacks_are_named():
+    s = _build("darts", "batched")
+    cell = next(m for m in s.supernet.modules() if isinstance(m, SearchCell))
+    weights = s.group_weights()[0]
+    assert batched_path(cell) is None and batched_path(cell, weights) is None
+    s.supernet.set_skip_zero_weights(True)
+    assert batched_path(cell, weights) is None  # no weight is 0: nothing to skip
+    assert batched_path(cell, torch.nn.functional.one_hot(weights.argmax(1), weights.shape[1])) == \
+        "sampled ops (zero weights skipped)"
+    s.supernet.set_skip_zero_weights(False)
+    s.supernet.eval()
+    assert "evaluation mode" in batched_path(cell)
+    s.supernet.train()
+    cell.mixed[0].active = (1, 2)
+    assert batched_path(cell) == "masked ops"
+
+
+def test_masked_ops_agree_after_masking():
+    """CRB: ops masked for good on both engines, the batched engine falls back, outputs still agree."""
+    ref, bat = _pair("darts+crb")
+    for s in (ref, bat):
+        keep = torch.ones(len(s.supernet.groups[0].rows), len(s.supernet.groups[0].primitives[0]), dtype=torch.bool)
+        keep[:, 1] = False
+        s.supernet.mask_group(0, keep)
+    m_ref, m_bat = _measures(ref, "darts+crb"), _measures(bat, "darts+crb")
+    for what in m_ref:
+        _close(m_ref[what], m_bat[what], f"crb {what}")
+
+
+def test_batch_norm_many_updates_each_bn_like_its_own_call():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 3, 3)
+    ours = [torch.nn.BatchNorm2d(c, affine=False) for c in (2, 4)]
+    theirs = [torch.nn.BatchNorm2d(c, affine=False) for c in (2, 4)]
+    out = batch_norm_many(x, ours)
+    expected = torch.cat([theirs[0](x[:, :2]), theirs[1](x[:, 2:])], dim=1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    for a, b in zip(ours, theirs, strict=True):
+        for key, value in a.state_dict().items():
+            assert torch.allclose(value.float(), b.state_dict()[key].float(), atol=1e-7), key
+
+
+def test_unknown_engines_are_refused_by_name():
+    with pytest.raises(ValueError, match="engine: expected one of reference, batched, got 'fast'"):
+        EngineConfig(engine="fast")
+    with pytest.raises(ValueError, match="engine: expected one of reference, batched, got 'fast'"):
+        use_engine(torch.nn.Linear(1, 1), "fast")
+    s = _build("darts", "batched")
+    assert use_engine(s.supernet, "reference") == 2
+    assert not any(isinstance(m, BatchedSearchCell) for m in s.supernet.modules())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_steps_agree_roughly_and_keep_fp32_statistics(precision):
+    """Under autocast the batched engine runs (the pooled BN's statistics go into fp32 buffers) and its
+    alpha gradients stay close to the reference's (low precision: cosine > 0.99)."""
+    grads = []
+    for engine in ("reference", "batched"):
+        torch.manual_seed(0)
+        s = build_searcher("darts", {**TINY, "engine": engine, "precision": precision}, SHAPE)
+        x, y = _batch("darts", 0)
+        grads.append(torch.cat([g.flatten() for g in s.first_order_grads(x, y)]))
+        s.step((x, y), (x, y))
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all()
+                   for t in s.supernet.state_dict().values() if t.is_floating_point())
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
