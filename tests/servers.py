@@ -61,3 +61,35 @@ def stop_group(pgid: int, alive: Callable[[], bool], grace: float = 10) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``, read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+def kill_session(leader: int, wait: float = 60) -> None:
+    """SIGKILL every process of the session that ``leader`` started (``start_new_session=True``), in
+    whatever process group it is (Ray's workers are not all in the leader's group), and wait until they
+    are gone: a killed driver's Ray workers must not go on writing after this returns."""
+    deadline = time.time() + wait
+    while members := [p for p in _session_members(leader) if p != os.getpid()]:
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.time() > deadline:
+            break
+        time.sleep(0.2)

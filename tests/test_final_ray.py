@@ -25,6 +25,7 @@ import pytest
 import torch
 from epoch_gate import SAFETY_NET_S, close, lines, open_, wait_until
 from safetensors.torch import load_file
+from servers import kill_session
 
 from dartboard.platform.ray.final_job import PID_FILE, RAY_DIR, RUN_NAME, train_on_ray
 from dartboard.platform.ray.worker import EPOCH_GATE_ENV
@@ -218,8 +219,6 @@ def test_a_killed_driver_is_continued_by_the_same_command(gated_ray, two_workers
 
 
 def end_session(proc: subprocess.Popen) -> None:
-    """SIGKILL what is left of the process group this test started (the Ray daemons of a killed driver)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL whatever is left of the session this test started (the Ray daemons and workers of a
+    killed driver), and wait until it is gone."""
+    kill_session(proc.pid)

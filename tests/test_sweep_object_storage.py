@@ -20,10 +20,20 @@ pytestmark = pytest.mark.ray
 BUCKET = "dartboard-test"
 
 
+def _no_ray_yet() -> None:
+    """Ray's workers take the environment of the moment Ray starts: no instance of an earlier test may
+    still be up when the fixture points the environment at its server."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture()
 def s3(tmp_path, monkeypatch):
     """A moto S3 server on loopback with an empty bucket; the environment points pyarrow (and so Ray
     Tune, Ray Train and dartboard) at it."""
+    _no_ray_yet()
     port = free_port()
     log = tmp_path / "moto.log"
     proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1",
@@ -44,6 +54,7 @@ def s3(tmp_path, monkeypatch):
 @pytest.fixture()
 def gcs(tmp_path, monkeypatch):
     """A Google Cloud Storage emulator on loopback with an empty bucket (anonymous access)."""
+    _no_ray_yet()
     port = free_port()
     log = tmp_path / "gcs.log"
     proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",

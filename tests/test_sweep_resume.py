@@ -16,6 +16,7 @@ from pathlib import Path
 import epoch_gate
 import pytest
 import yaml
+from servers import kill_session
 
 from dartboard.platform.ray.worker import EPOCH_GATE_ENV
 
@@ -38,11 +39,9 @@ def _cli(*args: str, log: Path, gate: Path) -> subprocess.Popen:
 
 
 def _end_session(proc: subprocess.Popen) -> None:
-    """SIGKILL whatever is left of the process group this test started (Ray daemons of a dead driver)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL whatever is left of the session this test started (the Ray daemons and workers of a
+    killed driver), and wait until it is gone."""
+    kill_session(proc.pid)
 
 
 def test_sigkilled_driver_resumes_every_trial_once(tmp_path):

@@ -267,14 +267,19 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
     identity = job_identity(gt.to_dict(genotype), train, dataset)
     for folder in stored_checkpoints(storage) if "://" not in storage else ():  # (workers check remote ones)
         check_same_training(folder, identity)
-    init_ray(address=address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
-    total = ray.cluster_resources()
-    check_resources(workers, cpus_per_worker, gpus_per_worker, float(total.get("CPU", 0)), float(total.get("GPU", 0)))
-    start = time.perf_counter()
-    result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
-                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                max_failures=max_failures).fit()
-    seconds = time.perf_counter() - start
+    started = init_ray(address=address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
+    try:
+        total = ray.cluster_resources()
+        check_resources(workers, cpus_per_worker, gpus_per_worker, float(total.get("CPU", 0)),
+                        float(total.get("GPU", 0)))
+        start = time.perf_counter()
+        result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
+                                    cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                                    max_failures=max_failures).fit()
+        seconds = time.perf_counter() - start
+    finally:
+        if started:  # this call's own Ray instance (a study's or a test's stays up)
+            ray.shutdown()
     with result.checkpoint.as_directory() as d:
         progress = ck.read_progress(Path(d))
         _publish(Path(d), out)

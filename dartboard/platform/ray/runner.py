@@ -123,7 +123,19 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
 
 
 def _run(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:
-    init_ray(cfg)
+    """Start Ray if needed (and stop it again after the study and its champion: a later ``init_ray``
+    in this process then starts one with the environment of that moment, e.g. storage credentials)."""
+    started = init_ray(cfg)
+    try:
+        return _run_on_ray(cfg, run_dir, resume, hooks)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:
     import ray
 
     if cfg.ray_address:
