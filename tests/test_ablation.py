@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import epoch_gate
 import pytest
 import yaml
+from servers import kill_session
 
 from dartboard.platform.ablation import load_study
 from dartboard.platform.config import StudyConfig
@@ -104,31 +105,16 @@ def _cli(args: list[str], log: Path, env: dict[str, str], via_submit: bool = Fal
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL the session the test started (driver, Ray daemons and workers) and wait until it is gone."""
+    kill_session(proc.pid)
     proc.wait()
 
 
 def _held_after_epoch_1(gate: Path, run_dir: Path) -> bool:
-    """A trial is held by the gate after epoch 1, and both Tune (the trial's result) and Ray Train
-    (its checkpoint manager's snapshot) have recorded that epoch: the state the test kills in."""
-    log = gate / "epochs.log"
-    if not log.is_file() or not any(line.endswith(" 1") for line in log.read_text().splitlines()):
-        return False
-    tune_seen = any(_json(line).get("epoch") == 1 for f in run_dir.glob("run_trial_*/result.json")
-                    for line in f.read_text().splitlines())
-    snapshots = [_json(f.read_text()) for f in run_dir.glob("trials/train-*/checkpoint_manager_snapshot.json")]
-    train_seen = any(c.get("metrics", {}).get("epoch") == 1 for s in snapshots for c in s.get("checkpoint_results", []))
-    return tune_seen and train_seen
-
-
-def _json(text: str) -> dict:
-    try:  # a file being written can be read half-way: that state simply is not reached yet
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return {}
+    """Both trials (2 variants, 2 at a time) are held by the gate after epoch 1, and Tune (the trial's
+    result) and Ray Train (its checkpoint manager's snapshot) have recorded that epoch for both: the state
+    the test kills in (killed with one trial still finishing epoch 1, that epoch would rightly run again)."""
+    return epoch_gate.held_after_epoch_1(gate, lambda: [run_dir], 2)
 
 
 def _trials(run_dir: Path) -> dict[str, dict]:
