@@ -67,19 +67,6 @@ def log_search_run(cfg, result, status: str = "FINISHED") -> str:
     return run.info.run_id
 
 
-def log_train_run(uri: str | None, experiment: str, genotype_path: str, params: Mapping[str, Any], result,
-                  out_dir) -> str:
-    mlflow, _ = setup_mlflow(uri, experiment)
-    with mlflow.start_run(run_name="train") as run:
-        mlflow.set_tags({"dartboard.kind": "train"})
-        mlflow.log_params(flat_params("", {"genotype": genotype_path, **params}))
-        mlflow.log_metrics({"test_acc": result.test_acc, "test_loss": result.test_loss,
-                            "parameters": float(result.parameters), "train_seconds": result.seconds})
-        if out_dir is not None:
-            mlflow.log_artifacts(str(out_dir))
-        return run.info.run_id
-
-
 # ---------------------------------------------------------------------------------------------
 # Studies: a parent run per study, a child run per trial (client API: safe from any process).
 # ---------------------------------------------------------------------------------------------
