@@ -138,14 +138,18 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
 
 def check_same_training(folder: Path, identity: dict[str, Any]) -> None:
     """A checkpoint of another genotype, data set or training config is refused, never loaded."""
-    recorded = ck.read_progress(folder).get("identity")
+    check_identity(str(folder), ck.read_progress(folder).get("identity"), identity)
+
+
+def check_identity(where: str, recorded: dict[str, Any] | None, identity: dict[str, Any]) -> None:
+    """``recorded`` (the identity in the checkpoint at ``where``) must be this training's ``identity``."""
     if recorded is None:
-        raise UserInputError(f"checkpoint {folder}: not a final-training checkpoint (no identity in "
+        raise UserInputError(f"checkpoint {where}: not a final-training checkpoint (no identity in "
                              f"{ck.PROGRESS_FILE}); use a new output folder")
     differ = [k for k in ("genotype", "dataset") if recorded.get(k) != identity[k]]
     differ += [f"train.{k}" for k in sorted(identity["train"]) if recorded["train"].get(k) != identity["train"][k]]
     if differ:
-        raise UserInputError(f"checkpoint {folder}: it belongs to another training ({', '.join(differ)} differ); "
+        raise UserInputError(f"checkpoint {where}: it belongs to another training ({', '.join(differ)} differ); "
                              f"use a new output folder, or the same genotype and settings to resume it")
 
 
@@ -228,8 +232,29 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
     )
 
 
-def stored_checkpoints(storage_path: str | Path) -> list[Path]:
-    return sorted(p for p in (Path(storage_path) / RUN_NAME).glob("checkpoint_*") if (p / ck.PROGRESS_FILE).is_file())
+def stored_progress(storage: str) -> list[tuple[str, dict[str, Any]]]:
+    """The checkpoints of the final-training run under ``storage`` (a folder, or a URI such as s3://,
+    gs://, file://) with their progress records, read on the driver. An unreachable store gives none
+    (Ray Train reports it when it starts); a checkpoint without a progress record is skipped."""
+    import pyarrow.fs
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{root.rstrip('/')}/{RUN_NAME}", allow_not_found=True))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{ck.PROGRESS_FILE}") as f:
+                progress = json.loads(f.read())
+        except FileNotFoundError:
+            continue
+        where = f"{storage.rstrip('/')}/{RUN_NAME}/{info.base_name}" if "://" in storage else info.path
+        found.append((where, progress))
+    return found
 
 
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float, cpus: float, gpus: float) -> None:
@@ -265,8 +290,8 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
     out = Path(out_dir).resolve()
     storage = storage or str(out / RAY_DIR)
     identity = job_identity(gt.to_dict(genotype), train, dataset)
-    for folder in stored_checkpoints(storage) if "://" not in storage else ():  # (workers check remote ones)
-        check_same_training(folder, identity)
+    for where, progress in stored_progress(storage):  # refused here, before Ray starts (the workers check too)
+        check_identity(where, progress.get("identity"), identity)
     started = init_ray(address=address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
     try:
         total = ray.cluster_resources()

@@ -1,0 +1,51 @@
+"""The final training's storage is checked on the driver before Ray starts, for a local folder and for a
+URI alike (file:// here; s3:// and gs:// go through the same pyarrow filesystem): a checkpoint of another
+training is one clear error that names it, and nothing is written into the output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("ray")
+
+from dartboard.errors import UserInputError  # noqa: E402
+from dartboard.platform.ray.final_job import RUN_NAME, job_identity, stored_progress, train_on_ray  # noqa: E402
+from dartboard.spaces import genotype as gt  # noqa: E402
+from dartboard.spaces.catalog import resolve  # noqa: E402
+from dartboard.training.final import TrainConfig  # noqa: E402
+
+
+def _store(root, name: str, progress: dict | None) -> None:
+    folder = root / RUN_NAME / name
+    folder.mkdir(parents=True)
+    if progress is not None:
+        (folder / "progress.json").write_text(json.dumps(progress))
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["folder", "file-uri"])
+def test_a_checkpoint_of_another_genotype_is_refused_before_ray_starts(tmp_path, as_uri):
+    from dataclasses import asdict
+
+    import ray
+
+    store = tmp_path / "store"
+    cfg = TrainConfig(channels=4, layers=3, epochs=1)
+    train = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    other = job_identity(gt.to_dict(resolve("darts-v2")), train, "digits")  # the same settings, darts-v2
+    _store(store, "checkpoint_000000", None)  # no progress record: skipped, not an error
+    _store(store, "checkpoint_000001", {"history": [], "identity": other})
+    storage = f"file://{store}" if as_uri else str(store)
+    assert [w.rsplit("/", 1)[-1] for w, _ in stored_progress(storage)] == ["checkpoint_000001"]
+    out = tmp_path / "out"
+    with pytest.raises(UserInputError, match=r"checkpoint .*checkpoint_000001: it belongs to another training "
+                                             r"\(genotype differ\)"):
+        train_on_ray(resolve("darts-v1"), cfg, "digits", None, out, workers=1, storage=storage)
+    assert not ray.is_initialized() and not out.exists()
+
+
+def test_an_empty_or_unreadable_store_has_no_checkpoints(tmp_path):
+    assert stored_progress(str(tmp_path / "nothing")) == []
+    assert stored_progress(f"file://{tmp_path}/nothing") == []
+    assert stored_progress("nosuchscheme://bucket/x") == []
