@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("ray")
 
 from dartboard.errors import UserInputError  # noqa: E402
-from dartboard.platform.ray.final_job import RUN_NAME, job_identity, stored_progress, train_on_ray  # noqa: E402
+from dartboard.platform.ray.final_job import RUN_NAME, job_identity, train_on_ray  # noqa: E402
+from dartboard.platform.ray.storage import run_checkpoints  # noqa: E402
 from dartboard.spaces import genotype as gt  # noqa: E402
 from dartboard.spaces.catalog import resolve  # noqa: E402
 from dartboard.training.final import TrainConfig  # noqa: E402
@@ -37,7 +38,7 @@ def test_a_checkpoint_of_another_genotype_is_refused_before_ray_starts(tmp_path,
     _store(store, "checkpoint_000000", None)  # no progress record: skipped, not an error
     _store(store, "checkpoint_000001", {"history": [], "identity": other})
     storage = f"file://{store}" if as_uri else str(store)
-    assert [w.rsplit("/", 1)[-1] for w, _ in stored_progress(storage)] == ["checkpoint_000001"]
+    assert [w.rsplit("/", 1)[-1] for w, _ in run_checkpoints(f"{storage}/{RUN_NAME}")] == ["checkpoint_000001"]
     out = tmp_path / "out"
     with pytest.raises(UserInputError, match=r"checkpoint .*checkpoint_000001: it belongs to another training "
                                              r"\(genotype differ\)"):
@@ -46,6 +47,6 @@ def test_a_checkpoint_of_another_genotype_is_refused_before_ray_starts(tmp_path,
 
 
 def test_an_empty_or_unreadable_store_has_no_checkpoints(tmp_path):
-    assert stored_progress(str(tmp_path / "nothing")) == []
-    assert stored_progress(f"file://{tmp_path}/nothing") == []
-    assert stored_progress("nosuchscheme://bucket/x") == []
+    assert run_checkpoints(str(tmp_path / "nothing")) == []
+    assert run_checkpoints(f"file://{tmp_path}/nothing") == []
+    assert run_checkpoints("nosuchscheme://bucket/x") == []

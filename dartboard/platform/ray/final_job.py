@@ -25,6 +25,7 @@ import torch
 
 from dartboard.errors import UserInputError
 from dartboard.platform.ray import checkpoint as ck
+from dartboard.platform.ray.storage import run_checkpoints
 from dartboard.platform.ray.worker import (
     EPOCH_GATE_ENV,
     _broadcast,
@@ -232,31 +233,6 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
     )
 
 
-def stored_progress(storage: str) -> list[tuple[str, dict[str, Any]]]:
-    """The checkpoints of the final-training run under ``storage`` (a folder, or a URI such as s3://,
-    gs://, file://) with their progress records, read on the driver. An unreachable store gives none
-    (Ray Train reports it when it starts); a checkpoint without a progress record is skipped."""
-    import pyarrow.fs
-
-    try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{root.rstrip('/')}/{RUN_NAME}", allow_not_found=True))
-    except (OSError, ValueError):
-        return []
-    found = []
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/{ck.PROGRESS_FILE}") as f:
-                progress = json.loads(f.read())
-        except FileNotFoundError:
-            continue
-        where = f"{storage.rstrip('/')}/{RUN_NAME}/{info.base_name}" if "://" in storage else info.path
-        found.append((where, progress))
-    return found
-
-
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float, cpus: float, gpus: float) -> None:
     """More than the cluster has is refused before anything starts (one clear error)."""
     if workers < 1:
@@ -290,7 +266,8 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
     out = Path(out_dir).resolve()
     storage = storage or str(out / RAY_DIR)
     identity = job_identity(gt.to_dict(genotype), train, dataset)
-    for where, progress in stored_progress(storage):  # refused here, before Ray starts (the workers check too)
+    # refused here, before Ray starts, on local and remote storage alike (the workers check again)
+    for where, progress in run_checkpoints(f"{storage}/{RUN_NAME}"):
         check_identity(where, progress.get("identity"), identity)
     started = init_ray(address=address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
     try:

@@ -14,7 +14,7 @@ from dartboard.platform.ray.resources import local_num_cpus
 WORKER_START_TIMEOUT_S = "600"
 # Ray Train starts a PreemptionWatcher actor per run that polls the nodes' drain state every 5 s. A private
 # local instance has no node that can be preempted: there the watcher only costs a process and its polling
-# (the digits sweep: 22 % less wall time and CPU without it, README "Sweep overhead").
+# (the digits sweep: 27 % less wall time and 28 % less CPU without it, README "Benchmarks").
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 

@@ -85,30 +85,40 @@ def train_dir(run_dir: str, trial_id: str) -> str:
     return f"{run_dir}/{TRIALS_DIR}/train-{trial_id}"
 
 
-def last_checkpoint(run_dir: str, trial_id: str) -> tuple[str, dict[str, Any]] | None:
-    """The trial's most advanced epoch checkpoint (URI, its progress.json), or None."""
+def run_checkpoints(run_uri: str) -> list[tuple[str, dict[str, Any]]]:
+    """The epoch checkpoints of one Ray Train run folder (a path or a URI: s3://, gs://, file://), sorted by
+    name, each with its progress.json; unreadable ones are skipped, and a folder that cannot be listed
+    has none. Used by the study's trials and by the final training alike."""
     import pyarrow.fs
 
     from dartboard.platform.ray.checkpoint import PROGRESS_FILE
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(train_dir(run_dir, trial_id))
+    uri = run_uri.rstrip("/") if "://" in run_uri else str(Path(run_uri).resolve())
     try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(uri)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return None
-    best: tuple[tuple[int, int], str, dict[str, Any]] | None = None
-    for info in infos:
+    except (OSError, ValueError):
+        return []
+    found = []
+    for info in sorted(infos, key=lambda i: i.base_name):
         if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
         try:
             with fs.open_input_stream(f"{info.path}/{PROGRESS_FILE}") as f:
                 progress = json.loads(f.read().decode())
-        except (FileNotFoundError, OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError):
             continue
+        found.append((f"{uri}/{info.base_name}", progress))
+    return found
+
+
+def last_checkpoint(run_dir: str, trial_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The trial's most advanced epoch checkpoint (URI, its progress.json), or None."""
+    best: tuple[tuple[int, int], str, dict[str, Any]] | None = None
+    for where, progress in run_checkpoints(train_dir(run_dir, trial_id)):
         rank = (int(bool(progress.get("done"))), len(progress.get("history", [])))
         if best is None or rank > best[0]:
-            prefix = train_dir(run_dir, trial_id)
-            best = (rank, f"{prefix}/{info.base_name}", progress)
+            best = (rank, where, progress)
     return None if best is None else (best[1], best[2])
 
 
