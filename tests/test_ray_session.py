@@ -41,3 +41,49 @@ def test_the_users_setting_reaches_the_workers_either_way(captured, monkeypatch)
     session.init_ray(num_cpus=2)
     session.init_ray(address="ray://head:10001")
     assert [kw["runtime_env"]["env_vars"][session.PREEMPTION_WATCHER_ENV] for kw in captured] == ["1", "1"]
+
+
+def test_a_private_local_instance_marks_its_workers_and_a_cluster_does_not(captured):
+    session.init_ray(num_cpus=2)
+    session.init_ray(address="ray://head:10001")
+    marks = [kw["runtime_env"]["env_vars"].get(session.PRIVATE_INSTANCE_ENV) for kw in captured]
+    assert marks == ["1", None]
+
+
+# ---- the TorchTrainer of every Train run (platform/ray/trainer.py): Ray Train's per-run actors that have
+# no work in a dartboard run are left out; what stays is Ray's default.
+def _callbacks(monkeypatch, private: bool, datasets=None, metrics_env: str | None = None) -> set[str]:
+    from ray.train import RunConfig, ScalingConfig
+
+    from dartboard.platform.ray.trainer import DartboardTrainer
+
+    monkeypatch.delenv(session.TRAIN_METRICS_ENV, raising=False)
+    if metrics_env is not None:
+        monkeypatch.setenv(session.TRAIN_METRICS_ENV, metrics_env)
+    if private:
+        monkeypatch.setenv(session.PRIVATE_INSTANCE_ENV, "1")
+    else:
+        monkeypatch.delenv(session.PRIVATE_INSTANCE_ENV, raising=False)
+    trainer = DartboardTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1), datasets=datasets,
+                               run_config=RunConfig(name="t", storage_path="/tmp/dartboard-trainer-test"))
+    return {type(c).__name__ for c in trainer._create_default_callbacks()}
+
+
+CLUSTER_ONLY = {"PlacementGroupCleanerCallback", "ControllerMetricsCallback", "WorkerMetricsCallback"}
+
+
+def test_a_private_instance_runs_without_the_cleaner_the_metrics_and_the_dataset_manager(monkeypatch):
+    names = _callbacks(monkeypatch, private=True)
+    assert not names & (CLUSTER_ONLY | {"DatasetsCallback"})
+    assert {"BackendSetupCallback", "AcceleratorSetupCallback", "UserCallbackHandler"} <= names
+
+
+def test_a_cluster_keeps_rays_callbacks_but_the_dataset_manager_of_a_run_without_datasets(monkeypatch):
+    names = _callbacks(monkeypatch, private=False)
+    assert CLUSTER_ONLY <= names and "DatasetsCallback" not in names
+
+
+def test_a_run_with_ray_datasets_keeps_its_dataset_manager_and_the_users_metrics_setting_wins(monkeypatch):
+    names = _callbacks(monkeypatch, private=True, datasets={"train": lambda: None}, metrics_env="1")  # lazy
+    assert {"DatasetsCallback", "ControllerMetricsCallback", "WorkerMetricsCallback"} <= names
+    assert "PlacementGroupCleanerCallback" not in names

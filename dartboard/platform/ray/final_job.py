@@ -217,11 +217,13 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
                        storage_path: str, *, workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                        max_failures: int = 2):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from dartboard.platform.ray.trainer import DartboardTrainer
 
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
-    return TorchTrainer(
+    return DartboardTrainer(
         final_loop_per_worker,
         train_loop_config={"genotype": genotype, "train": train, "dataset": dataset, "data_root": data_root,
                            "threads": max(1, int(cpus_per_worker))},

@@ -377,13 +377,15 @@ def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: 
     """A search TorchTrainer. The deterministic ``name`` makes a relaunch resume from the last
     checkpoint (Ray Train V2 reads ``storage_path/name/checkpoint_manager_snapshot.json``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from dartboard.platform.ray.trainer import DartboardTrainer
 
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     loop_config = {"run": run, "objective": objective or {"kind": "supernet"}, "final": final, "key": key,
                    "required_metrics": list(required_metrics), "threads": max(1, int(cpus_per_worker))}
-    return TorchTrainer(
+    return DartboardTrainer(
         search_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -1,0 +1,66 @@
+"""The TorchTrainer of every dartboard Train run (a trial's search, a final training).
+
+Ray Train starts a handful of actors per run, each a fresh Python process importing Ray (2 to 5 CPU
+seconds each on a 2-core machine). Two of them have no work in dartboard's runs:
+
+- the ``DatasetManager`` hands out Ray Data shards: dartboard passes no Ray Datasets (each worker loads
+  its split itself), so a run without datasets goes without it, on any cluster;
+- the detached ``PlacementGroupCleaner`` frees a run's placement group when its controller dies without
+  freeing it. On a private local instance (``session.init_ray`` without an address) a dead driver takes
+  the whole instance with it, and the placement group of a trial that Tune stops is freed by
+  ``trial.release_placement_group``: there it goes too. A cluster keeps it;
+- the controller's and the workers' metrics callbacks feed Ray's Prometheus export, which nothing scrapes
+  on a private instance (``RAY_TRAIN_METRICS_ENABLED`` set by the user wins).
+
+Measured (README "Benchmarks"): the digits sweep's CPU time and the suite's Ray tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ray.train.torch import TorchTrainer
+
+from dartboard.platform.ray.session import PRIVATE_INSTANCE_ENV, TRAIN_METRICS_ENV
+
+
+def private_instance() -> bool:
+    """True when this process belongs to a job on a private local instance started by ``init_ray``: the
+    mark of ``session.worker_env(local=True)``, read from the environment (actors) or from Ray's runtime
+    context (the driver)."""
+    import ray
+
+    if os.environ.get(PRIVATE_INSTANCE_ENV) == "1":
+        return True
+    if not ray.is_initialized():
+        return False
+    env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    return env.get(PRIVATE_INSTANCE_ENV) == "1"
+
+
+def idle_callback_types(has_datasets: bool, private: bool) -> tuple[type, ...]:
+    """Ray Train's default callbacks that have no work in this run (an idle actor, an export nobody reads).
+    Ray's internal names: if a Ray release moves them, runs keep all of Ray's callbacks (and
+    ``tests/test_ray_session.py`` turns red)."""
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.metrics import ControllerMetricsCallback, WorkerMetricsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return ()
+
+    idle: tuple[type, ...] = () if has_datasets else (DatasetsCallback,)
+    if private:
+        idle += (PlacementGroupCleanerCallback,)
+        if not os.environ.get(TRAIN_METRICS_ENV):
+            idle += (ControllerMetricsCallback, WorkerMetricsCallback)
+    return idle
+
+
+class DartboardTrainer(TorchTrainer):
+    """``TorchTrainer`` without the per-run actors that have no work in this run (module docstring)."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        idle = idle_callback_types(bool(self.datasets), private_instance())
+        return [c for c in callbacks if not isinstance(c, idle)]
