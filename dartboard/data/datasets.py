@@ -47,16 +47,16 @@ class Splits:
 
 
 def _digits_arrays(colour: bool = False, test_fraction: float = 0.2) -> tuple[np.ndarray, ...]:
-    """(x_train, x_test, y_train, y_test) of digits in [0, 1]; ``colour``: the colour-digits images."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """(x_train, x_test, y_train, y_test) of digits in [0, 1]; ``colour``: the colour-digits images.
+    scikit-learn's digits and split, through this machine's cache (:mod:`dartboard.data.digits_cache`)."""
+    from dartboard.data.digits_cache import digits_split
 
-    digits = load_digits()
-    x = digits.images.astype(np.float32) / 16.0
-    y = digits.target.astype(np.int64)
+    d = digits_split(DIGITS_TEST_SEED, test_fraction)
+    x = d["images"].astype(np.float32) / 16.0
+    y = d["target"]
     if colour:
         x = colourise(x, y)
-    return tuple(train_test_split(x, y, test_size=test_fraction, random_state=DIGITS_TEST_SEED, stratify=y))
+    return x[d["train_idx"]], x[d["test_idx"]], y[d["train_idx"]], y[d["test_idx"]]
 
 
 def _digits() -> Splits:
