@@ -14,7 +14,11 @@ log = logging.getLogger("dartboard")
 #: TrainConfig's fields as the flags that set them (errors name the flag the user typed).
 FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "batch_size": "--batch-size",
          "lr": "--lr", "drop_path_prob": "--drop-path", "cutout_length": "--cutout-length",
-         "label_smoothing_eps": "--label-smoothing", "precision": "--precision", "grad_clip": "--grad-clip"}
+         "label_smoothing_eps": "--label-smoothing", "precision": "--precision", "grad_clip": "--grad-clip",
+         "lr_schedule": "--lr-schedule", "lr_gamma": "--lr-gamma"}
+#: ``--protocol``: the evaluation protocol whose published values are the defaults (``cifar``: DARTS CIFAR-10,
+#: scaled down on the small bundled data; ``imagenet``: DARTS ImageNet mobile, ``IMAGENET_PROTOCOL``).
+PROTOCOLS = ("cifar", "imagenet")
 
 
 def train(
@@ -23,14 +27,26 @@ def train(
     layers: int = typer.Option(None, help="Number of cells."),
     epochs: int = typer.Option(None, help="Training epochs."),
     batch_size: int = typer.Option(None, help="Batch size."),
-    lr: float = typer.Option(None, help="SGD learning rate, cosine to 0 (default 0.025; mlp heads 0.06)."),
+    protocol: str = typer.Option(None, help="Evaluation protocol whose published values are the defaults: cifar "
+                                 "(DARTS CIFAR-10: C=36, 20 cells, SGD 0.025 cosine, 600 epochs; smaller on the "
+                                 "bundled digits) or imagenet (DARTS ImageNet mobile: C=48, 14 cells, ImageNet "
+                                 "stem, 224 px, batch 128, SGD 0.1 momentum 0.9 wd 3e-5, lr x 0.97 every epoch, "
+                                 "250 epochs, auxiliary 0.4, label smoothing 0.1, no cutout, no drop path). "
+                                 "Default: imagenet for --dataset imagenet, else cifar. Every flag overrides it."),
+    lr: float = typer.Option(None, help="SGD learning rate (default 0.025, imagenet protocol 0.1; mlp heads 0.06)."),
+    lr_schedule: str = typer.Option(None, help="cosine (to 0 over the epochs; cifar protocol) or step (lr x "
+                                               "--lr-gamma every epoch; imagenet protocol)."),
+    lr_gamma: float = typer.Option(None, help="Step schedule's decay per epoch (DARTS ImageNet: 0.97)."),
+    image_size: int = typer.Option(None, help="Image folders are resized to this many pixels (default 224 with "
+                                              "the imagenet protocol, else 32)."),
     auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Auxiliary head (weight 0.4; default: "
                                    "on for CIFAR/image data as in DARTS, off on the small bundled data)."),
     drop_path: float = typer.Option(None, help="Drop path probability, ramped linearly (default: 0.2 on CIFAR/image "
                                                "data as in DARTS, 0 on the small bundled data)."),
-    dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder (default: digits; "
-                                "colour-digits for a ColorNAS genotype)."),
-    data_root: str = typer.Option(None, help="Folder holding the local dataset."),
+    dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder, imagenet "
+                                "(default: digits; colour-digits for a ColorNAS genotype)."),
+    data_root: str = typer.Option(None, help="Folder holding the local dataset (imagenet: train/ and val/, one "
+                                             "folder per class; nothing is downloaded)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     out: str = typer.Option(None, help="Where weights go (default: next to the genotype file)."),
@@ -42,10 +58,12 @@ def train(
                                              "with a predictor, else simclr)."),
     cutout: bool = typer.Option(None, "--cutout/--no-cutout", help="Cutout on the training batches (default: on "
                                 "for CIFAR/image data as in DARTS, off on the small bundled data)."),
-    cutout_length: int = typer.Option(16, help="Cutout square side in pixels (DARTS CIFAR: 16)."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing epsilon, 0 = off (DARTS ImageNet: 0.1)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)."),
-    grad_clip: float = typer.Option(5.0, help="Gradient norm clip (DARTS: 5)."),
+    cutout_length: int = typer.Option(None, help="Cutout square side in pixels (DARTS CIFAR: 16)."),
+    label_smoothing: float = typer.Option(None, help="Label smoothing epsilon, 0 = off (default: off; imagenet "
+                                                     "protocol 0.1 as in DARTS ImageNet)."),
+    precision: str = typer.Option(None, help="fp32 (default), bf16 or fp16 (autocast; fp16 with a gradient "
+                                             "scaler)."),
+    grad_clip: float = typer.Option(None, help="Gradient norm clip (DARTS: 5)."),
     workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 without --address trains in this process."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray Train worker (NCCL when > 0, else gloo)."),
     address: str = typer.Option(None, help="Ray cluster address (e.g. auto); implies a Ray Train job."),
@@ -67,6 +85,11 @@ def train(
                              f"an mlp genotype (train it in one process)")
     if storage is not None and not distributed:
         raise UserInputError("--storage: only for a Ray Train job (--workers > 1 or --address)")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise UserInputError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if geno.kind == "mlp" and protocol is not None:
+        raise UserInputError(f"--protocol: the evaluation protocols train cell networks; {genotype!r} is an mlp "
+                             f"genotype")
     if framework is not None and geno.kind != "mlp":
         raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
                              f"genotype")
@@ -87,16 +110,19 @@ def train(
 
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_dataset(dataset)
-    switches = protocol_switches(dataset, auxiliary=auxiliary, cutout=cutout, drop_path_prob=drop_path)
-    protocol = {"lr": 0.025 if lr is None else lr, **switches, "cutout_length": cutout_length,
-                "label_smoothing": label_smoothing > 0,
-                "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1, "precision": precision,
-                "grad_clip": grad_clip, "seed": seed, "device": resolved}
-    cfg = _train_config(dataset, channels, layers, epochs, batch_size, protocol)
+    name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
+    given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
+             "precision": precision, "grad_clip": grad_clip, "lr_schedule": lr_schedule, "lr_gamma": lr_gamma}
+    if label_smoothing is not None:
+        given |= {"label_smoothing": label_smoothing > 0,
+                  "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1}
+    cfg = _train_config(name, dataset, given, seed=seed, device=resolved)
+    image_size = image_size or (224 if name == "imagenet" else 32)
     cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
                "storage": storage} if distributed else None
     _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
-                 register_as)
+                 register_as, image_size)
 
 
 #: The DARTS evaluation protocol's switches (Liu et al. 2019, CIFAR-10: auxiliary towers weight 0.4,
@@ -114,22 +140,27 @@ def protocol_switches(dataset: str, **given) -> dict:
     return {k: given[k] if given.get(k) is not None else v for k, v in defaults.items()}
 
 
-def _train_config(dataset, channels, layers, epochs, batch_size, protocol):
+def _train_config(protocol: str, dataset: str, given: dict, **fixed):
+    """The protocol's published values (``cifar`` scaled down on the small bundled data), then every
+    value the user gave (None: not given), then ``fixed`` (seed, device)."""
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset
-    from dartboard.training.final import TrainConfig
+    from dartboard.training.final import IMAGENET_PROTOCOL, TrainConfig
 
-    defaults = DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset) else {}
-    values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
-    chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
+    if protocol == "imagenet":
+        base = dict(IMAGENET_PROTOCOL)
+    else:
+        base = {"lr": 0.025, **protocol_switches(dataset), **(DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset)
+                                                              else {})}
     try:
-        return TrainConfig(**chosen, **protocol)
+        return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}, **fixed})
     except UserInputError as err:  # name the flag, not the config field
         field, _, rest = str(err).partition(":")
         raise UserInputError(f"{FLAGS.get(field, field)}:{rest}") from None
 
 
 def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
-                 as_json: bool, cluster: dict | None = None, register_as: str | None = None) -> None:
+                 as_json: bool, cluster: dict | None = None, register_as: str | None = None,
+                 image_size: int = 32) -> None:
     from dartboard.data.datasets import load_dataset
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
@@ -152,7 +183,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
         check_tracking_server(resolved_uri(tracking_uri))
-    splits = load_dataset(dataset, data_root)
+    splits = load_dataset(dataset, data_root, image_size)
     with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
         network_of(geno, cfg, splits.info)
     log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
@@ -163,7 +194,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     else:
         from dartboard.platform.ray.final_job import train_on_ray
 
-        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster)
+        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster, image_size=image_size)
         if last.get("finished_before"):
             log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
         log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),

@@ -80,7 +80,7 @@ def sharded_train_loader(train: Any, batch_size: int, seed: int, rank: int, worl
 # ------------------------------------------------------------------ the worker loop
 def final_loop_per_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``. ``config``: ``genotype`` (dict), ``train`` (TrainConfig fields),
-    ``dataset``, ``data_root``, ``threads``."""
+    ``dataset``, ``data_root``, ``image_size``, ``threads``."""
     import ray.train
     import ray.train.torch
 
@@ -97,7 +97,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**{**config["train"], "device": str(device)})
     genotype = gt.from_dict(config["genotype"])
     seed_everything(cfg.seed)
-    splits = load_dataset(config["dataset"], config["data_root"])
+    splits = load_dataset(config["dataset"], config["data_root"], int(config.get("image_size", 32)))
     net = network_of(genotype, cfg, splits.info).to(device)
     loader, sampler = sharded_train_loader(splits.train, cfg.batch_size, cfg.seed, rank, world)
     trainer = FinalTrainer(net, cfg, device, ddp_wrapper(device) if world > 1 else None)
@@ -215,7 +215,7 @@ def _gate(rank: int, epoch: int) -> None:
 # ------------------------------------------------------------------ the driver
 def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset: str, data_root: str | None,
                        storage_path: str, *, workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                       max_failures: int = 2):
+                       max_failures: int = 2, image_size: int = 32):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -224,7 +224,7 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
     return TorchTrainer(
         final_loop_per_worker,
         train_loop_config={"genotype": genotype, "train": train, "dataset": dataset, "data_root": data_root,
-                           "threads": max(1, int(cpus_per_worker))},
+                           "image_size": image_size, "threads": max(1, int(cpus_per_worker))},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path,
@@ -247,7 +247,7 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
 
 def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, out_dir: str | Path, *,
                  workers: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, address: str | None = None,
-                 max_failures: int = 2, storage: str | None = None):
+                 max_failures: int = 2, storage: str | None = None, image_size: int = 32):
     """Run (or resume) the final training of ``genotype`` as a Ray Train job; the model files land in
     ``out_dir``, the checkpoints under ``storage`` (default ``out_dir/ray``; a multi-node cluster needs
     storage every node sees: NFS, s3://, gs://). Returns a ``TrainResult`` and the last metrics."""
@@ -277,7 +277,7 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
         start = time.perf_counter()
         result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
                                     cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                    max_failures=max_failures).fit()
+                                    max_failures=max_failures, image_size=image_size).fit()
         seconds = time.perf_counter() - start
     finally:
         if started:  # this call's own Ray instance (a study's or a test's stays up)
