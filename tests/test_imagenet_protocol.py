@@ -17,8 +17,14 @@ from test_final_training import N, tiny_splits
 from dartboard.errors import UserInputError
 from dartboard.platform.cli.train import _train_config
 from dartboard.spaces.catalog import resolve
-from dartboard.training.final import IMAGENET_PROTOCOL, ShapeInfo, TrainConfig, network_from_files, network_of, \
-    train_genotype
+from dartboard.training.final import (
+    IMAGENET_PROTOCOL,
+    ShapeInfo,
+    TrainConfig,
+    network_from_files,
+    network_of,
+    train_genotype,
+)
 
 PUBLISHED = {"channels": 48, "layers": 14, "stem": "imagenet", "batch_size": 128, "lr": 0.1, "momentum": 0.9,
              "weight_decay": 3e-5, "lr_schedule": "step", "lr_gamma": 0.97, "lr_decay_period": 1, "epochs": 250,
