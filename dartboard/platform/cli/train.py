@@ -19,6 +19,7 @@ FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "
 #: ``--protocol``: the evaluation protocol whose published values are the defaults (``cifar``: DARTS CIFAR-10,
 #: scaled down on the small bundled data; ``imagenet``: DARTS ImageNet mobile, ``IMAGENET_PROTOCOL``).
 PROTOCOLS = ("cifar", "imagenet")
+EXPERIMENT = "dartboard"  # the MLflow experiment of final trainings
 
 
 def train(
@@ -163,6 +164,8 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
                  image_size: int = 32) -> None:
     from dartboard.data.datasets import load_dataset
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    from dartboard.platform.tracking.epochs import log_epoch_safely
+    from dartboard.platform.tracking.final import default_model_name
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
     from dartboard.training.final import network_of, train_genotype
 
@@ -179,29 +182,41 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
 
         check_resources(cluster["workers"], 1.0, cluster["gpus_per_worker"], float("inf"),
                         float(torch.cuda.device_count()))
+    name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
+    logger = None
     if not no_mlflow:
+        from dartboard.platform.tracking.epochs import EpochLogger, absolute_uri, open_train_run
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
-        check_tracking_server(resolved_uri(tracking_uri))
+        tracking_uri = absolute_uri(resolved_uri(tracking_uri))
+        check_tracking_server(tracking_uri)
+        # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends
+        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, EXPERIMENT, name, genotype,
+                                                          out_dir if cluster is not None else None))
     splits = load_dataset(dataset, data_root, image_size)
     with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
         network_of(geno, cfg, splits.info)
     log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
     if cluster is None:
-        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=lambda e, m: log.info(
-            "epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", e + 1, m["train_loss"],
-            m["train_acc"]))
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            log.info("epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", epoch + 1,
+                     metrics["train_loss"], metrics["train_acc"])
+            log_epoch_safely(logger, epoch, metrics)
+
+        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=on_epoch)
     else:
         from dartboard.platform.ray.final_job import train_on_ray
 
-        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster, image_size=image_size)
+        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster, image_size=image_size,
+                                    mlflow=logger)
         if last.get("finished_before"):
             log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
         log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
                  bool(last["replicas_identical"]), last["resumed_at"] or "none")
     (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
-    if not no_mlflow:
-        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, register_as, cluster, as_json)
+    if logger is not None:
+        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
+                  logger.run_id)
     if as_json:
         typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
                                "test_loss": result.test_loss, "parameters": result.parameters,
@@ -215,15 +230,15 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     typer.echo(f"test_acc {result.test_acc:.4f}")
 
 
-def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, register_as: str | None,
-              cluster: dict | None, as_json: bool) -> None:
-    from dartboard.platform.tracking.final import default_model_name, register_final
+def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, name_alias: tuple[str, str],
+              cluster: dict | None, as_json: bool, run_id: str) -> None:
+    from dartboard.platform.tracking.final import register_final
 
-    name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
+    name, alias = name_alias
     config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "dataset": dataset,
               "workers": cluster["workers"] if cluster else 1}
-    version = register_final(uri, "dartboard", name, alias or None, genotype, config, result, out_dir,
-                             {"dataset": dataset})
+    version = register_final(uri, EXPERIMENT, name, alias or None, genotype, config, result, out_dir,
+                             {"dataset": dataset}, run_id=run_id)
     typer.echo(f"registered {name} version {version.version}" + (f" (@{alias})" if alias else ""),
                err=as_json)  # --json: stdout holds the JSON only
 
