@@ -43,6 +43,10 @@ def test_the_iterations_are_spread_over_the_search_epochs_after_pretraining():
         run_epochs(searcher, 1, 0)
         steps.append(len(searcher.dario.history))  # one proxy value per Algorithm-5 iteration
     assert steps == [2, 4, 7]  # 7 * (j + 1) // 3 after search epoch j: shares 2, 2, 3
+    # the alpha pictures' weights per block: (keep, prune) = (gate, 1 - gate); 0.5 before the search
+    assert searcher.history[0]["weights"] == [[[0.5, 0.5]] * 3]
+    gates = torch.sigmoid(searcher.dario.alpha["block"]).tolist()
+    assert searcher.history[-1]["weights"] == [[[pytest.approx(g), pytest.approx(1 - g)] for g in gates]]
 
 
 def test_a_resumed_dario_searcher_continues_its_pretraining_bit_identically(tmp_path):

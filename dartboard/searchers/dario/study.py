@@ -171,16 +171,21 @@ class DarioStudySearcher:
         return prune_vit(self.model, genotype)
 
     def _gate_values(self) -> list[list[list[float]]]:
-        if self.dario is None:
-            return []
-        return [g.detach().float().cpu().reshape(-1, 1).tolist() for g in self.dario.gates() if g is not None]
+        """Per group (block, head) and row: [gate, 1 - gate], the (keep, prune) weights of the alpha
+        pictures; sigmoid(0) = 0.5 before Algorithm 5 has run (its alphas start at 0)."""
+        if self.dario is not None:
+            gates = [g.detach().float().cpu().reshape(-1) for g in self.dario.gates() if g is not None]
+        else:
+            gates = [torch.full((len(group.rows),), 0.5) for group in self.alpha_groups()]
+        return [[[float(v), 1.0 - float(v)] for v in g] for g in gates]
 
     def alpha_groups(self) -> list[AlphaGroup]:
         g, nb, nh = self.config.granularity, self.n_blocks, self.n_heads
-        groups = [AlphaGroup("block", tuple(range(nb)), tuple(("keep",) for _ in range(nb)))] if g != "head" else []
+        keep = ("keep", "prune")
+        groups = [AlphaGroup("block", tuple(range(nb)), tuple(keep for _ in range(nb)))] if g != "head" else []
         if g in ("head", "both"):
             rows = tuple((b, h) for b in range(nb) for h in range(nh))
-            groups.append(AlphaGroup("head", rows, tuple(("keep",) for _ in rows)))
+            groups.append(AlphaGroup("head", rows, tuple(keep for _ in rows)))
         return groups
 
     def metrics(self) -> dict[str, float]:
