@@ -17,6 +17,7 @@ from test_final_training import N, tiny_splits
 from dartboard.errors import UserInputError
 from dartboard.platform.cli.train import _train_config
 from dartboard.spaces.catalog import resolve
+from dartboard.spaces.networks import count_parameters
 from dartboard.training.final import (
     IMAGENET_PROTOCOL,
     ShapeInfo,
@@ -77,6 +78,10 @@ def test_the_preset_network_has_14_cells_of_c48_with_the_imagenet_stem_even_at_a
     net.train()
     logits, aux = net(torch.randn(2, 3, 16, 16))
     assert logits.shape == aux.shape == (2, 5)
+    # DARTS (V2) in the ImageNet mobile setting: 4.7M parameters (Liu et al. 2019, Table 3); the reference
+    # train_imagenet.py logs "param size = 4.718752MB" (auxiliary head left out, as there)
+    full = network_of(resolve("darts-v2"), TrainConfig(**IMAGENET_PROTOCOL), ShapeInfo(3, 224, 1000))
+    assert count_parameters(full) == 4_718_752
 
 
 def write_images(root, part: str, classes: dict[str, list[tuple[int, int, int]]]) -> None:
