@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from dartboard.platform.tracking.epochs import RUN_FILE, EpochLogger, absolute_uri, open_train_run
+from dartboard.platform.tracking.epochs import RUN_FILE, EpochLogger, absolute_uri, close_unfinished, open_train_run
 
 pytest.importorskip("mlflow")
 
@@ -45,3 +45,19 @@ def test_relative_stores_become_absolute_for_workers_in_another_directory(tmp_pa
     assert absolute_uri(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
     assert absolute_uri("mlruns") == os.path.join(str(tmp_path), "mlruns")
     assert absolute_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_a_stopped_training_keeps_a_run_with_epochs_and_deletes_one_without(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trained, refused = tmp_path / "trained", tmp_path / "refused"
+    logger = EpochLogger(uri, open_train_run(uri, "dartboard", "x", "darts-v2", trained))
+    logger(0, {"train_loss": 1.0})
+    close_unfinished(logger, trained, "KILLED", remove_dir=True)  # interrupted after an epoch: continued later
+    assert MlflowClient(uri).get_run(logger.run_id).info.status == "KILLED"
+    assert open_train_run(uri, "dartboard", "x", "darts-v2", trained) == logger.run_id
+    empty = EpochLogger(uri, open_train_run(uri, "dartboard", "x", "darts-v2", refused))
+    close_unfinished(empty, refused, remove_dir=True)  # refused before its first epoch: as if never started
+    assert MlflowClient(uri).get_run(empty.run_id).info.lifecycle_stage == "deleted"
+    assert not refused.exists() and (trained / RUN_FILE).is_file()

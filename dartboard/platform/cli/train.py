@@ -162,12 +162,9 @@ def _train_config(protocol: str, dataset: str, given: dict, **fixed):
 def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
                  as_json: bool, cluster: dict | None = None, register_as: str | None = None,
                  image_size: int = 32) -> None:
-    from dartboard.data.datasets import load_dataset
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
-    from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.platform.tracking.final import default_model_name
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
-    from dartboard.training.final import network_of, train_genotype
 
     if out is None:
         path = Path(genotype)
@@ -183,7 +180,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
         check_resources(cluster["workers"], 1.0, cluster["gpus_per_worker"], float("inf"),
                         float(torch.cuda.device_count()))
     name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
-    logger = None
+    logger, out_existed = None, out_dir.exists()
     if not no_mlflow:
         from dartboard.platform.tracking.epochs import EpochLogger, absolute_uri, open_train_run
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
@@ -193,6 +190,40 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
         # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends
         logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, EXPERIMENT, name, genotype,
                                                           out_dir if cluster is not None else None))
+    try:
+        result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger)
+    except BaseException as err:
+        if logger is not None:
+            from dartboard.platform.tracking.epochs import close_unfinished
+
+            close_unfinished(logger, out_dir if cluster is not None else None,
+                             "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED",
+                             remove_dir=not out_existed)
+        raise
+    (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
+    if logger is not None:
+        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
+                  logger.run_id)
+    if as_json:
+        typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
+                               "test_loss": result.test_loss, "parameters": result.parameters,
+                               "seconds": round(result.seconds, 3), "weights": str(result.weights_path),
+                               "weights_sha256": result.weights_sha256, "history": result.history,
+                               "config": {k: v for k, v in cfg.__dict__.items()}}, indent=1))
+        return
+    typer.echo(f"weights written to {result.weights_path} (sha256 {result.weights_sha256})")
+    typer.echo(f"parameters {result.parameters}")
+    typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
+    typer.echo(f"test_acc {result.test_acc:.4f}")
+
+
+def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: dict | None, image_size: int,
+         logger):
+    """Train in this process or as a Ray Train job; (TrainResult, splits)."""
+    from dartboard.data.datasets import load_dataset
+    from dartboard.platform.tracking.epochs import log_epoch_safely
+    from dartboard.training.final import network_of, train_genotype
+
     splits = load_dataset(dataset, data_root, image_size)
     with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
         network_of(geno, cfg, splits.info)
@@ -213,21 +244,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
             log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
         log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
                  bool(last["replicas_identical"]), last["resumed_at"] or "none")
-    (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
-    if logger is not None:
-        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
-                  logger.run_id)
-    if as_json:
-        typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
-                               "test_loss": result.test_loss, "parameters": result.parameters,
-                               "seconds": round(result.seconds, 3), "weights": str(result.weights_path),
-                               "weights_sha256": result.weights_sha256, "history": result.history,
-                               "config": {k: v for k, v in cfg.__dict__.items()}}, indent=1))
-        return
-    typer.echo(f"weights written to {result.weights_path} (sha256 {result.weights_sha256})")
-    typer.echo(f"parameters {result.parameters}")
-    typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
-    typer.echo(f"test_acc {result.test_acc:.4f}")
+    return result, splits
 
 
 def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, name_alias: tuple[str, str],

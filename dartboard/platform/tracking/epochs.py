@@ -97,3 +97,22 @@ def log_epoch_safely(logger: EpochLogger | None, step: int, metrics: Mapping[str
         logger(step, metrics)
     except Exception as err:  # noqa: BLE001 - any store error
         log.warning("MLflow: epoch %d not logged live (%s); it is logged with the model at the end", step, err)
+
+
+def close_unfinished(logger: EpochLogger, out_dir: str | Path | None, status: str = "FAILED",
+                     remove_dir: bool = False) -> None:
+    """A training that stopped before its model was registered: a run that holds no epoch is deleted
+    (with its record in ``out_dir``, and ``out_dir`` itself when ``remove_dir`` and it is left empty), as
+    if it never started (bad input found by the driver, e.g. another training's checkpoint); one that
+    holds epochs ends as ``status`` (FAILED, KILLED) and stays recorded, so the same command continues it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=logger.uri)
+    if client.get_metric_history(logger.run_id, MARKER):
+        client.set_terminated(logger.run_id, status)
+        return
+    client.delete_run(logger.run_id)
+    if out_dir is not None:
+        (Path(out_dir) / RUN_FILE).unlink(missing_ok=True)
+        if remove_dir and not any(Path(out_dir).iterdir()):
+            Path(out_dir).rmdir()
