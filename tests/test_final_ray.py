@@ -8,7 +8,9 @@
   of tests/epoch_gate.py; no timing) resumes from the epoch-1 checkpoint: the epoch counter goes on at
   2, and the weights equal those of the uninterrupted 2-worker run bit for bit;
 - the same through the console script with the driver killed instead (SIGKILL, process group ended):
-  the same command run again continues from epoch 1 and ends with the same weights.
+  the same command run again continues from epoch 1 and ends with the same weights; its MLflow run (sqlite)
+  holds epoch 0's metrics while the job is held after epoch 1 (rank 0 logs each epoch as it ends), and
+  after the relaunch the same run holds steps 0, 1, 2 once each and is the registered version's run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from servers import kill_session
 
 from dartboard.platform.ray.final_job import PID_FILE, RAY_DIR, RUN_NAME, train_on_ray
 from dartboard.platform.ray.worker import EPOCH_GATE_ENV
+from dartboard.platform.tracking.epochs import RUN_FILE
 from dartboard.spaces.catalog import resolve
 from dartboard.training.final import TrainConfig
 
@@ -189,7 +192,7 @@ def test_a_killed_driver_is_continued_by_the_same_command(gated_ray, two_workers
     before = len(lines(gate))
     args = ["darts-v2", "--workers", "2", "--channels", "4", "--layers", "3", "--epochs", "3", "--batch-size", "64",
             "--auxiliary", "--drop-path", "0.2", "--cutout", "--cutout-length", "4", "--seed", "0", "--out", str(out),
-            "--no-mlflow"]
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--register", "killed-driver"]
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, EPOCH_GATE_ENV: str(gate)}
 
     def launch(log: Path) -> subprocess.Popen:  # its own session: its Ray daemons die with its process group
@@ -200,6 +203,7 @@ def test_a_killed_driver_is_continued_by_the_same_command(gated_ray, two_workers
     try:
         held = wait_until(lambda: lines(gate)[before:] == [f"{RUN_NAME} 1"] and epoch_committed(out, 1), first)
         assert held, (tmp_path / "first.log").read_text()[-3000:]
+        assert logged_steps(out, "train_loss") == [0]  # live: epoch 1 is in MLflow while the job is held
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     finally:
@@ -216,6 +220,20 @@ def test_a_killed_driver_is_continued_by_the_same_command(gated_ray, two_workers
     assert "resumed at epochs [1]" in log
     uninterrupted, resumed = weights(two_workers[0]), weights(out)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), "the relaunch left the path"
+    for key in ("train_loss", "train_acc", "lr", "replicas_identical"):
+        assert logged_steps(out, key) == [0, 1, 2], key  # one run, each epoch once
+    from dartboard.platform.tracking.runs import client
+
+    record = json.loads((out / RUN_FILE).read_text())
+    assert client(record["uri"]).get_model_version("killed-driver", "1").run_id == record["run_id"]
+
+
+def logged_steps(out: Path, key: str) -> list[int]:
+    """The steps of ``key`` in the MLflow run the training recorded in its output folder."""
+    from dartboard.platform.tracking.runs import client
+
+    record = json.loads((out / RUN_FILE).read_text())
+    return [m.step for m in client(record["uri"]).get_metric_history(record["run_id"], key)]
 
 
 def end_session(proc: subprocess.Popen) -> None:

@@ -134,20 +134,26 @@ def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path
                 "train": {}}
     (checkpoint / "progress.json").write_text(json.dumps({"history": [], "identity": identity}))
     tiny = ["--channels", "4", "--layers", "3", "--epochs", "1", "--no-mlflow"]
+    tracked = ["--tracking-uri", trained["uri"]]  # found by the driver after the MLflow run is opened
+    runs_before = len(client(trained["uri"]).search_runs([e.experiment_id for e in client(
+        trained["uri"]).search_experiments()]))
     cases = [
         (["darts-v2", "--workers", "2", "--gpus-per-worker", "1", "--out", str(tmp_path / "a")],
          "--gpus-per-worker: 2 worker(s) x 1 GPU = 2 GPU(s) asked for, but the cluster has"),
-        (["darts-v1", "--workers", "2", "--out", str(other)], "belongs to another training (genotype"),
+        (["darts-v1", "--workers", "2", "--out", str(other), *tracked], "belongs to another training (genotype"),
         (["pmsm-baseline", "--workers", "2", "--out", str(tmp_path / "b")], "is not a cell network"),
         (["darts-v2", "--precision", "fp8", "--out", str(tmp_path / "c")], "--precision: expected one of fp32"),
-        (["darts-v2", "--workers", "3", "--batch-size", "64", "--out", str(tmp_path / "d")],
+        (["darts-v2", "--workers", "3", "--batch-size", "64", "--out", str(tmp_path / "d"), *tracked],
          "batch_size: 64 is not divisible by the 3 workers"),
     ]
     if torch.cuda.is_available():
         cases = cases[1:]
     for args, message in cases:
-        result = run(["train", *args, *tiny])
+        result = run(["train", *args, *(tiny[:-1] if "--tracking-uri" in args else tiny)])
         errors = error_lines(result.stderr)
         assert result.returncode == 2 and len(errors) == 1 and message in errors[0], (args, result.stderr)
     assert not any((tmp_path / name).exists() for name in "abcd")
     assert sorted(p.name for p in other.rglob("*")) == ["checkpoint_0", "final", "progress.json", "ray"]
+    # no MLflow run left behind by the refused trainings (their runs held no epoch: deleted)
+    assert len(client(trained["uri"]).search_runs([e.experiment_id for e in client(
+        trained["uri"]).search_experiments()])) == runs_before

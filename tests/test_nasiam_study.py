@@ -35,11 +35,11 @@ def test_a_nasiam_study_trains_on_the_presets_two_view_data_by_default():
 
 
 def test_the_derived_objective_of_heads_is_knn_on_the_search_halves_never_the_test_split(monkeypatch):
-    from dartboard.platform.ray import worker
+    from dartboard.platform.ray import derived
 
     views = load_dataset("digits-views")
     halves = search_split(views.train, _Run.seed, 0.5)
-    score = worker._derived_accuracy(HEADS, views, halves, OBJECTIVE, _Run, torch.device("cpu"), 0, _Searcher)
+    score = derived.derived_accuracy(HEADS, views, halves, OBJECTIVE, _Run, torch.device("cpu"), 0, _Searcher)
 
     # the same pretraining and kNN by hand, on the halves' samples: fit on the first, score on the second
     cfg = E.SslConfig(framework="simsiam", C=4, epochs=1, batch_size=64, seed=_Run.seed)
@@ -66,7 +66,7 @@ def test_the_derived_objective_of_heads_is_knn_on_the_search_halves_never_the_te
 
     monkeypatch.setattr("dartboard.data.datasets.load_dataset", poisoned)
     views_poisoned = poisoned("digits-views")
-    again = worker._derived_accuracy(HEADS, views_poisoned, halves, OBJECTIVE, _Run, torch.device("cpu"), 0,
+    again = derived.derived_accuracy(HEADS, views_poisoned, halves, OBJECTIVE, _Run, torch.device("cpu"), 0,
                                      _Searcher)
     assert again == score
 

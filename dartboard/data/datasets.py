@@ -104,22 +104,27 @@ def _cifar(name: str, root: str | None) -> Splits:
     return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100, mean, std))
 
 
-def _imagefolder(root: str | None, image_size: int) -> Splits:
+#: ImageNet's channel statistics (torchvision, DARTS ``train_imagenet.py``).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
+                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> Splits:
+    """train/ and test/ (or val/: ImageNet's layout) of one folder per class, resized to ``image_size``."""
     if root is None or not Path(root).is_dir():
-        raise DataError(f"imagefolder: folder {root!r} does not exist; pass --data-root with train/ and test/ "
-                        "subfolders of one folder per class")
+        raise DataError(f"{name}: folder {root!r} does not exist; pass --data-root with train/ and test/ (or val/) "
+                        "subfolders of one folder per class (nothing is downloaded)")
     base = Path(root)
     test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
     if not (base / "train").is_dir() or test_dir is None:
-        raise DataError(f"imagefolder: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class")
+        raise DataError(f"{name}: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class")
     from torchvision import datasets, transforms
 
-    mean = std = (0.5, 0.5, 0.5)
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                              transforms.Normalize(mean, std)])
     train = datasets.ImageFolder(str(base / "train"), transform=tf)
     test = datasets.ImageFolder(str(test_dir), transform=tf)
-    return Splits(train, test, DatasetInfo("imagefolder", 3, image_size, len(train.classes), mean, std))
+    return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std))
 
 
 #: name -> loader(root, image_size) -> Splits. Applications register their own data (a motor
@@ -127,7 +132,7 @@ def _imagefolder(root: str | None, image_size: int) -> Splits:
 #: the searchers' small-data profile applies (digits and the data made from it).
 DATASETS: Registry[Callable[[str | None, int], Splits]] = Registry("dataset")
 SMALL_DATASETS: set[str] = set()
-LOCAL_DATASETS = ("cifar10", "cifar100")  # read from a folder the user gives (--data-root)
+LOCAL_DATASETS = ("cifar10", "cifar100", "imagenet")  # read from a folder the user gives (--data-root)
 
 
 def register_dataset(name: str, loader: Callable[[str | None, int], Splits], small: bool = False) -> None:
@@ -141,6 +146,9 @@ register_dataset(COLOUR_DIGITS, lambda root, image_size: _colour_digits(), small
 register_dataset("cifar10", lambda root, image_size: _cifar("cifar10", root))
 register_dataset("cifar100", lambda root, image_size: _cifar("cifar100", root))
 register_dataset("imagefolder", _imagefolder)
+# ImageNet (ILSVRC-2012) as the user keeps it: DATA_ROOT/train/<wnid>/*.JPEG and DATA_ROOT/val/<wnid>/*.JPEG
+register_dataset("imagenet", lambda root, image_size: _imagefolder(root, image_size, "imagenet", IMAGENET_MEAN,
+                                                                    IMAGENET_STD))
 
 
 def _views(name: str) -> Callable[[str | None, int], Splits]:

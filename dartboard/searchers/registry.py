@@ -5,7 +5,7 @@ are refused with the option's name and the accepted ones."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,13 @@ class DataShape:
 
 @dataclass(frozen=True)
 class SearcherSpec:
+    """A searcher by name: a preset of the one engine, or (``factory``) a searcher that is not a bilevel
+    cell search but speaks the same Searcher protocol (DARIO's single-level gate search), built by
+    ``factory(options, shape, device)`` with the preset's options as the accepted ones."""
+
     name: str
     preset: Preset
+    factory: Callable[[Mapping[str, Any], DataShape, str], Any] | None = None
 
     @property
     def description(self) -> str:
@@ -38,6 +43,8 @@ class SearcherSpec:
     @property
     def options(self) -> tuple[str, ...]:
         """Accepted top-level option names (for validation and sweeps)."""
+        if self.factory is not None:
+            return tuple(self.preset.options)
         return option_names(self.preset.aliases)
 
     @property
@@ -50,12 +57,35 @@ for _name, _preset in PRESETS.items():
     SEARCHERS.add(_name, SearcherSpec(_name, _preset))
 
 
+def _dario(options: Mapping[str, Any], shape: DataShape, device: str) -> Any:
+    from dartboard.searchers.dario.study import DarioStudySearcher
+
+    return DarioStudySearcher(dict(options), shape.in_channels, shape.input_size, shape.num_classes, device)
+
+
+def _register_dario() -> None:
+    from dartboard.searchers.dario.study import DARIO_STUDY_DEFAULTS
+
+    preset = Preset("DARIO (thesis ch. 6, Algorithm 5): data-agnostic pruning of a ViT's blocks/heads by a "
+                    "zero-cost proxy; pre-trains a small local ViT first unless given a checkpoint",
+                    dict(DARIO_STUDY_DEFAULTS), small_data_defaults={})
+    SEARCHERS.add("dario", SearcherSpec("dario", preset, _dario))
+
+
+_register_dario()
+
+
 def get_searcher_spec(name: str) -> SearcherSpec:
     return SEARCHERS.lookup(name)
 
 
 def build_searcher(name: str, options: Mapping[str, Any], shape: DataShape, device: str = "cpu") -> Engine:
     spec = get_searcher_spec(name)
+    if spec.factory is not None:
+        try:
+            return spec.factory(dict(options), shape, device)
+        except ValueError as err:
+            raise ValueError(f"searcher {name!r}: {err}") from None
     platform = {"num_classes": shape.num_classes, "in_channels": shape.in_channels, "input_size": shape.input_size,
                 "device": device}
     try:

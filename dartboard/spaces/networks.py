@@ -4,7 +4,7 @@ Both networks share one skeleton: a stem, ``layers`` cells with reductions at
 ``layers//3`` and ``2*layers//3`` (unless given), global pooling and a linear
 classifier. The stem adapts to the input: a 3x3 convolution to ``stem_multiplier*C``
 channels for inputs up to 32 pixels (CIFAR, 8x8 digits), the DARTS ImageNet stem
-(downsampling by 8) for larger ones.
+(downsampling by 8) for larger ones, unless ``stem`` names one (``cifar`` or ``imagenet``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,16 @@ def default_reductions(layers: int) -> tuple[int, ...]:
     return tuple(sorted({layers // 3, 2 * layers // 3})) if layers >= 3 else ()
 
 
-def _stem(in_channels: int, C_stem: int, C: int, input_size: int) -> tuple[nn.Module, nn.Module | None]:
+#: ``stem`` of a network: chosen by the input size (ImageNet above 32 px), or named.
+STEMS = ("auto", "cifar", "imagenet")
+
+
+def _stem(in_channels: int, C_stem: int, C: int, input_size: int,
+          stem: str = "auto") -> tuple[nn.Module, nn.Module | None]:
     """CIFAR stem (one module) or ImageNet stem (two modules, both downsampling)."""
-    if input_size <= 32:
+    if stem not in STEMS:
+        raise ValueError(f"stem: expected one of {', '.join(STEMS)}, got {stem!r}")
+    if stem == "cifar" or (stem == "auto" and input_size <= 32):
         return nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem)), None
     stem0 = nn.Sequential(
         nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
@@ -39,7 +46,7 @@ class _Skeleton(nn.Module):
     """Stem, cell channels bookkeeping and classifier shared by both networks."""
 
     def _init_skeleton(self, C: int, num_classes: int, layers: int, in_channels: int, input_size: int,
-                       stem_multiplier: int, reductions: Sequence[int] | None) -> None:
+                       stem_multiplier: int, reductions: Sequence[int] | None, stem: str = "auto") -> None:
         if layers < 1:
             raise ValueError(f"layers: expected >= 1, got {layers}")
         self.C, self.num_classes, self.layers = C, num_classes, layers
@@ -47,7 +54,7 @@ class _Skeleton(nn.Module):
         for r in self.reductions:
             if not 0 <= r < layers:
                 raise ValueError(f"reductions: position {r} is outside 0..{layers - 1}")
-        self.stem0, self.stem1 = _stem(in_channels, stem_multiplier * C, C, input_size)
+        self.stem0, self.stem1 = _stem(in_channels, stem_multiplier * C, C, input_size, stem)
         self.imagenet_stem = self.stem1 is not None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
 
@@ -166,10 +173,11 @@ class DiscreteNetwork(_Skeleton):
 
     def __init__(self, genotype: DartsGenotype | CellsGenotype, *, C: int = 36, num_classes: int = 10,
                  layers: int = 20, auxiliary: bool = False, in_channels: int = 3, input_size: int = 32,
-                 stem_multiplier: int = 3, reductions: Sequence[int] | None = None, drop_path_prob: float = 0.0):
+                 stem_multiplier: int = 3, reductions: Sequence[int] | None = None, drop_path_prob: float = 0.0,
+                 stem: str = "auto"):
         super().__init__()
         cell_genotypes, reds = cells_for_layers(genotype, layers, reductions)
-        self._init_skeleton(C, num_classes, layers, in_channels, input_size, stem_multiplier, reds)
+        self._init_skeleton(C, num_classes, layers, in_channels, input_size, stem_multiplier, reds, stem)
         self.genotype = genotype
         self.drop_path_prob = drop_path_prob
         C_pp, C_p, reduction_prev = self._first_channels()

@@ -2,7 +2,8 @@
 
 DARTS evaluation defaults (CIFAR-10): SGD lr 0.025 cosine to 0, momentum 0.9, wd 3e-4,
 grad clip 5, auxiliary weight 0.4, drop path 0.2 (linearly ramped), 600 epochs, batch 96.
-On digits the defaults are smaller (``DIGITS_TRAIN_DEFAULTS``).
+On digits the defaults are smaller (``DIGITS_TRAIN_DEFAULTS``); the ImageNet mobile setting is the
+named preset :data:`IMAGENET_PROTOCOL`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dartboard.errors import UserInputError
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.limits import check_network_size
-from dartboard.spaces.networks import DiscreteNetwork, count_parameters
+from dartboard.spaces.networks import STEMS, DiscreteNetwork, count_parameters
 from dartboard.training.progress import phase
-from dartboard.training.protocol import AMP_DTYPES, FinalTrainer
+from dartboard.training.protocol import AMP_DTYPES, LR_SCHEDULES, FinalTrainer
 
 log = logging.getLogger("dartboard")
 
@@ -49,6 +50,10 @@ class TrainConfig:
     label_smoothing: bool = False
     label_smoothing_eps: float = 0.1  # DARTS ImageNet: CrossEntropyLabelSmooth(0.1)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    lr_schedule: str = "cosine"  # cosine (DARTS CIFAR: to 0 over the epochs) | step (DARTS ImageNet)
+    lr_gamma: float = 0.97  # step: lr x gamma every lr_decay_period epochs (DARTS ImageNet: 0.97, every epoch)
+    lr_decay_period: int = 1
+    stem: str = "auto"  # auto (ImageNet stem above 32 px) | cifar | imagenet (DARTS NetworkImageNet)
     seed: int = 0
     device: str = "cpu"
 
@@ -76,6 +81,26 @@ class TrainConfig:
             raise UserInputError(f"label_smoothing_eps: expected a number in [0, 1), got {self.label_smoothing_eps}")
         if self.precision not in AMP_DTYPES:
             raise UserInputError(f"precision: expected one of {', '.join(AMP_DTYPES)}, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserInputError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise UserInputError(f"lr_gamma: expected a factor in (0, 1], got {self.lr_gamma}")
+        if self.lr_decay_period < 1:
+            raise UserInputError(f"lr_decay_period: expected a positive number of epochs, got {self.lr_decay_period}")
+        if self.stem not in STEMS:
+            raise UserInputError(f"stem: expected one of {', '.join(STEMS)}, got {self.stem!r}")
+
+
+#: The ImageNet mobile setting of the DARTS evaluation protocol (Liu et al. 2019, 5.2 and the
+#: reference ``train_imagenet.py``): C=48, 14 cells, the ImageNet stem, batch 128, SGD lr 0.1,
+#: momentum 0.9, weight decay 3e-5, lr x 0.97 every epoch, 250 epochs, auxiliary weight 0.4, label
+#: smoothing 0.1, grad clip 5; no cutout, no drop path.
+IMAGENET_PROTOCOL: dict[str, object] = {
+    "channels": 48, "layers": 14, "stem": "imagenet", "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+    "weight_decay": 3e-5, "lr_schedule": "step", "lr_gamma": 0.97, "lr_decay_period": 1, "epochs": 250,
+    "auxiliary": True, "auxiliary_weight": 0.4, "label_smoothing": True, "label_smoothing_eps": 0.1,
+    "grad_clip": 5.0, "cutout": False, "drop_path_prob": 0.0,
+}
 
 
 @dataclass
@@ -107,7 +132,7 @@ def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
                                f"or colornas")
     return DiscreteNetwork(genotype, C=cfg.channels, num_classes=info.num_classes, layers=cfg.layers,
                            auxiliary=cfg.auxiliary, in_channels=info.in_channels, input_size=info.input_size,
-                           drop_path_prob=cfg.drop_path_prob)
+                           drop_path_prob=cfg.drop_path_prob, stem=cfg.stem)
 
 
 @torch.no_grad()
@@ -207,6 +232,6 @@ def network_from_files(files: Mapping[str, str | os.PathLike]):
         return genotype
     spec = json.loads(Path(files["network"]).read_text())
     cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
-                      auxiliary=bool(spec.get("auxiliary", False)))
+                      auxiliary=bool(spec.get("auxiliary", False)), stem=str(spec.get("stem", "auto")))
     info = ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
     return load_network(genotype, files["weights"], cfg, info).eval()

@@ -3,9 +3,11 @@
 One training step (DARTS ``train.py``): cutout on the normalised batch, the loss
 ``CE(logits) + auxiliary_weight * CE(auxiliary logits)`` (both with label smoothing when it is on),
 backward (scaled for fp16), gradient norm clipped to ``grad_clip``, SGD with momentum and weight decay;
-per epoch the drop-path probability ramps linearly ``p * e / E`` and the learning rate follows a cosine
-to 0. :class:`FinalTrainer` holds everything a resumed training needs (weights, optimizer, schedule,
-grad scaler, epoch, history, RNG) as a ``state_dict`` in the checkpoint format of searches.
+per epoch the drop-path probability ramps linearly ``p * e / E`` and the learning rate follows the
+``lr_schedule``: a cosine to 0 (DARTS CIFAR) or a step decay ``lr * gamma^floor(e / period)`` (DARTS
+ImageNet: gamma 0.97, every epoch). :class:`FinalTrainer` holds everything a resumed training needs
+(weights, optimizer, schedule, grad scaler, epoch, history, RNG) as a ``state_dict`` in the checkpoint
+format of searches.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ from dartboard.searchers.base import rng_state, set_rng_state
 
 #: torch.autocast dtypes of the ``precision`` option (fp32: no autocast).
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The ``lr_schedule`` option's values (the learning rate of epoch e, 0-based, of E).
+LR_SCHEDULES = ("cosine", "step")
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LRScheduler:
+    """cosine: lr_e = lr (1 + cos(pi e / E)) / 2 (DARTS CIFAR); step: lr_e = lr gamma^floor(e / period)
+    (DARTS ImageNet ``StepLR(optimizer, 1, gamma=0.97)``)."""
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_period, gamma=cfg.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
 
 
 def cutout_mask(height: int, width: int, length: int, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -59,7 +71,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 class FinalTrainer:
-    """SGD + cosine + the protocol's step, on ``net`` (``wrap`` e.g. DistributedDataParallel for the
+    """SGD + the lr schedule + the protocol's step, on ``net`` (``wrap`` e.g. DistributedDataParallel for the
     forward/backward; the schedule's state, drop path and weights live on ``net`` itself)."""
 
     def __init__(self, net: nn.Module, cfg: Any, device: torch.device,
@@ -67,7 +79,7 @@ class FinalTrainer:
         self.net, self.cfg, self.device = net, cfg, device
         self.model = wrap(net) if wrap is not None else net
         self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, cfg.epochs)  # DARTS: cosine to 0
+        self.sched = lr_scheduler(self.opt, cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.epoch = 0
         self.history: list[dict[str, float]] = []

@@ -14,7 +14,12 @@ log = logging.getLogger("dartboard")
 #: TrainConfig's fields as the flags that set them (errors name the flag the user typed).
 FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "batch_size": "--batch-size",
          "lr": "--lr", "drop_path_prob": "--drop-path", "cutout_length": "--cutout-length",
-         "label_smoothing_eps": "--label-smoothing", "precision": "--precision", "grad_clip": "--grad-clip"}
+         "label_smoothing_eps": "--label-smoothing", "precision": "--precision", "grad_clip": "--grad-clip",
+         "lr_schedule": "--lr-schedule", "lr_gamma": "--lr-gamma"}
+#: ``--protocol``: the evaluation protocol whose published values are the defaults (``cifar``: DARTS CIFAR-10,
+#: scaled down on the small bundled data; ``imagenet``: DARTS ImageNet mobile, ``IMAGENET_PROTOCOL``).
+PROTOCOLS = ("cifar", "imagenet")
+EXPERIMENT = "dartboard"  # the MLflow experiment of final trainings
 
 
 def train(
@@ -23,14 +28,26 @@ def train(
     layers: int = typer.Option(None, help="Number of cells."),
     epochs: int = typer.Option(None, help="Training epochs."),
     batch_size: int = typer.Option(None, help="Batch size."),
-    lr: float = typer.Option(None, help="SGD learning rate, cosine to 0 (default 0.025; mlp heads 0.06)."),
+    protocol: str = typer.Option(None, help="Evaluation protocol whose published values are the defaults: cifar "
+                                 "(DARTS CIFAR-10: C=36, 20 cells, SGD 0.025 cosine, 600 epochs; smaller on the "
+                                 "bundled digits) or imagenet (DARTS ImageNet mobile: C=48, 14 cells, ImageNet "
+                                 "stem, 224 px, batch 128, SGD 0.1 momentum 0.9 wd 3e-5, lr x 0.97 every epoch, "
+                                 "250 epochs, auxiliary 0.4, label smoothing 0.1, no cutout, no drop path). "
+                                 "Default: imagenet for --dataset imagenet, else cifar. Every flag overrides it."),
+    lr: float = typer.Option(None, help="SGD learning rate (default 0.025, imagenet protocol 0.1; mlp heads 0.06)."),
+    lr_schedule: str = typer.Option(None, help="cosine (to 0 over the epochs; cifar protocol) or step (lr x "
+                                               "--lr-gamma every epoch; imagenet protocol)."),
+    lr_gamma: float = typer.Option(None, help="Step schedule's decay per epoch (DARTS ImageNet: 0.97)."),
+    image_size: int = typer.Option(None, help="Image folders are resized to this many pixels (default 224 with "
+                                              "the imagenet protocol, else 32)."),
     auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Auxiliary head (weight 0.4; default: "
                                    "on for CIFAR/image data as in DARTS, off on the small bundled data)."),
     drop_path: float = typer.Option(None, help="Drop path probability, ramped linearly (default: 0.2 on CIFAR/image "
                                                "data as in DARTS, 0 on the small bundled data)."),
-    dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder (default: digits; "
-                                "colour-digits for a ColorNAS genotype)."),
-    data_root: str = typer.Option(None, help="Folder holding the local dataset."),
+    dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder, imagenet "
+                                "(default: digits; colour-digits for a ColorNAS genotype)."),
+    data_root: str = typer.Option(None, help="Folder holding the local dataset (imagenet: train/ and val/, one "
+                                             "folder per class; nothing is downloaded)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     out: str = typer.Option(None, help="Where weights go (default: next to the genotype file)."),
@@ -42,10 +59,12 @@ def train(
                                              "with a predictor, else simclr)."),
     cutout: bool = typer.Option(None, "--cutout/--no-cutout", help="Cutout on the training batches (default: on "
                                 "for CIFAR/image data as in DARTS, off on the small bundled data)."),
-    cutout_length: int = typer.Option(16, help="Cutout square side in pixels (DARTS CIFAR: 16)."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing epsilon, 0 = off (DARTS ImageNet: 0.1)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)."),
-    grad_clip: float = typer.Option(5.0, help="Gradient norm clip (DARTS: 5)."),
+    cutout_length: int = typer.Option(None, help="Cutout square side in pixels (DARTS CIFAR: 16)."),
+    label_smoothing: float = typer.Option(None, help="Label smoothing epsilon, 0 = off (default: off; imagenet "
+                                                     "protocol 0.1 as in DARTS ImageNet)."),
+    precision: str = typer.Option(None, help="fp32 (default), bf16 or fp16 (autocast; fp16 with a gradient "
+                                             "scaler)."),
+    grad_clip: float = typer.Option(None, help="Gradient norm clip (DARTS: 5)."),
     workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 without --address trains in this process."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray Train worker (NCCL when > 0, else gloo)."),
     address: str = typer.Option(None, help="Ray cluster address (e.g. auto); implies a Ray Train job."),
@@ -67,6 +86,11 @@ def train(
                              f"an mlp genotype (train it in one process)")
     if storage is not None and not distributed:
         raise UserInputError("--storage: only for a Ray Train job (--workers > 1 or --address)")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise UserInputError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if geno.kind == "mlp" and protocol is not None:
+        raise UserInputError(f"--protocol: the evaluation protocols train cell networks; {genotype!r} is an mlp "
+                             f"genotype")
     if framework is not None and geno.kind != "mlp":
         raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
                              f"genotype")
@@ -87,16 +111,19 @@ def train(
 
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_dataset(dataset)
-    switches = protocol_switches(dataset, auxiliary=auxiliary, cutout=cutout, drop_path_prob=drop_path)
-    protocol = {"lr": 0.025 if lr is None else lr, **switches, "cutout_length": cutout_length,
-                "label_smoothing": label_smoothing > 0,
-                "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1, "precision": precision,
-                "grad_clip": grad_clip, "seed": seed, "device": resolved}
-    cfg = _train_config(dataset, channels, layers, epochs, batch_size, protocol)
+    name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
+    given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
+             "precision": precision, "grad_clip": grad_clip, "lr_schedule": lr_schedule, "lr_gamma": lr_gamma}
+    if label_smoothing is not None:
+        given |= {"label_smoothing": label_smoothing > 0,
+                  "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1}
+    cfg = _train_config(name, dataset, given, seed=seed, device=resolved)
+    image_size = image_size or (224 if name == "imagenet" else 32)
     cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
                "storage": storage} if distributed else None
     _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
-                 register_as)
+                 register_as, image_size)
 
 
 #: The DARTS evaluation protocol's switches (Liu et al. 2019, CIFAR-10: auxiliary towers weight 0.4,
@@ -114,26 +141,30 @@ def protocol_switches(dataset: str, **given) -> dict:
     return {k: given[k] if given.get(k) is not None else v for k, v in defaults.items()}
 
 
-def _train_config(dataset, channels, layers, epochs, batch_size, protocol):
+def _train_config(protocol: str, dataset: str, given: dict, **fixed):
+    """The protocol's published values (``cifar`` scaled down on the small bundled data), then every
+    value the user gave (None: not given), then ``fixed`` (seed, device)."""
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset
-    from dartboard.training.final import TrainConfig
+    from dartboard.training.final import IMAGENET_PROTOCOL, TrainConfig
 
-    defaults = DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset) else {}
-    values = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size}
-    chosen = {k: v if v is not None else defaults.get(k, getattr(TrainConfig, k)) for k, v in values.items()}
+    if protocol == "imagenet":
+        base = dict(IMAGENET_PROTOCOL)
+    else:
+        base = {"lr": 0.025, **protocol_switches(dataset), **(DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset)
+                                                              else {})}
     try:
-        return TrainConfig(**chosen, **protocol)
+        return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}, **fixed})
     except UserInputError as err:  # name the flag, not the config field
         field, _, rest = str(err).partition(":")
         raise UserInputError(f"{FLAGS.get(field, field)}:{rest}") from None
 
 
 def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
-                 as_json: bool, cluster: dict | None = None, register_as: str | None = None) -> None:
-    from dartboard.data.datasets import load_dataset
+                 as_json: bool, cluster: dict | None = None, register_as: str | None = None,
+                 image_size: int = 32) -> None:
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    from dartboard.platform.tracking.final import default_model_name
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
-    from dartboard.training.final import network_of, train_genotype
 
     if out is None:
         path = Path(genotype)
@@ -148,29 +179,31 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
 
         check_resources(cluster["workers"], 1.0, cluster["gpus_per_worker"], float("inf"),
                         float(torch.cuda.device_count()))
+    name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
+    logger, out_existed = None, out_dir.exists()
     if not no_mlflow:
+        from dartboard.platform.tracking.epochs import EpochLogger, absolute_uri, open_train_run
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
-        check_tracking_server(resolved_uri(tracking_uri))
-    splits = load_dataset(dataset, data_root)
-    with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
-        network_of(geno, cfg, splits.info)
-    log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
-    if cluster is None:
-        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=lambda e, m: log.info(
-            "epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", e + 1, m["train_loss"],
-            m["train_acc"]))
-    else:
-        from dartboard.platform.ray.final_job import train_on_ray
+        tracking_uri = absolute_uri(resolved_uri(tracking_uri))
+        check_tracking_server(tracking_uri)
+        # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends
+        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, EXPERIMENT, name, genotype,
+                                                          out_dir if cluster is not None else None))
+    try:
+        result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger)
+    except BaseException as err:
+        if logger is not None:
+            from dartboard.platform.tracking.epochs import close_unfinished
 
-        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster)
-        if last.get("finished_before"):
-            log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
-        log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
-                 bool(last["replicas_identical"]), last["resumed_at"] or "none")
+            close_unfinished(logger, out_dir if cluster is not None else None,
+                             "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED",
+                             remove_dir=not out_existed)
+        raise
     (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
-    if not no_mlflow:
-        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, register_as, cluster, as_json)
+    if logger is not None:
+        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
+                  logger.run_id)
     if as_json:
         typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
                                "test_loss": result.test_loss, "parameters": result.parameters,
@@ -184,15 +217,45 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     typer.echo(f"test_acc {result.test_acc:.4f}")
 
 
-def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, register_as: str | None,
-              cluster: dict | None, as_json: bool) -> None:
-    from dartboard.platform.tracking.final import default_model_name, register_final
+def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: dict | None, image_size: int,
+         logger):
+    """Train in this process or as a Ray Train job; (TrainResult, splits)."""
+    from dartboard.data.datasets import load_dataset
+    from dartboard.platform.tracking.epochs import log_epoch_safely
+    from dartboard.training.final import network_of, train_genotype
 
-    name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
+    splits = load_dataset(dataset, data_root, image_size)
+    with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
+        network_of(geno, cfg, splits.info)
+    log.info("train: %s, C=%d, %d cells, %d epochs on %s", genotype, cfg.channels, cfg.layers, cfg.epochs, dataset)
+    if cluster is None:
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            log.info("epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", epoch + 1,
+                     metrics["train_loss"], metrics["train_acc"])
+            log_epoch_safely(logger, epoch, metrics)
+
+        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=on_epoch)
+    else:
+        from dartboard.platform.ray.final_job import train_on_ray
+
+        result, last = train_on_ray(geno, cfg, dataset, data_root, out_dir, **cluster, image_size=image_size,
+                                    mlflow=logger)
+        if last.get("finished_before"):
+            log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
+        log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
+                 bool(last["replicas_identical"]), last["resumed_at"] or "none")
+    return result, splits
+
+
+def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, name_alias: tuple[str, str],
+              cluster: dict | None, as_json: bool, run_id: str) -> None:
+    from dartboard.platform.tracking.final import register_final
+
+    name, alias = name_alias
     config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "dataset": dataset,
               "workers": cluster["workers"] if cluster else 1}
-    version = register_final(uri, "dartboard", name, alias or None, genotype, config, result, out_dir,
-                             {"dataset": dataset})
+    version = register_final(uri, EXPERIMENT, name, alias or None, genotype, config, result, out_dir,
+                             {"dataset": dataset}, run_id=run_id)
     typer.echo(f"registered {name} version {version.version}" + (f" (@{alias})" if alias else ""),
                err=as_json)  # --json: stdout holds the JSON only
 

@@ -80,11 +80,13 @@ def sharded_train_loader(train: Any, batch_size: int, seed: int, rank: int, worl
 # ------------------------------------------------------------------ the worker loop
 def final_loop_per_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``. ``config``: ``genotype`` (dict), ``train`` (TrainConfig fields),
-    ``dataset``, ``data_root``, ``threads``."""
+    ``dataset``, ``data_root``, ``image_size``, ``threads``, ``mlflow`` (an ``EpochLogger`` or None: rank 0
+    logs each epoch's metrics into the training's MLflow run as the epoch ends)."""
     import ray.train
     import ray.train.torch
 
     from dartboard.data.datasets import load_dataset
+    from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.searchers.base import seed_everything, set_rng_state
     from dartboard.spaces import genotype as gt
     from dartboard.training.final import TrainConfig, network_of
@@ -97,7 +99,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**{**config["train"], "device": str(device)})
     genotype = gt.from_dict(config["genotype"])
     seed_everything(cfg.seed)
-    splits = load_dataset(config["dataset"], config["data_root"])
+    splits = load_dataset(config["dataset"], config["data_root"], int(config.get("image_size", 32)))
     net = network_of(genotype, cfg, splits.info).to(device)
     loader, sampler = sharded_train_loader(splits.train, cfg.batch_size, cfg.seed, rank, world)
     trainer = FinalTrainer(net, cfg, device, ddp_wrapper(device) if world > 1 else None)
@@ -126,6 +128,8 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
         digests = gather_digests(weights_digest(net), world)
         report = {**metrics, "epoch": trainer.epoch, "workers": world, "restarts": len(progress["resumed_at"]),
                   "replicas_identical": float(len(set(digests)) == 1), "replica_digests": digests}
+        if rank == 0:  # as the epoch ends; an epoch repeated after a restart is already in the run: skipped
+            log_epoch_safely(config.get("mlflow"), trainer.epoch - 1, report)
         last = trainer.epoch == cfg.epochs
         progress["history"].append(_numbers(report))
         progress["done"] = last
@@ -215,7 +219,7 @@ def _gate(rank: int, epoch: int) -> None:
 # ------------------------------------------------------------------ the driver
 def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset: str, data_root: str | None,
                        storage_path: str, *, workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                       max_failures: int = 2):
+                       max_failures: int = 2, image_size: int = 32, mlflow: Any = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
@@ -226,7 +230,7 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
     return DartboardTrainer(
         final_loop_per_worker,
         train_loop_config={"genotype": genotype, "train": train, "dataset": dataset, "data_root": data_root,
-                           "threads": max(1, int(cpus_per_worker))},
+                           "image_size": image_size, "mlflow": mlflow, "threads": max(1, int(cpus_per_worker))},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path,
@@ -249,10 +253,11 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
 
 def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, out_dir: str | Path, *,
                  workers: int, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, address: str | None = None,
-                 max_failures: int = 2, storage: str | None = None):
+                 max_failures: int = 2, storage: str | None = None, image_size: int = 32, mlflow: Any = None):
     """Run (or resume) the final training of ``genotype`` as a Ray Train job; the model files land in
     ``out_dir``, the checkpoints under ``storage`` (default ``out_dir/ray``; a multi-node cluster needs
-    storage every node sees: NFS, s3://, gs://). Returns a ``TrainResult`` and the last metrics."""
+    storage every node sees: NFS, s3://, gs://); ``mlflow``: an ``EpochLogger`` that rank 0 calls after
+    each epoch. Returns a ``TrainResult`` and the last metrics."""
     from dataclasses import asdict
 
     import ray
@@ -279,7 +284,7 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
         start = time.perf_counter()
         result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
                                     cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                    max_failures=max_failures).fit()
+                                    max_failures=max_failures, image_size=image_size, mlflow=mlflow).fit()
         seconds = time.perf_counter() - start
     finally:
         if started:  # this call's own Ray instance (a study's or a test's stays up)

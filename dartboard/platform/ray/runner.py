@@ -205,7 +205,8 @@ def _train_champion(cfg: StudyConfig, best: dict[str, Any], run_dir: str) -> dic
         result, _ = train_on_ray(gt.from_dict(best["genotype"]), train_cfg, cfg.dataset, cfg.data_root, out,
                                  workers=r.workers, gpus_per_worker=r.gpus_per_worker,
                                  cpus_per_worker=r.cpus_per_worker, address=cfg.ray_address,
-                                 max_failures=cfg.train_max_failures, storage=f"{run_dir}/{CHAMPION_DIR}-ray")
+                                 max_failures=cfg.train_max_failures, storage=f"{run_dir}/{CHAMPION_DIR}-ray",
+                                 image_size=cfg.image_size)
         (out / NETWORK_FILE).write_text(json.dumps(network_spec(train_cfg, splits.info, cfg.dataset)))
         if staging is not None:
             st.upload_dir(staging, champion)

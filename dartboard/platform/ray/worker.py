@@ -162,6 +162,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
     from dartboard.bench.regret import attach_if_tiny81
     from dartboard.data.datasets import load_dataset
     from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.ray.derived import derived_accuracy
     from dartboard.searchers.base import seed_everything
     from dartboard.searchers.registry import DataShape, build_searcher
 
@@ -225,8 +226,8 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
                   "epoch": done_epochs, "objective": supernet_objective(metrics), "search_done": float(last),
                   "search_seconds": progress["search_seconds"], "genotype": genotype_json(genotype), "done": 0.0}
         if last and config["objective"]["kind"] == "derived":
-            report["derived_acc"] = _derived_accuracy(genotype, splits, halves, config["objective"], cfg, device,
-                                                      rank, searcher)
+            report["derived_acc"] = _broadcast([derived_accuracy(genotype, splits, halves, config["objective"], cfg,
+                                                                 device, rank, searcher)], device)[0]
             report["objective"] = report["derived_acc"]
         report["done"] = float(last and final is None)
         progress["history"].append(_numbers(report))
@@ -330,44 +331,6 @@ def _broadcast(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return t.tolist()
-
-
-def _derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
-                      device: torch.device, rank: int, searcher: Any) -> float:
-    """Train the derived architecture briefly on the search-train half, score it on the val half
-    (never on the test split: the study selects on this number). Rank 0 trains; all ranks agree.
-    Cell genotypes: accuracy of the network trained from scratch. ``mlp`` genotypes (NASiam heads):
-    weighted-kNN accuracy of the backbone after a short SSL pretraining with the derived heads (the
-    searcher's framework), kNN fitted on the search-train half."""
-    from dartboard.data.datasets import Splits
-    from dartboard.spaces.genotype import MlpGenotype
-    from dartboard.training.final import TrainConfig, train_genotype
-
-    acc = 0.0
-    if rank == 0 and isinstance(genotype, MlpGenotype):
-        acc = _derived_knn(genotype, splits, halves, objective, cfg, device, searcher.objective.name)
-    elif rank == 0:
-        tcfg = TrainConfig(channels=objective["train_channels"], layers=objective["train_layers"],
-                           epochs=objective["train_epochs"], batch_size=objective["train_batch_size"],
-                           seed=cfg.seed, device=str(device))
-        acc = train_genotype(genotype, Splits(halves[0], halves[1], splits.info), tcfg).test_acc
-    return _broadcast([acc], device)[0]
-
-
-def _derived_knn(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
-                 device: torch.device, framework: str) -> float:
-    from dartboard.data.datasets import load_dataset
-    from dartboard.training import ssl_eval as E
-
-    plain = load_dataset(E.view_datasets(cfg.dataset)[0], cfg.data_root, cfg.image_size)
-    batch = objective["train_batch_size"]
-    scfg = E.SslConfig(framework=framework, C=objective["train_channels"], epochs=objective["train_epochs"],
-                       batch_size=batch, seed=cfg.seed, device=str(device),
-                       objective_options={"queue_size": E.moco_queue(batch)} if framework == "moco" else None)
-    info = splits.info
-    _, _, metrics = E.pretrain_and_evaluate(genotype, splits.train, plain.train, halves[0].indices,
-                                            halves[1].indices, (info.in_channels, info.input_size), scfg)
-    return metrics["knn_acc"]
 
 
 def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: int = 1, cpus_per_worker: float = 1.0,

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dartboard.platform.tracking.epochs import EpochLogger
 from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, register_model_files
 from dartboard.platform.tracking.runs import flat_params, setup_mlflow
 
@@ -25,9 +26,11 @@ def default_model_name(genotype: str, dataset: str) -> str:
 
 
 def register_final(uri: str | None, experiment: str, name: str, alias: str | None, genotype: str,
-                   config: Mapping[str, Any], result: Any, out_dir: str | Path, extra_tags: Mapping[str, Any] = ()):
-    """Log the training as a run and register its model files as a version of ``name`` (``alias`` moved
-    to it when given); returns the version."""
+                   config: Mapping[str, Any], result: Any, out_dir: str | Path, extra_tags: Mapping[str, Any] = (),
+                   run_id: str | None = None):
+    """Log the training as a run (``run_id``: the run it logged its epochs into as it trained, see
+    ``epochs.py``; epochs already there are not logged again) and register its model files as a version
+    of ``name`` (``alias`` moved to it when given); returns the version."""
     out = Path(out_dir)
     files = {key: out / fname for key, fname in FILES.items() if (out / fname).is_file()}
     missing = sorted(set(FILES) - set(files))
@@ -36,11 +39,12 @@ def register_final(uri: str | None, experiment: str, name: str, alias: str | Non
     mlflow, _ = setup_mlflow(uri, experiment)
     metrics = {"test_acc": result.test_acc, "test_loss": result.test_loss, "parameters": float(result.parameters),
                "train_seconds": result.seconds}
-    with mlflow.start_run(run_name=f"train-{name}") as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"train-{name}") as run:
         mlflow.set_tags({"dartboard.kind": "train", "genotype": genotype})
         mlflow.log_params(flat_params("", {"genotype": genotype, **config}))
+        logger = EpochLogger(mlflow.get_tracking_uri(), run.info.run_id)
         for step, epoch in enumerate(result.history):
-            mlflow.log_metrics({k: float(v) for k, v in epoch.items() if k != "epoch"}, step=step)
+            logger(step, epoch)
         mlflow.log_metrics(metrics)
         for path in files.values():
             mlflow.log_artifact(str(path))
