@@ -8,6 +8,7 @@ import os
 
 from dartboard.errors import ServiceError, one_line
 from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray.envvars import PRIVATE_INSTANCE_ENV, TRAIN_METRICS_ENV
 from dartboard.platform.ray.resources import local_num_cpus
 
 # Worker start-up imports torch in fresh processes; Ray Train's 60 s default is tight on 2 busy cores.
@@ -16,10 +17,6 @@ WORKER_START_TIMEOUT_S = "600"
 # local instance has no node that can be preempted: there the watcher only costs a process and its polling
 # (the digits sweep: 27 % less wall time and 28 % less CPU without it, README "Benchmarks").
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-#: Set for the workers of a private local instance: ``trainer.DartboardTrainer`` leaves out the actors
-#: that only a cluster needs.
-PRIVATE_INSTANCE_ENV = "DARTBOARD_PRIVATE_RAY"
-TRAIN_METRICS_ENV = "RAY_TRAIN_METRICS_ENABLED"  # the user's setting reaches the trials' trainers
 
 
 def worker_env(local: bool = False) -> dict[str, str]:

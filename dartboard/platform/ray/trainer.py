@@ -21,7 +21,7 @@ import os
 
 from ray.train.torch import TorchTrainer
 
-from dartboard.platform.ray.session import PRIVATE_INSTANCE_ENV, TRAIN_METRICS_ENV
+from dartboard.platform.ray.envvars import PRIVATE_INSTANCE_ENV, TRAIN_METRICS_ENV
 
 
 def private_instance() -> bool:
