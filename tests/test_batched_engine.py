@@ -37,6 +37,8 @@ BATCHED = {"darts", "darts-2nd", "darts-variant", "fairdarts", "beta-darts", "dd
 #: engine too when summation order changes. In float64 the engines agree to 1e-12.
 DOUBLE = {"dartopti"}
 FALLBACK = {"gdas": "sampled ops", "pc-darts": "PartialChannelMixedOp", "darts-minus": "AuxSkipMixedOp"}
+#: No supernet and no engine option: DARIO searches the keep/prune gates of a pretrained ViT's blocks and heads.
+NO_SUPERNET = {"dario"}
 
 
 @functools.cache
@@ -117,7 +119,7 @@ def _measures(s, name: str) -> dict[str, list[torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("name", sorted(SEARCHERS))
+@pytest.mark.parametrize("name", sorted(set(SEARCHERS) - NO_SUPERNET))
 def test_both_engines_agree_on_every_preset(name, monkeypatch):
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64 if name in DOUBLE else torch.float32)
@@ -148,9 +150,9 @@ def _agree(name: str, monkeypatch) -> None:
 
 def test_presets_lists_cover_the_cell_presets():
     """Every preset with search cells is either batched or a named fallback (CRB masks after its
-    first masking; NASiam and PMSM have no search cells)."""
+    first masking; NASiam and PMSM have no search cells, DARIO no supernet)."""
     crb = {n for n in SEARCHERS if n.endswith("+crb")}
-    no_cells = {n for n in SEARCHERS if n.startswith(("nasiam-", "pmsm-"))}
+    no_cells = {n for n in SEARCHERS if n.startswith(("nasiam-", "pmsm-"))} | NO_SUPERNET
     assert BATCHED | set(FALLBACK) | crb | no_cells == set(SEARCHERS)
 
 
