@@ -50,3 +50,20 @@ def test_an_empty_or_unreadable_store_has_no_checkpoints(tmp_path):
     assert run_checkpoints(str(tmp_path / "nothing")) == []
     assert run_checkpoints(f"file://{tmp_path}/nothing") == []
     assert run_checkpoints("nosuchscheme://bucket/x") == []
+
+
+def test_a_checkpoint_of_another_input_size_is_refused_and_an_older_one_reads_as_32_px():
+    from dataclasses import asdict
+
+    from dartboard.platform.ray.final_job import check_identity
+
+    train = {k: v for k, v in asdict(TrainConfig(channels=4, layers=3, epochs=1)).items() if k != "device"}
+    genotype = gt.to_dict(resolve("darts-v2"))
+    at_224 = job_identity(genotype, train, "imagenet", 224)
+    with pytest.raises(UserInputError, match=r"\(image_size differ\)"):
+        check_identity("ckpt", job_identity(genotype, train, "imagenet", 64), at_224)
+    check_identity("ckpt", at_224, job_identity(genotype, train, "imagenet", 224))  # the same training
+    older = {k: v for k, v in job_identity(genotype, train, "digits").items() if k != "image_size"}
+    check_identity("ckpt", older, job_identity(genotype, train, "digits"))  # recorded before the size was
+    with pytest.raises(UserInputError, match=r"\(image_size differ\)"):
+        check_identity("ckpt", older, job_identity(genotype, train, "digits", 64))

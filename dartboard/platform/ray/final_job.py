@@ -44,9 +44,12 @@ PID_FILE = "worker-0.pid"  # written next to the epoch gate's log: the process a
 MODEL_FILES = ("weights.safetensors", "genotype.json", "network.json", "train.json")
 
 
-def job_identity(genotype: dict[str, Any], train: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """What must agree between a checkpoint and the training that resumes from it (all but the device)."""
-    return {"genotype": genotype, "dataset": dataset, "train": {k: v for k, v in train.items() if k != "device"}}
+def job_identity(genotype: dict[str, Any], train: dict[str, Any], dataset: str, image_size: int = 32
+                 ) -> dict[str, Any]:
+    """What must agree between a checkpoint and the training that resumes from it (all but the device;
+    the input size of image folders included)."""
+    return {"genotype": genotype, "dataset": dataset, "image_size": int(image_size),
+            "train": {k: v for k, v in train.items() if k != "device"}}
 
 
 def weights_digest(net: torch.nn.Module) -> str:
@@ -105,7 +108,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     trainer = FinalTrainer(net, cfg, device, ddp_wrapper(device) if world > 1 else None)
     if rank > 0:  # the same init everywhere (DDP broadcasts it), then each rank its own drop-path/cutout draws
         seed_everything(cfg.seed + RANK_SEED_STRIDE * rank)
-    identity = job_identity(config["genotype"], config["train"], config["dataset"])
+    identity = job_identity(config["genotype"], config["train"], config["dataset"], config.get("image_size", 32))
     progress: dict[str, Any] = {"history": [], "resumed_at": [], "done": False, "identity": identity}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -152,6 +155,8 @@ def check_identity(where: str, recorded: dict[str, Any] | None, identity: dict[s
         raise UserInputError(f"checkpoint {where}: not a final-training checkpoint (no identity in "
                              f"{ck.PROGRESS_FILE}); use a new output folder")
     differ = [k for k in ("genotype", "dataset") if recorded.get(k) != identity[k]]
+    if recorded.get("image_size", 32) != identity.get("image_size", 32):  # recorded since 2026-12-03; 32 before
+        differ.append("image_size")
     differ += [f"train.{k}" for k in sorted(identity["train"]) if recorded["train"].get(k) != identity["train"][k]]
     if differ:
         raise UserInputError(f"checkpoint {where}: it belongs to another training ({', '.join(differ)} differ); "
@@ -272,7 +277,7 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
         check_resources(workers, cpus_per_worker, gpus_per_worker, float("inf"), float(torch.cuda.device_count()))
     out = Path(out_dir).resolve()
     storage = storage or str(out / RAY_DIR)
-    identity = job_identity(gt.to_dict(genotype), train, dataset)
+    identity = job_identity(gt.to_dict(genotype), train, dataset, image_size)
     # refused here, before Ray starts, on local and remote storage alike (the workers check again)
     for where, progress in run_checkpoints(f"{storage}/{RUN_NAME}"):
         check_identity(where, progress.get("identity"), identity)
