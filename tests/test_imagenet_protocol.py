@@ -115,3 +115,33 @@ def test_dartboard_train_uses_the_imagenet_preset_on_a_local_imagenet_folder(tmp
     assert code == 2 and "imagenet: folder None does not exist" in err
     code, _, err = run_cli(["train", "darts-v2", "--protocol", "mobile", "--no-mlflow"], capsys)
     assert code == 2 and "--protocol: expected one of cifar, imagenet, got 'mobile'" in err
+
+
+def test_imagenet_data_gets_the_darts_augmentation_for_training_and_the_centre_crop_for_testing(tmp_path):
+    """DARTS train_imagenet.py: random resized crop, flip, colour jitter (0.4, 0.4, 0.4, hue 0.2) for training;
+    resize to 256/224 of the size and the centre crop for testing (here at 16 px: resize 18, crop 16)."""
+    import torch
+    from torchvision.transforms import functional as F
+
+    from dartboard.data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_dataset
+
+    rng = torch.Generator().manual_seed(0)
+    for part in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / part / cls).mkdir(parents=True)
+            pixels = (torch.rand(30, 40, 3, generator=rng) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / part / cls / "0.png")
+    splits = load_dataset("imagenet", str(tmp_path), 16)
+    names = [type(t).__name__ for t in splits.train.transform.transforms]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "ToTensor", "Normalize"]
+    crop, _, jitter = splits.train.transform.transforms[:3]
+    assert crop.size == (16, 16) and crop.scale == (0.08, 1.0)
+    assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4) and jitter.hue == (-0.2, 0.2)
+    torch.manual_seed(1)
+    first, again = splits.train[0][0], splits.train[0][0]
+    assert first.shape == (3, 16, 16) and not torch.equal(first, again)  # augmented anew at every draw
+    # the test image by hand: shorter side (30 px) to 18, the centre 16 x 16, normalised
+    image = Image.open(tmp_path / "val" / "a" / "0.png").convert("RGB")
+    by_hand = F.normalize(F.to_tensor(F.center_crop(F.resize(image, 18), [16, 16])), IMAGENET_MEAN, IMAGENET_STD)
+    x, y = splits.test[0]
+    assert y == 0 and torch.equal(x, by_hand) and torch.equal(splits.test[0][0], x)  # deterministic

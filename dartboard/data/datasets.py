@@ -108,9 +108,31 @@ def _cifar(name: str, root: str | None) -> Splits:
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def imagenet_transforms(image_size: int) -> tuple[Callable, Callable]:
+    """DARTS ``train_imagenet.py``'s augmentation at ``image_size`` (published: 224): train a random resized
+    crop, a horizontal flip and colour jitter (brightness, contrast, saturation 0.4, hue 0.2); test a resize of
+    the shorter side to 256/224 of the size and the centre crop."""
+    from torchvision import transforms
+
+    norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+                                transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+                                *norm])
+    test = transforms.Compose([transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+                               *norm])
+    return train, test
+
+
+def _imagenet(root: str | None, image_size: int) -> Splits:
+    train_tf, test_tf = imagenet_transforms(image_size)
+    return _imagefolder(root, image_size, "imagenet", IMAGENET_MEAN, IMAGENET_STD, (train_tf, test_tf))
+
+
 def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
-                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> Splits:
-    """train/ and test/ (or val/: ImageNet's layout) of one folder per class, resized to ``image_size``."""
+                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 transforms_: tuple[Callable, Callable] | None = None) -> Splits:
+    """train/ and test/ (or val/: ImageNet's layout) of one folder per class, resized to ``image_size``
+    (or through ``transforms_``: the train and the test transform)."""
     if root is None or not Path(root).is_dir():
         raise DataError(f"{name}: folder {root!r} does not exist; pass --data-root with train/ and test/ (or val/) "
                         "subfolders of one folder per class (nothing is downloaded)")
@@ -122,8 +144,9 @@ def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
 
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                              transforms.Normalize(mean, std)])
-    train = datasets.ImageFolder(str(base / "train"), transform=tf)
-    test = datasets.ImageFolder(str(test_dir), transform=tf)
+    train_tf, test_tf = transforms_ or (tf, tf)
+    train = datasets.ImageFolder(str(base / "train"), transform=train_tf)
+    test = datasets.ImageFolder(str(test_dir), transform=test_tf)
     return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std))
 
 
@@ -147,8 +170,7 @@ register_dataset("cifar10", lambda root, image_size: _cifar("cifar10", root))
 register_dataset("cifar100", lambda root, image_size: _cifar("cifar100", root))
 register_dataset("imagefolder", _imagefolder)
 # ImageNet (ILSVRC-2012) as the user keeps it: DATA_ROOT/train/<wnid>/*.JPEG and DATA_ROOT/val/<wnid>/*.JPEG
-register_dataset("imagenet", lambda root, image_size: _imagefolder(root, image_size, "imagenet", IMAGENET_MEAN,
-                                                                    IMAGENET_STD))
+register_dataset("imagenet", _imagenet)
 
 
 def _views(name: str) -> Callable[[str | None, int], Splits]:
