@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -104,6 +105,7 @@ def main() -> None:
     import ray
 
     ray.shutdown()
+    shutil.rmtree(storage, ignore_errors=True)
     med = {name: (statistics.median(w for w, _ in rows), statistics.median(sum(c.values()) for _, c in rows))
            for name, rows in results.items()}
     for name, (wall, cpu) in med.items():

@@ -236,6 +236,21 @@ class DarioSearcher:
         return genotype_from_gates(model_name, self.gated.n_blocks, self.gated.n_heads, block, head,
                                    self.config.threshold, info)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed search needs: alphas, their optimizer, the warm start's generator, the history."""
+        return {"alpha": {k: v.detach().clone() for k, v in self.alpha.items()},
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "history": list(self.history), "warm_start_value": self.warm_start_value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in self.alpha.items():
+                v.copy_(state["alpha"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.history, self.warm_start_value = list(state["history"]), state["warm_start_value"]
+
     def metrics(self) -> dict[str, float]:
         out = {"proxy_final": self.history[-1] if self.history else math.nan}
         if self.warm_start_value is not None:

@@ -211,10 +211,7 @@ class DarioStudySearcher:
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "history": list(self.history),
                  "pretrain_opt": self.pretrain_opt.state_dict(), "last": dict(self._last), "rng": rng_state()}
         if self.dario is not None:
-            d = self.dario
-            state["dario"] = {"alpha": {k: v.detach().clone() for k, v in d.alpha.items()},
-                              "optimizer": d.optimizer.state_dict(), "generator": d.generator.get_state(),
-                              "history": list(d.history), "warm_start_value": d.warm_start_value}
+            state["dario"] = self.dario.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -224,14 +221,8 @@ class DarioStudySearcher:
         self.pretrain_opt.load_state_dict(state["pretrain_opt"])
         self.epoch, self.history, self._last = int(state["epoch"]), list(state["history"]), dict(state["last"])
         if "dario" in state:
-            saved = state["dario"]
             self.model.eval()
             self.dario = DarioSearcher(self.model, self.config)
-            with torch.no_grad():
-                for k, v in self.dario.alpha.items():
-                    v.copy_(saved["alpha"][k])
-            self.dario.optimizer.load_state_dict(saved["optimizer"])
-            self.dario.generator.set_state(saved["generator"])
-            self.dario.history, self.dario.warm_start_value = list(saved["history"]), saved["warm_start_value"]
+            self.dario.load_state_dict(state["dario"])
         set_rng_state(state["rng"])
 
