@@ -6,8 +6,13 @@ import os
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per xdist worker: the workers share the cores
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per xdist worker: the workers share the cores
     torch.set_num_threads(1)
+    # ... and so does every process a test starts (console scripts, drivers, servers; Ray's workers inherit
+    # it from the instance the test starts). With two OpenMP threads next to another busy process, torch's
+    # spin-waits burn the CPU the other worker needs: a digits search with one core busy elsewhere took
+    # 56 CPU s (48 s wall) with two threads against 22 CPU s (22 s wall) with one. A user's setting wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
