@@ -87,3 +87,36 @@ def test_a_run_with_ray_datasets_keeps_its_dataset_manager_and_the_users_metrics
     names = _callbacks(monkeypatch, private=True, datasets={"train": lambda: None}, metrics_env="1")  # lazy
     assert {"DatasetsCallback", "ControllerMetricsCallback", "WorkerMetricsCallback"} <= names
     assert "PlacementGroupCleanerCallback" not in names
+
+
+# ---- torch's process group without torch where nothing touches a tensor (platform/ray/backend.py)
+def test_the_trial_actors_imports_and_the_backend_config_bring_no_torch():
+    """What Tune's trial actor imports (the trial function, the trainer) and what Train's controller
+    unpickles (the backend config), in a fresh interpreter: torch is not among the modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cloudpickle\n"
+            "import dartboard.platform.ray.trial, dartboard.platform.ray.trainer\n"
+            "from dartboard.platform.ray.backend import TorchProcessGroup\n"
+            "blob = cloudpickle.dumps(TorchProcessGroup(backend='gloo'))\n"
+            "cfg = cloudpickle.loads(blob)\n"
+            "assert cfg.backend == 'gloo' and cfg.to_dict()['timeout_s'] == 1800, cfg\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_backend_is_nccl_on_gpu_workers_gloo_on_cpu_and_the_request_wins():
+    from dartboard.platform.ray.backend import init_url, pick_backend
+
+    assert pick_backend(None, {"CPU": 1.0}) == "gloo"
+    assert pick_backend(None, {"CPU": 1.0, "GPU": 1.0}) == "nccl"
+    assert pick_backend("gloo", {"GPU": 1.0}) == "gloo"
+    with pytest.raises(ValueError, match="TPU workers are not supported"):
+        pick_backend(None, {"TPU": 4})
+    assert init_url("env", "10.0.0.1", 29500) == "env://"
+    assert init_url("tcp", "10.0.0.1", 29500) == "tcp://10.0.0.1:29500"
+    with pytest.raises(ValueError, match="init_method: 'file' is not supported"):
+        init_url("file", "h", 1)

@@ -70,12 +70,29 @@ def test_nonfinite_reason_names_the_metric():
     assert allreduce_mean({"a": 1.0}, torch.device("cpu"), 1) == {"a": 1.0}
 
 
+def _torch_modules_probe(path: str):
+    """A Ray Train user callback (it runs in Train's controller) that writes the torch modules imported
+    there. Built from a code string, so that pickling it does not reference this module (which imports
+    torch): the controller unpickles only what the run itself brings."""
+    scope: dict = {}
+    exec("import json, sys\n"
+         "from ray.train import UserCallback\n"
+         "class TorchModulesProbe(UserCallback):\n"
+         "    def __init__(self, path):\n"
+         "        self.path = path\n"
+         "    def after_report(self, run_context, metrics, checkpoint):\n"
+         "        with open(self.path, 'w') as f:\n"
+         "            json.dump(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'), f)\n", scope)
+    return scope["TorchModulesProbe"](path)
+
+
 @pytest.mark.ray
 def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     """2 gloo workers, one epoch of sharded steps: the sha256 of every rank's alphas, weights and
     derived genotype agree, and the checkpoint's genotype is the reported one. The objective is the
     derived architecture's accuracy after a short training (rank 0 trains, broadcasts): it equals the
-    same training run here on the search split's halves."""
+    same training run here on the search split's halves. Train's controller never imported torch
+    (backend.py: the process group is set up on the workers)."""
     from dartboard.data.datasets import Splits, load_dataset, search_split
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.ray.worker import make_trainer
@@ -85,8 +102,11 @@ def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     run = {"searcher": "darts", "dataset": "digits", "batch_size": 32, "seed": 0, "device": "cpu",
            "options": {"C": 4, "layers": 2, "epochs": 1}}
     objective = {"kind": "derived", "train_epochs": 1, "train_channels": 4, "train_layers": 2, "train_batch_size": 64}
-    result = make_trainer(run, name="ddp", storage_path=str(tmp_path), workers=2, objective=objective).fit()
+    probe = tmp_path / "controller-torch.json"
+    result = make_trainer(run, name="ddp", storage_path=str(tmp_path), workers=2, objective=objective,
+                          callbacks=[_torch_modules_probe(str(probe))]).fit()
     m = result.metrics
+    assert json.loads(probe.read_text()) == []  # the controller reported, without torch
     splits = load_dataset("digits")
     train, val = search_split(splits.train, 0, SearchRunConfig(**run).train_fraction or 0.5)
     threads = torch.get_num_threads()

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dartboard.training.checkpoint import from_plain, load_state, save_state, to_plain  # noqa: F401  (the format)
 
 STATE_FILE = "searcher.pt"
 PROGRESS_FILE = "progress.json"
@@ -26,6 +25,20 @@ GENOTYPE_FILE = "genotype.json"
 RESULT_FILE = "result.json"
 ALPHA_HISTORY_FILE = "alpha_history.json"
 ALPHA_GROUPS_FILE = "alpha_groups.json"
+
+
+def save_state(state: dict[str, Any], path: Path) -> Path:
+    """``training.checkpoint.save_state`` (the format), imported on use: Tune's trial actor reads the
+    file names of this module and never a tensor, so it imports no torch (backend.py)."""
+    from dartboard.training.checkpoint import save_state as save
+
+    return save(state, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    from dartboard.training.checkpoint import load_state as load
+
+    return load(path)
 
 
 def write_epoch(folder: Path, searcher: Any, progress: dict[str, Any], genotype_json: str) -> None:

@@ -1,4 +1,6 @@
-"""The TorchTrainer of every dartboard Train run (a trial's search, a final training).
+"""The trainer of every dartboard Train run (a trial's search, a final training): Ray Train's
+``DataParallelTrainer`` with torch's process group (``backend.TorchProcessGroup``), which is what
+``TorchTrainer`` is, without importing torch in the processes that only steer the run (backend.py).
 
 Ray Train starts a handful of actors per run, each a fresh Python process importing Ray (2 to 5 CPU
 seconds each on a 2-core machine). Two of them have no work in dartboard's runs:
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import os
 
-from ray.train.torch import TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+from dartboard.platform.ray.backend import TorchProcessGroup
 from dartboard.platform.ray.envvars import PRIVATE_INSTANCE_ENV, TRAIN_METRICS_ENV
 
 
@@ -57,8 +60,13 @@ def idle_callback_types(has_datasets: bool, private: bool) -> tuple[type, ...]:
     return idle
 
 
-class DartboardTrainer(TorchTrainer):
-    """``TorchTrainer`` without the per-run actors that have no work in this run (module docstring)."""
+class DartboardTrainer(DataParallelTrainer):
+    """A ``TorchTrainer`` without torch in Tune's trial actor and Train's controller, and without the
+    per-run actors that have no work in this run (module docstring). ``backend_config`` defaults to
+    :class:`TorchProcessGroup` (gloo on CPU, NCCL on GPU workers)."""
+
+    def __init__(self, train_loop_per_worker, *, backend_config: TorchProcessGroup | None = None, **kwargs):
+        super().__init__(train_loop_per_worker, backend_config=backend_config or TorchProcessGroup(), **kwargs)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()

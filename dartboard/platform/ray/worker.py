@@ -1,4 +1,4 @@
-"""The Ray Train worker: one trial's search as a ``ray.train.torch.TorchTrainer`` with N workers.
+"""The Ray Train worker: one trial's search as a Ray Train run (``trainer.DartboardTrainer``) with N workers.
 
 Per rank: the same seed builds the same searcher (rank 0's alphas are broadcast anyway), the search
 split is sharded with a ``DistributedSampler``, and the searcher is distributed through the Searcher
@@ -20,9 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dartboard.errors import UserInputError
 from dartboard.platform.ray import checkpoint as ck
@@ -30,6 +28,11 @@ from dartboard.platform.ray import checkpoint as ck
 #: Tests hold a trial at a state they control: after each epoch's report, rank 0 appends
 #: "KEY EPOCH" to DIR/epochs.log and waits while DIR/hold exists (never a timer).
 EPOCH_GATE_ENV = "DARTBOARD_EPOCH_GATE"
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where a function needs it: Tune's trial actor imports this module for
+# ``make_trainer`` and never touches a tensor (2 CPU s of import per trial saved, backend.py).
 
 
 # ------------------------------------------------------------------ distributed pieces
@@ -49,6 +52,7 @@ def allreduce_mean(metrics: dict[str, float], device: torch.device, world_size: 
     """The mean of each metric over ranks (keys sorted so every rank packs the same vector)."""
     if world_size == 1:
         return dict(metrics)
+    import torch
     import torch.distributed as dist
 
     keys = sorted(metrics)
@@ -59,6 +63,7 @@ def allreduce_mean(metrics: dict[str, float], device: torch.device, world_size: 
 
 def broadcast_arch(searcher: Any) -> None:
     """Make rank 0's alphas everyone's (identical seeds already give identical alphas)."""
+    import torch
     import torch.distributed as dist
 
     with torch.no_grad():
@@ -158,6 +163,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
     (StudyObjective fields), ``final`` (FinalTraining fields or None), ``key`` (the trial's name)."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from dartboard.bench.regret import attach_if_tiny81
     from dartboard.data.datasets import load_dataset
@@ -324,6 +330,7 @@ def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str,
 
 
 def _broadcast(values: list[float], device: torch.device) -> list[float]:
+    import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -337,11 +344,11 @@ def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: 
                  gpus_per_worker: float = 0.0, max_failures: int = 2, objective: dict[str, Any] | None = None,
                  final: dict[str, Any] | None = None, key: str = "", callbacks: Sequence[Any] = (),
                  required_metrics: Sequence[str] = ()):
-    """A search TorchTrainer. The deterministic ``name`` makes a relaunch resume from the last
+    """A search's Train run. The deterministic ``name`` makes a relaunch resume from the last
     checkpoint (Ray Train V2 reads ``storage_path/name/checkpoint_manager_snapshot.json``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
 
+    from dartboard.platform.ray.backend import TorchProcessGroup
     from dartboard.platform.ray.trainer import DartboardTrainer
 
     use_gpu = gpus_per_worker > 0
@@ -351,7 +358,7 @@ def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: 
     return DartboardTrainer(
         search_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        backend_config=TorchProcessGroup(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=max_failures),
