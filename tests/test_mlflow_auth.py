@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from servers import free_port, pid_alive, stop_group, wait_for_url
+from servers import _session_members, free_port, pid_alive, stop_group, wait_for_url
 
 from dartboard.platform.cli import main as cli_main
 from dartboard.platform.tracking import runs
@@ -81,6 +81,16 @@ def test_state_is_private_and_script_prints_the_address(head):
     assert len(head["password"]) >= 24
     assert head["uri"] in head["stdout"]
     assert (state / "env").read_text().strip() == f"export MLFLOW_TRACKING_URI={head['uri']}"
+
+
+def test_the_server_runs_without_mlflows_job_consumers(head):
+    """MLflow's job execution (huey consumers for GenAI jobs dartboard never submits) is off: the server's
+    session holds the server and its uvicorn worker, no job runner."""
+    pid = int((head["state"] / "server.pid").read_text())
+    commands = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                for p in _session_members(os.getsid(pid))]
+    assert any("mlflow server" in c for c in commands), commands
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
 
 
 def test_requests_without_valid_credentials_are_refused(head):
