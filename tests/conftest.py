@@ -13,6 +13,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per xdist worker: the wo
     # spin-waits burn the CPU the other worker needs: a digits search with one core busy elsewhere took
     # 56 CPU s (48 s wall) with two threads against 22 CPU s (22 s wall) with one. A user's setting wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Ray starts its workers at niceness 15 (its default, RAY_worker_niceness): below the other xdist worker,
+    # which lowers its own priority to NON_RAY_NICENESS (below) so that the Ray tests go first. The Ray
+    # instances the tests start run their workers at the test worker's priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 #: Niceness of a worker once it runs tests without the ``ray`` marker (README's xdist command).
