@@ -24,6 +24,7 @@ NON_RAY_NICENESS = 10
 _niced = False
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown when xdist is not installed or not loaded
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadgroup``: the Ray group is the first unit handed out, so one worker starts the Ray tests at
     once and holds them alone, the other takes every other group (and the Ray worker takes more groups only
