@@ -35,8 +35,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     class RayFirst(LoadGroupScheduling):
         def _assign_work_unit(self, node) -> None:
-            if "ray" in self.workqueue and not self.assigned_work.get(node):
-                self.workqueue.move_to_end("ray", last=False)
+            queue = getattr(self, "workqueue", None)  # xdist internals: if a release renames them, the order
+            if hasattr(queue, "move_to_end") and "ray" in queue and not getattr(self, "assigned_work", {}).get(node):
+                queue.move_to_end("ray", last=False)  # is plain loadgroup's again, nothing breaks
             super()._assign_work_unit(node)
 
     return RayFirst(config, log)
