@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 STATE_FILE = "searcher.pt"
 PROGRESS_FILE = "progress.json"
 STATUS_FILE = "status.json"

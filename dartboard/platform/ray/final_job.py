@@ -227,7 +227,6 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
                        max_failures: int = 2, image_size: int = 32, mlflow: Any = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from dartboard.platform.ray.backend import TorchProcessGroup
     from dartboard.platform.ray.trainer import DartboardTrainer
 
     use_gpu = gpus_per_worker > 0
@@ -236,7 +235,6 @@ def make_final_trainer(genotype: dict[str, Any], train: dict[str, Any], dataset:
         final_loop_per_worker,
         train_loop_config={"genotype": genotype, "train": train, "dataset": dataset, "data_root": data_root,
                            "image_size": image_size, "mlflow": mlflow, "threads": max(1, int(cpus_per_worker))},
-        backend_config=TorchProcessGroup(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=max_failures),

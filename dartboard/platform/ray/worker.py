@@ -348,7 +348,6 @@ def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: 
     checkpoint (Ray Train V2 reads ``storage_path/name/checkpoint_manager_snapshot.json``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from dartboard.platform.ray.backend import TorchProcessGroup
     from dartboard.platform.ray.trainer import DartboardTrainer
 
     use_gpu = gpus_per_worker > 0
@@ -358,7 +357,6 @@ def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: 
     return DartboardTrainer(
         search_loop_per_worker,
         train_loop_config=loop_config,
-        backend_config=TorchProcessGroup(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=max_failures),
