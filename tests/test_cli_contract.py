@@ -34,6 +34,13 @@ def console_script() -> str:
     return found
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` of a command the test interrupts with SIGINT: Ctrl-C's default handling, even when the
+    test runner itself was started with SIGINT ignored (e.g. as a background job of a shell), which Python
+    children would inherit and honour (no KeyboardInterrupt at all)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def env_for(*front: Path, **extra: str) -> dict[str, str]:
     """The subprocess runs this checkout's code (and ``front`` folders first, e.g. a sitecustomize)."""
     path = os.pathsep.join([*map(str, front), str(REPO)])
@@ -160,7 +167,7 @@ INTERRUPTIBLE = """
 def test_a_signal_exits_130_or_143_after_saving(tmp_path, signum, code):
     env = inject(tmp_path, INTERRUPTIBLE.format(folder=str(tmp_path), wait="time.sleep(300)"))
     proc = subprocess.Popen([console_script(), "info", "darts-v2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         while not (tmp_path / "started").exists():  # the command is inside its work
             assert proc.poll() is None, proc.communicate()[1]
@@ -182,7 +189,7 @@ def test_an_interrupted_search_saves_its_finished_epochs(tmp_path, signum, code)
     out = tmp_path / "run"
     args = ["search", "--epochs", "50", "--set", "C=4", "--set", "layers=2", "--no-mlflow", "--out", str(out)]
     proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     log = []
     try:
         for line in proc.stderr:  # wait, from the search's own log, until its first epoch has ended

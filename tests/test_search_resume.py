@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from test_cli_contract import console_script, env_for
+from test_cli_contract import console_script, env_for, sigint_default
 
 from dartboard.errors import UserInputError
 from dartboard.platform import run as run_module
@@ -90,7 +90,7 @@ def test_sigint_then_resume_through_the_console_script(tmp_path):
             "--set", "layers=2", "--seed", "3", "--no-mlflow", "--out", str(out)]
     env = env_for(OMP_NUM_THREADS="1")
     proc = subprocess.Popen([console_script(), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=sigint_default)
     try:
         for line in proc.stderr:  # the search's own log says when its first epoch (and checkpoint) ended
             if line.startswith("epoch   1 "):

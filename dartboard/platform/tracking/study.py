@@ -130,7 +130,8 @@ class StudyTracker:
                 "space": cfg.space or best["config"].get("space", ""), "dataset": cfg.dataset, "seed": best["seed"],
                 "metric.objective": best.get("objective"), SIGNATURE_TAG: objective_signature(cfg)}
         metrics = {**best.get("metrics", {}), **(best.get("final") or {})}
-        tags.update({f"metric.{k}": f"{metrics[k]:.6g}" for k in ("test_acc", "test_error", "parameters")
+        # full precision (str of a float round-trips), as the final-training registration stores them
+        tags.update({f"metric.{k}": str(metrics[k]) for k in ("test_acc", "test_error", "parameters")
                      if isinstance(metrics.get(k), (int, float))})
         self.decision = decide(_alias_tags(c, name), tags, self.promote)
         log.info("champion: %s %s (%s)", name, "takes @" + CHAMPION_ALIAS if self.decision.move
