@@ -2,6 +2,7 @@
 asked for (``-m slow`` or ``DARTBOARD_SLOW=1``)."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -67,6 +68,11 @@ def pytest_collection_modifyitems(config, items):
         # cluster run one after the other on one worker (never two Ray clusters at once), the others
         # module by module (module fixtures, e.g. an MLflow server, are built once).
         item.add_marker(pytest.mark.xdist_group("ray" if "ray" in item.keywords else item.nodeid.split("::")[0]))
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            _SHARED_RAY_MODULES.add(item.nodeid.split("::")[0])
+    # The modules that share one Ray instance (``ray_local``) run first, then those with their own: the
+    # shared instance starts once and stops once. Stable: the order within both kinds stays the collection's.
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in _SHARED_RAY_MODULES)
 
 
 #: A tiny timm ViT for the DARIO tests (8x8 single-channel input, 3 blocks of 2 heads).
@@ -83,12 +89,38 @@ def tiny_vit():
     return create_vit(TINY_VIT_NAME, **TINY_VIT).eval()
 
 
+#: Test modules that share the session's local Ray instance (those whose tests use ``ray_local``).
+_SHARED_RAY_MODULES: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def _ray_session_end():
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    """A private local Ray instance for one test module (never another `ray start` cluster)."""
+def ray_local(_ray_session_end):
+    """A private local Ray instance (never another `ray start` cluster), shared by the test modules that use
+    this fixture: it starts at the first of them and stops when a module that starts its own instance (or
+    none) begins, or at the end of the session. The Ray tests run these modules first, one after the other
+    (``pytest_collection_modifyitems``), so the suite starts it once instead of once per module."""
     ray = pytest.importorskip("ray")
     from dartboard.platform.ray.session import init_ray
 
-    init_ray(num_cpus=4)  # the platform's one ray.init (dashboard on)
+    if not ray.is_initialized():
+        init_ray(num_cpus=4)  # the platform's one ray.init (dashboard on)
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_shared_ray_elsewhere(request):
+    """Before a module that does not share the instance: stop it (such a module starts its own, with its
+    own environment, e.g. the epoch gate or storage credentials, or runs drivers in other processes)."""
+    if request.node.nodeid not in _SHARED_RAY_MODULES:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    yield

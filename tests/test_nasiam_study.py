@@ -85,12 +85,10 @@ def test_the_shipped_nasiam_study_is_valid():
 
 
 @pytest.mark.ray
-def test_a_nasiam_sweep_on_ray_registers_its_champion_heads(tmp_path, monkeypatch):
+def test_a_nasiam_sweep_on_ray_registers_its_champion_heads(ray_local, tmp_path, monkeypatch):
     """Two SimSiam trials (Ray Tune + Train), each scored by the kNN objective; the best trial's mlp
     genotype is registered (sqlite MLflow) and `dartboard pull` gives it back."""
-    ray = pytest.importorskip("ray")
     from dartboard.platform.cli import main as cli_main
-    from dartboard.platform.ray.session import init_ray
     from dartboard.platform.sweep import run_sweep
     from dartboard.platform.tracking import runs
 
@@ -100,11 +98,7 @@ def test_a_nasiam_sweep_on_ray_registers_its_champion_heads(tmp_path, monkeypatc
                       params={"arch_lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}},
                       objective=OBJECTIVE, scheduler={"type": "fifo"}, storage=str(tmp_path / "studies"))
     validate_study(cfg)
-    init_ray(num_cpus=4)
-    try:
-        result = run_sweep(cfg, tracking_uri=uri)
-    finally:
-        ray.shutdown()
+    result = run_sweep(cfg, tracking_uri=uri)
     assert result.counts["complete"] == 2, result.trials
     for trial in result.trials:
         assert trial["objective"] == trial["metrics"]["derived_acc"] and 0.1 < trial["objective"] <= 1.0

@@ -152,7 +152,7 @@ def test_trial_options_put_any_searcher_on_tiny81_and_use_the_table_parse():
 
 
 @pytest.mark.ray
-def test_short_quality_run_on_the_study_runner_and_rescore(tmp_path):
+def test_short_quality_run_on_the_study_runner_and_rescore(ray_local, tmp_path):
     """2 epochs of DARTS in tiny81 (a grid study on the one runner: a Ray Train trial) + random search,
     on the shipped table: finite regrets, files, plot; rescoring the recorded keys gives the same curve."""
     from dartboard.platform.quality import run_quality

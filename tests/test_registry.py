@@ -215,13 +215,11 @@ def test_parse_model_ref_rejects_bad_version():
 
 
 @pytest.mark.ray
-def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_path, monkeypatch):
+def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(ray_local, server, tmp_path, monkeypatch):
     """A real digits sweep (Ray Tune + Train) with final training registers NAME@champion on the
     server; `dartboard pull` in a fresh folder rebuilds a network with the logged test accuracy."""
-    ray = pytest.importorskip("ray")
     from dartboard.data.datasets import load_dataset, make_loader
     from dartboard.platform.config import StudyConfig
-    from dartboard.platform.ray.session import init_ray
     from dartboard.platform.sweep import run_sweep
     from dartboard.training.final import evaluate
 
@@ -230,11 +228,7 @@ def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(server, tmp_p
                                                                          "high": 1e-2}},
                       scheduler={"type": "fifo"}, storage=str(tmp_path / "sweeps"),
                       final_training={"channels": 4, "layers": 3, "epochs": 1})
-    init_ray(num_cpus=4)
-    try:
-        result = run_sweep(cfg, tracking_uri=server["uri"])
-    finally:
-        ray.shutdown()
+    result = run_sweep(cfg, tracking_uri=server["uri"])
     assert result.best is not None and result.counts["complete"] == 2
     logged = result.best["final"]["test_acc"]
     # the champion trained as a Ray Train job (not on the driver): its per-epoch checkpoints are in the run
