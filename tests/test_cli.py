@@ -38,6 +38,25 @@ def test_info_prints_darts_paper_size(capsys):
                                                                           auxiliary=True).eval(), (1, 3, 32, 32))
 
 
+@pytest.mark.parametrize("name, dataset, layers", [("darts-v2", "cifar10", 8), ("resnet18", "digits", 4),
+                                                   ("xception", "cifar100", 8)])
+def test_multiply_adds_equal_torchs_flop_counter(name, dataset, layers):
+    """`info`'s count (forward hooks) against torch's own FlopCounterMode (2 FLOPs per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dartboard.data.datasets import DatasetInfo
+    from dartboard.platform.cli.info import DATASET_SHAPES
+    from dartboard.spaces.networks import multiply_adds
+    from dartboard.training.final import TrainConfig, network_of
+
+    in_ch, size, classes = DATASET_SHAPES[dataset]
+    net = network_of(resolve(name), TrainConfig(channels=8, layers=layers, auxiliary=name == "darts-v2"),
+                     DatasetInfo(dataset, in_ch, size, classes)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, in_ch, size, size))
+    assert multiply_adds(net, (1, in_ch, size, size)) == counter.get_total_flops() // 2 > 0
+
+
 def _conv_and_linear_macs(net, shape) -> int:
     """Multiply-adds of every Conv2d and Linear, counted by forward hooks (the slow, obvious way)."""
     total = []

@@ -218,6 +218,33 @@ def count_parameters(module: nn.Module, exclude: str | None = "auxiliary") -> in
     return sum(p.numel() for name, p in module.named_parameters() if exclude is None or exclude not in name)
 
 
+def multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of a zero input of ``input_shape`` (batch included) through the
+    ``Conv2d`` and ``Linear`` modules of ``net`` (the DARTS papers' "multi-adds"; biases and the rest left
+    out): a convolution costs (its output elements) x (in_channels / groups) x (kernel area), a linear layer
+    (its output elements) x in_features. The same count as torch's ``FlopCounterMode`` / 2 on these
+    networks (tested), without it: that mode imports ``torch._dynamo`` (about 1 CPU s)."""
+    total = 0
+
+    def conv(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+
+    def linear(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
+               for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(*input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
 class TypedSearchNetwork(SearchNetwork):
     """A supernet whose cells may have different numbers of intermediate nodes (one per cell
     type, DARTOpti); each search cell concatenates all its nodes, like the handcrafted cells."""

@@ -17,12 +17,9 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     from dartboard.spaces.limits import check_network_size
 
     check_network_size(channels, layers)  # before torch is imported: a bad size fails at once
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from dartboard.data.datasets import DatasetInfo
     from dartboard.spaces.catalog import resolve
-    from dartboard.spaces.networks import count_parameters
+    from dartboard.spaces.networks import count_parameters, multiply_adds
     from dartboard.training.final import TrainConfig, network_of
 
     geno = resolve(genotype)
@@ -38,11 +35,9 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
         net = network_of(geno, cfg, DatasetInfo(dataset, in_ch, size, classes)).eval()
     except ValueError as err:
         raise UserInputError(f"genotype {genotype!r} on {dataset}: {err}") from None
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.zeros(1, in_ch, size, size))
     return {"genotype": genotype, "channels": channels, "layers": layers, "dataset": dataset,
             "parameters": count_parameters(net), "parameters_with_auxiliary": count_parameters(net, None),
-            "multiply_adds": counter.get_total_flops() // 2}
+            "multiply_adds": multiply_adds(net, (1, in_ch, size, size))}
 
 
 def flux_info(name: str, geno: Any) -> dict[str, Any]:
