@@ -20,6 +20,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per xdist worker: the wo
     os.environ.setdefault("RAY_worker_niceness", "0")
 
 
+#: Test modules that share the session's local Ray instance (those whose tests use ``ray_local``).
+_SHARED_RAY_MODULES: set[str] = set()
+
+
 #: Niceness of a worker once it runs tests without the ``ray`` marker (README's xdist command).
 NON_RAY_NICENESS = 10
 _niced = False
@@ -87,10 +91,6 @@ def tiny_vit():
 
     torch.manual_seed(0)
     return create_vit(TINY_VIT_NAME, **TINY_VIT).eval()
-
-
-#: Test modules that share the session's local Ray instance (those whose tests use ``ray_local``).
-_SHARED_RAY_MODULES: set[str] = set()
 
 
 @pytest.fixture(scope="session")

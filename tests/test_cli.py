@@ -34,16 +34,14 @@ def test_info_prints_darts_paper_size(capsys):
     info = json.loads(out)
     assert info["parameters"] == 3_349_342 and round(info["parameters"] / 1e6, 1) == 3.3
     assert info["parameters_with_auxiliary"] > info["parameters"]
-    assert info["multiply_adds"] == _conv_and_linear_macs(DiscreteNetwork(resolve("darts-v2"), C=36, layers=20,
-                                                                          auxiliary=True).eval(), (1, 3, 32, 32))
+    assert info["multiply_adds"] == _flop_counter_macs(DiscreteNetwork(resolve("darts-v2"), C=36, layers=20,
+                                                                       auxiliary=True).eval(), (1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("name, dataset, layers", [("darts-v2", "cifar10", 8), ("resnet18", "digits", 4),
                                                    ("xception", "cifar100", 8)])
 def test_multiply_adds_equal_torchs_flop_counter(name, dataset, layers):
     """`info`'s count (forward hooks) against torch's own FlopCounterMode (2 FLOPs per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from dartboard.data.datasets import DatasetInfo
     from dartboard.platform.cli.info import DATASET_SHAPES
     from dartboard.spaces.networks import multiply_adds
@@ -52,28 +50,16 @@ def test_multiply_adds_equal_torchs_flop_counter(name, dataset, layers):
     in_ch, size, classes = DATASET_SHAPES[dataset]
     net = network_of(resolve(name), TrainConfig(channels=8, layers=layers, auxiliary=name == "darts-v2"),
                      DatasetInfo(dataset, in_ch, size, classes)).eval()
+    assert multiply_adds(net, (1, in_ch, size, size)) == _flop_counter_macs(net, (1, in_ch, size, size)) > 0
+
+
+def _flop_counter_macs(net, shape) -> int:
+    """Multiply-adds counted by torch's own FlopCounterMode (2 FLOPs each): independent of `info`'s hooks."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.zeros(1, in_ch, size, size))
-    assert multiply_adds(net, (1, in_ch, size, size)) == counter.get_total_flops() // 2 > 0
-
-
-def _conv_and_linear_macs(net, shape) -> int:
-    """Multiply-adds of every Conv2d and Linear, counted by forward hooks (the slow, obvious way)."""
-    total = []
-
-    def hook(module, inputs, output):
-        if isinstance(module, torch.nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            total.append(output[0].numel() * k)
-        else:
-            total.append(module.in_features * module.out_features)
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-    with torch.no_grad():
         net(torch.zeros(shape))
-    for h in handles:
-        h.remove()
-    return sum(total)
+    return counter.get_total_flops() // 2
 
 
 def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch):

@@ -223,7 +223,8 @@ def multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
     ``Conv2d`` and ``Linear`` modules of ``net`` (the DARTS papers' "multi-adds"; biases and the rest left
     out): a convolution costs (its output elements) x (in_channels / groups) x (kernel area), a linear layer
     (its output elements) x in_features. The same count as torch's ``FlopCounterMode`` / 2 on these
-    networks (tested), without it: that mode imports ``torch._dynamo`` (about 1 CPU s)."""
+    networks (tested), without it: that mode imports ``torch._dynamo`` (``dartboard info darts-v2``: 3.85 CPU s
+    with it, 2.19 without)."""
     total = 0
 
     def conv(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
