@@ -85,7 +85,7 @@ class BatchedSearchCell(SearchCell):
                 continue
             mixed = _edges_from(states[src], [self.mixed[e] for e in out], weights[out])
             for k, e in enumerate(out):
-                incoming[self.edges[e][1] - 2].append(mixed[:, k])
+                incoming[self.edges[e][1] - 2].append(mixed[k])
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
@@ -96,59 +96,106 @@ def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor) -> torch.Tensor:
-    """``[B, E, C, H', W']``: sum_o w[e, o] o_e(h) for the E edges leaving one node (DARTS Eq 2)."""
+def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor) -> list[torch.Tensor]:
+    """The E edges leaving one node: sum_o w[e, o] o_e(h) for each (DARTS Eq 2).
+
+    The mixing works on one ``[B * H' * W', E * C]`` matrix (a channels-last ``[B, E * C, H', W']``
+    tensor, edge-major channels): each op's output of all edges is one block of it, or one
+    ``[B * H' * W', 1, C]`` block broadcast over the edges (pooling, skip), and each op's mixing
+    weight one row of E * C values; the edges are channel slices of the result."""
     primitives = mixed[0].primitives
     if any(m.primitives != primitives for m in mixed):  # edges of one node with other ops: per edge
-        return torch.stack([m(h, w) for m, w in zip(mixed, weights, strict=True)], dim=1)
+        return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
+    n_edges, C = len(mixed), mixed[0].C
     activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
-    total = None
+    total = shape = None
     for o, name in enumerate(primitives):
         if name == "none":  # w * 0: no output, and no gradient to w either way
             continue
         ops = [m.ops[o] for m in mixed]
         if name in POOLS:
-            out = _shared_pool(h, ops).unsqueeze(1)
+            out, shared = _shared_pool(h, ops), True
         elif name == "skip_connect" and mixed[0].stride == 1:
-            out = h.unsqueeze(1)
+            out, shared = h, True
         elif name.startswith(CONV_KINDS):
             separable = name.startswith("sep_conv")
             act = (ops[0][0] if separable else ops[0])[0]  # the first DilConv's activation module
             if type(act) not in activated:
                 activated[type(act)] = act(h)
-            out = _conv_stack(activated[type(act)], ops, separable)
+            out, shared = _conv_stack(activated[type(act)], ops, separable), False
         else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
-            out = torch.stack([op(h) for op in ops], dim=1)
-        term = weights[:, o].view(1, -1, 1, 1, 1) * out
-        total = term if total is None else total + term
+            out, shared = torch.cat([_channels_last_grad(op(h)) for op in ops], dim=1), False
+        shape = out.shape
+        rows = _rows(_channels_last_grad(out), 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
+        w = weights[:, o].to(rows.dtype).view(1, n_edges, 1)
+        if total is None:
+            total = rows * w
+        else:
+            total = torch.addcmul(total, rows, w)
     if total is None:  # only `none`: zeros of the output shape
         stride = mixed[0].stride
-        return h[:, :, ::stride, ::stride].mul(0.0).unsqueeze(1).expand(-1, len(mixed), -1, -1, -1)
-    return total
+        return [h[:, :, ::stride, ::stride].mul(0.0) for _ in mixed]
+    batch, _, height, width = shape
+    total = _channels_last_grad(total.view(batch, height, width, n_edges * C).permute(0, 3, 1, 2))
+    return list(total.split(C, dim=1))
+
+
+def _rows(x: torch.Tensor, n_edges: int) -> torch.Tensor:
+    """A channels-last ``[B, E * C, H, W]`` tensor as ``[B * H * W, E, C]`` (a view)."""
+    batch, channels, height, width = x.shape
+    return x.permute(0, 2, 3, 1).reshape(batch * height * width, n_edges, channels // n_edges)
+
+
+class _GradLayout(torch.autograd.Function):
+    """Identity whose backward hands on the gradient with the given strides. Autograd builds some
+    gradients in the default (NCHW) layout, e.g. the sum over the edges of a broadcast op's output or
+    the selection of one edge; a channels-last BN or conv backward on such a gradient takes a slow path
+    (BN backward: 6-8x slower)."""
+
+    @staticmethod
+    def forward(ctx, x, strides):
+        ctx.strides = strides
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad.stride() == ctx.strides:
+            return grad, None
+        out = torch.empty_strided(grad.shape, ctx.strides, dtype=grad.dtype, device=grad.device)
+        return out.copy_(grad), None
+
+
+def _channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x``; its gradient channels-last."""
+    b, c, h, w = x.shape
+    return _GradLayout.apply(x, (h * w * c, 1, w * c, c))
 
 
 def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
-    """Pooling then non-affine BN, once for all edges; every edge's BN records the batch statistics."""
+    """Pooling then non-affine BN, once for all edges; every edge's BN records the batch statistics
+    (the unbiased variance recovered from the BN's own inverse standard deviation: no second pass)."""
     pooled = ops[0][0](h)
     bns = [op[1] for op in ops]
+    out, mean, invstd = torch.native_batch_norm(pooled, None, None, None, None, True, 0.0, bns[0].eps)
     with torch.no_grad():
-        var, mean = torch.var_mean(pooled.detach(), dim=(0, 2, 3), correction=1)
+        n = pooled.numel() // pooled.shape[1]
+        var = (invstd.double().pow(-2) - bns[0].eps) * (n / max(n - 1, 1))
         var, mean = var.to(bns[0].running_var.dtype), mean.to(bns[0].running_mean.dtype)  # autocast: bf16 input
         momentum = bns[0].momentum
         torch._foreach_lerp_([b.running_mean for b in bns], [mean] * len(bns), momentum)
         torch._foreach_lerp_([b.running_var for b in bns], [var] * len(bns), momentum)
         torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
-    return F.batch_norm(pooled, None, None, training=True, eps=bns[0].eps)
+    return out
 
 
 def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool) -> torch.Tensor:
-    """``[B, E, C, H', W']``: one DilConv (or SepConv: two) per edge on a shared ReLU'd input, batched."""
+    """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two) per edge on a shared
+    ReLU'd input, batched."""
     stages = [list(op) for op in ops] if separable else [[op] for op in ops]
     out = _dil_conv_shared(relu, [s[0] for s in stages])
     if separable:
         out = _dil_conv_grouped(stages[0][1][0](out), [s[1] for s in stages])
-    batch, _, height, width = out.shape
-    return out.view(batch, len(ops), -1, height, width)
+    return out
 
 
 def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
