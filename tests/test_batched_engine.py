@@ -323,7 +323,7 @@ def test_cropped_depthwise_equals_the_full_kernel(size, kernel, padding, dilatio
     grads_cropped = torch.autograd.grad(cropped, (x, weight), g)
     for a, b in zip(grads_full, grads_cropped, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
-    if stride == 1:  # "same" padding: tap i sits (i - centre) * dilation pixels away, and reaches one if within size - 1
+    if stride == 1:  # "same" padding: tap i sits (i - centre) * dilation pixels away; reaches a pixel if <= size - 1
         centre = (kernel - 1) // 2
         hit = [i for i in range(kernel) if abs(i - centre) * dilation <= size - 1]
         expected = None if len(hit) == kernel else (hit[0], hit[-1])
