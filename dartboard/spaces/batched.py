@@ -132,7 +132,7 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
             out, shared = torch.cat([_channels_last_grad(op(h)) for op in ops], dim=1), False
         shape = out.shape
         rows = _rows(_channels_last_grad(out), 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
-        w = weights[:, o].to(rows.dtype).view(1, n_edges, 1)
+        w = weights[:, o].view(1, n_edges, 1)  # fp32 mixing under autocast (bf16 rows promote)
         if total is None:
             total = rows * w
         else:
