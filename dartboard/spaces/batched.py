@@ -131,7 +131,7 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
         else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
             out, shared = torch.cat([_channels_last_grad(op(h)) for op in ops], dim=1), False
         shape = out.shape
-        rows = _rows(_channels_last_grad(out), 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
+        rows = _rows(out, 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
         w = weights[:, o].view(1, n_edges, 1)  # fp32 mixing under autocast (bf16 rows promote)
         if total is None:
             total = rows * w
