@@ -141,7 +141,7 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
         stride = mixed[0].stride
         return [h[:, :, ::stride, ::stride].mul(0.0) for _ in mixed]
     batch, _, height, width = shape
-    total = _channels_last_grad(total.view(batch, height, width, n_edges * C).permute(0, 3, 1, 2))
+    total = total.view(batch, height, width, n_edges * C).permute(0, 3, 1, 2)  # a view: gradients stay channels-last
     return list(total.split(C, dim=1))
 
 
@@ -152,10 +152,9 @@ def _rows(x: torch.Tensor, n_edges: int) -> torch.Tensor:
 
 
 class _GradLayout(torch.autograd.Function):
-    """Identity whose backward hands on the gradient with the given strides. Autograd builds some
-    gradients in the default (NCHW) layout, e.g. the sum over the edges of a broadcast op's output or
-    the selection of one edge; a channels-last BN or conv backward on such a gradient takes a slow path
-    (BN backward: 6-8x slower)."""
+    """Identity whose backward hands on the gradient with the given strides. The gradient of one
+    block of a concatenation is a strided slice (the per-edge ops' outputs below); a channels-last BN
+    backward on a gradient that is not channels-last takes a slow path (6-8x slower)."""
 
     @staticmethod
     def forward(ctx, x, strides):
