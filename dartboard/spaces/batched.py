@@ -227,15 +227,23 @@ def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: i
     """``conv``'s depthwise convolution of ``x`` with ``weight``, its kernel cropped to the taps that
     reach an input pixel: on small maps the outer taps of a 5x5 or dilated kernel only ever meet the
     zero padding (a 5x5 kernel on a 2x2 map is a 3x3 one; a dilated 3x3 on a 2x2 map its centre).
-    Same output, and the cropped taps' gradient is the same zero."""
+    Same output, and the cropped taps' gradient is the same zero.
+
+    A stride-2 conv with dilation 2 (and even padding) only ever reads the even pixels: it is an
+    undilated stride-1 conv of ``x[:, :, ::2, ::2]`` with half the padding, whose backward runs 3-4x
+    faster on CPU than the dilated strided one."""
+    stride, padding, dilation = conv.stride, conv.padding, conv.dilation
+    if stride == dilation == (2, 2) and padding[0] % 2 == padding[1] % 2 == 0:
+        x, stride, dilation = x[:, :, ::2, ::2], (1, 1), (1, 1)
+        padding = (padding[0] // 2, padding[1] // 2)
     crop = [_taps(size, k, s, p, d) for size, k, s, p, d in
-            zip(x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True)]
+            zip(x.shape[2:], conv.kernel_size, stride, padding, dilation, strict=True)]
     if all(c is None for c in crop):
-        return F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, groups)
+        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
     (lo_h, hi_h), (lo_w, hi_w) = [c or (0, k - 1) for c, k in zip(crop, conv.kernel_size, strict=True)]
-    padding = tuple(p - lo * d for p, lo, d in zip(conv.padding, (lo_h, lo_w), conv.dilation, strict=True))
+    padding = tuple(p - lo * d for p, lo, d in zip(padding, (lo_h, lo_w), dilation, strict=True))
     weight = weight[:, :, lo_h:hi_h + 1, lo_w:hi_w + 1]
-    return F.conv2d(x, weight, None, conv.stride, padding, conv.dilation, groups)
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
 @functools.cache
