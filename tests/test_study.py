@@ -128,3 +128,35 @@ def test_constrained_study_samples_each_variants_own_parameters():
                                                                  if k != "variant"}
         opt.tell(t, 0.5)
     assert seen == {"darts+pr", "darts+admm"}
+
+
+def test_the_dry_build_runs_while_ray_starts_and_a_refused_study_writes_nothing(tmp_path, monkeypatch):
+    """run_study starts Ray while the dry build (a searcher and its optimizers: about a second) runs in
+    the background; a study the dry build refuses raises its error, writes no study file and stops
+    the Ray it started."""
+    import threading
+
+    import ray
+
+    from dartboard.platform.ray import runner
+
+    ray_starting = threading.Event()
+    stopped = []
+
+    def init_ray(cfg):
+        ray_starting.set()
+        return True
+
+    def dry_build(cfg):
+        # a sequential runner would build first and start Ray after: the event would never be set
+        assert ray_starting.wait(10), "the dry build ran before Ray started"
+        raise ValueError("variants.t: searcher refuses the study's options (dry build)")
+
+    monkeypatch.setattr(runner, "init_ray", init_ray)
+    monkeypatch.setattr(runner, "dry_build", dry_build)
+    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
+    out = tmp_path / "study"
+    with pytest.raises(ValueError, match=r"refuses the study's options \(dry build\)"):
+        runner.run_study(_study(), run_dir=str(out))
+    assert not (out / "study.yaml").exists()
+    assert stopped == [True]

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
 from dartboard.platform.ray.samplers import make_search_alg
 from dartboard.platform.ray.session import init_ray, tune_verbosity
-from dartboard.platform.ray.space import grid_param_space, make_scheduler, validate_study
+from dartboard.platform.ray.space import check_study, dry_build, grid_param_space, make_scheduler
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, run_trial, trial_payload
 
 log = logging.getLogger("dartboard")
@@ -91,27 +92,50 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
         run_dir = st.resolve_storage(resume)
         cfg = stored_study(run_dir)
     assert cfg is not None
-    validate_study(cfg)
-    if resume is None and run_dir is not None:
+    check_study(cfg)
+    if resume is None:
+        run_dir = _new_run_dir(cfg, run_dir)
+    # The dry build (about a second: a searcher and its optimizers) runs while Ray starts; the study is
+    # written and tracked only once it passed. Ray is stopped again after the study and its champion
+    # (a later ``init_ray`` in this process then starts one with the environment of that moment).
+    checks = _Background(_local_checks, cfg)
+    try:
+        started = init_ray(cfg)
+    except BaseException:
+        checks.result()  # a study the checks refuse says so first
+        raise
+    try:
+        checks.result()
+        if resume is None:
+            st.check_storage(run_dir)
+            st.write_text(f"{run_dir}/{st.STUDY_FILE}", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        return _tracked(cfg, run_dir, resume is not None, tracker, report, hooks)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _new_run_dir(cfg: StudyConfig, run_dir: str | None) -> str:
+    if run_dir is not None:
         run_dir = st.resolve_storage(run_dir)
         if st.exists(f"{run_dir}/{st.STUDY_FILE}"):
             raise ValueError(f"out: {run_dir!r} already holds a study; continue it with --resume {run_dir}")
-    elif resume is None:
-        storage = st.resolve_storage(cfg.storage)
-        st.check_storage(storage)
-        run_dir = f"{storage}/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not cfg.ray_address:
-        import torch
+        return run_dir
+    storage = st.resolve_storage(cfg.storage)
+    st.check_storage(storage)
+    return f"{storage}/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-        check_resources(cfg, float(cfg.ray_num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count()))
-    if resume is None:
-        st.check_storage(run_dir)
-        st.write_text(f"{run_dir}/{st.STUDY_FILE}", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+def _tracked(cfg: StudyConfig, run_dir: str, resume: bool, tracker: Any,
+             report: Callable[[StudyResult], tuple[list[Path], dict[str, float]]] | None,
+             hooks: list[TrialHook]) -> StudyResult:
     if tracker is not None:
         tracker.open(cfg, run_dir)
     failed = True
     try:
-        result = _run(cfg, run_dir, resume is not None, ([tracker.log_trial] if tracker else []) + list(hooks))
+        result = _run_on_ray(cfg, run_dir, resume, ([tracker.log_trial] if tracker else []) + list(hooks))
         artifacts, numbers = report(result) if report is not None else ([], {})
         if tracker is not None:
             tracker.finish(result, artifacts, numbers)
@@ -122,17 +146,32 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
             tracker.close(failed)
 
 
-def _run(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:
-    """Start Ray if needed (and stop it again after the study and its champion: a later ``init_ray``
-    in this process then starts one with the environment of that moment, e.g. storage credentials)."""
-    started = init_ray(cfg)
-    try:
-        return _run_on_ray(cfg, run_dir, resume, hooks)
-    finally:
-        if started:
-            import ray
+def _local_checks(cfg: StudyConfig) -> None:
+    dry_build(cfg)
+    if not cfg.ray_address:
+        import torch
 
-            ray.shutdown()
+        check_resources(cfg, float(cfg.ray_num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count()))
+
+
+class _Background:
+    """``fn(*args)`` in a daemon thread; ``result()`` waits for it and raises what it raised."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._call, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller of result()
+            self._error = err
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:

@@ -20,12 +20,17 @@ RESERVED = ("variant", "seed")
 def validate_study(cfg: StudyConfig) -> None:
     """Every check that needs no cluster: searchers, option paths, conditions, sampler, data, and a
     dry build of each variant's searcher with sampled values (so a bad nested option fails now)."""
+    check_study(cfg)
+    dry_build(cfg)
+
+
+def check_study(cfg: StudyConfig) -> None:
+    """The checks of :func:`validate_study` without the dry build: no torch, a few milliseconds."""
     specs = _searcher_specs(cfg)
     _check_fixed_options(cfg, specs)
     for pname, dist in cfg.params.items():
         _check_param(cfg, specs, pname, dist)
     _check_data(cfg)
-    _dry_build(cfg)
 
 
 def _searcher_specs(cfg: StudyConfig) -> dict[str, Any]:
@@ -101,7 +106,7 @@ def _check_data(cfg: StudyConfig) -> None:
         raise ValueError(f"data_root: dataset {cfg.dataset!r} needs a local data_root (nothing is downloaded)")
 
 
-def _dry_build(cfg: StudyConfig) -> None:
+def dry_build(cfg: StudyConfig) -> None:
     """Build each variant's searcher on a tiny shape and derive once, with every applicable parameter
     at its lowest and at its highest value: option values the searcher refuses (a regularizer option
     that does not exist, a threshold out of range) fail here, before any trial starts."""
