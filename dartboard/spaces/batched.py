@@ -13,7 +13,9 @@ Every edge leaving a node reads the same input, so in a search cell's training f
 - a depthwise kernel is cropped to the taps that reach an input pixel (small maps: a 5x5 kernel on a
   2x2 map is a 3x3 one);
 - the mixing sum_o w_o o(x) is one multiply-add per op for all outgoing edges, on one
-  ``[B * H * W, E, C]`` matrix; the edges are channel slices of it;
+  ``[B * H * W, E, C]`` matrix; the edges are channel slices of it. A conv op's w[e, o] is the
+  scale of its last (non-affine) BN instead, whose backward yields w's gradient along with the
+  input's: no separate multiply (fp32 only: under autocast the mixing stays an fp32 multiply);
 - tensors are channels-last (faster depthwise convolutions on CPU), and so are the gradients handed
   to BN and conv backward (autograd would build some in the NCHW layout, a path 6-8x slower).
 
@@ -113,11 +115,13 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
         return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
     n_edges, C = len(mixed), mixed[0].C
     activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
+    fold = not torch.is_autocast_enabled(h.device.type)  # under autocast the mixing stays an fp32 multiply
     total = shape = None
     for o, name in enumerate(primitives):
         if name == "none":  # w * 0: no output, and no gradient to w either way
             continue
         ops = [m.ops[o] for m in mixed]
+        scale = None
         if name in POOLS:
             out, shared = _shared_pool(h, ops), True
         elif name == "skip_connect" and mixed[0].stride == 1:
@@ -127,22 +131,28 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
             act = (ops[0][0] if separable else ops[0])[0]  # the first DilConv's activation module
             if type(act) not in activated:
                 activated[type(act)] = act(h)
-            out, shared = _conv_stack(activated[type(act)], ops, separable), False
+            if fold:  # w[e, o] as the last BN's scale: its backward gives w's gradient with the input's
+                scale = weights[:, o].repeat_interleave(C)  # contiguous: BN reads its weight densely
+            out, shared = _conv_stack(activated[type(act)], ops, separable, scale), False
         else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
             out, shared = torch.cat([_channels_last_grad(op(h)) for op in ops], dim=1), False
         shape = out.shape
         rows = _rows(out, 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
-        w = weights[:, o].view(1, n_edges, 1)  # fp32 mixing under autocast (bf16 rows promote)
-        if total is None:
-            total = rows * w
-        else:
-            total = torch.addcmul(total, rows, w)
+        # fp32 mixing under autocast (bf16 rows promote); the conv ops' rows come scaled by w[:, o]
+        total = _mix(total, rows, None if scale is not None else weights[:, o].view(1, n_edges, 1))
     if total is None:  # only `none`: zeros of the output shape
         stride = mixed[0].stride
         return [h[:, :, ::stride, ::stride].mul(0.0) for _ in mixed]
     batch, _, height, width = shape
     total = total.view(batch, height, width, n_edges * C).permute(0, 3, 1, 2)  # a view: gradients stay channels-last
     return list(total.split(C, dim=1))
+
+
+def _mix(total: torch.Tensor | None, rows: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """``total + rows * w`` (``rows`` alone when ``w`` is None, as it is already scaled)."""
+    if w is None:
+        return rows if total is None else total + rows
+    return rows * w if total is None else torch.addcmul(total, rows, w)
 
 
 def _rows(x: torch.Tensor, n_edges: int) -> torch.Tensor:
@@ -192,17 +202,19 @@ def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
     return out
 
 
-def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool) -> torch.Tensor:
+def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two) per edge on a shared
-    ReLU'd input, batched."""
+    ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given."""
     stages = [list(op) for op in ops] if separable else [[op] for op in ops]
+    if not separable:
+        return _dil_conv_shared(relu, [s[0] for s in stages], scale)
     out = _dil_conv_shared(relu, [s[0] for s in stages])
-    if separable:
-        out = _dil_conv_grouped(stages[0][1][0](out), [s[1] for s in stages])
-    return out
+    return _dil_conv_grouped(stages[0][1][0](out), [s[1] for s in stages], scale)
 
 
-def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
+def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential],
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
     """The depthwise convs of E DilConvs on one input: one conv with channel multiplier E (output
     channel c * E + e), reordered to edge-major channels (e * C + c) for the grouped pointwise conv."""
     dw = convs[0][1]
@@ -212,15 +224,16 @@ def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.T
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
-    return _pointwise_bn(y, convs)
+    return _pointwise_bn(y, convs, scale)
 
 
-def _dil_conv_grouped(x: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
+def _dil_conv_grouped(x: torch.Tensor, convs: Sequence[nn.Sequential],
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
     """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
     dw = convs[0][1]
     weight = torch.cat([c[1].weight for c in convs])
     y = _depthwise(x, weight, dw, groups=weight.shape[0])
-    return _pointwise_bn(y, convs)
+    return _pointwise_bn(y, convs, scale)
 
 
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: int) -> torch.Tensor:
@@ -261,19 +274,26 @@ def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
     return lo, hi
 
 
-def _pointwise_bn(y: torch.Tensor, convs: Sequence[nn.Sequential]) -> torch.Tensor:
+def _pointwise_bn(y: torch.Tensor, convs: Sequence[nn.Sequential], scale: torch.Tensor | None = None) -> torch.Tensor:
     weight = torch.cat([c[2].weight for c in convs])
-    return batch_norm_many(F.conv2d(y, weight, groups=len(convs)), [c[3] for c in convs])
+    return batch_norm_many(F.conv2d(y, weight, groups=len(convs)), [c[3] for c in convs], scale)
 
 
-def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
-    """One training-mode BN call over the channels of several non-affine BNs (concatenated in order);
-    each BN's running statistics get exactly the update its own call would give them."""
-    if len(bns) == 1:
+def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One training-mode BN call over the channels of several non-affine BNs (concatenated in order),
+    its output times ``scale`` (one value per channel) when given; each BN's running statistics get
+    exactly the update its own call would give them."""
+    if len(bns) == 1 and scale is None:
         return bns[0](x)
+    if len(bns) == 1:
+        bn = bns[0]
+        out = F.batch_norm(x, bn.running_mean, bn.running_var, scale, None, True, bn.momentum, bn.eps)
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+        return out
     means, variances = [b.running_mean for b in bns], [b.running_var for b in bns]
     mean, var = torch.cat(means), torch.cat(variances)
-    out = F.batch_norm(x, mean, var, None, None, True, bns[0].momentum, bns[0].eps)
+    out = F.batch_norm(x, mean, var, scale, None, True, bns[0].momentum, bns[0].eps)
     with torch.no_grad():
         sizes = [m.numel() for m in means]
         torch._foreach_copy_(means, list(mean.split(sizes)))
