@@ -215,12 +215,24 @@ def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool,
 
 def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential],
                      scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The depthwise convs of E DilConvs on one input: one conv with channel multiplier E (output
-    channel c * E + e), reordered to edge-major channels (e * C + c) for the grouped pointwise conv."""
+    """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
+    grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
+    smaller, undilated, stride 1), the input is repeated E times along the channels and convolved with
+    one filter per channel; elsewhere one conv with channel multiplier E (output channel c * E + e) is
+    reordered (the multiplier kernels are faster than the plain ones for 5x5 and dilated kernels)."""
     dw = convs[0][1]
     n, C = len(convs), x.shape[1]
-    weight = torch.stack([c[1].weight for c in convs], dim=1).reshape(C * n, 1, *dw.kernel_size)
-    y = _depthwise(x, weight, dw, groups=C)
+    x, crop, stride, padding, dilation = _depthwise_plan(x, dw)
+    kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
+    if stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1)):
+        batch, _, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
+        x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
+        weight = _crop(torch.cat([c[1].weight for c in convs]), crop)
+        dilation = (1, 1) if kernel == (1, 1) else dilation
+        return _pointwise_bn(F.conv2d(x, weight, None, stride, padding, dilation, n * C), convs, scale)
+    weight = _crop(torch.stack([c[1].weight for c in convs], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
+    y = F.conv2d(x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
@@ -237,10 +249,18 @@ def _dil_conv_grouped(x: torch.Tensor, convs: Sequence[nn.Sequential],
 
 
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: int) -> torch.Tensor:
-    """``conv``'s depthwise convolution of ``x`` with ``weight``, its kernel cropped to the taps that
-    reach an input pixel: on small maps the outer taps of a 5x5 or dilated kernel only ever meet the
-    zero padding (a 5x5 kernel on a 2x2 map is a 3x3 one; a dilated 3x3 on a 2x2 map its centre).
-    Same output, and the cropped taps' gradient is the same zero.
+    """``conv``'s depthwise convolution of ``x`` with ``weight`` as :func:`_depthwise_plan` runs it."""
+    x, crop, stride, padding, dilation = _depthwise_plan(x, conv)
+    return F.conv2d(x, _crop(weight, crop), None, stride, padding, dilation, groups)
+
+
+def _depthwise_plan(x: torch.Tensor, conv: nn.Conv2d):
+    """How to run ``conv``'s depthwise convolution of ``x``: ``(x, crop, stride, padding, dilation)``.
+
+    The kernel is cropped to the taps that reach an input pixel (``crop``: first and last row and
+    column, or None): on small maps the outer taps of a 5x5 or dilated kernel only ever meet the zero
+    padding (a 5x5 kernel on a 2x2 map is a 3x3 one; a dilated 3x3 on a 2x2 map its centre). Same
+    output, and the cropped taps' gradient is the same zero.
 
     A stride-2 conv with dilation 2 (and even padding) only ever reads the even pixels: it is an
     undilated stride-1 conv of ``x[:, :, ::2, ::2]`` with half the padding, whose backward runs 3-4x
@@ -249,14 +269,17 @@ def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: i
     if stride == dilation == (2, 2) and padding[0] % 2 == padding[1] % 2 == 0:
         x, stride, dilation = x[:, :, ::2, ::2], (1, 1), (1, 1)
         padding = (padding[0] // 2, padding[1] // 2)
-    crop = [_taps(size, k, s, p, d) for size, k, s, p, d in
+    taps = [_taps(size, k, s, p, d) for size, k, s, p, d in
             zip(x.shape[2:], conv.kernel_size, stride, padding, dilation, strict=True)]
-    if all(c is None for c in crop):
-        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    (lo_h, hi_h), (lo_w, hi_w) = [c or (0, k - 1) for c, k in zip(crop, conv.kernel_size, strict=True)]
+    if all(t is None for t in taps):
+        return x, None, stride, padding, dilation
+    (lo_h, hi_h), (lo_w, hi_w) = [t or (0, k - 1) for t, k in zip(taps, conv.kernel_size, strict=True)]
     padding = tuple(p - lo * d for p, lo, d in zip(padding, (lo_h, lo_w), dilation, strict=True))
-    weight = weight[:, :, lo_h:hi_h + 1, lo_w:hi_w + 1]
-    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    return x, (lo_h, hi_h, lo_w, hi_w), stride, padding, dilation
+
+
+def _crop(weight: torch.Tensor, crop: tuple[int, int, int, int] | None) -> torch.Tensor:
+    return weight if crop is None else weight[:, :, crop[0]:crop[1] + 1, crop[2]:crop[3] + 1]
 
 
 @functools.cache
