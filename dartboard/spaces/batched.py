@@ -115,7 +115,10 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
         return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
     n_edges, C = len(mixed), mixed[0].C
     activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
-    fold = not torch.is_autocast_enabled(h.device.type)  # under autocast the mixing stays an fp32 multiply
+    columns = weights.t()[:, None, :, None]  # op o's weights as [1, E, 1]
+    # a conv op's weights as its last BN's scale, one per channel (materialised rows: BN reads its weight
+    # densely); under autocast the mixing stays an fp32 multiply
+    scales = None if torch.is_autocast_enabled(h.device.type) else weights.t().repeat_interleave(C, dim=1)
     total = shape = None
     for o, name in enumerate(primitives):
         if name == "none":  # w * 0: no output, and no gradient to w either way
@@ -131,15 +134,15 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
             act = (ops[0][0] if separable else ops[0])[0]  # the first DilConv's activation module
             if type(act) not in activated:
                 activated[type(act)] = act(h)
-            if fold:  # w[e, o] as the last BN's scale: its backward gives w's gradient with the input's
-                scale = weights[:, o].repeat_interleave(C)  # contiguous: BN reads its weight densely
+            if scales is not None:  # w[e, o] as the last BN's scale: its backward gives w's gradient with the input's
+                scale = scales[o]
             out, shared = _conv_stack(activated[type(act)], ops, separable, scale), False
         else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
             out, shared = torch.cat([_channels_last_grad(op(h)) for op in ops], dim=1), False
         shape = out.shape
         rows = _rows(out, 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
         # fp32 mixing under autocast (bf16 rows promote); the conv ops' rows come scaled by w[:, o]
-        total = _mix(total, rows, None if scale is not None else weights[:, o].view(1, n_edges, 1))
+        total = _mix(total, rows, None if scale is not None else columns[o])
     if total is None:  # only `none`: zeros of the output shape
         stride = mixed[0].stride
         return [h[:, :, ::stride, ::stride].mul(0.0) for _ in mixed]
