@@ -248,7 +248,8 @@ class Engine:
         loss = self.objective.loss(output, y)
         self.w_scaler.scale(loss).backward()
         self.w_scaler.unscale_(self.w_optimizer)
-        params = [p for p in self.supernet.parameters() if p.grad is not None]
+        # the optimizer's own list: walking the supernet's module tree costs 3-5 ms a step
+        params = [p for group in self.w_optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.schedule.needs_grad_norm:  # Fisher information trace (FIMT): sum ||grad w||^2 before clipping
             self.schedule.after_weight_step(torch.stack([p.grad.float().pow(2).sum() for p in params]).sum())
         nn.utils.clip_grad_norm_(params, self.config.grad_clip)
