@@ -8,10 +8,11 @@ Every edge leaving a node reads the same input, so in a search cell's training f
   gets its own running-statistics update), the stride-1 skip, and ``none`` (a zero, left out);
 - the ReLU in front of every convolution of the node runs once (the modules' own, of the first edge);
 - the convolutions of one kind (``sep_conv_3x3`` on all outgoing edges, ...) run as one depthwise
-  convolution with a channel multiplier (one output group per edge) and one grouped pointwise
-  convolution, with one BN call over all their channels;
+  convolution and one grouped pointwise convolution, with one BN call over all their channels; the
+  depthwise one is a plain depthwise conv of the input repeated once per edge where oneDNN's fast
+  kernel applies (3x3 or smaller, undilated, stride 1), else one with a channel multiplier;
 - a depthwise kernel is cropped to the taps that reach an input pixel (small maps: a 5x5 kernel on a
-  2x2 map is a 3x3 one);
+  2x2 map is a 3x3 one), and a stride-2 dilation-2 one is an undilated conv of the even pixels;
 - the mixing sum_o w_o o(x) is one multiply-add per op for all outgoing edges, on one
   ``[B * H * W, E, C]`` matrix; the edges are channel slices of it. A conv op's w[e, o] is the
   scale of its last (non-affine) BN instead, whose backward yields w's gradient along with the
