@@ -258,7 +258,8 @@ def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: i
     return F.conv2d(x, _crop(weight, crop), None, stride, padding, dilation, groups)
 
 
-def _depthwise_plan(x: torch.Tensor, conv: nn.Conv2d):
+def _depthwise_plan(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, tuple[int, int, int, int] | None,
+                                                               tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """How to run ``conv``'s depthwise convolution of ``x``: ``(x, crop, stride, padding, dilation)``.
 
     The kernel is cropped to the taps that reach an input pixel (``crop``: first and last row and
@@ -312,18 +313,13 @@ def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch
     exactly the update its own call would give them."""
     if len(bns) == 1 and scale is None:
         return bns[0](x)
-    if len(bns) == 1:
-        bn = bns[0]
-        out = F.batch_norm(x, bn.running_mean, bn.running_var, scale, None, True, bn.momentum, bn.eps)
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-        return out
     means, variances = [b.running_mean for b in bns], [b.running_var for b in bns]
-    mean, var = torch.cat(means), torch.cat(variances)
+    mean, var = (means[0], variances[0]) if len(bns) == 1 else (torch.cat(means), torch.cat(variances))
     out = F.batch_norm(x, mean, var, scale, None, True, bns[0].momentum, bns[0].eps)
     with torch.no_grad():
-        sizes = [m.numel() for m in means]
-        torch._foreach_copy_(means, list(mean.split(sizes)))
-        torch._foreach_copy_(variances, list(var.split(sizes)))
+        if len(bns) > 1:  # the update went into the concatenation (a single BN: into its own buffers)
+            sizes = [m.numel() for m in means]
+            torch._foreach_copy_(means, list(mean.split(sizes)))
+            torch._foreach_copy_(variances, list(var.split(sizes)))
         torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
     return out
