@@ -6,10 +6,16 @@
 - DARIO: ViT-B/16 with 6 of 12 blocks pruned, bf16 inference throughput at batch 256 against the
   original (target >= 1.65x), and the Algorithm 5 search time (k = 100, n = 500; target < 60 s).
 
-Without CUDA it writes ``{"skipped": true, ...}`` and exits 0. Each part records its own error, so one
-failure keeps the others' numbers. Not measured here: whole-step CUDA graphs (not built yet).
+The search iteration is timed on ``reference`` (per edge, per op) and ``batched``, each eager and with
+``+graph`` (the whole step replayed from one CUDA graph, :mod:`dartboard.searchers.graphed`; the
+peak memory of a replay excludes the graph's pool, allocated at the capture).
+"fp32" is PyTorch's default, which lets cuDNN convolutions use TF32; the JSON records those flags.
 
-    python benchmarks/gpu_all.py [--out benchmarks/results/gpu_all.json] [--repeats 20]
+Without CUDA it writes ``{"skipped": true, ...}`` and exits 0. Each part records its own error, so one
+failure keeps the others' numbers. ``--dry-run-cpu`` runs every part on the CPU at toy sizes (a check of
+the script before device time is spent on it; its numbers mean nothing).
+
+    python benchmarks/gpu_all.py [--out benchmarks/results/gpu_all.json] [--repeats 20] [--dry-run-cpu]
 """
 
 from __future__ import annotations
@@ -30,46 +36,73 @@ TARGETS = {"first_order_ms": 60.0, "second_order_ms": 300.0, "ddarts_memory_rati
            "dario_inference_speedup": 1.65, "dario_search_s": 60.0}  # issue 17
 
 
-def search_speed(repeats: int) -> dict[str, Any]:
+#: Sizes of the real run (issue 17) and of the CPU dry run.
+FULL = {"batch": 64, "channels": 16, "layers": 8, "input_size": 32, "vit": "vit_base_patch16_224", "vit_kwargs": {},
+        "dario_batch": 256, "image": 224, "k": 100, "n": 500, "memory_steps": 2}
+TOY = {"batch": 2, "channels": 4, "layers": 2, "input_size": 8, "vit": "vit_tiny_patch16_224",
+       "vit_kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 12, "num_heads": 12,
+                      "num_classes": 10}, "dario_batch": 2, "image": 32, "k": 3, "n": 4, "memory_steps": 1}
+ENGINES = {"cuda": ["reference", "batched", "reference+graph", "batched+graph"], "cpu": ["reference", "batched"]}
+
+
+def search_speed(device: str, size: dict[str, Any], repeats: int) -> dict[str, Any]:
     from dartboard.bench.speed import SpeedSetting, run
 
-    setting = SpeedSetting(batch=64, channels=16, layers=8, input_size=32, warmup=3, repeats=repeats,
-                           device="cuda", precision="fp32")
-    return {"setting": vars(setting), "results": run(["darts"], [1, 2], ["reference", "batched"], setting)}
+    setting = SpeedSetting(batch=size["batch"], channels=size["channels"], layers=size["layers"],
+                           input_size=size["input_size"], warmup=3, repeats=repeats, device=device, precision="fp32",
+                           memory=device == "cuda")  # the CPU's memory profiler is the slow part of a dry run
+    return {"setting": vars(setting), "engines": ENGINES[device],
+            "results": run(["darts"], [1, 2], ENGINES[device], setting)}
 
 
-def ddarts_memory() -> dict[str, Any]:
+def ddarts_memory(device: str, size: dict[str, Any]) -> dict[str, Any]:
     from dartboard.bench.memory import Setting, run
 
-    setting = Setting(batch=64, C=16, layers=8, input_size=32, steps=2, device="cuda")
+    setting = Setting(batch=size["batch"], C=size["channels"], layers=size["layers"], input_size=size["input_size"],
+                      steps=size["memory_steps"], device=device)
     results = run(setting)
     return {"setting": vars(setting), "results": results,
             "l_t_over_l_f": max(r["ratio"] for n, r in results.items() if n.startswith("L_T") and n != "L_T (none)")}
 
 
-def dario(batch: int, k: int, n: int) -> dict[str, Any]:
+def dario(device: str, size: dict[str, Any]) -> dict[str, Any]:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from dario_throughput import VIT_B, half_pruned
+    from dario_throughput import KEEP
 
     from dartboard.platform.dario_run import compare_throughput
     from dartboard.searchers.dario import DarioConfig, DarioSearcher
-    from dartboard.spaces.vit import create_vit
+    from dartboard.spaces.genotype import GateGenotype
+    from dartboard.spaces.vit import create_vit, prune_vit
 
-    model = create_vit(VIT_B).to("cuda").eval()
-    out: dict[str, Any] = {"throughput": compare_throughput(model, half_pruned(model), (3, 224, 224), batch, steps=20,
-                                                            warmup=5, device="cuda", amp_dtype=torch.bfloat16)}
-    searcher = DarioSearcher(model, DarioConfig(warmup_samples=k, iterations=n))
-    torch.cuda.synchronize()
+    torch.manual_seed(0)
+    model = create_vit(size["vit"], **size["vit_kwargs"]).to(device).eval()
+    pruned = prune_vit(model, GateGenotype(size["vit"], KEEP, {}, 12, 12))
+    amp = torch.bfloat16 if device == "cuda" else None
+    out: dict[str, Any] = {"model": size["vit"], "blocks_kept": list(KEEP), "batch": size["dario_batch"],
+                           "precision": "bf16 autocast" if amp else "fp32",
+                           "throughput": compare_throughput(model, pruned, (3, size["image"], size["image"]),
+                                                            size["dario_batch"], steps=20, warmup=5, device=device,
+                                                            amp_dtype=amp)}
+    searcher = DarioSearcher(model, DarioConfig(warmup_samples=size["k"], iterations=size["n"]))
+    _sync(device)
     start = time.perf_counter()
     searcher.warm_start()
-    for _ in range(n):
+    _sync(device)
+    warm = time.perf_counter() - start
+    for _ in range(size["n"]):
         searcher.step()
-    torch.cuda.synchronize()
+    _sync(device)
     out["search_s"] = time.perf_counter() - start
-    out["search"] = {"k": k, "n": n}
+    out["search"] = {"k": size["k"], "n": size["n"], "warm_start_s": warm,
+                     "ms_per_iteration": 1e3 * (out["search_s"] - warm) / max(1, size["n"])}
     return out
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def _part(name: str, fn: Callable[[], dict[str, Any]], report: dict[str, Any], out: Path) -> None:
@@ -84,23 +117,50 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--dario-batch", type=int, default=256)
-    ap.add_argument("--k", type=int, default=100)
-    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--dry-run-cpu", action="store_true", help="every part on the CPU at toy sizes")
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"targets": TARGETS, "torch": torch.__version__, "host": platform.node()}
-    if not torch.cuda.is_available():
+    if args.dry_run_cpu:
+        device, size, repeats = "cpu", TOY, 2
+        report.update(skipped=False, device="cpu (dry run at toy sizes: the numbers mean nothing)")
+    elif not torch.cuda.is_available():
         report.update(skipped=True, reason="no CUDA device: nothing measured")
         args.out.write_text(json.dumps(report, indent=2))
         print(f"skipped (no CUDA device); wrote {args.out}")
         return 0
-    report.update(skipped=False, device=torch.cuda.get_device_name(0))
-    _part("search_speed", lambda: search_speed(args.repeats), report, args.out)
-    _part("ddarts_memory", ddarts_memory, report, args.out)
-    _part("dario", lambda: dario(args.dario_batch, args.k, args.n), report, args.out)
+    else:
+        device, size, repeats = "cuda", FULL, args.repeats
+        report.update(skipped=False, device=torch.cuda.get_device_name(0),
+                      tf32={"cudnn": torch.backends.cudnn.allow_tf32,
+                            "matmul": torch.backends.cuda.matmul.allow_tf32})
+    _part("search_speed", lambda: search_speed(device, size, repeats), report, args.out)
+    _part("ddarts_memory", lambda: ddarts_memory(device, size), report, args.out)
+    _part("dario", lambda: dario(device, size), report, args.out)
+    print(summary(report))
     print(f"wrote {args.out}")
-    return 0
+    return 0  # a failed part is in the JSON and the summary; the others' numbers stand
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The figures against the targets, one line each."""
+    lines = [f"device: {report['device']}"]
+    speed = report.get("search_speed", {})
+    for r in speed.get("results", []):
+        for engine, row in r["engines"].items():
+            lines.append(f"search order {r['order']} {engine:<14} {row['ms_per_iter']:9.1f} ms/iter  "
+                         f"{row.get('peak_mib', float('nan')):8.1f} MiB  x{row['ratio']:.2f} vs reference")
+    if "l_t_over_l_f" in report.get("ddarts_memory", {}):
+        lines.append(f"D-DARTS peak memory L_T / L_F: {report['ddarts_memory']['l_t_over_l_f']:.2f}")
+    d = report.get("dario", {})
+    if "throughput" in d:
+        lines.append(f"DARIO inference speed-up {d['throughput']['inference_speedup']:.2f}x, train "
+                     f"{d['throughput']['train_speedup']:.2f}x; search {d['search_s']:.1f} s "
+                     f"({d['search']['ms_per_iteration']:.1f} ms/iteration)")
+    for name, part in report.items():
+        if isinstance(part, dict) and "error" in part:
+            lines.append(f"{name}: ERROR {part['error'].strip().splitlines()[-1]}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -60,17 +60,17 @@ def _batch(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return default_collate([train[i] for i in index])
 
 
-def _build(name: str, engine: str, seed: int = 0):
+def _build(name: str, engine: str, seed: int = 0, device: str = "cpu"):
     spec = get_searcher_spec(name)
     options = OWN.get(name, {k: v for k, v in TINY.items() if k in spec.options})
     torch.manual_seed(seed)
-    return build_searcher(name, {**options, "engine": engine}, _data(name)[0])
+    return build_searcher(name, {**options, "engine": engine}, _data(name)[0], device)
 
 
-def _pair(name: str):
+def _pair(name: str, device: str = "cpu"):
     """Both engines from one seed (the samplers' seeds too), the reference's weights and alphas
     copied into the batched one (test_state_dict_copies_exactly_between_engines: from another seed)."""
-    ref, bat = _build(name, "reference"), _build(name, "batched")
+    ref, bat = _build(name, "reference", device=device), _build(name, "batched", device=device)
     bat.supernet.load_state_dict(ref.supernet.state_dict())
     with torch.no_grad():
         for a, b in zip(ref.arch_parameters(), bat.arch_parameters(), strict=True):
@@ -92,6 +92,8 @@ def _measures(s, name: str) -> dict[str, list[torch.Tensor]]:
     supernet's state (BN running statistics) after those forwards, of one engine."""
     x, y = _batch(name, 0)
     x_val, y_val = _batch(name, 1)
+    if s.device.type != "cpu":  # plain tensor batches only (the GPU test's presets)
+        x, y, x_val, y_val = (t.to(s.device) for t in (x, y, x_val, y_val))
     out: dict[str, list[torch.Tensor]] = {}
     s.activation.resample(s.ctx)  # a search step's sample (GDAS: one-hot weights, its ops skipped)
     torch.manual_seed(7)  # objectives that draw (augmentations) draw alike on both engines
@@ -129,8 +131,19 @@ def test_both_engines_agree_on_every_preset(name, monkeypatch):
         torch.set_default_dtype(dtype)
 
 
-def _agree(name: str, monkeypatch) -> None:
-    ref, bat = _pair(name)
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts", "darts+cs10", "gdas", "pc-darts",
+                                  "colornas-rgb"])
+def test_both_engines_agree_on_a_gpu(name, monkeypatch):
+    """The same oracle on CUDA (fp32 without TF32): cuDNN's kernels for the batched engine's grouped
+    convolutions are not those of the reference's per-op convolutions."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _agree(name, monkeypatch, "cuda")
+
+
+def _agree(name: str, monkeypatch, device: str = "cpu") -> None:
+    ref, bat = _pair(name, device)
     reasons = []
     monkeypatch.setattr(batched, "batched_path", lambda cell, w=None: reasons.append(batched_path(cell, w))
                         or reasons[-1])

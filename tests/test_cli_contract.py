@@ -143,6 +143,8 @@ def test_an_internal_value_error_keeps_its_traceback_exit_1(tmp_path):
     (["distance", "resnet18"], "genotypes: expected at least two, got 1"),
     (["bench", "quality", "--seeds", "0,x", "--no-mlflow"], "--seeds: expected comma-separated integers"),
     (["bench", "speed", "--precision", "fp64"], "precision: expected fp32, bf16 or fp16, got 'fp64'"),
+    (["bench", "speed", "--device", "cpu", "--engines", "batched+graph"],
+     "CUDA graphs need a CUDA device, the search runs on cpu"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):
     result = run(args)

@@ -32,17 +32,37 @@ def test_gpu_script_skips_without_cuda(tmp_path, monkeypatch, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
-def test_gpu_script_records_each_part_and_its_errors(tmp_path, monkeypatch):
+def test_gpu_script_records_each_part_and_its_errors(tmp_path, monkeypatch, capsys):
     """With a (pretended) GPU every part runs; a failing part leaves its traceback, the others their numbers."""
     gpu_all = _load()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "pretend GPU")
-    monkeypatch.setattr(gpu_all, "search_speed", lambda repeats: {"repeats": repeats})
-    monkeypatch.setattr(gpu_all, "ddarts_memory", lambda: 1 / 0)
-    monkeypatch.setattr(gpu_all, "dario", lambda batch, k, n: {"batch": batch, "k": k, "n": n})
+    monkeypatch.setattr(gpu_all, "search_speed", lambda device, size, repeats: {"repeats": repeats, "device": device})
+    monkeypatch.setattr(gpu_all, "ddarts_memory", lambda device, size: 1 / 0)
+    monkeypatch.setattr(gpu_all, "dario", lambda device, size: {"batch": size["dario_batch"], "k": size["k"],
+                                                                 "n": size["n"]})
     out = tmp_path / "gpu.json"
-    assert gpu_all.main(["--out", str(out), "--repeats", "5", "--k", "3", "--n", "4"]) == 0
+    assert gpu_all.main(["--out", str(out), "--repeats", "5"]) == 0
     report = json.loads(out.read_text())
-    assert report["skipped"] is False and report["device"] == "pretend GPU"
-    assert report["search_speed"] == {"repeats": 5} and report["dario"] == {"batch": 256, "k": 3, "n": 4}
+    assert report["skipped"] is False and report["device"] == "pretend GPU" and "cudnn" in report["tf32"]
+    assert report["search_speed"] == {"repeats": 5, "device": "cuda"}
+    assert report["dario"] == {"batch": 256, "k": 100, "n": 500}
     assert "ZeroDivisionError" in report["ddarts_memory"]["error"]
+    assert "ddarts_memory: ERROR ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_gpu_script_dry_run_runs_every_part_on_the_cpu(tmp_path, capsys):
+    """The check before device time is spent: every part, for real, at toy sizes on the CPU."""
+    gpu_all = _load()
+    out = tmp_path / "gpu.json"
+    assert gpu_all.main(["--out", str(out), "--dry-run-cpu"]) == 0
+    report = json.loads(out.read_text())
+    errors = {k: v["error"] for k, v in report.items() if isinstance(v, dict) and "error" in v}
+    assert errors == {}
+    speed = report["search_speed"]["results"]
+    assert [(r["order"], sorted(r["engines"])) for r in speed] == [(1, ["batched", "reference"]),
+                                                                    (2, ["batched", "reference"])]
+    assert all(row["ms_per_iter"] > 0 for r in speed for row in r["engines"].values())
+    assert report["ddarts_memory"]["l_t_over_l_f"] > 0
+    assert report["dario"]["throughput"]["inference_speedup"] > 0 and report["dario"]["search"]["n"] == 4
+    assert "search order 2 batched" in capsys.readouterr().out

@@ -5,7 +5,9 @@ options; after the warm-up steps the engines' timed steps are *interleaved* (ref
 reference, ...) so that a shared machine's load changes hit both alike; the median of each engine's
 times gives ms/iteration, images/s and the ratio reference / batched. Peak memory comes from one
 more, untimed step per engine (:func:`dartboard.bench.memory.profiled_peak_bytes` on CPU,
-``torch.cuda.max_memory_allocated`` on a GPU).
+``torch.cuda.max_memory_allocated`` on a GPU). An engine name with ``+graph`` (``batched+graph``)
+replays that engine's whole step from one CUDA graph (:class:`dartboard.searchers.graphed.GraphedStep`;
+its eager warm-up calls are the warm-up steps, so ``warmup`` must be at least 2 there).
 """
 
 from __future__ import annotations
@@ -33,15 +35,28 @@ class SpeedSetting:
     threads: int | None = None  # torch threads (None: torch's default)
 
 
+GRAPH = "+graph"
+
+
 def build(preset: str, engine: str, order: int, setting: SpeedSetting):
+    """A searcher of ``preset`` on ``engine``; with ``+graph``, an object whose ``step`` replays a CUDA graph."""
     import torch
 
     from dartboard.searchers.registry import DataShape, build_searcher
 
+    graphed = engine.endswith(GRAPH)
     torch.manual_seed(0)
     options = {"C": setting.channels, "layers": setting.layers, "order": order, "precision": setting.precision,
-               "engine": engine}
-    return build_searcher(preset, options, DataShape(3, setting.input_size, 10), setting.device)
+               "engine": engine.removesuffix(GRAPH)}
+    searcher = build_searcher(preset, options, DataShape(3, setting.input_size, 10), setting.device)
+    if not graphed:
+        return searcher
+    from dartboard.searchers.graphed import GraphedStep
+
+    if setting.warmup < 2:
+        raise ValueError(f"engine {engine!r}: warmup must be >= 2 (eager warm-up calls, then the capture), "
+                         f"got {setting.warmup}")
+    return GraphedStep(searcher, warmup=setting.warmup - 1)
 
 
 def _peak_bytes(step: Any, device: str) -> tuple[int, str]:

@@ -125,7 +125,7 @@ def bench_speed(
     orders: str = typer.Option("1,2", "--orders", "--order", help="Hypergradient orders, comma-separated (1, 2)."),
     presets: str = typer.Option("darts", help="Comma-separated presets (searchers) to time."),
     engines: str = typer.Option("reference,batched", help="Supernet engines, interleaved; ratios are to the "
-                                "first."),
+                                "first. 'batched+graph': the batched step replayed from one CUDA graph (GPU)."),
     channels: int = typer.Option(16),
     layers: int = typer.Option(8),
     input_size: int = typer.Option(32),

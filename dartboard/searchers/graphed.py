@@ -1,0 +1,159 @@
+"""A whole search iteration (alpha step + weight step) replayed from one CUDA graph.
+
+:class:`GraphedStep` wraps an :class:`~dartboard.searchers.engine.Engine` and is called like its
+``step``: every call is exactly one search iteration on the batches it is given. The first
+``warmup`` calls run eagerly on a side stream (they create the optimizer states and cuDNN plans a
+capture needs); the next call captures ``Engine.step`` once into a graph, with the batches copied
+into static buffers, and from then on a call copies its batches into those buffers and replays
+the graph: thousands of kernel launches become one. This pays where the step is launch-bound (the
+DARTS supernet on a GPU: many tiny kernels).
+
+What a replay cannot see is refused up front, by name: Python state that a step would change
+(schedules that count calls, samplers, perturbations with their own generators, ADMM's dual
+update, masks read on the host), fp16's loss scaler (its inf check reads the host), and the mixed-op
+modifiers, which are not verified under replay. Learning
+rates are baked into a capture: when a scheduler has changed one since, the next call captures
+again. A batch of another shape (an epoch's last, smaller batch) runs eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dartboard.searchers.base import EpochMeter
+from dartboard.searchers.parts.activations import Activation
+from dartboard.searchers.parts.regularizers import Regularizer
+from dartboard.searchers.parts.schedules import AlternateSchedule, Schedule
+from dartboard.searchers.parts.seams import NoPerturbation, PlainMixedOp
+from dartboard.searchers.protocol import Batch
+
+
+def graph_blockers(engine: Any) -> list[str]:
+    """Why ``engine``'s step cannot be replayed from a CUDA graph (empty: it can)."""
+    reasons = []
+    if engine.device.type != "cuda":
+        reasons.append(f"CUDA graphs need a CUDA device, the search runs on {engine.device}")
+    if engine.config.precision == "fp16":
+        reasons.append("precision fp16: the loss scaler reads its inf check on the host every step (use bf16)")
+    for opt in engine.arch_optimizer.optimizers:
+        if isinstance(opt, torch.optim.Adam) and not opt.defaults.get("fused"):
+            reasons.append("arch optimizer: Adam without fused=True keeps its step counter on the host")
+    if any(getattr(m, "skip_zero_weights", False) for m in engine.supernet.modules()):
+        reasons.append("ops skipped where their weight is zero: the skip is decided on the host")
+    return reasons + _part_blockers(engine)
+
+
+def _part_blockers(engine: Any) -> list[str]:
+    reasons = []
+    if type(engine.schedule) not in (Schedule, AlternateSchedule) or getattr(engine.schedule, "whole_pass", False):
+        reasons.append(f"schedule {type(engine.schedule).__name__}: it decides on the host which steps take an "
+                       f"alpha step")
+    for what, base in (("resample", Activation.resample), ("constrain", Activation.constrain)):
+        if getattr(type(engine.activation), what) is not base:
+            reasons.append(f"activation {type(engine.activation).__name__}: its {what} changes host state each step")
+    if type(engine.perturbation) is not NoPerturbation:
+        reasons.append(f"perturbation {type(engine.perturbation).__name__}: it draws from its own generator")
+    if type(engine.mixed_op) is not PlainMixedOp:
+        reasons.append(f"mixed op {type(engine.mixed_op).__name__}: only the plain mixed op is verified under "
+                       f"replay (its weights may change on the host between epochs)")
+    for reg in engine.regularizers:
+        if type(reg).after_arch_step is not Regularizer.after_arch_step:
+            reasons.append(f"regularizer {type(reg).__name__}: its update after each alpha step runs on the host")
+        if getattr(reg, "deactivation", None) == "reference":  # D-DARTS L_AB's U[0, 1) draws
+            reasons.append(f"regularizer {type(reg).__name__}: deactivation 'reference' draws from a CPU generator")
+    return reasons
+
+
+class GraphedStep:
+    """``engine.step`` replayed from a CUDA graph; see the module docstring."""
+
+    def __init__(self, engine: Any, warmup: int = 3):
+        reasons = graph_blockers(engine)
+        if reasons:
+            raise ValueError(f"{engine.name}: the step cannot be captured in a CUDA graph: " + "; ".join(reasons))
+        if warmup < 1:
+            raise ValueError(f"warmup: expected an integer >= 1 (eager steps before the capture), got {warmup}")
+        self.engine, self.warmup = engine, int(warmup)
+        self.eager_steps = self.replays = self.captures = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._static: list[torch.Tensor] = []
+        self._lrs: tuple[float, ...] = ()
+        self._meters: list[tuple[Any, EpochMeter]] = []  # (owner, the meter its captured step adds to)
+        self._deltas = (0, 0)
+
+    def __call__(self, train_batch: Batch, val_batch: Batch) -> None:
+        tensors = [*train_batch, *val_batch]
+        if self.eager_steps < self.warmup:
+            self._side_stream(lambda: self.engine.step(train_batch, val_batch))
+            self.eager_steps += 1
+            return
+        if self.graph is not None and not self._fits(tensors):
+            self.engine.step(train_batch, val_batch)  # another shape: this one batch eagerly
+            return
+        if self.graph is None or self._lr_values() != self._lrs:
+            self._capture(tensors)
+        for buffer, t in zip(self._static, tensors, strict=True):
+            buffer.copy_(t, non_blocking=True)
+        self.graph.replay()
+        self.replays += 1
+        self._after_replay(val_batch)
+
+    step = __call__
+
+    # ------------------------------------------------------------------ internals
+    def _side_stream(self, fn) -> None:
+        stream = torch.cuda.Stream(self.engine.device)
+        stream.wait_stream(torch.cuda.current_stream(self.engine.device))
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream(self.engine.device).wait_stream(stream)
+
+    def _fits(self, tensors: list[torch.Tensor]) -> bool:
+        return all(t.shape == s.shape and t.dtype == s.dtype for t, s in zip(tensors, self._static, strict=True))
+
+    def _lr_values(self) -> tuple[float, ...]:
+        opts = [self.engine.w_optimizer, *self.engine.arch_optimizer.optimizers]
+        return tuple(float(g["lr"]) for o in opts for g in o.param_groups)
+
+    def _capture(self, tensors: list[torch.Tensor]) -> None:
+        engine = self.engine
+        self.graph = None  # the previous capture's pool goes before the next is taken
+        self._static = [t.to(engine.device).clone() for t in tensors]
+        for opt in [engine.w_optimizer, *engine.arch_optimizer.optimizers]:
+            for group in opt.param_groups:
+                if "capturable" in group:  # fused Adam keeps its step counter on the device already
+                    group["capturable"] = True
+        steps = (engine.global_step, engine.arch_steps)
+        # the engine's meter and the parts' own (FairDARTS L_01, D-DARTS L_AB): the captured step adds to
+        # fresh meters, whose tensors each replay rewrites and each call adds to the real ones
+        owners = [o for o in (engine, *engine.regularizers, engine.schedule, engine.activation, engine.objective)
+                  if isinstance(getattr(o, "meter", None), EpochMeter)]
+        real = [o.meter for o in owners]
+        self._meters = [(o, EpochMeter()) for o in owners]
+        for owner, meter in self._meters:
+            owner.meter = meter
+        x_train, y_train, x_val, y_val = self._static
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                engine.step((x_train, y_train), (x_val, y_val))
+        finally:
+            for owner, meter in zip(owners, real, strict=True):
+                owner.meter = meter
+        # the capture ran no kernel: undo its host-side counts, replay them per call instead
+        self._deltas = (engine.global_step - steps[0], engine.arch_steps - steps[1])
+        engine.global_step, engine.arch_steps = steps
+        self.graph, self._lrs = graph, self._lr_values()
+        self.captures += 1
+
+    def _after_replay(self, val_batch: Batch) -> None:
+        engine = self.engine
+        for owner, captured in self._meters:  # the graph's outputs are overwritten by the next replay
+            for name, value in captured.sums.items():
+                count = captured.counts[name]
+                owner.meter.add(name, value.clone(), count.clone() if torch.is_tensor(count) else count)
+        engine.global_step += self._deltas[0]
+        engine.arch_steps += self._deltas[1]
+        engine.last_val_batch = val_batch

@@ -1,0 +1,91 @@
+"""The whole search step replayed from one CUDA graph (dartboard.searchers.graphed): what it refuses,
+by name, on any machine; on a GPU, that replays search exactly like eager steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dartboard.searchers.graphed import GraphedStep, graph_blockers
+from dartboard.searchers.registry import DataShape, build_searcher
+
+SHAPE = DataShape(1, 8, 10)
+TINY = {"C": 4, "layers": 2}
+
+
+def _on_cuda_in_name(name: str, **options):
+    """A CPU-built searcher that claims a CUDA device: graph_blockers reads the parts, not the kernels."""
+    s = build_searcher(name, {**TINY, **options}, SHAPE)
+    s.device = torch.device("cuda")
+    return s
+
+
+@pytest.mark.parametrize("name, options", [("darts", {}), ("darts", {"order": 2}), ("darts", {"precision": "bf16"}),
+                                           ("fairdarts", {}), ("ddarts", {})])
+def test_plain_bilevel_steps_can_be_captured(name, options):
+    assert graph_blockers(_on_cuda_in_name(name, **options)) == []
+
+
+@pytest.mark.parametrize("name, options, reason", [
+    ("darts", {"precision": "fp16"}, "precision fp16"),
+    ("darts+cs10", {}, "schedule ConstantSchedule"),
+    ("darts+fimt", {}, "schedule FimtSchedule"),
+    ("gdas", {}, "activation"),
+    ("sdarts-rs", {}, "perturbation RandomSmoothing"),
+    ("pc-darts", {}, "mixed op PartialChannel"),
+    ("darts+admm", {}, "regularizer Admm"),
+    ("ddarts", {"deactivation": "reference"}, "regularizer Ablation: deactivation 'reference'"),
+])
+def test_host_side_state_is_refused_by_name(name, options, reason):
+    reasons = graph_blockers(_on_cuda_in_name(name, **options))
+    assert any(r.startswith(reason) for r in reasons), reasons
+
+
+def test_a_cpu_search_is_refused_with_the_device_named():
+    s = build_searcher("darts", TINY, SHAPE)
+    with pytest.raises(ValueError, match="darts: the step cannot be captured in a CUDA graph: CUDA graphs need a "
+                                         "CUDA device, the search runs on cpu"):
+        GraphedStep(s)
+
+
+def test_an_unfused_adam_is_refused():
+    s = _on_cuda_in_name("darts")
+    s.arch_optimizer.optimizers[0].defaults["fused"] = False
+    assert any("Adam without fused=True" in r for r in graph_blockers(s))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, order", [("darts", 1), ("darts", 2), ("fairdarts", 1), ("ddarts", 1)])
+def test_replayed_steps_search_like_eager_steps(name, order, monkeypatch):
+    """Same seed, same batches: 2 eager warm-up calls, a capture, replays, a learning-rate change
+    (a second capture) and a smaller last batch (eager) give the alphas, weights and epoch metrics
+    (the parts' own meters too: FairDARTS L_01, D-DARTS L_AB) of plain eager steps."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+    def build():
+        torch.manual_seed(0)
+        return build_searcher(name, {"C": 8, "layers": 5, "order": order, "epochs": 2}, SHAPE, "cuda")
+
+    eager, graphed = build(), build()
+    stepper = GraphedStep(graphed, warmup=2)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(14)]
+    batches.append((batches[0][0][:5], batches[0][1][:5]))
+    metrics = []
+    for i, (x, y) in enumerate(batches):
+        if i == 8:  # the cosine schedule lowers the weight lr: a capture of the old lr is stale
+            metrics.append((eager.end_epoch(), graphed.end_epoch()))
+        eager.step((x, y), (x.flip(0), y.flip(0)))
+        stepper((x, y), (x.flip(0), y.flip(0)))
+    metrics.append((eager.end_epoch(), graphed.end_epoch()))
+    assert (stepper.captures, stepper.eager_steps) == (2, 2) and stepper.replays == len(batches) - 3
+    assert graphed.global_step == eager.global_step == len(batches) and graphed.arch_steps == eager.arch_steps
+    for a, b in zip(eager.arch_parameters(), graphed.arch_parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager.weight_parameters(), graphed.weight_parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for m_eager, m_graphed in metrics:
+        assert m_graphed.keys() == m_eager.keys() and {"train_loss", "val_acc"} <= m_eager.keys()
+        for key, value in m_eager.items():
+            assert m_graphed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
