@@ -93,7 +93,8 @@ def _measures(s, name: str) -> dict[str, list[torch.Tensor]]:
     x, y = _batch(name, 0)
     x_val, y_val = _batch(name, 1)
     if s.device.type != "cpu":  # plain tensor batches only (the GPU test's presets)
-        x, y, x_val, y_val = (t.to(s.device) for t in (x, y, x_val, y_val))
+        x, x_val = x.to(s.device, torch.get_default_dtype()), x_val.to(s.device, torch.get_default_dtype())
+        y, y_val = y.to(s.device), y_val.to(s.device)
     out: dict[str, list[torch.Tensor]] = {}
     s.activation.resample(s.ctx)  # a search step's sample (GDAS: one-hot weights, its ops skipped)
     torch.manual_seed(7)  # objectives that draw (augmentations) draw alike on both engines
@@ -135,11 +136,16 @@ def test_both_engines_agree_on_every_preset(name, monkeypatch):
 @pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts", "darts+cs10", "gdas", "pc-darts",
                                   "colornas-rgb"])
 def test_both_engines_agree_on_a_gpu(name, monkeypatch):
-    """The same oracle on CUDA (fp32 without TF32): cuDNN's kernels for the batched engine's grouped
-    convolutions are not those of the reference's per-op convolutions."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    _agree(name, monkeypatch, "cuda")
+    """The same oracle on CUDA, in float64: cuDNN's kernels for the batched engine's grouped,
+    channels-last convolutions are not those of the reference's per-op ones, and at these toy sizes
+    (BNs over a few values) fp32 rounding differences grow to 0.1 in the stem's weight gradient
+    (measured on an H200, TF32 off), which says nothing about the engines' equality."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _agree(name, monkeypatch, "cuda")
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 def _agree(name: str, monkeypatch, device: str = "cpu") -> None:

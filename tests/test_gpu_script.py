@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_all.py"
@@ -37,7 +38,8 @@ def test_gpu_script_records_each_part_and_its_errors(tmp_path, monkeypatch, caps
     gpu_all = _load()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "pretend GPU")
-    monkeypatch.setattr(gpu_all, "search_speed", lambda device, size, repeats: {"repeats": repeats, "device": device})
+    monkeypatch.setattr(gpu_all, "search_speed", lambda device, size, repeats, engines="eager":
+                        {"repeats": repeats, "device": device, "engines": engines})
     monkeypatch.setattr(gpu_all, "ddarts_memory", lambda device, size: 1 / 0)
     monkeypatch.setattr(gpu_all, "dario", lambda device, size: {"batch": size["dario_batch"], "k": size["k"],
                                                                  "n": size["n"]})
@@ -45,7 +47,8 @@ def test_gpu_script_records_each_part_and_its_errors(tmp_path, monkeypatch, caps
     assert gpu_all.main(["--out", str(out), "--repeats", "5"]) == 0
     report = json.loads(out.read_text())
     assert report["skipped"] is False and report["device"] == "pretend GPU" and "cudnn" in report["tf32"]
-    assert report["search_speed"] == {"repeats": 5, "device": "cuda"}
+    assert report["search_speed"] == {"repeats": 5, "device": "cuda", "engines": "eager"}
+    assert report["search_speed_graph"] == {"repeats": 5, "device": "cuda", "engines": "graph"}
     assert report["dario"] == {"batch": 256, "k": 100, "n": 500}
     assert "ZeroDivisionError" in report["ddarts_memory"]["error"]
     assert "ddarts_memory: ERROR ZeroDivisionError" in capsys.readouterr().out
@@ -66,3 +69,18 @@ def test_gpu_script_dry_run_runs_every_part_on_the_cpu(tmp_path, capsys):
     assert report["ddarts_memory"]["l_t_over_l_f"] > 0
     assert report["dario"]["throughput"]["inference_speedup"] > 0 and report["dario"]["search"]["n"] == 4
     assert "search order 2 batched" in capsys.readouterr().out
+
+
+def test_gpu_script_runs_the_parts_asked_for_and_refuses_unknown_ones(tmp_path, monkeypatch, capsys):
+    gpu_all = _load()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "pretend GPU")
+    called = []
+    for part in ("search_speed", "ddarts_memory", "dario"):
+        monkeypatch.setattr(gpu_all, part, lambda *a, part=part: called.append(part) or {})
+    out = tmp_path / "gpu.json"
+    assert gpu_all.main(["--out", str(out), "--parts", "dario,search_speed_graph"]) == 0
+    assert called == ["dario", "search_speed"] and "ddarts_memory" not in json.loads(out.read_text())
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_all.main(["--out", str(out), "--parts", "speed"])
+    assert exit_info.value.code == 2 and "--parts: expected names among" in capsys.readouterr().err

@@ -91,10 +91,20 @@ class BatchedSearchCell(SearchCell):
             out = [e for e, (s, _) in enumerate(self.edges) if s == src]
             if not out:
                 continue
-            mixed = _edges_from(states[src], [self.mixed[e] for e in out], weights[out])
+            mixed = _edges_from(states[src], [self.mixed[e] for e in out], weights[self._index(out, weights.device)])
             for k, e in enumerate(out):
                 incoming[self.edges[e][1] - 2].append(mixed[k])
         return torch.cat(states[-self.multiplier:], dim=1)
+
+
+    def _index(self, edges: list[int], device: torch.device) -> torch.Tensor:
+        """``edges`` as an index tensor on ``device``, made once: indexing with a list copies it from
+        the host at every call, which a CUDA graph capture refuses."""
+        cache = self.__dict__.setdefault("_edge_index", {})
+        key = (tuple(edges), device)
+        if key not in cache:
+            cache[key] = torch.tensor(edges, device=device)
+        return cache[key]
 
 
 def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
