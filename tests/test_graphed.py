@@ -43,9 +43,25 @@ def test_host_side_state_is_refused_by_name(name, options, reason):
 
 def test_a_cpu_search_is_refused_with_the_device_named():
     s = build_searcher("darts", TINY, SHAPE)
-    with pytest.raises(ValueError, match="darts: the step cannot be captured in a CUDA graph: CUDA graphs need a "
-                                         "CUDA device, the search runs on cpu"):
+    with pytest.raises(ValueError, match="cuda_graph: the step cannot be captured in a CUDA graph: CUDA graphs need "
+                                         "a CUDA device, the search runs on cpu"):
         GraphedStep(s)
+
+
+def test_the_cuda_graph_option_is_checked_when_the_search_is_built():
+    with pytest.raises(ValueError, match="searcher 'darts': cuda_graph: .* CUDA graphs need a CUDA device"):
+        build_searcher("darts", {**TINY, "cuda_graph": True}, SHAPE)
+    with pytest.raises(ValueError, match="cuda_graph: expected true or false, got 'yes'"):
+        build_searcher("darts", {**TINY, "cuda_graph": "yes"}, SHAPE)
+    assert build_searcher("darts", TINY, SHAPE).graphed is None  # off by default: step() is eager_step()
+
+
+def test_a_graphed_search_refuses_several_workers():
+    s = build_searcher("darts", TINY, SHAPE)
+    s.graphed = GraphedStep.__new__(GraphedStep)  # as built on a GPU with cuda_graph=true
+    with pytest.raises(ValueError, match="cuda_graph: one worker only"):
+        s.distribute(lambda m: m, lambda grads: None)
+    assert s.train_module is s.supernet  # nothing wrapped
 
 
 def test_an_unfused_adam_is_refused():
@@ -98,3 +114,32 @@ def _replay_equals_eager(name: str, order: int) -> None:
         assert m_graphed.keys() == m_eager.keys() and {"train_loss", "val_acc"} <= m_eager.keys()
         for key, value in m_eager.items():
             assert m_graphed[key] == pytest.approx(value, rel=1e-7, abs=1e-9), key
+
+
+@pytest.mark.gpu
+def test_the_cuda_graph_option_searches_like_eager_steps():
+    """``cuda_graph: true`` through the search loop (two epochs, an lr change between them, a smaller last
+    batch) ends where the eager search ends (float64, as above)."""
+    from dartboard.searchers.loop import run_search
+
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        g = torch.Generator().manual_seed(2)
+        data = [(torch.randn(16, 1, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g))
+                for _ in range(6)] + [(torch.randn(5, 1, 16, 16, generator=g, dtype=torch.float64),
+                                       torch.randint(0, 10, (5,), generator=g))]
+        runs = []
+        for graph in (False, True):
+            torch.manual_seed(0)
+            s = build_searcher("darts", {"C": 8, "layers": 5, "epochs": 2, "cuda_graph": graph}, DataShape(1, 16, 10),
+                               "cuda")
+            runs.append((s, run_search(s, data, data[::-1], epochs=2)))
+        (eager, h_eager), (graphed, h_graphed) = runs
+        assert graphed.graphed.replays > 0 and graphed.graphed.captures == 2
+        for a, b in zip(eager.arch_parameters(), graphed.arch_parameters(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
+        for m_eager, m_graphed in zip(h_eager, h_graphed, strict=True):
+            assert m_graphed["val_loss"] == pytest.approx(m_eager["val_loss"], rel=1e-7)
+    finally:
+        torch.set_default_dtype(dtype)

@@ -44,6 +44,7 @@ class EngineConfig:
     predictor_layers: int = 4  # ... predictor up to 4 (0: none, SimCLR and MoCo)
     space_options: dict | None = None  # options of the space, checked by it (ColorNAS: colour_model, ...)
     engine: str = "batched"  # supernet forward: batched (dartboard.spaces.batched) or reference (per edge, per op)
+    cuda_graph: bool = False  # each search step replayed from one CUDA graph (GPU; dartboard.searchers.graphed)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -56,6 +57,8 @@ class EngineConfig:
                              "w_optimizer adam is first order only")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"cuda_graph: expected true or false, got {self.cuda_graph!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
         self.arch_betas = tuple(float(b) for b in self.arch_betas)

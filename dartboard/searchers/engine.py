@@ -25,6 +25,7 @@ from torch import nn
 from dartboard.searchers.base import EpochMeter, mixing_entropy, rng_state, set_rng_state, to_device
 from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.context import SearchContext
+from dartboard.searchers.graphed import GraphedStep
 from dartboard.searchers.hypergradient import functional_loss, grads_or_zeros, unrolled_arch_grads
 from dartboard.searchers.protocol import Batch, GradReducer, ModuleWrapper
 from dartboard.spaces.batched import use_engine
@@ -103,6 +104,8 @@ class Engine:
         self.deferred: list[Batch] = []  # a whole-pass schedule's train batches, weight-stepped at the epoch's end
         self.ctx = SearchContext(self)
         self.activation.start(self.ctx)  # feasible start (projections) and the masks the init implies
+        # cuda_graph: step() replays eager_step() from one CUDA graph; refused here, by name, where it cannot
+        self.graphed: GraphedStep | None = GraphedStep(self) if config.cuda_graph else None
 
     # ------------------------------------------------------------------ Searcher protocol
     @property
@@ -120,6 +123,8 @@ class Engine:
         return list(self.supernet.parameters())
 
     def distribute(self, wrap: ModuleWrapper, reduce_arch_grads: GradReducer) -> None:
+        if self.graphed is not None:
+            raise ValueError("cuda_graph: one worker only (the all-reduces of several workers are not captured)")
         self.train_module = wrap(self.supernet)
         self.reduce_arch_grads = reduce_arch_grads
 
@@ -171,6 +176,13 @@ class Engine:
 
     # ------------------------------------------------------------------ the step
     def step(self, train_batch: Batch, val_batch: Batch) -> None:
+        if self.graphed is not None:
+            self.graphed(train_batch, val_batch)
+        else:
+            self.eager_step(train_batch, val_batch)
+
+    def eager_step(self, train_batch: Batch, val_batch: Batch) -> None:
+        """One search iteration, op by op (what a CUDA graph of the step captures)."""
         self.last_val_batch = val_batch  # for curvature hooks at the end of the epoch
         x_train, y_train = to_device(train_batch, self.device)
         self.activation.resample(self.ctx)

@@ -1,7 +1,8 @@
 """A whole search iteration (alpha step + weight step) replayed from one CUDA graph.
 
 :class:`GraphedStep` wraps an :class:`~dartboard.searchers.engine.Engine` and is called like its
-``step``: every call is exactly one search iteration on the batches it is given. The first
+``step``: every call is exactly one search iteration on the batches it is given (``Engine.eager_step``;
+the search option ``cuda_graph`` makes ``Engine.step`` go through one). The first
 ``warmup`` calls run eagerly on a side stream (they create the optimizer states and cuDNN plans a
 capture needs); the next call captures ``Engine.step`` once into a graph, with the batches copied
 into static buffers, and from then on a call copies its batches into those buffers and replays
@@ -72,7 +73,7 @@ class GraphedStep:
     def __init__(self, engine: Any, warmup: int = 3):
         reasons = graph_blockers(engine)
         if reasons:
-            raise ValueError(f"{engine.name}: the step cannot be captured in a CUDA graph: " + "; ".join(reasons))
+            raise ValueError("cuda_graph: the step cannot be captured in a CUDA graph: " + "; ".join(reasons))
         if warmup < 1:
             raise ValueError(f"warmup: expected an integer >= 1 (eager steps before the capture), got {warmup}")
         self.engine, self.warmup = engine, int(warmup)
@@ -86,11 +87,11 @@ class GraphedStep:
     def __call__(self, train_batch: Batch, val_batch: Batch) -> None:
         tensors = [*train_batch, *val_batch]
         if self.eager_steps < self.warmup:
-            self._side_stream(lambda: self.engine.step(train_batch, val_batch))
+            self._side_stream(lambda: self.engine.eager_step(train_batch, val_batch))
             self.eager_steps += 1
             return
         if self.graph is not None and not self._fits(tensors):
-            self.engine.step(train_batch, val_batch)  # another shape: this one batch eagerly
+            self.engine.eager_step(train_batch, val_batch)  # another shape: this one batch eagerly
             return
         if self.graph is None or self._lr_values() != self._lrs:
             self._capture(tensors)
@@ -121,10 +122,13 @@ class GraphedStep:
         engine = self.engine
         self.graph = None  # the previous capture's pool goes before the next is taken
         self._static = [t.to(engine.device).clone() for t in tensors]
-        for opt in [engine.w_optimizer, *engine.arch_optimizer.optimizers]:
-            for group in opt.param_groups:
-                if "capturable" in group:  # fused Adam keeps its step counter on the device already
-                    group["capturable"] = True
+        # capturable only for the capture (fused Adam keeps its step counter on the device already): a
+        # checkpoint keeps the flag, and a capturable Adam refuses CPU parameters when resumed there
+        groups = [g for o in [engine.w_optimizer, *engine.arch_optimizer.optimizers] for g in o.param_groups
+                  if "capturable" in g]
+        flags = [g["capturable"] for g in groups]
+        for group in groups:
+            group["capturable"] = True
         steps = (engine.global_step, engine.arch_steps)
         # the engine's meter and the parts' own (FairDARTS L_01, D-DARTS L_AB): the captured step adds to
         # fresh meters, whose tensors each replay rewrites and each call adds to the real ones
@@ -138,10 +142,12 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                engine.step((x_train, y_train), (x_val, y_val))
+                engine.eager_step((x_train, y_train), (x_val, y_val))
         finally:
             for owner, meter in zip(owners, real, strict=True):
                 owner.meter = meter
+            for group, flag in zip(groups, flags, strict=True):
+                group["capturable"] = flag
         # the capture ran no kernel: undo its host-side counts, replay them per call instead
         self._deltas = (engine.global_step - steps[0], engine.arch_steps - steps[1])
         engine.global_step, engine.arch_steps = steps
