@@ -84,3 +84,39 @@ def test_gpu_script_runs_the_parts_asked_for_and_refuses_unknown_ones(tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         gpu_all.main(["--out", str(out), "--parts", "speed"])
     assert exit_info.value.code == 2 and "--parts: expected names among" in capsys.readouterr().err
+
+
+def _load_op_check():
+    spec = importlib.util.spec_from_file_location("gpu_op_check", SCRIPT.parent / "gpu_op_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_op_check_finds_no_difference_of_the_cpu_with_itself_and_names_a_planted_one(monkeypatch):
+    """benchmarks/gpu_op_check.py: each aten op of a step re-run on CPU copies of its inputs. The CPU
+    against itself differs nowhere; a kernel that computes something else (planted: the copies of one
+    tensor shape perturbed) is named with its inputs' shapes."""
+    check = _load_op_check()
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        clean = check.check("batched", "cpu")
+        assert clean["ops"] > 1000 and clean["differing"] == 0, clean["first"]
+        to_cpu = check._to_cpu
+        monkeypatch.setattr(check, "_to_cpu", lambda x: to_cpu(x) + 1e-3 if torch.is_tensor(x) and
+                            x.is_floating_point() and tuple(x.shape) == (4, 10) else to_cpu(x))
+        planted = check.check("batched", "cpu")
+    finally:
+        torch.set_default_dtype(dtype)
+    assert planted["differing"] > 0
+    first = planted["first"][0]
+    assert [4, 10] in [i["shape"] for i in first["inputs"]] and first["difference"] > 1e-9
+
+
+def test_op_check_skips_without_cuda(tmp_path, monkeypatch):
+    check = _load_op_check()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "check.json"
+    assert check.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["skipped"] is True
