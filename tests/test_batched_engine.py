@@ -374,3 +374,19 @@ def test_conv_mixing_rides_on_the_bn_scale_in_fp32_only(precision):
         s.first_order_grads(x, y)
     assert len(scaled) > 20
     assert any(scaled) == (precision == "fp32")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_an_unbatched_ops_gradient_comes_back_in_its_outputs_layout(layout):
+    """The per-edge ops inside a batched cell (stride-2 skip: FactorizedReduce, ending in a BN) get their
+    output gradient in their output's layout: channels-last where the output is (the CPU), NCHW where a
+    CUDA kernel gave NCHW. A channels-last gradient meeting an NCHW BN input was a candidate for the
+    engines' disagreement on an H200."""
+    x = torch.randn(2, 6, 4, 4).contiguous(memory_format=layout).requires_grad_(True)
+    seen = []
+    y = batched._channels_last_grad(x)
+    y.register_hook(lambda g: seen.append(g.stride()))
+    x.register_hook(lambda g: seen.append(g.stride()))
+    wide = torch.cat([y, torch.zeros_like(y)], dim=1)  # its gradient: a slice of a wider one
+    (wide * torch.randn_like(wide)).sum().backward()
+    assert seen[-1] == x.stride()

@@ -194,15 +194,17 @@ class _GradLayout(torch.autograd.Function):
 
 
 def _channels_last_grad(x: torch.Tensor) -> torch.Tensor:
-    """``x``; its gradient channels-last."""
-    b, c, h, w = x.shape
-    return _GradLayout.apply(x, (h * w * c, 1, w * c, c))
+    """``x``; its gradient in ``x``'s own layout: channels-last where ``x`` is (the CPU's convolutions and
+    BNs here give channels-last outputs), else ``x``'s. Never a layout other than the output's: the BN
+    backward that gets it also reads the BN's saved input, and a CUDA BN may give NCHW outputs (float64
+    convolutions), where a channels-last gradient would meet an NCHW input."""
+    return _GradLayout.apply(x, x.stride())
 
 
 def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
     """Pooling then non-affine BN, once for all edges; every edge's BN records the batch statistics
     (the unbiased variance recovered from the BN's own inverse standard deviation: no second pass)."""
-    pooled = ops[0][0](h)
+    pooled = ops[0][0](h).contiguous(memory_format=CHANNELS_LAST)  # the layout of its gradient (see _rows)
     bns = [op[1] for op in ops]
     out, mean, invstd = torch.native_batch_norm(pooled, None, None, None, None, True, 0.0, bns[0].eps)
     with torch.no_grad():
@@ -314,7 +316,9 @@ def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
 
 def _pointwise_bn(y: torch.Tensor, convs: Sequence[nn.Sequential], scale: torch.Tensor | None = None) -> torch.Tensor:
     weight = torch.cat([c[2].weight for c in convs])
-    return batch_norm_many(F.conv2d(y, weight, groups=len(convs)), [c[3] for c in convs], scale)
+    # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW)
+    y = F.conv2d(y, weight, groups=len(convs)).contiguous(memory_format=CHANNELS_LAST)
+    return batch_norm_many(y, [c[3] for c in convs], scale)
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
