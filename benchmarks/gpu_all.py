@@ -4,7 +4,8 @@
   second order (targets: <= 60 ms first order, <= 300 ms second order; the original DARTS code: 855 ms);
 - D-DARTS peak memory, L_T over L_F (target <= 1.25x; the thesis reports 2x);
 - DARIO: ViT-B/16 with 6 of 12 blocks pruned, bf16 inference throughput at batch 256 against the
-  original (target >= 1.65x), and the Algorithm 5 search time (k = 100, n = 500; target < 60 s).
+  original (target >= 1.65x), and the Algorithm 5 search time (k = 100, n = 500; target < 60 s), eager
+  and with ``cuda_graph`` (each iteration's double backward replayed from one CUDA graph).
 
 The search iteration is timed on ``reference`` (per edge, per op) and ``batched``, each eager and with
 ``+graph`` (the whole step replayed from one CUDA graph, :mod:`dartboard.searchers.graphed`; the
@@ -87,18 +88,21 @@ def dario(device: str, size: dict[str, Any]) -> dict[str, Any]:
                            "throughput": compare_throughput(model, pruned, (3, size["image"], size["image"]),
                                                             size["dario_batch"], steps=20, warmup=5, device=device,
                                                             amp_dtype=amp)}
-    searcher = DarioSearcher(model, DarioConfig(warmup_samples=size["k"], iterations=size["n"]))
-    _sync(device)
-    start = time.perf_counter()
-    searcher.warm_start()
-    _sync(device)
-    warm = time.perf_counter() - start
-    for _ in range(size["n"]):
-        searcher.step()
-    _sync(device)
-    out["search_s"] = time.perf_counter() - start
-    out["search"] = {"k": size["k"], "n": size["n"], "warm_start_s": warm,
-                     "ms_per_iteration": 1e3 * (out["search_s"] - warm) / max(1, size["n"])}
+    for graph in (False, True) if device == "cuda" else (False,):  # cuda_graph: the iterations in one graph
+        searcher = DarioSearcher(model, DarioConfig(warmup_samples=size["k"], iterations=size["n"], cuda_graph=graph))
+        _sync(device)
+        start = time.perf_counter()
+        searcher.warm_start()
+        _sync(device)
+        warm = time.perf_counter() - start
+        for _ in range(size["n"]):
+            searcher.step()
+        _sync(device)
+        key = "search_graph" if graph else "search"
+        out[f"{key}_s"] = time.perf_counter() - start
+        out[key] = {"k": size["k"], "n": size["n"], "warm_start_s": warm,
+                    "ms_per_iteration": 1e3 * (out[f"{key}_s"] - warm) / max(1, size["n"]),
+                    "final_proxy": searcher.history[-1] if searcher.history else None}
     return out
 
 
@@ -169,6 +173,9 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"DARIO inference speed-up {d['throughput']['inference_speedup']:.2f}x, train "
                      f"{d['throughput']['train_speedup']:.2f}x; search {d['search_s']:.1f} s "
                      f"({d['search']['ms_per_iteration']:.1f} ms/iteration)")
+    if "search_graph" in d:
+        lines.append(f"DARIO search in a CUDA graph {d['search_graph_s']:.1f} s "
+                     f"({d['search_graph']['ms_per_iteration']:.1f} ms/iteration)")
     for name, part in report.items():
         if isinstance(part, dict) and "error" in part:
             lines.append(f"{name}: ERROR {part['error'].strip().splitlines()[-1]}")

@@ -145,6 +145,7 @@ def test_an_internal_value_error_keeps_its_traceback_exit_1(tmp_path):
     (["bench", "speed", "--precision", "fp64"], "precision: expected fp32, bf16 or fp16, got 'fp64'"),
     (["bench", "speed", "--device", "cpu", "--engines", "batched+graph"],
      "CUDA graphs need a CUDA device, the search runs on cpu"),
+    (["prune", "vit_tiny_patch16_224", "--cuda-graph"], "--cuda-graph: CUDA graphs need --device cuda, got 'cpu'"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):
     result = run(args)

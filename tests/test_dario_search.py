@@ -58,6 +58,36 @@ def test_config_errors_name_the_field(tiny_vit):
         DarioSearcher(tiny_vit, DarioConfig(proxy="l0_norm", iterations=5))
     with pytest.raises(ValueError, match="proxy"):
         DarioSearcher(tiny_vit, DarioConfig(proxy="accuracy"))
+    with pytest.raises(ValueError, match="cuda_graph: CUDA graphs need a CUDA device, the model is on cpu"):
+        DarioSearcher(tiny_vit, DarioConfig(cuda_graph=True))
+    with pytest.raises(ValueError, match="cuda_graph: expected true or false, got 'yes'"):
+        DarioSearcher(tiny_vit, DarioConfig(cuda_graph="yes"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("proxy", ["l2_norm", "synflow"])
+def test_a_graphed_search_walks_the_eager_searchs_path(proxy):
+    """cuda_graph: 2 eager iterations, a capture, replays; the proxy values and the alphas of every
+    iteration equal the eager search's (float64: the comparison is of the same arithmetic)."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        model = create_vit(NAME, **TINY).eval().cuda()
+        runs = []
+        for graph in (False, True):
+            cfg = DarioConfig(granularity="both", proxy=proxy, warmup_samples=3, iterations=8, optimizer="adam",
+                              search_lr=0.2, model_lr=0.05, seed=1, cuda_graph=graph)
+            searcher = DarioSearcher(model, cfg)
+            searcher.search()
+            runs.append(searcher)
+        eager, graphed = runs
+        assert graphed._graph is not None and graphed._graph_calls == 2
+        assert graphed.history == pytest.approx(eager.history, rel=1e-9)
+        for k in eager.alpha:
+            torch.testing.assert_close(graphed.alpha[k], eager.alpha[k], rtol=1e-9, atol=1e-12)
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 def _random_loaders():

@@ -67,6 +67,8 @@ def prune(
     finetune_epochs: int = typer.Option(15, help="demo: epochs of each fine-tuning protocol"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="each search iteration replayed from one CUDA graph "
+                                    "(with --device cuda)"),
     out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here"),
     mlflow_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; "
                                                          "nothing is logged when neither is set)"),
@@ -96,8 +98,11 @@ def prune(
                              optimizer=optimizer, seed=seed, **search)
     if warmup_mean is not None:
         config = replace(config, warmup_mean=warmup_mean)
+    config = replace(config, cuda_graph=cuda_graph)
     with user_input():  # only checks the options' values
         config.validate()
+        if cuda_graph and (is_demo or not device.startswith("cuda")):
+            raise ValueError(f"--cuda-graph: CUDA graphs need --device cuda, got {'the demo' if is_demo else device!r}")
     torch.manual_seed(seed)
     if is_demo:
         report, result = dario_demo.run_demo(settings, seed=seed, config=config)

@@ -52,6 +52,7 @@ MODEL_LR = 1e-3  # gamma, Eq 6.6 / Algorithm 5 line 8
 WARMUP_MEAN = 0.0  # thesis 6.1.2 random search: alpha ~ N(0, 1)
 WARMUP_STD = 1.0
 GATE_GRADIENTS = ("thesis", "log", "unit")  # see the module docstring; "thesis" is Algorithm 5 line 10
+GRAPH_WARMUP = 2  # cuda_graph: eager iterations before the capture
 
 
 @dataclass
@@ -70,6 +71,7 @@ class DarioConfig:
     batch_size: int = 1
     seed: int = 0
     input_shape: tuple[int, int, int] | None = None  # (C, H, W); inferred from the model when None
+    cuda_graph: bool = False  # each iteration's double backward replayed from one CUDA graph (GPU)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -119,6 +121,13 @@ class DarioSearcher:
         self.proxy = get_proxy(self.config.proxy)
         ref = next(self.gated.parameters())
         self.device, self.dtype = ref.device, ref.dtype
+        if not isinstance(self.config.cuda_graph, bool):
+            raise ValueError(f"cuda_graph: expected true or false, got {self.config.cuda_graph!r}")
+        if self.config.cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph: CUDA graphs need a CUDA device, the model is on {self.device}")
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_calls = 0
+        self._static: tuple[Tensor, tuple[Tensor, ...]] | None = None
         self.names = [n for n, p in self.gated.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.gated.named_parameters() if p.requires_grad]
         shape = self.config.input_shape or infer_input_shape(model)
@@ -164,11 +173,37 @@ class DarioSearcher:
 
     def alpha_gradient(self) -> dict[str, Tensor]:
         """ds/dalpha for the current alpha (one double backward), raw: the thesis form."""
+        s, grads = self._graphed_gradient() if self.config.cuda_graph else self._gradient()
+        self.history.append(float(s))
+        return dict(zip(self.alpha, grads, strict=True))
+
+    def _gradient(self) -> tuple[Tensor, tuple[Tensor, ...]]:
         with unfused_attention(self.gated):
             s = self.proxy_value(create_graph=True)
             grads = torch.autograd.grad(s, list(self.alpha.values()))
-        self.history.append(float(s.detach()))
-        return dict(zip(self.alpha, grads, strict=True))
+        return s.detach(), tuple(grads)
+
+    def _graphed_gradient(self) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """:meth:`_gradient` replayed from one CUDA graph: its thousands of small kernels (a ViT's forward,
+        backward and double backward at batch 1) in one launch. The graph reads the alphas, the ones
+        input and the weights in place (the optimizer updates the alphas in place; theta never changes).
+        The first calls run eagerly on a side stream (cuBLAS handles, autograd's buffers), then one capture."""
+        if self._graph_calls < GRAPH_WARMUP:
+            self._graph_calls += 1
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                out = self._gradient()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            return out
+        if self._graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._static = self._gradient()
+            self._graph = graph
+        self._graph.replay()
+        s, grads = self._static
+        return s.clone(), tuple(g.clone() for g in grads)  # the next replay rewrites the graph's outputs
 
     def search_direction(self, grads: dict[str, Tensor], value: float) -> dict[str, Tensor]:
         """The gradient the optimiser steps along, per ``gate_gradient`` (module docstring)."""
