@@ -143,3 +143,23 @@ def test_the_cuda_graph_option_searches_like_eager_steps():
             assert m_graphed["val_loss"] == pytest.approx(m_eager["val_loss"], rel=1e-7)
     finally:
         torch.set_default_dtype(dtype)
+
+
+def test_a_capture_is_stale_after_an_epoch_or_a_changed_lr_or_weight_decay():
+    """What a capture bakes in and may change between calls (epoch-end hooks and schedulers: R-DARTS ADA
+    raises the weight decay, DARTS-PT masks ops, DARTOpti's warm-up epochs end) is in the key that makes
+    the next call capture again."""
+    s = build_searcher("darts", TINY, SHAPE)
+    stepper = GraphedStep.__new__(GraphedStep)  # its key only: no capture on a CPU
+    stepper.engine = s
+    key = stepper._key()
+    s.w_optimizer.param_groups[0]["weight_decay"] *= 10
+    assert stepper._key() != key
+    s.w_optimizer.param_groups[0]["weight_decay"] /= 10
+    assert stepper._key() == key
+    s.arch_optimizer.optimizers[0].param_groups[0]["lr"] = 0.5
+    assert stepper._key() != key
+    s.arch_optimizer.optimizers[0].param_groups[0]["lr"] = key[2][0]
+    assert stepper._key() == key
+    s.epoch += 1
+    assert stepper._key() != key

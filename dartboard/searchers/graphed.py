@@ -12,9 +12,10 @@ DARTS supernet on a GPU: many tiny kernels).
 What a replay cannot see is refused up front, by name: Python state that a step would change
 (schedules that count calls, samplers, perturbations with their own generators, ADMM's dual
 update, masks read on the host), fp16's loss scaler (its inf check reads the host), and the mixed-op
-modifiers, which are not verified under replay. Learning
-rates are baked into a capture: when a scheduler has changed one since, the next call captures
-again. A batch of another shape (an epoch's last, smaller batch) runs eagerly.
+modifiers, which are not verified under replay. What changes between epochs (learning rates and
+weight decay from schedulers and hooks, ops masked or projected away, the end of the weight-only
+warm-up epochs) is baked into a capture: a new epoch, or a learning rate changed since, makes the next
+call capture again. A batch of another shape (an epoch's last, smaller batch) runs eagerly.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class GraphedStep:
         self.eager_steps = self.replays = self.captures = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: list[torch.Tensor] = []
-        self._lrs: tuple[float, ...] = ()
+        self._captured_key: tuple[Any, ...] = ()
         self._meters: list[tuple[Any, EpochMeter]] = []  # (owner, the meter its captured step adds to)
         self._deltas = (0, 0)
 
@@ -93,7 +94,7 @@ class GraphedStep:
         if self.graph is not None and not self._fits(tensors):
             self.engine.eager_step(train_batch, val_batch)  # another shape: this one batch eagerly
             return
-        if self.graph is None or self._lr_values() != self._lrs:
+        if self.graph is None or self._key() != self._captured_key:
             self._capture(tensors)
         for buffer, t in zip(self._static, tensors, strict=True):
             buffer.copy_(t, non_blocking=True)
@@ -114,9 +115,12 @@ class GraphedStep:
     def _fits(self, tensors: list[torch.Tensor]) -> bool:
         return all(t.shape == s.shape and t.dtype == s.dtype for t, s in zip(tensors, self._static, strict=True))
 
-    def _lr_values(self) -> tuple[float, ...]:
+    def _key(self) -> tuple[Any, ...]:
+        """What a capture bakes in that may change between calls: the epoch (epoch-end hooks and
+        schedulers) and every optimizer's learning rate and weight decay."""
         opts = [self.engine.w_optimizer, *self.engine.arch_optimizer.optimizers]
-        return tuple(float(g["lr"]) for o in opts for g in o.param_groups)
+        return (self.engine.epoch, *((float(g["lr"]), float(g.get("weight_decay", 0.0)))
+                                     for o in opts for g in o.param_groups))
 
     def _capture(self, tensors: list[torch.Tensor]) -> None:
         engine = self.engine
@@ -151,7 +155,7 @@ class GraphedStep:
         # the capture ran no kernel: undo its host-side counts, replay them per call instead
         self._deltas = (engine.global_step - steps[0], engine.arch_steps - steps[1])
         engine.global_step, engine.arch_steps = steps
-        self.graph, self._lrs = graph, self._lr_values()
+        self.graph, self._captured_key = graph, self._key()
         self.captures += 1
 
     def _after_replay(self, val_batch: Batch) -> None:
