@@ -163,3 +163,20 @@ def test_a_capture_is_stale_after_an_epoch_or_a_changed_lr_or_weight_decay():
     assert stepper._key() == key
     s.epoch += 1
     assert stepper._key() != key
+
+
+def test_parts_that_cannot_be_captured_any_more_turn_the_steps_eager(caplog):
+    """An epoch-end hook may change the parts (DARTS-PT's projection: ops skipped at weight 0, decided on
+    the host): before each capture the blockers are checked again, and the search goes on eagerly, saying why."""
+    s = _on_cuda_in_name("darts")
+    stepper = GraphedStep(s, warmup=1)
+    stepper.eager_steps = 1  # past the warm-up (a CUDA side stream)
+    s.device = torch.device("cpu")  # the eager steps run here
+    s.supernet.set_skip_zero_weights(True)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    with caplog.at_level("WARNING", logger="dartboard"):
+        stepper((x, y), (x, y))
+        stepper((x, y), (x, y))
+    assert "ops skipped where their weight is zero" in stepper.eager_reason
+    assert stepper.graph is None and stepper.captures == 0 and s.global_step == 2
+    assert sum("cuda_graph: eager steps from epoch 0 on" in r.message for r in caplog.records) == 1

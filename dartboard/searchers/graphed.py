@@ -20,6 +20,7 @@ call capture again. A batch of another shape (an epoch's last, smaller batch) ru
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ from dartboard.searchers.parts.regularizers import Regularizer
 from dartboard.searchers.parts.schedules import AlternateSchedule, Schedule
 from dartboard.searchers.parts.seams import NoPerturbation, PlainMixedOp
 from dartboard.searchers.protocol import Batch
+
+log = logging.getLogger("dartboard")
 
 
 def graph_blockers(engine: Any) -> list[str]:
@@ -80,6 +83,7 @@ class GraphedStep:
         self.engine, self.warmup = engine, int(warmup)
         self.eager_steps = self.replays = self.captures = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_reason: str | None = None  # set when a later epoch's parts cannot be captured any more
         self._static: list[torch.Tensor] = []
         self._captured_key: tuple[Any, ...] = ()
         self._meters: list[tuple[Any, EpochMeter]] = []  # (owner, the meter its captured step adds to)
@@ -94,7 +98,16 @@ class GraphedStep:
         if self.graph is not None and not self._fits(tensors):
             self.engine.eager_step(train_batch, val_batch)  # another shape: this one batch eagerly
             return
+        if self.eager_reason is not None:
+            self.engine.eager_step(train_batch, val_batch)
+            return
         if self.graph is None or self._key() != self._captured_key:
+            reasons = graph_blockers(self.engine)  # again: an epoch-end hook may have changed the parts
+            if reasons:  # e.g. DARTS-PT's projection now skips ops on the host: eager from here on
+                self.graph, self.eager_reason = None, "; ".join(reasons)
+                log.warning("cuda_graph: eager steps from epoch %d on: %s", self.engine.epoch, self.eager_reason)
+                self.engine.eager_step(train_batch, val_batch)
+                return
             self._capture(tensors)
         for buffer, t in zip(self._static, tensors, strict=True):
             buffer.copy_(t, non_blocking=True)
