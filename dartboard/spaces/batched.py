@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,7 @@ class BatchedSearchCell(SearchCell):
         if batched_path(self, weights) is not None:
             return super().forward(s0, s1, weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        plans = self._plans()
         incoming: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]
         for src in range(2 + self.steps):
             if src >= 2:  # node src is complete: every edge into it left an earlier node
@@ -88,23 +91,82 @@ class BatchedSearchCell(SearchCell):
                 if self.node_bn is not None:
                     node = self.node_bn[src - 2](node)
                 states.append(node)
-            out = [e for e, (s, _) in enumerate(self.edges) if s == src]
-            if not out:
+            plan = plans[src]
+            if plan is None:
                 continue
-            mixed = _edges_from(states[src], [self.mixed[e] for e in out], weights[self._index(out, weights.device)])
-            for k, e in enumerate(out):
+            mixed = _edges_from(states[src], plan, weights[self._index(plan.edges, weights.device)])
+            for k, e in enumerate(plan.edges):
                 incoming[self.edges[e][1] - 2].append(mixed[k])
         return torch.cat(states[-self.multiplier:], dim=1)
 
+    def _plans(self) -> list[_NodePlan | None]:
+        """Per source node, the modules its batched forward calls (None: no edge leaves it), made once
+        per set of mixed-op modules: a step would otherwise spend 3-7 % of its time in module lookups."""
+        key = tuple(map(id, self.mixed))
+        cached = self.__dict__.get("_node_plans")
+        if cached is None or cached[0] != key:
+            plans = []
+            for src in range(2 + self.steps):
+                out = [e for e, (s, _) in enumerate(self.edges) if s == src]
+                plans.append(_node_plan(out, [self.mixed[e] for e in out]) if out else None)
+            cached = self.__dict__["_node_plans"] = (key, plans)
+        return cached[1]
 
-    def _index(self, edges: list[int], device: torch.device) -> torch.Tensor:
+    def _index(self, edges: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """``edges`` as an index tensor on ``device``, made once: indexing with a list copies it from
         the host at every call, which a CUDA graph capture refuses."""
         cache = self.__dict__.setdefault("_edge_index", {})
-        key = (tuple(edges), device)
+        key = (edges, device)
         if key not in cache:
             cache[key] = torch.tensor(edges, device=device)
         return cache[key]
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One DilConv (ReLU, depthwise, pointwise, non-affine BN) on each of E edges: the modules by role."""
+
+    relu: nn.Module  # the first edge's (all edges' are alike)
+    dw: tuple[nn.Conv2d, ...]
+    pw: tuple[nn.Conv2d, ...]
+    bn: tuple[nn.BatchNorm2d, ...]
+
+
+def _stage(convs: Sequence[nn.Sequential]) -> _Stage:
+    return _Stage(convs[0][0], tuple(c[1] for c in convs), tuple(c[2] for c in convs), tuple(c[3] for c in convs))
+
+
+@dataclass(frozen=True)
+class _NodePlan:
+    """The edges leaving one node and, per candidate op, what their batched forward calls: ``("pool",
+    (pool, BNs))``, ``("skip", None)``, ``("conv", (ReLU, stages))`` or ``("other", per-edge modules)``.
+    ``ops`` is None where the edges have different candidate ops (then each edge runs alone)."""
+
+    edges: tuple[int, ...]
+    mixed: tuple[MixedOp, ...]
+    ops: tuple[tuple[int, str, Any], ...] | None
+
+
+def _node_plan(edges: Sequence[int], mixed: Sequence[MixedOp]) -> _NodePlan:
+    primitives = mixed[0].primitives
+    if any(m.primitives != primitives for m in mixed):
+        return _NodePlan(tuple(edges), tuple(mixed), None)
+    ops: list[tuple[int, str, Any]] = []
+    for o, name in enumerate(primitives):
+        if name == "none":  # w * 0: no output, and no gradient to w either way
+            continue
+        modules = [m.ops[o] for m in mixed]
+        if name in POOLS:
+            ops.append((o, "pool", (modules[0][0], tuple(op[1] for op in modules))))
+        elif name == "skip_connect" and mixed[0].stride == 1:
+            ops.append((o, "skip", None))
+        elif name.startswith(CONV_KINDS):  # SepConv = two DilConvs; DilConv = ReLU, depthwise, pointwise, BN
+            stages = ((_stage([op[0] for op in modules]), _stage([op[1] for op in modules]))
+                      if name.startswith("sep_conv") else (_stage(modules),))
+            ops.append((o, "conv", (stages[0].relu, stages)))
+        else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
+            ops.append((o, "other", tuple(modules)))
+    return _NodePlan(tuple(edges), tuple(mixed), tuple(ops))
 
 
 def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -114,15 +176,15 @@ def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor) -> list[torch.Tensor]:
+def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list[torch.Tensor]:
     """The E edges leaving one node: sum_o w[e, o] o_e(h) for each (DARTS Eq 2).
 
     The mixing works on one ``[B * H' * W', E * C]`` matrix (a channels-last ``[B, E * C, H', W']``
     tensor, edge-major channels): each op's output of all edges is one block of it, or one
     ``[B * H' * W', 1, C]`` block broadcast over the edges (pooling, skip), and each op's mixing
     weight one row of E * C values; the edges are channel slices of the result."""
-    primitives = mixed[0].primitives
-    if any(m.primitives != primitives for m in mixed):  # edges of one node with other ops: per edge
+    mixed = plan.mixed
+    if plan.ops is None:  # edges of one node with other ops: per edge
         return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
     n_edges, C = len(mixed), mixed[0].C
     activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
@@ -131,25 +193,21 @@ def _edges_from(h: torch.Tensor, mixed: Sequence[MixedOp], weights: torch.Tensor
     # densely); under autocast the mixing stays an fp32 multiply
     scales = None if torch.is_autocast_enabled(h.device.type) else weights.t().repeat_interleave(C, dim=1)
     total = shape = None
-    for o, name in enumerate(primitives):
-        if name == "none":  # w * 0: no output, and no gradient to w either way
-            continue
-        ops = [m.ops[o] for m in mixed]
+    for o, kind, modules in plan.ops:
         scale = None
-        if name in POOLS:
-            out, shared = _shared_pool(h, ops), True
-        elif name == "skip_connect" and mixed[0].stride == 1:
+        if kind == "pool":
+            out, shared = _shared_pool(h, *modules), True
+        elif kind == "skip":
             out, shared = h, True
-        elif name.startswith(CONV_KINDS):
-            separable = name.startswith("sep_conv")
-            act = (ops[0][0] if separable else ops[0])[0]  # the first DilConv's activation module
+        elif kind == "conv":
+            act, stages = modules
             if type(act) not in activated:
                 activated[type(act)] = act(h)
             if scales is not None:  # w[e, o] as the last BN's scale: its backward gives w's gradient with the input's
                 scale = scales[o]
-            out, shared = _conv_stack(activated[type(act)], ops, separable, scale), False
-        else:  # an op this engine does not batch (stride-2 skip, DARTOpti's ops): per edge
-            out, shared = torch.cat([_channels_last_grad(op(h)) for op in ops], dim=1), False
+            out, shared = _conv_stack(activated[type(act)], stages, scale), False
+        else:
+            out, shared = torch.cat([_channels_last_grad(op(h)) for op in modules], dim=1), False
         shape = out.shape
         rows = _rows(out, 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
         # fp32 mixing under autocast (bf16 rows promote); the conv ops' rows come scaled by w[:, o]
@@ -201,11 +259,10 @@ def _channels_last_grad(x: torch.Tensor) -> torch.Tensor:
     return _GradLayout.apply(x, x.stride())
 
 
-def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
+def _shared_pool(h: torch.Tensor, pool: nn.Module, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
     """Pooling then non-affine BN, once for all edges; every edge's BN records the batch statistics
     (the unbiased variance recovered from the BN's own inverse standard deviation: no second pass)."""
-    pooled = ops[0][0](h).contiguous(memory_format=CHANNELS_LAST)  # the layout of its gradient (see _rows)
-    bns = [op[1] for op in ops]
+    pooled = pool(h).contiguous(memory_format=CHANNELS_LAST)  # the layout of its gradient (see _rows)
     out, mean, invstd = torch.native_batch_norm(pooled, None, None, None, None, True, 0.0, bns[0].eps)
     with torch.no_grad():
         n = pooled.numel() // pooled.shape[1]
@@ -218,50 +275,45 @@ def _shared_pool(h: torch.Tensor, ops: Sequence[nn.Sequential]) -> torch.Tensor:
     return out
 
 
-def _conv_stack(relu: torch.Tensor, ops: Sequence[nn.Module], separable: bool,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two) per edge on a shared
-    ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given."""
-    stages = [list(op) for op in ops] if separable else [[op] for op in ops]
-    if not separable:
-        return _dil_conv_shared(relu, [s[0] for s in stages], scale)
-    out = _dil_conv_shared(relu, [s[0] for s in stages])
-    return _dil_conv_grouped(stages[0][1][0](out), [s[1] for s in stages], scale)
+def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two stages) per edge on a
+    shared ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given."""
+    if len(stages) == 1:
+        return _dil_conv_shared(relu, stages[0], scale)
+    out = _dil_conv_shared(relu, stages[0])
+    return _dil_conv_grouped(stages[1].relu(out), stages[1], scale)
 
 
-def _dil_conv_shared(x: torch.Tensor, convs: Sequence[nn.Sequential],
-                     scale: torch.Tensor | None = None) -> torch.Tensor:
+def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
     grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
     smaller, undilated, stride 1), the input is repeated E times along the channels and convolved with
     one filter per channel; elsewhere one conv with channel multiplier E (output channel c * E + e) is
     reordered (the multiplier kernels are faster than the plain ones for 5x5 and dilated kernels)."""
-    dw = convs[0][1]
-    n, C = len(convs), x.shape[1]
+    dw = stage.dw[0]
+    n, C = len(stage.dw), x.shape[1]
     x, crop, stride, padding, dilation = _depthwise_plan(x, dw)
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     if stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1)):
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
         x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
-        weight = _crop(torch.cat([c[1].weight for c in convs]), crop)
+        weight = _crop(torch.cat([d.weight for d in stage.dw]), crop)
         dilation = (1, 1) if kernel == (1, 1) else dilation
-        return _pointwise_bn(F.conv2d(x, weight, None, stride, padding, dilation, n * C), convs, scale)
-    weight = _crop(torch.stack([c[1].weight for c in convs], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
+        return _pointwise_bn(F.conv2d(x, weight, None, stride, padding, dilation, n * C), stage, scale)
+    weight = _crop(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
     y = F.conv2d(x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
-    return _pointwise_bn(y, convs, scale)
+    return _pointwise_bn(y, stage, scale)
 
 
-def _dil_conv_grouped(x: torch.Tensor, convs: Sequence[nn.Sequential],
-                      scale: torch.Tensor | None = None) -> torch.Tensor:
+def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
-    dw = convs[0][1]
-    weight = torch.cat([c[1].weight for c in convs])
-    y = _depthwise(x, weight, dw, groups=weight.shape[0])
-    return _pointwise_bn(y, convs, scale)
+    weight = torch.cat([d.weight for d in stage.dw])
+    y = _depthwise(x, weight, stage.dw[0], groups=weight.shape[0])
+    return _pointwise_bn(y, stage, scale)
 
 
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: int) -> torch.Tensor:
@@ -314,11 +366,11 @@ def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
     return lo, hi
 
 
-def _pointwise_bn(y: torch.Tensor, convs: Sequence[nn.Sequential], scale: torch.Tensor | None = None) -> torch.Tensor:
-    weight = torch.cat([c[2].weight for c in convs])
+def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
+    weight = torch.cat([p.weight for p in stage.pw])
     # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW)
-    y = F.conv2d(y, weight, groups=len(convs)).contiguous(memory_format=CHANNELS_LAST)
-    return batch_norm_many(y, [c[3] for c in convs], scale)
+    y = F.conv2d(y, weight, groups=len(stage.pw)).contiguous(memory_format=CHANNELS_LAST)
+    return batch_norm_many(y, stage.bn, scale)
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
