@@ -160,3 +160,21 @@ def test_the_dry_build_runs_while_ray_starts_and_a_refused_study_writes_nothing(
         runner.run_study(_study(), run_dir=str(out))
     assert not (out / "study.yaml").exists()
     assert stopped == [True]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({}, None),
+    ({"resources": {"workers": 1, "gpus_per_worker": 0}}, "cuda_graph: the trials need a GPU"),
+    ({"resources": {"workers": 2, "gpus_per_worker": 1}}, "cuda_graph: one worker only"),
+    ({"searcher": "darts+cs10"}, "cuda_graph: the step cannot be captured in a CUDA graph: schedule ConstantSchedule"),
+])
+def test_a_study_with_cuda_graph_is_checked_on_the_cpu(change, message):
+    """The dry build runs on the CPU: it builds the searcher without the graph, then checks what a GPU
+    trial would refuse (its resources, its parts) before any trial starts."""
+    cfg = _study(**{"searcher": "darts", "params": {}, "options": {"C": 4, "layers": 3, "cuda_graph": True},
+                    "resources": {"workers": 1, "gpus_per_worker": 1}, **change})
+    if message is None:
+        validate_study(cfg)
+    else:
+        with pytest.raises(ValueError, match=message):
+            validate_study(cfg)

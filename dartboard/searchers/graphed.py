@@ -35,10 +35,11 @@ from dartboard.searchers.protocol import Batch
 log = logging.getLogger("dartboard")
 
 
-def graph_blockers(engine: Any) -> list[str]:
-    """Why ``engine``'s step cannot be replayed from a CUDA graph (empty: it can)."""
+def graph_blockers(engine: Any, device: bool = True) -> list[str]:
+    """Why ``engine``'s step cannot be replayed from a CUDA graph (empty: it can); ``device=False``: all
+    but the device (a study's dry build on the CPU of a search that will run on a GPU)."""
     reasons = []
-    if engine.device.type != "cuda":
+    if device and engine.device.type != "cuda":
         reasons.append(f"CUDA graphs need a CUDA device, the search runs on {engine.device}")
     if engine.config.precision == "fp16":
         reasons.append("precision fp16: the loss scaler reads its inf check on the host every step (use bf16)")

@@ -123,12 +123,34 @@ def dry_build(cfg: StudyConfig) -> None:
                     value = d["values"][0 if end == "low" else -1] if d["type"] == "choice" else d[end]
                     sample[pname] = int(value) if d["type"] == "int" else value
             run = SearchRunConfig(**trial_run_config(cfg, sample))
+            options = run.searcher_options()
+            graph = options.get("cuda_graph") is True  # built here on the CPU without it, then checked
+            if graph:
+                options["cuda_graph"] = False
             try:
-                build_searcher(run.searcher, run.searcher_options(), shape, "cpu").derive()
+                searcher = build_searcher(run.searcher, options, shape, "cpu")
+                if graph:
+                    _check_cuda_graph(cfg, searcher)
+                searcher.derive()
             except (ValueError, TypeError, KeyError) as err:
                 names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
                 raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
                                  f"({names}): {err}") from None
+
+
+def _check_cuda_graph(cfg: StudyConfig, searcher: Any) -> None:
+    """``cuda_graph: true`` in a study: one worker with a GPU, and parts a CUDA graph can replay."""
+    from dartboard.searchers.graphed import graph_blockers
+
+    r = cfg.resources
+    if r.workers > 1:
+        raise ValueError(f"cuda_graph: one worker only (the all-reduces of several workers are not captured); "
+                         f"resources.workers is {r.workers}")
+    if r.gpus_per_worker <= 0:
+        raise ValueError("cuda_graph: the trials need a GPU (resources.gpus_per_worker is 0)")
+    reasons = graph_blockers(searcher, device=False)
+    if reasons:
+        raise ValueError("cuda_graph: the step cannot be captured in a CUDA graph: " + "; ".join(reasons))
 
 
 def _dry_shape(cfg: StudyConfig):
