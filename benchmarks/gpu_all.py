@@ -164,8 +164,9 @@ def summary(report: dict[str, Any]) -> str:
         for r in results:
             first = next(iter(r["engines"]))
             for engine, row in r["engines"].items():
+                peak = f"{row['peak_mib']:8.1f} MiB" if "peak_mib" in row else f"{'-':>8} MiB"
                 lines.append(f"search order {r['order']} {engine:<16} {row['ms_per_iter']:9.1f} ms/iter  "
-                             f"{row.get('peak_mib', float('nan')):8.1f} MiB  x{row['ratio']:.2f} vs {first}")
+                             f"{peak}  x{row['ratio']:.2f} vs {first}")
     if "l_t_over_l_f" in report.get("ddarts_memory", {}):
         lines.append(f"D-DARTS peak memory L_T / L_F: {report['ddarts_memory']['l_t_over_l_f']:.2f}")
     d = report.get("dario", {})

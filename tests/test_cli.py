@@ -146,3 +146,22 @@ def test_bench_speed_prints_timing(capsys, monkeypatch):
     out, _ = run_ok(args, capsys)
     line = next(row for row in out.splitlines() if "batched" in row and "darts" in row)
     assert line.split()[-1] == "4.00x" and "1600.0" in line
+
+
+def test_bench_speed_shows_no_peak_for_a_graph_replay(monkeypatch):
+    """A replay allocates nothing (the graph's pool is taken at the capture): a ``+graph`` engine's row
+    says so instead of a peak of 0 MiB; the other engines keep their measured peak."""
+    from dartboard.bench import speed
+
+    class Stepper:
+        def step(self, train, val):
+            torch.ones(256, 256).sum()
+
+    monkeypatch.setattr(speed, "build", lambda preset, engine, order, setting: Stepper())
+    setting = speed.SpeedSetting(batch=2, channels=4, layers=2, input_size=8, warmup=0, repeats=1)
+    rows = speed.compare("darts", 1, ["batched", "batched+graph"], setting)["engines"]
+    assert rows["batched"]["peak_mib"] > 0
+    assert "peak_mib" not in rows["batched+graph"] and rows["batched+graph"]["memory_method"].startswith("none")
+    line = next(r for r in speed.report([{"preset": "darts", "order": 1, "engines": rows}], setting).splitlines()
+                if "batched+graph" in r)
+    assert line.split()[-2] == "-"
