@@ -180,3 +180,110 @@ def test_parts_that_cannot_be_captured_any_more_turn_the_steps_eager(caplog):
     assert "ops skipped where their weight is zero" in stepper.eager_reason
     assert stepper.graph is None and stepper.captures == 0 and s.global_step == 2
     assert sum("cuda_graph: eager steps from epoch 0 on" in r.message for r in caplog.records) == 1
+
+
+# ------------------------------------------------------------------ the bookkeeping of replays, on the CPU
+class _FakeStream:
+    def __init__(self, device=None):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+class _FakeGraph:
+    """A CPU stand-in for a CUDA graph, with a real graph's effects: the capture runs the step and then
+    undoes everything it changed (a real capture runs no kernel); a replay runs the step again on the
+    static buffers, rewrites the captured meters' tensors in place (a replay rewrites the graph's outputs)
+    and changes no host-side counter (a replay runs no Python)."""
+
+    stepper: GraphedStep | None = None
+
+    def replay(self):
+        from dartboard.searchers.base import EpochMeter
+
+        stepper = _FakeGraph.stepper
+        engine = stepper.engine
+        real = [owner.meter for owner, _ in stepper._meters]
+        for owner, _ in stepper._meters:
+            owner.meter = EpochMeter()
+        counters = (engine.global_step, engine.arch_steps)
+        x_train, y_train, x_val, y_val = stepper._static
+        try:
+            engine.eager_step((x_train, y_train), (x_val, y_val))
+            for owner, captured in stepper._meters:
+                assert owner.meter.sums.keys() == captured.sums.keys()
+                for name, value in owner.meter.sums.items():
+                    captured.sums[name].copy_(value)
+        finally:
+            for (owner, _), meter in zip(stepper._meters, real, strict=True):
+                owner.meter = meter
+            engine.global_step, engine.arch_steps = counters
+
+
+def _fake_capture(graph):
+    import contextlib
+    import copy
+
+    @contextlib.contextmanager
+    def capture():
+        engine = _FakeGraph.stepper.engine
+        net = {k: v.clone() for k, v in engine.supernet.state_dict().items()}
+        alphas = [a.detach().clone() for a in engine.arch_parameters()]
+        optimizers = [engine.w_optimizer, *engine.arch_optimizer.optimizers]
+        states = [copy.deepcopy(o.state_dict()) for o in optimizers]
+        yield
+        engine.supernet.load_state_dict(net)
+        with torch.no_grad():
+            for a, saved in zip(engine.arch_parameters(), alphas, strict=True):
+                a.copy_(saved)
+        for o, state in zip(optimizers, states, strict=True):
+            o.load_state_dict(state)
+
+    return capture()
+
+
+@pytest.mark.parametrize("name", ["darts", "fairdarts", "ddarts"])
+def test_replays_keep_the_books_of_eager_steps_on_a_stand_in_graph(name, monkeypatch):
+    """GraphedStep's own logic, on the CPU, with a stand-in graph that has a real one's effects: warm-up
+    calls, static buffers, the meters (the engine's and the parts': FairDARTS L_01, D-DARTS L_AB), the
+    step counters, a smaller batch run eagerly and a new capture after an epoch. The search, its metrics
+    and its counters equal plain eager steps'."""
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _fake_capture)
+    from dartboard.searchers import graphed as graphed_module
+
+    blockers = graphed_module.graph_blockers  # the checks before each capture, all but the device
+    monkeypatch.setattr(graphed_module, "graph_blockers", lambda engine, device=True: blockers(engine, device=False))
+
+    def build():
+        torch.manual_seed(0)
+        return build_searcher(name, {"C": 4, "layers": 3, "epochs": 2}, SHAPE)
+
+    eager, graphed = build(), build()
+    stepper = _FakeGraph.stepper = GraphedStep(graphed, warmup=2)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(9)]
+    batches.insert(5, (batches[0][0][:3], batches[0][1][:3]))  # another shape, mid-epoch: eager
+    metrics = []
+    for i, (x, y) in enumerate(batches):
+        if i == 7:  # a new epoch (and a lower weight lr): a new capture
+            metrics.append((eager.end_epoch(), graphed.end_epoch()))
+        eager.step((x, y), (x.flip(0), y.flip(0)))
+        stepper((x, y), (x.flip(0), y.flip(0)))
+    metrics.append((eager.end_epoch(), graphed.end_epoch()))
+    assert (stepper.eager_steps, stepper.captures, stepper.replays) == (2, 2, len(batches) - 3)
+    assert (graphed.global_step, graphed.arch_steps) == (eager.global_step, eager.arch_steps) == (10, 10)
+    for a, b in zip(eager.arch_parameters(), graphed.arch_parameters(), strict=True):
+        torch.testing.assert_close(b, a)
+    for a, b in zip(eager.weight_parameters(), graphed.weight_parameters(), strict=True):
+        torch.testing.assert_close(b, a)
+    for m_eager, m_graphed in metrics:
+        assert m_graphed.keys() == m_eager.keys() and {"train_loss", "val_acc"} <= m_eager.keys()
+        for key, value in m_eager.items():
+            assert m_graphed[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
