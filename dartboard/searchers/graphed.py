@@ -4,7 +4,7 @@
 ``step``: every call is exactly one search iteration on the batches it is given (``Engine.eager_step``;
 the search option ``cuda_graph`` makes ``Engine.step`` go through one). The first
 ``warmup`` calls run eagerly on a side stream (they create the optimizer states and cuDNN plans a
-capture needs); the next call captures ``Engine.step`` once into a graph, with the batches copied
+capture needs); the next call captures ``Engine.eager_step`` once into a graph, with the batches copied
 into static buffers, and from then on a call copies its batches into those buffers and replays
 the graph: thousands of kernel launches become one. This pays where the step is launch-bound (the
 DARTS supernet on a GPU: many tiny kernels).
@@ -14,8 +14,10 @@ What a replay cannot see is refused up front, by name: Python state that a step 
 update, masks read on the host), fp16's loss scaler (its inf check reads the host), and the mixed-op
 modifiers, which are not verified under replay. What changes between epochs (learning rates and
 weight decay from schedulers and hooks, ops masked or projected away, the end of the weight-only
-warm-up epochs) is baked into a capture: a new epoch, or a learning rate changed since, makes the next
-call capture again. A batch of another shape (an epoch's last, smaller batch) runs eagerly.
+warm-up epochs) is baked into a capture: a new epoch, or a learning rate or weight decay changed since,
+makes the next call capture again, after checking the parts again (where an epoch-end hook made them
+uncapturable, the steps go on eagerly, with one warning). A batch of another shape (an epoch's last,
+smaller batch) runs eagerly.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _part_blockers(engine: Any) -> list[str]:
 
 
 class GraphedStep:
-    """``engine.step`` replayed from a CUDA graph; see the module docstring."""
+    """``engine.eager_step`` replayed from a CUDA graph; see the module docstring."""
 
     def __init__(self, engine: Any, warmup: int = 3):
         reasons = graph_blockers(engine)
