@@ -21,14 +21,13 @@ def _on_cuda_in_name(name: str, **options):
 
 
 @pytest.mark.parametrize("name, options", [("darts", {}), ("darts", {"order": 2}), ("darts", {"precision": "bf16"}),
-                                           ("fairdarts", {}), ("ddarts", {})])
+                                           ("fairdarts", {}), ("ddarts", {}), ("darts+cs10", {})])
 def test_plain_bilevel_steps_can_be_captured(name, options):
     assert graph_blockers(_on_cuda_in_name(name, **options)) == []
 
 
 @pytest.mark.parametrize("name, options, reason", [
     ("darts", {"precision": "fp16"}, "precision fp16"),
-    ("darts+cs10", {}, "schedule ConstantSchedule"),
     ("darts+fimt", {}, "schedule FimtSchedule"),
     ("gdas", {}, "activation"),
     ("sdarts-rs", {}, "perturbation RandomSmoothing"),
@@ -71,7 +70,8 @@ def test_an_unfused_adam_is_refused():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name, order", [("darts", 1), ("darts", 2), ("fairdarts", 1), ("ddarts", 1)])
+@pytest.mark.parametrize("name, order", [("darts", 1), ("darts", 2), ("fairdarts", 1), ("ddarts", 1),
+                                         ("darts+cs10", 1)])
 def test_replayed_steps_search_like_eager_steps(name, order):
     """Same seed, same batches: 2 eager warm-up calls, a capture, replays, a learning-rate change
     (a second capture) and a smaller last batch (eager) give the alphas, weights and epoch metrics
@@ -104,7 +104,9 @@ def _replay_equals_eager(name: str, order: int) -> None:
         eager.step((x, y), (x.flip(0), y.flip(0)))
         stepper((x, y), (x.flip(0), y.flip(0)))
     metrics.append((eager.end_epoch(), graphed.end_epoch()))
-    assert (stepper.captures, stepper.eager_steps) == (2, 2) and stepper.replays == len(batches) - 3
+    # CS-k (k = 10): epoch 0 replays only the graph without an alpha step, epoch 1 both graphs
+    assert (stepper.captures, stepper.eager_steps) == (3 if name == "darts+cs10" else 2, 2)
+    assert stepper.replays == len(batches) - 3
     assert graphed.global_step == eager.global_step == len(batches) and graphed.arch_steps == eager.arch_steps
     for a, b in zip(eager.arch_parameters(), graphed.arch_parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
@@ -178,7 +180,7 @@ def test_parts_that_cannot_be_captured_any_more_turn_the_steps_eager(caplog):
         stepper((x, y), (x, y))
         stepper((x, y), (x, y))
     assert "ops skipped where their weight is zero" in stepper.eager_reason
-    assert stepper.graph is None and stepper.captures == 0 and s.global_step == 2
+    assert stepper.graphs == {} and stepper.captures == 0 and s.global_step == 2
     assert sum("cuda_graph: eager steps from epoch 0 on" in r.message for r in caplog.records) == 1
 
 
@@ -204,19 +206,22 @@ class _FakeGraph:
 
         stepper = _FakeGraph.stepper
         engine = stepper.engine
-        real = [owner.meter for owner, _ in stepper._meters]
-        for owner, _ in stepper._meters:
+        due, record = next((d, c) for d, c in stepper.graphs.items() if c.graph is self)
+        real = [owner.meter for owner, _ in record.meters]
+        for owner, _ in record.meters:
             owner.meter = EpochMeter()
         counters = (engine.global_step, engine.arch_steps)
+        engine.schedule.arch_step_due = lambda: due  # the graph's own choice (a replay runs no Python)
         x_train, y_train, x_val, y_val = stepper._static
         try:
             engine.eager_step((x_train, y_train), (x_val, y_val))
-            for owner, captured in stepper._meters:
+            for owner, captured in record.meters:
                 assert owner.meter.sums.keys() == captured.sums.keys()
                 for name, value in owner.meter.sums.items():
                     captured.sums[name].copy_(value)
         finally:
-            for (owner, _), meter in zip(stepper._meters, real, strict=True):
+            del engine.schedule.arch_step_due
+            for (owner, _), meter in zip(record.meters, real, strict=True):
                 owner.meter = meter
             engine.global_step, engine.arch_steps = counters
 
@@ -243,12 +248,14 @@ def _fake_capture(graph):
     return capture()
 
 
-@pytest.mark.parametrize("name", ["darts", "fairdarts", "ddarts"])
-def test_replays_keep_the_books_of_eager_steps_on_a_stand_in_graph(name, monkeypatch):
+@pytest.mark.parametrize("name, options, graphs", [("darts", {}, 2), ("fairdarts", {}, 2), ("ddarts", {}, 2),
+                                                   ("darts+cs10", {"schedule": {"name": "constant", "k": 3}}, 4)])
+def test_replays_keep_the_books_of_eager_steps_on_a_stand_in_graph(name, options, graphs, monkeypatch):
     """GraphedStep's own logic, on the CPU, with a stand-in graph that has a real one's effects: warm-up
     calls, static buffers, the meters (the engine's and the parts': FairDARTS L_01, D-DARTS L_AB), the
-    step counters, a smaller batch run eagerly and a new capture after an epoch. The search, its metrics
-    and its counters equal plain eager steps'."""
+    step counters, a smaller batch run eagerly and a new capture after an epoch; under CS-k (an alpha step
+    every k-th iteration) a graph with and one without the alpha step. The search, its metrics and its
+    counters (the schedule's too) equal plain eager steps'."""
     import contextlib
 
     monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
@@ -263,7 +270,7 @@ def test_replays_keep_the_books_of_eager_steps_on_a_stand_in_graph(name, monkeyp
 
     def build():
         torch.manual_seed(0)
-        return build_searcher(name, {"C": 4, "layers": 3, "epochs": 2}, SHAPE)
+        return build_searcher(name, {"C": 4, "layers": 3, "epochs": 2, **options}, SHAPE)
 
     eager, graphed = build(), build()
     stepper = _FakeGraph.stepper = GraphedStep(graphed, warmup=2)
@@ -277,8 +284,10 @@ def test_replays_keep_the_books_of_eager_steps_on_a_stand_in_graph(name, monkeyp
         eager.step((x, y), (x.flip(0), y.flip(0)))
         stepper((x, y), (x.flip(0), y.flip(0)))
     metrics.append((eager.end_epoch(), graphed.end_epoch()))
-    assert (stepper.eager_steps, stepper.captures, stepper.replays) == (2, 2, len(batches) - 3)
-    assert (graphed.global_step, graphed.arch_steps) == (eager.global_step, eager.arch_steps) == (10, 10)
+    assert (stepper.eager_steps, stepper.captures, stepper.replays) == (2, graphs, len(batches) - 3)
+    assert (graphed.global_step, graphed.arch_steps) == (eager.global_step, eager.arch_steps)
+    assert graphed.global_step == 10 and graphed.arch_steps == (10 if graphs == 2 else 4)
+    assert graphed.schedule.state_dict() == eager.schedule.state_dict()
     for a, b in zip(eager.arch_parameters(), graphed.arch_parameters(), strict=True):
         torch.testing.assert_close(b, a)
     for a, b in zip(eager.weight_parameters(), graphed.weight_parameters(), strict=True):

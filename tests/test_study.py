@@ -166,7 +166,7 @@ def test_the_dry_build_runs_while_ray_starts_and_a_refused_study_writes_nothing(
     ({}, None),
     ({"resources": {"workers": 1, "gpus_per_worker": 0}}, "cuda_graph: the trials need a GPU"),
     ({"resources": {"workers": 2, "gpus_per_worker": 1}}, "cuda_graph: one worker only"),
-    ({"searcher": "darts+cs10"}, "cuda_graph: the step cannot be captured in a CUDA graph: schedule ConstantSchedule"),
+    ({"searcher": "darts+fimt"}, "cuda_graph: the step cannot be captured in a CUDA graph: schedule FimtSchedule"),
 ])
 def test_a_study_with_cuda_graph_is_checked_on_the_cpu(change, message):
     """The dry build runs on the CPU: it builds the searcher without the graph, then checks what a GPU

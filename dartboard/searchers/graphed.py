@@ -23,6 +23,7 @@ smaller batch) runs eagerly.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ import torch
 from dartboard.searchers.base import EpochMeter
 from dartboard.searchers.parts.activations import Activation
 from dartboard.searchers.parts.regularizers import Regularizer
-from dartboard.searchers.parts.schedules import AlternateSchedule, Schedule
+from dartboard.searchers.parts.schedules import AlternateSchedule, ConstantSchedule, Schedule
 from dartboard.searchers.parts.seams import NoPerturbation, PlainMixedOp
 from dartboard.searchers.protocol import Batch
 
@@ -55,7 +56,8 @@ def graph_blockers(engine: Any, device: bool = True) -> list[str]:
 
 def _part_blockers(engine: Any) -> list[str]:
     reasons = []
-    if type(engine.schedule) not in (Schedule, AlternateSchedule) or getattr(engine.schedule, "whole_pass", False):
+    if (type(engine.schedule) not in (Schedule, AlternateSchedule, ConstantSchedule)
+            or getattr(engine.schedule, "whole_pass", False)):
         reasons.append(f"schedule {type(engine.schedule).__name__}: it decides on the host which steps take an "
                        f"alpha step")
     for what, base in (("resample", Activation.resample), ("constrain", Activation.constrain)):
@@ -74,8 +76,19 @@ def _part_blockers(engine: Any) -> list[str]:
     return reasons
 
 
+@dataclass
+class _Captured:
+    """One captured step: its graph, the meters its replays rewrite (owner, meter) and the host-side
+    counts (global steps, alpha steps) a replay stands for."""
+
+    graph: Any
+    meters: list[tuple[Any, EpochMeter]]
+    deltas: tuple[int, int]
+
+
 class GraphedStep:
-    """``engine.eager_step`` replayed from a CUDA graph; see the module docstring."""
+    """``engine.eager_step`` replayed from a CUDA graph; see the module docstring. Where the schedule
+    takes an alpha step only every k-th iteration (CS-k), two graphs: with and without it."""
 
     def __init__(self, engine: Any, warmup: int = 3):
         reasons = graph_blockers(engine)
@@ -85,12 +98,10 @@ class GraphedStep:
             raise ValueError(f"warmup: expected an integer >= 1 (eager steps before the capture), got {warmup}")
         self.engine, self.warmup = engine, int(warmup)
         self.eager_steps = self.replays = self.captures = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: dict[bool, _Captured] = {}  # by "takes an alpha step"
         self.eager_reason: str | None = None  # set when a later epoch's parts cannot be captured any more
         self._static: list[torch.Tensor] = []
         self._captured_key: tuple[Any, ...] = ()
-        self._meters: list[tuple[Any, EpochMeter]] = []  # (owner, the meter its captured step adds to)
-        self._deltas = (0, 0)
 
     def __call__(self, train_batch: Batch, val_batch: Batch) -> None:
         tensors = [*train_batch, *val_batch]
@@ -98,25 +109,30 @@ class GraphedStep:
             self._side_stream(lambda: self.engine.eager_step(train_batch, val_batch))
             self.eager_steps += 1
             return
-        if self.graph is not None and not self._fits(tensors):
+        if self.eager_reason is not None or (self._static and not self._fits(tensors)):
             self.engine.eager_step(train_batch, val_batch)  # another shape: this one batch eagerly
             return
-        if self.eager_reason is not None:
-            self.engine.eager_step(train_batch, val_batch)
-            return
-        if self.graph is None or self._key() != self._captured_key:
+        key = self._key()
+        if key != self._captured_key:  # the first capture, or a new epoch: every graph is stale
             reasons = graph_blockers(self.engine)  # again: an epoch-end hook may have changed the parts
             if reasons:  # e.g. DARTS-PT's projection now skips ops on the host: eager from here on
-                self.graph, self.eager_reason = None, "; ".join(reasons)
+                self.graphs.clear()
+                self.eager_reason = "; ".join(reasons)
                 log.warning("cuda_graph: eager steps from epoch %d on: %s", self.engine.epoch, self.eager_reason)
                 self.engine.eager_step(train_batch, val_batch)
                 return
-            self._capture(tensors)
+            self.graphs.clear()  # the previous captures' pools go before the next are taken
+            self._static = [t.to(self.engine.device).clone() for t in tensors]
+            self._captured_key = key
+        due = self._arch_step_due()
+        if due not in self.graphs:
+            self.graphs[due] = self._capture(due)
         for buffer, t in zip(self._static, tensors, strict=True):
             buffer.copy_(t, non_blocking=True)
-        self.graph.replay()
+        captured = self.graphs[due]
+        captured.graph.replay()
         self.replays += 1
-        self._after_replay(val_batch)
+        self._after_replay(captured, val_batch)
 
     step = __call__
 
@@ -138,10 +154,14 @@ class GraphedStep:
         return (self.engine.epoch, *((float(g["lr"]), float(g.get("weight_decay", 0.0)))
                                      for o in opts for g in o.param_groups))
 
-    def _capture(self, tensors: list[torch.Tensor]) -> None:
+    def _arch_step_due(self) -> bool:
+        """Whether this call's step takes an alpha step, decided on the host as ``Engine.eager_step``
+        decides it (a CS-k schedule's counter advances here, once per call, as in an eager step)."""
         engine = self.engine
-        self.graph = None  # the previous capture's pool goes before the next is taken
-        self._static = [t.to(engine.device).clone() for t in tensors]
+        return engine.epoch >= engine.config.warmup_epochs and bool(engine.schedule.arch_step_due())
+
+    def _capture(self, due: bool) -> _Captured:
+        engine = self.engine
         # capturable only for the capture (fused Adam keeps its step counter on the device already): a
         # checkpoint keeps the flag, and a capturable Adam refuses CPU parameters when resumed there
         groups = [g for o in [engine.w_optimizer, *engine.arch_optimizer.optimizers] for g in o.param_groups
@@ -155,31 +175,33 @@ class GraphedStep:
         owners = [o for o in (engine, *engine.regularizers, engine.schedule, engine.activation, engine.objective)
                   if isinstance(getattr(o, "meter", None), EpochMeter)]
         real = [o.meter for o in owners]
-        self._meters = [(o, EpochMeter()) for o in owners]
-        for owner, meter in self._meters:
+        meters = [(o, EpochMeter()) for o in owners]
+        for owner, meter in meters:
             owner.meter = meter
+        engine.schedule.arch_step_due = lambda: due  # decided by the caller; the counter moved there
         x_train, y_train, x_val, y_val = self._static
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
                 engine.eager_step((x_train, y_train), (x_val, y_val))
         finally:
+            del engine.schedule.arch_step_due
             for owner, meter in zip(owners, real, strict=True):
                 owner.meter = meter
             for group, flag in zip(groups, flags, strict=True):
                 group["capturable"] = flag
         # the capture ran no kernel: undo its host-side counts, replay them per call instead
-        self._deltas = (engine.global_step - steps[0], engine.arch_steps - steps[1])
+        deltas = (engine.global_step - steps[0], engine.arch_steps - steps[1])
         engine.global_step, engine.arch_steps = steps
-        self.graph, self._captured_key = graph, self._key()
         self.captures += 1
+        return _Captured(graph, meters, deltas)
 
-    def _after_replay(self, val_batch: Batch) -> None:
+    def _after_replay(self, captured: _Captured, val_batch: Batch) -> None:
         engine = self.engine
-        for owner, captured in self._meters:  # the graph's outputs are overwritten by the next replay
-            for name, value in captured.sums.items():
-                count = captured.counts[name]
+        for owner, meter in captured.meters:  # the graph's outputs are overwritten by the next replay
+            for name, value in meter.sums.items():
+                count = meter.counts[name]
                 owner.meter.add(name, value.clone(), count.clone() if torch.is_tensor(count) else count)
-        engine.global_step += self._deltas[0]
-        engine.arch_steps += self._deltas[1]
+        engine.global_step += captured.deltas[0]
+        engine.arch_steps += captured.deltas[1]
         engine.last_val_batch = val_batch
