@@ -10,8 +10,8 @@ the graph: thousands of kernel launches become one. This pays where the step is 
 DARTS supernet on a GPU: many tiny kernels).
 
 What a replay cannot see is refused up front, by name: Python state that a step would change
-(schedules that count calls, samplers, perturbations with their own generators, ADMM's dual
-update, masks read on the host), fp16's loss scaler (its inf check reads the host), and the mixed-op
+(schedules that decide from the step's own values, samplers, perturbations with their own generators,
+ADMM's dual update, masks read on the host), fp16's loss scaler (its inf check reads the host), and the mixed-op
 modifiers, which are not verified under replay. What changes between epochs (learning rates and
 weight decay from schedulers and hooks, ops masked or projected away, the end of the weight-only
 warm-up epochs) is baked into a capture: a new epoch, or a learning rate or weight decay changed since,
@@ -23,8 +23,9 @@ smaller batch) runs eagerly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -36,6 +37,7 @@ from dartboard.searchers.parts.seams import NoPerturbation, PlainMixedOp
 from dartboard.searchers.protocol import Batch
 
 log = logging.getLogger("dartboard")
+T = TypeVar("T")
 
 
 def graph_blockers(engine: Any, device: bool = True) -> list[str]:
@@ -58,8 +60,8 @@ def _part_blockers(engine: Any) -> list[str]:
     reasons = []
     if (type(engine.schedule) not in (Schedule, AlternateSchedule, ConstantSchedule)
             or getattr(engine.schedule, "whole_pass", False)):
-        reasons.append(f"schedule {type(engine.schedule).__name__}: it decides on the host which steps take an "
-                       f"alpha step")
+        reasons.append(f"schedule {type(engine.schedule).__name__}: it decides which steps take an alpha step "
+                       f"from values read on the host, or runs whole passes")
     for what, base in (("resample", Activation.resample), ("constrain", Activation.constrain)):
         if getattr(type(engine.activation), what) is not base:
             reasons.append(f"activation {type(engine.activation).__name__}: its {what} changes host state each step")
@@ -74,6 +76,17 @@ def _part_blockers(engine: Any) -> list[str]:
         if getattr(reg, "deactivation", None) == "reference":  # D-DARTS L_AB's U[0, 1) draws
             reasons.append(f"regularizer {type(reg).__name__}: deactivation 'reference' draws from a CPU generator")
     return reasons
+
+
+def on_side_stream(device: torch.device, fn: Callable[[], T]) -> T:
+    """``fn()`` on a side stream, ordered after and before the current stream's work: the eager warm-up
+    calls before a CUDA graph capture (PyTorch's recipe: they create the handles and states it needs)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        out = fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return out
 
 
 @dataclass
@@ -106,7 +119,7 @@ class GraphedStep:
     def __call__(self, train_batch: Batch, val_batch: Batch) -> None:
         tensors = [*train_batch, *val_batch]
         if self.eager_steps < self.warmup:
-            self._side_stream(lambda: self.engine.eager_step(train_batch, val_batch))
+            on_side_stream(self.engine.device, lambda: self.engine.eager_step(train_batch, val_batch))
             self.eager_steps += 1
             return
         if self.eager_reason is not None or (self._static and not self._fits(tensors)):
@@ -137,13 +150,6 @@ class GraphedStep:
     step = __call__
 
     # ------------------------------------------------------------------ internals
-    def _side_stream(self, fn) -> None:
-        stream = torch.cuda.Stream(self.engine.device)
-        stream.wait_stream(torch.cuda.current_stream(self.engine.device))
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream(self.engine.device).wait_stream(stream)
-
     def _fits(self, tensors: list[torch.Tensor]) -> bool:
         return all(t.shape == s.shape and t.dtype == s.dtype for t, s in zip(tensors, self._static, strict=True))
 

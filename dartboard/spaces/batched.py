@@ -101,7 +101,7 @@ class BatchedSearchCell(SearchCell):
 
     def _plans(self) -> list[_NodePlan | None]:
         """Per source node, the modules its batched forward calls (None: no edge leaves it), made once
-        per set of mixed-op modules: a step would otherwise spend 3-7 % of its time in module lookups."""
+        per set of mixed-op modules: the lookups cost 3-6 % of a step (README, per-node plan)."""
         key = tuple(map(id, self.mixed))
         cached = self.__dict__.get("_node_plans")
         if cached is None or cached[0] != key:
@@ -254,8 +254,8 @@ class _GradLayout(torch.autograd.Function):
 def _channels_last_grad(x: torch.Tensor) -> torch.Tensor:
     """``x``; its gradient in ``x``'s own layout: channels-last where ``x`` is (the CPU's convolutions and
     BNs here give channels-last outputs), else ``x``'s. Never a layout other than the output's: the BN
-    backward that gets it also reads the BN's saved input, and a CUDA BN may give NCHW outputs (float64
-    convolutions), where a channels-last gradient would meet an NCHW input."""
+    backward that gets it also reads the BN's saved input, and on CUDA an op may give NCHW outputs, where
+    a channels-last gradient would meet an NCHW input."""
     return _GradLayout.apply(x, x.stride())
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from dartboard.searchers.dario.proxies import DEFAULT_PROXY, get_proxy
+from dartboard.searchers.graphed import on_side_stream
 from dartboard.spaces.genotype import GateGenotype
 from dartboard.spaces.vit import (
     GRANULARITIES,
@@ -190,12 +191,7 @@ class DarioSearcher:
         The first calls run eagerly on a side stream (cuBLAS handles, autograd's buffers), then one capture."""
         if self._graph_calls < GRAPH_WARMUP:
             self._graph_calls += 1
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                out = self._gradient()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            return out
+            return on_side_stream(self.device, self._gradient)
         if self._graph is None:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
