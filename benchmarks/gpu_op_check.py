@@ -55,7 +55,7 @@ class CpuShadow(TorchDispatchMode):
         out = func(*args, **kwargs)
         self.ops += 1
         try:
-            cpu_out = func(*cpu_args, **cpu_kwargs)
+            cpu_out = _cpu_twin(func)(*cpu_args, **cpu_kwargs)
         except Exception as error:  # an op the CPU cannot run as called (a device argument): noted, not compared
             self.records.append({"op": str(func), "error": f"{type(error).__name__}: {error}"[:300]})
             return out
@@ -69,6 +69,21 @@ class CpuShadow(TorchDispatchMode):
                                  "inputs": [{"shape": list(t.shape), "stride": list(t.stride()), "dtype": str(t.dtype)}
                                             for t in tensors]})
         return out
+
+
+def _cudnn_bn_backward(input, grad_out, weight, running_mean, running_var, save_mean, save_invstd, eps, reserve):
+    return torch.ops.aten.native_batch_norm_backward(grad_out, input, weight, running_mean, running_var, save_mean,
+                                                     save_invstd, True, eps, [True, True, True])
+
+
+def _cpu_twin(func):
+    """The op itself, or for cuDNN's BN (no CPU kernel) the native BN of the same arguments: the
+    outputs compared are its first three (output, batch mean and inverse std; or the three gradients)."""
+    if func is torch.ops.aten.cudnn_batch_norm.default:
+        return torch.ops.aten.native_batch_norm.default
+    if func is torch.ops.aten.cudnn_batch_norm_backward.default:
+        return _cudnn_bn_backward
+    return func
 
 
 def _to_cpu(x: Any) -> Any:

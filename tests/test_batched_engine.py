@@ -136,16 +136,46 @@ def test_both_engines_agree_on_every_preset(name, monkeypatch):
 @pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts", "darts+cs10", "gdas", "pc-darts",
                                   "colornas-rgb"])
 def test_both_engines_agree_on_a_gpu(name, monkeypatch):
-    """The same oracle on CUDA, in float64: cuDNN's kernels for the batched engine's grouped,
-    channels-last convolutions are not those of the reference's per-op ones, and at these toy sizes
-    (BNs over a few values) fp32 rounding differences grow to 0.1 in the stem's weight gradient
-    (measured on an H200, TF32 off), which says nothing about the engines' equality."""
+    """The same oracle on CUDA, in float64 (cuDNN's kernels for the batched engine's grouped,
+    channels-last convolutions are not those of the reference's per-op ones). Red on an H200 with
+    torch 2.11 (0.041 in darts' stem weight gradient) until the average pooling of channels-last
+    inputs avoided the wrong CUDA backward kernel (``ops.AvgPool2d``)."""
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         _agree(name, monkeypatch, "cuda")
     finally:
         torch.set_default_dtype(dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts"])
+def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
+    """The issue's contract on CUDA: within 1e-5 in fp32 (TF32 off: it rounds convolutions to 10 bits)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _agree(name, monkeypatch, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stride", [1, 2])
+def test_avg_pool_gradient_of_a_channels_last_input_on_cuda(stride):
+    """PyTorch's NHWC CUDA backward of a padded average pooling is wrong (pytorch/pytorch#188344);
+    the op's gradient on a channels-last CUDA input equals the CPU's. Red with ``nn.AvgPool2d``."""
+    from dartboard.spaces.ops import make_op
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64)
+    pool = make_op("avg_pool_3x3", 4, stride, False)
+    grads = []
+    for device, fmt in (("cpu", torch.contiguous_format), ("cuda", torch.channels_last)):
+        xi = x.to(device).contiguous(memory_format=fmt).requires_grad_()
+        out = pool(xi)
+        weight = torch.arange(out.numel(), dtype=torch.float64).reshape(out.shape).to(device)
+        (out * weight).sum().backward()
+        grads.append((out.detach().cpu(), xi.grad.cpu()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-12)
 
 
 def _agree(name: str, monkeypatch, device: str = "cpu") -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from dartboard.registries import Registry
 
@@ -125,10 +126,25 @@ class Bottleneck131(nn.Sequential):
         )
 
 
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` whose gradient is right on CUDA for channels-last inputs too.
+
+    PyTorch's channels-last (NHWC) CUDA kernel of the average pooling's backward drops the padding
+    offset when ``padding > 0`` and silently returns wrong input gradients (pytorch/pytorch#188344;
+    torch 2.11 on an H200: 1e-4 to 2e-3 off in float64, found by ``benchmarks/gpu_op_check.py``). Such
+    an input is pooled in the contiguous layout, whose kernel is right; the output is then contiguous
+    (NCHW) and the forward values unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and any(_pair(self.padding)) and not x.is_contiguous():
+            x = x.contiguous()
+        return super().forward(x)
+
+
 def _pool(kind: str) -> OpFactory:
     def factory(C: int, stride: int, affine: bool) -> nn.Module:
         if kind == "avg":
-            return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+            return AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         return nn.MaxPool2d(3, stride=stride, padding=1)
 
     return factory
