@@ -169,7 +169,7 @@ def test_avg_pool_gradient_of_a_channels_last_input_on_cuda(stride):
     pool = make_op("avg_pool_3x3", 4, stride, False)
     grads = []
     for device, fmt in (("cpu", torch.contiguous_format), ("cuda", torch.channels_last)):
-        xi = x.to(device).contiguous(memory_format=fmt).requires_grad_()
+        xi = x.to(device).contiguous(memory_format=fmt).detach().requires_grad_()
         out = pool(xi)
         weight = torch.arange(out.numel(), dtype=torch.float64).reshape(out.shape).to(device)
         (out * weight).sum().backward()
