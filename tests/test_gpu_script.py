@@ -120,3 +120,20 @@ def test_op_check_skips_without_cuda(tmp_path, monkeypatch):
     out = tmp_path / "check.json"
     assert check.main(["--out", str(out)]) == 0
     assert json.loads(out.read_text())["skipped"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the script's behaviour on a machine without CUDA")
+def test_gpu_session_runs_a_stage_and_refuses_an_unknown_one(tmp_path):
+    """``gpu_session.sh OUT figures`` on a machine without CUDA: gpu_all.py's skip JSON, no tests run;
+    an unknown stage: exit 2 naming it, nothing run."""
+    import subprocess
+
+    script = SCRIPT.parent / "gpu_session.sh"
+    bad = subprocess.run(["bash", str(script), str(tmp_path / "bad"), "benchmarks"], capture_output=True, text=True,
+                         cwd=SCRIPT.parents[1])
+    assert bad.returncode == 2 and "'benchmarks'" in bad.stderr and not (tmp_path / "bad").exists()
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out"), "figures"], capture_output=True, text=True,
+                          cwd=SCRIPT.parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "out" / "gpu_all.json").read_text())["skipped"] is True
+    assert not (tmp_path / "out" / "pytest_gpu.txt").exists() and "gpu_all: exit 0" in done.stdout
