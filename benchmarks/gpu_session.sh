@@ -3,9 +3,10 @@
 # call (a call may run 10 minutes):
 #   bash benchmarks/gpu_session.sh [OUT_DIR] [tests|figures|all]      (default: all; OUT_DIR: $OUT, else
 #                                                                      benchmarks/results/gpu_session)
-#   tests:   the GPU-marked tests and the op-by-op CPU comparison of both engines (measured on an H200,
-#            2026-12-04: op check about 20 s, the tests about 3.5 min)
-#   figures: every GPU figure of benchmarks/gpu_all.py (measured: about 5 min with --repeats 10)
+#   tests:   the GPU-marked tests and the op-by-op CPU comparison of both engines (on an H200, 2026-12-04:
+#            the op check and the tests of that day 3.5 min together; more tests since: about 4 min, estimated)
+#   figures: every GPU figure of benchmarks/gpu_all.py (--repeats 10: its search and DARIO parts took about
+#            4.6 min together on the H200; with the D-DARTS memory part about 5 min, estimated)
 # The machine's python needs torch and timm only (ray, mlflow, optuna and pydantic are not imported).
 set -u
 out="${1:-${OUT:-benchmarks/results/gpu_session}}"

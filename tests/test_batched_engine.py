@@ -157,21 +157,51 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
     _agree(name, monkeypatch, "cuda")
 
 
+def _channels_last_layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``x`` ([N, C, H, W]) in the layouts a channels-last engine hands an op: dense channels-last, a channel
+    slice of a wider channels-last tensor, and channels-last strides where PyTorch calls the tensor
+    contiguous (C = 1, or 1x1 maps)."""
+    n, c, h, w = x.shape
+    wide = torch.cat([x, x], dim=1).contiguous(memory_format=torch.channels_last)
+    ones = [torch.empty_strided(s, (s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]), dtype=x.dtype, device=x.device)
+            for s in ((n, 1, h, w), (n, c, 1, 1))]
+    ones[0].copy_(x[:, :1])
+    ones[1].copy_(x[:, :, :1, :1])
+    return {"dense": x.contiguous(memory_format=torch.channels_last), "slice": wide[:, c:],
+            "one_channel": ones[0], "one_pixel": ones[1]}
+
+
+def test_nchw_gives_standard_strides_to_every_channels_last_layout():
+    """What the average pooling hands PyTorch on CUDA (``ops.AvgPool2d``): standard NCHW strides, the same
+    values; a tensor that has them is passed as it is. ``x.contiguous()`` fails the C = 1 and 1x1 cases."""
+    from dartboard.spaces.ops import nchw
+
+    x = torch.randn(2, 3, 5, 5)
+    for name, t in _channels_last_layouts(x).items():
+        n, c, h, w = t.shape
+        assert t.stride() != (c * h * w, h * w, w, 1), name  # the case is one
+        out = nchw(t)
+        assert out.stride() == (c * h * w, h * w, w, 1) and torch.equal(out, t), name
+    assert nchw(x) is x
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("stride", [1, 2])
-def test_avg_pool_gradient_of_a_channels_last_input_on_cuda(stride):
+@pytest.mark.parametrize("layout", ["dense", "slice", "one_channel", "one_pixel"])
+def test_avg_pool_gradient_of_a_channels_last_input_on_cuda(stride, layout):
     """PyTorch's NHWC CUDA backward of a padded average pooling is wrong (pytorch/pytorch#188344);
-    the op's gradient on a channels-last CUDA input equals the CPU's. Red with ``nn.AvgPool2d``."""
+    the op's gradient on a channels-last CUDA input equals the CPU's. Red with ``nn.AvgPool2d``
+    (measured on an H200 for the dense layout)."""
     from dartboard.spaces.ops import make_op
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64)
-    pool = make_op("avg_pool_3x3", 4, stride, False)
-    grads = []
-    for device, fmt in (("cpu", torch.contiguous_format), ("cuda", torch.channels_last)):
-        xi = x.to(device).contiguous(memory_format=fmt).detach().requires_grad_()
+    t = _channels_last_layouts(torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64))[layout]
+    pool = make_op("avg_pool_3x3", t.shape[1], stride, False)
+    grads = []  # the CPU on NCHW; CUDA on a tensor of the layout's own strides
+    for xi in (t.contiguous(), torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cuda").copy_(t)):
+        xi = xi.detach().requires_grad_()
         out = pool(xi)
-        weight = torch.arange(out.numel(), dtype=torch.float64).reshape(out.shape).to(device)
+        weight = torch.arange(out.numel(), dtype=torch.float64).reshape(out.shape).to(xi.device)
         (out * weight).sum().backward()
         grads.append((out.detach().cpu(), xi.grad.cpu()))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-12)

@@ -131,14 +131,27 @@ class AvgPool2d(nn.AvgPool2d):
 
     PyTorch's channels-last (NHWC) CUDA kernel of the average pooling's backward drops the padding
     offset when ``padding > 0`` and silently returns wrong input gradients (pytorch/pytorch#188344;
-    torch 2.11 on an H200: 1e-4 to 2e-3 off in float64, found by ``benchmarks/gpu_op_check.py``). Such
-    an input is pooled in the contiguous layout, whose kernel is right; the output is then contiguous
-    (NCHW) and the forward values unchanged."""
+    torch 2.11 on an H200: 1e-4 to 2e-3 off in float64, found by ``benchmarks/gpu_op_check.py``). On
+    CUDA such a pooling gets its input in the standard NCHW strides (:func:`nchw`), whose kernel is right;
+    the output is then NCHW and the forward values unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and any(_pair(self.padding)) and not x.is_contiguous():
-            x = x.contiguous()
+        if x.is_cuda and any(_pair(self.padding)):
+            x = nchw(x)
         return super().forward(x)
+
+
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the standard contiguous strides of its shape (``x`` itself when it has them). Not
+    ``x.contiguous()``: PyTorch calls a channels-last tensor with a channel or spatial size of 1
+    contiguous as it is, yet its kernels take it as channels-last (and a channel slice of a channels-last
+    tensor, which is not contiguous, too)."""
+    if x.dim() != 4:
+        return x
+    n, c, h, w = x.shape
+    if x.stride() == (c * h * w, h * w, w, 1):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def _pool(kind: str) -> OpFactory:
