@@ -294,7 +294,8 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     n, C = len(stage.dw), x.shape[1]
     x, crop, stride, padding, dilation = _depthwise_plan(x, dw)
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
-    if stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1)):
+    fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
+    if fast_depthwise or not MULTIPLIER.get(x.device.type, True):
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
         x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
@@ -307,6 +308,11 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
     return _pointwise_bn(y, stage, scale)
+
+
+#: Per device type, whether :func:`_dil_conv_shared` may run the depthwise convs of kernels outside the fast
+#: depthwise path as one convolution with a channel multiplier (else: the input repeated along the channels).
+MULTIPLIER = {"cpu": True, "cuda": True}
 
 
 def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -368,9 +374,24 @@ def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
 
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     weight = torch.cat([p.weight for p in stage.pw])
-    # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW)
-    y = F.conv2d(y, weight, groups=len(stage.pw)).contiguous(memory_format=CHANNELS_LAST)
-    return batch_norm_many(y, stage.bn, scale)
+    return batch_norm_many(grouped_pointwise(y, weight, len(stage.pw)), stage.bn, scale)
+
+
+#: How :func:`grouped_pointwise` runs, per device type: ``conv`` (one grouped 1x1 convolution) or ``matmul``
+#: (one batched matrix product over the groups of a channels-last tensor's rows).
+POINTWISE = {"cpu": "conv", "cuda": "conv"}
+
+
+def grouped_pointwise(y: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``F.conv2d(y, weight, groups=groups)`` for a 1x1 ``weight`` ([groups * C_out, C, 1, 1]), channels-last
+    like the gradient the mixing hands back (a CUDA conv may give NCHW)."""
+    if POINTWISE.get(y.device.type, "conv") == "conv":
+        return F.conv2d(y, weight, groups=groups).contiguous(memory_format=CHANNELS_LAST)
+    batch, channels, height, width = y.shape
+    c_out = weight.shape[0] // groups
+    rows = y.permute(0, 2, 3, 1).reshape(batch * height * width, groups, channels // groups)  # a view if channels-last
+    out = torch.bmm(rows.transpose(0, 1), weight.view(groups, c_out, -1).transpose(1, 2))  # [groups, BHW, C_out]
+    return out.transpose(0, 1).reshape(batch, height, width, groups * c_out).permute(0, 3, 1, 2)
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""Where a search iteration's GPU time goes, and which cuDNN/layout settings shorten it (issue 17).
+
+Two parts, written as JSON:
+
+- ``kernels``: one eager first-order darts step per engine under ``torch.profiler`` (after warm-up):
+  the GPU kernel time of the step, the number of kernels, and the top kernels and aten ops by their
+  own GPU time. The graphed step replays the same kernels, so this is what a CUDA graph's time is made of.
+- ``settings``: the graphed step's ms/iteration (first and second order) for each of the batched engine's
+  conv variants (``batched.POINTWISE``: the grouped 1x1 convs as one grouped conv or one batched matrix
+  product; ``batched.MULTIPLIER``: 5x5 and dilated depthwise convs with a channel multiplier or on a
+  repeated input), every variant in one process, the reference engine once. Run 1 (H200, 2026-12-04,
+  ``gpu_profile_h200_run1.json``) swept ``torch.backends.cudnn.benchmark`` and an NCHW layout instead:
+  cuDNN's benchmark mode changed nothing (within 1 %), NCHW was 17 % slower.
+
+Without CUDA it writes ``{"skipped": true}`` and exits 0; ``--dry-run-cpu`` runs it on the CPU at toy
+sizes (eager steps only: a check of the script, its numbers mean nothing).
+
+    python benchmarks/gpu_profile.py [--out benchmarks/results/gpu_profile.json] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FULL = {"batch": 64, "channels": 16, "layers": 8, "input_size": 32}
+TOY = {"batch": 2, "channels": 4, "layers": 2, "input_size": 8}
+
+
+def _setting(size: dict[str, int], device: str, repeats: int):
+    from dartboard.bench.speed import SpeedSetting
+
+    return SpeedSetting(batch=size["batch"], channels=size["channels"], layers=size["layers"],
+                        input_size=size["input_size"], warmup=3, repeats=repeats, device=device, precision="fp32",
+                        memory=False)
+
+
+@contextmanager
+def variant(pointwise: str, multiplier: bool, device: str):
+    """The batched engine's conv variant on ``device``'s type (see :mod:`dartboard.spaces.batched`)."""
+    from dartboard.spaces import batched
+
+    before = batched.POINTWISE.get(device), batched.MULTIPLIER.get(device)
+    batched.POINTWISE[device], batched.MULTIPLIER[device] = pointwise, multiplier
+    try:
+        yield
+    finally:
+        batched.POINTWISE[device], batched.MULTIPLIER[device] = before
+
+
+VARIANTS = [("conv", True), ("matmul", True), ("conv", False), ("matmul", False)]
+
+
+def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
+    """GPU time per kernel and per aten op of one eager first-order step: the reference engine, the batched
+    one with its defaults and with the grouped 1x1 convs as matrix products on a repeated input."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dartboard.bench.speed import build
+
+    setting = _setting(size, device, 1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(setting.batch, 3, setting.input_size, setting.input_size, generator=gen).to(device)
+    y = torch.randint(0, 10, (setting.batch,), generator=gen).to(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    out: dict[str, Any] = {}
+    for name, engine, var in (("reference", "reference", None), ("batched", "batched", None),
+                              ("batched matmul repeat", "batched", ("matmul", False))):
+        with variant(*var, device) if var else nullcontext():
+            searcher = build("darts", engine, 1, setting)
+            for _ in range(3):
+                searcher.step((x, y), (x, y))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            steps = 2
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    searcher.step((x, y), (x, y))
+                if device == "cuda":
+                    torch.cuda.synchronize()
+        per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for evt in prof.key_averages():
+            gpu_us = float(getattr(evt, "self_device_time_total", 0.0) or 0.0)
+            if evt.device_type == torch.autograd.DeviceType.CUDA:
+                per_kernel[evt.key][0] += gpu_us / steps
+                per_kernel[evt.key][1] += evt.count / steps
+            elif gpu_us > 0:
+                per_op[evt.key][0] += gpu_us / steps
+                per_op[evt.key][1] += evt.count / steps
+        total = sum(v[0] for v in per_kernel.values())
+        out[name] = {
+            "gpu_ms_per_step": total / 1e3,
+            "kernels_per_step": sum(v[1] for v in per_kernel.values()),
+            "top_kernels": [{"name": k[:160], "ms": v[0] / 1e3, "count": v[1], "share": v[0] / total if total else 0}
+                            for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
+            "top_ops": [{"op": k, "ms": v[0] / 1e3, "count": v[1]}
+                        for k, v in sorted(per_op.items(), key=lambda kv: -kv[1][0])[:top]],
+        }
+        del searcher
+    return out
+
+
+def settings(device: str, size: dict[str, int], repeats: int) -> list[dict[str, Any]]:
+    """ms/iteration of the graphed batched engine for each conv variant, and of the graphed reference."""
+    from dartboard.bench.speed import run
+
+    setting = _setting(size, device, repeats)
+    graph = "+graph" if device == "cuda" else ""
+    rows = []
+    for k, (pointwise, multiplier) in enumerate(VARIANTS):
+        engines = [f"batched{graph}"] + ([f"reference{graph}"] if k == 0 else [])
+        try:
+            with variant(pointwise, multiplier, device):
+                results = run(["darts"], [1, 2], engines, setting)
+            for r in results:
+                for engine, row in r["engines"].items():
+                    rows.append({"pointwise": pointwise, "multiplier": multiplier, "order": r["order"],
+                                 "engine": engine, "ms_per_iter": row["ms_per_iter"],
+                                 "ms_min": row["ms_min"], "ms_max": row["ms_max"]})
+        except Exception:  # one failing variant keeps the others' numbers
+            rows.append({"pointwise": pointwise, "multiplier": multiplier, "error": traceback.format_exc()})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_profile.json"))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dry-run-cpu", action="store_true")
+    args = ap.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"torch": torch.__version__}
+    if args.dry_run_cpu:
+        device, size = "cpu", TOY
+        report["device"] = "cpu (dry run at toy sizes: the numbers mean nothing)"
+    elif not torch.cuda.is_available():
+        report.update(skipped=True, reason="no CUDA device: nothing measured")
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"skipped (no CUDA device); wrote {args.out}")
+        return 0
+    else:
+        device, size = "cuda", FULL
+        report["device"] = torch.cuda.get_device_name(0)
+    report["size"] = size
+    for name, fn in (("kernels", lambda: kernels(device, size)),
+                     ("settings", lambda: settings(device, size, args.repeats))):
+        try:
+            report[name] = fn()
+        except Exception:
+            report[name] = {"error": traceback.format_exc()}
+        args.out.write_text(json.dumps(report, indent=2))
+    for engine, k in report["kernels"].items() if isinstance(report["kernels"], dict) else ():
+        if engine == "error":
+            print("kernels: ERROR", k.strip().splitlines()[-1])
+            continue
+        print(f"{engine}: {k['gpu_ms_per_step']:.1f} GPU ms/step, {k['kernels_per_step']:.0f} kernels")
+        for row in k["top_kernels"][:12]:
+            print(f"  {row['ms']:8.2f} ms {row['count']:6.0f}x {100 * row['share']:5.1f}%  {row['name'][:90]}")
+    for row in report["settings"] if isinstance(report["settings"], list) else [report["settings"]]:
+        if "error" in row:
+            print(f"variant {row.get('pointwise')} {row.get('multiplier')}: ERROR",
+                  row["error"].strip().splitlines()[-1])
+        else:
+            print(f"pointwise {row['pointwise']:<6} multiplier {row['multiplier']!s:5} order {row['order']} "
+                  f"{row['engine']:<16} {row['ms_per_iter']:8.1f} ms")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
