@@ -5,12 +5,14 @@ Two parts, written as JSON:
 - ``kernels``: one eager first-order darts step per engine under ``torch.profiler`` (after warm-up):
   the GPU kernel time of the step, the number of kernels, and the top kernels and aten ops by their
   own GPU time. The graphed step replays the same kernels, so this is what a CUDA graph's time is made of.
-- ``settings``: the graphed step's ms/iteration (first and second order) for each of the batched engine's
-  conv variants (``batched.POINTWISE``: the grouped 1x1 convs as one grouped conv or one batched matrix
-  product; ``batched.MULTIPLIER``: 5x5 and dilated depthwise convs with a channel multiplier or on a
-  repeated input), every variant in one process, the reference engine once. Run 1 (H200, 2026-12-04,
-  ``gpu_profile_h200_run1.json``) swept ``torch.backends.cudnn.benchmark`` and an NCHW layout instead:
-  cuDNN's benchmark mode changed nothing (within 1 %), NCHW was 17 % slower.
+- ``settings``: the graphed step's ms/iteration (first and second order) with and without the batched
+  engine's channel multiplier for 5x5 and dilated depthwise convs (``batched.MULTIPLIER``), in one
+  process, the reference engine once.
+
+Measured on an H200 (2026-12-04): run 1 (``gpu_profile_h200_run1.json``) swept
+``torch.backends.cudnn.benchmark`` (no change, within 1 %) and an NCHW layout for the batched engine (17 %
+slower); run 2 (``gpu_profile_h200_run2.json``) the multiplier (off: 15 % faster, now CUDA's default) and
+the grouped 1x1 convs as one batched matrix product (1.8x slower: dropped).
 
 Without CUDA it writes ``{"skipped": true}`` and exits 0; ``--dry-run-cpu`` runs it on the CPU at toy
 sizes (eager steps only: a check of the script, its numbers mean nothing).
@@ -43,24 +45,21 @@ def _setting(size: dict[str, int], device: str, repeats: int):
 
 
 @contextmanager
-def variant(pointwise: str, multiplier: bool, device: str):
-    """The batched engine's conv variant on ``device``'s type (see :mod:`dartboard.spaces.batched`)."""
+def multiplier(on: bool, device: str):
+    """The batched engine's channel multiplier on ``device``'s type (see :mod:`dartboard.spaces.batched`)."""
     from dartboard.spaces import batched
 
-    before = batched.POINTWISE.get(device), batched.MULTIPLIER.get(device)
-    batched.POINTWISE[device], batched.MULTIPLIER[device] = pointwise, multiplier
+    before = batched.MULTIPLIER.get(device)
+    batched.MULTIPLIER[device] = on
     try:
         yield
     finally:
-        batched.POINTWISE[device], batched.MULTIPLIER[device] = before
-
-
-VARIANTS = [("conv", True), ("matmul", True), ("conv", False), ("matmul", False)]
+        batched.MULTIPLIER[device] = before
 
 
 def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
     """GPU time per kernel and per aten op of one eager first-order step: the reference engine, the batched
-    one with its defaults and with the grouped 1x1 convs as matrix products on a repeated input."""
+    one with its defaults and with the channel multiplier on."""
     from torch.profiler import ProfilerActivity, profile
 
     from dartboard.bench.speed import build
@@ -71,9 +70,9 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
     y = torch.randint(0, 10, (setting.batch,), generator=gen).to(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     out: dict[str, Any] = {}
-    for name, engine, var in (("reference", "reference", None), ("batched", "batched", None),
-                              ("batched matmul repeat", "batched", ("matmul", False))):
-        with variant(*var, device) if var else nullcontext():
+    for name, engine, mult in (("reference", "reference", None), ("batched", "batched", None),
+                               ("batched, multiplier on", "batched", True)):
+        with multiplier(mult, device) if mult is not None else nullcontext():
             searcher = build("darts", engine, 1, setting)
             for _ in range(3):
                 searcher.step((x, y), (x, y))
@@ -109,24 +108,24 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
 
 
 def settings(device: str, size: dict[str, int], repeats: int) -> list[dict[str, Any]]:
-    """ms/iteration of the graphed batched engine for each conv variant, and of the graphed reference."""
+    """ms/iteration of the graphed batched engine with and without the channel multiplier, and of the
+    graphed reference."""
     from dartboard.bench.speed import run
 
     setting = _setting(size, device, repeats)
     graph = "+graph" if device == "cuda" else ""
     rows = []
-    for k, (pointwise, multiplier) in enumerate(VARIANTS):
+    for k, mult in enumerate((True, False)):
         engines = [f"batched{graph}"] + ([f"reference{graph}"] if k == 0 else [])
         try:
-            with variant(pointwise, multiplier, device):
+            with multiplier(mult, device):
                 results = run(["darts"], [1, 2], engines, setting)
             for r in results:
                 for engine, row in r["engines"].items():
-                    rows.append({"pointwise": pointwise, "multiplier": multiplier, "order": r["order"],
-                                 "engine": engine, "ms_per_iter": row["ms_per_iter"],
-                                 "ms_min": row["ms_min"], "ms_max": row["ms_max"]})
+                    rows.append({"multiplier": mult, "order": r["order"], "engine": engine,
+                                 "ms_per_iter": row["ms_per_iter"], "ms_min": row["ms_min"], "ms_max": row["ms_max"]})
         except Exception:  # one failing variant keeps the others' numbers
-            rows.append({"pointwise": pointwise, "multiplier": multiplier, "error": traceback.format_exc()})
+            rows.append({"multiplier": mult, "error": traceback.format_exc()})
     return rows
 
 
@@ -166,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['ms']:8.2f} ms {row['count']:6.0f}x {100 * row['share']:5.1f}%  {row['name'][:90]}")
     for row in report["settings"] if isinstance(report["settings"], list) else [report["settings"]]:
         if "error" in row:
-            print(f"variant {row.get('pointwise')} {row.get('multiplier')}: ERROR",
+            print(f"multiplier {row.get('multiplier')}: ERROR",
                   row["error"].strip().splitlines()[-1])
         else:
-            print(f"pointwise {row['pointwise']:<6} multiplier {row['multiplier']!s:5} order {row['order']} "
+            print(f"multiplier {row['multiplier']!s:5} order {row['order']} "
                   f"{row['engine']:<16} {row['ms_per_iter']:8.1f} ms")
     print(f"wrote {args.out}")
     return 0

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from dartboard.data.datasets import load_dataset
@@ -162,46 +161,23 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
     _agree(name, monkeypatch, "cuda")
 
 
-#: The batched engine's per-device choices of how to run its convolutions (``batched.POINTWISE``,
-#: ``batched.MULTIPLIER``): every combination must give the oracle's numbers.
-CONV_VARIANTS = [("conv", True), ("conv", False), ("matmul", True), ("matmul", False)]
-
-
-@pytest.mark.parametrize("pointwise, multiplier", CONV_VARIANTS)
-@pytest.mark.parametrize("name", ["darts", "darts-2nd"])
-def test_both_engines_agree_with_every_conv_variant(name, pointwise, multiplier, monkeypatch):
-    """The CUDA defaults differ from the CPU's (a grouped 1x1 conv as a matrix product, dilated and 5x5
-    depthwise convs on a repeated input): each variant on the CPU against the reference engine."""
-    monkeypatch.setitem(batched.POINTWISE, "cpu", pointwise)
+@pytest.mark.parametrize("multiplier", [True, False])
+@pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts", "colornas-rgb"])
+def test_both_engines_agree_with_and_without_the_channel_multiplier(name, multiplier, monkeypatch):
+    """The batched engine's 5x5 and dilated depthwise convs run with a channel multiplier on the CPU and on
+    a repeated input on CUDA (``batched.MULTIPLIER``): both ways on the CPU against the reference engine."""
     monkeypatch.setitem(batched.MULTIPLIER, "cpu", multiplier)
     _agree(name, monkeypatch)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pointwise, multiplier", CONV_VARIANTS)
+@pytest.mark.parametrize("multiplier", [True, False])
 @pytest.mark.parametrize("name", ["darts", "darts-2nd"])
-def test_both_engines_agree_with_every_conv_variant_on_a_gpu(name, pointwise, multiplier, monkeypatch):
-    monkeypatch.setitem(batched.POINTWISE, "cuda", pointwise)
+def test_both_engines_agree_with_and_without_the_channel_multiplier_on_a_gpu(name, multiplier, monkeypatch):
     monkeypatch.setitem(batched.MULTIPLIER, "cuda", multiplier)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     _agree(name, monkeypatch, "cuda")
-
-
-@pytest.mark.parametrize("groups", [1, 3])
-def test_grouped_pointwise_as_a_matrix_product_equals_the_grouped_conv(groups, monkeypatch):
-    """Output, both gradients and the channels-last layout of the output (what the mixing expects)."""
-    g = torch.Generator().manual_seed(0)
-    y = torch.randn(4, groups * 6, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
-    w, grad = torch.randn(groups * 7, 6, 1, 1, generator=g), torch.randn(4, groups * 7, 5, 5, generator=g)
-    y.requires_grad_(), w.requires_grad_()
-    expected = F.conv2d(y, w, groups=groups)
-    monkeypatch.setitem(batched.POINTWISE, "cpu", "matmul")
-    out = batched.grouped_pointwise(y, w, groups)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, expected)
-    for a, b in zip(torch.autograd.grad(out, (y, w), grad), torch.autograd.grad(expected, (y, w), grad), strict=True):
-        torch.testing.assert_close(a, b)
 
 
 def _channels_last_layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -137,3 +137,21 @@ def test_gpu_session_runs_a_stage_and_refuses_an_unknown_one(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "out" / "gpu_all.json").read_text())["skipped"] is True
     assert not (tmp_path / "out" / "pytest_gpu.txt").exists() and "gpu_all: exit 0" in done.stdout
+
+
+def test_gpu_profile_skips_without_cuda_and_restores_the_engine_setting(tmp_path, monkeypatch, capsys):
+    """benchmarks/gpu_profile.py: exit 0 and a JSON saying it skipped; its variant switch is undone after use."""
+    from dartboard.spaces import batched
+
+    spec = importlib.util.spec_from_file_location("gpu_profile", SCRIPT.parent / "gpu_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(profile, "kernels", lambda *a: 1 / 0)
+    out = tmp_path / "profile.json"
+    assert profile.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["skipped"] is True and "skipped" in capsys.readouterr().out
+    before = dict(batched.MULTIPLIER)
+    with profile.multiplier(not before["cuda"], "cuda"):
+        assert batched.MULTIPLIER["cuda"] is (not before["cuda"])
+    assert batched.MULTIPLIER == before

@@ -287,9 +287,10 @@ def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tenso
 def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
     grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
-    smaller, undilated, stride 1), the input is repeated E times along the channels and convolved with
-    one filter per channel; elsewhere one conv with channel multiplier E (output channel c * E + e) is
-    reordered (the multiplier kernels are faster than the plain ones for 5x5 and dilated kernels)."""
+    smaller, undilated, stride 1), or the device's :data:`MULTIPLIER` says so, the input is repeated E
+    times along the channels and convolved with one filter per channel; elsewhere one conv with channel
+    multiplier E (output channel c * E + e) is reordered (on the CPU the multiplier kernels are faster
+    than the plain ones for 5x5 and dilated kernels)."""
     dw = stage.dw[0]
     n, C = len(stage.dw), x.shape[1]
     x, crop, stride, padding, dilation = _depthwise_plan(x, dw)
@@ -310,9 +311,13 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     return _pointwise_bn(y, stage, scale)
 
 
-#: Per device type, whether :func:`_dil_conv_shared` may run the depthwise convs of kernels outside the fast
-#: depthwise path as one convolution with a channel multiplier (else: the input repeated along the channels).
-MULTIPLIER = {"cpu": True, "cuda": True}
+#: Per device type, whether :func:`_dil_conv_shared` runs the depthwise convs of kernels outside the fast
+#: depthwise path as one convolution with a channel multiplier (else: on the input repeated along the
+#: channels, as for the others). On the CPU the multiplier is faster; on an H200 the repeated input made the
+#: whole graphed darts step 15 % faster (171.1 -> 144.6 ms first order, 480.8 -> 413.1 ms second order:
+#: cuDNN runs a multiplier conv as a grouped implicit GEMM with a slow weight gradient;
+#: benchmarks/results/gpu_profile_h200_run2.json).
+MULTIPLIER = {"cpu": True, "cuda": False}
 
 
 def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -374,24 +379,11 @@ def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
 
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     weight = torch.cat([p.weight for p in stage.pw])
-    return batch_norm_many(grouped_pointwise(y, weight, len(stage.pw)), stage.bn, scale)
-
-
-#: How :func:`grouped_pointwise` runs, per device type: ``conv`` (one grouped 1x1 convolution) or ``matmul``
-#: (one batched matrix product over the groups of a channels-last tensor's rows).
-POINTWISE = {"cpu": "conv", "cuda": "conv"}
-
-
-def grouped_pointwise(y: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """``F.conv2d(y, weight, groups=groups)`` for a 1x1 ``weight`` ([groups * C_out, C, 1, 1]), channels-last
-    like the gradient the mixing hands back (a CUDA conv may give NCHW)."""
-    if POINTWISE.get(y.device.type, "conv") == "conv":
-        return F.conv2d(y, weight, groups=groups).contiguous(memory_format=CHANNELS_LAST)
-    batch, channels, height, width = y.shape
-    c_out = weight.shape[0] // groups
-    rows = y.permute(0, 2, 3, 1).reshape(batch * height * width, groups, channels // groups)  # a view if channels-last
-    out = torch.bmm(rows.transpose(0, 1), weight.view(groups, c_out, -1).transpose(1, 2))  # [groups, BHW, C_out]
-    return out.transpose(0, 1).reshape(batch, height, width, groups * c_out).permute(0, 3, 1, 2)
+    # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW).
+    # One grouped conv: as one batched matrix product over the groups it was 1.8x slower on an H200
+    # (cuBLAS's fp32 GEMM for K = C = 16; benchmarks/results/gpu_profile_h200_run2.json) and 3-5 % on the CPU.
+    y = F.conv2d(y, weight, groups=len(stage.pw)).contiguous(memory_format=CHANNELS_LAST)
+    return batch_norm_many(y, stage.bn, scale)
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
