@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Every pending GPU check of the project, for one lent GPU machine, in two stages that each fit one device
 # call (a call may run 10 minutes):
-#   bash benchmarks/gpu_session.sh [OUT_DIR] [tests|figures|all]      (default: all; OUT_DIR: $OUT, else
+#   bash benchmarks/gpu_session.sh [OUT_DIR] [tests|figures|profile|all] (default: all = tests, figures; OUT_DIR: $OUT, else
 #                                                                      benchmarks/results/gpu_session)
 #   tests:   the GPU-marked tests and the op-by-op CPU comparison of both engines (on an H200, 2026-12-04:
 #            the op check and the tests of that day 3.5 min together; more tests since: about 4 min, estimated)
 #   figures: every GPU figure of benchmarks/gpu_all.py (--repeats 10: its search and DARIO parts took about
 #            4.6 min together on the H200; with the D-DARTS memory part about 5 min, estimated)
+#   profile: benchmarks/gpu_profile.py, where the search step's GPU time goes and the batched engine's conv
+#            variants timed (about 4 min on the H200, 2026-12-04; not part of "all")
 # The machine's python needs torch and timm only (ray, mlflow, optuna and pydantic are not imported).
 set -u
 out="${1:-${OUT:-benchmarks/results/gpu_session}}"
 stage="${2:-all}"
-case "$stage" in tests|figures|all) ;; *) echo "stage: expected tests, figures or all, got '$stage'" >&2; exit 2;; esac
+case "$stage" in tests|figures|profile|all) ;; *) echo "stage: expected tests, figures, profile or all, got '$stage'" >&2; exit 2;; esac
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$out/smi.txt" 2>&1
+if [ "$stage" = profile ]; then
+    timeout 330 python3 benchmarks/gpu_profile.py --out "$out/gpu_profile.json" 2>&1 | grep -v -E "USDT|UserWarning|_warn_once"
+    echo "gpu_profile: exit ${PIPESTATUS[0]}"
+    exit 0
+fi
 if [ "$stage" != figures ]; then
     timeout 60 python3 benchmarks/gpu_op_check.py --out "$out/gpu_op_check.json" 2>&1 | cut -c1-300
     timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_darts.py tests/test_batched_engine.py \

@@ -137,6 +137,11 @@ def test_gpu_session_runs_a_stage_and_refuses_an_unknown_one(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "out" / "gpu_all.json").read_text())["skipped"] is True
     assert not (tmp_path / "out" / "pytest_gpu.txt").exists() and "gpu_all: exit 0" in done.stdout
+    profiled = subprocess.run(["bash", str(script), str(tmp_path / "prof"), "profile"], capture_output=True, text=True,
+                              cwd=SCRIPT.parents[1], timeout=300)
+    assert profiled.returncode == 0 and "gpu_profile: exit 0" in profiled.stdout, profiled.stderr
+    assert json.loads((tmp_path / "prof" / "gpu_profile.json").read_text())["skipped"] is True
+    assert not (tmp_path / "prof" / "gpu_all.json").exists()
 
 
 def test_gpu_profile_skips_without_cuda_and_restores_the_engine_setting(tmp_path, monkeypatch, capsys):
