@@ -311,12 +311,8 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     return _pointwise_bn(y, stage, scale)
 
 
-#: Per device type, whether :func:`_dil_conv_shared` runs the depthwise convs of kernels outside the fast
-#: depthwise path as one convolution with a channel multiplier (else: on the input repeated along the
-#: channels, as for the others). On the CPU the multiplier is faster; on an H200 the repeated input made the
-#: whole graphed darts step 15 % faster (171.1 -> 144.6 ms first order, 480.8 -> 413.1 ms second order:
-#: cuDNN runs a multiplier conv as a grouped implicit GEMM with a slow weight gradient;
-#: benchmarks/results/gpu_profile_h200_run2.json).
+#: Per device type, whether :func:`_dil_conv_shared` may use a channel multiplier (faster on the CPU; on an
+#: H200 the repeated input made the graphed darts step 15 % faster: benchmarks/results/gpu_profile_h200_run2.json).
 MULTIPLIER = {"cpu": True, "cuda": False}
 
 
@@ -379,9 +375,8 @@ def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> t
 
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     weight = torch.cat([p.weight for p in stage.pw])
-    # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW).
-    # One grouped conv: as one batched matrix product over the groups it was 1.8x slower on an H200
-    # (cuBLAS's fp32 GEMM for K = C = 16; benchmarks/results/gpu_profile_h200_run2.json) and 3-5 % on the CPU.
+    # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW);
+    # as a batched matrix product it was 1.8x slower on an H200 and 3-5 % on the CPU (gpu_profile_h200_run2.json)
     y = F.conv2d(y, weight, groups=len(stage.pw)).contiguous(memory_format=CHANNELS_LAST)
     return batch_norm_many(y, stage.bn, scale)
 
