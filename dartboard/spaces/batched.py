@@ -10,7 +10,7 @@ Every edge leaving a node reads the same input, so in a search cell's training f
 - the convolutions of one kind (``sep_conv_3x3`` on all outgoing edges, ...) run as one depthwise
   convolution and one grouped pointwise convolution, with one BN call over all their channels; the
   depthwise one is a plain depthwise conv of the input repeated once per edge where oneDNN's fast
-  kernel applies (3x3 or smaller, undilated, stride 1), else one with a channel multiplier;
+  kernel applies (3x3 or smaller, undilated, stride 1) and on CUDA, else one with a channel multiplier;
 - a depthwise kernel is cropped to the taps that reach an input pixel (small maps: a 5x5 kernel on a
   2x2 map is a 3x3 one), and a stride-2 dilation-2 one is an undilated conv of the even pixels;
 - the mixing sum_o w_o o(x) is one multiply-add per op for all outgoing edges, on one
