@@ -161,20 +161,27 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
     _agree(name, monkeypatch, "cuda")
 
 
-@pytest.mark.parametrize("multiplier", [True, False])
+#: The batched engine's per-device ways to run its convolutions (``batched.MULTIPLIER``, ``batched.POINTWISE``).
+CONV_VARIANTS = [(True, "grouped"), (False, "grouped"), (True, "block_diagonal"), (False, "block_diagonal")]
+
+
+@pytest.mark.parametrize("multiplier, pointwise", CONV_VARIANTS)
 @pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts", "colornas-rgb"])
-def test_both_engines_agree_with_and_without_the_channel_multiplier(name, multiplier, monkeypatch):
+def test_both_engines_agree_with_every_conv_variant(name, multiplier, pointwise, monkeypatch):
     """The batched engine's 5x5 and dilated depthwise convs run with a channel multiplier on the CPU and on
-    a repeated input on CUDA (``batched.MULTIPLIER``): both ways on the CPU against the reference engine."""
+    a repeated input on CUDA; its 1x1 convs as one grouped conv or one block-diagonal dense conv: every
+    combination on the CPU against the reference engine."""
     monkeypatch.setitem(batched.MULTIPLIER, "cpu", multiplier)
+    monkeypatch.setitem(batched.POINTWISE, "cpu", pointwise)
     _agree(name, monkeypatch)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("multiplier", [True, False])
+@pytest.mark.parametrize("multiplier, pointwise", CONV_VARIANTS)
 @pytest.mark.parametrize("name", ["darts", "darts-2nd"])
-def test_both_engines_agree_with_and_without_the_channel_multiplier_on_a_gpu(name, multiplier, monkeypatch):
+def test_both_engines_agree_with_every_conv_variant_on_a_gpu(name, multiplier, pointwise, monkeypatch):
     monkeypatch.setitem(batched.MULTIPLIER, "cuda", multiplier)
+    monkeypatch.setitem(batched.POINTWISE, "cuda", pointwise)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     _agree(name, monkeypatch, "cuda")
@@ -411,14 +418,14 @@ def test_cropped_depthwise_equals_the_full_kernel(size, kernel, padding, dilatio
     """The batched engine crops a depthwise kernel to the taps that reach an input pixel, and runs a
     stride-2 dilation-2 one as an undilated conv of the even pixels: the same output, input gradient
     and weight gradient (zero on the cropped taps) as the full kernel."""
-    from dartboard.spaces.batched import _depthwise, _taps
+    from dartboard.spaces.depthwise import depthwise, taps
 
     torch.manual_seed(size)
     conv = torch.nn.Conv2d(3, 3, kernel, stride, padding, dilation=dilation, groups=3, bias=False)
     x = torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(6, 1, kernel, kernel, requires_grad=True)  # channel multiplier 2
     full = torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups=3)
-    cropped = _depthwise(x, weight, conv, groups=3)
+    cropped = depthwise(x, weight, conv, groups=3)
     assert cropped.shape == full.shape
     torch.testing.assert_close(cropped, full, rtol=0, atol=1e-6)
     g = torch.randn_like(full)
@@ -430,8 +437,8 @@ def test_cropped_depthwise_equals_the_full_kernel(size, kernel, padding, dilatio
         centre = (kernel - 1) // 2
         hit = [i for i in range(kernel) if abs(i - centre) * dilation <= size - 1]
         expected = None if len(hit) == kernel else (hit[0], hit[-1])
-        assert _taps(size, kernel, stride, padding, dilation) == expected
-    assert _taps(2, 5, 1, 2, 1) == (1, 3) and _taps(2, 3, 1, 2, 2) == (1, 1) and _taps(8, 5, 1, 2, 1) is None
+        assert taps(size, kernel, stride, padding, dilation) == expected
+    assert taps(2, 5, 1, 2, 1) == (1, 3) and taps(2, 3, 1, 2, 2) == (1, 1) and taps(8, 5, 1, 2, 1) is None
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

@@ -30,7 +30,6 @@ channels, DARTS- auxiliary skip), masked ops (CRB, DARTS-PT projection) and GDAS
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dartboard.spaces.cells import MixedOp, SearchCell
+from dartboard.spaces.depthwise import crop_kernel, depthwise, depthwise_plan
 
 ENGINES = ("reference", "batched")
 POOLS = ("max_pool_3x3", "avg_pool_3x3")
@@ -293,17 +293,17 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     than the plain ones for 5x5 and dilated kernels)."""
     dw = stage.dw[0]
     n, C = len(stage.dw), x.shape[1]
-    x, crop, stride, padding, dilation = _depthwise_plan(x, dw)
+    x, crop, stride, padding, dilation = depthwise_plan(x, dw)
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
     if fast_depthwise or not MULTIPLIER.get(x.device.type, True):
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
         x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
-        weight = _crop(torch.cat([d.weight for d in stage.dw]), crop)
+        weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
         dilation = (1, 1) if kernel == (1, 1) else dilation
         return _pointwise_bn(F.conv2d(x, weight, None, stride, padding, dilation, n * C), stage, scale)
-    weight = _crop(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
+    weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
     y = F.conv2d(x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
@@ -319,66 +319,27 @@ MULTIPLIER = {"cpu": True, "cuda": False}
 def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
     weight = torch.cat([d.weight for d in stage.dw])
-    y = _depthwise(x, weight, stage.dw[0], groups=weight.shape[0])
+    y = depthwise(x, weight, stage.dw[0], groups=weight.shape[0])
     return _pointwise_bn(y, stage, scale)
 
 
-def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: int) -> torch.Tensor:
-    """``conv``'s depthwise convolution of ``x`` with ``weight`` as :func:`_depthwise_plan` runs it."""
-    x, crop, stride, padding, dilation = _depthwise_plan(x, conv)
-    return F.conv2d(x, _crop(weight, crop), None, stride, padding, dilation, groups)
-
-
-def _depthwise_plan(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, tuple[int, int, int, int] | None,
-                                                               tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """How to run ``conv``'s depthwise convolution of ``x``: ``(x, crop, stride, padding, dilation)``.
-
-    The kernel is cropped to the taps that reach an input pixel (``crop``: first and last row and
-    column, or None): on small maps the outer taps of a 5x5 or dilated kernel only ever meet the zero
-    padding (a 5x5 kernel on a 2x2 map is a 3x3 one; a dilated 3x3 on a 2x2 map its centre). Same
-    output, and the cropped taps' gradient is the same zero.
-
-    A stride-2 conv with dilation 2 (and even padding) only ever reads the even pixels: it is an
-    undilated stride-1 conv of ``x[:, :, ::2, ::2]`` with half the padding, whose backward runs 3-4x
-    faster on CPU than the dilated strided one."""
-    stride, padding, dilation = conv.stride, conv.padding, conv.dilation
-    if stride == dilation == (2, 2) and padding[0] % 2 == padding[1] % 2 == 0:
-        x, stride, dilation = x[:, :, ::2, ::2], (1, 1), (1, 1)
-        padding = (padding[0] // 2, padding[1] // 2)
-    taps = [_taps(size, k, s, p, d) for size, k, s, p, d in
-            zip(x.shape[2:], conv.kernel_size, stride, padding, dilation, strict=True)]
-    if all(t is None for t in taps):
-        return x, None, stride, padding, dilation
-    (lo_h, hi_h), (lo_w, hi_w) = [t or (0, k - 1) for t, k in zip(taps, conv.kernel_size, strict=True)]
-    padding = tuple(p - lo * d for p, lo, d in zip(padding, (lo_h, lo_w), dilation, strict=True))
-    return x, (lo_h, hi_h, lo_w, hi_w), stride, padding, dilation
-
-
-def _crop(weight: torch.Tensor, crop: tuple[int, int, int, int] | None) -> torch.Tensor:
-    return weight if crop is None else weight[:, :, crop[0]:crop[1] + 1, crop[2]:crop[3] + 1]
-
-
-@functools.cache
-def _taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> tuple[int, int] | None:
-    """The first and last kernel taps (along one axis) that meet an input pixel, when cropping the
-    kernel to them keeps it centred (the padding stays symmetric); else None."""
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    hit = [i for i in range(kernel)
-           if any(0 <= o * stride - padding + i * dilation < size for o in range(out))]
-    if not hit:
-        return None
-    lo, hi = hit[0], hit[-1]
-    if (lo, hi) == (0, kernel - 1) or lo != kernel - 1 - hi:
-        return None
-    return lo, hi
-
-
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
-    weight = torch.cat([p.weight for p in stage.pw])
+    groups = len(stage.pw)
+    if groups > 1 and POINTWISE.get(y.device.type) == "block_diagonal":  # one dense conv, zeros off the blocks
+        c_out, c_in = stage.pw[0].weight.shape[:2]
+        weight = torch.block_diag(*[p.weight.view(c_out, c_in) for p in stage.pw]).view(groups * c_out, -1, 1, 1)
+        groups = 1
+    else:
+        weight = torch.cat([p.weight for p in stage.pw])
     # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW);
     # as a batched matrix product it was 1.8x slower on an H200 and 3-5 % on the CPU (gpu_profile_h200_run2.json)
-    y = F.conv2d(y, weight, groups=len(stage.pw)).contiguous(memory_format=CHANNELS_LAST)
+    y = F.conv2d(y, weight, groups=groups).contiguous(memory_format=CHANNELS_LAST)
     return batch_norm_many(y, stage.bn, scale)
+
+
+#: Per device type, how the E edges' 1x1 convs run: ``grouped`` (one grouped conv) or ``block_diagonal``
+#: (one dense conv whose weight is zero off the edges' blocks: E times the arithmetic in one plain GEMM).
+POINTWISE = {"cpu": "grouped", "cuda": "grouped"}
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
