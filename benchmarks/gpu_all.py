@@ -119,6 +119,21 @@ def _part(name: str, fn: Callable[[], dict[str, Any]], report: dict[str, Any], o
     out.write_text(json.dumps(report, indent=2, default=str))
 
 
+def device_or_skip(dry_run: bool, out: Path, report: dict[str, Any]) -> str | None:
+    """``cpu`` for a dry run, ``cuda`` where there is one (both noted in ``report``); without CUDA, None
+    after writing ``report`` as a skip to ``out``."""
+    if dry_run:
+        report.update(skipped=False, device="cpu (dry run at toy sizes: the numbers mean nothing)")
+        return "cpu"
+    if not torch.cuda.is_available():
+        report.update(skipped=True, reason="no CUDA device: nothing measured")
+        out.write_text(json.dumps(report, indent=2))
+        print(f"skipped (no CUDA device); wrote {out}")
+        return None
+    report.update(skipped=False, device=torch.cuda.get_device_name(0))
+    return "cuda"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -131,18 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--parts: expected names among {', '.join(PARTS)}, got {args.parts!r}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"targets": TARGETS, "torch": torch.__version__, "host": platform.node()}
-    if args.dry_run_cpu:
-        device, size, repeats = "cpu", TOY, 2
-        report.update(skipped=False, device="cpu (dry run at toy sizes: the numbers mean nothing)")
-    elif not torch.cuda.is_available():
-        report.update(skipped=True, reason="no CUDA device: nothing measured")
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"skipped (no CUDA device); wrote {args.out}")
+    device = device_or_skip(args.dry_run_cpu, args.out, report)
+    if device is None:
         return 0
+    if device == "cpu":
+        size, repeats = TOY, 2
     else:
-        device, size, repeats = "cuda", FULL, args.repeats
-        report.update(skipped=False, device=torch.cuda.get_device_name(0),
-                      tf32={"cudnn": torch.backends.cudnn.allow_tf32,
+        size, repeats = FULL, args.repeats
+        report.update(tf32={"cudnn": torch.backends.cudnn.allow_tf32,
                             "matmul": torch.backends.cuda.matmul.allow_tf32})
     runs = {"search_speed": lambda: search_speed(device, size, repeats),
             "search_speed_graph": lambda: search_speed(device, size, repeats, "graph"),

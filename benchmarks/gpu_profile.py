@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import traceback
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -143,17 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"torch": torch.__version__}
-    if args.dry_run_cpu:
-        device, size = "cpu", TOY
-        report["device"] = "cpu (dry run at toy sizes: the numbers mean nothing)"
-    elif not torch.cuda.is_available():
-        report.update(skipped=True, reason="no CUDA device: nothing measured")
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"skipped (no CUDA device); wrote {args.out}")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_all import device_or_skip
+
+    device = device_or_skip(args.dry_run_cpu, args.out, report)
+    if device is None:
         return 0
-    else:
-        device, size = "cuda", FULL
-        report["device"] = torch.cuda.get_device_name(0)
+    size = TOY if device == "cpu" else FULL
     report["size"] = size
     for name, fn in (("kernels", lambda: kernels(device, size)),
                      ("settings", lambda: settings(device, size, args.repeats))):
