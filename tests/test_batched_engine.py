@@ -165,12 +165,13 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
 CONV_VARIANTS = [(True, "grouped"), (False, "grouped"), (True, "block_diagonal"), (False, "block_diagonal")]
 
 
-@pytest.mark.parametrize("multiplier, pointwise", CONV_VARIANTS)
-@pytest.mark.parametrize("name", ["darts", "darts-2nd", "fairdarts", "ddarts", "colornas-rgb"])
+@pytest.mark.parametrize("name, multiplier, pointwise",
+                         [(n, False, "grouped") for n in ("darts", "darts-2nd", "fairdarts", "ddarts", "colornas-rgb")]
+                         + [(n, m, "block_diagonal") for n in ("darts", "darts-2nd") for m in (True, False)])
 def test_both_engines_agree_with_every_conv_variant(name, multiplier, pointwise, monkeypatch):
-    """The batched engine's 5x5 and dilated depthwise convs run with a channel multiplier on the CPU and on
-    a repeated input on CUDA; its 1x1 convs as one grouped conv or one block-diagonal dense conv: every
-    combination on the CPU against the reference engine."""
+    """The batched engine's 5x5 and dilated depthwise convs run with a channel multiplier on the CPU (the
+    default, which every preset's test covers) and on a repeated input on CUDA; its 1x1 convs as one grouped
+    conv or one block-diagonal dense conv: the other combinations on the CPU against the reference engine."""
     monkeypatch.setitem(batched.MULTIPLIER, "cpu", multiplier)
     monkeypatch.setitem(batched.POINTWISE, "cpu", pointwise)
     _agree(name, monkeypatch)
