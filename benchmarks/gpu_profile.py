@@ -5,16 +5,17 @@ Two parts, written as JSON:
 - ``kernels``: one eager first-order darts step per engine under ``torch.profiler`` (after warm-up):
   the GPU kernel time of the step, the number of kernels, and the top kernels and aten ops by their
   own GPU time. The graphed step replays the same kernels, so this is what a CUDA graph's time is made of.
-- ``settings``: the graphed step's ms/iteration (first and second order) for the batched engine's conv
-  variants (``batched.MULTIPLIER``: 5x5 and dilated depthwise convs with a channel multiplier or on a
-  repeated input; ``batched.POINTWISE``: the edges' 1x1 convs as one grouped conv or one block-diagonal
-  dense conv), in one process, the reference engine once.
+- ``settings``: the graphed step's ms/iteration (first and second order) for each named
+  ``batched.ConvPlan`` (how the batched engine runs its convolutions: 5x5 and dilated depthwise convs with
+  a channel multiplier or on a repeated input; the edges' 1x1 convs as one grouped conv or one
+  block-diagonal dense conv; depthwise convs in channels-last or on NCHW copies), all in one process,
+  the reference engine once.
 
 Measured on an H200 (2026-12-04): run 1 (``gpu_profile_h200_run1.json``) swept
-``torch.backends.cudnn.benchmark`` (no change, within 1 %) and an NCHW layout for the batched engine (17 %
-slower); run 2 (``gpu_profile_h200_run2.json``) the multiplier (off: 15 % faster, now CUDA's default) and
-the grouped 1x1 convs as one batched matrix product (1.8x slower: dropped). The block-diagonal 1x1 conv
-was added after run 2 and is not yet measured on a GPU.
+``torch.backends.cudnn.benchmark`` (no change, within 1 %) and an NCHW layout for the whole batched engine
+(17 % slower); run 2 (``gpu_profile_h200_run2.json``) the multiplier (off: 15 % faster, now CUDA's default)
+and the grouped 1x1 convs as one batched matrix product (1.8x slower: dropped). The block-diagonal 1x1
+conv and the NCHW depthwise convs were added after run 2 and are not yet measured on a GPU.
 
 Without CUDA it writes ``{"skipped": true}`` and exits 0; ``--dry-run-cpu`` runs it on the CPU at toy
 sizes (eager steps only: a check of the script, its numbers mean nothing).
@@ -48,25 +49,36 @@ def _setting(size: dict[str, int], device: str, repeats: int):
 
 
 @contextmanager
-def variant(multiplier: bool, pointwise: str, device: str):
-    """The batched engine's conv variant on ``device``'s type (see :mod:`dartboard.spaces.batched`)."""
+def variant(plan: Any, device: str):
+    """``plan`` (a ``batched.ConvPlan``) as the batched engine's conv plan on ``device``'s type."""
     from dartboard.spaces import batched
 
-    before = batched.MULTIPLIER.get(device), batched.POINTWISE.get(device)
-    batched.MULTIPLIER[device], batched.POINTWISE[device] = multiplier, pointwise
+    before = batched.CONV_PLANS.get(device)
+    batched.CONV_PLANS[device] = plan
     try:
         yield
     finally:
-        batched.MULTIPLIER[device], batched.POINTWISE[device] = before
+        if before is None:
+            batched.CONV_PLANS.pop(device, None)
+        else:
+            batched.CONV_PLANS[device] = before
 
 
-#: (multiplier, pointwise): before run 2, CUDA's default since, the block-diagonal 1x1 conv.
-VARIANTS = [(True, "grouped"), (False, "grouped"), (False, "block_diagonal")]
+def variants() -> dict[str, Any]:
+    """The conv plans timed: before run 2, CUDA's default since, and the candidates."""
+    from dartboard.spaces.batched import ConvPlan
+
+    return {"multiplier (before run 2)": ConvPlan(),
+            "default": ConvPlan(multiplier=False),
+            "block_diagonal": ConvPlan(multiplier=False, pointwise="block_diagonal"),
+            "depthwise_nchw": ConvPlan(multiplier=False, depthwise_nchw=True),
+            "block_diagonal+depthwise_nchw": ConvPlan(multiplier=False, pointwise="block_diagonal",
+                                                      depthwise_nchw=True)}
 
 
 def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
     """GPU time per kernel and per aten op of one eager first-order step: the reference engine, the batched
-    one with its defaults and with the block-diagonal 1x1 convs."""
+    one with its defaults and with both candidates (block-diagonal 1x1 convs, NCHW depthwise convs)."""
     from torch.profiler import ProfilerActivity, profile
 
     from dartboard.bench.speed import build
@@ -77,9 +89,10 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
     y = torch.randint(0, 10, (setting.batch,), generator=gen).to(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     out: dict[str, Any] = {}
-    for name, engine, var in (("reference", "reference", None), ("batched", "batched", None),
-                              ("batched, block-diagonal 1x1", "batched", (False, "block_diagonal"))):
-        with variant(*var, device) if var else nullcontext():
+    both = variants()["block_diagonal+depthwise_nchw"]
+    for name, engine, plan in (("reference", "reference", None), ("batched", "batched", None),
+                               ("batched, block_diagonal+depthwise_nchw", "batched", both)):
+        with variant(plan, device) if plan else nullcontext():
             searcher = build("darts", engine, 1, setting)
             for _ in range(3):
                 searcher.step((x, y), (x, y))
@@ -115,24 +128,23 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
 
 
 def settings(device: str, size: dict[str, int], repeats: int) -> list[dict[str, Any]]:
-    """ms/iteration of the graphed batched engine for each conv variant, and of the graphed reference."""
+    """ms/iteration of the graphed batched engine for each conv plan, and of the graphed reference."""
     from dartboard.bench.speed import run
 
     setting = _setting(size, device, repeats)
     graph = "+graph" if device == "cuda" else ""
     rows = []
-    for k, (multiplier, pointwise) in enumerate(VARIANTS):
+    for k, (name, plan) in enumerate(variants().items()):
         engines = [f"batched{graph}"] + ([f"reference{graph}"] if k == 0 else [])
         try:
-            with variant(multiplier, pointwise, device):
+            with variant(plan, device):
                 results = run(["darts"], [1, 2], engines, setting)
             for r in results:
                 for engine, row in r["engines"].items():
-                    rows.append({"multiplier": multiplier, "pointwise": pointwise, "order": r["order"],
-                                 "engine": engine, "ms_per_iter": row["ms_per_iter"],
-                                 "ms_min": row["ms_min"], "ms_max": row["ms_max"]})
+                    rows.append({"variant": name, "plan": vars(plan), "order": r["order"], "engine": engine,
+                                 "ms_per_iter": row["ms_per_iter"], "ms_min": row["ms_min"], "ms_max": row["ms_max"]})
         except Exception:  # one failing variant keeps the others' numbers
-            rows.append({"multiplier": multiplier, "pointwise": pointwise, "error": traceback.format_exc()})
+            rows.append({"variant": name, "plan": vars(plan), "error": traceback.format_exc()})
     return rows
 
 
@@ -168,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['ms']:8.2f} ms {row['count']:6.0f}x {100 * row['share']:5.1f}%  {row['name'][:90]}")
     for row in report["settings"] if isinstance(report["settings"], list) else [report["settings"]]:
         if "error" in row:
-            print(f"multiplier {row.get('multiplier')} pointwise {row.get('pointwise')}: ERROR",
+            print(f"variant {row.get('variant')}: ERROR",
                   row["error"].strip().splitlines()[-1])
         else:
-            print(f"multiplier {row['multiplier']!s:5} {row['pointwise']:<14} order {row['order']} "
+            print(f"{row['variant']:<30} order {row['order']} "
                   f"{row['engine']:<16} {row['ms_per_iter']:8.1f} ms")
     print(f"wrote {args.out}")
     return 0

@@ -18,7 +18,7 @@ from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.hypergradient import grads_or_zeros
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
 from dartboard.spaces import batched
-from dartboard.spaces.batched import BatchedSearchCell, batch_norm_many, batched_path, use_engine
+from dartboard.spaces.batched import BatchedSearchCell, ConvPlan, batch_norm_many, batched_path, use_engine
 from dartboard.spaces.cells import SearchCell
 
 torch.set_num_threads(1)
@@ -161,28 +161,30 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
     _agree(name, monkeypatch, "cuda")
 
 
-#: The batched engine's per-device ways to run its convolutions (``batched.MULTIPLIER``, ``batched.POINTWISE``).
-CONV_VARIANTS = [(True, "grouped"), (False, "grouped"), (True, "block_diagonal"), (False, "block_diagonal")]
+#: The batched engine's ways to run its convolutions (``batched.ConvPlan``), each a CUDA default or a candidate.
+CONV_VARIANTS = {"repeated": ConvPlan(multiplier=False), "block_diagonal": ConvPlan(pointwise="block_diagonal"),
+                 "repeated+block_diagonal": ConvPlan(multiplier=False, pointwise="block_diagonal"),
+                 "nchw": ConvPlan(depthwise_nchw=True),
+                 "repeated+nchw": ConvPlan(multiplier=False, depthwise_nchw=True),
+                 "all three": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True)}
 
 
-@pytest.mark.parametrize("name, multiplier, pointwise",
-                         [(n, False, "grouped") for n in ("darts", "darts-2nd", "fairdarts", "ddarts", "colornas-rgb")]
-                         + [(n, m, "block_diagonal") for n in ("darts", "darts-2nd") for m in (True, False)])
-def test_both_engines_agree_with_every_conv_variant(name, multiplier, pointwise, monkeypatch):
-    """The batched engine's 5x5 and dilated depthwise convs run with a channel multiplier on the CPU (the
-    default, which every preset's test covers) and on a repeated input on CUDA; its 1x1 convs as one grouped
-    conv or one block-diagonal dense conv: the other combinations on the CPU against the reference engine."""
-    monkeypatch.setitem(batched.MULTIPLIER, "cpu", multiplier)
-    monkeypatch.setitem(batched.POINTWISE, "cpu", pointwise)
+@pytest.mark.parametrize("name, variant",
+                         [(n, "repeated") for n in ("fairdarts", "ddarts", "colornas-rgb")]
+                         + [(n, v) for n in ("darts", "darts-2nd") for v in CONV_VARIANTS])
+def test_both_engines_agree_with_every_conv_variant(name, variant, monkeypatch):
+    """The batched engine's conv plans other than the CPU's default (which every preset's test covers):
+    5x5 and dilated depthwise convs on a repeated input (CUDA's default), the 1x1 convs as one block-diagonal
+    conv, depthwise convs on NCHW copies; on the CPU against the reference engine."""
+    monkeypatch.setitem(batched.CONV_PLANS, "cpu", CONV_VARIANTS[variant])
     _agree(name, monkeypatch)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("multiplier, pointwise", CONV_VARIANTS)
+@pytest.mark.parametrize("variant", ["default", *CONV_VARIANTS])
 @pytest.mark.parametrize("name", ["darts", "darts-2nd"])
-def test_both_engines_agree_with_every_conv_variant_on_a_gpu(name, multiplier, pointwise, monkeypatch):
-    monkeypatch.setitem(batched.MULTIPLIER, "cuda", multiplier)
-    monkeypatch.setitem(batched.POINTWISE, "cuda", pointwise)
+def test_both_engines_agree_with_every_conv_variant_on_a_gpu(name, variant, monkeypatch):
+    monkeypatch.setitem(batched.CONV_PLANS, "cuda", CONV_VARIANTS.get(variant, ConvPlan()))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     _agree(name, monkeypatch, "cuda")

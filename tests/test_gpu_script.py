@@ -156,7 +156,9 @@ def test_gpu_profile_skips_without_cuda_and_restores_the_engine_setting(tmp_path
     out = tmp_path / "profile.json"
     assert profile.main(["--out", str(out)]) == 0
     assert json.loads(out.read_text())["skipped"] is True and "skipped" in capsys.readouterr().out
-    before = dict(batched.MULTIPLIER), dict(batched.POINTWISE)
-    with profile.variant(not before[0]["cuda"], "block_diagonal", "cuda"):
-        assert batched.MULTIPLIER["cuda"] is (not before[0]["cuda"]) and batched.POINTWISE["cuda"] == "block_diagonal"
-    assert (batched.MULTIPLIER, batched.POINTWISE) == before
+    before = dict(batched.CONV_PLANS)
+    for plan in profile.variants().values():
+        with profile.variant(plan, "cuda"):
+            assert batched.CONV_PLANS["cuda"] is plan
+        assert batched.CONV_PLANS == before
+    assert len(set(profile.variants().values())) == len(profile.variants())  # every variant a different plan

@@ -284,48 +284,72 @@ def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tenso
     return _dil_conv_grouped(stages[1].relu(out), stages[1], scale)
 
 
+@dataclass(frozen=True)
+class ConvPlan:
+    """How the batched engine runs its convolutions on one device type (:data:`CONV_PLANS`).
+
+    ``multiplier``: the 5x5 and dilated depthwise convs of several edges as one conv with a channel multiplier
+    (else on the input repeated once per edge; faster on the CPU, 15 % slower for the graphed darts step on
+    an H200: benchmarks/results/gpu_profile_h200_run2.json). ``pointwise``: the edges' 1x1 convs as one
+    ``grouped`` conv or one ``block_diagonal`` dense conv (zeros off the edges' blocks: E times the arithmetic
+    in one plain conv). ``depthwise_nchw``: depthwise convs on NCHW copies (PyTorch's own depthwise kernels
+    on CUDA instead of cuDNN's NHWC ones), their outputs back to channels-last."""
+
+    multiplier: bool = True
+    pointwise: str = "grouped"
+    depthwise_nchw: bool = False
+
+
+#: Per device type; a type not listed gets ``ConvPlan()``.
+CONV_PLANS = {"cpu": ConvPlan(), "cuda": ConvPlan(multiplier=False)}
+
+
+def conv_plan(device: torch.device) -> ConvPlan:
+    return CONV_PLANS.get(device.type, ConvPlan())
+
+
 def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
     grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
-    smaller, undilated, stride 1), or the device's :data:`MULTIPLIER` says so, the input is repeated E
+    smaller, undilated, stride 1), or the device's :class:`ConvPlan` says so, the input is repeated E
     times along the channels and convolved with one filter per channel; elsewhere one conv with channel
-    multiplier E (output channel c * E + e) is reordered (on the CPU the multiplier kernels are faster
-    than the plain ones for 5x5 and dilated kernels)."""
-    dw = stage.dw[0]
+    multiplier E (output channel c * E + e) is reordered."""
+    plan, dw = conv_plan(x.device), stage.dw[0]
     n, C = len(stage.dw), x.shape[1]
     x, crop, stride, padding, dilation = depthwise_plan(x, dw)
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
-    if fast_depthwise or not MULTIPLIER.get(x.device.type, True):
-        batch, _, height, width = x.shape
-        rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
-        x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
+    if fast_depthwise or not plan.multiplier:
+        if plan.depthwise_nchw:
+            x = x.contiguous().repeat(1, n, 1, 1)  # NCHW, edge-major
+        else:
+            batch, _, height, width = x.shape
+            rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
+            x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
         weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
         dilation = (1, 1) if kernel == (1, 1) else dilation
-        return _pointwise_bn(F.conv2d(x, weight, None, stride, padding, dilation, n * C), stage, scale)
+        y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
+        return _pointwise_bn(y.contiguous(memory_format=CHANNELS_LAST), stage, scale)
     weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
-    y = F.conv2d(x, weight, None, stride, padding, dilation, C)
+    y = F.conv2d(x.contiguous() if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
     return _pointwise_bn(y, stage, scale)
 
 
-#: Per device type, whether :func:`_dil_conv_shared` may use a channel multiplier (faster on the CPU; on an
-#: H200 the repeated input made the graphed darts step 15 % faster: benchmarks/results/gpu_profile_h200_run2.json).
-MULTIPLIER = {"cpu": True, "cuda": False}
-
-
 def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
     weight = torch.cat([d.weight for d in stage.dw])
+    if conv_plan(x.device).depthwise_nchw:
+        x = x.contiguous()
     y = depthwise(x, weight, stage.dw[0], groups=weight.shape[0])
-    return _pointwise_bn(y, stage, scale)
+    return _pointwise_bn(y.contiguous(memory_format=CHANNELS_LAST), stage, scale)
 
 
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     groups = len(stage.pw)
-    if groups > 1 and POINTWISE.get(y.device.type) == "block_diagonal":  # one dense conv, zeros off the blocks
+    if groups > 1 and conv_plan(y.device).pointwise == "block_diagonal":  # one dense conv, zeros off the blocks
         c_out, c_in = stage.pw[0].weight.shape[:2]
         weight = torch.block_diag(*[p.weight.view(c_out, c_in) for p in stage.pw]).view(groups * c_out, -1, 1, 1)
         groups = 1
@@ -335,11 +359,6 @@ def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = N
     # as a batched matrix product it was 1.8x slower on an H200 and 3-5 % on the CPU (gpu_profile_h200_run2.json)
     y = F.conv2d(y, weight, groups=groups).contiguous(memory_format=CHANNELS_LAST)
     return batch_norm_many(y, stage.bn, scale)
-
-
-#: Per device type, how the E edges' 1x1 convs run: ``grouped`` (one grouped conv) or ``block_diagonal``
-#: (one dense conv whose weight is zero off the edges' blocks: E times the arithmetic in one plain GEMM).
-POINTWISE = {"cpu": "grouped", "cuda": "grouped"}
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
