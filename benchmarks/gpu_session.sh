@@ -4,11 +4,13 @@
 #   bash benchmarks/gpu_session.sh [OUT_DIR] [tests|figures|profile|all] (default: all = tests, figures; OUT_DIR: $OUT, else
 #                                                                      benchmarks/results/gpu_session)
 #   tests:   the GPU-marked tests and the op-by-op CPU comparison of both engines (on an H200, 2026-12-04:
-#            the op check and the tests of that day 3.5 min together; more tests since: about 4 min, estimated)
+#            the op check and the tests of that day 3.5 min together; with the conv-plan tests since, about
+#            5 min, estimated)
 #   figures: every GPU figure of benchmarks/gpu_all.py (--repeats 10: its search and DARIO parts took about
 #            4.6 min together on the H200; with the D-DARTS memory part about 5 min, estimated)
 #   profile: benchmarks/gpu_profile.py, where the search step's GPU time goes and the batched engine's conv
-#            variants timed (about 4 min on the H200, 2026-12-04; not part of "all")
+#            plans timed (4 min on the H200 for 4 plans, 2026-12-04; 5 plans since: about 5 min, estimated;
+#            not part of "all")
 # The machine's python needs torch and timm only (ray, mlflow, optuna and pydantic are not imported).
 set -u
 out="${1:-${OUT:-benchmarks/results/gpu_session}}"
@@ -18,13 +20,13 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$out/smi.txt" 2>&1
 if [ "$stage" = profile ]; then
-    timeout 330 python3 benchmarks/gpu_profile.py --out "$out/gpu_profile.json" 2>&1 | grep -v -E "USDT|UserWarning|_warn_once"
+    timeout 480 python3 benchmarks/gpu_profile.py --out "$out/gpu_profile.json" 2>&1 | grep -v -E "USDT|UserWarning|_warn_once"
     echo "gpu_profile: exit ${PIPESTATUS[0]}"
     exit 0
 fi
 if [ "$stage" != figures ]; then
     timeout 60 python3 benchmarks/gpu_op_check.py --out "$out/gpu_op_check.json" 2>&1 | cut -c1-300
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_darts.py tests/test_batched_engine.py \
+    timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_darts.py tests/test_batched_engine.py \
         tests/test_graphed.py tests/test_dario_search.py > "$out/pytest_gpu.txt" 2>&1
     echo "pytest (gpu marks): exit $?"; grep -E "^FAILED|passed|failed" "$out/pytest_gpu.txt" | cut -c1-200
 fi
