@@ -117,6 +117,7 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
         total = sum(v[0] for v in per_kernel.values())
         out[name] = {
             "gpu_ms_per_step": total / 1e3,
+            "families": families(per_kernel, steps=1),
             "kernels_per_step": sum(v[1] for v in per_kernel.values()),
             "top_kernels": [{"name": k[:160], "ms": v[0] / 1e3, "count": v[1], "share": v[0] / total if total else 0}
                             for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
@@ -125,6 +126,26 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
         }
         del searcher
     return out
+
+
+#: Kernel families by name (first match): what a kernel's time is spent on.
+FAMILIES = (("batch norm", ("batch_norm", "bn_")),
+            ("convolution", ("conv", "xmma", "cutlass", "gemm", "wgrad", "dgrad", "implicit", "tensorTransform",
+                             "nhwcSlice")),
+            ("copy", ("copy", "Memcpy")), ("memset/fill", ("Memset", "fill")),
+            ("pooling", ("pool",)), ("optimizer", ("Optimizer", "foreach", "multi_tensor")),
+            ("elementwise/reduce", ("elementwise", "reduce", "Functor")))
+
+
+def families(per_kernel: dict[str, list[float]], steps: int) -> dict[str, dict[str, float]]:
+    """GPU ms and kernel count per step of each family in :data:`FAMILIES` (``other``: the rest)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, (us, count) in per_kernel.items():
+        family = next((f for f, keys in FAMILIES if any(k in name for k in keys)), "other")
+        row = out.setdefault(family, {"ms": 0.0, "count": 0.0})
+        row["ms"] += us / 1e3 / steps
+        row["count"] += count / steps
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
 
 
 def settings(device: str, size: dict[str, int], repeats: int) -> list[dict[str, Any]]:
@@ -175,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         if engine == "error":
             print("kernels: ERROR", k.strip().splitlines()[-1])
             continue
-        print(f"{engine}: {k['gpu_ms_per_step']:.1f} GPU ms/step, {k['kernels_per_step']:.0f} kernels")
+        print(f"{engine}: {k['gpu_ms_per_step']:.1f} GPU ms/step, {k['kernels_per_step']:.0f} kernels; "
+              + ", ".join(f"{f} {v['ms']:.1f} ms ({v['count']:.0f})" for f, v in k["families"].items()))
         for row in k["top_kernels"][:12]:
             print(f"  {row['ms']:8.2f} ms {row['count']:6.0f}x {100 * row['share']:5.1f}%  {row['name'][:90]}")
     for row in report["settings"] if isinstance(report["settings"], list) else [report["settings"]]:

@@ -162,3 +162,17 @@ def test_gpu_profile_skips_without_cuda_and_restores_the_engine_setting(tmp_path
             assert batched.CONV_PLANS["cuda"] is plan
         assert batched.CONV_PLANS == before
     assert len(set(profile.variants().values())) == len(profile.variants())  # every variant a different plan
+
+
+def test_gpu_profile_sorts_kernels_into_families():
+    spec = importlib.util.spec_from_file_location("gpu_profile", SCRIPT.parent / "gpu_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    per_kernel = {"void at::native::batch_norm_backward_kernel<float>": [2500.0, 4],
+                  "sm80_xmma_wgrad_implicit_gemm_indexed_tf32": [2000.0, 2], "conv2d_c1_k1_nhwc": [1000.0, 2],
+                  "void at::native::elementwise_kernel<direct_copy_kernel_cuda>": [500.0, 6],
+                  "Memset (Device)": [100.0, 2], "mystery": [40.0, 2]}
+    out = profile.families(per_kernel, steps=2)
+    assert list(out) == ["convolution", "batch norm", "copy", "memset/fill", "other"]
+    assert out["convolution"] == {"ms": 1.5, "count": 2.0} and out["batch norm"] == {"ms": 1.25, "count": 2.0}
+    assert out["other"] == {"ms": 0.02, "count": 1.0}
