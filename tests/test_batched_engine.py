@@ -180,6 +180,11 @@ def test_both_engines_agree_with_every_conv_variant(name, variant, monkeypatch):
     _agree(name, monkeypatch)
 
 
+def test_a_conv_plan_names_a_pointwise_way_it_does_not_know():
+    with pytest.raises(ValueError, match="'blockdiag'"):
+        ConvPlan(pointwise="blockdiag")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["default", *CONV_VARIANTS])
 @pytest.mark.parametrize("name", ["darts", "darts-2nd"])

@@ -299,6 +299,10 @@ class ConvPlan:
     pointwise: str = "grouped"
     depthwise_nchw: bool = False
 
+    def __post_init__(self) -> None:
+        if self.pointwise not in ("grouped", "block_diagonal"):
+            raise ValueError(f"ConvPlan.pointwise: expected 'grouped' or 'block_diagonal', got {self.pointwise!r}")
+
 
 #: Per device type; a type not listed gets ``ConvPlan()``.
 CONV_PLANS = {"cpu": ConvPlan(), "cuda": ConvPlan(multiplier=False)}
