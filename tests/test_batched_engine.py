@@ -170,8 +170,8 @@ CONV_VARIANTS = {"repeated": ConvPlan(multiplier=False), "block_diagonal": ConvP
 
 
 @pytest.mark.parametrize("name, variant",
-                         [(n, "repeated") for n in ("fairdarts", "ddarts", "colornas-rgb")]
-                         + [(n, v) for n in ("darts", "darts-2nd") for v in CONV_VARIANTS])
+                         [(n, "repeated") for n in ("darts-2nd", "fairdarts", "ddarts", "colornas-rgb")]
+                         + [("darts", v) for v in CONV_VARIANTS] + [("darts-2nd", "all three")])
 def test_both_engines_agree_with_every_conv_variant(name, variant, monkeypatch):
     """The batched engine's conv plans other than the CPU's default (which every preset's test covers):
     5x5 and dilated depthwise convs on a repeated input (CUDA's default), the 1x1 convs as one block-diagonal
