@@ -186,9 +186,10 @@ def test_a_conv_plan_names_a_pointwise_way_it_does_not_know():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["default", *CONV_VARIANTS])
+@pytest.mark.parametrize("variant", ["multiplier", *CONV_VARIANTS])
 @pytest.mark.parametrize("name", ["darts", "darts-2nd"])
 def test_both_engines_agree_with_every_conv_variant_on_a_gpu(name, variant, monkeypatch):
+    """Every plan on CUDA ("multiplier": the CPU's plan, CUDA's before; "repeated": CUDA's default)."""
     monkeypatch.setitem(batched.CONV_PLANS, "cuda", CONV_VARIANTS.get(variant, ConvPlan()))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
