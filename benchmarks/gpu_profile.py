@@ -65,11 +65,11 @@ def variant(plan: Any, device: str):
 
 
 def variants() -> dict[str, Any]:
-    """The conv plans timed: before run 2, CUDA's default since, and the candidates."""
-    from dartboard.spaces.batched import ConvPlan
+    """The conv plans timed: before run 2, CUDA's default now, and the candidates."""
+    from dartboard.spaces.batched import CONV_PLANS, ConvPlan
 
     return {"multiplier (before run 2)": ConvPlan(),
-            "default": ConvPlan(multiplier=False),
+            "default": CONV_PLANS["cuda"],
             "block_diagonal": ConvPlan(multiplier=False, pointwise="block_diagonal"),
             "depthwise_nchw": ConvPlan(multiplier=False, depthwise_nchw=True),
             "block_diagonal+depthwise_nchw": ConvPlan(multiplier=False, pointwise="block_diagonal",
@@ -117,7 +117,7 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
         total = sum(v[0] for v in per_kernel.values())
         out[name] = {
             "gpu_ms_per_step": total / 1e3,
-            "families": families(per_kernel, steps=1),
+            "families": families(per_kernel),
             "kernels_per_step": sum(v[1] for v in per_kernel.values()),
             "top_kernels": [{"name": k[:160], "ms": v[0] / 1e3, "count": v[1], "share": v[0] / total if total else 0}
                             for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
@@ -137,14 +137,15 @@ FAMILIES = (("batch norm", ("batch_norm", "bn_")),
             ("elementwise/reduce", ("elementwise", "reduce", "Functor")))
 
 
-def families(per_kernel: dict[str, list[float]], steps: int) -> dict[str, dict[str, float]]:
-    """GPU ms and kernel count per step of each family in :data:`FAMILIES` (``other``: the rest)."""
+def families(per_kernel: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """GPU ms and kernel count of each family in :data:`FAMILIES` (``other``: the rest) from each kernel's
+    GPU microseconds and count (per step)."""
     out: dict[str, dict[str, float]] = {}
     for name, (us, count) in per_kernel.items():
         family = next((f for f, keys in FAMILIES if any(k in name for k in keys)), "other")
         row = out.setdefault(family, {"ms": 0.0, "count": 0.0})
-        row["ms"] += us / 1e3 / steps
-        row["count"] += count / steps
+        row["ms"] += us / 1e3
+        row["count"] += count
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
 
 

@@ -12,8 +12,8 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_all.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_all", SCRIPT)
+def _load(name: str = "gpu_all"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -86,18 +86,11 @@ def test_gpu_script_runs_the_parts_asked_for_and_refuses_unknown_ones(tmp_path, 
     assert exit_info.value.code == 2 and "--parts: expected names among" in capsys.readouterr().err
 
 
-def _load_op_check():
-    spec = importlib.util.spec_from_file_location("gpu_op_check", SCRIPT.parent / "gpu_op_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_op_check_finds_no_difference_of_the_cpu_with_itself_and_names_a_planted_one(monkeypatch):
     """benchmarks/gpu_op_check.py: each aten op of a step re-run on CPU copies of its inputs. The CPU
     against itself differs nowhere; a kernel that computes something else (planted: the copies of one
     tensor shape perturbed) is named with its inputs' shapes."""
-    check = _load_op_check()
+    check = _load("gpu_op_check")
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -115,7 +108,7 @@ def test_op_check_finds_no_difference_of_the_cpu_with_itself_and_names_a_planted
 
 
 def test_op_check_skips_without_cuda(tmp_path, monkeypatch):
-    check = _load_op_check()
+    check = _load("gpu_op_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "check.json"
     assert check.main(["--out", str(out)]) == 0
@@ -148,9 +141,7 @@ def test_gpu_profile_skips_without_cuda_and_restores_the_engine_setting(tmp_path
     """benchmarks/gpu_profile.py: exit 0 and a JSON saying it skipped; its variant switch is undone after use."""
     from dartboard.spaces import batched
 
-    spec = importlib.util.spec_from_file_location("gpu_profile", SCRIPT.parent / "gpu_profile.py")
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    profile = _load("gpu_profile")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(profile, "kernels", lambda *a: 1 / 0)
     out = tmp_path / "profile.json"
@@ -165,14 +156,12 @@ def test_gpu_profile_skips_without_cuda_and_restores_the_engine_setting(tmp_path
 
 
 def test_gpu_profile_sorts_kernels_into_families():
-    spec = importlib.util.spec_from_file_location("gpu_profile", SCRIPT.parent / "gpu_profile.py")
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
-    per_kernel = {"void at::native::batch_norm_backward_kernel<float>": [2500.0, 4],
-                  "sm80_xmma_wgrad_implicit_gemm_indexed_tf32": [2000.0, 2], "conv2d_c1_k1_nhwc": [1000.0, 2],
-                  "void at::native::elementwise_kernel<direct_copy_kernel_cuda>": [500.0, 6],
-                  "Memset (Device)": [100.0, 2], "mystery": [40.0, 2]}
-    out = profile.families(per_kernel, steps=2)
+    profile = _load("gpu_profile")
+    per_kernel = {"void at::native::batch_norm_backward_kernel<float>": [1250.0, 2],
+                  "sm80_xmma_wgrad_implicit_gemm_indexed_tf32": [1000.0, 1], "conv2d_c1_k1_nhwc": [500.0, 1],
+                  "void at::native::elementwise_kernel<direct_copy_kernel_cuda>": [250.0, 3],
+                  "Memset (Device)": [50.0, 1], "mystery": [20.0, 1]}
+    out = profile.families(per_kernel)
     assert list(out) == ["convolution", "batch norm", "copy", "memset/fill", "other"]
     assert out["convolution"] == {"ms": 1.5, "count": 2.0} and out["batch norm"] == {"ms": 1.25, "count": 2.0}
     assert out["other"] == {"ms": 0.02, "count": 1.0}

@@ -40,6 +40,7 @@ from torch import nn
 
 from dartboard.spaces.cells import MixedOp, SearchCell
 from dartboard.spaces.depthwise import crop_kernel, depthwise, depthwise_plan
+from dartboard.spaces.ops import nchw
 
 ENGINES = ("reference", "batched")
 POOLS = ("max_pool_3x3", "avg_pool_3x3")
@@ -292,8 +293,8 @@ class ConvPlan:
     (else on the input repeated once per edge; faster on the CPU, 15 % slower for the graphed darts step on
     an H200: benchmarks/results/gpu_profile_h200_run2.json). ``pointwise``: the edges' 1x1 convs as one
     ``grouped`` conv or one ``block_diagonal`` dense conv (zeros off the edges' blocks: E times the arithmetic
-    in one plain conv). ``depthwise_nchw``: depthwise convs on NCHW copies (PyTorch's own depthwise kernels
-    on CUDA instead of cuDNN's NHWC ones), their outputs back to channels-last."""
+    in one plain conv). ``depthwise_nchw``: depthwise convs on NCHW copies (:func:`~dartboard.spaces.ops.nchw`:
+    PyTorch's own depthwise kernels on CUDA instead of cuDNN's NHWC ones), their outputs back to channels-last."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
@@ -325,7 +326,7 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
     if fast_depthwise or not plan.multiplier:
         if plan.depthwise_nchw:
-            x = x.contiguous().repeat(1, n, 1, 1)  # NCHW, edge-major
+            x = x.repeat(1, n, 1, 1)  # standard NCHW strides whatever x's layout, edge-major
         else:
             batch, _, height, width = x.shape
             rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
@@ -335,7 +336,7 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
         y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
         return _pointwise_bn(y.contiguous(memory_format=CHANNELS_LAST), stage, scale)
     weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
-    y = F.conv2d(x.contiguous() if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
+    y = F.conv2d(nchw(x) if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
@@ -346,7 +347,7 @@ def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None
     """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
     weight = torch.cat([d.weight for d in stage.dw])
     if conv_plan(x.device).depthwise_nchw:
-        x = x.contiguous()
+        x = nchw(x)
     y = depthwise(x, weight, stage.dw[0], groups=weight.shape[0])
     return _pointwise_bn(y.contiguous(memory_format=CHANNELS_LAST), stage, scale)
 
