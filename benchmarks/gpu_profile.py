@@ -11,11 +11,13 @@ Two parts, written as JSON:
   block-diagonal dense conv; depthwise convs in channels-last or on NCHW copies), all in one process,
   the reference engine once.
 
-Measured on an H200 (2026-12-04): run 1 (``gpu_profile_h200_run1.json``) swept
+Measured on an H200: run 1 (``gpu_profile_h200_run1.json``, 2026-12-04) swept
 ``torch.backends.cudnn.benchmark`` (no change, within 1 %) and an NCHW layout for the whole batched engine
-(17 % slower); run 2 (``gpu_profile_h200_run2.json``) the multiplier (off: 15 % faster, now CUDA's default)
-and the grouped 1x1 convs as one batched matrix product (1.8x slower: dropped). The block-diagonal 1x1
-conv and the NCHW depthwise convs were added after run 2 and are not yet measured on a GPU.
+(17 % slower); run 2 (``gpu_profile_h200_run2.json``) the multiplier (off: 15 % faster) and the grouped 1x1
+convs as one batched matrix product (1.8x slower: dropped); run 3 (``gpu_profile_h200_run3.json``,
+2026-12-04, fourth session) the block-diagonal 1x1 conv and the NCHW depthwise convs (together 145.1 ->
+123.1 ms first order, 416.3 -> 348.9 ms second: CUDA's default since). The NCHW conv stack was added after
+run 3 and is not yet measured on a GPU.
 
 Without CUDA it writes ``{"skipped": true}`` and exits 0; ``--dry-run-cpu`` runs it on the CPU at toy
 sizes (eager steps only: a check of the script, its numbers mean nothing).
@@ -65,20 +67,21 @@ def variant(plan: Any, device: str):
 
 
 def variants() -> dict[str, Any]:
-    """The conv plans timed: before run 2, CUDA's default now, and the candidates."""
+    """The conv plans timed: CUDA's defaults before run 2 and before run 3, the default now, the candidates."""
+    from dataclasses import replace
+
     from dartboard.spaces.batched import CONV_PLANS, ConvPlan
 
     return {"multiplier (before run 2)": ConvPlan(),
+            "repeated (before run 3)": ConvPlan(multiplier=False),
             "default": CONV_PLANS["cuda"],
-            "block_diagonal": ConvPlan(multiplier=False, pointwise="block_diagonal"),
-            "depthwise_nchw": ConvPlan(multiplier=False, depthwise_nchw=True),
-            "block_diagonal+depthwise_nchw": ConvPlan(multiplier=False, pointwise="block_diagonal",
-                                                      depthwise_nchw=True)}
+            "default, NCHW stack": replace(CONV_PLANS["cuda"], stack_nchw=True),
+            "grouped 1x1, NCHW stack": ConvPlan(multiplier=False, depthwise_nchw=True, stack_nchw=True)}
 
 
 def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
     """GPU time per kernel and per aten op of one eager first-order step: the reference engine, the batched
-    one with its defaults and with both candidates (block-diagonal 1x1 convs, NCHW depthwise convs)."""
+    one with its defaults and with the candidate (the whole conv op in NCHW)."""
     from torch.profiler import ProfilerActivity, profile
 
     from dartboard.bench.speed import build
@@ -89,9 +92,9 @@ def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:
     y = torch.randint(0, 10, (setting.batch,), generator=gen).to(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     out: dict[str, Any] = {}
-    both = variants()["block_diagonal+depthwise_nchw"]
+    candidate = variants()["default, NCHW stack"]
     for name, engine, plan in (("reference", "reference", None), ("batched", "batched", None),
-                               ("batched, block_diagonal+depthwise_nchw", "batched", both)):
+                               ("batched, NCHW stack", "batched", candidate)):
         with variant(plan, device) if plan else nullcontext():
             searcher = build("darts", engine, 1, setting)
             for _ in range(3):

@@ -3,14 +3,13 @@
 # call (a call may run 10 minutes):
 #   bash benchmarks/gpu_session.sh [OUT_DIR] [tests|figures|profile|all] (default: all = tests, figures; OUT_DIR: $OUT, else
 #                                                                      benchmarks/results/gpu_session)
-#   tests:   the GPU-marked tests and the op-by-op CPU comparison of both engines (on an H200, 2026-12-04:
-#            the op check and the tests of that day 3.5 min together; with the conv-plan tests since, about
-#            5 min, estimated)
-#   figures: every GPU figure of benchmarks/gpu_all.py (--repeats 10: its search and DARIO parts took about
-#            4.6 min together on the H200; with the D-DARTS memory part about 5 min, estimated)
+#   tests:   the GPU-marked tests and the op-by-op CPU comparison of both engines (on an H200, 2026-12-04,
+#            fourth session: 203 s, 52 tests)
+#   figures: every GPU figure of benchmarks/gpu_all.py (--repeats 10; 291 s on the H200, fourth session)
 #   profile: benchmarks/gpu_profile.py, where the search step's GPU time goes and the batched engine's conv
-#            plans timed (4 min on the H200 for 4 plans, 2026-12-04; 5 plans since: about 5 min, estimated;
-#            not part of "all")
+#            plans timed (5 plans: 210 s on the H200, fourth session; not part of "all")
+# In the fourth session the three stages ran as three calls back to back on one warm machine: 754 s of the
+# 900 s device budget, the machine's start included.
 # The machine's python needs torch and timm only (ray, mlflow, optuna and pydantic are not imported).
 set -u
 out="${1:-${OUT:-benchmarks/results/gpu_session}}"

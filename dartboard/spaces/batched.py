@@ -280,9 +280,12 @@ def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tenso
     """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two stages) per edge on a
     shared ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given."""
     if len(stages) == 1:
-        return _dil_conv_shared(relu, stages[0], scale)
-    out = _dil_conv_shared(relu, stages[0])
-    return _dil_conv_grouped(stages[1].relu(out), stages[1], scale)
+        out = _dil_conv_shared(relu, stages[0], scale)
+    else:
+        out = _dil_conv_grouped(_dil_conv_shared(relu, stages[0]), stages[1], scale)
+    if conv_plan(out.device).stack_nchw:  # back to channels-last for the mixing; the gradient back to NCHW
+        out = _channels_last_grad(out).contiguous(memory_format=CHANNELS_LAST)
+    return out
 
 
 @dataclass(frozen=True)
@@ -294,23 +297,39 @@ class ConvPlan:
     an H200: benchmarks/results/gpu_profile_h200_run2.json). ``pointwise``: the edges' 1x1 convs as one
     ``grouped`` conv or one ``block_diagonal`` dense conv (zeros off the edges' blocks: E times the arithmetic
     in one plain conv). ``depthwise_nchw``: depthwise convs on NCHW copies (:func:`~dartboard.spaces.ops.nchw`:
-    PyTorch's own depthwise kernels on CUDA instead of cuDNN's NHWC ones), their outputs back to channels-last."""
+    PyTorch's own depthwise kernels on CUDA instead of cuDNN's NHWC ones), their outputs back to channels-last.
+    CUDA's default has both since an H200 timed them (graphed darts step 145.1 -> 123.1 ms first order,
+    416.3 -> 348.9 ms second: benchmarks/results/gpu_profile_h200_run3.json); both are slower on the CPU.
+    ``stack_nchw`` (with ``depthwise_nchw``): the whole conv op (depthwise and pointwise convs, BNs, the second
+    ReLU) on NCHW tensors, back to channels-last once, for the mixing, instead of around every depthwise conv."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
     depthwise_nchw: bool = False
+    stack_nchw: bool = False
 
     def __post_init__(self) -> None:
         if self.pointwise not in ("grouped", "block_diagonal"):
             raise ValueError(f"ConvPlan.pointwise: expected 'grouped' or 'block_diagonal', got {self.pointwise!r}")
+        if self.stack_nchw and not self.depthwise_nchw:
+            raise ValueError("ConvPlan.stack_nchw: runs the depthwise convs on NCHW tensors too; "
+                             "it needs depthwise_nchw=True")
 
 
 #: Per device type; a type not listed gets ``ConvPlan()``.
-CONV_PLANS = {"cpu": ConvPlan(), "cuda": ConvPlan(multiplier=False)}
+CONV_PLANS = {"cpu": ConvPlan(),
+              "cuda": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True)}
 
 
 def conv_plan(device: torch.device) -> ConvPlan:
     return CONV_PLANS.get(device.type, ConvPlan())
+
+
+def _conv_layout(y: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
+    """A conv's output in the layout of the conv stack: NCHW under ``stack_nchw``, else channels-last (like the
+    gradient the mixing hands back; a no-op on the CPU, whose convs keep channels-last, while a CUDA conv may
+    give NCHW)."""
+    return nchw(y) if plan.stack_nchw else y.contiguous(memory_format=CHANNELS_LAST)
 
 
 def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -334,7 +353,7 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
         weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
         dilation = (1, 1) if kernel == (1, 1) else dilation
         y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
-        return _pointwise_bn(y.contiguous(memory_format=CHANNELS_LAST), stage, scale)
+        return _pointwise_bn(_conv_layout(y, plan), stage, scale)
     weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
     y = F.conv2d(nchw(x) if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
@@ -344,25 +363,26 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
 
 
 def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """E DilConvs, each on its own group of channels of ``x`` (edge-major): one depthwise conv."""
-    weight = torch.cat([d.weight for d in stage.dw])
-    if conv_plan(x.device).depthwise_nchw:
+    """E DilConvs (ReLU, depthwise, pointwise, BN), each on its own group of channels of ``x`` (edge-major):
+    one depthwise conv. On NCHW copies the ReLU comes after the copy, so that its saved output is the conv's
+    saved input (with the ReLU first, both were kept: on an H200 the step's peak rose from 4919 to 6288 MiB)."""
+    plan, weight = conv_plan(x.device), torch.cat([d.weight for d in stage.dw])
+    if plan.depthwise_nchw:
         x = nchw(x)
-    y = depthwise(x, weight, stage.dw[0], groups=weight.shape[0])
-    return _pointwise_bn(y.contiguous(memory_format=CHANNELS_LAST), stage, scale)
+    y = depthwise(stage.relu(x), weight, stage.dw[0], groups=weight.shape[0])
+    return _pointwise_bn(_conv_layout(y, plan), stage, scale)
 
 
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
-    groups = len(stage.pw)
-    if groups > 1 and conv_plan(y.device).pointwise == "block_diagonal":  # one dense conv, zeros off the blocks
+    plan, groups = conv_plan(y.device), len(stage.pw)
+    if groups > 1 and plan.pointwise == "block_diagonal":  # one dense conv, zeros off the blocks
         c_out, c_in = stage.pw[0].weight.shape[:2]
         weight = torch.block_diag(*[p.weight.view(c_out, c_in) for p in stage.pw]).view(groups * c_out, -1, 1, 1)
         groups = 1
     else:
         weight = torch.cat([p.weight for p in stage.pw])
-    # channels-last like the gradient the mixing hands back (a no-op on the CPU; a CUDA conv may give NCHW);
     # as a batched matrix product it was 1.8x slower on an H200 and 3-5 % on the CPU (gpu_profile_h200_run2.json)
-    y = F.conv2d(y, weight, groups=groups).contiguous(memory_format=CHANNELS_LAST)
+    y = _conv_layout(F.conv2d(y, weight, groups=groups), plan)
     return batch_norm_many(y, stage.bn, scale)
 
 
