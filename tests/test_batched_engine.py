@@ -188,11 +188,11 @@ def test_cudas_default_conv_plan_is_the_one_the_presets_are_checked_with():
     assert batched.CONV_PLANS["cuda"] == CONV_VARIANTS["all three"]
 
 
-def test_the_nchw_depthwise_copies_keep_one_saved_tensor_per_conv():
-    """CUDA's plan, run on the CPU: its step's peak memory over the CPU plan's. The NCHW copy of a SepConv's
-    second stage comes before its ReLU, so that the ReLU's saved output is the conv's saved input; with the
-    ReLU first both tensors were kept (1.26x here, 1.16x now; on an H200 the step's peak rose from 4919 to
-    6288 MiB)."""
+def test_cudas_conv_plan_keeps_one_copy_of_each_input():
+    """CUDA's plan, run on the CPU: its step's peak memory over the CPU plan's (on an H200 the step's peak rose
+    from 4919 to 6288 MiB with it). The input repeated once per edge is made once per node for every conv kind
+    (1.16x here when each kind made its own), and the NCHW copy of a SepConv's second stage comes before its
+    ReLU, so that the ReLU's saved output is the conv's saved input (1.11x with the ReLU first); 1.01x now."""
     from dartboard.bench.memory import profiled_peak_bytes
     from dartboard.bench.speed import SpeedSetting, build
 
@@ -205,7 +205,7 @@ def test_the_nchw_depthwise_copies_keep_one_saved_tensor_per_conv():
             searcher = build("darts", "batched", 1, setting)
             searcher.step((x, y), (x, y))  # optimizer states exist before the measured step
             peaks[name] = profiled_peak_bytes(lambda s=searcher: s.step((x, y), (x, y)))
-    assert peaks["cuda"] / peaks["cpu"] < 1.21, peaks
+    assert peaks["cuda"] / peaks["cpu"] < 1.07, peaks
 
 
 def test_a_conv_plan_names_a_pointwise_way_it_does_not_know():

@@ -194,6 +194,7 @@ def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list
     # densely); under autocast the mixing stays an fp32 multiply
     scales = None if torch.is_autocast_enabled(h.device.type) else weights.t().repeat_interleave(C, dim=1)
     total = shape = None
+    repeats: dict[tuple, torch.Tensor] = {}  # h repeated once per edge, made once for every conv kind (_repeated)
     for o, kind, modules in plan.ops:
         scale = None
         if kind == "pool":
@@ -206,7 +207,7 @@ def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list
                 activated[type(act)] = act(h)
             if scales is not None:  # w[e, o] as the last BN's scale: its backward gives w's gradient with the input's
                 scale = scales[o]
-            out, shared = _conv_stack(activated[type(act)], stages, scale), False
+            out, shared = _conv_stack(activated[type(act)], stages, scale, repeats), False
         else:
             out, shared = torch.cat([_channels_last_grad(op(h)) for op in modules], dim=1), False
         shape = out.shape
@@ -276,13 +277,14 @@ def _shared_pool(h: torch.Tensor, pool: nn.Module, bns: Sequence[nn.BatchNorm2d]
     return out
 
 
-def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tensor | None = None) -> torch.Tensor:
+def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tensor | None = None,
+                repeats: dict | None = None) -> torch.Tensor:
     """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two stages) per edge on a
     shared ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given."""
     if len(stages) == 1:
-        out = _dil_conv_shared(relu, stages[0], scale)
+        out = _dil_conv_shared(relu, stages[0], scale, repeats)
     else:
-        out = _dil_conv_grouped(_dil_conv_shared(relu, stages[0]), stages[1], scale)
+        out = _dil_conv_grouped(_dil_conv_shared(relu, stages[0], None, repeats), stages[1], scale)
     if conv_plan(out.device).stack_nchw:  # back to channels-last for the mixing; the gradient back to NCHW
         out = _channels_last_grad(out).contiguous(memory_format=CHANNELS_LAST)
     return out
@@ -332,7 +334,8 @@ def _conv_layout(y: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
     return nchw(y) if plan.stack_nchw else y.contiguous(memory_format=CHANNELS_LAST)
 
 
-def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
+def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None,
+                     repeats: dict | None = None) -> torch.Tensor:
     """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
     grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
     smaller, undilated, stride 1), or the device's :class:`ConvPlan` says so, the input is repeated E
@@ -344,12 +347,7 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
     if fast_depthwise or not plan.multiplier:
-        if plan.depthwise_nchw:
-            x = x.repeat(1, n, 1, 1)  # standard NCHW strides whatever x's layout, edge-major
-        else:
-            batch, _, height, width = x.shape
-            rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, C)
-            x = rows.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
+        x = _repeated(x, n, plan, {} if repeats is None else repeats)
         weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
         dilation = (1, 1) if kernel == (1, 1) else dilation
         y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
@@ -360,6 +358,22 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
     return _pointwise_bn(y, stage, scale)
+
+
+def _repeated(x: torch.Tensor, n: int, plan: ConvPlan, repeats: dict[tuple, torch.Tensor]) -> torch.Tensor:
+    """``x`` repeated ``n`` times along the channels (edge-major): NCHW under ``depthwise_nchw``, else
+    channels-last. Made once per node for every conv kind that takes it (``repeats``, keyed by the memory
+    ``x`` views: a stride-2 dilated conv's even pixels are a new view of the same memory each time): the
+    copies and the memory they hold (13 % of a step's peak with CUDA's plan) are not made again."""
+    key = (x.data_ptr(), x.shape, x.stride(), n)
+    if key not in repeats:
+        if plan.depthwise_nchw:
+            repeats[key] = x.repeat(1, n, 1, 1)  # standard NCHW strides whatever x's layout
+        else:
+            batch, channels, height, width = x.shape
+            rows = x.permute(0, 2, 3, 1).unsqueeze(3).expand(batch, height, width, n, channels)
+            repeats[key] = rows.reshape(batch, height, width, n * channels).permute(0, 3, 1, 2)  # channels-last
+    return repeats[key]
 
 
 def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
