@@ -81,9 +81,11 @@ class Engine:
         # all-reduced and checkpointed with the alphas
         self.arch_extra = nn.ParameterList(nn.Parameter(t) for t in parts.mixed_op.arch_parameters(
             self.supernet.groups)).to(self.device)
+        # foreach: PyTorch's default on CUDA; on the CPU its default is a Python loop over the parameters, 4 ops
+        # each (889 tensors at digits scale: 7.9 -> 4.6 ms a step, the same values to the bit)
         self.w_optimizer: torch.optim.Optimizer = (
             torch.optim.SGD(self.supernet.parameters(), lr=config.w_lr, momentum=config.w_momentum,
-                            weight_decay=config.w_weight_decay) if config.w_optimizer == "sgd" else
+                            weight_decay=config.w_weight_decay, foreach=True) if config.w_optimizer == "sgd" else
             torch.optim.Adam(self.supernet.parameters(), lr=config.w_lr, weight_decay=config.w_weight_decay))
         self.w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
                                                                       eta_min=config.w_lr_min)
