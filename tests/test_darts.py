@@ -243,3 +243,42 @@ def test_search_step_on_gpu(precision, order):
     m = s.end_epoch()
     assert math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"])
     assert any(not torch.equal(b, a.detach()) for b, a in zip(before, s.arch.parameters(), strict=True))
+
+
+def test_the_unrolled_step_moves_the_weights_in_a_few_ops(monkeypatch):
+    """The unrolled weights w' and the Hessian's shifted weights w +- R d_w come from foreach ops: outside the
+    network's passes and gradients, the second-order hypergradient makes a few calls for all weight tensors (a
+    loop over them made 15 per tensor; R's sum keeps 3 per tensor, see hypergradient.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dartboard.searchers import hypergradient
+
+    class Count(TorchDispatchMode):
+        calls, paused = 0, False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not Count.paused and func.overloadpacket not in (torch.ops.aten.detach, torch.ops.aten.alias):
+                Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    def paused(fn):
+        def run(*args, **kwargs):
+            Count.paused = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                Count.paused = False
+        return run
+
+    seed_everything(0)
+    s = tiny_searcher(order=2)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    s.step((x, y), (x, y))  # the momentum buffers exist
+    monkeypatch.setattr(torch.autograd, "grad", paused(torch.autograd.grad))
+    loss_fn = paused(hypergradient.functional_loss(s.supernet, s.autocast, s.objective.loss, s.forward_weights))
+    n = len(list(s.supernet.parameters()))
+    with Count():
+        hypergradient.unrolled_arch_grads(s.supernet, loss_fn, s.arch_parameters(), paused(s.group_weights),
+                                          paused(s.regularization), s.w_optimizer, s.arch_scaler.scale,
+                                          (x, y, x, y), 0.01, lambda *a: None)
+    assert n > 20 and Count.calls < 4 * n, (n, Count.calls)
