@@ -522,3 +522,32 @@ def test_an_unbatched_ops_gradient_comes_back_in_its_outputs_layout(layout):
     wide = torch.cat([y, torch.zeros_like(y)], dim=1)  # its gradient: a slice of a wider one
     (wide * torch.randn_like(wide)).sum().backward()
     assert seen[-1] == x.stride()
+
+
+def test_the_block_diagonal_1x1_conv_hands_each_weight_its_gradient_without_a_copy():
+    """``pointwise="block_diagonal"`` (CUDA's plan) builds its weight as the stacked 1x1 weights times a 0/1 mask:
+    the parameters' gradients are slices of one contiguous gradient, which autograd takes as they are;
+    ``torch.block_diag``'s are copied into each parameter's layout (one copy per 1x1 weight and step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dartboard.bench.speed import SpeedSetting, build
+
+    class Copies(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.new_empty_strided):
+                Copies.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    setting = SpeedSetting(batch=2, channels=4, layers=2, input_size=8, device="cpu", precision="fp32")
+    x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(batched.CONV_PLANS, "cpu", CONV_VARIANTS["all three"])
+        searcher = build("darts", "batched", 1, setting)
+        searcher.step((x, y), (x, y))
+        pointwise = [m for n, m in searcher.supernet.named_modules() if isinstance(m, torch.nn.Conv2d)
+                     and m.kernel_size == (1, 1) and ".ops." in n]
+        with Copies():
+            searcher.weight_step(x, y)
+    assert len(pointwise) > 20 and Copies.calls < len(pointwise) // 4, (len(pointwise), Copies.calls)

@@ -390,14 +390,35 @@ def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None
 def _pointwise_bn(y: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None) -> torch.Tensor:
     plan, groups = conv_plan(y.device), len(stage.pw)
     if groups > 1 and plan.pointwise == "block_diagonal":  # one dense conv, zeros off the blocks
-        c_out, c_in = stage.pw[0].weight.shape[:2]
-        weight = torch.block_diag(*[p.weight.view(c_out, c_in) for p in stage.pw]).view(groups * c_out, -1, 1, 1)
-        groups = 1
+        weight, groups = _block_diagonal([p.weight for p in stage.pw]), 1
     else:
         weight = torch.cat([p.weight for p in stage.pw])
     # as a batched matrix product it was 1.8x slower on an H200 and 3-5 % on the CPU (gpu_profile_h200_run2.json)
     y = _conv_layout(F.conv2d(y, weight, groups=groups), plan)
     return batch_norm_many(y, stage.bn, scale)
+
+
+def _block_diagonal(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[E * c_out, E * c_in, 1, 1]``: the E 1x1 conv weights on the diagonal, zeros elsewhere, as the stacked
+    weights times a 0/1 mask (the same values as ``torch.block_diag``). The gradient then comes back as one
+    contiguous ``[E, c_out, c_in]`` tensor, whose slices the parameters take as their gradients; those of
+    ``torch.block_diag`` are slices of the larger matrix with other strides, which autograd copies into each
+    parameter's layout (one copy per edge and weight step), and its forward is one copy per edge too."""
+    n, (c_out, c_in) = len(weights), weights[0].shape[:2]
+    stacked = torch.stack([w.view(c_out, c_in) for w in weights])  # [E, c_out, c_in]
+    mask = _identity(n, stacked.device, stacked.dtype)
+    return (stacked[:, :, None, :] * mask[:, None, :, None]).reshape(n * c_out, n * c_in, 1, 1)
+
+
+_IDENTITIES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _identity(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.eye(n)``, made once per device and dtype (a CUDA graph replays no allocation made inside it)."""
+    key = (n, device, dtype)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = torch.eye(n, device=device, dtype=dtype)
+    return _IDENTITIES[key]
 
 
 def batch_norm_many(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None) -> torch.Tensor:
