@@ -70,9 +70,11 @@ def unrolled_arch_grads(network: nn.Module, loss_fn: LossFn, alphas: Sequence[to
     # scaled gradients is S^2 * hvp: divide by S once to match the scaled d_alpha. The two
     # shifted passes run in fp32: a shift of norm r = 0.01 is below bf16/fp16 weight resolution.
     s = scale(torch.ones((), device=d_alpha[0].device))
-    # R's sum stays one loop: torch._foreach_norm rounds otherwise (2e-7), and the finite difference across
-    # ReLU kinks turned such a change into 2e-3 of FairDARTS' hypergradient on one engine and 1e-7 on the other
-    R = r / torch.sqrt(sum(g.float().pow(2).sum() for g in d_w)).clamp_min(1e-12)
+    # R's sums stay one per tensor, added in order: torch._foreach_norm rounds otherwise (2e-7), and the finite
+    # difference across ReLU kinks turned such a change into 2e-3 of FairDARTS' hypergradient on one engine
+    # and 1e-7 on the other. The squares are one foreach op (x * x: what pow(x, 2) computes).
+    d_w32 = [g.float() for g in d_w]
+    R = r / torch.sqrt(sum(t.sum() for t in torch._foreach_mul(d_w32, d_w32))).clamp_min(1e-12)
     hvp = None
     for sign in (1.0, -1.0):
         with torch.no_grad():
