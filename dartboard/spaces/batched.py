@@ -277,10 +277,11 @@ def _shared_pool(h: torch.Tensor, pool: nn.Module, bns: Sequence[nn.BatchNorm2d]
     return out
 
 
-def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tensor | None = None,
-                repeats: dict | None = None) -> torch.Tensor:
+def _conv_stack(relu: torch.Tensor, stages: Sequence[_Stage], scale: torch.Tensor | None,
+                repeats: dict[tuple, torch.Tensor]) -> torch.Tensor:
     """``[B, E * C, H', W']`` (edge-major channels): one DilConv (or SepConv: two stages) per edge on a
-    shared ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given."""
+    shared ReLU'd input, batched; the last BN's output times ``scale`` (one value per channel) when given;
+    ``repeats``: the node's repeated inputs so far (:func:`_repeated`)."""
     if len(stages) == 1:
         out = _dil_conv_shared(relu, stages[0], scale, repeats)
     else:
@@ -334,8 +335,8 @@ def _conv_layout(y: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
     return nchw(y) if plan.stack_nchw else y.contiguous(memory_format=CHANNELS_LAST)
 
 
-def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None = None,
-                     repeats: dict | None = None) -> torch.Tensor:
+def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
+                     repeats: dict[tuple, torch.Tensor]) -> torch.Tensor:
     """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
     grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
     smaller, undilated, stride 1), or the device's :class:`ConvPlan` says so, the input is repeated E
@@ -347,7 +348,7 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None 
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
     if fast_depthwise or not plan.multiplier:
-        x = _repeated(x, n, plan, {} if repeats is None else repeats)
+        x = _repeated(x, n, plan, repeats)
         weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
         dilation = (1, 1) if kernel == (1, 1) else dilation
         y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
@@ -414,7 +415,8 @@ _IDENTITIES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
 
 def _identity(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.eye(n)``, made once per device and dtype (a CUDA graph replays no allocation made inside it)."""
+    """``torch.eye(n)``, made once per size, device and dtype (not one kernel per block-diagonal weight and pass;
+    the eager steps before a CUDA graph's capture make it, so a replay reads it and allocates nothing)."""
     key = (n, device, dtype)
     if key not in _IDENTITIES:
         _IDENTITIES[key] = torch.eye(n, device=device, dtype=dtype)
