@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dartboard.spaces.cells import MixedOp, SearchCell
-from dartboard.spaces.depthwise import crop_kernel, depthwise, depthwise_plan
+from dartboard.spaces.depthwise import crop_kernel, depthwise, depthwise_matmul, depthwise_plan
 from dartboard.spaces.ops import nchw
 
 ENGINES = ("reference", "batched")
@@ -304,28 +304,45 @@ class ConvPlan:
     CUDA's default has both since an H200 timed them (graphed darts step 145.1 -> 123.1 ms first order,
     416.3 -> 348.9 ms second: benchmarks/results/gpu_profile_h200_run3.json); both are slower on the CPU.
     ``stack_nchw`` (with ``depthwise_nchw``): the whole conv op (depthwise and pointwise convs, BNs, the second
-    ReLU) on NCHW tensors, back to channels-last once, for the mixing, instead of around every depthwise conv."""
+    ReLU) on NCHW tensors, back to channels-last once, for the mixing, instead of around every depthwise conv.
+    ``matmul_limit``: a depthwise conv with a channel multiplier runs as per-channel matrix products
+    (:func:`~dartboard.spaces.depthwise.depthwise_matmul`, edge-major output: no reorder copy) where its input's
+    pixels times channels per (cropped) kernel tap, H * W * C / (kh * kw), are at most this; 0: never. The
+    products' work grows with the map (H * W per output pixel, against kh * kw taps), oneDNN's channels-last
+    kernels run well with many channels: on the CPU, per conv of the digits step (forward and backward), 1.3-4x
+    faster than oneDNN on 4x4 maps and for 5x5 kernels on 8x8 maps with 8 or 16 channels (9 to 57 here), even to
+    slower for dilated 3x3 kernels on 8x8 maps (57), 0.5-2x at 8x8 with 64 channels (164, the published scale)."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
     depthwise_nchw: bool = False
     stack_nchw: bool = False
+    matmul_limit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pointwise not in ("grouped", "block_diagonal"):
             raise ValueError(f"ConvPlan.pointwise: expected 'grouped' or 'block_diagonal', got {self.pointwise!r}")
+        if not self.matmul_limit >= 0:
+            raise ValueError(f"ConvPlan.matmul_limit: expected a number >= 0 (0: never), got {self.matmul_limit!r}")
         if self.stack_nchw and not self.depthwise_nchw:
             raise ValueError("ConvPlan.stack_nchw: runs the depthwise convs on NCHW tensors too; "
                              "it needs depthwise_nchw=True")
 
 
 #: Per device type; a type not listed gets ``ConvPlan()``.
-CONV_PLANS = {"cpu": ConvPlan(),
+CONV_PLANS = {"cpu": ConvPlan(matmul_limit=64.0),
               "cuda": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True)}
 
 
 def conv_plan(device: torch.device) -> ConvPlan:
     return CONV_PLANS.get(device.type, ConvPlan())
+
+
+def matmul_depthwise(plan: ConvPlan, shape: Sequence[int], kernel: Sequence[int]) -> bool:
+    """Whether a multiplier depthwise conv of an input of ``shape`` (``[B, C, H, W]``) with a (cropped) ``kernel``
+    runs as per-channel matrix products under ``plan`` (:attr:`ConvPlan.matmul_limit`)."""
+    _, channels, height, width = shape
+    return height * width * channels <= plan.matmul_limit * kernel[0] * kernel[1]
 
 
 def _conv_layout(y: torch.Tensor, plan: ConvPlan) -> torch.Tensor:
@@ -354,6 +371,8 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
         y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
         return _pointwise_bn(_conv_layout(y, plan), stage, scale)
     weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
+    if matmul_depthwise(plan, x.shape, kernel):
+        return _pointwise_bn(depthwise_matmul(x, weight, stride, padding, dilation, edge_major=True), stage, scale)
     y = F.conv2d(nchw(x) if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)

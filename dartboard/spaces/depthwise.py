@@ -58,3 +58,105 @@ def taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> tu
     if (lo, hi) == (0, kernel - 1) or lo != kernel - 1 - hi:
         return None
     return lo, hi
+
+
+
+def depthwise_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                     dilation: tuple[int, int], edge_major: bool = False) -> torch.Tensor:
+    """A depthwise convolution of ``x`` (``[B, C, H, W]``) with ``weight`` (``[C * m, 1, kh, kw]``, channel
+    multiplier m: PyTorch's ``groups=C``) as one matrix product per channel: each channel's conv is a linear map
+    of its H * W input pixels to its H' * W' output pixels (a Toeplitz matrix built from the kernel), all
+    channels in one batched matrix product. On small maps (4x4, 2x2) that is a few dense products instead of
+    oneDNN's depthwise kernels, which are slow there for dilated and 5x5 kernels, multipliers and tiny maps.
+
+    The output is channels-last, its channels in PyTorch's order (c * m + j) or, ``edge_major``, j * C + c (the
+    batched engine's edge-major order, without the reorder copy a multiplier conv needs). Its backward hands
+    the input's gradient back channels-last, and is made of differentiable ops (R-DARTS' Hessian). Under autocast
+    it runs in the autocast dtype, as the convolution does."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+    return _DepthwiseMatmul.apply(x, weight, tuple(stride), tuple(padding), tuple(dilation), edge_major)
+
+
+class _DepthwiseMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation, edge_major):
+        batch, channels, height, width = x.shape
+        m, kernel = weight.shape[0] // channels, tuple(weight.shape[2:])
+        select, out_h, out_w = _selection((height, width), kernel, stride, padding, dilation, x.device, x.dtype)
+        toeplitz = _toeplitz(weight, select, channels)
+        xc = x.permute(1, 0, 2, 3).reshape(channels, batch, height * width)  # [C, B, Q]: a copy
+        ctx.save_for_backward(x, weight, xc, toeplitz, select)  # x: the ReLU before keeps it anyway
+        ctx.shape = (batch, channels, m, out_h, out_w, height, width, kernel, edge_major)
+        return _from_rows(torch.bmm(xc, toeplitz), ctx.shape)  # [C, B, m * P] -> [B, C * m, H', W']
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, xc, toeplitz, select = ctx.saved_tensors
+        batch, channels, m, out_h, out_w, height, width, kernel, edge_major = ctx.shape
+        if torch.is_grad_enabled():  # a backward that is differentiated (create_graph): from x and the weight
+            toeplitz = _toeplitz(weight, select, channels)
+            xc = x.permute(1, 0, 2, 3).reshape(channels, batch, height * width)
+        rows = _to_rows(grad, ctx.shape)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.bmm(rows, toeplitz.transpose(1, 2))  # [C, B, Q]
+            grad_x = gx.view(channels, batch, height, width).permute(1, 0, 2, 3).contiguous(
+                memory_format=torch.channels_last)
+        if ctx.needs_input_grad[1]:
+            gt = torch.bmm(xc.transpose(1, 2), rows)  # [C, Q, m * P]
+            gt = gt.view(channels, height * width, m, out_h * out_w).transpose(1, 2).reshape(channels * m, -1)
+            grad_w = (gt @ select.view(select.shape[0], -1).t()).view(channels * m, 1, *kernel)
+        return grad_x, grad_w, None, None, None, None
+
+
+def _toeplitz(weight: torch.Tensor, select: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[C, Q, m * P]``: per channel, the matrix mapping its Q input pixels to its m * P outputs."""
+    taps, q, p = select.shape
+    m = weight.shape[0] // channels
+    t = (weight.reshape(channels * m, taps) @ select.view(taps, q * p)).view(channels, m, q, p)
+    return t.transpose(1, 2).reshape(channels, q, m * p)
+
+
+def _from_rows(out: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """``[C, B, m * P]`` as a channels-last ``[B, C * m, H', W']`` (channel c * m + j, or j * C + c)."""
+    batch, channels, m, out_h, out_w, _, _, _, edge_major = shape
+    out = out.view(channels, batch, m, out_h, out_w)
+    order = (1, 3, 4, 2, 0) if edge_major else (1, 3, 4, 0, 2)  # [B, H', W', m, C] or [B, H', W', C, m]
+    out = out.permute(*order).contiguous().view(batch, out_h, out_w, channels * m)
+    return out.permute(0, 3, 1, 2)
+
+
+def _to_rows(grad: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """The inverse of :func:`_from_rows`: a ``[B, C * m, H', W']`` gradient as ``[C, B, m * P]`` (a copy)."""
+    batch, channels, m, out_h, out_w, _, _, _, edge_major = shape
+    g = grad.reshape(batch, *((m, channels) if edge_major else (channels, m)), out_h * out_w)
+    g = g.permute(2, 0, 1, 3) if edge_major else g.permute(1, 0, 2, 3)  # [C, B, m, P]
+    return g.reshape(channels, batch, m * out_h * out_w)
+
+
+_SELECTIONS: dict[tuple, tuple[torch.Tensor, int, int]] = {}
+
+
+def _selection(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, int, int]:
+    """``([kh * kw, H * W, H' * W'], H', W')``: 1 where kernel tap t carries input pixel q to output pixel p."""
+    key = (size, kernel, stride, padding, dilation, device, dtype)
+    if key not in _SELECTIONS:
+        (h, w), (kh, kw) = size, kernel
+        out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        select = torch.zeros(kh * kw, h * w, out_h * out_w)
+        for i in range(kh):
+            for j in range(kw):
+                for oh in range(out_h):
+                    ih = oh * stride[0] - padding[0] + i * dilation[0]
+                    if not 0 <= ih < h:
+                        continue
+                    for ow in range(out_w):
+                        iw = ow * stride[1] - padding[1] + j * dilation[1]
+                        if 0 <= iw < w:
+                            select[i * kw + j, ih * w + iw, oh * out_w + ow] = 1.0
+        _SELECTIONS[key] = (select.to(device=device, dtype=dtype), out_h, out_w)
+    return _SELECTIONS[key]
