@@ -17,7 +17,7 @@ from dartboard.data.datasets import load_dataset
 from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.hypergradient import grads_or_zeros
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
-from dartboard.spaces import batched
+from dartboard.spaces import batched, batched_convs
 from dartboard.spaces.batched import BatchedSearchCell, ConvPlan, batch_norm_many, batched_path, use_engine
 from dartboard.spaces.cells import SearchCell
 
@@ -170,6 +170,7 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
 
 #: The batched engine's ways to run its convolutions (``batched.ConvPlan``), each a CUDA default or a candidate.
 CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan(matmul_limit=float("inf")),
+                 "block_diagonal, linear": ConvPlan(pointwise="block_diagonal", linear_1x1=True),
                  "repeated": ConvPlan(multiplier=False), "block_diagonal": ConvPlan(pointwise="block_diagonal"),
                  "repeated+block_diagonal": ConvPlan(multiplier=False, pointwise="block_diagonal"),
                  "nchw": ConvPlan(depthwise_nchw=True),
@@ -192,14 +193,16 @@ def test_both_engines_agree_with_every_conv_variant(name, variant, monkeypatch):
     _agree(name, monkeypatch)
 
 
-def test_the_cpus_plan_runs_the_oracles_multiplier_convs_as_matrix_products(monkeypatch):
+def test_the_cpus_plan_runs_the_oracles_convs_as_matrix_products(monkeypatch):
     """The presets' oracle runs (8x8 and 4x4 maps, 4 channels) take the CPU plan's matrix products for their
-    5x5 and dilated depthwise convs, so every preset's test covers them."""
-    calls = []
-    real = batched.depthwise_matmul
-    monkeypatch.setattr(batched, "depthwise_matmul", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    5x5 and dilated depthwise convs and for the pointwise convs of one group, so every preset's test covers them."""
+    calls, linear = [], []
+    real, real_linear = batched_convs.depthwise_matmul, batched_convs.linear_1x1
+    monkeypatch.setattr(batched_convs, "depthwise_matmul", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    monkeypatch.setattr(batched_convs, "linear_1x1", lambda *a: linear.append(a[1].shape) or real_linear(*a))
     _agree("darts", monkeypatch)
     assert len(calls) >= 8 and {tuple(s[2:]) for s in calls} >= {(5, 5), (3, 3)}, calls
+    assert len(linear) >= 4, linear
 
 
 def test_cudas_default_conv_plan_is_the_one_the_presets_are_checked_with():

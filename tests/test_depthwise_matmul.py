@@ -1,6 +1,7 @@
-"""A depthwise convolution as one matrix product per channel (dartboard.spaces.depthwise.depthwise_matmul),
-against a hand-computed value and against torch's own convolution (the obviously correct slow path here):
-outputs, input and weight gradients, gradients of gradients, channel orders, layouts and autocast."""
+"""The batched engine's convolutions as matrix products, against torch's own convolution (the obviously correct
+slow path here): a depthwise convolution as one matrix product per channel (dartboard.spaces.depthwise.
+depthwise_matmul; also against a hand-computed value): outputs, input and weight gradients, gradients of
+gradients, channel orders, layouts and autocast; a 1x1 convolution as ``F.linear`` of the channels-last pixels."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dartboard.spaces.batched import CONV_PLANS, ConvPlan, matmul_depthwise
+from dartboard.spaces.batched_convs import linear_1x1
 from dartboard.spaces.depthwise import depthwise_matmul
 
 CL = torch.channels_last
@@ -100,3 +102,19 @@ def test_the_cpu_plan_takes_it_on_small_maps_and_few_channels_only():
 def test_a_conv_plan_refuses_a_matmul_limit_that_is_no_bound(limit):
     with pytest.raises(ValueError, match="matmul_limit: expected a number >= 0"):
         ConvPlan(matmul_limit=limit)
+
+
+@pytest.mark.parametrize("layout", ["dense", "slice"])
+def test_a_1x1_conv_as_a_linear_map_of_the_pixels(layout):
+    """Output (channels-last), input and weight gradients equal a 1x1 conv's in float64, also for a channel slice of
+    a wider channels-last tensor (a view F.linear cannot take as it is)."""
+    torch.manual_seed(1)
+    wide = torch.randn(2, 10, 3, 5, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    x = wide if layout == "dense" else wide[:, 4:]
+    w = torch.randn(7, x.shape[1], 1, 1, dtype=torch.float64, requires_grad=True)
+    out, ref = linear_1x1(x.permute(0, 2, 3, 1), w), F.conv2d(x, w)
+    assert out.shape == ref.shape == (2, 7, 3, 5) and out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (wide, w), g), torch.autograd.grad(ref, (wide, w), g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
