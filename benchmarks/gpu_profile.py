@@ -17,7 +17,9 @@ Measured on an H200: run 1 (``gpu_profile_h200_run1.json``, 2026-12-04) swept
 convs as one batched matrix product (1.8x slower: dropped); run 3 (``gpu_profile_h200_run3.json``,
 2026-12-04, fourth session) the block-diagonal 1x1 conv and the NCHW depthwise convs (together 145.1 ->
 123.1 ms first order, 416.3 -> 348.9 ms second: CUDA's default since). The NCHW conv stack was added after
-run 3 and is not yet measured on a GPU.
+run 3, and the 1x1 convs as ``F.linear`` of the channels-last pixels (``linear_1x1``: the CPU plan's since the
+fifth session; on CUDA's block-diagonal plan every pointwise conv would become one cuBLAS product) after that;
+neither is measured on a GPU yet.
 
 Without CUDA it writes ``{"skipped": true}`` and exits 0; ``--dry-run-cpu`` runs it on the CPU at toy
 sizes (eager steps only: a check of the script, its numbers mean nothing).
@@ -76,7 +78,8 @@ def variants() -> dict[str, Any]:
             "repeated (before run 3)": ConvPlan(multiplier=False),
             "default": CONV_PLANS["cuda"],
             "default, NCHW stack": replace(CONV_PLANS["cuda"], stack_nchw=True),
-            "grouped 1x1, NCHW stack": ConvPlan(multiplier=False, depthwise_nchw=True, stack_nchw=True)}
+            "grouped 1x1, NCHW stack": ConvPlan(multiplier=False, depthwise_nchw=True, stack_nchw=True),
+            "default, 1x1 as linear": replace(CONV_PLANS["cuda"], linear_1x1=True)}
 
 
 def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:

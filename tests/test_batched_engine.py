@@ -178,7 +178,9 @@ CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan
                  "all three": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True),
                  "all three, NCHW stack": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
                                                    stack_nchw=True),
-                 "NCHW stack": ConvPlan(depthwise_nchw=True, stack_nchw=True)}
+                 "NCHW stack": ConvPlan(depthwise_nchw=True, stack_nchw=True),
+                 "all three, 1x1 as linear": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
+                                                      linear_1x1=True)}
 
 
 @pytest.mark.parametrize("name, variant",
