@@ -196,8 +196,9 @@ def test_both_engines_agree_with_every_conv_variant(name, variant, monkeypatch):
 
 
 def test_the_cpus_plan_runs_the_oracles_convs_as_matrix_products(monkeypatch):
-    """The presets' oracle runs (8x8 and 4x4 maps, 4 channels) take the CPU plan's matrix products for their
-    5x5 and dilated depthwise convs and for the pointwise convs of one group, so every preset's test covers them."""
+    """The presets' oracle runs (8x8 to 2x2 maps, 4 channels) take the CPU plan's matrix products for their 5x5
+    and dilated depthwise convs and for the pointwise convs of one group, and a channel scale for the kernels
+    cropped to their centre (any device), so every preset's test covers them."""
     calls, linear = [], []
     real, real_linear = batched_convs.depthwise_matmul, batched_convs.linear_1x1
     monkeypatch.setattr(batched_convs, "depthwise_matmul", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
@@ -205,6 +206,29 @@ def test_the_cpus_plan_runs_the_oracles_convs_as_matrix_products(monkeypatch):
     _agree("darts", monkeypatch)
     assert len(calls) >= 8 and {tuple(s[2:]) for s in calls} >= {(5, 5), (3, 3)}, calls
     assert len(linear) >= 4, linear
+
+
+def test_kernels_cropped_to_their_centre_scale_the_channels_on_both_engines_alike(monkeypatch):
+    """On 2x2 maps the dilated kernels reach one input pixel: the batched engine scales the channels (no repeated
+    input, no conv); logits, alpha and weight gradients equal the reference engine's."""
+    scales = []
+    real = batched_convs.channel_scale
+    monkeypatch.setattr(batched_convs, "channel_scale", lambda *a: scales.append(a[0].shape) or real(*a))
+    shape, searchers = DataShape(1, 2, 10), []
+    for engine in ("reference", "batched"):
+        torch.manual_seed(0)
+        searchers.append(build_searcher("darts", {**TINY, "engine": engine}, shape, "cpu"))
+    ref, bat = searchers
+    bat.supernet.load_state_dict(ref.supernet.state_dict())
+    x, y = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
+    measures = []
+    for s in searchers:
+        gw = s.group_weights()
+        loss = s.objective.loss(s.forward(x, gw), y)
+        params = list(s.arch_parameters()) + [p for p in s.weight_parameters() if p.requires_grad]
+        measures.append([s.forward(x, gw).detach()] + grads_or_zeros(loss, params))
+    _close(measures[0], measures[1], "2x2 maps")
+    assert scales and all(tuple(s[2:]) == (2, 2) for s in scales), scales
 
 
 def test_cudas_default_conv_plan_is_the_one_the_presets_are_checked_with():

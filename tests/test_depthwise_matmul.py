@@ -118,3 +118,51 @@ def test_a_1x1_conv_as_a_linear_map_of_the_pixels(layout):
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(out, (wide, w), g), torch.autograd.grad(ref, (wide, w), g), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_1x1_depthwise_conv_of_a_repeated_input_as_a_per_channel_scale(n):
+    """A depthwise kernel cropped to its centre (a 5x5 or dilated kernel on a 2x2 map) of the input repeated n
+    times (edge-major channels): one multiply, equal to the conv of the repeated input, also on the even pixels
+    of a map (a strided view)."""
+    from dartboard.spaces.depthwise import channel_scale, is_scale
+
+    torch.manual_seed(n)
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(4 * n, 1, 1, 1, dtype=torch.float64, requires_grad=True)
+    even = x[:, :, ::2, ::2]
+    out = channel_scale(even, w, n)
+    ref = F.conv2d(even.repeat(1, n, 1, 1), w, None, 1, 0, 1, 4 * n)
+    assert out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert is_scale(w, (1, 1), (0, 0)) and not is_scale(w, (2, 2), (0, 0)) and not is_scale(w, (1, 1), (1, 1))
+    assert not is_scale(torch.zeros(4, 1, 3, 3), (1, 1), (0, 0))
+
+
+def test_a_kernel_on_a_1x1_map_is_its_centre_times_the_input():
+    """A SepConv's second depthwise conv (multiplier 1) on a 1x1 map: the batched engine's ``depthwise`` crops the
+    kernel to its centre and scales the channels; equal to the full conv, gradients included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dartboard.spaces.depthwise import depthwise
+
+    ops = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    conv = torch.nn.Conv2d(4, 4, 5, 1, 2, groups=4, bias=False).double()
+    x = torch.randn(3, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    with Ops():
+        out = depthwise(x, conv.weight, conv, 4)
+    assert "mul" in ops and "convolution" not in ops, ops
+    ref = F.conv2d(x, conv.weight, None, 1, 2, 1, 4)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for a, b in zip(torch.autograd.grad(out.sum(), (x, conv.weight)), torch.autograd.grad(ref.sum(), (x, conv.weight)),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

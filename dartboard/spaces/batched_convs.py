@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dartboard.spaces.depthwise import crop_kernel, depthwise, depthwise_matmul, depthwise_plan
+from dartboard.spaces.depthwise import (
+    channel_scale,
+    crop_kernel,
+    depthwise,
+    depthwise_matmul,
+    depthwise_plan,
+    is_scale,
+)
 from dartboard.spaces.ops import nchw
 
 CHANNELS_LAST = torch.channels_last
@@ -155,8 +162,10 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
     if fast_depthwise or not plan.multiplier:
-        x = _repeated(x, n, plan, repeats)
         weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
+        if is_scale(weight, stride, padding):  # a 1x1 kernel: the edges' weights scale x, not repeated
+            return _pointwise_bn(_conv_layout(channel_scale(x, weight, n), plan), stage, scale)
+        x = _repeated(x, n, plan, repeats)
         dilation = (1, 1) if kernel == (1, 1) else dilation
         y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
         return _pointwise_bn(_conv_layout(y, plan), stage, scale)
