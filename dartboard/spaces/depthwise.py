@@ -105,7 +105,7 @@ class _DepthwiseMatmul(torch.autograd.Function):
         m, kernel = weight.shape[0] // channels, tuple(weight.shape[2:])
         select, out_h, out_w = _selection((height, width), kernel, stride, padding, dilation, x.device, x.dtype)
         toeplitz = _toeplitz(weight, select, channels)
-        xc = x.permute(1, 0, 2, 3).reshape(channels, batch, height * width)  # [C, B, Q]: a copy
+        xc = _channel_rows(x)  # [C, B, Q]
         ctx.save_for_backward(x, weight, xc, toeplitz, select)  # x: the ReLU before keeps it anyway
         ctx.shape = (batch, channels, m, out_h, out_w, height, width, kernel, edge_major)
         return _from_rows(torch.bmm(xc, toeplitz), ctx.shape)  # [C, B, m * P] -> [B, C * m, H', W']
@@ -116,7 +116,7 @@ class _DepthwiseMatmul(torch.autograd.Function):
         batch, channels, m, out_h, out_w, height, width, kernel, edge_major = ctx.shape
         if torch.is_grad_enabled():  # a backward that is differentiated (create_graph): from x and the weight
             toeplitz = _toeplitz(weight, select, channels)
-            xc = x.permute(1, 0, 2, 3).reshape(channels, batch, height * width)
+            xc = _channel_rows(x)
         rows = _to_rows(grad, ctx.shape)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -128,6 +128,13 @@ class _DepthwiseMatmul(torch.autograd.Function):
             gt = gt.view(channels, height * width, m, out_h * out_w).transpose(1, 2).reshape(channels * m, -1)
             grad_w = (gt @ select.view(select.shape[0], -1).t()).view(channels * m, 1, *kernel)
         return grad_x, grad_w, None, None, None, None
+
+
+def _channel_rows(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` as a contiguous ``[C, B, H * W]`` (a copy). Of a channels-last ``x`` the reshape alone is a
+    view whose matrices have stride 1 between them, and CPU ``bmm`` then copies each matrix (6x slower)."""
+    batch, channels, height, width = x.shape
+    return x.permute(1, 0, 2, 3).reshape(channels, batch, height * width).contiguous()
 
 
 def _toeplitz(weight: torch.Tensor, select: torch.Tensor, channels: int) -> torch.Tensor:
@@ -152,7 +159,7 @@ def _to_rows(grad: torch.Tensor, shape: tuple) -> torch.Tensor:
     batch, channels, m, out_h, out_w, _, _, _, edge_major = shape
     g = grad.reshape(batch, *((m, channels) if edge_major else (channels, m)), out_h * out_w)
     g = g.permute(2, 0, 1, 3) if edge_major else g.permute(1, 0, 2, 3)  # [C, B, m, P]
-    return g.reshape(channels, batch, m * out_h * out_w)
+    return g.reshape(channels, batch, m * out_h * out_w).contiguous()  # bmm's fast path: no per-matrix copies
 
 
 _SELECTIONS: dict[tuple, tuple[torch.Tensor, int, int]] = {}
