@@ -1,0 +1,39 @@
+"""benchmarks/conv_plan_ab.py: the batched engine under several conv plans, interleaved in one process (toy size:
+a check of the script; its numbers mean nothing here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from dartboard.spaces import batched
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "conv_plan_ab.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("conv_plan_ab", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_it_times_each_plan_and_puts_the_devices_plans_back(capsys):
+    ab = _load()
+    before = dict(batched.CONV_PLANS)
+    assert ab.main(["", "matmul_limit=64,linear_1x1=True", "--scale", "toy", "--repeats", "1"]) == 0
+    assert batched.CONV_PLANS == before
+    lines = capsys.readouterr().out.splitlines()
+    assert "1.00x  ConvPlan()" in lines[1] and lines[2].endswith("ConvPlan(matmul_limit=64,linear_1x1=True)")
+    assert ab.parse_plan("matmul_limit=64, pointwise='block_diagonal'") == {"matmul_limit": 64,
+                                                                           "pointwise": "block_diagonal"}
+
+
+@pytest.mark.parametrize("plan, problem", [("matmul_limit", "key=value"),
+                                           ("pointwise=block_diagonal", "no Python literal")])
+def test_a_plan_it_cannot_read_is_a_usage_error(plan, problem, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _load().main([plan, "--scale", "toy"])
+    assert stop.value.code == 2 and problem in capsys.readouterr().err
