@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import pytest
@@ -282,3 +283,28 @@ def test_the_unrolled_step_moves_the_weights_in_a_few_ops(monkeypatch):
                                           paused(s.regularization), s.w_optimizer, s.arch_scaler.scale,
                                           (x, y, x, y), 0.01, lambda *a: None)
     assert n > 20 and Count.calls < 3 * n, (n, Count.calls)
+
+
+def test_the_unrolled_steps_forward_skips_untying_only_where_no_tensor_has_two_names():
+    """``functional_loss`` swaps the parameters without PyTorch's per-call untying of shared tensors when none is
+    shared (a supernet); a module whose one weight has two names still sees the new tensor under both."""
+    from dartboard.searchers.hypergradient import _has_tied_tensors, functional_loss
+
+    assert not _has_tied_tensors(tiny_searcher().supernet)
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False)
+            self.b.weight = self.a.weight
+
+        def forward(self, x, weights):
+            return self.b(self.a(x)) * weights[0]
+
+    net = Tied()
+    assert _has_tied_tensors(net)
+    new = torch.eye(2) * 3.0  # given under the one name named_parameters() lists
+    loss_fn = functional_loss(net, contextlib.nullcontext, lambda out, y: out.sum())
+    x = torch.ones(1, 2)
+    loss, out = loss_fn({"a.weight": new}, x, None, [torch.tensor(1.0)], amp=False)
+    torch.testing.assert_close(out, torch.full((1, 2), 9.0))  # both layers took the new weight: 3 * 3 * 1

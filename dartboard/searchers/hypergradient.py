@@ -88,10 +88,26 @@ def unrolled_arch_grads(network: nn.Module, loss_fn: LossFn, alphas: Sequence[to
 
 def functional_loss(network: nn.Module, autocast: Callable, objective_loss: Callable,
                     forward_weights: Callable[[list], list] = list) -> LossFn:
-    """``forward_weights``: the mixing weights as the supernet's forward takes them (the engine's)."""
+    """``forward_weights``: the mixing weights as the supernet's forward takes them (the engine's).
+
+    The network's parameters are swapped for ``params`` without PyTorch's untying of shared tensors where no tensor
+    has two names (checked once here): that untying walks every module for each call, and the second-order step
+    makes four calls."""
+    tied = _has_tied_tensors(network)
+
     def loss_fn(params, x, y, weights, amp: bool = True):
         with autocast() if amp else contextlib.nullcontext():
-            output = functional_call(network, params, (x, forward_weights(list(weights))))
+            output = functional_call(network, params, (x, forward_weights(list(weights))), tie_weights=tied)
         return objective_loss(output, y), output
 
     return loss_fn
+
+
+def _has_tied_tensors(network: nn.Module) -> bool:
+    """Whether one parameter or buffer tensor of ``network`` has two or more names."""
+    seen: set[int] = set()
+    for _, t in [*network.named_parameters(remove_duplicate=False), *network.named_buffers(remove_duplicate=False)]:
+        if id(t) in seen:
+            return True
+        seen.add(id(t))
+    return False
