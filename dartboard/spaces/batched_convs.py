@@ -27,6 +27,7 @@ from dartboard.spaces.ops import nchw
 
 CHANNELS_LAST = torch.channels_last
 
+
 @dataclass(frozen=True)
 class _Stage:
     """One DilConv (ReLU, depthwise, pointwise, non-affine BN) on each of E edges: the modules by role."""
@@ -43,7 +44,7 @@ def _stage(convs: Sequence[nn.Sequential]) -> _Stage:
 
 class _GradLayout(torch.autograd.Function):
     """Identity whose backward hands on the gradient with the given strides. The gradient of one
-    block of a concatenation is a strided slice (the per-edge ops' outputs below); a channels-last BN
+    block of a concatenation is a strided slice (the per-edge ops' outputs in batched.py); a channels-last BN
     backward on a gradient that is not channels-last takes a slow path (6-8x slower)."""
 
     @staticmethod
