@@ -285,12 +285,22 @@ def test_the_unrolled_step_moves_the_weights_in_a_few_ops(monkeypatch):
     assert n > 20 and Count.calls < 3 * n, (n, Count.calls)
 
 
-def test_the_unrolled_steps_forward_skips_untying_only_where_no_tensor_has_two_names():
+def test_the_unrolled_steps_forward_skips_untying_only_where_no_tensor_has_two_names(monkeypatch):
     """``functional_loss`` swaps the parameters without PyTorch's per-call untying of shared tensors when none is
     shared (a supernet); a module whose one weight has two names still sees the new tensor under both."""
+    from dartboard.searchers import hypergradient
     from dartboard.searchers.hypergradient import _has_tied_tensors, functional_loss
 
-    assert not _has_tied_tensors(tiny_searcher().supernet)
+    searcher = tiny_searcher()
+    assert not _has_tied_tensors(searcher.supernet)
+    ties = []
+    real = hypergradient.functional_call
+    monkeypatch.setattr(hypergradient, "functional_call",
+                        lambda *a, **k: ties.append(k["tie_weights"]) or real(*a, **k))
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
+    searcher.unrolled_grads(x, y, x, y)
+    assert ties == [False] * 4  # the train gradient, the unrolled weights, the two shifted ones
+    monkeypatch.undo()
 
     class Tied(torch.nn.Module):
         def __init__(self):

@@ -105,7 +105,7 @@ class ConvPlan:
     slower for dilated 3x3 kernels on 8x8 maps (57), 0.5-2x at 8x8 with 64 channels (164, the published scale).
     ``linear_1x1``: the pointwise conv of a conv op where it has one group (one edge leaves the node, or the
     block-diagonal conv) as one matrix product of the channels-last pixels (``F.linear`` on a view of them: no
-    copy); on the CPU, forward and backward timed alone, 1.1-2.4x faster than oneDNN's 1x1 conv at the digits
+    copy); on the CPU, forward and backward timed alone, 1.05-2.4x faster than oneDNN's 1x1 conv at the digits
     shapes. Whole digits step, A/B in one process: -3.5 %; the cells' 1x1 preprocessing the same way gained
     nothing more, FactorizedReduce as one product with the two weights on the diagonal lost 1 %, and neither
     moved the published step: not kept."""
