@@ -255,6 +255,18 @@ def test_cudas_conv_plan_keeps_one_copy_of_each_input():
     assert peaks["cuda"] / peaks["cpu"] < 1.07, peaks
 
 
+def test_a_device_type_without_a_plan_gets_the_default_plan_without_a_new_one_per_call(monkeypatch):
+    """``conv_plan`` is asked a few hundred times per step: a type not in CONV_PLANS gets ``ConvPlan()``, one
+    object, not one built per call (a dataclass and its checks each time)."""
+    made = []
+    monkeypatch.setattr(batched.ConvPlan, "__post_init__",
+                        lambda self, check=batched.ConvPlan.__post_init__: made.append(self) or check(self))
+    plans = [batched.conv_plan(torch.device("meta")) for _ in range(3)]
+    assert not made and all(p is plans[0] for p in plans)
+    assert plans[0] == ConvPlan()
+    assert batched.conv_plan(torch.device("cpu")) is batched.CONV_PLANS["cpu"]
+
+
 def test_a_conv_plan_names_a_pointwise_way_it_does_not_know():
     with pytest.raises(ValueError, match="'blockdiag'"):
         ConvPlan(pointwise="blockdiag")

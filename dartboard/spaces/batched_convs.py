@@ -132,8 +132,13 @@ CONV_PLANS = {"cpu": ConvPlan(matmul_limit=64.0, linear_1x1=True),
               "cuda": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True)}
 
 
+_DEFAULT_PLAN = ConvPlan()
+
+
 def conv_plan(device: torch.device) -> ConvPlan:
-    return CONV_PLANS.get(device.type, ConvPlan())
+    """The device type's plan (:data:`CONV_PLANS`), else ``ConvPlan()``: one object, not one made per call (the
+    engine asks a few hundred times per step)."""
+    return CONV_PLANS.get(device.type, _DEFAULT_PLAN)
 
 
 def matmul_depthwise(plan: ConvPlan, shape: Sequence[int], kernel: Sequence[int]) -> bool:
