@@ -180,7 +180,10 @@ CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan
                                                    stack_nchw=True),
                  "NCHW stack": ConvPlan(depthwise_nchw=True, stack_nchw=True),
                  "all three, 1x1 as linear": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
-                                                      linear_1x1=True)}
+                                                      linear_1x1=True),
+                 "multiplier, flipped": ConvPlan(flipped_input_grad=True),
+                 "all three, flipped": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
+                                                flipped_input_grad=True)}
 
 
 @pytest.mark.parametrize("name, variant",
@@ -197,15 +200,21 @@ def test_both_engines_agree_with_every_conv_variant(name, variant, monkeypatch):
 
 def test_the_cpus_plan_runs_the_oracles_convs_as_matrix_products(monkeypatch):
     """The presets' oracle runs (8x8 to 2x2 maps, 4 channels) take the CPU plan's matrix products for their 5x5
-    and dilated depthwise convs and for the pointwise convs of one group, and a channel scale for the kernels
-    cropped to their centre (any device), so every preset's test covers them."""
-    calls, linear = [], []
+    and dilated depthwise convs and for the pointwise convs of one group, its flipped-kernel input gradient for the
+    SepConvs' second 5x5 convs, and a channel scale for the kernels cropped to their centre (any device), so every
+    preset's test covers them ("multiplier, flipped" covers the multiplier convs on oneDNN with it)."""
+    from dartboard.spaces import depthwise
+
+    calls, linear, flipped = [], [], []
     real, real_linear = batched_convs.depthwise_matmul, batched_convs.linear_1x1
+    real_flipped = depthwise.depthwise_flipped
     monkeypatch.setattr(batched_convs, "depthwise_matmul", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     monkeypatch.setattr(batched_convs, "linear_1x1", lambda *a: linear.append(a[1].shape) or real_linear(*a))
+    monkeypatch.setattr(depthwise, "depthwise_flipped", lambda *a: flipped.append(a[1].shape) or real_flipped(*a))
     _agree("darts", monkeypatch)
     assert len(calls) >= 8 and {tuple(s[2:]) for s in calls} >= {(5, 5), (3, 3)}, calls
     assert len(linear) >= 4, linear
+    assert flipped and all(tuple(s[2:]) == (5, 5) for s in flipped), flipped  # the SepConvs' second 5x5 stage
 
 
 def test_kernels_cropped_to_their_centre_scale_the_channels_on_both_engines_alike(monkeypatch):

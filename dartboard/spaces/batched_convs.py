@@ -19,6 +19,7 @@ from dartboard.spaces.depthwise import (
     channel_scale,
     crop_kernel,
     depthwise,
+    depthwise_conv,
     depthwise_matmul,
     depthwise_plan,
     is_scale,
@@ -108,7 +109,13 @@ class ConvPlan:
     copy); on the CPU, forward and backward timed alone, 1.05-2.4x faster than oneDNN's 1x1 conv at the digits
     shapes. Whole digits step, A/B in one process: -3.5 %; the cells' 1x1 preprocessing the same way gained
     nothing more, FactorizedReduce as one product with the two weights on the diagonal lost 1 %, and neither
-    moved the published step: not kept."""
+    moved the published step: not kept.
+    ``flipped_input_grad``: stride-1 depthwise convs with a kernel larger than 3x3, a dilation or a channel multiplier
+    take their input gradient as a *forward* depthwise conv of the output gradient with the flipped kernel
+    (:func:`~dartboard.spaces.depthwise.depthwise_flipped`; oneDNN's channels-last backward-data kernels are slow
+    there, up to 15x slower than the forward conv), and compute their weight gradient only in a backward pass that
+    needs it. On the CPU, whole steps A/B in one process: published scale -6.9 % first order, -7.4 % second; the
+    digits step, whose multiplier convs are matrix products, -0.8 % (within the spread)."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
@@ -116,6 +123,7 @@ class ConvPlan:
     stack_nchw: bool = False
     matmul_limit: float = 0.0
     linear_1x1: bool = False
+    flipped_input_grad: bool = False
 
     def __post_init__(self) -> None:
         if self.pointwise not in ("grouped", "block_diagonal"):
@@ -128,7 +136,7 @@ class ConvPlan:
 
 
 #: Per device type; a type not listed gets ``ConvPlan()``.
-CONV_PLANS = {"cpu": ConvPlan(matmul_limit=64.0, linear_1x1=True),
+CONV_PLANS = {"cpu": ConvPlan(matmul_limit=64.0, linear_1x1=True, flipped_input_grad=True),
               "cuda": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True)}
 
 
@@ -173,12 +181,13 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
             return _pointwise_bn(_conv_layout(channel_scale(x, weight, n), plan), stage, scale)
         x = _repeated(x, n, plan, repeats)
         dilation = (1, 1) if kernel == (1, 1) else dilation
-        y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
+        y = depthwise_conv(x, weight, stride, padding, dilation, n * C, plan.flipped_input_grad)
         return _pointwise_bn(_conv_layout(y, plan), stage, scale)
     weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
     if matmul_depthwise(plan, x.shape, kernel):
         return _pointwise_bn(depthwise_matmul(x, weight, stride, padding, dilation, edge_major=True), stage, scale)
-    y = F.conv2d(nchw(x) if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
+    y = depthwise_conv(nchw(x) if plan.depthwise_nchw else x, weight, stride, padding, dilation, C,
+                       plan.flipped_input_grad)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
@@ -208,7 +217,7 @@ def _dil_conv_grouped(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None
     plan, weight = conv_plan(x.device), torch.cat([d.weight for d in stage.dw])
     if plan.depthwise_nchw:
         x = nchw(x)
-    y = depthwise(stage.relu(x), weight, stage.dw[0], groups=weight.shape[0])
+    y = depthwise(stage.relu(x), weight, stage.dw[0], groups=weight.shape[0], flipped=plan.flipped_input_grad)
     return _pointwise_bn(_conv_layout(y, plan), stage, scale)
 
 

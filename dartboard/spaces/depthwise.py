@@ -4,18 +4,30 @@ pixel, and a stride-2 dilation-2 conv as an undilated conv of the even pixels (s
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: int) -> torch.Tensor:
-    """``conv``'s depthwise convolution of ``x`` with ``weight`` as :func:`depthwise_plan` runs it."""
+def depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, groups: int, flipped: bool = False
+              ) -> torch.Tensor:
+    """``conv``'s depthwise convolution of ``x`` with ``weight`` as :func:`depthwise_plan` runs it; ``flipped``: with
+    the flipped-kernel input gradient where it applies (:func:`depthwise_conv`)."""
     x, crop, stride, padding, dilation = depthwise_plan(x, conv)
     weight = crop_kernel(weight, crop)
     if is_scale(weight, stride, padding) and weight.shape[0] == groups == x.shape[1]:  # multiplier 1
         return channel_scale(x, weight, 1)
+    return depthwise_conv(x, weight, stride, padding, dilation, groups, flipped)
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int], groups: int, flipped: bool) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups)``; with ``flipped``, as :func:`depthwise_flipped`
+    where that applies (stride 1)."""
+    if flipped and flipped_input_grad(weight, stride, padding, dilation, groups):
+        return depthwise_flipped(x, weight, tuple(padding), tuple(dilation), groups)
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
@@ -182,3 +194,84 @@ def _selection(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int
                     if 0 <= iw < w:
                         select[i * kw + j, ih * w + iw, oh * out_w + ow] = 1.0
     return select.to(device=device, dtype=dtype), out_h, out_w
+
+
+def grad_needed(ctx, index: int) -> bool:
+    """Whether a custom autograd function's backward must give input ``index``'s gradient in this backward pass.
+    ``ctx.needs_input_grad`` says only that the input requires a gradient; a pass that asks for some leaves
+    (``torch.autograd.grad(loss, alphas)``: the search's alpha step) runs only the nodes on their paths, as
+    autograd's own ops do (a conv's weight gradient is not computed in the alpha step). This asks the engine the
+    same of the node the gradient would go to."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    node = ctx.next_functions[index][0]
+    if node is None:
+        return False
+    if node.name() == "torch::autograd::AccumulateGrad":  # a leaf: the engine answers that only for backward()
+        return True
+    return torch._C._will_engine_execute_node(node)
+
+
+def flipped_input_grad(weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                       groups: int) -> bool:
+    """Whether a depthwise conv takes :func:`depthwise_flipped`: stride 1, a padding that keeps the flipped conv's
+    ``dilation * (kernel - 1) - padding`` at zero or more, and a conv whose backward-data kernel in oneDNN is slow:
+    a kernel larger than 3x3, a dilation or a channel multiplier. An undilated 3x3 (or smaller) kernel without a
+    multiplier keeps oneDNN's backward (timed alone, forward and input gradient: 0.8-0.97x with the flipped conv)."""
+    kernel = tuple(weight.shape[2:])
+    slow = max(kernel) > 3 or tuple(dilation) != (1, 1) or weight.shape[0] != groups
+    return slow and tuple(stride) == (1, 1) and all(
+        d * (k - 1) - p >= 0 for k, p, d in zip(kernel, padding, dilation, strict=True))
+
+
+def depthwise_flipped(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], dilation: tuple[int, int],
+                      groups: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, 1, padding, dilation, groups)`` for a depthwise ``weight`` (``[C * m, 1, kh, kw]``,
+    ``groups`` = C, channel multiplier m), whose input gradient is a depthwise *forward* conv of the output
+    gradient with the flipped kernel (summed over the multiplier): oneDNN's backward-data kernels for
+    channels-last depthwise convs are slow for 5x5, dilated and multiplier convs, its forward ones are not. On the
+    CPU, ``[16, 16, 32, 32]`` with a 5x5 kernel and multiplier 4: 7.2 against 1.7 ms; ``[16, 64, 32, 32]``, 5x5,
+    dilation 2: 9.9 against 0.7 ms. The weight gradient is oneDNN's, computed only in a backward pass that
+    needs it (:func:`grad_needed`: not in the alpha step). Stride 1 only; the engine's rule: :func:`flipped_input_grad`.
+    Its backward is made of differentiable ops (R-DARTS' Hessian); under autocast it runs in the autocast dtype."""
+    if torch.is_autocast_enabled(x.device.type):  # the conv's autocast dtype, for the backward's convs too
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+    return _DepthwiseFlipped.apply(x, weight, tuple(padding), tuple(dilation), groups)
+
+
+class _DepthwiseFlipped(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (padding, dilation, groups)
+        return F.conv2d(x, weight, None, 1, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Differentiable ops only (a forward conv, and ``convolution_backward``, which has its own derivative): with
+        # create_graph (R-DARTS' Hessian) the gradient's gradient follows.
+        x, weight = ctx.saved_tensors
+        padding, dilation, groups = ctx.conv
+        grad_x = grad_w = None
+        if grad_needed(ctx, 0):
+            grad_x = _flipped_conv(grad, weight, padding, dilation, groups)
+        if grad_needed(ctx, 1):
+            grad_w = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], list(padding), list(dilation), False, [0, 0], groups,
+                [False, True, False])[1]
+        return grad_x, grad_w, None, None, None
+
+
+def _flipped_conv(grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], dilation: tuple[int, int],
+                  groups: int) -> torch.Tensor:
+    """The input gradient of a stride-1 depthwise conv: ``grad`` (``[B, C * m, H', W']``) convolved with the flipped
+    kernel, padded by ``dilation * (kernel - 1) - padding``, summed over the multiplier; channels-last."""
+    m = weight.shape[0] // groups
+    pad = tuple(d * (k - 1) - p for k, p, d in zip(weight.shape[2:], padding, dilation, strict=True))
+    z = F.conv2d(grad, weight.flip(2, 3), None, 1, pad, dilation, groups * m)
+    batch, _, height, width = z.shape
+    if m == 1:
+        return z.contiguous(memory_format=torch.channels_last)
+    rows = z.permute(0, 2, 3, 1).reshape(batch, height, width, groups, m).sum(4)  # channel c * m + j -> c
+    return rows.permute(0, 3, 1, 2)

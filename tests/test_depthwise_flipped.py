@@ -1,0 +1,115 @@
+"""A stride-1 depthwise convolution whose input gradient is a forward conv of the output gradient with the flipped
+kernel (dartboard.spaces.depthwise.depthwise_flipped), against torch's own convolution in float64: outputs, input
+and weight gradients, gradients of gradients, layouts, autocast; the weight gradient left out of a backward pass
+that does not need it (the alpha step), and the rule of the CPU's plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dartboard.spaces import depthwise
+from dartboard.spaces.batched import CONV_PLANS
+from dartboard.spaces.depthwise import depthwise_flipped, flipped_input_grad, grad_needed
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize("size, kernel, padding, dilation", [
+    (6, 3, 1, 1), (6, 5, 2, 1), (7, 3, 2, 2), (5, 5, 4, 2), (6, 3, 0, 1), (5, 5, 1, 1), (4, (3, 5), (1, 2), 1),
+    (8, 5, 2, (1, 2))])
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_equals_torchs_depthwise_conv(size, kernel, padding, dilation, multiplier):
+    """Same outputs and gradients as ``F.conv2d`` (float64), the input gradient channels-last like the input;
+    "same" paddings and others (0, or less than the kernel's half), square and not, one dilation per axis."""
+    torch.manual_seed(0)
+    pad = padding if isinstance(padding, tuple) else (padding, padding)
+    dil = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    k = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    channels = 3
+    x = torch.randn(2, channels, size, size, dtype=torch.double).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(channels * multiplier, 1, *k, dtype=torch.double, requires_grad=True)
+    out = depthwise_flipped(x, w, pad, dil, channels)
+    ref = F.conv2d(x, w, None, 1, pad, dil, channels)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    got, want = torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert got[0].is_contiguous(memory_format=CL)
+
+
+def test_gradients_of_gradients():
+    """Its backward is made of differentiable ops (R-DARTS differentiates the gradient)."""
+    x = torch.randn(2, 2, 5, 5, dtype=torch.double).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(4, 1, 3, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: depthwise_flipped(a, b, (2, 2), (2, 2), 2), (x, w))
+
+
+def test_an_alpha_step_gets_no_weight_gradient_and_a_weight_step_gets_both(monkeypatch):
+    """``torch.autograd.grad(loss, [alpha])`` runs only the nodes on alpha's path: the conv's weight gradient (on a
+    weight that reaches it through an op, as the engine's concatenated weights do) is not computed; ``backward()``
+    computes both, and so does a pass that asks for the weight."""
+    calls = []
+    real = torch.ops.aten.convolution_backward
+    monkeypatch.setattr(depthwise.torch.ops.aten, "convolution_backward",
+                        lambda *a: calls.append(a[-1]) or real(*a), raising=False)
+    param = torch.randn(6, 1, 5, 5, requires_grad=True)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    x = torch.randn(2, 3, 6, 6).contiguous(memory_format=CL)
+
+    def loss():
+        return depthwise_flipped(torch.relu(x * alpha), torch.cat([param[:3], param[3:]]), (2, 2), (1, 1), 3).sum()
+
+    (ga,) = torch.autograd.grad(loss(), [alpha])
+    assert calls == [] and torch.isfinite(ga)
+    torch.autograd.grad(loss(), [param])
+    assert calls == [[False, True, False]]
+    loss().backward()
+    assert len(calls) == 2 and param.grad is not None and alpha.grad is not None
+
+
+def test_grad_needed_answers_for_leaves_and_inputs_without_gradient():
+    """A leaf's node (AccumulateGrad) cannot be asked inside ``autograd.grad``: its gradient is computed; an input
+    that requires none gets none."""
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, c):
+            return a * b * c
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append([grad_needed(ctx, i) for i in range(3)])
+            return grad, grad, grad
+
+    a, b = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    torch.autograd.grad(Probe.apply(a, b * 1, torch.ones(2)).sum(), [a])
+    assert seen == [[True, False, False]]
+
+
+def test_under_autocast_it_runs_in_the_low_precision_like_the_conv():
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(8, 1, 5, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise_flipped(x, w, (2, 2), (1, 1), 4)
+        ref = F.conv2d(x, w, None, 1, 2, 1, 4)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.1)
+    gx, gw = torch.autograd.grad(out.float().sum(), (x, w))
+    assert gx.dtype == gw.dtype == torch.float32
+
+
+def test_the_cpu_plan_flips_the_kernels_whose_onednn_backward_is_slow_only():
+    """5x5, dilated and multiplier depthwise convs at stride 1 take it; an undilated 3x3 kernel without a multiplier
+    (oneDNN's fast kernel) does not, nor a stride-2 conv or one padded beyond the flipped conv's reach."""
+    assert CONV_PLANS["cpu"].flipped_input_grad
+
+    def rule(out_channels, kernel, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=16):
+        return flipped_input_grad(torch.empty(out_channels, 1, *kernel), stride, padding, dilation, groups)
+
+    assert rule(16, (5, 5), padding=(2, 2)) and rule(16, (3, 3), padding=(2, 2), dilation=(2, 2))
+    assert rule(64, (3, 3))  # multiplier 4
+    assert not rule(16, (3, 3)) and not rule(16, (1, 1), padding=(0, 0))
+    assert not rule(16, (5, 5), stride=(2, 2), padding=(2, 2)) and not rule(16, (5, 5), padding=(5, 5))
