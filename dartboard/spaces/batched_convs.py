@@ -114,7 +114,8 @@ class ConvPlan:
     take their input gradient as a *forward* depthwise conv of the output gradient with the flipped kernel
     (:func:`~dartboard.spaces.depthwise.depthwise_flipped`; oneDNN's channels-last backward-data kernels are slow
     there, up to 15x slower than the forward conv), and compute their weight gradient only in a backward pass that
-    needs it. On the CPU, whole steps A/B in one process: published scale -6.9 % first order, -7.4 % second; the
+    needs it. On the CPU, whole steps A/B in one process: published scale -6.9 % first order, -7.4 % second (then -4.7 %
+    more with the multiplier summed by adds); the
     digits step, whose multiplier convs are matrix products, -0.8 % (within the spread)."""
 
     multiplier: bool = True

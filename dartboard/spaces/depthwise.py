@@ -266,12 +266,17 @@ class _DepthwiseFlipped(torch.autograd.Function):
 def _flipped_conv(grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], dilation: tuple[int, int],
                   groups: int) -> torch.Tensor:
     """The input gradient of a stride-1 depthwise conv: ``grad`` (``[B, C * m, H', W']``) convolved with the flipped
-    kernel, padded by ``dilation * (kernel - 1) - padding``, summed over the multiplier; channels-last."""
+    kernel, padded by ``dilation * (kernel - 1) - padding``, summed over the multiplier as m - 1 adds of strided
+    views (a ``sum`` over the innermost m took 2-3x the conv's own time: whole published step -4.7 %);
+    channels-last."""
     m = weight.shape[0] // groups
     pad = tuple(d * (k - 1) - p for k, p, d in zip(weight.shape[2:], padding, dilation, strict=True))
     z = F.conv2d(grad, weight.flip(2, 3), None, 1, pad, dilation, groups * m)
     batch, _, height, width = z.shape
     if m == 1:
         return z.contiguous(memory_format=torch.channels_last)
-    rows = z.permute(0, 2, 3, 1).reshape(batch, height, width, groups, m).sum(4)  # channel c * m + j -> c
-    return rows.permute(0, 3, 1, 2)
+    rows = z.permute(0, 2, 3, 1).reshape(batch, height, width, groups, m)  # channel c * m + j -> [..., c, j]
+    total = rows[..., 0] + rows[..., 1]
+    for j in range(2, m):
+        total = total + rows[..., j]
+    return total.permute(0, 3, 1, 2)
