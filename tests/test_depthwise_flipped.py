@@ -113,3 +113,52 @@ def test_the_cpu_plan_flips_the_kernels_whose_onednn_backward_is_slow_only():
     assert rule(64, (3, 3))  # multiplier 4
     assert not rule(16, (3, 3)) and not rule(16, (1, 1), padding=(0, 0))
     assert not rule(16, (5, 5), stride=(2, 2), padding=(2, 2)) and not rule(16, (5, 5), padding=(5, 5))
+
+
+@pytest.mark.parametrize("kernel, padding, dilation", [(5, 2, 1), (3, 2, 2), (5, 4, 2), (3, 1, 1)])
+@pytest.mark.parametrize("edges", [1, 2, 4])
+def test_on_a_repeated_input_the_weight_gradient_comes_from_the_source(kernel, padding, dilation, edges):
+    """``source``: the conv's input is ``source`` repeated once per edge (edge-major channels e * C + c, the batched
+    engine's repeated input); the weight gradient is that of a multiplier conv of the source, reordered to the
+    edges' order. Outputs, the gradients of the source (through the repeat) and of the weight equal torch's conv of
+    the repeated input (float64), and so do the gradients of gradients."""
+    torch.manual_seed(1)
+    channels = 3
+    source = torch.randn(2, channels, 6, 6, dtype=torch.double).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(edges * channels, 1, kernel, kernel, dtype=torch.double, requires_grad=True)
+
+    def repeated(s):
+        return s.repeat(1, edges, 1, 1).contiguous(memory_format=CL)
+
+    pad, dil = (padding, padding), (dilation, dilation)
+    out = depthwise_flipped(repeated(source), w, pad, dil, edges * channels, source=source)
+    ref = F.conv2d(repeated(source), w, None, 1, pad, dil, edges * channels)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (source, w), g), torch.autograd.grad(ref, (source, w), g),
+                               rtol=0, atol=1e-10)
+    assert torch.autograd.gradgradcheck(
+        lambda s, k: depthwise_flipped(repeated(s), k, pad, dil, edges * channels, source=s), (source, w))
+
+
+def test_the_engine_takes_the_repeated_input_for_multiplier_kernels_where_no_matrix_products_run(monkeypatch):
+    """With ``flipped_input_grad`` and no matrix products, the 5x5 and dilated kernels of a node run on its repeated
+    input with their weight gradient from the source (no reorder copy of a multiplier conv's output), and the
+    engines agree (the oracle's "multiplier, flipped" variant); the CPU's plan at the oracle's small maps takes the
+    matrix products for them instead."""
+    from dartboard.bench.speed import SpeedSetting, build
+    from dartboard.spaces import batched, batched_convs
+
+    sources = []
+    real = batched_convs.depthwise_flipped
+    monkeypatch.setattr(batched_convs, "depthwise_flipped",
+                        lambda *a, **k: sources.append(k.get("source") is not None) or real(*a, **k))
+    monkeypatch.setitem(batched.CONV_PLANS, "cpu", batched.ConvPlan(flipped_input_grad=True))
+    searcher = build("darts", "batched", 1, SpeedSetting(batch=2, channels=4, layers=2, input_size=8))
+    x = torch.randn(2, 3, 8, 8)
+    searcher.step((x, torch.tensor([0, 1])), (x, torch.tensor([1, 0])))
+    assert len(sources) >= 4 and all(sources), sources
+    sources.clear()
+    monkeypatch.setitem(batched.CONV_PLANS, "cpu", batched.ConvPlan(matmul_limit=64.0, flipped_input_grad=True))
+    searcher.step((x, torch.tensor([0, 1])), (x, torch.tensor([1, 0])))
+    assert sources == []

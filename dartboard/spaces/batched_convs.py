@@ -19,9 +19,10 @@ from dartboard.spaces.depthwise import (
     channel_scale,
     crop_kernel,
     depthwise,
-    depthwise_conv,
+    depthwise_flipped,
     depthwise_matmul,
     depthwise_plan,
+    flipped_input_grad,
     is_scale,
 )
 from dartboard.spaces.ops import nchw
@@ -114,9 +115,12 @@ class ConvPlan:
     take their input gradient as a *forward* depthwise conv of the output gradient with the flipped kernel
     (:func:`~dartboard.spaces.depthwise.depthwise_flipped`; oneDNN's channels-last backward-data kernels are slow
     there, up to 15x slower than the forward conv), and compute their weight gradient only in a backward pass that
-    needs it. On the CPU, whole steps A/B in one process: published scale -6.9 % first order, -7.4 % second (then -4.7 %
-    more with the multiplier summed by adds); the
-    digits step, whose multiplier convs are matrix products, -0.8 % (within the spread)."""
+    needs it; the 5x5 and dilated kernels of a node that take no matrix products run on its repeated input (no
+    reorder of a multiplier conv's output, forward or backward), their weight gradient that of a multiplier conv of
+    the unrepeated input (oneDNN's multiplier-1 5x5 weight gradient is 4x slower). On the CPU, whole steps, A/B in
+    one process: published scale -6.9 % first order and -7.4 % second with the flipped input gradient, -4.7 % more
+    with the multiplier summed by adds, -8.4 % and -10.4 % more on the repeated input; the digits step (its
+    multiplier convs are matrix products) unchanged, -0.8 % and -0.1 %."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
@@ -169,26 +173,31 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
     """The depthwise convs of E DilConvs on one input, edge-major output channels (e * C + c) for the
     grouped pointwise conv. Where the (cropped) kernel takes oneDNN's fast depthwise path (3x3 or
     smaller, undilated, stride 1), or the device's :class:`ConvPlan` says so, the input is repeated E
-    times along the channels and convolved with one filter per channel; elsewhere one conv with channel
-    multiplier E (output channel c * E + e) is reordered."""
+    times along the channels and convolved with one filter per channel: with ``flipped_input_grad`` also every
+    stride-1 5x5 or dilated kernel that takes no matrix products (its input gradient a flipped forward conv, its
+    weight gradient that of a multiplier conv of the unrepeated input); elsewhere one conv with channel multiplier
+    E (output channel c * E + e) is reordered."""
     plan, dw = conv_plan(x.device), stage.dw[0]
     n, C = len(stage.dw), x.shape[1]
     x, crop, stride, padding, dilation = depthwise_plan(x, dw)
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
-    if fast_depthwise or not plan.multiplier:
+    flip = plan.flipped_input_grad and stride == (1, 1) and not matmul_depthwise(plan, x.shape, kernel)
+    if fast_depthwise or not plan.multiplier or flip:
         weight = crop_kernel(torch.cat([d.weight for d in stage.dw]), crop)
         if is_scale(weight, stride, padding):  # a 1x1 kernel: the edges' weights scale x, not repeated
             return _pointwise_bn(_conv_layout(channel_scale(x, weight, n), plan), stage, scale)
-        x = _repeated(x, n, plan, repeats)
+        source, x = x, _repeated(x, n, plan, repeats)
         dilation = (1, 1) if kernel == (1, 1) else dilation
-        y = depthwise_conv(x, weight, stride, padding, dilation, n * C, plan.flipped_input_grad)
+        if plan.flipped_input_grad and flipped_input_grad(weight, stride, padding, dilation, n * C):
+            y = depthwise_flipped(x, weight, padding, dilation, n * C, source=source)
+        else:
+            y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
         return _pointwise_bn(_conv_layout(y, plan), stage, scale)
     weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
     if matmul_depthwise(plan, x.shape, kernel):
         return _pointwise_bn(depthwise_matmul(x, weight, stride, padding, dilation, edge_major=True), stage, scale)
-    y = depthwise_conv(nchw(x) if plan.depthwise_nchw else x, weight, stride, padding, dilation, C,
-                       plan.flipped_input_grad)
+    y = F.conv2d(nchw(x) if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
     batch, _, height, width = y.shape
     y = y.permute(0, 2, 3, 1).reshape(batch, height, width, C, n).transpose(3, 4)
     y = y.reshape(batch, height, width, n * C).permute(0, 3, 1, 2)  # channels-last, edge-major
