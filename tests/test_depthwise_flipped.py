@@ -1,7 +1,8 @@
 """A stride-1 depthwise convolution whose input gradient is a forward conv of the output gradient with the flipped
 kernel (dartboard.spaces.depthwise.depthwise_flipped), against torch's own convolution in float64: outputs, input
-and weight gradients, gradients of gradients, layouts, autocast; the weight gradient left out of a backward pass
-that does not need it (the alpha step), and the rule of the CPU's plan."""
+and weight gradients, gradients of gradients, layouts (autocast: test_depthwise_matmul.py); the weight gradient
+left out of a backward pass that does not need it (the alpha step), the repeated input's weight gradient from
+its source, and the rule of the CPU's plan."""
 
 from __future__ import annotations
 
@@ -87,18 +88,6 @@ def test_grad_needed_answers_for_leaves_and_inputs_without_gradient():
     a, b = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
     torch.autograd.grad(Probe.apply(a, b * 1, torch.ones(2)).sum(), [a])
     assert seen == [[True, False, False]]
-
-
-def test_under_autocast_it_runs_in_the_low_precision_like_the_conv():
-    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=CL).requires_grad_()
-    w = torch.randn(8, 1, 5, 5, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = depthwise_flipped(x, w, (2, 2), (1, 1), 4)
-        ref = F.conv2d(x, w, None, 1, 2, 1, 4)
-    assert out.dtype == ref.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.1)
-    gx, gw = torch.autograd.grad(out.float().sum(), (x, w))
-    assert gx.dtype == gw.dtype == torch.float32
 
 
 def test_the_cpu_plan_flips_the_kernels_whose_onednn_backward_is_slow_only():

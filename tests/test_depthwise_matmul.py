@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dartboard.spaces.batched import CONV_PLANS, ConvPlan, matmul_depthwise
 from dartboard.spaces.batched_convs import linear_1x1
-from dartboard.spaces.depthwise import depthwise_matmul
+from dartboard.spaces.depthwise import depthwise_flipped, depthwise_matmul
 
 CL = torch.channels_last
 
@@ -74,11 +74,17 @@ def test_gradients_of_gradients():
     assert torch.autograd.gradgradcheck(fn, (x, w))
 
 
-def test_under_autocast_it_runs_in_the_low_precision_like_the_conv():
+@pytest.mark.parametrize("way", ["matmul", "flipped"])
+def test_under_autocast_it_runs_in_the_low_precision_like_the_conv(way):
+    """The matrix products and the flipped-kernel conv (test_depthwise_flipped.py) under autocast: the conv's low
+    precision, fp32 gradients for fp32 leaves."""
     x = torch.randn(2, 4, 4, 4).contiguous(memory_format=CL).requires_grad_()
     w = torch.randn(8, 1, 5, 5, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = depthwise_matmul(x, w, (1, 1), (2, 2), (1, 1))
+        if way == "matmul":
+            out = depthwise_matmul(x, w, (1, 1), (2, 2), (1, 1))
+        else:
+            out = depthwise_flipped(x, w, (2, 2), (1, 1), 4)
         ref = F.conv2d(x, w, None, 1, 2, 1, 4)
     assert out.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.1)
