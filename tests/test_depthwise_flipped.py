@@ -151,3 +151,15 @@ def test_the_engine_takes_the_repeated_input_for_multiplier_kernels_where_no_mat
     monkeypatch.setitem(batched.CONV_PLANS, "cpu", batched.ConvPlan(matmul_limit=64.0, flipped_input_grad=True))
     searcher.step((x, torch.tensor([0, 1])), (x, torch.tensor([1, 0])))
     assert sources == []
+
+
+def test_without_the_engines_private_answer_every_gradient_is_computed(monkeypatch):
+    """``grad_needed`` relies on ``torch._C._will_engine_execute_node``; a torch without it gets every gradient an
+    input requires (correct, only slower), not an error."""
+    monkeypatch.delattr(torch._C, "_will_engine_execute_node")
+    x = torch.randn(2, 3, 6, 6).contiguous(memory_format=CL)
+    param = torch.randn(3, 1, 5, 5, requires_grad=True)
+    alpha = torch.tensor(1.5, requires_grad=True)
+    (ga,) = torch.autograd.grad(depthwise_flipped(x * alpha, param[:], (2, 2), (1, 1), 3).sum(), [alpha])
+    (want,) = torch.autograd.grad(F.conv2d(x * alpha, param, None, 1, 2, 1, 3).sum(), [alpha])
+    torch.testing.assert_close(ga, want)
