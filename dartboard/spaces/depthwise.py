@@ -277,13 +277,20 @@ def _multiplier_weight_grad(grad: torch.Tensor, source: torch.Tensor, weight: to
     (8.3 ms on ``[16, 64, 32, 32]``), its multiplier-4 one of the unrepeated input is not (1.9 ms)."""
     channels, kernel = source.shape[1], weight.shape[2:]
     m = weight.shape[0] // channels
-    batch, _, height, width = grad.shape
-    rows = grad.permute(0, 2, 3, 1).reshape(batch, height, width, m, channels).transpose(3, 4)
-    grad_cm = rows.reshape(batch, height, width, channels * m).permute(0, 3, 1, 2)  # channel c * m + j
+    grad_cm = swap_channel_blocks(grad, m, channels)  # channel j * C + c -> c * m + j
     # the weight's values do not enter a conv's weight gradient, only its shape [C * m, 1, kh, kw]
     g = torch.ops.aten.convolution_backward(grad_cm, source, weight, None, [1, 1], list(padding), list(dilation),
                                             False, [0, 0], channels, [False, True, False])[1]
     return g.view(channels, m, *kernel).transpose(0, 1).reshape(weight.shape)
+
+
+def swap_channel_blocks(y: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
+    """``[B, outer * inner, H, W]`` with channel a * inner + b as channels-last ``[B, inner * outer, H, W]`` with
+    channel b * outer + a (a copy): a multiplier conv's order c * m + j to the edges' j * C + c (outer C, inner m),
+    and back (outer m, inner C)."""
+    batch, _, height, width = y.shape
+    rows = y.permute(0, 2, 3, 1).reshape(batch, height, width, outer, inner).transpose(3, 4)
+    return rows.reshape(batch, height, width, inner * outer).permute(0, 3, 1, 2)
 
 
 def _flipped_conv(grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], dilation: tuple[int, int],
