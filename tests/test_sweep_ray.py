@@ -6,6 +6,9 @@ ends pruned at that epoch, never as a complete trial with a truncated value."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from dartboard.bench.regret import lookup_metrics
@@ -74,6 +77,12 @@ def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
     assert slow["status"] == "pruned" and slow["epoch"] == 1 and slow["objective"] < good["metrics"]["val_acc"]
     assert result.counts == {"complete": 1, "pruned": 1, "error": 0} and result.best["trial_id"] == good["trial_id"]
     assert sorted(p["status"] for p in events) == ["complete", "pruned"]
+    # the driver's span of each trial (the sweep-overhead benchmark's timeline), in the result file too: one
+    # trial at a time, so the second starts after the first ended
+    spans = sorted(t["span"] for t in result.trials)
+    assert all(start < end for start, end in spans) and spans[0][1] <= spans[1][0]
+    written = json.loads((Path(result.run_dir) / "study_result.json").read_text())["trials"]
+    assert sorted(t["span"] for t in written) == spans
     saved = make_search_alg(cfg)  # the Optuna study Tune saved with the experiment
     saved.restore_from_dir(result.run_dir)
     states = {t.params["w_lr"]: t.state.name for t in saved._ot_study.trials}

@@ -206,7 +206,8 @@ def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialH
     for r in grid:
         error = _last_line(str(r.error)) if r.error is not None else None
         trial_id = (r.metrics or {}).get("trial_id") or _trial_id_from_path(r.path)
-        trials.append(trial_payload(cfg, run_dir, trial_id, r.config, r.metrics or {}, error))
+        trials.append({**trial_payload(cfg, run_dir, trial_id, r.config, r.metrics or {}, error),
+                       "span": callback.spans.get(trial_id)})  # None: ended under an earlier driver
     trials.sort(key=lambda t: t["key"])
     complete = [t for t in trials if t["status"] == "complete" and _finite(t["objective"])]
     best = max(complete, key=lambda t: t["objective"]) if complete else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,23 +57,37 @@ class TrialCallback(tune.Callback):
 
     def __init__(self, cfg: StudyConfig, run_dir: str, hooks: list[TrialHook]):
         self.cfg, self.run_dir, self.hooks = cfg, run_dir, list(hooks)
+        #: trial id -> [start, end]: wall-clock seconds at which this driver saw the trial start and finish
+        #: (``span`` in the study's result file; the sweep-overhead benchmark's timeline)
+        self.spans: dict[str, list[float | None]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "hooks": []}  # Tune pickles its callbacks; hooks belong to one driver
+        # Tune pickles its callbacks; hooks and spans belong to one driver
+        return {**self.__dict__, "hooks": [], "spans": {}}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.spans[trial.trial_id] = [time.time(), None]  # a retried trial: its last start
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get("nonfinite"):
             trial.max_failures = 0  # deterministic divergence: retrying would diverge again
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
         last = trial.last_result or {}
         release_placement_group(last.get("placement_group_id"), last.get("node_id"))
         self._call(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
         last = trial.last_result or {}
         release_placement_group(last.get("placement_group_id"), last.get("node_id"))
         self._call(trial, last.get("error") or f"trial {trial.trial_id} failed (see {trial.local_path})")
+
+    def _ended(self, trial) -> None:
+        span = self.spans.get(trial.trial_id)
+        if span is not None:
+            span[1] = time.time()
 
     def _call(self, trial, error: str | None) -> None:
         payload = trial_payload(self.cfg, self.run_dir, trial.trial_id, trial.config, trial.last_result or {}, error)
