@@ -120,7 +120,8 @@ def test_malformed_and_unknown_op_genotypes(tmp_path, capsys):
 def test_bench_speed_prints_timing(capsys, monkeypatch):
     """A clock the test controls, both engines interleaved (reference, batched, reference, ...): the
     reference's iterations take 10, 30, 20 ms (median 20 ms, 8 / 0.02 = 400 images/s), the batched
-    engine's 5, 4, 6 ms (median 5 ms): ratio 4; one warm-up and three timed search steps each."""
+    engine's 5, 4, 6 ms (median 5 ms): ratio 4, paired ratio 20 / 6 (the median of 10 / 5, 30 / 4, 20 / 6); one
+    warm-up and three timed search steps each."""
     from dartboard.bench import speed
     from dartboard.searchers.engine import Engine
 
@@ -141,11 +142,15 @@ def test_bench_speed_prints_timing(capsys, monkeypatch):
     assert (ref["ms_min"], ref["ms_max"]) == pytest.approx((10.0, 30.0))
     assert bat["ms_per_iter"] == pytest.approx(5.0) and bat["images_per_s"] == pytest.approx(1600.0)
     assert bat["ratio"] == pytest.approx(4.0) and ref["ratio"] == pytest.approx(1.0)
+    # each round's own ratio: 10 / 5, 30 / 4, 20 / 6
+    assert (bat["paired_ratio"], bat["paired_min"], bat["paired_max"]) == pytest.approx((20 / 6, 2.0, 7.5))
+    assert ref["paired_ratio"] == pytest.approx(1.0)
     assert steps == [("reference", 0), ("batched", 0)] + [(e, k) for k in (1, 2, 3) for e in ("reference", "batched")]
     ticks = iter([t for i, d in enumerate(durations) for t in (float(i), i + d)])
     out, _ = run_ok(args, capsys)
     line = next(row for row in out.splitlines() if "batched" in row and "darts" in row)
     assert line.split()[-1] == "4.00x" and "1600.0" in line
+    assert "darts order 1 batched 3.33x (2.00-7.50)" in out.splitlines()[-1]
 
 
 def test_bench_speed_shows_no_peak_for_a_graph_replay(monkeypatch):

@@ -3,7 +3,9 @@
 For every preset and hypergradient order, one searcher per engine is built from the same seed and
 options; after the warm-up steps the engines' timed steps are *interleaved* (reference, batched,
 reference, ...) so that a shared machine's load changes hit both alike; the median of each engine's
-times gives ms/iteration, images/s and the ratio reference / batched. Peak memory comes from one
+times gives ms/iteration, images/s and the ratio reference / batched, and the median of each round's own ratio
+(reference step / the batched step right after it) the paired ratio, which a drift of the machine's speed over
+the rounds leaves alone. Peak memory comes from one
 more, untimed step per engine (:func:`dartboard.bench.memory.profiled_peak_bytes` on CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU). An engine name with ``+graph`` (``batched+graph``)
 replays that engine's whole step from one CUDA graph (:class:`dartboard.searchers.graphed.GraphedStep`;
@@ -94,8 +96,12 @@ def compare(preset: str, order: int, engines: Sequence[str], setting: SpeedSetti
             peak, method = _peak_bytes(lambda s=s: s.step((x, y), (x, y)), setting.device)
             rows[e].update(peak_mib=peak / 2**20, memory_method=method)
     base = rows[engines[0]]["ms_per_iter"]
-    for row in rows.values():
+    for e, row in rows.items():
         row["ratio"] = base / row["ms_per_iter"]
+        # each round's base step against this engine's step right after it: a drift of the machine's speed over
+        # the rounds (slow spells of a shared machine) leaves these ratios alone, the ratio of medians not
+        paired = [b / t for b, t in zip(times[engines[0]], times[e], strict=True)]
+        row.update(paired_ratio=statistics.median(paired), paired_min=min(paired), paired_max=max(paired))
     return {"preset": preset, "order": order, "engines": rows}
 
 
@@ -138,4 +144,10 @@ def report(results: Sequence[dict[str, Any]], setting: SpeedSetting) -> str:
             peak = f"{row['peak_mib']:>10.1f}" if "peak_mib" in row else f"{'-':>10}"
             lines.append(f"{r['preset']:<14}{r['order']:>6}  {engine:<10}{row['ms_per_iter']:>10.1f}"
                          f"{row['images_per_s']:>10.1f}{peak}{row['ratio']:>7.2f}x")
+    paired = [f"{r['preset']} order {r['order']} {engine} {row['paired_ratio']:.2f}x "
+              f"({row['paired_min']:.2f}-{row['paired_max']:.2f})"
+              for r in results for engine, row in list(r["engines"].items())[1:]]
+    if paired:
+        lines.append("paired ratios (median of each round's first-engine step / the engine's step after it, with "
+                     "their range): " + "; ".join(paired))
     return "\n".join(lines)
