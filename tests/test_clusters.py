@@ -4,11 +4,11 @@ resources; the Dockerfile and the submit entry script are consistent."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from scripts import load_script
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 LAUNCHER = sorted(p for p in CLUSTERS.glob("*.yaml") if not p.name.startswith("kuberay"))
@@ -64,10 +64,7 @@ def test_dockerfile_installs_dartboard():
 
 
 def _submit():
-    spec = importlib.util.spec_from_file_location("submit", CLUSTERS / "submit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("clusters/submit.py")
 
 
 def test_submit_builds_cluster_argv(tmp_path):

@@ -3,21 +3,14 @@ a check of the script; its numbers mean nothing here)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from scripts import load_script
 
 from dartboard.spaces import batched
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "conv_plan_ab.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("conv_plan_ab", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/conv_plan_ab.py")
 
 
 def test_it_times_each_plan_and_puts_the_devices_plans_back(capsys):

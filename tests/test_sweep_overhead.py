@@ -4,22 +4,17 @@ file, the trials' own reports (whole-second timestamps) where a trial has none."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep_overhead.py"
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("sweep_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/sweep_overhead.py")
 
 
 def test_a_hand_computed_schedule_of_two_slots(bench):
