@@ -35,6 +35,22 @@ def parse_plan(text: str) -> dict[str, Any]:
 
 def run(plans: list[str], scale: str, order: int, repeats: int, device: str = "cpu") -> dict[str, float]:
     """Median ms/iteration per plan (its text as the key)."""
+    return {text: statistics.median(t) * 1e3 for text, t in step_times(plans, scale, order, repeats, device).items()}
+
+
+def paired(times: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
+    """Per plan, each round's step time over the first plan's step of the same round: (median, min, max). A drift of
+    the machine's speed over the rounds leaves these alone; their range shows what one A/B can resolve."""
+    base = next(iter(times.values()))
+    out = {}
+    for text, t in times.items():
+        r = [a / b for a, b in zip(t, base, strict=True)]
+        out[text] = (statistics.median(r), min(r), max(r))
+    return out
+
+
+def step_times(plans: list[str], scale: str, order: int, repeats: int, device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of each timed step per plan (its text as the key), the plans' steps interleaved."""
     import torch
 
     from dartboard.bench.speed import SpeedSetting, _interleaved_times, build
@@ -61,7 +77,7 @@ def run(plans: list[str], scale: str, order: int, repeats: int, device: str = "c
     finally:
         batched.CONV_PLANS.clear()
         batched.CONV_PLANS.update(before)
-    return {text: statistics.median(t) * 1e3 for text, t in times.items()}
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             parse_plan(text)
     except ValueError as error:
         parser.error(str(error))
-    result = run(args.plans, args.scale, args.order, args.repeats)
+    times = step_times(args.plans, args.scale, args.order, args.repeats)
+    result = {text: statistics.median(t) * 1e3 for text, t in times.items()}
     base = result[args.plans[0]]
     print(f"batched engine, darts, {args.scale} scale, order {args.order}; median of {args.repeats} interleaved steps")
     for text, ms in result.items():
         print(f"{ms:9.1f} ms  {base / ms:5.2f}x  ConvPlan({text})")
+    for text, (mid, low, high) in paired(times).items():
+        print(f"paired: step time / the first plan's in the same round {mid:.3f} (rounds {low:.3f}-{high:.3f})  "
+              f"ConvPlan({text})")
     return 0
 
 
