@@ -33,20 +33,13 @@ def parse_plan(text: str) -> dict[str, Any]:
     return kwargs
 
 
-def run(plans: list[str], scale: str, order: int, repeats: int, device: str = "cpu") -> dict[str, float]:
-    """Median ms/iteration per plan (its text as the key)."""
-    return {text: statistics.median(t) * 1e3 for text, t in step_times(plans, scale, order, repeats, device).items()}
-
-
 def paired(times: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
-    """Per plan, each round's step time over the first plan's step of the same round: (median, min, max). A drift of
-    the machine's speed over the rounds leaves these alone; their range shows what one A/B can resolve."""
+    """Per plan, each round's speed-up over the first plan (its step time over this plan's in the same round):
+    (median, min, max), ``bench speed``'s paired ratio."""
+    from dartboard.bench.speed import paired_ratios
+
     base = next(iter(times.values()))
-    out = {}
-    for text, t in times.items():
-        r = [a / b for a, b in zip(t, base, strict=True)]
-        out[text] = (statistics.median(r), min(r), max(r))
-    return out
+    return {text: paired_ratios(base, t) for text, t in times.items()}
 
 
 def step_times(plans: list[str], scale: str, order: int, repeats: int, device: str = "cpu") -> dict[str, list[float]]:
@@ -99,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for text, ms in result.items():
         print(f"{ms:9.1f} ms  {base / ms:5.2f}x  ConvPlan({text})")
     for text, (mid, low, high) in paired(times).items():
-        print(f"paired: step time / the first plan's in the same round {mid:.3f} (rounds {low:.3f}-{high:.3f})  "
+        print(f"paired: speed-up over the first plan in the same round {mid:.3f}x (rounds {low:.3f}-{high:.3f})  "
               f"ConvPlan({text})")
     return 0
 

@@ -166,11 +166,8 @@ def main() -> None:
 
 def _wall_from_trials(run_dir: Path) -> float:
     """First trial start to last trial end, from the trials' own reports (no Ray start-up)."""
-    starts, ends = [], []
-    for rows in trial_reports(run_dir).values():
-        ends.append(max(r["timestamp"] for r in rows))
-        starts.append(min(r["timestamp"] - r["time_total_s"] for r in rows))
-    return max(ends) - min(starts)
+    spans = [reported_span(rows) for rows in trial_reports(run_dir).values()]
+    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
 if __name__ == "__main__":

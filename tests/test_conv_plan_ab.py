@@ -20,14 +20,14 @@ def test_it_times_each_plan_and_puts_the_devices_plans_back(capsys):
     assert batched.CONV_PLANS == before
     lines = capsys.readouterr().out.splitlines()
     assert "1.00x  ConvPlan()" in lines[1] and lines[2].endswith("ConvPlan(matmul_limit=64,linear_1x1=True)")
-    assert lines[3].startswith("paired:") and "1.000 (rounds 1.000-1.000)  ConvPlan()" in lines[3]
+    assert lines[3].startswith("paired:") and "1.000x (rounds 1.000-1.000)  ConvPlan()" in lines[3]
     assert lines[4].startswith("paired:") and lines[4].endswith("ConvPlan(matmul_limit=64,linear_1x1=True)")
 
 
-def test_paired_ratios_are_each_rounds_step_over_the_first_plans():
+def test_paired_ratios_are_each_rounds_speed_up_over_the_first_plan():
     ab = _load()
-    times = {"": [1.0, 2.0, 4.0], "b": [0.5, 3.0, 2.0]}  # rounds: 0.5, 1.5, 0.5
-    assert ab.paired(times) == {"": (1.0, 1.0, 1.0), "b": (0.5, 0.5, 1.5)}
+    times = {"": [1.0, 2.0, 4.0], "b": [0.5, 4.0, 2.0]}  # rounds: 1 / 0.5, 2 / 4, 4 / 2
+    assert ab.paired(times) == {"": (1.0, 1.0, 1.0), "b": (2.0, 0.5, 2.0)}
     assert ab.parse_plan("matmul_limit=64, pointwise='block_diagonal'") == {"matmul_limit": 64,
                                                                            "pointwise": "block_diagonal"}
 

@@ -106,3 +106,8 @@ def test_without_driver_spans_the_reports_give_them(bench, tmp_path):
     assert bench.reported_span([{"timestamp": 1000, "time_total_s": 3.6}, {"timestamp": 1004, "time_total_s": 7.9}]
                                ) == pytest.approx((996.4, 1004.3))
     assert m["breakdown"]["wall_s"] == pytest.approx(1009.0 - 995.5)  # first start to last end, no sweep given
+
+
+def test_a_finished_run_directorys_wall_is_first_start_to_last_end_of_the_reports(bench, tmp_path):
+    run = _run_dir(tmp_path, None)  # a: from 996.4 (the closer of its two bounds) to 1004.3; b: 1003.8 to 1009.0
+    assert bench._wall_from_trials(run) == pytest.approx(1009.0 - 996.4)

@@ -98,11 +98,17 @@ def compare(preset: str, order: int, engines: Sequence[str], setting: SpeedSetti
     base = rows[engines[0]]["ms_per_iter"]
     for e, row in rows.items():
         row["ratio"] = base / row["ms_per_iter"]
-        # each round's base step against this engine's step right after it: a drift of the machine's speed over
-        # the rounds (slow spells of a shared machine) leaves these ratios alone, the ratio of medians not
-        paired = [b / t for b, t in zip(times[engines[0]], times[e], strict=True)]
-        row.update(paired_ratio=statistics.median(paired), paired_min=min(paired), paired_max=max(paired))
+        mid, low, high = paired_ratios(times[engines[0]], times[e])
+        row.update(paired_ratio=mid, paired_min=low, paired_max=high)
     return {"preset": preset, "order": order, "engines": rows}
+
+
+def paired_ratios(base: Sequence[float], times: Sequence[float]) -> tuple[float, float, float]:
+    """Each round's base step time over the other step of the same round (interleaved, so close in time): their
+    median, min and max. A drift of the machine's speed over the rounds (slow spells of a shared machine) leaves
+    these ratios alone, the ratio of medians not; their range shows what one run can resolve."""
+    ratios = [b / t for b, t in zip(base, times, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _interleaved_times(searchers: dict[str, Any], batch: Any, setting: SpeedSetting) -> dict[str, list[float]]:
