@@ -1,6 +1,7 @@
 """Fault tolerance on a simulated multi-node cluster (ray.cluster_utils.Cluster): the node that runs a
 trial's Train worker is removed while the worker is held after epoch 1 by the epoch gate (a state the
-test controls); the trial resumes from its epoch-1 checkpoint on the other node."""
+test controls); the trial resumes from its epoch-1 checkpoint on the other node. And a Tune trial actor
+reused for the next trial ends the Train run of the trial Tune stopped in it, held by the gate."""
 
 from __future__ import annotations
 
@@ -89,3 +90,30 @@ def test_node_loss_resumes_trial_from_last_checkpoint(tmp_path, monkeypatch):
                                                     for e in range(1, EPOCHS + 1))
     # epoch 1 ran on the removed node, every later epoch on the surviving one
     assert [r["node_id"] == removed["node"] for r in reports if "epoch" in r] == [True] + [False] * (EPOCHS - 1)
+
+
+def test_a_reused_trial_actor_ends_the_run_of_the_trial_tune_stopped(tmp_path, monkeypatch):
+    """Three one-epoch trials, one at a time, the epoch gate closed throughout: each trial's Train worker
+    reports its epoch and is then held for good, so no Train run ever ends by itself. ASHA (max_t: the one
+    epoch) stops each trial at its report; the next trial runs in the same Tune actor (``reuse_actors``), which
+    first ends the held run (``trial.ReusableTrial``). Without that, Tune cannot reset the actor (the stopped
+    trial's function never returns) and errors the next trial."""
+    ray = pytest.importorskip("ray")
+    from dartboard.platform.ray.session import init_ray
+    from dartboard.platform.sweep import run_sweep
+
+    gate = epoch_gate.close(tmp_path / "gate")
+    monkeypatch.setenv(EPOCH_GATE_ENV, str(gate))  # init_ray passes it to every worker
+    init_ray(num_cpus=2)
+    try:
+        cfg = StudyConfig(name="reuse", searcher="darts", space="tiny81", epochs=1, batch_size=64, num_samples=3,
+                          max_concurrent=1, params={"w_lr": {"type": "choice", "values": [0.01, 0.025, 0.05]}},
+                          scheduler={"type": "asha", "metric": "val_acc", "grace_period": 1},
+                          storage=str(tmp_path / "sweeps"))
+        result = run_sweep(cfg, mlflow=False)
+    finally:
+        ray.shutdown()
+    assert result.counts == {"complete": 3, "pruned": 0, "error": 0}, [t["error"] for t in result.trials]
+    assert len(epoch_gate.keys_at(gate, 1)) == 3  # every trial's run reported its epoch, then was held
+    reports = _reports(Path(result.run_dir))
+    assert len(reports) == 3 and len({r["pid"] for r in reports}) == 1  # one actor ran the three trials

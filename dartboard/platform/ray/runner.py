@@ -35,7 +35,8 @@ from dartboard.platform.ray.resources import check_resources, driver_cpus
 from dartboard.platform.ray.samplers import make_search_alg
 from dartboard.platform.ray.session import init_ray, tune_verbosity
 from dartboard.platform.ray.space import check_study, dry_build, grid_param_space, make_scheduler
-from dartboard.platform.ray.trial import TrialCallback, TrialHook, run_trial, trial_payload
+from dartboard.platform.ray.trial import TrialCallback, TrialHook, trial_payload
+from dartboard.platform.ray.trial import trainable as study_trainable
 
 log = logging.getLogger("dartboard")
 
@@ -182,7 +183,7 @@ def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialH
         check_resources(cfg, float(total.get("CPU", 0)), float(total.get("GPU", 0)))
     start = time.perf_counter()
     study = {"config": cfg.model_dump(), "run_dir": run_dir}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, study=study), {"cpu": driver_cpus(cfg)})
+    trainable = study_trainable(study, driver_cpus(cfg))
     callback = TrialCallback(cfg, run_dir, hooks)
     if resume:
         if not tune.Tuner.can_restore(run_dir):
@@ -196,6 +197,7 @@ def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialH
             trainable, param_space=grid_param_space(cfg) if cfg.sampler == "grid" else None,
             tune_config=tune.TuneConfig(search_alg=make_search_alg(cfg), scheduler=make_scheduler(cfg),
                                         num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent,
+                                        reuse_actors=True,  # trial.ReusableTrial
                                         trial_dirname_creator=lambda t: f"run_trial_{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=parent, verbose=tune_verbosity(),
                                       failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

@@ -14,12 +14,17 @@ seconds each on a 2-core machine). Two of them have no work in dartboard's runs:
 - the controller's and the workers' metrics callbacks feed Ray's Prometheus export, which nothing scrapes
   on a private instance (``RAY_TRAIN_METRICS_ENABLED`` set by the user wins).
 
+The controller of a run is Ray's, started as Ray starts it; this process keeps its handle while the run goes
+(``abort_runs``), so that a Tune trial actor reused for the next trial can end the run of a trial that Tune
+stopped (ASHA) before the run itself ended (``trial.ReusableTrial``).
+
 Measured (README "Benchmarks"): the digits sweep's CPU time and the suite's Ray tests.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -72,3 +77,52 @@ class DartboardTrainer(DataParallelTrainer):
         callbacks = super()._create_default_callbacks()
         idle = idle_callback_types(bool(self.datasets), private_instance())
         return [c for c in callbacks if not isinstance(c, idle)]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        """Ray's own (``DataParallelTrainer._initialize_and_run_controller``: the controller on this node,
+        Train's environment variables, Ctrl-C aborting the run from a main thread), with the controller's handle
+        kept in ``_RUNNING`` while it runs."""
+        import ray
+        from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
+        from ray.train.v2._internal.constants import DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE as NO_WARN
+        from ray.train.v2._internal.constants import get_env_vars_to_propagate
+        from ray.train.v2._internal.execution.controller import TrainController
+
+        env_vars = get_env_vars_to_propagate()
+        env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, NO_WARN)
+        node = {ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
+        actor = ray.remote(num_cpus=0, label_selector=node, runtime_env={"env_vars": env_vars})(TrainController)
+        controller = actor.remote(**controller_init_kwargs)
+        if threading.current_thread() is threading.main_thread():
+            self._register_sigint_handler(controller)
+        with _LOCK:
+            _RUNNING.append(controller)
+        try:
+            ray.get(controller.run.remote())
+            return ray.get(controller.get_result.remote())
+        finally:
+            with _LOCK:
+                _RUNNING.remove(controller)
+
+
+_LOCK = threading.Lock()
+#: the controllers of this process's Train runs that have not returned yet
+_RUNNING: list = []
+
+
+def running_runs() -> int:
+    """How many Train runs this process started that have not returned yet."""
+    with _LOCK:
+        return len(_RUNNING)
+
+
+def abort_runs() -> int:
+    """Kill the controllers of this process's unfinished Train runs (their workers, owned by the controller, go
+    with them; ``fit()`` of each raises ``RayActorError``). Returns how many it killed."""
+    import ray
+
+    with _LOCK:
+        controllers = list(_RUNNING)
+    for controller in controllers:
+        ray.kill(controller, no_restart=True)
+    return len(controllers)
