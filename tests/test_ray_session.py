@@ -120,3 +120,32 @@ def test_the_backend_is_nccl_on_gpu_workers_gloo_on_cpu_and_the_request_wins():
     assert init_url("tcp", "10.0.0.1", 29500) == "tcp://10.0.0.1:29500"
     with pytest.raises(ValueError, match="init_method: 'file' is not supported"):
         init_url("file", "h", 1)
+
+
+@pytest.mark.ray
+def test_stopping_a_private_instance_kills_its_autoscaler_monitor_then_lets_ray_stop_the_rest(monkeypatch):
+    """Ray asks each process to exit and gives it up to 1 s; its autoscaler monitor never exits when asked.
+    ``stop_ray`` kills the monitor of the instance outright before Ray's own stop, which then stops the rest."""
+    import signal
+
+    import ray
+    from ray._private import worker as ray_worker
+
+    if ray.is_initialized():
+        ray.shutdown()
+    assert session.init_ray(num_cpus=1) is True
+    node = ray_worker._global_node
+    processes = {name: [info.process for info in infos] for name, infos in node.all_processes.items()}
+    (monitor,) = processes["monitor"]
+    others = [p for name, ps in processes.items() if name != "monitor" for p in ps]
+    at_shutdown = {}
+    real_shutdown = ray.shutdown
+
+    def shutdown(*args, **kwargs):
+        at_shutdown.update(monitor=monitor.poll(), others_alive=sum(p.poll() is None for p in others))
+        real_shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    session.stop_ray()
+    assert at_shutdown == {"monitor": -signal.SIGKILL, "others_alive": len(others)} and len(others) >= 2
+    assert not ray.is_initialized() and all(p.poll() is not None for p in others)

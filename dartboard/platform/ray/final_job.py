@@ -265,7 +265,7 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
 
     import ray
 
-    from dartboard.platform.ray.session import init_ray
+    from dartboard.platform.ray.session import init_ray, stop_ray
     from dartboard.spaces import genotype as gt
     from dartboard.training.final import TrainResult
 
@@ -291,7 +291,7 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
         seconds = time.perf_counter() - start
     finally:
         if started:  # this call's own Ray instance (a study's or a test's stays up)
-            ray.shutdown()
+            stop_ray()
     with result.checkpoint.as_directory() as d:
         progress = ck.read_progress(Path(d))
         _publish(Path(d), out)

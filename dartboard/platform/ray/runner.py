@@ -33,7 +33,7 @@ from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
 from dartboard.platform.ray.samplers import make_search_alg
-from dartboard.platform.ray.session import init_ray, tune_verbosity
+from dartboard.platform.ray.session import init_ray, stop_ray, tune_verbosity
 from dartboard.platform.ray.space import check_study, dry_build, grid_param_space, make_scheduler
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, trial_payload
 from dartboard.platform.ray.trial import trainable as study_trainable
@@ -113,9 +113,7 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
         return _tracked(cfg, run_dir, resume is not None, tracker, report, hooks)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
 
 
 def _new_run_dir(cfg: StudyConfig, run_dir: str | None) -> str:
