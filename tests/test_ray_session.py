@@ -25,8 +25,17 @@ def captured(monkeypatch):
 def test_a_private_local_instance_runs_without_the_preemption_watcher(captured):
     assert session.init_ray(num_cpus=2) is True
     (kw,) = captured
-    assert kw["address"] == "local" and kw["include_dashboard"] is True
+    assert kw["address"] == "local"
     assert kw["runtime_env"]["env_vars"][session.PREEMPTION_WATCHER_ENV] == "0"
+
+
+def test_a_private_instance_starts_without_the_dashboard_and_idle_workers_unless_asked(captured, monkeypatch):
+    monkeypatch.delenv(session.DASHBOARD_ENV, raising=False)
+    session.init_ray(num_cpus=2)
+    monkeypatch.setenv(session.DASHBOARD_ENV, "1")
+    session.init_ray(num_cpus=2)
+    assert [kw["include_dashboard"] for kw in captured] == [False, True]
+    assert all(kw["_system_config"] == {"prestart_worker_first_driver": False} for kw in captured)
 
 
 def test_a_cluster_keeps_rays_default_watcher(captured):

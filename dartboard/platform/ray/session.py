@@ -1,6 +1,13 @@
-"""The one ``ray.init`` of dartboard: a private local instance (or a cluster's address), always with
-the dashboard/state API (``ray[default]``): without it Ray Train cannot free the placement group of a
-trial that ASHA stops early, and the next trial waits forever (PLATFORM-NOTES)."""
+"""The one ``ray.init`` of dartboard: a private local instance (or a cluster's address).
+
+A private instance starts without Ray's dashboard (``DARTBOARD_RAY_DASHBOARD=1`` turns it on) and without the
+idle workers Ray starts for a first driver: every actor of a dartboard job has the job's runtime environment,
+so none can use them. Together they took 1.5 s of Ray's start on 2 cores (5.6 -> 4.1 s, README "Benchmarks").
+PLATFORM-NOTES once needed the dashboard's state API: Ray Train's placement-group cleaner uses it to free the
+workers of a trial that ASHA stops. dartboard frees them itself (``trial.release_placement_group``), leaves that
+cleaner out on a private instance (``trainer.DartboardTrainer``) and ends a stopped trial's run when its actor is
+reused (``trial.ReusableTrial``); ``tests/test_sweep_ray.py`` and ``tests/test_sweep_faults.py`` run stopped
+trials followed by others on such an instance."""
 
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ WORKER_START_TIMEOUT_S = "600"
 # local instance has no node that can be preempted: there the watcher only costs a process and its polling
 # (the digits sweep: 27 % less wall time and 28 % less CPU without it, README "Benchmarks").
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+#: ``1``: a private local instance starts Ray's dashboard too (http://127.0.0.1:8265)
+DASHBOARD_ENV = "DARTBOARD_RAY_DASHBOARD"
 
 
 def worker_env(local: bool = False) -> dict[str, str]:
@@ -88,7 +97,8 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
         # address="local": always a new private instance, never another `ray start` cluster on this machine.
         cpus = num_cpus or (local_num_cpus(cfg) if cfg is not None else os.cpu_count() or 1)
         try:
-            ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": env}, **output)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=os.environ.get(DASHBOARD_ENV) == "1",
+                     runtime_env={"env_vars": env}, _system_config={"prestart_worker_first_driver": False}, **output)
         except Exception as err:
             if "timed out during startup" not in str(err):
                 raise
