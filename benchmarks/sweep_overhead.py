@@ -9,9 +9,9 @@ trials the time is split into start-up (trial start to the first epoch report mi
 controller + worker processes importing torch, process group, data, supernet) and epochs. What
 ``wall`` adds on top (``wall - ideal``) is taken apart on the study's timeline (:func:`breakdown`): before the
 first trial (Ray's start, the study's set-up), after the last one (results, Ray's stop), and per slot of the
-concurrency: the gaps between its trials (Tune's reset of the slot's reused trial actor; before 2026-12-05, a fresh actor's start), its idle
-time at the end while another slot's trial runs (tail) or at the start, and the time inside the trials'
-spans that Tune's trial time leaves out (the last report reaching the driver).
+concurrency: the gaps between its trials (Tune's reset of the slot's reused trial actor; before 2026-12-05, a
+fresh actor's start), its idle time at the end while another slot's trial runs (tail) or at the start, and the
+time inside the trials' spans that Tune's trial time leaves out (the last report reaching the driver).
 """
 
 from __future__ import annotations
