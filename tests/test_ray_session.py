@@ -158,3 +158,27 @@ def test_stopping_a_private_instance_kills_its_autoscaler_monitor_then_lets_ray_
     session.stop_ray()
     assert at_shutdown == {"monitor": -signal.SIGKILL, "others_alive": len(others)} and len(others) >= 2
     assert not ray.is_initialized() and all(p.poll() is not None for p in others)
+
+
+def test_the_imports_tune_makes_before_the_first_trial_are_made_while_ray_starts():
+    """``Tuner.fit`` records which callbacks a run has (Ray's usage tags), which imports Ray's logger
+    integrations (MLflow among them), and builds its TensorBoard logger: the study's background checks
+    (``runner._local_checks``, beside Ray's start) import them first, so that fit imports nothing new there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dartboard.platform.ray.runner import _warm_tune_imports\n"
+        "_warm_tune_imports()\n"
+        "before = set(sys.modules)\n"
+        "from ray import tune\n"
+        "from ray.air._internal.usage import tag_callbacks\n"
+        "from ray.tune.logger import TBXLoggerCallback\n"
+        "tag_callbacks([tune.Callback()])\n"
+        "TBXLoggerCallback()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "print('mlflow' in before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "True"], out
