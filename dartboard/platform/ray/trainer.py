@@ -110,12 +110,6 @@ _LOCK = threading.Lock()
 _RUNNING: list = []
 
 
-def running_runs() -> int:
-    """How many Train runs this process started that have not returned yet."""
-    with _LOCK:
-        return len(_RUNNING)
-
-
 def abort_runs() -> int:
     """Kill the controllers of this process's unfinished Train runs (their workers, owned by the controller, go
     with them; ``fit()`` of each raises ``RayActorError``). Returns how many it killed."""
