@@ -28,6 +28,10 @@ def test_paired_ratios_are_each_rounds_speed_up_over_the_first_plan():
     ab = _load()
     times = {"": [1.0, 2.0, 4.0], "b": [0.5, 4.0, 2.0]}  # rounds: 1 / 0.5, 2 / 4, 4 / 2
     assert ab.paired(times) == {"": (1.0, 1.0, 1.0), "b": (2.0, 0.5, 2.0)}
+
+
+def test_a_plan_is_parsed_from_its_text():
+    ab = _load()
     assert ab.parse_plan("matmul_limit=64, pointwise='block_diagonal'") == {"matmul_limit": 64,
                                                                            "pointwise": "block_diagonal"}
 

@@ -36,7 +36,7 @@ from dartboard.platform.ray.samplers import make_search_alg
 from dartboard.platform.ray.session import init_ray, stop_ray, tune_verbosity
 from dartboard.platform.ray.space import check_study, dry_build, grid_param_space, make_scheduler
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, trial_payload
-from dartboard.platform.ray.trial import trainable as study_trainable
+from dartboard.platform.ray.trial import trainable as study_trainable  # the name `trainable` is a local below
 
 log = logging.getLogger("dartboard")
 
