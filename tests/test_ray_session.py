@@ -182,3 +182,40 @@ def test_the_imports_tune_makes_before_the_first_trial_are_made_while_ray_starts
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:2] == ["[]", "True"], out
+
+
+@pytest.mark.ray
+def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm_handler():
+    """The study runner starts Ray in a thread while the main thread checks the study. Ray's processes die with
+    the thread that forked them, so that thread stays until the runner stops Ray; and ``ray.init`` sets its own
+    SIGTERM handler only on the main thread, so the command line's (exit 143 after the ``finally`` blocks) stays."""
+    import signal
+
+    import ray
+
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray import runner
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    start = runner._RayInBackground(StudyConfig(name="t", searcher="darts", ray_num_cpus=1))
+    try:
+        start.result()
+
+        @ray.remote(num_cpus=0)
+        def pid() -> int:
+            import os
+
+            return os.getpid()
+
+        assert ray.get(pid.remote(), timeout=120) > 0  # the instance works after init_ray returned
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        start.stop()
+        signal.signal(signal.SIGTERM, previous)
+    assert not ray.is_initialized()

@@ -130,36 +130,72 @@ def test_constrained_study_samples_each_variants_own_parameters():
     assert seen == {"darts+pr", "darts+admm"}
 
 
-def test_the_dry_build_runs_while_ray_starts_and_a_refused_study_writes_nothing(tmp_path, monkeypatch):
-    """run_study starts Ray while the dry build (a searcher and its optimizers: about a second) runs in
-    the background; a study the dry build refuses raises its error, writes no study file and stops
-    the Ray it started."""
+def test_the_checks_run_while_ray_starts_and_a_refused_study_writes_nothing(tmp_path, monkeypatch):
+    """run_study starts Ray in the background while this thread checks the study (the searcher registry's
+    torch import, then the dry build: a searcher and its optimizers); a study the checks refuse raises their
+    error, writes no study file and stops the Ray it started, once that start is over."""
     import threading
 
     import ray
 
     from dartboard.platform.ray import runner
 
-    ray_starting = threading.Event()
-    stopped = []
+    ray_starting, checked = threading.Event(), threading.Event()
+    events = []
 
-    def init_ray(cfg):
+    def init_ray(cfg):  # Ray's start begins first and ends only once the checks ran: both at once, or a timeout
         ray_starting.set()
+        assert checked.wait(10), "the checks did not run while Ray started"
+        events.append("ray started")
         return True
 
+    def check_study(cfg):
+        assert ray_starting.wait(10), "the checks ran before Ray started"
+        events.append("checked")
+        checked.set()
+
     def dry_build(cfg):
-        # a sequential runner would build first and start Ray after: the event would never be set
-        assert ray_starting.wait(10), "the dry build ran before Ray started"
         raise ValueError("variants.t: searcher refuses the study's options (dry build)")
 
     monkeypatch.setattr(runner, "init_ray", init_ray)
+    monkeypatch.setattr(runner, "check_study", check_study)
     monkeypatch.setattr(runner, "dry_build", dry_build)
-    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append("ray stopped"))
     out = tmp_path / "study"
     with pytest.raises(ValueError, match=r"refuses the study's options \(dry build\)"):
         runner.run_study(_study(), run_dir=str(out))
     assert not (out / "study.yaml").exists()
-    assert stopped == [True]
+    assert events == ["checked", "ray started", "ray stopped"]
+
+
+def test_the_thread_that_started_ray_lives_until_ray_is_stopped(tmp_path, monkeypatch):
+    """Ray's processes die with the thread that forked them (Linux's parent-death signal follows the thread):
+    the thread that ran ``init_ray`` must still be alive while the study runs, and end once Ray is stopped."""
+    import threading
+
+    import ray
+
+    from dartboard.platform.ray import runner
+
+    seen = {}
+
+    def init_ray(cfg):
+        seen["thread"] = threading.current_thread()
+        return True
+
+    def tracked(cfg, run_dir, resume, tracker, report, hooks):
+        seen["alive while the study runs"] = seen["thread"].is_alive()
+        return "result"
+
+    monkeypatch.setattr(runner, "init_ray", init_ray)
+    monkeypatch.setattr(runner, "_tracked", tracked)
+    monkeypatch.setattr(runner, "dry_build", lambda cfg: None)
+    monkeypatch.setattr(runner, "_warm_tune_imports", lambda: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.setdefault("alive when Ray stops", seen["thread"].is_alive()))
+    assert runner.run_study(_study(), run_dir=str(tmp_path / "study")) == "result"
+    assert seen["thread"] is not threading.main_thread()
+    assert seen["alive while the study runs"] and seen["alive when Ray stops"]
+    assert not seen["thread"].is_alive()
 
 
 @pytest.mark.parametrize("change, message", [

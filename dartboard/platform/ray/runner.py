@@ -93,27 +93,29 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
         run_dir = st.resolve_storage(resume)
         cfg = stored_study(run_dir)
     assert cfg is not None
-    check_study(cfg)
-    if resume is None:
-        run_dir = _new_run_dir(cfg, run_dir)
-    # The dry build (about a second: a searcher and its optimizers) runs while Ray starts; the study is
-    # written and tracked only once it passed. Ray is stopped again after the study and its champion
-    # (a later ``init_ray`` in this process then starts one with the environment of that moment).
-    checks = _Background(_local_checks, cfg)
+    # Ray starts in the background (2-4 s) while this thread checks the study: the checks import torch and
+    # build each variant's searcher (about 3 s together on 2 cores). The study is written and tracked only
+    # once they passed; a study they refuse says so first, once the Ray started for it is stopped again. Ray is
+    # stopped after the study and its champion (a later ``init_ray`` in this process then starts one with the
+    # environment of that moment). Started off the main thread, ``ray.init`` leaves the process's SIGTERM
+    # handler alone (the command line's: exit 143 after the ``finally`` blocks).
+    ray_start = _RayInBackground(cfg)
     try:
-        started = init_ray(cfg)
+        check_study(cfg)
+        if resume is None:
+            run_dir = _new_run_dir(cfg, run_dir)
+        _local_checks(cfg)
     except BaseException:
-        checks.result()  # a study the checks refuse says so first
+        ray_start.stop()
         raise
     try:
-        checks.result()
+        ray_start.result()
         if resume is None:
             st.check_storage(run_dir)
             st.write_text(f"{run_dir}/{st.STUDY_FILE}", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         return _tracked(cfg, run_dir, resume is not None, tracker, report, hooks)
     finally:
-        if started:
-            stop_ray()
+        ray_start.stop()
 
 
 def _new_run_dir(cfg: StudyConfig, run_dir: str | None) -> str:
@@ -170,24 +172,69 @@ def _warm_tune_imports() -> None:
         log.debug("warming Tune's imports: %s", err)
 
 
+class _RayInBackground:
+    """``init_ray(cfg)`` in a thread that lives until :meth:`stop`. Ray starts its processes with a parent-death
+    signal, which Linux ties to the thread that forked them (``PR_SET_PDEATHSIG``): were that thread to end, its
+    GCS, raylet and agents would be killed with it. ``result()`` waits for the start and raises its error;
+    ``stop()`` stops the Ray it started (none where Ray was running already or the start failed)."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self._ready, self._release = threading.Event(), threading.Event()
+        self._started = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(cfg,), name="dartboard-ray-start", daemon=True)
+        self._thread.start()
+
+    def _run(self, cfg: StudyConfig) -> None:
+        try:
+            self._started = init_ray(cfg)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller of result()
+            self._error = err
+        finally:
+            self._ready.set()
+        self._release.wait()
+
+    def result(self) -> None:
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._ready.wait()
+        try:
+            if self._started:
+                stop_ray()
+        finally:
+            self._started = False
+            self._release.set()
+            self._thread.join()
+
+
 class _Background:
-    """``fn(*args)`` in a daemon thread; ``result()`` waits for it and raises what it raised."""
+    """``fn(*args)`` in a daemon thread; ``result()`` waits for it and returns what it returned or raises what it
+    raised; ``wait()`` waits and returns its value, or None where it raised."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._call, args=(fn, *args), daemon=True)
         self._thread.start()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
-            fn(*args)
+            self._value = fn(*args)
         except BaseException as err:  # noqa: BLE001 - handed to the caller of result()
             self._error = err
 
-    def result(self) -> None:
+    def wait(self) -> Any:
+        self._thread.join()
+        return self._value
+
+    def result(self) -> Any:
         self._thread.join()
         if self._error is not None:
             raise self._error
+        return self._value
 
 
 def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:
