@@ -210,33 +210,6 @@ class _RayInBackground:
             self._thread.join()
 
 
-class _Background:
-    """``fn(*args)`` in a daemon thread; ``result()`` waits for it and returns what it returned or raises what it
-    raised; ``wait()`` waits and returns its value, or None where it raised."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._call, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller of result()
-            self._error = err
-
-    def wait(self) -> Any:
-        self._thread.join()
-        return self._value
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialHook]) -> StudyResult:
     import ray
 
