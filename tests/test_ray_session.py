@@ -185,10 +185,12 @@ def test_the_imports_tune_makes_before_the_first_trial_are_made_while_ray_starts
 
 
 @pytest.mark.ray
-def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm_handler():
+def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm_handler(monkeypatch):
     """The study runner starts Ray in a thread while the main thread checks the study. Ray's processes die with
     the thread that forked them, so that thread stays until the runner stops Ray; and ``ray.init`` sets its own
-    SIGTERM handler only on the main thread, so the command line's (exit 143 after the ``finally`` blocks) stays."""
+    SIGTERM handler only on the main thread, so the command line's (exit 143 after the ``finally`` blocks) stays.
+    Ray's warning about that handler is not shown, even with --verbose."""
+    import logging
     import signal
 
     import ray
@@ -202,6 +204,18 @@ def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm
     def handler(signum, frame):
         raise KeyboardInterrupt
 
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    records = Records()
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    ray_worker_log.addHandler(records)
+    monkeypatch.setenv(session.VERBOSE_ENV, "1")  # Ray's loggers at their own levels
     previous = signal.signal(signal.SIGTERM, handler)
     start = runner._RayInBackground(StudyConfig(name="t", searcher="darts", ray_num_cpus=1))
     try:
@@ -218,4 +232,6 @@ def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm
     finally:
         start.stop()
         signal.signal(signal.SIGTERM, previous)
+        ray_worker_log.removeHandler(records)
     assert not ray.is_initialized()
+    assert records.messages and not [m for m in records.messages if "SIGTERM" in m], records.messages
