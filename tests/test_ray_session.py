@@ -235,3 +235,32 @@ def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm
         ray_worker_log.removeHandler(records)
     assert not ray.is_initialized()
     assert records.messages and not [m for m in records.messages if "SIGTERM" in m], records.messages
+
+
+def test_ray_init_on_the_main_thread_keeps_the_sigterm_handler_the_process_installed(monkeypatch):
+    """On the main thread ``ray.init`` replaces the SIGTERM handler with its own (``sys.exit``): the command line's
+    (raise like Ctrl-C, unwind, exit 143) is put back, e.g. for ``dartboard train --workers N``; a process with no
+    handler of its own keeps Ray's."""
+    import signal
+    import sys
+
+    import ray
+
+    def rays(signum, frame):
+        sys.exit(signum)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: signal.signal(signal.SIGTERM, rays))  # as Ray's own does
+
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert session.init_ray(num_cpus=1) is True
+        assert signal.getsignal(signal.SIGTERM) is mine
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        session.init_ray(num_cpus=1)
+        assert signal.getsignal(signal.SIGTERM) is rays
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,9 @@ trials followed by others on such an instance."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from typing import Any
 
 from dartboard.errors import ServiceError, one_line
 from dartboard.platform.config import StudyConfig
@@ -79,12 +82,34 @@ def quiet_ray() -> None:
 def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_cpus: int | None = None) -> bool:
     """Start (or join) Ray once per process; True when this call started it. Quiet unless ``verbose()``:
     the workers' output stays in Ray's session logs and the trials' results carry their errors."""
-    import logging
-
     import ray
 
     if ray.is_initialized():
         return False
+    handler = _own_sigterm_handler()
+    try:
+        _init(cfg, address, num_cpus)
+    finally:
+        if handler is not None:  # ray.init set its own (sys.exit) on the main thread
+            signal.signal(signal.SIGTERM, handler)
+    return True
+
+
+def _own_sigterm_handler() -> Any:
+    """The process's SIGTERM handler where it is a Python function and this is the main thread, else None. On the
+    main thread ``ray.init`` replaces it with one that calls ``sys.exit``; the command line's (raise like Ctrl-C,
+    unwind, exit 143) is then put back. A process without one of its own keeps Ray's."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) else None
+
+
+def _init(cfg: StudyConfig | None, address: str | None, num_cpus: int | None) -> None:
+    import logging
+
+    import ray
+
     loud = verbose()
     if not loud:
         quiet_ray()
@@ -104,7 +129,6 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
                 raise
             raise ServiceError(f"ray: the local Ray instance did not start in time ({one_line(err)}); the "
                                "machine is probably overloaded: retry when it is less busy") from err
-    return True
 
 
 def stop_ray() -> None:
