@@ -97,8 +97,7 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
     # build each variant's searcher (about 3 s together on 2 cores). The study is written and tracked only
     # once they passed; a study they refuse says so first, once the Ray started for it is stopped again. Ray is
     # stopped after the study and its champion (a later ``init_ray`` in this process then starts one with the
-    # environment of that moment). Started off the main thread, ``ray.init`` leaves the process's SIGTERM
-    # handler alone (the command line's: exit 143 after the ``finally`` blocks).
+    # environment of that moment).
     ray_start = _RayInBackground(cfg)
     try:
         check_study(cfg)
@@ -172,11 +171,6 @@ def _warm_tune_imports() -> None:
         log.debug("warming Tune's imports: %s", err)
 
 
-def _not_the_sigterm_notice(record: logging.LogRecord) -> bool:
-    """Drops Ray's warning that ``ray.init`` off the main thread sets no SIGTERM handler (shown with --verbose)."""
-    return not record.getMessage().startswith("SIGTERM handler is not set")
-
-
 class _RayInBackground:
     """``init_ray(cfg)`` in a thread that lives until :meth:`stop`. Ray starts its processes with a parent-death
     signal, which Linux ties to the thread that forked them (``PR_SET_PDEATHSIG``): were that thread to end, its
@@ -191,14 +185,11 @@ class _RayInBackground:
         self._thread.start()
 
     def _run(self, cfg: StudyConfig) -> None:
-        ray_worker_log = logging.getLogger("ray._private.worker")
-        ray_worker_log.addFilter(_not_the_sigterm_notice)  # intended here: the command line's handler stays
         try:
             self._started = init_ray(cfg)
         except BaseException as err:  # noqa: BLE001 - handed to the caller of result()
             self._error = err
         finally:
-            ray_worker_log.removeFilter(_not_the_sigterm_notice)
             self._ready.set()
         self._release.wait()
 

@@ -11,6 +11,7 @@ trials followed by others on such an instance."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -87,12 +88,21 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
     if ray.is_initialized():
         return False
     handler = _own_sigterm_handler()
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    ray_worker_log.addFilter(_not_the_sigterm_notice)
     try:
         _init(cfg, address, num_cpus)
     finally:
+        ray_worker_log.removeFilter(_not_the_sigterm_notice)
         if handler is not None:  # ray.init set its own (sys.exit) on the main thread
             signal.signal(signal.SIGTERM, handler)
     return True
+
+
+def _not_the_sigterm_notice(record: logging.LogRecord) -> bool:
+    """Drops Ray's warning (shown with --verbose) that ``ray.init`` off the main thread sets no SIGTERM handler:
+    intended, as the process's own handler is the one to keep either way."""
+    return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
 def _own_sigterm_handler() -> Any:
@@ -106,8 +116,6 @@ def _own_sigterm_handler() -> Any:
 
 
 def _init(cfg: StudyConfig | None, address: str | None, num_cpus: int | None) -> None:
-    import logging
-
     import ray
 
     loud = verbose()
