@@ -38,6 +38,48 @@ def test_a_private_instance_starts_without_the_dashboard_and_idle_workers_unless
     assert all(kw["_system_config"] == {"prestart_worker_first_driver": False} for kw in captured)
 
 
+def test_a_private_instance_starts_no_monitors_and_no_api_server_unless_asked(monkeypatch):
+    """``ray.init`` gets node parameters without the autoscaler monitor and (unless --verbose sends the workers'
+    output to the driver) the log monitor, and a head node whose API server step starts nothing (unless the
+    dashboard is asked for); Ray Train's state actor then does not poll the missing state API. All of it only
+    while ``ray.init`` runs, and never for a cluster."""
+    import ray
+    from ray._private import node as ray_node
+    from ray._private import parameter
+
+    rays_params, rays_api_server = parameter.RayParams, ray_node.Node.start_api_server
+    seen: list[dict] = []
+
+    def init(**kw):
+        params = parameter.RayParams()
+        seen.append({"no_monitor": params.no_monitor, "log_monitor": params.include_log_monitor,
+                     "api_server": ray_node.Node.start_api_server is rays_api_server,
+                     "state_polling": kw["runtime_env"]["env_vars"].get(session.STATE_RECONCILIATION_ENV)})
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    for name in (session.DASHBOARD_ENV, session.VERBOSE_ENV, session.STATE_RECONCILIATION_ENV):
+        monkeypatch.delenv(name, raising=False)
+    session.init_ray(num_cpus=1)
+    monkeypatch.setenv(session.VERBOSE_ENV, "1")
+    session.init_ray(num_cpus=1)
+    monkeypatch.setenv(session.DASHBOARD_ENV, "1")
+    session.init_ray(num_cpus=1)
+    monkeypatch.delenv(session.DASHBOARD_ENV)
+    monkeypatch.setenv(session.STATE_RECONCILIATION_ENV, "1")  # the user's setting wins
+    session.init_ray(num_cpus=1)
+    monkeypatch.delenv(session.STATE_RECONCILIATION_ENV)
+    session.init_ray(address="ray://head:10001")
+    assert seen == [
+        {"no_monitor": True, "log_monitor": False, "api_server": False, "state_polling": "0"},
+        {"no_monitor": True, "log_monitor": None, "api_server": False, "state_polling": "0"},  # Ray's default
+        {"no_monitor": True, "log_monitor": None, "api_server": True, "state_polling": None},
+        {"no_monitor": True, "log_monitor": None, "api_server": False, "state_polling": "1"},
+        {"no_monitor": False, "log_monitor": None, "api_server": True, "state_polling": None},  # a cluster
+    ]
+    assert parameter.RayParams is rays_params and ray_node.Node.start_api_server is rays_api_server
+
+
 def test_a_cluster_keeps_rays_default_watcher(captured):
     session.init_ray(address="ray://head:10001")
     (kw,) = captured
@@ -142,7 +184,9 @@ def test_stopping_a_private_instance_kills_its_autoscaler_monitor_then_lets_ray_
 
     if ray.is_initialized():
         ray.shutdown()
-    assert session.init_ray(num_cpus=1) is True
+    # A private instance as Ray starts it, monitor included (``init_ray``'s starts none: a Ray release without the
+    # internals ``lighter_private_start`` uses starts one).
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     node = ray_worker._global_node
     processes = {name: [info.process for info in infos] for name, infos in node.all_processes.items()}
     (monitor,) = processes["monitor"]
@@ -160,28 +204,45 @@ def test_stopping_a_private_instance_kills_its_autoscaler_monitor_then_lets_ray_
     assert not ray.is_initialized() and all(p.poll() is not None for p in others)
 
 
-def test_the_imports_tune_makes_before_the_first_trial_are_made_while_ray_starts():
-    """``Tuner.fit`` records which callbacks a run has (Ray's usage tags), which imports Ray's logger
-    integrations (MLflow among them), and builds its TensorBoard logger: the study's background checks
-    (``runner._local_checks``, beside Ray's start) import them first, so that fit imports nothing new there."""
-    import subprocess
-    import sys
+@pytest.mark.ray
+def test_a_private_instance_runs_its_tasks_and_actors_without_the_monitors_and_the_api_server(monkeypatch):
+    """The instance ``init_ray`` starts (not verbose, no dashboard) has Ray's GCS, raylet and agents but no
+    autoscaler monitor, log monitor or API server; tasks and actors run on it and ``stop_ray`` stops all of it."""
+    import ray
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
 
-    code = (
-        "import sys\n"
-        "from dartboard.platform.ray.runner import _warm_tune_imports\n"
-        "_warm_tune_imports()\n"
-        "before = set(sys.modules)\n"
-        "from ray import tune\n"
-        "from ray.air._internal.usage import tag_callbacks\n"
-        "from ray.tune.logger import TBXLoggerCallback\n"
-        "tag_callbacks([tune.Callback()])\n"
-        "TBXLoggerCallback()\n"
-        "print(sorted(set(sys.modules) - before))\n"
-        "print('mlflow' in before)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[:2] == ["[]", "True"], out
+    for name in (session.DASHBOARD_ENV, session.VERBOSE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    assert session.init_ray(num_cpus=1) is True
+    try:
+        processes = {name: [info.process for info in infos]
+                     for name, infos in ray_worker._global_node.all_processes.items()}
+        assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= set(processes)
+        assert not {ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_LOG_MONITOR,
+                    ray_constants.PROCESS_TYPE_DASHBOARD} & set(processes), sorted(processes)
+
+        @ray.remote(num_cpus=0)
+        def square(x: int) -> int:
+            return x * x
+
+        @ray.remote(num_cpus=0)
+        class Counter:
+            def __init__(self) -> None:
+                self.n = 0
+
+            def add(self, k: int) -> int:
+                self.n += k
+                return self.n
+
+        counter = Counter.remote()
+        assert ray.get([square.remote(3), counter.add.remote(2), counter.add.remote(5)], timeout=120) == [9, 2, 7]
+    finally:
+        session.stop_ray()
+    assert not ray.is_initialized()
+    assert all(p.poll() is not None for ps in processes.values() for p in ps)
 
 
 @pytest.mark.ray
@@ -229,6 +290,8 @@ def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm
 
         assert ray.get(pid.remote(), timeout=120) > 0  # the instance works after init_ray returned
         assert signal.getsignal(signal.SIGTERM) is handler
+        started = set(ray._private.worker._global_node.all_processes)
+        assert "log_monitor" in started and not {"monitor", "dashboard"} & started, started  # --verbose
     finally:
         start.stop()
         signal.signal(signal.SIGTERM, previous)

@@ -37,6 +37,7 @@ from dartboard.platform.ray.session import init_ray, stop_ray, tune_verbosity
 from dartboard.platform.ray.space import check_study, dry_build, grid_param_space, make_scheduler
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, trial_payload
 from dartboard.platform.ray.trial import trainable as study_trainable  # the name `trainable` is a local below
+from dartboard.platform.ray.tune_usage import light_callback_usage
 
 log = logging.getLogger("dartboard")
 
@@ -156,16 +157,14 @@ def _local_checks(cfg: StudyConfig) -> None:
 
 
 def _warm_tune_imports() -> None:
-    """Import, while Ray starts, what ``Tuner.fit`` imports before it starts the first trial: Ray's usage
-    record of the callbacks imports its logger integrations (MLflow's among them: 0.85 s), and its default
-    TensorBoard logger tensorboardX (driver profile of a digits sweep: 0.92 and 0.14 s between ``fit`` and the
-    first trial). The study's MLflow tracker then finds MLflow imported too. Only a warm-up: should a Ray
-    release move these, the study runs as it would without it."""
+    """Import, while Ray starts, what ``Tuner.fit`` imports before it starts the first trial: its default
+    TensorBoard logger's tensorboardX (0.14 s in a driver profile of a digits sweep). Ray's usage record of the
+    callbacks imported Ray's logger integrations there too (0.92 s); ``Tuner.fit`` now runs inside
+    ``tune_usage.light_callback_usage``, which records them without. Only a warm-up: should a Ray release move
+    these, the study runs as it would without it."""
     try:
-        from ray.air._internal.usage import _count_callbacks
         from ray.tune.logger import TBXLoggerCallback
 
-        _count_callbacks([])  # imports the integrations; counts nothing
         TBXLoggerCallback()
     except Exception as err:  # noqa: BLE001 - Tune imports them itself then
         log.debug("warming Tune's imports: %s", err)
@@ -237,7 +236,8 @@ def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialH
                                       failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                       callbacks=[callback]),
         )
-    grid = tuner.fit()
+    with light_callback_usage():
+        grid = tuner.fit()
     trials = []
     for r in grid:
         error = _last_line(str(r.error)) if r.error is not None else None

@@ -1,13 +1,18 @@
 """The one ``ray.init`` of dartboard: a private local instance (or a cluster's address).
 
-A private instance starts without Ray's dashboard (``DARTBOARD_RAY_DASHBOARD=1`` turns it on) and without the
-idle workers Ray starts for a first driver: every actor of a dartboard job has the job's runtime environment,
-so none can use them. Together they took 1.5 s of Ray's start on 2 cores (5.6 -> 4.1 s, README "Benchmarks").
+A private instance starts only what a dartboard job uses (``lighter_private_start``): no dashboard and no API
+server behind it (``DARTBOARD_RAY_DASHBOARD=1`` starts both), no autoscaler monitor (nothing to scale), no log
+monitor unless the workers' output goes to the driver (``--verbose``), and not the idle workers Ray starts for a
+first driver: every actor of a dartboard job has the job's runtime environment, so none can use them. Ray's own
+``ray start --no-monitor``, ``--include-log-monitor=false`` and a minimal install (no dashboard packages) run the
+same way. On 2 cores the dashboard and the idle workers took 1.5 s of Ray's start (5.6 -> 4.1 s), the API server and
+the two monitors about 2 CPU s before the first trial (README "Benchmarks").
 PLATFORM-NOTES once needed the dashboard's state API: Ray Train's placement-group cleaner uses it to free the
 workers of a trial that ASHA stops. dartboard frees them itself (``trial.release_placement_group``), leaves that
 cleaner out on a private instance (``trainer.DartboardTrainer``) and ends a stopped trial's run when its actor is
 reused (``trial.ReusableTrial``); ``tests/test_sweep_ray.py`` and ``tests/test_sweep_faults.py`` run stopped
-trials followed by others on such an instance."""
+trials followed by others on such an instance. Ray Train's state actor, which polls that API every 30 s to mark
+runs whose controller died, does not poll on an instance without it (``STATE_RECONCILIATION_ENV``)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dartboard.errors import ServiceError, one_line
@@ -30,6 +37,13 @@ WORKER_START_TIMEOUT_S = "600"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 #: ``1``: a private local instance starts Ray's dashboard too (http://127.0.0.1:8265)
 DASHBOARD_ENV = "DARTBOARD_RAY_DASHBOARD"
+# Ray Train's state actor asks the state API (Ray's API server) every 30 s whether each live run's controller is
+# alive; a private instance without that server turns the polling off (dartboard ends the runs it stops itself).
+STATE_RECONCILIATION_ENV = "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION"
+
+
+def dashboard_wanted() -> bool:
+    return os.environ.get(DASHBOARD_ENV) == "1"
 
 
 def worker_env(local: bool = False) -> dict[str, str]:
@@ -46,6 +60,10 @@ def worker_env(local: bool = False) -> dict[str, str]:
         env[TRAIN_METRICS_ENV] = os.environ[TRAIN_METRICS_ENV]
     if local:
         env[PRIVATE_INSTANCE_ENV] = "1"
+    if os.environ.get(STATE_RECONCILIATION_ENV):
+        env[STATE_RECONCILIATION_ENV] = os.environ[STATE_RECONCILIATION_ENV]
+    elif local and not dashboard_wanted():
+        env[STATE_RECONCILIATION_ENV] = "0"
     from dartboard.platform.ray.worker import EPOCH_GATE_ENV
 
     if os.environ.get(EPOCH_GATE_ENV):
@@ -130,8 +148,10 @@ def _init(cfg: StudyConfig | None, address: str | None, num_cpus: int | None) ->
         # address="local": always a new private instance, never another `ray start` cluster on this machine.
         cpus = num_cpus or (local_num_cpus(cfg) if cfg is not None else os.cpu_count() or 1)
         try:
-            ray.init(address="local", num_cpus=cpus, include_dashboard=os.environ.get(DASHBOARD_ENV) == "1",
-                     runtime_env={"env_vars": env}, _system_config={"prestart_worker_first_driver": False}, **output)
+            with lighter_private_start(dashboard=dashboard_wanted(), log_monitor=loud):
+                ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard_wanted(),
+                         runtime_env={"env_vars": env}, _system_config={"prestart_worker_first_driver": False},
+                         **output)
         except Exception as err:
             if "timed out during startup" not in str(err):
                 raise
@@ -139,12 +159,53 @@ def _init(cfg: StudyConfig | None, address: str | None, num_cpus: int | None) ->
                                "machine is probably overloaded: retry when it is less busy") from err
 
 
+@contextmanager
+def lighter_private_start(*, dashboard: bool, log_monitor: bool) -> Iterator[None]:
+    """Around the ``ray.init`` that starts a private instance: the instance starts no autoscaler monitor, no log
+    monitor unless ``log_monitor`` (it only forwards the workers' output to drivers) and, unless ``dashboard``, no
+    API server (the dashboard's process, which ``include_dashboard=False`` still starts for Ray's job and state
+    APIs). ``ray.init`` takes none of these as arguments: the block gives it node parameters that say so (the
+    fields behind ``ray start --no-monitor`` and ``--include-log-monitor``) and a head node whose API server step
+    starts nothing, as on a minimal install of Ray. A Ray release without these internals starts its defaults."""
+    from ray._private import node as ray_node
+    from ray._private import parameter
+
+    params = getattr(parameter, "RayParams", None)
+    start_api_server = getattr(ray_node.Node, "start_api_server", None)
+    if params is None or start_api_server is None or not {"no_monitor", "include_log_monitor"} <= set(
+            params.__init__.__code__.co_varnames):
+        yield
+        return
+
+    class PrivateParams(params):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.no_monitor = True
+            if not log_monitor:
+                self.include_log_monitor = False
+
+    parameter.RayParams = PrivateParams
+    if not dashboard:
+        ray_node.Node.start_api_server = _no_api_server
+    try:
+        yield
+    finally:
+        parameter.RayParams = params
+        ray_node.Node.start_api_server = start_api_server
+
+
+def _no_api_server(self: Any, **_: Any) -> None:
+    """``Node.start_api_server`` on a private instance without the dashboard: nothing is started (the node's
+    dashboard address stays None, as where Ray's dashboard packages are missing)."""
+
+
 def stop_ray() -> None:
     """``ray.shutdown()`` of the instance ``init_ray`` started, without Ray's one-second wait on the autoscaler
     monitor: Ray asks each of its processes to exit and waits up to 1 s before killing it, one after the other,
     and the monitor never exits when asked (1.0 of Ray's 1.4 s stop on a private instance). A private instance has
-    nothing to scale, so its monitor is killed outright first. A Ray release that renames Ray's node internals gets
-    a plain ``ray.shutdown()``."""
+    nothing to scale, so its monitor (where one was started: ``lighter_private_start`` starts none, a Ray release
+    without its internals does) is killed outright first. A Ray release that renames Ray's node internals gets a
+    plain ``ray.shutdown()``."""
     import ray
     from ray._private import worker as ray_worker
 

@@ -1,0 +1,112 @@
+"""Ray's usage record of a study's callbacks without Ray's logger integrations (platform/ray/tune_usage.py):
+the record is Ray's own count, taken without the imports Ray makes for it, and only around ``Tuner.fit``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("ray")
+
+from ray import tune  # noqa: E402
+from ray.tune.logger import CSVLoggerCallback, LoggerCallback  # noqa: E402
+
+from dartboard.platform.ray.trial import TrialCallback  # noqa: E402
+from dartboard.platform.ray.tune_usage import custom_callback_counts  # noqa: E402
+
+
+class _Logger(LoggerCallback):
+    pass
+
+
+class MLflowLoggerCallback(tune.Callback):  # a user's class named like one of Ray's built-ins
+    pass
+
+
+def test_the_count_of_dartboards_callbacks_is_rays_own_and_ray_counts_its_own_builtins():
+    from ray.air._internal.usage import _count_callbacks
+
+    ours = [TrialCallback.__new__(TrialCallback), _Logger(), tune.Callback(), object(), TrialCallback.__new__(
+        TrialCallback)]
+    assert custom_callback_counts(ours) == {"CustomCallback": 3, "CustomLoggerCallback": 1}
+    assert json.dumps(custom_callback_counts(ours)) == json.dumps(_count_callbacks(ours))  # the tag, to the byte
+    assert custom_callback_counts([]) == {} == _count_callbacks([])
+    from ray.air.integrations.comet import CometLoggerCallback
+    from ray.air.integrations.mlflow import MLflowLoggerCallback as Rays
+    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.tune.logger.aim import AimLoggerCallback
+    from ray.tune.utils.callback import DEFAULT_CALLBACK_CLASSES
+
+    from dartboard.platform.ray.tune_usage import RAY_CALLBACK_NAMES
+
+    builtins = (WandbLoggerCallback, Rays, CometLoggerCallback, AimLoggerCallback, *DEFAULT_CALLBACK_CLASSES)
+    assert RAY_CALLBACK_NAMES == {cls.__name__ for cls in builtins}  # the names _count_callbacks compares
+    assert custom_callback_counts([tune.Callback(), CSVLoggerCallback()]) is None  # Ray's: Ray counts
+    assert custom_callback_counts([MLflowLoggerCallback()]) is None
+    assert _count_callbacks([MLflowLoggerCallback()]) == {"MLflowLoggerCallback": 1}  # why: Ray counts by name
+
+
+def test_tune_records_the_callbacks_without_importing_rays_logger_integrations():
+    """In a fresh interpreter, after the runner's warm-up: inside the block, what ``Tuner.fit`` calls
+    (``ray.tune.tune``'s ``air_usage.tag_callbacks``, its TensorBoard logger) imports no new module and records
+    Ray's tag; after it, Ray's own function is back, records the same tag and imports MLflow to do so."""
+    code = (
+        "import importlib, json, sys\n"
+        "from ray import tune\n"
+        "from ray.air._internal import usage\n"
+        "recorded = []\n"
+        "def record(key, value):\n"
+        "    recorded.append([key == usage.TagKey.AIR_CALLBACKS, value])\n"
+        "usage.record_extra_usage_tag = record\n"
+        "rays = usage.tag_callbacks\n"
+        "from ray.tune.logger import TBXLoggerCallback\n"
+        "from dartboard.platform.ray.runner import _warm_tune_imports\n"
+        "from dartboard.platform.ray.trial import TrialCallback\n"
+        "from dartboard.platform.ray.tune_usage import light_callback_usage\n"
+        "tune_run = importlib.import_module('ray.tune.tune')\n"
+        "_warm_tune_imports()\n"
+        "callbacks = [TrialCallback.__new__(TrialCallback), tune.Callback()]\n"
+        "before = set(sys.modules)\n"
+        "with light_callback_usage():\n"
+        "    swapped = tune_run.air_usage.tag_callbacks is not rays\n"
+        "    tune_run.air_usage.tag_callbacks(callbacks)\n"
+        "    TBXLoggerCallback()\n"
+        "new = sorted(set(sys.modules) - before)\n"
+        "back = usage.tag_callbacks is rays\n"
+        "usage.tag_callbacks(callbacks)\n"
+        "print(json.dumps({'swapped': swapped, 'new': new, 'back': back, 'recorded': recorded,\n"
+        "                  'mlflow after': 'mlflow' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    tag = [True, json.dumps({"CustomCallback": 2})]
+    assert seen == {"swapped": True, "new": [], "back": True, "recorded": [tag, tag], "mlflow after": True}, seen
+
+
+def test_the_study_runner_fits_its_tuner_inside_the_block(tmp_path, monkeypatch):
+    from ray.air._internal import usage
+
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray import runner
+
+    rays, seen = usage.tag_callbacks, []
+
+    class Tuner:
+        def __init__(self, *args, **kwargs):
+            self.callbacks = kwargs["run_config"].callbacks
+
+        def fit(self):
+            seen.append(usage.tag_callbacks is not rays)
+            seen.append(custom_callback_counts(self.callbacks))
+            return []
+
+    monkeypatch.setattr(runner.tune, "Tuner", Tuner)
+    cfg = StudyConfig(name="t", searcher="darts", params={"w_lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}},
+                      num_samples=2, final_training=None)
+    result = runner._run_on_ray(cfg, str(tmp_path / "study"), False, [])
+    assert seen == [True, {"CustomCallback": 1}] and result.trials == []
+    assert usage.tag_callbacks is rays
