@@ -12,7 +12,9 @@ workers of a trial that ASHA stops. dartboard frees them itself (``trial.release
 cleaner out on a private instance (``trainer.DartboardTrainer``) and ends a stopped trial's run when its actor is
 reused (``trial.ReusableTrial``); ``tests/test_sweep_ray.py`` and ``tests/test_sweep_faults.py`` run stopped
 trials followed by others on such an instance. Ray Train's state actor, which polls that API every 30 s to mark
-runs whose controller died, does not poll on an instance without it (``STATE_RECONCILIATION_ENV``)."""
+runs whose controller died, does not poll on an instance without it (``STATE_RECONCILIATION_ENV``). Without the API
+server, Ray's dashboard agent looks for its address once a second and logs each miss to its own log in Ray's
+session directory (``dashboard_agent.log``, about 0.6 KB/s), as where Ray's dashboard fails to start."""
 
 from __future__ import annotations
 
