@@ -11,7 +11,9 @@ controller + worker processes importing torch, process group, data, supernet) an
 first trial (Ray's start, the study's set-up), after the last one (results, Ray's stop), and per slot of the
 concurrency: the gaps between its trials (Tune's reset of the slot's reused trial actor; before 2026-12-05, a
 fresh actor's start), its idle time at the end while another slot's trial runs (tail) or at the start, and the
-time inside the trials' spans that Tune's trial time leaves out (the last report reaching the driver).
+time inside the trials' spans that Tune's trial time leaves out (the last report reaching the driver). It also
+prints the overhead without the idle end, ``(wall - ideal - tail) / ideal``: what it would be were the slots' last
+trials to end together, i.e. without the loss of packing whole trials into the slots.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def breakdown(spans: list[tuple[float, float]], trial_times: list[float], concur
             "before_first_s": first - start, "after_last_s": end - last,
             "gaps_s": gaps / concurrency, "gap_count": n_gaps, "mean_gap_s": gaps / n_gaps if n_gaps else 0.0,
             "tail_s": tail / concurrency, "lead_s": lead / concurrency,
-            "outside_trial_time_s": outside / concurrency}
+            "outside_trial_time_s": outside / concurrency,
+            # the overhead were the slots' last trials to end together (what packing whole trials into the slots
+            # adds at the end left out): (wall - ideal - tail) / ideal
+            "overhead_without_tail": (wall - ideal - tail / concurrency) / ideal if ideal else float("nan")}
 
 
 def analyse(run_dir: Path, wall: float, concurrency: int, sweep: tuple[float, float] | None = None
@@ -162,6 +167,8 @@ def main() -> None:
                   f"the driver's spans for {m['driver_spans']} of {m['trials']} trials, the others from their "
                   f"reports (whole seconds)")
         print(f"timeline ({source}): {describe(m['breakdown'], concurrency)}")
+        print(f"overhead without the idle end (the slots' last trials ending together): "
+              f"{100 * m['breakdown']['overhead_without_tail']:.1f}%")
 
 
 def _wall_from_trials(run_dir: Path) -> float:

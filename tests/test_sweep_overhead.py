@@ -26,6 +26,7 @@ def test_a_hand_computed_schedule_of_two_slots(bench):
     assert b["before_first_s"] == 5.0 and b["after_last_s"] == 2.0
     assert b["gaps_s"] == 1.0 and b["gap_count"] == 2 and b["mean_gap_s"] == 1.0  # 11 - 10 and 7 - 6, over 2 slots
     assert b["tail_s"] == 0.5  # slot 0 idle from 14 to 15
+    assert b["overhead_without_tail"] == (9.5 - 0.5) / 12.5
     assert b["lead_s"] == 0.25  # slot 1 started 0.5 s after slot 0
     assert b["outside_trial_time_s"] == 0.75  # (1 + 0.5) / 2
     terms = ("before_first_s", "after_last_s", "gaps_s", "tail_s", "lead_s", "outside_trial_time_s")
