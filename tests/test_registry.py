@@ -336,3 +336,28 @@ def dartboard_load(uri: str):
     import dartboard
 
     return dartboard.load("models:/digits-net@champion", tracking_uri=uri)
+
+
+def test_registering_prints_no_progress_bars_and_no_type_hint_advice(tmp_path, capfd):
+    """A registration in the middle of the sweep's summary: MLflow's artifact progress bars (off unless the user
+    turns them on) and its advice to type-hint ``predict`` (whose input is any array of images) stay out of it."""
+    import warnings
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("quiet")
+    with mlflow.start_run() as run:
+        pass
+    path = tmp_path / "genotype.json"
+    path.write_text(json.dumps(gt.to_dict(resolve("darts-v2"))))
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # dartboard.platform's default
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        version = models.register_model_files(uri, "quiet", run.info.run_id, {"genotype": path}, {"trial": "t"})
+        genotype = models.load(f"models:/quiet/{version.version}", uri, tmp_path / "g")
+    out, err = capfd.readouterr()
+    assert gt.to_dict(genotype) == gt.to_dict(resolve("darts-v2"))
+    assert "Downloading artifacts" not in out + err, err[-2000:]
+    assert not [w for w in caught if "type hint" in str(w.message).lower()], [str(w.message) for w in caught]

@@ -9,6 +9,9 @@ import types
 # environment then fails with KeyError (seen in a sweep). dartboard runs offline; a user who wants
 # the telemetry sets MLFLOW_DISABLE_TELEMETRY=false.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow draws a progress bar for each artifact it copies (three per registered champion, in the middle of the
+# sweep's summary); dartboard prints what it registered itself. MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true shows them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _legacy_registry_module() -> types.ModuleType:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,9 +105,10 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
         # process's active one (set by any earlier set_experiment) is refused by MLflow.
         before = client(uri).get_run(run_id).info
         mlflow.set_experiment(experiment_id=before.experiment_id)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings(record=True) as caught:
             info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts=artifacts,
                                            pip_requirements=["dartboard", "torch", "safetensors"])
+        _warn_again(caught)
         if before.end_time:  # reopening the run to log the model must not rewrite when it ended
             client(uri).set_terminated(run_id, before.status, end_time=before.end_time)
     version = mlflow.register_model(info.model_uri, name, tags=all_tags)
@@ -116,6 +118,15 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
     log.info("registry: %s version %s%s", name, version.version,
              f" (aliases {', '.join(aliases)})" if aliases else "")
     return version
+
+
+def _warn_again(caught: list[warnings.WarningMessage]) -> None:
+    """The warnings of a model's logging, but MLflow's advice to type-hint ``predict``: the model's input is any
+    array of images (its network.json says which shape), which no type hint of MLflow's schema inference says.
+    (MLflow puts its own filters in front while it logs, so the advice is taken out of the record instead.)"""
+    for w in caught:
+        if "Add type hints to the `predict` method" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def register_champion(uri: str | None, name: str, run_id: str, model_dir: str | os.PathLike,
