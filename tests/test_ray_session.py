@@ -142,17 +142,28 @@ def test_a_run_with_ray_datasets_keeps_its_dataset_manager_and_the_users_metrics
 
 # ---- torch's process group without torch where nothing touches a tensor (platform/ray/backend.py)
 def test_the_trial_actors_imports_and_the_backend_config_bring_no_torch():
-    """What Tune's trial actor imports (the trial function, the trainer) and what Train's controller
-    unpickles (the backend config), in a fresh interpreter: torch is not among the modules."""
+    """What Tune's trial actor imports (the trial function, the trainer) and runs before its Train run (the
+    trial's search config: the searcher's defaults, the dataset's name checked; its Train run's trainer), and what
+    Train's controller unpickles (the backend config), in a fresh interpreter: torch is not among the modules."""
     import subprocess
     import sys
 
     code = ("import sys, cloudpickle\n"
             "import dartboard.platform.ray.trial, dartboard.platform.ray.trainer\n"
             "from dartboard.platform.ray.backend import TorchProcessGroup\n"
+            "from dartboard.platform.ray.runner import load_study\n"
+            "from dartboard.platform.ray.space import trial_key, trial_run_config\n"
+            "from dartboard.platform.ray.worker import make_trainer\n"
             "blob = cloudpickle.dumps(TorchProcessGroup(backend='gloo'))\n"
             "cfg = cloudpickle.loads(blob)\n"
             "assert cfg.backend == 'gloo' and cfg.to_dict()['timeout_s'] == 1800, cfg\n"
+            "for name, sampled in (('digits', {'w_lr': 0.01, 'C': 4, 'layers': 3}),\n"
+            "                      ('pmsm-depth', {}), ('dario-outer', {'threshold': 0.5})):\n"
+            "    study = load_study(name, {'storage': '/tmp/no-such-dartboard-dir', 'final_training': None})\n"
+            "    run = trial_run_config(study, sampled)\n"
+            "    assert run['searcher'] == study.variants[0].searcher, run\n"
+            "    key = trial_key(study, sampled, 't')\n"
+            "    make_trainer(run, name='t', storage_path='/tmp/no-such-dartboard-dir', key=key)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from dartboard.data.catalog import (  # noqa: F401  (this module's public names, as before the catalog)
+    DATASETS,
+    LOCAL_DATASETS,
+    SMALL_DATASETS,
+    DataError,
+    check_dataset,
+    register_dataset,
+)
 from dartboard.data.colour_digits import COLOUR_DIGITS, colourise
-from dartboard.errors import UserInputError
-from dartboard.registries import Registry
 
 DIGITS_TEST_SEED = 0  # the held-out test split of digits is fixed, so test accuracies compare
-
-
-class DataError(UserInputError):
-    """A dataset that cannot be loaded; the message says how to provide it."""
 
 
 @dataclass(frozen=True)
@@ -150,52 +152,25 @@ def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
     return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std))
 
 
-#: name -> loader(root, image_size) -> Splits. Applications register their own data (a motor
-#: simulator, colour digits) with :func:`register_dataset`; ``small``: sized for a laptop CPU, so
-#: the searchers' small-data profile applies (digits and the data made from it).
-DATASETS: Registry[Callable[[str | None, int], Splits]] = Registry("dataset")
-SMALL_DATASETS: set[str] = set()
-LOCAL_DATASETS = ("cifar10", "cifar100", "imagenet")  # read from a folder the user gives (--data-root)
-
-
-def register_dataset(name: str, loader: Callable[[str | None, int], Splits], small: bool = False) -> None:
-    DATASETS.add(name, loader)
-    if small:
-        SMALL_DATASETS.add(name)
-
-
-register_dataset("digits", lambda root, image_size: _digits(), small=True)
-register_dataset(COLOUR_DIGITS, lambda root, image_size: _colour_digits(), small=True)  # ColorNAS
-register_dataset("cifar10", lambda root, image_size: _cifar("cifar10", root))
-register_dataset("cifar100", lambda root, image_size: _cifar("cifar100", root))
-register_dataset("imagefolder", _imagefolder)
-# ImageNet (ILSVRC-2012) as the user keeps it: DATA_ROOT/train/<wnid>/*.JPEG and DATA_ROOT/val/<wnid>/*.JPEG
-register_dataset("imagenet", _imagenet)
-
-
-def _views(name: str) -> Callable[[str | None, int], Splits]:
-    """Two-view data for Siamese self-supervised search (NASiam); see :mod:`dartboard.data.views`."""
-
-    def load(root: str | None, image_size: int) -> Splits:
+def load_builtin(name: str, root: str | None, image_size: int) -> Splits:
+    """A built-in dataset of :mod:`dartboard.data.catalog` (which names them without loading them)."""
+    if name == "digits":
+        return _digits()
+    if name == COLOUR_DIGITS:  # ColorNAS
+        return _colour_digits()
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root)
+    if name == "imagefolder":
+        return _imagefolder(root, image_size)
+    if name == "imagenet":
+        return _imagenet(root, image_size)
+    if name.endswith("-views") or name == "digits-views-noaug":
         from dartboard.data import views  # views builds on this module's loaders
 
         if name.startswith("digits-views"):
             return views.digits_views(augment=name == "digits-views")
         return views.image_views(name, root, image_size)
-
-    return load
-
-
-register_dataset("digits-views", _views("digits-views"), small=True)
-register_dataset("digits-views-noaug", _views("digits-views-noaug"), small=True)  # ablation: augmentations off
-for _name in ("cifar10-views", "cifar100-views", "imagefolder-views"):
-    register_dataset(_name, _views(_name))
-
-
-def check_dataset(name: str) -> str:
-    if name not in DATASETS:
-        raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    return name
+    raise DataError(f"dataset: {name!r} is not a built-in dataset")
 
 
 def load_dataset(name: str = "digits", root: str | None = None, image_size: int = 32) -> Splits:

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from dartboard.data.datasets import DataError, DatasetInfo, Splits, register_dataset
+from dartboard.data.datasets import DataError, DatasetInfo, Splits
 
 FEATURES = ("I_d", "I_q", "omega_e", "v_d", "v_q", "R")
 TARGETS = ("dI_d/dt", "dI_q/dt")
@@ -264,5 +264,3 @@ def load_pmsm(root: str | None = None, image_size: int = 0) -> PmsmSplits:
     params = MotorParams() if root is None else MotorParams.from_file(root)
     return _cached(params)
 
-
-register_dataset("pmsm", load_pmsm, small=True)

@@ -71,14 +71,14 @@ class SearchRunConfig(BaseModel):
 
 
 def check_dataset_name(name: str) -> None:
-    from dartboard.data.datasets import check_dataset
+    from dartboard.data.catalog import check_dataset  # names only: no torch
 
     check_dataset(name)
 
 
 def is_small_dataset(name: str | None) -> bool:
     """Digits and the data made from it: the searchers' small-data profile applies."""
-    from dartboard.data.datasets import SMALL_DATASETS
+    from dartboard.data.catalog import SMALL_DATASETS
 
     return name in SMALL_DATASETS
 

@@ -1,18 +1,21 @@
 """Searcher registry: every searcher is a preset of the one engine, addressable by name
 (timm-style). ``build_searcher(name, options, shape, device)`` applies the user's options to
 the preset (:mod:`dartboard.searchers.compose`) and returns a ready searcher; unknown options
-are refused with the option's name and the accepted ones."""
+are refused with the option's name and the accepted ones. Listing the searchers and their
+defaults imports no torch (the engine is imported when a searcher is built or its options are
+asked for): a study's trial actor reads the defaults only."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dartboard.registries import Registry
-from dartboard.searchers.compose import build_engine, option_names
-from dartboard.searchers.engine import Engine
 from dartboard.searchers.presets import PRESETS, Preset
+
+if TYPE_CHECKING:
+    from dartboard.searchers.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class SearcherSpec:
         """Accepted top-level option names (for validation and sweeps)."""
         if self.factory is not None:
             return tuple(self.preset.options)
+        from dartboard.searchers.compose import option_names
+
         return option_names(self.preset.aliases)
 
     @property
@@ -64,7 +69,7 @@ def _dario(options: Mapping[str, Any], shape: DataShape, device: str) -> Any:
 
 
 def _register_dario() -> None:
-    from dartboard.searchers.dario.study import DARIO_STUDY_DEFAULTS
+    from dartboard.searchers.dario_options import DARIO_STUDY_DEFAULTS  # data: the searcher is imported when built
 
     preset = Preset("DARIO (thesis ch. 6, Algorithm 5): data-agnostic pruning of a ViT's blocks/heads by a "
                     "zero-cost proxy; pre-trains a small local ViT first unless given a checkpoint",
@@ -86,6 +91,8 @@ def build_searcher(name: str, options: Mapping[str, Any], shape: DataShape, devi
             return spec.factory(dict(options), shape, device)
         except ValueError as err:
             raise ValueError(f"searcher {name!r}: {err}") from None
+    from dartboard.searchers.compose import build_engine
+
     platform = {"num_classes": shape.num_classes, "in_channels": shape.in_channels, "input_size": shape.input_size,
                 "device": device}
     try:

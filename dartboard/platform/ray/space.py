@@ -100,7 +100,7 @@ def _check_condition(cfg: StudyConfig, pname: str, when: dict[str, Any]) -> None
 
 
 def _check_data(cfg: StudyConfig) -> None:
-    from dartboard.data.datasets import LOCAL_DATASETS, check_dataset
+    from dartboard.data.catalog import LOCAL_DATASETS, check_dataset
 
     check_dataset(cfg.dataset)
     if cfg.dataset in LOCAL_DATASETS and cfg.data_root is None:

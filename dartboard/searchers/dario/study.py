@@ -21,27 +21,12 @@ import torch
 from torch import nn
 
 from dartboard.searchers.dario.search import (
-    ITERATIONS,
-    MODEL_LR,
-    SEARCH_LR,
-    THRESHOLD,
-    WARMUP_SAMPLES,
     DarioConfig,
     DarioSearcher,
     prior_mean_for_keep_probability,
 )
+from dartboard.searchers.dario_options import DARIO_STUDY_DEFAULTS  # noqa: F401  (this module's public name)
 from dartboard.spaces.supernet import AlphaGroup
-
-#: The study options and their defaults (``gamma``: Eq 6.6's step, DarioConfig ``model_lr``). The tiny
-#: ViT: 2x2 patches, 4 blocks of width 32 with 2 heads; 30 epochs of AdamW 3e-3 on the digits' search-train
-#: half reach 88.7 % on the val half (measured, 4.6 s on one CPU core).
-DARIO_STUDY_DEFAULTS: dict[str, Any] = {
-    "model": "vit_tiny_patch16_224", "checkpoint": None, "pretrain_epochs": 30, "pretrain_lr": 3e-3,
-    "model_kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0},
-    "granularity": "block", "proxy": "parameter_variance", "threshold": THRESHOLD, "gamma": MODEL_LR,
-    "search_lr": SEARCH_LR, "iterations": ITERATIONS, "warmup_samples": WARMUP_SAMPLES, "gate_gradient": "thesis",
-    "optimizer": "sgd", "keep_probability": None, "epochs": 32, "seed": 0,
-}
 
 
 class DarioStudySearcher:

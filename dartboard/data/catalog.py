@@ -1,0 +1,71 @@
+"""The datasets by name, before any is loaded: which names exist, which are small (the searchers' small-data
+profile applies) and which are read from a folder the user gives. No torch is imported here: a study's checks and
+its trial actors (``platform.config.SearchRunConfig``) validate a dataset's name without loading it. The loaders
+themselves live in :mod:`dartboard.data.datasets`, imported when a dataset is loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dartboard.data.colour_digits import COLOUR_DIGITS
+from dartboard.errors import UserInputError
+from dartboard.registries import Registry
+
+
+class DataError(UserInputError):
+    """A dataset that cannot be loaded; the message says how to provide it."""
+
+
+#: name -> loader(root, image_size) -> Splits. Applications register their own data (a motor
+#: simulator, colour digits) with :func:`register_dataset`; ``small``: sized for a laptop CPU, so
+#: the searchers' small-data profile applies (digits and the data made from it).
+DATASETS: Registry[Callable[[str | None, int], Any]] = Registry("dataset")
+SMALL_DATASETS: set[str] = set()
+LOCAL_DATASETS = ("cifar10", "cifar100", "imagenet")  # read from a folder the user gives (--data-root)
+
+
+def register_dataset(name: str, loader: Callable[[str | None, int], Any], small: bool = False) -> None:
+    DATASETS.add(name, loader)
+    if small:
+        SMALL_DATASETS.add(name)
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise DataError(f"dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return name
+
+
+def _builtin(name: str) -> Callable[[str | None, int], Any]:
+    """The loader of a built-in dataset: ``datasets.load_builtin``, imported when the dataset is loaded."""
+
+    def load(root: str | None, image_size: int) -> Any:
+        from dartboard.data.datasets import load_builtin
+
+        return load_builtin(name, root, image_size)
+
+    load.__qualname__ = f"load_{name}"
+    return load
+
+
+#: the built-in datasets: name -> small
+BUILTIN = {"digits": True, COLOUR_DIGITS: True, "cifar10": False, "cifar100": False, "imagefolder": False,
+           # ImageNet (ILSVRC-2012) as the user keeps it: DATA_ROOT/train/<wnid>/*.JPEG and DATA_ROOT/val/<wnid>/*.JPEG
+           "imagenet": False,
+           # two-view data for Siamese self-supervised search (NASiam), dartboard.data.views; -noaug: the ablation
+           # with the augmentations off
+           "digits-views": True, "digits-views-noaug": True, "cifar10-views": False, "cifar100-views": False,
+           "imagefolder-views": False}
+for _name, _small in BUILTIN.items():
+    register_dataset(_name, _builtin(_name), small=_small)
+
+
+def _pmsm(root: str | None, image_size: int) -> Any:
+    """The PMSM motor's data (thesis 6.2): :func:`dartboard.data.pmsm.load_pmsm`, a simulator in torch."""
+    from dartboard.data.pmsm import load_pmsm
+
+    return load_pmsm(root, image_size)
+
+
+register_dataset("pmsm", _pmsm, small=True)
