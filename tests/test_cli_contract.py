@@ -263,7 +263,7 @@ def test_literal_constants_refuses_a_missing_name():
     from dartboard.platform.cli.defaults import literal_constants
 
     with pytest.raises(LookupError, match="NO_SUCH_CONSTANT"):
-        literal_constants("dartboard.searchers.dario.search", "WARMUP_MEAN", "NO_SUCH_CONSTANT")
+        literal_constants("dartboard.searchers.dario.proxies", "DEFAULT_PROXY", "NO_SUCH_CONSTANT")
 
 
 if __name__ == "__main__":

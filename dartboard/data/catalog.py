@@ -17,9 +17,9 @@ class DataError(UserInputError):
     """A dataset that cannot be loaded; the message says how to provide it."""
 
 
-#: name -> loader(root, image_size) -> Splits. Applications register their own data (a motor
-#: simulator, colour digits) with :func:`register_dataset`; ``small``: sized for a laptop CPU, so
-#: the searchers' small-data profile applies (digits and the data made from it).
+#: name -> loader(root, image_size) -> Splits. Other data (a user's, or an application's like the motor
+#: simulator's below) is added with :func:`register_dataset`; ``small``: sized for a laptop CPU, so the
+#: searchers' small-data profile applies (digits and the data made from it).
 DATASETS: Registry[Callable[[str | None, int], Any]] = Registry("dataset")
 SMALL_DATASETS: set[str] = set()
 LOCAL_DATASETS = ("cifar10", "cifar100", "imagenet")  # read from a folder the user gives (--data-root)
@@ -45,7 +45,6 @@ def _builtin(name: str) -> Callable[[str | None, int], Any]:
 
         return load_builtin(name, root, image_size)
 
-    load.__qualname__ = f"load_{name}"
     return load
 
 

@@ -12,14 +12,18 @@ import typer
 
 from dartboard.errors import UserInputError, user_input
 from dartboard.platform.cli.defaults import literal_constants
-from dartboard.searchers.dario_options import ITERATIONS, MODEL_LR, SEARCH_LR, THRESHOLD, WARMUP_SAMPLES
+from dartboard.searchers.dario_options import (  # the thesis' defaults, as data: --help imports no torch
+    GATE_GRADIENTS,
+    ITERATIONS,
+    MODEL_LR,
+    SEARCH_LR,
+    THRESHOLD,
+    WARMUP_MEAN,
+    WARMUP_SAMPLES,
+)
 
 log = logging.getLogger(__name__)
 
-# The thesis' defaults, without torch for --help: the searcher's data module, and the rest read from the
-# searcher's source.
-_DARIO = literal_constants("dartboard.searchers.dario.search", "GATE_GRADIENTS", "WARMUP_MEAN")
-GATE_GRADIENTS, WARMUP_MEAN = _DARIO["GATE_GRADIENTS"], _DARIO["WARMUP_MEAN"]
 DEFAULT_PROXY = literal_constants("dartboard.searchers.dario.proxies", "DEFAULT_PROXY")["DEFAULT_PROXY"]
 
 

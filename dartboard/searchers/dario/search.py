@@ -32,10 +32,12 @@ from torch import Tensor, nn
 
 from dartboard.searchers.dario.proxies import DEFAULT_PROXY, get_proxy
 from dartboard.searchers.dario_options import (  # noqa: F401  (this module's public names)
+    GATE_GRADIENTS,
     ITERATIONS,
     MODEL_LR,
     SEARCH_LR,
     THRESHOLD,
+    WARMUP_MEAN,
     WARMUP_SAMPLES,
 )
 from dartboard.searchers.graphed import on_side_stream
@@ -51,11 +53,9 @@ from dartboard.spaces.vit import (
 
 log = logging.getLogger(__name__)
 
-# THRESHOLD, WARMUP_SAMPLES, ITERATIONS, SEARCH_LR, MODEL_LR: data in dartboard.searchers.dario_options (imported
-# above), which the searcher registry reads without torch.
-WARMUP_MEAN = 0.0  # thesis 6.1.2 random search: alpha ~ N(0, 1)
+# THRESHOLD, WARMUP_SAMPLES, ITERATIONS, SEARCH_LR, MODEL_LR, WARMUP_MEAN, GATE_GRADIENTS: data in
+# dartboard.searchers.dario_options (imported above), read without torch by the searcher registry and --help.
 WARMUP_STD = 1.0
-GATE_GRADIENTS = ("thesis", "log", "unit")  # see the module docstring; "thesis" is Algorithm 5 line 10
 GRAPH_WARMUP = 2  # cuda_graph: eager iterations before the capture
 
 
