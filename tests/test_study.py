@@ -4,6 +4,8 @@ studies (D-DARTS, constrained DARTS, FairDARTS)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from pydantic import ValidationError
 
@@ -166,6 +168,46 @@ def test_the_checks_run_while_ray_starts_and_a_refused_study_writes_nothing(tmp_
         runner.run_study(_study(), run_dir=str(out))
     assert not (out / "study.yaml").exists()
     assert events == ["checked", "ray started", "ray stopped"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a niceness per thread is Linux's")
+def test_the_checks_yield_the_cores_to_rays_start_and_their_error_reaches_the_caller(tmp_path, monkeypatch):
+    """The study's checks run in a thread of their own at a lower CPU priority (Ray's start gets the cores
+    first); the thread's niceness ends with it, the caller's is unchanged, and a check's error is raised in the
+    caller with its own type and message."""
+    import os
+    import threading
+
+    import ray
+
+    from dartboard.platform.ray import runner
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before, seen = niceness(), {}
+
+    def check_study(cfg):
+        seen["thread"], seen["niceness"] = threading.current_thread(), niceness()
+
+    def dry_build(cfg):
+        raise ValueError("variants.t: searcher refuses the study's options (dry build)")
+
+    monkeypatch.setattr(runner, "init_ray", lambda cfg: True)
+    monkeypatch.setattr(runner, "check_study", check_study)
+    monkeypatch.setattr(runner, "dry_build", dry_build)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(ValueError, match=r"refuses the study's options \(dry build\)"):
+        runner.run_study(_study(), run_dir=str(tmp_path / "study"))
+    assert seen["thread"] is not threading.main_thread() and not seen["thread"].is_alive()
+    assert seen["niceness"] == min(before + runner.CHECKS_NICENESS, 19)
+    assert niceness() == before
+
+    monkeypatch.setattr(runner, "dry_build", lambda cfg: None)
+    monkeypatch.setattr(runner, "_warm_tune_imports", lambda: None)
+    monkeypatch.setattr(runner, "_tracked", lambda cfg, run_dir, *rest: run_dir)
+    out = str(tmp_path / "study2")
+    assert runner.run_study(_study(), run_dir=out) == out  # the checks' result (the run directory) comes back
 
 
 def test_the_thread_that_started_ray_lives_until_ray_is_stopped(tmp_path, monkeypatch):

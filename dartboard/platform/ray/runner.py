@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -94,17 +95,14 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
         run_dir = st.resolve_storage(resume)
         cfg = stored_study(run_dir)
     assert cfg is not None
-    # Ray starts in the background (2-4 s) while this thread checks the study: the checks import torch and
-    # build each variant's searcher (about 3 s together on 2 cores). The study is written and tracked only
+    # Ray starts in the background (2-4 s) while a thread of lower priority checks the study: the checks import
+    # torch and build each variant's searcher (about 3 s together on 2 cores). The study is written and tracked only
     # once they passed; a study they refuse says so first, once the Ray started for it is stopped again. Ray is
     # stopped after the study and its champion (a later ``init_ray`` in this process then starts one with the
     # environment of that moment).
     ray_start = _RayInBackground(cfg)
     try:
-        check_study(cfg)
-        if resume is None:
-            run_dir = _new_run_dir(cfg, run_dir)
-        _local_checks(cfg)
+        run_dir = _behind_ray_start(_checks, cfg, resume, run_dir)
     except BaseException:
         ray_start.stop()
         raise
@@ -116,6 +114,47 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
         return _tracked(cfg, run_dir, resume is not None, tracker, report, hooks)
     finally:
         ray_start.stop()
+
+
+def _checks(cfg: StudyConfig, resume: str | None, run_dir: str | None) -> str | None:
+    """Every check of the study before anything is written; returns the run directory of a new study."""
+    check_study(cfg)
+    if resume is None:
+        run_dir = _new_run_dir(cfg, run_dir)
+    _local_checks(cfg)
+    return run_dir
+
+
+#: The niceness of the thread that checks a study while Ray starts (Linux). Ray's start ends when its agents,
+#: fresh Python processes of normal priority, have started; the checks had about 0.8 s to spare on 2 cores.
+CHECKS_NICENESS = 10
+
+
+def _behind_ray_start(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a thread of its own whose CPU priority is lowered (``CHECKS_NICENESS``; Linux sets a
+    niceness per thread), so that the processes of Ray's start, which the study waits for anyway, get the cores
+    first. The thread ends with ``fn``: the lower priority goes with it, as an unprivileged process cannot raise it
+    again. ``fn``'s result is returned and its error raised here. Elsewhere than on Linux ``fn`` runs here."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return fn(*args)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKS_NICENESS)
+        except OSError as err:  # a sandbox that refuses it: the checks run at the usual priority
+            log.debug("checks at the usual priority: %s", err)
+        try:
+            outcome["result"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - raised in the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="dartboard-study-checks", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _new_run_dir(cfg: StudyConfig, run_dir: str | None) -> str:
