@@ -125,13 +125,14 @@ def _checks(cfg: StudyConfig, resume: str | None, run_dir: str | None) -> str | 
     return run_dir
 
 
-#: The niceness of the thread that checks a study while Ray starts (Linux). Ray's start ends when its agents,
+#: How much lower the priority of the thread that checks a study while Ray starts is (Linux; niceness, at most
+#: 19). Ray's start ends when its agents,
 #: fresh Python processes of normal priority, have started; the checks had about 0.8 s to spare on 2 cores.
 CHECKS_NICENESS = 10
 
 
 def _behind_ray_start(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a thread of its own whose CPU priority is lowered (``CHECKS_NICENESS``; Linux sets a
+    """``fn(*args)`` in a thread of its own whose CPU priority is lowered (by ``CHECKS_NICENESS``; Linux sets a
     niceness per thread), so that the processes of Ray's start, which the study waits for anyway, get the cores
     first. The thread ends with ``fn``: the lower priority goes with it, as an unprivileged process cannot raise it
     again. ``fn``'s result is returned and its error raised here. Elsewhere than on Linux ``fn`` runs here."""
@@ -141,7 +142,8 @@ def _behind_ray_start(fn: Callable[..., Any], *args: Any) -> Any:
 
     def run() -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKS_NICENESS)
+            me = threading.get_native_id()  # a new thread starts at its creator's niceness: lowered from there
+            os.setpriority(os.PRIO_PROCESS, me, min(os.getpriority(os.PRIO_PROCESS, me) + CHECKS_NICENESS, 19))
         except OSError as err:  # a sandbox that refuses it: the checks run at the usual priority
             log.debug("checks at the usual priority: %s", err)
         try:
