@@ -256,6 +256,55 @@ def test_a_private_instance_runs_its_tasks_and_actors_without_the_monitors_and_t
     assert all(p.poll() is not None for ps in processes.values() for p in ps)
 
 
+SIGTERM_AFTER_A_BACKGROUND_START = """
+import os, signal, sys, time
+from dartboard.platform.config import StudyConfig
+from dartboard.platform.ray import runner
+
+def handler(signum, frame):
+    print("the process's own handler", flush=True)
+    raise SystemExit(143)
+
+def checks_still_running():  # the signal comes while the study's checks run, after Ray's start
+    assert start._ready.wait(120)
+    for _ in range(600):  # the main thread looks every 50 ms; 30 s at most, then the signal comes anyway
+        if start._reclaimed:
+            break
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+
+signal.signal(signal.SIGTERM, handler)
+start = runner._RayInBackground(StudyConfig(name="t", searcher="darts", ray_num_cpus=1))
+try:
+    if sys.argv[1] == "during the checks":
+        runner._behind_ray_start(checks_still_running, waiting=start.reclaim_sigterm)
+    start.result()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+finally:
+    start.stop()
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("when", ["after the checks", "during the checks"])
+def test_sigterm_after_ray_started_in_the_background_reaches_only_the_processs_handler(tmp_path, when):
+    """Ray's core worker installs a native failure handler for SIGTERM when it connects, from any thread (it prints
+    ``*** SIGTERM received`` and a stack of addresses, then calls the handler it replaced). Once the study runner's
+    background start is done, a SIGTERM reaches the process's own handler alone (exit 143, no banner), after the
+    study's checks and while they still run."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_A_BACKGROUND_START, when], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 143, output
+    assert "the process's own handler" in proc.stdout, output
+    assert "SIGTERM received" not in output, output
+
+
 @pytest.mark.ray
 def test_ray_started_beside_the_checks_outlives_its_start_and_leaves_the_sigterm_handler(monkeypatch):
     """The study runner starts Ray in a thread while the main thread checks the study. Ray's processes die with

@@ -34,7 +34,7 @@ from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
 from dartboard.platform.ray.samplers import make_search_alg
-from dartboard.platform.ray.session import init_ray, stop_ray, tune_verbosity
+from dartboard.platform.ray.session import init_ray, reclaim_sigterm, stop_ray, tune_verbosity
 from dartboard.platform.ray.space import check_study, dry_build, grid_param_space, make_scheduler
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, trial_payload
 from dartboard.platform.ray.trial import trainable as study_trainable  # the name `trainable` is a local below
@@ -102,7 +102,7 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
     # environment of that moment).
     ray_start = _RayInBackground(cfg)
     try:
-        run_dir = _behind_ray_start(_checks, cfg, resume, run_dir)
+        run_dir = _behind_ray_start(_checks, cfg, resume, run_dir, waiting=ray_start.reclaim_sigterm)
     except BaseException:
         ray_start.stop()
         raise
@@ -131,11 +131,12 @@ def _checks(cfg: StudyConfig, resume: str | None, run_dir: str | None) -> str | 
 CHECKS_NICENESS = 10
 
 
-def _behind_ray_start(fn: Callable[..., Any], *args: Any) -> Any:
+def _behind_ray_start(fn: Callable[..., Any], *args: Any, waiting: Callable[[], None] = lambda: None) -> Any:
     """``fn(*args)`` in a thread of its own whose CPU priority is lowered (by ``CHECKS_NICENESS``; Linux sets a
     niceness per thread), so that the processes of Ray's start, which the study waits for anyway, get the cores
     first. The thread ends with ``fn``: the lower priority goes with it, as an unprivileged process cannot raise it
-    again. ``fn``'s result is returned and its error raised here. Elsewhere than on Linux ``fn`` runs here."""
+    again. ``fn``'s result is returned and its error raised here; ``waiting()`` is called here every 50 ms meanwhile.
+    Elsewhere than on Linux ``fn`` runs here."""
     if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
         return fn(*args)
     outcome: dict[str, Any] = {}
@@ -153,7 +154,9 @@ def _behind_ray_start(fn: Callable[..., Any], *args: Any) -> Any:
 
     thread = threading.Thread(target=run, name="dartboard-study-checks", daemon=True)
     thread.start()
-    thread.join()
+    while thread.is_alive():
+        thread.join(0.05)
+        waiting()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -219,7 +222,7 @@ class _RayInBackground:
 
     def __init__(self, cfg: StudyConfig) -> None:
         self._ready, self._release = threading.Event(), threading.Event()
-        self._started = False
+        self._started = self._reclaimed = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(cfg,), name="dartboard-ray-start", daemon=True)
         self._thread.start()
@@ -237,6 +240,15 @@ class _RayInBackground:
         self._ready.wait()
         if self._error is not None:
             raise self._error
+        self.reclaim_sigterm()
+
+    def reclaim_sigterm(self) -> None:
+        """On the main thread, once Ray has started: the process's own SIGTERM handler alone, without the native
+        handler Ray's core worker installs when it connects (``session.reclaim_sigterm``), as soon as the main
+        thread sees the start done (it looks every 50 ms while the study's checks run)."""
+        if self._ready.is_set() and self._error is None and not self._reclaimed:
+            self._reclaimed = True
+            reclaim_sigterm()
 
     def stop(self) -> None:
         self._ready.wait()

@@ -119,6 +119,17 @@ def init_ray(cfg: StudyConfig | None = None, *, address: str | None = None, num_
     return True
 
 
+def reclaim_sigterm() -> None:
+    """On the main thread, after a ``ray.init`` made in another thread: the process's own SIGTERM handler (a Python
+    function, e.g. the command line's) is installed again. Ray's core worker installs a native failure handler for
+    SIGTERM when it connects, from whichever thread: it prints ``*** SIGTERM received`` and a stack of addresses,
+    then calls the handler it replaced. ``signal.getsignal`` still names the Python handler; ``init_ray`` on the
+    main thread installs it again itself. Ray's native handler stays for the crash signals (SIGSEGV, SIGABRT...)."""
+    handler = _own_sigterm_handler()
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _not_the_sigterm_notice(record: logging.LogRecord) -> bool:
     """Drops Ray's warning (shown with --verbose) that ``ray.init`` off the main thread sets no SIGTERM handler:
     intended, as the process's own handler is the one to keep either way."""
