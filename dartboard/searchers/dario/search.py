@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from dartboard.searchers.dario.proxies import DEFAULT_PROXY, get_proxy
-from dartboard.searchers.dario_options import (  # noqa: F401  (this module's public names)
+from dartboard.searchers.dario_options import (  # the thesis' defaults, as data (also this module's public names)
     GATE_GRADIENTS,
     ITERATIONS,
     MODEL_LR,
