@@ -1,5 +1,6 @@
 """Ray's usage record of a study's callbacks without Ray's logger integrations (platform/ray/tune_usage.py):
-the record is Ray's own count, taken without the imports Ray makes for it, and only around ``Tuner.fit``."""
+the record is Ray's own count, taken without the imports Ray makes for it, and only around ``Tuner.fit``; a
+trial actor's start without Tune's IPython import (platform/ray/trial.py)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,50 @@ def test_the_study_runner_fits_its_tuner_inside_the_block(tmp_path, monkeypatch)
     result = runner._run_on_ray(cfg, str(tmp_path / "study"), False, [])
     assert seen == [True, {"CustomCallback": 1}] and result.trials == []
     assert usage.tag_callbacks is rays
+
+
+def test_a_trial_actors_start_imports_ipython_only_where_it_is_loaded(tmp_path):
+    """Tune's ``Trainable.__init__`` in an actor imports IPython to clear its shell (0.17 s of each trial actor's
+    start where IPython is installed). A stand-in IPython package on the path records what Ray does with it, in a
+    fresh interpreter: the study's trainable does not import it; Ray's plain function trainable does (the
+    stand-in is what Ray finds); once it is loaded, the study's trainable clears the shell as Ray would; and
+    Ray's function is back after each construction."""
+    shell = tmp_path / "IPython" / "core"
+    shell.mkdir(parents=True)
+    (tmp_path / "IPython" / "__init__.py").write_text("")
+    (shell / "__init__.py").write_text("")
+    (shell / "interactiveshell.py").write_text(
+        "class InteractiveShell:\n"
+        "    cleared = 0\n"
+        "    @classmethod\n"
+        "    def clear_instance(cls):\n"
+        "        cls.cleared += 1\n")
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from ray.tune.trainable import trainable as module\n"
+        "from ray.tune.trainable.function_trainable import wrap_function\n"
+        "from dartboard.platform.ray.trial import trainable\n"
+        "def plain(config):\n"
+        "    pass\n"
+        "rays = module.disable_ipython\n"
+        "module.Trainable.is_actor = lambda self: True\n"
+        "def build(fn):\n"
+        "    cls = wrap_function(fn)\n"
+        "    cls.setup = lambda self, config: None\n"
+        "    cls(config={})\n"
+        "    return module.disable_ipython is rays\n"
+        "study = trainable({'config': {}, 'run_dir': '.'}, 1)\n"
+        "seen = {'study': build(study), 'study loads': 'IPython' in sys.modules}\n"
+        "seen['ray'] = build(plain)\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "seen['ray clears'] = InteractiveShell.cleared\n"
+        "seen['study again'] = build(study)\n"
+        "seen['study clears'] = InteractiveShell.cleared\n"
+        "print(json.dumps(seen))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"study": True, "study loads": False, "ray": True, "ray clears": 1, "study again": True,
+                    "study clears": 2}, seen
