@@ -35,7 +35,9 @@ def test_a_private_instance_starts_without_the_dashboard_and_idle_workers_unless
     monkeypatch.setenv(session.DASHBOARD_ENV, "1")
     session.init_ray(num_cpus=2)
     assert [kw["include_dashboard"] for kw in captured] == [False, True]
-    assert all(kw["_system_config"] == {"prestart_worker_first_driver": False} for kw in captured)
+    config = {"prestart_worker_first_driver": False, "raylet_client_connect_timeout_milliseconds": 100,
+              "raylet_client_num_connect_attempts": 100}
+    assert all(kw["_system_config"] == config for kw in captured)
 
 
 def test_a_private_instance_starts_no_monitors_and_no_api_server_unless_asked(monkeypatch):
@@ -234,6 +236,12 @@ def test_a_private_instance_runs_its_tasks_and_actors_without_the_monitors_and_t
         assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= set(processes)
         assert not {ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_LOG_MONITOR,
                     ray_constants.PROCESS_TYPE_DASHBOARD} & set(processes), sorted(processes)
+        # Ray's config as the GCS hands it to every process of the instance, the raylet's start among them: its
+        # socket connections retried every 100 ms (Ray's default: 1 s, which paused the raylet's start now and then)
+        (gcs,) = processes[ray_constants.PROCESS_TYPE_GCS_SERVER]
+        config = _config_list(gcs.pid)
+        assert (config["raylet_client_connect_timeout_milliseconds"], config["raylet_client_num_connect_attempts"]
+                ) == (100, 100), config
 
         @ray.remote(num_cpus=0)
         def square(x: int) -> int:
@@ -254,6 +262,17 @@ def test_a_private_instance_runs_its_tasks_and_actors_without_the_monitors_and_t
         session.stop_ray()
     assert not ray.is_initialized()
     assert all(p.poll() is not None for ps in processes.values() for p in ps)
+
+
+def _config_list(pid: int) -> dict:
+    """The Ray config a process of an instance was started with (its ``--config_list``, base64 JSON)."""
+    import base64
+    import json
+
+    with open(f"/proc/{pid}/cmdline") as f:
+        args = f.read().split("\0")
+    (encoded,) = [a.split("=", 1)[1] for a in args if a.startswith("--config_list=")]
+    return json.loads(base64.b64decode(encoded))
 
 
 SIGTERM_AFTER_A_BACKGROUND_START = """
