@@ -42,20 +42,23 @@ def test_a_private_instance_starts_without_the_dashboard_and_idle_workers_unless
 
 def test_a_private_instance_starts_no_monitors_and_no_api_server_unless_asked(monkeypatch):
     """``ray.init`` gets node parameters without the autoscaler monitor and (unless --verbose sends the workers'
-    output to the driver) the log monitor, and a head node whose API server step starts nothing (unless the
-    dashboard is asked for); Ray Train's state actor then does not poll the missing state API. All of it only
-    while ``ray.init`` runs, and never for a cluster."""
+    output to the driver) the log monitor, and a head node whose API server step starts nothing and whose dashboard
+    agent runs minimal (unless the dashboard is asked for); Ray Train's state actor then does not poll the missing
+    state API. All of it only while ``ray.init`` runs, and never for a cluster."""
     import ray
     from ray._private import node as ray_node
     from ray._private import parameter
+    from ray._private import utils as ray_utils
 
     rays_params, rays_api_server = parameter.RayParams, ray_node.Node.start_api_server
+    rays_dependency_check = ray_utils.get_dashboard_dependency_error
     seen: list[dict] = []
 
     def init(**kw):
         params = parameter.RayParams()
         seen.append({"no_monitor": params.no_monitor, "log_monitor": params.include_log_monitor,
                      "api_server": ray_node.Node.start_api_server is rays_api_server,
+                     "minimal_agent": ray_utils.get_dashboard_dependency_error() is not None,
                      "state_polling": kw["runtime_env"]["env_vars"].get(session.STATE_RECONCILIATION_ENV)})
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -73,13 +76,16 @@ def test_a_private_instance_starts_no_monitors_and_no_api_server_unless_asked(mo
     monkeypatch.delenv(session.STATE_RECONCILIATION_ENV)
     session.init_ray(address="ray://head:10001")
     assert seen == [
-        {"no_monitor": True, "log_monitor": False, "api_server": False, "state_polling": "0"},
-        {"no_monitor": True, "log_monitor": None, "api_server": False, "state_polling": "0"},  # Ray's default
-        {"no_monitor": True, "log_monitor": None, "api_server": True, "state_polling": None},
-        {"no_monitor": True, "log_monitor": None, "api_server": False, "state_polling": "1"},
-        {"no_monitor": False, "log_monitor": None, "api_server": True, "state_polling": None},  # a cluster
+        {"no_monitor": True, "log_monitor": False, "api_server": False, "minimal_agent": True, "state_polling": "0"},
+        {"no_monitor": True, "log_monitor": None, "api_server": False, "minimal_agent": True,
+         "state_polling": "0"},  # Ray's default log monitor
+        {"no_monitor": True, "log_monitor": None, "api_server": True, "minimal_agent": False, "state_polling": None},
+        {"no_monitor": True, "log_monitor": None, "api_server": False, "minimal_agent": True, "state_polling": "1"},
+        {"no_monitor": False, "log_monitor": None, "api_server": True, "minimal_agent": False,
+         "state_polling": None},  # a cluster
     ]
     assert parameter.RayParams is rays_params and ray_node.Node.start_api_server is rays_api_server
+    assert ray_utils.get_dashboard_dependency_error is rays_dependency_check
 
 
 def test_a_cluster_keeps_rays_default_watcher(captured):
@@ -219,8 +225,9 @@ def test_stopping_a_private_instance_kills_its_autoscaler_monitor_then_lets_ray_
 
 @pytest.mark.ray
 def test_a_private_instance_runs_its_tasks_and_actors_without_the_monitors_and_the_api_server(monkeypatch):
-    """The instance ``init_ray`` starts (not verbose, no dashboard) has Ray's GCS, raylet and agents but no
-    autoscaler monitor, log monitor or API server; tasks and actors run on it and ``stop_ray`` stops all of it."""
+    """The instance ``init_ray`` starts (not verbose, no dashboard) has Ray's GCS, raylet and agents (the
+    dashboard agent minimal) but no autoscaler monitor, log monitor or API server; tasks and actors run on it and
+    ``stop_ray`` stops all of it."""
     import ray
     from ray._private import ray_constants
     from ray._private import worker as ray_worker
@@ -242,6 +249,9 @@ def test_a_private_instance_runs_its_tasks_and_actors_without_the_monitors_and_t
         config = _config_list(gcs.pid)
         assert (config["raylet_client_connect_timeout_milliseconds"], config["raylet_client_num_connect_attempts"]
                 ) == (100, 100), config
+        (raylet,) = processes[ray_constants.PROCESS_TYPE_RAYLET]
+        (agent,) = [a.split("=", 1)[1] for a in _args(raylet.pid) if a.startswith("--dashboard_agent_command=")]
+        assert "--minimal" in agent.split(), agent
 
         @ray.remote(num_cpus=0)
         def square(x: int) -> int:
@@ -269,10 +279,13 @@ def _config_list(pid: int) -> dict:
     import base64
     import json
 
-    with open(f"/proc/{pid}/cmdline") as f:
-        args = f.read().split("\0")
-    (encoded,) = [a.split("=", 1)[1] for a in args if a.startswith("--config_list=")]
+    (encoded,) = [a.split("=", 1)[1] for a in _args(pid) if a.startswith("--config_list=")]
     return json.loads(base64.b64decode(encoded))
+
+
+def _args(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline") as f:
+        return f.read().split("\0")
 
 
 SIGTERM_AFTER_A_BACKGROUND_START = """
