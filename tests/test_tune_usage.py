@@ -81,9 +81,7 @@ def test_tune_records_the_callbacks_without_importing_rays_logger_integrations()
         "print(json.dumps({'swapped': swapped, 'new': new, 'back': back, 'recorded': recorded,\n"
         "                  'mlflow after': 'mlflow' in sys.modules}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = _in_a_fresh_interpreter(code)
     tag = [True, json.dumps({"CustomCallback": 2})]
     assert seen == {"swapped": True, "new": [], "back": True, "recorded": [tag, tag], "mlflow after": True}, seen
 
@@ -153,8 +151,13 @@ def test_a_trial_actors_start_imports_ipython_only_where_it_is_loaded(tmp_path):
         "seen['study clears'] = InteractiveShell.cleared\n"
         "print(json.dumps(seen))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = _in_a_fresh_interpreter(code)
     assert seen == {"study": True, "study loads": False, "ray": True, "ray clears": 1, "study again": True,
                     "study clears": 2}, seen
+
+
+def _in_a_fresh_interpreter(code: str) -> dict:
+    """What ``code``, run by a new Python process, prints as JSON on its last line."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
