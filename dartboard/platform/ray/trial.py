@@ -87,7 +87,7 @@ def ipython_left_alone() -> Iterator[None]:
     """Inside the block, Tune's ``Trainable.__init__`` clears IPython's shell only where IPython is loaded.
 
     In an actor, ``Trainable.__init__`` calls ``disable_ipython``, which imports IPython (where it is installed) to
-    clear its ``InteractiveShell`` instance: 0.17 s of each trial actor's start on this machine, before the trial
+    clear its ``InteractiveShell`` instance: 0.17-0.2 s of each trial actor's start on this machine, before the trial
     runs. A Ray worker process has no such instance unless something in it imported IPython, so the import clears
     nothing; where IPython is loaded, Ray's own call runs. Outside the block (and on a Ray release that moved the
     call) Ray's function is untouched."""
