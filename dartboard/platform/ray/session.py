@@ -200,11 +200,11 @@ def lighter_private_start(*, dashboard: bool, log_monitor: bool) -> Iterator[Non
 
     params = getattr(parameter, "RayParams", None)
     start_api_server = getattr(ray_node.Node, "start_api_server", None)
-    dependency_error = getattr(ray_utils, "get_dashboard_dependency_error", None)
-    if params is None or start_api_server is None or dependency_error is None or not {
-            "no_monitor", "include_log_monitor"} <= set(params.__init__.__code__.co_varnames):
+    if params is None or start_api_server is None or not {"no_monitor", "include_log_monitor"} <= set(
+            params.__init__.__code__.co_varnames):
         yield
         return
+    dependency_error = getattr(ray_utils, "get_dashboard_dependency_error", None)  # None: Ray's full agent
 
     class PrivateParams(params):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -216,13 +216,15 @@ def lighter_private_start(*, dashboard: bool, log_monitor: bool) -> Iterator[Non
     parameter.RayParams = PrivateParams
     if not dashboard:
         ray_node.Node.start_api_server = _no_api_server
-        ray_utils.get_dashboard_dependency_error = _minimal_agent
+        if dependency_error is not None:
+            ray_utils.get_dashboard_dependency_error = _minimal_agent
     try:
         yield
     finally:
         parameter.RayParams = params
         ray_node.Node.start_api_server = start_api_server
-        ray_utils.get_dashboard_dependency_error = dependency_error
+        if dependency_error is not None:
+            ray_utils.get_dashboard_dependency_error = dependency_error
 
 
 def _minimal_agent() -> ImportError:
