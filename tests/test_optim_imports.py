@@ -1,12 +1,41 @@
-"""``searchers.optim_imports``: optimizers built without importing ``torch._dynamo``, and torch's own behaviour
-back as soon as ``torch._dynamo`` is imported or the block ends. Each case runs in a fresh interpreter (the
-test process has imported ``torch._dynamo`` long before)."""
+"""``searchers.optim_imports``: searches and trainings step their optimizers without importing ``torch._dynamo``
+(a stand-in holds its place), bit for bit as with it; anything else that asks for ``torch._dynamo`` gets torch's
+own module, once. Each case runs in a fresh interpreter (the test process may have imported ``torch._dynamo``)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+
+# Steps a searcher and a network's training, then prints a digest of the weights and whether torch._dynamo's real
+# module was imported ("torch._dynamo.eval_frame": the package's own import brings it).
+STEPS = """
+    import hashlib, sys
+    import torch
+    from torch.utils.data import TensorDataset
+    from dartboard.data.datasets import DatasetInfo, Splits
+    from dartboard.searchers.registry import DataShape, build_searcher
+    from dartboard.spaces.catalog import resolve
+    from dartboard.training.final import TrainConfig, train_genotype
+
+    torch.manual_seed(0)
+    digest = hashlib.sha256()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    for name in ("darts", "darts-2nd"):
+        searcher = build_searcher(name, {"C": 4, "layers": 2}, DataShape(1, 8, 10), "cpu")
+        searcher.load_state_dict(searcher.state_dict())
+        for _ in range(2):
+            searcher.step((x, y), (x, y))
+        searcher.derive()
+        for t in list(searcher.supernet.state_dict().values()) + list(searcher.arch_parameters()):
+            digest.update(t.detach().numpy().tobytes())
+    data = TensorDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    cfg = TrainConfig(channels=4, layers=3, epochs=2, batch_size=8, seed=0)
+    trained = train_genotype(resolve("darts-v2"), Splits(data, data, DatasetInfo("tiny", 1, 8, 10)), cfg)
+    digest.update(repr((trained.history, trained.test_loss)).encode())  # every epoch's loss, to the last bit
+    print(digest.hexdigest()[:16], "torch._dynamo.eval_frame" in sys.modules)
+"""
 
 
 def _run(code: str) -> str:
@@ -15,46 +44,42 @@ def _run(code: str) -> str:
     return out.stdout
 
 
-def test_a_searcher_built_in_the_block_imports_no_dynamo_and_steps_as_usual_after_it():
+def test_a_search_steps_without_importing_dynamo_and_bit_for_bit_as_with_it():
+    deferred = _run(STEPS).split()
+    real_first = _run("import torch._dynamo\n" + textwrap.dedent(STEPS)).split()
+    assert deferred[1] == "False"  # the stand-in answered every step; nothing imported the real module
+    assert real_first[1] == "True"
+    assert deferred[0] == real_first[0]  # the same weights after the same steps
+
+
+def test_anything_else_gets_torchs_own_dynamo_once_and_the_optimizers_its_disabled_methods():
     out = _run("""
-        import sys
+        import sys, types
         import torch
-        from dartboard.searchers.optim_imports import CACHE, dynamo_import_deferred, wrapped_methods
-        from dartboard.searchers.registry import DataShape, build_searcher
+        from torch.optim import Optimizer
+        from dartboard.searchers.optim_imports import DYNAMO, defer_dynamo_import
 
-        names = sorted(fn.__name__ for fn in wrapped_methods())
-        assert {"add_param_group", "zero_grad", "state_dict", "load_state_dict"} <= set(names), names
-        with dynamo_import_deferred():
-            searcher = build_searcher("darts", {"C": 4, "layers": 2}, DataShape(1, 8, 10), "cpu")
-            searcher.derive()
-            state = searcher.state_dict()
-            assert "torch._dynamo" not in sys.modules
-        assert all(vars(fn).get(CACHE) is not fn for fn in wrapped_methods())  # torch's own wrappers again
-        assert not any(type(f).__name__ == "_Deferral" for f in sys.meta_path)
-        x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-        searcher.step((x, y), (x, y))  # Optimizer.step imports torch._dynamo itself
-        assert "torch._dynamo" in sys.modules
-        print("built", len(state) > 0)
-    """)
-    assert out.split() == ["built", "True"]
-
-
-def test_importing_dynamo_inside_the_block_gives_torch_its_wrappers_back_first():
-    out = _run("""
-        import sys
-        import torch
-        from dartboard.searchers.optim_imports import CACHE, dynamo_import_deferred, wrapped_methods
-
+        assert defer_dynamo_import() and defer_dynamo_import()  # in place, and asking again changes nothing
         p = torch.nn.Parameter(torch.ones(2))
-        with dynamo_import_deferred():
-            opt = torch.optim.SGD([p], lr=0.1)
-            assert all(vars(fn).get(CACHE) is fn for fn in wrapped_methods())
-            import torch._dynamo  # e.g. a torch.compile inside the block
+        opt = torch.optim.SGD([p], lr=0.1)
+        p.grad = torch.ones(2)
+        opt.step()
+        opt.zero_grad()
+        stand_in = sys.modules[DYNAMO]
+        assert type(stand_in).__name__ == "_StandIn" and "torch._dynamo.eval_frame" not in sys.modules
 
-            assert all(CACHE not in vars(fn) for fn in wrapped_methods())
-            opt.zero_grad()  # torch's wrapper builds and caches its disabled version
-            (zero_grad,) = [fn for fn in wrapped_methods() if fn.__name__ == "zero_grad"]
-            assert vars(zero_grad)[CACHE] is not zero_grad
-        print("restored")
+        import torch._dynamo.utils as utils  # a submodule first: the real package comes in, and nothing runs twice
+        real = sys.modules[DYNAMO]
+        assert type(real) is types.ModuleType and torch._dynamo is real and real.utils is utils
+        assert sys.modules["torch._dynamo.eval_frame"].compile_times is utils.compile_times
+        assert stand_in.config is real.config  # a reference kept to the stand-in reaches the real module
+        assert not defer_dynamo_import()
+
+        cached = vars(Optimizer.zero_grad.__wrapped__)["__dynamo_disable"]  # what torch's wrapper cached
+        assert cached.disabled == []
+        opt.zero_grad()  # from now on torch's disabled version
+        assert getattr(cached.disabled[0], "_torchdynamo_disable", False)
+        compiled = torch.compile(lambda a: a * 2 + 1, backend="eager")
+        print(compiled(torch.ones(2)).tolist(), p.tolist())
     """)
-    assert out.split() == ["restored"]
+    assert out.split("\\n")[0].split() == ["[3.0,", "3.0]", "[0.8999999761581421,", "0.8999999761581421]"]

@@ -27,6 +27,7 @@ from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.context import SearchContext
 from dartboard.searchers.graphed import GraphedStep
 from dartboard.searchers.hypergradient import functional_loss, grads_or_zeros, unrolled_arch_grads
+from dartboard.searchers.optim_imports import defer_dynamo_import
 from dartboard.searchers.protocol import Batch, GradReducer, ModuleWrapper
 from dartboard.spaces.batched import use_engine
 from dartboard.spaces.catalog import get_space
@@ -57,6 +58,7 @@ class Engine:
     """Runs one composition of parts; implements the Searcher protocol."""
 
     def __init__(self, config: EngineConfig, parts: Parts, name: str = "darts"):
+        defer_dynamo_import()  # its optimizers' steps import torch._dynamo otherwise: 1.1 CPU s per process
         self.name, self.config, self.device = name, config, torch.device(config.device)
         space = get_space(config.space)
         _check_row_kind(space, parts.discretizer)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dartboard.searchers.base import rng_state, set_rng_state
+from dartboard.searchers.optim_imports import defer_dynamo_import
 
 #: torch.autocast dtypes of the ``precision`` option (fp32: no autocast).
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,6 +77,7 @@ class FinalTrainer:
 
     def __init__(self, net: nn.Module, cfg: Any, device: torch.device,
                  wrap: Callable[[nn.Module], nn.Module] | None = None):
+        defer_dynamo_import()  # the optimizer's steps import torch._dynamo otherwise: 1.1 CPU s per process
         self.net, self.cfg, self.device = net, cfg, device
         self.model = wrap(net) if wrap is not None else net
         self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
