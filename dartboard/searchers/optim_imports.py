@@ -115,13 +115,15 @@ def _real_if_imported() -> types.ModuleType | None:
 
 
 def _import_real() -> types.ModuleType:
-    """The real ``torch._dynamo``, imported now in the stand-in's place if it is not yet."""
+    """The real ``torch._dynamo``, imported now in the stand-in's place if it is not yet. The import itself runs
+    outside the lock: the import system's own locks order imports of one module from several threads, and a thread
+    holding a submodule's import lock may be waiting here."""
     with _LOCK:
         if isinstance(sys.modules.get(DYNAMO), _StandIn):
             del sys.modules[DYNAMO]
         if _SUBMODULES in sys.meta_path:
             sys.meta_path.remove(_SUBMODULES)
-        return importlib.import_module(DYNAMO)
+    return importlib.import_module(DYNAMO)
 
 
 def defer_dynamo_import() -> bool:
