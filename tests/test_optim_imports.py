@@ -8,8 +8,8 @@ import subprocess
 import sys
 import textwrap
 
-# Steps a searcher and a network's training, then prints a digest of the weights and whether torch._dynamo's real
-# module was imported ("torch._dynamo.eval_frame": the package's own import brings it).
+# Steps a searcher (where SEARCH) and a network's training, then prints a digest of the weights and losses and whether
+# torch._dynamo's real module was imported ("torch._dynamo.eval_frame": the package's own import brings it).
 STEPS = """
     import hashlib, sys
     import torch
@@ -22,7 +22,7 @@ STEPS = """
     torch.manual_seed(0)
     digest = hashlib.sha256()
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    for name in ("darts", "darts-2nd"):
+    for name in ("darts", "darts-2nd") if SEARCH else ():
         searcher = build_searcher(name, {"C": 4, "layers": 2}, DataShape(1, 8, 10), "cpu")
         searcher.load_state_dict(searcher.state_dict())
         for _ in range(2):
@@ -45,9 +45,11 @@ def _run(code: str) -> str:
 
 
 def test_a_search_steps_without_importing_dynamo_and_bit_for_bit_as_with_it():
-    deferred = _run(STEPS).split()
-    real_first = _run("import torch._dynamo\n" + textwrap.dedent(STEPS)).split()
+    deferred = _run("SEARCH = True\n" + textwrap.dedent(STEPS)).split()
+    real_first = _run("SEARCH = True\nimport torch._dynamo\n" + textwrap.dedent(STEPS)).split()
+    training_only = _run("SEARCH = False\n" + textwrap.dedent(STEPS)).split()  # a final training's process
     assert deferred[1] == "False"  # the stand-in answered every step; nothing imported the real module
+    assert training_only[1] == "False"
     assert real_first[1] == "True"
     assert deferred[0] == real_first[0]  # the same weights after the same steps
 
