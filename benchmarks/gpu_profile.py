@@ -74,9 +74,10 @@ def variants() -> dict[str, Any]:
 
     from dartboard.spaces.batched import CONV_PLANS, ConvPlan
 
-    return {"multiplier (before run 2)": ConvPlan(),
-            "repeated (before run 3)": ConvPlan(multiplier=False),
+    return {"multiplier (before run 2)": ConvPlan(reduce_many=False),
+            "repeated (before run 3)": ConvPlan(multiplier=False, reduce_many=False),
             "default": CONV_PLANS["cuda"],
+            "default, stride-2 skips per edge (before session 30)": replace(CONV_PLANS["cuda"], reduce_many=False),
             "default, NCHW stack": replace(CONV_PLANS["cuda"], stack_nchw=True),
             "grouped 1x1, NCHW stack": ConvPlan(multiplier=False, depthwise_nchw=True, stack_nchw=True),
             "default, 1x1 as linear": replace(CONV_PLANS["cuda"], linear_1x1=True),

@@ -18,7 +18,7 @@ from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.hypergradient import grads_or_zeros
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
 from dartboard.spaces import batched, batched_convs
-from dartboard.spaces.batched import BatchedSearchCell, ConvPlan, batch_norm_many, batched_path, use_engine
+from dartboard.spaces.batched import ENGINES, BatchedSearchCell, ConvPlan, batch_norm_many, batched_path, use_engine
 from dartboard.spaces.cells import SearchCell
 
 torch.set_num_threads(1)
@@ -183,7 +183,8 @@ CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan
                                                       linear_1x1=True),
                  "multiplier, flipped": ConvPlan(flipped_input_grad=True),
                  "all three, flipped": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
-                                                flipped_input_grad=True)}
+                                                flipped_input_grad=True),
+                 "stride-2 skips per edge": ConvPlan(reduce_many=False)}
 
 
 @pytest.mark.parametrize("name, variant",
@@ -427,6 +428,87 @@ def test_reduction_cells_and_the_none_only_edge_agree():
             w[:, 0] = 1.0  # `none` alone: zeros
         _close([ref.forward(x, weights)], [bat.forward(x, weights)], "none only")
         _close([ref.forward(x, ref.group_weights())], [bat.forward(x, bat.group_weights())], "logits")
+
+
+@pytest.mark.parametrize("size", [8, 7, 5])
+def test_reduction_cells_agree_on_even_and_odd_maps(size):
+    """Two reduction cells (the presets' oracle runs two normal cells), 8 -> 4 -> 2, 7 -> 4 -> 2 and 5 -> 3 -> 2:
+    logits, gradients, both orders' alpha gradients and running statistics. On odd maps the stride-2 skips' last
+    odd pixel is FactorizedReduce's zero padding, on the batched engine's one pair of products too."""
+    shape, measures = DataShape(1, size, 10), {}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 1, size, size, generator=g), torch.randint(0, 10, (4,), generator=g)
+    for engine in ENGINES:
+        torch.manual_seed(0)
+        s = build_searcher("darts", {"C": 4, "layers": 2, "engine": engine, "reductions": (0, 1)}, shape)
+        output = s.forward(x, [w.detach() for w in s.group_weights()], detach_arch=True)
+        loss = s.objective.loss(output, y)
+        measures[engine] = {"logits": [output.detach()],
+                            "weight grads": grads_or_zeros(loss, [p for p in s.weight_parameters()]),
+                            "alpha grads": s.first_order_grads(x, y),
+                            "hypergradient": s.unrolled_grads(x, y, x.flip(0), y.flip(0)),
+                            "state": [t for t in s.supernet.state_dict().values() if t.is_floating_point()]}
+    for what, ref in measures["reference"].items():
+        _close(ref, measures["batched"][what], f"{size}x{size} {what}")
+
+
+def test_a_nodes_stride_2_skips_run_as_one_in_the_batched_forward(monkeypatch):
+    """In a batched cell no FactorizedReduce module runs its own forward, neither an edge's stride-2 skip nor the
+    preprocessing of a cell after a reduction (their products instead); with ``reduce_many=False`` each does."""
+    from dartboard.spaces.ops import FactorizedReduce
+
+    torch.manual_seed(0)
+    s = build_searcher("darts", {"C": 4, "layers": 3, "engine": "batched", "reductions": (0, 2)}, SHAPE)
+    in_mixed = {id(m) for cell in s.supernet.modules() if isinstance(cell, SearchCell)
+                for m in cell.modules() if isinstance(m, FactorizedReduce)}
+    called, real = [], FactorizedReduce.forward
+    monkeypatch.setattr(FactorizedReduce, "forward", lambda self, x: called.append(id(self)) or real(self, x))
+    x, _ = _batch("darts", 0)
+    runs = {}
+    for reduce_many in (True, False):
+        monkeypatch.setitem(batched.CONV_PLANS, "cpu", dataclasses.replace(batched.CONV_PLANS["cpu"],
+                                                                           reduce_many=reduce_many))
+        called.clear()
+        s.forward(x, s.group_weights())
+        runs[reduce_many] = sum(c in in_mixed for c in called)
+    assert len(in_mixed) >= 9 and runs == {True: 0, False: len(in_mixed)}, (len(in_mixed), runs)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("size", [(4, 4), (5, 5), (3, 6), (1, 1)])
+def test_the_stride_2_skips_of_a_node_run_as_one_like_each_edges_own(size, scaled):
+    """``factorized_reduce_many``: the E edges' FactorizedReduce of one node as two matrix products and one BN
+    call, from the node's ReLU: the same outputs (times the mixing weights' channel scale, where given), input,
+    weight and scale gradients and running statistics as each edge's own module, on even and odd maps (an odd
+    map's last odd pixel is the zero padding)."""
+    import copy
+
+    from dartboard.spaces.ops import FactorizedReduce
+
+    torch.manual_seed(0)
+    channels, edges, dt = 6, 3, torch.float64
+    ours = [FactorizedReduce(channels, channels, affine=False).to(dt) for _ in range(edges)]
+    theirs = copy.deepcopy(ours)
+    x = torch.randn(4, channels, *size, dtype=dt).contiguous(memory_format=torch.channels_last)
+    x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    scale = (torch.rand(edges * channels, dtype=dt) + 0.5).requires_grad_(True) if scaled else None
+    out = batched_convs.factorized_reduce_many(torch.relu(x_ours), ours, scale)
+    ref = torch.cat([m(x_theirs) for m in theirs], dim=1)
+    if scaled:
+        ref = ref * scale.view(1, -1, 1, 1)
+    assert out.shape == ref.shape == (4, edges * channels, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(ref)
+    extra = [scale] if scaled else []
+    ours_grads = torch.autograd.grad(out, [x_ours, *[p for m in ours for p in m.parameters()], *extra], grad,
+                                     retain_graph=True)
+    theirs_grads = torch.autograd.grad(ref, [x_theirs, *[p for m in theirs for p in m.parameters()], *extra], grad)
+    assert len(ours_grads) == 1 + 2 * edges + len(extra)
+    for a, b in zip(ours_grads, theirs_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for a, b in zip(ours, theirs, strict=True):
+        for key, value in a.state_dict().items():
+            torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=1e-12, msg=key)
 
 
 def test_fallbacks_are_named():

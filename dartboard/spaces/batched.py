@@ -7,6 +7,9 @@ Every edge leaving a node reads the same input, so in a search cell's training f
   pooling and their non-affine BN (the same batch statistics on every edge; each edge's BN still
   gets its own running-statistics update), the stride-1 skip, and ``none`` (a zero, left out);
 - the ReLU in front of every convolution of the node runs once (the modules' own, of the first edge);
+- the stride-2 skips (``FactorizedReduce``: two 1x1 convs of the even and the odd pixels) of all its edges run
+  as two matrix products of that ReLU's output and one BN call, and so does the FactorizedReduce that
+  preprocesses a cell's first input after a reduction cell;
 - the convolutions of one kind (``sep_conv_3x3`` on all outgoing edges, ...) run as one depthwise
   convolution and one grouped pointwise convolution, with one BN call over all their channels; the
   depthwise one is a plain depthwise conv of the input repeated once per edge where oneDNN's fast
@@ -25,7 +28,8 @@ concatenates the weights of the edges it batches at each call. It applies only t
 cell in training mode; everything else takes the reference path, explicitly (:func:`batched_path`):
 evaluation mode (each edge's running statistics), mixed ops replaced by a modifier (PC-DARTS partial
 channels, DARTS- auxiliary skip), masked ops (CRB, DARTS-PT projection) and GDAS's sampled ops
-(``skip_zero_weights``). Other ops (stride-2 skip, DARTOpti's extra ops) run per edge inside it.
+(``skip_zero_weights``). Other ops (DARTOpti's extra ops, a stride-2 skip with an affine BN) run per edge
+inside it.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from dartboard.spaces.batched_convs import (  # noqa: F401 - re-exported: the co
     _stage,
     batch_norm_many,
     conv_plan,
+    factorized_reduce_many,
     matmul_depthwise,
+    reducible,
 )
 from dartboard.spaces.cells import MixedOp, SearchCell
 
@@ -90,7 +96,11 @@ class BatchedSearchCell(SearchCell):
         s0, s1 = s0.contiguous(memory_format=CHANNELS_LAST), s1.contiguous(memory_format=CHANNELS_LAST)
         if batched_path(self, weights) is not None:
             return super().forward(s0, s1, weights)
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        pre0 = self.preprocess0
+        if conv_plan(s0.device).reduce_many and reducible([pre0]):  # after a reduction cell: a FactorizedReduce
+            states = [factorized_reduce_many(pre0.relu(s0), [pre0], None), self.preprocess1(s1)]
+        else:
+            states = [pre0(s0), self.preprocess1(s1)]
         plans = self._plans()
         incoming: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]
         for src in range(2 + self.steps):
@@ -154,6 +164,8 @@ def _node_plan(edges: Sequence[int], mixed: Sequence[MixedOp]) -> _NodePlan:
             ops.append((o, "pool", (modules[0][0], tuple(op[1] for op in modules))))
         elif name == "skip_connect" and mixed[0].stride == 1:
             ops.append((o, "skip", None))
+        elif name == "skip_connect" and reducible(modules):
+            ops.append((o, "reduce", tuple(modules)))
         elif name.startswith(CONV_KINDS):  # SepConv = two DilConvs; DilConv = ReLU, depthwise, pointwise, BN
             stages = ((_stage([op[0] for op in modules]), _stage([op[1] for op in modules]))
                       if name.startswith("sep_conv") else (_stage(modules),))
@@ -188,31 +200,41 @@ def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list
     scales = None if torch.is_autocast_enabled(h.device.type) else weights.t().repeat_interleave(C, dim=1)
     total = shape = None
     repeats: dict[tuple, torch.Tensor] = {}  # h repeated once per edge, made once for every conv kind (_repeated)
+    reduce_many = conv_plan(h.device).reduce_many
     for o, kind, modules in plan.ops:
-        scale = None
-        if kind == "pool":
-            out, shared = _shared_pool(h, *modules), True
-        elif kind == "skip":
-            out, shared = h, True
-        elif kind == "conv":
-            act, stages = modules
-            if type(act) not in activated:
-                activated[type(act)] = act(h)
-            if scales is not None:  # w[e, o] as the last BN's scale: its backward gives w's gradient with the input's
-                scale = scales[o]
-            out, shared = _conv_stack(activated[type(act)], stages, scale, repeats), False
-        else:
-            out, shared = torch.cat([_channels_last_grad(op(h)) for op in modules], dim=1), False
+        # a conv op's (and the products' stride-2 skip's) w[e, o] is its last BN's scale: its backward gives w's
+        # gradient with the input's; the other ops' outputs are mixed by a multiply
+        scaled = scales is not None and (kind == "conv" or (kind == "reduce" and reduce_many))
+        out, shared = _op_output(h, kind, modules, scales[o] if scaled else None, activated, repeats, reduce_many)
         shape = out.shape
         rows = _rows(out, 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
         # fp32 mixing under autocast (bf16 rows promote); the conv ops' rows come scaled by w[:, o]
-        total = _mix(total, rows, None if scale is not None else columns[o])
+        total = _mix(total, rows, None if scaled else columns[o])
     if total is None:  # only `none`: zeros of the output shape
         stride = mixed[0].stride
         return [h[:, :, ::stride, ::stride].mul(0.0) for _ in mixed]
     batch, _, height, width = shape
     total = total.view(batch, height, width, n_edges * C).permute(0, 3, 1, 2)  # a view: gradients stay channels-last
     return list(total.split(C, dim=1))
+
+
+def _op_output(h: torch.Tensor, kind: str, modules: Any, scale: torch.Tensor | None,
+               activated: dict[type, torch.Tensor], repeats: dict[tuple, torch.Tensor], reduce_many: bool
+               ) -> tuple[torch.Tensor, bool]:
+    """One op of a node's plan on all its edges: (output, shared), ``shared`` where one output serves every edge
+    (pooling, skip); ``activated``: the node's ReLU per module type, made once."""
+    if kind == "pool":
+        return _shared_pool(h, *modules), True
+    if kind == "skip":
+        return h, True
+    if kind == "conv" or (kind == "reduce" and reduce_many):
+        act = modules[0] if kind == "conv" else modules[0].relu
+        if type(act) not in activated:
+            activated[type(act)] = act(h)
+        if kind == "conv":
+            return _conv_stack(activated[type(act)], modules[1], scale, repeats), False
+        return factorized_reduce_many(activated[type(act)], modules, scale), False
+    return torch.cat([_channels_last_grad(op(h)) for op in modules], dim=1), False  # per edge
 
 
 def _mix(total: torch.Tensor | None, rows: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
