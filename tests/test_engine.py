@@ -239,19 +239,26 @@ def test_unrolled_step_reads_momentum_and_weight_decay_from_the_optimizer():
 
 
 # ----------------------------------------------------------------------------- mixed precision
-def _alpha_grads(precision: str, order: int) -> list[torch.Tensor]:
-    s = build(precision=precision, order=order, C=8)
-    (x, y), (xv, yv) = data(2, size=16)
+def _alpha_grads(precision: str, order: int, seed: int = 0) -> list[torch.Tensor]:
+    s = build(precision=precision, order=order, C=8, seed=seed)
+    (x, y), (xv, yv) = data(2, size=16, seed=seed)
     grads = s.unrolled_grads(x, y, xv, yv) if order == 2 else s.first_order_grads(xv, yv)
     scale = float(s.arch_scaler.scale(torch.ones(())))
     return [g.float() / scale for g in grads]
 
 
+#: Seeds (supernet and batches) whose alpha gradients are compared together. One draw is not enough: the bf16
+#: second-order hypergradient of this tiny supernet is 0.13-0.46 off in relative norm across seeds (its cosine
+#: 0.91-0.99), on the batched engine of 2026-12-05 before and after its stride-2 skips became matrix products alike
+#: (3 of 8 single seeds beyond 0.3 either way); pooled over 8 seeds, 0.244 and 0.248 (cosine 0.971 and 0.970).
+SEEDS = range(8)
+
+
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_alpha_gradients_match_fp32(precision, order):
-    reference = torch.cat([g.flatten() for g in _alpha_grads("fp32", order)])
-    low = torch.cat([g.flatten() for g in _alpha_grads(precision, order)])
+    reference = torch.cat([g.flatten() for seed in SEEDS for g in _alpha_grads("fp32", order, seed)])
+    low = torch.cat([g.flatten() for seed in SEEDS for g in _alpha_grads(precision, order, seed)])
     assert torch.isfinite(low).all()
     # bf16 keeps 8 bits of mantissa, fp16 11: a few percent per element, the direction kept
     assert (low - reference).norm() / reference.norm() < 0.3
