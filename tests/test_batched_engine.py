@@ -415,7 +415,7 @@ def test_a_search_runs_alike_on_both_engines():
 
 
 def test_reduction_cells_and_the_none_only_edge_agree():
-    """Stride-2 edges (the per-edge FactorizedReduce skip inside the batched cell) and a cell whose
+    """Stride-2 edges (the batched cell's stride-2 skips: ``factorized_reduce_many``) and a cell whose
     ops are all `none`, on a reduction-only supernet."""
     for options in ({"reductions": (0, 1)}, {}):
         torch.manual_seed(0)
@@ -459,7 +459,7 @@ def test_a_nodes_stride_2_skips_run_as_one_in_the_batched_forward(monkeypatch):
 
     torch.manual_seed(0)
     s = build_searcher("darts", {"C": 4, "layers": 3, "engine": "batched", "reductions": (0, 2)}, SHAPE)
-    in_mixed = {id(m) for cell in s.supernet.modules() if isinstance(cell, SearchCell)
+    reduces = {id(m) for cell in s.supernet.modules() if isinstance(cell, SearchCell)
                 for m in cell.modules() if isinstance(m, FactorizedReduce)}
     called, real = [], FactorizedReduce.forward
     monkeypatch.setattr(FactorizedReduce, "forward", lambda self, x: called.append(id(self)) or real(self, x))
@@ -470,8 +470,8 @@ def test_a_nodes_stride_2_skips_run_as_one_in_the_batched_forward(monkeypatch):
                                                                            reduce_many=reduce_many))
         called.clear()
         s.forward(x, s.group_weights())
-        runs[reduce_many] = sum(c in in_mixed for c in called)
-    assert len(in_mixed) >= 9 and runs == {True: 0, False: len(in_mixed)}, (len(in_mixed), runs)
+        runs[reduce_many] = sum(c in reduces for c in called)
+    assert len(reduces) >= 9 and runs == {True: 0, False: len(reduces)}, (len(reduces), runs)
 
 
 @pytest.mark.parametrize("scaled", [False, True])
