@@ -430,11 +430,15 @@ def test_reduction_cells_and_the_none_only_edge_agree():
         _close([ref.forward(x, ref.group_weights())], [bat.forward(x, bat.group_weights())], "logits")
 
 
+@pytest.mark.parametrize("plan", ["the cpu's", "all three"])
 @pytest.mark.parametrize("size", [8, 7, 5])
-def test_reduction_cells_agree_on_even_and_odd_maps(size):
-    """Two reduction cells (the presets' oracle runs two normal cells), 8 -> 4 -> 2, 7 -> 4 -> 2 and 5 -> 3 -> 2:
-    logits, gradients, both orders' alpha gradients and running statistics. On odd maps the stride-2 skips' last
-    odd pixel is FactorizedReduce's zero padding, on the batched engine's one pair of products too."""
+def test_reduction_cells_agree_on_even_and_odd_maps(size, plan, monkeypatch):
+    """Two reduction cells (the presets' oracle runs two normal cells), 8 -> 4 -> 2, 7 -> 4 -> 2 and 5 -> 3 -> 2,
+    under the CPU's plan and CUDA's ("all three"): logits, gradients, both orders' alpha gradients and running
+    statistics. On odd maps the stride-2 skips' last odd pixel is FactorizedReduce's zero padding, on the batched
+    engine's one pair of products too."""
+    if plan != "the cpu's":
+        monkeypatch.setitem(batched.CONV_PLANS, "cpu", CONV_VARIANTS[plan])
     shape, measures = DataShape(1, size, 10), {}
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 1, size, size, generator=g), torch.randint(0, 10, (4,), generator=g)
