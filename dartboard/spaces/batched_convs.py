@@ -128,7 +128,7 @@ class ConvPlan:
     its input, two strided convs, a concatenation and a BN per edge). On the CPU, whole steps, A/B in one process
     (the edges' alone): digits 403.7 -> 378.2 ms first order (-6.3 %), 1146.6 -> 1089.7 ms second (-5.0 %);
     published 2399.1 -> 2248.3 ms (-6.3 %), 6945.5 -> 6704.1 ms (-3.5 %). Not yet timed on a GPU (fewer kernels
-    there too: about 8 per node instead of 8 or more per edge)."""
+    there: a node's forward with 4 such edges makes 17 aten calls other than views instead of 33)."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
