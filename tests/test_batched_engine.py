@@ -183,8 +183,7 @@ CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan
                                                       linear_1x1=True),
                  "multiplier, flipped": ConvPlan(flipped_input_grad=True),
                  "all three, flipped": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
-                                                flipped_input_grad=True),
-                 "stride-2 skips per edge": ConvPlan(reduce_many=False)}
+                                                flipped_input_grad=True)}
 
 
 @pytest.mark.parametrize("name, variant",
@@ -430,15 +429,20 @@ def test_reduction_cells_and_the_none_only_edge_agree():
         _close([ref.forward(x, ref.group_weights())], [bat.forward(x, bat.group_weights())], "logits")
 
 
-@pytest.mark.parametrize("plan", ["the cpu's", "all three"])
+REDUCTION_PLANS = {"all three": CONV_VARIANTS["all three"],
+                   "stride-2 skips per edge": dataclasses.replace(batched.CONV_PLANS["cpu"], reduce_many=False)}
+
+
+@pytest.mark.parametrize("plan", ["the cpu's", *REDUCTION_PLANS])
 @pytest.mark.parametrize("size", [8, 7, 5])
 def test_reduction_cells_agree_on_even_and_odd_maps(size, plan, monkeypatch):
     """Two reduction cells (the presets' oracle runs two normal cells), 8 -> 4 -> 2, 7 -> 4 -> 2 and 5 -> 3 -> 2,
-    under the CPU's plan and CUDA's ("all three"): logits, gradients, both orders' alpha gradients and running
-    statistics. On odd maps the stride-2 skips' last odd pixel is FactorizedReduce's zero padding, on the batched
-    engine's one pair of products too."""
+    under the CPU's plan, CUDA's ("all three") and with each edge's own FactorizedReduce (``reduce_many=False``, the
+    path of affine ones): logits, gradients, both orders' alpha gradients and running statistics. On odd maps the
+    stride-2 skips' last odd pixel is FactorizedReduce's zero padding, on the batched engine's one pair of products
+    too."""
     if plan != "the cpu's":
-        monkeypatch.setitem(batched.CONV_PLANS, "cpu", CONV_VARIANTS[plan])
+        monkeypatch.setitem(batched.CONV_PLANS, "cpu", REDUCTION_PLANS[plan])
     shape, measures = DataShape(1, size, 10), {}
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 1, size, size, generator=g), torch.randint(0, 10, (4,), generator=g)
