@@ -23,7 +23,11 @@ from dartboard.spaces.cells import SearchCell
 
 torch.set_num_threads(1)
 SHAPE = DataShape(1, 8, 10)
-TINY = {"C": 4, "layers": 2}
+#: Two normal cells (``layers=2`` has no reduction by default): maps keep their size.
+TWO_NORMAL = {"C": 4, "layers": 2}
+#: A normal cell, then a reduction cell: the presets' oracle runs both kinds of cell (stride-2 edges, the
+#: FactorizedReduce preprocessing after a reduction is not reached with two cells).
+TINY = {**TWO_NORMAL, "reductions": (1,)}
 OWN = {"dartopti": {"C": 4}}  # its cell count is its start genotype's
 TOL = 1e-5
 #: Presets whose every cell takes the batched path in a training forward (the others fall back).
@@ -226,7 +230,7 @@ def test_kernels_cropped_to_their_centre_scale_the_channels_on_both_engines_alik
     shape, searchers = DataShape(1, 2, 10), []
     for engine in ("reference", "batched"):
         torch.manual_seed(0)
-        searchers.append(build_searcher("darts", {**TINY, "engine": engine}, shape, "cpu"))
+        searchers.append(build_searcher("darts", {**TWO_NORMAL, "engine": engine}, shape, "cpu"))
     ref, bat = searchers
     bat.supernet.load_state_dict(ref.supernet.state_dict())
     x, y = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
