@@ -81,7 +81,8 @@ def variants() -> dict[str, Any]:
             "default, NCHW stack": replace(CONV_PLANS["cuda"], stack_nchw=True),
             "grouped 1x1, NCHW stack": ConvPlan(multiplier=False, depthwise_nchw=True, stack_nchw=True),
             "default, 1x1 as linear": replace(CONV_PLANS["cuda"], linear_1x1=True),
-            "default, flipped input grads": replace(CONV_PLANS["cuda"], flipped_input_grad=True)}
+            "default, flipped input grads": replace(CONV_PLANS["cuda"], flipped_input_grad=True),
+            "default, a cell's two inputs as one source": replace(CONV_PLANS["cuda"], merge_limit=float("inf"))}
 
 
 def kernels(device: str, size: dict[str, int], top: int = 30) -> dict[str, Any]:

@@ -172,6 +172,7 @@ def test_both_engines_agree_on_a_gpu_in_fp32(name, monkeypatch):
     _agree(name, monkeypatch, "cuda")
 
 
+INF = float("inf")
 #: The batched engine's ways to run its convolutions (``batched.ConvPlan``), each a CUDA default or a candidate.
 CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan(matmul_limit=float("inf")),
                  "block_diagonal, linear": ConvPlan(pointwise="block_diagonal", linear_1x1=True),
@@ -187,7 +188,17 @@ CONV_VARIANTS = {"multiplier, oneDNN": ConvPlan(), "matmul everywhere": ConvPlan
                                                       linear_1x1=True),
                  "multiplier, flipped": ConvPlan(flipped_input_grad=True),
                  "all three, flipped": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
-                                                flipped_input_grad=True)}
+                                                flipped_input_grad=True),
+                 # the cell's two inputs as one source (the CPU's default merges the oracle's cells) and apart
+                 "cpu, inputs apart": ConvPlan(matmul_limit=64.0, linear_1x1=True, flipped_input_grad=True),
+                 "multiplier, oneDNN, inputs merged": ConvPlan(merge_limit=INF),
+                 "repeated, inputs merged": ConvPlan(multiplier=False, merge_limit=INF),
+                 "multiplier, flipped, inputs merged": ConvPlan(flipped_input_grad=True, merge_limit=INF),
+                 "all three, inputs merged": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True,
+                                                      merge_limit=INF),
+                 "all three, NCHW stack, inputs merged": ConvPlan(multiplier=False, pointwise="block_diagonal",
+                                                                  depthwise_nchw=True, stack_nchw=True,
+                                                                  merge_limit=INF)}
 
 
 @pytest.mark.parametrize("name, variant",
@@ -434,7 +445,9 @@ def test_reduction_cells_and_the_none_only_edge_agree():
 
 
 REDUCTION_PLANS = {"all three": CONV_VARIANTS["all three"],
-                   "stride-2 skips per edge": dataclasses.replace(batched.CONV_PLANS["cpu"], reduce_many=False)}
+                   "stride-2 skips per edge": dataclasses.replace(batched.CONV_PLANS["cpu"], reduce_many=False),
+                   "inputs apart": CONV_VARIANTS["cpu, inputs apart"],
+                   "all three, inputs merged": CONV_VARIANTS["all three, inputs merged"]}
 
 
 @pytest.mark.parametrize("plan", ["the cpu's", *REDUCTION_PLANS])
@@ -484,6 +497,61 @@ def test_a_nodes_stride_2_skips_run_as_one_in_the_batched_forward(monkeypatch):
         s.forward(x, s.group_weights())
         runs[reduce_many] = sum(c in reduces for c in called)
     assert len(reduces) >= 9 and runs == {True: 0, False: len(reduces)}, (len(reduces), runs)
+
+
+def _sources_per_forward(s, x) -> list[int]:
+    """The sources of every batched source plan one forward of ``s`` runs, in order."""
+    runs, real = [], batched._edges_from
+
+    def spy(h, plan, weights):
+        runs.append(plan.sources)
+        return real(h, plan, weights)
+
+    batched._edges_from = spy
+    try:
+        s.forward(x, s.group_weights())
+    finally:
+        batched._edges_from = real
+    return runs
+
+
+def test_a_cells_two_inputs_run_as_one_source_within_the_merge_limit(monkeypatch):
+    """Where the two inputs of a cell have one shape and each sample's is within ``merge_limit`` (C * H * W), the
+    cell runs 4 source plans, the first of the inputs' 8 edges (2 sources), instead of 5; a reduction cell too,
+    unless its stride-2 skips are each edge's own module (``reduce_many=False``); ``merge_limit=0``: never."""
+    torch.manual_seed(0)
+    s = build_searcher("darts", {"C": 4, "layers": 3, "engine": "batched", "reductions": (1,)}, SHAPE)
+    # 8x8 input; each sample's preprocessed inputs: normal cell 4 x 8 x 8 = 256, reduction cell 8 x 8 x 8 = 512 (its
+    # edges reduce), normal cell 8 x 4 x 4 = 128
+    x, _ = _batch("darts", 0)
+    cpu = batched.CONV_PLANS["cpu"]
+    runs = {}
+    for name, plan in {"cpu": cpu, "0": dataclasses.replace(cpu, merge_limit=0.0),
+                       "128": dataclasses.replace(cpu, merge_limit=128.0),
+                       "per edge": dataclasses.replace(cpu, reduce_many=False)}.items():
+        monkeypatch.setitem(batched.CONV_PLANS, "cpu", plan)
+        runs[name] = _sources_per_forward(s, x)
+    merged, apart = [2, 1, 1, 1], [1, 1, 1, 1, 1]  # per cell: its source plans' sources
+    assert runs["cpu"] == merged * 3, runs["cpu"]
+    assert runs["0"] == apart * 3, runs["0"]
+    assert runs["128"] == apart + apart + merged, runs["128"]
+    assert runs["per edge"] == merged + apart + merged, runs["per edge"]
+
+
+def test_only_sources_alike_merge():
+    """``_merged_plan``: the inputs' edges in (j, s) order; None for sources with a different number of edges, a
+    source without edges or edges without a batched plan."""
+    torch.manual_seed(0)
+    s = build_searcher("darts", {"C": 4, "layers": 2, "engine": "batched"}, SHAPE)
+    cell = next(m for m in s.supernet.modules() if isinstance(m, SearchCell))
+    plans, merged = cell._plans()
+    assert merged.sources == 2 and merged.edges == (0, 1, 2, 3, 5, 6, 9, 10), merged.edges
+    assert [cell.edges[e][0] for e in merged.edges] == [0, 1] * 4
+    assert batched._merged_plan([plans[0], plans[2]]) is None  # 4 and 3 edges
+    assert batched._merged_plan([plans[0], None]) is None
+    assert batched._merged_plan([plans[0], dataclasses.replace(plans[1], ops=None)]) is None
+    other = dataclasses.replace(plans[1], ops=tuple((o, "other", m) for o, _, m in plans[1].ops))
+    assert batched._merged_plan([plans[0], other]) is None
 
 
 @pytest.mark.parametrize("scaled", [False, True])

@@ -110,6 +110,12 @@ def test_a_conv_plan_refuses_a_matmul_limit_that_is_no_bound(limit):
         ConvPlan(matmul_limit=limit)
 
 
+@pytest.mark.parametrize("limit", [-1.0, float("nan")])
+def test_a_conv_plan_refuses_a_merge_limit_that_is_no_bound(limit):
+    with pytest.raises(ValueError, match="merge_limit: expected a number >= 0"):
+        ConvPlan(merge_limit=limit)
+
+
 @pytest.mark.parametrize("layout", ["dense", "slice"])
 def test_a_1x1_conv_as_a_linear_map_of_the_pixels(layout):
     """Output (channels-last), input and weight gradients equal a 1x1 conv's in float64, also for a channel slice of

@@ -20,6 +20,10 @@ Every edge leaving a node reads the same input, so in a search cell's training f
   ``[B * H * W, E, C]`` matrix; the edges are channel slices of it. A conv op's w[e, o] is the
   scale of its last (non-affine) BN instead, whose backward yields w's gradient along with the
   input's: no separate multiply (fp32 only: under autocast the mixing stays an fp32 multiply);
+- a cell's two inputs, where they have one shape, each sample's within the device plan's ``merge_limit`` (small
+  maps), and their edges the same batched ops, run as one source node: side by side on the channels, edge j of
+  input s as edge (j, s) of the pair (:func:`_merged_plan`; depthwise convs, pools and BNs are per channel, the
+  pointwise convs and stride-2 skips per edge);
 - tensors are channels-last (faster depthwise convolutions on CPU), and so are the gradients handed
   to BN and conv backward (autograd would build some in the NCHW layout, a path 6-8x slower).
 
@@ -101,8 +105,13 @@ class BatchedSearchCell(SearchCell):
             states = [factorized_reduce_many(pre0.relu(s0), [pre0], None), self.preprocess1(s1)]
         else:
             states = [pre0(s0), self.preprocess1(s1)]
-        plans = self._plans()
+        plans, merged = self._plans()
         incoming: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]
+        if merged is not None and _merges(merged, states, conv_plan(s0.device)):
+            plans = [merged, None, *plans[2:]]
+            # the inputs' channels side by side; each input's gradient a channels-last copy, not a slice of the
+            # concatenation's (a BN backward on a strided gradient takes a slow path)
+            states = [torch.cat([_channels_last_grad(t) for t in states], dim=1), None]
         for src in range(2 + self.steps):
             if src >= 2:  # node src is complete: every edge into it left an earlier node
                 node = _sum(incoming[src - 2])
@@ -117,9 +126,10 @@ class BatchedSearchCell(SearchCell):
                 incoming[self.edges[e][1] - 2].append(mixed[k])
         return torch.cat(states[-self.multiplier:], dim=1)
 
-    def _plans(self) -> list[_NodePlan | None]:
-        """Per source node, the modules its batched forward calls (None: no edge leaves it), made once
-        per set of mixed-op modules: the lookups cost 3-6 % of a step (README, per-node plan)."""
+    def _plans(self) -> tuple[list[_NodePlan | None], _NodePlan | None]:
+        """Per source node, the modules its batched forward calls (None: no edge leaves it), and the two inputs'
+        edges as one plan (:func:`_merged_plan`, or None), made once per set of mixed-op modules: the lookups
+        cost 3-6 % of a step (README, per-node plan)."""
         key = tuple(map(id, self.mixed))
         cached = self.__dict__.get("_node_plans")
         if cached is None or cached[0] != key:
@@ -127,8 +137,8 @@ class BatchedSearchCell(SearchCell):
             for src in range(2 + self.steps):
                 out = [e for e, (s, _) in enumerate(self.edges) if s == src]
                 plans.append(_node_plan(out, [self.mixed[e] for e in out]) if out else None)
-            cached = self.__dict__["_node_plans"] = (key, plans)
-        return cached[1]
+            cached = self.__dict__["_node_plans"] = (key, plans, _merged_plan(plans[:2]))
+        return cached[1], cached[2]
 
     def _index(self, edges: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """``edges`` as an index tensor on ``device``, made once: indexing with a list copies it from
@@ -149,6 +159,7 @@ class _NodePlan:
     edges: tuple[int, ...]
     mixed: tuple[MixedOp, ...]
     ops: tuple[tuple[int, str, Any], ...] | None
+    sources: int = 1  # S: the plan of S source nodes' edges on their concatenation, edges in (j, s) order
 
 
 def _node_plan(edges: Sequence[int], mixed: Sequence[MixedOp]) -> _NodePlan:
@@ -175,6 +186,34 @@ def _node_plan(edges: Sequence[int], mixed: Sequence[MixedOp]) -> _NodePlan:
     return _NodePlan(tuple(edges), tuple(mixed), tuple(ops))
 
 
+#: The op kinds whose batched forward runs on several sources' concatenated channels as one source's.
+MERGEABLE = frozenset({"pool", "skip", "conv", "reduce"})
+
+
+def _merged_plan(plans: Sequence[_NodePlan | None]) -> _NodePlan | None:
+    """The edges of several source nodes (the cell's two inputs) as one plan on their concatenated channels, edge
+    (j, s) the j-th edge of source s, in (j, s) order; None unless every source has the same number of edges, the
+    same candidate ops and stride and only ops of :data:`MERGEABLE` kinds."""
+    if any(p is None or p.ops is None for p in plans) or len({len(p.edges) for p in plans}) != 1:
+        return None
+    first = plans[0].mixed[0]
+    if any(m.primitives != first.primitives or m.stride != first.stride or m.C != first.C
+           for p in plans for m in p.mixed):
+        return None
+    if any(kind not in MERGEABLE for p in plans for _, kind, _ in p.ops):
+        return None
+    order = [(p.edges[j], p.mixed[j]) for j in range(len(plans[0].edges)) for p in plans]
+    merged = _node_plan([e for e, _ in order], [m for _, m in order])
+    return _NodePlan(merged.edges, merged.mixed, merged.ops, len(plans))
+
+
+def _merges(merged: _NodePlan, states: Sequence[torch.Tensor], plan: ConvPlan) -> bool:
+    """Whether the cell's two inputs run as one source now: equal shapes, each sample's input within the device
+    plan's ``merge_limit``, and stride-2 skips (if any) as the products that take several sources."""
+    return (states[0].shape == states[1].shape and states[0][0].numel() <= plan.merge_limit
+            and (plan.reduce_many or all(kind != "reduce" for _, kind, _ in merged.ops)))
+
+
 def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
     total = terms[0]
     for t in terms[1:]:
@@ -192,9 +231,9 @@ def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list
     mixed = plan.mixed
     if plan.ops is None:  # edges of one node with other ops: per edge
         return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
-    n_edges, C = len(mixed), mixed[0].C
+    n_edges, C, S = len(mixed), mixed[0].C, plan.sources
     activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
-    columns = weights.t()[:, None, :, None]  # op o's weights as [1, E, 1]
+    columns = weights.t().reshape(-1, 1, n_edges // S, S, 1)  # op o's weights as [1, J, S, 1]
     # a conv op's weights as its last BN's scale, one per channel (materialised rows: BN reads its weight
     # densely); under autocast the mixing stays an fp32 multiply
     scales = None if torch.is_autocast_enabled(h.device.type) else weights.t().repeat_interleave(C, dim=1)
@@ -205,26 +244,27 @@ def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list
         # a conv op's (and the products' stride-2 skip's) w[e, o] is its last BN's scale: its backward gives w's
         # gradient with the input's; the other ops' outputs are mixed by a multiply
         scaled = scales is not None and (kind == "conv" or (kind == "reduce" and reduce_many))
-        out, shared = _op_output(h, kind, modules, scales[o] if scaled else None, activated, repeats, reduce_many)
+        out, shared = _op_output(h, kind, modules, scales[o] if scaled else None, activated, repeats, reduce_many,
+                                 S)
         shape = out.shape
-        rows = _rows(out, 1 if shared else n_edges)  # [B * H' * W', E or 1, C]
+        rows = _rows(out, 1 if shared else n_edges // S, S)  # [B * H' * W', J or 1, S, C]
         # fp32 mixing under autocast (bf16 rows promote); the conv ops' rows come scaled by w[:, o]
         total = _mix(total, rows, None if scaled else columns[o])
     if total is None:  # only `none`: zeros of the output shape
         stride = mixed[0].stride
-        return [h[:, :, ::stride, ::stride].mul(0.0) for _ in mixed]
+        return [h[:, :C, ::stride, ::stride].mul(0.0) for _ in mixed]
     batch, _, height, width = shape
     total = total.view(batch, height, width, n_edges * C).permute(0, 3, 1, 2)  # a view: gradients stay channels-last
     return list(total.split(C, dim=1))
 
 
 def _op_output(h: torch.Tensor, kind: str, modules: Any, scale: torch.Tensor | None,
-               activated: dict[type, torch.Tensor], repeats: dict[tuple, torch.Tensor], reduce_many: bool
-               ) -> tuple[torch.Tensor, bool]:
+               activated: dict[type, torch.Tensor], repeats: dict[tuple, torch.Tensor], reduce_many: bool,
+               sources: int = 1) -> tuple[torch.Tensor, bool]:
     """One op of a node's plan on all its edges: (output, shared), ``shared`` where one output serves every edge
     (pooling, skip); ``activated``: the node's ReLU per module type, made once."""
     if kind == "pool":
-        return _shared_pool(h, *modules), True
+        return _shared_pool(h, *modules, sources), True
     if kind == "skip":
         return h, True
     if kind == "conv" or (kind == "reduce" and reduce_many):
@@ -233,7 +273,7 @@ def _op_output(h: torch.Tensor, kind: str, modules: Any, scale: torch.Tensor | N
             activated[type(act)] = act(h)
         if kind == "conv":
             return _conv_stack(activated[type(act)], modules[1], scale, repeats), False
-        return factorized_reduce_many(activated[type(act)], modules, scale), False
+        return factorized_reduce_many(activated[type(act)], modules, scale, sources), False
     return torch.cat([_channels_last_grad(op(h)) for op in modules], dim=1), False  # per edge
 
 
@@ -244,13 +284,13 @@ def _mix(total: torch.Tensor | None, rows: torch.Tensor, w: torch.Tensor | None)
     return rows * w if total is None else torch.addcmul(total, rows, w)
 
 
-def _rows(x: torch.Tensor, n_edges: int) -> torch.Tensor:
-    """A channels-last ``[B, E * C, H, W]`` tensor as ``[B * H * W, E, C]`` (a view)."""
+def _rows(x: torch.Tensor, n_edges: int, sources: int = 1) -> torch.Tensor:
+    """A channels-last ``[B, J * S * C, H, W]`` tensor as ``[B * H * W, J, S, C]`` (a view)."""
     batch, channels, height, width = x.shape
-    return x.permute(0, 2, 3, 1).reshape(batch * height * width, n_edges, channels // n_edges)
+    return x.permute(0, 2, 3, 1).reshape(batch * height * width, n_edges, sources, channels // (n_edges * sources))
 
 
-def _shared_pool(h: torch.Tensor, pool: nn.Module, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+def _shared_pool(h: torch.Tensor, pool: nn.Module, bns: Sequence[nn.BatchNorm2d], sources: int = 1) -> torch.Tensor:
     """Pooling then non-affine BN, once for all edges; every edge's BN records the batch statistics
     (the unbiased variance recovered from the BN's own inverse standard deviation: no second pass)."""
     pooled = pool(h).contiguous(memory_format=CHANNELS_LAST)  # the layout of its gradient (see _rows)
@@ -260,7 +300,10 @@ def _shared_pool(h: torch.Tensor, pool: nn.Module, bns: Sequence[nn.BatchNorm2d]
         var = (invstd.double().pow(-2) - bns[0].eps) * (n / max(n - 1, 1))
         var, mean = var.to(bns[0].running_var.dtype), mean.to(bns[0].running_mean.dtype)  # autocast: bf16 input
         momentum = bns[0].momentum
-        torch._foreach_lerp_([b.running_mean for b in bns], [mean] * len(bns), momentum)
-        torch._foreach_lerp_([b.running_var for b in bns], [var] * len(bns), momentum)
+        # edge (j, s) reads source s's channels (edges in (j, s) order)
+        means, variances = mean.chunk(sources), var.chunk(sources)
+        torch._foreach_lerp_([b.running_mean for b in bns], [means[k % sources] for k in range(len(bns))], momentum)
+        torch._foreach_lerp_([b.running_var for b in bns], [variances[k % sources] for k in range(len(bns))],
+                             momentum)
         torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
     return out

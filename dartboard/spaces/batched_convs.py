@@ -128,7 +128,17 @@ class ConvPlan:
     its input, two strided convs, a concatenation and a BN per edge). On the CPU, whole steps, A/B in one process
     (the edges' alone): digits 403.7 -> 378.2 ms first order (-6.3 %), 1146.6 -> 1089.7 ms second (-5.0 %);
     published 2399.1 -> 2248.3 ms (-6.3 %), 6945.5 -> 6704.1 ms (-3.5 %). Not yet timed on a GPU (fewer kernels
-    there: a node's forward with 4 such edges makes 17 aten calls other than views instead of 33)."""
+    there: a node's forward with 4 such edges makes 17 aten calls other than views instead of 33).
+    ``merge_limit``: a cell's two inputs run as one source node where they have the same shape, each sample's input
+    (C * H * W) is at most this and their edges have the same ops, all batched ones (:func:`batched._merged_plan`):
+    the inputs side by side on the channels, edge j of input s as edge (j, s) of 2 * steps edges (one ReLU, one set of
+    convs and pools, one mixing for both inputs' edges; the stride-2 skips' products take each edge's weights on
+    its input's channels, zeros on the other's); 0: never. It cuts the calls of the cells that take it by about a
+    fifth (the digits step: 19,911 -> 17,965 dispatched ops with the normal cells merged); oneDNN's grouped 1x1
+    convs of twice the channels on large maps run slower. On the CPU, whole steps, A/B in one process against 0:
+    digits 440.6 -> 408.0 ms first order (paired 1.078x, 31 rounds, limit 1024: every cell of the digits supernet),
+    normal cells alone (512) 1.05x first and second order; published (no cell within 1024) -6 % with every cell
+    merged, -2 % with the 8x8 cells merged (4096). Not timed on a GPU (``gpu_profile.variants``)."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
@@ -138,19 +148,22 @@ class ConvPlan:
     linear_1x1: bool = False
     flipped_input_grad: bool = False
     reduce_many: bool = True
+    merge_limit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pointwise not in ("grouped", "block_diagonal"):
             raise ValueError(f"ConvPlan.pointwise: expected 'grouped' or 'block_diagonal', got {self.pointwise!r}")
         if not self.matmul_limit >= 0:
             raise ValueError(f"ConvPlan.matmul_limit: expected a number >= 0 (0: never), got {self.matmul_limit!r}")
+        if not self.merge_limit >= 0:
+            raise ValueError(f"ConvPlan.merge_limit: expected a number >= 0 (0: never), got {self.merge_limit!r}")
         if self.stack_nchw and not self.depthwise_nchw:
             raise ValueError("ConvPlan.stack_nchw: runs the depthwise convs on NCHW tensors too; "
                              "it needs depthwise_nchw=True")
 
 
 #: Per device type; a type not listed gets ``ConvPlan()``.
-CONV_PLANS = {"cpu": ConvPlan(matmul_limit=64.0, linear_1x1=True, flipped_input_grad=True),
+CONV_PLANS = {"cpu": ConvPlan(matmul_limit=64.0, linear_1x1=True, flipped_input_grad=True, merge_limit=1024.0),
               "cuda": ConvPlan(multiplier=False, pointwise="block_diagonal", depthwise_nchw=True)}
 
 
@@ -187,7 +200,8 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
     weight gradient that of a multiplier conv of the unrepeated input); elsewhere one conv with channel multiplier
     E (output channel c * E + e) is reordered."""
     plan, dw = conv_plan(x.device), stage.dw[0]
-    n, C = len(stage.dw), x.shape[1]
+    C = x.shape[1]  # S sources' channels: edge (j, s) reads channels s * C_e .. (s + 1) * C_e of x
+    n = len(stage.dw) * dw.in_channels // C  # the edges per source (J); E = J * S, edges in (j, s) order
     x, crop, stride, padding, dilation = depthwise_plan(x, dw)
     kernel = dw.kernel_size if crop is None else (crop[1] - crop[0] + 1, crop[3] - crop[2] + 1)
     fast_depthwise = stride == (1, 1) and max(kernel) <= 3 and (dilation == (1, 1) or kernel == (1, 1))
@@ -203,7 +217,9 @@ def _dil_conv_shared(x: torch.Tensor, stage: _Stage, scale: torch.Tensor | None,
         else:
             y = F.conv2d(x, weight, None, stride, padding, dilation, n * C)
         return _pointwise_bn(_conv_layout(y, plan), stage, scale)
-    weight = crop_kernel(torch.stack([d.weight for d in stage.dw], dim=1).reshape(C * n, 1, *dw.kernel_size), crop)
+    # x's channel c with multiplier output j: the weights of super-edge j (its S edges' channels) for channel c
+    stacked = torch.cat([d.weight for d in stage.dw]).view(n, C, *dw.weight.shape[1:])
+    weight = crop_kernel(stacked.transpose(0, 1).reshape(C * n, 1, *dw.kernel_size), crop)
     if matmul_depthwise(plan, x.shape, kernel):
         return _pointwise_bn(depthwise_matmul(x, weight, stride, padding, dilation, edge_major=True), stage, scale)
     y = F.conv2d(nchw(x) if plan.depthwise_nchw else x, weight, None, stride, padding, dilation, C)
@@ -311,7 +327,7 @@ def reducible(modules: Sequence[nn.Module]) -> bool:
 
 
 def factorized_reduce_many(relu: torch.Tensor, reduces: Sequence[FactorizedReduce],
-                           scale: torch.Tensor | None) -> torch.Tensor:
+                           scale: torch.Tensor | None, sources: int = 1) -> torch.Tensor:
     """The stride-2 skips (``FactorizedReduce``) of the E edges leaving one node, from the node's ReLU output: the
     even pixels' 1x1 convs of every edge as one matrix product, the odd pixels' as another (an odd map's last odd
     pixel is the zero padding, as in ``FactorizedReduce``), one BN call. Channels-last ``[B, E * C_out, H', W']``,
@@ -320,9 +336,22 @@ def factorized_reduce_many(relu: torch.Tensor, reduces: Sequence[FactorizedReduc
     shifted = relu if not (height % 2 or width % 2) else F.pad(relu, (0, width % 2, 0, height % 2))
     even, odd = relu[:, :, ::2, ::2], shifted[:, :, 1::2, 1::2]
     n, half = len(reduces), reduces[0].conv_1.out_channels
-    w1 = torch.cat([m.conv_1.weight for m in reduces]).flatten(1)  # [E * half, C_in]
-    w2 = torch.cat([m.conv_2.weight for m in reduces]).flatten(1)
+    # [E * half, S * C_in]: edge (j, s)'s weights on source s's channels
+    w1 = _sources_blocks(torch.cat([m.conv_1.weight for m in reduces]).flatten(1), half, sources)
+    w2 = _sources_blocks(torch.cat([m.conv_2.weight for m in reduces]).flatten(1), half, sources)
     y1 = F.linear(even.permute(0, 2, 3, 1), w1).unflatten(-1, (n, half))  # [B, H', W', E, half]
     y2 = F.linear(odd.permute(0, 2, 3, 1), w2).unflatten(-1, (n, half))
     y = torch.stack([y1, y2], dim=-2).flatten(3).permute(0, 3, 1, 2)  # [B, E * 2 * half, H', W'], channels-last
     return batch_norm_many(y, [m.bn for m in reduces], scale)
+
+
+
+def _sources_blocks(weight: torch.Tensor, c_out: int, sources: int) -> torch.Tensor:
+    """``[E * c_out, c_in]`` per-edge 1x1 weights (edges in (j, s) order) as ``[E * c_out, S * c_in]``: edge (j, s)'s
+    block on source s's channels, zeros on the other sources' (one multiply by a 0/1 mask)."""
+    if sources == 1:
+        return weight
+    c_in = weight.shape[1]
+    blocks = weight.view(-1, sources, c_out, 1, c_in)  # [J, S, c_out, 1, c_in]
+    mask = _identity(sources, weight.device, weight.dtype).view(1, sources, 1, sources, 1)
+    return (blocks * mask).reshape(weight.shape[0], sources * c_in)
