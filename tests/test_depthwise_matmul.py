@@ -66,6 +66,33 @@ def test_an_input_that_is_a_strided_view_and_only_one_gradient_asked_for():
     torch.testing.assert_close(gx, gr)
 
 
+def test_an_alpha_step_gets_no_weight_gradient_and_a_weight_step_gets_both(monkeypatch):
+    """As autograd's own convs: ``torch.autograd.grad(loss, [alpha])`` leaves out the weight gradient's products (a
+    weight that reaches the function through an op, as the engine's concatenated weights do), ``backward()`` computes
+    both gradients, and a pass that asks for the weight alone leaves out the input gradient."""
+    from dartboard.spaces import depthwise
+
+    calls = []
+    real_rows, real_bmm = depthwise._channel_rows, torch.bmm  # x's copy: made in the backward for the weight alone
+    monkeypatch.setattr(depthwise, "_channel_rows", lambda t: calls.append("w") or real_rows(t))
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append("bmm") or real_bmm(*a))
+    param = torch.randn(12, 1, 3, 3, requires_grad=True)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+
+    def loss():
+        out = depthwise_matmul(torch.relu(x * alpha), torch.cat([param[:6], param[6:]]), (1, 1), (1, 1), (1, 1))
+        calls.clear()  # the forward's own copy
+        return out.square().sum()
+
+    (ga,) = torch.autograd.grad(loss(), [alpha])
+    assert calls == ["bmm"] and torch.isfinite(ga) and ga != 0  # the input gradient's product alone
+    loss().backward()
+    assert sorted(calls) == ["bmm", "bmm", "w"] and param.grad is not None and alpha.grad is not None
+    (gw,) = torch.autograd.grad(loss(), [param])
+    assert calls == ["w", "bmm"] and torch.allclose(gw, param.grad)  # the weight gradient's alone
+
+
 def test_gradients_of_gradients():
     """Its backward is made of differentiable ops: R-DARTS differentiates the gradient (the Hessian)."""
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()

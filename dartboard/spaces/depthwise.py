@@ -131,11 +131,11 @@ class _DepthwiseMatmul(torch.autograd.Function):
         toeplitz = _toeplitz(weight, select, channels)
         rows = _to_rows(grad, ctx.shape)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
+        if grad_needed(ctx, 0):  # not in a pass that asks for other leaves only (as autograd's own convs)
             gx = torch.bmm(rows, toeplitz.transpose(1, 2))  # [C, B, Q]
             grad_x = gx.view(channels, batch, height, width).permute(1, 0, 2, 3).contiguous(
                 memory_format=torch.channels_last)
-        if ctx.needs_input_grad[1]:
+        if grad_needed(ctx, 1):  # the alpha step needs no weight gradient
             gt = torch.bmm(_channel_rows(x).transpose(1, 2), rows)  # [C, Q, m * P]
             gt = gt.view(channels, height * width, m, out_h * out_w).transpose(1, 2).reshape(channels * m, -1)
             grad_w = (gt @ select.view(select.shape[0], -1).t()).view(channels * m, 1, *kernel)
