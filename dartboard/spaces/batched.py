@@ -222,12 +222,13 @@ def _sum(terms: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list[torch.Tensor]:
-    """The E edges leaving one node: sum_o w[e, o] o_e(h) for each (DARTS Eq 2).
+    """The E edges leaving one node (or the S = ``plan.sources`` nodes whose channels ``h`` holds side by side, J
+    edges each, E = J * S in (j, s) order): sum_o w[e, o] o_e(h) for each (DARTS Eq 2).
 
-    The mixing works on one ``[B * H' * W', E * C]`` matrix (a channels-last ``[B, E * C, H', W']``
+    The mixing works on one ``[B * H' * W', J, S, C]`` array (a channels-last ``[B, E * C, H', W']``
     tensor, edge-major channels): each op's output of all edges is one block of it, or one
-    ``[B * H' * W', 1, C]`` block broadcast over the edges (pooling, skip), and each op's mixing
-    weight one row of E * C values; the edges are channel slices of the result."""
+    ``[B * H' * W', 1, S, C]`` block broadcast over each source's edges (pooling, skip), and each op's mixing
+    weight one row of E values broadcast over C; the edges are channel slices of the result."""
     mixed = plan.mixed
     if plan.ops is None:  # edges of one node with other ops: per edge
         return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
