@@ -210,7 +210,7 @@ def _merged_plan(plans: Sequence[_NodePlan | None]) -> _NodePlan | None:
 def _merges(merged: _NodePlan, states: Sequence[torch.Tensor], plan: ConvPlan) -> bool:
     """Whether the cell's two inputs run as one source now: equal shapes, each sample's input within the device
     plan's ``merge_limit``, and stride-2 skips (if any) as the products that take several sources."""
-    return (states[0].shape == states[1].shape and states[0][0].numel() <= plan.merge_limit
+    return (states[0].shape == states[1].shape and states[0].numel() <= plan.merge_limit * states[0].shape[0]
             and (plan.reduce_many or all(kind != "reduce" for _, kind, _ in merged.ops)))
 
 
@@ -234,7 +234,7 @@ def _edges_from(h: torch.Tensor, plan: _NodePlan, weights: torch.Tensor) -> list
         return [m(h, w) for m, w in zip(mixed, weights, strict=True)]
     n_edges, C, S = len(mixed), mixed[0].C, plan.sources
     activated: dict[type, torch.Tensor] = {}  # the convs' activation (ReLU) of h, once per module type
-    columns = weights.t().reshape(-1, 1, n_edges // S, S, 1)  # op o's weights as [1, J, S, 1]
+    columns = weights.t().view(-1, 1, n_edges // S, S, 1)  # op o's weights as [1, J, S, 1] (a view)
     # a conv op's weights as its last BN's scale, one per channel (materialised rows: BN reads its weight
     # densely); under autocast the mixing stays an fp32 multiply
     scales = None if torch.is_autocast_enabled(h.device.type) else weights.t().repeat_interleave(C, dim=1)

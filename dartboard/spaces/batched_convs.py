@@ -137,8 +137,9 @@ class ConvPlan:
     fifth (the digits step: 19,911 -> 17,965 dispatched ops with the normal cells merged); oneDNN's grouped 1x1
     convs of twice the channels on large maps run slower. On the CPU, whole steps, A/B in one process against 0:
     digits 440.6 -> 408.0 ms first order (paired 1.078x, 31 rounds, limit 1024: every cell of the digits supernet),
-    normal cells alone (512) 1.05x first and second order; published (no cell within 1024) -6 % with every cell
-    merged, -2 % with the 8x8 cells merged (4096). Not timed on a GPU (``gpu_profile.variants``)."""
+    normal cells alone (512) 1.05x first and second order; published (no cell within 1024) -6 % with its normal cells
+    merged at any size (before the stride-2 skips took several sources), -2 % with the 8x8 cells merged (4096). Not
+    timed on a GPU (``gpu_profile.variants``)."""
 
     multiplier: bool = True
     pointwise: str = "grouped"
@@ -275,14 +276,14 @@ def linear_1x1(pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _block_diagonal(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[E * c_out, E * c_in, 1, 1]``: the E 1x1 conv weights on the diagonal, zeros elsewhere, as the stacked
-    weights times a 0/1 mask (the same values as ``torch.block_diag``). The gradient then comes back as one
-    contiguous ``[E, c_out, c_in]`` tensor, whose slices the parameters take as their gradients; those of
-    ``torch.block_diag`` are slices of the larger matrix with other strides, which autograd copies into each
-    parameter's layout (one copy per edge and weight step), and its forward is one copy per edge too."""
+    weights times a 0/1 mask (:func:`_sources_blocks` with one edge per source; the same values as
+    ``torch.block_diag``). The gradient then comes back as one contiguous ``[E * c_out, c_in]`` tensor, whose slices
+    the parameters take as their gradients; those of ``torch.block_diag`` are slices of the larger matrix with other
+    strides, which autograd copies into each parameter's layout (one copy per edge and weight step), and its forward
+    is one copy per edge too."""
     n, (c_out, c_in) = len(weights), weights[0].shape[:2]
-    stacked = torch.stack([w.view(c_out, c_in) for w in weights])  # [E, c_out, c_in]
-    mask = _identity(n, stacked.device, stacked.dtype)
-    return (stacked[:, :, None, :] * mask[:, None, :, None]).reshape(n * c_out, n * c_in, 1, 1)
+    blocks = _sources_blocks(torch.cat([w.view(c_out, c_in) for w in weights]), c_out, n)
+    return blocks.view(n * c_out, n * c_in, 1, 1)
 
 
 _IDENTITIES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
@@ -343,7 +344,6 @@ def factorized_reduce_many(relu: torch.Tensor, reduces: Sequence[FactorizedReduc
     y2 = F.linear(odd.permute(0, 2, 3, 1), w2).unflatten(-1, (n, half))
     y = torch.stack([y1, y2], dim=-2).flatten(3).permute(0, 3, 1, 2)  # [B, E * 2 * half, H', W'], channels-last
     return batch_norm_many(y, [m.bn for m in reduces], scale)
-
 
 
 def _sources_blocks(weight: torch.Tensor, c_out: int, sources: int) -> torch.Tensor:
