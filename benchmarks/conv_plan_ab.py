@@ -1,6 +1,6 @@
 """The batched engine under several conv plans (``batched.ConvPlan``), one searcher each from the same seed,
-their steps interleaved in one process (A/B of the README's "small maps as matrix products"): ms/iteration and
-the ratio to the first plan. Each plan is given as ``ConvPlan`` keyword arguments, ``""`` for ``ConvPlan()``.
+their steps interleaved in one process (A/B of the "small maps as matrix products" of ``HISTORY.md``): ms/iteration
+and the ratio to the first plan. Each plan is given as ``ConvPlan`` keyword arguments, ``""`` for ``ConvPlan()``.
 
     OMP_NUM_THREADS=1 python benchmarks/conv_plan_ab.py --scale digits --order 1 --repeats 11 \\
         "linear_1x1=True" "matmul_limit=64,linear_1x1=True"

@@ -1,8 +1,8 @@
 """Which kernel gives another result on the GPU? Every aten op of a search step, checked against the CPU.
 
 On an H200 the two supernet engines agreed on the logits but not on the weight gradients in float64
-(README, "Found on the GPU"), while on the CPU they agree. This script runs one forward and backward of
-each engine on the GPU in float64 under a dispatch mode that re-runs every aten op (forward and
+(``benchmarks/HISTORY.md``, "Found on the GPU"), while on the CPU they agree. This script runs one forward and
+backward of each engine on the GPU in float64 under a dispatch mode that re-runs every aten op (forward and
 backward ops alike) on CPU copies of the GPU op's own inputs and compares the outputs. Each op is thus
 checked alone, on the same inputs: every op listed computes another function on the GPU (its name, the
 shapes and strides of its inputs: what a bug report needs), none is an earlier difference carried along.

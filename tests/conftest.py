@@ -52,7 +52,7 @@ def pytest_runtest_setup(item):
     """Under xdist, a worker lowers its CPU priority (for good) at its first test without the ``ray`` marker.
     The Ray tests hold the suite's wall time; at lower priority the other tests fill the CPU the Ray tests
     leave idle (the suite, measured: 21 min 0 s with the Ray workers below the other tests, 18 min 37 s with
-    them first; README). Priority only orders who runs first: no test's outcome depends on it."""
+    them first). Priority only orders who runs first: no test's outcome depends on it."""
     global _niced
     if not _niced and os.environ.get("PYTEST_XDIST_WORKER") and "ray" not in item.keywords:
         os.nice(NON_RAY_NICENESS)

@@ -15,7 +15,7 @@ puts a stand-in module in ``sys.modules`` (:class:`_StandIn`) that answers those
 the real module is not imported, torch's disabled version from then on; a ``graph_break`` that does nothing until
 then) and imports the real ``torch._dynamo`` in its place the first time anything asks it for anything else: an
 attribute, a submodule (``torch.compile`` does at once). From then on the process has torch's own module, as if the
-stand-in had never been there. Measured in README "Benchmarks" (session 29).
+stand-in had never been there. Measured in ``benchmarks/HISTORY.md`` (session 29).
 """
 
 from __future__ import annotations

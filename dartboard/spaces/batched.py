@@ -129,7 +129,7 @@ class BatchedSearchCell(SearchCell):
     def _plans(self) -> tuple[list[_NodePlan | None], _NodePlan | None]:
         """Per source node, the modules its batched forward calls (None: no edge leaves it), and the two inputs'
         edges as one plan (:func:`_merged_plan`, or None), made once per set of mixed-op modules: the lookups
-        cost 3-6 % of a step (README, per-node plan)."""
+        cost 3-6 % of a step (``benchmarks/HISTORY.md``, per-node plan)."""
         key = tuple(map(id, self.mixed))
         cached = self.__dict__.get("_node_plans")
         if cached is None or cached[0] != key:

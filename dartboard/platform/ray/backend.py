@@ -12,7 +12,7 @@ worker, and the shutdown. What runs on the controller is the part of Ray's ``_To
 that picks the backend and the master address. TPU backends are not supported (dartboard requests CPUs
 and GPUs only).
 
-Measured (README "Benchmarks"): ``benchmarks/train_run_overhead.py`` and the digits sweep.
+Measured (``benchmarks/HISTORY.md``): ``benchmarks/train_run_overhead.py`` and the digits sweep.
 """
 
 from __future__ import annotations

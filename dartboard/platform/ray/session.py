@@ -6,7 +6,7 @@ monitor unless the workers' output goes to the driver (``--verbose``), and not t
 first driver: every actor of a dartboard job has the job's runtime environment, so none can use them. Ray's own
 ``ray start --no-monitor``, ``--include-log-monitor=false`` and a minimal install (no dashboard packages) run the
 same way. On 2 cores the dashboard and the idle workers took 1.5 s of Ray's start (5.6 -> 4.1 s), the API server and
-the two monitors about 2 CPU s before the first trial (README "Benchmarks").
+the two monitors about 2 CPU s before the first trial (``benchmarks/HISTORY.md``).
 PLATFORM-NOTES once needed the dashboard's state API: Ray Train's placement-group cleaner uses it to free the
 workers of a trial that ASHA stops. dartboard frees them itself (``trial.release_placement_group``), leaves that
 cleaner out on a private instance (``trainer.DartboardTrainer``) and ends a stopped trial's run when its actor is
@@ -35,7 +35,7 @@ from dartboard.platform.ray.resources import local_num_cpus
 WORKER_START_TIMEOUT_S = "600"
 # Ray Train starts a PreemptionWatcher actor per run that polls the nodes' drain state every 5 s. A private
 # local instance has no node that can be preempted: there the watcher only costs a process and its polling
-# (the digits sweep: 27 % less wall time and 28 % less CPU without it, README "Benchmarks").
+# (the digits sweep: 27 % less wall time and 28 % less CPU without it, ``benchmarks/HISTORY.md``).
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 #: ``1``: a private local instance starts Ray's dashboard too (http://127.0.0.1:8265)
 DASHBOARD_ENV = "DARTBOARD_RAY_DASHBOARD"

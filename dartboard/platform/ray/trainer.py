@@ -18,7 +18,7 @@ The controller of a run is Ray's, started as Ray starts it; this process keeps i
 (``abort_runs``), so that a Tune trial actor reused for the next trial can end the run of a trial that Tune
 stopped (ASHA) before the run itself ended (``trial.ReusableTrial``).
 
-Measured (README "Benchmarks"): the digits sweep's CPU time and the suite's Ray tests.
+Measured (``benchmarks/HISTORY.md``): the digits sweep's CPU time and the suite's Ray tests.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
 class ReusableTrial:
     """Mixed into the trial's Tune trainable (``__mixins__``), for ``TuneConfig(reuse_actors=True)``: the next
     trial of a slot runs in the actor of the trial that ended there, instead of a fresh Ray worker process
-    (1.8-3.1 s each on 2 cores: Python importing Ray and Tune; README "Benchmarks").
+    (1.8-3.1 s each on 2 cores: Python importing Ray and Tune; ``benchmarks/HISTORY.md``).
 
     Tune resets a cached actor with ``reset_config``, which waits 2 s for the previous trial's function to
     return. A trial that Tune stopped (ASHA) is still inside its Train run: its controller is killed first
