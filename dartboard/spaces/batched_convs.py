@@ -273,7 +273,6 @@ def linear_1x1(pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(pixels, weight.view(weight.shape[0], -1)).permute(0, 3, 1, 2)
 
 
-
 def _block_diagonal(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[E * c_out, E * c_in, 1, 1]``: the E 1x1 conv weights on the diagonal, zeros elsewhere, as the stacked
     weights times a 0/1 mask (:func:`_sources_blocks` with one edge per source; the same values as
