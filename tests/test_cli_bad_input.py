@@ -60,6 +60,43 @@ def test_an_unreachable_tracking_server_is_one_line_naming_the_uri(args, tmp_pat
     assert f"cannot reach the MLflow tracking server at {UNREACHABLE}" in line
 
 
+# ------------------------------------------------------------------ a registry that is not there
+@pytest.mark.parametrize("args", [
+    ["pull", "digits-darts@champion", "--to", "got"],
+    ["models", "list"],
+    ["predict", "digits-darts@champion", "digit.png"],
+    ["export", "models:/digits-darts@champion", "--format", "onnx", "--out", "net.onnx"],
+], ids=["pull", "models-list", "predict", "export"])
+def test_reading_a_registry_file_that_does_not_exist_names_it_and_creates_none(args, tmp_path, monkeypatch):
+    # MLflow creates an empty sqlite registry on its first connection: the command would leave an mlflow.db
+    # behind (which `refused` checks) and then report the model as missing from it. The default URI is the
+    # one under test: MLflow's set_tracking_uri in an earlier test of this process exports its own.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    line = refused(args, tmp_path)
+    assert "no MLflow registry at sqlite:///mlflow.db: mlflow.db in " in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("uri, path", [
+    ("sqlite:///mlflow.db", "mlflow.db"), ("sqlite:///runs/m.db", "runs/m.db"), ("sqlite:////abs/m.db", "/abs/m.db"),
+    ("sqlite:///m.db?mode=ro", "m.db"), ("sqlite://", None), ("sqlite:///:memory:", None),
+    ("http://127.0.0.1:5000", None), ("file:./mlruns", None), ("postgresql://u@h/db", None),
+])
+def test_the_registry_file_of_a_tracking_uri(uri, path):
+    from dartboard.platform.checks import sqlite_file
+
+    assert sqlite_file(uri) == (Path(path) if path else None)
+
+
+def test_the_python_api_does_not_create_a_registry_either(tmp_path, monkeypatch):
+    from dartboard.errors import UserInputError
+    from dartboard.platform.tracking.models import load
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserInputError, match=r"no MLflow registry at sqlite:////.*/absent\.db: .*absent\.db does not"):
+        load("digits-darts@champion", uri=f"sqlite:///{tmp_path / 'absent.db'}")
+    assert listing(tmp_path) == set()
+
+
 # ------------------------------------------------------------------ output folders that cannot be written
 @pytest.mark.parametrize("args", [
     ["search", "--out", "afile/run", "--no-mlflow"],

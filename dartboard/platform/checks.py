@@ -1,7 +1,8 @@
 """Checks of what a command will need, made before it does any work: an output folder it can write,
-a tracking server it can reach. Each failure is one :class:`~dartboard.errors.UserInputError` naming
-the flag and the value, so a search never runs for minutes to fail on its last write, and a server
-that is down is reported in seconds rather than after MLflow's retries (minutes).
+a tracking server it can reach, a registry file that exists where a command only reads one. Each
+failure is one :class:`~dartboard.errors.UserInputError` naming the flag and the value, so a search
+never runs for minutes to fail on its last write, a server that is down is reported in seconds
+rather than after MLflow's retries (minutes), and a lookup never leaves an empty registry behind.
 
 Standard library only: the command line calls these before torch or mlflow are imported.
 """
@@ -71,3 +72,24 @@ def check_tracking_server(uri: str, flag: str = "--tracking-uri") -> None:
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
         raise UserInputError(f"{flag}: cannot reach the MLflow tracking server at {uri} ({reason})") from None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` tracking URI (SQLAlchemy's form: ``sqlite:///relative.db``,
+    ``sqlite:////absolute.db``, an optional ``?query``); None for another scheme or an in-memory database."""
+    if not uri.startswith("sqlite://"):
+        return None
+    path = uri[len("sqlite://"):].split("?", 1)[0]
+    path = path[1:] if path.startswith("/") else path
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_registry_exists(uri: str, flag: str = "--tracking-uri") -> None:
+    """A command that only reads the registry (pull, models, predict, evaluate, export) must not create an
+    empty ``mlflow.db`` where there was none (MLflow creates a sqlite file on its first connection) and then
+    report a model as missing: a missing file is named as such."""
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        where = str(path) if path.is_absolute() else f"{path} in {Path.cwd()}"
+        raise UserInputError(f"no MLflow registry at {uri}: {where} does not exist (run from the folder your "
+                             f"studies tracked to, or pass {flag} or set MLFLOW_TRACKING_URI)")

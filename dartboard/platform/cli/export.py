@@ -48,10 +48,10 @@ def export(
 def _registered(ref: str, uri: str | None):
     import tempfile
 
-    from dartboard.platform.cli.models import check_server
+    from dartboard.platform.cli.models import check_registry
     from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, pull_model
 
-    check_server(uri)
+    check_registry(uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder, version = pull_model(uri, ref, tmp)  # verified against the recorded SHA-256
         if not (folder / WEIGHTS_FILE).is_file() or not (folder / NETWORK_FILE).is_file():

@@ -12,12 +12,14 @@ from dartboard.errors import UserInputError
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 
 
-def check_server(uri: str | None) -> None:
-    """A tracking server that is down fails here in seconds, not after MLflow's minutes of retries."""
-    from dartboard.platform.checks import check_tracking_server
+def check_registry(uri: str | None) -> None:
+    """A tracking server that is down fails here in seconds, not after MLflow's minutes of retries; a local
+    registry file that does not exist is named, not created."""
+    from dartboard.platform.checks import check_registry_exists, check_tracking_server
     from dartboard.platform.tracking.runs import tracking_uri
 
     check_tracking_server(tracking_uri(uri))
+    check_registry_exists(tracking_uri(uri))
 
 
 def pull(
@@ -29,7 +31,7 @@ def pull(
     from dartboard.platform.checks import check_writable_dir
 
     check_writable_dir(to, "--to")
-    check_server(tracking_uri)
+    check_registry(tracking_uri)
     from dartboard.platform.tracking.models import pull_model
 
     folder, version = pull_model(tracking_uri, model, to)
@@ -40,7 +42,7 @@ def pull(
 
 def models_list(tracking_uri: str = typer.Option(None, help=TRACKING_HELP)) -> None:
     """Registered models with their latest version and aliases."""
-    check_server(tracking_uri)
+    check_registry(tracking_uri)
     from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
@@ -60,7 +62,7 @@ def models_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Every version of NAME with its aliases, tags (study, searcher, metrics, SHA-256) and run metrics."""
-    check_server(tracking_uri)
+    check_registry(tracking_uri)
     from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)

@@ -18,8 +18,10 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with every class's probability)."),
 ) -> None:
     """Classify image files with a registered network; prints FILE, class and confidence per line."""
+    from dartboard.platform.cli.models import check_registry
     from dartboard.platform.predict import predict_files
 
+    check_registry(tracking_uri)
     rows = predict_files(model, files, tracking_uri)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
@@ -36,8 +38,10 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Accuracy of a registered network on the test split of the data set it was trained on."""
+    from dartboard.platform.cli.models import check_registry
     from dartboard.platform.predict import evaluate_model
 
+    check_registry(tracking_uri)
     result = evaluate_model(model, tracking_uri, data_root)
     if as_json:
         typer.echo(json.dumps(result, indent=1))

@@ -161,7 +161,10 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
 
 
 def resolve_version(uri: str | None, ref: str):
+    from dartboard.platform.checks import check_registry_exists
+
     name, alias, version = parse_model_ref(ref)
+    check_registry_exists(tracking_uri(uri))
     c = client(uri)
     try:
         if alias:
