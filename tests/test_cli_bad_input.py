@@ -97,6 +97,32 @@ def test_the_python_api_does_not_create_a_registry_either(tmp_path, monkeypatch)
     assert listing(tmp_path) == set()
 
 
+# ------------------------------------------------------------------ --resume of a folder that is no study's
+@pytest.mark.parametrize("command, study_file, message", [
+    ("sweep", None, "resume: cannot read '{dir}/study.yaml': is it a study run directory?"),
+    ("ablate", None, "resume: cannot read '{dir}/study.yaml': is it a study run directory?"),
+    ("sweep", "name: [x\n", "resume: '{dir}/study.yaml' is not valid YAML: while parsing a flow sequence"),
+    ("ablate", "- a list\n", "resume: '{dir}/study.yaml': expected a study (a mapping at the top level)"),
+    ("sweep", "max_concurrent: 0\n", "invalid configuration: max_concurrent: Input should be greater than or equal"),
+])
+def test_resuming_a_folder_that_is_no_study_run_is_one_line(command, study_file, message, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if study_file is not None:
+        (folder / "study.yaml").write_text(study_file)
+    line = refused([command, "--resume", "run", "--no-mlflow"], tmp_path)
+    assert message.format(dir=folder) in line
+
+
+@pytest.mark.ray  # checked while the study's Ray instance starts (the checks run beside it)
+def test_resuming_a_study_that_never_reached_tune_is_one_line(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "study.yaml").write_text("name: never-started\nsearcher: darts\n")
+    line = refused(["sweep", "--resume", "run", "--no-mlflow"], tmp_path)
+    assert f"resume: '{folder}' holds no Tune experiment to resume" in line
+
+
 # ------------------------------------------------------------------ output folders that cannot be written
 @pytest.mark.parametrize("args", [
     ["search", "--out", "afile/run", "--no-mlflow"],

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from ray import tune
 
+from dartboard.errors import UserInputError
 from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
@@ -77,8 +78,16 @@ def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None
 
 
 def stored_study(run_dir: str) -> StudyConfig:
-    """The study of a run directory (for --resume)."""
-    return StudyConfig(**yaml.safe_load(st.read_text(f"{run_dir}/{st.STUDY_FILE}", "resume")))
+    """The study of a run directory (for --resume). The directory is the user's input: a study file that cannot
+    be read or parsed is a :class:`UserInputError` naming it (its validation, pydantic's error, is one already)."""
+    uri = f"{run_dir}/{st.STUDY_FILE}"
+    try:
+        data = yaml.safe_load(st.read_text(uri, "resume"))
+    except yaml.YAMLError as err:
+        raise UserInputError(f"resume: {uri!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"resume: {uri!r}: expected a study (a mapping at the top level)")
+    return StudyConfig(**data)
 
 
 # ------------------------------------------------------------------ running
@@ -121,6 +130,8 @@ def _checks(cfg: StudyConfig, resume: str | None, run_dir: str | None) -> str | 
     check_study(cfg)
     if resume is None:
         run_dir = _new_run_dir(cfg, run_dir)
+    elif not tune.Tuner.can_restore(run_dir):
+        raise UserInputError(f"resume: {run_dir!r} holds no Tune experiment to resume")
     _local_checks(cfg)
     return run_dir
 
@@ -271,9 +282,7 @@ def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialH
     study = {"config": cfg.model_dump(), "run_dir": run_dir}
     trainable = study_trainable(study, driver_cpus(cfg))
     callback = TrialCallback(cfg, run_dir, hooks)
-    if resume:
-        if not tune.Tuner.can_restore(run_dir):
-            raise ValueError(f"resume: {run_dir!r} holds no Tune experiment to resume")
+    if resume:  # _checks made sure there is one
         tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=False)
         # Tune restores the first driver's RunConfig (callbacks pickled without their hooks): use ours.
         tuner._local_tuner.get_run_config().callbacks = [callback]

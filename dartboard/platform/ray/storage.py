@@ -46,14 +46,17 @@ def write_text(uri: str, text: str) -> None:
 
 
 def read_text(uri: str, field_name: str) -> str:
+    """A file of a run directory the user named (``--resume``): one it cannot read is their input's error."""
     import pyarrow.fs
+
+    from dartboard.errors import UserInputError
 
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(uri)
         with fs.open_input_stream(path) as f:
             return f.read().decode()
     except (FileNotFoundError, OSError) as err:
-        raise ValueError(f"{field_name}: cannot read {uri!r}: is it a study run directory? ({err})") from None
+        raise UserInputError(f"{field_name}: cannot read {uri!r}: is it a study run directory? ({err})") from None
 
 
 def exists(uri: str) -> bool:
