@@ -123,6 +123,51 @@ def test_resuming_a_study_that_never_reached_tune_is_one_line(tmp_path):
     assert f"resume: '{folder}' holds no Tune experiment to resume" in line
 
 
+# ------------------------------------------------------------------ dartboard prune's model and checkpoint
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "junk.safetensors"], "--checkpoint: the demo trains its own small ViT on digits and would "
+                                           "ignore it"),
+    (["--register", "mine"], "--register: registering needs MLflow"),
+    (["--out", "junk.pt/pruned"], "--out: cannot write to 'junk.pt/pruned'"),
+    (["--mlflow-uri", UNREACHABLE], f"--mlflow-uri: cannot reach the MLflow tracking server at {UNREACHABLE}"),
+    (["no_such_vit"], "model: 'no_such_vit' is not a timm model"),
+    (["vit_tiny_patch16_224", "--model-kwargs", '{"img_size": "x"}'],
+     "model: timm's 'vit_tiny_patch16_224' does not take {'img_size': 'x'}: TypeError"),
+    (["vit_tiny_patch16_224", "--checkpoint", "junk.safetensors"],
+     "checkpoint: 'junk.safetensors' is not a safetensors file"),
+    (["vit_tiny_patch16_224", "--checkpoint", "junk.pt"], "checkpoint: 'junk.pt' is not a torch file of tensors"),
+], ids=["demo-checkpoint", "register-no-mlflow", "out", "mlflow-down", "model", "model-kwargs", "safetensors", "pt"])
+def test_prune_refuses_what_it_cannot_use_before_the_search(args, message, tmp_path):
+    # Before: the demo ran for minutes ignoring the checkpoint; a model, its arguments or a checkpoint it could not
+    # use ended in a traceback; --out and the server were found out only after the search.
+    (tmp_path / "junk.safetensors").write_text("not a checkpoint")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    line = refused(["prune", *args, "--n", "1", "--k", "1"], tmp_path)
+    assert message in line
+
+
+# ------------------------------------------------------------------ files that are not what a flag expects
+@pytest.mark.parametrize("args, content, message", [
+    (["pmsm", "search", "--no-mlflow", "--data-root", "given.json"], '{"R": 0.05,}',
+     "pmsm: 'given.json' is not valid JSON: Expecting property name"),
+    (["bench", "quality", "--no-mlflow", "--table", "given.json"], '{"space": "tiny81"}',
+     "table 'given.json': missing 'protocol' and 'entries'; a table is what `dartboard bench build-table` writes"),
+    (["bench", "quality", "--no-mlflow", "--table", "given.json"], "[1, 2]",
+     "table 'given.json': space: expected a table of 'tiny81', 'tiny625', got 'list'"),
+    (["bench", "quality", "--no-mlflow", "--rescore", "given.json"], '{"space": "tiny81"}',
+     "quality file 'given.json': no config and records; expected the quality.json that `dartboard bench quality`"),
+    (["bench", "quality", "--no-mlflow", "--rescore", "given.json"], '{"config": {"epochs": 1, "nosuch": 2}, '
+                                                                     '"records": []}',
+     "quality file 'given.json': its config is not a bench quality config"),
+    (["bench", "quality", "--no-mlflow", "--rescore", "given.json"], "{bad",
+     "quality file 'given.json' is not JSON: Expecting property name"),
+], ids=["pmsm-motor", "quality-table-keys", "quality-table-list", "rescore-keys", "rescore-config", "rescore-json"])
+def test_a_file_that_is_not_what_the_flag_expects_is_one_line(args, content, message, tmp_path):
+    (tmp_path / "given.json").write_text(content)
+    line = refused(args, tmp_path)
+    assert message in line
+
+
 # ------------------------------------------------------------------ output folders that cannot be written
 @pytest.mark.parametrize("args", [
     ["search", "--out", "afile/run", "--no-mlflow"],
@@ -156,7 +201,12 @@ def test_a_read_only_folder_is_refused_before_the_search(tmp_path):
     (["info", "darts-v2", "--layers", "5000"], "layers: expected an integer in [1, 100], got 5000"),
     (["train", "darts-v2", "--drop-path", "2.0", "--no-mlflow"], "--drop-path: expected a probability in [0, 1)"),
     (["bench", "speed", "--batch", "0"], "--batch: expected an integer >= 1, got 0"),
-], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch"])
+    (["train", "darts-v2", "--device", "gpu", "--no-mlflow"], "error: device: expected auto, cpu, cuda[:N] or mps, "
+                                                              "got 'gpu'"),
+    (["prune", "vit_tiny_patch16_224", "--device", "gpu"], "error: device: expected auto, cpu, cuda[:N] or mps"),
+    (["prune", "--device", "cuda"], "error: --device: the demo runs on the CPU, got 'cuda'"),
+], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch", "train-device", "prune-device",
+        "prune-demo-device"])
 def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
     line = refused(args, tmp_path)
     assert message in line

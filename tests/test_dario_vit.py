@@ -14,6 +14,7 @@ from dartboard.spaces.vit import (
     count_parameters,
     create_vit,
     genotype_from_gates,
+    load_checkpoint,
     prune_vit,
     rebuild_pruned,
     unfused_attention,
@@ -107,6 +108,42 @@ def test_no_download_and_bad_threshold():
         create_vit(NAME, pretrained=True)
     with pytest.raises(ValueError, match="threshold"):
         genotype_from_gates(NAME, 3, 2, torch.ones(3), None, 1.5)
+
+
+def test_a_checkpoint_loads_or_says_how_it_differs_from_the_model(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = create_vit(NAME, **TINY)
+    save_file(source.state_dict(), str(tmp_path / "ok.safetensors"))
+    target = create_vit(NAME, **TINY)
+    load_checkpoint(target, tmp_path / "ok.safetensors", NAME)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(),
+                                                 strict=True))
+    wider = create_vit(NAME, **{**TINY, "num_classes": 5})  # the head: [5, 16] and [5] against [3, 16] and [3]
+    with pytest.raises(ValueError, match=r"does not fit .*: 2 of another shape, file vs model \(first: head.weight "
+                                         r"\[3, 16\] vs \[5, 16\]\)"):
+        load_checkpoint(wider, tmp_path / "ok.safetensors", NAME)
+    shallower = create_vit(NAME, **{**TINY, "depth": 2})  # the file's block 2 is not in the model
+    with pytest.raises(ValueError, match=r"does not fit .*: 12 not in the model \(first: blocks\.2\."):
+        load_checkpoint(shallower, tmp_path / "ok.safetensors", NAME)
+    torch.save({"model": {"blocks.0.extra": torch.zeros(1)}}, tmp_path / "other.pt")  # a wrapped state_dict
+    with pytest.raises(ValueError, match=r"missing from the file \(first: cls_token\); 1 not in the model "
+                                         r"\(first: blocks.0.extra\)"):
+        load_checkpoint(target, tmp_path / "other.pt", NAME)
+    (tmp_path / "junk.safetensors").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="'.*junk.safetensors' is not a safetensors file"):
+        load_checkpoint(target, tmp_path / "junk.safetensors", NAME)
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="'.*junk.pt' is not a torch file of tensors"):
+        load_checkpoint(target, tmp_path / "junk.pt", NAME)
+
+
+def test_unknown_models_and_arguments_are_named():
+    with pytest.raises(ValueError, match="model: 'no_such_vit' is not a timm model"):
+        create_vit("no_such_vit")
+    with pytest.raises(ValueError, match=r"does not take \{.*'no_such_argument': 3\}: TypeError: .*'no_such_argument'"):
+        create_vit(NAME, **{**TINY, "no_such_argument": 3})
 
 
 def test_unfused_attention_restores_flags(tiny_vit):

@@ -85,6 +85,13 @@ def test_motor_file_via_data_root(tmp_path):
     f.write_text('{"resistance": 1}')
     with pytest.raises(DataError, match="unknown motor parameter 'resistance'"):
         load_dataset("pmsm", str(f))
+    f.write_text('{"R": 0.05,}')  # a parse error is the file's, named with its place (was JSONDecodeError)
+    with pytest.raises(DataError, match=r"'.*motor.json' is not valid JSON: Expecting property name .* column 12"):
+        load_dataset("pmsm", str(f))
+    y = tmp_path / "motor.yaml"
+    y.write_text("R: [0.05\n")
+    with pytest.raises(DataError, match=r"'.*motor.yaml' is not valid YAML: while parsing a flow sequence"):
+        load_dataset("pmsm", str(y))
 
 
 # ------------------------------------------------------------------ criterion C

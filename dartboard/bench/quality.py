@@ -207,15 +207,35 @@ def write_outputs(records: list[dict[str, Any]], cfg: QualityConfig, table, out:
             "wall_seconds": wall_seconds}
 
 
-def rescore_file(path: str | Path, table_path: str | None = None) -> tuple[QualityConfig, dict[str, Any]]:
-    """Rescore a quality.json in place (same folder) against the current table."""
+def read_quality_file(path: str | Path, table_path: str | None = None) -> tuple[QualityConfig, dict[str, Any], Any]:
+    """A quality.json's config (its table replaced by ``table_path``), its data and that table; a file that is not
+    one (not JSON, no config or records, a config or table it cannot use) is a ``ValueError`` naming it."""
     from dartboard.bench.table import load_table
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"quality file {str(path)!r} does not exist")
-    data = json.loads(path.read_text())
-    cfg = QualityConfig(**{**data["config"], **({"table": table_path} if table_path else {})})
-    table = load_table(cfg.table)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"quality file {str(path)!r} is not JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "records" not in data:
+        raise ValueError(f"quality file {str(path)!r}: no config and records; expected the quality.json that "
+                         f"`dartboard bench quality` writes")
+    try:
+        cfg = QualityConfig(**{**data["config"], **({"table": table_path} if table_path else {})})
+    except TypeError as err:  # a field QualityConfig does not have
+        raise ValueError(f"quality file {str(path)!r}: its config is not a bench quality config ({err})") from None
+    return cfg, data, load_table(cfg.table)
+
+
+def rescore_file(path: str | Path, table_path: str | None = None) -> tuple[QualityConfig, dict[str, Any]]:
+    """Rescore a quality.json in place (same folder) against the current table."""
+    cfg, data, table = read_quality_file(path, table_path)
+    return cfg, rescore_read(path, cfg, data, table)
+
+
+def rescore_read(path: str | Path, cfg: QualityConfig, data: dict[str, Any], table) -> dict[str, Any]:
+    """:func:`rescore_file` after :func:`read_quality_file`: the records rescored, the outputs rewritten."""
     records = rescore(data["records"], cfg, table)
-    return cfg, write_outputs(records, cfg, table, path.parent, data.get("wall_seconds", 0.0))
+    return write_outputs(records, cfg, table, Path(path).parent, data.get("wall_seconds", 0.0))

@@ -205,8 +205,13 @@ class Table:
 
 
 def table_from_dict(data: dict[str, Any]) -> Table:
-    if data.get("space") not in TINY_SPACES:
-        raise ValueError(f"space: expected a table of {', '.join(map(repr, TINY_SPACES))}, got {data.get('space')!r}")
+    if not isinstance(data, dict) or data.get("space") not in TINY_SPACES:
+        got = data.get("space") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"space: expected a table of {', '.join(map(repr, TINY_SPACES))}, got {got!r}")
+    missing = [k for k in ("protocol", "entries") if k not in data]
+    if missing:
+        raise ValueError(f"missing {' and '.join(map(repr, missing))}; a table is what `dartboard bench build-table` "
+                         f"writes")
     entries = {e["key"]: e for e in data["entries"]}
     meta = {k: v for k, v in data.items() if k not in ("protocol", "entries")}
     return Table(entries, data["protocol"], meta)
@@ -220,7 +225,13 @@ def load_table(path: str | Path | None = None) -> Table:
         if not Path(path).is_file():
             raise FileNotFoundError(f"table {str(path)!r} does not exist; build one with `dartboard bench build-table`")
         text = Path(path).read_text()
-    return table_from_dict(json.loads(text))
+    try:
+        data = json.loads(text)
+        return table_from_dict(data)
+    except (json.JSONDecodeError, ValueError) as err:
+        if path is None:  # the shipped table: a packaging bug, not the user's
+            raise
+        raise ValueError(f"table {str(path)!r}: {' '.join(str(err).split())}") from None
 
 
 def summarize(key: str, ops: Sequence[str], runs: Sequence[EntryRun], seeds: Sequence[int],

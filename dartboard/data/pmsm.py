@@ -118,12 +118,13 @@ class MotorParams:
             raise DataError(f"pmsm: --data-root {str(path)!r} is not a file; give a JSON or YAML file of motor "
                             f"parameters ({', '.join(f.name for f in dataclasses.fields(cls))}) or none")
         text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+        import yaml
 
-            data = yaml.safe_load(text) or {}
+        try:  # JSON is YAML too, but JSON's own parser names the place of a JSON file's error
+            data = json.loads(text) if path.suffix == ".json" else (yaml.safe_load(text) or {})
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise DataError(f"pmsm: {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                            f"{' '.join(str(err).split())}") from None
         if not isinstance(data, dict):
             raise DataError(f"pmsm: {str(path)!r} must hold a mapping of motor parameters")
         known = {f.name for f in dataclasses.fields(cls)}

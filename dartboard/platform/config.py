@@ -88,6 +88,10 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device: expected auto, cpu, cuda[:N] or mps, got {device!r}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} was asked for but no CUDA GPU is available")
     return device

@@ -280,10 +280,12 @@ def create_vit(name: str, **kwargs: Any) -> nn.Module:
 
     if "pretrained" in kwargs:
         raise ValueError("pretrained: weights come from a local --checkpoint file; dartboard never downloads them")
+    if not timm.is_model(name):
+        raise ValueError(f"model: {name!r} is not a timm model")
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except RuntimeError as err:
-        raise ValueError(f"model: {name!r} is not a timm model ({err})") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:  # the constructor refused the arguments
+        raise ValueError(f"model: timm's {name!r} does not take {kwargs}: {type(err).__name__}: {err}") from None
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -291,17 +293,43 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: file {str(path)!r} does not exist")
+    # Any failure to parse the file (each format raises its own kinds: SafetensorError, UnpicklingError, EOFError,
+    # KeyError or RuntimeError of a file that is something else) means it is not a checkpoint of that format.
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - see above
+            raise ValueError(f"checkpoint: {str(path)!r} is not a safetensors file ({err})") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - see above
+        raise ValueError(f"checkpoint: {str(path)!r} is not a torch file of tensors ({type(err).__name__}: "
+                         f"{err})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, Mapping) and key in data and isinstance(data[key], Mapping):
             data = data[key]
     if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
         raise ValueError(f"checkpoint: {str(path)!r} does not hold a state_dict of tensors")
     return dict(data)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load the state_dict file ``path`` into ``model`` (the timm model ``name``), or say how they differ: keys
+    the file lacks, keys the model lacks, tensors of another shape (a count and the first of each)."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in own.items()
+                if k in state and state[k].shape != v.shape]
+    problems = [f"{len(items)} {what} (first: {items[0]})" for items, what in
+                ((missing, "missing from the file"), (unexpected, "not in the model"),
+                 (reshaped, "of another shape, file vs model")) if items]
+    if problems:
+        raise ValueError(f"checkpoint: {str(path)!r} does not fit {name!r}: " + "; ".join(problems))
+    model.load_state_dict(state)
 
 
 def rebuild_pruned(genotype: GateGenotype, original_state: Mapping[str, Tensor] | None = None,
@@ -327,5 +355,5 @@ def functional_forward(module: nn.Module, params: Mapping[str, Tensor], *args: A
 
 __all__ = ["GRANULARITIES", "GatedViT", "GatedBlock", "ZeroHeadAttention", "find_blocks", "vit_dims",
            "infer_input_shape", "unfused_attention", "gated_attention", "prune_heads", "prune_vit",
-           "genotype_from_gates", "count_parameters", "create_vit", "load_state_dict_file", "rebuild_pruned",
-           "functional_forward"]
+           "genotype_from_gates", "count_parameters", "create_vit", "load_state_dict_file", "load_checkpoint",
+           "rebuild_pruned", "functional_forward"]

@@ -88,11 +88,14 @@ def quality_cmd(
 ) -> None:
     """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search (a study
     on the one study runner: every (searcher, seed) a Ray Train trial)."""
-    from dartboard.bench.quality import DEFAULT_SEARCHERS, QualityConfig, rescore_file
+    from dartboard.bench.quality import DEFAULT_SEARCHERS, QualityConfig, read_quality_file, rescore_read
+    from dartboard.bench.table import load_table
     from dartboard.searchers.registry import SEARCHERS
 
     if rescore is not None:
-        cfg, result = rescore_file(rescore, str(table) if table else None)
+        with user_input():  # only reads and checks the quality file and the table
+            cfg, data, loaded = read_quality_file(rescore, str(table) if table else None)
+        result = rescore_read(rescore, cfg, data, loaded)
         typer.echo(result["markdown"])
         typer.echo(f"rescored {rescore}; curves: {result['plot']}")
         if not no_mlflow:
@@ -110,6 +113,7 @@ def quality_cmd(
         cfg = QualityConfig(searchers=names, seeds=parse_seeds(seeds), epochs=epochs,
                             workers=workers, parse=None if own_parse else "darts", random_search=not no_random,
                             table=str(table) if table else None)
+        load_table(cfg.table)  # a table it cannot use: refused before Ray starts
     log.info("bench quality: %s x seeds %s, %d epochs, %d trials at once", ", ".join(names), cfg.seeds, epochs,
              workers)
     result = run_quality(cfg, out, ray_address=ray_address, tracking_uri=tracking_uri, mlflow=not no_mlflow)
@@ -165,7 +169,7 @@ def _speed_setting(batch: int, device: str, precision: str, channels: int, layer
     from dartboard.bench.speed import SpeedSetting
     from dartboard.platform.config import resolve_device
 
-    with user_input("device"):  # only checks that the device exists
+    with user_input():  # only checks that the device exists (its message names it)
         dev = resolve_device(device)
     return SpeedSetting(batch=batch, channels=channels, layers=layers, input_size=input_size, warmup=warmup,
                         repeats=repeats, device=dev, precision=precision, memory=memory)

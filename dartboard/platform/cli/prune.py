@@ -80,13 +80,15 @@ def prune(
 ) -> None:
     """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights;
     with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
+    is_demo = demo or model == "demo"
+    uri = _mlflow(mlflow_uri)
+    _check_outputs(is_demo, checkpoint, model_kwargs, out, uri, register_as)
     import torch
 
     from dartboard.platform import dario_run
+    from dartboard.platform.config import resolve_device
     from dartboard.searchers.dario import DarioConfig
-    from dartboard.spaces.vit import count_parameters, create_vit, load_state_dict_file
-
-    is_demo = demo or model == "demo"
+    from dartboard.spaces.vit import count_parameters, create_vit, load_checkpoint
     search = {"warmup_samples": warmup_samples, "iterations": iterations, "search_lr": search_lr,
               "gate_gradient": gate_gradient}
     search = {k: v for k, v in search.items() if v is not None}
@@ -104,6 +106,9 @@ def prune(
     config = replace(config, cuda_graph=cuda_graph)
     with user_input():  # only checks the options' values
         config.validate()
+        if is_demo and device != "cpu":
+            raise ValueError(f"--device: the demo runs on the CPU, got {device!r}")
+        device = resolve_device(device)
         if cuda_graph and (is_demo or not device.startswith("cuda")):
             raise ValueError(f"--cuda-graph: CUDA graphs need --device cuda, got {'the demo' if is_demo else device!r}")
     torch.manual_seed(seed)
@@ -113,11 +118,13 @@ def prune(
             typer.echo(line)
     else:
         kwargs = _kwargs(model_kwargs)
-        net = create_vit(model, **kwargs).to(device).eval()
-        if checkpoint is None:
-            log.warning("no --checkpoint: pruning randomly initialised weights (useful for speed tests only)")
-        else:
-            net.load_state_dict(load_state_dict_file(checkpoint))
+        with user_input():  # only builds the model the user named and reads their checkpoint into it
+            net = create_vit(model, **kwargs).eval()
+            if checkpoint is None:
+                log.warning("no --checkpoint: pruning randomly initialised weights (useful for speed tests only)")
+            else:
+                load_checkpoint(net, checkpoint, model)
+        net = net.to(device)
         result = dario_run.prune_model(net, model, config, kwargs)
         typer.echo(f"blocks kept: {list(result.genotype.blocks_kept)} of {result.genotype.n_blocks}"
                    + (f"; heads kept: {dict(result.genotype.heads_kept)}" if result.genotype.heads_kept else ""))
@@ -126,7 +133,6 @@ def prune(
     if out is not None:
         dario_run.save_pruned(out, result.pruned, result.genotype)
         typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'}")
-    uri = _mlflow(mlflow_uri)
     if uri:
         run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics,
                                             params={"granularity": granularity, "proxy": proxy,
@@ -134,6 +140,24 @@ def prune(
         typer.echo(f"mlflow run {run_id}")
         _register(uri, register_as or default_name(model if not is_demo else "demo"), run_id, result,
                   None if is_demo else net)
+
+
+def _check_outputs(is_demo: bool, checkpoint: Path | None, model_kwargs: str | None, out: Path | None,
+                   uri: str | None, register_as: str | None) -> None:
+    """What the options ask for, checked before the search: the demo trains its own ViT (a checkpoint or model
+    arguments would be ignored), ``--out`` can be written, the tracking server answers, ``--register`` has one."""
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+
+    if is_demo and (checkpoint is not None or model_kwargs):
+        flag = "--checkpoint" if checkpoint is not None else "--model-kwargs"
+        raise UserInputError(f"{flag}: the demo trains its own small ViT on digits and would ignore it; name the "
+                             f"timm model to prune (dartboard prune MODEL --checkpoint FILE --model-kwargs JSON)")
+    if register_as and not uri:
+        raise UserInputError("--register: registering needs MLflow: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+    if out is not None:
+        check_writable_dir(out, "--out")
+    if uri:
+        check_tracking_server(uri, "--mlflow-uri")
 
 
 def default_name(model: str) -> str:

@@ -94,7 +94,7 @@ def train(
     if framework is not None and geno.kind != "mlp":
         raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
                              f"genotype")
-    with user_input("device"):  # only checks that the device exists
+    with user_input():  # only checks that the device exists (its message names it)
         resolved = resolve_device(device)
     if geno.kind == "mlp":
         from dartboard.platform.cli.ssl import train_heads

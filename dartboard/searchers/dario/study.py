@@ -34,7 +34,7 @@ class DarioStudySearcher:
 
     def __init__(self, options: dict[str, Any], in_channels: int, input_size: int, num_classes: int,
                  device: str = "cpu"):
-        from dartboard.spaces.vit import create_vit, load_state_dict_file, vit_dims
+        from dartboard.spaces.vit import create_vit, load_checkpoint, vit_dims
 
         unknown = sorted(set(options) - set(DARIO_STUDY_DEFAULTS))
         if unknown:
@@ -50,7 +50,7 @@ class DarioStudySearcher:
         torch.manual_seed(int(o["seed"]))
         self.model = create_vit(o["model"], **self.create_kwargs).to(self.device)
         if o["checkpoint"]:
-            self.model.load_state_dict(load_state_dict_file(o["checkpoint"]))
+            load_checkpoint(self.model, o["checkpoint"], o["model"])
         self.n_blocks, self.n_heads = vit_dims(self.model)
         self.config = self._dario_config()  # validated now: a bad proxy or threshold fails before any epoch
         self.pretrain_opt = torch.optim.AdamW(self.model.parameters(), lr=float(o["pretrain_lr"]), weight_decay=0.05)
