@@ -146,6 +146,24 @@ def test_prune_refuses_what_it_cannot_use_before_the_search(args, message, tmp_p
     assert message in line
 
 
+# ------------------------------------------------------------------ a study its checks refuse
+@pytest.mark.ray  # the study's checks run while its Ray instance starts
+@pytest.mark.parametrize("command, study, message", [
+    ("sweep", "searcher: nope\n", "error: searcher: unknown searcher 'nope'; known searchers: "),
+    ("ablate", "variants: [{name: a, searcher: darts}, {name: b, searcher: nope}]\n",
+     "error: variants.b.searcher: unknown searcher 'nope'"),
+    ("sweep", "searcher: darts\noptions: {nosuch: 1}\n",
+     "error: options.nosuch: searcher 'darts' has no hyperparameter 'nosuch'"),
+    ("sweep", "searcher: darts\nparams: {discretizer.sigma_threshold: {type: uniform, low: 0.1, high: 0.2}}\n",
+     "error: variants.darts: searcher 'darts' refuses the study's options (discretizer.sigma_threshold=0.1)"),
+], ids=["sweep-searcher", "ablate-variant", "sweep-option", "sweep-dry-build"])
+def test_a_study_its_checks_refuse_is_one_line_and_leaves_no_run(command, study, message, tmp_path):
+    # Before: these came out of the checks that run beside Ray's start as a traceback with exit 1.
+    (tmp_path / "study.yaml").write_text("name: refused\n" + study)
+    line = refused([command, "study.yaml", "--no-mlflow"], tmp_path)
+    assert line.startswith(message), line
+
+
 # ------------------------------------------------------------------ files that are not what a flag expects
 @pytest.mark.parametrize("args, content, message", [
     (["pmsm", "search", "--no-mlflow", "--data-root", "given.json"], '{"R": 0.05,}',

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, user_input
 from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
@@ -126,8 +126,12 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
 
 
 def _checks(cfg: StudyConfig, resume: str | None, run_dir: str | None) -> str | None:
-    """Every check of the study before anything is written; returns the run directory of a new study."""
-    check_study(cfg)
+    """Every check of the study before anything is written; returns the run directory of a new study. The
+    study's own checks (its searchers, options, parameters, data, and the dry build of each variant on a tiny
+    shape) only validate what the study file says: what they refuse is the user's input."""
+    with user_input():
+        check_study(cfg)
+        dry_build(cfg)
     if resume is None:
         run_dir = _new_run_dir(cfg, run_dir)
     elif not tune.Tuner.can_restore(run_dir):
@@ -203,7 +207,6 @@ def _tracked(cfg: StudyConfig, run_dir: str, resume: bool, tracker: Any,
 
 
 def _local_checks(cfg: StudyConfig) -> None:
-    dry_build(cfg)
     if not cfg.ray_address:
         import torch
 
