@@ -147,6 +147,19 @@ def test_imagefolder_resizes_normalises_and_labels_by_folder(tmp_path):
     assert torch.equal(splits.train[0][0], splits.train[0][0])  # no augmentation: train is deterministic too
 
 
+def test_an_image_that_cannot_be_read_is_named_as_the_datas_error(tmp_path):
+    write_folder(tmp_path, "train", {"cat": [(255, 0, 0)], "dog": [(0, 0, 255)]})
+    write_folder(tmp_path, "test", {"cat": [(51, 102, 153)], "dog": [(255, 255, 255)]})
+    (tmp_path / "train" / "dog" / "0.png").write_bytes(b"not a png")  # a file that is no image, named .png
+    png = tmp_path / "train" / "cat" / "0.png"
+    png.write_bytes(png.read_bytes()[:40])  # a truncated one
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    for k, name in ((0, "cat"), (1, "dog")):
+        with pytest.raises(DataError, match=f"image folder: cannot read '.*train/{name}/0.png' as an image"):
+            splits.train[k]  # was PIL's UnidentifiedImageError or OSError, with a traceback from the command line
+    assert splits.test[0][0].shape == (3, 8, 8)
+
+
 def test_imagefolder_reads_val_when_there_is_no_test_and_greyscale_as_rgb(tmp_path):
     write_folder(tmp_path, "train", {"a": [(10, 10, 10)], "b": [(20, 20, 20)], "c": [(30, 30, 30)]}, mode="L")
     write_folder(tmp_path, "val", {"a": [(40, 40, 40)], "b": [(50, 50, 50)], "c": [(60, 60, 60)]}, mode="L")

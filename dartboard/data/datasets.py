@@ -130,6 +130,18 @@ def _imagenet(root: str | None, image_size: int) -> Splits:
     return _imagefolder(root, image_size, "imagenet", IMAGENET_MEAN, IMAGENET_STD, (train_tf, test_tf))
 
 
+def read_image(path: str):
+    """torchvision's image loader (an RGB PIL image) for a user's image folders: a file it cannot read (not an
+    image, truncated) is named as the data's error, wherever in an epoch it is first read."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"image folder: cannot read {path!r} as an image ({' '.join(str(err).split())}); remove or "
+                        f"replace it") from None
+
+
 def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
                  mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5),
                  transforms_: tuple[Callable, Callable] | None = None) -> Splits:
@@ -147,8 +159,8 @@ def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                              transforms.Normalize(mean, std)])
     train_tf, test_tf = transforms_ or (tf, tf)
-    train = datasets.ImageFolder(str(base / "train"), transform=train_tf)
-    test = datasets.ImageFolder(str(test_dir), transform=test_tf)
+    train = datasets.ImageFolder(str(base / "train"), transform=train_tf, loader=read_image)
+    test = datasets.ImageFolder(str(test_dir), transform=test_tf, loader=read_image)
     return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std))
 
 

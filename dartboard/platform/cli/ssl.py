@@ -69,7 +69,9 @@ def _folder(path: str, role: str, image_size: int):
                              f"group (relevant = same group)")
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                              transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    data = datasets.ImageFolder(path, transform=tf)
+    from dartboard.data.datasets import read_image
+
+    data = datasets.ImageFolder(path, transform=tf, loader=read_image)
     return data, [data.classes[t] for t in data.targets]
 
 
