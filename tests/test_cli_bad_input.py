@@ -186,6 +186,20 @@ def test_a_file_that_is_not_what_the_flag_expects_is_one_line(args, content, mes
     assert message in line
 
 
+# ------------------------------------------------------------------ a Ray cluster that is not there
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "--address", "127.0.0.1:9"], "error: --address: cannot reach a Ray cluster at 127.0.0.1:9"),
+    (["ablate", "ablation_maile_table1", "--address", "ray://127.0.0.1:9"],
+     "error: --address: cannot reach a Ray cluster at ray://127.0.0.1:9"),
+    (["sweep", "--address", "headnode"], "error: --address: expected HOST:PORT of a Ray cluster's head"),
+], ids=["sweep", "ablate-client", "no-port"])
+def test_a_ray_address_that_answers_nothing_is_one_line_in_seconds(args, message, tmp_path):
+    # Ray itself retries such an address for minutes, a warning every 5 s (past this test's subprocess timeout).
+    # Nothing is left behind either: the storage's write probe removes the folders it made.
+    line = refused([*args, "--no-mlflow"], tmp_path)
+    assert line.startswith(message), line
+
+
 # ------------------------------------------------------------------ output folders that cannot be written
 @pytest.mark.parametrize("args", [
     ["search", "--out", "afile/run", "--no-mlflow"],

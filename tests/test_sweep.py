@@ -84,7 +84,11 @@ def test_unwritable_storage(tmp_path):
     blocker.write_text("not a folder")  # a path below a regular file can never be created, even by root
     with pytest.raises(ValueError, match=r"storage: '.*a-file/sweeps' is not writable"):
         check_storage(str(blocker / "sweeps"))
-    check_storage(str(tmp_path / "ok"))
+    check_storage(str(tmp_path / "ok" / "studies"))
+    assert not (tmp_path / "ok").exists()  # the folders the probe made are gone again: a refused study leaves none
+    (tmp_path / "there").mkdir()
+    check_storage(str(tmp_path / "there"))
+    assert (tmp_path / "there").is_dir() and not list((tmp_path / "there").iterdir())
     assert resolve_storage("s3://bucket/x/") == "s3://bucket/x"
     assert resolve_storage(None).endswith("runs/studies") and os.path.isabs(resolve_storage(None))
 

@@ -1,5 +1,5 @@
 """Checks of what a command will need, made before it does any work: an output folder it can write,
-a tracking server it can reach, a registry file that exists where a command only reads one. Each
+a tracking server or Ray cluster it can reach, a registry file that exists where a command only reads one. Each
 failure is one :class:`~dartboard.errors.UserInputError` naming the flag and the value, so a search
 never runs for minutes to fail on its last write, a server that is down is reported in seconds
 rather than after MLflow's retries (minutes), and a lookup never leaves an empty registry behind.
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from dartboard.errors import UserInputError
 
-#: Seconds to wait for a TCP connection to the tracking server.
+#: Seconds to wait for a TCP connection to the tracking server or a Ray cluster.
 TRACKING_CONNECT_TIMEOUT_S = 5.0
 
 
@@ -66,12 +66,33 @@ def check_tracking_server(uri: str, flag: str = "--tracking-uri") -> None:
         raise UserInputError(f"{flag}: {uri!r} is not a valid URL ({err})") from None
     if not host:
         raise UserInputError(f"{flag}: {uri!r} names no host")
+    _check_reachable(host, port, f"{flag}: cannot reach the MLflow tracking server at {uri}")
+
+
+def check_ray_address(address: str, flag: str = "--address") -> None:
+    """An explicit Ray cluster address (``HOST:PORT`` of its head, or ``ray://HOST:PORT`` of Ray Client) must
+    accept a TCP connection within seconds: Ray itself retries for minutes, printing a warning every few seconds.
+    ``auto`` and ``local`` are Ray's to resolve."""
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as err:  # a port that is not a number
+        raise UserInputError(f"{flag}: {address!r} is not a valid address ({err})") from None
+    if not host or port is None:
+        raise UserInputError(f"{flag}: expected HOST:PORT of a Ray cluster's head, ray://HOST:PORT or auto, got "
+                             f"{address!r}")
+    _check_reachable(host, port, f"{flag}: cannot reach a Ray cluster at {address}")
+
+
+def _check_reachable(host: str, port: int, failure: str) -> None:
     try:
         with socket.create_connection((host, port), timeout=TRACKING_CONNECT_TIMEOUT_S):
             pass
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise UserInputError(f"{flag}: cannot reach the MLflow tracking server at {uri} ({reason})") from None
+        raise UserInputError(f"{failure} ({reason})") from None
 
 
 def sqlite_file(uri: str) -> Path | None:

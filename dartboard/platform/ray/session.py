@@ -166,6 +166,9 @@ def _init(cfg: StudyConfig | None, address: str | None, num_cpus: int | None) ->
     address = address or (cfg.ray_address if cfg is not None else None)
     env = worker_env(local=not address)
     if address:
+        from dartboard.platform.checks import check_ray_address
+
+        check_ray_address(address)
         ray.init(address=address, runtime_env={"env_vars": env}, **output)
     else:
         # address="local": always a new private instance, never another `ray start` cluster on this machine.

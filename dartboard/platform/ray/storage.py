@@ -22,9 +22,11 @@ def resolve_storage(storage: str | None) -> str:
 
 
 def check_storage(storage: str) -> None:
-    """Write and delete a probe file, so an unwritable storage fails before any trial starts."""
+    """Write and delete a probe file, so an unwritable storage fails before any trial starts. The local folders
+    the probe had to make are removed again: a study refused after this check leaves nothing behind."""
     import pyarrow.fs
 
+    made = [] if "://" in storage else [d for d in (Path(storage), *Path(storage).parents) if not d.exists()]
     try:
         fs, root = pyarrow.fs.FileSystem.from_uri(storage)
         fs.create_dir(root, recursive=True)
@@ -34,6 +36,12 @@ def check_storage(storage: str) -> None:
         fs.delete_file(probe)
     except Exception as err:  # noqa: BLE001 - any filesystem failure is the same user error
         raise ValueError(f"storage: {storage!r} is not writable ({' '.join(str(err).split())})") from None
+    finally:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def write_text(uri: str, text: str) -> None:
