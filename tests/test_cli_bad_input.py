@@ -237,8 +237,13 @@ def test_a_read_only_folder_is_refused_before_the_search(tmp_path):
                                                               "got 'gpu'"),
     (["prune", "vit_tiny_patch16_224", "--device", "gpu"], "error: device: expected auto, cpu, cuda[:N] or mps"),
     (["prune", "--device", "cuda"], "error: --device: the demo runs on the CPU, got 'cuda'"),
+    (["train", "darts-v2", "--image-size", "64", "--no-mlflow"], "error: --image-size: 'digits' has images of one "
+                                                                 "size, which it would ignore"),
+    (["train", "darts-v2", "--image-size", "0", "--no-mlflow"], "error: --image-size: expected a positive integer"),
+    (["distance", "darts-v1", "darts-v2", "--out", "m.txt"], "error: --out: 'm.txt': a heatmap is written as an "
+                                                             "image, not 'txt'; use one of "),
 ], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch", "train-device", "prune-device",
-        "prune-demo-device"])
+        "prune-demo-device", "train-image-size-ignored", "train-image-size-0", "distance-format"])
 def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
     line = refused(args, tmp_path)
     assert message in line

@@ -23,6 +23,9 @@ class DataError(UserInputError):
 DATASETS: Registry[Callable[[str | None, int], Any]] = Registry("dataset")
 SMALL_DATASETS: set[str] = set()
 LOCAL_DATASETS = ("cifar10", "cifar100", "imagenet")  # read from a folder the user gives (--data-root)
+#: Built-in data of one image size, which a loader's ``image_size`` does not change (image folders are resized).
+FIXED_SIZE_DATASETS = ("digits", "colour-digits", "cifar10", "cifar100", "digits-views", "digits-views-noaug",
+                       "cifar10-views", "cifar100-views", "pmsm")
 
 
 def register_dataset(name: str, loader: Callable[[str | None, int], Any], small: bool = False) -> None:

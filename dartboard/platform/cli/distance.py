@@ -23,6 +23,7 @@ def distance(
         from dartboard.platform.checks import check_writable_file
 
         check_writable_file(out, "--out")
+        _check_image_format(out)
     labels = genotype_labels(genotypes)
     matrix = distance_matrix([resolve(g) for g in genotypes])
     width = max(8, *(len(label) for label in labels)) + 2
@@ -50,6 +51,17 @@ def genotype_labels(genotypes: list[str]) -> list[str]:
         return g
 
     return [label(g) for g in genotypes]
+
+
+def _check_image_format(out: Path) -> None:
+    """The heatmap's file type is its suffix (none: PNG): one matplotlib cannot write is refused before the work."""
+    from matplotlib.figure import Figure
+
+    kinds = Figure().canvas.get_supported_filetypes()
+    suffix = out.suffix.lstrip(".").lower()
+    if suffix and suffix not in kinds:
+        raise UserInputError(f"--out: {str(out)!r}: a heatmap is written as an image, not {suffix!r}; use one of "
+                             f"{', '.join(sorted(kinds))}")
 
 
 def _heatmap(matrix: list[list[float]], labels: list[str], out: Path) -> None:

@@ -111,6 +111,7 @@ def train(
 
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_dataset(dataset)
+    _check_image_size(image_size, dataset)
     name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
@@ -124,6 +125,18 @@ def train(
                "storage": storage} if distributed else None
     _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
                  register_as, image_size)
+
+
+def _check_image_size(image_size: int | None, dataset: str) -> None:
+    from dartboard.data.catalog import FIXED_SIZE_DATASETS
+
+    if image_size is None:
+        return
+    if image_size < 1:
+        raise UserInputError(f"--image-size: expected a positive integer, got {image_size}")
+    if dataset in FIXED_SIZE_DATASETS:
+        raise UserInputError(f"--image-size: {dataset!r} has images of one size, which it would ignore; only image "
+                             f"folders are resized (imagefolder, imagenet)")
 
 
 #: The DARTS evaluation protocol's switches (Liu et al. 2019, CIFAR-10: auxiliary towers weight 0.4,
