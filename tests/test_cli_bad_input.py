@@ -27,8 +27,12 @@ def listing(folder: Path) -> set[str]:
 def refused(args: list[str], cwd: Path) -> str:
     """Run ``dartboard ARGS`` in ``cwd``; assert the contract for bad input; return the error line."""
     before = listing(cwd)
-    result = subprocess.run([console_script(), *args], cwd=cwd, env=env_for(OMP_NUM_THREADS="1"),
-                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    env = env_for(OMP_NUM_THREADS="1")
+    # The default tracking URI, as a user's shell has it: MLflow's set_tracking_uri, called by earlier tests in this
+    # process, exports MLFLOW_TRACKING_URI to os.environ (and so to the command).
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([console_script(), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
@@ -67,11 +71,9 @@ def test_an_unreachable_tracking_server_is_one_line_naming_the_uri(args, tmp_pat
     ["predict", "digits-darts@champion", "digit.png"],
     ["export", "models:/digits-darts@champion", "--format", "onnx", "--out", "net.onnx"],
 ], ids=["pull", "models-list", "predict", "export"])
-def test_reading_a_registry_file_that_does_not_exist_names_it_and_creates_none(args, tmp_path, monkeypatch):
+def test_reading_a_registry_file_that_does_not_exist_names_it_and_creates_none(args, tmp_path):
     # MLflow creates an empty sqlite registry on its first connection: the command would leave an mlflow.db
-    # behind (which `refused` checks) and then report the model as missing from it. The default URI is the
-    # one under test: MLflow's set_tracking_uri in an earlier test of this process exports its own.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # behind (which `refused` checks) and then report the model as missing from it.
     line = refused(args, tmp_path)
     assert "no MLflow registry at sqlite:///mlflow.db: mlflow.db in " in line and "does not exist" in line
 
