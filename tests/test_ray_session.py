@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("ray")
 
+from dartboard.platform import checks  # noqa: E402
 from dartboard.platform.ray import session  # noqa: E402
 
 
@@ -18,6 +19,7 @@ def captured(monkeypatch):
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(checks, "check_ray_address", lambda address: None)  # no cluster at "head": not asked here
     monkeypatch.delenv(session.PREEMPTION_WATCHER_ENV, raising=False)
     return calls
 
@@ -63,6 +65,7 @@ def test_a_private_instance_starts_no_monitors_and_no_api_server_unless_asked(mo
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(checks, "check_ray_address", lambda address: None)  # no cluster at "head": not asked here
     for name in (session.DASHBOARD_ENV, session.VERBOSE_ENV, session.STATE_RECONCILIATION_ENV):
         monkeypatch.delenv(name, raising=False)
     session.init_ray(num_cpus=1)
