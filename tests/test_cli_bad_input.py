@@ -1,6 +1,8 @@
-"""Bad input tried as a new user would, through the installed ``dartboard`` console script: each
-case exits 2 with one line naming the problem, no traceback, and leaves nothing behind in the
-folder it ran in (each runs in an empty folder that the test lists before and after).
+"""Bad input tried as a new user would, through the installed ``dartboard`` console script (``refused``) or,
+where the input is refused before any work, through the same ``main`` in this process (``refused_here``, one
+case of each kind through the script too): each case exits 2 with one line naming the problem, no traceback,
+and leaves nothing behind in the folder it ran in (each runs in an empty folder that the test lists before and
+after).
 
 An unreachable tracking server must fail before any work: without the connection check MLflow
 retries for minutes (250-316 s measured), far past the subprocess timeout of these tests.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -37,6 +40,25 @@ def refused(args: list[str], cwd: Path) -> str:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert listing(cwd) == before, "something was left behind"
+    return lines[0]
+
+
+def refused_here(args: list[str], cwd: Path, capsys, monkeypatch) -> str:
+    """:func:`refused` in this process: the ``main`` that the console script runs, without a new interpreter (2-4 s
+    of start-up and imports each). For input refused before any work, where nothing of the process is left set."""
+    from dartboard.platform.cli.main import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = listing(cwd)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # a bug raises its own exception instead: the test fails with it
+        main(args)
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
     assert listing(cwd) == before, "something was left behind"
     return lines[0]
 
@@ -71,10 +93,10 @@ def test_an_unreachable_tracking_server_is_one_line_naming_the_uri(args, tmp_pat
     ["predict", "digits-darts@champion", "digit.png"],
     ["export", "models:/digits-darts@champion", "--format", "onnx", "--out", "net.onnx"],
 ], ids=["pull", "models-list", "predict", "export"])
-def test_reading_a_registry_file_that_does_not_exist_names_it_and_creates_none(args, tmp_path):
+def test_reading_a_registry_file_that_does_not_exist_names_it_and_creates_none(args, tmp_path, capsys, monkeypatch):
     # MLflow creates an empty sqlite registry on its first connection: the command would leave an mlflow.db
     # behind (which `refused` checks) and then report the model as missing from it.
-    line = refused(args, tmp_path)
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
     assert "no MLflow registry at sqlite:///mlflow.db: mlflow.db in " in line and "does not exist" in line
 
 
@@ -107,12 +129,13 @@ def test_the_python_api_does_not_create_a_registry_either(tmp_path, monkeypatch)
     ("ablate", "- a list\n", "resume: '{dir}/study.yaml': expected a study (a mapping at the top level)"),
     ("sweep", "max_concurrent: 0\n", "invalid configuration: max_concurrent: Input should be greater than or equal"),
 ])
-def test_resuming_a_folder_that_is_no_study_run_is_one_line(command, study_file, message, tmp_path):
+def test_resuming_a_folder_that_is_no_study_run_is_one_line(command, study_file, message, tmp_path, capsys,
+                                                            monkeypatch):
     folder = tmp_path / "run"
     folder.mkdir()
     if study_file is not None:
         (folder / "study.yaml").write_text(study_file)
-    line = refused([command, "--resume", "run", "--no-mlflow"], tmp_path)
+    line = refused_here([command, "--resume", "run", "--no-mlflow"], tmp_path, capsys, monkeypatch)
     assert message.format(dir=folder) in line
 
 
@@ -139,12 +162,12 @@ def test_resuming_a_study_that_never_reached_tune_is_one_line(tmp_path):
      "checkpoint: 'junk.safetensors' is not a safetensors file"),
     (["vit_tiny_patch16_224", "--checkpoint", "junk.pt"], "checkpoint: 'junk.pt' is not a torch file of tensors"),
 ], ids=["demo-checkpoint", "register-no-mlflow", "out", "mlflow-down", "model", "model-kwargs", "safetensors", "pt"])
-def test_prune_refuses_what_it_cannot_use_before_the_search(args, message, tmp_path):
+def test_prune_refuses_what_it_cannot_use_before_the_search(args, message, tmp_path, capsys, monkeypatch):
     # Before: the demo ran for minutes ignoring the checkpoint; a model, its arguments or a checkpoint it could not
     # use ended in a traceback; --out and the server were found out only after the search.
     (tmp_path / "junk.safetensors").write_text("not a checkpoint")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    line = refused(["prune", *args, "--n", "1", "--k", "1"], tmp_path)
+    line = refused_here(["prune", *args, "--n", "1", "--k", "1"], tmp_path, capsys, monkeypatch)
     assert message in line
 
 
@@ -182,24 +205,37 @@ def test_a_study_its_checks_refuse_is_one_line_and_leaves_no_run(command, study,
     (["bench", "quality", "--no-mlflow", "--rescore", "given.json"], "{bad",
      "quality file 'given.json' is not JSON: Expecting property name"),
 ], ids=["pmsm-motor", "quality-table-keys", "quality-table-list", "rescore-keys", "rescore-config", "rescore-json"])
-def test_a_file_that_is_not_what_the_flag_expects_is_one_line(args, content, message, tmp_path):
+def test_a_file_that_is_not_what_the_flag_expects_is_one_line(args, content, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "given.json").write_text(content)
-    line = refused(args, tmp_path)
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
     assert message in line
 
 
 # ------------------------------------------------------------------ a Ray cluster that is not there
 @pytest.mark.parametrize("args, message", [
     (["sweep", "--address", "127.0.0.1:9"], "error: --address: cannot reach a Ray cluster at 127.0.0.1:9"),
-    (["ablate", "ablation_maile_table1", "--address", "ray://127.0.0.1:9"],
-     "error: --address: cannot reach a Ray cluster at ray://127.0.0.1:9"),
     (["sweep", "--address", "headnode"], "error: --address: expected HOST:PORT of a Ray cluster's head"),
-], ids=["sweep", "ablate-client", "no-port"])
+], ids=["host-port", "no-port"])
 def test_a_ray_address_that_answers_nothing_is_one_line_in_seconds(args, message, tmp_path):
     # Ray itself retries such an address for minutes, a warning every 5 s (past this test's subprocess timeout).
     # Nothing is left behind either: the storage's write probe removes the folders it made.
     line = refused([*args, "--no-mlflow"], tmp_path)
     assert line.startswith(message), line
+
+
+@pytest.mark.parametrize("address, message", [
+    ("ray://127.0.0.1:9", "cannot reach a Ray cluster at ray://127.0.0.1:9"),
+    ("127.0.0.1:x", "'127.0.0.1:x' is not a valid address"),
+    ("ray://headnode", "expected HOST:PORT of a Ray cluster's head, ray://HOST:PORT or auto, got 'ray://headnode'"),
+])
+def test_the_forms_of_a_ray_address(address, message):
+    from dartboard.errors import UserInputError
+    from dartboard.platform.checks import check_ray_address
+
+    with pytest.raises(UserInputError, match=re.escape(f"--address: {message}")):
+        check_ray_address(address)
+    check_ray_address("auto")  # Ray's to resolve
+    check_ray_address("local")
 
 
 # ------------------------------------------------------------------ output folders that cannot be written
@@ -237,6 +273,13 @@ def test_a_read_only_folder_is_refused_before_the_search(tmp_path):
     (["bench", "speed", "--batch", "0"], "--batch: expected an integer >= 1, got 0"),
     (["train", "darts-v2", "--device", "gpu", "--no-mlflow"], "error: device: expected auto, cpu, cuda[:N] or mps, "
                                                               "got 'gpu'"),
+], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch", "train-device"])
+def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
+    line = refused(args, tmp_path)
+    assert message in line
+
+
+@pytest.mark.parametrize("args, message", [
     (["prune", "vit_tiny_patch16_224", "--device", "gpu"], "error: device: expected auto, cpu, cuda[:N] or mps"),
     (["prune", "--device", "cuda"], "error: --device: the demo runs on the CPU, got 'cuda'"),
     (["train", "darts-v2", "--image-size", "64", "--no-mlflow"], "error: --image-size: 'digits' has images of one "
@@ -244,11 +287,22 @@ def test_a_read_only_folder_is_refused_before_the_search(tmp_path):
     (["train", "darts-v2", "--image-size", "0", "--no-mlflow"], "error: --image-size: expected a positive integer"),
     (["distance", "darts-v1", "darts-v2", "--out", "m.txt"], "error: --out: 'm.txt': a heatmap is written as an "
                                                              "image, not 'txt'; use one of "),
-], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch", "train-device", "prune-device",
-        "prune-demo-device", "train-image-size-ignored", "train-image-size-0", "distance-format"])
-def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
-    line = refused(args, tmp_path)
+], ids=["prune-device", "prune-demo-device", "train-image-size-ignored", "train-image-size-0", "distance-format"])
+def test_a_bad_value_is_one_line_naming_it_here(args, message, tmp_path, capsys, monkeypatch):
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
     assert message in line
+
+
+@pytest.mark.parametrize("args, files", [
+    (["pull", "digits-darts@champion", "--to", "got"], {}),
+    (["prune", "vit_tiny_patch16_224", "--checkpoint", "junk.pt"], {"junk.pt": "not a checkpoint"}),
+    (["bench", "quality", "--no-mlflow", "--rescore", "given.json"], {"given.json": "{bad"}),
+], ids=["registry", "prune-checkpoint", "rescore"])
+def test_the_console_script_refuses_as_main_does(args, files, tmp_path, capsys, monkeypatch):
+    # The cases above that run in this process (refused_here), one of each kind, through the installed script too.
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert refused(args, tmp_path) == refused_here(args, tmp_path, capsys, monkeypatch)
 
 
 def test_a_genotype_with_an_empty_concat_is_refused(tmp_path):
