@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,17 +29,26 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UserInputError(f"{flag}: {str(folder)!r} exists and is not a folder")
+    try:
+        with folders_removed_after(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".dartboard-probe-"):
+                pass
+    except OSError as err:
+        raise UserInputError(f"{flag}: cannot write to {str(folder)!r} ({err.strerror or err})") from None
+
+
+@contextmanager
+def folders_removed_after(folder: Path) -> Iterator[None]:
+    """Around a write probe in the local ``folder``: the folders of its path that do not exist yet (the probe
+    makes them) are removed again afterwards, deepest first, so a probe leaves nothing behind."""
     missing = []
     for parent in (folder, *folder.parents):
         if parent.exists():
             break
         missing.append(parent)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dartboard-probe-"):
-            pass
-    except OSError as err:
-        raise UserInputError(f"{flag}: cannot write to {str(folder)!r} ({err.strerror or err})") from None
+        yield
     finally:
         for made in missing:  # deepest first
             try:

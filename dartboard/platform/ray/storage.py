@@ -5,6 +5,7 @@ each trial's Train run (``trials/train-<trial_id>``, its epoch checkpoints) and 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,18 @@ def check_storage(storage: str) -> None:
     the probe had to make are removed again: a study refused after this check leaves nothing behind."""
     import pyarrow.fs
 
-    made = [] if "://" in storage else [d for d in (Path(storage), *Path(storage).parents) if not d.exists()]
+    from dartboard.platform.checks import folders_removed_after
+
     try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
-        fs.create_dir(root, recursive=True)
-        probe = f"{root}/.dartboard-write-probe"
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
+        with nullcontext() if "://" in storage else folders_removed_after(Path(storage)):
+            fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+            fs.create_dir(root, recursive=True)
+            probe = f"{root}/.dartboard-write-probe"
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            fs.delete_file(probe)
     except Exception as err:  # noqa: BLE001 - any filesystem failure is the same user error
         raise ValueError(f"storage: {storage!r} is not writable ({' '.join(str(err).split())})") from None
-    finally:
-        for folder in made:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
 
 
 def write_text(uri: str, text: str) -> None:
