@@ -50,9 +50,19 @@ def one_line(err: BaseException) -> str:
     """The message of a user error on one line (pydantic's errors as ``field: message; ...``)."""
     errors = getattr(err, "errors", None)
     if type(err).__name__ == "ValidationError" and callable(errors):
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()]
-        return "invalid configuration: " + "; ".join(parts)
+        return "invalid configuration: " + "; ".join(_pydantic_part(e) for e in errors())
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def _pydantic_part(error: dict) -> str:
+    """One of pydantic's errors as ``field: message``. A validator's own ``ValueError`` already names its field
+    and reads ``Value error, ...`` in pydantic's message: it is given as the validator wrote it, after the
+    field where pydantic knows one (a model's validator has none)."""
+    message = error["msg"]
+    if error.get("type") == "value_error" and message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    where = ".".join(str(p) for p in error["loc"])
+    return f"{where}: {message}" if where else message
 
 
 @contextmanager

@@ -285,7 +285,17 @@ def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
     (["train", "darts-v2", "--image-size", "0", "--no-mlflow"], "error: --image-size: expected a positive integer"),
     (["distance", "darts-v1", "darts-v2", "--out", "m.txt"], "error: --out: 'm.txt': a heatmap is written as an "
                                                              "image, not 'txt'; use one of "),
-], ids=["prune-device", "prune-demo-device", "train-image-size-ignored", "train-image-size-0", "distance-format"])
+    # a folder for data made in memory was ignored: the search or training ran on digits
+    (["search", "--data-root", "cifar", "--no-mlflow"], "error: invalid configuration: data_root (--data-root): "
+                                                        "dataset 'digits' is made in memory and reads no folder, so "
+                                                        "'cifar' would be ignored"),
+    (["train", "darts-v2", "--data-root", "cifar"], "error: data_root (--data-root): dataset 'digits' is made in "
+                                                    "memory and reads no folder"),  # and no mlflow.db is made
+    # pydantic's "Value error, " and an empty field before a model validator's own message
+    (["search", "--dataset", "nosuch", "--no-mlflow"], "error: invalid configuration: dataset: unknown dataset "
+                                                       "'nosuch'; expected one of digits"),
+], ids=["prune-device", "prune-demo-device", "train-image-size-ignored", "train-image-size-0", "distance-format",
+        "search-data-root-ignored", "train-data-root-ignored", "search-unknown-dataset"])
 def test_a_bad_value_is_one_line_naming_it_here(args, message, tmp_path, capsys, monkeypatch):
     line = refused_here(args, tmp_path, capsys, monkeypatch)
     assert message in line

@@ -168,3 +168,16 @@ def test_imagefolder_reads_val_when_there_is_no_test_and_greyscale_as_rgb(tmp_pa
     x, _ = splits.test[2]
     assert x.shape == (3, 8, 8)
     assert torch.allclose(x, torch.full((3, 8, 8), (60 / 255.0 - 0.5) / 0.5), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["digits", "colour-digits", "digits-views", "digits-views-noaug"])
+def test_a_folder_for_data_made_in_memory_is_refused_not_ignored(name, tmp_path):
+    from pydantic import ValidationError
+
+    from dartboard.platform.config import SearchRunConfig
+
+    with pytest.raises(DataError, match=rf"dataset '{name}' is made in memory and reads no folder"):
+        load_dataset(name, str(tmp_path))
+    with pytest.raises(ValidationError, match="reads no folder"):  # a search's or a study trial's config
+        SearchRunConfig(dataset=name, data_root=str(tmp_path))
+    assert SearchRunConfig(dataset=name).data_root is None

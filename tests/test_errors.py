@@ -54,3 +54,31 @@ def test_registry_misses_are_user_errors():
     with pytest.raises(ValueError) as duplicate:  # registering twice is a bug, not the user's input
         registry.add("darts", object())
     assert not is_user_error(duplicate.value)
+
+
+def test_a_validators_own_message_reads_as_written():
+    from pydantic import BaseModel, ValidationError, field_validator, model_validator
+
+    class Run(BaseModel):
+        batch_size: int = 1
+        dataset: str = "digits"
+
+        @field_validator("batch_size")
+        @classmethod
+        def _positive(cls, value: int) -> int:
+            if value < 1:
+                raise ValueError(f"expected a positive size, got {value}")
+            return value
+
+        @model_validator(mode="after")
+        def _known(self):
+            if self.dataset != "digits":
+                raise ValueError(f"dataset: unknown dataset {self.dataset!r}")
+            return self
+
+    with pytest.raises(ValidationError) as model_level:
+        Run(dataset="foo")
+    assert one_line(model_level.value) == "invalid configuration: dataset: unknown dataset 'foo'"
+    with pytest.raises(ValidationError) as field_level:
+        Run(batch_size=0)
+    assert one_line(field_level.value) == "invalid configuration: batch_size: expected a positive size, got 0"

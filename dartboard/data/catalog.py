@@ -40,6 +40,15 @@ def check_dataset(name: str) -> str:
     return name
 
 
+def check_data_root(name: str, root: str | None) -> None:
+    """A folder given for data that is made in memory would be ignored: refused, so that a user who meant
+    another dataset learns it before a search or training runs on the wrong data."""
+    if root is not None and name in BUILT_IN_MEMORY:
+        raise DataError(f"data_root (--data-root): dataset {name!r} is made in memory and reads no folder, so "
+                        f"{root!r} would be ignored; leave it out, or name the dataset that folder holds "
+                        f"(--dataset {', '.join(LOCAL_DATASETS + ('imagefolder',))})")
+
+
 def _builtin(name: str) -> Callable[[str | None, int], Any]:
     """The loader of a built-in dataset: ``datasets.load_builtin``, imported when the dataset is loaded."""
 
@@ -59,6 +68,8 @@ BUILTIN = {"digits": True, COLOUR_DIGITS: True, "cifar10": False, "cifar100": Fa
            # with the augmentations off
            "digits-views": True, "digits-views-noaug": True, "cifar10-views": False, "cifar100-views": False,
            "imagefolder-views": False}
+#: Built-in data made in memory (scikit-learn's bundled digits and what is made from them): no folder is read.
+BUILT_IN_MEMORY = ("digits", COLOUR_DIGITS, "digits-views", "digits-views-noaug")
 for _name, _small in BUILTIN.items():
     register_dataset(_name, _builtin(_name), small=_small)
 

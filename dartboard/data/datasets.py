@@ -21,6 +21,7 @@ from dartboard.data.catalog import (  # noqa: F401  (this module's public names,
     LOCAL_DATASETS,
     SMALL_DATASETS,
     DataError,
+    check_data_root,
     check_dataset,
     register_dataset,
 )
@@ -186,7 +187,8 @@ def load_builtin(name: str, root: str | None, image_size: int) -> Splits:
 
 
 def load_dataset(name: str = "digits", root: str | None = None, image_size: int = 32) -> Splits:
-    return DATASETS[check_dataset(name)](root, image_size)
+    check_data_root(check_dataset(name), root)
+    return DATASETS[name](root, image_size)
 
 
 def search_split(train: Dataset, seed: int, fraction: float | None = 0.5) -> tuple[Subset, Subset]:

@@ -51,7 +51,7 @@ class SearchRunConfig(BaseModel):
 
             preset = PRESETS.get(self.searcher)
             self.dataset = preset.dataset if preset is not None and preset.dataset else "digits"
-        check_dataset_name(self.dataset)
+        check_dataset_name(self.dataset, self.data_root)
         return self
 
     def searcher_options(self) -> dict[str, Any]:
@@ -70,10 +70,10 @@ class SearchRunConfig(BaseModel):
         return {**defaults, **self.options}
 
 
-def check_dataset_name(name: str) -> None:
-    from dartboard.data.catalog import check_dataset  # names only: no torch
+def check_dataset_name(name: str, data_root: str | None = None) -> None:
+    from dartboard.data.catalog import check_data_root, check_dataset  # names only: no torch
 
-    check_dataset(name)
+    check_data_root(check_dataset(name), data_root)
 
 
 def is_small_dataset(name: str | None) -> bool:

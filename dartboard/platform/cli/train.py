@@ -75,7 +75,7 @@ def train(
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
-    from dartboard.data.datasets import check_dataset
+    from dartboard.data.datasets import check_data_root, check_dataset
     from dartboard.platform.config import resolve_device
     from dartboard.spaces.catalog import resolve
 
@@ -99,6 +99,7 @@ def train(
     if geno.kind == "mlp":
         from dartboard.platform.cli.ssl import train_heads
 
+        check_data_root(check_dataset(dataset or "digits"), data_root)
         result = train_heads(geno, genotype, framework=framework, channels=channels, epochs=epochs,
                              batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset or "digits",
                              data_root=data_root, seed=seed, device=resolved, out=out)
@@ -110,7 +111,7 @@ def train(
     from dartboard.spaces.genotype import ColourGenotype
 
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
-    check_dataset(dataset)
+    check_data_root(check_dataset(dataset), data_root)
     _check_image_size(image_size, dataset)
     name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
