@@ -82,3 +82,19 @@ def test_a_validators_own_message_reads_as_written():
     with pytest.raises(ValidationError) as field_level:
         Run(batch_size=0)
     assert one_line(field_level.value) == "invalid configuration: batch_size: expected a positive size, got 0"
+
+
+def test_a_mapping_file_parsed_one_way_names_the_file_in_every_error():
+    from dartboard.data.datasets import DataError
+    from dartboard.user_files import parse_mapping
+
+    assert parse_mapping("a: 1\nb: [2, 3]\n", "f") == {"a": 1, "b": [2, 3]}
+    assert parse_mapping("", "f") == {}  # an empty run config is the defaults
+    with pytest.raises(UserInputError, match=r"^f: expected a study$"):  # an empty study is none
+        parse_mapping("", "f", what="a study", empty_ok=False)
+    with pytest.raises(UserInputError, match=r"^f: expected a mapping at the top level$"):
+        parse_mapping("- a\n- b\n", "f")
+    with pytest.raises(UserInputError, match=r"^f is not valid YAML: while parsing a flow sequence"):
+        parse_mapping("a: [1\n", "f")
+    with pytest.raises(DataError, match=r"^f is not valid JSON: Expecting property name .* line 1 column 10"):
+        parse_mapping('{"a": 1, }', "f", json_syntax=True, error=DataError)

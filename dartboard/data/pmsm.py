@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dartboard.data.datasets import DataError, DatasetInfo, Splits
+from dartboard.user_files import parse_mapping
 
 FEATURES = ("I_d", "I_q", "omega_e", "v_d", "v_q", "R")
 TARGETS = ("dI_d/dt", "dI_q/dt")
@@ -117,16 +117,8 @@ class MotorParams:
         if not path.is_file():
             raise DataError(f"pmsm: --data-root {str(path)!r} is not a file; give a JSON or YAML file of motor "
                             f"parameters ({', '.join(f.name for f in dataclasses.fields(cls))}) or none")
-        text = path.read_text()
-        import yaml
-
-        try:  # JSON is YAML too, but JSON's own parser names the place of a JSON file's error
-            data = json.loads(text) if path.suffix == ".json" else (yaml.safe_load(text) or {})
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise DataError(f"pmsm: {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                            f"{' '.join(str(err).split())}") from None
-        if not isinstance(data, dict):
-            raise DataError(f"pmsm: {str(path)!r} must hold a mapping of motor parameters")
+        data = parse_mapping(path.read_text(), f"pmsm: {str(path)!r}", what="a mapping of motor parameters",
+                             json_syntax=path.suffix == ".json", error=DataError)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The published DARTS supernet (C=16, 8 cells, 50 epochs) is sized for CIFAR-10 on a GPU. On the
@@ -98,18 +97,12 @@ def resolve_device(device: str) -> str:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    from dartboard.user_files import parse_mapping
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
-    return data
+    return parse_mapping(path.read_text(), f"config file {str(path)!r}")
 
 
 # ---------------------------------------------------------------------------------- studies

@@ -40,6 +40,7 @@ from dartboard.platform.ray.space import check_study, dry_build, grid_param_spac
 from dartboard.platform.ray.trial import TrialCallback, TrialHook, trial_payload
 from dartboard.platform.ray.trial import trainable as study_trainable  # the name `trainable` is a local below
 from dartboard.platform.ray.tune_usage import light_callback_usage
+from dartboard.user_files import parse_mapping
 
 log = logging.getLogger("dartboard")
 
@@ -81,13 +82,8 @@ def stored_study(run_dir: str) -> StudyConfig:
     """The study of a run directory (for --resume). The directory is the user's input: a study file that cannot
     be read or parsed is a :class:`UserInputError` naming it (its validation, pydantic's error, is one already)."""
     uri = f"{run_dir}/{st.STUDY_FILE}"
-    try:
-        data = yaml.safe_load(st.read_text(uri, "resume"))
-    except yaml.YAMLError as err:
-        raise UserInputError(f"resume: {uri!r} is not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"resume: {uri!r}: expected a study (a mapping at the top level)")
-    return StudyConfig(**data)
+    return StudyConfig(**parse_mapping(st.read_text(uri, "resume"), f"resume: {uri!r}",
+                                       what="a study (a mapping at the top level)", empty_ok=False))
 
 
 # ------------------------------------------------------------------ running
