@@ -196,3 +196,34 @@ def test_mobilevit_transformer_blocks_are_gated_and_pruned():
     pruned = prune_vit(model, genotype).eval()
     assert torch.allclose(pruned(x), GatedViT(model)(x, block, head), atol=1e-5)
     assert count_parameters(pruned) < count_parameters(model)
+
+
+def test_the_proxy_is_taken_after_one_sgd_step_of_the_gated_output():
+    """Eq 6.6: theta~ = theta - gamma d(sum M(alpha, ones))/d theta, i.e. one SGD step of lr gamma on the summed
+    gated output, done here by torch's own SGD on a copy of the parameters."""
+    torch.manual_seed(0)
+    model = create_vit(NAME, **TINY).double().eval()
+    searcher = DarioSearcher(model, DarioConfig(granularity="both", proxy="parameter_variance", model_lr=0.5,
+                                                warmup_samples=0, iterations=0))
+    block, head = searcher.gates()
+    with unfused_attention(searcher.gated):
+        value = float(searcher.proxy_value(create_graph=False))
+        out = searcher.gated(searcher.x, block.detach(), head.detach())
+        grads = torch.autograd.grad(out.sum(), searcher.params, allow_unused=True)
+    stepped = [p.detach().clone().requires_grad_(True) for p in searcher.params]
+    for p, g in zip(stepped, grads, strict=True):
+        p.grad = None if g is None else g.detach()
+    torch.optim.SGD(stepped, lr=0.5).step()
+    theta = {n: p.detach() for n, p in zip(searcher.names, stepped, strict=True)}
+    assert not searcher.proxy.needs_forward
+    assert value == pytest.approx(float(searcher.proxy(theta, None)), rel=1e-12)
+    unstepped = {n: p.detach() for n, p in zip(searcher.names, searcher.params, strict=True)}
+    assert abs(value - float(searcher.proxy(unstepped, None))) > 1e-6 * abs(value)  # the step matters here
+
+
+def test_a_gate_exactly_at_the_threshold_is_kept():
+    """Thesis 6.1.2: gates under the threshold are pruned; one at it is kept (0.5 and 0.625 are exact in fp32)."""
+    genotype = genotype_from_gates(NAME, 3, 2, torch.tensor([0.5, 0.4999, 0.625]),
+                                   torch.tensor([[0.5, 0.4999]] * 3), 0.5)
+    assert genotype.blocks_kept == (0, 2)
+    assert genotype.heads_kept[0] == (0,) and genotype.heads_kept[2] == (0,)

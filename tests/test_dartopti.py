@@ -77,3 +77,24 @@ def test_bad_options():
         build_searcher("dartopti", {"start": "resnet18", "layers": 8}, SHAPE)
     with pytest.raises(ValueError, match="start"):
         build_searcher("dartopti", {"start": "darts-v1"}, SHAPE)
+
+
+def test_a_step_counts_as_flat_only_under_the_tolerance(monkeypatch):
+    """Thesis 4.2.4: stop once M between consecutive architectures stays under 1e-3 for `patience` epochs; a step
+    of exactly the tolerance is not flat and ends the streak."""
+    from types import SimpleNamespace
+
+    from dartboard.searchers.parts import hooks
+
+    steps = iter([5e-4, 1e-3, 9.9e-4, 5e-4])
+    monkeypatch.setattr(hooks, "architecture_distance", lambda a, b: next(steps))
+    stop = hooks.DistanceStop(patience=2, min_epoch=0)
+    assert stop.tolerance == 1e-3
+    stopped = []
+    ctx = SimpleNamespace(derive=lambda: object(), start=None, epoch=0, warmup_epochs=0,
+                          request_stop=lambda: stopped.append(ctx.epoch))
+    flat = []
+    for epoch in range(1, 6):
+        ctx.epoch = epoch
+        flat.append(stop.end_epoch(ctx)["flat_epochs"])
+    assert flat == [0, 1, 0, 1, 2] and stopped == [5]

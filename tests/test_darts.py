@@ -92,6 +92,34 @@ def test_second_order_matches_finite_difference_of_unrolled_objective():
     assert (first_flat - fd_flat).norm() / fd_flat.norm() > 10 * rel
 
 
+def test_the_hessian_shift_has_norm_r_along_the_unrolled_validation_gradient():
+    """Eq 2.8's finite difference moves w by +-R grad_w' L_val with R = r / ||grad_w' L_val||: each shift has norm r
+    whatever the gradient's size. (The hypergradient itself hardly depends on R on a smooth function, so the test of
+    its value cannot see a missing normalisation.)"""
+    from dartboard.searchers.hypergradient import unrolled_arch_grads
+
+    torch.manual_seed(0)
+    network = torch.nn.Linear(3, 2).double()
+    alpha = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    w_optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
+    shifts = []
+
+    def loss_fn(params, x, y, weights, amp=True):
+        output = functional_call(network, params, (x,)) * torch.softmax(weights[0], -1)
+        if not amp:  # the two shifted passes of the finite difference
+            shifts.append(torch.cat([(params[n] - p).detach().flatten() for n, p in network.named_parameters()]))
+        return 50.0 * ((output - y) ** 2).sum(), output  # a large loss: ||grad|| far from 1
+
+    batches = tuple(torch.randn(4, k, dtype=torch.float64) for k in (3, 2, 3, 2))
+    r = 0.01
+    unrolled_arch_grads(network, loss_fn, [alpha], lambda: [alpha], lambda gw: torch.zeros((), dtype=torch.float64),
+                        w_optimizer, lambda t: t, batches, r, lambda *a: None)
+    assert len(shifts) == 2
+    plus, minus = shifts
+    assert float(plus.norm()) == pytest.approx(r, rel=1e-6)  # R is computed in fp32
+    assert torch.allclose(minus, -plus, atol=1e-15)
+
+
 def test_learning_rate_schedules_the_searcher_uses_by_hand():
     """Weights: cosine from w_lr to w_lr_min over the epochs (DARTS); alphas with lr_schedule cosine:
     cosine from arch_lr to lr_min over the epochs after the warm-up, constant during it. Read from the

@@ -163,6 +163,30 @@ def test_darts_ada_rolls_back_and_raises_weight_decay():
     assert again.hooks[0].rollbacks == 1 and again.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(3e-3)
 
 
+def test_darts_ada_caps_the_weight_decay_at_0_03_and_at_the_cap_stops_like_es():
+    """R-DARTS: wd <- min(10 wd, 0.03); once at the cap, the rule stops the search instead of rolling back."""
+    searcher = tiny("rdarts-ada", arch_lr=0.05, w_weight_decay=0.005)
+    metrics, _, _, _ = _run(searcher, 30, TRACE)
+    assert metrics["rdarts_rollbacks"] == 1 and not searcher.stop_requested
+    assert searcher.w_optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.03)  # not 0.05
+    capped = tiny("rdarts-ada", arch_lr=0.05, w_weight_decay=0.03)
+    metrics, _, _, _ = _run(capped, 30, TRACE)
+    assert capped.stop_requested and metrics["rdarts_stopped_at"] == 23 and metrics["rdarts_returned_epoch"] == 11
+    assert metrics["rdarts_rollbacks"] == 0 and capped.w_optimizer.param_groups[0]["weight_decay"] == 0.03
+
+
+def test_es_start_epoch_counts_from_0_with_an_evaluation_every_epoch():
+    """The returned architecture's epoch counted from 0 (the reference's) must be >= 10: with one evaluation per
+    epoch, the evaluation after epoch 10 (0-based 9) is too early and the one after epoch 11 is not. Windows of 5:
+    16 values, centre 13, back 9 (epoch 10): avg 8.2 against 1, fires but too early; 17 values: back 10 (epoch
+    11), avg 10 against 2.8: returned."""
+    from dartboard.searchers.parts.rdarts import es_returned_index
+
+    values = [1.0] * 12 + [10.0] * 5
+    assert es_returned_index(values[:16], list(range(1, 17))) is None
+    assert es_returned_index(values, list(range(1, 18))) == 10
+
+
 def test_rdarts_spaces():
     s1 = get_space("s1")
     assert s1.normal[0] == ("skip_connect", "dil_conv_3x3") and s1.reduce[0] == ("max_pool_3x3", "avg_pool_3x3")

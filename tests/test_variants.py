@@ -148,6 +148,15 @@ def test_threshold_parsers_and_fallback():
         sparse_parse(w, EDGES, PRIMS, sigma_threshold=1.5)
 
 
+def test_an_op_exactly_at_the_threshold_is_kept():
+    """Thesis Algorithm 1: op >= sigma_t. 0.75 and 0.625 are exact in fp32, so the comparison meets equality."""
+    w = torch.tensor([[0.0, 0.75, 0.625], [0.0, 0.625, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.2], [0.0, 0.0, 0.1]])
+    edges = {(e.op, e.src, e.dst) for e in edge_parse(w, EDGES, PRIMS, sigma_threshold=0.75).edges}
+    assert ("skip_connect", 0, 2) in edges and ("sep_conv_3x3", 0, 2) not in edges
+    edges = {(e.op, e.src, e.dst) for e in edge_parse(w, EDGES, PRIMS, sigma_threshold=0.625).edges}
+    assert {("skip_connect", 0, 2), ("sep_conv_3x3", 0, 2), ("skip_connect", 1, 2)} <= edges
+
+
 # ----------------------------------------------------------------------------- schedules
 def test_constant_schedule_and_split():
     cs = ConstantSchedule(10)
@@ -169,6 +178,15 @@ def test_fimt_hand_trace():
     assert not s.arch_step_due() and s.threshold == 4.0
     s.after_weight_step(torch.tensor(1.0))  # ewma 1.5 < 4 -> step, threshold 4 * 2^-(3-1) = 1
     assert s.arch_step_due() and s.threshold == 1.0 and s.fi_ewma == 1.5
+
+
+def test_fimt_moving_average_gives_the_new_value_the_weight_0_2():
+    """Maile et al. 4.1: EWMA 0.2, the new Fisher trace weighted 0.2: 0.8 * 3 + 0.2 * 1 = 2.6, then
+    0.8 * 2.6 + 0.2 * 6 = 3.28 (weighting the old value 0.2 instead: 1.4, then 5.08)."""
+    s = FimtSchedule(k=10)
+    for fisher, expected in [(3.0, 3.0), (1.0, 2.6), (6.0, 3.28)]:
+        s.after_weight_step(torch.tensor(fisher))
+        assert s.fi_ewma == pytest.approx(expected, abs=1e-12)
 
 
 def test_fimt_reference_convention_hand_trace():
@@ -436,3 +454,28 @@ def test_every_preset_builds_and_user_combinations():
         merge({"schedule": "fimt"}, {"schedule": "constant"})
     with pytest.raises(ValueError, match="unknown schedule 'weekly'"):
         build_searcher("darts-variant", {"schedule": "weekly"}, SHAPE)
+
+
+def test_published_defaults_of_the_constrained_fair_and_ddarts_presets():
+    """The constants of ALGORITHMS.md as the presets build them (DARTS' own: test_darts.test_published_defaults)."""
+    from dartboard.searchers.discretize import SIGMA_THRESHOLD
+
+    assert SIGMA_THRESHOLD == 0.85  # thesis 4.2.1
+    fair = tiny("fairdarts")  # FairDARTS: w01 = 10; alphas Adam 3e-3, (0.9, 0.999), wd 1e-3; weights lr 0.005
+    (zero_one,) = fair.regularizers
+    assert type(zero_one).__name__ == "ZeroOne" and zero_one.weight == 10.0
+    c = fair.config
+    assert (c.arch_lr, tuple(c.arch_betas), c.arch_weight_decay, c.w_lr) == (3e-3, (0.9, 0.999), 1e-3, 0.005)
+    dd = tiny("ddarts")  # D-DARTS: w01 = 7, wAB = 0.5, per-cell Adam 3e-3, (0.9, 0.999), wd 1e-3, cosine per cell
+    zero_one, ablation = dd.regularizers
+    assert (zero_one.weight, zero_one.per_group, ablation.weight) == (7.0, True, 0.5)
+    c = dd.config
+    assert (c.arch_lr, tuple(c.arch_betas), c.arch_weight_decay) == (3e-3, (0.9, 0.999), 1e-3)
+    optimizer = dd.parts.arch_optimizer
+    assert (optimizer.per_group, optimizer.lr_schedule) == (True, "cosine")
+    (admm,) = tiny("darts+admm").regularizers  # Maile et al. 4.1: rho_a 0.1, lambda_u 0.8, every 10 alpha steps
+    assert (admm.rho, admm.lambda_u, admm.period) == (0.1, 0.8, 10)
+    (proximity,) = tiny("darts+pr").regularizers  # rho_p 0.1
+    assert proximity.rho == 0.1
+    fimt = tiny("darts+fimt").parts.schedule  # k 10, EWMA 0.2, threshold from 1.0, factor 1.05
+    assert (fimt.k, fimt.ewma_factor, fimt.threshold, fimt.factor) == (10, 0.2, 1.0, 1.05)
