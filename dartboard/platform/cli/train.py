@@ -75,9 +75,11 @@ def train(
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
+    from dartboard.data.colour_digits import COLOUR_DIGITS
     from dartboard.data.datasets import check_data_root, check_dataset
     from dartboard.platform.config import resolve_device
     from dartboard.spaces.catalog import resolve
+    from dartboard.spaces.genotype import ColourGenotype
 
     geno = resolve(genotype)
     distributed = workers != 1 or address is not None
@@ -96,22 +98,18 @@ def train(
                              f"genotype")
     with user_input():  # only checks that the device exists (its message names it)
         resolved = resolve_device(device)
+    dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
+    check_data_root(check_dataset(dataset), data_root)
     if geno.kind == "mlp":
         from dartboard.platform.cli.ssl import train_heads
 
-        check_data_root(check_dataset(dataset or "digits"), data_root)
         result = train_heads(geno, genotype, framework=framework, channels=channels, epochs=epochs,
-                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset or "digits",
+                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset,
                              data_root=data_root, seed=seed, device=resolved, out=out)
         typer.echo(f"weights written to {result['weights']}")
         for key in ("probe_acc", "knn_acc", "collapse_std", "retrieval_map"):
             typer.echo(f"{key} {result[key]:.4f} (held-out)")
         return
-    from dartboard.data.colour_digits import COLOUR_DIGITS
-    from dartboard.spaces.genotype import ColourGenotype
-
-    dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
-    check_data_root(check_dataset(dataset), data_root)
     _check_image_size(image_size, dataset)
     name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
