@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import epoch_gate
 import pytest
 from scipy import stats
+from servers import kill_session
 
 from dartboard.bench.quality import QualityConfig, markdown, rescore, summarize, trial_options
 from dartboard.bench.regret import RegretTracker, lookup_metrics, random_search_curve, searches_tiny81
@@ -152,28 +158,76 @@ def test_trial_options_put_any_searcher_on_tiny81_and_use_the_table_parse():
 
 
 @pytest.mark.ray
-def test_short_quality_run_on_the_study_runner_and_rescore(ray_local, tmp_path):
-    """2 epochs of DARTS in tiny81 (a grid study on the one runner: a Ray Train trial) + random search,
-    on the shipped table: finite regrets, files, plot; rescoring the recorded keys gives the same curve."""
-    from dartboard.platform.quality import run_quality
+def test_a_quality_run_killed_inside_its_trial_resumes_and_scores(tmp_path, monkeypatch):
+    """2 epochs of DARTS in tiny81 (a grid study on the one runner: a Ray Train trial) + random search, on the
+    shipped table. Its driver is SIGKILLed while the trial is held after epoch 1 (the epoch gate), then
+    `--resume` finishes it from the output folder: epoch 1 is not run again, epoch 2 runs once; then finite
+    regrets, files, plot; rescoring the recorded keys gives the same curve."""
+    from dartboard.platform.quality import CONFIG_FILE, run_quality
+    from dartboard.platform.ray.worker import EPOCH_GATE_ENV
+
+    gate = epoch_gate.close(tmp_path / "gate")
+    out, log = tmp_path / "bench", tmp_path / "first.log"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, EPOCH_GATE_ENV: str(gate)}
+    first = subprocess.Popen([sys.executable, "-m", "dartboard.platform.cli", "bench", "quality", "--searchers",
+                              "darts", "--seeds", "0", "--epochs", "2", "--workers", "1", "--no-mlflow", "--out",
+                              str(out)], env=env, start_new_session=True, stdout=log.open("w"),
+                             stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        held = epoch_gate.wait_until(
+            lambda: epoch_gate.held_after_epoch_1(gate, lambda: (out / "studies").glob("bench-quality-*"), 1), first)
+        assert held, log.read_text()[-3000:]
+    finally:
+        kill_session(first.pid)
+        first.wait()
+    assert (out / CONFIG_FILE).is_file() and not (out / "quality.json").exists()
+    epoch_gate.open_(gate)
+    monkeypatch.setenv(EPOCH_GATE_ENV, str(gate))  # the resumed trial's workers log their epochs too
+    result = run_quality(None, resume=out, mlflow=False)
+    assert epoch_gate.lines(gate) == ["darts/seed0 1", "darts/seed0 2"]  # none lost, none run twice
 
     cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=2, workers=1)
-    result = run_quality(cfg, tmp_path, mlflow=False)
+    assert result["config"] == asdict(cfg)
     rows = {r["searcher"]: r for r in result["rows"]}
     assert set(rows) == {"darts", "random"} and result["rows"][0]["searcher"] == "darts"
     darts = result["records"][0]
     assert len(darts["curve"]) == 2 and all(c["tiny81_on_table"] == 1.0 for c in darts["curve"])
     assert all(c["seconds"] > 0 for c in darts["curve"]) and darts["curve"][0]["seconds"] < darts["curve"][1]["seconds"]
     assert 0.0 <= rows["darts"]["final_regret_mean"] < 0.5 and 1 <= rows["darts"]["final_rank_mean"] <= 81
-    assert (tmp_path / "regret_curves.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
-    assert (tmp_path / "studies").is_dir() and "://" not in result["run_dir"]
-    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert (out / "regret_curves.png").stat().st_size > 0 and (out / "quality.md").is_file()
+    assert (out / "studies").is_dir() and "://" not in result["run_dir"]
+    saved = json.loads((out / "quality.json").read_text())
     assert saved["rows"][0]["searcher"] == "darts"
     from dartboard.bench.table import load_table
 
     again = rescore(saved["records"], cfg, load_table())
     assert [c["tiny81_regret"] for c in again[0]["curve"]] == pytest.approx([c["tiny81_regret"]
                                                                             for c in darts["curve"]])
+
+
+def test_resuming_names_what_it_cannot_resume(tmp_path):
+    from dartboard.errors import UserInputError
+    from dartboard.platform.quality import CONFIG_FILE, resumed_quality
+
+    with pytest.raises(UserInputError, match="is no `dartboard bench quality` output folder or study run directory"):
+        resumed_quality(tmp_path)
+    cfg = QualityConfig(searchers=["darts"], seeds=[0], epochs=2)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(asdict(cfg)))
+    with pytest.raises(UserInputError, match="holds 0 benchmark studies"):
+        resumed_quality(tmp_path)
+    for name in ("bench-quality-1", "bench-quality-2"):
+        (tmp_path / "studies" / name).mkdir(parents=True)
+        (tmp_path / "studies" / name / "study.yaml").write_text("name: bench-quality\n")
+    with pytest.raises(UserInputError, match="holds 2 benchmark studies .*bench-quality-1.*; give the run directory"):
+        resumed_quality(tmp_path)
+    got, out, run_dir = resumed_quality(tmp_path / "studies" / "bench-quality-2")  # a run directory: its folder's
+    assert got == cfg and out == tmp_path and run_dir == str(tmp_path / "studies" / "bench-quality-2")
+    for content, message in [('{"epochs": 0}', "epochs: expected >= 1"), ('{"nosuch": 1}', "not a benchmark "
+                              "configuration"), ("[1]", "expected the benchmark's configuration"),
+                             ("{bad", "Expecting property name")]:
+        (tmp_path / CONFIG_FILE).write_text(content)
+        with pytest.raises(UserInputError, match=message):
+            resumed_quality(tmp_path / "studies" / "bench-quality-2")
 
 
 def test_bench_never_imports_the_platform():

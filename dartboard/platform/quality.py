@@ -4,6 +4,7 @@ scoring (regret curves, random-search baseline, table, plot) is ``dartboard.benc
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -55,18 +56,60 @@ def records_of(result: StudyResult, table) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: order[(r["searcher"], r["seed"])])
 
 
-def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = None, tracking_uri: str | None = None,
-                mlflow: bool = True) -> dict[str, Any]:
-    """Run the benchmark study; write quality.json, quality.md and regret_curves.png under ``out``
-    (the study's run directory is under ``out/studies``); MLflow: parent run, a child per trial."""
+#: The benchmark's own configuration, in its output folder (what a resumed run scores with).
+CONFIG_FILE = "quality_config.json"
+
+
+def resumed_quality(path: str | Path) -> tuple[QualityConfig, Path, str]:
+    """(config, output folder, study run directory) of an interrupted benchmark: ``path`` is its output folder
+    (``--out``; its one study under ``studies/``) or that study's run directory."""
+    from dartboard.errors import UserInputError, user_input
+
+    path = Path(path)
+    if (path / "study.yaml").is_file():
+        run_dirs, out = [path], path.parent.parent
+    else:
+        out = path
+        run_dirs = sorted(p.parent for p in (path / "studies").glob("*/study.yaml"))
+    config = out / CONFIG_FILE
+    if not config.is_file():
+        raise UserInputError(f"resume: {str(path)!r} is no `dartboard bench quality` output folder or study run "
+                             f"directory (no {CONFIG_FILE} in {str(out)!r})")
+    if len(run_dirs) != 1:
+        found = ", ".join(str(p) for p in run_dirs) or "none"
+        raise UserInputError(f"resume: {str(out)!r} holds {len(run_dirs)} benchmark studies ({found}); give the run "
+                             f"directory of the one to resume")
+    with user_input(f"resume: {str(config)!r}"):
+        data = json.loads(config.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("expected the benchmark's configuration (a JSON object)")
+        try:
+            cfg = QualityConfig(**data)
+        except TypeError as err:  # a key QualityConfig does not have
+            raise ValueError(f"not a benchmark configuration ({err})") from None
+    return cfg, out, str(run_dirs[0])
+
+
+def run_quality(cfg: QualityConfig | None, out: str | Path | None = None, ray_address: str | None = None,
+                tracking_uri: str | None = None, mlflow: bool = True, resume: str | Path | None = None
+                ) -> dict[str, Any]:
+    """Run the benchmark study (or, with ``resume``, finish an interrupted one: its config and output folder are
+    read from there); write quality.json, quality.md and regret_curves.png under ``out`` (the study's run
+    directory is under ``out/studies``); MLflow: parent run, a child per trial."""
     from dartboard.bench.table import load_table
     from dartboard.platform.tracking.study import StudyTracker
 
+    run_dir = None
+    if resume is not None:
+        cfg, out, run_dir = resumed_quality(resume)
+    assert cfg is not None and out is not None
+    table = load_table(cfg.table)
     tracker = StudyTracker(tracking_uri) if mlflow else None  # a tracking server that is down: refused first
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = load_table(cfg.table)
-    study = quality_study(cfg, ray_address, str(out / "studies"), table.space)
+    if run_dir is None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+    study = None if run_dir is not None else quality_study(cfg, ray_address, str(out / "studies"), table.space)
     outputs: dict[str, Any] = {}
 
     def report(result: StudyResult) -> tuple[list[Path], dict[str, float]]:
@@ -79,7 +122,7 @@ def run_quality(cfg: QualityConfig, out: str | Path, ray_address: str | None = N
         return [out / "quality.md", out / "quality.json", outputs["plot"]], numbers
 
     start = time.perf_counter()
-    run_study(study, tracker=tracker, report=report)
+    run_study(study, resume=run_dir, tracker=tracker, report=report)
     outputs["config"] = asdict(cfg)
     return outputs
 

@@ -85,6 +85,9 @@ def quality_cmd(
     rescore: Path = typer.Option(None, exists=True, dir_okay=False,
                                  help="Do not search: rescore this quality.json against the (rebuilt) "
                                  "table from its recorded architectures, rewriting its table and plot."),
+    resume: Path = typer.Option(None, "--resume", exists=True, file_okay=False,
+                                help="Finish an interrupted benchmark: its output folder (--out) or its study's "
+                                "run directory; its searchers, seeds, epochs and table are read from there."),
 ) -> None:
     """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search (a study
     on the one study runner: every (searcher, seed) a Ray Train trial)."""
@@ -92,6 +95,9 @@ def quality_cmd(
     from dartboard.bench.table import load_table
     from dartboard.searchers.registry import SEARCHERS
 
+    if resume is not None and (searchers or table or rescore):
+        raise UserInputError("--resume: the benchmark's searchers, seeds and table are read from the run; give "
+                             "either --resume or a new benchmark's options, not both")
     if rescore is not None:
         with user_input():  # only reads and checks the quality file and the table
             cfg, data, loaded = read_quality_file(rescore, str(table) if table else None)
@@ -105,6 +111,12 @@ def quality_cmd(
         return
     from dartboard.platform.quality import run_quality
 
+    if resume is not None:
+        result = run_quality(None, ray_address=ray_address, tracking_uri=tracking_uri, mlflow=not no_mlflow,
+                             resume=resume)
+        typer.echo(result["markdown"])
+        typer.echo(f"curves: {result['plot']}; took {result['wall_seconds']:.0f} s; study: {result['run_dir']}")
+        return
     if searchers:
         names = [s.strip() for s in searchers.split(",") if s.strip()]
     else:
