@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 NO_CELLS = {"dario", "pmsm-depth", "pmsm-activation"}
 SMALL = {"C": 4, "layers": 2, "reductions": (1,), "arch_lr": 0.05, "epochs": 10}
 OWN = {"dartopti": {"C": 4, "arch_lr": 0.05, "warmup_epochs": 0}}  # its cells are its start's
-STEPS = 5
+STEPS = 3
 #: GDAS forwards one hard sample (straight-through): the loss of a draw moves only where its argmax flips, so its
 #: expected loss needs more draws and a longer way (with the alpha gradient negated: 2.3795 -> 2.3855).
 GDAS = {"arch_lr": 0.1, "steps": 20, "samples": 64}
@@ -42,7 +42,7 @@ SAMPLES = range(1000, 1016)
 @functools.cache
 def _data(dataset: str) -> tuple[DataShape, tuple]:
     splits = load_dataset(dataset)
-    index = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:32].tolist()
+    index = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:16].tolist()
     torch.manual_seed(0)  # NASiam's two views are augmentations drawn from the global generator
     batch = default_collate([splits.train[i] for i in index])
     return DataShape(splits.info.in_channels, splits.info.input_size, splits.info.num_classes), batch

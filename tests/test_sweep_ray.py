@@ -63,8 +63,8 @@ def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
     (w_lr 1e-6 and a frozen architecture) and is behind at rung 1: ASHA stops it after epoch 1."""
     from dartboard.platform.sweep import run_sweep
 
-    base = {"name": "asha", "searcher": "darts", "epochs": 3, "batch_size": 64, "num_samples": 2, "max_concurrent": 1,
-            "options": {"C": 4, "layers": 2, "arch_lr": 1e-12},
+    base = {"name": "asha", "searcher": "darts", "space": "tiny81", "epochs": 3, "batch_size": 64, "num_samples": 2,
+            "max_concurrent": 1, "options": {"arch_lr": 1e-12},
             "params": {"w_lr": {"type": "choice", "values": [0.05, 1e-6]}},
             "scheduler": {"type": "asha", "metric": "val_acc", "grace_period": 1, "reduction_factor": 2},
             "storage": str(tmp_path)}
