@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from dartboard.platform.config import SearchRunConfig, StudyConfig
 from dartboard.platform.ray.options import parse_path, set_option
-from dartboard.platform.ray.runner import load_study
+from dartboard.platform.ray.runner import STUDIES_DIR, load_study
 from dartboard.platform.ray.samplers import StudySpace
 from dartboard.platform.ray.space import grid_param_space, trial_run_config, validate_study
 from dartboard.searchers.registry import DataShape, build_searcher, get_searcher_spec
@@ -256,3 +256,14 @@ def test_a_study_with_cuda_graph_is_checked_on_the_cpu(change, message):
     else:
         with pytest.raises(ValueError, match=message):
             validate_study(cfg)
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_study_passes_the_checks_its_command_runs_before_any_trial(path):
+    """What `dartboard sweep NAME` / `dartboard ablate NAME` check while Ray starts: the study's validation and each
+    variant's searcher built and derived with every parameter at its low and its high end."""
+    from dartboard.platform.ray.space import check_study, dry_build
+
+    cfg = load_study(path.stem)
+    check_study(cfg)
+    dry_build(cfg)
