@@ -212,9 +212,11 @@ def test_a_file_that_is_not_what_the_flag_expects_is_one_line(args, content, mes
 @pytest.mark.parametrize("args, message", [
     (["bench", "quality", "--resume", "empty"], "error: resume: 'empty' is no `dartboard bench quality` output "
                                                 "folder or study run directory"),
-    (["bench", "quality", "--resume", "empty", "--searchers", "darts"], "error: --resume: the benchmark's searchers, "
-                                                                         "seeds and table are read from the run"),
-], ids=["not-a-benchmark", "with-new-options"])
+    (["bench", "quality", "--resume", "empty", "--searchers", "darts"],
+     "error: --resume: the benchmark's searchers, seeds, table, parse and Ray address are read"),
+    (["bench", "quality", "--resume", "empty", "--own-parse"], "error: --resume: the benchmark's searchers, seeds, "
+                                                               "table, parse and Ray address are read"),
+], ids=["not-a-benchmark", "with-new-options", "with-own-parse"])
 def test_resuming_a_quality_benchmark_is_refused_before_ray(args, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     line = refused_here([*args, "--no-mlflow"], tmp_path, capsys, monkeypatch)

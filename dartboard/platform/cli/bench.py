@@ -95,9 +95,9 @@ def quality_cmd(
     from dartboard.bench.table import load_table
     from dartboard.searchers.registry import SEARCHERS
 
-    if resume is not None and (searchers or table or rescore):
-        raise UserInputError("--resume: the benchmark's searchers, seeds and table are read from the run; give "
-                             "either --resume or a new benchmark's options, not both")
+    if resume is not None and (searchers or table or rescore or own_parse or no_random or ray_address):
+        raise UserInputError("--resume: the benchmark's searchers, seeds, table, parse and Ray address are read from "
+                             "the run; give either --resume or a new benchmark's options, not both")
     if rescore is not None:
         with user_input():  # only reads and checks the quality file and the table
             cfg, data, loaded = read_quality_file(rescore, str(table) if table else None)
