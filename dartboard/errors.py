@@ -80,3 +80,12 @@ def user_input(context: str | None = None) -> Iterator[None]:
             raise
         message = " ".join(str(err).split()) or type(err).__name__
         raise UserInputError(f"{context}: {message}" if context else message) from err
+
+
+def refuse_with(flag: str, given: dict[str, object], why: str) -> None:
+    """Refuse the options of ``given`` (``{"--name": value}``) that were set (not None, not False, not empty) next
+    to ``flag``, which decides them itself (``why``): one line naming each, instead of ignoring them unseen."""
+    named = [name for name, value in given.items() if value is not None and value is not False and value != []
+             and value != ""]
+    if named:
+        raise UserInputError(f"{flag}: {why}; drop {', '.join(named)}")

@@ -223,6 +223,38 @@ def test_resuming_a_quality_benchmark_is_refused_before_ray(args, message, tmp_p
     assert line.startswith(message), line
 
 
+# ------------------------------------------------------------------ options that --resume or --rescore decide
+@pytest.mark.parametrize("args, message", [
+    (["search", "--resume", "run", "--seed", "0"],
+     "error: --resume: the search resumes with the config it started with; drop --seed, --no-mlflow"),
+    (["sweep", "--resume", "run", "--storage", "elsewhere", "--num-samples", "3"],
+     "error: --resume: the sweep resumes with the study, storage and Ray address it started with; drop --storage, "
+     "--num-samples"),
+    (["sweep", "--resume", "run", "--address", "auto"], "error: --resume: the sweep resumes with the study, storage "
+                                                        "and Ray address it started with; drop --address"),
+    (["ablate", "--resume", "run", "--out", "other", "--num-cpus", "0"],
+     "error: --resume: the study resumes in its run directory with the storage and Ray it started with; drop --out, "
+     "--num-cpus"),
+    (["bench", "quality", "--resume", "run", "--epochs", "20", "--seeds", "0,1,2"],
+     "error: --resume: the benchmark's searchers, seeds, table, parse and Ray address are read from the run; give "
+     "either --resume or a new benchmark's options, not both; drop --seeds, --epochs"),
+    (["bench", "quality", "--resume", "run", "--workers", "2", "--out", "runs/bench-quality"],
+     "error: --resume: the benchmark's searchers, seeds, table, parse and Ray address are read from the run; give "
+     "either --resume or a new benchmark's options, not both; drop --workers, --out"),
+    (["bench", "quality", "--rescore", "quality.json", "--seeds", "0", "--no-random", "--out", "x"],
+     "error: --rescore: rescoring runs no search and writes next to the quality file it rescores; drop --seeds, "
+     "--no-random, --out"),
+], ids=["search-seed-0", "sweep-storage-samples", "sweep-address", "ablate-out-cpus", "quality-default-values",
+        "quality-workers-out", "rescore"])
+def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message, tmp_path, capsys, monkeypatch):
+    # Before: each was ignored without a word (the quality benchmark's given its default value could not be told
+    # from its default; the search's --seed 0 was falsy), and the run went on with the stored values.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "quality.json").write_text("{}")
+    line = refused_here([*args, "--no-mlflow"], tmp_path, capsys, monkeypatch)
+    assert line == message, line
+
+
 # ------------------------------------------------------------------ a Ray cluster that is not there
 @pytest.mark.parametrize("args, message", [
     (["sweep", "--address", "127.0.0.1:9"], "error: --address: cannot reach a Ray cluster at 127.0.0.1:9"),

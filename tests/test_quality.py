@@ -205,6 +205,31 @@ def test_a_quality_run_killed_inside_its_trial_resumes_and_scores(tmp_path, monk
                                                                             for c in darts["curve"]])
 
 
+@pytest.mark.parametrize("args, expected", [
+    ([], {"seeds": [0, 1, 2], "epochs": 20, "workers": 2, "out": Path("runs/bench-quality")}),
+    (["--seeds", "4,5", "--epochs", "3", "--workers", "1", "--out", "q"],
+     {"seeds": [4, 5], "epochs": 3, "workers": 1, "out": Path("q")}),
+], ids=["defaults", "given"])
+def test_a_new_benchmark_gets_the_defaults_its_help_shows_or_the_values_given(args, expected, tmp_path, monkeypatch):
+    # The options' defaults are None on the command line (so that --resume can tell them given) and the shown
+    # defaults come from QualityConfig: a new benchmark must still get them.
+    import dartboard.platform.quality as platform_quality
+    from dartboard.platform.cli.main import main
+
+    got = {}
+
+    def fake_run(cfg, out, **kwargs):
+        got.update(seeds=cfg.seeds, epochs=cfg.epochs, workers=cfg.workers, out=out)
+        return {"markdown": "", "plot": "p", "wall_seconds": 0.0, "run_dir": "r"}
+
+    monkeypatch.setattr(platform_quality, "run_quality", fake_run)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "quality", "--searchers", "darts", "--no-mlflow", *args])
+    assert done.value.code == 0
+    assert got == expected
+
+
 def test_resuming_names_what_it_cannot_resume(tmp_path):
     from dartboard.errors import UserInputError
     from dartboard.platform.quality import CONFIG_FILE, resumed_quality

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import UserInputError, refuse_with, user_input
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 
@@ -29,6 +29,8 @@ def ablate(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
+        refuse_with("--resume", {"--out": out, "--address": address, "--num-cpus": num_cpus, "--storage": storage},
+                    "the study resumes in its run directory with the storage and Ray it started with")
         summary = run_ablation(resume=str(resume), tracking_uri=tracking_uri, mlflow=not no_mlflow,
                                promote=promote)
     else:

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import UserInputError, refuse_with, user_input
 
 log = logging.getLogger("dartboard")
 DEFAULT_TABLE_OUT = "dartboard/data/tiny81.json"
@@ -70,16 +70,16 @@ def quality_cmd(
     searchers: str = typer.Option(None, help="Comma-separated searchers (default: darts, fairdarts, rdarts-es, "
                                   "darts+pr+fimt, ddarts and the one-shot presets gdas, snas, drnas, pc-darts, "
                                   "sdarts-rs, sdarts-adv, darts-minus, darts-pt); random search is added."),
-    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
-    epochs: int = typer.Option(20, help="Search epochs per trial."),
-    workers: int = typer.Option(2, help="Trials run at once (one CPU each)."),
+    seeds: str = typer.Option(None, help="Comma-separated seeds (default 0,1,2)."),
+    epochs: int = typer.Option(None, help="Search epochs per trial (default 20)."),
+    workers: int = typer.Option(None, help="Trials run at once, one CPU each (default 2)."),
     ray_address: str = typer.Option(None, help="An existing Ray cluster (default: a private local one)."),
     own_parse: bool = typer.Option(False, "--own-parse", help="Keep each preset's discretizer (default: the "
                                    "DARTS parse, whose outcomes are exactly the table's members)."),
     no_random: bool = typer.Option(False, "--no-random", help="Leave out random search."),
     table: Path = typer.Option(None, exists=True, dir_okay=False,
                                help="Table JSON (default: the shipped dartboard/data/tiny81.json)."),
-    out: Path = typer.Option(Path("runs/bench-quality"), help="Output folder."),
+    out: Path = typer.Option(None, help="Output folder (default runs/bench-quality)."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default sqlite:///mlflow.db)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     rescore: Path = typer.Option(None, exists=True, dir_okay=False,
@@ -95,10 +95,14 @@ def quality_cmd(
     from dartboard.bench.table import load_table
     from dartboard.searchers.registry import SEARCHERS
 
-    if resume is not None and (searchers or table or rescore or own_parse or no_random or ray_address):
-        raise UserInputError("--resume: the benchmark's searchers, seeds, table, parse and Ray address are read from "
-                             "the run; give either --resume or a new benchmark's options, not both")
+    new_run = {"--searchers": searchers, "--seeds": seeds, "--epochs": epochs, "--workers": workers,
+               "--ray-address": ray_address, "--own-parse": own_parse, "--no-random": no_random, "--out": out}
+    if resume is not None:
+        refuse_with("--resume", {**new_run, "--table": table, "--rescore": rescore},
+                    "the benchmark's searchers, seeds, table, parse and Ray address are read from the run; give "
+                    "either --resume or a new benchmark's options, not both")
     if rescore is not None:
+        refuse_with("--rescore", new_run, "rescoring runs no search and writes next to the quality file it rescores")
         with user_input():  # only reads and checks the quality file and the table
             cfg, data, loaded = read_quality_file(rescore, str(table) if table else None)
         result = rescore_read(rescore, cfg, data, loaded)
@@ -122,12 +126,13 @@ def quality_cmd(
     else:
         names = [s for s in DEFAULT_SEARCHERS if s in SEARCHERS]
     with user_input():  # only checks the configuration's values
-        cfg = QualityConfig(searchers=names, seeds=parse_seeds(seeds), epochs=epochs,
-                            workers=workers, parse=None if own_parse else "darts", random_search=not no_random,
-                            table=str(table) if table else None)
+        given = {"seeds": None if seeds is None else parse_seeds(seeds), "epochs": epochs, "workers": workers}
+        cfg = QualityConfig(searchers=names, parse=None if own_parse else "darts", random_search=not no_random,
+                            table=str(table) if table else None, **{k: v for k, v in given.items() if v is not None})
         load_table(cfg.table)  # a table it cannot use: refused before Ray starts
-    log.info("bench quality: %s x seeds %s, %d epochs, %d trials at once", ", ".join(names), cfg.seeds, epochs,
-             workers)
+    log.info("bench quality: %s x seeds %s, %d epochs, %d trials at once", ", ".join(names), cfg.seeds, cfg.epochs,
+             cfg.workers)
+    out = Path("runs/bench-quality") if out is None else out
     result = run_quality(cfg, out, ray_address=ray_address, tracking_uri=tracking_uri, mlflow=not no_mlflow)
     typer.echo(result["markdown"])
     typer.echo(f"curves: {result['plot']}; table: {out / 'quality.md'}; took {result['wall_seconds']:.0f} s; "

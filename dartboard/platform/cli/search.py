@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import UserInputError, refuse_with, user_input
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -57,15 +57,12 @@ def search(
     from dartboard.platform.run import resume_search_job, run_search_job
 
     if resume is not None:
-        given = [name for name, v in (("--config", config), ("--searcher", searcher), ("--space", space),
-                                      ("--start", start), ("--dataset", dataset), ("--data-root", data_root),
-                                      ("--epochs", epochs), ("--batch-size", batch_size), ("--order", order),
-                                      ("--precision", precision), ("--seed", seed), ("--device", device),
-                                      ("--out", out), ("--tracking-uri", tracking_uri), ("--set", set_))
-                 if v]
-        if given or no_mlflow:
-            raise UserInputError(f"--resume: the search resumes with the config it started with; drop "
-                                 f"{', '.join(given + (['--no-mlflow'] if no_mlflow else []))}")
+        refuse_with("--resume", {"--config": config, "--searcher": searcher, "--space": space, "--start": start,
+                                 "--dataset": dataset, "--data-root": data_root, "--epochs": epochs,
+                                 "--batch-size": batch_size, "--order": order, "--precision": precision,
+                                 "--seed": seed, "--device": device, "--out": out, "--tracking-uri": tracking_uri,
+                                 "--no-mlflow": no_mlflow, "--set": set_},
+                    "the search resumes with the config it started with")
         _report(resume_search_job(resume), as_json)
         return
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import UserInputError, refuse_with, user_input
 
 
 def sweep(
@@ -33,6 +33,8 @@ def sweep(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
+        refuse_with("--resume", {"--storage": storage, "--num-samples": num_samples, "--address": address},
+                    "the sweep resumes with the study, storage and Ray address it started with")
         result = run_sweep(resume=resume, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     else:
         overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
