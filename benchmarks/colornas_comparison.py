@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.ray.runner import load_study
     from dartboard.platform.ray.space import trial_run_config

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from dartboard.data.datasets import load_dataset, make_loader, search_split
+from dartboard.data.catalog import load_dataset
+from dartboard.data.datasets import make_loader, search_split
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces.genotype import MlpGenotype, to_dict

@@ -22,6 +22,10 @@ class UserInputError(ValueError):
     """Bad input from the user; the message names the field, the value and what was expected."""
 
 
+class DataError(UserInputError):
+    """A dataset that cannot be loaded; the message says how to provide it."""
+
+
 class ServiceError(RuntimeError):
     """A service the command needs could not start or be reached (a local Ray instance on an
     overloaded machine, say): not the user's input and not a bug. The command prints one line

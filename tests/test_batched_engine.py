@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.hypergradient import grads_or_zeros
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything, set_rng_state
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from dartboard.data.catalog import load_dataset
 from dartboard.data.colour_digits import INK, INKS, NOISE
-from dartboard.data.datasets import load_dataset
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.colour import ColourModel, rgb_to_rb, rgb_to_rgby
+from dartboard.spaces.colour_genotype import ColourGenotype
 
 RGB = DataShape(3, 8, 10)
 TINY = {"C": 2, "layers": 3, "epochs": 2}
@@ -159,7 +160,7 @@ def test_direction_search_on_colour_digits_improves_accuracy_and_moves_every_cha
 def test_genotype_round_trip_records_one_cell_pair_per_channel_and_the_meta_learner():
     s = build_searcher("colornas-rgby", {**TINY, "yellow": "min", "meta_hidden": [32, 16]}, RGB)
     geno = s.derive()
-    assert isinstance(geno, gt.ColourGenotype) and geno.colour_model == "rgby" and geno.yellow == "min"
+    assert isinstance(geno, ColourGenotype) and geno.colour_model == "rgby" and geno.yellow == "min"
     assert len(geno.channels) == 4 and all(isinstance(c, gt.DartsGenotype) for c in geno.channels)
     assert geno.meta_hidden == (32, 16)
     data = json.loads(gt.dumps(geno))
@@ -221,7 +222,7 @@ def test_bad_input_is_one_clear_error_before_anything_trains():
     digits = load_dataset("digits").info
     with pytest.raises(ValueError, match="but the data has 1 channel"):
         network_of(geno, TrainConfig(channels=4, layers=3), digits)
-    bad = gt.ColourGenotype("rgby", geno.channels[:3], geno.meta_hidden)
+    bad = ColourGenotype("rgby", geno.channels[:3], geno.meta_hidden)
     with pytest.raises(gt.GenotypeError, match="colour model 'rgby' has 4 channels .* the genotype 3"):
         network_of(bad, TrainConfig(channels=4, layers=3), load_dataset("colour-digits").info)
     with pytest.raises(ValueError, match="grouping: the colornas space has 9 cells"):

@@ -22,7 +22,7 @@ def _free_port() -> int:
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.ray.worker import average_grads_hook, broadcast_arch, ddp_wrapper
     from dartboard.searchers.base import seed_everything
     from dartboard.searchers.registry import DataShape, build_searcher

@@ -9,6 +9,7 @@ import pytest
 
 from dartboard.platform.ablation import load_study, run_ablation
 from dartboard.spaces import genotype as gt
+from dartboard.spaces.colour_genotype import ColourGenotype
 
 pytestmark = pytest.mark.ray
 
@@ -24,7 +25,7 @@ def test_a_colornas_preset_runs_through_the_study_runner(ray_local, tmp_path):
     (trial,) = summary["result"].trials
     assert trial["status"] == "complete" and trial["variant"] == "RGBY-min"
     geno = gt.from_dict(trial["genotype"])
-    assert isinstance(geno, gt.ColourGenotype) and geno.colour_model == "rgby" and geno.yellow == "min"
+    assert isinstance(geno, ColourGenotype) and geno.colour_model == "rgby" and geno.yellow == "min"
     assert all(ch.normal.n_nodes == 1 for ch in geno.channels)  # the swept cell space: tiny81 (one node)
     m = trial["metrics"]
     assert 0.0 <= m["test_acc"] <= 1.0 and m["parameters"] > 0 and m["search_seconds"] > 0

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dartboard.data.datasets import load_dataset, make_loader
+from dartboard.data.catalog import load_dataset
+from dartboard.data.datasets import make_loader
 from dartboard.searchers.base import seed_everything, set_rng_state
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt

@@ -38,7 +38,7 @@ def test_derive_before_search_is_the_handcrafted_network(start):
 
 
 def digits_batches(n_train=2, n_val=2, size=32):
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
 
     splits = load_dataset("digits")
     n = (n_train + n_val) * size

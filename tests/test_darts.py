@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from dartboard.data.datasets import load_dataset, make_loader, search_split
+from dartboard.data.catalog import load_dataset
+from dartboard.data.datasets import make_loader, search_split
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.config import EngineConfig
 from dartboard.searchers.discretize import darts_parse

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dartboard.data.datasets import DataError, load_dataset, search_split
+from dartboard.data.catalog import DataError, load_dataset
+from dartboard.data.datasets import search_split
 
 
 def test_digits_is_bundled_and_split():

@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dartboard.data.datasets import DataError, load_dataset, make_loader, search_split
+from dartboard.data.catalog import DataError, load_dataset
+from dartboard.data.datasets import make_loader, search_split
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 PER_BATCH, N_TEST = 4, 6

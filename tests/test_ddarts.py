@@ -118,7 +118,7 @@ def test_algorithm_2_by_hand():
 
 
 def test_ddarts_on_digits_derives_distinct_cells_and_learns():
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.searchers.loop import run_search
 
     torch.manual_seed(0)

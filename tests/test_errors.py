@@ -85,7 +85,7 @@ def test_a_validators_own_message_reads_as_written():
 
 
 def test_a_mapping_file_parsed_one_way_names_the_file_in_every_error():
-    from dartboard.data.datasets import DataError
+    from dartboard.data.catalog import DataError
     from dartboard.user_files import parse_mapping
 
     assert parse_mapping("a: 1\nb: [2, 3]\n", "f") == {"a": 1, "b": [2, 3]}

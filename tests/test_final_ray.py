@@ -99,7 +99,7 @@ def simulated_ranks(cfg: TrainConfig, world: int) -> dict[str, torch.Tensor]:
     from torch import nn
     from torch.utils.data import DistributedSampler
 
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.searchers.base import seed_everything
     from dartboard.training.final import network_of
 

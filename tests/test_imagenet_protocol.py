@@ -123,7 +123,8 @@ def test_imagenet_data_gets_the_darts_augmentation_for_training_and_the_centre_c
     import torch
     from torchvision.transforms import functional as F
 
-    from dartboard.data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_dataset
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
     rng = torch.Generator().manual_seed(0)
     for part in ("train", "val"):

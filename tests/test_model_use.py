@@ -13,7 +13,7 @@ import torch
 from test_cli_contract import env_for, run
 from test_registry import server  # noqa: F401 - the module-scoped mlflow server fixture
 
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.data.preprocess import Preprocessing, preprocessing_of, read_image
 from dartboard.errors import UserInputError
 from dartboard.platform.tracking import models, runs

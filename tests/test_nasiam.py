@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from dartboard.data.datasets import DATASETS, SMALL_DATASETS, load_dataset, make_loader, search_split
+from dartboard.data.catalog import DATASETS, SMALL_DATASETS, load_dataset
+from dartboard.data.datasets import make_loader, search_split
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.parts.siamese import info_nce, nt_xent, simsiam_loss
 from dartboard.searchers.registry import DataShape, build_searcher

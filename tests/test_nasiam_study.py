@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dartboard.data.datasets import load_dataset, search_split
+from dartboard.data.catalog import load_dataset
+from dartboard.data.datasets import search_split
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray.runner import load_study
 from dartboard.platform.ray.space import validate_study
@@ -64,7 +65,7 @@ def test_the_derived_objective_of_heads_is_knn_on_the_search_halves_never_the_te
         splits = real(name, *args, **kwargs)
         return type(splits)(splits.train, Poisoned(), splits.info)
 
-    monkeypatch.setattr("dartboard.data.datasets.load_dataset", poisoned)
+    monkeypatch.setattr("dartboard.data.catalog.load_dataset", poisoned)
     views_poisoned = poisoned("digits-views")
     again = derived.derived_accuracy(HEADS, views_poisoned, halves, OBJECTIVE, _Run, torch.device("cpu"), 0,
                                      _Searcher)

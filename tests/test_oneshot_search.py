@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces.catalog import SPACES, CellSpace, register_space
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from dartboard.data.datasets import DATASETS, SMALL_DATASETS, DataError, load_dataset, make_loader, search_split
+from dartboard.data.catalog import DATASETS, SMALL_DATASETS, DataError, load_dataset
+from dartboard.data.datasets import make_loader, search_split
 from dartboard.data.pmsm import MotorParams, make_splits, simulate, tanh_flux, tanh_jacobian
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_epoch
@@ -236,7 +237,7 @@ def test_flux_genotype_json_round_trip_and_schema_errors():
 
 
 def test_flux_genotype_refused_by_image_network_commands():
-    from dartboard.data.datasets import load_dataset as load
+    from dartboard.data.catalog import load_dataset as load
     from dartboard.spaces.catalog import resolve
     from dartboard.training.final import TrainConfig, build_network
 

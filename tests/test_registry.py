@@ -51,7 +51,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def champion(server, tmp_path_factory):
     """A digits search (tiny supernet, 1 epoch), its final network trained 1 epoch, registered."""
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.run import run_search_job
     from dartboard.training.final import TrainConfig, train_genotype
@@ -103,7 +103,8 @@ def test_champion_alias_tags_and_pull_rebuilds_network(server, champion, tmp_pat
     assert _cli(["pull", "digits-net@champion", "--to", "pulled", "--tracking-uri", server["uri"]]) == 0
     pulled = fresh / "pulled"
     assert {"genotype.json", "weights.safetensors", "network.json"} <= {p.name for p in pulled.iterdir()}
-    from dartboard.data.datasets import load_dataset, make_loader
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import make_loader
     from dartboard.training.final import evaluate
 
     net = models.build_from_files({"genotype": pulled / "genotype.json", "network": pulled / "network.json",
@@ -218,7 +219,8 @@ def test_parse_model_ref_rejects_bad_version():
 def test_digits_sweep_registers_a_champion_that_pulls_and_rebuilds(ray_local, server, tmp_path, monkeypatch):
     """A real digits sweep (Ray Tune + Train) with final training registers NAME@champion on the
     server; `dartboard pull` in a fresh folder rebuilds a network with the logged test accuracy."""
-    from dartboard.data.datasets import load_dataset, make_loader
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import make_loader
     from dartboard.platform.config import StudyConfig
     from dartboard.platform.sweep import run_sweep
     from dartboard.training.final import evaluate

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dartboard.bench.table import TableProtocol, fit_val_split, load_table, train_entry
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.searchers.discretize import darts_parse
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces.catalog import get_space

@@ -35,7 +35,8 @@ def test_train_json_reports_the_epochs_mean_loss(tmp_path):
 def test_epoch_loss_is_the_mean_over_samples_not_the_last_batch():
     """With lr 0 the weights never move, so the epoch's losses can be recomputed batch by batch; the
     reported value is their sample-weighted mean (the last batch of digits has 29 of 64 samples)."""
-    from dartboard.data.datasets import load_dataset, make_loader
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import make_loader
     from dartboard.spaces.catalog import resolve
     from dartboard.training.final import TrainConfig, build_network, train_genotype
 
@@ -59,7 +60,7 @@ def test_epoch_loss_is_the_mean_over_samples_not_the_last_batch():
 
 
 def test_training_phase_advances_a_display_once_per_step():
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.spaces.catalog import resolve
     from dartboard.training.final import TrainConfig, train_genotype
 

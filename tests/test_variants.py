@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from dartboard.data.datasets import load_dataset
+from dartboard.data.catalog import load_dataset
 from dartboard.searchers.discretize import edge_parse, genotype_mask, sigmoid_threshold_parse, sparse_parse
 from dartboard.searchers.parts.activations import (
     ClippedReLU,

@@ -93,7 +93,8 @@ def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     derived architecture's accuracy after a short training (rank 0 trains, broadcasts): it equals the
     same training run here on the search split's halves. Train's controller never imported torch
     (backend.py: the process group is set up on the workers)."""
-    from dartboard.data.datasets import Splits, load_dataset, search_split
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import Splits, search_split
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.ray.worker import make_trainer
     from dartboard.spaces import genotype as gt

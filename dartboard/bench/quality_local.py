@@ -52,7 +52,7 @@ def run_trial(name: str, seed: int, cfg: QualityConfig, table, splits) -> dict[s
 
 def run_local(cfg: QualityConfig, table) -> list[dict[str, Any]]:
     """Every (searcher, seed) trial one after the other, then random search at the same budget."""
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
 
     splits = load_dataset("digits")
     records = [run_trial(name, seed, cfg, table, splits) for name in cfg.searchers if name != "random"

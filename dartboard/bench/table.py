@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from dartboard.data.datasets import Splits, load_dataset, make_loader
+from dartboard.data.catalog import load_dataset
+from dartboard.data.datasets import Splits, make_loader
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters

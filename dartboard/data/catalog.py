@@ -1,7 +1,8 @@
 """The datasets by name, before any is loaded: which names exist, which are small (the searchers' small-data
 profile applies) and which are read from a folder the user gives. No torch is imported here: a study's checks and
 its trial actors (``platform.config.SearchRunConfig``) validate a dataset's name without loading it. The loaders
-themselves live in :mod:`dartboard.data.datasets`, imported when a dataset is loaded."""
+themselves live in :mod:`dartboard.data.datasets`, :mod:`dartboard.data.views` and :mod:`dartboard.data.pmsm`, imported
+when :func:`load_dataset` loads their data."""
 
 from __future__ import annotations
 
@@ -9,13 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dartboard.data.colour_digits import COLOUR_DIGITS
-from dartboard.errors import UserInputError
+from dartboard.errors import DataError
 from dartboard.registries import Registry
-
-
-class DataError(UserInputError):
-    """A dataset that cannot be loaded; the message says how to provide it."""
-
 
 #: name -> loader(root, image_size) -> Splits. Other data (a user's, or an application's like the motor
 #: simulator's below) is added with :func:`register_dataset`; ``small``: sized for a laptop CPU, so the
@@ -50,9 +46,18 @@ def check_data_root(name: str, root: str | None) -> None:
 
 
 def _builtin(name: str) -> Callable[[str | None, int], Any]:
-    """The loader of a built-in dataset: ``datasets.load_builtin``, imported when the dataset is loaded."""
+    """The loader of a built-in dataset, imported when the dataset is loaded: the two-view data of
+    :mod:`dartboard.data.views`, the others :func:`dartboard.data.datasets.load_builtin`."""
 
     def load(root: str | None, image_size: int) -> Any:
+        if name.startswith("digits-views"):
+            from dartboard.data.views import digits_views
+
+            return digits_views(augment=name == "digits-views")
+        if name.endswith("-views"):
+            from dartboard.data.views import image_views
+
+            return image_views(name, root, image_size)
         from dartboard.data.datasets import load_builtin
 
         return load_builtin(name, root, image_size)
@@ -82,3 +87,10 @@ def _pmsm(root: str | None, image_size: int) -> Any:
 
 
 register_dataset("pmsm", _pmsm, small=True)
+
+
+def load_dataset(name: str = "digits", root: str | None = None, image_size: int = 32) -> Any:
+    """The train part and the held-out test part of a dataset (``datasets.Splits``), by name: its folder
+    ``root`` where it is read from one; ``image_size`` for image folders, which are resized."""
+    check_data_root(check_dataset(name), root)
+    return DATASETS[name](root, image_size)

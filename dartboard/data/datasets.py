@@ -2,8 +2,9 @@
 nothing is ever downloaded. CIFAR-10/100 are read from a local torchvision-format folder
 and any image folder from disk.
 
-``load_dataset`` returns the train part and a held-out test part; ``search_split``
-divides the train part into the search protocol's train/val halves with the run's seed.
+The loaders return the train part and a held-out test part (:class:`Splits`); they are loaded by name
+with :func:`dartboard.data.catalog.load_dataset`. ``search_split`` divides the train part into the search
+protocol's train/val halves with the run's seed.
 """
 
 from __future__ import annotations
@@ -16,16 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from dartboard.data.catalog import (  # noqa: F401  (this module's public names, as before the catalog)
-    DATASETS,
-    LOCAL_DATASETS,
-    SMALL_DATASETS,
-    DataError,
-    check_data_root,
-    check_dataset,
-    register_dataset,
-)
 from dartboard.data.colour_digits import COLOUR_DIGITS, colourise
+from dartboard.errors import DataError
 
 DIGITS_TEST_SEED = 0  # the held-out test split of digits is fixed, so test accuracies compare
 
@@ -177,18 +170,7 @@ def load_builtin(name: str, root: str | None, image_size: int) -> Splits:
         return _imagefolder(root, image_size)
     if name == "imagenet":
         return _imagenet(root, image_size)
-    if name.endswith("-views") or name == "digits-views-noaug":
-        from dartboard.data import views  # views builds on this module's loaders
-
-        if name.startswith("digits-views"):
-            return views.digits_views(augment=name == "digits-views")
-        return views.image_views(name, root, image_size)
     raise DataError(f"dataset: {name!r} is not a built-in dataset")
-
-
-def load_dataset(name: str = "digits", root: str | None = None, image_size: int = 32) -> Splits:
-    check_data_root(check_dataset(name), root)
-    return DATASETS[name](root, image_size)
 
 
 def search_split(train: Dataset, seed: int, fraction: float | None = 0.5) -> tuple[Subset, Subset]:

@@ -56,7 +56,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from dartboard.data.datasets import DataError, DatasetInfo, Splits
+from dartboard.data.datasets import DatasetInfo, Splits
+from dartboard.errors import DataError
 from dartboard.user_files import parse_mapping
 
 FEATURES = ("I_d", "I_q", "omega_e", "v_d", "v_q", "R")

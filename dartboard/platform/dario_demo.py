@@ -79,7 +79,8 @@ class DemoSettings:
 
 
 def digits_loaders(seed: int, batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
-    from dartboard.data.datasets import load_dataset, make_loader
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import make_loader
 
     splits = load_dataset("digits")
     return (make_loader(splits.train, batch_size, shuffle=True, seed=seed),

@@ -69,7 +69,7 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
             dataset: str = "pmsm", data_root: str | None = None, lr: float = 3e-3, device: str = "cpu"
             ) -> dict[str, Any]:
     """Train every model on every seed with the same budget; table (mean +- std), CSV, plot."""
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.training.pmsm import FluxTrainConfig, TrainingDiverged, plot_flux_maps, train_flux_model
 
     out = Path(out)

@@ -42,7 +42,7 @@ def pulled_network(ref: str, uri: str | None, folder: Path) -> PulledNetwork:
 def model_preprocessing(spec: dict[str, Any], ref: str):
     """The preprocessing recorded in network.json; for a version registered before it was recorded, the
     one of its data set when that loads without a local folder (digits), else an error."""
-    from dartboard.data.datasets import DATASETS, load_dataset
+    from dartboard.data.catalog import DATASETS, load_dataset
     from dartboard.data.preprocess import Preprocessing, preprocessing_of
 
     if spec.get("preprocessing"):
@@ -80,7 +80,8 @@ def predict_files(ref: str, files: list[str], uri: str | None = None) -> list[di
 def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = None, batch_size: int = 256
                    ) -> dict[str, Any]:
     """Accuracy and loss of the model on the test split of the data set it records."""
-    from dartboard.data.datasets import load_dataset, make_loader
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import make_loader
     from dartboard.data.preprocess import preprocessing_of
     from dartboard.training.final import evaluate
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dartboard.data.datasets import Splits, load_dataset, make_loader, search_split
+from dartboard.data.catalog import load_dataset
+from dartboard.data.datasets import Splits, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
 from dartboard.platform import search_checkpoint as ckpt
 from dartboard.platform.config import SearchRunConfig, resolve_device
@@ -22,6 +23,7 @@ from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_search
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt
+from dartboard.spaces.colour_genotype import ColourGenotype
 
 log = logging.getLogger("dartboard")
 INTERRUPTED_FILE = "interrupted.json"
@@ -92,7 +94,7 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
         cells = {"normal": genotype.normal, "reduce": genotype.reduce}
     elif isinstance(genotype, gt.CellsGenotype):
         cells = {f"cell_{i}": c for i, c in enumerate(genotype.cells)}
-    elif isinstance(genotype, gt.ColourGenotype):  # ColorNAS: the cells of every channel's network
+    elif isinstance(genotype, ColourGenotype):  # ColorNAS: the cells of every channel's network
         from dartboard.spaces.colour import colour_model_spec
 
         cells = {f"{name}_{k}": c for name, ch in zip(colour_model_spec(genotype.colour_model).channels,

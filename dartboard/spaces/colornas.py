@@ -1,7 +1,7 @@
 """ColorNAS (thesis appendix A, Fig A.1): one cell supernet per channel of a colour model, their
 pooled features concatenated and fed to an MLP meta-learner (stacked generalisation).
 
-The space ``colornas`` (:class:`~dartboard.spaces.colour.ColourSpace`, registered in
+The space ``colornas`` (:class:`ColourSpace`, registered in
 :data:`~dartboard.spaces.catalog.SPACES`) follows the :class:`~dartboard.spaces.supernet.SearchSpace`
 protocol, so the one engine searches it like any cell space. Its layout lays the channels' cells
 end to end (channel ``c`` owns cells ``c*L .. c*L+L-1``) with one cell type per channel and cell
@@ -17,7 +17,7 @@ meta-learner) and ``cell_space`` (the candidate ops of every channel's cells; be
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,9 @@ from torch import nn
 
 from dartboard.spaces.cells import edge_list
 from dartboard.spaces.colour import COLORNAS, RGB_CHANNELS, ColourModel, check_yellow, colour_model_spec
-from dartboard.spaces.genotype import CellsGenotype, ColourGenotype, DartsGenotype, Genotype, GenotypeError
-from dartboard.spaces.supernet import AlphaGroup, CellLayout, CellSupernet, plain_layout
+from dartboard.spaces.colour_genotype import ColourGenotype
+from dartboard.spaces.genotype import CellsGenotype, DartsGenotype, Genotype, GenotypeError
+from dartboard.spaces.supernet import AlphaGroup, CellLayout, CellSpace, CellSupernet, plain_layout
 
 #: The thesis (A.2.1) gives no width for the meta-learner MLP: dartboard's choice, one hidden layer.
 META_HIDDEN: tuple[int, ...] = (128,)
@@ -205,20 +206,38 @@ class ColourSupernet(nn.Module):
         return ColourGenotype(opts.colour_model, channels, opts.meta_hidden, opts.yellow)
 
 
-def colour_layout(config: Any) -> ColourLayout:
-    """The layout of the colornas space for an engine config (its ``space_options`` checked here)."""
-    from dartboard.spaces.catalog import CellSpace, get_space
-
+def colour_layout(config: Any, cell_spaces: Callable[[str], Any]) -> ColourLayout:
+    """The layout of the colornas space for an engine config (its ``space_options`` checked here);
+    ``cell_spaces``: the lookup of a named space (``catalog.get_space``), for the channels' cell space."""
     opts = ColourOptions.parse(getattr(config, "space_options", None))
     if config.start is not None:
         raise ValueError("start: the colornas space searches plain DARTS cells per channel (no handcrafted start)")
-    cells = get_space(opts.cell_space)
+    cells = cell_spaces(opts.cell_space)
     if not isinstance(cells, CellSpace):
         raise ValueError(f"space_options.cell_space: {opts.cell_space!r} is not a cell space")
     if cells.steps != config.steps:
         raise ValueError(f"steps: cell space {cells.name!r} has {cells.steps} steps, config says {config.steps}")
     return ColourLayout(plain_layout(cells, config.layers, config.reductions),
                         colour_model_spec(opts.colour_model).channels, opts)
+
+
+@dataclass(frozen=True)
+class ColourSpace:
+    """The ``colornas`` search space (SearchSpace protocol; registered in the catalog with the catalog's
+    lookup as ``cell_spaces``)."""
+
+    cell_spaces: Callable[[str], Any] = field(compare=False, repr=False)
+    name: str = COLORNAS
+    description: str = ("ColorNAS (thesis appendix A): one cell supernet per colour channel + MLP meta-learner "
+                        "(space_options: colour_model, yellow, meta_hidden, cell_space)")
+    network_defaults: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def layout(self, config: Any) -> ColourLayout:
+        return colour_layout(config, self.cell_spaces)
+
+    def supernet(self, layout: ColourLayout, cell_group: Sequence[int], group_names: Sequence[str], config: Any
+                 ) -> ColourSupernet:
+        return ColourSupernet(layout, cell_group, group_names, config)
 
 
 # ---------------------------------------------------------------------------------- final network

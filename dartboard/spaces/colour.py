@@ -17,9 +17,7 @@ CIFAR's per-channel normalisation makes them approximate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -102,24 +100,3 @@ class ColourModel(nn.Module):
 
 
 COLORNAS = "colornas"
-
-
-@dataclass(frozen=True)
-class ColourSpace:
-    """The ``colornas`` search space (SearchSpace protocol; registered in the catalog). Its layout and
-    supernet live in :mod:`dartboard.spaces.colornas`, imported when a search builds them."""
-
-    name: str = COLORNAS
-    description: str = ("ColorNAS (thesis appendix A): one cell supernet per colour channel + MLP meta-learner "
-                        "(space_options: colour_model, yellow, meta_hidden, cell_space)")
-    network_defaults: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    def layout(self, config: Any) -> Any:
-        from dartboard.spaces.colornas import colour_layout
-
-        return colour_layout(config)
-
-    def supernet(self, layout: Any, cell_group: Sequence[int], group_names: Sequence[str], config: Any) -> Any:
-        from dartboard.spaces.colornas import ColourSupernet
-
-        return ColourSupernet(layout, cell_group, group_names, config)

@@ -378,6 +378,3 @@ def load(path: str | Path, known_ops: Iterable[str] | None = None) -> Genotype:
         raise GenotypeError(f"genotype file {str(path)!r} does not exist")
     return loads(path.read_text(), known_ops)
 
-
-from dartboard.spaces import pmsm_genotype as _pmsm_genotype  # noqa: E402,F401  (registers 'flux_mlp')
-from dartboard.spaces.colour_genotype import ColourGenotype  # noqa: E402,F401  (registers 'colornas')

@@ -25,6 +25,7 @@ from torch import nn
 from dartboard.errors import UserInputError
 from dartboard.spaces.genotype import MlpGenotype
 from dartboard.spaces.mlp_heads import NASIAM_OPS, NASIAM_REDUCED_OPS, MixedLayer, SmallCNN
+from dartboard.spaces.supernet import AlphaGroup
 
 PROJECTOR_MAX_LAYERS = 6  # thesis 5.1.1 / ALGORITHMS.md: projector up to 6 layers ...
 PREDICTOR_MAX_LAYERS = 4  # ... predictor up to 4
@@ -142,8 +143,6 @@ class NasiamSupernet(nn.Module):
 
     def __init__(self, layout: HeadLayout, cell_group: Sequence[int], group_names: Sequence[str], *, in_channels: int,
                  C: int, space: str = "nasiam-mlp"):
-        from dartboard.spaces.supernet import AlphaGroup  # supernet imports the catalog, which registers this
-
         super().__init__()
         self.layout, self.cell_group, self.space = layout, tuple(cell_group), space
         if len(self.cell_group) != layout.layers:

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
-from dartboard.spaces.catalog import GENOTYPES, register_space
 from dartboard.spaces.genotype import Genotype, GenotypeError
 from dartboard.spaces.pmsm_genotype import BINARY, UNARY, ActivationSpec, FluxMlpGenotype
+from dartboard.spaces.supernet import AlphaGroup
 
 EXP_MAX = 10.0  # exp is evaluated at min(x, EXP_MAX): exp(10) ~ 2.2e4
 ACT_MAX = 1e4  # every activation's output is clamped to +-ACT_MAX: x^2, prod and exp cannot compound into inf
@@ -170,8 +170,6 @@ class ChainSupernet(nn.Module):
 
     def __init__(self, layout: ChainLayout, cell_group: Sequence[int], group_names: Sequence[str], width: int,
                  decoupled: bool):
-        from dartboard.spaces.supernet import AlphaGroup  # (supernet imports the catalog, which imports this)
-
         super().__init__()
         self.layout, self.cell_group, self.width, self.decoupled = layout, tuple(cell_group), width, decoupled
         if len(self.cell_group) != layout.layers:
@@ -350,18 +348,15 @@ class ActivationSpace:
         return supernet
 
 
+#: the spaces of the flux model (registered by :mod:`dartboard.spaces.catalog`): step 1's depth search with each
+#: placeholder activation, step 2's activation-function search, each also decoupled
+PMSM_SPACES: list[DepthSpace | ActivationSpace] = []
 for _decoupled, _suffix in ((False, ""), (True, "-decoupled")):
     _form = " (decoupled: lambda_d = f2(I_d), lambda_q = f1(I_q), Eq 6.12)" if _decoupled else ""
     for _act in PLACEHOLDERS:
         _name = "pmsm-depth" + ("" if _act == "relu" else f"-{_act}") + _suffix
-        register_space(DepthSpace(_name, f"PMSM flux model, step 1: N = layers mixed layers of {{Linear+{_act}, "
-                                  f"Identity}}, width C{_form}", _decoupled, {}, _act))
-    register_space(ActivationSpace(f"pmsm-activation{_suffix}", "PMSM flux model, step 2: A(x) = B(U1(x), U2(x)) "
-                                   f"after each of the layers hidden layers, width C{_form}", _decoupled, {}))
-
-#: the thesis's baseline (Fig 6.14 top: one hidden layer, tanh) and its result (two more hidden
-#: layers, A(x) = exp(x) + max(x, 0)), at width 16
-GENOTYPES.add("pmsm-baseline", lambda: FluxMlpGenotype(1, 16, ActivationSpec.named("tanh"), meta={
-    "source": "thesis Fig 6.14 (top): one hidden layer, tanh"}))
-GENOTYPES.add("pmsm-thesis", lambda: FluxMlpGenotype(3, 16, ActivationSpec("add", "exp", "max0"), meta={
-    "source": "thesis Fig 6.14 (bottom): two more hidden layers, A(x) = exp(x) + max(x, 0)"}))
+        PMSM_SPACES.append(DepthSpace(_name, f"PMSM flux model, step 1: N = layers mixed layers of {{Linear+{_act}, "
+                                      f"Identity}}, width C{_form}", _decoupled, {}, _act))
+    PMSM_SPACES.append(ActivationSpace(f"pmsm-activation{_suffix}", "PMSM flux model, step 2: A(x) = B(U1(x), "
+                                       f"U2(x)) after each of the layers hidden layers, width C{_form}",
+                                       _decoupled, {}))

@@ -8,7 +8,7 @@ activation-function space) is another :class:`Supernet` with other rows.
 
 - :class:`CellLayout`: which cells the supernet has (per cell its candidate ops per edge and
   its intermediate nodes, the reductions, the type of every cell), either the plain DARTS
-  layout of a :class:`~dartboard.spaces.catalog.CellSpace` or the layout of a handcrafted
+  layout of a :class:`CellSpace` or the layout of a handcrafted
   start genotype (DARTOpti, thesis 4.1.4);
 - :class:`CellSupernet`: the supernet of a layout with a grouping of its cells; forward with
   group weights, op masks per group (CRB), and the genotype of per-group discrete cells.
@@ -16,17 +16,17 @@ activation-function space) is another :class:`Supernet` with other rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from dartboard.spaces.catalog import CellSpace, resolve
 from dartboard.spaces.cells import edge_list
 from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype, Genotype
 from dartboard.spaces.networks import SearchNetwork, TypedSearchNetwork, default_reductions
+from dartboard.spaces.published import resolve
 
 Primitives = tuple[tuple[str, ...], ...]  # the candidate ops of every row (edge) of a group
 
@@ -93,6 +93,50 @@ class CellLayout:
     @property
     def layers(self) -> int:
         return len(self.primitives)
+
+
+@dataclass(frozen=True)
+class CellSpace:
+    """Candidate ops per edge for normal and reduction cells (``steps`` intermediate nodes)."""
+
+    name: str
+    normal: tuple[tuple[str, ...], ...]
+    reduce: tuple[tuple[str, ...], ...]
+    steps: int = 4
+    description: str = ""
+    # Supernet settings the space implies (e.g. tiny81: 1 step, 2 cells), applied under the user's options.
+    network_defaults: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def uniform(cls, name: str, primitives: Sequence[str], steps: int = 4, description: str = "",
+                network_defaults: Mapping[str, Any] | None = None) -> CellSpace:
+        per_edge = tuple(tuple(primitives) for _ in edge_list(steps))
+        return cls(name, per_edge, per_edge, steps, description, dict(network_defaults or {"steps": steps}))
+
+    def primitives(self, reduction: bool) -> tuple[tuple[str, ...], ...]:
+        return self.reduce if reduction else self.normal
+
+    @property
+    def n_ops(self) -> int:
+        return len(self.normal[0])
+
+    # ------------------------------------------------------------------ the SearchSpace protocol
+    def layout(self, config: Any) -> Any:
+        """The cells of the supernet: the plain DARTS layout, or the layout of ``config.start``."""
+        if getattr(config, "space_options", None):
+            raise ValueError(f"space_options: the cell space {self.name!r} takes no options, "
+                             f"got {config.space_options}")
+        if config.start is None:
+            if self.steps != config.steps:
+                raise ValueError(f"steps: space {self.name!r} has {self.steps} steps, config says {config.steps}")
+            return plain_layout(self, config.layers, config.reductions)
+        return start_layout(self, config.start)
+
+    def supernet(self, layout: Any, cell_group: Sequence[int], group_names: Sequence[str], config: Any) -> Any:
+        return CellSupernet(layout, cell_group, group_names, C=config.C, num_classes=config.num_classes,
+                            in_channels=config.in_channels, input_size=config.input_size,
+                            stem_multiplier=config.stem_multiplier, multiplier=config.multiplier,
+                            node_bn=config.node_bn)
 
 
 def plain_layout(space: CellSpace, layers: int, reductions: Sequence[int] | None) -> CellLayout:

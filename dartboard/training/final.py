@@ -24,6 +24,7 @@ from dartboard.data.datasets import Splits, make_loader
 from dartboard.errors import UserInputError
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
+from dartboard.spaces.colour_genotype import ColourGenotype
 from dartboard.spaces.limits import check_network_size
 from dartboard.spaces.networks import STEMS, DiscreteNetwork, count_parameters
 from dartboard.training.progress import phase
@@ -121,7 +122,7 @@ def build_network(genotype: gt.Genotype, cfg: TrainConfig, splits: Splits) -> nn
 def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
     """The final network of a cell genotype (DiscreteNetwork) or of a ColorNAS genotype (one cell
     network per colour channel + the meta-learner, each channel's network C channels, ``layers`` cells)."""
-    if isinstance(genotype, gt.ColourGenotype):
+    if isinstance(genotype, ColourGenotype):
         from dartboard.spaces.colornas import ColourNetwork
 
         return ColourNetwork(genotype, C=cfg.channels, num_classes=info.num_classes, layers=cfg.layers,

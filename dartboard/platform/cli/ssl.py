@@ -29,7 +29,7 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     """SSL pretraining with the genotype's heads on the fit part of the train split, then the held-out metrics."""
     import torch
 
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.spaces.genotype import to_dict
     from dartboard.training import ssl_eval as E
 
@@ -105,7 +105,7 @@ def retrieve(
     if (query is None) != (gallery is None):
         raise UserInputError("--query and --gallery: give both folders, or neither (digits held-out mode)")
     if query is None:
-        from dartboard.data.datasets import load_dataset
+        from dartboard.data.catalog import load_dataset
 
         plain = load_dataset("digits").train
         fit, held = E.fit_held_out(len(plain), seed)

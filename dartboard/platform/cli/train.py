@@ -75,11 +75,11 @@ def train(
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
+    from dartboard.data.catalog import check_data_root, check_dataset
     from dartboard.data.colour_digits import COLOUR_DIGITS
-    from dartboard.data.datasets import check_data_root, check_dataset
     from dartboard.platform.config import resolve_device
     from dartboard.spaces.catalog import resolve
-    from dartboard.spaces.genotype import ColourGenotype
+    from dartboard.spaces.colour_genotype import ColourGenotype
 
     geno = resolve(genotype)
     distributed = workers != 1 or address is not None
@@ -232,7 +232,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
 def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: dict | None, image_size: int,
          logger):
     """Train in this process or as a Ray Train job; (TrainResult, splits)."""
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.training.final import network_of, train_genotype
 

@@ -37,7 +37,7 @@ def derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[st
 
 def _derived_knn(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
                  device: torch.device, framework: str) -> float:
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.training import ssl_eval as E
 
     plain = load_dataset(E.view_datasets(cfg.dataset)[0], cfg.data_root, cfg.image_size)

@@ -88,7 +88,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.searchers.base import seed_everything, set_rng_state
     from dartboard.spaces import genotype as gt

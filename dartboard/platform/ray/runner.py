@@ -323,7 +323,7 @@ def _train_champion(cfg: StudyConfig, best: dict[str, Any], run_dir: str) -> dic
     the run directory, so a resumed study continues it), not on the driver; the folder holds
     genotype.json, network.json and weights.safetensors, ready for the registry. On s3:// or gs://
     storage the files land in a local staging folder that is then uploaded."""
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.ray.final_job import train_on_ray
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
     from dartboard.spaces import genotype as gt

@@ -158,7 +158,7 @@ def _check_cuda_graph(cfg: StudyConfig, searcher: Any) -> None:
 def _dry_shape(cfg: StudyConfig):
     """The data shape of the dry builds, at 8 pixels: a small data set's own channels and classes
     (grayscale digits, RGB colour-digits; loaded in well under a second), RGB for the others."""
-    from dartboard.data.datasets import SMALL_DATASETS, load_dataset
+    from dartboard.data.catalog import SMALL_DATASETS, load_dataset
     from dartboard.searchers.registry import DataShape
 
     if cfg.dataset in SMALL_DATASETS:

@@ -166,7 +166,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to s
     import torch
 
     from dartboard.bench.regret import attach_if_tiny81
-    from dartboard.data.datasets import load_dataset
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.config import SearchRunConfig
     from dartboard.platform.ray.derived import derived_accuracy
     from dartboard.searchers.base import seed_everything
