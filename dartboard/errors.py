@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class UserInputError(ValueError):
@@ -24,6 +25,22 @@ class UserInputError(ValueError):
 
 class DataError(UserInputError):
     """A dataset that cannot be loaded; the message says how to provide it."""
+
+
+class MissingFileError(UserInputError, FileNotFoundError):
+    """A file the user named that is not there (or is a folder): a user error that code catching
+    ``FileNotFoundError`` still sees as one."""
+
+
+def check_file(path: str | Path, what: str, error: type[Exception] = MissingFileError) -> Path:
+    """``path`` if it is a file; else ``error`` saying whether nothing or a folder is there (``what``:
+    ``config file``, ``genotype file``, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {str(path)!r} is a folder, not a file")
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist")
+    return path
 
 
 class ServiceError(RuntimeError):

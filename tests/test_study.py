@@ -75,8 +75,9 @@ def test_validation_names_the_parameter():
     with pytest.raises(ValueError, match=r"params.foo.bar: searcher 'darts\+admm' has no hyperparameter 'foo'"):
         validate_study(_study(params={"foo.bar": {"type": "uniform", "low": 0.0, "high": 1.0}}))
     # the highest value is tried too: a threshold above 1 fails before any trial starts
-    with pytest.raises(ValueError, match=r"discretizer_options.sigma_threshold=1.5\): sigma_threshold: expected a "
-                                         r"value in \[0, 1\], got 1.5"):
+    # (refused by the searcher's build since the discretizer's values are checked there, naming the discretizer)
+    with pytest.raises(ValueError, match=r"discretizer_options.sigma_threshold=1.5\): searcher 'ddarts': discretizer "
+                                         r"'sparse': sigma_threshold: expected a value in \[0, 1\], got 1.5"):
         validate_study(_study(searcher="ddarts", params={"discretizer_options.sigma_threshold": {
             "type": "uniform", "low": 0.5, "high": 1.5}}))
     with pytest.raises(ValueError, match=r"params.regularizers\[admm\].rho: the grid sampler takes 'choice'"):

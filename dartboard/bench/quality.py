@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dartboard.errors import check_file
+
 log = logging.getLogger("dartboard")
 
 ONESHOT_SEARCHERS = ("gdas", "snas", "drnas", "pc-darts", "sdarts-rs", "sdarts-adv", "darts-minus", "darts-pt")
@@ -44,12 +46,30 @@ class QualityConfig:
     options: dict[str, Any] = field(default_factory=dict)  # extra searcher options for every searcher
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs: expected >= 1, got {self.epochs}")
-        if not self.seeds:
-            raise ValueError("seeds: expected at least one seed")
-        if self.workers < 1:
-            raise ValueError(f"workers: expected >= 1, got {self.workers}")
+        if not isinstance(self.searchers, (list, tuple)) or not all(isinstance(n, str) for n in self.searchers):
+            raise ValueError(f"searchers: expected a list of searcher names, got {self.searchers!r}")
+        if not [n for n in self.searchers if n != RANDOM]:
+            raise ValueError(f"searchers: expected at least one searcher besides {RANDOM!r} (its budget is theirs), "
+                             f"got {list(self.searchers)}")
+        if (not isinstance(self.seeds, (list, tuple)) or not self.seeds or not all(_count(s, 0) for s in self.seeds)
+                or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds: expected a list of distinct integers >= 0, got {self.seeds!r}")
+        for name in ("epochs", "batch_size", "workers"):
+            if not _count(getattr(self, name), 1):
+                raise ValueError(f"{name}: expected >= 1 (an integer), got {getattr(self, name)!r}")
+        if isinstance(self.train_fraction, bool) or not isinstance(self.train_fraction, (int, float)) or not (
+                0.0 < self.train_fraction < 1.0):
+            raise ValueError(f"train_fraction: expected a number in (0, 1), got {self.train_fraction!r}")
+        if self.parse not in (None, TABLE_PARSE):
+            raise ValueError(f"parse: expected {TABLE_PARSE!r} (the table's parse) or None (each preset's own), "
+                             f"got {self.parse!r}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options: expected a mapping of searcher options, got {self.options!r}")
+
+
+def _count(value: Any, low: int) -> bool:
+    """An integer (not a bool) >= ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def trial_options(name: str, cfg: QualityConfig, space=None) -> dict[str, Any]:
@@ -212,9 +232,7 @@ def read_quality_file(path: str | Path, table_path: str | None = None) -> tuple[
     one (not JSON, no config or records, a config or table it cannot use) is a ``ValueError`` naming it."""
     from dartboard.bench.table import load_table
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"quality file {str(path)!r} does not exist")
+    path = check_file(path, "quality file")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -27,6 +27,7 @@ from torch.utils.data import Subset
 
 from dartboard.data.catalog import load_dataset
 from dartboard.data.datasets import Splits, make_loader
+from dartboard.errors import MissingFileError, check_file
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters
@@ -223,9 +224,9 @@ def load_table(path: str | Path | None = None) -> Table:
     if path is None:
         text = resources.files("dartboard").joinpath("data", SHIPPED_TABLE).read_text()
     else:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"table {str(path)!r} does not exist; build one with `dartboard bench build-table`")
-        text = Path(path).read_text()
+        if not Path(path).exists():
+            raise MissingFileError(f"table {str(path)!r} does not exist; build one with `dartboard bench build-table`")
+        text = check_file(path, "table").read_text()
     try:
         data = json.loads(text)
         return table_from_dict(data)

@@ -96,13 +96,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, *, empty_ok: bool = True, what: str = "a mapping at the top level"
+              ) -> dict[str, Any]:
+    """The mapping of a YAML file the user gave (``empty_ok``: an empty file is ``{}``)."""
+    from dartboard.errors import check_file
     from dartboard.user_files import parse_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    return parse_mapping(path.read_text(), f"config file {str(path)!r}")
+    path = check_file(path, "config file")
+    return parse_mapping(path.read_text(), f"config file {str(path)!r}", empty_ok=empty_ok, what=what)
 
 
 # ---------------------------------------------------------------------------------- studies
@@ -207,8 +208,23 @@ class StudyScheduler(BaseModel):
 
     type: Literal["asha", "fifo"] = "asha"
     metric: str = "val_acc"
+    # Whether ASHA keeps the trials of the lowest or the highest metric; None: from the metric's name (max for
+    # objective and accuracies, min for losses, errors and regrets); any other name must say.
+    mode: Literal["min", "max"] | None = None
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
+
+    @model_validator(mode="after")
+    def _mode_of_metric(self) -> StudyScheduler:
+        if self.mode is None:
+            if self.metric == "objective" or self.metric.endswith(("acc", "accuracy")):
+                self.mode = "max"
+            elif self.metric.endswith(("loss", "error", "err", "regret")):
+                self.mode = "min"
+            elif self.type == "asha":
+                raise ValueError(f"mode: say min or max for the metric {self.metric!r} (only the objective, "
+                                 "accuracies, losses, errors and regrets are told by their name)")
+        return self
 
 
 class StudyVariant(BaseModel):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dartboard.errors import UserInputError
 from dartboard.platform.config import SearchRunConfig
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
@@ -72,9 +73,21 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     from dartboard.data.catalog import load_dataset
     from dartboard.training.pmsm import FluxTrainConfig, TrainingDiverged, plot_flux_maps, train_flux_model
 
+    # Everything is checked before the first training, so that no model's results are lost to another's bad input.
+    if not isinstance(models, Mapping) or not models:
+        raise UserInputError(f"models: expected a mapping of names to flux_mlp genotypes, got {models!r}")
+    wrong = {name: getattr(g, "kind", type(g).__name__) for name, g in models.items()
+             if not isinstance(g, FluxMlpGenotype)}
+    if wrong:
+        named = ", ".join(f"{n!r} is {k!r}" for n, k in wrong.items())
+        raise UserInputError(f"models: expected flux_mlp genotypes; {named}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserInputError(f"seeds: expected a non-empty list of integers, got {list(seeds)!r}")
+    for seed in seeds:
+        FluxTrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)  # its own checks of the values
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     splits = load_dataset(dataset, data_root)
+    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     best_nets: dict[str, Any] = {}
     start = time.perf_counter()

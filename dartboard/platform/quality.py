@@ -106,10 +106,10 @@ def run_quality(cfg: QualityConfig | None, out: str | Path | None = None, ray_ad
     table = load_table(cfg.table)
     tracker = StudyTracker(tracking_uri) if mlflow else None  # a tracking server that is down: refused first
     out = Path(out)
-    if run_dir is None:
+    study = None if run_dir is not None else quality_study(cfg, ray_address, str(out / "studies"), table.space)
+    if run_dir is None:  # once the study is valid: nothing is written for one that is refused
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-    study = None if run_dir is not None else quality_study(cfg, ray_address, str(out / "studies"), table.space)
     outputs: dict[str, Any] = {}
 
     def report(result: StudyResult) -> tuple[list[Path], dict[str, float]]:

@@ -116,11 +116,24 @@ def _whole_parts(merged: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     specs.update({kind: [] for kind in LIST_KINDS})
     config: dict[str, Any] = {}
     for key, value in merged.items():  # whole parts and config fields first
-        if key in PART_KINDS or key in LIST_KINDS:
-            specs[key] = list(value or []) if key in LIST_KINDS else value
+        if key in LIST_KINDS:
+            specs[key] = _part_list(key, value)
+        elif key in PART_KINDS:
+            specs[key] = value
         elif key in CONFIG_FIELDS:
             config[key] = value
     return config, specs
+
+
+def _part_list(kind: str, value: Any) -> list[Any]:
+    """``regularizers`` / ``hooks``: a list of names or ``{"name": ..., **options}`` mappings. A single name
+    or a mapping is refused (``list()`` would read a name's letters or a mapping's keys)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{kind}: expected a list of names or {{name: ..., options}} mappings, such as "
+                         f"[{{name: zero_one, weight: 10}}], got {value!r}")
+    return list(value)
 
 
 def _merge_part_options(merged: Mapping[str, Any], specs: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ base learning rate) and the parts it is composed of. Defaults are the published 
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,8 +50,8 @@ class EngineConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.order not in (1, 2):
-            raise ValueError(f"order: expected 1 or 2, got {self.order}")
+        if self.order not in (1, 2) or isinstance(self.order, bool):
+            raise ValueError(f"order: expected 1 or 2, got {self.order!r}")
         if self.w_optimizer not in W_OPTIMIZERS:
             raise ValueError(f"w_optimizer: expected sgd or adam, got {self.w_optimizer!r}")
         if self.w_optimizer != "sgd" and self.order == 2:
@@ -57,17 +59,33 @@ class EngineConfig:
                              "w_optimizer adam is first order only")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if not isinstance(self.cuda_graph, bool):
-            raise ValueError(f"cuda_graph: expected true or false, got {self.cuda_graph!r}")
+        for name in ("cuda_graph", "single_level", "node_bn"):  # a string such as "no" would be true
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
-        self.arch_betas = tuple(float(b) for b in self.arch_betas)
+        self.arch_betas = self._betas(self.arch_betas)
         if self.reductions is not None:
-            self.reductions = tuple(int(r) for r in self.reductions)
+            self.reductions = self._positions(self.reductions)
         if self.space_options is not None and not isinstance(self.space_options, dict):
             raise ValueError(f"space_options: expected a mapping of the space's options, got {self.space_options!r}")
         self._resolve_layers()
         self._check_numbers()
+
+    @staticmethod
+    def _betas(value: object) -> tuple[float, float]:
+        """Adam's (beta1, beta2) of the alpha step: two numbers in [0, 1)."""
+        pair = _as_tuple(value)
+        if len(pair) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in pair):
+            raise ValueError(f"arch_betas: expected two numbers in [0, 1) such as [0.5, 0.999], got {value!r}")
+        return float(pair[0]), float(pair[1])
+
+    @staticmethod
+    def _positions(value: object) -> tuple[int, ...]:
+        positions = _as_tuple(value)
+        if not positions and value or not all(_is_int(r) for r in positions):
+            raise ValueError(f"reductions: expected a list of cell positions (integers), got {value!r}")
+        return tuple(int(r) for r in positions)
 
     def _resolve_layers(self) -> None:
         if self.start is not None:
@@ -87,13 +105,29 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs: expected an integer >= 0, got {self.warmup_epochs!r}")
+        for name in ("warmup_epochs", "projector_layers", "predictor_layers"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
         for name in ("w_lr", "grad_clip", "unrolled_r"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            if not _is_number(value) or value <= 0:
                 raise ValueError(f"{name}: expected a number > 0, got {value!r}")
         for name in ("arch_lr", "w_lr_min", "w_momentum", "w_weight_decay", "arch_weight_decay"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            if not _is_number(value) or value < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (not a bool: True is 1 to Python, never a learning rate to a user)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_tuple(value: object) -> tuple:
+    """A list or tuple as a tuple; anything else (a number, a string) as ``()``, which the callers refuse."""
+    return tuple(value) if isinstance(value, (list, tuple)) else ()

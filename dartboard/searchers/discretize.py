@@ -23,9 +23,29 @@ register_discretizer = DISCRETIZERS.register
 get_discretizer = DISCRETIZERS.lookup
 
 
+def check_option(name: str, value: object) -> None:
+    """The discretizers' options, checked when a search is built, not when it derives after its epochs:
+    ``sigma_threshold`` a number in [0, 1]; ``inputs_per_node`` an integer >= 1; the caps ``max_*`` None or an
+    integer >= 1 (0 would derive a cell without edges, which no genotype file can hold)."""
+    if name == "sigma_threshold":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"sigma_threshold: expected a value in [0, 1], got {value!r}")
+    elif name == "inputs_per_node" or name.startswith("max_"):
+        if value is None and name.startswith("max_"):
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            expected = "None or an integer >= 1" if name.startswith("max_") else "an integer >= 1"
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
 def build_discretizer(spec: PartSpec) -> Discretizer:
-    """The discretizer of ``spec`` with its options bound (validated by name)."""
+    """The discretizer of ``spec`` with its options bound (validated by name and value)."""
     name, options = DISCRETIZERS.check(spec)
+    for option, value in options.items():
+        try:
+            check_option(option, value)
+        except ValueError as err:
+            raise ValueError(f"discretizer {name!r}: {err}") from None
     bound = functools.partial(DISCRETIZERS[name], **options)
     bound.name = name  # for errors that name the part
     return bound
@@ -50,6 +70,7 @@ def darts_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], primiti
                 inputs_per_node: int = 2) -> CellGenotype:
     """DARTS parsing: per node, keep the ``inputs_per_node`` incoming edges whose best
     non-none op is strongest; on each, the argmax op excluding none."""
+    check_option("inputs_per_node", inputs_per_node)
     weights = weights.detach().float().cpu()
     nodes = sorted({dst for _, dst in edges})
     chosen: list[Edge] = []
@@ -75,11 +96,9 @@ def threshold_parse(weights: torch.Tensor, edges: Sequence[tuple[int, int]], pri
     non-none op whose weight is >= ``sigma_threshold``, at most ``max_ops_per_edge`` per edge
     (strongest first) and at most ``max_inputs_per_node`` per node (strongest first).
     A node left with no input keeps its single strongest op, so the cell stays valid."""
-    if not 0.0 <= sigma_threshold <= 1.0:
-        raise ValueError(f"sigma_threshold: expected a value in [0, 1], got {sigma_threshold}")
-    for name, value in (("max_ops_per_edge", max_ops_per_edge), ("max_inputs_per_node", max_inputs_per_node)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name}: expected None or >= 1, got {value}")
+    for name, value in (("sigma_threshold", sigma_threshold), ("max_ops_per_edge", max_ops_per_edge),
+                        ("max_inputs_per_node", max_inputs_per_node)):
+        check_option(name, value)
     weights = weights.detach().float().cpu()
     nodes = sorted({dst for _, dst in edges})
     chosen: list[Edge] = []
@@ -99,6 +118,10 @@ def _node_threshold_parse(node: int, weights: torch.Tensor, edges: Sequence[tupl
             continue
         ranked = sorted(((float(weights[e, k]), k) for k, name in enumerate(primitives[e]) if name != "none"),
                         reverse=True)
+        diverged = [(primitives[e][k], w) for w, k in ranked if not math.isfinite(w)]
+        if diverged:  # as best_op: a NaN compares False with the threshold and would drop the op unseen
+            op, w = diverged[0]
+            raise FloatingPointError(f"architecture weight of {op!r} is {w}: the search diverged (NaN or inf)")
         if ranked and (fallback is None or ranked[0][0] > fallback[0]):
             fallback = (ranked[0][0], -src, Edge(primitives[e][ranked[0][1]], src, dst))
         passing = [(w, k) for w, k in ranked if w >= sigma_threshold]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from dartboard.errors import check_file
 from dartboard.spaces.limits import MAX_CELLS, MAX_EDGES_PER_CELL, MAX_NODES_PER_CELL
 
 SCHEMA = "dartboard.genotype"
@@ -155,6 +156,9 @@ def _cell_to_dict(cell: CellGenotype) -> dict[str, Any]:
 
 def to_dict(genotype: Genotype) -> dict[str, Any]:
     """The JSON-ready form of ``genotype`` (with schema and version)."""
+    if not isinstance(getattr(genotype, "kind", None), str) or isinstance(genotype, Mapping):
+        raise GenotypeError(f"not a genotype: {type(genotype).__name__} (a genotype's dict is read with from_dict, "
+                            f"a catalog name with catalog.resolve)")
     out: dict[str, Any] = {"schema": SCHEMA, "version": VERSION, "kind": genotype.kind}
     if isinstance(genotype, DartsGenotype):
         out["normal"] = _cell_to_dict(genotype.normal)
@@ -373,8 +377,6 @@ def loads(text: str, known_ops: Iterable[str] | None = None) -> Genotype:
 
 
 def load(path: str | Path, known_ops: Iterable[str] | None = None) -> Genotype:
-    path = Path(path)
-    if not path.is_file():
-        raise GenotypeError(f"genotype file {str(path)!r} does not exist")
+    path = check_file(path, "genotype file", GenotypeError)
     return loads(path.read_text(), known_ops)
 

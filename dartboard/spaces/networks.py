@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dartboard.spaces.cells import DiscreteCell, SearchCell, edge_list
-from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype
+from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype, GenotypeError
 
 
 def default_reductions(layers: int) -> tuple[int, ...]:
@@ -47,8 +47,10 @@ class _Skeleton(nn.Module):
 
     def _init_skeleton(self, C: int, num_classes: int, layers: int, in_channels: int, input_size: int,
                        stem_multiplier: int, reductions: Sequence[int] | None, stem: str = "auto") -> None:
-        if layers < 1:
-            raise ValueError(f"layers: expected >= 1, got {layers}")
+        for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers), ("in_channels", in_channels),
+                            ("input_size", input_size), ("stem_multiplier", stem_multiplier)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.reductions = tuple(default_reductions(layers) if reductions is None else reductions)
         for r in self.reductions:
@@ -158,6 +160,11 @@ def cells_for_layers(genotype: DartsGenotype | CellsGenotype, layers: int,
     if isinstance(genotype, DartsGenotype):
         reds = tuple(default_reductions(layers) if reductions is None else reductions)
         return [genotype.reduce if i in reds else genotype.normal for i in range(layers)], reds
+    if not isinstance(genotype, CellsGenotype):
+        what = f"a {genotype.kind!r} genotype" if isinstance(getattr(genotype, "kind", None), str) and not \
+            isinstance(genotype, dict) else f"a {type(genotype).__name__}, not a genotype"
+        raise GenotypeError(f"genotype: a cell network is built from a darts or cells genotype, got {what} (a "
+                            f"genotype's dict is read with genotype.from_dict, a catalog name with catalog.resolve)")
     if len(genotype.cells) == layers:
         reds = tuple(genotype.reductions if reductions is None else reductions)
         return list(genotype.cells), reds

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dartboard.errors import check_file
 from dartboard.spaces.genotype import GateGenotype, GenotypeError
 
 GRANULARITIES = ("block", "head", "both")  # thesis 6.1.1: block, attention head, bi-granularity
@@ -290,9 +291,7 @@ def create_vit(name: str, **kwargs: Any) -> nn.Module:
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """A state_dict from a safetensors file or a torch file loaded with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: file {str(path)!r} does not exist")
+    path = check_file(path, "checkpoint: file")
     # Any failure to parse the file (each format raises its own kinds: SafetensorError, UnpicklingError, EOFError,
     # KeyError or RuntimeError of a file that is something else) means it is not a checkpoint of that format.
     if path.suffix == ".safetensors":

@@ -129,8 +129,11 @@ def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
                              auxiliary=cfg.auxiliary, in_channels=info.in_channels, input_size=info.input_size,
                              drop_path_prob=cfg.drop_path_prob)
     if not isinstance(genotype, (gt.DartsGenotype, gt.CellsGenotype)):
-        raise gt.GenotypeError(f"kind: a {genotype.kind!r} genotype is not a cell network; expected darts, cells "
-                               f"or colornas")
+        kind = getattr(genotype, "kind", None)
+        if not isinstance(kind, str) or isinstance(genotype, Mapping):
+            raise gt.GenotypeError(f"not a genotype: {type(genotype).__name__} (a genotype's dict is read with "
+                                   f"genotype.from_dict, a catalog name or file with catalog.resolve)")
+        raise gt.GenotypeError(f"kind: a {kind!r} genotype is not a cell network; expected darts, cells or colornas")
     return DiscreteNetwork(genotype, C=cfg.channels, num_classes=info.num_classes, layers=cfg.layers,
                            auxiliary=cfg.auxiliary, in_channels=info.in_channels, input_size=info.input_size,
                            drop_path_prob=cfg.drop_path_prob, stem=cfg.stem)

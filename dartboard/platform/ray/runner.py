@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import MissingFileError, UserInputError, user_input
 from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
 from dartboard.platform.ray.resources import check_resources, driver_cpus
@@ -70,12 +70,14 @@ def study_path(name_or_path: str | None) -> Path:
     preset = STUDIES_DIR / f"{name}.yaml"
     if not preset.is_file():
         known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"study: {name!r} is neither a YAML file nor a preset; presets: {known}")
+        raise MissingFileError(f"study: {name!r} is neither a YAML file nor a preset; presets: {known}")
     return preset
 
 
 def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    return StudyConfig(**{**load_yaml(study_path(name_or_path)), **(overrides or {})})
+    # An empty study file is a mistake, not the default study: refused like a file that holds no mapping.
+    study = load_yaml(study_path(name_or_path), empty_ok=False, what="a study (a mapping at the top level)")
+    return StudyConfig(**{**study, **(overrides or {})})
 
 
 def stored_study(run_dir: str) -> StudyConfig:

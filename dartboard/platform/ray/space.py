@@ -230,6 +230,5 @@ def make_scheduler(cfg: StudyConfig):
     s = cfg.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
-    mode = "min" if s.metric.endswith("loss") else "max"
-    return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=mode, max_t=cfg.epochs,
+    return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=cfg.epochs,
                          grace_period=min(s.grace_period, cfg.epochs), reduction_factor=s.reduction_factor)
