@@ -72,6 +72,11 @@ def test_a_resumed_dario_searcher_continues_its_pretraining_bit_identically(tmp_
     ({"temperature": 1.0}, "temperature: not a DARIO option"),
     ({"proxy": "l0_norm"}, "proxy: 'l0_norm' is piecewise constant"),
     ({"threshold": 1.5}, "threshold: expected a value in"),
+    ({"iterations": 2.7}, "iterations: expected an integer >= 0, got 2.7"),  # was: 2 iterations
+    ({"epochs": 0}, "epochs: expected an integer >= 1, got 0"),  # was: an error naming pretrain_epochs
+    ({"search_lr": -1.0}, "search_lr: expected a number > 0, got -1.0"),
+    ({"pretrain_lr": float("nan")}, "pretrain_lr: expected a number > 0, got nan"),
+    ({"gamma": 0.0}, "gamma: expected a number > 0, got 0.0"),
 ])
 def test_bad_dario_options_are_refused_by_name(options, message):
     with pytest.raises(ValueError, match=f"searcher 'dario': {message}"):

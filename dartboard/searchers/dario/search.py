@@ -87,11 +87,7 @@ class DarioConfig:
                              "with iterations=0 (warm start only) or in the proxy study")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold: expected a value in [0, 1], got {self.threshold}")
-        for name in ("warmup_samples", "iterations"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected a non-negative integer, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size}")
+        self._check_numbers()
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {self.optimizer!r}")
         if self.gate_gradient not in GATE_GRADIENTS:
@@ -99,6 +95,17 @@ class DarioConfig:
         if not (math.isfinite(self.warmup_mean) and math.isfinite(self.warmup_std) and self.warmup_std > 0):
             raise ValueError(f"warmup_mean, warmup_std: expected finite values with warmup_std > 0, got "
                              f"{self.warmup_mean}, {self.warmup_std}")
+
+    def _check_numbers(self) -> None:
+        for name in ("warmup_samples", "iterations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected a non-negative integer, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size}")
+        for name in ("search_lr", "model_lr"):  # NaN fails the comparison too
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
 
 
 def prior_mean_for_keep_probability(threshold: float, keep_probability: float = 0.5, std: float = WARMUP_STD) -> float:

@@ -15,6 +15,7 @@ head on the search-train half and scores it on the val half (``platform/ray/deri
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,6 +43,13 @@ class DarioStudySearcher:
                              f"{', '.join(sorted(DARIO_STUDY_DEFAULTS))}")
         o = {**DARIO_STUDY_DEFAULTS, **options}
         self.options, self.device = o, torch.device(device)
+        for name in ("epochs", "pretrain_epochs", "iterations", "warmup_samples", "seed"):  # 2.7 is not 2
+            low = 1 if name == "epochs" else 0
+            if isinstance(o[name], bool) or not isinstance(o[name], int) or o[name] < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {o[name]!r}")
+        for name in ("pretrain_lr", "gamma", "search_lr"):  # named as the study names them (gamma: model_lr)
+            if isinstance(o[name], bool) or not isinstance(o[name], (int, float)) or not 0 < o[name] < math.inf:
+                raise ValueError(f"{name}: expected a number > 0, got {o[name]!r}")
         if not 0 <= int(o["pretrain_epochs"]) < int(o["epochs"]):
             raise ValueError(f"pretrain_epochs: expected 0 <= pretrain_epochs < epochs ({o['epochs']}) so that "
                              f"Algorithm 5 has an epoch, got {o['pretrain_epochs']}")
