@@ -255,6 +255,99 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
     assert line == message, line
 
 
+# ------------------------------------------------------------------ flags that another flag makes unused
+@pytest.mark.parametrize("args, message", [
+    (["search", "--epochs", "3", "--set", "epochs=2"],
+     "error: --set: --epochs given both as a flag and with --set; give each once"),  # was: --set won unseen
+    (["search", "--no-mlflow", "--tracking-uri", "http://127.0.0.1:5000"],
+     "error: --no-mlflow: the search logs to no tracking server; drop --tracking-uri"),
+    (["sweep", "--no-mlflow", "--promote"], "error: --no-mlflow: the sweep logs to no tracking server and registers "
+                                            "no champion; drop --promote"),
+    (["ablate", "study.yaml", "--no-mlflow", "--tracking-uri", "sqlite:///m.db"],
+     "error: --no-mlflow: the study logs to no tracking server and registers no champion; drop --tracking-uri"),
+    (["ablate", "study.yaml", "--no-mlflow", "--address", "auto", "--num-cpus", "2"],
+     "error: --address: the study joins a running cluster, whose CPUs are its own; drop --num-cpus"),
+    (["ablate", "study.yaml", "--no-mlflow", "--out", "run", "--storage", "elsewhere"],
+     "error: --out: the study's run directory is the folder given, in no storage; drop --storage"),
+    (["prune", "vit_tiny_patch16_224", "--demo"], "error: --demo: the demo trains its own small ViT on digits and "
+                                                  "would ignore 'vit_tiny_patch16_224'; give either --demo or the timm "
+                                                  "model to prune"),
+    (["prune", "vit_tiny_patch16_224", "--finetune-epochs", "3"],
+     "error: --finetune-epochs: only the demo fine-tunes (a named model is pruned, saved and registered as it is); "
+     "drop --finetune-epochs"),
+    (["prune", "--threshold", "2"], "error: threshold: expected a value in (0, 1), got 2.0"),  # was: a traceback
+], ids=["search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow", "ablate-address-cpus",
+        "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-threshold"])
+def test_a_flag_that_another_makes_unused_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "study.yaml").write_text("name: s\nsearcher: [darts, fairdarts]\nseeds: [0]\nsampler: grid\n")
+    _no_work(monkeypatch)
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
+    assert line == message, line
+
+
+def _no_work(monkeypatch) -> None:
+    """A regression that lets the command start its work fails at once instead of running it."""
+    import dartboard.platform.ablation as ablation
+    import dartboard.platform.dario_demo as dario_demo
+    import dartboard.platform.dario_run as dario_run
+    import dartboard.platform.run as run
+    import dartboard.platform.sweep as sweep
+
+    def work(*args, **kwargs):
+        raise AssertionError("the command started its work instead of refusing the flags")
+
+    for module, name in ((run, "run_search_job"), (sweep, "run_sweep"), (ablation, "run_ablation"),
+                         (dario_demo, "run_demo"), (dario_run, "prune_model")):
+        monkeypatch.setattr(module, name, work)
+
+
+def test_retrieve_refuses_a_threshold_no_cosine_reaches_and_a_seed_folders_do_not_use(tmp_path, capsys, monkeypatch):
+    from dartboard.platform.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:  # was: mAP 0.0000 and exit 0
+        main(["retrieve", "w.pt", "--tau", "5"])
+    assert done.value.code == 2 and "Invalid value for '--tau'" in capsys.readouterr().err
+    (tmp_path / "q").mkdir()
+    (tmp_path / "g").mkdir()
+    weights = _mlp_weights(tmp_path)
+    line = refused_here(["retrieve", weights, "--query", "q", "--gallery", "g", "--seed", "3"], tmp_path, capsys,
+                        monkeypatch)
+    assert line == "error: --query: folders are ranked as they are (the seed splits digits only); drop --seed"
+
+
+def _mlp_weights(folder: Path) -> str:
+    """The smallest weights file `dartboard train` writes for an mlp genotype (an untrained head network)."""
+    import torch
+
+    from dartboard.spaces.genotype import MlpGenotype, to_dict
+    from dartboard.training import ssl_eval as E
+
+    genotype = MlpGenotype({"projector": ("linear_relu",), "predictor": ()}, {"framework": "simsiam"})
+    net, _ = E.head_network(genotype, 1, 4)
+    path = folder / "w.pt"
+    torch.save({"genotype": to_dict(genotype), "in_channels": 1, "C": 4, "framework": "simsiam",
+                "state_dict": net.state_dict()}, path)
+    return path.name
+
+
+def test_a_study_folder_or_storage_that_cannot_be_used_is_a_user_error(tmp_path):
+    # Before: plain ValueErrors, printed by `ablate --out` / `sweep --storage` as tracebacks.
+    from dartboard.errors import UserInputError
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray import storage as st
+    from dartboard.platform.ray.runner import _new_run_dir
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / st.STUDY_FILE).write_text("name: s\n")
+    with pytest.raises(UserInputError, match=f"out: '{tmp_path / 'run'}' already holds a study; continue it with "
+                                             "--resume"):
+        _new_run_dir(StudyConfig(searcher="darts"), str(tmp_path / "run"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserInputError, match=f"storage: '{tmp_path / 'file' / 'below'}' is not writable"):
+        st.check_storage(str(tmp_path / "file" / "below"))
+
+
 # ------------------------------------------------------------------ a Ray cluster that is not there
 @pytest.mark.parametrize("args, message", [
     (["sweep", "--address", "127.0.0.1:9"], "error: --address: cannot reach a Ray cluster at 127.0.0.1:9"),

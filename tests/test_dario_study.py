@@ -67,6 +67,21 @@ def test_a_resumed_dario_searcher_continues_its_pretraining_bit_identically(tmp_
     assert a.derive() == b.derive()
 
 
+def test_the_run_seeds_the_vit_and_the_gates_unless_the_options_name_a_seed():
+    # Before: the option's default seed 0 re-seeded torch, so every --seed (and every seed of a study) built the same
+    # ViT and drew the same gates.
+    def built(run_seed, **options):
+        seed_everything(run_seed)
+        searcher = build_searcher("dario", {**TINY, **options}, SHAPE)
+        return searcher.seed, searcher.config.seed, next(iter(searcher.model.parameters())).detach().clone()
+
+    one, two = built(1), built(2)
+    assert (one[0], one[1], two[0], two[1]) == (1, 1, 2, 2) and not torch.equal(one[2], two[2])
+    assert torch.equal(built(1)[2], one[2])
+    pinned_one, pinned_two = built(1, seed=7), built(2, seed=7)
+    assert pinned_one[:2] == pinned_two[:2] == (7, 7) and torch.equal(pinned_one[2], pinned_two[2])
+
+
 @pytest.mark.parametrize("options, message", [
     ({"epochs": 3, "pretrain_epochs": 3}, "pretrain_epochs: expected 0 <= pretrain_epochs < epochs"),
     ({"temperature": 1.0}, "temperature: not a DARIO option"),

@@ -47,6 +47,12 @@ def test_an_interrupted_search_resumes_bit_identically(tmp_path, monkeypatch):
         run_search_job(_cfg(cut), progress=False)
     assert json.loads((cut / "interrupted.json").read_text()) == {"epochs_finished": 2, "epochs": 3}
     monkeypatch.setattr(run_module.ckpt, "write", real_write)
+    # the same command again (not --resume) would clear the checkpoint: refused, the checkpoint untouched
+    saved = {p: p.read_bytes() for p in (cut / "checkpoint").iterdir()}
+    with pytest.raises(UserInputError, match=f"--out: '{cut}' holds an unfinished search \\(2 epochs done\\); "
+                                             f"finish it with `dartboard search --resume {cut}`"):
+        run_search_job(_cfg(cut), progress=False)
+    assert {p: p.read_bytes() for p in (cut / "checkpoint").iterdir()} == saved
     torch.manual_seed(12345)  # the process's RNG moved on: resume must restore it, not rely on it
     resumed = resume_search_job(cut, progress=False)
     assert resumed.genotype == whole.genotype

@@ -116,6 +116,9 @@ def _named_cells(genotype: gt.DartsGenotype | gt.CellsGenotype) -> dict[str, gt.
 def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     """A search from scratch; it checkpoints every epoch under ``OUT/checkpoint`` (see :func:`resume_search_job`)."""
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    if _unfinished(out):  # a new search would clear its checkpoint: the interrupted one could not be finished
+        raise UserInputError(f"--out: {str(out)!r} holds an unfinished search ({_how_far(out)}); finish it with "
+                             f"`dartboard search --resume {out}`, or give another --out")
     check_outputs(cfg, out)
     cfg = cfg.model_copy(update={"out": str(out)})
     seed_everything(cfg.seed)
@@ -130,7 +133,7 @@ def resume_search_job(folder: str | Path, progress: bool = True) -> SearchResult
     if not run_file.is_file() or not (folder / ckpt.CHECKPOINT_DIR / STATE_FILE).is_file():
         raise UserInputError(f"--resume: {str(folder)!r} holds no search checkpoint (expected {ckpt.RUN_FILE} "
                              f"and {ckpt.CHECKPOINT_DIR}/{STATE_FILE}, written by `dartboard search`)")
-    if (folder / "genotype.json").is_file() and not (folder / INTERRUPTED_FILE).is_file():
+    if not _unfinished(folder):
         raise UserInputError(f"--resume: the search in {str(folder)!r} has finished; nothing to resume")
     cfg = SearchRunConfig(**json.loads(run_file.read_text()))
     check_outputs(cfg, folder)
@@ -180,6 +183,21 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
 
         log_search_run(cfg, result)
     return result
+
+
+def _unfinished(folder: Path) -> bool:
+    """Whether ``folder`` holds a search that ``--resume`` can finish: its config and an epoch checkpoint, and no
+    genotype of a finished search (an interrupted one writes its genotype and ``interrupted.json``; a killed one
+    neither)."""
+    return ((folder / ckpt.RUN_FILE).is_file() and (folder / ckpt.CHECKPOINT_DIR / STATE_FILE).is_file()
+            and (not (folder / "genotype.json").is_file() or (folder / INTERRUPTED_FILE).is_file()))
+
+
+def _how_far(folder: Path) -> str:
+    try:
+        return f"{len(ckpt.read(folder).history)} epochs done"
+    except (OSError, ValueError, KeyError):
+        return "its checkpoint cannot be read"
 
 
 def check_outputs(cfg: SearchRunConfig, out: Path) -> None:

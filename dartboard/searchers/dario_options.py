@@ -24,5 +24,6 @@ DARIO_STUDY_DEFAULTS: dict[str, Any] = {
     "model_kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0},
     "granularity": "block", "proxy": "parameter_variance", "threshold": THRESHOLD, "gamma": MODEL_LR,
     "search_lr": SEARCH_LR, "iterations": ITERATIONS, "warmup_samples": WARMUP_SAMPLES, "gate_gradient": "thesis",
-    "optimizer": "sgd", "keep_probability": None, "epochs": 32, "seed": 0,
+    "optimizer": "sgd", "keep_probability": None, "epochs": 32,
+    "seed": None,  # the ViT's initialisation and the gates' samples; None: the run's seed (torch's initial seed)
 }

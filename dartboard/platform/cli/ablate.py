@@ -26,6 +26,13 @@ def ablate(
     """Run a comparative ablation study (variants x seeds on Ray) and write its table and plots."""
     from dartboard.platform.ablation import load_study, run_ablation
 
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri, "--promote": promote},
+                    "the study logs to no tracking server and registers no champion")
+    if address is not None:
+        refuse_with("--address", {"--num-cpus": num_cpus}, "the study joins a running cluster, whose CPUs are its own")
+    if out is not None:
+        refuse_with("--out", {"--storage": storage}, "the study's run directory is the folder given, in no storage")
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import UserInputError, refuse_with, user_input
 from dartboard.platform.cli.defaults import literal_constants
 from dartboard.searchers.dario_options import (  # the thesis' defaults, as data: --help imports no torch
     GATE_GRADIENTS,
@@ -39,6 +39,7 @@ def _kwargs(text: str | None) -> dict:
     return data
 
 
+DEMO_FINETUNE_EPOCHS = 15  # each fine-tuning protocol of `dartboard prune`'s demo (its settings: 30)
 THROUGHPUT_STEPS = 3  # images/s before and after pruning, recorded with the registered model
 
 
@@ -67,7 +68,8 @@ def prune(
     optimizer: str = typer.Option("sgd", help="sgd (Algorithm 5) or adam"),
     model_kwargs: str | None = typer.Option(None, help="JSON kwargs for timm.create_model, e.g. image size"),
     demo: bool = typer.Option(False, "--demo", help="train a small ViT on digits, then prune it"),
-    finetune_epochs: int = typer.Option(15, help="demo: epochs of each fine-tuning protocol"),
+    finetune_epochs: int | None = typer.Option(None, min=0, help="demo: epochs of each fine-tuning protocol "
+                                               f"[default: {DEMO_FINETUNE_EPOCHS}]"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="each search iteration replayed from one CUDA graph "
@@ -80,7 +82,7 @@ def prune(
 ) -> None:
     """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights;
     with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
-    is_demo = demo or model == "demo"
+    is_demo = _demo_mode(model, demo, finetune_epochs)
     uri = _mlflow(mlflow_uri)
     _check_outputs(is_demo, checkpoint, model_kwargs, out, uri, register_as)
     import torch
@@ -92,15 +94,17 @@ def prune(
     search = {"warmup_samples": warmup_samples, "iterations": iterations, "search_lr": search_lr,
               "gate_gradient": gate_gradient}
     search = {k: v for k, v in search.items() if v is not None}
-    if is_demo:
-        from dartboard.platform import dario_demo
+    with user_input():  # only builds the settings from the options' values
+        if is_demo:
+            from dartboard.platform import dario_demo
 
-        settings = dario_demo.DemoSettings(threshold=threshold, finetune_epochs=finetune_epochs, **search)
-        config = replace(settings.config(seed), granularity=granularity, proxy=proxy, model_lr=model_lr,
-                         optimizer=optimizer)
-    else:
-        config = DarioConfig(granularity=granularity, proxy=proxy, threshold=threshold, model_lr=model_lr,
-                             optimizer=optimizer, seed=seed, **search)
+            settings = dario_demo.DemoSettings(threshold=threshold, finetune_epochs=DEMO_FINETUNE_EPOCHS
+                                               if finetune_epochs is None else finetune_epochs, **search)
+            config = replace(settings.config(seed), granularity=granularity, proxy=proxy, model_lr=model_lr,
+                             optimizer=optimizer)
+        else:
+            config = DarioConfig(granularity=granularity, proxy=proxy, threshold=threshold, model_lr=model_lr,
+                                 optimizer=optimizer, seed=seed, **search)
     if warmup_mean is not None:
         config = replace(config, warmup_mean=warmup_mean)
     config = replace(config, cuda_graph=cuda_graph)
@@ -140,6 +144,18 @@ def prune(
         typer.echo(f"mlflow run {run_id}")
         _register(uri, register_as or default_name(model if not is_demo else "demo"), run_id, result,
                   None if is_demo else net)
+
+
+def _demo_mode(model: str, demo: bool, finetune_epochs: int | None) -> bool:
+    """Whether the demo runs; a model named next to ``--demo``, or fine-tuning asked of a named model (only the
+    demo fine-tunes), would be ignored: refused."""
+    if demo and model != "demo":
+        raise UserInputError(f"--demo: the demo trains its own small ViT on digits and would ignore {model!r}; give "
+                             "either --demo or the timm model to prune")
+    if model != "demo" and not demo:
+        refuse_with("--finetune-epochs", {"--finetune-epochs": finetune_epochs}, "only the demo fine-tunes (a "
+                    "named model is pruned, saved and registered as it is)")
+    return demo or model == "demo"
 
 
 def _check_outputs(is_demo: bool, checkpoint: Path | None, model_kwargs: str | None, out: Path | None,
@@ -185,9 +201,10 @@ def _register(uri: str, register_as: str, run_id: str, result, original) -> None
 def prune_study(
     n_models: int = typer.Option(20, min=3, help="random pruned models per repeat (thesis: 100)"),
     repeats: int = typer.Option(3, min=1, help="independent repeats for the 95% CIs (thesis: 12)"),
-    finetune_epochs: int = typer.Option(2, help="brief fine-tuning of each sampled model"),
+    finetune_epochs: int = typer.Option(2, min=0, help="brief fine-tuning of each sampled model"),
     seed: int = typer.Option(0),
-    train_epochs: int = typer.Option(40, help="epochs training the demo ViT that plays the pre-trained model"),
+    train_epochs: int = typer.Option(40, min=1, help="epochs training the demo ViT that plays the pre-trained "
+                                     "model"),
 ) -> None:
     """Proxy study (thesis 6.1.2): correlation of every Table 6.1 proxy with accuracy on digits."""
     from dartboard.platform import dario_demo, dario_run

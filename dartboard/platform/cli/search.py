@@ -72,11 +72,17 @@ def search(
              "seed": seed, "device": device, "out": out, "tracking_uri": tracking_uri}
     data.update({k: v for k, v in flags.items() if v is not None})
     if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the search logs to no tracking server")
         data["mlflow"] = False
     options = dict(data.get("options") or {})
-    options.update({k: v for k, v in {"space": space, "start": start, "epochs": epochs, "order": order,
-                                      "precision": precision}.items() if v is not None})
-    options.update(parse_set(set_))
+    named = {k: v for k, v in {"space": space, "start": start, "epochs": epochs, "order": order,
+                               "precision": precision}.items() if v is not None}
+    options.update(named)
+    extra = parse_set(set_)
+    both = [f"--{k}" for k in extra if k in named]
+    if both:  # one of the two would win unseen
+        raise UserInputError(f"--set: {', '.join(both)} given both as a flag and with --set; give each once")
+    options.update(extra)
     data["options"] = options
     cfg = SearchRunConfig(**data)
     _report(run_search_job(cfg), as_json)

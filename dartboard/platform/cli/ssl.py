@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, refuse_with
 
 WEIGHTS_FILE = "ssl_weights.pt"
 
@@ -79,8 +79,9 @@ def retrieve(
     weights: str = typer.Argument(..., help=f"{WEIGHTS_FILE} written by `dartboard train` of an mlp genotype."),
     query: str = typer.Option(None, help="Folder of query images, one subfolder per group."),
     gallery: str = typer.Option(None, help="Folder of gallery images, one subfolder per group."),
-    tau: float = typer.Option(0.0, help="Similarity threshold: only gallery items above it are ranked."),
-    seed: int = typer.Option(0, help="Digits mode: the fit / held-out split of the training run."),
+    tau: float = typer.Option(0.0, min=-1.0, max=1.0, help="Similarity threshold in [-1, 1] (a cosine): only "
+                              "gallery items above it are ranked."),
+    seed: int = typer.Option(None, help="Digits mode: the fit / held-out split of the training run [default: 0]."),
 ) -> None:
     """Rank a query folder against a gallery by cosine similarity (thesis Eq 5.5) with threshold tau and
     print the mAP; without folders: digits held-out queries against the fit gallery (relevant = same class)."""
@@ -104,6 +105,9 @@ def retrieve(
     net.load_state_dict(saved["state_dict"])
     if (query is None) != (gallery is None):
         raise UserInputError("--query and --gallery: give both folders, or neither (digits held-out mode)")
+    if query is not None:
+        refuse_with("--query", {"--seed": seed}, "folders are ranked as they are (the seed splits digits only)")
+    seed = 0 if seed is None else seed
     if query is None:
         from dartboard.data.catalog import load_dataset
 

@@ -30,6 +30,9 @@ def sweep(
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
     from dartboard.platform.sweep import load_study, run_sweep
 
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri, "--promote": promote},
+                    "the sweep logs to no tracking server and registers no champion")
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")

@@ -179,7 +179,7 @@ def _new_run_dir(cfg: StudyConfig, run_dir: str | None) -> str:
     if run_dir is not None:
         run_dir = st.resolve_storage(run_dir)
         if st.exists(f"{run_dir}/{st.STUDY_FILE}"):
-            raise ValueError(f"out: {run_dir!r} already holds a study; continue it with --resume {run_dir}")
+            raise UserInputError(f"out: {run_dir!r} already holds a study; continue it with --resume {run_dir}")
         return run_dir
     storage = st.resolve_storage(cfg.storage)
     st.check_storage(storage)

@@ -9,6 +9,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from dartboard.errors import UserInputError
+
 DEFAULT_STORAGE = "runs/studies"
 STUDY_FILE = "study.yaml"
 RESULT_FILE = "study_result.json"
@@ -38,7 +40,7 @@ def check_storage(storage: str) -> None:
                 f.write(b"ok")
             fs.delete_file(probe)
     except Exception as err:  # noqa: BLE001 - any filesystem failure is the same user error
-        raise ValueError(f"storage: {storage!r} is not writable ({' '.join(str(err).split())})") from None
+        raise UserInputError(f"storage: {storage!r} is not writable ({' '.join(str(err).split())})") from None
 
 
 def write_text(uri: str, text: str) -> None:
@@ -53,8 +55,6 @@ def write_text(uri: str, text: str) -> None:
 def read_text(uri: str, field_name: str) -> str:
     """A file of a run directory the user named (``--resume``): one it cannot read is their input's error."""
     import pyarrow.fs
-
-    from dartboard.errors import UserInputError
 
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(uri)

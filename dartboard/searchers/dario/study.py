@@ -45,6 +45,8 @@ class DarioStudySearcher:
         self.options, self.device = o, torch.device(device)
         for name in ("epochs", "pretrain_epochs", "iterations", "warmup_samples", "seed"):  # 2.7 is not 2
             low = 1 if name == "epochs" else 0
+            if name == "seed" and o[name] is None:
+                continue
             if isinstance(o[name], bool) or not isinstance(o[name], int) or o[name] < low:
                 raise ValueError(f"{name}: expected an integer >= {low}, got {o[name]!r}")
         for name in ("pretrain_lr", "gamma", "search_lr"):  # named as the study names them (gamma: model_lr)
@@ -55,7 +57,10 @@ class DarioStudySearcher:
                              f"Algorithm 5 has an epoch, got {o['pretrain_epochs']}")
         self.create_kwargs = {**o["model_kwargs"], "img_size": input_size, "in_chans": in_channels,
                               "num_classes": num_classes}
-        torch.manual_seed(int(o["seed"]))
+        # Seeded by the run (the search's --seed, a study trial's seed) unless the option names a seed of its own.
+        self.seed = int(torch.initial_seed()) if o["seed"] is None else int(o["seed"])
+        if o["seed"] is not None:
+            torch.manual_seed(self.seed)
         self.model = create_vit(o["model"], **self.create_kwargs).to(self.device)
         if o["checkpoint"]:
             load_checkpoint(self.model, o["checkpoint"], o["model"])
@@ -77,7 +82,7 @@ class DarioStudySearcher:
         cfg = DarioConfig(granularity=o["granularity"], proxy=o["proxy"], threshold=float(o["threshold"]),
                           warmup_samples=int(o["warmup_samples"]), iterations=int(o["iterations"]),
                           search_lr=float(o["search_lr"]), model_lr=float(o["gamma"]), optimizer=o["optimizer"],
-                          gate_gradient=o["gate_gradient"], warmup_mean=mean, seed=int(o["seed"]))
+                          gate_gradient=o["gate_gradient"], warmup_mean=mean, seed=self.seed)
         cfg.validate()
         return cfg
 
@@ -202,7 +207,8 @@ class DarioStudySearcher:
         from dartboard.searchers.base import rng_state
 
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "history": list(self.history),
-                 "pretrain_opt": self.pretrain_opt.state_dict(), "last": dict(self._last), "rng": rng_state()}
+                 "pretrain_opt": self.pretrain_opt.state_dict(), "last": dict(self._last), "rng": rng_state(),
+                 "seed": self.seed}
         if self.dario is not None:
             state["dario"] = self.dario.state_dict()
         return state
@@ -213,6 +219,8 @@ class DarioStudySearcher:
         self.model.load_state_dict(state["model"])
         self.pretrain_opt.load_state_dict(state["pretrain_opt"])
         self.epoch, self.history, self._last = int(state["epoch"]), list(state["history"]), dict(state["last"])
+        if "seed" in state:  # the seed the run started with, whatever seeded this process
+            self.seed = self.config.seed = int(state["seed"])
         if "dario" in state:
             self.model.eval()
             self.dario = DarioSearcher(self.model, self.config)
