@@ -54,16 +54,23 @@ def profiled_peak_bytes(fn: Callable[[], None]) -> int:
     return peak
 
 
-def measure(searcher: str, options: dict, setting: Setting) -> dict:
-    """Peak bytes added by ``setting.steps`` search steps of a fresh searcher."""
+def build(searcher: str, options: dict, setting: Setting):
+    """A fresh searcher of the benchmark (seeded), on the setting's network, data shape and device."""
     import torch
 
     from dartboard.searchers.registry import DataShape, build_searcher
 
-    torch.set_num_threads(setting.threads)
     torch.manual_seed(0)
     opts = {"C": setting.C, "layers": setting.layers, "epochs": 1, **options}
-    s = build_searcher(searcher, opts, DataShape(3, setting.input_size, 10), setting.device)
+    return build_searcher(searcher, opts, DataShape(3, setting.input_size, 10), setting.device)
+
+
+def measure(searcher: str, options: dict, setting: Setting) -> dict:
+    """Peak bytes added by ``setting.steps`` search steps of a fresh searcher."""
+    import torch
+
+    torch.set_num_threads(setting.threads)
+    s = build(searcher, options, setting)
     x = torch.randn(setting.batch, 3, setting.input_size, setting.input_size, device=setting.device)
     y = torch.randint(0, 10, (setting.batch,), device=setting.device)
     s.step((x, y), (x, y))  # optimizer states exist before measuring
@@ -82,6 +89,32 @@ def measure(searcher: str, options: dict, setting: Setting) -> dict:
     return {"peak_bytes": profiled_peak_bytes(steps), "method": "torch.profiler CPU memory records"}
 
 
+def check(setting: Setting, variants: list[str] | None = None) -> None:
+    """The setting's values (:func:`check_values`), then a build of every variant's searcher (dropped again),
+    before any measuring: a ``ValueError`` names what cannot be run. Without it a batch of 0 or an unknown device
+    failed inside the first measurement."""
+    check_values(setting, variants)
+    for name in _names(variants):
+        spec = VARIANTS[name]
+        build(spec["searcher"], dict(spec["options"]), setting)
+
+
+def check_values(setting: Setting, variants: list[str] | None = None) -> None:
+    """The setting's numbers, device and variant names (0 steps measured nothing and reported a ratio of nan as
+    over the limit)."""
+    for name, low in (("batch", 1), ("C", 1), ("layers", 1), ("input_size", 8), ("steps", 1), ("threads", 1)):
+        value = getattr(setting, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    if not isinstance(setting.device, str) or not (setting.device == "cpu" or setting.device.startswith("cuda")):
+        raise ValueError(f"device: expected cpu or cuda[:N] (the peak is measured by the torch profiler or by "
+                         f"torch.cuda), got {setting.device!r}")
+    unknown = [n for n in variants or [] if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: unknown {', '.join(map(repr, unknown))}; expected some of "
+                         f"{', '.join(VARIANTS)}")
+
+
 def run_variant(name: str, setting: Setting) -> dict:
     spec = VARIANTS[name]
     return measure(spec["searcher"], dict(spec["options"]), setting)
@@ -89,14 +122,18 @@ def run_variant(name: str, setting: Setting) -> dict:
 
 def run(setting: Setting, variants: list[str] | None = None) -> dict[str, dict]:
     """Peaks of every variant and their ratio to L_F."""
-    names = variants or list(VARIANTS)
-    if "L_F" not in names:
-        names = ["L_F", *names]
-    results = {name: run_variant(name, setting) for name in names}
+    check_values(setting, variants)
+    results = {name: run_variant(name, setting) for name in _names(variants)}
     base = results["L_F"]["peak_bytes"]
     for r in results.values():
         r["ratio"] = r["peak_bytes"] / base if base > 0 else float("nan")
     return results
+
+
+def _names(variants: list[str] | None) -> list[str]:
+    """The variants measured: the given ones (default: all), L_F first, the base of the ratios."""
+    names = list(variants or VARIANTS)
+    return names if "L_F" in names else ["L_F", *names]
 
 
 def report(results: dict[str, dict], setting: Setting) -> str:

@@ -61,6 +61,24 @@ def build(preset: str, engine: str, order: int, setting: SpeedSetting):
     return GraphedStep(searcher, warmup=setting.warmup - 1)
 
 
+def check(presets: Sequence[str], orders: Sequence[int], engines: Sequence[str], setting: SpeedSetting) -> None:
+    """Build the searcher of every preset, order and engine that :func:`run` will time, and drop it again: a bad
+    combination (D-DARTS' ablation loss with order 2, a graph on the CPU, an unknown engine) raises its
+    ``ValueError`` here, before any timing, instead of after every combination timed before it. A build is a
+    fraction of a second, a timed combination many steps of two engines."""
+    from dartboard.searchers.registry import get_searcher_spec
+
+    for preset in presets:
+        get_searcher_spec(preset)  # an unknown name, said as such
+    for preset in presets:
+        for order in orders:
+            for engine in engines:
+                try:
+                    build(preset, engine, order, setting)
+                except ValueError as err:
+                    raise ValueError(f"preset {preset!r} at order {order} on engine {engine!r}: {err}") from None
+
+
 def _peak_bytes(step: Any, device: str) -> tuple[int, str]:
     import torch
 

@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 
 from dartboard.data.catalog import load_dataset
 from dartboard.data.datasets import Splits, make_loader
-from dartboard.errors import MissingFileError, check_file
+from dartboard.errors import MissingFileError, UserInputError, check_file
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.networks import DiscreteNetwork, count_parameters
@@ -67,11 +67,15 @@ class TableProtocol:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a value in (0, 1), got {self.val_fraction}")
-        for name in ("channels", "layers", "epochs", "batch_size"):
+        for name in ("channels", "layers", "epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if not self.seeds:
             raise ValueError("seeds: expected at least one seed")
+        twice = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
+        if twice:  # the same training twice: its "seed std" and Spearman between seeds would mean nothing
+            raise ValueError(f"seeds: expected distinct seeds, got {','.join(map(str, self.seeds))} (seed "
+                             f"{', '.join(map(str, twice))} more than once)")
         self.reductions = tuple(self.reductions)
         self.seeds = tuple(self.seeds)
 
@@ -297,20 +301,21 @@ def build_table(protocol: TableProtocol, out: str | Path, command: str = "",
     Resumable and shareable: before each entry the file is re-read, and entries already in it
     are kept and skipped, so a second process started with ``reverse=True`` (or a start
     ``offset`` into the order) on the same file builds from elsewhere, in parallel.
+
+    Before any training: ``space`` and ``offset`` (in ``[0, entries)``) are checked, and ``out``, if there,
+    must be a table of the same ``protocol`` (:func:`existing_entries`): a :class:`UserInputError` otherwise.
     """
     out = Path(out)
+    todo = build_order(space, keys, reverse, offset)
+    existing_entries(out, protocol)
     torch.set_num_threads(protocol.threads)
     splits = load_dataset(protocol.dataset)
     tiny = TINY_SPACES[space]
-    todo = [ops for ops in tiny.enumerate_ops() if keys is None or ops_key(ops) in keys]
-    if reverse:
-        todo.reverse()
-    todo = todo[offset % max(len(todo), 1):] + todo[:offset % max(len(todo), 1)]
     start = time.perf_counter()
     done: dict[str, dict] = {}
     for n, ops in enumerate(todo, start=1):
         key = ops_key(ops)
-        done.update(_read_entries(out, protocol))
+        done.update(existing_entries(out, protocol))
         if key not in done:
             runs = [train_entry(tiny.genotype_of_ops(list(ops)), splits, protocol, s) for s in protocol.seeds]
             done[key] = summarize(key, ops, runs, protocol.seeds, tiny)
@@ -321,13 +326,53 @@ def build_table(protocol: TableProtocol, out: str | Path, command: str = "",
     return load_table(out)
 
 
-def _read_entries(out: Path, protocol: TableProtocol) -> dict[str, dict]:
-    if not out.is_file():
+def build_order(space: str = TINY81_NAME, keys: Sequence[str] | None = None, reverse: bool = False,
+                offset: int = 0, flag: str = "offset") -> list[tuple[str, ...]]:
+    """The members that :func:`build_table` trains, in its order: all of ``space`` (or only ``keys``), reversed
+    if asked, then rotated to start ``offset`` entries in. An offset outside ``[0, entries)`` is refused
+    (``flag`` names it in the message) rather than wrapped around."""
+    if space not in TINY_SPACES:
+        raise UserInputError(f"space: expected one of {', '.join(TINY_SPACES)}, got {space!r}")
+    todo = [tuple(ops) for ops in TINY_SPACES[space].enumerate_ops() if keys is None or ops_key(ops) in keys]
+    if reverse:
+        todo.reverse()
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < max(len(todo), 1):
+        raise UserInputError(f"{flag}: expected an integer in [0, {max(len(todo) - 1, 0)}] (the start among the "
+                             f"{len(todo)} entries to build), got {offset!r}")
+    return todo[offset:] + todo[:offset]
+
+
+def existing_entries(out: str | Path, protocol: TableProtocol, flag: str = "out") -> dict[str, dict]:
+    """The entries already in the table file ``out`` (none if there is no file): a folder, a file that is no
+    table, or a table of another protocol is refused (``flag`` names it), as building on it would fail at the
+    first entry written."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserInputError(f"{flag}: {str(out)!r} is a folder; expected the path of the table's JSON file")
+    if not out.exists():
         return {}
-    previous = json.loads(out.read_text())
+    try:
+        previous = json.loads(out.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserInputError(f"{flag}: {str(out)!r} is not a table file that can be resumed "
+                             f"({' '.join(str(err).split())}); choose another path") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("entries", []), list) \
+            or not all(isinstance(e, dict) and "key" in e for e in previous.get("entries", [])):
+        raise UserInputError(f"{flag}: {str(out)!r} is not a table that `dartboard bench build-table` writes; "
+                             f"choose another path")
     if previous.get("protocol") != _protocol_dict(protocol):
-        raise ValueError(f"out: {str(out)!r} holds a table made with another protocol; choose another path")
+        raise UserInputError(f"{flag}: {str(out)!r} holds a table made with another protocol "
+                             f"({_protocol_difference(previous.get('protocol'), protocol)}); choose another path or "
+                             f"the protocol it was made with")
     return {e["key"]: e for e in previous.get("entries", [])}
+
+
+def _protocol_difference(recorded: Any, protocol: TableProtocol) -> str:
+    if not isinstance(recorded, dict):
+        return "none recorded"
+    wanted = _protocol_dict(protocol)
+    differ = [f"{k} {recorded.get(k)!r} there, {wanted[k]!r} here" for k in wanted if recorded.get(k) != wanted[k]]
+    return "; ".join(differ) or "other fields"
 
 
 def _protocol_dict(protocol: TableProtocol) -> dict[str, Any]:
@@ -338,7 +383,7 @@ def _protocol_dict(protocol: TableProtocol) -> dict[str, Any]:
 
 def _write(out: Path, protocol: TableProtocol, command: str, done: dict[str, dict], seconds: float,
            tiny: TinySpace = TINY_SPACES[TINY81_NAME]) -> None:
-    done = {**_read_entries(out, protocol), **done}  # keep what another builder wrote meanwhile
+    done = {**existing_entries(out, protocol), **done}  # keep what another builder wrote meanwhile
     order = [ops_key(ops) for ops in tiny.enumerate_ops()]
     entries = [done[k] for k in order if k in done]
     data = {"space": tiny.name, "version": TABLE_VERSION, "ops": list(tiny.ops),

@@ -39,7 +39,8 @@ def build_table_cmd(
 ) -> None:
     """Train all members of tiny81 (or tiny625) with every seed and write the table (tiny81: about 25 min
     on a shared 2-core CPU with the default protocol; resumes a partial file)."""
-    from dartboard.bench.table import TableProtocol, build_table
+    from dartboard.bench.table import TableProtocol, build_order, build_table, existing_entries
+    from dartboard.platform.checks import check_writable_dir
     from dartboard.spaces.tiny import TINY_SPACES
 
     if space not in TINY_SPACES:
@@ -47,12 +48,21 @@ def build_table_cmd(
     if space != "tiny81" and out == Path(DEFAULT_TABLE_OUT):
         out = Path(DEFAULT_TABLE_OUT).with_name(f"{space}.json")
 
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    twice = sorted({s for s in seed_list or [] if seed_list.count(s) > 1})
+    if twice:  # the same training twice: the table's seed std and Spearman between seeds would mean nothing
+        raise UserInputError(f"--seeds: expected distinct seeds, got {seeds!r} (seed {', '.join(map(str, twice))} "
+                             f"more than once)")
     kw = {"epochs": epochs, "channels": channels, "threads": threads,
-          "seeds": tuple(parse_seeds(seeds)) if seeds else None}
-    with user_input():  # only checks the protocol's values
+          "seeds": None if seed_list is None else tuple(seed_list)}
+    try:  # only checks the protocol's values; each message starts with the field, the flag of that name
         protocol = TableProtocol(**{k: v for k, v in kw.items() if v is not None})
-    command = "dartboard " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--reverse")
-    command = command.split(" --offset")[0]
+    except ValueError as err:
+        raise UserInputError(f"--{err}") from None
+    build_order(space, None, reverse, offset, "--offset")  # an offset past the entries, refused (it used to wrap)
+    existing_entries(out, protocol, "--out")  # a file it could not resume, refused before the first training
+    check_writable_dir(out.parent, "--out")  # leaves nothing behind
+    command = recorded_command(sys.argv[1:])
 
     def on_entry(n: int, total: int, entry: dict) -> None:
         log.info("[%d/%d] %-45s test %.4f +- %.4f  val %.4f  %.1f s", n, total, entry["key"], entry["test_mean"],
@@ -64,6 +74,21 @@ def build_table_cmd(
     typer.echo(f"table written to {out}: {len(table.entries)} entries; best test {stats.get('best_test_mean'):.4f}, "
                f"worst {stats.get('worst_test_mean'):.4f}, mean seed std {stats.get('mean_seed_std_test'):.4f}, "
                f"Spearman between seeds {stats.get('spearman_between_seeds_test')}")
+
+
+def recorded_command(args: list[str]) -> str:
+    """The command recorded in the table: the arguments as given, without ``--reverse`` and ``--offset N`` (where
+    a builder starts does not change the table; every other flag does or names it)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--offset":
+            skip = True  # and its value
+        elif arg != "--reverse" and not arg.startswith("--offset="):
+            kept.append(arg)
+    return " ".join(["dartboard", *(shlex.quote(a) for a in kept)])
 
 
 def quality_cmd(
@@ -170,10 +195,8 @@ def bench_speed(
     setting.threads = threads
     order_list = _int_list("--orders", orders, (1, 2))
     preset_list, engine_list = _names("--presets", presets), _names("--engines", engines)
-    with user_input():  # only checks the options' values (unknown preset, engine or option)
-        for name in preset_list:
-            for engine in engine_list:
-                speed.build(name, engine, order_list[0], setting)
+    with user_input():  # only builds each searcher that will be timed (unknown preset, engine or option, an order
+        speed.check(preset_list, order_list, engine_list, setting)  # that a preset cannot take), times nothing
     results = speed.run(preset_list, order_list, engine_list, setting)
     if as_json:
         typer.echo(json.dumps({"device": setting.device, "results": results}))
@@ -184,12 +207,28 @@ def bench_speed(
 def _speed_setting(batch: int, device: str, precision: str, channels: int, layers: int, input_size: int,
                    warmup: int, repeats: int, memory: bool) -> Any:
     from dartboard.bench.speed import SpeedSetting
-    from dartboard.platform.config import resolve_device
 
-    with user_input():  # only checks that the device exists (its message names it)
-        dev = resolve_device(device)
+    dev = _device(device)
     return SpeedSetting(batch=batch, channels=channels, layers=layers, input_size=input_size, warmup=warmup,
                         repeats=repeats, device=dev, precision=precision, memory=memory)
+
+
+def _device(device: str) -> str:
+    """``--device`` resolved (auto: cuda when there is one); a device that does not exist or is not there, refused."""
+    from dartboard.platform.config import resolve_device
+
+    try:  # only checks that the device exists; its messages start with "device: "
+        dev = resolve_device(device)
+    except ValueError as err:
+        raise UserInputError(f"--{err}") from None
+    if dev.startswith("cuda"):  # cuda:N of a GPU that is not there failed in the first build
+        import torch
+
+        index, count = torch.device(dev).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise UserInputError(f"--device: expected cuda:0 to cuda:{count - 1} ({count} CUDA GPU(s) here), got "
+                                 f"{device!r}")
+    return dev
 
 
 def _names(flag: str, text: str) -> list[str]:
@@ -218,14 +257,20 @@ def bench_memory(
     device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)"),
 ) -> None:
     """Peak memory of a D-DARTS step with L_T (ablation loss) against L_F, and their ratio."""
-    import torch
-
     from dartboard.bench import memory as bench
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    for flag, value, low in (("--batch", batch, 1), ("--C", channels, 1), ("--layers", layers, 1),
+                             ("--input-size", input_size, 8), ("--steps", steps, 1)):
+        if value < low:
+            raise UserInputError(f"{flag}: expected an integer >= {low}, got {value}")
+    if not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise UserInputError(f"--device: expected auto, cpu or cuda[:N] (the peak is measured by the torch profiler "
+                             f"on the CPU or by torch.cuda), got {device!r}")
+    device = _device(device)
     setting = bench.Setting(batch=batch, C=channels, layers=layers, input_size=input_size, steps=steps,
                             device=device)
+    with user_input():  # only the setting's values and a build of each variant's searcher; measures nothing
+        bench.check(setting)
     results = bench.run(setting)
     typer.echo(bench.report(results, setting))
 

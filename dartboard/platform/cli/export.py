@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, refuse_with
 
 
 def is_model_ref(source: str) -> bool:
@@ -32,10 +32,13 @@ def export(
     check_format(fmt)  # a missing package fails here, before any work
     check_writable_file(out, "--out")
     if is_model_ref(source):
-        if weights is not None:
-            raise UserInputError(f"--weights: {source!r} is a registered model, which holds its weights")
+        refuse_with(f"registered model {source!r}", {"--weights": weights, "--network": network},
+                    "its weights and network.json are exported from the registry, not from files")
         net, spec = _registered(source, tracking_uri)
     else:
+        if tracking_uri is not None:
+            raise UserInputError(f"--tracking-uri: {tracking_uri!r} would be ignored: {source!r} is a genotype, "
+                                 f"exported from the files --weights and --network, not from a registry")
         net, spec = _from_files(source, weights, network)
     from dartboard.platform.export import export_network
 

@@ -7,8 +7,11 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, refuse_with
 
+#: The genotype kinds whose network has a size of its own (info's cell-network flags do not apply), in words.
+SIZED = {"mlp": "an mlp genotype (NASiam heads) lists its chains", "flux_mlp": "a PMSM flux model has its own layers "
+         "and width, and (I_d, I_q) for its input"}
 DATASET_SHAPES = {"digits": (1, 8, 10), "colour-digits": (3, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
                   "imagenet": (3, 224, 1000)}
 
@@ -52,31 +55,43 @@ def flux_info(name: str, geno: Any) -> dict[str, Any]:
 
 def info(
     genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name."),
-    channels: int = typer.Option(36, help="Initial channels C."),
-    layers: int = typer.Option(20, help="Number of cells."),
-    auxiliary: bool = typer.Option(False, help="Build the auxiliary head too."),
-    dataset: str = typer.Option("cifar10", help="Input shape: digits, colour-digits, cifar10, cifar100, imagenet."),
+    channels: int = typer.Option(None, help="Initial channels C (default 36)."),
+    layers: int = typer.Option(None, help="Number of cells (default 20)."),
+    auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Build the auxiliary head too "
+                                   "(default: no)."),
+    dataset: str = typer.Option(None, help="Input shape: digits, colour-digits, cifar10 (default), cifar100, "
+                                           "imagenet."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network;
-    an mlp genotype (NASiam heads): its chains."""
+    an mlp genotype (NASiam heads): its chains; a PMSM flux model: its size per flux evaluation."""
     from dartboard.spaces.catalog import resolve
 
     geno = resolve(genotype)
+    if geno.kind in SIZED:  # their size is their own: the cell network's flags would be ignored (not checked)
+        refuse_with(f"genotype {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
+                                               "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None},
+                    f"{SIZED[geno.kind]}, with no channels, cells, input dataset or auxiliary head to choose")
+    if geno.kind == "flux_mlp":
+        result = flux_info(genotype, geno)
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        typer.echo(f"{genotype}: {result['architecture']}")
+        typer.echo(f"parameters: {result['parameters']:,}")
+        typer.echo(f"multiply-adds per flux evaluation: {result['multiply_adds']:,}")
+        return
     if geno.kind == "mlp":
         chains = {name: list(ops) for name, ops in geno.chains.items()}
         typer.echo(json.dumps({"genotype": genotype, "kind": "mlp", "chains": chains, "meta": dict(geno.meta)})
                    if as_json else "\n".join(f"{name} ({len(ops)} layers): {' -> '.join(ops) or 'none'}"
                                              for name, ops in chains.items()))
         return
+    channels, layers = 36 if channels is None else channels, 20 if layers is None else layers
+    auxiliary, dataset = bool(auxiliary), "cifar10" if dataset is None else dataset
     result = network_info(genotype, channels, layers, auxiliary, dataset)
     if as_json:
         typer.echo(json.dumps(result))
-        return
-    if result.get("kind") == "flux_mlp":  # channels, layers and dataset do not apply
-        typer.echo(f"{genotype}: {result['architecture']}")
-        typer.echo(f"parameters: {result['parameters']:,}")
-        typer.echo(f"multiply-adds per flux evaluation: {result['multiply_adds']:,}")
         return
     typer.echo(f"{genotype}: C={channels}, {layers} cells, {dataset} input")
     typer.echo(f"parameters (without auxiliary head): {result['parameters']:,} ({result['parameters'] / 1e6:.2f}M)")

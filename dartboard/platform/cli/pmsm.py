@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, refuse_with, user_input
 
 pmsm_app = typer.Typer(no_args_is_help=True, add_completion=False,
                        help="PMSM flux models (thesis 6.2): two-step search and comparison.")
@@ -27,8 +29,12 @@ def search(
     from dartboard.platform.cli.search import parse_set
     from dartboard.platform.pmsm import run_two_step
 
-    result = run_two_step(out, seed=seed, data_root=data_root, depth_options=parse_set(set_depth),
-                          activation_options=parse_set(set_activation), mlflow=not no_mlflow,
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the searches log to no tracking server")
+    depth_options, activation_options = parse_set(set_depth), parse_set(set_activation)
+    check_step_options(depth_options, activation_options, seed=seed, data_root=data_root)
+    result = run_two_step(out, seed=seed, data_root=data_root, depth_options=depth_options,
+                          activation_options=activation_options, mlflow=not no_mlflow,
                           tracking_uri=tracking_uri, progress=True)
     typer.echo(f"step 1 (depth, {result.seconds_depth:.0f} s): {result.depth_genotype.describe()}")
     typer.echo(f"step 2 (activation, {result.seconds_activation:.0f} s): {result.genotype.describe()}")
@@ -46,27 +52,83 @@ def compare(
 ) -> None:
     """Train each flux model over the seeds through criterion C; report C and flux error (mean +- std)."""
     from dartboard.platform.pmsm import compare as run_compare
-    from dartboard.spaces.catalog import resolve
-    from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
 
-    models = {}
-    for item in genotypes:
-        name, _, ref = item.partition("=")
-        name, ref = (name, ref) if ref else (Path(name).stem if name.endswith(".json") else name, name)
-        g = resolve(ref)
-        if not isinstance(g, FluxMlpGenotype):
-            raise UserInputError(f"genotype {ref!r} is a {g.kind!r} genotype; pmsm compare needs flux_mlp genotypes")
-        models[name] = g
+    models = named_models(genotypes)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise UserInputError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
-    if epochs < 1 or not seed_list:
-        raise UserInputError("--epochs must be >= 1 and --seeds must name at least one seed")
+    if not seed_list:
+        raise UserInputError(f"--seeds: expected at least one seed, got {seeds!r}")
+    if epochs < 1:
+        raise UserInputError(f"--epochs: expected an integer >= 1, got {epochs}")
+    twice = sorted({s for s in seed_list if seed_list.count(s) > 1})
+    if twice:
+        raise UserInputError(f"--seeds: expected distinct seeds, got {seeds!r} (seed {', '.join(map(str, twice))} "
+                             f"more than once)")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserInputError(f"--lr: expected a finite number > 0, got {lr}")
+    from dartboard.training.pmsm import FluxTrainConfig
+
+    with user_input():  # only the training config's own checks of the values, before any training
+        for s in seed_list:
+            FluxTrainConfig(epochs=epochs, lr=lr, seed=s)
     result = run_compare(models, seed_list, out, epochs=epochs, data_root=data_root, lr=lr)
     typer.echo(result["table"])
     if result["plot"] is not None:
         typer.echo(f"flux maps: {result['plot']}")
+
+
+def named_models(items: list[str]) -> dict[str, Any]:
+    """``NAME=GENOTYPE`` (or a bare catalog name or JSON file, named after it) -> {name: flux_mlp genotype}; two
+    models of one name would keep only the last, so that is refused."""
+    from dartboard.spaces.catalog import resolve
+    from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
+
+    models: dict[str, Any] = {}
+    given: dict[str, str] = {}  # name -> the argument that gave it
+    for item in items:
+        name, _, ref = item.partition("=")
+        if not ref:  # a bare catalog name or file, named after it
+            ref = name
+            name = Path(ref).stem if ref.endswith(".json") or Path(ref).is_file() else ref
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise UserInputError(f"genotype {item!r}: expected NAME=GENOTYPE with a NAME that can name a folder "
+                                 f"(its runs are written to OUT/models/NAME), got the name {name!r}")
+        if name in given:
+            raise UserInputError(f"genotypes {given[name]!r} and {item!r} are both named {name!r} (one model would "
+                                 f"replace the other); give each its own name as NAME=GENOTYPE, e.g. "
+                                 f"{name}1=... {name}2=...")
+        given[name] = item
+        g = resolve(ref)
+        if not isinstance(g, FluxMlpGenotype):
+            raise UserInputError(f"genotype {ref!r} is a {g.kind!r} genotype; pmsm compare needs flux_mlp genotypes")
+        models[name] = g
+    return models
+
+
+def check_step_options(depth_options: dict[str, Any], activation_options: dict[str, Any], *, seed: int,
+                       data_root: str | None) -> None:
+    """Both steps' options, before step 1 starts: step 1's searcher and step 2's, built as
+    :func:`dartboard.platform.pmsm.run_two_step` builds them but on the depth and width that step 1's untrained
+    supernet derives (placeholders for the ones it will find), and on the data's shape without loading it. A bad
+    option of step 2 was found only after the whole of step 1's search."""
+    from dartboard.data.pmsm import FEATURES, TARGETS
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    shape = DataShape(len(FEATURES), 1, len(TARGETS))  # the shape of every motor's data (data/pmsm.py load_pmsm)
+    common = {"dataset": "pmsm", "data_root": data_root, "seed": seed, "mlflow": False}
+    with user_input("--set-depth"):  # builds step 1's supernet: no data, no training
+        cfg = SearchRunConfig(searcher="pmsm-depth", options=dict(depth_options), **common)
+        depth_searcher = build_searcher("pmsm-depth", cfg.searcher_options(), shape, "cpu")
+    depth = depth_searcher.derive()  # a placeholder of what step 1 finds: its layers, width and form
+    options = {"layers": depth.hidden_layers, "C": depth.width, **activation_options}
+    if depth.decoupled and "space" not in options:
+        options["space"] = "pmsm-activation-decoupled"
+    with user_input("--set-activation"):
+        cfg = SearchRunConfig(searcher="pmsm-activation", options=options, **common)
+        build_searcher("pmsm-activation", cfg.searcher_options(), shape, "cpu")
 
 
 def register(app: typer.Typer) -> None:

@@ -126,5 +126,92 @@ def retrieve(
     typer.echo(f"mAP {E.retrieval_map(q_f, q_groups, g_f, g_groups, tau):.4f}")
 
 
+def train_mlp(geno, genotype: str, options: dict, tracking_uri: str | None, no_mlflow: bool, as_json: bool) -> None:
+    """SSL pretraining of an mlp genotype's heads (``train_heads``), then its held-out metrics: printed (``--json``:
+    as JSON) and, unless ``--no-mlflow``, logged as a run of the ``dartboard`` experiment (not registered)."""
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    from dartboard.training.ssl_eval import SslConfig
+
+    options = {**options, "framework": framework_of(geno, options["framework"])}
+    _check_mlp_options(options)
+    dataset, out = options["dataset"], options["out"]
+    if out is None:  # train_heads' default: next to the genotype file
+        out_dir = Path(genotype).parent if Path(genotype).is_file() else Path("runs") / f"train-ssl-{genotype}"
+    else:
+        out_dir = Path(out)
+    check_writable_dir(out_dir, "--out")
+    logger = None
+    if not no_mlflow:
+        from dartboard.platform.tracking.epochs import TRAIN_EXPERIMENT, EpochLogger, absolute_uri, open_train_run
+        from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
+
+        tracking_uri = absolute_uri(resolved_uri(tracking_uri))
+        check_tracking_server(tracking_uri)
+        stem = Path(genotype).stem if genotype.endswith(".json") else genotype
+        run_id = open_train_run(tracking_uri, TRAIN_EXPERIMENT, f"ssl-{stem}-{dataset}", genotype)
+        logger = EpochLogger(tracking_uri, run_id)
+    try:
+        result = train_heads(geno, genotype, **{**options, "out": str(out_dir)})
+    except BaseException as err:
+        if logger is not None:  # its run holds nothing yet: deleted
+            from dartboard.platform.tracking.epochs import close_unfinished
+
+            close_unfinished(logger, None, "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED")
+        raise
+    if logger is not None:
+        config = {"framework": result["framework"], "channels": options["channels"] or SslConfig.C,
+                  "epochs": options["epochs"] or SslConfig.epochs,
+                  "batch_size": options["batch_size"] or SslConfig.batch_size, "lr": options["lr"],
+                  "dataset": dataset, "seed": options["seed"]}
+        _log_ssl_run(logger, genotype, config, result, out_dir)
+        typer.echo(f"logged to MLflow run {logger.run_id} (experiment {TRAIN_EXPERIMENT}, {logger.uri})", err=as_json)
+    if as_json:  # stdout holds the JSON only
+        typer.echo(json.dumps({"genotype": genotype, "kind": "mlp", "dataset": dataset, **result}, indent=1))
+        return
+    typer.echo(f"weights written to {result['weights']}")
+    for key in ("probe_acc", "knn_acc", "collapse_std", "retrieval_map"):
+        typer.echo(f"{key} {result[key]:.4f} (held-out)")
+
+
+def _check_mlp_options(options: dict) -> None:
+    """What train_heads would find only after loading the data (or not at all: 0 channels are its default)."""
+    import math
+
+    from dartboard.data.catalog import DATASETS
+    from dartboard.training.ssl_eval import view_datasets
+
+    sizes = {"--channels": options["channels"], "--epochs": options["epochs"], "--batch-size": options["batch_size"]}
+    for flag, value in sizes.items():
+        if value is not None and value < 1:
+            raise UserInputError(f"{flag}: expected a positive integer, got {value}")
+    if not (math.isfinite(options["lr"]) and options["lr"] >= 0):
+        raise UserInputError(f"--lr: expected a finite number >= 0, got {options['lr']}")
+    dataset = options["dataset"]
+    if any(name not in DATASETS for name in view_datasets(dataset)):
+        two_view = ", ".join(d for d in DATASETS if f"{d}-views" in DATASETS)
+        raise UserInputError(f"--dataset: {dataset!r} has no two-view data for the SSL pretraining of an mlp genotype; "
+                             f"expected one of {two_view} (or their -views data)")
+
+
+def _log_ssl_run(logger, genotype: str, config: dict, result: dict, out_dir: Path) -> None:
+    """The pretraining's settings, loss per epoch, held-out metrics and files into the run ``logger`` opened."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from dartboard.platform.tracking.runs import flat_params
+
+    client, now = MlflowClient(tracking_uri=logger.uri), int(time.time() * 1000)
+    losses = [Metric("pretrain_loss", float(v), now, step) for step, v in enumerate(result["pretrain_loss"])]
+    held_out = [Metric(k, float(v), now, 0) for k, v in result.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)]
+    params = [Param(k, v) for k, v in flat_params("", {"genotype": genotype, "kind": "mlp", **config}).items()]
+    client.log_batch(logger.run_id, metrics=losses + held_out, params=params)
+    for name in (WEIGHTS_FILE, "ssl_metrics.json"):
+        client.log_artifact(logger.run_id, str(out_dir / name))
+    client.set_terminated(logger.run_id, "FINISHED")
+
+
 def register(app: typer.Typer) -> None:
     app.command("retrieve")(retrieve)

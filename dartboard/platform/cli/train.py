@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from dartboard.errors import UserInputError, user_input
+from dartboard.errors import UserInputError, refuse_with, user_input
 
 log = logging.getLogger("dartboard")
 #: TrainConfig's fields as the flags that set them (errors name the flag the user typed).
@@ -19,7 +19,6 @@ FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "
 #: ``--protocol``: the evaluation protocol whose published values are the defaults (``cifar``: DARTS CIFAR-10,
 #: scaled down on the small bundled data; ``imagenet``: DARTS ImageNet mobile, ``IMAGENET_PROTOCOL``).
 PROTOCOLS = ("cifar", "imagenet")
-EXPERIMENT = "dartboard"  # the MLflow experiment of final trainings
 
 
 def train(
@@ -66,7 +65,8 @@ def train(
                                              "scaler)."),
     grad_clip: float = typer.Option(None, help="Gradient norm clip (DARTS: 5)."),
     workers: int = typer.Option(1, help="Ray Train workers (DDP); 1 without --address trains in this process."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per Ray Train worker (NCCL when > 0, else gloo)."),
+    gpus_per_worker: float = typer.Option(None, help="GPUs per Ray Train worker (default 0; NCCL when > 0, else "
+                                                     "gloo)."),
     address: str = typer.Option(None, help="Ray cluster address (e.g. auto); implies a Ray Train job."),
     storage: str = typer.Option(None, help="Ray Train checkpoints (default: OUT/ray; several nodes need shared "
                                            "storage: NFS, s3://, gs://)."),
@@ -83,32 +83,25 @@ def train(
 
     geno = resolve(genotype)
     distributed = workers != 1 or address is not None
-    if distributed and geno.kind == "mlp":
-        raise UserInputError(f"--workers/--address: Ray Train final training is for cell networks; {genotype!r} is "
-                             f"an mlp genotype (train it in one process)")
-    if storage is not None and not distributed:
-        raise UserInputError("--storage: only for a Ray Train job (--workers > 1 or --address)")
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise UserInputError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if geno.kind == "mlp" and protocol is not None:
-        raise UserInputError(f"--protocol: the evaluation protocols train cell networks; {genotype!r} is an mlp "
-                             f"genotype")
-    if framework is not None and geno.kind != "mlp":
-        raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
-                             f"genotype")
+    _check_options(geno, genotype, distributed, storage=storage, gpus_per_worker=gpus_per_worker,
+                   no_mlflow=no_mlflow, register_as=register_as, tracking_uri=tracking_uri, protocol=protocol,
+                   framework=framework, label_smoothing=label_smoothing, cell_only={
+                       "--layers": layers, "--lr-schedule": lr_schedule, "--lr-gamma": lr_gamma,
+                       "--image-size": image_size, "--drop-path": drop_path, "--cutout-length": cutout_length,
+                       "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None,
+                       "--cutout" if cutout else "--no-cutout": cutout is not None,
+                       "--label-smoothing": label_smoothing, "--precision": precision, "--grad-clip": grad_clip,
+                       "--register": register_as})
     with user_input():  # only checks that the device exists (its message names it)
         resolved = resolve_device(device)
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_data_root(check_dataset(dataset), data_root)
     if geno.kind == "mlp":
-        from dartboard.platform.cli.ssl import train_heads
+        from dartboard.platform.cli.ssl import train_mlp
 
-        result = train_heads(geno, genotype, framework=framework, channels=channels, epochs=epochs,
-                             batch_size=batch_size, lr=0.06 if lr is None else lr, dataset=dataset,
-                             data_root=data_root, seed=seed, device=resolved, out=out)
-        typer.echo(f"weights written to {result['weights']}")
-        for key in ("probe_acc", "knn_acc", "collapse_std", "retrieval_map"):
-            typer.echo(f"{key} {result[key]:.4f} (held-out)")
+        train_mlp(geno, genotype, dict(framework=framework, channels=channels, epochs=epochs, batch_size=batch_size,
+                                        lr=0.06 if lr is None else lr, dataset=dataset, data_root=data_root,
+                                        seed=seed, device=resolved, out=out), tracking_uri, no_mlflow, as_json)
         return
     _check_image_size(image_size, dataset)
     name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
@@ -118,12 +111,45 @@ def train(
     if label_smoothing is not None:
         given |= {"label_smoothing": label_smoothing > 0,
                   "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1}
+    _check_used(_settings(name, dataset, given), given, f"the {name} protocol's default on {dataset!r}")
     cfg = _train_config(name, dataset, given, seed=seed, device=resolved)
     image_size = image_size or (224 if name == "imagenet" else 32)
-    cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker, "address": address,
+    cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker or 0.0, "address": address,
                "storage": storage} if distributed else None
     _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
                  register_as, image_size)
+
+
+def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_worker, no_mlflow, register_as,
+                   tracking_uri, protocol, framework, label_smoothing, cell_only: dict) -> None:
+    """Refuse, before any work, the flags that this training would not use (``cell_only``: the flags of a cell
+    network's training, by name) and a label smoothing out of range."""
+    if distributed and geno.kind == "mlp":
+        raise UserInputError(f"--workers/--address: Ray Train final training is for cell networks; {genotype!r} is "
+                             f"an mlp genotype (train it in one process)")
+    if storage is not None and not distributed:
+        raise UserInputError("--storage: only for a Ray Train job (--workers > 1 or --address)")
+    if gpus_per_worker is not None and not distributed:
+        raise UserInputError(f"--gpus-per-worker: {gpus_per_worker} would be ignored; only for a Ray Train job "
+                             f"(--workers > 1 or --address)")
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--register": register_as, "--tracking-uri": tracking_uri},
+                    "nothing is logged to MLflow or registered")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise UserInputError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if geno.kind == "mlp" and protocol is not None:
+        raise UserInputError(f"--protocol: the evaluation protocols train cell networks; {genotype!r} is an mlp "
+                             f"genotype")
+    if framework is not None and geno.kind != "mlp":
+        raise UserInputError(f"--framework: only for mlp genotypes (NASiam heads); {genotype!r} is a {geno.kind!r} "
+                             f"genotype")
+    if geno.kind == "mlp":  # SSL pretraining of the heads (train_heads): none of a cell network's settings apply
+        refuse_with(f"genotype {genotype!r}", cell_only,
+                    "an mlp genotype (NASiam heads) is pretrained by its SSL framework (--framework, --channels, "
+                    "--epochs, --batch-size, --lr), with none of a cell network's training settings, and is not "
+                    "registered")
+    if label_smoothing is not None and not 0.0 <= label_smoothing < 1.0:  # a negative one would turn smoothing off
+        raise UserInputError(f"--label-smoothing: expected a value in [0, 1) (0 = off), got {label_smoothing}")
 
 
 def _check_image_size(image_size: int | None, dataset: str) -> None:
@@ -153,19 +179,44 @@ def protocol_switches(dataset: str, **given) -> dict:
     return {k: given[k] if given.get(k) is not None else v for k, v in defaults.items()}
 
 
-def _train_config(protocol: str, dataset: str, given: dict, **fixed):
+def _settings(protocol: str, dataset: str, given: dict) -> dict:
     """The protocol's published values (``cifar`` scaled down on the small bundled data), then every
-    value the user gave (None: not given), then ``fixed`` (seed, device)."""
+    value the user gave (None: not given)."""
     from dartboard.platform.config import DIGITS_TRAIN_DEFAULTS, is_small_dataset
-    from dartboard.training.final import IMAGENET_PROTOCOL, TrainConfig
+    from dartboard.training.final import IMAGENET_PROTOCOL
 
     if protocol == "imagenet":
         base = dict(IMAGENET_PROTOCOL)
     else:
         base = {"lr": 0.025, **protocol_switches(dataset), **(DIGITS_TRAIN_DEFAULTS if is_small_dataset(dataset)
                                                               else {})}
+    return {**base, **{k: v for k, v in given.items() if v is not None}}
+
+
+def _check_used(settings: dict, given: dict, default: str) -> None:
+    """A flag (``given``: the values the user gave, None if not) that the effective ``settings`` (the protocol's
+    defaults on the dataset, ``default`` in words, then the flags) leave unused is refused, not ignored."""
+    from dartboard.training.final import LR_SCHEDULES, TrainConfig
+
+    schedule = settings.get("lr_schedule", TrainConfig.lr_schedule)
+    if given["lr_gamma"] is not None and schedule != "step" and schedule in LR_SCHEDULES:  # a bad one: its own error
+        how = f"--lr-schedule {schedule}" if given["lr_schedule"] is not None else default
+        raise UserInputError(f"--lr-gamma: {given['lr_gamma']} would be ignored by the {schedule!r} learning-rate "
+                             f"schedule ({how}); it is the step schedule's decay per epoch: add --lr-schedule step, "
+                             f"or drop --lr-gamma")
+    if given["cutout_length"] is not None and not settings.get("cutout", TrainConfig.cutout):
+        how = "--no-cutout" if given["cutout"] is False else default
+        raise UserInputError(f"--cutout-length: {given['cutout_length']} would be ignored: cutout is off ({how}); "
+                             f"add --cutout, or drop --cutout-length")
+
+
+def _train_config(protocol: str, dataset: str, given: dict, **fixed):
+    """The protocol's published values (``cifar`` scaled down on the small bundled data), then every
+    value the user gave (None: not given), then ``fixed`` (seed, device)."""
+    from dartboard.training.final import TrainConfig
+
     try:
-        return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}, **fixed})
+        return TrainConfig(**{**_settings(protocol, dataset, given), **fixed})
     except UserInputError as err:  # name the flag, not the config field
         field, _, rest = str(err).partition(":")
         raise UserInputError(f"{FLAGS.get(field, field)}:{rest}") from None
@@ -194,13 +245,13 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
     logger, out_existed = None, out_dir.exists()
     if not no_mlflow:
-        from dartboard.platform.tracking.epochs import EpochLogger, absolute_uri, open_train_run
+        from dartboard.platform.tracking.epochs import TRAIN_EXPERIMENT, EpochLogger, absolute_uri, open_train_run
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
         tracking_uri = absolute_uri(resolved_uri(tracking_uri))
         check_tracking_server(tracking_uri)
         # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends
-        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, EXPERIMENT, name, genotype,
+        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, TRAIN_EXPERIMENT, name, genotype,
                                                           out_dir if cluster is not None else None))
     try:
         result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger)
@@ -261,12 +312,13 @@ def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: di
 
 def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, name_alias: tuple[str, str],
               cluster: dict | None, as_json: bool, run_id: str) -> None:
+    from dartboard.platform.tracking.epochs import TRAIN_EXPERIMENT
     from dartboard.platform.tracking.final import register_final
 
     name, alias = name_alias
     config = {**{k: v for k, v in cfg.__dict__.items() if k != "device"}, "dataset": dataset,
               "workers": cluster["workers"] if cluster else 1}
-    version = register_final(uri, EXPERIMENT, name, alias or None, genotype, config, result, out_dir,
+    version = register_final(uri, TRAIN_EXPERIMENT, name, alias or None, genotype, config, result, out_dir,
                              {"dataset": dataset}, run_id=run_id)
     typer.echo(f"registered {name} version {version.version}" + (f" (@{alias})" if alias else ""),
                err=as_json)  # --json: stdout holds the JSON only

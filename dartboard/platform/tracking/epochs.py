@@ -19,6 +19,7 @@ from typing import Any
 
 log = logging.getLogger("dartboard")
 RUN_FILE = "mlflow-run.json"
+TRAIN_EXPERIMENT = "dartboard"  # the MLflow experiment of `dartboard train` (cell networks and mlp heads)
 #: Per-epoch keys logged (the local trainer's and the Ray workers' reports share them; Ray adds the replicas').
 EPOCH_KEYS = ("train_loss", "train_acc", "lr", "replicas_identical")
 MARKER = "train_loss"  # every epoch logs it: its steps are the epochs already in the run
