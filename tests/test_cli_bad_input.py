@@ -276,8 +276,13 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
      "error: --finetune-epochs: only the demo fine-tunes (a named model is pruned, saved and registered as it is); "
      "drop --finetune-epochs"),
     (["prune", "--threshold", "2"], "error: threshold: expected a value in (0, 1), got 2.0"),  # was: a traceback
+    (["bench", "quality", "--no-mlflow", "--tracking-uri", "sqlite:///m.db"],
+     "error: --no-mlflow: the benchmark logs to no tracking server; drop --tracking-uri"),
+    (["bench", "quality", "--no-mlflow", "--searchers", "darts,dario"],  # was: a traceback
+     "error: searcher 'dario' cannot search tiny81: it has no option C, layers, multiplier, reductions, space, steps"),
 ], ids=["search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow", "ablate-address-cpus",
-        "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-threshold"])
+        "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-threshold",
+        "quality-no-mlflow", "quality-dario"])
 def test_a_flag_that_another_makes_unused_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "study.yaml").write_text("name: s\nsearcher: [darts, fairdarts]\nseeds: [0]\nsampler: grid\n")
     _no_work(monkeypatch)
@@ -290,6 +295,7 @@ def _no_work(monkeypatch) -> None:
     import dartboard.platform.ablation as ablation
     import dartboard.platform.dario_demo as dario_demo
     import dartboard.platform.dario_run as dario_run
+    import dartboard.platform.quality as quality
     import dartboard.platform.run as run
     import dartboard.platform.sweep as sweep
 
@@ -297,7 +303,7 @@ def _no_work(monkeypatch) -> None:
         raise AssertionError("the command started its work instead of refusing the flags")
 
     for module, name in ((run, "run_search_job"), (sweep, "run_sweep"), (ablation, "run_ablation"),
-                         (dario_demo, "run_demo"), (dario_run, "prune_model")):
+                         (dario_demo, "run_demo"), (dario_run, "prune_model"), (quality, "run_quality")):
         monkeypatch.setattr(module, name, work)
 
 

@@ -116,7 +116,14 @@ def quality_cmd(
 ) -> None:
     """Search quality in tiny81: anytime regret of each searcher over seeds, vs random search (a study
     on the one study runner: every (searcher, seed) a Ray Train trial)."""
-    from dartboard.bench.quality import DEFAULT_SEARCHERS, QualityConfig, read_quality_file, rescore_read
+    from dartboard.bench.quality import (
+        DEFAULT_SEARCHERS,
+        RANDOM,
+        QualityConfig,
+        read_quality_file,
+        rescore_read,
+        trial_options,
+    )
     from dartboard.bench.table import load_table
     from dartboard.searchers.registry import SEARCHERS
 
@@ -126,6 +133,8 @@ def quality_cmd(
         refuse_with("--resume", {**new_run, "--table": table, "--rescore": rescore},
                     "the benchmark's searchers, seeds, table, parse and Ray address are read from the run; give "
                     "either --resume or a new benchmark's options, not both")
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the benchmark logs to no tracking server")
     if rescore is not None:
         refuse_with("--rescore", new_run, "rescoring runs no search and writes next to the quality file it rescores")
         with user_input():  # only reads and checks the quality file and the table
@@ -154,7 +163,10 @@ def quality_cmd(
         given = {"seeds": None if seeds is None else parse_seeds(seeds), "epochs": epochs, "workers": workers}
         cfg = QualityConfig(searchers=names, parse=None if own_parse else "darts", random_search=not no_random,
                             table=str(table) if table else None, **{k: v for k, v in given.items() if v is not None})
-        load_table(cfg.table)  # a table it cannot use: refused before Ray starts
+        loaded = load_table(cfg.table)  # a table it cannot use: refused before Ray starts
+        for name in cfg.searchers:  # a searcher that cannot search the table's space (dario, say)
+            if name != RANDOM:
+                trial_options(name, cfg, loaded.space)
     log.info("bench quality: %s x seeds %s, %d epochs, %d trials at once", ", ".join(names), cfg.seeds, cfg.epochs,
              cfg.workers)
     out = Path("runs/bench-quality") if out is None else out
