@@ -94,6 +94,16 @@ def test_engine_options_of_the_wrong_kind_are_refused_by_name(options, message):
         EngineConfig(**options)
 
 
+def test_build_searcher_takes_none_for_defaults_and_refuses_other_options_and_devices():
+    assert build_searcher("darts", None, SHAPE).config.C == 16  # was: TypeError from dict(None)
+    with pytest.raises(ValueError, match=r"searcher 'darts': options: expected a mapping of option names to values, "
+                                         r"got \[1\]"):
+        build_searcher("darts", [1], SHAPE)
+    with pytest.raises(ValueError, match="searcher 'darts': device: expected cpu, cuda, cuda:N or mps, got 'gpu'"):
+        build_searcher("darts", SMALL, SHAPE, "gpu")  # was: torch's RuntimeError
+    assert build_searcher("darts", SMALL, SHAPE, torch.device("cpu")).config.device == "cpu"
+
+
 def test_engine_options_of_the_right_kind_are_kept():
     cfg = EngineConfig(arch_betas=[0.5, 0.9], reductions=[1, 2], layers=4, node_bn=True)
     assert cfg.arch_betas == (0.5, 0.9) and cfg.reductions == (1, 2) and cfg.node_bn is True

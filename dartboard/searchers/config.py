@@ -59,9 +59,7 @@ class EngineConfig:
                              "w_optimizer adam is first order only")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
-        for name in ("cuda_graph", "single_level", "node_bn"):  # a string such as "no" would be true
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        self._check_switches()
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
         self.arch_betas = self._betas(self.arch_betas)
@@ -71,6 +69,15 @@ class EngineConfig:
             raise ValueError(f"space_options: expected a mapping of the space's options, got {self.space_options!r}")
         self._resolve_layers()
         self._check_numbers()
+
+    def _check_switches(self) -> None:
+        for name in ("cuda_graph", "single_level", "node_bn"):  # a string such as "no" would be true
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if type(self.device).__name__ == "device":  # a torch.device (this module imports no torch)
+            self.device = str(self.device)
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device: expected cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     @staticmethod
     def _betas(value: object) -> tuple[float, float]:

@@ -84,8 +84,14 @@ def get_searcher_spec(name: str) -> SearcherSpec:
     return SEARCHERS.lookup(name)
 
 
-def build_searcher(name: str, options: Mapping[str, Any], shape: DataShape, device: str = "cpu") -> Engine:
+def build_searcher(name: str, options: Mapping[str, Any] | None, shape: DataShape, device: str = "cpu") -> Engine:
+    """The searcher ``name`` (a preset or a registered searcher) with ``options`` (None: its defaults) on data of
+    ``shape``; options it does not have, or values it cannot use, are a ``ValueError`` naming the searcher."""
     spec = get_searcher_spec(name)
+    if options is None:
+        options = {}
+    elif not isinstance(options, Mapping):
+        raise ValueError(f"searcher {name!r}: options: expected a mapping of option names to values, got {options!r}")
     if spec.factory is not None:
         try:
             return spec.factory(dict(options), shape, device)
