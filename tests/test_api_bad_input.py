@@ -242,3 +242,19 @@ def test_a_pmsm_comparison_checks_every_model_before_training_any(models, seeds,
     with pytest.raises(UserInputError, match=message):
         compare({name: resolve(g) for name, g in models.items()}, seeds, tmp_path / "out", epochs=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pmsm_two_step_search_checks_step_twos_options_before_step_one(tmp_path, monkeypatch):
+    # Before: a misspelt option of step 2 was refused only after step 1's whole search.
+    import dartboard.platform.run as run
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("step 1 searched before step 2's options were checked")
+
+    monkeypatch.setattr(run, "run_search_job", no_search)
+    from dartboard.platform.pmsm import run_two_step
+
+    with pytest.raises(UserInputError, match="activation_options: .*unknown option 'epoch'"):
+        run_two_step(tmp_path / "out", activation_options={"epoch": 1})
+    with pytest.raises(UserInputError, match="depth_options: .*unknown option 'layerz'"):
+        run_two_step(tmp_path / "out", depth_options={"layerz": 2})

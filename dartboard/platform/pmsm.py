@@ -47,14 +47,13 @@ def run_two_step(out: str | Path, *, seed: int = 0, dataset: str = "pmsm", data_
     from dartboard.platform.run import run_search_job
 
     out = Path(out)
+    check_step_options(depth_options or {}, activation_options or {}, seed=seed, data_root=data_root)
     common = {"dataset": dataset, "data_root": data_root, "seed": seed, "mlflow": mlflow, "tracking_uri": tracking_uri}
     r1 = run_search_job(SearchRunConfig(searcher="pmsm-depth", out=str(out / "step1-depth"),
                                         options=dict(depth_options or {}), **common), progress=progress)
     depth = r1.genotype
     log.info("step 1: %s (%.1f s)", depth.describe(), r1.seconds)
-    options = {"layers": depth.hidden_layers, "C": depth.width, **(activation_options or {})}
-    if depth.decoupled and "space" not in options:
-        options["space"] = "pmsm-activation-decoupled"
+    options = activation_step_options(depth, activation_options or {})
     r2 = run_search_job(SearchRunConfig(searcher="pmsm-activation", out=str(out / "step2-activation"), options=options,
                                         **common), progress=progress)
     final = r2.genotype
@@ -64,6 +63,36 @@ def run_two_step(out: str | Path, *, seed: int = 0, dataset: str = "pmsm", data_
     gt.save(final, out / "genotype.json")
     log.info("step 2: %s (%.1f s); written to %s", final.describe(), r2.seconds, out / "genotype.json")
     return TwoStepResult(final, depth, r1.seconds, r2.seconds, out)
+
+
+def activation_step_options(depth: FluxMlpGenotype, activation_options: Mapping[str, Any]) -> dict[str, Any]:
+    """Step 2's searcher options: the depth and width step 1 found (and its decoupled form), under the user's."""
+    options = {"layers": depth.hidden_layers, "C": depth.width, **activation_options}
+    if depth.decoupled and "space" not in options:
+        options["space"] = "pmsm-activation-decoupled"
+    return options
+
+
+def check_step_options(depth_options: Mapping[str, Any], activation_options: Mapping[str, Any], *, seed: int = 0,
+                       data_root: str | None = None, names: tuple[str, str] = ("depth_options", "activation_options")
+                       ) -> None:
+    """Both steps' options, before step 1 starts (a bad option of step 2 was found only after the whole of step
+    1's search): step 1's searcher and step 2's are built as :func:`run_two_step` builds them, step 2's on the depth
+    and width that step 1's untrained supernet derives (placeholders for the ones it will find), on the data's
+    shape without loading it. ``names``: how the errors name the two option sets (the command: its flags)."""
+    from dartboard.data.pmsm import FEATURES, TARGETS
+    from dartboard.errors import user_input
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    shape = DataShape(len(FEATURES), 1, len(TARGETS))  # the shape of every motor's data (data/pmsm.py load_pmsm)
+    common = {"dataset": "pmsm", "data_root": data_root, "seed": seed, "mlflow": False}
+    with user_input(names[0]):  # builds step 1's supernet: no data, no training
+        cfg = SearchRunConfig(searcher="pmsm-depth", options=dict(depth_options), **common)
+        depth = build_searcher("pmsm-depth", cfg.searcher_options(), shape, "cpu").derive()
+    with user_input(names[1]):
+        cfg = SearchRunConfig(searcher="pmsm-activation", options=activation_step_options(depth, activation_options),
+                              **common)
+        build_searcher("pmsm-activation", cfg.searcher_options(), shape, "cpu")
 
 
 def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: str | Path, *, epochs: int = 150,

@@ -27,12 +27,13 @@ def search(
 ) -> None:
     """Step 1 (pmsm-depth) then step 2 (pmsm-activation) on the depth step 1 found."""
     from dartboard.platform.cli.search import parse_set
-    from dartboard.platform.pmsm import run_two_step
+    from dartboard.platform.pmsm import check_step_options, run_two_step
 
     if no_mlflow:
         refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the searches log to no tracking server")
     depth_options, activation_options = parse_set(set_depth), parse_set(set_activation)
-    check_step_options(depth_options, activation_options, seed=seed, data_root=data_root)
+    check_step_options(depth_options, activation_options, seed=seed, data_root=data_root,
+                       names=("--set-depth", "--set-activation"))  # run_two_step checks them too
     result = run_two_step(out, seed=seed, data_root=data_root, depth_options=depth_options,
                           activation_options=activation_options, mlflow=not no_mlflow,
                           tracking_uri=tracking_uri, progress=True)
@@ -105,30 +106,6 @@ def named_models(items: list[str]) -> dict[str, Any]:
             raise UserInputError(f"genotype {ref!r} is a {g.kind!r} genotype; pmsm compare needs flux_mlp genotypes")
         models[name] = g
     return models
-
-
-def check_step_options(depth_options: dict[str, Any], activation_options: dict[str, Any], *, seed: int,
-                       data_root: str | None) -> None:
-    """Both steps' options, before step 1 starts: step 1's searcher and step 2's, built as
-    :func:`dartboard.platform.pmsm.run_two_step` builds them but on the depth and width that step 1's untrained
-    supernet derives (placeholders for the ones it will find), and on the data's shape without loading it. A bad
-    option of step 2 was found only after the whole of step 1's search."""
-    from dartboard.data.pmsm import FEATURES, TARGETS
-    from dartboard.platform.config import SearchRunConfig
-    from dartboard.searchers.registry import DataShape, build_searcher
-
-    shape = DataShape(len(FEATURES), 1, len(TARGETS))  # the shape of every motor's data (data/pmsm.py load_pmsm)
-    common = {"dataset": "pmsm", "data_root": data_root, "seed": seed, "mlflow": False}
-    with user_input("--set-depth"):  # builds step 1's supernet: no data, no training
-        cfg = SearchRunConfig(searcher="pmsm-depth", options=dict(depth_options), **common)
-        depth_searcher = build_searcher("pmsm-depth", cfg.searcher_options(), shape, "cpu")
-    depth = depth_searcher.derive()  # a placeholder of what step 1 finds: its layers, width and form
-    options = {"layers": depth.hidden_layers, "C": depth.width, **activation_options}
-    if depth.decoupled and "space" not in options:
-        options["space"] = "pmsm-activation-decoupled"
-    with user_input("--set-activation"):
-        cfg = SearchRunConfig(searcher="pmsm-activation", options=options, **common)
-        build_searcher("pmsm-activation", cfg.searcher_options(), shape, "cpu")
 
 
 def register(app: typer.Typer) -> None:
