@@ -389,9 +389,9 @@ def test_the_forms_of_a_ray_address(address, message):
     ["pull", "digits-darts@champion", "--to", "afile/got"],
     ["distance", "darts-v1", "darts-v2", "--out", "afile/heatmap.png"],
 ], ids=["search-under-a-file", "search-onto-a-file", "train", "pull", "distance"])
-def test_an_unwritable_output_is_refused_before_work(args, tmp_path):
+def test_an_unwritable_output_is_refused_before_work(args, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("a file, not a folder")
-    line = refused(args, tmp_path)
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
     assert line.startswith(("error: --out: ", "error: --to: ")) and "afile" in line
 
 
@@ -417,8 +417,8 @@ def test_a_read_only_folder_is_refused_before_the_search(tmp_path):
     (["train", "darts-v2", "--device", "gpu", "--no-mlflow"], "error: device: expected auto, cpu, cuda[:N] or mps, "
                                                               "got 'gpu'"),
 ], ids=["set-C-abc", "info-channels", "info-layers", "train-drop-path", "bench-batch", "train-device"])
-def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path):
-    line = refused(args, tmp_path)
+def test_a_bad_value_is_one_line_naming_it(args, message, tmp_path, capsys, monkeypatch):
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
     assert message in line
 
 
@@ -450,7 +450,12 @@ def test_a_bad_value_is_one_line_naming_it_here(args, message, tmp_path, capsys,
     (["pull", "digits-darts@champion", "--to", "got"], {}),
     (["prune", "vit_tiny_patch16_224", "--checkpoint", "junk.pt"], {"junk.pt": "not a checkpoint"}),
     (["bench", "quality", "--no-mlflow", "--rescore", "given.json"], {"given.json": "{bad"}),
-], ids=["registry", "prune-checkpoint", "rescore"])
+    (["info", "darts-v2", "--channels", "-5"], {}),
+    (["distance", "darts-v1", "darts-v2", "--out", "afile/heatmap.png"], {"afile": "a file, not a folder"}),
+    (["info", "geno.json"], {"geno.json": '{"schema": "dartboard.genotype", "version": 1, "kind": "darts", '
+                                          '"normal": {"edges": [["sep_conv_3x3", 0, 2]], "concat": []}, '
+                                          '"reduce": {"edges": [["max_pool_3x3", 0, 2]], "concat": [2]}}'}),
+], ids=["registry", "prune-checkpoint", "rescore", "value", "unwritable-output", "genotype-file"])
 def test_the_console_script_refuses_as_main_does(args, files, tmp_path, capsys, monkeypatch):
     # The cases above that run in this process (refused_here), one of each kind, through the installed script too.
     for name, text in files.items():
@@ -458,16 +463,16 @@ def test_the_console_script_refuses_as_main_does(args, files, tmp_path, capsys, 
     assert refused(args, tmp_path) == refused_here(args, tmp_path, capsys, monkeypatch)
 
 
-def test_a_genotype_with_an_empty_concat_is_refused(tmp_path):
+def test_a_genotype_with_an_empty_concat_is_refused(tmp_path, capsys, monkeypatch):
     name = genotype_file(tmp_path, darts_cell([["sep_conv_3x3", 0, 2], ["skip_connect", 1, 2]], []))
-    line = refused(["info", name, "--layers", "3"], tmp_path)
+    line = refused_here(["info", name, "--layers", "3"], tmp_path, capsys, monkeypatch)
     assert "normal.concat: expected a non-empty list" in line
 
 
-def test_a_genotype_with_thousands_of_edges_is_refused_up_front_with_the_limit(tmp_path):
+def test_a_genotype_with_thousands_of_edges_is_refused_up_front_with_the_limit(tmp_path, capsys, monkeypatch):
     edges = [["sep_conv_3x3", src, dst] for dst in range(2, 80) for src in range(dst)]  # 3,237 edges
     name = genotype_file(tmp_path, darts_cell(edges, [79]))
-    line = refused(["info", name], tmp_path)
+    line = refused_here(["info", name], tmp_path, capsys, monkeypatch)
     assert f"normal.edges: {len(edges)} edges; at most 64 per cell" in line
 
 
