@@ -102,6 +102,10 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
         run_dir = st.resolve_storage(resume)
         cfg = stored_study(run_dir)
     assert cfg is not None
+    if cfg.ray_address:  # a cluster that is not there: said at once, not after the checks below (torch, dry builds)
+        from dartboard.platform.checks import check_ray_address
+
+        check_ray_address(cfg.ray_address)
     # Ray starts in the background (2-4 s) while a thread of lower priority checks the study: the checks import
     # torch and build each variant's searcher (about 3 s together on 2 cores). The study is written and tracked only
     # once they passed; a study they refuse says so first, once the Ray started for it is stopped again. Ray is
