@@ -74,7 +74,7 @@ class TableProtocol:
             raise ValueError("seeds: expected at least one seed")
         twice = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
         if twice:  # the same training twice: its "seed std" and Spearman between seeds would mean nothing
-            raise ValueError(f"seeds: expected distinct seeds, got {','.join(map(str, self.seeds))} (seed "
+            raise ValueError(f"seeds: expected distinct seeds, got {','.join(map(str, self.seeds))!r} (seed "
                              f"{', '.join(map(str, twice))} more than once)")
         self.reductions = tuple(self.reductions)
         self.seeds = tuple(self.seeds)

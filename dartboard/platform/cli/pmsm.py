@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from dartboard.errors import UserInputError, refuse_with, user_input
+from dartboard.errors import UserInputError, refuse_with
 
 pmsm_app = typer.Typer(no_args_is_help=True, add_completion=False,
                        help="PMSM flux models (thesis 6.2): two-step search and comparison.")
@@ -69,11 +69,6 @@ def compare(
                              f"more than once)")
     if not (math.isfinite(lr) and lr > 0):
         raise UserInputError(f"--lr: expected a finite number > 0, got {lr}")
-    from dartboard.training.pmsm import FluxTrainConfig
-
-    with user_input():  # only the training config's own checks of the values, before any training
-        for s in seed_list:
-            FluxTrainConfig(epochs=epochs, lr=lr, seed=s)
     result = run_compare(models, seed_list, out, epochs=epochs, data_root=data_root, lr=lr)
     typer.echo(result["table"])
     if result["plot"] is not None:

@@ -163,7 +163,10 @@ def train_mlp(geno, genotype: str, options: dict, tracking_uri: str | None, no_m
                   "epochs": options["epochs"] or SslConfig.epochs,
                   "batch_size": options["batch_size"] or SslConfig.batch_size, "lr": options["lr"],
                   "dataset": dataset, "seed": options["seed"]}
-        _log_ssl_run(logger, genotype, config, result, out_dir)
+        from dartboard.platform.tracking.runs import log_ssl_run
+
+        log_ssl_run(logger.uri, logger.run_id, {"genotype": genotype, "kind": "mlp", **config}, result,
+                    [out_dir / WEIGHTS_FILE, out_dir / "ssl_metrics.json"])
         typer.echo(f"logged to MLflow run {logger.run_id} (experiment {TRAIN_EXPERIMENT}, {logger.uri})", err=as_json)
     if as_json:  # stdout holds the JSON only
         typer.echo(json.dumps({"genotype": genotype, "kind": "mlp", "dataset": dataset, **result}, indent=1))
@@ -191,26 +194,6 @@ def _check_mlp_options(options: dict) -> None:
         two_view = ", ".join(d for d in DATASETS if f"{d}-views" in DATASETS)
         raise UserInputError(f"--dataset: {dataset!r} has no two-view data for the SSL pretraining of an mlp genotype; "
                              f"expected one of {two_view} (or their -views data)")
-
-
-def _log_ssl_run(logger, genotype: str, config: dict, result: dict, out_dir: Path) -> None:
-    """The pretraining's settings, loss per epoch, held-out metrics and files into the run ``logger`` opened."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
-    from dartboard.platform.tracking.runs import flat_params
-
-    client, now = MlflowClient(tracking_uri=logger.uri), int(time.time() * 1000)
-    losses = [Metric("pretrain_loss", float(v), now, step) for step, v in enumerate(result["pretrain_loss"])]
-    held_out = [Metric(k, float(v), now, 0) for k, v in result.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)]
-    params = [Param(k, v) for k, v in flat_params("", {"genotype": genotype, "kind": "mlp", **config}).items()]
-    client.log_batch(logger.run_id, metrics=losses + held_out, params=params)
-    for name in (WEIGHTS_FILE, "ssl_metrics.json"):
-        client.log_artifact(logger.run_id, str(out_dir / name))
-    client.set_terminated(logger.run_id, "FINISHED")
 
 
 def register(app: typer.Typer) -> None:

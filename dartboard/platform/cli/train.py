@@ -211,8 +211,7 @@ def _check_used(settings: dict, given: dict, default: str) -> None:
 
 
 def _train_config(protocol: str, dataset: str, given: dict, **fixed):
-    """The protocol's published values (``cifar`` scaled down on the small bundled data), then every
-    value the user gave (None: not given), then ``fixed`` (seed, device)."""
+    """The :func:`_settings` as a TrainConfig, with ``fixed`` (seed, device) on top."""
     from dartboard.training.final import TrainConfig
 
     try:

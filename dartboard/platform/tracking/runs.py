@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("dartboard")
@@ -174,6 +175,21 @@ def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str
     finally:
         c.set_terminated(rid, "FAILED" if failed else "FINISHED", end_time=end if started else None)
     return rid
+
+
+def log_ssl_run(uri: str, run_id: str, params: Mapping[str, Any], result: Mapping[str, Any],
+                artifacts: list[Path]) -> None:
+    """An mlp genotype's SSL pretraining (``dartboard train`` of NASiam heads) into its open run: the settings,
+    the loss per epoch (``pretrain_loss``), the held-out metrics and the files; then the run is finished."""
+    from mlflow.entities import Metric, Param
+
+    c, now = client(uri), int(time.time() * 1000)
+    losses = [Metric("pretrain_loss", float(v), now, step) for step, v in enumerate(result["pretrain_loss"])]
+    held_out = [Metric(k, float(v), now, 0) for k, v in result.items() if _is_number(v)]
+    c.log_batch(run_id, metrics=losses + held_out, params=[Param(k, v) for k, v in flat_params("", params).items()])
+    for path in artifacts:
+        c.log_artifact(run_id, str(path))
+    c.set_terminated(run_id, "FINISHED")
 
 
 def _is_number(value: Any) -> bool:
