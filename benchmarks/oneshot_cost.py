@@ -5,8 +5,8 @@ seed; one search step (alpha step + weight step) is the unit. Time: the median o
 steps after ``--warmup`` steps, the variants interleaved step by step so that a shared machine's
 load hits them alike; on the CPU the process's CPU time (one thread) is the measure, which a loaded
 machine inflates far less than the wall time (both are printed). Peak memory: what ``--mem-steps``
-further steps allocate and still hold (CPU: the torch profiler's memory records, as ``dartboard bench memory``; CUDA:
-``torch.cuda.max_memory_allocated``). PC-DARTS runs without its warm-up so its alpha step is timed too.
+further steps allocate and still hold (CPU: the torch profiler's allocation records, as ``dartboard bench
+memory``; CUDA: ``torch.cuda.max_memory_allocated``). PC-DARTS runs without its warm-up so its alpha step is timed too.
 
 Run: ``python benchmarks/oneshot_cost.py`` (``--device cuda`` on a GPU).
 """

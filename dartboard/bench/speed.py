@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dartboard.bench.memory import profiled_peak_bytes
+from dartboard.bench.memory import MEMORY_METHOD, profiled_peak_bytes
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _peak_bytes(step: Any, device: str) -> tuple[int, str]:
     import torch
 
     if not device.startswith("cuda"):
-        return profiled_peak_bytes(step), "torch.profiler CPU memory records"
+        return profiled_peak_bytes(step), MEMORY_METHOD
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
