@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli_contract import env_for, error_lines, run
+from test_cli_contract import env_for, error_lines, run, run_here
 
 import dartboard
 from dartboard.platform.tracking.models import client
@@ -126,7 +126,7 @@ def test_bad_export_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_pat
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path):
+def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, capsys, monkeypatch):
     other = tmp_path / "other"  # a folder holding a final-training checkpoint of darts-v2
     checkpoint = other / "ray" / "final" / "checkpoint_0"
     checkpoint.mkdir(parents=True)
@@ -149,9 +149,15 @@ def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path
     if torch.cuda.is_available():
         cases = cases[1:]
     for args, message in cases:
-        result = run(["train", *args, *(tiny[:-1] if "--tracking-uri" in args else tiny)])
-        errors = error_lines(result.stderr)
-        assert result.returncode == 2 and len(errors) == 1 and message in errors[0], (args, result.stderr)
+        args = ["train", *args, *(tiny[:-1] if "--tracking-uri" in args else tiny)]
+        if "--tracking-uri" in args:  # through the console script: MLflow's client state stays out of this process
+            result = run(args)
+            code, err = result.returncode, result.stderr
+        else:  # refused before any work: the command's main in this process (2-4 s of start-up less each)
+            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+            code, err = run_here(args, capsys)
+        errors = error_lines(err)
+        assert code == 2 and len(errors) == 1 and message in errors[0], (args, err)
     assert not any((tmp_path / name).exists() for name in "abcd")
     assert sorted(p.name for p in other.rglob("*")) == ["checkpoint_0", "final", "progress.json", "ray"]
     # no MLflow run left behind by the refused trainings (their runs held no epoch: deleted)
