@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli_contract import console_script, env_for
+from test_cli_contract import console_script, env_for, run_here
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 TIMEOUT_S = 180  # far below MLflow's minutes of retries, far above a loaded machine's torch import
@@ -47,16 +47,11 @@ def refused(args: list[str], cwd: Path) -> str:
 def refused_here(args: list[str], cwd: Path, capsys, monkeypatch) -> str:
     """:func:`refused` in this process: the ``main`` that the console script runs, without a new interpreter (2-4 s
     of start-up and imports each). For input refused before any work, where nothing of the process is left set."""
-    from dartboard.platform.cli.main import main
-
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = listing(cwd)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:  # a bug raises its own exception instead: the test fails with it
-        main(args)
-    err = capsys.readouterr().err
-    assert done.value.code == 2, err[-3000:]
+    code, err = run_here(args, capsys)
+    assert code == 2, err[-3000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
     assert listing(cwd) == before, "something was left behind"
