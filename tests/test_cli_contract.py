@@ -164,11 +164,15 @@ def test_bad_input_is_one_line_exit_2(args, message, capsys, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     threads = torch.get_num_threads()
-    code, err = run_here(args, capsys)
+    torch.set_num_threads(3)  # a count no command sets by default: a command that set its own would show
+    try:
+        code, err = run_here(args, capsys)
+        assert torch.get_num_threads() == 3  # refused before anything of this process was set
+    finally:
+        torch.set_num_threads(threads)
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: ") and message in err, err
-    assert torch.get_num_threads() == threads  # refused before anything of this process was set
 
 
 # ------------------------------------------------------------------ interrupts

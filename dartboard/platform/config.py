@@ -91,11 +91,13 @@ def resolve_device(device: str) -> str:
         torch.device(device)
     except RuntimeError:
         raise ValueError(f"device: expected auto, cpu, cuda[:N] or mps, got {device!r}") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for but no CUDA GPU is available")
-    index, count = torch.device(device).index, torch.cuda.device_count()
-    if device.startswith("cuda") and index is not None and index >= count:  # it failed at the first tensor moved
-        raise ValueError(f"device: expected cuda:0 to cuda:{count - 1} ({count} CUDA GPU(s) here), got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} was asked for but no CUDA GPU is available")
+        index, count = torch.device(device).index, torch.cuda.device_count()
+        if index is not None and index >= count:  # it failed at the first tensor moved
+            raise ValueError(f"device: expected cuda:0 to cuda:{count - 1} ({count} CUDA GPU(s) here), got "
+                             f"{device!r}")
     return device
 
 
