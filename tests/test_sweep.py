@@ -146,3 +146,67 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
 def test_seeded_tpe_proposes_the_same_configs():
     a, b = make_search_alg(study(seed=3)), make_search_alg(study(seed=3))
     assert [a.suggest(str(i)) for i in range(3)] == [b.suggest(str(i)) for i in range(3)]
+
+
+class _FakeQueue:
+    def __init__(self):
+        self.items = []
+
+    def put(self, item, block=True, timeout=None):
+        self.items.append(item)
+
+    def get(self, block=True, timeout=None):
+        return self.items.pop(0)
+
+
+def test_a_trials_reports_come_through_and_an_ended_trials_are_skipped():
+    """The report queue one trial actor keeps for its trials: the Train run's reports are tagged with their
+    trial, and the Tune session of the next trial skips what an ended run left in the queue."""
+    from dartboard.platform.ray.trial import TrialReports
+
+    queue = _FakeQueue()
+    ended, now = TrialReports(queue, "t1"), TrialReports(queue, "t2")
+    ended.put({"epoch": 2})  # put by the ended trial's Train run after Tune stopped it
+    now.put({"epoch": 1})
+    assert queue.items == [("t1", {"epoch": 2}), ("t2", {"epoch": 1})]
+    assert now.get(timeout=1.0) is None  # skipped: the session reports nothing for it
+    assert now.get(timeout=1.0) == {"epoch": 1}
+
+
+def test_a_trial_actor_makes_one_report_queue_for_all_its_trials(monkeypatch):
+    """``report_callback`` hands each trial's Tune session the queue the actor's first trial made (a Ray queue
+    actor is a worker process: about 1 CPU s to start), wrapped for that trial; Tune's callback puts into it."""
+    pytest.importorskip("ray")
+    import ray.util.queue
+    from ray.train._internal import session as train_session
+    from ray.tune.integration import ray_train
+
+    from dartboard.platform.ray import trial
+
+    made = []
+
+    class Queue(_FakeQueue):
+        def __init__(self, maxsize=0, actor_options=None):
+            super().__init__()
+            made.append(self)
+
+    class Session:
+        _inter_actor_queue = None
+
+        def _get_or_create_inter_actor_queue(self):
+            return self._inter_actor_queue
+
+    sessions = [Session(), Session()]  # the two trials' Tune sessions in one actor
+    current = iter(sessions)
+    monkeypatch.setattr(ray.util.queue, "Queue", Queue)
+    monkeypatch.setattr(trial, "_slot_queue", None)
+    monkeypatch.setattr(ray_train, "_in_tune_session", lambda: True)
+    for trial_id in ("t1", "t2"):
+        session = next(current)
+        monkeypatch.setattr(train_session, "get_session", lambda s=session: s)
+        monkeypatch.setattr(ray_train, "get_session", lambda s=session: s)
+        callback = trial.report_callback(trial_id)
+        callback.after_report(None, [{"epoch": 1}], None)
+    assert len(made) == 1
+    assert [s._inter_actor_queue.trial_id for s in sessions] == ["t1", "t2"]
+    assert made[0].items == [("t1", {"epoch": 1}), ("t2", {"epoch": 1})]

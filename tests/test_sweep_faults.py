@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from pathlib import Path
 
 import epoch_gate
@@ -111,9 +112,14 @@ def test_a_reused_trial_actor_ends_the_run_of_the_trial_tune_stopped(tmp_path, m
                           scheduler={"type": "asha", "metric": "val_acc", "grace_period": 1},
                           storage=str(tmp_path / "sweeps"))
         result = run_sweep(cfg, mlflow=False)
+        from ray._private import state
+
+        actors = Counter(a.get("ActorClassName") for a in state.actors().values())
     finally:
         ray.shutdown()
     assert result.counts == {"complete": 2, "pruned": 0, "error": 0}, [t["error"] for t in result.trials]
     assert len(epoch_gate.keys_at(gate, 1)) == 2  # both trials' runs reported their epoch, then were held
+    # one trial actor and one report queue for both trials (trial.report_callback), one Train run each
+    assert actors["_QueueActor"] == 1 and actors["TrainController"] == 2, actors
     reports = _reports(Path(result.run_dir))
     assert len(reports) == 2 and len({r["pid"] for r in reports}) == 1  # one actor ran both trials

@@ -31,8 +31,6 @@ TrialHook = Callable[[dict[str, Any]], None]
 
 def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     """The Tune function trainable: launch this trial's search TorchTrainer and wait for it."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     cfg = StudyConfig(**study["config"])
     trial_id = tune.get_context().get_trial_id()
     r = cfg.resources
@@ -41,7 +39,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
                            storage_path=f"{study['run_dir']}/trials", workers=r.workers,
                            cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
                            max_failures=cfg.train_max_failures, objective=cfg.objective.model_dump(), final=final,
-                           key=trial_key(cfg, config, trial_id), callbacks=[TuneReportCallback()],
+                           key=trial_key(cfg, config, trial_id), callbacks=[report_callback(trial_id)],
                            required_metrics=["objective", cfg.scheduler.metric])
     finished_before = train_run_finished(study["run_dir"], trial_id)
     result = trainer.fit()
@@ -53,6 +51,51 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
         raise NonFiniteLossError(f"trial {trial_id}: {result.metrics.get('error', 'loss became NaN or inf')}")
 
 
+#: The report queue of this process's trials (a trial actor's), kept from one trial to the next: see
+#: :func:`report_callback`.
+_slot_queue: Any = None
+
+
+class TrialReports:
+    """A trial's side of its trial actor's report queue: what the Train controller puts is tagged with the trial,
+    and the Tune session takes only its own trial's reports (another trial's, left behind by a Train run that was
+    ended, come back as ``None``, which the session skips). Picklable: Ray hands it to the controller inside
+    Tune's report callback."""
+
+    def __init__(self, queue: Any, trial_id: str) -> None:
+        self.queue, self.trial_id = queue, trial_id
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.queue.put((self.trial_id, item), block=block, timeout=timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        trial_id, item = self.queue.get(block=block, timeout=timeout)
+        return item if trial_id == self.trial_id else None
+
+
+def report_callback(trial_id: str) -> Any:
+    """Ray Train's callback that forwards a trial's reports to its Tune session, on one report queue per trial
+    actor instead of one per trial.
+
+    Tune's callback reports through a queue actor (``ray.util.queue.Queue``) that the Tune session makes for each
+    trial: a Ray worker process of its own, about 1 CPU s to start on this machine, for every trial, while the trial
+    actor itself is reused from trial to trial (:class:`ReusableTrial`). Here the session gets the queue of the
+    trial actor's earlier trials, wrapped as :class:`TrialReports`, so a reused actor starts no new queue. On a Ray
+    release whose session has no such queue attribute, Tune's callback makes its own, as before."""
+    global _slot_queue
+    from ray.train._internal.session import get_session
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    session = get_session()
+    if session is not None and hasattr(session, "_inter_actor_queue"):
+        if _slot_queue is None:
+            from ray.util.queue import Queue
+
+            _slot_queue = Queue(1, actor_options={"num_cpus": 0})  # Tune's own queue, as its session makes it
+        session._inter_actor_queue = TrialReports(_slot_queue, trial_id)
+    return TuneReportCallback()
+
+
 class ReusableTrial:
     """Mixed into the trial's Tune trainable (``__mixins__``), for ``TuneConfig(reuse_actors=True)``: the next
     trial of a slot runs in the actor of the trial that ended there, instead of a fresh Ray worker process
@@ -61,22 +104,17 @@ class ReusableTrial:
     Tune resets a cached actor with ``reset_config``, which waits 2 s for the previous trial's function to
     return. A trial that Tune stopped (ASHA) is still inside its Train run: its controller is killed first
     (``trainer.abort_runs``; the workers go with it, its placement group was freed by :class:`TrialCallback`), as
-    a stopped trial's actor and everything it owned were killed before, and so is the report queue actor of its
-    Tune session (``reset`` makes a new one without stopping the old)."""
+    a stopped trial's actor and everything it owned were killed before. The report queue stays: the next trial
+    takes it over (:func:`report_callback`), and what the ended run had put in it is not taken as the new trial's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         with ipython_left_alone():
             super().__init__(*args, **kwargs)
 
     def reset_config(self, new_config: dict) -> bool:
-        from ray.train._internal.session import get_session
-
         from dartboard.platform.ray.trainer import abort_runs
 
         aborted = abort_runs()
-        queue = getattr(get_session(), "_inter_actor_queue", None)
-        if queue is not None:
-            queue.shutdown(force=True)
         reset = super().reset_config(new_config)
         log.debug("trial actor reused (Train runs aborted: %d): %s", aborted, reset)
         return reset
