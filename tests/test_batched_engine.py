@@ -89,6 +89,34 @@ def _pair(name: str, device: str = "cpu"):
     return ref, bat
 
 
+#: The reference engine's side of the oracle per preset, default dtype and device: its weights, alphas, state keys,
+#: whether any of its cells is batched, and its measures. The conv-plan cases of one preset compare their batched
+#: engines against the same reference run: the plans are the batched engine's alone.
+_REFERENCE: dict[tuple[str, torch.dtype, str], tuple[dict, list, list, bool, dict]] = {}
+
+
+def _reference(name: str, device: str = "cpu") -> tuple[dict, list, list, bool, dict]:
+    key = (name, torch.get_default_dtype(), device)
+    if key not in _REFERENCE:
+        ref = _build(name, "reference", device=device)
+        state = {k: v.detach().clone() for k, v in ref.supernet.state_dict().items()}
+        alphas = [a.detach().clone() for a in ref.arch_parameters()]
+        batched_cells = any(type(c) is BatchedSearchCell for c in ref.supernet.modules())
+        _REFERENCE[key] = (state, alphas, list(state), batched_cells, _measures(ref, name))
+    return _REFERENCE[key]
+
+
+def _batched_like_reference(name: str, device: str = "cpu"):
+    """The batched engine with the reference's weights and alphas (as :func:`_pair`), and the reference's side."""
+    state, alphas, keys, batched_cells, measures = _reference(name, device)
+    bat = _build(name, "batched", device=device)
+    bat.supernet.load_state_dict(state)
+    with torch.no_grad():
+        for a, b in zip(alphas, bat.arch_parameters(), strict=True):
+            b.copy_(a)
+    return bat, keys, batched_cells, measures
+
+
 def _close(a: list[torch.Tensor], b: list[torch.Tensor], what: str) -> None:
     assert len(a) == len(b), what
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
@@ -365,15 +393,15 @@ def test_avg_pool_gradient_of_a_channels_last_input_on_cuda(stride, layout):
 
 
 def _agree(name: str, monkeypatch, device: str = "cpu") -> None:
-    ref, bat = _pair(name, device)
+    bat, ref_keys, ref_batched, m_ref = _batched_like_reference(name, device)
     reasons = []
     monkeypatch.setattr(batched, "batched_path", lambda cell, w=None: reasons.append(batched_path(cell, w))
                         or reasons[-1])
     cells = [m for m in bat.supernet.modules() if isinstance(m, SearchCell)]
     assert all(type(c) is BatchedSearchCell for c in cells)
-    assert not any(type(c) is BatchedSearchCell for c in ref.supernet.modules())
-    assert list(ref.supernet.state_dict()) == list(bat.supernet.state_dict())  # one layout, no mapping
-    m_ref, m_bat = _measures(ref, name), _measures(bat, name)
+    assert not ref_batched
+    assert ref_keys == list(bat.supernet.state_dict())  # one layout, no mapping
+    m_bat = _measures(bat, name)
     if name in BATCHED:  # every training forward of every cell took the batched path
         assert cells and set(reasons) == {None}
     elif name in FALLBACK:
@@ -389,8 +417,8 @@ def _agree(name: str, monkeypatch, device: str = "cpu") -> None:
         assert second in m_ref
         torch.set_default_dtype(torch.float64)
         try:
-            ref, bat = _pair(name, device)
-            _close(_measures(ref, name)[second], _measures(bat, name)[second], f"{name} {second} (float64)")
+            bat, _, _, m_ref = _batched_like_reference(name, device)
+            _close(m_ref[second], _measures(bat, name)[second], f"{name} {second} (float64)")
         finally:
             torch.set_default_dtype(dtype)
 
