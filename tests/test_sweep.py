@@ -188,7 +188,12 @@ def test_a_trial_actor_makes_one_report_queue_for_all_its_trials(monkeypatch):
     class Queue(_FakeQueue):
         def __init__(self, maxsize=0, actor_options=None):
             super().__init__()
+            self.options = actor_options
             made.append(self)
+
+    class Context:
+        def get_node_id(self):
+            return "ab" * 28
 
     class Session:
         _inter_actor_queue = None
@@ -199,6 +204,7 @@ def test_a_trial_actor_makes_one_report_queue_for_all_its_trials(monkeypatch):
     sessions = [Session(), Session()]  # the two trials' Tune sessions in one actor
     current = iter(sessions)
     monkeypatch.setattr(ray.util.queue, "Queue", Queue)
+    monkeypatch.setattr(ray, "get_runtime_context", Context)
     monkeypatch.setattr(trial, "_slot_queue", None)
     monkeypatch.setattr(ray_train, "_in_tune_session", lambda: True)
     for trial_id in ("t1", "t2"):
@@ -208,5 +214,7 @@ def test_a_trial_actor_makes_one_report_queue_for_all_its_trials(monkeypatch):
         callback = trial.report_callback(trial_id)
         callback.after_report(None, [{"epoch": 1}], None)
     assert len(made) == 1
+    here = made[0].options["scheduling_strategy"]  # on the trial actor's node, for good
+    assert made[0].options["num_cpus"] == 0 and here.node_id == "ab" * 28 and here.soft is False
     assert [s._inter_actor_queue.trial_id for s in sessions] == ["t1", "t2"]
     assert made[0].items == [("t1", {"epoch": 1}), ("t2", {"epoch": 1})]

@@ -81,7 +81,9 @@ def report_callback(trial_id: str) -> Any:
     trial: a Ray worker process of its own, about 1 CPU s to start on this machine, for every trial, while the trial
     actor itself is reused from trial to trial (:class:`ReusableTrial`). Here the session gets the queue of the
     trial actor's earlier trials, wrapped as :class:`TrialReports`, so a reused actor starts no new queue. On a Ray
-    release whose session has no such queue attribute, Tune's callback makes its own, as before."""
+    release whose session has no such queue attribute, Tune's callback makes its own, as before. The queue runs on
+    the trial actor's node (Tune's may land on any), so that losing another node cannot leave the actor's later
+    trials without their queue."""
     global _slot_queue
     from ray.train._internal.session import get_session
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -89,9 +91,13 @@ def report_callback(trial_id: str) -> Any:
     session = get_session()
     if session is not None and hasattr(session, "_inter_actor_queue"):
         if _slot_queue is None:
+            import ray
             from ray.util.queue import Queue
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            _slot_queue = Queue(1, actor_options={"num_cpus": 0})  # Tune's own queue, as its session makes it
+            # Tune's own queue, as its session makes it, on the trial actor's node: a node lost takes both or neither
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            _slot_queue = Queue(1, actor_options={"num_cpus": 0, "scheduling_strategy": here})
         session._inter_actor_queue = TrialReports(_slot_queue, trial_id)
     return TuneReportCallback()
 
