@@ -218,3 +218,30 @@ def test_a_trial_actor_makes_one_report_queue_for_all_its_trials(monkeypatch):
     assert made[0].options["num_cpus"] == 0 and here.node_id == "ab" * 28 and here.soft is False
     assert [s._inter_actor_queue.trial_id for s in sessions] == ["t1", "t2"]
     assert made[0].items == [("t1", {"epoch": 1}), ("t2", {"epoch": 1})]
+
+
+def test_on_a_ray_without_the_sessions_queue_tunes_callback_makes_its_own(monkeypatch):
+    """A Ray release whose Train session has no ``_inter_actor_queue``: ``report_callback`` makes no queue and
+    leaves the session alone; Tune's callback asks the session for one, as it does without dartboard."""
+    pytest.importorskip("ray")
+    import ray.util.queue
+    from ray.train._internal import session as train_session
+    from ray.tune.integration import ray_train
+
+    from dartboard.platform.ray import trial
+
+    asked = []
+
+    class Session:
+        def _get_or_create_inter_actor_queue(self):
+            asked.append(True)
+            return _FakeQueue()
+
+    session = Session()
+    monkeypatch.setattr(ray.util.queue, "Queue", lambda *a, **k: pytest.fail("no queue is made here"))
+    monkeypatch.setattr(trial, "_slot_queue", None)
+    monkeypatch.setattr(ray_train, "_in_tune_session", lambda: True)
+    monkeypatch.setattr(train_session, "get_session", lambda: session)
+    monkeypatch.setattr(ray_train, "get_session", lambda: session)
+    trial.report_callback("t1")
+    assert asked == [True] and not hasattr(session, "_inter_actor_queue") and trial._slot_queue is None
