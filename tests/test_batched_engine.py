@@ -81,40 +81,35 @@ def _build(name: str, engine: str, seed: int = 0, device: str = "cpu"):
 def _pair(name: str, device: str = "cpu"):
     """Both engines from one seed (the samplers' seeds too), the reference's weights and alphas
     copied into the batched one (test_state_dict_copies_exactly_between_engines: from another seed)."""
-    ref, bat = _build(name, "reference", device=device), _build(name, "batched", device=device)
-    bat.supernet.load_state_dict(ref.supernet.state_dict())
+    ref = _build(name, "reference", device=device)
+    return ref, _batched_with(name, ref.supernet.state_dict(), ref.arch_parameters(), device)
+
+
+def _batched_with(name: str, state: dict, alphas: list, device: str = "cpu"):
+    """The batched engine built from the oracle's seed, then given these weights and alphas."""
+    bat = _build(name, "batched", device=device)
+    bat.supernet.load_state_dict(state)
     with torch.no_grad():
-        for a, b in zip(ref.arch_parameters(), bat.arch_parameters(), strict=True):
+        for a, b in zip(alphas, bat.arch_parameters(), strict=True):
             b.copy_(a)
-    return ref, bat
+    return bat
 
 
-#: The reference engine's side of the oracle per preset, default dtype and device: its weights, alphas, state keys,
-#: whether any of its cells is batched, and its measures. The conv-plan cases of one preset compare their batched
-#: engines against the same reference run: the plans are the batched engine's alone.
-_REFERENCE: dict[tuple[str, torch.dtype, str], tuple[dict, list, list, bool, dict]] = {}
+#: The reference engine's side of the oracle per preset, default dtype and device: its weights, alphas, whether any
+#: of its cells is batched, and its measures. The conv-plan cases of one preset compare their batched engines
+#: against the same reference run: the plans are the batched engine's alone.
+_REFERENCE: dict[tuple[str, torch.dtype, str], tuple[dict, list, bool, dict]] = {}
 
 
-def _reference(name: str, device: str = "cpu") -> tuple[dict, list, list, bool, dict]:
+def _reference(name: str, device: str = "cpu") -> tuple[dict, list, bool, dict]:
     key = (name, torch.get_default_dtype(), device)
     if key not in _REFERENCE:
         ref = _build(name, "reference", device=device)
         state = {k: v.detach().clone() for k, v in ref.supernet.state_dict().items()}
         alphas = [a.detach().clone() for a in ref.arch_parameters()]
         batched_cells = any(type(c) is BatchedSearchCell for c in ref.supernet.modules())
-        _REFERENCE[key] = (state, alphas, list(state), batched_cells, _measures(ref, name))
+        _REFERENCE[key] = (state, alphas, batched_cells, _measures(ref, name))
     return _REFERENCE[key]
-
-
-def _batched_like_reference(name: str, device: str = "cpu"):
-    """The batched engine with the reference's weights and alphas (as :func:`_pair`), and the reference's side."""
-    state, alphas, keys, batched_cells, measures = _reference(name, device)
-    bat = _build(name, "batched", device=device)
-    bat.supernet.load_state_dict(state)
-    with torch.no_grad():
-        for a, b in zip(alphas, bat.arch_parameters(), strict=True):
-            b.copy_(a)
-    return bat, keys, batched_cells, measures
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor], what: str) -> None:
@@ -393,14 +388,15 @@ def test_avg_pool_gradient_of_a_channels_last_input_on_cuda(stride, layout):
 
 
 def _agree(name: str, monkeypatch, device: str = "cpu") -> None:
-    bat, ref_keys, ref_batched, m_ref = _batched_like_reference(name, device)
+    ref_state, ref_alphas, ref_batched, m_ref = _reference(name, device)
+    bat = _batched_with(name, ref_state, ref_alphas, device)
     reasons = []
     monkeypatch.setattr(batched, "batched_path", lambda cell, w=None: reasons.append(batched_path(cell, w))
                         or reasons[-1])
     cells = [m for m in bat.supernet.modules() if isinstance(m, SearchCell)]
     assert all(type(c) is BatchedSearchCell for c in cells)
     assert not ref_batched
-    assert ref_keys == list(bat.supernet.state_dict())  # one layout, no mapping
+    assert list(ref_state) == list(bat.supernet.state_dict())  # one layout, no mapping
     m_bat = _measures(bat, name)
     if name in BATCHED:  # every training forward of every cell took the batched path
         assert cells and set(reasons) == {None}
@@ -417,8 +413,9 @@ def _agree(name: str, monkeypatch, device: str = "cpu") -> None:
         assert second in m_ref
         torch.set_default_dtype(torch.float64)
         try:
-            bat, _, _, m_ref = _batched_like_reference(name, device)
-            _close(m_ref[second], _measures(bat, name)[second], f"{name} {second} (float64)")
+            state, alphas, _, m_ref = _reference(name, device)
+            _close(m_ref[second], _measures(_batched_with(name, state, alphas, device), name)[second],
+                   f"{name} {second} (float64)")
         finally:
             torch.set_default_dtype(dtype)
 
