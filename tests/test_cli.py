@@ -1,6 +1,7 @@
 """The `dartboard` command end to end (in-process), including its user-error contract."""
 
 import json
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -62,10 +63,12 @@ def _flop_counter_macs(net, shape) -> int:
     return counter.get_total_flops() // 2
 
 
-def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch):
+def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    out, _ = run_ok(["search", "--epochs", "1", "--set", "C=4", "--set", "layers=3", "--out", "run",
-                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], capsys)
+    caplog.set_level(logging.INFO, logger="dartboard")
+    out, err = run_ok(["search", "--epochs", "1", "--set", "C=4", "--set", "layers=3", "--out", "run",
+                       "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], capsys)
+    assert "search: darts on digits, 1 epoch (from epoch 1)," in caplog.text
     run = tmp_path / "run"
     for name in ("genotype.json", "history.json", "alpha_history.png", "normal.png", "reduce.png"):
         assert (run / name).is_file(), name

@@ -155,8 +155,9 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
     else:
         ckpt.start(out, cfg.model_dump())
     finished = state.history  # the metrics of every finished epoch, kept if interrupted
-    log.info("search: %s on %s, %d epochs (from epoch %d), %d steps/epoch, device %s, output %s", cfg.searcher,
-             cfg.dataset, epochs, len(finished) + 1, len(train_loader), searcher.device, out)
+    log.info("search: %s on %s, %d epoch%s (from epoch %d), %d steps/epoch, device %s, output %s", cfg.searcher,
+             cfg.dataset, epochs, "" if epochs == 1 else "s", len(finished) + 1, len(train_loader), searcher.device,
+             out)
     start, spent_before = time.perf_counter(), state.seconds
     try:
         with _progress(progress, (epochs - len(finished)) * len(train_loader)) as advance:
