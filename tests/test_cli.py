@@ -76,6 +76,7 @@ def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch, caplog):
     assert isinstance(genotype, gt.DartsGenotype)
     out, _ = run_ok(["train", str(run / "genotype.json"), "--channels", "4", "--layers", "3", "--epochs", "1",
                      "--no-mlflow"], capsys)
+    assert ", C=4, 3 cells, 1 epoch on digits" in caplog.text
     lines = out.strip().splitlines()
     acc_line = [line for line in lines if line.startswith("test_acc ")]
     assert len(acc_line) == 1 and 0.0 <= float(acc_line[0].split()[1]) <= 1.0
