@@ -245,3 +245,17 @@ def test_on_a_ray_without_the_sessions_queue_tunes_callback_makes_its_own(monkey
     monkeypatch.setattr(ray_train, "get_session", lambda: session)
     trial.report_callback("t1")
     assert asked == [True] and not hasattr(session, "_inter_actor_queue") and trial._slot_queue is None
+
+
+@pytest.mark.parametrize("epoch, words", [(1, "after 1 epoch\n"), (3.0, "after 3 epochs\n")])
+def test_the_sweeps_summary_names_the_best_trials_epochs(epoch, words, capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from dartboard.platform.cli.sweep import echo_summary
+
+    best = {"trial_id": "t1", "objective": 0.9, "epoch": epoch, "variant": "darts", "config": {"C": 4},
+            "genotype": {"kind": "darts"}}
+    result = SimpleNamespace(seconds=12.0, trials=[{"status": "complete", **best}], run_dir=str(tmp_path),
+                             counts={"complete": 1}, best=best)
+    echo_summary(result, registered=False)
+    assert f"best trial t1: objective 0.9000 {words}" in capsys.readouterr().out

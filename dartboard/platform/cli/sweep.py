@@ -67,7 +67,9 @@ def echo_summary(result, registered: bool) -> None:
         typer.echo("no trial completed; nothing to recommend")
         raise typer.Exit(1)
     best = result.best
-    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {best['epoch']:.0f} epochs")
+    epochs = f"{best['epoch']:.0f}"
+    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {epochs} "
+               f"epoch{'' if epochs == '1' else 's'}")
     typer.echo("best configuration: " + json.dumps({"variant": best["variant"], **best["config"]}, sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
     if best.get("final"):
