@@ -115,3 +115,11 @@ def test_sigint_then_resume_through_the_console_script(tmp_path):
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len(json.loads((out / "history.json").read_text())) == 2 and not (out / "interrupted.json").exists()
+
+
+@pytest.mark.parametrize("epochs, words", [(1, "1 epoch done"), (2, "2 epochs done")])
+def test_an_unfinished_searchs_progress_is_said_in_words(epochs, words, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(run_module.ckpt, "read", lambda folder: SimpleNamespace(history=[{}] * epochs))
+    assert run_module._how_far(tmp_path) == words

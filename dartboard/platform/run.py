@@ -196,7 +196,8 @@ def _unfinished(folder: Path) -> bool:
 
 def _how_far(folder: Path) -> str:
     try:
-        return f"{len(ckpt.read(folder).history)} epochs done"
+        done = len(ckpt.read(folder).history)
+        return f"{done} epoch{'' if done == 1 else 's'} done"
     except (OSError, ValueError, KeyError):
         return "its checkpoint cannot be read"
 
