@@ -1,11 +1,18 @@
 """The terminal side of :mod:`dartboard.training.progress`: a rich progress bar per long phase, on
-stderr, shown only when stderr is a terminal (logs, pipes and ``--json`` output stay clean)."""
+stderr, shown only when stderr is a terminal (logs, pipes and ``--json`` output stay clean), and how the logs and
+summaries count epochs (:func:`epochs_in_words`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+
+def epochs_in_words(n: int | float) -> str:
+    """``n`` epochs in words: "1 epoch", "3 epochs" (a float, such as a trial's last reported epoch, rounded)."""
+    n = round(n)
+    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
 @contextmanager

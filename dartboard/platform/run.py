@@ -18,6 +18,7 @@ from dartboard.data.datasets import Splits, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
 from dartboard.platform import search_checkpoint as ckpt
 from dartboard.platform.config import SearchRunConfig, resolve_device
+from dartboard.platform.progress import epochs_in_words
 from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.loop import run_search
@@ -155,9 +156,8 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
     else:
         ckpt.start(out, cfg.model_dump())
     finished = state.history  # the metrics of every finished epoch, kept if interrupted
-    log.info("search: %s on %s, %d epoch%s (from epoch %d), %d steps/epoch, device %s, output %s", cfg.searcher,
-             cfg.dataset, epochs, "" if epochs == 1 else "s", len(finished) + 1, len(train_loader), searcher.device,
-             out)
+    log.info("search: %s on %s, %s (from epoch %d), %d steps/epoch, device %s, output %s", cfg.searcher,
+             cfg.dataset, epochs_in_words(epochs), len(finished) + 1, len(train_loader), searcher.device, out)
     start, spent_before = time.perf_counter(), state.seconds
     try:
         with _progress(progress, (epochs - len(finished)) * len(train_loader)) as advance:
@@ -196,8 +196,7 @@ def _unfinished(folder: Path) -> bool:
 
 def _how_far(folder: Path) -> str:
     try:
-        done = len(ckpt.read(folder).history)
-        return f"{done} epoch{'' if done == 1 else 's'} done"
+        return f"{epochs_in_words(len(ckpt.read(folder).history))} done"
     except (OSError, ValueError, KeyError):
         return "its checkpoint cannot be read"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from dartboard.errors import UserInputError, refuse_with, user_input
+from dartboard.platform.progress import epochs_in_words
 
 
 def sweep(
@@ -67,9 +68,8 @@ def echo_summary(result, registered: bool) -> None:
         typer.echo("no trial completed; nothing to recommend")
         raise typer.Exit(1)
     best = result.best
-    epochs = f"{best['epoch']:.0f}"
-    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} after {epochs} "
-               f"epoch{'' if epochs == '1' else 's'}")
+    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} "
+               f"after {epochs_in_words(best['epoch'])}")
     typer.echo("best configuration: " + json.dumps({"variant": best["variant"], **best["config"]}, sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
     if best.get("final"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from dartboard.errors import UserInputError, refuse_with, user_input
+from dartboard.platform.progress import epochs_in_words
 
 log = logging.getLogger("dartboard")
 #: TrainConfig's fields as the flags that set them (errors name the flag the user typed).
@@ -289,8 +290,8 @@ def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: di
     splits = load_dataset(dataset, data_root, image_size)
     with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
         network_of(geno, cfg, splits.info)
-    log.info("train: %s, C=%d, %d cells, %d epoch%s on %s", genotype, cfg.channels, cfg.layers, cfg.epochs,
-             "" if cfg.epochs == 1 else "s", dataset)
+    log.info("train: %s, C=%d, %d cells, %s on %s", genotype, cfg.channels, cfg.layers, epochs_in_words(cfg.epochs),
+             dataset)
     if cluster is None:
         def on_epoch(epoch: int, metrics: dict) -> None:
             log.info("epoch %3d  train_loss %.4f  train_acc %.4f  (means over the epoch, train mode)", epoch + 1,
