@@ -302,3 +302,43 @@ def test_a_gpu_index_that_is_not_there_is_refused(command, tmp_path, capsys, mon
     monkeypatch.setattr(speed, "build", never)
     line = refused_here(["bench", command, "--device", "cuda:3"], tmp_path, capsys, monkeypatch)
     assert line == "error: --device: expected cuda:0 to cuda:0 (1 CUDA GPU(s) here), got 'cuda:3'", line
+
+
+# ------------------------------------------------------------------ counts in words
+
+
+@pytest.mark.parametrize("epochs, workers, said", [
+    (1, 1, "1 epoch, 1 trial at once"),
+    (3, 2, "3 epochs, 2 trials at once"),
+])
+def test_bench_quality_says_its_epochs_and_trials_in_words(epochs, workers, said, tmp_path, monkeypatch, caplog):
+    # Before: "1 epochs, 1 trials at once".
+    import logging
+
+    import dartboard.platform.quality as quality
+
+    monkeypatch.setattr(quality, "run_quality", reached)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="dartboard"), pytest.raises(Reached):
+        run_main(["bench", "quality", "--no-mlflow", "--searchers", "darts", "--seeds", "0",
+                  "--epochs", str(epochs), "--workers", str(workers)])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bench quality:")]
+    assert lines and lines[0].endswith(said), lines
+
+
+@pytest.mark.parametrize("n_seeds, epochs, said", [
+    (1, 1, "(mean +- std over 1 seed, 1 epoch of Adam each, per-unit values)"),
+    (3, 150, "(mean +- std over 3 seeds, 150 epochs of Adam each, per-unit values)"),
+])
+def test_the_pmsm_tables_note_counts_seeds_and_epochs_in_words(n_seeds, epochs, said):
+    # Before: "over 1 seeds, 1 epochs of Adam each".
+    from dartboard.platform.pmsm import markdown_table
+
+    assert markdown_table([], n_seeds, epochs).splitlines()[-1] == said
+
+
+@pytest.mark.parametrize("n, noun, said", [(0, "seed", "0 seeds"), (1, "seed", "1 seed"), (2, "trial", "2 trials")])
+def test_counted_says_a_number_of_things(n, noun, said):
+    from dartboard.platform.progress import counted
+
+    assert counted(n, noun) == said

@@ -23,6 +23,7 @@ from typing import Any
 
 from dartboard.errors import UserInputError
 from dartboard.platform.config import SearchRunConfig
+from dartboard.platform.progress import counted
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
 
@@ -177,5 +178,6 @@ def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int)
         lines.append(f"| {e['model']} | {e['architecture']} | {ms(e, 'criterion_test')} | {ms(e, 'flux_rmse')} | "
                      f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {e['parameters'][0]:.0f} | "
                      f"{e['seconds'][0]:.0f} | {e['diverged']}/{e['runs'] + e['diverged']} |")
-    lines.append(f"\n(mean +- std over {n_seeds} seeds, {epochs} epochs of Adam each, per-unit values)")
+    lines.append(f"\n(mean +- std over {counted(n_seeds, 'seed')}, {counted(epochs, 'epoch')} of Adam each, "
+                 "per-unit values)")
     return "\n".join(lines)

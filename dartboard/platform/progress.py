@@ -1,6 +1,6 @@
 """The terminal side of :mod:`dartboard.training.progress`: a rich progress bar per long phase, on
 stderr, shown only when stderr is a terminal (logs, pipes and ``--json`` output stay clean), and how the logs and
-summaries count epochs (:func:`epochs_in_words`)."""
+summaries count things (:func:`counted`, :func:`epochs_in_words`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` of ``noun`` (a noun whose plural takes an "s") in words: "1 seed", "3 seeds", "0 seeds"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def epochs_in_words(n: int | float) -> str:
     """``n`` epochs in words: "1 epoch", "3 epochs" (a float, such as a trial's last reported epoch, rounded)."""
-    n = round(n)
-    return f"{n} epoch{'' if n == 1 else 's'}"
+    return counted(round(n), "epoch")
 
 
 @contextmanager

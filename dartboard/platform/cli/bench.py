@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from dartboard.errors import UserInputError, refuse_with, user_input
+from dartboard.platform.progress import counted
 
 log = logging.getLogger("dartboard")
 DEFAULT_TABLE_OUT = "dartboard/data/tiny81.json"
@@ -163,8 +164,8 @@ def quality_cmd(
         for name in cfg.searchers:  # a searcher that cannot search the table's space (dario, say)
             if name != RANDOM:
                 trial_options(name, cfg, loaded.space)
-    log.info("bench quality: %s x seeds %s, %d epochs, %d trials at once", ", ".join(names), cfg.seeds, cfg.epochs,
-             cfg.workers)
+    log.info("bench quality: %s x seeds %s, %s, %s at once", ", ".join(names), cfg.seeds,
+             counted(cfg.epochs, "epoch"), counted(cfg.workers, "trial"))
     out = Path("runs/bench-quality") if out is None else out
     result = run_quality(cfg, out, ray_address=ray_address, tracking_uri=tracking_uri, mlflow=not no_mlflow)
     typer.echo(result["markdown"])
