@@ -115,7 +115,8 @@ def test_darts_minus_coefficient_decays_over_the_search():
 def test_darts_pt_projects_every_edge_and_derives_its_choices():
     s = tiny("darts-pt", pt_start_epoch=1, pt_tune_steps=0, epochs=2, **{"activation.val_batches": 1})
     history = run(s, 2, steps=12)
-    assert history[0]["pt_pending"] == -1.0 and history[-1]["pt_pending"] == 0.0
+    # before the projection starts every decision is pending: 5 edges x 2 groups, then node 3 of each group (was -1)
+    assert history[0]["pt_pending"] == 12.0 and history[-1]["pt_pending"] == 0.0
     assert history[-1]["pt_decided_edges"] == 10.0  # 5 edges x 2 groups
     assert history[-1]["pt_removed_edges"] == 2.0  # node 3 of each group keeps 2 of its 3 inputs
     for cell, g in zip((s.derive().normal, s.derive().reduce), (0, 1), strict=True):

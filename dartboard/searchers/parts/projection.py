@@ -167,5 +167,7 @@ class PerturbationProjection(_GroupSampler):
         self.buffer = [tuple(b) for b in state["buffer"]]
 
     def metrics(self, ctx: Any) -> dict[str, float]:
+        """``pt_pending``: the decisions still to make, all of them (the plan's length) before the projection starts."""
+        pending = self.queue if self.queue is not None else self.plan(ctx)
         return {"pt_decided_edges": float(len(self.decided)), "pt_removed_edges": float(len(self.removed)),
-                "pt_pending": float(len(self.queue)) if self.queue is not None else -1.0}
+                "pt_pending": float(len(pending))}
