@@ -180,3 +180,21 @@ def test_two_replicas_keep_identical_alphas_and_samples(name):
         assert all(torch.equal(x, y) for x, y in zip(step_a, step_b, strict=True))
     assert a.derive() == b.derive()
     assert any(not torch.equal(x, y) for x, y in zip(a.weight_parameters(), b.weight_parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["gdas", "snas", "drnas"])
+def test_a_samplers_history_and_entropy_read_its_distribution_not_its_last_sample(name):
+    # Before: the history's weights (alpha_history.png, alpha_history.json) and alpha_entropy were the last step's
+    # sample: one-hot rows and an entropy of 0 for GDAS, whatever the alphas said, next to a genotype derived from
+    # softmax(alpha).
+    from dartboard.searchers.base import mixing_entropy
+
+    s = tiny(name)
+    metrics = run(s, 1, steps=2)[0]
+    expected = [s.activation.derive_weights(a).detach() for a in s.arch_parameters()]
+    sample = [w.detach() for w in s.group_weights()]
+    assert not all(torch.allclose(w, e) for w, e in zip(sample, expected, strict=True))  # the sample differs
+    got = [torch.tensor(w) for w in s.history[-1]["weights"]]
+    assert all(torch.allclose(g, e.float()) for g, e in zip(got, expected, strict=True))
+    assert metrics["alpha_entropy"] == pytest.approx(mixing_entropy(expected))
+    assert metrics["alpha_entropy"] > 0.5  # near uniform after two steps (GDAS' one-hot sample: 0)

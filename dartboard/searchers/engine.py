@@ -283,8 +283,8 @@ class Engine:
         self.w_scheduler.step()
         self.arch_optimizer.end_epoch(searching=self.epoch >= self.config.warmup_epochs)
         self.epoch += 1
-        with torch.no_grad():
-            weights = self.group_weights()
+        with torch.no_grad():  # what the genotype is derived from: a sampler's distribution, not its last sample
+            weights = [self.activation.derive_weights(a) for a in self.arch]
             snapshot = [w.detach().float().cpu().tolist() for w in weights]
         self.history.append({"epoch": self.epoch, "metrics": dict(metrics), "weights": snapshot})
         metrics["alpha_entropy"] = mixing_entropy(weights)
