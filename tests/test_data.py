@@ -25,8 +25,23 @@ def test_search_split_is_seeded_and_disjoint():
 
 
 def test_missing_cifar_says_how_to_provide_it(tmp_path):
-    with pytest.raises(DataError, match="never downloads"):
+    with pytest.raises(DataError, match="never downloads") as got:
         load_dataset("cifar10", str(tmp_path))
+    assert f"looked for 'cifar-10-batches-py' under {str(tmp_path)!r}" in str(got.value)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenet", "imagefolder"])
+def test_a_dataset_without_a_data_root_says_none_was_given(name):
+    # Before: "looked for 'cifar-10-batches-py' under None", "folder None does not exist".
+    with pytest.raises(DataError, match="(never downloads|nothing is downloaded)") as got:
+        load_dataset(name, None)
+    assert "no --data-root given" in str(got.value) and "None" not in str(got.value)
+
+
+def test_a_missing_image_folder_is_named(tmp_path):
+    with pytest.raises(DataError, match="nothing is downloaded") as got:
+        load_dataset("imagefolder", str(tmp_path / "nosuch"))
+    assert f"folder {str(tmp_path / 'nosuch')!r} does not exist" in str(got.value)
 
 
 def test_imagefolder_needs_train_and_test(tmp_path):

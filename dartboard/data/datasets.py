@@ -78,8 +78,9 @@ def _colour_digits() -> Splits:
 def _cifar(name: str, root: str | None) -> Splits:
     folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
     if root is None or not (Path(root) / folder).is_dir():
+        where = "no --data-root given" if root is None else f"looked for {folder!r} under {root!r}"
         raise DataError(
-            f"{name}: no local copy found (looked for {folder!r} under {root!r}). dartboard never downloads "
+            f"{name}: no local copy found ({where}). dartboard never downloads "
             f"data: download the python version of {name.upper()} yourself, extract it so that "
             f"ROOT/{folder} exists, and pass --data-root ROOT."
         )
@@ -142,7 +143,8 @@ def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
     """train/ and test/ (or val/: ImageNet's layout) of one folder per class, resized to ``image_size``
     (or through ``transforms_``: the train and the test transform)."""
     if root is None or not Path(root).is_dir():
-        raise DataError(f"{name}: folder {root!r} does not exist; pass --data-root with train/ and test/ (or val/) "
+        problem = "no --data-root given" if root is None else f"folder {root!r} does not exist"
+        raise DataError(f"{name}: {problem}; pass --data-root with train/ and test/ (or val/) "
                         "subfolders of one folder per class (nothing is downloaded)")
     base = Path(root)
     test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
