@@ -112,7 +112,7 @@ def test_dartboard_train_uses_the_imagenet_preset_on_a_local_imagenet_folder(tmp
     assert net.imagenet_stem and len(net.cells) == 3
 
     code, _, err = run_cli(["train", "darts-v2", "--dataset", "imagenet", "--no-mlflow"], capsys)
-    assert code == 2 and "imagenet: folder None does not exist" in err
+    assert code == 2 and "imagenet: no --data-root given" in err
     code, _, err = run_cli(["train", "darts-v2", "--protocol", "mobile", "--no-mlflow"], capsys)
     assert code == 2 and "--protocol: expected one of cifar, imagenet, got 'mobile'" in err
 
