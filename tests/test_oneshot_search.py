@@ -182,18 +182,23 @@ def test_two_replicas_keep_identical_alphas_and_samples(name):
     assert any(not torch.equal(x, y) for x, y in zip(a.weight_parameters(), b.weight_parameters(), strict=True))
 
 
-@pytest.mark.parametrize("name", ["gdas", "snas", "drnas"])
-def test_a_samplers_history_and_entropy_read_its_distribution_not_its_last_sample(name):
-    # Before: the history's weights (alpha_history.png, alpha_history.json) and alpha_entropy were the last step's
-    # sample: one-hot rows and an entropy of 0 for GDAS, whatever the alphas said, next to a genotype derived from
-    # softmax(alpha).
+@pytest.mark.parametrize("name", ["gdas", "snas", "drnas", "pc-darts"])
+def test_the_history_and_entropy_read_the_weights_the_genotype_is_derived_from(name):
+    # Before: the history's weights (alpha_history.png, alpha_history.json) and alpha_entropy were those of the
+    # last step's forward: a sampler's sample (one-hot rows and an entropy of 0 for GDAS, whatever the alphas said),
+    # PC-DARTS' op weights without its edge weights, next to a genotype derived from softmax(alpha) (times the edge
+    # weights).
     from dartboard.searchers.base import mixing_entropy
 
     s = tiny(name)
     metrics = run(s, 1, steps=2)[0]
-    expected = [s.activation.derive_weights(a).detach() for a in s.arch_parameters()]
-    sample = [w.detach() for w in s.group_weights()]
-    assert not all(torch.allclose(w, e) for w, e in zip(sample, expected, strict=True))  # the sample differs
+    expected = [w.detach() for w in s.derive_weights()]
+    if name == "pc-darts":
+        edges = s.mixed_op.edge_weights(list(s.arch_extra))
+        assert all(torch.allclose(w, torch.softmax(a, -1).detach() * e.detach().unsqueeze(1))
+                   for w, a, e in zip(expected, s.arch_parameters(), edges, strict=False))
+    forward = [w.detach() for w in s.group_weights()]
+    assert not all(torch.allclose(w, e) for w, e in zip(forward, expected, strict=True))  # the forward's differ
     got = [torch.tensor(w) for w in s.history[-1]["weights"]]
     assert all(torch.allclose(g, e.float()) for g, e in zip(got, expected, strict=True))
     assert metrics["alpha_entropy"] == pytest.approx(mixing_entropy(expected))

@@ -283,8 +283,8 @@ class Engine:
         self.w_scheduler.step()
         self.arch_optimizer.end_epoch(searching=self.epoch >= self.config.warmup_epochs)
         self.epoch += 1
-        with torch.no_grad():  # what the genotype is derived from: a sampler's distribution, not its last sample
-            weights = [self.activation.derive_weights(a) for a in self.arch]
+        with torch.no_grad():
+            weights = self.derive_weights()
             snapshot = [w.detach().float().cpu().tolist() for w in weights]
         self.history.append({"epoch": self.epoch, "metrics": dict(metrics), "weights": snapshot})
         metrics["alpha_entropy"] = mixing_entropy(weights)
@@ -317,10 +317,15 @@ class Engine:
         return meter.read()
 
     # ------------------------------------------------------------------ derivation
+    def derive_weights(self) -> list[torch.Tensor]:
+        """Per group, the weights the genotype is derived from (and the history records): a sampler's distribution,
+        not its last sample (GDAS, SNAS, DrNAS); PC-DARTS' op weights times its edge weights."""
+        return self.mixed_op.derive_weights([self.activation.derive_weights(a) for a in self.arch],
+                                            list(self.arch_extra))
+
     def derive(self) -> Genotype:
         with torch.no_grad():
-            gw = self.mixed_op.derive_weights([self.activation.derive_weights(a) for a in self.arch],
-                                              list(self.arch_extra))
+            gw = self.derive_weights()
         groups = self.supernet.groups
         return self.supernet.genotype([self.discretizer(w, g.rows, g.primitives) for w, g in zip(gw, groups,
                                                                                                  strict=True)])
