@@ -326,9 +326,8 @@ class Engine:
     def derive(self) -> Genotype:
         with torch.no_grad():
             gw = self.derive_weights()
-        groups = self.supernet.groups
-        return self.supernet.genotype([self.discretizer(w, g.rows, g.primitives) for w, g in zip(gw, groups,
-                                                                                                 strict=True)])
+        return self.supernet.genotype([self.discretizer(w, g.rows, g.primitives)
+                                       for w, g in zip(gw, self.supernet.groups, strict=True)])
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> dict[str, Any]:
