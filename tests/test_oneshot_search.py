@@ -196,7 +196,7 @@ def test_the_history_and_entropy_read_the_weights_the_genotype_is_derived_from(n
     if name == "pc-darts":
         edges = s.mixed_op.edge_weights(list(s.arch_extra))
         assert all(torch.allclose(w, torch.softmax(a, -1).detach() * e.detach().unsqueeze(1))
-                   for w, a, e in zip(expected, s.arch_parameters(), edges, strict=False))
+                   for w, a, e in zip(expected, s.arch, edges, strict=True))
     forward = [w.detach() for w in s.group_weights()]
     assert not all(torch.allclose(w, e) for w, e in zip(forward, expected, strict=True))  # the forward's differ
     got = [torch.tensor(w) for w in s.history[-1]["weights"]]
