@@ -498,3 +498,18 @@ def test_a_cells_genotype_of_more_than_100_cells_is_refused():
         gt.from_dict(data)
     data["cells"] = [cell] * 100
     assert len(gt.from_dict(data).cells) == 100
+
+
+@pytest.mark.parametrize("genotype, message", [
+    ("pmsm-thesis", "genotype 'pmsm-thesis' is of kind 'flux_mlp'; train takes darts, cells, colornas or mlp "
+                    "genotypes: a PMSM flux model is trained by `dartboard pmsm compare NAME=GENOTYPE`"),
+    ("gates.json", "genotype 'gates.json' is of kind 'gates'; train takes darts, cells, colornas or mlp genotypes: "
+                   "a pruned ViT (DARIO's gates) is made and fine-tuned by `dartboard prune`"),
+], ids=["flux", "gates"])
+def test_train_refuses_a_genotype_it_does_not_train_before_any_work(genotype, message, tmp_path, capsys,
+                                                                    monkeypatch):
+    # without --no-mlflow: no mlflow.db (and no MLflow experiment or run) may be left behind
+    (tmp_path / "gates.json").write_text(json.dumps({"schema": "dartboard.genotype", "version": 1, "kind": "gates",
+                                                     "model": "vit_tiny_patch16_224", "blocks_kept": [0, 2],
+                                                     "heads_kept": {}, "n_blocks": 3, "n_heads": 2}))
+    assert message in refused_here(["train", genotype, "--epochs", "1"], tmp_path, capsys, monkeypatch)

@@ -1,6 +1,7 @@
 """Distance metric M (thesis 4.1.5): Algorithm 3, Hausdorff (Eq 4.6-4.7), M (Eq 4.8)."""
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,44 @@ def test_distance_command_prints_matrix_and_draws_heatmap(tmp_path, capsys):
     assert "resnet18" in text and "0.0000" in text and out.stat().st_size > 0
     with pytest.raises(ValueError, match="at least two"):
         distance(["resnet18"], out=None)
+
+
+def _write(folder, name, genotype):
+    import json
+
+    path = folder / name
+    path.write_text(json.dumps({"schema": "dartboard.genotype", "version": 1, **genotype}))
+    return str(path)
+
+
+def test_what_m_cannot_compare_is_refused_naming_the_genotype(tmp_path):
+    from dartboard.spaces.genotype import GenotypeError
+
+    v2, r50, x = resolve("darts-v2"), resolve("resnet50"), resolve("xception")  # resnet50: 4 cells; xception: 13
+    with pytest.raises(GenotypeError, match="genotypes 'r50' and 'x' have 4 and 13 cells"):
+        distance_matrix([v2, x, r50], names=["v2", "x", "r50"])
+    with pytest.raises(GenotypeError, match="genotype 'flux' is of kind 'flux_mlp'"):
+        distance_matrix([v2, resolve("pmsm-thesis")], names=["v2", "flux"])
+    noise = CellsGenotype((cell(("noise", 0, 2), ("sep_conv_3x3", 1, 2)),), ())  # an R-DARTS S4 op
+    with pytest.raises(GenotypeError, match="genotype '#2': op 'noise' has no distance weight"):
+        distance_matrix([v2, noise])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nasiam", "darts-v1"], "genotype 'heads.json' is of kind 'mlp'; M (thesis Eq 4.8) compares cell genotypes"),
+    (["darts-v1", "xception", "resnet50"], "genotypes 'resnet50' and 'xception' have 4 and 13 cells: M compares"),
+    (["s4", "darts-v1"], "genotype 's4.json': op 'noise' has no distance weight (thesis Table 4.1)"),
+], ids=["mlp", "cell-counts", "op-without-weight"])
+def test_the_distance_command_refuses_in_one_line(args, message, tmp_path, capsys, monkeypatch):
+    from test_cli_bad_input import refused, refused_here
+
+    files = {"nasiam": _write(tmp_path, "heads.json", {"kind": "mlp", "chains": {"projector": ["linear_relu"],
+                                                                                  "predictor": ["identity"]},
+                                                        "meta": {"space": "nasiam-mlp", "dim": 8}}),
+             "s4": _write(tmp_path, "s4.json", {"kind": "darts", "normal": {"edges": [["noise", 0, 2]], "concat": [2]},
+                                                "reduce": {"edges": [["max_pool_3x3", 0, 2]], "concat": [2]}})}
+    args = ["distance", *(Path(files[a]).name if a in files else a for a in args)]
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
+    assert message in line
+    if args[1] == "heads.json":  # once through the installed console script too
+        assert refused(args, tmp_path) == line

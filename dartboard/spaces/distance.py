@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype
+from dartboard.spaces.genotype import CellGenotype, CellsGenotype, DartsGenotype, GenotypeError
 
 #: Thesis Table 4.1: benchmark score (%) of each op of S_o; the edge-distance weights are score / 100.
 TABLE_4_1_SCORES: dict[str, float] = {
@@ -110,10 +110,37 @@ def architecture_distance(a: DartsGenotype | CellsGenotype, b: DartsGenotype | C
     return sum(cell_distance(x, y, weights) for x, y in zip(cells_a, cells_b, strict=False)) / len(cells_a)
 
 
+def check_comparable(genotypes: Sequence[object], names: Sequence[str],
+                     weights: Mapping[str, float] | None = None) -> None:
+    """Refuse, naming the genotype (``names``: how the user gave each), what M cannot compare: a genotype that is
+    not made of cells, an op with no distance weight (Table 4.1), per-cell genotypes of different lengths."""
+    ops = _weights(weights)
+    lengths: dict[int, str] = {}
+    for name, g in zip(names, genotypes, strict=True):
+        if not isinstance(g, (DartsGenotype, CellsGenotype)):
+            kind = getattr(g, "kind", type(g).__name__)
+            raise GenotypeError(f"genotype {name!r} is of kind {kind!r}; M (thesis Eq 4.8) compares cell "
+                                f"genotypes (darts or cells)")
+        cells = [g.normal, g.reduce] if isinstance(g, DartsGenotype) else g.cells
+        unknown = sorted({e.op for c in cells for e in c.edges} - set(ops))
+        if unknown:
+            raise GenotypeError(f"genotype {name!r}: op {unknown[0]!r} has no distance weight (thesis Table 4.1); "
+                                f"ops with one: {', '.join(ops)}")
+        if isinstance(g, CellsGenotype):
+            lengths.setdefault(len(g.cells), name)
+    if len(lengths) > 1:
+        (n1, a), (n2, b) = sorted(lengths.items())[:2]
+        raise GenotypeError(f"genotypes {a!r} and {b!r} have {n1} and {n2} cells: M compares cells at the same "
+                            f"positions, so per-cell genotypes need the same number of cells")
+
+
 def distance_matrix(genotypes: Sequence[DartsGenotype | CellsGenotype],
-                    weights: Mapping[str, float] | None = None) -> list[list[float]]:
-    """M between every pair of ``genotypes`` (thesis Fig 4.8)."""
+                    weights: Mapping[str, float] | None = None, names: Sequence[str] | None = None
+                    ) -> list[list[float]]:
+    """M between every pair of ``genotypes`` (thesis Fig 4.8); what M cannot compare is refused first, each
+    genotype named by ``names`` (default: its position)."""
     n = len(genotypes)
+    check_comparable(genotypes, names or [f"#{i + 1}" for i in range(n)], weights)
     out = [[0.0] * n for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):

@@ -25,7 +25,7 @@ def distance(
         check_writable_file(out, "--out")
         _check_image_format(out)
     labels = genotype_labels(genotypes)
-    matrix = distance_matrix([resolve(g) for g in genotypes])
+    matrix = distance_matrix([resolve(g) for g in genotypes], names=genotypes)
     width = max(8, *(len(label) for label in labels)) + 2
     typer.echo(" " * width + "".join(f"{label:>{width}}" for label in labels))
     for label, row in zip(labels, matrix, strict=False):

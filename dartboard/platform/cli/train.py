@@ -20,6 +20,11 @@ FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "
 #: ``--protocol``: the evaluation protocol whose published values are the defaults (``cifar``: DARTS CIFAR-10,
 #: scaled down on the small bundled data; ``imagenet``: DARTS ImageNet mobile, ``IMAGENET_PROTOCOL``).
 PROTOCOLS = ("cifar", "imagenet")
+#: The genotype kinds this command trains (a cell network, or NASiam heads by their SSL framework); the commands that
+#: train the others.
+TRAINED_HERE = ("darts", "cells", "colornas", "mlp")
+TRAINED_ELSEWHERE = {"flux_mlp": "a PMSM flux model is trained by `dartboard pmsm compare NAME=GENOTYPE`",
+                     "gates": "a pruned ViT (DARIO's gates) is made and fine-tuned by `dartboard prune`"}
 
 
 def train(
@@ -123,8 +128,12 @@ def train(
 
 def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_worker, no_mlflow, register_as,
                    tracking_uri, protocol, framework, label_smoothing, cell_only: dict) -> None:
-    """Refuse, before any work, the flags that this training would not use (``cell_only``: the flags of a cell
-    network's training, by name) and a label smoothing out of range."""
+    """Refuse, before any work, a genotype this command does not train, the flags that this training would not use
+    (``cell_only``: the flags of a cell network's training, by name) and a label smoothing out of range."""
+    if geno.kind not in TRAINED_HERE:
+        elsewhere = f": {TRAINED_ELSEWHERE[geno.kind]}" if geno.kind in TRAINED_ELSEWHERE else ""
+        raise UserInputError(f"genotype {genotype!r} is of kind {geno.kind!r}; train takes "
+                             f"{', '.join(TRAINED_HERE[:-1])} or {TRAINED_HERE[-1]} genotypes{elsewhere}")
     if distributed and geno.kind == "mlp":
         raise UserInputError(f"--workers/--address: Ray Train final training is for cell networks; {genotype!r} is "
                              f"an mlp genotype (train it in one process)")
