@@ -130,10 +130,7 @@ def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_
                    tracking_uri, protocol, framework, label_smoothing, cell_only: dict) -> None:
     """Refuse, before any work, a genotype this command does not train, the flags that this training would not use
     (``cell_only``: the flags of a cell network's training, by name) and a label smoothing out of range."""
-    if geno.kind not in TRAINED_HERE:
-        elsewhere = f": {TRAINED_ELSEWHERE[geno.kind]}" if geno.kind in TRAINED_ELSEWHERE else ""
-        raise UserInputError(f"genotype {genotype!r} is of kind {geno.kind!r}; train takes "
-                             f"{', '.join(TRAINED_HERE[:-1])} or {TRAINED_HERE[-1]} genotypes{elsewhere}")
+    _check_kind(geno, genotype)
     if distributed and geno.kind == "mlp":
         raise UserInputError(f"--workers/--address: Ray Train final training is for cell networks; {genotype!r} is "
                              f"an mlp genotype (train it in one process)")
@@ -160,6 +157,13 @@ def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_
                     "registered")
     if label_smoothing is not None and not 0.0 <= label_smoothing < 1.0:  # a negative one would turn smoothing off
         raise UserInputError(f"--label-smoothing: expected a value in [0, 1) (0 = off), got {label_smoothing}")
+
+
+def _check_kind(geno, genotype: str) -> None:
+    if geno.kind not in TRAINED_HERE:
+        elsewhere = f": {TRAINED_ELSEWHERE[geno.kind]}" if geno.kind in TRAINED_ELSEWHERE else ""
+        raise UserInputError(f"genotype {genotype!r} is of kind {geno.kind!r}; train takes "
+                             f"{', '.join(TRAINED_HERE[:-1])} or {TRAINED_HERE[-1]} genotypes{elsewhere}")
 
 
 def _check_image_size(image_size: int | None, dataset: str) -> None:
