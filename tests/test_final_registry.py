@@ -89,6 +89,9 @@ def test_export_writes_a_file_that_computes_the_network(trained, tmp_path, fmt, 
     result = run(["export", *args, "--format", fmt, "--out", str(target)], timeout=600)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no partial file left
+    # the file is checked under a name with its suffix: torch's pt2 loader warns of any other (its own logger, on
+    # stderr: "Unable to load package. f must be a buffer or a file ending in .pt2")
+    assert "pt2_archive" not in result.stderr, result.stderr
     x = torch.randn(7, 1, 8, 8)  # another batch size than the export traced
     with torch.no_grad():
         expected = trained["net"](x).numpy()

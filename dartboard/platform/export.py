@@ -56,7 +56,8 @@ def export_network(net: nn.Module, input_shape: tuple[int, int, int], fmt: str, 
     check_format(fmt)
     net = net.eval()
     out = Path(out)
-    partial = out.with_name(f".{out.name}.partial")
+    # hidden, and with the format's own suffix: torch's pt2 loader warns "unable to load package" for another
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, *input_shape, generator=generator)
     check = torch.randn(CHECK_BATCH, *input_shape, generator=generator)
