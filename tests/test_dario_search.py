@@ -265,3 +265,16 @@ def test_digits_demo_meets_the_issue_bar():
     assert result.genotype.meta["threshold"] == 0.65  # the thesis threshold
     assert report.accuracy_all_layers >= report.accuracy_original - ACCURACY_BAR
     assert report.meets_bar(report.accuracy_all_layers)
+
+
+def test_the_proxy_table_prints_no_nan():
+    # one repeat: the mean alone, said once; a proxy with no correlation (constant values): n/a
+    nan = float("nan")
+    study = dario_run.StudyResult({"synflow": (0.8, nan), "l1_norm": (nan, nan)},
+                                  {"synflow": (0.75, nan), "l1_norm": (nan, nan)}, [])
+    lines = study.table()
+    assert "nan" not in "\n".join(lines)
+    assert lines[1].split() == ["synflow", "+0.800", "+0.750"] and lines[2].split() == ["l1_norm", "n/a", "n/a"]
+    assert "(one repeat: no 95% interval" in lines[3] and "(n/a:" in lines[4]
+    two = dario_run.StudyResult({"synflow": (0.8, 0.125)}, {"synflow": (-0.5, 0.25)}, []).table()
+    assert two == [two[0], f"{'synflow':<20}    +0.800 +- 0.125     -0.500 +- 0.250 "]

@@ -168,9 +168,19 @@ class StudyResult:
                       else 0.0)
         lines = [f"{'proxy':<20} {'Spearman rho':>18} {'Pearson rho':>18}"]
         for k in rows:
-            (s, sc), (p, pc) = self.spearman[k], self.pearson[k]
-            lines.append(f"{k:<20} {s:>+9.3f} +- {sc:<6.3f} {p:>+9.3f} +- {pc:<6.3f}")
+            lines.append(f"{k:<20} {_cell(*self.spearman[k])} {_cell(*self.pearson[k])}")
+        if any(math.isfinite(m) and not math.isfinite(h) for m, h in [*self.spearman.values(), *self.pearson.values()]):
+            lines.append("(one repeat: no 95% interval; --repeats 2 or more gives one)")
+        if any(not math.isfinite(m) for m, _ in [*self.spearman.values(), *self.pearson.values()]):
+            lines.append("(n/a: the proxy or the accuracy took one value over the sampled models: no correlation)")
         return lines
+
+
+def _cell(mean: float, half: float) -> str:
+    """A correlation's column: mean +- the 95% half-width; the mean alone without an interval; n/a without either."""
+    if not math.isfinite(mean):
+        return f"{'n/a':>9}" + " " * 10
+    return f"{mean:>+9.3f}" + (f" +- {half:<6.3f}" if math.isfinite(half) else " " * 10)
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
