@@ -2,7 +2,9 @@
 per-sample finite-difference implementation and a closed form, the activation primitives by hand,
 genotypes, bad input, and the direction of both searches on data from known teachers."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,16 @@ from dartboard.searchers.loop import run_epoch
 from dartboard.searchers.parts.pmsm import FluxCriterion, SearchDiverged, predicted_derivatives
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt
-from dartboard.spaces.pmsm import BINARY_FNS, UNARY_FNS, FluxNet, FluxOutput, guarded_exp, mixed_activation
+from dartboard.spaces.catalog import resolve
+from dartboard.spaces.pmsm import (
+    BINARY_FNS,
+    UNARY_FNS,
+    FluxNet,
+    FluxOutput,
+    count_parameters,
+    guarded_exp,
+    mixed_activation,
+)
 from dartboard.spaces.pmsm_genotype import ActivationSpec, FluxMlpGenotype
 
 SHAPE = DataShape(6, 1, 2)
@@ -336,3 +347,33 @@ def test_activation_search_moves_toward_the_teachers_activation():
     assert max(float(weights[1][tanh]), float(weights[2][tanh])) > 0.13, weights
     act = s.derive().activation
     assert "tanh" in (act.unary1, act.unary2), act
+
+
+def test_compare_reports_a_model_whose_every_run_diverged_without_nan(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import dartboard.training.pmsm as training
+    from dartboard.platform.pmsm import compare
+
+    real = training.train_flux_model
+
+    def diverging(genotype, splits, cfg, out):  # the model named "bad" diverges on every seed
+        if "bad" in Path(out).parts:
+            raise training.TrainingDiverged("training: criterion C became nan in epoch 1")
+        return real(genotype, splits, cfg, out)
+
+    monkeypatch.setattr(training, "train_flux_model", diverging)
+    base = resolve("pmsm-baseline")
+    with caplog.at_level(logging.INFO, logger="dartboard"):
+        result = compare({"ok": base, "bad": base}, [0, 1], tmp_path, epochs=1)
+    ok, bad = (line for line in result["table"].splitlines() if line.startswith(("| ok ", "| bad ")))
+    assert "nan" not in result["table"] and bad.endswith("| n/a | n/a | n/a | n/a | n/a | n/a | 2/2 |"), bad
+    cells = [c.strip() for c in ok.strip("|").split("|")]  # model, architecture, 4 figures, parameters, s, diverged
+    assert all(" +- " in c for c in cells[2:6]) and cells[6] == str(count_parameters(FluxNet(base))), ok
+    assert cells[8] == "0/2", ok
+    summary = json.loads((tmp_path / "comparison.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert summary["summary"][1]["criterion_test"] == [None, None]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ok seed ")]
+    assert len(said) == 2 and said[0].startswith("ok seed 0: criterion C (test) ") and " parameters, " in said[0]
+    assert not any(r.getMessage().startswith("bad seed ") and r.levelno == logging.INFO for r in caplog.records)
+

@@ -29,7 +29,9 @@ from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
 
 log = logging.getLogger("dartboard")
 
-METRICS = ("criterion_test", "flux_rmse", "flux_rmse_grid", "torque_rmse", "parameters", "seconds")
+#: A trained model's figures (mean +- std over the seeds in the table), with the words the table and the log use.
+METRICS = {"criterion_test": "criterion C (test)", "flux_rmse": "flux RMSE (test)", "flux_rmse_grid": "flux RMSE (grid)",
+           "torque_rmse": "torque RMSE", "parameters": "parameters", "seconds": "train s / run"}
 
 
 @dataclass
@@ -132,7 +134,8 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
                 log.warning("%s seed %d: %s", name, seed, err)
                 net, row = None, {"model": name, "seed": seed, "diverged": str(err)}
             rows.append(row)
-            log.info("%s seed %d: %s", name, seed, {k: row.get(k) for k in METRICS})
+            if net is not None:
+                log.info("%s seed %d: %s", name, seed, run_in_words(row))
             if net is not None and (best is None or row["criterion_val"] < best[0]):
                 best = (row["criterion_val"], net)
         if best is not None:
@@ -152,6 +155,12 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     return {"summary": summary, "runs": rows, "table": table, "plot": plot}
 
 
+def run_in_words(row: Mapping[str, Any]) -> str:
+    """One trained model's figures for the log: ``criterion C (test) 0.636, ..., 82 parameters, 0.6 s``."""
+    words = [f"{METRICS[k]} {row[k]:.3g}" for k in ("criterion_test", "flux_rmse", "flux_rmse_grid", "torque_rmse")]
+    return ", ".join([*words, f"{row['parameters']:,} parameters", f"{row['seconds']:.1f} s"])
+
+
 def summarize(rows: Sequence[dict[str, Any]], models: Mapping[str, FluxMlpGenotype]) -> list[dict[str, Any]]:
     out = []
     for name, genotype in models.items():
@@ -160,24 +169,27 @@ def summarize(rows: Sequence[dict[str, Any]], models: Mapping[str, FluxMlpGenoty
                                  "diverged": sum(1 for r in rows if r["model"] == name and "diverged" in r)}
         for m in METRICS:
             values = [float(r[m]) for r in ok]
+            # every run diverged: no figure (null in comparison.json, n/a in the table)
             entry[m] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0) if values \
-                else (float("nan"), float("nan"))
+                else (None, None)
         out.append(entry)
     return out
 
 
 def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int) -> str:
-    head = ("| model | architecture | criterion C (test) | flux RMSE (test) | flux RMSE (grid) | torque RMSE | "
-            "parameters | train s / run | diverged |")
-    lines = [head, "|" + "---|" * 9]
+    head = f"| model | architecture | {' | '.join(METRICS.values())} | diverged |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+
     def ms(e: dict[str, Any], key: str, fmt: str = ".3g") -> str:
         mean, std = e[key]
-        return f"{mean:{fmt}} +- {std:{fmt}}"
+        if mean is None:  # every run of the model diverged
+            return "n/a"
+        return f"{mean:{fmt}}" if fmt == ".0f" else f"{mean:{fmt}} +- {std:{fmt}}"
 
     for e in summary:
         lines.append(f"| {e['model']} | {e['architecture']} | {ms(e, 'criterion_test')} | {ms(e, 'flux_rmse')} | "
-                     f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {e['parameters'][0]:.0f} | "
-                     f"{e['seconds'][0]:.0f} | {e['diverged']}/{e['runs'] + e['diverged']} |")
+                     f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {ms(e, 'parameters', '.0f')} | "
+                     f"{ms(e, 'seconds', '.0f')} | {e['diverged']}/{e['runs'] + e['diverged']} |")
     lines.append(f"\n(mean +- std over {counted(n_seeds, 'seed')}, {counted(epochs, 'epoch')} of Adam each, "
                  "per-unit values)")
     return "\n".join(lines)
