@@ -30,8 +30,9 @@ from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
 log = logging.getLogger("dartboard")
 
 #: A trained model's figures (mean +- std over the seeds in the table), with the words the table and the log use.
-METRICS = {"criterion_test": "criterion C (test)", "flux_rmse": "flux RMSE (test)", "flux_rmse_grid": "flux RMSE (grid)",
-           "torque_rmse": "torque RMSE", "parameters": "parameters", "seconds": "train s / run"}
+METRICS = {"criterion_test": "criterion C (test)", "flux_rmse": "flux RMSE (test)",
+           "flux_rmse_grid": "flux RMSE (grid)", "torque_rmse": "torque RMSE", "parameters": "parameters",
+           "seconds": "train s / run"}
 
 
 @dataclass
@@ -103,7 +104,7 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
             ) -> dict[str, Any]:
     """Train every model on every seed with the same budget; table (mean +- std), CSV, plot."""
     from dartboard.data.catalog import load_dataset
-    from dartboard.training.pmsm import FluxTrainConfig, TrainingDiverged, plot_flux_maps, train_flux_model
+    from dartboard.training.pmsm import FluxTrainConfig, plot_flux_maps
 
     # Everything is checked before the first training, so that no model's results are lost to another's bad input.
     if not isinstance(models, Mapping) or not models:
@@ -126,16 +127,9 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     for name, genotype in models.items():
         best = None
         for seed in seeds:
-            cfg = FluxTrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)
-            try:
-                net, r = train_flux_model(genotype, splits, cfg, out / "models" / name / f"seed{seed}")
-                row = {"model": name, "seed": seed, **{k: v for k, v in asdict(r).items() if k != "genotype"}}
-            except TrainingDiverged as err:
-                log.warning("%s seed %d: %s", name, seed, err)
-                net, row = None, {"model": name, "seed": seed, "diverged": str(err)}
+            net, row = _train_one(name, genotype, splits, FluxTrainConfig(epochs=epochs, lr=lr, seed=seed,
+                                                                          device=device), out)
             rows.append(row)
-            if net is not None:
-                log.info("%s seed %d: %s", name, seed, run_in_words(row))
             if net is not None and (best is None or row["criterion_val"] < best[0]):
                 best = (row["criterion_val"], net)
         if best is not None:
@@ -153,6 +147,20 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
                                                     indent=1, default=str))
     plot = plot_flux_maps(best_nets, splits, out / "flux_maps.png") if best_nets else None
     return {"summary": summary, "runs": rows, "table": table, "plot": plot}
+
+
+def _train_one(name: str, genotype: FluxMlpGenotype, splits: Any, cfg: Any, out: Path) -> tuple[Any, dict[str, Any]]:
+    """One model on one seed: (network, its row), or (None, a row saying how it diverged)."""
+    from dartboard.training.pmsm import TrainingDiverged, train_flux_model
+
+    try:
+        net, r = train_flux_model(genotype, splits, cfg, out / "models" / name / f"seed{cfg.seed}")
+    except TrainingDiverged as err:
+        log.warning("%s seed %d: %s", name, cfg.seed, err)
+        return None, {"model": name, "seed": cfg.seed, "diverged": str(err)}
+    row = {"model": name, "seed": cfg.seed, **{k: v for k, v in asdict(r).items() if k != "genotype"}}
+    log.info("%s seed %d: %s", name, cfg.seed, run_in_words(row))
+    return net, row
 
 
 def run_in_words(row: Mapping[str, Any]) -> str:
