@@ -55,6 +55,9 @@ def test_summarize_table_and_csv(tmp_path):
     assert rows[1]["seeds"] == 1 and rows[1]["parameters"] == (50.0, 0.0)
     md, csv_path = write_tables(study, rows, tmp_path)
     assert "| darts | `darts` | 2 | 12.00 ± 2.83 | 200.00 ± 141.42 |" in md.read_text()
+    assert md.read_text().startswith("# s\n\n| variant |")  # a study without a description: no empty paragraph
+    described = write_tables(_study(description="what it compares"), rows, tmp_path)[0].read_text()
+    assert described.startswith("# s\n\nwhat it compares\n\n| variant |")
     assert csv_path.read_text().splitlines()[1].startswith("darts,darts,2,12,2.82843,200,141.421")
     assert best_per_variant(study, results)["darts"]["seed"] == 0
     higher = _study(report={"metrics": ["test_error"], "rank_metric": "test_error", "rank_mode": "max"})

@@ -66,7 +66,8 @@ def markdown_table(study: StudyConfig, rows: list[dict[str, Any]]) -> str:
 
 def write_tables(study: StudyConfig, rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
     md, csv_path = out / "table.md", out / "table.csv"
-    md.write_text(f"# {study.name}\n\n{study.description}\n\n" + markdown_table(study, rows))
+    about = f"{study.description}\n\n" if study.description.strip() else ""  # no empty paragraph without one
+    md.write_text(f"# {study.name}\n\n{about}" + markdown_table(study, rows))
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         metrics = study.report.metrics
