@@ -268,3 +268,12 @@ def test_every_shipped_study_passes_the_checks_its_command_runs_before_any_trial
     cfg = load_study(path.stem)
     check_study(cfg)
     dry_build(cfg)
+
+
+def test_every_value_of_a_choice_is_tried_before_any_trial():
+    # an inner value of a choice (neither first nor last) that the searcher refuses fails the checks too
+    choice = {"C": {"type": "choice", "values": [4, 0, 6]}}
+    with pytest.raises(ValueError, match=r"refuses the study's options \(C=0\): searcher 'darts': C: expected an "
+                                         r"integer >= 1, got 0"):
+        validate_study(_study(searcher="darts", params=choice))
+    validate_study(_study(searcher="darts", params={"C": {"type": "choice", "values": [4, 5, 6]}}))

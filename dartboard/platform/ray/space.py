@@ -109,21 +109,16 @@ def _check_data(cfg: StudyConfig) -> None:
 
 def dry_build(cfg: StudyConfig) -> None:
     """Build each variant's searcher on a tiny shape and derive once, with every applicable parameter
-    at its lowest and at its highest value: option values the searcher refuses (a regularizer option
-    that does not exist, a threshold out of range) fail here, before any trial starts."""
+    at its lowest and at its highest value, and with each other value of a choice: option values the searcher
+    refuses (a regularizer option that does not exist, a threshold out of range) fail here, before any trial
+    starts."""
     from dartboard.searchers.optim_imports import defer_dynamo_import
     from dartboard.searchers.registry import build_searcher
 
     defer_dynamo_import()  # its optimizers would import torch._dynamo: 1.1 CPU s beside Ray's start
     shape = _dry_shape(cfg)
     for v in cfg.variants:
-        for end in ("low", "high"):
-            sample: dict[str, Any] = {"variant": v.name}
-            for pname, dist in cfg.params.items():
-                d = dist.model_dump()
-                if condition_applies(d, v.name, v.searcher):
-                    value = d["values"][0 if end == "low" else -1] if d["type"] == "choice" else d[end]
-                    sample[pname] = int(value) if d["type"] == "int" else value
+        for sample in _dry_samples(cfg, v):
             run = SearchRunConfig(**trial_run_config(cfg, sample))
             options = run.searcher_options()
             graph = options.get("cuda_graph") is True  # built here on the CPU without it, then checked
@@ -138,6 +133,23 @@ def dry_build(cfg: StudyConfig) -> None:
                 names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
                 raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
                                  f"({names}): {err}") from None
+
+
+def _dry_samples(cfg: StudyConfig, variant: Any) -> list[dict[str, Any]]:
+    """What the dry build tries for one variant: its applicable parameters all at their lowest, all at their highest,
+    then each inner value of a choice with the others at their lowest (a choice's values are a short list; any of
+    them may be drawn)."""
+    dists = {pname: d for pname, dist in cfg.params.items()
+             if condition_applies(d := dist.model_dump(), variant.name, variant.searcher)}
+
+    def at(d: dict[str, Any], end: str) -> Any:
+        value = d["values"][0 if end == "low" else -1] if d["type"] == "choice" else d[end]
+        return int(value) if d["type"] == "int" else value
+
+    low, high = ({pname: at(d, end) for pname, d in dists.items()} for end in ("low", "high"))
+    inner = [{**low, pname: value} for pname, d in dists.items() if d["type"] == "choice"
+             for value in d["values"][1:-1]]
+    return [{"variant": variant.name, **sample} for sample in (low, high, *inner)]
 
 
 def _check_cuda_graph(cfg: StudyConfig, searcher: Any) -> None:
