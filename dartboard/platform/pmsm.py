@@ -188,16 +188,16 @@ def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int)
     head = f"| model | architecture | {' | '.join(METRICS.values())} | diverged |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
 
-    def ms(e: dict[str, Any], key: str, fmt: str = ".3g") -> str:
+    def ms(e: dict[str, Any], key: str, fmt: str = ".3g", spread: bool = True) -> str:
         mean, std = e[key]
         if mean is None:  # every run of the model diverged
             return "n/a"
-        return f"{mean:{fmt}}" if fmt == ".0f" else f"{mean:{fmt}} +- {std:{fmt}}"
+        return f"{mean:{fmt}} +- {std:{fmt}}" if spread else f"{mean:{fmt}}"
 
     for e in summary:
         lines.append(f"| {e['model']} | {e['architecture']} | {ms(e, 'criterion_test')} | {ms(e, 'flux_rmse')} | "
-                     f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {ms(e, 'parameters', '.0f')} | "
-                     f"{ms(e, 'seconds', '.0f')} | {e['diverged']}/{e['runs'] + e['diverged']} |")
+                     f"{ms(e, 'flux_rmse_grid')} | {ms(e, 'torque_rmse')} | {ms(e, 'parameters', '.0f', False)} | "
+                     f"{ms(e, 'seconds', '.0f', False)} | {e['diverged']}/{e['runs'] + e['diverged']} |")
     lines.append(f"\n(mean +- std over {counted(n_seeds, 'seed')}, {counted(epochs, 'epoch')} of Adam each, "
                  "per-unit values)")
     return "\n".join(lines)
