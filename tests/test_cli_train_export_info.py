@@ -2,7 +2,7 @@
 line, nothing left behind), not ignored: the cell-network flags of an mlp genotype's training (NASiam heads),
 MLflow's flags next to --no-mlflow, --lr-gamma without the step schedule, --cutout-length with cutout off,
 --gpus-per-worker without Ray Train, a negative label smoothing, export's --network for a registered model and
---tracking-uri for a genotype, info's cell-network flags for an mlp genotype or a PMSM flux model. An mlp
+--tracking-uri for a genotype (and a genotype that is no cell network), info's cell-network flags for an mlp genotype or a PMSM flux model. An mlp
 genotype's training honours --json and logs to MLflow (its pretraining replaced by a stub: no training here)."""
 
 from __future__ import annotations
@@ -192,6 +192,19 @@ def test_export_refuses_the_flags_of_the_other_source(source, flags, message, no
     line = refused_here(["export", source, "--out", "net.onnx", "--format", "onnx", *flags], tmp_path, capsys,
                         monkeypatch)
     assert line.startswith(message) or line.endswith(message), line
+
+
+@pytest.mark.parametrize("source", ["heads", "pmsm-thesis"])
+def test_export_refuses_a_genotype_that_is_no_cell_network(source, no_work, tmp_path, capsys, monkeypatch):
+    # before: "--network: 'network.json' does not exist ... (written by dartboard train)", which no training writes
+    pytest.importorskip("onnx")
+    name = heads(tmp_path) if source == "heads" else source
+    (tmp_path / "w.pt").write_bytes(b"")
+    line = refused_here(["export", name, "--weights", "w.pt", "--out", "net.onnx", "--format", "onnx"], tmp_path,
+                        capsys, monkeypatch)
+    kind = "mlp" if source == "heads" else "flux_mlp"
+    assert line == (f"error: genotype {name!r} is of kind {kind!r}; export takes the trained network of a darts, "
+                    f"cells or colornas genotype"), line
 
 
 # ------------------------------------------------------------------ info

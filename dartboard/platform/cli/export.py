@@ -9,6 +9,10 @@ import typer
 
 from dartboard.errors import UserInputError, refuse_with
 
+#: The genotype kinds whose trained network export writes (cell networks; `dartboard train` writes their
+#: weights.safetensors and network.json).
+EXPORTED = ("darts", "cells", "colornas")
+
 
 def is_model_ref(source: str) -> bool:
     """A registry reference (``models:/...``, ``NAME@ALIAS``, ``NAME:VERSION``), not a genotype."""
@@ -39,7 +43,13 @@ def export(
         if tracking_uri is not None:
             raise UserInputError(f"--tracking-uri: {tracking_uri!r} would be ignored: {source!r} is a genotype, "
                                  f"exported from the files --weights and --network, not from a registry")
-        net, spec = _from_files(source, weights, network)
+        from dartboard.spaces.catalog import resolve
+
+        genotype = resolve(source)
+        if genotype.kind not in EXPORTED:
+            raise UserInputError(f"genotype {source!r} is of kind {genotype.kind!r}; export takes the trained network "
+                                 f"of a {', '.join(EXPORTED[:-1])} or {EXPORTED[-1]} genotype")
+        net, spec = _from_files(source, genotype, weights, network)
     from dartboard.platform.export import export_network
 
     report = export_network(net, (int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"])), fmt,
@@ -62,11 +72,10 @@ def _registered(ref: str, uri: str | None):
         return _build(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE)
 
 
-def _from_files(source: str, weights: Path | None, network: Path | None):
+def _from_files(source: str, genotype, weights: Path | None, network: Path | None):
     import tempfile
 
     from dartboard.spaces import genotype as gt
-    from dartboard.spaces.catalog import resolve
 
     if weights is None:
         raise UserInputError(f"--weights: {source!r} is a genotype; its trained weights (weights.safetensors) are "
@@ -79,7 +88,7 @@ def _from_files(source: str, weights: Path | None, network: Path | None):
                              f"shape of the trained network (written by dartboard train)")
     with tempfile.TemporaryDirectory() as tmp:
         genotype_file = Path(tmp) / "genotype.json"
-        gt.save(resolve(source), genotype_file)
+        gt.save(genotype, genotype_file)
         return _build(genotype_file, weights, network)
 
 
