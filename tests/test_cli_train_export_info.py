@@ -3,7 +3,8 @@ line, nothing left behind), not ignored: the cell-network flags of an mlp genoty
 MLflow's flags next to --no-mlflow, --lr-gamma without the step schedule, --cutout-length with cutout off,
 --gpus-per-worker without Ray Train, a negative label smoothing, export's --network for a registered model and
 --tracking-uri for a genotype (and a genotype that is no cell network), info's cell-network flags for an mlp
-genotype or a PMSM flux model. An mlp genotype's training honours --json and logs to MLflow (its pretraining replaced by a stub: no training here)."""
+genotype or a PMSM flux model. An mlp genotype's training honours --json and logs to MLflow (its pretraining
+replaced by a stub: no training here)."""
 
 from __future__ import annotations
 
