@@ -132,6 +132,16 @@ def test_evaluate_reports_the_logged_test_accuracy(server, usable):  # noqa: F81
     assert report["registered_test_acc"] == pytest.approx(usable["test_acc"])
 
 
+
+def test_evaluate_refuses_a_folder_for_data_made_in_memory(server, usable, tmp_path):  # noqa: F811
+    # before: "... leave it out, or name the dataset that folder holds (--dataset ...)", a flag evaluate does not have
+    result = run(["evaluate", f"{NAME}@champion", "--data-root", str(tmp_path), "--tracking-uri", server["uri"]],
+                 env_for())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data_root (--data-root): dataset 'digits' is made in memory and reads no folder, so {str(tmp_path)!r} "
+        f"would be ignored; leave it out (model '{NAME}@champion' is evaluated on the data set it was trained on)")
+
 def test_tampered_weights_are_refused_by_mlflow_pyfunc_load_model(server, usable):  # noqa: F811
     import mlflow
     from safetensors.torch import load_file, save_file

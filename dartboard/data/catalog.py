@@ -36,13 +36,15 @@ def check_dataset(name: str) -> str:
     return name
 
 
-def check_data_root(name: str, root: str | None) -> None:
+def check_data_root(name: str, root: str | None, decided_by: str | None = None) -> None:
     """A folder given for data that is made in memory would be ignored: refused, so that a user who meant
-    another dataset learns it before a search or training runs on the wrong data."""
+    another dataset learns it before a search or training runs on the wrong data. ``decided_by``: what chose the
+    dataset where the user cannot (a registered model: the data set it was trained on)."""
     if root is not None and name in BUILT_IN_MEMORY:
+        other = (f" ({decided_by})" if decided_by else
+                 f", or name the dataset that folder holds (--dataset {', '.join(LOCAL_DATASETS + ('imagefolder',))})")
         raise DataError(f"data_root (--data-root): dataset {name!r} is made in memory and reads no folder, so "
-                        f"{root!r} would be ignored; leave it out, or name the dataset that folder holds "
-                        f"(--dataset {', '.join(LOCAL_DATASETS + ('imagefolder',))})")
+                        f"{root!r} would be ignored; leave it out{other}")
 
 
 def _builtin(name: str) -> Callable[[str | None, int], Any]:

@@ -80,7 +80,7 @@ def predict_files(ref: str, files: list[str], uri: str | None = None) -> list[di
 def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = None, batch_size: int = 256
                    ) -> dict[str, Any]:
     """Accuracy and loss of the model on the test split of the data set it records."""
-    from dartboard.data.catalog import load_dataset
+    from dartboard.data.catalog import check_data_root, load_dataset
     from dartboard.data.datasets import make_loader
     from dartboard.data.preprocess import preprocessing_of
     from dartboard.training.final import evaluate
@@ -90,6 +90,7 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
     dataset = model.spec.get("dataset")
     if not dataset:
         raise UserInputError(f"model {ref!r}: network.json names no data set to evaluate on")
+    check_data_root(dataset, data_root, decided_by=f"model {ref!r} is evaluated on the data set it was trained on")
     splits = load_dataset(dataset, data_root, int(model.spec["input_size"]))
     now, recorded = preprocessing_of(splits.info), model.spec.get("preprocessing")
     if recorded and now is not None and now.to_dict() != recorded:
