@@ -182,3 +182,15 @@ def test_a_folder_for_data_made_in_memory_is_refused_not_ignored(name, tmp_path)
     with pytest.raises(ValidationError, match="reads no folder"):  # a search's or a study trial's config
         SearchRunConfig(dataset=name, data_root=str(tmp_path))
     assert SearchRunConfig(dataset=name).data_root is None
+
+
+def test_a_study_file_is_told_its_own_keys_for_a_folder_it_would_ignore(tmp_path):
+    # before: the study's trial config said "data_root (--data-root) ... (--dataset cifar10, ...)", flags no study has
+    from pydantic import ValidationError
+
+    from dartboard.platform.config import StudyConfig
+
+    with pytest.raises(ValidationError, match=r"data_root: dataset 'digits' is made in memory and reads no folder, so "
+                                              r".* would be ignored; leave it out, or name the dataset that folder "
+                                              r"holds \(dataset: cifar10, cifar100, imagenet, imagefolder\)"):
+        StudyConfig(searcher="darts", data_root=str(tmp_path))

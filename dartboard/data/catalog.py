@@ -36,15 +36,17 @@ def check_dataset(name: str) -> str:
     return name
 
 
-def check_data_root(name: str, root: str | None, decided_by: str | None = None) -> None:
+def check_data_root(name: str, root: str | None, decided_by: str | None = None,
+                    fields: tuple[str, str] = ("data_root (--data-root)", "--dataset")) -> None:
     """A folder given for data that is made in memory would be ignored: refused, so that a user who meant
     another dataset learns it before a search or training runs on the wrong data. ``decided_by``: what chose the
-    dataset where the user cannot (a registered model: the data set it was trained on)."""
+    dataset where the user cannot (a registered model: the data set it was trained on); ``fields``: how the user
+    gave the folder and names the dataset (a command's flags, a study file's keys)."""
     if root is not None and name in BUILT_IN_MEMORY:
-        other = (f" ({decided_by})" if decided_by else
-                 f", or name the dataset that folder holds (--dataset {', '.join(LOCAL_DATASETS + ('imagefolder',))})")
-        raise DataError(f"data_root (--data-root): dataset {name!r} is made in memory and reads no folder, so "
-                        f"{root!r} would be ignored; leave it out{other}")
+        other = (f" ({decided_by})" if decided_by else f", or name the dataset that folder holds ({fields[1]} "
+                 f"{', '.join(LOCAL_DATASETS + ('imagefolder',))})")
+        raise DataError(f"{fields[0]}: dataset {name!r} is made in memory and reads no folder, so {root!r} would be "
+                        f"ignored; leave it out{other}")
 
 
 def _builtin(name: str) -> Callable[[str | None, int], Any]:

@@ -330,6 +330,9 @@ class StudyConfig(BaseModel):
                 raise ValueError("dataset: the variants' presets train on different data ("
                                  + ", ".join(f"{k}: {d}" for k, d in own.items()) + "); set the study's dataset")
             self.dataset = next(iter(own.values()), "digits")
+        from dartboard.data.catalog import check_data_root  # names only: no torch
+
+        check_data_root(self.dataset, self.data_root, fields=("data_root", "dataset:"))  # the study file's keys
         return self
 
     @model_validator(mode="after")
