@@ -148,6 +148,18 @@ def test_imagefolder_resizes_normalises_and_labels_by_folder(tmp_path):
     assert torch.equal(splits.train[0][0], splits.train[0][0])  # no augmentation: train is deterministic too
 
 
+
+def test_a_test_folder_without_a_class_keeps_the_training_labels(tmp_path):
+    # ImageFolder numbers each folder's classes on its own: test/ without 'b' labelled its 'c' images 1 ('b' in train)
+    write_folder(tmp_path, "train", {"a": [(10, 0, 0)], "b": [(20, 0, 0)], "c": [(30, 0, 0), (31, 0, 0)]})
+    write_folder(tmp_path, "test", {"a": [(40, 0, 0)], "c": [(60, 0, 0), (61, 0, 0)]})
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    assert [y for _, y in splits.test] == [0, 2, 2] and splits.test.targets == [0, 2, 2]
+    assert splits.test.classes == ["a", "b", "c"] and splits.info.num_classes == 3
+    write_folder(tmp_path, "test", {"d": [(70, 0, 0)]})
+    with pytest.raises(DataError, match=r"class folder\(s\) 'd' not in train/ \(its classes: a, b, c\)"):
+        load_dataset("imagefolder", str(tmp_path), image_size=8)
+
 def test_an_image_that_cannot_be_read_is_named_as_the_datas_error(tmp_path):
     write_folder(tmp_path, "train", {"cat": [(255, 0, 0)], "dog": [(0, 0, 255)]})
     write_folder(tmp_path, "test", {"cat": [(51, 102, 153)], "dog": [(255, 255, 255)]})

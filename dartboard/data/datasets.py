@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,24 @@ def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
     train_tf, test_tf = transforms_ or (tf, tf)
     train = datasets.ImageFolder(str(base / "train"), transform=train_tf, loader=read_image)
     test = datasets.ImageFolder(str(test_dir), transform=test_tf, loader=read_image)
+    _labels_of(train, test, f"{name}: {str(test_dir)!r}")
     return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std))
+
+
+def _labels_of(train: Any, test: Any, where: str) -> None:
+    """The test split's labels as the training split's: ``ImageFolder`` numbers each folder's classes on its own, so a
+    test folder without one of the classes would give the next classes the labels of others. A class the training
+    split lacks has no label: refused."""
+    if test.classes == train.classes:
+        return
+    unknown = sorted(set(test.classes) - set(train.classes))
+    if unknown:
+        raise DataError(f"{where}: class folder(s) {', '.join(map(repr, unknown))} not in train/ (its classes: "
+                        f"{', '.join(train.classes)}); the test split can only hold classes the network learns")
+    label = {i: train.class_to_idx[c] for i, c in enumerate(test.classes)}
+    test.samples = test.imgs = [(path, label[t]) for path, t in test.samples]
+    test.targets = [t for _, t in test.samples]
+    test.classes, test.class_to_idx = list(train.classes), dict(train.class_to_idx)
 
 
 def load_builtin(name: str, root: str | None, image_size: int) -> Splits:
