@@ -144,7 +144,7 @@ def test_bad_train_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path
         (["darts-v2", "--workers", "2", "--gpus-per-worker", "1", "--out", str(tmp_path / "a")],
          "--gpus-per-worker: 2 worker(s) x 1 GPU = 2 GPU(s) asked for, but the cluster has"),
         (["darts-v1", "--workers", "2", "--out", str(other), *tracked], "belongs to another training (genotype"),
-        (["pmsm-baseline", "--workers", "2", "--out", str(tmp_path / "b")], "is not a cell network"),
+        (["pmsm-baseline", "--workers", "2", "--out", str(tmp_path / "b")], "is of kind 'flux_mlp'; train takes"),
         (["darts-v2", "--precision", "fp8", "--out", str(tmp_path / "c")], "--precision: expected one of fp32"),
         (["darts-v2", "--workers", "3", "--batch-size", "64", "--out", str(tmp_path / "d"), *tracked],
          "batch_size: 64 is not divisible by the 3 workers"),
