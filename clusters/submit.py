@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 COMMANDS = ("sweep", "ablate", "search", "train")
-ADDRESS_COMMANDS = ("sweep", "ablate")  # commands that take --address and --storage
+# commands that take --address and --storage (train: as a Ray Train job on the cluster; without --address it would
+# start a private Ray on the head node alone)
+ADDRESS_COMMANDS = ("sweep", "ablate", "train")
 
 
 def build_argv(command: str, args: list[str], local: bool, env: dict[str, str]) -> list[str]:
@@ -30,7 +32,9 @@ def build_argv(command: str, args: list[str], local: bool, env: dict[str, str]) 
     if command in ADDRESS_COMMANDS:
         if not local and "--address" not in args:
             argv += ["--address", env.get("RAY_ADDRESS", "auto")]
-        if env.get("DARTBOARD_STORAGE") and "--storage" not in args:
+        # train takes --storage only as a Ray Train job (with --address, or --workers > 1 on a private Ray)
+        ray_train = command != "train" or "--address" in argv
+        if env.get("DARTBOARD_STORAGE") and "--storage" not in args and ray_train:
             argv += ["--storage", env["DARTBOARD_STORAGE"]]
     return argv
 

@@ -73,6 +73,11 @@ def test_submit_builds_cluster_argv(tmp_path):
     assert submit.build_argv("sweep", ["s.yaml"], False, env) == [
         "sweep", "s.yaml", "--address", "auto", "--storage", "s3://b/ckpt"]
     assert submit.build_argv("ablate", ["s.yaml"], True, {}) == ["ablate", "s.yaml"]
+    # a final training runs on the cluster as a Ray Train job, not on a private Ray of the head node alone
+    assert submit.build_argv("train", ["g.json", "--workers", "8"], False, env) == [
+        "train", "g.json", "--workers", "8", "--address", "auto", "--storage", "s3://b/ckpt"]
+    assert submit.build_argv("train", ["g.json"], True, env) == ["train", "g.json"]  # --local: in process
+    assert submit.build_argv("search", ["--epochs", "2"], False, env) == ["search", "--epochs", "2"]
     assert submit.job_command("sweep", ["s.yaml"]).startswith("ray job submit --address http://127.0.0.1:8265")
     (tmp_path / "mlflow").mkdir()
     (tmp_path / "mlflow" / "env").write_text("export MLFLOW_TRACKING_URI=http://10.0.0.5:5000\n")
