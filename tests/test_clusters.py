@@ -10,7 +10,8 @@ import pytest
 import yaml
 from scripts import load_script
 
-CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
+REPO = Path(__file__).resolve().parents[1]
+CLUSTERS = REPO / "clusters"
 LAUNCHER = sorted(p for p in CLUSTERS.glob("*.yaml") if not p.name.startswith("kuberay"))
 KUBERAY = sorted(CLUSTERS.glob("kuberay-*.yaml"))
 
@@ -50,6 +51,10 @@ def test_kuberay_manifest_names_images_and_resources(path):
     spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
     if doc["kind"] == "RayJob":
         assert "clusters/submit.py" in doc["spec"]["entrypoint"] and doc["spec"]["shutdownAfterJobFinishes"]
+        # the command that fits the study: an ablation (variants x seeds) gets its table and plots from `ablate`
+        command, study = doc["spec"]["entrypoint"].split("clusters/submit.py ")[1].split()[:2]
+        shipped = yaml.safe_load((REPO / study.split("/home/ray/dartboard/")[1]).read_text())
+        assert command == ("ablate" if "variants" in shipped else "sweep"), doc["spec"]["entrypoint"]
     assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
     head = spec["headGroupSpec"]["template"]["spec"]["containers"]
     assert all(c["image"] for c in head)
