@@ -157,6 +157,20 @@ def test_bench_speed_prints_timing(capsys, monkeypatch):
     assert "darts order 1 batched 3.33x (2.00-7.50)" in out.splitlines()[-1]
 
 
+
+def test_bench_speed_prints_no_profiler_log(tmp_path):
+    # the CPU peak is read from the torch profiler, whose own log (kineto) wrote "USDT: ... profiler_start" and
+    # "profiler_stop" lines to stderr at every profiled step, and an ERROR line where no GPU answers
+    from test_cli_contract import env_for, run
+
+    env = env_for(OMP_NUM_THREADS="1")
+    env.pop("KINETO_LOG_LEVEL", None)
+    result = run(["bench", "speed", "--channels", "4", "--layers", "3", "--input-size", "8", "--batch", "8",
+                  "--warmup", "1", "--repeats", "1", "--orders", "1"], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "peak MiB" in result.stdout and "USDT" not in result.stderr and "profiler_st" not in result.stderr, \
+        result.stderr[-3000:]
+
 def test_bench_speed_shows_no_peak_for_a_graph_replay(monkeypatch):
     """A replay allocates nothing (the graph's pool is taken at the capture): a ``+graph`` engine's row
     says so instead of a peak of 0 MiB; the other engines keep their measured peak."""

@@ -17,6 +17,7 @@ Run: ``dartboard bench memory`` (or ``python benchmarks/memory_ddarts.py``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ class Setting:
     threads: int = 1
 
 
+#: Kineto's (the torch profiler's) log level: 6 is above its USDT level, the highest it logs at.
+KINETO_LOG_ENV, KINETO_QUIET = "KINETO_LOG_LEVEL", "6"
 #: The profiler's device types whose allocations are the CPU's (as in ``torch.autograd.profiler_util``).
 _CPU_TYPES = ("CPU", "MKLDNN", "IDEEP")
 MEMORY_METHOD = "torch.profiler CPU allocation records"
@@ -56,6 +59,9 @@ def profiled_peak_bytes(fn: Callable[[], None]) -> int:
     the profiler's event tree, which took seconds per step (3.5 s of 3.9 s for a D-DARTS step of 60,000 events)."""
     from torch.profiler import ProfilerActivity, profile
 
+    # the profiler's own log (kineto: "USDT: ... profiler_start" and "profiler_stop" lines on stderr at each profiled
+    # step, and an ERROR line where no GPU answers) is not the benchmark's output; read when the profiler first starts
+    os.environ.setdefault(KINETO_LOG_ENV, KINETO_QUIET)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     records = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
