@@ -513,3 +513,12 @@ def test_train_refuses_a_genotype_it_does_not_train_before_any_work(genotype, me
                                                      "model": "vit_tiny_patch16_224", "blocks_kept": [0, 2],
                                                      "heads_kept": {}, "n_blocks": 3, "n_heads": 2}))
     assert message in refused_here(["train", genotype, "--epochs", "1"], tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.skipif(__import__("torch").backends.mps.is_available(), reason="this machine has Apple's MPS")
+@pytest.mark.parametrize("args", [["search", "--out", "run"], ["train", "darts-v2"]], ids=["search", "train"])
+def test_an_mps_device_without_mps_is_one_line(args, tmp_path, capsys, monkeypatch):
+    # before: "RuntimeError: PyTorch is not linked with support for mps devices", a traceback at the first tensor moved
+    line = refused_here([*args, "--device", "mps", "--epochs", "1", "--no-mlflow"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: device: 'mps' was asked for but Apple's MPS is not available here (it needs a Mac with "
+                    "Apple silicon and a PyTorch build with MPS)")

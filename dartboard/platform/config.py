@@ -98,6 +98,9 @@ def resolve_device(device: str) -> str:
         if index is not None and index >= count:  # it failed at the first tensor moved
             raise ValueError(f"device: expected cuda:0 to cuda:{count - 1} ({count} CUDA GPU(s) here), got "
                              f"{device!r}")
+    if device.startswith("mps") and not torch.backends.mps.is_available():  # it failed at the first tensor moved
+        raise ValueError(f"device: {device!r} was asked for but Apple's MPS is not available here (it needs a Mac "
+                         f"with Apple silicon and a PyTorch build with MPS)")
     return device
 
 
