@@ -136,6 +136,18 @@ def test_a_network_of_no_size_is_refused_by_name(size, message):
         DiscreteNetwork(resolve("darts-v2"), **{"C": 4, "layers": 3, **size})
 
 
+
+@pytest.mark.parametrize("size, message", [
+    ({"C": 100_000}, "C: expected an integer <= 1024 (the largest network dartboard builds), got 100000"),
+    ({"layers": 101}, "layers: expected an integer <= 100 "),
+    ({"steps": 33}, "steps: expected an integer <= 32 "),
+])
+def test_a_supernet_beyond_the_network_limits_is_refused_before_it_is_built(size, message):
+    # before: C=100000 asked the allocator for 120 GB and failed with its RuntimeError and a traceback
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_searcher("darts", {**SMALL, **size}, SHAPE)
+    assert build_searcher("darts", {**SMALL, "C": 4}, SHAPE).config.C == 4
+
 @pytest.mark.parametrize("reader, what", [(gt.load, "genotype file"), ("config", "config file")])
 def test_a_folder_given_for_a_file_is_named_as_a_folder(reader, what, tmp_path):
     from dartboard.platform.config import load_yaml

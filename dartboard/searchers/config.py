@@ -8,6 +8,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from dartboard.spaces.limits import MAX_CELLS, MAX_CHANNELS, MAX_NODES_PER_CELL
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 ENGINES = ("reference", "batched")  # dartboard.spaces.batched.ENGINES (the core of config imports no torch)
 W_OPTIMIZERS = ("sgd", "adam")  # the weight step's optimizer; adam for regression objectives (PMSM criterion C)
@@ -108,10 +110,16 @@ class EngineConfig:
             self.layers = 8
 
     def _check_numbers(self) -> None:
+        # the sizes a final network may have (spaces.limits): far beyond them a typo builds for minutes, or asks the
+        # allocator for 120 GB (C=100000) and fails with its traceback
+        tops = {"C": MAX_CHANNELS, "layers": MAX_CELLS, "steps": MAX_NODES_PER_CELL}
         for name in ("C", "layers", "steps", "epochs", "multiplier", "stem_multiplier"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            if value > tops.get(name, math.inf):
+                raise ValueError(f"{name}: expected an integer <= {tops[name]} (the largest network dartboard builds), "
+                                 f"got {value!r}")
         for name in ("warmup_epochs", "projector_layers", "predictor_layers"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
