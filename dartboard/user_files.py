@@ -3,7 +3,9 @@ kind of error. torch-free, like :mod:`dartboard.errors`."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from typing import Any
 
 from dartboard.errors import UserInputError
@@ -18,7 +20,7 @@ def parse_mapping(text: str, where: str, *, what: str = "a mapping at the top le
     import yaml
 
     try:
-        data = json.loads(text) if json_syntax else yaml.safe_load(text)
+        data = json.loads(text) if json_syntax else load_yaml_text(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise error(f"{where} is not valid {'JSON' if json_syntax else 'YAML'}: {' '.join(str(err).split())}") \
             from None
@@ -27,3 +29,27 @@ def parse_mapping(text: str, where: str, *, what: str = "a mapping at the top le
     if not isinstance(data, dict):
         raise error(f"{where}: expected {what}")
     return data
+
+
+#: A number in exponent form without a decimal point (1e-4, 5E3, -2e+1): a float in YAML 1.2 and JSON, a string to
+#: PyYAML's YAML 1.1 resolver, which asks for a dot (1.0e-4).
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as the user wrote it (PyYAML's safe loader), with ``1e-4`` read as the number it is: a learning rate
+    written so reached the searcher as the string '1e-4' and was refused as no number."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass: no Python objects
+
+
+@functools.cache
+def _loader() -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # its own copy of the resolvers: PyYAML's SafeLoader is left as it is
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+    return Loader

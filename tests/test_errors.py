@@ -98,3 +98,18 @@ def test_a_mapping_file_parsed_one_way_names_the_file_in_every_error():
         parse_mapping("a: [1\n", "f")
     with pytest.raises(DataError, match=r"^f is not valid JSON: Expecting property name .* line 1 column 10"):
         parse_mapping('{"a": 1, }', "f", json_syntax=True, error=DataError)
+
+
+def test_a_number_in_exponent_form_is_a_number_in_every_file_and_set():
+    # PyYAML (YAML 1.1) read 1e-4 as the string '1e-4': `--set w_lr=1e-4` was refused as "expected a number > 0,
+    # got '1e-4'", and a study's options reached the searcher as strings
+    import yaml
+
+    from dartboard.platform.cli.search import parse_set
+    from dartboard.user_files import parse_mapping
+
+    text = "a: 1e-4\nb: 5E3\nc: -2e+1\nd: 1.0e-4\ne: [1e-3, 2]\nf: '1e-4'\ng: e5\nh: 3\ni: 1_000\n"
+    assert parse_mapping(text, "f") == {"a": 1e-4, "b": 5000.0, "c": -20.0, "d": 1e-4, "e": [1e-3, 2], "f": "1e-4",
+                                        "g": "e5", "h": 3, "i": 1000}
+    assert parse_set(["w_lr=1e-4", "betas=[5e-1, 0.999]"]) == {"w_lr": 1e-4, "betas": [0.5, 0.999]}
+    assert yaml.safe_load("a: 1e-4") == {"a": "1e-4"}  # PyYAML's own loader is left as it is

@@ -15,13 +15,15 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     """``--set key=value`` pairs; values are parsed as YAML scalars (numbers, bools, lists)."""
     import yaml
 
+    from dartboard.user_files import load_yaml_text
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise UserInputError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = load_yaml_text(value)
         except yaml.YAMLError as err:
             reason = " ".join(str(err).split())
             raise UserInputError(f"--set {item!r}: the value is not valid YAML ({reason})") from None
