@@ -71,6 +71,7 @@ class EngineConfig:
             raise ValueError(f"space_options: expected a mapping of the space's options, got {self.space_options!r}")
         self._resolve_layers()
         self._check_numbers()
+        self._check_weight_step()
 
     def _check_switches(self) -> None:
         for name in ("cuda_graph", "single_level", "node_bn"):  # a string such as "no" would be true
@@ -132,6 +133,15 @@ class EngineConfig:
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+
+    def _check_weight_step(self) -> None:
+        """Values that make the weight step diverge or its schedule run backwards: a momentum of 1 or more keeps every
+        gradient forever; a w_lr_min above w_lr makes the cosine schedule raise the learning rate."""
+        if self.w_momentum >= 1:
+            raise ValueError(f"w_momentum: expected a number in [0, 1), got {self.w_momentum!r}")
+        if self.w_lr_min > self.w_lr:
+            raise ValueError(f"w_lr_min: {self.w_lr_min!r} is above w_lr {self.w_lr!r}; the cosine schedule anneals "
+                             f"w_lr down to w_lr_min (lower w_lr_min, or raise w_lr)")
 
 
 def _is_int(value: object) -> bool:
