@@ -177,3 +177,21 @@ def test_pull_copies_only_the_recorded_files_and_reports_extras(server, usable, 
     assert names == {"genotype.json", "network.json", "weights.safetensors", "model.json"}
     assert "extra.py is in the stored model" in caplog.text and "not copied" in caplog.text
     assert json.loads((folder / "model.json").read_text())["not_copied"] == ["extra.py"]
+
+
+def test_pull_never_overwrites_other_files_and_pulls_the_same_version_again(server, usable, tmp_path):  # noqa: F811
+    # before: a pull into a folder holding the user's genotype.json replaced it silently
+    ref, mine = f"{NAME}@champion", tmp_path / "mine"
+    mine.mkdir()
+    (mine / "genotype.json").write_text('{"my": "file"}')
+    with pytest.raises(UserInputError, match=r"--to: '.*mine' already holds genotype.json, other than .* version "
+                                             r"\d+'s; pull into an empty folder"):
+        models.pull_model(server["uri"], ref, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["genotype.json"]
+    assert (mine / "genotype.json").read_text() == '{"my": "file"}'
+    folder, version = models.pull_model(server["uri"], ref, tmp_path / "pulled")
+    assert models.pull_model(server["uri"], ref, folder)[1].version == version.version  # the same files: no change
+    record = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**record, "version": "999"}))  # another version's folder
+    with pytest.raises(UserInputError, match="already holds model.json, other than"):
+        models.pull_model(server["uri"], ref, folder)

@@ -208,9 +208,11 @@ def verify_model_dir(folder, tags: Mapping[str, str]) -> None:
                                       "the file was modified after registration, refusing to load it")
 
 
-def pull_model(uri: str | None, ref: str, to: str | os.PathLike):
+def pull_model(uri: str | None, ref: str, to: str | os.PathLike, replace: bool = False):
     """Download a version's files into ``to`` after verifying them; return (folder, version).
-    Nothing is written to ``to`` when verification fails."""
+    Nothing is written to ``to`` when verification fails, nor when ``to`` holds other files under the names the pull
+    writes (another model's, or the user's own); ``replace``: a cache of this function's own (``load``) takes the
+    version the reference names now."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -231,6 +233,8 @@ def pull_model(uri: str | None, ref: str, to: str | os.PathLike):
             log.warning("pull: %s is in the stored model of %s version %s but was not recorded at registration; "
                         "not copied", fname, version.name, version.version)
         dest = Path(to)
+        if not replace:
+            _refuse_overwrite(dest, files, recorded, version)
         dest.mkdir(parents=True, exist_ok=True)
         for fname in sorted(recorded):
             shutil.copy2(files / fname, dest / fname)
@@ -238,6 +242,25 @@ def pull_model(uri: str | None, ref: str, to: str | os.PathLike):
         {"name": version.name, "version": version.version, "aliases": list(version.aliases or []),
          "tags": dict(version.tags), "run_id": version.run_id, "not_copied": extra}, indent=2))
     return dest, version
+
+
+def _refuse_overwrite(dest: Any, files: Any, names: set[str], version: Any) -> None:
+    """A pull loses no data: a file in ``dest`` under a name it writes, with other bytes than the version's, and a
+    ``model.json`` of another version are refused by name (the same version pulled again is no change)."""
+    differ = [n for n in sorted(names) if (dest / n).is_file() and (dest / n).read_bytes() != (files / n).read_bytes()]
+    record = dest / "model.json"
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text())
+            same = (old.get("name"), str(old.get("version"))) == (version.name, str(version.version))
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            differ.append("model.json")
+    if differ:
+        raise UserInputError(f"--to: {str(dest)!r} already holds {', '.join(differ)}, other than {version.name} "
+                             f"version {version.version}'s; pull into an empty folder, or move them away first "
+                             f"(nothing was written)")
 
 
 def recorded_files(tags: Mapping[str, str]) -> set[str]:
@@ -259,7 +282,7 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
     from pathlib import Path
 
     folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="dartboard-model-"))
-    folder, _ = pull_model(uri, ref, folder)
+    folder, _ = pull_model(uri, ref, folder, replace=True)  # its cache: the version the reference names now
     files = {k: folder / f for k, f in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
                                         ("weights", WEIGHTS_FILE)) if (folder / f).is_file()}
     return build_from_files(files)
