@@ -149,14 +149,13 @@ def test_a_supernet_beyond_the_network_limits_is_refused_before_it_is_built(size
     assert build_searcher("darts", {**SMALL, "C": 4}, SHAPE).config.C == 4
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"w_momentum": 1.0}, r"w_momentum: expected a number in \[0, 1\), got 1.0"),  # every gradient kept forever
-    ({"w_lr": 0.01, "w_lr_min": 0.05}, r"w_lr_min: 0.05 is above w_lr 0.01; the cosine schedule anneals w_lr down"),
-])
-def test_a_weight_step_that_diverges_or_anneals_upwards_is_refused(options, message):
-    with pytest.raises(ValueError, match=message):
-        build_searcher("darts", {**SMALL, **options}, SHAPE)
-    assert build_searcher("darts", {**SMALL, "w_momentum": 0.99, "w_lr": 0.01, "w_lr_min": 0.01}, SHAPE)
+@pytest.mark.parametrize("momentum", [1.0, 2])
+def test_a_weight_step_that_diverges_is_refused(momentum):
+    # a momentum of 1 or more keeps every gradient forever
+    with pytest.raises(ValueError, match=rf"w_momentum: expected a number in \[0, 1\), got {momentum!r}"):
+        build_searcher("darts", {**SMALL, "w_momentum": momentum}, SHAPE)
+    assert build_searcher("darts", {**SMALL, "w_momentum": 0.99}, SHAPE)
+    assert build_searcher("darts", {**SMALL, "w_lr": 1e-6}, SHAPE)  # below w_lr_min: a study may sweep it there
 
 @pytest.mark.parametrize("reader, what", [(gt.load, "genotype file"), ("config", "config file")])
 def test_a_folder_given_for_a_file_is_named_as_a_folder(reader, what, tmp_path):
