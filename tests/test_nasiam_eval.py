@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -96,6 +97,35 @@ def test_train_retrieve_and_info_commands_on_digits(tmp_path, capsys):
     assert metrics["framework"] == "simsiam" and 0.0 <= metrics["knn_acc"] <= 1.0
     code, text = run("retrieve", str(out / "ssl_weights.pt"))
     assert code == 0 and f"mAP {metrics['retrieval_map']:.4f}" in text
+    # folders of grayscale images for heads pretrained on digits (one channel): was RGB into the one-channel stem, a
+    # RuntimeError; now the mAP of the same images as digits-normalised tensors
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from torch.utils.data import TensorDataset
+
+    from dartboard.data.catalog import load_dataset
+
+    digits, info = load_digits(), load_dataset("digits").info
+    pixels = {}  # (folder, group) -> uint8 images
+    for k in range(24):
+        role, group = ("q" if k % 3 == 0 else "g"), str(digits.target[k])
+        image = np.round(digits.images[k] / 16.0 * 255).astype(np.uint8)
+        (tmp_path / role / group).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / role / group / f"{k:02d}.png")
+        pixels.setdefault(role, []).append((group, k, image))
+    embedded = {}
+    for role, items in pixels.items():
+        items.sort()  # ImageFolder's order: group folders, then file names
+        x = torch.tensor(np.stack([im for _, _, im in items]), dtype=torch.float32).unsqueeze(1) / 255.0
+        data = TensorDataset((x - info.mean[0]) / info.std[0], torch.zeros(len(items), dtype=torch.long))
+        saved = torch.load(out / "ssl_weights.pt", weights_only=True)
+        net, _ = E.head_network(gt.from_dict(saved["genotype"]), 1, saved["C"])
+        net.load_state_dict(saved["state_dict"])
+        embedded[role] = (E.embed(net.backbone, data)[0], [g for g, _, _ in items])
+    expected = E.retrieval_map(*embedded["q"], *embedded["g"], 0.0)
+    code, text = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "q"), "--gallery",
+                     str(tmp_path / "g"))
+    assert code == 0 and f"mAP {expected:.4f}" in text, text
     (tmp_path / "empty").mkdir()
     code, _ = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "empty"), "--gallery",
                   str(tmp_path / "empty"))

@@ -58,7 +58,10 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     return result
 
 
-def _folder(path: str, role: str, image_size: int):
+def _folder(path: str, role: str, image_size: int, in_channels: int = 3):
+    """An image folder as the backbone's inputs: ``in_channels`` 3 (the colour data sets: normalised by 0.5, as
+    ``imagefolder-views``), or 1: grayscale, normalised as the digits the only one-channel pretraining read
+    (``digits-views``)."""
     from torchvision import datasets, transforms
 
     if not Path(path).is_dir():
@@ -67,8 +70,15 @@ def _folder(path: str, role: str, image_size: int):
     if not groups or not any(f.is_file() for d in groups for f in d.iterdir()):
         raise UserInputError(f"--{role}: folder {path!r} holds no images; expected one subfolder of images per "
                              f"group (relevant = same group)")
-    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                             transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    if in_channels == 1:  # was: RGB tensors into a one-channel stem, a RuntimeError with a traceback
+        from dartboard.data.catalog import load_dataset
+
+        info = load_dataset("digits").info
+        to_channels, mean, std = [transforms.Grayscale(1)], info.mean, info.std
+    else:
+        to_channels, mean, std = [], (0.5,) * 3, (0.5,) * 3
+    tf = transforms.Compose([*to_channels, transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                             transforms.Normalize(mean, std)])
     from dartboard.data.datasets import read_image
 
     data = datasets.ImageFolder(path, transform=tf, loader=read_image)
@@ -118,8 +128,9 @@ def retrieve(
         g_f, g_y = E.embed(net.backbone, g_data)
         q_groups, g_groups = q_y.tolist(), g_y.tolist()
     else:
-        (q_data, q_groups), (g_data, g_groups) = (_folder(query, "query", saved["input_size"]),
-                                                  _folder(gallery, "gallery", saved["input_size"]))
+        (q_data, q_groups), (g_data, g_groups) = (_folder(query, "query", saved["input_size"], saved["in_channels"]),
+                                                  _folder(gallery, "gallery", saved["input_size"],
+                                                          saved["in_channels"]))
         q_f, _ = E.embed(net.backbone, q_data)
         g_f, _ = E.embed(net.backbone, g_data)
     typer.echo(f"queries {len(q_groups)}, gallery {len(g_groups)}, tau {tau}")
