@@ -148,6 +148,28 @@ def test_seeded_tpe_proposes_the_same_configs():
     assert [a.suggest(str(i)) for i in range(3)] == [b.suggest(str(i)) for i in range(3)]
 
 
+@pytest.mark.parametrize("verbose, level", [(None, "WARNING"), ("1", "INFO")])
+def test_optunas_info_lines_only_with_verbose(verbose, level, monkeypatch):
+    # every sweep printed Optuna's "[I ...] A new study created in memory with name: optuna" on stderr
+    import logging
+
+    import optuna
+
+    from dartboard.platform.ray.session import VERBOSE_ENV
+
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+        if verbose is None:
+            monkeypatch.delenv(VERBOSE_ENV, raising=False)
+        else:
+            monkeypatch.setenv(VERBOSE_ENV, verbose)
+        make_search_alg(study(seed=3))
+        assert logging.getLevelName(optuna.logging.get_verbosity()) == level
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
 class _FakeQueue:
     def __init__(self):
         self.items = []

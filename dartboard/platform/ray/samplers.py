@@ -72,8 +72,12 @@ def make_search_alg(cfg: StudyConfig) -> PruneAwareOptunaSearch | None:
     """Optuna TPE (seeded; start-up trials scaled to the study) or Optuna random; None for a grid."""
     import optuna
 
+    from dartboard.platform.ray.session import verbose
+
     if cfg.sampler == "grid":
         return None
+    if not verbose():  # Optuna's INFO lines ("A new study created in memory ...") on stderr, like Ray's, only then
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
