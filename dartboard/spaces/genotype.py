@@ -30,6 +30,9 @@ from dartboard.spaces.limits import MAX_CELLS, MAX_EDGES_PER_CELL, MAX_NODES_PER
 
 SCHEMA = "dartboard.genotype"
 VERSION = 1
+#: The kinds whose genotype is a network of cells (``training.final.network_of`` builds them; ``colornas``: one
+#: cell network per colour channel); ``mlp`` (NASiam heads), ``flux_mlp`` (PMSM) and ``gates`` (DARIO) are not.
+CELL_NETWORK_KINDS = ("darts", "cells", "colornas")
 
 
 class GenotypeError(ValueError):

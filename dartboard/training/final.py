@@ -133,7 +133,8 @@ def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
         if not isinstance(kind, str) or isinstance(genotype, Mapping):
             raise gt.GenotypeError(f"not a genotype: {type(genotype).__name__} (a genotype's dict is read with "
                                    f"genotype.from_dict, a catalog name or file with catalog.resolve)")
-        raise gt.GenotypeError(f"kind: a {kind!r} genotype is not a cell network; expected darts, cells or colornas")
+        raise gt.GenotypeError(f"kind: a {kind!r} genotype is not a cell network; expected "
+                               f"{', '.join(gt.CELL_NETWORK_KINDS[:-1])} or {gt.CELL_NETWORK_KINDS[-1]}")
     return DiscreteNetwork(genotype, C=cfg.channels, num_classes=info.num_classes, layers=cfg.layers,
                            auxiliary=cfg.auxiliary, in_channels=info.in_channels, input_size=info.input_size,
                            drop_path_prob=cfg.drop_path_prob, stem=cfg.stem)

@@ -9,10 +9,6 @@ import typer
 
 from dartboard.errors import UserInputError, refuse_with
 
-#: The genotype kinds whose trained network export writes (cell networks; `dartboard train` writes their
-#: weights.safetensors and network.json).
-EXPORTED = ("darts", "cells", "colornas")
-
 
 def is_model_ref(source: str) -> bool:
     """A registry reference (``models:/...``, ``NAME@ALIAS``, ``NAME:VERSION``), not a genotype."""
@@ -44,11 +40,12 @@ def export(
             raise UserInputError(f"--tracking-uri: {tracking_uri!r} would be ignored: {source!r} is a genotype, "
                                  f"exported from the files --weights and --network, not from a registry")
         from dartboard.spaces.catalog import resolve
+        from dartboard.spaces.genotype import CELL_NETWORK_KINDS as CELLS  # `dartboard train` writes their files
 
         genotype = resolve(source)
-        if genotype.kind not in EXPORTED:
+        if genotype.kind not in CELLS:
             raise UserInputError(f"genotype {source!r} is of kind {genotype.kind!r}; export takes the trained network "
-                                 f"of a {', '.join(EXPORTED[:-1])} or {EXPORTED[-1]} genotype")
+                                 f"of a {', '.join(CELLS[:-1])} or {CELLS[-1]} genotype")
         net, spec = _from_files(source, genotype, weights, network)
     from dartboard.platform.export import export_network
 

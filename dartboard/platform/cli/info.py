@@ -22,6 +22,7 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     check_network_size(channels, layers)  # before torch is imported: a bad size fails at once
     from dartboard.data.datasets import DatasetInfo
     from dartboard.spaces.catalog import resolve
+    from dartboard.spaces.genotype import CELL_NETWORK_KINDS
     from dartboard.spaces.networks import count_parameters, multiply_adds
     from dartboard.training.final import TrainConfig, network_of
 
@@ -31,7 +32,7 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
     if dataset not in DATASET_SHAPES:
         raise UserInputError(f"dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASET_SHAPES)}")
     in_ch, size, classes = DATASET_SHAPES[dataset]
-    if geno.kind not in ("darts", "cells", "colornas"):
+    if geno.kind not in CELL_NETWORK_KINDS:
         raise UserInputError(f"genotype {genotype!r} is a {geno.kind!r} genotype; info needs a cell network")
     cfg = TrainConfig(channels=channels, layers=layers, auxiliary=auxiliary)
     try:  # a ColorNAS genotype on a grayscale shape, an auxiliary head it does not have

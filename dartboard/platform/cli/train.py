@@ -20,9 +20,8 @@ FLAGS = {"channels": "--channels", "layers": "--layers", "epochs": "--epochs", "
 #: ``--protocol``: the evaluation protocol whose published values are the defaults (``cifar``: DARTS CIFAR-10,
 #: scaled down on the small bundled data; ``imagenet``: DARTS ImageNet mobile, ``IMAGENET_PROTOCOL``).
 PROTOCOLS = ("cifar", "imagenet")
-#: The genotype kinds this command trains (a cell network, or NASiam heads by their SSL framework); the commands that
-#: train the others.
-TRAINED_HERE = ("darts", "cells", "colornas", "mlp")
+#: The commands that train the genotype kinds this one does not (it trains cell networks, and NASiam heads by their
+#: SSL framework).
 TRAINED_ELSEWHERE = {"flux_mlp": "a PMSM flux model is trained by `dartboard pmsm compare NAME=GENOTYPE`",
                      "gates": "a pruned ViT (DARIO's gates) is made and fine-tuned by `dartboard prune`"}
 
@@ -160,10 +159,13 @@ def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_
 
 
 def _check_kind(geno, genotype: str) -> None:
-    if geno.kind not in TRAINED_HERE:
+    from dartboard.spaces.genotype import CELL_NETWORK_KINDS
+
+    trained = (*CELL_NETWORK_KINDS, "mlp")
+    if geno.kind not in trained:
         elsewhere = f": {TRAINED_ELSEWHERE[geno.kind]}" if geno.kind in TRAINED_ELSEWHERE else ""
         raise UserInputError(f"genotype {genotype!r} is of kind {geno.kind!r}; train takes "
-                             f"{', '.join(TRAINED_HERE[:-1])} or {TRAINED_HERE[-1]} genotypes{elsewhere}")
+                             f"{', '.join(trained[:-1])} or {trained[-1]} genotypes{elsewhere}")
 
 
 def _check_image_size(image_size: int | None, dataset: str) -> None:
