@@ -16,9 +16,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from dartboard.data.datasets import Splits, make_loader
 from dartboard.errors import UserInputError
@@ -161,29 +163,49 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class EpochCheckpoint(Protocol):
+    """Where an in-process training keeps its state after each epoch (``platform/train_checkpoint.py``)."""
+
+    def restore(self, trainer: FinalTrainer, loader: DataLoader) -> float:
+        """Load the last saved state into ``trainer`` and ``loader``'s shuffling generator (nothing when there is
+        none); the training seconds spent before it."""
+
+    def save(self, trainer: FinalTrainer, loader: DataLoader, seconds: float) -> None: ...
+
+    def remove(self) -> None:
+        """The model files are written: the checkpoint is no longer needed."""
+
+
 def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_dir: str | Path | None = None,
-                   on_epoch=None) -> TrainResult:
+                   on_epoch=None, checkpoint: EpochCheckpoint | None = None) -> TrainResult:
     """Train from scratch on ``splits.train``, report accuracy on ``splits.test`` (in eval mode: BatchNorm's
     running statistics, no drop path); save a state_dict. ``on_epoch(epoch, {"train_loss", "train_acc"})``
-    gets the epoch's means over its samples (train mode)."""
+    gets the epoch's means over its samples (train mode). With a ``checkpoint`` the training continues from
+    its saved state (the epochs after it are those of an uninterrupted training, bit for bit) and saves its
+    state after every epoch."""
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     net = build_network(genotype, cfg, splits).to(device)
     train_loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=False)
     test_loader = make_loader(splits.test, 256, shuffle=False, seed=cfg.seed)
     trainer = FinalTrainer(net, cfg, device)
+    before = checkpoint.restore(trainer, train_loader) if checkpoint is not None else 0.0
     start = time.perf_counter()
-    with phase("training", cfg.epochs * len(train_loader)) as advance:
-        for epoch in range(cfg.epochs):
+    with phase("training", (cfg.epochs - trainer.epoch) * len(train_loader)) as advance:
+        for epoch in range(trainer.epoch, cfg.epochs):
             metrics = trainer.train_epoch(train_loader, advance)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-    seconds = time.perf_counter() - start
+            if checkpoint is not None:
+                checkpoint.save(trainer, train_loader, before + time.perf_counter() - start)
+    seconds = before + time.perf_counter() - start
     test_acc, test_loss = evaluate(net, test_loader, device)
     weights_path = sha = None
     if out_dir is not None:
         weights_path, sha = save_trained(net, genotype, cfg, out_dir, {"test_acc": test_acc, "test_loss": test_loss,
                                                                       "history": trainer.history})
+    if checkpoint is not None:
+        checkpoint.remove()
     return TrainResult(test_acc, test_loss, count_parameters(net), seconds, weights_path, sha, trainer.history)
 
 

@@ -259,24 +259,36 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
                         float(torch.cuda.device_count()))
     name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
     logger, out_existed = None, out_dir.exists()
+    checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir)
     if not no_mlflow:
-        from dartboard.platform.tracking.epochs import TRAIN_EXPERIMENT, EpochLogger, absolute_uri, open_train_run
+        from dartboard.platform.tracking.epochs import (
+            RUN_FILE,
+            TRAIN_EXPERIMENT,
+            EpochLogger,
+            absolute_uri,
+            open_train_run,
+        )
         from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
         tracking_uri = absolute_uri(resolved_uri(tracking_uri))
         check_tracking_server(tracking_uri)
-        # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends
-        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, TRAIN_EXPERIMENT, name, genotype,
-                                                          out_dir if cluster is not None else None))
+        if checkpoint is not None and not checkpoint.epochs_done:  # a new training: an earlier one's run is done
+            (out_dir / RUN_FILE).unlink(missing_ok=True)
+        # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends; its id is kept in
+        # the output folder, so that the same command relaunched after an interrupt goes on in the same run
+        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, TRAIN_EXPERIMENT, name, genotype, out_dir))
     try:
-        result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger)
+        result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger,
+                              checkpoint)
     except BaseException as err:
+        if checkpoint is not None and checkpoint.epochs_done:
+            log.warning("train: stopped after epoch %d of %d; the same command continues it from %s",
+                        checkpoint.epochs_done, cfg.epochs, checkpoint.folder)
         if logger is not None:
             from dartboard.platform.tracking.epochs import close_unfinished
 
-            close_unfinished(logger, out_dir if cluster is not None else None,
-                             "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED",
-                             remove_dir=not out_existed)
+            close_unfinished(logger, out_dir, "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit)
+                             else "FAILED", remove_dir=not out_existed)
         raise
     (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
     if logger is not None:
@@ -295,9 +307,23 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     typer.echo(f"test_acc {result.test_acc:.4f}")
 
 
+def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
+    """The epoch checkpoint of a training in this process; refused before any work when ``out_dir`` holds an
+    unfinished training with other settings."""
+    from dataclasses import asdict
+
+    from dartboard.platform.ray.final_job import job_identity
+    from dartboard.platform.train_checkpoint import TrainCheckpoint
+    from dartboard.spaces.genotype import to_dict
+
+    train = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    return TrainCheckpoint(out_dir, job_identity(to_dict(geno), train, dataset, image_size))
+
+
 def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: dict | None, image_size: int,
-         logger):
-    """Train in this process or as a Ray Train job; (TrainResult, splits)."""
+         logger, checkpoint=None):
+    """Train in this process (continuing ``checkpoint``'s training when it holds one) or as a Ray Train job;
+    (TrainResult, splits)."""
     from dartboard.data.catalog import load_dataset
     from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.training.final import network_of, train_genotype
@@ -313,7 +339,10 @@ def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: di
                      metrics["train_loss"], metrics["train_acc"])
             log_epoch_safely(logger, epoch, metrics)
 
-        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=on_epoch)
+        if checkpoint is not None and checkpoint.epochs_done:
+            log.info("train: continuing the training in %s after epoch %d of %d", out_dir, checkpoint.epochs_done,
+                     cfg.epochs)
+        result = train_genotype(geno, splits, cfg, out_dir, on_epoch=on_epoch, checkpoint=checkpoint)
     else:
         from dartboard.platform.ray.final_job import train_on_ray
 

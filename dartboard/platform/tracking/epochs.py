@@ -2,9 +2,10 @@
 logged as the epoch ends (step = the epoch's index from 0), by the process that trains (the local
 trainer, or rank 0 of a Ray Train job), so the MLflow UI shows the curves grow.
 
-A Ray Train job that a relaunch continues (same ``--out``) logs into the same run (its id is kept in
-``OUT/mlflow-run.json``), and an epoch that is already in the run is never logged again: a restarted
-worker group or driver repeats no point. Only the client API is used, so any process can log.
+A training that a relaunch continues (same ``--out``: an in-process training's epoch checkpoint, a Ray Train
+job's) logs into the same run (its id is kept in ``OUT/mlflow-run.json``), and an epoch that is already in the
+run is never logged again: a restarted worker group or driver repeats no point. Only the client API is used, so
+any process can log.
 """
 
 from __future__ import annotations

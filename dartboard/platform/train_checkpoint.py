@@ -1,0 +1,73 @@
+"""Epoch checkpoints of an in-process final training (``dartboard train`` without Ray), so that the same
+command relaunched after an interrupt continues the training where it stopped, and ends as an uninterrupted
+one would have, bit for bit: what a relaunch of a Ray Train job does with its checkpoints
+(``platform/ray/final_job.py``).
+
+    OUT/train-checkpoint/trainer.pt      FinalTrainer.state_dict() (weights, optimizer, schedule, grad scaler,
+                                         epoch, history, RNG states) and the loader's shuffling generator
+    OUT/train-checkpoint/progress.json   {"identity": ..., "epochs_done": n, "seconds": s}
+
+A checkpoint is written to ``train-checkpoint.tmp`` and renamed over the previous one, so an interrupt while
+writing leaves the previous epoch's whole; it is removed once the model files are written. A checkpoint of
+another training (genotype, data set, image size or a training setting differ) is refused by name, never
+loaded or overwritten. Nothing is unpickled when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_DIR = "train-checkpoint"
+STATE_FILE = "trainer.pt"
+PROGRESS_FILE = "progress.json"
+
+
+class TrainCheckpoint:
+    """The checkpoint in ``out`` of the training whose :func:`~dartboard.platform.ray.final_job.job_identity` is
+    ``identity``; ``epochs_done`` > 0 when one was found (the training continues after it)."""
+
+    def __init__(self, out: str | Path, identity: dict[str, Any]):
+        from dartboard.platform.ray.final_job import check_identity
+
+        self.folder, self.identity = Path(out) / CHECKPOINT_DIR, identity
+        self.epochs_done = 0
+        progress = self.folder / PROGRESS_FILE
+        if progress.is_file():
+            saved = json.loads(progress.read_text())
+            check_identity(str(self.folder), saved.get("identity"), identity)
+            self.epochs_done = int(saved["epochs_done"])
+
+    def restore(self, trainer: Any, loader: Any) -> float:
+        """Load the saved state into ``trainer`` and ``loader``'s shuffling generator; the seconds trained before
+        (0 when there is no checkpoint)."""
+        if not self.epochs_done:
+            return 0.0
+        from dartboard.training.checkpoint import load_state
+
+        state = load_state(self.folder / STATE_FILE)
+        trainer.load_state_dict(state["trainer"])
+        loader.generator.set_state(state["loader"])
+        return float(json.loads((self.folder / PROGRESS_FILE).read_text())["seconds"])
+
+    def save(self, trainer: Any, loader: Any, seconds: float) -> None:
+        from dartboard.training.checkpoint import save_state
+
+        tmp, old = self.folder.with_name(f"{CHECKPOINT_DIR}.tmp"), self.folder.with_name(f"{CHECKPOINT_DIR}.old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_state({"trainer": trainer.state_dict(), "loader": loader.generator.get_state()}, tmp / STATE_FILE)
+        (tmp / PROGRESS_FILE).write_text(json.dumps({"identity": self.identity, "epochs_done": trainer.epoch,
+                                                     "seconds": seconds}))
+        shutil.rmtree(old, ignore_errors=True)
+        if self.folder.exists():
+            self.folder.rename(old)
+        tmp.rename(self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+        self.epochs_done = trainer.epoch
+
+    def remove(self) -> None:
+        for suffix in ("", ".tmp", ".old"):  # .tmp: a save that an interrupt cut short
+            shutil.rmtree(self.folder.with_name(f"{CHECKPOINT_DIR}{suffix}"), ignore_errors=True)

@@ -1,0 +1,149 @@
+"""An in-process final training (`dartboard train` without Ray) checkpoints every epoch in OUT/train-checkpoint;
+the same command relaunched after an interrupt continues it and ends exactly as an uninterrupted training
+(weights, per-epoch history, test accuracy), logging into the same MLflow run; a checkpoint of another
+training is refused, never loaded or overwritten. The Ray Train job's relaunch is tested in test_final_ray.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from dataclasses import asdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_cli_contract import console_script, env_for, sigint_default
+from test_final_training import tiny_splits
+
+from dartboard.errors import UserInputError
+from dartboard.platform import train_checkpoint
+from dartboard.platform.ray.final_job import job_identity
+from dartboard.platform.train_checkpoint import CHECKPOINT_DIR, TrainCheckpoint
+from dartboard.spaces.catalog import resolve
+from dartboard.spaces.genotype import to_dict
+from dartboard.training.final import TrainConfig, train_genotype
+
+#: every random part of the protocol on: the shuffling, cutout's squares and drop path's masks must all resume
+CFG = TrainConfig(channels=4, layers=3, epochs=3, batch_size=8, auxiliary=True, drop_path_prob=0.3, cutout=True,
+                  cutout_length=4, seed=5)
+
+
+def _checkpoint(out, cfg: TrainConfig = CFG) -> TrainCheckpoint:
+    train = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    return TrainCheckpoint(out, job_identity(to_dict(resolve("darts-v2")), train, "tiny", 32))
+
+
+def test_an_interrupted_training_continues_bit_identically(tmp_path, monkeypatch):
+    whole = train_genotype(resolve("darts-v2"), tiny_splits(), CFG, tmp_path / "whole")
+    real_save, saves = TrainCheckpoint.save, []
+
+    def save_then_interrupt(self, *args, **kwargs):  # after the 2nd epoch's checkpoint: a state the test controls
+        real_save(self, *args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainCheckpoint, "save", save_then_interrupt)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_genotype(resolve("darts-v2"), tiny_splits(), CFG, cut, checkpoint=_checkpoint(cut))
+    monkeypatch.setattr(TrainCheckpoint, "save", real_save)
+    assert not (cut / "weights.safetensors").exists()
+    assert json.loads((cut / CHECKPOINT_DIR / "progress.json").read_text())["epochs_done"] == 2
+    epochs = []
+    torch.manual_seed(12345)  # the process's RNG moved on: the checkpoint must restore it, not rely on it
+    resumed_checkpoint = _checkpoint(cut)
+    assert resumed_checkpoint.epochs_done == 2
+    resumed = train_genotype(resolve("darts-v2"), tiny_splits(), CFG, cut, on_epoch=lambda e, m: epochs.append(e),
+                             checkpoint=resumed_checkpoint)
+    assert epochs == [2]  # only the epoch left
+    assert resumed.history == whole.history
+    assert resumed.test_acc == whole.test_acc and resumed.test_loss == whole.test_loss
+    a, b = load_file(str(resumed.weights_path)), load_file(str(whole.weights_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.weights_sha256 == whole.weights_sha256
+    assert sorted(p.name for p in cut.iterdir()) == ["genotype.json", "train.json", "weights.safetensors"]
+    assert _checkpoint(cut).epochs_done == 0  # a finished training leaves no checkpoint: the next one starts anew
+
+
+def test_a_checkpoint_of_another_training_is_refused_and_kept(tmp_path):
+    out = tmp_path / "out"
+    checkpoint = _checkpoint(out)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, metrics):
+        raise Stop
+
+    with pytest.raises(Stop):  # stopped after the first epoch's checkpoint
+        train_genotype(resolve("darts-v2"), tiny_splits(), CFG, out, on_epoch=lambda e, m: e == 1 and stop(e, m),
+                       checkpoint=checkpoint)
+    saved = {p.name: p.read_bytes() for p in (out / CHECKPOINT_DIR).iterdir()}
+    other = TrainConfig(**{**asdict(CFG), "epochs": 4, "seed": 6})
+    with pytest.raises(UserInputError, match=rf"checkpoint {out / CHECKPOINT_DIR}: it belongs to another training "
+                                             r"\(train.epochs, train.seed differ\); use a new output folder, or the "
+                                             r"same genotype and settings to resume it"):
+        _checkpoint(out, other)
+    assert {p.name: p.read_bytes() for p in (out / CHECKPOINT_DIR).iterdir()} == saved
+    (out / CHECKPOINT_DIR / "progress.json").write_text(json.dumps({"epochs_done": 1, "seconds": 0.0}))
+    with pytest.raises(UserInputError, match="not a final-training checkpoint"):
+        _checkpoint(out)
+    assert train_checkpoint.CHECKPOINT_DIR != "checkpoint"  # a search's own checkpoint folder, in the same OUT
+
+
+def _train(out, *extra: str, signum: int | None = None) -> tuple[int, str]:
+    """`dartboard train` on digits through the console script (12 epochs unless ``extra`` says otherwise); with
+    ``signum``, sent once epoch 2 has ended."""
+    args = ["train", "darts-v2", "--channels", "4", "--layers", "2", "--epochs", "12", "--out", str(out), *extra]
+    proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default, cwd=out.parent)
+    log = []
+    try:
+        for line in proc.stderr:
+            log.append(line)
+            if signum is not None and line.startswith("epoch   2 "):
+                proc.send_signal(signum)
+                break
+        log.extend(proc.stderr)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, "".join(log)
+
+
+@pytest.mark.mlflow
+def test_the_same_command_relaunched_after_ctrl_c_continues_in_the_same_run(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, whole_log = _train(tmp_path / "whole", "--no-mlflow")
+    assert code == 0, whole_log[-3000:]
+    code, log = _train(tmp_path / "cut", "--tracking-uri", uri, signum=signal.SIGINT)
+    assert code == 130, log[-3000:]
+    assert "Traceback" not in log
+    done = json.loads((tmp_path / "cut" / CHECKPOINT_DIR / "progress.json").read_text())["epochs_done"]
+    assert 1 <= done < 12
+    assert f"train: stopped after epoch {done} of 12; the same command continues it from" in log
+    run_id = json.loads((tmp_path / "cut" / "mlflow-run.json").read_text())["run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+    code, log = _train(tmp_path / "cut", "--tracking-uri", uri)
+    assert code == 0, log[-3000:]
+    assert f"train: continuing the training in {tmp_path / 'cut'} after epoch {done} of 12" in log
+    assert [line for line in log.splitlines() if line.startswith("epoch")][0].startswith(f"epoch {done + 1:3d} ")
+    whole, cut = (json.loads((tmp_path / d / "train.json").read_text()) for d in ("whole", "cut"))
+    assert cut["weights_sha256"] == whole["weights_sha256"] and cut["history"] == whole["history"]
+    assert cut["test_acc"] == whole["test_acc"]
+    assert not (tmp_path / "cut" / CHECKPOINT_DIR).exists()
+    client = MlflowClient(uri)
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(12))
+    (version,) = client.search_model_versions("name='final-darts-v2-digits'")
+    assert version.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    # another training in the same folder is a new run, not the finished one's
+    code, log = _train(tmp_path / "cut", "--tracking-uri", uri, "--epochs", "1")
+    assert code == 0, log[-3000:]
+    again = json.loads((tmp_path / "cut" / "mlflow-run.json").read_text())["run_id"]
+    assert again != run_id and [m.step for m in client.get_metric_history(again, "train_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(12))
