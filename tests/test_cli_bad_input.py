@@ -81,6 +81,45 @@ def test_an_unreachable_tracking_server_is_one_line_naming_the_uri(args, tmp_pat
     assert f"cannot reach the MLflow tracking server at {UNREACHABLE}" in line
 
 
+# ------------------------------------------------------------------ a file store, which MLflow 3 no longer opens
+FILE_STORE = "is a file store (a folder of runs), which MLflow 3 no longer opens; use a database such as "
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--tracking-uri", "./mlruns", "--out", "run"],
+    ["train", "darts-v2", "--tracking-uri", "file:./mlruns", "--out", "trained"],
+    ["models", "list", "--tracking-uri", "mlruns"],
+    ["pull", "digits-darts@champion", "--to", "got", "--tracking-uri", "./mlruns"],
+    ["evaluate", "digits-darts@champion", "--tracking-uri", "./mlruns"],
+], ids=["search", "train", "models-list", "pull", "evaluate"])
+def test_a_file_store_is_one_line_naming_the_switch_that_opens_it(args, tmp_path, capsys, monkeypatch):
+    # MLflow 3 raises its own MlflowException (a traceback) wherever the command first opens the store
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
+    assert FILE_STORE in line and "or set MLFLOW_ALLOW_FILE_STORE=true to open it anyway" in line
+
+
+def test_a_sweep_refuses_a_file_store_too(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    assert FILE_STORE in refused(["sweep", "--tracking-uri", "./mlruns"], tmp_path)
+
+
+@pytest.mark.parametrize("allowed, refused_", [("true", False), ("1", False), ("TRUE", False), ("false", True),
+                                               ("", True)])
+def test_mlflows_own_switch_opens_a_file_store(allowed, refused_, monkeypatch):
+    from dartboard.errors import UserInputError
+    from dartboard.platform.checks import check_tracking_server
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", allowed)
+    for uri in ("./mlruns", "file:///tmp/mlruns", "/abs/mlruns"):
+        if refused_:
+            with pytest.raises(UserInputError, match=re.escape(FILE_STORE)):
+                check_tracking_server(uri)
+        else:
+            check_tracking_server(uri)
+    check_tracking_server("sqlite:///mlflow.db")  # a database is never a file store
+
+
 # ------------------------------------------------------------------ a registry that is not there
 @pytest.mark.parametrize("args", [
     ["pull", "digits-darts@champion", "--to", "got"],

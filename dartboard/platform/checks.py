@@ -65,10 +65,20 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> None:
     check_writable_dir(target.parent if str(target.parent) else Path("."), flag)
 
 
+#: MLflow's own switch (``mlflow.environment_variables.MLFLOW_ALLOW_FILE_STORE``) that opens a file store anyway.
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+
+
 def check_tracking_server(uri: str, flag: str = "--tracking-uri") -> None:
     """An ``http(s)://`` tracking URI must accept a TCP connection within seconds (MLflow itself
-    retries for minutes); local URIs (``sqlite:``, ``file:``, a path) are not checked here."""
+    retries for minutes); a file store (``file:`` or a path), which MLflow 3 refuses to open (with a traceback,
+    wherever the command first touches it) unless ``MLFLOW_ALLOW_FILE_STORE`` is set, is refused here; other
+    local URIs (``sqlite:``) are not checked here."""
     parts = urlsplit(uri)
+    if parts.scheme in ("", "file") and os.environ.get(ALLOW_FILE_STORE, "").strip().lower() not in ("true", "1"):
+        raise UserInputError(f"{flag}: {uri!r} is a file store (a folder of runs), which MLflow 3 no longer opens; "
+                             f"use a database such as sqlite:///mlflow.db (the default) or a server "
+                             f"http://HOST:PORT, or set {ALLOW_FILE_STORE}=true to open it anyway")
     if parts.scheme not in ("http", "https"):
         return
     try:
