@@ -1,6 +1,8 @@
-"""A registered network put to use: ``dartboard predict NAME@ALIAS FILES...`` (image files through the
-preprocessing recorded with the model) and ``dartboard evaluate NAME@ALIAS`` (the test split of the
-data set the model was trained on). Both pull the version first, so its files are verified."""
+"""A trained network put to use: ``dartboard predict MODEL FILES...`` (image files through the preprocessing
+recorded with the model) and ``dartboard evaluate MODEL`` (the test split of the data set the model was trained
+on). MODEL is a registered version (``NAME@ALIAS``, ``NAME:VERSION``, ``models:/...``), pulled first so that its
+files are verified, or a folder holding a trained network's files (what ``dartboard train`` and ``dartboard pull
+--to`` write), read as it is."""
 
 from __future__ import annotations
 
@@ -19,24 +21,92 @@ log = logging.getLogger("dartboard")
 
 
 @dataclass
-class PulledNetwork:
+class LoadedNetwork:
     net: torch.nn.Module
-    spec: dict[str, Any]
-    version: Any
+    spec: dict[str, Any]  # network.json
+    name: str  # the registered model's name, or the folder as the user gave it
+    version: str | None  # the registered version; None for a folder
+    recorded_test_acc: float | None  # the test accuracy recorded when it was trained (registry tag or train.json)
 
 
-def pulled_network(ref: str, uri: str | None, folder: Path) -> PulledNetwork:
+def is_folder(ref: str) -> bool:
+    """A folder of model files rather than a registry reference: registered names hold no ``/`` (MLflow refuses
+    them), so a path with one is a folder, as is any existing folder."""
+    return not ref.startswith("models:/") and ("/" in ref or Path(ref).is_dir())
+
+
+def loaded_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
+    """The network of ``ref``: a folder's files, or the registered version pulled (verified) into ``folder``."""
+    return local_network(ref) if is_folder(ref) else pulled_network(ref, uri, folder)
+
+
+def pulled_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
     """The verified network of ``ref``, pulled into ``folder``; refuses a genotype-only version."""
     from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, pull_model
-    from dartboard.training.final import network_from_files
 
     folder, version = pull_model(uri, ref, folder)
-    files = {"genotype": folder / GENOTYPE_FILE, "network": folder / NETWORK_FILE, "weights": folder / WEIGHTS_FILE}
-    if not files["network"].is_file() or not files["weights"].is_file():
+    if not (folder / NETWORK_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only (no trained "
                              "weights); train it first (dartboard train) or use a study with final_training")
-    spec = json.loads(files["network"].read_text())
-    return PulledNetwork(network_from_files(files).eval(), spec, version)
+    net, spec = network_of_files(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE)
+    recorded = version.tags.get("metric.test_acc")
+    return LoadedNetwork(net.eval(), spec, version.name, version.version,
+                         float(recorded) if recorded is not None else None)
+
+
+def local_network(ref: str) -> LoadedNetwork:
+    """The trained network in the folder ``ref`` (genotype.json, network.json, weights.safetensors)."""
+    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE
+
+    folder = Path(ref)
+    if not folder.is_dir():
+        raise UserInputError(f"model {ref!r}: no such folder (a trained network's folder, or NAME@ALIAS / "
+                             f"NAME:VERSION of a registered one)")
+    missing = [name for name in (GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserInputError(f"model {ref!r}: the folder holds no trained network ({', '.join(missing)} missing); "
+                             f"`dartboard train` and `dartboard pull --to` write one")
+    net, spec = network_of_files(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE,
+                                 (f"model {ref!r}", f"model {ref!r}"))
+    return LoadedNetwork(net.eval(), spec, ref, None, _recorded_test_acc(folder))
+
+
+def _recorded_test_acc(folder: Path) -> float | None:
+    """The test accuracy the folder's files record: a pulled version's tag (model.json), else the training's own
+    (train.json)."""
+    for name, read in (("model.json", lambda d: d.get("tags", {}).get("metric.test_acc")),
+                       ("train.json", lambda d: d.get("test_acc"))):
+        try:
+            value = read(json.loads((folder / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int | float | str):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+    return None
+
+
+def network_of_files(genotype: Path, weights: Path, network: Path, labels: tuple[str, str] = ("--weights", "--network")
+                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(network, network.json) rebuilt from a trained network's files; files that do not fit one another are
+    refused, named by ``labels`` (how the user gave the weights and network.json)."""
+    from safetensors import SafetensorError
+
+    from dartboard.training.final import network_from_files
+
+    try:
+        spec = json.loads(network.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserInputError(f"{labels[1]}: {str(network)!r} is not a network.json ({err})") from None
+    try:
+        net = network_from_files({"genotype": genotype, "network": network, "weights": weights})
+    except (SafetensorError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"{labels[0]}: {str(weights)!r} is not the trained weights of this network ({first})") \
+            from None
+    return net, spec
 
 
 def model_preprocessing(spec: dict[str, Any], ref: str):
@@ -69,7 +139,7 @@ def predict_files(ref: str, files: list[str], uri: str | None = None) -> list[di
     if not files:
         raise UserInputError("FILES: expected at least one image file (PNG/JPEG or NPY)")
     with tempfile.TemporaryDirectory(prefix="dartboard-predict-") as tmp:
-        model = pulled_network(ref, uri, Path(tmp) / "model")
+        model = loaded_network(ref, uri, Path(tmp) / "model")
     pre = model_preprocessing(model.spec, ref)
     batch = load_inputs(files, pre)
     probabilities = torch.softmax(_logits(model.net(batch)), dim=1)
@@ -86,7 +156,7 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
     from dartboard.training.final import evaluate
 
     with tempfile.TemporaryDirectory(prefix="dartboard-evaluate-") as tmp:
-        model = pulled_network(ref, uri, Path(tmp) / "model")
+        model = loaded_network(ref, uri, Path(tmp) / "model")
     dataset = model.spec.get("dataset")
     if not dataset:
         raise UserInputError(f"model {ref!r}: network.json names no data set to evaluate on")
@@ -98,10 +168,10 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
                     recorded, now.to_dict())
     loader = make_loader(splits.test, batch_size, shuffle=False, seed=0)
     acc, loss = evaluate(_LogitsOnly(model.net), loader, torch.device("cpu"))
-    registered = model.version.tags.get("metric.test_acc")
-    return {"model": model.version.name, "version": model.version.version, "dataset": dataset,
-            "test_samples": len(splits.test), "test_acc": acc, "test_loss": loss,
-            "registered_test_acc": float(registered) if registered is not None else None}
+    return {"model": model.name, "version": model.version, "dataset": dataset, "test_samples": len(splits.test),
+            "test_acc": acc, "test_loss": loss, "recorded_test_acc": model.recorded_test_acc,
+            # the same figure under its earlier name (a registered version's tag), for scripts that read it
+            "registered_test_acc": model.recorded_test_acc if model.version is not None else None}
 
 
 def _logits(out: Any) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -16,8 +15,10 @@ def is_model_ref(source: str) -> bool:
 
 
 def export(
-    source: str = typer.Argument(..., help="NAME@ALIAS / NAME:VERSION / models:/... of a registered network, or a "
-                                           "genotype (JSON file or catalog name) with --weights."),
+    source: str = typer.Argument(..., help="NAME@ALIAS / NAME:VERSION / models:/... of a registered network, a "
+                                           "folder holding a trained network (what dartboard train and dartboard "
+                                           "pull --to write), or a genotype (JSON file or catalog name) with "
+                                           "--weights."),
     out: Path = typer.Option(..., "--out", help="The file to write."),
     fmt: str = typer.Option(..., "--format", help="onnx, torchscript or pt2."),
     weights: Path = typer.Option(None, help="weights.safetensors of the genotype's trained network."),
@@ -35,6 +36,14 @@ def export(
         refuse_with(f"registered model {source!r}", {"--weights": weights, "--network": network},
                     "its weights and network.json are exported from the registry, not from files")
         net, spec = _registered(source, tracking_uri)
+    elif Path(source).is_dir():
+        from dartboard.platform.predict import local_network
+
+        refuse_with(f"model folder {source!r}", {"--weights": weights, "--network": network,
+                                                 "--tracking-uri": tracking_uri},
+                    "its weights and network.json are the folder's own")
+        model = local_network(source)
+        net, spec = model.net, model.spec
     else:
         if tracking_uri is not None:
             raise UserInputError(f"--tracking-uri: {tracking_uri!r} would be ignored: {source!r} is a genotype, "
@@ -90,21 +99,9 @@ def _from_files(source: str, genotype, weights: Path | None, network: Path | Non
 
 
 def _build(genotype: Path, weights: Path, network: Path):
-    from safetensors import SafetensorError
+    from dartboard.platform.predict import network_of_files
 
-    from dartboard.training.final import network_from_files
-
-    try:
-        spec = json.loads(network.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserInputError(f"--network: {str(network)!r} is not a network.json ({err})") from None
-    try:
-        net = network_from_files({"genotype": genotype, "network": network, "weights": weights})
-    except (SafetensorError, RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"--weights: {str(weights)!r} is not the trained weights of this network ({first})") \
-            from None
-    return net, spec
+    return network_of_files(genotype, weights, network)
 
 
 def register(app: typer.Typer) -> None:

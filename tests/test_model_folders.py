@@ -1,0 +1,110 @@
+"""`dartboard predict`, `evaluate` and `export` of a folder holding a trained network (what `dartboard train` and
+`dartboard pull --to` write), read as it is, without a registry: the same classes, accuracy and exported outputs as
+the network rebuilt in Python; a folder that is not one is refused by name. The registry side is in
+test_model_use.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_cli_bad_input import refused_here
+from test_cli_contract import env_for, run
+
+from dartboard.data.catalog import load_dataset
+from dartboard.platform.tracking import models
+from dartboard.spaces.catalog import resolve
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """darts-v2 trained 3 epochs on digits (C=4, 2 cells), its files as `dartboard train` writes them."""
+    from dartboard.training.final import TrainConfig, train_genotype
+
+    out = tmp_path_factory.mktemp("folder") / "model"
+    splits = load_dataset("digits")
+    tcfg = TrainConfig(channels=4, layers=2, epochs=3, batch_size=64, lr=0.05, seed=0)
+    result = train_genotype(resolve("darts-v2"), splits, tcfg, out)
+    (out / models.NETWORK_FILE).write_text(json.dumps(models.network_spec(tcfg, splits.info, "digits")))
+    net = models.build_from_files({"genotype": out / "genotype.json", "network": out / "network.json",
+                                   "weights": out / "weights.safetensors"})
+    return {"out": out, "test_acc": result.test_acc, "test_loss": result.test_loss, "net": net, "splits": splits}
+
+
+def test_predict_of_a_folder_gives_the_networks_classes(trained, tmp_path):
+    n = 30
+    images = trained["splits"].test.tensors[0][:n]
+    files = []
+    for i in range(n):  # the test tensors, undone to [0, 1] pixels: the model's own preprocessing must redo it
+        pre = json.loads((trained["out"] / "network.json").read_text())["preprocessing"]
+        unit = images[i, 0].numpy() * pre["std"][0] + pre["mean"][0]
+        np.save(tmp_path / f"d{i}.npy", np.clip(unit, 0.0, 1.0).astype(np.float32))
+        files.append(str(tmp_path / f"d{i}.npy"))
+    with torch.no_grad():
+        expected = trained["net"](images).argmax(1).tolist()
+    assert len(set(expected)) >= 5, "a network that predicts few classes would make this test weak"
+    result = run(["predict", str(trained["out"]), *files, "--json"], env_for())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["class"] for r in json.loads(result.stdout)] == expected
+
+
+def test_evaluate_of_a_folder_reports_its_accuracy_and_the_recorded_one(trained):
+    result = run(["evaluate", str(trained["out"]), "--json"], env_for())
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["model"] == str(trained["out"]) and report["version"] is None
+    assert report["dataset"] == "digits" and report["test_samples"] == 360
+    assert report["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-9)
+    assert report["recorded_test_acc"] == pytest.approx(trained["test_acc"])  # from train.json
+    assert report["registered_test_acc"] is None
+    text = run(["evaluate", str(trained["out"])], env_for())
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert text.stdout.splitlines()[0] == f"{trained['out']} on the digits test split (360 images)"
+    assert f"recorded test_acc {trained['test_acc']:.4f}" in text.stdout
+
+
+def test_a_pulled_folder_reports_the_registered_accuracy(trained, tmp_path):
+    from dartboard.platform.predict import local_network
+
+    folder = tmp_path / "pulled"
+    folder.mkdir()
+    for name in ("genotype.json", "network.json", "weights.safetensors"):
+        (folder / name).write_bytes((trained["out"] / name).read_bytes())
+    assert local_network(str(folder)).recorded_test_acc is None  # nothing records one
+    (folder / "model.json").write_text(json.dumps({"name": "m", "version": "3", "tags": {"metric.test_acc": "0.5"}}))
+    (folder / "train.json").write_text(json.dumps({"test_acc": 0.25}))
+    assert local_network(str(folder)).recorded_test_acc == 0.5  # the version's tag first
+
+
+def test_export_of_a_folder(trained, tmp_path):
+    result = run(["export", str(trained["out"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
+                 env_for())
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = trained["splits"].test.tensors[0][:4]
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), trained["net"](x), atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "{folder}"], "model '{folder}': the folder holds no trained network (network.json, "
+                               "weights.safetensors missing); `dartboard train` and `dartboard pull --to` write one"),
+    (["predict", "{folder}", "x.npy"], "model '{folder}': the folder holds no trained network"),
+    (["evaluate", "runs/absent"], "model 'runs/absent': no such folder (a trained network's folder, or NAME@ALIAS / "
+                                  "NAME:VERSION of a registered one)"),
+    (["evaluate", "{folder}", "--tracking-uri", "sqlite:///m.db"], "--tracking-uri: 'sqlite:///m.db' would be "
+                                                                   "ignored: '{folder}' is a folder of model files"),
+    (["export", "{folder}", "--format", "torchscript", "--out", "m.pt", "--weights", "w.safetensors"],
+     "model folder '{folder}': its weights and network.json are the folder's own; drop --weights"),
+], ids=["evaluate-search-folder", "predict-search-folder", "no-folder", "tracking-uri", "export-weights"])
+def test_a_folder_that_is_no_trained_network_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "genotype.json").write_text(json.dumps({"schema": "dartboard.genotype", "version": 1, "kind": "darts",
+                                                      **{c: {"edges": [["skip_connect", 0, 2],
+                                                                       ["max_pool_3x3", 1, 2]], "concat": [2]}
+                                                         for c in ("normal", "reduce")}}))
+    line = refused_here([a.format(folder="search") for a in args], tmp_path, capsys, monkeypatch)
+    assert message.format(folder="search") in line
