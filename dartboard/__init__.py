@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 
 def load(model_uri: str, tracking_uri: str | None = None, cache_dir: str | None = None):
     """A registered model, verified and ready: ``dartboard.load("models:/NAME@champion")`` returns the
-    network in eval mode (or the Genotype for a genotype-only version). Imports MLflow lazily."""
+    network in eval mode (or the Genotype for a genotype-only version). Imports MLflow lazily. A folder of a
+    model's files (``dartboard.load("runs/my-search")``: what ``dartboard train`` and ``dartboard pull --to``
+    write) is read as it is, without MLflow."""
     from dartboard.platform.tracking.models import load as _load
 
     return _load(model_uri, tracking_uri, cache_dir)

@@ -108,3 +108,23 @@ def test_a_folder_that_is_no_trained_network_is_refused_by_name(args, message, t
                                                          for c in ("normal", "reduce")}}))
     line = refused_here([a.format(folder="search") for a in args], tmp_path, capsys, monkeypatch)
     assert message.format(folder="search") in line
+
+
+def test_dartboard_load_of_a_folder(trained, tmp_path):
+    import dartboard
+    from dartboard.errors import UserInputError
+    from dartboard.spaces.genotype import DartsGenotype
+
+    net = dartboard.load(str(trained["out"]))
+    x = trained["splits"].test.tensors[0][:8]
+    assert not net.training
+    with torch.no_grad():
+        assert torch.equal(net(x), trained["net"](x))
+    only = tmp_path / "genotype-only"
+    only.mkdir()
+    (only / "genotype.json").write_bytes((trained["out"] / "genotype.json").read_bytes())
+    assert isinstance(dartboard.load(str(only)), DartsGenotype)  # as a genotype-only registered version
+    with pytest.raises(UserInputError, match="is a folder of model files, read without a registry or a cache"):
+        dartboard.load(str(trained["out"]), tracking_uri="sqlite:///m.db")
+    with pytest.raises(UserInputError, match=r"the folder holds no model \(genotype.json missing\)"):
+        dartboard.load(str(tmp_path))

@@ -29,14 +29,10 @@ class LoadedNetwork:
     recorded_test_acc: float | None  # the test accuracy recorded when it was trained (registry tag or train.json)
 
 
-def is_folder(ref: str) -> bool:
-    """A folder of model files rather than a registry reference: registered names hold no ``/`` (MLflow refuses
-    them), so a path with one is a folder, as is any existing folder."""
-    return not ref.startswith("models:/") and ("/" in ref or Path(ref).is_dir())
-
-
 def loaded_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
     """The network of ``ref``: a folder's files, or the registered version pulled (verified) into ``folder``."""
+    from dartboard.platform.tracking.models import is_folder
+
     return local_network(ref) if is_folder(ref) else pulled_network(ref, uri, folder)
 
 
@@ -56,16 +52,9 @@ def pulled_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
 
 def local_network(ref: str) -> LoadedNetwork:
     """The trained network in the folder ``ref`` (genotype.json, network.json, weights.safetensors)."""
-    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE
+    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, check_model_folder
 
-    folder = Path(ref)
-    if not folder.is_dir():
-        raise UserInputError(f"model {ref!r}: no such folder (a trained network's folder, or NAME@ALIAS / "
-                             f"NAME:VERSION of a registered one)")
-    missing = [name for name in (GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
-    if missing:
-        raise UserInputError(f"model {ref!r}: the folder holds no trained network ({', '.join(missing)} missing); "
-                             f"`dartboard train` and `dartboard pull --to` write one")
+    folder = check_model_folder(ref, (GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE))
     net, spec = network_of_files(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE,
                                  (f"model {ref!r}", f"model {ref!r}"))
     return LoadedNetwork(net.eval(), spec, ref, None, _recorded_test_acc(folder))

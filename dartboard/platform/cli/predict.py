@@ -17,7 +17,7 @@ MODEL_HELP = ("NAME@ALIAS, NAME:VERSION or models:/NAME@ALIAS of a registered ne
 def check_source(model: str, tracking_uri: str | None) -> None:
     """A registry reference needs a registry; a folder is read without one (a --tracking-uri is refused)."""
     from dartboard.platform.cli.models import check_registry
-    from dartboard.platform.predict import is_folder
+    from dartboard.platform.tracking.models import is_folder
 
     if not is_folder(model):
         check_registry(tracking_uri)

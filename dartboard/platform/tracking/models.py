@@ -275,14 +275,46 @@ def build_from_files(files: Mapping[str, str | os.PathLike]):
     return network_from_files(files)
 
 
+def is_folder(ref: str) -> bool:
+    """A folder of model files rather than a registry reference: registered names hold no ``/`` (MLflow refuses
+    them), so a path with one is a folder, as is any existing folder."""
+    from pathlib import Path
+
+    return not ref.startswith("models:/") and ("/" in ref or Path(ref).is_dir())
+
+
+def check_model_folder(ref: str, needed: tuple[str, ...]):
+    """The folder ``ref`` as a Path, when it holds the ``needed`` files of a model; else one error naming what
+    is missing."""
+    from pathlib import Path
+
+    folder = Path(ref)
+    if not folder.is_dir():
+        raise UserInputError(f"model {ref!r}: no such folder (a trained network's folder, or NAME@ALIAS / "
+                             f"NAME:VERSION of a registered one)")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        what = "no trained network" if len(needed) > 1 else "no model"
+        raise UserInputError(f"model {ref!r}: the folder holds {what} ({', '.join(missing)} missing); "
+                             f"`dartboard train` and `dartboard pull --to` write one")
+    return folder
+
+
 def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None = None):
     """``dartboard.load("models:/NAME@champion")``: verified pull, then a ready network in eval
-    mode (or the Genotype when the version holds no weights)."""
+    mode (or the Genotype when the version holds no weights). ``ref`` may also be a folder of a model's files
+    (what ``dartboard train`` and ``dartboard pull --to`` write), read as it is."""
     import tempfile
     from pathlib import Path
 
-    folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="dartboard-model-"))
-    folder, _ = pull_model(uri, ref, folder, replace=True)  # its cache: the version the reference names now
+    if is_folder(ref):
+        if uri is not None or cache_dir is not None:
+            raise UserInputError(f"load: {ref!r} is a folder of model files, read without a registry or a cache; "
+                                 f"give neither tracking_uri nor cache_dir")
+        folder = check_model_folder(ref, (GENOTYPE_FILE,))
+    else:
+        folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="dartboard-model-"))
+        folder, _ = pull_model(uri, ref, folder, replace=True)  # its cache: the version the reference names now
     files = {k: folder / f for k, f in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
                                         ("weights", WEIGHTS_FILE)) if (folder / f).is_file()}
     return build_from_files(files)
