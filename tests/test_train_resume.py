@@ -119,8 +119,6 @@ def test_the_same_command_relaunched_after_ctrl_c_continues_in_the_same_run(tmp_
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code, whole_log = _train(tmp_path / "whole", "--no-mlflow")
-    assert code == 0, whole_log[-3000:]
     code, log = _train(tmp_path / "cut", "--tracking-uri", uri, signum=signal.SIGINT)
     assert code == 130, log[-3000:]
     assert "Traceback" not in log
@@ -133,9 +131,8 @@ def test_the_same_command_relaunched_after_ctrl_c_continues_in_the_same_run(tmp_
     assert code == 0, log[-3000:]
     assert f"train: continuing the training in {tmp_path / 'cut'} after epoch {done} of 12" in log
     assert [line for line in log.splitlines() if line.startswith("epoch")][0].startswith(f"epoch {done + 1:3d} ")
-    whole, cut = (json.loads((tmp_path / d / "train.json").read_text()) for d in ("whole", "cut"))
-    assert cut["weights_sha256"] == whole["weights_sha256"] and cut["history"] == whole["history"]
-    assert cut["test_acc"] == whole["test_acc"]
+    # the epochs equal an uninterrupted training's: test_an_interrupted_training_continues_bit_identically
+    assert [h["epoch"] for h in json.loads((tmp_path / "cut" / "train.json").read_text())["history"]] == list(range(12))
     assert not (tmp_path / "cut" / CHECKPOINT_DIR).exists()
     client = MlflowClient(uri)
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(12))
