@@ -55,6 +55,12 @@ def test_summarize_table_and_csv(tmp_path):
     assert rows[1]["seeds"] == 1 and rows[1]["parameters"] == (50.0, 0.0)
     md, csv_path = write_tables(study, rows, tmp_path)
     assert "| darts | `darts` | 2 | 12.00 ± 2.83 | 200.00 ± 141.42 |" in md.read_text()
+    # one seed: its value alone (before: "5.00 ± 0.00"), said under the table
+    assert "| B | `darts` | 1 | 5.00 | 50.00 |" in md.read_text()
+    assert md.read_text().endswith("\n\nA variant with one seed shows its value alone: one value has no standard "
+                                   "deviation.\n")
+    two = summarize(study, results + [{"variant": "B", "seed": 1, "test_error": 7.0, "parameters": 50.0}])
+    assert "one seed" not in write_tables(study, two, tmp_path)[0].read_text()
     assert md.read_text().startswith("# s\n\n| variant |")  # a study without a description: no empty paragraph
     described = write_tables(_study(description="what it compares"), rows, tmp_path)[0].read_text()
     assert described.startswith("# s\n\nwhat it compares\n\n| variant |")

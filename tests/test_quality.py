@@ -145,7 +145,12 @@ def test_summary_by_hand(table):
     assert x["best_regret_epoch_mean"] == pytest.approx(2.5)  # epoch 2 (seed 0), epoch 3 (seed 1)
     assert x["final_rank_mean"] == pytest.approx(3.5) and x["final_ranks"] == [5, 2]
     assert rows["y"]["off_table_epochs"] == 1 and rows["y"]["best_regret_epoch_mean"] == 2.0
-    assert "| x | 2 | 2.00 +- 1.41 | 2.5 | 3.5 +- 2.1 | 5, 2 |" in markdown(list(rows.values()), table)
+    text = markdown(list(rows.values()), table)
+    assert "| x | 2 | 2.00 +- 1.41 | 2.5 | 3.5 +- 2.1 | 5, 2 |" in text
+    # one seed: its value alone (before: "10.00 +- 0.00"), said under the table
+    assert "| y | 1 | 10.00 | 2.0 | 40.0 | 40 |" in text
+    assert text.endswith("\n\nA searcher with one seed shows its value alone: one value has no standard deviation.")
+    assert "one seed" not in markdown([rows["x"]], table)
 
 
 def test_trial_options_put_any_searcher_on_tiny81_and_use_the_table_parse():

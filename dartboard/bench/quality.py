@@ -163,10 +163,13 @@ def markdown(rows: list[dict[str, Any]], table) -> str:
              "test acc (%) | search s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ranks = ", ".join("-" if math.isnan(x) else str(int(x)) for x in r["final_ranks"])
-        lines.append(f"| {r['searcher']} | {r['seeds']} | {100 * r['final_regret_mean']:.2f} +- "
-                     f"{100 * r['final_regret_std']:.2f} | {r['best_regret_epoch_mean']:.1f} | "
-                     f"{r['final_rank_mean']:.1f} +- {r['final_rank_std']:.1f} | {ranks} | "
-                     f"{100 * r['final_test_acc_mean']:.2f} | {r['seconds_mean']:.0f} |")
+        one = r["seeds"] == 1  # one value has no spread: "+- 0.00" would read as a measured one
+        regret = f"{100 * r['final_regret_mean']:.2f}" + ("" if one else f" +- {100 * r['final_regret_std']:.2f}")
+        rank = f"{r['final_rank_mean']:.1f}" + ("" if one else f" +- {r['final_rank_std']:.1f}")
+        lines.append(f"| {r['searcher']} | {r['seeds']} | {regret} | {r['best_regret_epoch_mean']:.1f} | {rank} | "
+                     f"{ranks} | {100 * r['final_test_acc_mean']:.2f} | {r['seconds_mean']:.0f} |")
+    if any(r["seeds"] == 1 for r in rows):
+        lines += ["", "A searcher with one seed shows its value alone: one value has no standard deviation."]
     return "\n".join(lines)
 
 

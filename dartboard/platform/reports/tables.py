@@ -55,12 +55,17 @@ def _fmt(value: float) -> str:
 
 
 def markdown_table(study: StudyConfig, rows: list[dict[str, Any]]) -> str:
+    """Mean ± std of each metric; a variant with one seed shows its value alone (one value has no spread, and
+    "± 0.00" would read as a measured one), said under the table."""
     head = ["variant", "searcher", "seeds"] + [METRIC_LABELS.get(m, m) for m in study.report.metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["variant"], f"`{row['searcher']}`", str(row["seeds"])]
-        cells += [f"{_fmt(row[m][0])} ± {_fmt(row[m][1])}" for m in study.report.metrics]
+        cells += [_fmt(row[m][0]) if row["seeds"] == 1 else f"{_fmt(row[m][0])} ± {_fmt(row[m][1])}"
+                  for m in study.report.metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row["seeds"] == 1 for row in rows):
+        lines += ["", "A variant with one seed shows its value alone: one value has no standard deviation."]
     return "\n".join(lines) + "\n"
 
 
