@@ -40,17 +40,31 @@ def pull(
         typer.echo(f"  {path.name}")
 
 
+def every_page(search, **kwargs) -> list:
+    """Every result of an MLflow registry search, page after page (one page is 100 registered models)."""
+    found, token = [], None
+    while True:
+        page = search(page_token=token, **kwargs)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def models_list(tracking_uri: str = typer.Option(None, help=TRACKING_HELP)) -> None:
     """Registered models with their latest version and aliases."""
     check_registry(tracking_uri)
     from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
-    models = c.search_registered_models()
+    models = every_page(c.search_registered_models)
     if not models:
         typer.echo("no registered models")
+    by_name: dict[str, list] = {}
+    for v in every_page(c.search_model_versions):  # every version at once (no filter: a name may hold any quote)
+        by_name.setdefault(v.name, []).append(v)
     for m in models:
-        versions = c.search_model_versions(f"name='{m.name}'")
+        versions = by_name.get(m.name, [])
         latest = max((int(v.version) for v in versions), default=0)
         aliases = ", ".join(f"@{a}->v{v}" for a, v in sorted((m.aliases or {}).items()))
         typer.echo(f"{m.name:32s} versions {len(versions):3d}  latest v{latest}  {aliases}")
@@ -63,10 +77,11 @@ def models_show(
 ) -> None:
     """Every version of NAME with its aliases, tags (study, searcher, metrics, SHA-256) and run metrics."""
     check_registry(tracking_uri)
-    from dartboard.platform.tracking.models import client
+    from dartboard.platform.tracking.models import client, filter_literal
 
     c = client(tracking_uri)
-    versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    versions = sorted(every_page(c.search_model_versions, filter_string=f"name={filter_literal(name)}"),
+                      key=lambda v: int(v.version))
     if not versions:
         raise UserInputError(f"model {name!r}: no registered model of that name")
     out = []

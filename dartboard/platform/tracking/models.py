@@ -171,13 +171,24 @@ def resolve_version(uri: str | None, ref: str):
             return c.get_model_version_by_alias(name, alias)
         if version:
             return c.get_model_version(name, version)
-        versions = c.search_model_versions(f"name='{name}'")
+        versions = c.search_model_versions(f"name={filter_literal(name)}")
     except Exception as err:  # noqa: BLE001 - MLflow raises RestException/MlflowException
         raise UserInputError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
                          f"{str(err).splitlines()[0]}") from None
     if not versions:
         raise UserInputError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
     return max(versions, key=lambda v: int(v.version))
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a string literal of an MLflow search filter (``name=...``): in single quotes, or in double
+    quotes when it holds a single quote (a name such as ``it's``); MLflow's filters have no escape for a value
+    that holds both."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UserInputError(f"{value!r} holds both kinds of quote, which an MLflow registry search cannot name")
 
 
 def verify_model_dir(folder, tags: Mapping[str, str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from dartboard.platform.tracking import runs
 from dartboard.platform.tracking.champion import SIGNATURE_TAG, Decision, decide, objective_signature
-from dartboard.platform.tracking.models import CHAMPION_ALIAS, GENOTYPE_FILE, register_champion
+from dartboard.platform.tracking.models import CHAMPION_ALIAS, GENOTYPE_FILE, filter_literal, register_champion
 
 log = logging.getLogger("dartboard")
 SKIP_FILES = {"searcher.pt", "progress.json"}  # the search state: large and of no use outside a resume
@@ -119,7 +119,7 @@ class StudyTracker:
         cfg = self.study
         name = cfg.register_as or cfg.name
         c = runs.client(self.uri)
-        for version in c.search_model_versions(f"name='{name}' and tag.study='{cfg.name}'"):
+        for version in c.search_model_versions(f"name={filter_literal(name)} and tag.study={filter_literal(cfg.name)}"):
             if version.tags.get("trial") == best["key"]:  # a resumed study registered it already
                 moved = version.tags.get("champion.moved") == "1"
                 self.decision = Decision(moved, version.tags.get("champion.decision", "registered before a resume"))

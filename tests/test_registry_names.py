@@ -1,0 +1,75 @@
+"""Registered model names that MLflow allows but a naive search filter breaks on (a quote), and registries of more
+than one page (100 models): `dartboard models list / show` and the version lookup of pull, predict and evaluate,
+on a real sqlite registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from dartboard.errors import UserInputError
+
+pytest.importorskip("mlflow")
+QUOTED = ("it's", 'a"b')
+BOTH = "x'y\"z"
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from dartboard.platform.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("names")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    for name in (*QUOTED, BOTH, *(f"m{i:03d}" for i in range(101))):
+        c.create_registered_model(name)
+    for name in QUOTED:
+        for _ in range(2):
+            c.create_model_version(name, source=str(folder))
+    return uri
+
+
+def test_filter_literals():
+    from dartboard.platform.tracking.models import filter_literal
+
+    assert filter_literal("digits-net") == "'digits-net'"
+    assert filter_literal("it's") == '"it\'s"'
+    assert filter_literal('a"b') == "'a\"b'"
+    with pytest.raises(UserInputError, match="holds both kinds of quote"):
+        filter_literal(BOTH)
+
+
+def test_models_list_shows_every_model_of_every_page(registry, capsys):
+    code, out, err = _cli(["models", "list", "--tracking-uri", registry], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 104  # before: the first page only (100), or a traceback at the first quoted name
+    for name in QUOTED:
+        assert [line.split()[1:5] for line in lines if line.startswith(f"{name} ")] == [["versions", "2", "latest",
+                                                                                         "v2"]]
+    assert any(line.startswith(f"{BOTH} ") for line in lines)
+
+
+@pytest.mark.parametrize("name", QUOTED)
+def test_models_show_and_the_version_lookup_of_a_quoted_name(registry, name, capsys):
+    from dartboard.platform.tracking.models import resolve_version
+
+    code, out, err = _cli(["models", "show", name, "--tracking-uri", registry], capsys)
+    assert code == 0, err  # before, for it's: MlflowException "Invalid clause(s) in filter string" (a traceback)
+    assert [line.split()[:2] for line in out.splitlines() if not line.startswith(" ")] == [[name, "v1"], [name, "v2"]]
+    assert int(resolve_version(registry, name).version) == 2  # pull, predict, evaluate and export of NAME: the latest
+
+
+def test_a_name_with_both_quotes_is_one_line(registry, capsys):
+    code, _, err = _cli(["models", "show", BOTH, "--tracking-uri", registry], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"error: {BOTH!r} holds both kinds of quote, which an MLflow "
+                                                      f"registry search cannot name"]
