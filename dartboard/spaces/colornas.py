@@ -268,7 +268,15 @@ class ColourNetwork(nn.Module):
             width += _as_features(net)
             nets.append(net)
         self.channels = nn.ModuleList(nets)
-        self.meta = meta_learner(width, genotype.meta_hidden, num_classes)
+        # not ``meta``: torch.export's graph modules have a ``meta`` dict of their own, and an exported ColourNetwork
+        # (ONNX, pt2) failed on the clash; weights saved under ``meta.`` load through _renamed_meta_keys
+        self.meta_learner = meta_learner(width, genotype.meta_hidden, num_classes)
+        self.register_load_state_dict_pre_hook(_renamed_meta_keys)
+
+    @property
+    def meta(self) -> nn.Module:
+        """The meta-learner, by its name before 2026-12-07."""
+        return self.meta_learner
 
     @property
     def drop_path_prob(self) -> float:
@@ -281,4 +289,11 @@ class ColourNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.colour(x)
-        return self.meta(torch.cat([net(x[:, c:c + 1]) for c, net in enumerate(self.channels)], dim=1))
+        return self.meta_learner(torch.cat([net(x[:, c:c + 1]) for c, net in enumerate(self.channels)], dim=1))
+
+
+def _renamed_meta_keys(module, state_dict, prefix, *args) -> None:
+    """Weights of a ColourNetwork saved before its meta-learner was renamed (``meta.`` -> ``meta_learner.``)."""
+    old = prefix + "meta."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "meta_learner." + key[len(old):]] = state_dict.pop(key)
