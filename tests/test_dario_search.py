@@ -147,6 +147,10 @@ def test_cli_prune_with_a_local_checkpoint(tiny_vit, tmp_path):
     again = rebuild_pruned(genotype, original_state=tiny_vit.state_dict()).eval()
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(rebuilt(x), again(x), atol=1e-6)
+    import dartboard  # the folder as it is: the pruned ViT, not only its gates genotype
+
+    loaded = dartboard.load(str(out))
+    assert not loaded.training and torch.equal(loaded(x), rebuilt(x))
 
 
 def test_cli_bad_granularity_is_one_line(capsys):

@@ -261,14 +261,17 @@ def _param(value: Any) -> str:
 
 
 def save_pruned(out_dir: str | Path, pruned: nn.Module, genotype: GateGenotype) -> Path:
-    """genotype.json + model.safetensors under ``out_dir`` (rebuild with ``rebuild_pruned``)."""
+    """genotype.json + model.safetensors under ``out_dir`` (rebuild with ``rebuild_pruned``, or
+    ``dartboard.load(out_dir)``)."""
     from safetensors.torch import save_file
+
+    from dartboard.platform.tracking.models import GENOTYPE_FILE, PRUNED_WEIGHTS_FILE
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save(genotype, out / "genotype.json")
+    save(genotype, out / GENOTYPE_FILE)
     save_file({k: v.detach().cpu().contiguous() for k, v in pruned.state_dict().items()},
-              str(out / "model.safetensors"))
+              str(out / PRUNED_WEIGHTS_FILE))
     return out
 
 

@@ -75,8 +75,10 @@ def prune(
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="each search iteration replayed from one CUDA graph "
                                     "(with --device cuda)"),
     out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here"),
-    mlflow_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; "
-                                                         "nothing is logged when neither is set)"),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", "--tracking-uri",
+                                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; nothing is "
+                                               "logged when neither is set); --tracking-uri as in every other "
+                                               "command"),
     register_as: str | None = typer.Option(None, "--register", help="with MLflow: the registered model NAME or "
                                            "NAME@ALIAS of the pruned ViT (default: dario-<model>, no alias)"),
 ) -> None:
@@ -136,7 +138,8 @@ def prune(
         typer.echo(f"search: {result.search_seconds:.1f} s")
     if out is not None:
         dario_run.save_pruned(out, result.pruned, result.genotype)
-        typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'}")
+        typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'} (dartboard.load({str(out)!r}) "
+                   f"rebuilds the pruned ViT)")
     if uri:
         run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics,
                                             params={"granularity": granularity, "proxy": proxy,

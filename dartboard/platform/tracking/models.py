@@ -23,6 +23,7 @@ log = logging.getLogger("dartboard")
 
 CHAMPION_ALIAS = "champion"
 GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE = "genotype.json", "network.json", "weights.safetensors"
+PRUNED_WEIGHTS_FILE = "model.safetensors"  # the pruned ViT's weights in `dartboard prune --out DIR`
 SHA_TAG = "sha256."  # one tag per artifact file: sha256.<file name> = hex digest
 
 _MODEL_CODE = '''"""dartboard network served as an MLflow pyfunc (models-from-code: nothing is pickled).
@@ -314,11 +315,12 @@ def check_model_folder(ref: str, needed: tuple[str, ...]):
 def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None = None):
     """``dartboard.load("models:/NAME@champion")``: verified pull, then a ready network in eval
     mode (or the Genotype when the version holds no weights). ``ref`` may also be a folder of a model's files
-    (what ``dartboard train`` and ``dartboard pull --to`` write), read as it is."""
+    (what ``dartboard train``, ``dartboard pull --to`` and ``dartboard prune --out`` write), read as it is."""
     import tempfile
     from pathlib import Path
 
-    if is_folder(ref):
+    local = is_folder(ref)
+    if local:
         if uri is not None or cache_dir is not None:
             raise UserInputError(f"load: {ref!r} is a folder of model files, read without a registry or a cache; "
                                  f"give neither tracking_uri nor cache_dir")
@@ -328,6 +330,8 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
         folder, _ = pull_model(uri, ref, folder, replace=True)  # its cache: the version the reference names now
     files = {k: folder / f for k, f in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
                                         ("weights", WEIGHTS_FILE)) if (folder / f).is_file()}
+    if local and "weights" not in files and (folder / PRUNED_WEIGHTS_FILE).is_file():
+        files["weights"] = folder / PRUNED_WEIGHTS_FILE  # a pruned ViT as `dartboard prune --out` writes it
     return build_from_files(files)
 
 
