@@ -128,3 +128,24 @@ def test_dartboard_load_of_a_folder(trained, tmp_path):
         dartboard.load(str(trained["out"]), tracking_uri="sqlite:///m.db")
     with pytest.raises(UserInputError, match=r"the folder holds no model \(genotype.json missing\)"):
         dartboard.load(str(tmp_path))
+
+
+def test_info_of_a_folder_is_the_trained_networks_size(trained, capsys, monkeypatch):
+    from dartboard.platform.cli.main import main
+
+    def info(*args: str) -> dict:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main(["info", *args, "--json"])
+        assert done.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    folder = info(str(trained["out"]))
+    recorded = json.loads((trained["out"] / "train.json").read_text())
+    assert folder["parameters"] == recorded["parameters"] == sum(p.numel() for p in trained["net"].parameters())
+    assert (folder["channels"], folder["layers"], folder["dataset"], folder["input"]) == (4, 2, "digits", [1, 8, 8])
+    same = info(str(trained["out"] / "genotype.json"), "--channels", "4", "--layers", "2", "--dataset", "digits")
+    assert same["multiply_adds"] == folder["multiply_adds"] and same["parameters"] == folder["parameters"]
+    line = refused_here(["info", str(trained["out"]), "--channels", "8"], trained["out"].parent, capsys, monkeypatch)
+    assert line.endswith("the trained network's channels, cells, input and auxiliary head are in its network.json; "
+                         "drop --channels")

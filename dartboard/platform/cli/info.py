@@ -44,6 +44,30 @@ def network_info(genotype: str, channels: int, layers: int, auxiliary: bool, dat
             "multiply_adds": multiply_adds(net, (1, in_ch, size, size))}
 
 
+def folder_info(folder: str) -> dict[str, Any]:
+    """The trained network in ``folder`` (genotype.json and network.json, as ``dartboard train`` and ``dartboard
+    pull --to`` write them), at the size and input it was trained with; no weights are read."""
+    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, check_model_folder
+    from dartboard.spaces.genotype import load
+    from dartboard.spaces.networks import count_parameters, multiply_adds
+    from dartboard.training.final import ShapeInfo, TrainConfig, network_of
+
+    path = check_model_folder(folder, (GENOTYPE_FILE, NETWORK_FILE))
+    try:
+        spec = json.loads((path / NETWORK_FILE).read_text())
+        cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
+                          auxiliary=bool(spec.get("auxiliary", False)), stem=str(spec.get("stem", "auto")))
+        shape = ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"model {folder!r}: {NETWORK_FILE} is not a trained network's record ({err!r})") \
+            from None
+    net = network_of(load(path / GENOTYPE_FILE), cfg, shape).eval()
+    return {"genotype": folder, "channels": cfg.channels, "layers": cfg.layers, "auxiliary": cfg.auxiliary,
+            "dataset": spec.get("dataset"), "input": [shape.in_channels, shape.input_size, shape.input_size],
+            "parameters": count_parameters(net), "parameters_with_auxiliary": count_parameters(net, None),
+            "multiply_adds": multiply_adds(net, (1, shape.in_channels, shape.input_size, shape.input_size))}
+
+
 def flux_info(name: str, geno: Any) -> dict[str, Any]:
     """A PMSM flux model (``flux_mlp``): its architecture, parameters and multiply-adds per flux evaluation."""
     from dartboard.spaces.pmsm import FluxNet, count_parameters, multiply_adds
@@ -55,7 +79,8 @@ def flux_info(name: str, geno: Any) -> dict[str, Any]:
 
 
 def info(
-    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name."),
+    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name, or a trained network's folder "
+                                             "(its size and input from network.json)."),
     channels: int = typer.Option(None, help="Initial channels C (default 36)."),
     layers: int = typer.Option(None, help="Number of cells (default 20)."),
     auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Build the auxiliary head too "
@@ -64,10 +89,20 @@ def info(
                                            "imagenet."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network;
-    an mlp genotype (NASiam heads): its chains; a PMSM flux model: its size per flux evaluation."""
+    """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network (of a
+    trained network's folder: as trained); an mlp genotype (NASiam heads): its chains; a PMSM flux model: its
+    size per flux evaluation."""
+    from pathlib import Path
+
     from dartboard.spaces.catalog import resolve
 
+    if Path(genotype).is_dir():
+        refuse_with(f"model folder {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
+                                                   "--auxiliary" if auxiliary else "--no-auxiliary":
+                                                   auxiliary is not None},
+                    "the trained network's channels, cells, input and auxiliary head are in its network.json")
+        _print_sized(folder_info(genotype), as_json)
+        return
     geno = resolve(genotype)
     if geno.kind in SIZED:  # their size is their own: the cell network's flags would be ignored (not checked)
         refuse_with(f"genotype {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
@@ -90,13 +125,18 @@ def info(
         return
     channels, layers = 36 if channels is None else channels, 20 if layers is None else layers
     auxiliary, dataset = bool(auxiliary), "cifar10" if dataset is None else dataset
-    result = network_info(genotype, channels, layers, auxiliary, dataset)
+    _print_sized({**network_info(genotype, channels, layers, auxiliary, dataset), "auxiliary": auxiliary}, as_json)
+
+
+def _print_sized(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"{genotype}: C={channels}, {layers} cells, {dataset} input")
+    shape = f" ({result['input'][0]} x {result['input'][1]} x {result['input'][2]})" if "input" in result else ""
+    typer.echo(f"{result['genotype']}: C={result['channels']}, {result['layers']} cells, {result['dataset']} "
+               f"input{shape}")
     typer.echo(f"parameters (without auxiliary head): {result['parameters']:,} ({result['parameters'] / 1e6:.2f}M)")
-    if auxiliary:
+    if result["auxiliary"]:
         typer.echo(f"parameters (with auxiliary head):    {result['parameters_with_auxiliary']:,} "
                    f"({result['parameters_with_auxiliary'] / 1e6:.2f}M)")
     typer.echo(f"multiply-adds per input: {result['multiply_adds']:,} ({result['multiply_adds'] / 1e6:.1f}M)")
