@@ -64,6 +64,27 @@ def run_here(args: list[str], capsys) -> tuple[int, str]:
     return done.value.code, capsys.readouterr().err
 
 
+def signalled(args: list[str], at: str | None, signum: int, timeout: int = 120, cwd: Path | None = None
+              ) -> tuple[int, str]:
+    """``dartboard ARGS`` (one OpenMP thread), sent ``signum`` when its stderr first shows a line starting with ``at``
+    (a state of the command's own, not a timer; None: never); its exit code and stderr."""
+    proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default, cwd=cwd)
+    log = []
+    try:
+        for line in proc.stderr:
+            log.append(line)
+            if at is not None and line.startswith(at):
+                proc.send_signal(signum)
+                break
+        log.extend(proc.stderr)
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, "".join(log)
+
+
 def imported_modules(importtime_stderr: str) -> set[str]:
     """Top-level names of every module imported, from ``PYTHONPROFILEIMPORTTIME`` output."""
     names = set()
@@ -212,22 +233,8 @@ def test_an_interrupted_search_saves_its_finished_epochs(tmp_path, signum, code)
 
     out = tmp_path / "run"
     args = ["search", "--epochs", "50", "--set", "C=4", "--set", "layers=2", "--no-mlflow", "--out", str(out)]
-    proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
-    log = []
-    try:
-        for line in proc.stderr:  # wait, from the search's own log, until its first epoch has ended
-            log.append(line)
-            if line.startswith("epoch   1 "):
-                proc.send_signal(signum)
-                break
-        log.extend(proc.stderr)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stderr = "".join(log)
-    assert proc.returncode == code, stderr[-3000:]
+    returncode, stderr = signalled(args, "epoch   1 ", signum)  # once the search's first epoch has ended
+    assert returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr
     finished = json.loads((out / "interrupted.json").read_text())
     assert finished["epochs"] == 50 and 1 <= finished["epochs_finished"] < 50

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_cli_contract import console_script, env_for, sigint_default
+from test_cli_contract import signalled
 from test_final_training import tiny_splits
 
 from dartboard.errors import UserInputError
@@ -97,21 +96,7 @@ def _train(out, *extra: str, signum: int | None = None) -> tuple[int, str]:
     """`dartboard train` on digits through the console script (12 epochs unless ``extra`` says otherwise); with
     ``signum``, sent once epoch 2 has ended."""
     args = ["train", "darts-v2", "--channels", "4", "--layers", "2", "--epochs", "12", "--out", str(out), *extra]
-    proc = subprocess.Popen([console_script(), *args], env=env_for(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default, cwd=out.parent)
-    log = []
-    try:
-        for line in proc.stderr:
-            log.append(line)
-            if signum is not None and line.startswith("epoch   2 "):
-                proc.send_signal(signum)
-                break
-        log.extend(proc.stderr)
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, "".join(log)
+    return signalled(args, "epoch   2 " if signum is not None else None, signum or 0, timeout=300, cwd=out.parent)
 
 
 @pytest.mark.mlflow
