@@ -129,3 +129,32 @@ def test_the_same_command_relaunched_after_ctrl_c_continues_in_the_same_run(tmp_
     again = json.loads((tmp_path / "cut" / "mlflow-run.json").read_text())["run_id"]
     assert again != run_id and [m.step for m in client.get_metric_history(again, "train_loss")] == [0]
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(12))
+
+
+def test_an_unfinished_training_of_the_other_kind_is_refused(tmp_path, capsys, monkeypatch):
+    """In one process after an interrupted Ray Train job in the same --out, or the reverse: refused before any work
+    (neither would later finish over the other's model files)."""
+    from test_cli_bad_input import refused_here
+
+    from dartboard.platform.ray.final_job import RAY_DIR, RUN_NAME
+    from dartboard.platform.train_checkpoint import check_no_other_kind
+
+    local = tmp_path / "local"
+    (local / CHECKPOINT_DIR).mkdir(parents=True)
+    (local / CHECKPOINT_DIR / "progress.json").write_text(json.dumps({"identity": {}, "epochs_done": 3,
+                                                                      "seconds": 1.0}))
+    line = refused_here(["train", "darts-v2", "--workers", "2", "--no-mlflow", "--out", "local"], tmp_path, capsys,
+                        monkeypatch)
+    assert line == ("error: --out: 'local' holds an unfinished training in one process (3 epochs done); finish it "
+                    "with the same command without --workers and --address, or give another --out")
+    check_no_other_kind(local, ray_job=False)  # a training in one process goes on with its own
+    job = tmp_path / "job"
+    epoch = job / RAY_DIR / RUN_NAME / "checkpoint_000001"
+    epoch.mkdir(parents=True)
+    (epoch / "progress.json").write_text(json.dumps({"history": [{}, {}], "done": False}))
+    line = refused_here(["train", "darts-v2", "--no-mlflow", "--out", "job"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: --out: 'job' holds an unfinished Ray Train job (2 epochs done); finish it with the same "
+                    "command and its --workers and --address, or give another --out")
+    check_no_other_kind(job, ray_job=True)
+    (epoch / "progress.json").write_text(json.dumps({"history": [{}, {}], "done": True}))
+    check_no_other_kind(job, ray_job=False)  # a finished job's folder takes a new training, as before

@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dartboard.errors import UserInputError
+
 CHECKPOINT_DIR = "train-checkpoint"
 STATE_FILE = "trainer.pt"
 PROGRESS_FILE = "progress.json"
@@ -71,3 +73,29 @@ class TrainCheckpoint:
     def remove(self) -> None:
         for suffix in ("", ".tmp", ".old"):  # .tmp: a save that an interrupt cut short
             shutil.rmtree(self.folder.with_name(f"{CHECKPOINT_DIR}{suffix}"), ignore_errors=True)
+
+
+def check_no_other_kind(out: str | Path, ray_job: bool) -> None:
+    """One output folder, one training: an unfinished training of the other kind in ``out`` (in one process, when
+    this one is a Ray Train job; a Ray Train job in ``out/ray``, when this one runs in one process) is refused, so
+    that neither finishes later over the other's model files."""
+    out = Path(out)
+    if ray_job:
+        progress = out / CHECKPOINT_DIR / PROGRESS_FILE
+        if progress.is_file():
+            done = json.loads(progress.read_text()).get("epochs_done")
+            raise UserInputError(f"--out: {str(out)!r} holds an unfinished training in one process ({done} epochs "
+                                 f"done); finish it with the same command without --workers and --address, or give "
+                                 f"another --out")
+        return
+    from dartboard.platform.ray.final_job import RAY_DIR, RUN_NAME
+
+    if not (out / RAY_DIR / RUN_NAME).is_dir():
+        return
+    from dartboard.platform.ray.storage import run_checkpoints
+
+    found = run_checkpoints(str(out / RAY_DIR / RUN_NAME))
+    if found and not found[-1][1].get("done"):
+        raise UserInputError(f"--out: {str(out)!r} holds an unfinished Ray Train job ({len(found[-1][1]['history'])} "
+                             f"epochs done); finish it with the same command and its --workers and --address, or "
+                             f"give another --out")

@@ -259,6 +259,9 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
                         float(torch.cuda.device_count()))
     name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
     logger, out_existed = None, out_dir.exists()
+    from dartboard.platform.train_checkpoint import check_no_other_kind
+
+    check_no_other_kind(out_dir, ray_job=cluster is not None)
     checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir)
     if not no_mlflow:
         from dartboard.platform.tracking.epochs import (
