@@ -89,6 +89,11 @@ def test_a_checkpoint_of_another_training_is_refused_and_kept(tmp_path):
     (out / CHECKPOINT_DIR / "progress.json").write_text(json.dumps({"epochs_done": 1, "seconds": 0.0}))
     with pytest.raises(UserInputError, match="not a final-training checkpoint"):
         _checkpoint(out)
+    for broken in ('{"identity": {}, "epochs', '["a list"]', '{"identity": {}}'):  # edited by hand, say
+        (out / CHECKPOINT_DIR / "progress.json").write_text(broken)
+        with pytest.raises(UserInputError, match=r"progress.json cannot be read \(.*\); remove the folder to start "
+                                                 r"the training anew, or use a new output folder"):
+            _checkpoint(out)
     assert train_checkpoint.CHECKPOINT_DIR != "checkpoint"  # a search's own checkpoint folder, in the same OUT
 
 

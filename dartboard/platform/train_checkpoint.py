@@ -38,9 +38,14 @@ class TrainCheckpoint:
         self.epochs_done = 0
         progress = self.folder / PROGRESS_FILE
         if progress.is_file():
-            saved = json.loads(progress.read_text())
-            check_identity(str(self.folder), saved.get("identity"), identity)
-            self.epochs_done = int(saved["epochs_done"])
+            try:
+                saved = json.loads(progress.read_text())
+                recorded, done = saved.get("identity"), int(saved["epochs_done"])
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise UserInputError(f"checkpoint {self.folder}: {PROGRESS_FILE} cannot be read ({err!r}); remove the "
+                                     f"folder to start the training anew, or use a new output folder") from None
+            check_identity(str(self.folder), recorded, identity)
+            self.epochs_done = done
 
     def restore(self, trainer: Any, loader: Any) -> float:
         """Load the saved state into ``trainer`` and ``loader``'s shuffling generator; the seconds trained before
