@@ -88,7 +88,10 @@ def check_no_other_kind(out: str | Path, ray_job: bool) -> None:
     if ray_job:
         progress = out / CHECKPOINT_DIR / PROGRESS_FILE
         if progress.is_file():
-            done = json.loads(progress.read_text()).get("epochs_done")
+            try:
+                done = json.loads(progress.read_text())["epochs_done"]
+            except (ValueError, KeyError, TypeError):  # edited by hand: still an unfinished training's folder
+                done = "?"
             raise UserInputError(f"--out: {str(out)!r} holds an unfinished training in one process ({done} epochs "
                                  f"done); finish it with the same command without --workers and --address, or give "
                                  f"another --out")
