@@ -52,6 +52,18 @@ def run(args: list[str], env: dict[str, str] | None = None, timeout: int = 120) 
                           timeout=timeout)
 
 
+def run_main(args: list[str], capsys) -> tuple[int, str, str]:
+    """The console script's ``main`` in this process: its exit code, stdout and stderr. For commands that leave
+    nothing of the process set (no Ray, no MLflow tracking URI), where an interpreter's start would cost 2-4 s."""
+    from dartboard.platform.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # a bug raises its own exception instead: the test fails with it
+        main(args)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
 def run_here(args: list[str], capsys) -> tuple[int, str]:
     """The ``main`` that the console script runs, in this process (no interpreter start and imports: 2-4 s a
     command): its exit code and stderr. For input refused before any work, where nothing of the process is left

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_cli_contract import env_for, run
+from test_cli_contract import run_main
 
 from dartboard.data.catalog import load_dataset
 from dartboard.data.preprocess import preprocessing_of
@@ -74,7 +74,7 @@ def test_weights_saved_under_the_old_name_load(trained):
     assert net.meta is net.meta_learner
 
 
-def test_predict_of_a_colornas_model_feeds_raw_pixels(trained, tmp_path):
+def test_predict_of_a_colornas_model_feeds_raw_pixels(trained, tmp_path, capsys):
     n = 12
     images = trained["splits"].test.tensors[0][:n]  # raw pixels in [0, 1]
     files = []
@@ -83,8 +83,8 @@ def test_predict_of_a_colornas_model_feeds_raw_pixels(trained, tmp_path):
         files.append(str(tmp_path / f"c{i}.npy"))
     with torch.no_grad():
         expected = torch.softmax(trained["net"](images), dim=1)
-    result = run(["predict", str(trained["out"]), *files, "--json"], env_for())
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(result.stdout)
+    code, out, err = run_main(["predict", str(trained["out"]), *files, "--json"], capsys)
+    assert code == 0, err[-3000:]
+    rows = json.loads(out)
     assert [r["class"] for r in rows] == expected.argmax(1).tolist()
     np.testing.assert_allclose([r["probabilities"] for r in rows], expected.numpy(), atol=1e-5)

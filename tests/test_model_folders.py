@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli_bad_input import refused_here
-from test_cli_contract import env_for, run
+from test_cli_contract import run_main
 
 from dartboard.data.catalog import load_dataset
 from dartboard.platform.tracking import models
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     return {"out": out, "test_acc": result.test_acc, "test_loss": result.test_loss, "net": net, "splits": splits}
 
 
-def test_predict_of_a_folder_gives_the_networks_classes(trained, tmp_path):
+def test_predict_of_a_folder_gives_the_networks_classes(trained, tmp_path, capsys):
     n = 30
     images = trained["splits"].test.tensors[0][:n]
     files = []
@@ -45,24 +45,24 @@ def test_predict_of_a_folder_gives_the_networks_classes(trained, tmp_path):
     with torch.no_grad():
         expected = trained["net"](images).argmax(1).tolist()
     assert len(set(expected)) >= 5, "a network that predicts few classes would make this test weak"
-    result = run(["predict", str(trained["out"]), *files, "--json"], env_for())
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["class"] for r in json.loads(result.stdout)] == expected
+    code, out, err = run_main(["predict", str(trained["out"]), *files, "--json"], capsys)
+    assert code == 0, err[-3000:]
+    assert [r["class"] for r in json.loads(out)] == expected
 
 
-def test_evaluate_of_a_folder_reports_its_accuracy_and_the_recorded_one(trained):
-    result = run(["evaluate", str(trained["out"]), "--json"], env_for())
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+def test_evaluate_of_a_folder_reports_its_accuracy_and_the_recorded_one(trained, capsys):
+    code, out, err = run_main(["evaluate", str(trained["out"]), "--json"], capsys)
+    assert code == 0, err[-3000:]
+    report = json.loads(out)
     assert report["model"] == str(trained["out"]) and report["version"] is None
     assert report["dataset"] == "digits" and report["test_samples"] == 360
     assert report["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-9)
     assert report["recorded_test_acc"] == pytest.approx(trained["test_acc"])  # from train.json
     assert report["registered_test_acc"] is None
-    text = run(["evaluate", str(trained["out"])], env_for())
-    assert text.returncode == 0, text.stderr[-3000:]
-    assert text.stdout.splitlines()[0] == f"{trained['out']} on the digits test split (360 images)"
-    assert f"recorded test_acc {trained['test_acc']:.4f}" in text.stdout
+    code, text, err = run_main(["evaluate", str(trained["out"])], capsys)
+    assert code == 0, err[-3000:]
+    assert text.splitlines()[0] == f"{trained['out']} on the digits test split (360 images)"
+    assert f"recorded test_acc {trained['test_acc']:.4f}" in text
 
 
 def test_a_pulled_folder_reports_the_registered_accuracy(trained, tmp_path):
@@ -78,10 +78,10 @@ def test_a_pulled_folder_reports_the_registered_accuracy(trained, tmp_path):
     assert local_network(str(folder)).recorded_test_acc == 0.5  # the version's tag first
 
 
-def test_export_of_a_folder(trained, tmp_path):
-    result = run(["export", str(trained["out"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
-                 env_for())
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_export_of_a_folder(trained, tmp_path, capsys):
+    code, _, err = run_main(["export", str(trained["out"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
+                            capsys)
+    assert code == 0, err[-3000:]
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
     x = trained["splits"].test.tensors[0][:4]
     with torch.no_grad():
@@ -131,14 +131,10 @@ def test_dartboard_load_of_a_folder(trained, tmp_path):
 
 
 def test_info_of_a_folder_is_the_trained_networks_size(trained, capsys, monkeypatch):
-    from dartboard.platform.cli.main import main
-
     def info(*args: str) -> dict:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as done:
-            main(["info", *args, "--json"])
-        assert done.value.code == 0
-        return json.loads(capsys.readouterr().out)
+        code, out, err = run_main(["info", *args, "--json"], capsys)
+        assert code == 0, err
+        return json.loads(out)
 
     folder = info(str(trained["out"]))
     recorded = json.loads((trained["out"] / "train.json").read_text())

@@ -5,22 +5,13 @@ on a real sqlite registry."""
 from __future__ import annotations
 
 import pytest
+from test_cli_contract import run_main as _cli
 
 from dartboard.errors import UserInputError
 
 pytest.importorskip("mlflow")
 QUOTED = ("it's", 'a"b')
 BOTH = "x'y\"z"
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from dartboard.platform.cli.main import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
