@@ -145,3 +145,20 @@ def test_info_of_a_folder_is_the_trained_networks_size(trained, capsys, monkeypa
     line = refused_here(["info", str(trained["out"]), "--channels", "8"], trained["out"].parent, capsys, monkeypatch)
     assert line.endswith("the trained network's channels, cells, input and auxiliary head are in its network.json; "
                          "drop --channels")
+
+
+def test_a_folder_without_a_recorded_preprocessing(trained, tmp_path, capsys, monkeypatch, caplog):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for name in ("genotype.json", "weights.safetensors"):
+        (folder / name).write_bytes((trained["out"] / name).read_bytes())
+    spec = {k: v for k, v in json.loads((trained["out"] / "network.json").read_text()).items() if k != "preprocessing"}
+    (folder / "network.json").write_text(json.dumps({**spec, "dataset": "imagefolder"}))
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), dtype=np.float32))
+    line = refused_here(["predict", "old", "x.npy"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: model 'old': network.json records no preprocessing (written before dartboard recorded it) "
+                    "and data set 'imagefolder' does not say how it normalises its images")
+    (folder / "network.json").write_text(json.dumps(spec))  # digits: its current normalisation, with a warning
+    code, out, err = run_main(["predict", str(folder), str(tmp_path / "x.npy")], capsys)
+    assert code == 0 and out.startswith(f"{tmp_path / 'x.npy'}  class "), err
+    assert f"model {folder} records no preprocessing; using the current normalisation of digits" in caplog.text

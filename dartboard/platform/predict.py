@@ -114,8 +114,8 @@ def model_preprocessing(spec: dict[str, Any], ref: str):
         except UserInputError:
             pre = None
     if pre is None:
-        raise UserInputError(f"model {ref!r}: network.json records no preprocessing (registered before it was "
-                             f"recorded) and data set {dataset!r} does not say how it normalises its images")
+        raise UserInputError(f"model {ref!r}: network.json records no preprocessing (written before dartboard "
+                             f"recorded it) and data set {dataset!r} does not say how it normalises its images")
     log.warning("model %s records no preprocessing; using the current normalisation of %s", ref, dataset)
     return pre
 
