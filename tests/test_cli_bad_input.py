@@ -506,6 +506,20 @@ def test_a_genotype_with_an_empty_concat_is_refused(tmp_path, capsys, monkeypatc
     assert "normal.concat: expected a non-empty list" in line
 
 
+@pytest.mark.parametrize("args", [["info", "geno.json"], ["train", "geno.json", "--no-mlflow"],
+                                  ["distance", "geno.json", "darts-v2"], ["evaluate", "model"]],
+                         ids=["info", "train", "distance", "evaluate-folder"])
+def test_a_broken_genotype_file_is_named(args, tmp_path, capsys, monkeypatch):
+    # before: "error: not valid JSON: ..." without the file (a command may read several)
+    (tmp_path / "geno.json").write_text("{")
+    (tmp_path / "model").mkdir()
+    for name, text in (("genotype.json", "{"), ("network.json", "{}"), ("weights.safetensors", "")):
+        (tmp_path / "model" / name).write_text(text)
+    line = refused_here(args, tmp_path, capsys, monkeypatch)
+    where = "model/genotype.json" if args[0] == "evaluate" else "geno.json"
+    assert line.startswith(f"error: genotype file '{where}': not valid JSON: Expecting property name"), line
+
+
 def test_a_genotype_with_thousands_of_edges_is_refused_up_front_with_the_limit(tmp_path, capsys, monkeypatch):
     edges = [["sep_conv_3x3", src, dst] for dst in range(2, 80) for src in range(dst)]  # 3,237 edges
     name = genotype_file(tmp_path, darts_cell(edges, [79]))

@@ -380,6 +380,10 @@ def loads(text: str, known_ops: Iterable[str] | None = None) -> Genotype:
 
 
 def load(path: str | Path, known_ops: Iterable[str] | None = None) -> Genotype:
+    """The genotype in the JSON file ``path``; what is wrong with the file is named with the file."""
     path = check_file(path, "genotype file", GenotypeError)
-    return loads(path.read_text(), known_ops)
+    try:
+        return loads(path.read_text(), known_ops)
+    except GenotypeError as err:
+        raise GenotypeError(f"genotype file {str(path)!r}: {err}") from None
 
