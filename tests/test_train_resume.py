@@ -16,7 +16,7 @@ from test_cli_contract import signalled
 from test_final_training import tiny_splits
 
 from dartboard.errors import UserInputError
-from dartboard.platform import train_checkpoint
+from dartboard.platform import search_checkpoint, train_checkpoint
 from dartboard.platform.ray.final_job import job_identity
 from dartboard.platform.train_checkpoint import CHECKPOINT_DIR, TrainCheckpoint
 from dartboard.spaces.catalog import resolve
@@ -94,7 +94,7 @@ def test_a_checkpoint_of_another_training_is_refused_and_kept(tmp_path):
         with pytest.raises(UserInputError, match=r"progress.json cannot be read \(.*\); remove the folder to start "
                                                  r"the training anew, or use a new output folder"):
             _checkpoint(out)
-    assert train_checkpoint.CHECKPOINT_DIR != "checkpoint"  # a search's own checkpoint folder, in the same OUT
+    assert train_checkpoint.CHECKPOINT_DIR != search_checkpoint.CHECKPOINT_DIR  # both may live in one OUT
 
 
 def _train(out, *extra: str, signum: int | None = None) -> tuple[int, str]:

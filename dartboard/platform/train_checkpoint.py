@@ -35,17 +35,17 @@ class TrainCheckpoint:
         from dartboard.platform.ray.final_job import check_identity
 
         self.folder, self.identity = Path(out) / CHECKPOINT_DIR, identity
-        self.epochs_done = 0
+        self.epochs_done, self.seconds = 0, 0.0  # the epochs and the training seconds the checkpoint holds
         progress = self.folder / PROGRESS_FILE
         if progress.is_file():
             try:
                 saved = json.loads(progress.read_text())
-                recorded, done = saved.get("identity"), int(saved["epochs_done"])
+                recorded, done, seconds = saved.get("identity"), int(saved["epochs_done"]), float(saved["seconds"])
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise UserInputError(f"checkpoint {self.folder}: {PROGRESS_FILE} cannot be read ({err!r}); remove the "
                                      f"folder to start the training anew, or use a new output folder") from None
             check_identity(str(self.folder), recorded, identity)
-            self.epochs_done = done
+            self.epochs_done, self.seconds = done, seconds
 
     def restore(self, trainer: Any, loader: Any) -> float:
         """Load the saved state into ``trainer`` and ``loader``'s shuffling generator; the seconds trained before
@@ -57,7 +57,7 @@ class TrainCheckpoint:
         state = load_state(self.folder / STATE_FILE)
         trainer.load_state_dict(state["trainer"])
         loader.generator.set_state(state["loader"])
-        return float(json.loads((self.folder / PROGRESS_FILE).read_text())["seconds"])
+        return self.seconds
 
     def save(self, trainer: Any, loader: Any, seconds: float) -> None:
         from dartboard.training.checkpoint import save_state
@@ -73,7 +73,7 @@ class TrainCheckpoint:
             self.folder.rename(old)
         tmp.rename(self.folder)
         shutil.rmtree(old, ignore_errors=True)
-        self.epochs_done = trainer.epoch
+        self.epochs_done, self.seconds = trainer.epoch, seconds
 
     def remove(self) -> None:
         for suffix in ("", ".tmp", ".old"):  # .tmp: a save that an interrupt cut short

@@ -257,8 +257,12 @@ def network_from_files(files: Mapping[str, str | os.PathLike]):
         return rebuild_pruned(genotype, pruned_state=load_file(str(files["weights"]))).eval()
     if "network" not in files or "weights" not in files:
         return genotype
-    spec = json.loads(Path(files["network"]).read_text())
+    cfg, info = recorded_network(json.loads(Path(files["network"]).read_text()))
+    return load_network(genotype, files["weights"], cfg, info).eval()
+
+
+def recorded_network(spec: Mapping) -> tuple[TrainConfig, ShapeInfo]:
+    """The size (channels, cells, auxiliary head, stem) and input shape a network.json records."""
     cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
                       auxiliary=bool(spec.get("auxiliary", False)), stem=str(spec.get("stem", "auto")))
-    info = ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
-    return load_network(genotype, files["weights"], cfg, info).eval()
+    return cfg, ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))

