@@ -88,6 +88,26 @@ def test_search_then_train_on_digits(tmp_path, capsys, monkeypatch, caplog):
     assert len(runs) == 1 and runs.iloc[0]["tags.searcher"] == "darts"
 
 
+def test_train_takes_a_search_folder_and_trains_into_it(tmp_path, capsys, monkeypatch):
+    """`dartboard train runs/search-...` trains the folder's genotype.json and writes the network beside it, as for
+    the file itself; `info` reads the folder as its genotype, then, once trained, at its size as trained."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "search-darts-digits-s0"
+    gt.save(resolve("darts-v2"), run / gt.GENOTYPE_FILE)
+    out, _ = run_ok(["info", str(run)], capsys)  # a search's folder: its genotype at info's default size
+    assert "C=36, 20 cells, cifar10 input" in out, out
+    out, _ = run_ok(["train", "runs/search-darts-digits-s0/", "--channels", "4", "--layers", "2", "--epochs", "1",
+                     "--no-mlflow"], capsys)
+    assert any(line.startswith("test_acc ") for line in out.splitlines())
+    assert (run / "weights.safetensors").is_file() and (run / "network.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing beside the folder
+    out, _ = run_ok(["info", str(run)], capsys)
+    assert "C=4, 2 cells" in out, out
+    from dartboard.platform.tracking.final import default_model_name
+
+    assert default_model_name("runs/search-darts-digits-s0/", "digits") == "final-search-darts-digits-s0-digits"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dartboard.spaces import genotype as gt
-from dartboard.spaces.catalog import GENOTYPES, resolve
+from dartboard.spaces.catalog import GENOTYPES, home_folder, resolve
 
 
 def test_darts_v2_pairs_map_to_steps():
@@ -72,3 +72,15 @@ def test_resolve_name_or_path(tmp_path):
     assert resolve(str(p)) == GENOTYPES["darts-v2"]()
     with pytest.raises(gt.GenotypeError, match="neither a file nor a catalog name"):
         resolve("darts-v9")
+
+
+def test_a_folder_holding_genotype_json_resolves_to_it(tmp_path):
+    """A search's output folder names its genotype; outputs made from it go into that folder."""
+    run = tmp_path / "search-out"
+    gt.save(GENOTYPES["darts-v1"](), run / gt.GENOTYPE_FILE)
+    assert resolve(run) == GENOTYPES["darts-v1"]() and resolve(f"{run}/") == GENOTYPES["darts-v1"]()
+    assert home_folder(run) == run and home_folder(run / gt.GENOTYPE_FILE) == run
+    assert home_folder("darts-v1") is None and home_folder(tmp_path / "nothing") is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(gt.GenotypeError, match=r"'.*empty' is a folder without genotype\.json"):
+        resolve(tmp_path / "empty")

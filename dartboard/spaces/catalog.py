@@ -19,7 +19,7 @@ from dartboard.spaces.colornas import ColourSpace
 from dartboard.spaces.nasiam import NASIAM_SPACES
 from dartboard.spaces.ops import DARTOPTI_PRIMITIVES, DARTS_PRIMITIVES
 from dartboard.spaces.pmsm import PMSM_SPACES
-from dartboard.spaces.published import GENOTYPES, register_genotype, resolve  # noqa: F401  (the catalog's names)
+from dartboard.spaces.published import GENOTYPES, home_folder, register_genotype, resolve  # noqa: F401  (the catalog's names)
 from dartboard.spaces.supernet import CellSpace
 
 SPACES: Registry[Any] = Registry("space")

@@ -194,6 +194,10 @@ def dumps(genotype: Genotype) -> str:
     return json.dumps(to_dict(genotype), indent=2)
 
 
+#: The file a genotype is saved to in a folder (a search's output, a trained network's, a registered model's).
+GENOTYPE_FILE = "genotype.json"
+
+
 def save(genotype: Genotype, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dartboard.registries import Registry
 from dartboard.spaces import handcrafted
-from dartboard.spaces.genotype import CellGenotype, DartsGenotype, Genotype, GenotypeError, load
+from dartboard.spaces.genotype import GENOTYPE_FILE, CellGenotype, DartsGenotype, Genotype, GenotypeError, load
 from dartboard.spaces.pmsm_genotype import ActivationSpec, FluxMlpGenotype
 
 GENOTYPES: Registry[Callable[[], Genotype]] = Registry("genotype")
@@ -61,12 +61,29 @@ GENOTYPES.add("pmsm-thesis", lambda: FluxMlpGenotype(3, 16, ActivationSpec("add"
 
 
 def resolve(name_or_path: str | Path) -> Genotype:
-    """A catalog name (``darts-v2``) or a path to a genotype JSON file."""
+    """A catalog name (``darts-v2``), a path to a genotype JSON file, or a folder holding ``genotype.json`` (a
+    search's output folder, a trained network's)."""
     text = str(name_or_path)
     if text in GENOTYPES:
         return GENOTYPES[text]()
-    if Path(text).is_file():
-        return load(text)
+    path = Path(text)
+    if path.is_dir():
+        if not (path / GENOTYPE_FILE).is_file():
+            raise GenotypeError(f"genotype {text!r} is a folder without {GENOTYPE_FILE} (the file `dartboard search` "
+                                f"writes in its output folder)")
+        path = path / GENOTYPE_FILE
+    if path.is_file():
+        return load(path)
     raise GenotypeError(
-        f"genotype {text!r} is neither a file nor a catalog name; catalog names: {', '.join(sorted(GENOTYPES))}"
+        f"genotype {text!r} is neither a file nor a catalog name, nor a folder holding {GENOTYPE_FILE}; catalog "
+        f"names: {', '.join(sorted(GENOTYPES))}"
     )
+
+
+def home_folder(name_or_path: str | Path) -> Path | None:
+    """Where the outputs made from a genotype go by default: the folder of its file (the folder itself where
+    :func:`resolve` was given one); None for a catalog name."""
+    path = Path(name_or_path)
+    if str(name_or_path) in GENOTYPES:
+        return None
+    return path if path.is_dir() else path.parent if path.is_file() else None

@@ -77,8 +77,8 @@ def flux_info(name: str, geno: Any) -> dict[str, Any]:
 
 
 def info(
-    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name, or a trained network's folder "
-                                             "(its size and input from network.json)."),
+    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name, a search's output folder, or "
+                                             "a trained network's folder (its size and input from network.json)."),
     channels: int = typer.Option(None, help="Initial channels C (default 36)."),
     layers: int = typer.Option(None, help="Number of cells (default 20)."),
     auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Build the auxiliary head too "
@@ -92,9 +92,11 @@ def info(
     size per flux evaluation."""
     from pathlib import Path
 
+    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE
     from dartboard.spaces.catalog import resolve
 
-    if Path(genotype).is_dir():
+    folder = Path(genotype)  # a trained network's folder; a search's (genotype.json alone) is its genotype's
+    if folder.is_dir() and ((folder / NETWORK_FILE).is_file() or not (folder / GENOTYPE_FILE).is_file()):
         refuse_with(f"model folder {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
                                                    "--auxiliary" if auxiliary else "--no-auxiliary":
                                                    auxiliary is not None},

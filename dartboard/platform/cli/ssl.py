@@ -46,10 +46,10 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     info = views.info
     net, history, metrics = E.pretrain_and_evaluate(geno, views.train, plain.train, fit, held,
                                                     (info.in_channels, info.input_size), cfg)
-    if out is None:  # next to the genotype file, as for cell networks
-        out_dir = Path(name).parent if Path(name).is_file() else Path("runs") / f"train-ssl-{name}"
-    else:
-        out_dir = Path(out)
+    from dartboard.spaces.catalog import home_folder
+
+    # default: next to the genotype file, as for cell networks
+    out_dir = Path(out) if out is not None else home_folder(name) or Path("runs") / f"train-ssl-{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"genotype": to_dict(geno), "framework": cfg.framework, "C": cfg.C, "in_channels": info.in_channels,
                 "input_size": info.input_size, "state_dict": net.state_dict()}, out_dir / WEIGHTS_FILE)
@@ -146,10 +146,10 @@ def train_mlp(geno, genotype: str, options: dict, tracking_uri: str | None, no_m
     options = {**options, "framework": framework_of(geno, options["framework"])}
     _check_mlp_options(options)
     dataset, out = options["dataset"], options["out"]
-    if out is None:  # train_heads' default: next to the genotype file
-        out_dir = Path(genotype).parent if Path(genotype).is_file() else Path("runs") / f"train-ssl-{genotype}"
-    else:
-        out_dir = Path(out)
+    from dartboard.spaces.catalog import home_folder
+
+    # train_heads' default: next to the genotype file
+    out_dir = Path(out) if out is not None else home_folder(genotype) or Path("runs") / f"train-ssl-{genotype}"
     check_writable_dir(out_dir, "--out")
     logger = None
     if not no_mlflow:

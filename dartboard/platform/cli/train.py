@@ -27,7 +27,8 @@ TRAINED_ELSEWHERE = {"flux_mlp": "a PMSM flux model is trained by `dartboard pms
 
 
 def train(
-    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name (e.g. darts-v2)."),
+    genotype: str = typer.Argument(..., help="Genotype JSON file, catalog name (e.g. darts-v2) or a "
+                                                  "folder holding genotype.json (a search's output)."),
     channels: int = typer.Option(None, help="Initial channels C."),
     layers: int = typer.Option(None, help="Number of cells."),
     epochs: int = typer.Option(None, help="Training epochs."),
@@ -243,12 +244,9 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
     from dartboard.platform.tracking.final import default_model_name
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
+    from dartboard.spaces.catalog import home_folder
 
-    if out is None:
-        path = Path(genotype)
-        out_dir = path.parent if path.is_file() else Path("runs") / f"train-{genotype}"
-    else:
-        out_dir = Path(out)
+    out_dir = Path(out) if out is not None else home_folder(genotype) or Path("runs") / f"train-{genotype}"
     check_writable_dir(out_dir, "--out")  # before training, not after it
     if cluster is not None and cluster["address"] is None:  # a local cluster: this machine's GPUs
         import torch

@@ -20,8 +20,8 @@ FILES = {"genotype": GENOTYPE_FILE, "network": NETWORK_FILE, "weights": WEIGHTS_
 
 
 def default_model_name(genotype: str, dataset: str) -> str:
-    """``final-<genotype>-<dataset>``: the genotype's catalog name or its file's stem."""
-    stem = Path(genotype).stem if genotype.endswith(".json") else genotype
+    """``final-<genotype>-<dataset>``: the genotype's catalog name, its file's stem or its folder's name."""
+    stem = Path(genotype).stem if genotype.endswith(".json") else Path(genotype).name or genotype
     return f"final-{stem}-{dataset}"
 
 
