@@ -128,6 +128,10 @@ def test_dartboard_load_of_a_folder(trained, tmp_path):
         dartboard.load(str(trained["out"]), tracking_uri="sqlite:///m.db")
     with pytest.raises(UserInputError, match=r"the folder holds no model \(genotype.json missing\)"):
         dartboard.load(str(tmp_path))
+    # a registry reference with a file store: one line naming MLflow's switch, not MLflow's own exception
+    with pytest.raises(UserInputError, match=r"load: tracking_uri: '\./mlruns' is a file store .* "
+                                             r"MLFLOW_ALLOW_FILE_STORE=true"):
+        dartboard.load("models:/m@champion", tracking_uri="./mlruns")
 
 
 def test_info_of_a_folder_is_the_trained_networks_size(trained, capsys, monkeypatch):

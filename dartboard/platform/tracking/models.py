@@ -327,6 +327,9 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
                                  f"give neither tracking_uri nor cache_dir")
         folder = check_model_folder(ref, (GENOTYPE_FILE,))
     else:
+        from dartboard.platform.checks import check_tracking_server
+
+        check_tracking_server(tracking_uri(uri), "load: tracking_uri")  # a file store, a server that is down
         folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="dartboard-model-"))
         folder, _ = pull_model(uri, ref, folder, replace=True)  # its cache: the version the reference names now
     files = {k: folder / f for k, f in (("genotype", GENOTYPE_FILE), ("network", NETWORK_FILE),
