@@ -57,6 +57,35 @@ def folders_removed_after(folder: Path) -> Iterator[None]:
                 break
 
 
+@contextmanager
+def folder_held(path: str | os.PathLike, flag: str) -> Iterator[None]:
+    """One dartboard process at a time writes the output folder ``path`` (created if missing, and removed again
+    if nothing was written in it): a second search or training there, which would interleave its checkpoints and
+    model files with the first's, is refused by name. An advisory lock on the folder itself (``flock``), released
+    when the holder ends, however it ends: a killed process leaves no stale lock. Where ``fcntl`` does not exist,
+    nothing is locked."""
+    folder = Path(path)
+    check_writable_dir(folder, flag)
+    with folders_removed_after(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserInputError(f"{flag}: {str(folder)!r} is in use by another dartboard process (a search or "
+                                     f"a training writing there); wait for it to end, or give another {flag}"
+                                     ) from None
+            yield
+        finally:
+            os.close(fd)
+
+
 def check_writable_file(path: str | os.PathLike, flag: str) -> None:
     """Make sure the file ``path`` can be written (its folder is writable, it is not a folder)."""
     target = Path(path)

@@ -17,6 +17,7 @@ from dartboard.data.catalog import load_dataset
 from dartboard.data.datasets import Splits, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
 from dartboard.platform import search_checkpoint as ckpt
+from dartboard.platform.checks import folder_held
 from dartboard.platform.config import SearchRunConfig, resolve_device
 from dartboard.platform.progress import epochs_in_words
 from dartboard.platform.ray.checkpoint import STATE_FILE
@@ -117,13 +118,14 @@ def _named_cells(genotype: gt.DartsGenotype | gt.CellsGenotype) -> dict[str, gt.
 def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     """A search from scratch; it checkpoints every epoch under ``OUT/checkpoint`` (see :func:`resume_search_job`)."""
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
-    if _unfinished(out):  # a new search would clear its checkpoint: the interrupted one could not be finished
-        raise UserInputError(f"--out: {str(out)!r} holds an unfinished search ({_how_far(out)}); finish it with "
-                             f"`dartboard search --resume {out}`, or give another --out")
-    check_outputs(cfg, out)
-    cfg = cfg.model_copy(update={"out": str(out)})
-    seed_everything(cfg.seed)
-    return _search(cfg, out, progress, resume=False)
+    with folder_held(out, "--out"):  # no other search or training writes there meanwhile
+        if _unfinished(out):  # a new search would clear its checkpoint: the interrupted one could not be finished
+            raise UserInputError(f"--out: {str(out)!r} holds an unfinished search ({_how_far(out)}); finish it "
+                                 f"with `dartboard search --resume {out}`, or give another --out")
+        check_outputs(cfg, out)
+        cfg = cfg.model_copy(update={"out": str(out)})
+        seed_everything(cfg.seed)
+        return _search(cfg, out, progress, resume=False)
 
 
 def resume_search_job(folder: str | Path, progress: bool = True) -> SearchResult:
@@ -137,8 +139,9 @@ def resume_search_job(folder: str | Path, progress: bool = True) -> SearchResult
     if not _unfinished(folder):
         raise UserInputError(f"--resume: the search in {str(folder)!r} has finished; nothing to resume")
     cfg = SearchRunConfig(**json.loads(run_file.read_text()))
-    check_outputs(cfg, folder)
-    return _search(cfg, folder, progress, resume=True)
+    with folder_held(folder, "--resume"):  # the search is not still running there
+        check_outputs(cfg, folder)
+        return _search(cfg, folder, progress, resume=True)
 
 
 def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> SearchResult:

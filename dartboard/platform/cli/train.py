@@ -241,7 +241,7 @@ def _train_config(protocol: str, dataset: str, given: dict, **fixed):
 def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
                  as_json: bool, cluster: dict | None = None, register_as: str | None = None,
                  image_size: int = 32) -> None:
-    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    from dartboard.platform.checks import check_tracking_server, check_writable_dir, folder_held
     from dartboard.platform.tracking.final import default_model_name
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
     from dartboard.spaces.catalog import home_folder
@@ -257,55 +257,56 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
                         float(torch.cuda.device_count()))
     name, _, alias = (register_as or default_model_name(genotype, dataset)).partition("@")
     logger, out_existed = None, out_dir.exists()
-    from dartboard.platform.train_checkpoint import check_no_other_kind
+    with folder_held(out_dir, "--out"):  # no other training or search writes there meanwhile
+        from dartboard.platform.train_checkpoint import check_no_other_kind
 
-    check_no_other_kind(out_dir, ray_job=cluster is not None)
-    checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir)
-    if not no_mlflow:
-        from dartboard.platform.tracking.epochs import (
-            RUN_FILE,
-            TRAIN_EXPERIMENT,
-            EpochLogger,
-            absolute_uri,
-            open_train_run,
-        )
-        from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
+        check_no_other_kind(out_dir, ray_job=cluster is not None)
+        checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir)
+        if not no_mlflow:
+            from dartboard.platform.tracking.epochs import (
+                RUN_FILE,
+                TRAIN_EXPERIMENT,
+                EpochLogger,
+                absolute_uri,
+                open_train_run,
+            )
+            from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
 
-        tracking_uri = absolute_uri(resolved_uri(tracking_uri))
-        check_tracking_server(tracking_uri)
-        if checkpoint is not None and not checkpoint.epochs_done:  # a new training: an earlier one's run is done
-            (out_dir / RUN_FILE).unlink(missing_ok=True)
-        # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends; its id is kept in
-        # the output folder, so that the same command relaunched after an interrupt goes on in the same run
-        logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, TRAIN_EXPERIMENT, name, genotype, out_dir))
-    try:
-        result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger,
-                              checkpoint)
-    except BaseException as err:
-        if checkpoint is not None and checkpoint.epochs_done:
-            log.warning("train: stopped after epoch %d of %d; the same command continues it from %s",
-                        checkpoint.epochs_done, cfg.epochs, checkpoint.folder)
+            tracking_uri = absolute_uri(resolved_uri(tracking_uri))
+            check_tracking_server(tracking_uri)
+            if checkpoint is not None and not checkpoint.epochs_done:  # a new training: an earlier one's run is done
+                (out_dir / RUN_FILE).unlink(missing_ok=True)
+            # the run exists before the first epoch: each epoch's metrics reach it as the epoch ends; its id is kept in
+            # the output folder, so that the same command relaunched after an interrupt goes on in the same run
+            logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, TRAIN_EXPERIMENT, name, genotype, out_dir))
+        try:
+            result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger,
+                                  checkpoint)
+        except BaseException as err:
+            if checkpoint is not None and checkpoint.epochs_done:
+                log.warning("train: stopped after epoch %d of %d; the same command continues it from %s",
+                            checkpoint.epochs_done, cfg.epochs, checkpoint.folder)
+            if logger is not None:
+                from dartboard.platform.tracking.epochs import close_unfinished
+
+                close_unfinished(logger, out_dir, "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit)
+                                 else "FAILED", remove_dir=not out_existed)
+            raise
+        (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
         if logger is not None:
-            from dartboard.platform.tracking.epochs import close_unfinished
-
-            close_unfinished(logger, out_dir, "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit)
-                             else "FAILED", remove_dir=not out_existed)
-        raise
-    (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
-    if logger is not None:
-        _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
-                  logger.run_id)
-    if as_json:
-        typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
-                               "test_loss": result.test_loss, "parameters": result.parameters,
-                               "seconds": round(result.seconds, 3), "weights": str(result.weights_path),
-                               "weights_sha256": result.weights_sha256, "history": result.history,
-                               "config": {k: v for k, v in cfg.__dict__.items()}}, indent=1))
-        return
-    typer.echo(f"weights written to {result.weights_path} (sha256 {result.weights_sha256})")
-    typer.echo(f"parameters {result.parameters}")
-    typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
-    typer.echo(f"test_acc {result.test_acc:.4f}")
+            _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
+                      logger.run_id)
+        if as_json:
+            typer.echo(json.dumps({"genotype": genotype, "dataset": dataset, "test_acc": result.test_acc,
+                                   "test_loss": result.test_loss, "parameters": result.parameters,
+                                   "seconds": round(result.seconds, 3), "weights": str(result.weights_path),
+                                   "weights_sha256": result.weights_sha256, "history": result.history,
+                                   "config": {k: v for k, v in cfg.__dict__.items()}}, indent=1))
+            return
+        typer.echo(f"weights written to {result.weights_path} (sha256 {result.weights_sha256})")
+        typer.echo(f"parameters {result.parameters}")
+        typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
+        typer.echo(f"test_acc {result.test_acc:.4f}")
 
 
 def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
