@@ -172,6 +172,27 @@ def test_the_cpu_peak_counts_every_allocation_and_free_in_time_order():
     assert profiled_peak_bytes(frees_what_it_did_not_allocate) == 1_000_000
 
 
+def test_the_profilers_unknown_block_line_is_not_the_benchmarks_output():
+    """c10 writes a line to the process's stderr (once per process, hence a new one here) when a block allocated
+    before profiling is freed under it, as every measured step does; ``profiled_peak_bytes`` keeps it out of
+    ``bench speed`` and ``bench memory``, and lets every other line through, in order."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, torch\n"
+            "from dartboard.bench.memory import profiled_peak_bytes\n"
+            "before = [torch.empty(1_000_000)]\n"
+            "def step():\n"
+            "    print('python line', file=sys.stderr)\n"
+            "    before.clear()\n"
+            "    os.write(2, b'native line\\n')\n"
+            "print(profiled_peak_bytes(step))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    assert done.stderr.splitlines() == ["python line", "native line"]
+
+
 def test_memory_benchmark_lt_within_25_percent_of_lf():
     from dartboard.bench import memory as bench
 
