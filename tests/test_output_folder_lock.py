@@ -79,3 +79,15 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         proc.wait()
     with folder_held(out, "--out"):  # the kernel released the dead holder's lock
         pass
+
+
+def test_a_file_system_without_locks_is_used_unlocked(tmp_path, monkeypatch):
+    import errno
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_held(tmp_path / "on-a-mount", "--out"):
+        (tmp_path / "on-a-mount" / "genotype.json").write_text("{}")
+    assert (tmp_path / "on-a-mount" / "genotype.json").is_file()

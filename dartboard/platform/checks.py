@@ -62,8 +62,8 @@ def folder_held(path: str | os.PathLike, flag: str) -> Iterator[None]:
     """One dartboard process at a time writes the output folder ``path`` (created if missing, and removed again
     if nothing was written in it): a second search or training there, which would interleave its checkpoints and
     model files with the first's, is refused by name. An advisory lock on the folder itself (``flock``), released
-    when the holder ends, however it ends: a killed process leaves no stale lock. Where ``fcntl`` does not exist,
-    nothing is locked."""
+    when the holder ends, however it ends: a killed process leaves no stale lock. Where ``fcntl`` does not exist, or
+    the file system takes no locks, nothing is locked."""
     folder = Path(path)
     check_writable_dir(folder, flag)
     with folders_removed_after(folder):
@@ -81,6 +81,8 @@ def folder_held(path: str | os.PathLike, flag: str) -> Iterator[None]:
                 raise UserInputError(f"{flag}: {str(folder)!r} is in use by another dartboard process (a search or "
                                      f"a training writing there); wait for it to end, or give another {flag}"
                                      ) from None
+            except OSError:  # a file system without locks (some network mounts): the folder is used unlocked
+                pass
             yield
         finally:
             os.close(fd)
