@@ -232,6 +232,22 @@ def test_exp_is_guarded_against_overflow():
 
 
 # ------------------------------------------------------------------ genotypes
+def test_a_formula_with_one_unary_twice_is_reduced_and_still_the_activation():
+    """min(u, u) = max(u, u) = u and u - u = 0, checked against the activation the network computes."""
+    from dartboard.spaces.pmsm import activation_fn
+
+    x = torch.linspace(-3.0, 3.0, 61)
+    reduced = {"max(x, 0)": torch.relu(x), "0": torch.zeros_like(x), "tanh(x)": torch.tanh(x)}
+    cases = {("min", "max0"): "max(x, 0)", ("max", "max0"): "max(x, 0)", ("sub", "tanh"): "0",
+             ("max", "tanh"): "tanh(x)", ("add", "tanh"): "tanh(x) + tanh(x)"}
+    for (binary, unary), formula in cases.items():
+        spec = ActivationSpec(binary, unary, unary)
+        assert spec.formula() == formula, (binary, unary)
+        if formula in reduced:
+            assert torch.allclose(activation_fn(spec)(x), reduced[formula]), (binary, unary)
+    assert ActivationSpec("min", "max0", "tanh").formula() == "min(max(x, 0), tanh(x))"  # two unaries: as composed
+
+
 def test_flux_genotype_json_round_trip_and_schema_errors():
     g = FluxMlpGenotype(3, 16, ActivationSpec("add", "exp", "max0"), meta={"a": 1})
     back = gt.loads(gt.dumps(g))

@@ -138,3 +138,14 @@ def test_verbose_flag_sets_what_ray_reads(monkeypatch):
     with pytest.raises(SystemExit) as done:
         cli_main.main(["--verbose", "searchers"])
     assert done.value.code == 0 and verbose()
+
+
+def test_a_search_epochs_line_shows_the_metrics_its_objective_has():
+    """A regression (PMSM flux models) has no accuracy: its line printed "train_acc nan  val_acc nan" before."""
+    from dartboard.platform.run import epoch_line
+
+    assert epoch_line({"epoch": 3, "train_loss": 3.0718, "val_loss": 3.1095, "val_mse_d": 4.6423, "lr": 2.58e-4}) \
+        == "train_loss 3.0718  val_loss 3.1095  val_mse_d 4.642  lr 0.000258"
+    nan = float("nan")
+    assert epoch_line({"val_acc": 0.5, "train_loss": nan, "train_acc": 0.25, "val_loss": 1.0, "arch_lr": 3e-4}) \
+        == "train_loss nan  train_acc 0.2500  val_loss 1.0000  val_acc 0.5000  arch_lr 0.0003"  # a NaN loss shows

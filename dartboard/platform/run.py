@@ -168,10 +168,7 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
                 finished.append(m)
                 state.seconds = spent_before + time.perf_counter() - start
                 ckpt.write(out, searcher, (train_loader, val_loader), state)
-                log.info("epoch %3d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %s", epoch + 1,
-                         m.get("train_loss", float("nan")), m.get("train_acc", float("nan")),
-                         m.get("val_loss", float("nan")), m.get("val_acc", float("nan")),
-                         _extra(m))
+                log.info("epoch %3d  %s", epoch + 1, epoch_line(m))
 
             if not searcher.stop_requested:
                 run_search(searcher, train_loader, val_loader, epochs, start_epoch=len(finished),
@@ -235,9 +232,14 @@ def save_interrupted(cfg: SearchRunConfig, searcher: Any, finished: list[dict[st
         log_search_run(cfg, SearchResult(genotype, finished, out, 0.0, artifacts, searcher), status="KILLED")
 
 
-def _extra(m: dict[str, float]) -> str:
-    skip = {"train_loss", "train_acc", "val_loss", "val_acc", "epoch"}
-    return "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in skip)
+#: The metrics an epoch's log line starts with, to four decimals, where the searcher's objective has them (a
+#: regression, such as the PMSM flux models', has no accuracy); the others follow to four digits.
+MAIN_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def epoch_line(m: dict[str, float]) -> str:
+    main = [f"{k} {m[k]:.4f}" for k in MAIN_METRICS if k in m]
+    return "  ".join(main + [f"{k} {v:.4g}" for k, v in m.items() if k not in (*MAIN_METRICS, "epoch")])
 
 
 class _progress:

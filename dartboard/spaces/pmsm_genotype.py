@@ -42,7 +42,13 @@ class ActivationSpec:
     unary2: str = "x"
 
     def formula(self) -> str:
+        """``A(x)`` as a formula, reduced where both unaries are one: ``max(u, u)`` and ``min(u, u)`` are ``u``,
+        ``u - u`` is ``0`` (a search picks the binary and each unary apart, so such pairs do come out)."""
         u1, u2 = UNARY[self.unary1], UNARY[self.unary2]
+        if self.unary1 == self.unary2 and self.binary in ("max", "min"):
+            return u1
+        if self.unary1 == self.unary2 and self.binary == "sub":
+            return "0"
         return BINARY[self.binary].format(x=u1, y=u2)
 
     @classmethod
