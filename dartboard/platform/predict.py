@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dartboard.errors import UserInputError
+from dartboard.model_files import TRAIN_FILE
 
 log = logging.getLogger("dartboard")
 
@@ -64,7 +65,7 @@ def _recorded_test_acc(folder: Path) -> float | None:
     """The test accuracy the folder's files record: a pulled version's tag (model.json), else the training's own
     (train.json)."""
     for name, read in (("model.json", lambda d: d.get("tags", {}).get("metric.test_acc")),
-                       ("train.json", lambda d: d.get("test_acc"))):
+                       (TRAIN_FILE, lambda d: d.get("test_acc"))):
         try:
             value = read(json.loads((folder / name).read_text()))
         except (OSError, ValueError, AttributeError):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from dartboard.errors import check_file
+from dartboard.model_files import GENOTYPE_FILE  # noqa: F401  (spaces.genotype.GENOTYPE_FILE)
 from dartboard.spaces.limits import MAX_CELLS, MAX_EDGES_PER_CELL, MAX_NODES_PER_CELL
 
 SCHEMA = "dartboard.genotype"
@@ -192,10 +193,6 @@ def to_dict(genotype: Genotype) -> dict[str, Any]:
 
 def dumps(genotype: Genotype) -> str:
     return json.dumps(to_dict(genotype), indent=2)
-
-
-#: The file a genotype is saved to in a folder (a search's output, a trained network's, a registered model's).
-GENOTYPE_FILE = "genotype.json"
 
 
 def save(genotype: Genotype, path: str | Path) -> Path:

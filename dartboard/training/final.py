@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from dartboard.data.datasets import Splits, make_loader
 from dartboard.errors import UserInputError
+from dartboard.model_files import TRAIN_FILE, WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.colour_genotype import ColourGenotype
@@ -216,11 +217,11 @@ def save_trained(net: nn.Module, genotype: gt.Genotype, cfg: TrainConfig, out_di
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights_path = out / "weights.safetensors"
+    weights_path = out / WEIGHTS_FILE
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(weights_path))
     sha = sha256_file(weights_path)
     gt.save(genotype, out / "genotype.json")
-    (out / "train.json").write_text(json.dumps({"config": asdict(cfg), **results, "weights_sha256": sha,
+    (out / TRAIN_FILE).write_text(json.dumps({"config": asdict(cfg), **results, "weights_sha256": sha,
                                                 "parameters": count_parameters(net)}, indent=2))
     return weights_path, sha
 

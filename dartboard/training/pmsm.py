@@ -25,6 +25,7 @@ import torch
 
 from dartboard.data.datasets import make_loader
 from dartboard.data.pmsm import PmsmSplits, torque
+from dartboard.model_files import WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.parts.pmsm import DET_FLOOR, predicted_derivatives
 from dartboard.spaces.pmsm import FluxNet, count_parameters
@@ -147,7 +148,7 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        save_file(weights, str(out / "weights.safetensors"))
+        save_file(weights, str(out / WEIGHTS_FILE))
         (out / "result.json").write_text(json.dumps({**asdict(result), "config": asdict(cfg)}, indent=1))
     return net, result
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dartboard.errors import UserInputError, refuse_with
+from dartboard.model_files import NETWORK_FILE
 
 
 def is_model_ref(source: str) -> bool:
@@ -88,7 +89,7 @@ def _from_files(source: str, genotype, weights: Path | None, network: Path | Non
                              f"needed to export a network")
     if not weights.is_file():
         raise UserInputError(f"--weights: {str(weights)!r} does not exist")
-    network = network or weights.parent / "network.json"
+    network = network or weights.parent / NETWORK_FILE
     if not network.is_file():
         raise UserInputError(f"--network: {str(network)!r} does not exist; it records the channels, cells and input "
                              f"shape of the trained network (written by dartboard train)")

@@ -17,10 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dartboard.model_files import GENOTYPE_FILE
+
 STATE_FILE = "searcher.pt"
 PROGRESS_FILE = "progress.json"
 STATUS_FILE = "status.json"
-GENOTYPE_FILE = "genotype.json"
 RESULT_FILE = "result.json"
 ALPHA_HISTORY_FILE = "alpha_history.json"
 ALPHA_GROUPS_FILE = "alpha_groups.json"

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from dartboard.errors import UserInputError
+from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, TRAIN_FILE, WEIGHTS_FILE
 from dartboard.platform.ray import checkpoint as ck
 from dartboard.platform.ray.storage import run_checkpoints
 from dartboard.platform.ray.worker import (
@@ -41,7 +42,7 @@ RUN_NAME = "final"  # one training per output folder: a relaunch with the same -
 RAY_DIR = "ray"  # under the output folder: Ray Train's storage (checkpoints, snapshot)
 RANK_SEED_STRIDE = 7919  # rank r > 0 reseeds with seed + stride * r after the (shared) initialisation
 PID_FILE = "worker-0.pid"  # written next to the epoch gate's log: the process a fault test kills
-MODEL_FILES = ("weights.safetensors", "genotype.json", "network.json", "train.json")
+MODEL_FILES = (WEIGHTS_FILE, GENOTYPE_FILE, NETWORK_FILE, TRAIN_FILE)
 
 
 def job_identity(genotype: dict[str, Any], train: dict[str, Any], dataset: str, image_size: int = 32

@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dartboard.model_files import TRAIN_FILE
 from dartboard.platform.tracking.epochs import EpochLogger
 from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, register_model_files
 from dartboard.platform.tracking.runs import flat_params, setup_mlflow
 
 log = logging.getLogger("dartboard")
-TRAIN_FILE = "train.json"  # the training config, results and per-epoch history (training/final.py)
 FILES = {"genotype": GENOTYPE_FILE, "network": NETWORK_FILE, "weights": WEIGHTS_FILE, "train": TRAIN_FILE}
 
 

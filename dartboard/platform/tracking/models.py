@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from dartboard.errors import UserInputError
+from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE  # noqa: F401  (also read from here)
 from dartboard.platform.tracking.runs import client, tracking_uri
-from dartboard.spaces.genotype import GENOTYPE_FILE  # noqa: F401  (the model files' names, one place)
 
 log = logging.getLogger("dartboard")
 
@@ -23,7 +23,6 @@ log = logging.getLogger("dartboard")
 # ---------------------------------------------------------------------------------------------
 
 CHAMPION_ALIAS = "champion"
-NETWORK_FILE, WEIGHTS_FILE = "network.json", "weights.safetensors"
 PRUNED_WEIGHTS_FILE = "model.safetensors"  # the pruned ViT's weights in `dartboard prune --out DIR`
 SHA_TAG = "sha256."  # one tag per artifact file: sha256.<file name> = hex digest
 

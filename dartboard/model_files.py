@@ -1,0 +1,8 @@
+"""The names of the files dartboard writes in a folder: a search's output (the genotype), a trained network's
+(genotype, network record, weights, training record), a registered model version's. One place, so that every
+reader and writer agrees; no imports, so that any layer may use them."""
+
+GENOTYPE_FILE = "genotype.json"  # the architecture: JSON with a schema (spaces.genotype)
+NETWORK_FILE = "network.json"  # a trained network's size, input and preprocessing (tracking.models.network_spec)
+WEIGHTS_FILE = "weights.safetensors"  # its weights
+TRAIN_FILE = "train.json"  # the training's config, results and per-epoch history (training.final)
