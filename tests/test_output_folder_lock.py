@@ -1,5 +1,6 @@
-"""One dartboard process at a time writes an output folder (`checks.folder_held`): a second search or training in
-the folder of one that runs is refused by name before any work, and a holder that dies leaves no stale lock."""
+"""Output folders: one dartboard process at a time writes one (`checks.folder_held`): a second search or training in
+the folder of one that runs is refused by name before any work, and a holder that dies leaves no stale lock. A new
+search does not replace the genotype of a network trained in its folder."""
 
 from __future__ import annotations
 
@@ -91,3 +92,26 @@ def test_a_file_system_without_locks_is_used_unlocked(tmp_path, monkeypatch):
     with folder_held(tmp_path / "on-a-mount", "--out"):
         (tmp_path / "on-a-mount" / "genotype.json").write_text("{}")
     assert (tmp_path / "on-a-mount" / "genotype.json").is_file()
+
+
+def test_a_search_into_a_trained_networks_folder_is_refused_and_a_finished_search_replaced(tmp_path, capsys,
+                                                                                            monkeypatch, caplog):
+    from test_cli_contract import run_main
+
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.catalog import resolve
+
+    trained = tmp_path / "run"
+    gt.save(resolve("darts-v1"), trained / "genotype.json")
+    (trained / "weights.safetensors").write_bytes(b"the network's weights")
+    line = refused_here(["search", "--out", "run", "--epochs", "1", "--no-mlflow"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: --out: 'run' holds a network trained from its genotype.json (weights.safetensors); a new "
+                    "search would replace the genotype under those weights: give another --out")
+    assert gt.load(trained / "genotype.json") == resolve("darts-v1")
+    finished = tmp_path / "finished"
+    gt.save(resolve("darts-v1"), finished / "genotype.json")
+    code, _, err = run_main(["search", "--out", str(finished), "--epochs", "1", "--set", "C=4", "--set", "layers=2",
+                             "--no-mlflow"], capsys)
+    assert code == 0, err[-3000:]
+    assert f"search: {finished} holds a finished search; its files are replaced by this one's" in caplog.text
+    assert (finished / "history.json").is_file()

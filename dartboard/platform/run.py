@@ -16,6 +16,7 @@ from typing import Any
 from dartboard.data.catalog import load_dataset
 from dartboard.data.datasets import Splits, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
+from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE
 from dartboard.platform import search_checkpoint as ckpt
 from dartboard.platform.checks import folder_held
 from dartboard.platform.config import SearchRunConfig, resolve_device
@@ -82,7 +83,7 @@ def write_search_artifacts(searcher: Any, genotype: gt.Genotype, history: list[d
     from dartboard.platform.reports.figures import draw_cell
 
     out.mkdir(parents=True, exist_ok=True)
-    artifacts = {"genotype": gt.save(genotype, out / "genotype.json")}
+    artifacts = {"genotype": gt.save(genotype, out / GENOTYPE_FILE)}
     (out / "history.json").write_text(json.dumps(history, indent=1))
     artifacts["history"] = out / "history.json"
     if searcher.history:
@@ -122,6 +123,7 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
         if _unfinished(out):  # a new search would clear its checkpoint: the interrupted one could not be finished
             raise UserInputError(f"--out: {str(out)!r} holds an unfinished search ({_how_far(out)}); finish it "
                                  f"with `dartboard search --resume {out}`, or give another --out")
+        _check_no_trained_network(out)
         check_outputs(cfg, out)
         cfg = cfg.model_copy(update={"out": str(out)})
         seed_everything(cfg.seed)
@@ -186,12 +188,26 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
     return result
 
 
+def _check_no_trained_network(out: Path) -> None:
+    """A network trained in ``out`` (``dartboard train`` of the folder writes it beside the search's genotype) is
+    refused: a new search would replace ``genotype.json`` under its weights, and the folder would then describe a
+    network other than the one its weights belong to (pooling ops have no weights: the weights could even load).
+    A finished search alone is replaced, with a warning."""
+    trained = [name for name in (WEIGHTS_FILE, NETWORK_FILE) if (out / name).is_file()]
+    if trained:
+        raise UserInputError(f"--out: {str(out)!r} holds a network trained from its {GENOTYPE_FILE} "
+                             f"({', '.join(trained)}); a new search would replace the genotype under those weights: "
+                             f"give another --out")
+    if (out / GENOTYPE_FILE).is_file():
+        log.warning("search: %s holds a finished search; its files are replaced by this one's", out)
+
+
 def _unfinished(folder: Path) -> bool:
     """Whether ``folder`` holds a search that ``--resume`` can finish: its config and an epoch checkpoint, and no
     genotype of a finished search (an interrupted one writes its genotype and ``interrupted.json``; a killed one
     neither)."""
     return ((folder / ckpt.RUN_FILE).is_file() and (folder / ckpt.CHECKPOINT_DIR / STATE_FILE).is_file()
-            and (not (folder / "genotype.json").is_file() or (folder / INTERRUPTED_FILE).is_file()))
+            and (not (folder / GENOTYPE_FILE).is_file() or (folder / INTERRUPTED_FILE).is_file()))
 
 
 def _how_far(folder: Path) -> str:
