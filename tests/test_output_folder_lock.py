@@ -115,3 +115,23 @@ def test_a_search_into_a_trained_networks_folder_is_refused_and_a_finished_searc
     assert code == 0, err[-3000:]
     assert f"search: {finished} holds a finished search; its files are replaced by this one's" in caplog.text
     assert (finished / "history.json").is_file()
+
+
+@pytest.mark.parametrize("there", ["darts-v2", "not json"], ids=["another-genotype", "unreadable"])
+def test_a_training_into_a_folder_of_another_genotype_is_refused(there, tmp_path, capsys, monkeypatch):
+    """Training writes its genotype to OUT/genotype.json: a search's result there would be lost."""
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.catalog import resolve
+
+    folder = tmp_path / "search"
+    folder.mkdir()
+    if there == "not json":
+        (folder / "genotype.json").write_text("not json")
+    else:
+        gt.save(resolve(there), folder / "genotype.json")
+    before = (folder / "genotype.json").read_bytes()
+    line = refused_here(["train", "darts-v1", "--out", "search", "--epochs", "1", "--no-mlflow"], tmp_path, capsys,
+                        monkeypatch)
+    assert line == ("error: --out: 'search' holds another genotype (genotype.json), which training 'darts-v1' there "
+                    "would replace: give another --out")
+    assert (folder / "genotype.json").read_bytes() == before

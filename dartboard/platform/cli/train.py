@@ -261,6 +261,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
         from dartboard.platform.train_checkpoint import check_no_other_kind
 
         check_no_other_kind(out_dir, ray_job=cluster is not None)
+        _check_same_genotype(geno, genotype, out_dir)
         checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir)
         if not no_mlflow:
             from dartboard.platform.tracking.epochs import (
@@ -307,6 +308,25 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
         typer.echo(f"parameters {result.parameters}")
         typer.echo(f"test_loss {result.test_loss:.4f}  (eval mode: BatchNorm running statistics)")
         typer.echo(f"test_acc {result.test_acc:.4f}")
+
+
+def _check_same_genotype(geno, genotype: str, out_dir: Path) -> None:
+    """The training writes its genotype to ``OUT/genotype.json``: another genotype there (a search's result, a
+    network trained from another genotype) would be replaced; refused by name. The same genotype (a search's folder
+    trained in place, a network trained again) is not."""
+    from dartboard.model_files import GENOTYPE_FILE
+    from dartboard.spaces.genotype import GenotypeError, load, to_dict
+
+    there = out_dir / GENOTYPE_FILE
+    if not there.is_file():
+        return
+    try:
+        same = to_dict(load(there)) == to_dict(geno)
+    except GenotypeError:
+        same = False
+    if not same:
+        raise UserInputError(f"--out: {str(out_dir)!r} holds another genotype ({GENOTYPE_FILE}), which training "
+                             f"{genotype!r} there would replace: give another --out")
 
 
 def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
