@@ -63,3 +63,31 @@ def test_study_parent_and_trial_runs(tmp_path):
     assert {"pid", "timestamp", "time_total_s", "training_iteration"}.isdisjoint(child.data.metrics)
     assert child.data.tags["space"] == "darts" and child.data.tags["seed"] == "0"
     assert child.data.params["arch_lr"] == "0.001"
+
+
+def test_option_paths_with_brackets_are_logged_as_mlflow_accepts_them(tmp_path):
+    """The shipped FairDARTS and constrained-DARTS studies sweep `regularizers[NAME].OPTION`, a name MLflow refuses
+    as a param key: before, every trial's run failed to log ("trial hook failed", with MLflow's traceback)."""
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.runner import StudyResult
+    from dartboard.platform.ray.trial import trial_payload
+    from dartboard.platform.tracking import runs
+    from dartboard.platform.tracking.study import StudyTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {"regularizers[zero_one].weight": {"type": "uniform", "low": 1.0, "high": 20.0},
+              "discretizer_options.sigma_threshold": {"type": "uniform", "low": 0.5, "high": 0.95}}
+    cfg = StudyConfig(name="fair", searcher="fairdarts", epochs=1, params=params)
+    run_dir = str(tmp_path / "fair")
+    config = {"regularizers[zero_one].weight": 12.5, "discretizer_options.sigma_threshold": 0.75}
+    trial = trial_payload(cfg, run_dir, "a", config, {"objective": 0.4, "search_done": 1.0,
+                                                      "genotype": json.dumps(gt.to_dict(resolve("darts-v2")))}, None)
+    trial["history"] = [{"val_acc": 0.4, "epoch": 1.0}]
+    tracker = StudyTracker(uri)
+    tracker.open(cfg, run_dir)
+    tracker.finish(StudyResult(run_dir, cfg, [trial], trial, 1.0), [], {})
+    tracker.close(failed=False)
+    child = runs.client(uri).get_run(tracker.children["a"])
+    assert child.data.params["regularizers/zero_one.weight"] == "12.5"
+    assert child.data.params["discretizer_options.sigma_threshold"] == "0.75"
+    assert runs.mlflow_name("a b:c/d.e-f_g") == "a b:c/d.e-f_g" and runs.mlflow_name("x[0]@y") == "x/0_y"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,14 +33,23 @@ def setup_mlflow(uri: str | None, experiment: str):
     return mlflow, exp
 
 
+def mlflow_name(key: str) -> str:
+    """A param or metric name MLflow accepts (alphanumerics, ``_ - . : /`` and spaces; anything else is refused,
+    and the whole run's logging with it). A study's option path names a list item in brackets
+    (``regularizers[zero_one].weight``): logged as ``regularizers/zero_one.weight``; any other character as ``_``."""
+    return re.sub(r"[^\w\-. :/]", "_", key.replace("[", "/").replace("]", ""))
+
+
 def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """Nested mappings as MLflow params: ``a.b`` keys (:func:`mlflow_name`), values as text of at most 500
+    characters."""
     out = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             out.update(flat_params(f"{key}.", v))
         else:
-            out[key] = str(v)[:500]
+            out[mlflow_name(key)] = str(v)[:500]
     return out
 
 
@@ -161,11 +171,11 @@ def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str
     try:
         for k, v in flat_params("", params).items():
             c.log_param(rid, k, v)
-        points = [Metric(k, float(v), stamps[step], step) for step, m in enumerate(history) for k, v in m.items()
-                  if _is_number(v)]
+        points = [Metric(mlflow_name(k), float(v), stamps[step], step) for step, m in enumerate(history)
+                  for k, v in m.items() if _is_number(v)]
         # final metrics belong to the last epoch; those its curve already holds are not logged again
         last = history[-1] if history else {}
-        points += [Metric(k, float(v), end, max(len(history) - 1, 0)) for k, v in metrics.items()
+        points += [Metric(mlflow_name(k), float(v), end, max(len(history) - 1, 0)) for k, v in metrics.items()
                    if _is_number(v) and last.get(k) != v]
         for start in range(0, len(points), 900):  # the REST API takes at most 1000 metrics per batch
             c.log_batch(rid, metrics=points[start:start + 900])
