@@ -67,7 +67,7 @@ class StudyTracker:
         for trial in result.trials:  # idempotent: trials logged live are found, not logged twice
             self.log_trial(trial)
         for key, value in numbers.items():
-            c.log_metric(self.parent, _metric_name(key), float(value))
+            c.log_metric(self.parent, runs.mlflow_name(key), float(value))
         for path in artifacts:
             c.log_artifact(self.parent, str(path), "plots" if Path(path).suffix == ".png" else None)
         self._summary(c, result)
@@ -190,7 +190,3 @@ def _champion_folder(best: Mapping[str, Any], tmp: Path) -> Path:
         return download_dir(best["checkpoint"], tmp / "checkpoint")
     (tmp / GENOTYPE_FILE).write_text(json.dumps(best["genotype"]))
     return tmp
-
-
-def _metric_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_./ " else "_" for c in text)
