@@ -92,7 +92,7 @@ def info(
     size per flux evaluation."""
     from pathlib import Path
 
-    from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE
+    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE
     from dartboard.spaces.catalog import resolve
 
     folder = Path(genotype)  # a trained network's folder; a search's (genotype.json alone) is its genotype's
