@@ -76,6 +76,16 @@ def test_a_pulled_folder_reports_the_registered_accuracy(trained, tmp_path):
     (folder / "model.json").write_text(json.dumps({"name": "m", "version": "3", "tags": {"metric.test_acc": "0.5"}}))
     (folder / "train.json").write_text(json.dumps({"test_acc": 0.25}))
     assert local_network(str(folder)).recorded_test_acc == 0.5  # the version's tag first
+    # the pulled network trained again in place: the version's record no longer describes these weights
+    from dartboard.training.final import sha256_file
+
+    digest = sha256_file(folder / "weights.safetensors")
+    (folder / "model.json").write_text(json.dumps({"name": "m", "version": "3", "tags": {
+        "metric.test_acc": "0.5", "sha256.weights.safetensors": "0" * 64}}))
+    (folder / "train.json").write_text(json.dumps({"test_acc": 0.25, "weights_sha256": digest}))
+    assert local_network(str(folder)).recorded_test_acc == 0.25
+    (folder / "train.json").write_text(json.dumps({"test_acc": 0.25, "weights_sha256": "1" * 64}))
+    assert local_network(str(folder)).recorded_test_acc is None  # neither record is of these weights
 
 
 def test_export_of_a_folder(trained, tmp_path, capsys):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dartboard.errors import UserInputError
-from dartboard.model_files import TRAIN_FILE
+from dartboard.model_files import TRAIN_FILE, WEIGHTS_FILE
 
 log = logging.getLogger("dartboard")
 
@@ -62,13 +62,23 @@ def local_network(ref: str) -> LoadedNetwork:
 
 
 def _recorded_test_acc(folder: Path) -> float | None:
-    """The test accuracy the folder's files record: a pulled version's tag (model.json), else the training's own
-    (train.json)."""
-    for name, read in (("model.json", lambda d: d.get("tags", {}).get("metric.test_acc")),
-                       (TRAIN_FILE, lambda d: d.get("test_acc"))):
+    """The test accuracy the folder's files record for its weights: a pulled version's tag (model.json), else the
+    training's own (train.json). A record whose weights digest differs from the folder's weights (a pulled network
+    trained again in place) is not theirs and is passed over."""
+    from dartboard.training.final import sha256_file
+
+    weights = folder / WEIGHTS_FILE
+    digest = sha256_file(weights) if weights.is_file() else None
+    for name, read, digest_of in (
+            ("model.json", lambda d: d.get("tags", {}).get("metric.test_acc"),
+             lambda d: d.get("tags", {}).get(f"sha256.{WEIGHTS_FILE}")),
+            (TRAIN_FILE, lambda d: d.get("test_acc"), lambda d: d.get("weights_sha256"))):
         try:
-            value = read(json.loads((folder / name).read_text()))
+            record = json.loads((folder / name).read_text())
+            value, recorded_digest = read(record), digest_of(record)
         except (OSError, ValueError, AttributeError):
+            continue
+        if recorded_digest is not None and digest is not None and recorded_digest != digest:
             continue
         if isinstance(value, int | float | str):
             try:
