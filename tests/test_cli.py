@@ -93,7 +93,9 @@ def test_train_takes_a_search_folder_and_trains_into_it(tmp_path, capsys, monkey
     the file itself; `info` reads the folder as its genotype, then, once trained, at its size as trained."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "search-darts-digits-s0"
-    gt.save(resolve("darts-v2"), run / gt.GENOTYPE_FILE)
+    run.mkdir(parents=True)  # laid out otherwise than gt.save would: the training keeps the folder's file as it is
+    (run / gt.GENOTYPE_FILE).write_text(json.dumps(gt.to_dict(resolve("darts-v2")), indent=4, sort_keys=True))
+    before = (run / gt.GENOTYPE_FILE).read_bytes()
     out, _ = run_ok(["info", str(run)], capsys)  # a search's folder: its genotype at info's default size
     assert "C=36, 20 cells, cifar10 input" in out, out
     out, _ = run_ok(["train", "runs/search-darts-digits-s0/", "--channels", "4", "--layers", "2", "--epochs", "1",
@@ -101,6 +103,7 @@ def test_train_takes_a_search_folder_and_trains_into_it(tmp_path, capsys, monkey
     assert any(line.startswith("test_acc ") for line in out.splitlines())
     assert (run / "weights.safetensors").is_file() and (run / "network.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing beside the folder
+    assert (run / gt.GENOTYPE_FILE).read_bytes() == before
     out, _ = run_ok(["info", str(run)], capsys)
     assert "C=4, 2 cells" in out, out
     from dartboard.platform.tracking.final import default_model_name

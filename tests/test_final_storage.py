@@ -67,3 +67,26 @@ def test_a_checkpoint_of_another_input_size_is_refused_and_an_older_one_reads_as
     check_identity("ckpt", older, job_identity(genotype, train, "digits"))  # recorded before the size was
     with pytest.raises(UserInputError, match=r"\(image_size differ\)"):
         check_identity("ckpt", older, job_identity(genotype, train, "digits", 64))
+
+
+def test_publishing_keeps_the_folders_own_file_of_the_same_genotype(tmp_path):
+    """A Ray Train job's model files go into --out; a genotype.json there that holds the trained genotype (a
+    search's folder trained in place, laid out its own way) is kept byte for byte, and the other files replaced."""
+    from dartboard.platform.ray.final_job import MODEL_FILES, _publish
+
+    checkpoint, out = tmp_path / "checkpoint", tmp_path / "out"
+    gt.save(resolve("darts-v2"), checkpoint / "genotype.json")
+    for name in MODEL_FILES:
+        if name != "genotype.json":
+            (checkpoint / name).write_text(f"the job's {name}")
+    out.mkdir()
+    own = json.dumps(gt.to_dict(resolve("darts-v2")), indent=4, sort_keys=True)
+    (out / "genotype.json").write_text(own)
+    (out / "weights.safetensors").write_text("an older training's weights")
+    _publish(checkpoint, out)
+    assert (out / "genotype.json").read_text() == own
+    assert (out / "weights.safetensors").read_text() == "the job's weights.safetensors"
+    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES)  # no partial file left
+    (out / "genotype.json").write_text(json.dumps(gt.to_dict(resolve("darts-v1"))))  # another genotype: replaced
+    _publish(checkpoint, out)
+    assert gt.load(out / "genotype.json") == resolve("darts-v2")

@@ -202,6 +202,15 @@ def save(genotype: Genotype, path: str | Path) -> Path:
     return path
 
 
+def holds(path: str | Path, genotype: Genotype) -> bool:
+    """Whether the file ``path`` holds ``genotype`` (as JSON: however it is laid out); False for a missing or
+    unreadable file."""
+    try:
+        return to_dict(load(path)) == to_dict(genotype)
+    except (GenotypeError, OSError):
+        return False
+
+
 # ----------------------------------------------------------------------------- decoding
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from dartboard.data.datasets import Splits, make_loader
 from dartboard.errors import UserInputError
-from dartboard.model_files import TRAIN_FILE, WEIGHTS_FILE
+from dartboard.model_files import GENOTYPE_FILE, TRAIN_FILE, WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.colour_genotype import ColourGenotype
@@ -220,7 +220,8 @@ def save_trained(net: nn.Module, genotype: gt.Genotype, cfg: TrainConfig, out_di
     weights_path = out / WEIGHTS_FILE
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(weights_path))
     sha = sha256_file(weights_path)
-    gt.save(genotype, out / "genotype.json")
+    if not gt.holds(out / GENOTYPE_FILE, genotype):  # a folder's own genotype (a search's, a pulled one) kept as it is
+        gt.save(genotype, out / GENOTYPE_FILE)
     (out / TRAIN_FILE).write_text(json.dumps({"config": asdict(cfg), **results, "weights_sha256": sha,
                                                 "parameters": count_parameters(net)}, indent=2))
     return weights_path, sha

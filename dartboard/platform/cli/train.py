@@ -315,16 +315,9 @@ def _check_same_genotype(geno, genotype: str, out_dir: Path) -> None:
     network trained from another genotype) would be replaced; refused by name. The same genotype (a search's folder
     trained in place, a network trained again) is not."""
     from dartboard.model_files import GENOTYPE_FILE
-    from dartboard.spaces.genotype import GenotypeError, load, to_dict
+    from dartboard.spaces.genotype import holds
 
-    there = out_dir / GENOTYPE_FILE
-    if not there.is_file():
-        return
-    try:
-        same = to_dict(load(there)) == to_dict(geno)
-    except GenotypeError:
-        same = False
-    if not same:
+    if (out_dir / GENOTYPE_FILE).exists() and not holds(out_dir / GENOTYPE_FILE, geno):
         raise UserInputError(f"--out: {str(out_dir)!r} holds another genotype ({GENOTYPE_FILE}), which training "
                              f"{genotype!r} there would replace: give another --out")
 

@@ -307,9 +307,14 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
 
 
 def _publish(checkpoint: Path, out: Path) -> None:
-    """Copy the model files into ``out``: each written beside its target first, then renamed over it."""
+    """Copy the model files into ``out``: each written beside its target first, then renamed over it; a genotype
+    file already there that holds the same genotype (a search's, a pulled one) is kept as it is."""
+    from dartboard.spaces import genotype as gt
+
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
+        if name == GENOTYPE_FILE and gt.holds(out / name, gt.load(checkpoint / name)):
+            continue
         partial = out / f".{name}.partial"
         shutil.copy2(checkpoint / name, partial)
         os.replace(partial, out / name)
