@@ -97,6 +97,12 @@ def test_train_retrieve_and_info_commands_on_digits(tmp_path, capsys):
     assert metrics["framework"] == "simsiam" and 0.0 <= metrics["knn_acc"] <= 1.0
     code, text = run("retrieve", str(out / "ssl_weights.pt"))
     assert code == 0 and f"mAP {metrics['retrieval_map']:.4f}" in text
+    code, text = run("retrieve", str(out))  # the folder the training wrote into
+    assert code == 0 and f"mAP {metrics['retrieval_map']:.4f}" in text
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a folder without the weights: refused by name
+        main(["retrieve", str(tmp_path)])
+    assert f"weights: folder '{tmp_path}' holds no ssl_weights.pt" in capsys.readouterr().err
     # folders of grayscale images for heads pretrained on digits (one channel): was RGB into the one-channel stem, a
     # RuntimeError; now the mAP of the same images as digits-normalised tensors
     from PIL import Image

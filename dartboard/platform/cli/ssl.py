@@ -86,7 +86,8 @@ def _folder(path: str, role: str, image_size: int, in_channels: int = 3):
 
 
 def retrieve(
-    weights: str = typer.Argument(..., help=f"{WEIGHTS_FILE} written by `dartboard train` of an mlp genotype."),
+    weights: str = typer.Argument(..., help=f"{WEIGHTS_FILE} written by `dartboard train` of an mlp genotype, or the "
+                                            f"folder holding it."),
     query: str = typer.Option(None, help="Folder of query images, one subfolder per group."),
     gallery: str = typer.Option(None, help="Folder of gallery images, one subfolder per group."),
     tau: float = typer.Option(0.0, min=-1.0, max=1.0, help="Similarity threshold in [-1, 1] (a cosine): only "
@@ -101,6 +102,11 @@ def retrieve(
     from dartboard.spaces.genotype import from_dict
     from dartboard.training import ssl_eval as E
 
+    if Path(weights).is_dir():  # the folder `dartboard train` of an mlp genotype wrote into
+        if not (Path(weights) / WEIGHTS_FILE).is_file():
+            raise UserInputError(f"weights: folder {weights!r} holds no {WEIGHTS_FILE} (`dartboard train` of an mlp "
+                                 f"genotype writes one)")
+        weights = str(Path(weights) / WEIGHTS_FILE)
     if not Path(weights).is_file():
         raise UserInputError(f"weights: file {weights!r} does not exist")
     try:
