@@ -18,11 +18,10 @@ Run: ``dartboard bench memory`` (or ``python benchmarks/memory_ddarts.py``).
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from dartboard.streams import stderr_without
 
 LIMIT = 1.25  # issue 4: L_T may cost at most 25% more peak memory than L_F
 
@@ -54,26 +53,6 @@ MEMORY_METHOD = "torch.profiler CPU allocation records"
 #: when a block allocated before the profiler started is freed under it: expected here (the step frees the previous
 #: step's tensors), and what it says is in ``profiled_peak_bytes``' docstring, so it is not the benchmark's output.
 UNKNOWN_BLOCK_LINE = "Memory block of unknown size was allocated before the profiling started"
-
-
-@contextmanager
-def stderr_without(text: str) -> Iterator[None]:
-    """Everything written to file descriptor 2 (native libraries' lines, Python's ``sys.stderr``) while inside, written
-    out again on leaving, in order, except the lines that contain ``text``."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = [line for line in held.read().splitlines(keepends=True) if text.encode() not in line]
-            if kept:
-                os.write(2, b"".join(kept))
 
 
 def profiled_peak_bytes(fn: Callable[[], None]) -> int:

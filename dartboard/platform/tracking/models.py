@@ -14,6 +14,7 @@ from typing import Any
 from dartboard.errors import UserInputError
 from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE  # noqa: F401  (also read from here)
 from dartboard.platform.tracking.runs import client, tracking_uri
+from dartboard.streams import stderr_without
 
 log = logging.getLogger("dartboard")
 
@@ -112,13 +113,19 @@ def register_model_files(uri: str | None, name: str, run_id: str, files: Mapping
         _warn_again(caught)
         if before.end_time:  # reopening the run to log the model must not rewrite when it ended
             client(uri).set_terminated(run_id, before.status, end_time=before.end_time)
-    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    with stderr_without(*MLFLOW_REGISTRY_LINES):  # the log line below says it, with the aliases
+        version = mlflow.register_model(info.model_uri, name, tags=all_tags)
     c = client(uri)
     for alias in aliases:
         c.set_registered_model_alias(name, alias, version.version)
     log.info("registry: %s version %s%s", name, version.version,
              f" (aliases {', '.join(aliases)})" if aliases else "")
     return version
+
+
+#: What ``mlflow.register_model`` prints itself on success, which dartboard's own ``registry:`` line says with the
+#: aliases: not printed twice.
+MLFLOW_REGISTRY_LINES = ("Successfully registered model '", "Created version '")
 
 
 def _warn_again(caught: list[warnings.WarningMessage]) -> None:
