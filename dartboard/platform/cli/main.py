@@ -69,6 +69,7 @@ def build_app() -> typer.Typer:
 
 
 VERBOSE_ENV = "DARTBOARD_VERBOSE"  # read by dartboard.platform.ray.session (and inherited by Ray's workers)
+MLFLOW_STORE_LOGGER = "mlflow.store.db.utils"  # MLflow's logger of a database store's set-up, shown with --verbose
 
 
 def _show_version(value: bool) -> None:
@@ -88,6 +89,8 @@ def _options(
     """dartboard: differentiable architecture search, from laptop to Ray cluster."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+    else:  # MLflow's notes on creating a new sqlite store's tables ("Creating initial MLflow database tables...")
+        logging.getLogger(MLFLOW_STORE_LOGGER).setLevel(logging.WARNING)
 
 
 class Terminated(KeyboardInterrupt):
