@@ -340,13 +340,14 @@ def dartboard_load(uri: str):
     return dartboard.load("models:/digits-net@champion", tracking_uri=uri)
 
 
-def test_registering_prints_no_progress_bars_and_no_type_hint_advice(tmp_path, capfd):
+def test_registering_prints_no_progress_bars_and_no_type_hint_advice(tmp_path, capfd, monkeypatch):
     """A registration in the middle of the sweep's summary: MLflow's artifact progress bars (off unless the user
     turns them on) and its advice to type-hint ``predict`` (whose input is any array of images) stay out of it."""
     import warnings
 
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # the experiment below is MLflow's own: its artifacts go to ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("quiet")

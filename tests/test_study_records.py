@@ -65,7 +65,7 @@ def test_study_parent_and_trial_runs(tmp_path):
     assert child.data.params["arch_lr"] == "0.001"
 
 
-def test_option_paths_with_brackets_are_logged_as_mlflow_accepts_them(tmp_path):
+def test_option_paths_with_brackets_are_logged_as_mlflow_accepts_them(tmp_path, monkeypatch):
     """The shipped FairDARTS and constrained-DARTS studies sweep `regularizers[NAME].OPTION`, a name MLflow refuses
     as a param key: before, every trial's run failed to log ("trial hook failed", with MLflow's traceback)."""
     from dartboard.platform.config import StudyConfig
@@ -74,6 +74,7 @@ def test_option_paths_with_brackets_are_logged_as_mlflow_accepts_them(tmp_path):
     from dartboard.platform.tracking import runs
     from dartboard.platform.tracking.study import StudyTracker
 
+    monkeypatch.chdir(tmp_path)  # a sqlite store's artifacts go to ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = {"regularizers[zero_one].weight": {"type": "uniform", "low": 1.0, "high": 20.0},
               "discretizer_options.sigma_threshold": {"type": "uniform", "low": 0.5, "high": 0.95}}
@@ -91,3 +92,44 @@ def test_option_paths_with_brackets_are_logged_as_mlflow_accepts_them(tmp_path):
     assert child.data.params["regularizers/zero_one.weight"] == "12.5"
     assert child.data.params["discretizer_options.sigma_threshold"] == "0.75"
     assert runs.mlflow_name("a b:c/d.e-f_g") == "a b:c/d.e-f_g" and runs.mlflow_name("x[0]@y") == "x/0_y"
+
+
+def test_a_half_logged_trial_run_is_logged_again_in_full(tmp_path, monkeypatch):
+    """A trial's run whose logging failed part-way (here an artifact that is not there; a tracking server that went
+    away, in use) ends FAILED; logging the trial again (the study's end does) replaces it with a complete run,
+    where before the half-logged one was taken as done."""
+    from dartboard.platform.tracking import runs
+
+    monkeypatch.chdir(tmp_path)  # a sqlite store's artifacts go to ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = runs.start_parent_run(uri, "half", "study-half", {"epochs": 1}, {"study": "half"})
+    history, genotype = [{"val_acc": 0.5}], tmp_path / "genotype.json"
+    with pytest.raises(Exception):  # noqa: B017 - MLflow's own error for a missing file
+        runs.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, history, {}, [genotype])
+    c = runs.client(uri)
+    (half,) = c.search_runs([c.get_run(parent).info.experiment_id], "tags.`dartboard.kind` = 'trial'")
+    assert half.info.status == "FAILED"
+    gt.save(resolve("darts-v2"), genotype)
+    rid = runs.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, history, {}, [genotype])
+    assert rid != half.info.run_id and c.get_run(rid).info.status == "FINISHED"
+    assert [f.path for f in c.list_artifacts(rid)] == ["genotype.json"]
+    assert c.get_run(half.info.run_id).info.lifecycle_stage == "deleted"
+    assert runs.log_child_run(uri, parent, "darts/seed0", {}, [], {}, []) == rid  # complete: logged once
+
+
+def test_a_sqlite_stores_artifacts_go_beside_its_database_wherever_the_command_runs(tmp_path, monkeypatch):
+    """MLflow's default puts a new experiment's artifacts in ./mlruns of whichever folder the command ran from."""
+    from dartboard.platform.tracking import runs
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    genotype = gt.save(resolve("darts-v2"), tmp_path / "genotype.json")
+    parent = runs.start_parent_run(uri, "beside", "study-beside", {"epochs": 1}, {"study": "beside"})
+    rid = runs.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, [{"val_acc": 0.5}], {}, [genotype])
+    artifact_uri = runs.client(uri).get_run(rid).info.artifact_uri
+    assert artifact_uri.startswith(str(tmp_path / "store" / "mlruns")), artifact_uri
+    assert list((tmp_path / "store" / "mlruns").rglob("genotype.json")) and not list(elsewhere.iterdir())
+    assert runs.artifact_location("http://127.0.0.1:5000") is None  # a server chooses its own

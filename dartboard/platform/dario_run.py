@@ -241,8 +241,11 @@ def log_pruned_model(pruned: nn.Module, genotype: GateGenotype, *, metrics: Mapp
     import mlflow
     from safetensors.torch import save_file
 
+    from dartboard.platform.tracking.runs import ensure_experiment
+
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    ensure_experiment(mlflow.get_tracking_uri(), experiment)  # its artifacts beside a sqlite store
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({"model": genotype.model, **{k: _param(v) for k, v in (params or {}).items()}})

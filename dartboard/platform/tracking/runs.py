@@ -29,8 +29,21 @@ def setup_mlflow(uri: str | None, experiment: str):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(uri))
+    ensure_experiment(uri, experiment)  # created with its artifacts beside a sqlite store
     exp = mlflow.set_experiment(experiment)
     return mlflow, exp
+
+
+def artifact_location(uri: str | None) -> str | None:
+    """Where a new experiment's artifacts go: for a sqlite store, ``mlruns`` beside its database file, wherever the
+    command runs (MLflow's default is ``./mlruns`` of the process that creates the experiment, so the same store
+    would scatter its artifacts over the folders it was used from); for a server, its own choice (None)."""
+    resolved = tracking_uri(uri)
+    prefix = "sqlite:///"
+    if not resolved.startswith(prefix) or len(resolved) == len(prefix):
+        return None
+    database = Path(resolved[len(prefix):].split("?", 1)[0])
+    return str(database.resolve().parent / "mlruns")
 
 
 def mlflow_name(key: str) -> str:
@@ -99,7 +112,7 @@ def ensure_experiment(uri: str | None, experiment: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(experiment)
+        return c.create_experiment(experiment, artifact_location=artifact_location(uri))
     except Exception:  # noqa: BLE001 - created meanwhile by another driver: read it back
         exp = c.get_experiment_by_name(experiment)
         if exp is None:
@@ -152,10 +165,13 @@ def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str
     """One trial as a child run: params, per-epoch metrics (step = epoch), final metrics and
     artifacts; ``started`` / ``times`` (unix seconds: the trial's start, each epoch's end) give the
     run its real start and end times and each point its time. Logged once: a second call for the
-    same ``key`` returns the existing run."""
+    same ``key`` returns the existing run, unless that run was left half-logged (status FAILED: the tracking server
+    went away, say), which is deleted and logged again in full (the study's end logs every trial again)."""
     existing = find_child_run(uri, parent_id, key)
     if existing is not None:
-        return existing.info.run_id
+        if existing.info.status != "FAILED":
+            return existing.info.run_id
+        client(uri).delete_run(existing.info.run_id)
     from mlflow.entities import Metric
 
     c = client(uri)
