@@ -130,6 +130,6 @@ def test_a_sqlite_stores_artifacts_go_beside_its_database_wherever_the_command_r
     parent = runs.start_parent_run(uri, "beside", "study-beside", {"epochs": 1}, {"study": "beside"})
     rid = runs.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, [{"val_acc": 0.5}], {}, [genotype])
     artifact_uri = runs.client(uri).get_run(rid).info.artifact_uri
-    assert artifact_uri.startswith(str(tmp_path / "store" / "mlruns")), artifact_uri
+    assert artifact_uri.startswith(str(tmp_path / "store" / "mlruns" / "beside")), artifact_uri  # one per experiment
     assert list((tmp_path / "store" / "mlruns").rglob("genotype.json")) and not list(elsewhere.iterdir())
-    assert runs.artifact_location("http://127.0.0.1:5000") is None  # a server chooses its own
+    assert runs.artifact_location("http://127.0.0.1:5000", "beside") is None  # a server chooses its own

@@ -34,16 +34,16 @@ def setup_mlflow(uri: str | None, experiment: str):
     return mlflow, exp
 
 
-def artifact_location(uri: str | None) -> str | None:
-    """Where a new experiment's artifacts go: for a sqlite store, ``mlruns`` beside its database file, wherever the
-    command runs (MLflow's default is ``./mlruns`` of the process that creates the experiment, so the same store
-    would scatter its artifacts over the folders it was used from); for a server, its own choice (None)."""
+def artifact_location(uri: str | None, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: for a sqlite store, ``mlruns/EXPERIMENT`` beside its database file,
+    wherever the command runs (MLflow's default is ``./mlruns`` of the process that creates the experiment, so the
+    same store would scatter its artifacts over the folders it was used from); for a server, its own choice (None)."""
     resolved = tracking_uri(uri)
     prefix = "sqlite:///"
     if not resolved.startswith(prefix) or len(resolved) == len(prefix):
         return None
     database = Path(resolved[len(prefix):].split("?", 1)[0])
-    return str(database.resolve().parent / "mlruns")
+    return str(database.resolve().parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment))
 
 
 def mlflow_name(key: str) -> str:
@@ -112,7 +112,7 @@ def ensure_experiment(uri: str | None, experiment: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(experiment, artifact_location=artifact_location(uri))
+        return c.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
     except Exception:  # noqa: BLE001 - created meanwhile by another driver: read it back
         exp = c.get_experiment_by_name(experiment)
         if exp is None:
