@@ -218,10 +218,9 @@ def _how_far(folder: Path) -> str:
 
 
 def check_outputs(cfg: SearchRunConfig, out: Path) -> None:
-    """Before the search: its output folder can be written and its tracking server answers."""
-    from dartboard.platform.checks import check_tracking_server, check_writable_dir
+    """Before the search: its tracking server answers (``folder_held``, around it, found the folder writable)."""
+    from dartboard.platform.checks import check_tracking_server
 
-    check_writable_dir(out, "--out")
     if cfg.mlflow:
         from dartboard.platform.tracking.runs import tracking_uri
 
