@@ -6,3 +6,4 @@ GENOTYPE_FILE = "genotype.json"  # the architecture: JSON with a schema (spaces.
 NETWORK_FILE = "network.json"  # a trained network's size, input and preprocessing (tracking.models.network_spec)
 WEIGHTS_FILE = "weights.safetensors"  # its weights
 TRAIN_FILE = "train.json"  # the training's config, results and per-epoch history (training.final)
+PRUNED_WEIGHTS_FILE = "model.safetensors"  # a pruned ViT's weights (`dartboard prune`, beside its gates genotype)

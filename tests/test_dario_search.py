@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dartboard.platform import dario_run
 from dartboard.searchers.dario import DarioConfig, DarioSearcher
 from dartboard.spaces import genotype as G
+from dartboard.spaces.published import darts_v2
 from dartboard.spaces.vit import create_vit, rebuild_pruned
 from dartboard.training import vit_finetune
 
@@ -151,6 +153,83 @@ def test_cli_prune_with_a_local_checkpoint(tiny_vit, tmp_path):
 
     loaded = dartboard.load(str(out))
     assert not loaded.training and torch.equal(loaded(x), rebuilt(x))
+
+
+def _prune_args(tiny_vit, folder):
+    from safetensors.torch import save_file
+
+    ckpt = folder / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, str(ckpt))
+    return ["prune", NAME, "--checkpoint", str(ckpt), "--model-kwargs", json.dumps(TINY), "--k", "2", "--n", "1"]
+
+
+def test_cli_prune_without_out_keeps_its_result_in_a_new_runs_folder(tiny_vit, tmp_path, monkeypatch):
+    # Before: without --out (and without MLflow) the pruned ViT was computed, printed and thrown away.
+    from typer.testing import CliRunner
+
+    from dartboard.platform.cli import build_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(build_app(), _prune_args(tiny_vit, tmp_path), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith(f"prune-{NAME}-s0-")
+    assert f"saved {Path('runs') / folder.name / 'genotype.json'}" in result.output
+    import dartboard
+
+    loaded = dartboard.load(str(folder))
+    assert G.load(folder / "genotype.json").kind == "gates" and not loaded.training
+
+
+def test_cli_prune_refuses_an_out_holding_another_model_and_replaces_an_earlier_pruning(tiny_vit, tmp_path, capsys,
+                                                                                       caplog):
+    from dartboard.platform.cli import main
+
+    args = _prune_args(tiny_vit, tmp_path)
+
+    def run(*more):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, *more])
+        return exc.value.code
+
+    def refused(out):
+        assert run("--out", str(out)) == 2
+        return capsys.readouterr().err
+
+    search = tmp_path / "search"
+    search.mkdir()
+    G.save(darts_v2(), search / "genotype.json")
+    before = (search / "genotype.json").read_bytes()
+    assert "holds another model's files (genotype.json of kind 'darts')" in refused(search)
+    assert (search / "genotype.json").read_bytes() == before and [p.name for p in search.iterdir()] == ["genotype.json"]
+    pruned = tmp_path / "pruned"
+    assert run("--out", str(pruned)) == 0
+    (pruned / "weights.safetensors").write_bytes(b"a pulled version's weights")
+    assert "another model's files (weights.safetensors)" in refused(pruned)
+    (pruned / "weights.safetensors").unlink()
+    with caplog.at_level("WARNING"):
+        assert run("--out", str(pruned), "--seed", "1") == 0
+    assert "holds an earlier pruning" in caplog.text
+    assert G.load(pruned / "genotype.json").kind == "gates"
+
+
+def test_cli_prune_runs_where_auto_says(tiny_vit, tmp_path, monkeypatch, capsys):
+    # --device defaults to auto (CUDA where there is one), as search and train do; before, the CPU always.
+    from dartboard.platform import config
+    from dartboard.platform.cli import main
+
+    asked = []
+
+    def resolve(device):
+        asked.append(device)
+        raise ValueError("device: seen")
+
+    monkeypatch.setattr(config, "resolve_device", resolve)
+    with pytest.raises(SystemExit) as exc:
+        main([*_prune_args(tiny_vit, tmp_path), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "device: seen" in capsys.readouterr().err
+    assert asked == ["auto"]
 
 
 def test_cli_bad_granularity_is_one_line(capsys):

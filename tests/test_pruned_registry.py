@@ -66,7 +66,8 @@ def test_pull_and_load_return_the_physically_smaller_model(registered, tiny_vit,
     assert sha256_file(tmp_path / "pulled" / "weights.safetensors") == tags["sha256.weights.safetensors"]
 
 
-def test_the_prune_command_registers_what_it_pruned(tiny_vit, tmp_path):
+def test_the_prune_command_registers_what_it_pruned(tiny_vit, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the pruned ViT is also saved in runs/ (no --out)
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 

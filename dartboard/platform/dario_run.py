@@ -268,7 +268,7 @@ def save_pruned(out_dir: str | Path, pruned: nn.Module, genotype: GateGenotype) 
     ``dartboard.load(out_dir)``)."""
     from safetensors.torch import save_file
 
-    from dartboard.platform.tracking.models import GENOTYPE_FILE, PRUNED_WEIGHTS_FILE
+    from dartboard.model_files import GENOTYPE_FILE, PRUNED_WEIGHTS_FILE
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

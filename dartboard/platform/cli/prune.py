@@ -71,10 +71,12 @@ def prune(
     finetune_epochs: int | None = typer.Option(None, min=0, help="demo: epochs of each fine-tuning protocol "
                                                f"[default: {DEMO_FINETUNE_EPOCHS}]"),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto (CUDA where there is one), cpu, cuda[:N]; the demo runs on the "
+                               "CPU"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="each search iteration replayed from one CUDA graph "
                                     "(with --device cuda)"),
-    out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here"),
+    out: Path | None = typer.Option(None, help="write genotype.json + model.safetensors here (default "
+                                    "runs/prune-MODEL-sSEED-TIME)"),
     mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", "--tracking-uri",
                                           help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; nothing is "
                                                "logged when neither is set); --tracking-uri as in every other "
@@ -86,6 +88,7 @@ def prune(
     with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
     is_demo = _demo_mode(model, demo, finetune_epochs)
     uri = _mlflow(mlflow_uri)
+    out = out or default_out(model if not is_demo else "demo", seed)
     _check_outputs(is_demo, checkpoint, model_kwargs, out, uri, register_as)
     import torch
 
@@ -112,9 +115,9 @@ def prune(
     config = replace(config, cuda_graph=cuda_graph)
     with user_input():  # only checks the options' values
         config.validate()
-        if is_demo and device != "cpu":
+        if is_demo and device not in ("cpu", "auto"):
             raise ValueError(f"--device: the demo runs on the CPU, got {device!r}")
-        device = resolve_device(device)
+        device = resolve_device("cpu" if is_demo else device)
         if cuda_graph and (is_demo or not device.startswith("cuda")):
             raise ValueError(f"--cuda-graph: CUDA graphs need --device cuda, got {'the demo' if is_demo else device!r}")
     torch.manual_seed(seed)
@@ -136,10 +139,9 @@ def prune(
                    + (f"; heads kept: {dict(result.genotype.heads_kept)}" if result.genotype.heads_kept else ""))
         typer.echo(f"parameters: original {count_parameters(net):,}  pruned {result.params_pruned:,}")
         typer.echo(f"search: {result.search_seconds:.1f} s")
-    if out is not None:
-        dario_run.save_pruned(out, result.pruned, result.genotype)
-        typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'} (dartboard.load({str(out)!r}) "
-                   f"rebuilds the pruned ViT)")
+    dario_run.save_pruned(out, result.pruned, result.genotype)
+    typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'} (dartboard.load({str(out)!r}) "
+               f"rebuilds the pruned ViT)")
     if uri:
         run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics,
                                             params={"granularity": granularity, "proxy": proxy,
@@ -161,10 +163,18 @@ def _demo_mode(model: str, demo: bool, finetune_epochs: int | None) -> bool:
     return demo or model == "demo"
 
 
-def _check_outputs(is_demo: bool, checkpoint: Path | None, model_kwargs: str | None, out: Path | None,
+def default_out(model: str, seed: int) -> Path:
+    """Where a pruning without ``--out`` writes: a new folder under ``runs/``, as a search's."""
+    import time
+
+    return Path("runs") / f"prune-{model.replace('/', '_')}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_outputs(is_demo: bool, checkpoint: Path | None, model_kwargs: str | None, out: Path,
                    uri: str | None, register_as: str | None) -> None:
     """What the options ask for, checked before the search: the demo trains its own ViT (a checkpoint or model
-    arguments would be ignored), ``--out`` can be written, the tracking server answers, ``--register`` has one."""
+    arguments would be ignored), ``--out`` can be written and holds no other model, the tracking server answers,
+    ``--register`` has one."""
     from dartboard.platform.checks import check_tracking_server, check_writable_dir
 
     if is_demo and (checkpoint is not None or model_kwargs):
@@ -173,10 +183,32 @@ def _check_outputs(is_demo: bool, checkpoint: Path | None, model_kwargs: str | N
                              f"timm model to prune (dartboard prune MODEL --checkpoint FILE --model-kwargs JSON)")
     if register_as and not uri:
         raise UserInputError("--register: registering needs MLflow: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
-    if out is not None:
-        check_writable_dir(out, "--out")
+    check_writable_dir(out, "--out")
+    _check_no_other_model(out)
     if uri:
         check_tracking_server(uri, "--mlflow-uri")
+
+
+def _check_no_other_model(out: Path) -> None:
+    """``--out`` holding another model's files (a search's genotype, a trained network, a pulled version) is refused:
+    the pruned ViT's ``genotype.json`` would replace its genotype. An earlier pruning's folder is replaced, with a
+    warning."""
+    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE
+    from dartboard.spaces import genotype as gt
+
+    others = [name for name in (WEIGHTS_FILE, NETWORK_FILE) if (out / name).is_file()]
+    if (out / GENOTYPE_FILE).is_file():
+        try:
+            kind = gt.load(out / GENOTYPE_FILE).kind
+        except (gt.GenotypeError, OSError):
+            kind = "unreadable"
+        if kind != "gates":
+            others.insert(0, f"{GENOTYPE_FILE} of kind {kind!r}")
+        elif not others:
+            log.warning("prune: %s holds an earlier pruning; its files are replaced by this one's", out)
+    if others:
+        raise UserInputError(f"--out: {str(out)!r} holds another model's files ({', '.join(others)}); the pruned "
+                             f"ViT's {GENOTYPE_FILE} would replace its genotype: give another --out")
 
 
 def default_name(model: str) -> str:

@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from dartboard.errors import UserInputError
-from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE  # noqa: F401  (also read from here)
+from dartboard.model_files import (  # noqa: F401  (also read from here)
+    GENOTYPE_FILE,
+    NETWORK_FILE,
+    PRUNED_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+)
 from dartboard.platform.tracking.runs import client, tracking_uri
 from dartboard.streams import stderr_without
 
@@ -24,7 +29,6 @@ log = logging.getLogger("dartboard")
 # ---------------------------------------------------------------------------------------------
 
 CHAMPION_ALIAS = "champion"
-PRUNED_WEIGHTS_FILE = "model.safetensors"  # the pruned ViT's weights in `dartboard prune --out DIR`
 SHA_TAG = "sha256."  # one tag per artifact file: sha256.<file name> = hex digest
 
 _MODEL_CODE = '''"""dartboard network served as an MLflow pyfunc (models-from-code: nothing is pickled).
