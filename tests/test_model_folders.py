@@ -176,3 +176,42 @@ def test_a_folder_without_a_recorded_preprocessing(trained, tmp_path, capsys, mo
     code, out, err = run_main(["predict", str(folder), str(tmp_path / "x.npy")], capsys)
     assert code == 0 and out.startswith(f"{tmp_path / 'x.npy'}  class "), err
     assert f"model {folder} records no preprocessing; using the current normalisation of digits" in caplog.text
+
+
+def test_predict_names_the_classes_network_json_records(trained, tmp_path, capsys, monkeypatch):
+    # Before: `predict` of a network trained on an image folder printed "class 2" only; which folder that is, the user
+    # had to work out from the sorted folder names. The data set's class names are recorded in network.json now.
+    from PIL import Image
+
+    from dartboard.training.final import TrainConfig
+
+    for split in ("train", "test"):
+        for name in ("dogs", "birds", "cats"):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((6, 5, 3), dtype=np.uint8)).save(tmp_path / "imgs" / split / name / "a.png")
+    info = load_dataset("imagefolder", str(tmp_path / "imgs"), 8).info
+    assert info.classes == ("birds", "cats", "dogs") and info.num_classes == 3  # in label order: ImageFolder's
+    spec = models.network_spec(TrainConfig(channels=4, layers=2), info, "imagefolder")
+    assert spec["classes"] == ["birds", "cats", "dogs"]
+    assert "classes" not in models.network_spec(TrainConfig(channels=4, layers=2), trained["splits"].info, "digits")
+
+    folder = tmp_path / "named"
+    folder.mkdir()
+    for name in ("genotype.json", "weights.safetensors"):
+        (folder / name).write_bytes((trained["out"] / name).read_bytes())
+    digits_spec = json.loads((trained["out"] / "network.json").read_text())
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (folder / "network.json").write_text(json.dumps({**digits_spec, "classes": names}))
+    np.save(tmp_path / "x.npy", trained["splits"].test.tensors[0][0, 0].numpy().clip(0, 1))
+    code, out, err = run_main(["predict", str(folder), str(tmp_path / "x.npy"), "--json"], capsys)
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["label"] == names[row["class"]]
+    code, out, err = run_main(["predict", str(folder), str(tmp_path / "x.npy")], capsys)
+    assert code == 0 and f"class {row['class']} ({names[row['class']]})  confidence" in out, err
+    code, out, err = run_main(["predict", str(trained["out"]), str(tmp_path / "x.npy"), "--json"], capsys)
+    assert code == 0 and "label" not in json.loads(out)[0]  # digits: a label is its own name
+
+    (folder / "network.json").write_text(json.dumps({**digits_spec, "classes": names[:3]}))
+    line = refused_here(["predict", "named", "x.npy"], tmp_path, capsys, monkeypatch)
+    assert line == "error: model 'named': network.json classes: expected 10 class names, got ['zero', 'one', 'two']"

@@ -34,6 +34,9 @@ class DatasetInfo:
     # trained model so that `dartboard predict` feeds it the same inputs); empty when unknown.
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # The class names in label order (an image folder's class folders, CIFAR's names), recorded with a trained model
+    # so that `dartboard predict` names its classes; empty where a label is its own name (digits).
+    classes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,7 +104,8 @@ def _cifar(name: str, root: str | None) -> Splits:
         raise DataError(f"{name}: {str(Path(root) / folder)!r} is incomplete or differs from the official "
                         f"python version of {name.upper()} (a file is missing or its MD5 differs); extract the "
                         "original archive there again") from err
-    return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100, mean, std))
+    return Splits(train, test, DatasetInfo(name, 3, 32, 10 if name == "cifar10" else 100, mean, std,
+                                           tuple(train.classes)))
 
 
 #: ImageNet's channel statistics (torchvision, DARTS ``train_imagenet.py``).
@@ -161,7 +165,7 @@ def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
     train = datasets.ImageFolder(str(base / "train"), transform=train_tf, loader=read_image)
     test = datasets.ImageFolder(str(test_dir), transform=test_tf, loader=read_image)
     _labels_of(train, test, f"{name}: {str(test_dir)!r}")
-    return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std))
+    return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std, tuple(train.classes)))
 
 
 def _labels_of(train: Any, test: Any, where: str) -> None:

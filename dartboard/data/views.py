@@ -90,4 +90,5 @@ def image_views(name: str, root: str | None, image_size: int) -> Splits:
     for part in (splits.train, splits.test):
         part.transform = two
     info = splits.info
-    return Splits(splits.train, splits.test, DatasetInfo(name, info.in_channels, size, info.num_classes))
+    return Splits(splits.train, splits.test, DatasetInfo(name, info.in_channels, size, info.num_classes,
+                                                         classes=info.classes))

@@ -143,8 +143,23 @@ def predict_files(ref: str, files: list[str], uri: str | None = None) -> list[di
     pre = model_preprocessing(model.spec, ref)
     batch = load_inputs(files, pre)
     probabilities = torch.softmax(_logits(model.net(batch)), dim=1)
-    return [{"file": str(path), "class": int(p.argmax()), "confidence": float(p.max()),
+    names = class_names(model.spec, ref)
+    return [{"file": str(path), "class": int(p.argmax()),
+             **({"label": names[int(p.argmax())]} if names else {}), "confidence": float(p.max()),
              "probabilities": [round(float(v), 6) for v in p]} for path, p in zip(files, probabilities, strict=True)]
+
+
+def class_names(spec: dict[str, Any], ref: str) -> list[str]:
+    """The class names network.json records in label order (an image folder's class folders, CIFAR's names);
+    empty for a network trained before they were recorded, or on data whose labels are their own names (digits)."""
+    names = spec.get("classes")
+    if names is None:
+        return []
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+            and len(names) == int(spec.get("num_classes", -1))):
+        raise UserInputError(f"model {ref!r}: network.json classes: expected {spec.get('num_classes')} class names, "
+                             f"got {names!r}")
+    return names
 
 
 def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = None, batch_size: int = 256

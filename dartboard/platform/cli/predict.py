@@ -33,7 +33,8 @@ def predict(
     tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with every class's probability)."),
 ) -> None:
-    """Classify image files with a trained network; prints FILE, class and confidence per line."""
+    """Classify image files with a trained network; prints FILE, class (with its name, where the data set has
+    names: an image folder's class folders, CIFAR's) and confidence per line."""
     from dartboard.platform.predict import predict_files
 
     check_source(model, tracking_uri)
@@ -43,7 +44,8 @@ def predict(
         return
     width = max(len(r["file"]) for r in rows)
     for r in rows:
-        typer.echo(f"{r['file']:<{width}}  class {r['class']}  confidence {r['confidence']:.4f}")
+        label = f" ({r['label']})" if "label" in r else ""
+        typer.echo(f"{r['file']:<{width}}  class {r['class']}{label}  confidence {r['confidence']:.4f}")
 
 
 def evaluate(

@@ -358,4 +358,5 @@ def network_spec(train_cfg, info, dataset: str) -> dict[str, Any]:
     return {"channels": train_cfg.channels, "layers": train_cfg.layers, "auxiliary": train_cfg.auxiliary,
             "stem": getattr(train_cfg, "stem", "auto"),
             "in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
-            "dataset": dataset, "preprocessing": pre.to_dict() if pre is not None else None}
+            "dataset": dataset, "preprocessing": pre.to_dict() if pre is not None else None,
+            **({"classes": list(info.classes)} if getattr(info, "classes", ()) else {})}
