@@ -10,6 +10,7 @@ copy that differs refused with one line).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -206,3 +207,28 @@ def test_a_study_file_is_told_its_own_keys_for_a_folder_it_would_ignore(tmp_path
                                               r".* would be ignored; leave it out, or name the dataset that folder "
                                               r"holds \(dataset: cifar10, cifar100, imagenet, imagefolder\)"):
         StudyConfig(searcher="darts", data_root=str(tmp_path))
+
+
+def test_a_relative_data_root_is_kept_as_the_commands_folder_names_it(tmp_path, monkeypatch):
+    # A study's trials (on Ray) and a resumed search read the folder from processes whose working folder need not be
+    # the command's: a search's run.json (and a study's study.yaml, test_sweep_ray.py) hold it as an absolute path.
+    from dartboard.data.catalog import absolute_root
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.run import run_search_job
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert absolute_root("imgs") == str(tmp_path / "imgs") and absolute_root("~/c") == str(tmp_path / "home" / "c")
+    assert absolute_root("../c") == str(tmp_path.parent / "c")
+    assert absolute_root("s3://bucket/data") == "s3://bucket/data" and absolute_root(None) is None
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((8, 8, 3), 60 * i, dtype=np.uint8)).save(tmp_path / "imgs" / split / name /
+                                                                                  f"{i}.png")
+    cfg = SearchRunConfig(dataset="imagefolder", data_root="imgs", image_size=8, batch_size=2, mlflow=False,
+                          out="s", options={"C": 2, "layers": 1, "epochs": 1})
+    assert cfg.data_root == "imgs"  # errors about it name it as the user gave it
+    run_search_job(cfg, progress=False)
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["data_root"] == str(tmp_path / "imgs")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from dartboard.bench.regret import lookup_metrics
 from dartboard.bench.table import load_table
@@ -88,3 +90,37 @@ def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
     states = {t.params["w_lr"]: t.state.name for t in saved._ot_study.trials}
     assert states == {0.05: "COMPLETE", 1e-6: "PRUNED"}
     assert saved._ot_study.best_trial.params["w_lr"] == 0.05
+
+
+def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local, tmp_path, monkeypatch):
+    """An image folder given relative to the command's folder (the Ray workers run in folders of their own: before,
+    every trial said "folder 'imgs' does not exist"), holding a file that is no image: the trial ends errored with
+    the data's message after one attempt (before: three attempts of Ray Train's start and the same error, about
+    30 s each), and the study's checks refuse a data_root that does not exist before any trial."""
+    from PIL import Image
+
+    from dartboard.platform.sweep import run_sweep
+
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            folder = tmp_path / "imgs" / split / name
+            folder.mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "imgs" / "train" / "b" / "z.png").write_text("no image")
+    monkeypatch.chdir(tmp_path)
+    base = {"name": "unreadable", "searcher": "darts", "dataset": "imagefolder", "image_size": 8, "epochs": 1,
+            "batch_size": 4, "num_samples": 1, "max_concurrent": 1, "options": {"C": 2, "layers": 1},
+            "scheduler": {"type": "fifo"}, "storage": str(tmp_path / "runs"), "max_failures": 2}
+    with pytest.raises(ValueError, match=r"data_root: 'nowhere' does not exist"):
+        run_sweep(StudyConfig(**base, data_root="nowhere"), mlflow=False)
+    assert not (tmp_path / "runs").exists()
+    result = run_sweep(StudyConfig(**base, data_root="imgs"), mlflow=False)
+    stored = yaml.safe_load((Path(result.run_dir) / "study.yaml").read_text())
+    assert stored["data_root"] == str(tmp_path / "imgs")  # as the command's folder names it: --resume from anywhere
+    (trial,) = result.trials
+    assert trial["status"] == "error" and result.counts["error"] == 1
+    assert trial["error"].startswith(f"DataError: image folder: cannot read {str(tmp_path / 'imgs/train/b/z.png')!r}")
+    (reports,) = [[json.loads(line) for line in p.read_text().splitlines()]
+                  for p in Path(result.run_dir).glob("run_trial_*/result.json")]
+    assert [r.get("input_error") for r in reports] == [1.0]  # one attempt: not retried

@@ -36,6 +36,16 @@ def check_dataset(name: str) -> str:
     return name
 
 
+def absolute_root(root: str | None) -> str | None:
+    """A local data folder as an absolute path (``~`` expanded): a study's trials and a training on Ray run in
+    worker processes whose working folder is not the command's, where a relative path names nothing."""
+    if root is None or "://" in root:
+        return root
+    import os
+
+    return os.path.abspath(os.path.expanduser(root))
+
+
 def check_data_root(name: str, root: str | None, decided_by: str | None = None,
                     fields: tuple[str, str] = ("data_root (--data-root)", "--dataset")) -> None:
     """A folder given for data that is made in memory would be ignored: refused, so that a user who meant

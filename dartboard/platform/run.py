@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dartboard.data.catalog import load_dataset
+from dartboard.data.catalog import absolute_root, load_dataset
 from dartboard.data.datasets import Splits, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
 from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE
@@ -159,7 +159,8 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
         ckpt.restore(out, searcher, (train_loader, val_loader))
         (out / INTERRUPTED_FILE).unlink(missing_ok=True)
     else:
-        ckpt.start(out, cfg.model_dump())
+        # run.json keeps the data folder as this command's folder names it: `--resume` may run from another folder
+        ckpt.start(out, {**cfg.model_dump(), "data_root": absolute_root(cfg.data_root)})
     finished = state.history  # the metrics of every finished epoch, kept if interrupted
     log.info("search: %s on %s, %s (from epoch %d), %d steps/epoch, device %s, output %s", cfg.searcher,
              cfg.dataset, epochs_in_words(epochs), len(finished) + 1, len(train_loader), searcher.device, out)

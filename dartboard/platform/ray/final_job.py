@@ -266,11 +266,13 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
 
     import ray
 
+    from dartboard.data.catalog import absolute_root
     from dartboard.platform.ray.session import init_ray, stop_ray
     from dartboard.spaces import genotype as gt
     from dartboard.training.final import TrainResult
 
     train = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    data_root = absolute_root(data_root)  # the workers' working folder is not this command's
     per_rank_batch(cfg.batch_size, workers)  # refused here, not in every worker
     if address is None:
         check_resources(workers, cpus_per_worker, gpus_per_worker, float("inf"), float(torch.cuda.device_count()))

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from ray import tune
 
+from dartboard.data.catalog import absolute_root
 from dartboard.errors import MissingFileError, UserInputError, user_input
 from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
@@ -117,6 +118,9 @@ def run_study(cfg: StudyConfig | None = None, *, resume: str | None = None, trac
     except BaseException:
         ray_start.stop()
         raise
+    # the trials' workers run in folders of their own, a resumed study maybe from another folder: the data folder
+    # as this command's folder names it (the checks named it as the user gave it)
+    cfg = cfg.model_copy(update={"data_root": absolute_root(cfg.data_root)})
     try:
         ray_start.result()
         if resume is None:

@@ -8,6 +8,7 @@ left out where the study has only one.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dartboard.platform.config import SearchRunConfig, StudyConfig
@@ -105,6 +106,10 @@ def _check_data(cfg: StudyConfig) -> None:
     check_dataset(cfg.dataset)
     if cfg.dataset in LOCAL_DATASETS and cfg.data_root is None:
         raise ValueError(f"data_root: dataset {cfg.dataset!r} needs a local data_root (nothing is downloaded)")
+    # On this machine's own Ray the trials read the folder (pmsm: file) the driver sees; on a cluster its nodes may
+    # see other folders than the driver (their own copies): the trials say so there.
+    if cfg.data_root is not None and not cfg.ray_address and not Path(cfg.data_root).exists():
+        raise ValueError(f"data_root: {cfg.data_root!r} does not exist")
 
 
 def dry_build(cfg: StudyConfig) -> None:

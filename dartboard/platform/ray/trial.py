@@ -5,7 +5,8 @@ diverged trials and hands every finished trial to the study's hooks.
 
 NaN/inf: the workers end a diverged trial with a ``nonfinite`` report; :class:`TrialCallback` turns
 Tune's retries off for it and :func:`run_trial` raises :class:`NonFiniteLossError`, so the trial
-ends as errored with that reason and the study goes on.
+ends as errored with that reason and the study goes on. Input that cannot be used (a data folder, an image
+in it) ends the trial with an ``input_error`` report, its last (``done``): errored with that reason, not retried.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def trial_payload(cfg: StudyConfig, run_dir: str, trial_id: str, config: dict, m
     from dartboard.platform.ray.storage import last_checkpoint
 
     config = dict(config or {})
-    status = "error" if error or metrics.get("nonfinite") else (
+    status = "error" if error or metrics.get("nonfinite") or metrics.get("input_error") else (
         "complete" if metrics.get("search_done") == 1.0 else "pruned")
     variant = cfg.variant(config.get("variant", cfg.variants[0].name))
     found = last_checkpoint(run_dir, trial_id) if status != "error" else None

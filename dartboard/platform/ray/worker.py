@@ -158,9 +158,19 @@ def nonfinite_reason(metrics: dict[str, float], epoch: int) -> str | None:
 
 
 # ------------------------------------------------------------------ the worker loop
-def search_loop_per_worker(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
+def search_loop_per_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``. ``config``: ``run`` (SearchRunConfig fields), ``objective``
-    (StudyObjective fields), ``final`` (FinalTraining fields or None), ``key`` (the trial's name)."""
+    (StudyObjective fields), ``final`` (FinalTraining fields or None), ``key`` (the trial's name).
+
+    An error about the trial's input (its data folder, a file in it that cannot be read, an option) ends the trial
+    with an ``input_error`` report: retrying it, as Ray Train and Tune retry a failed worker, would fail alike."""
+    try:
+        _search_loop(config)
+    except UserInputError as err:
+        _report_input_error(err, config.get("required_metrics", ()))
+
+
+def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
     import ray.train
     import ray.train.torch
     import torch
@@ -289,6 +299,15 @@ def _report_nonfinite(rank: int, reason: str, epoch: int, required: Sequence[str
             (Path(d) / ck.STATUS_FILE).write_text(json.dumps(status))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(status, checkpoint=checkpoint)
+
+
+def _report_input_error(err: UserInputError, required: Sequence[str] = ()) -> None:
+    """The trial's last report: its input cannot be used (no checkpoint: a resumed study, its input fixed, runs the
+    trial again from its last epoch)."""
+    import ray.train
+
+    ray.train.report({**{k: math.nan for k in required}, "input_error": 1.0, "error": f"{type(err).__name__}: {err}",
+                      "epoch": 0, "search_done": 0.0, "done": 1.0})
 
 
 def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str, Any], cfg: Any,
