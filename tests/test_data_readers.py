@@ -232,3 +232,30 @@ def test_a_relative_data_root_is_kept_as_the_commands_folder_names_it(tmp_path, 
     assert cfg.data_root == "imgs"  # errors about it name it as the user gave it
     run_search_job(cfg, progress=False)
     assert json.loads((tmp_path / "s" / "run.json").read_text())["data_root"] == str(tmp_path / "imgs")
+
+
+def test_a_training_on_ray_hands_its_workers_the_data_folder_as_the_command_names_it(tmp_path, monkeypatch):
+    # `dartboard train G --data-root imgs --workers 2` failed in every worker: "folder 'imgs' does not exist".
+    import ray
+
+    from dartboard.platform.ray import final_job, session
+    from dartboard.spaces.published import darts_v2
+    from dartboard.training.final import TrainConfig
+
+    handed = {}
+
+    class Handed(Exception):
+        pass
+
+    def trainer(genotype, train, dataset, data_root, storage, **kwargs):
+        handed["data_root"] = data_root
+        raise Handed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(session, "init_ray", lambda **kwargs: False)  # no Ray: the trainer is not built for real
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(final_job, "make_final_trainer", trainer)
+    with pytest.raises(Handed):
+        final_job.train_on_ray(darts_v2(), TrainConfig(channels=2, layers=1, batch_size=4), "imagefolder", "imgs",
+                               tmp_path / "out", workers=2)
+    assert handed["data_root"] == str(tmp_path / "imgs")
