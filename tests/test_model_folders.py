@@ -98,6 +98,27 @@ def test_export_of_a_folder(trained, tmp_path, capsys):
         assert torch.allclose(loaded(x), trained["net"](x), atol=1e-5)
 
 
+def test_export_takes_the_format_its_out_names(trained, tmp_path, capsys, monkeypatch):
+    # Before: `dartboard export DIR --out model.ts` was "Missing option '--format'" whatever the extension said.
+    code, out, err = run_main(["export", str(trained["out"]), "--out", str(tmp_path / "m.ts")], capsys)
+    assert code == 0 and out.startswith("torchscript written to"), err[-3000:]
+    x = trained["splits"].test.tensors[0][:4]
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(tmp_path / "m.ts"))(x), trained["net"](x), atol=1e-5)
+    from dartboard.platform.export import format_of
+
+    assert [format_of(f"m{s}", None) for s in (".onnx", ".ONNX", ".pt", ".torchscript", ".pt2")] == \
+        ["onnx", "onnx", "torchscript", "torchscript", "pt2"]
+    assert format_of("m.onnx", "pt2") == "pt2"  # --format wins
+    (tmp_path / "model").mkdir()
+    for name in ("genotype.json", "network.json", "weights.safetensors"):
+        (tmp_path / "model" / name).write_bytes((trained["out"] / name).read_bytes())
+    line = refused_here(["export", "model", "--out", "m.bin"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: --format: not given, and the extension of --out 'm.bin' names no format; give --format "
+                    "(onnx, torchscript, pt2) or an --out ending in .onnx, .pt, .ts, .torchscript, .pt2")
+    assert not (tmp_path / "m.bin").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "{folder}"], "model '{folder}': the folder holds no trained network (network.json, "
                                "weights.safetensors missing); `dartboard train` and `dartboard pull --to` write one"),

@@ -41,6 +41,22 @@ class ExportReport:
     bytes: int
 
 
+#: The extensions of ``--out`` that name a format where ``--format`` is not given.
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2"}
+
+
+def format_of(out: str | Path, fmt: str | None) -> str:
+    """``fmt``, else the format the extension of ``out`` names (``model.onnx``: onnx)."""
+    if fmt is not None:
+        return fmt
+    suffix = Path(out).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserInputError(f"--format: not given, and the extension of --out {str(out)!r} names no format; give "
+                             f"--format ({', '.join(FORMATS)}) or an --out ending in "
+                             f"{', '.join(SUFFIXES)}")
+    return SUFFIXES[suffix]
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UserInputError(f"--format: {fmt!r} is not an export format; expected one of {', '.join(FORMATS)}")

@@ -21,7 +21,8 @@ def export(
                                            "pull --to write), or a genotype (JSON file or catalog name) with "
                                            "--weights."),
     out: Path = typer.Option(..., "--out", help="The file to write."),
-    fmt: str = typer.Option(..., "--format", help="onnx, torchscript or pt2."),
+    fmt: str = typer.Option(None, "--format", help="onnx, torchscript or pt2 (default: the one --out's extension "
+                                                   "names: .onnx, .pt or .ts, .pt2)."),
     weights: Path = typer.Option(None, help="weights.safetensors of the genotype's trained network."),
     network: Path = typer.Option(None, help="network.json (default: next to --weights)."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (registry references)."),
@@ -29,8 +30,9 @@ def export(
     """Export a trained network; the file is loaded by its own runtime and its outputs compared with the
     PyTorch network's on random inputs before it is written to --out."""
     from dartboard.platform.checks import check_writable_file
-    from dartboard.platform.export import check_format
+    from dartboard.platform.export import check_format, format_of
 
+    fmt = format_of(out, fmt)
     check_format(fmt)  # a missing package fails here, before any work
     check_writable_file(out, "--out")
     if is_model_ref(source):
