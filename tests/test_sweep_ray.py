@@ -93,13 +93,16 @@ def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
 
 
 def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local, tmp_path, monkeypatch):
-    """An image folder given relative to the command's folder (the Ray workers run in folders of their own: before,
-    every trial said "folder 'imgs' does not exist"), holding a file that is no image: the trial ends errored with
-    the data's message after one attempt (before: three attempts of Ray Train's start and the same error, about
-    30 s each), and the study's checks refuse a data_root that does not exist before any trial."""
+    """An image folder and a DARTOpti start genotype's file given relative to the command's folder (the Ray workers
+    run in folders of their own: before, every trial said "folder 'imgs' does not exist", and with an absolute folder
+    "genotype 'start.json' is neither a file nor a catalog name"), the folder holding a file that is no image (read
+    in the first epoch, after the start genotype): the trial ends errored with the data's message after one attempt
+    (before: three attempts of Ray Train's start and the same error, about 30 s each), and the study's checks
+    refuse a data_root that does not exist before any trial."""
     from PIL import Image
 
     from dartboard.platform.sweep import run_sweep
+    from dartboard.spaces.catalog import resolve
 
     for split in ("train", "test"):
         for name in ("a", "b"):
@@ -108,9 +111,10 @@ def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local
             for i in range(8):
                 Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(folder / f"{i}.png")
     (tmp_path / "imgs" / "train" / "b" / "z.png").write_text("no image")
+    gt.save(resolve("resnet18"), tmp_path / "start.json")
     monkeypatch.chdir(tmp_path)
-    base = {"name": "unreadable", "searcher": "darts", "dataset": "imagefolder", "image_size": 8, "epochs": 1,
-            "batch_size": 4, "num_samples": 1, "max_concurrent": 1, "options": {"C": 2, "layers": 1},
+    base = {"name": "unreadable", "searcher": "dartopti", "dataset": "imagefolder", "image_size": 8, "epochs": 1,
+            "batch_size": 4, "num_samples": 1, "max_concurrent": 1, "options": {"C": 2, "start": "start.json"},
             "scheduler": {"type": "fifo"}, "storage": str(tmp_path / "runs"), "max_failures": 2}
     with pytest.raises(ValueError, match=r"data_root: 'nowhere' does not exist"):
         run_sweep(StudyConfig(**base, data_root="nowhere"), mlflow=False)

@@ -288,7 +288,9 @@ def _run_on_ray(cfg: StudyConfig, run_dir: str, resume: bool, hooks: list[TrialH
         total = ray.cluster_resources()
         check_resources(cfg, float(total.get("CPU", 0)), float(total.get("GPU", 0)))
     start = time.perf_counter()
-    study = {"config": cfg.model_dump(), "run_dir": run_dir}
+    # cwd: the command's folder, where the trials' workers read what the study names by relative paths (a start
+    # genotype's file, say), as the checks here did
+    study = {"config": cfg.model_dump(), "run_dir": run_dir, "cwd": os.getcwd()}
     trainable = study_trainable(study, driver_cpus(cfg))
     callback = TrialCallback(cfg, run_dir, hooks)
     if resume:  # _checks made sure there is one

@@ -41,7 +41,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
                            cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
                            max_failures=cfg.train_max_failures, objective=cfg.objective.model_dump(), final=final,
                            key=trial_key(cfg, config, trial_id), callbacks=[report_callback(trial_id)],
-                           required_metrics=["objective", cfg.scheduler.metric])
+                           required_metrics=["objective", cfg.scheduler.metric], cwd=study.get("cwd"))
     finished_before = train_run_finished(study["run_dir"], trial_id)
     result = trainer.fit()
     if finished_before and result.metrics:

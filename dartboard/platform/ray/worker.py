@@ -164,6 +164,9 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
 
     An error about the trial's input (its data folder, a file in it that cannot be read, an option) ends the trial
     with an ``input_error`` report: retrying it, as Ray Train and Tune retry a failed worker, would fail alike."""
+    cwd = config.get("cwd")
+    if cwd and os.path.isdir(cwd):  # a cluster's node without the command's folder keeps Ray's
+        os.chdir(cwd)
     try:
         _search_loop(config)
     except UserInputError as err:
@@ -362,9 +365,10 @@ def _broadcast(values: list[float], device: torch.device) -> list[float]:
 def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: int = 1, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, max_failures: int = 2, objective: dict[str, Any] | None = None,
                  final: dict[str, Any] | None = None, key: str = "", callbacks: Sequence[Any] = (),
-                 required_metrics: Sequence[str] = ()):
+                 required_metrics: Sequence[str] = (), cwd: str | None = None):
     """A search's Train run. The deterministic ``name`` makes a relaunch resume from the last
-    checkpoint (Ray Train V2 reads ``storage_path/name/checkpoint_manager_snapshot.json``)."""
+    checkpoint (Ray Train V2 reads ``storage_path/name/checkpoint_manager_snapshot.json``). ``cwd``: the folder
+    whose relative paths the run's config names (the command's), where the workers run where it exists."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from dartboard.platform.ray.trainer import DartboardTrainer
@@ -372,7 +376,7 @@ def make_trainer(run: dict[str, Any], *, name: str, storage_path: str, workers: 
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     loop_config = {"run": run, "objective": objective or {"kind": "supernet"}, "final": final, "key": key,
-                   "required_metrics": list(required_metrics), "threads": max(1, int(cpus_per_worker))}
+                   "required_metrics": list(required_metrics), "threads": max(1, int(cpus_per_worker)), "cwd": cwd}
     return DartboardTrainer(
         search_loop_per_worker,
         train_loop_config=loop_config,
