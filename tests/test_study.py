@@ -277,3 +277,44 @@ def test_every_value_of_a_choice_is_tried_before_any_trial():
                                          r"integer >= 1, got 0"):
         validate_study(_study(searcher="darts", params=choice))
     validate_study(_study(searcher="darts", params={"C": {"type": "choice", "values": [4, 5, 6]}}))
+
+
+def test_set_changes_a_study_key_and_reaches_into_its_mappings():
+    # `dartboard sweep STUDY --set epochs=1 --set options.C=4`: a shipped study run shorter or smaller without copying
+    # its YAML (before: only --storage and --num-samples could be changed).
+    from dartboard.platform.ray.runner import set_study_key
+
+    base = load_study("ddarts-outer")
+    cfg = load_study("ddarts-outer", {"num_samples": 2},
+                     {"epochs": 1, "options.C": 4, "scheduler.type": "fifo", "final_training": None})
+    assert cfg.epochs == 1 and cfg.num_samples == 2 and cfg.final_training is None
+    assert cfg.options == {**base.options, "C": 4}  # the study's other options kept
+    assert cfg.scheduler.type == "fifo" and cfg.scheduler.metric == base.scheduler.metric
+    study = {"seeds": [0, 1], "options": {"C": 2}}
+    set_study_key(study, "resources.workers", 2)  # a mapping the study does not have is made
+    assert study["resources"] == {"workers": 2}
+    with pytest.raises(ValueError, match=r"--set seeds.0: seeds is a list in the study, not a mapping; set it whole"):
+        set_study_key(study, "seeds.0", 3)
+    with pytest.raises(ValueError, match=r"--set 'options\.': expected a study key, or a dotted path"):
+        set_study_key(study, "options.", 3)
+    with pytest.raises(ValidationError, match="epochs"):
+        load_study("digits", settings={"epochs": 0})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "digits", "--set", "storage=x", "--storage", "y"],
+     "error: --set: --storage given both as a flag and with --set; give each once"),
+    (["ablate", "ablation_maile_table1", "--set", "ray_num_cpus=2", "--num-cpus", "2"],
+     "error: --set: --num-cpus given both as a flag and with --set; give each once"),
+    (["sweep", "--resume", "runs/x", "--set", "epochs=1"],
+     "error: --resume: the sweep resumes with the study, storage and Ray address it started with; drop --set"),
+    (["ablate", "--resume", "runs/x", "--set", "epochs=1"], "error: --resume: the study resumes in its run directory "
+                                                             "with the storage and Ray it started with; drop --set"),
+    (["sweep", "digits", "--set", "epochs"], "error: --set 'epochs': expected KEY=VALUE"),
+    (["sweep", "digits", "--set", "nope=1"], "error: invalid configuration: nope: Extra inputs are not permitted"),
+], ids=["sweep-both", "ablate-both", "sweep-resume", "ablate-resume", "no-value", "unknown-key"])
+def test_set_on_a_study_command_is_refused_in_one_line_where_it_cannot_apply(args, message, tmp_path, capsys,
+                                                                             monkeypatch):
+    from test_cli_bad_input import refused_here
+
+    assert refused_here(args, tmp_path, capsys, monkeypatch) == message

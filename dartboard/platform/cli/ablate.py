@@ -22,6 +22,8 @@ def ablate(
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     promote: bool = typer.Option(False, "--promote", help="Give the @champion alias to this study's champion even "
                                  "if it does not beat the current one."),
+    set_: list[str] = typer.Option(None, "--set", help="Study key KEY=VALUE, the value as YAML (repeatable; "
+                                   "dotted keys reach into mappings: epochs=2, options.C=4, scheduler.type=fifo)."),
 ) -> None:
     """Run a comparative ablation study (variants x seeds on Ray) and write its table and plots."""
     from dartboard.platform.ablation import load_study, run_ablation
@@ -36,8 +38,9 @@ def ablate(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
-        refuse_with("--resume", {"--out": out, "--address": address, "--num-cpus": num_cpus, "--storage": storage},
-                    "the study resumes in its run directory with the storage and Ray it started with")
+        refuse_with("--resume", {"--out": out, "--address": address, "--num-cpus": num_cpus, "--storage": storage,
+                                 "--set": set_}, "the study resumes in its run directory with the storage and Ray it "
+                                                 "started with")
         summary = run_ablation(resume=str(resume), tracking_uri=tracking_uri, mlflow=not no_mlflow,
                                promote=promote)
     else:
@@ -45,8 +48,11 @@ def ablate(
             raise UserInputError("study: give a study YAML or preset name (or --resume RUN_DIR)")
         overrides = {k: v for k, v in {"storage": storage, "ray_address": address,
                                        "ray_num_cpus": num_cpus}.items() if v is not None}
+        from dartboard.platform.cli.sweep import study_settings
+
+        settings = study_settings(set_, overrides)
         with user_input():  # only reads and validates the study file
-            cfg = load_study(study, overrides)
+            cfg = load_study(study, overrides, settings)
         summary = run_ablation(cfg, out=out, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     trials = summary["result"].trials
     if not any(t["status"] == "complete" for t in trials):

@@ -27,6 +27,8 @@ def sweep(
     promote: bool = typer.Option(False, "--promote", help="Give the @champion alias to this study's champion even "
                                  "if it does not beat the current one."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (counts, best trial, every trial)."),
+    set_: list[str] = typer.Option(None, "--set", help="Study key KEY=VALUE, the value as YAML (repeatable; "
+                                   "dotted keys reach into mappings: epochs=2, options.C=4, scheduler.type=fifo)."),
 ) -> None:
     """Sweep a study's outer hyperparameters with Ray Tune + Optuna (TPE) + ASHA; print the best."""
     from dartboard.platform.sweep import load_study, run_sweep
@@ -37,14 +39,16 @@ def sweep(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
-        refuse_with("--resume", {"--storage": storage, "--num-samples": num_samples, "--address": address},
-                    "the sweep resumes with the study, storage and Ray address it started with")
+        refuse_with("--resume", {"--storage": storage, "--num-samples": num_samples, "--address": address,
+                                 "--set": set_}, "the sweep resumes with the study, storage and Ray address it started "
+                                                 "with")
         result = run_sweep(resume=resume, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     else:
         overrides = {k: v for k, v in {"storage": storage, "num_samples": num_samples,
                                        "ray_address": address}.items() if v is not None}
+        settings = study_settings(set_, overrides)
         with user_input():  # only reads and validates the study
-            cfg = load_study(study, overrides)
+            cfg = load_study(study, overrides, settings)
         # The study is a parent MLflow run, each trial a child; the best genotype becomes NAME@champion.
         result = run_sweep(cfg, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     if as_json:
@@ -53,6 +57,19 @@ def sweep(
             raise typer.Exit(1)
         return
     echo_summary(result, registered=not no_mlflow)
+
+
+def study_settings(items: list[str] | None, overrides: dict) -> dict:
+    """``--set`` pairs of a study command; a key also given by its own flag is refused (which one would win?)."""
+    from dartboard.platform.cli.search import parse_set
+
+    settings = parse_set(items)
+    flags = {"storage": "--storage", "num_samples": "--num-samples", "ray_address": "--address",
+             "ray_num_cpus": "--num-cpus"}
+    both = sorted(flags[k] for k in settings if k in overrides)
+    if both:
+        raise UserInputError(f"--set: {', '.join(both)} given both as a flag and with --set; give each once")
+    return settings
 
 
 def echo_summary(result, registered: bool) -> None:

@@ -75,10 +75,35 @@ def study_path(name_or_path: str | None) -> Path:
     return preset
 
 
-def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None,
+               settings: dict[str, Any] | None = None) -> StudyConfig:
+    """The study file (or preset) with ``overrides`` (top-level keys) and ``settings`` (``--set``: dotted keys into
+    the study's mappings, ``options.C``) on top, validated."""
     # An empty study file is a mistake, not the default study: refused like a file that holds no mapping.
-    study = load_yaml(study_path(name_or_path), empty_ok=False, what="a study (a mapping at the top level)")
-    return StudyConfig(**{**study, **(overrides or {})})
+    study = {**load_yaml(study_path(name_or_path), empty_ok=False, what="a study (a mapping at the top level)"),
+             **(overrides or {})}
+    for key, value in (settings or {}).items():
+        set_study_key(study, key, value)
+    return StudyConfig(**study)
+
+
+def set_study_key(study: dict[str, Any], key: str, value: Any) -> None:
+    """``--set KEY=VALUE`` on a study's mapping: ``epochs=2``; a dotted key reaches into a mapping the study has
+    (``options.C=4``, the study's other options kept) or makes it (``scheduler.type=fifo``); it cannot reach into
+    a list or a value."""
+    parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise UserInputError(f"--set {key!r}: expected a study key, or a dotted path such as options.C")
+    node = study
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise UserInputError(f"--set {key}: {'.'.join(parts[:i + 1])} is a {type(child).__name__} in the study, "
+                                 f"not a mapping; set it whole ({'.'.join(parts[:i + 1])}=...)")
+        node = child
+    node[parts[-1]] = value
 
 
 def stored_study(run_dir: str) -> StudyConfig:
