@@ -58,6 +58,10 @@ def test_nan_trial_is_errored_and_the_sweep_goes_on(ray_local, tmp_path):
     # not retried: one Train run per trial, the diverged one ended at its first report
     train_runs = sorted(p.name for p in (tmp_path.glob("nan-*/trials/*")))
     assert len(train_runs) == 2
+    # its last report says where it ran: the study frees its placement group (test_a_trial_whose_data_cannot_be_read)
+    (last,) = [json.loads(p.read_text().splitlines()[-1]) for p in tmp_path.glob(f"nan-*/run_trial_{bad['trial_id']}/"
+                                                                                  "result.json")]
+    assert last["nonfinite"] == 1.0 and last["placement_group_id"] and last["node_id"]
 
 
 def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
@@ -128,3 +132,6 @@ def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local
     (reports,) = [[json.loads(line) for line in p.read_text().splitlines()]
                   for p in Path(result.run_dir).glob("run_trial_*/result.json")]
     assert [r.get("input_error") for r in reports] == [1.0]  # one attempt: not retried
+    # where the trial ran, so that the study frees its placement group should Ray Train's own cleaner fail (it does
+    # where two Ray instances share the machine: the group held its CPU and a later trial waited for it forever)
+    assert reports[0]["placement_group_id"] and reports[0]["node_id"]

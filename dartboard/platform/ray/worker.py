@@ -202,14 +202,11 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if (Path(d) / ck.STATUS_FILE).is_file():  # the trial diverged before: say so again, do not retrain
-                ray.train.report(json.loads((Path(d) / ck.STATUS_FILE).read_text()))
+                ray.train.report({**json.loads((Path(d) / ck.STATUS_FILE).read_text()), **trial_place()})
                 return
             searcher.load_state_dict(ck.load_state(Path(d) / ck.STATE_FILE))
             progress = ck.read_progress(Path(d))
-    pg = ray.util.get_current_placement_group()
-    # Where this trial runs: lets the study driver free the workers' placement group when the trial
-    # ends (Ray Train's own cleaner fails when two Ray instances share a machine).
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
+    where = trial_place()
     progress.setdefault("started", time.time())  # wall-clock start and epoch ends: the trial run's real times
     if progress["done"]:  # finished before a driver crash: report the last result again
         ray.train.report({**progress["history"][-1], **where})
@@ -295,7 +292,7 @@ def _report_nonfinite(rank: int, reason: str, epoch: int, required: Sequence[str
     # Tune refuses a result without the metrics its searcher/scheduler expect: they are NaN here
     # (Optuna never receives them as values; ASHA's comparisons ignore NaN).
     status = {**{k: math.nan for k in required}, "nonfinite": 1.0, "error": reason, "epoch": epoch,
-              "search_done": 0.0, "done": 1.0}
+              "search_done": 0.0, "done": 1.0, **trial_place()}
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if rank == 0:
@@ -304,13 +301,23 @@ def _report_nonfinite(rank: int, reason: str, epoch: int, required: Sequence[str
         ray.train.report(status, checkpoint=checkpoint)
 
 
+def trial_place() -> dict[str, str]:
+    """Where this trial runs: lets the study driver free the workers' placement group when the trial ends (Ray
+    Train's own cleaner fails when two Ray instances share a machine: the group would hold its CPUs for good, and
+    a later trial wait for them forever). Every last report of a trial carries it."""
+    import ray
+
+    pg = ray.util.get_current_placement_group()
+    return {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
+
+
 def _report_input_error(err: UserInputError, required: Sequence[str] = ()) -> None:
     """The trial's last report: its input cannot be used (no checkpoint: a resumed study, its input fixed, runs the
     trial again from its last epoch)."""
     import ray.train
 
     ray.train.report({**{k: math.nan for k in required}, "input_error": 1.0, "error": f"{type(err).__name__}: {err}",
-                      "epoch": 0, "search_done": 0.0, "done": 1.0})
+                      "epoch": 0, "search_done": 0.0, "done": 1.0, **trial_place()})
 
 
 def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str, Any], cfg: Any,
