@@ -282,7 +282,7 @@ def test_every_value_of_a_choice_is_tried_before_any_trial():
 def test_set_changes_a_study_key_and_reaches_into_its_mappings():
     # `dartboard sweep STUDY --set epochs=1 --set options.C=4`: a shipped study run shorter or smaller without copying
     # its YAML (before: only --storage and --num-samples could be changed).
-    from dartboard.platform.ray.runner import set_study_key
+    from dartboard.platform.ray.options import set_study_key
 
     base = load_study("ddarts-outer")
     cfg = load_study("ddarts-outer", {"num_samples": 2},

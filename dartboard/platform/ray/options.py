@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from dartboard.errors import UserInputError
+
 _SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[([A-Za-z0-9_+.-]+)\])?$")
 Segment = tuple[str, str | int | None]
 
@@ -110,3 +112,22 @@ def _fmt(segment: Segment) -> str:
 
 def root_option(path: str) -> str:
     return parse_path(path)[0][0]
+
+
+def set_study_key(study: dict[str, Any], key: str, value: Any) -> None:
+    """``--set KEY=VALUE`` on a study's mapping: ``epochs=2``; a dotted key reaches into a mapping the study has
+    (``options.C=4``, the study's other options kept) or makes it (``scheduler.type=fifo``); it cannot reach into
+    a list or a value."""
+    parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise UserInputError(f"--set {key!r}: expected a study key, or a dotted path such as options.C")
+    node = study
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise UserInputError(f"--set {key}: {'.'.join(parts[:i + 1])} is a {type(child).__name__} in the study, "
+                                 f"not a mapping; set it whole ({'.'.join(parts[:i + 1])}=...)")
+        node = child
+    node[parts[-1]] = value

@@ -34,6 +34,7 @@ from dartboard.data.catalog import absolute_root
 from dartboard.errors import MissingFileError, UserInputError, user_input
 from dartboard.platform.config import StudyConfig, load_yaml
 from dartboard.platform.ray import storage as st
+from dartboard.platform.ray.options import set_study_key
 from dartboard.platform.ray.resources import check_resources, driver_cpus
 from dartboard.platform.ray.samplers import make_search_alg
 from dartboard.platform.ray.session import init_ray, reclaim_sigterm, stop_ray, tune_verbosity
@@ -85,25 +86,6 @@ def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None
     for key, value in (settings or {}).items():
         set_study_key(study, key, value)
     return StudyConfig(**study)
-
-
-def set_study_key(study: dict[str, Any], key: str, value: Any) -> None:
-    """``--set KEY=VALUE`` on a study's mapping: ``epochs=2``; a dotted key reaches into a mapping the study has
-    (``options.C=4``, the study's other options kept) or makes it (``scheduler.type=fifo``); it cannot reach into
-    a list or a value."""
-    parts = key.split(".")
-    if not all(p.strip() for p in parts):
-        raise UserInputError(f"--set {key!r}: expected a study key, or a dotted path such as options.C")
-    node = study
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise UserInputError(f"--set {key}: {'.'.join(parts[:i + 1])} is a {type(child).__name__} in the study, "
-                                 f"not a mapping; set it whole ({'.'.join(parts[:i + 1])}=...)")
-        node = child
-    node[parts[-1]] = value
 
 
 def stored_study(run_dir: str) -> StudyConfig:
