@@ -86,6 +86,31 @@ def _torch_modules_probe(path: str):
     return scope["TorchModulesProbe"](path)
 
 
+def test_a_trials_input_error_ends_it_with_one_report_and_a_bug_is_raised(monkeypatch, tmp_path):
+    # What the study cannot fix by retrying ends the trial at once (errors.is_user_error: a genotype file that cannot
+    # be read too, which is no UserInputError); anything else is raised, so that Ray Train and Tune retry it.
+    import ray.train
+
+    from dartboard.platform.ray import worker
+    from dartboard.spaces.genotype import GenotypeError
+
+    reports = []
+    monkeypatch.setattr(ray.train, "report", reports.append)
+    monkeypatch.setattr(worker, "trial_place", lambda: {"node_id": "n", "placement_group_id": "p"})
+    raised = GenotypeError("genotype file 'start.json': normal.edges: missing field")
+    monkeypatch.setattr(worker, "_search_loop", lambda config: (_ for _ in ()).throw(raised))
+    monkeypatch.chdir(tmp_path)
+    worker.search_loop_per_worker({"required_metrics": ["objective"], "cwd": str(tmp_path / "absent")})
+    (report,) = reports
+    assert report["input_error"] == 1.0 and report["done"] == 1.0 and math.isnan(report["objective"])
+    assert report["error"] == "GenotypeError: genotype file 'start.json': normal.edges: missing field"
+    assert report["placement_group_id"] == "p"
+    monkeypatch.setattr(worker, "_search_loop", lambda config: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        worker.search_loop_per_worker({"cwd": None})
+    assert len(reports) == 1
+
+
 @pytest.mark.ray
 def test_ddp_two_workers_hold_bit_identical_replicas(ray_local, tmp_path):
     """2 gloo workers, one epoch of sharded steps: the sha256 of every rank's alphas, weights and

@@ -6,6 +6,7 @@ when :func:`load_dataset` loads their data."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +42,6 @@ def absolute_root(root: str | None) -> str | None:
     worker processes whose working folder is not the command's, where a relative path names nothing."""
     if root is None or "://" in root:
         return root
-    import os
-
     return os.path.abspath(os.path.expanduser(root))
 
 

@@ -144,9 +144,12 @@ def predict_files(ref: str, files: list[str], uri: str | None = None) -> list[di
     batch = load_inputs(files, pre)
     probabilities = torch.softmax(_logits(model.net(batch)), dim=1)
     names = class_names(model.spec, ref)
-    return [{"file": str(path), "class": int(p.argmax()),
-             **({"label": names[int(p.argmax())]} if names else {}), "confidence": float(p.max()),
-             "probabilities": [round(float(v), 6) for v in p]} for path, p in zip(files, probabilities, strict=True)]
+    rows = []
+    for path, p in zip(files, probabilities, strict=True):
+        c = int(p.argmax())
+        rows.append({"file": str(path), "class": c, **({"label": names[c]} if names else {}),
+                     "confidence": float(p[c]), "probabilities": [round(float(v), 6) for v in p]})
+    return rows
 
 
 def class_names(spec: dict[str, Any], ref: str) -> list[str]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, is_user_error, one_line
 from dartboard.platform.ray import checkpoint as ck
 
 #: Tests hold a trial at a state they control: after each epoch's report, rank 0 appends
@@ -169,7 +169,9 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
         os.chdir(cwd)
     try:
         _search_loop(config)
-    except UserInputError as err:
+    except Exception as err:  # noqa: BLE001 - only the user's input errors end here; the others are raised again
+        if not is_user_error(err):
+            raise
         _report_input_error(err, config.get("required_metrics", ()))
 
 
@@ -311,13 +313,14 @@ def trial_place() -> dict[str, str]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
 
 
-def _report_input_error(err: UserInputError, required: Sequence[str] = ()) -> None:
-    """The trial's last report: its input cannot be used (no checkpoint: a resumed study, its input fixed, runs the
-    trial again from its last epoch)."""
+def _report_input_error(err: Exception, required: Sequence[str] = ()) -> None:
+    """The trial's last report: its input cannot be used (``errors.is_user_error``: a data folder, an image in it, a
+    genotype file, an option). It ends the trial (``done``): the study counts it errored and does not run it again."""
     import ray.train
 
-    ray.train.report({**{k: math.nan for k in required}, "input_error": 1.0, "error": f"{type(err).__name__}: {err}",
-                      "epoch": 0, "search_done": 0.0, "done": 1.0, **trial_place()})
+    ray.train.report({**{k: math.nan for k in required}, "input_error": 1.0,
+                      "error": f"{type(err).__name__}: {one_line(err)}", "epoch": 0, "search_done": 0.0, "done": 1.0,
+                      **trial_place()})
 
 
 def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str, Any], cfg: Any,

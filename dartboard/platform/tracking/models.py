@@ -359,4 +359,4 @@ def network_spec(train_cfg, info, dataset: str) -> dict[str, Any]:
             "stem": getattr(train_cfg, "stem", "auto"),
             "in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
             "dataset": dataset, "preprocessing": pre.to_dict() if pre is not None else None,
-            **({"classes": list(info.classes)} if getattr(info, "classes", ()) else {})}
+            **({"classes": list(info.classes)} if info.classes else {})}
