@@ -40,7 +40,9 @@ between motors or temperatures) and ``y = (dI_d/dt, dI_q/dt)``. The ground-truth
 (:attr:`PmsmSplits.flux`) for evaluation: the model never sees the flux, only the derivatives.
 
 Registered as the dataset ``pmsm`` (``--data-root FILE``: a JSON or YAML file of
-:class:`MotorParams` fields changes the motor); generated in well under a second, seeded.
+:class:`MotorParams` fields changes the motor); generated in well under a second, seeded. A CSV file
+instead holds a motor's own measurements (:mod:`dartboard.data.pmsm_measured`): no simulator and no
+true flux map then.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class MotorParams:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"pmsm: --data-root {str(path)!r} is not a file; give a JSON or YAML file of motor "
-                            f"parameters ({', '.join(f.name for f in dataclasses.fields(cls))}) or none")
+                            f"parameters ({', '.join(f.name for f in dataclasses.fields(cls))}), a CSV file of "
+                            f"measurements, or none")
         data = parse_mapping(path.read_text(), f"pmsm: {str(path)!r}", what="a mapping of motor parameters",
                              json_syntax=path.suffix == ".json", error=DataError)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -230,11 +233,17 @@ def torque(params: MotorParams, currents: torch.Tensor, flux: torch.Tensor) -> t
 @dataclass
 class PmsmSplits(Splits):
     """train / test (the search splits ``train`` 50/50 into its own train and val), ``val`` for the
-    final training, the motor and its true flux map (evaluation only)."""
+    final training, the motor and its true flux map (evaluation only; both None for measured data)."""
 
     val: TensorDataset | None = None
     params: MotorParams | None = None
     flux: FluxMap | None = None
+
+    def current_limit(self) -> float:
+        """The largest current magnitude of the data's box: the simulator's I_max, or the measured maximum."""
+        if self.params is not None:
+            return self.params.I_max
+        return float(self.train.tensors[0][:, :2].abs().max())
 
 
 def make_splits(params: MotorParams, flux_map: FluxMap | None = None, name: str = "pmsm") -> PmsmSplits:
@@ -254,7 +263,14 @@ def _cached(params: MotorParams) -> PmsmSplits:
 
 
 def load_pmsm(root: str | None = None, image_size: int = 0) -> PmsmSplits:
-    """The registered loader: the default motor, or the parameters in the file ``root``."""
+    """The registered loader: the default motor, the parameters in the file ``root``, or the measurements in
+    the CSV file ``root`` (:mod:`dartboard.data.pmsm_measured`)."""
+    from dartboard.data.pmsm_measured import is_measurements, measured_datasets
+
+    if is_measurements(root):
+        parts = measured_datasets(root, FEATURES, TARGETS)
+        info = DatasetInfo("pmsm", in_channels=len(FEATURES), input_size=1, num_classes=len(TARGETS))
+        return PmsmSplits(parts["train"], parts["test"], info, val=parts["val"])
     params = MotorParams() if root is None else MotorParams.from_file(root)
     return _cached(params)
 

@@ -100,8 +100,8 @@ def check_step_options(depth_options: Mapping[str, Any], activation_options: Map
 
 
 def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: str | Path, *, epochs: int = 150,
-            dataset: str = "pmsm", data_root: str | None = None, lr: float = 3e-3, device: str = "cpu"
-            ) -> dict[str, Any]:
+            dataset: str = "pmsm", data_root: str | None = None, lr: float = 3e-3, device: str = "cpu",
+            batch_size: int = 128) -> dict[str, Any]:
     """Train every model on every seed with the same budget; table (mean +- std), CSV, plot."""
     from dartboard.data.catalog import load_dataset
     from dartboard.training.pmsm import FluxTrainConfig, plot_flux_maps
@@ -117,9 +117,12 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UserInputError(f"seeds: expected a non-empty list of integers, got {list(seeds)!r}")
     for seed in seeds:
-        FluxTrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)  # its own checks of the values
+        FluxTrainConfig(epochs=epochs, lr=lr, seed=seed, device=device, batch_size=batch_size)  # its own checks
     out = Path(out)
     splits = load_dataset(dataset, data_root)
+    if len(splits.train) < batch_size:  # no full batch: nothing would train (the loader drops the last batch)
+        raise UserInputError(f"batch_size: {batch_size} is larger than the training split ({len(splits.train)} "
+                             f"samples); lower it (--batch-size) or give more data")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     best_nets: dict[str, Any] = {}
@@ -128,7 +131,7 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
         best = None
         for seed in seeds:
             net, row = _train_one(name, genotype, splits, FluxTrainConfig(epochs=epochs, lr=lr, seed=seed,
-                                                                          device=device), out)
+                                                                          device=device, batch_size=batch_size), out)
             rows.append(row)
             if net is not None and (best is None or row["criterion_val"] < best[0]):
                 best = (row["criterion_val"], net)
@@ -140,7 +143,7 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    table = markdown_table(summary, len(seeds), epochs)
+    table = markdown_table(summary, len(seeds), epochs, measured=splits.flux is None)
     (out / "comparison.md").write_text(table + "\n")
     (out / "comparison.json").write_text(json.dumps({"summary": summary, "runs": rows, "seeds": list(seeds),
                                                      "epochs": epochs, "seconds": time.perf_counter() - start},
@@ -165,7 +168,8 @@ def _train_one(name: str, genotype: FluxMlpGenotype, splits: Any, cfg: Any, out:
 
 def run_in_words(row: Mapping[str, Any]) -> str:
     """One trained model's figures for the log: ``criterion C (test) 0.636, ..., 82 parameters, 0.6 s``."""
-    words = [f"{METRICS[k]} {row[k]:.3g}" for k in ("criterion_test", "flux_rmse", "flux_rmse_grid", "torque_rmse")]
+    words = [f"{METRICS[k]} {row[k]:.3g}" for k in ("criterion_test", "flux_rmse", "flux_rmse_grid", "torque_rmse")
+             if row.get(k) is not None]  # no flux errors on measured data
     return ", ".join([*words, f"{row['parameters']:,} parameters", f"{row['seconds']:.1f} s"])
 
 
@@ -176,21 +180,21 @@ def summarize(rows: Sequence[dict[str, Any]], models: Mapping[str, FluxMlpGenoty
         entry: dict[str, Any] = {"model": name, "architecture": genotype.describe(), "runs": len(ok),
                                  "diverged": sum(1 for r in rows if r["model"] == name and "diverged" in r)}
         for m in METRICS:
-            values = [float(r[m]) for r in ok]
-            # every run diverged: no figure (null in comparison.json, n/a in the table)
+            values = [float(r[m]) for r in ok if r.get(m) is not None]
+            # every run diverged, or measured data (no true flux): no figure (null in comparison.json, n/a in the table)
             entry[m] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0) if values \
                 else (None, None)
         out.append(entry)
     return out
 
 
-def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int) -> str:
+def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int, measured: bool = False) -> str:
     head = f"| model | architecture | {' | '.join(METRICS.values())} | diverged |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
 
     def ms(e: dict[str, Any], key: str, fmt: str = ".3g", spread: bool = True) -> str:
         mean, std = e[key]
-        if mean is None:  # every run of the model diverged
+        if mean is None:  # every run of the model diverged, or no true flux map (measured data)
             return "n/a"
         return f"{mean:{fmt}} +- {std:{fmt}}" if spread else f"{mean:{fmt}}"
 
@@ -200,4 +204,6 @@ def markdown_table(summary: Sequence[dict[str, Any]], n_seeds: int, epochs: int)
                      f"{ms(e, 'seconds', '.0f', False)} | {e['diverged']}/{e['runs'] + e['diverged']} |")
     lines.append(f"\n(mean +- std over {counted(n_seeds, 'seed')}, {counted(epochs, 'epoch')} of Adam each, "
                  "per-unit values)")
+    if measured:
+        lines.append("(measured data: no true flux map, so no flux or torque errors)")
     return "\n".join(lines)

@@ -60,16 +60,17 @@ class FluxTrainResult:
     genotype: dict[str, Any]
     criterion_val: float
     criterion_test: float
-    flux_rmse_d: float
-    flux_rmse_q: float
-    flux_rmse: float  # sqrt of the mean of both squared errors, test split
-    flux_rmse_grid: float  # the same on a 41 x 41 grid over the current box
-    torque_rmse: float
     singular_test: float
     parameters: int
     seconds: float
     epochs: int
     seed: int
+    # against the simulator's true flux map; None on measured data, which has none
+    flux_rmse_d: float | None = None
+    flux_rmse_q: float | None = None
+    flux_rmse: float | None = None  # sqrt of the mean of both squared errors, test split
+    flux_rmse_grid: float | None = None  # the same on a 41 x 41 grid over the current box
+    torque_rmse: float | None = None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -86,8 +87,11 @@ def criterion_on(net: FluxNet, dataset: Any, form: str, det_floor: float, device
 
 
 def flux_errors(net: FluxNet, splits: PmsmSplits, device: torch.device) -> dict[str, float]:
-    """Flux and torque errors against the simulator's ground truth (test split and a grid)."""
+    """Flux and torque errors against the simulator's ground truth (test split and a grid); none on measured
+    data."""
     params = splits.params
+    if splits.flux is None or params is None:
+        return {}
     x = splits.test.tensors[0].to(device)
     currents = x[:, :2]
     with torch.no_grad():
@@ -110,8 +114,11 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
     then evaluate it. ``out_dir``: where ``weights.safetensors`` and ``result.json`` go."""
     from dartboard.spaces.genotype import to_dict
 
-    if not isinstance(splits, PmsmSplits) or splits.flux is None:
-        raise ValueError("data: a flux model is trained on the PMSM simulator's data (dataset 'pmsm')")
+    if not isinstance(splits, PmsmSplits):
+        raise ValueError("data: a flux model is trained on PMSM data (dataset 'pmsm')")
+    if len(splits.train) < cfg.batch_size:  # the loader drops the last partial batch: nothing would train
+        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training split ({len(splits.train)} "
+                         f"samples)")
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     net = FluxNet(genotype).to(device)
@@ -154,16 +161,18 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
 
 
 def plot_flux_maps(models: Mapping[str, FluxNet], splits: PmsmSplits, path: str | Path,
-                   slices: tuple[float, ...] = (-1.0, 0.0, 1.0)) -> Path:
+                   slices: tuple[float, ...] | None = None) -> Path:
     """Learned vs true flux: lambda_d against I_d and lambda_q against I_q, at a few values of the
-    other current (columns), one colour per model, the truth dashed black (thesis Fig 6.15)."""
+    other current (columns), one colour per model, the truth dashed black (thesis Fig 6.15); on measured
+    data the learned maps alone, over the measured currents."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    params = splits.params
-    axis = torch.linspace(-params.I_max, params.I_max, 101)
+    limit = splits.current_limit()
+    axis = torch.linspace(-limit, limit, 101)
+    slices = slices or (-0.8 * limit, 0.0, 0.8 * limit)  # -1, 0, 1 p.u. for the default motor
     fig, axes = plt.subplots(2, len(slices), figsize=(3.4 * len(slices), 6.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for row, (label, k) in enumerate((("d", 0), ("q", 1))):
@@ -171,15 +180,16 @@ def plot_flux_maps(models: Mapping[str, FluxNet], splits: PmsmSplits, path: str 
             ax = axes[row][col]
             currents = torch.stack([axis, torch.full_like(axis, other)], -1) if k == 0 else \
                 torch.stack([torch.full_like(axis, other), axis], -1)
-            true = splits.flux(currents.double()).float()[:, k]
-            ax.plot(axis, true, "k--", linewidth=2, label="true (simulator)")
+            if splits.flux is not None:
+                true = splits.flux(currents.double()).float()[:, k]
+                ax.plot(axis, true, "k--", linewidth=2, label="true (simulator)")
             for m, (name, net) in enumerate(models.items()):
                 device = next(net.parameters()).device
                 with torch.no_grad():
                     learned = net.flux(currents.to(device)).cpu()[:, k]
                 ax.plot(axis, learned, color=colors[m % len(colors)], linewidth=1.4, label=name)
             other_name = "I_q" if k == 0 else "I_d"
-            ax.set_title(f"lambda_{label} vs I_{label}, {other_name} = {other:g}", fontsize=9)
+            ax.set_title(f"lambda_{label} vs I_{label}, {other_name} = {other:.3g}", fontsize=9)
             ax.set_xlabel(f"I_{label} (p.u.)", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[row][0].set_ylabel(f"lambda_{label} (p.u.)", fontsize=8)

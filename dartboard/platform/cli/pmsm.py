@@ -1,5 +1,5 @@
 """`dartboard pmsm search` (the two searches of thesis 6.2 in sequence) and `dartboard pmsm compare`
-(searched vs baseline flux models over seeds, against the simulator's ground truth)."""
+(searched vs baseline flux models over seeds, against the simulator's ground truth where there is one)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ pmsm_app = typer.Typer(no_args_is_help=True, add_completion=False,
 def search(
     out: str = typer.Option("runs/pmsm", help="Output folder (step1-depth/, step2-activation/, genotype.json)."),
     seed: int = typer.Option(0),
-    data_root: str = typer.Option(None, help="A JSON/YAML file of motor parameters (default: the built-in motor)."),
+    data_root: str = typer.Option(None, help="A JSON/YAML file of motor parameters (default: the built-in "
+                                  "motor), or a CSV file of the motor's measurements (columns I_d, I_q, omega_e, "
+                                  "v_d, v_q, R, dI_d/dt, dI_q/dt)."),
     set_depth: list[str] = typer.Option(None, "--set-depth", help="Option of step 1 KEY=VALUE (repeatable)."),
     set_activation: list[str] = typer.Option(None, "--set-activation", help="Option of step 2 KEY=VALUE."),
     tracking_uri: str = typer.Option(None),
@@ -48,7 +50,9 @@ def compare(
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     epochs: int = typer.Option(150, help="Training epochs per run (the same budget for every model)."),
     lr: float = typer.Option(3e-3, help="Adam learning rate (cosine)."),
-    data_root: str = typer.Option(None, help="A JSON/YAML file of motor parameters."),
+    batch_size: int = typer.Option(128, help="Training batch size (at most the training split's size)."),
+    data_root: str = typer.Option(None, help="A JSON/YAML file of motor parameters, or a CSV file of "
+                                   "measurements (no flux errors then: they need the true flux map)."),
     out: str = typer.Option("runs/pmsm-compare", help="Output folder (comparison.md, runs.csv, flux_maps.png)."),
 ) -> None:
     """Train each flux model over the seeds through criterion C; report C and flux error (mean +- std)."""
@@ -69,7 +73,9 @@ def compare(
                              f"more than once)")
     if not (math.isfinite(lr) and lr > 0):
         raise UserInputError(f"--lr: expected a finite number > 0, got {lr}")
-    result = run_compare(models, seed_list, out, epochs=epochs, data_root=data_root, lr=lr)
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    result = run_compare(models, seed_list, out, epochs=epochs, data_root=data_root, lr=lr, batch_size=batch_size)
     typer.echo(result["table"])
     if result["plot"] is not None:
         typer.echo(f"flux maps: {result['plot']}")

@@ -1,0 +1,147 @@
+"""PMSM on a motor's own measurements (``--data-root bench.csv``): the file's rows are the data, exactly; a search and
+a comparison on them equal the same on the simulator's rows; the file's bad input is refused by line and column."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli_bad_input import refused_here, run_here
+
+from dartboard.data.catalog import DataError, load_dataset
+from dartboard.data.pmsm import FEATURES, TARGETS, MotorParams, make_splits
+from dartboard.spaces.catalog import resolve
+from dartboard.training.pmsm import FluxTrainConfig, train_flux_model
+
+SMALL = {"n_train": 512, "n_val": 128, "n_test": 128}
+HEADER = ["time", *FEATURES, *TARGETS, "torque"]  # two columns a bench log has and the data does not use
+
+
+def write_measurements(path: Path, splits, split_column: bool = True) -> Path:
+    """The simulator's rows as a bench's CSV (float32 values written exactly), train rows first."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER + (["split"] if split_column else []))
+        t = 0
+        for name in ("train", "val", "test"):
+            x, y = getattr(splits, name).tensors
+            for i in range(len(x)):
+                w.writerow([t, *(repr(float(v)) for v in x[i]), *(repr(float(v)) for v in y[i]), "0.5"]
+                           + ([name.upper() if i == 0 else name] if split_column else []))
+                t += 1
+    return path
+
+
+def rows_file(path: Path, rows: list[list[str]], header: list[str] | None = None) -> str:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header or [*FEATURES, *TARGETS])
+        w.writerows(rows)
+    return path.name
+
+
+GOOD = ["0.5", "-0.2", "0.7", "0.1", "0.3", "0.02", "1.5", "-2.0"]
+
+
+def test_a_split_column_gives_the_files_rows_exactly_and_training_equals_the_simulators(tmp_path):
+    simulated = make_splits(MotorParams(**SMALL))
+    measured = load_dataset("pmsm", str(write_measurements(tmp_path / "bench.csv", simulated)))
+    for name in ("train", "val", "test"):
+        for ours, theirs in zip(getattr(measured, name).tensors, getattr(simulated, name).tensors, strict=True):
+            assert ours.dtype == torch.float32 and torch.equal(ours, theirs), name
+    assert measured.params is None and measured.flux is None
+    assert measured.info.in_channels == len(FEATURES) and measured.info.num_classes == len(TARGETS)
+    cfg = FluxTrainConfig(epochs=2, batch_size=64)
+    _, on_file = train_flux_model(resolve("pmsm-baseline"), measured, cfg)
+    _, simulator = train_flux_model(resolve("pmsm-baseline"), simulated, cfg)
+    assert on_file.criterion_test == simulator.criterion_test and on_file.criterion_val == simulator.criterion_val
+    assert on_file.flux_rmse is None and on_file.torque_rmse is None  # no true flux map to compare with
+    assert simulator.flux_rmse is not None and simulator.torque_rmse is not None
+
+
+def test_without_a_split_column_the_rows_are_split_4_1_1_by_a_fixed_shuffle(tmp_path):
+    simulated = make_splits(MotorParams(n_train=40, n_val=10, n_test=10))
+    path = str(write_measurements(tmp_path / "bench.csv", simulated, split_column=False))
+    torch.manual_seed(1)
+    first = load_dataset("pmsm", path)
+    torch.manual_seed(2)  # the global RNG does not move the split: a search and a comparison see the same test rows
+    second = load_dataset("pmsm", path)
+    assert [len(first.train), len(first.val), len(first.test)] == [40, 10, 10]
+    every = torch.cat([s.tensors[0] for s in (simulated.train, simulated.val, simulated.test)])
+    parts = [first.train.tensors[0], first.val.tensors[0], first.test.tensors[0]]
+    assert sorted(map(tuple, torch.cat(parts).tolist())) == sorted(map(tuple, every.tolist()))  # each row once
+    assert not torch.equal(first.test.tensors[0], simulated.test.tensors[0])  # shuffled, not the file's last rows
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(first, name).tensors[0], getattr(second, name).tensors[0])
+
+
+def test_a_search_on_the_file_equals_the_search_on_the_simulators_rows(tmp_path, capsys, monkeypatch):
+    params = MotorParams(**SMALL)
+    write_measurements(tmp_path / "bench.csv", make_splits(params))
+    (tmp_path / "motor.json").write_text(json.dumps(SMALL))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for root in ("motor.json", "bench.csv"):
+        code, err = run_here(["search", "--searcher", "pmsm-depth", "--data-root", root, "--no-mlflow", "--set",
+                              "epochs=3", "--set", "warmup_epochs=1", "--out", Path(root).stem], capsys)
+        assert code == 0, err[-2000:]
+    history = [json.loads((tmp_path / f / "alpha_history.json").read_text()) for f in ("motor", "bench")]
+    assert history[0] == history[1] and len(history[0]) >= 2  # the arch steps moved the alphas the same way
+    genotypes = [json.loads((tmp_path / f / "genotype.json").read_text()) for f in ("motor", "bench")]
+    assert genotypes[0] == genotypes[1]
+
+
+def test_compare_on_measured_data_reports_the_criterion_and_no_flux_errors(tmp_path, capsys, monkeypatch):
+    write_measurements(tmp_path / "bench.csv", make_splits(MotorParams(**SMALL)))
+    monkeypatch.chdir(tmp_path)
+    code, err = run_here(["pmsm", "compare", "base=pmsm-baseline", "--data-root", "bench.csv", "--seeds", "0",
+                          "--epochs", "2", "--batch-size", "64", "--out", "cmp"], capsys)
+    assert code == 0, err[-2000:]
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| base "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert " +- " in cells[2] and cells[3:6] == ["n/a", "n/a", "n/a"], row
+    assert "measured data: no true flux map" in table
+    summary = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert summary["summary"][0]["flux_rmse"] == [None, None] and summary["runs"][0]["flux_rmse"] is None
+    assert summary["summary"][0]["criterion_test"][0] > 0
+    assert (tmp_path / "cmp" / "flux_maps.png").stat().st_size > 10_000
+
+
+def test_compare_refuses_a_batch_larger_than_the_training_rows_before_training(tmp_path, capsys, monkeypatch):
+    """The loader drops a last partial batch: with fewer rows than a batch nothing would train, silently."""
+    rows_file(tmp_path / "bench.csv", [GOOD] * 12)  # 8 training rows
+    line = refused_here(["pmsm", "compare", "base=pmsm-baseline", "--data-root", "bench.csv", "--seeds", "0",
+                         "--epochs", "1", "--out", "cmp"], tmp_path, capsys, monkeypatch)
+    assert "batch_size: 128 is larger than the training split (8 samples)" in line, line
+    with pytest.raises(ValueError, match=r"batch_size: 128 is larger than the training split \(8 samples\)"):
+        train_flux_model(resolve("pmsm-baseline"), load_dataset("pmsm", str(tmp_path / "bench.csv")),
+                         FluxTrainConfig(epochs=1))
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    (["I_d", "I_q", "omega_e", "v_d", "v_q", "dI_d/dt", "dI_q/dt"], [GOOD[:5] + GOOD[6:]] * 6,
+     r"has no column 'R'; a file of measurements needs the columns I_d, I_q, omega_e, v_d, v_q, R, dI_d/dt, dI_q/dt"),
+    (None, [GOOD] * 5 + [GOOD[:3] + ["fast"] + GOOD[4:]], r"line 7, column 'v_d': expected a number, got 'fast'"),
+    (None, [GOOD] * 5 + [GOOD[:6] + ["nan"] + GOOD[7:]], r"line 7, column 'dI_d/dt': expected a finite number"),
+    (None, [GOOD] * 5 + [GOOD[:4]], r"line 7: 4 cells, the header has 8"),
+    (None, [GOOD] * 5, r"has 5 row\(s\) of measurements; at least 6 are needed"),
+    (None, [], r"has a header but no rows of measurements"),
+    ([*FEATURES, *TARGETS, "I_d"], [GOOD + ["1"]] * 6, r"names the column 'I_d' more than once"),
+    ([*FEATURES, *TARGETS, "split"], [GOOD + ["train"]] * 4 + [GOOD + ["validation"]],
+     r"line 6, column 'split': expected one of train, val, test, got 'validation'"),
+    ([*FEATURES, *TARGETS, "split"], [GOOD + ["train"]] * 4 + [GOOD + ["val"]], r"no row of split 'test'"),
+])
+def test_a_bad_measurements_file_is_refused_by_line_and_column(header, rows, message, tmp_path):
+    name = rows_file(tmp_path / "bench.csv", rows, header)
+    with pytest.raises(DataError, match=message):
+        load_dataset("pmsm", str(tmp_path / name))
+
+
+def test_a_measurements_file_that_is_not_there_is_named(tmp_path, capsys, monkeypatch):
+    line = refused_here(["pmsm", "compare", "base=pmsm-baseline", "--data-root", "gone.csv", "--epochs", "1"],
+                        tmp_path, capsys, monkeypatch)
+    assert "'gone.csv' is not a file; give a CSV file of measurements with the columns I_d, I_q" in line, line
