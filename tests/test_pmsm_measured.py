@@ -1,5 +1,6 @@
 """PMSM on a motor's own measurements (``--data-root bench.csv``): the file's rows are the data, exactly; a search and
-a comparison on them equal the same on the simulator's rows; the file's bad input is refused by line and column."""
+a comparison on them equal the same on the simulator's rows; the file's bad input is refused by line and column. And a
+trained flux model's map as a look-up table (``dartboard pmsm flux``) against the model and finite differences."""
 
 from __future__ import annotations
 
@@ -145,3 +146,84 @@ def test_a_measurements_file_that_is_not_there_is_named(tmp_path, capsys, monkey
     line = refused_here(["pmsm", "compare", "base=pmsm-baseline", "--data-root", "gone.csv", "--epochs", "1"],
                         tmp_path, capsys, monkeypatch)
     assert "'gone.csv' is not a file; give a CSV file of measurements with the columns I_d, I_q" in line, line
+
+
+# ------------------------------------------------------------------ a trained model's flux map as a table
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A flux model trained 2 epochs on measured data, as pmsm compare saves it; the data's largest |current|."""
+    folder = tmp_path_factory.mktemp("flux")
+    path = write_measurements(folder / "bench.csv", make_splits(MotorParams(**SMALL)))
+    splits = load_dataset("pmsm", str(path))
+    train_flux_model(resolve("pmsm-thesis"), splits, FluxTrainConfig(epochs=2, batch_size=64), folder / "model")
+    return folder / "model", float(splits.train.tensors[0][:, :2].abs().max())
+
+
+def read_table(path: Path) -> dict[str, torch.Tensor]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return {name: torch.tensor([float(r[i]) for r in rows[1:]], dtype=torch.float64) for i, name in enumerate(rows[0])}
+
+
+def test_the_flux_table_is_the_models_flux_and_its_finite_difference_inductances(trained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from dartboard.spaces.pmsm import FluxNet
+
+    folder, limit = trained
+    code, err = run_here(["pmsm", "flux", str(folder), "--points", "7"], capsys)
+    assert code == 0, err[-2000:]
+    table = read_table(folder / "flux_map.csv")
+    assert list(table) == ["I_d", "I_q", "lambda_d", "lambda_q", "L_dd", "L_dq", "L_qd", "L_qq"]
+    axis = torch.linspace(-limit, limit, 7, dtype=torch.float64)
+    assert torch.allclose(table["I_d"], axis.repeat_interleave(7), atol=1e-6)  # I_d slowest, over the data's box
+    assert torch.allclose(table["I_q"], axis.repeat(7), atol=1e-6)
+    net = FluxNet(resolve("pmsm-thesis")).double()
+    net.load_state_dict({k: v.double() for k, v in load_file(str(folder / "weights.safetensors")).items()})
+    currents = torch.stack([table["I_d"], table["I_q"]], 1)
+    with torch.no_grad():
+        flux = net.flux(currents)
+        h = 1e-5
+        for name, (row, col) in {"L_dd": (0, 0), "L_dq": (0, 1), "L_qd": (1, 0), "L_qq": (1, 1)}.items():
+            step = torch.zeros(2, dtype=torch.float64)
+            step[col] = h
+            slope = (net.flux(currents + step)[:, row] - net.flux(currents - step)[:, row]) / (2 * h)
+            assert torch.allclose(table[name], slope, rtol=1e-4, atol=1e-4), name
+    assert torch.allclose(table["lambda_d"], flux[:, 0], atol=1e-5)
+    assert torch.allclose(table["lambda_q"], flux[:, 1], atol=1e-5)
+    from dartboard.platform.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["pmsm", "flux", str(folder), "--points", "3", "--limit", "0.5", "--out", str(tmp_path / "lut.csv")])
+    said = capsys.readouterr()
+    assert done.value.code == 0, said.err[-2000:]
+    assert f"3 x 3 currents over [-0.5, 0.5] p.u. written to {tmp_path / 'lut.csv'}" in said.out, said.out
+    assert read_table(tmp_path / "lut.csv")["I_q"].tolist() == [-0.5, 0.0, 0.5] * 3
+
+
+@pytest.mark.parametrize("change, args, message", [
+    ("no result", [], r"no result.json there; `dartboard pmsm compare` writes a trained flux model"),
+    ("old result", [], r"does not say the currents it was trained on; give the table's range with --limit"),
+    ("other genotype", [], r"weights.safetensors does not fit MLP"),
+    (None, ["--points", "1"], r"points: expected an integer >= 2"),
+    (None, ["--limit", "0"], r"limit: expected a finite number > 0"),
+])
+def test_a_flux_table_refuses_what_it_cannot_use(change, args, message, trained, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained[0], folder)
+    (folder / "flux_map.csv").unlink(missing_ok=True)
+    result = json.loads((folder / "result.json").read_text())
+    if change == "no result":
+        (folder / "result.json").unlink()
+    elif change == "old result":  # written before the data's box was recorded
+        (folder / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "data"}))
+    elif change == "other genotype":
+        from dartboard.spaces import genotype as gt
+
+        result["genotype"] = gt.to_dict(resolve("pmsm-baseline"))
+        (folder / "result.json").write_text(json.dumps(result))
+    line = refused_here(["pmsm", "flux", "model", *args], tmp_path, capsys, monkeypatch)
+    assert __import__("re").search(message, line), line

@@ -152,6 +152,34 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     return {"summary": summary, "runs": rows, "table": table, "plot": plot}
 
 
+def write_flux_table(model: str | Path, out: str | Path | None = None, *, points: int = 41,
+                     limit: float | None = None) -> tuple[Path, float]:
+    """The learned flux map of a trained flux model (``pmsm compare``'s ``OUT/models/NAME/seedN``) as a CSV look-up
+    table: I_d, I_q, lambda_d, lambda_q and the differential inductances over a ``points`` x ``points`` grid of
+    [-limit, limit]^2 (default: the box of the currents it was trained on). Returns (the file, the limit)."""
+    from dartboard.training.pmsm import flux_table, load_flux_model
+
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise UserInputError(f"points: expected an integer >= 2 (points per current axis), got {points!r}")
+    if limit is not None and not (isinstance(limit, int | float) and 0 < limit < float("inf")):
+        raise UserInputError(f"limit: expected a finite number > 0 (the largest |I_d|, |I_q| of the table, per unit), "
+                             f"got {limit!r}")
+    net, result = load_flux_model(model)
+    if limit is None:
+        limit = (result.get("data") or {}).get("current_limit")
+        if limit is None:
+            raise UserInputError(f"flux model {str(model)!r}: its result.json does not say the currents it was "
+                                 f"trained on; give the table's range with --limit")
+    path = Path(out) if out is not None else Path(model) / "flux_map.csv"
+    columns = flux_table(net, float(limit), points)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(zip(*(c.tolist() for c in columns.values()), strict=True))
+    return path, float(limit)
+
+
 def _train_one(name: str, genotype: FluxMlpGenotype, splits: Any, cfg: Any, out: Path) -> tuple[Any, dict[str, Any]]:
     """One model on one seed: (network, its row), or (None, a row saying how it diverged)."""
     from dartboard.training.pmsm import TrainingDiverged, train_flux_model

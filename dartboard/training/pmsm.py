@@ -25,6 +25,7 @@ import torch
 
 from dartboard.data.datasets import make_loader
 from dartboard.data.pmsm import PmsmSplits, torque
+from dartboard.errors import UserInputError
 from dartboard.model_files import WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.parts.pmsm import DET_FLOOR, predicted_derivatives
@@ -32,6 +33,7 @@ from dartboard.spaces.pmsm import FluxNet, count_parameters
 from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
 
 log = logging.getLogger("dartboard")
+RESULT_FILE = "result.json"  # a trained flux model's figures, genotype, training config and data box
 
 
 @dataclass
@@ -156,8 +158,50 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         save_file(weights, str(out / WEIGHTS_FILE))
-        (out / "result.json").write_text(json.dumps({**asdict(result), "config": asdict(cfg)}, indent=1))
+        (out / RESULT_FILE).write_text(json.dumps({**asdict(result), "config": asdict(cfg),
+                                                   "data": {"current_limit": splits.current_limit()}}, indent=1))
     return net, result
+
+
+def load_flux_model(folder: str | Path) -> tuple[FluxNet, dict[str, Any]]:
+    """A flux model that :func:`train_flux_model` saved (``pmsm compare``'s ``OUT/models/NAME/seedN``): the network
+    in evaluation mode, and its ``result.json``."""
+    from safetensors.torch import load_file
+
+    from dartboard.spaces.genotype import from_dict
+
+    folder = Path(folder)
+    missing = [name for name in (RESULT_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserInputError(f"flux model {str(folder)!r}: no {' and no '.join(missing)} there; `dartboard pmsm "
+                             f"compare` writes a trained flux model to OUT/models/NAME/seedN")
+    try:
+        result = json.loads((folder / RESULT_FILE).read_text())
+        genotype = from_dict(result["genotype"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"flux model {str(folder)!r}: {RESULT_FILE} is not a flux model's result "
+                             f"({type(err).__name__}: {err})") from None
+    net = FluxNet(genotype)
+    try:
+        net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    except RuntimeError as err:
+        raise UserInputError(f"flux model {str(folder)!r}: {WEIGHTS_FILE} does not fit {genotype.describe()} "
+                             f"({str(err).splitlines()[0]})") from None
+    return net.eval(), result
+
+
+def flux_table(net: FluxNet, limit: float, points: int) -> dict[str, torch.Tensor]:
+    """The learned flux map on a ``points`` x ``points`` grid of currents over [-limit, limit]^2 (I_d slowest): the
+    currents, the flux and its Jacobian, i.e. the differential inductances (L_dd = d lambda_d / d I_d, L_dq = d
+    lambda_d / d I_q, L_qd, L_qq), each a column of ``points**2`` values."""
+    axis = torch.linspace(-limit, limit, points)
+    currents = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    x = torch.cat([currents, torch.zeros(len(currents), 4)], 1)  # the model reads the currents only
+    with torch.no_grad():
+        out = net(x)
+    jac = out.jac
+    return {"I_d": currents[:, 0], "I_q": currents[:, 1], "lambda_d": out.flux[:, 0], "lambda_q": out.flux[:, 1],
+            "L_dd": jac[:, 0, 0], "L_dq": jac[:, 0, 1], "L_qd": jac[:, 1, 0], "L_qq": jac[:, 1, 1]}
 
 
 def plot_flux_maps(models: Mapping[str, FluxNet], splits: PmsmSplits, path: str | Path,

@@ -1,5 +1,6 @@
-"""`dartboard pmsm search` (the two searches of thesis 6.2 in sequence) and `dartboard pmsm compare`
-(searched vs baseline flux models over seeds, against the simulator's ground truth where there is one)."""
+"""`dartboard pmsm search` (the two searches of thesis 6.2 in sequence), `dartboard pmsm compare` (searched vs
+baseline flux models over seeds, against the simulator's ground truth where there is one) and `dartboard pmsm flux`
+(a trained model's flux map as a look-up table)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,23 @@ def compare(
     typer.echo(result["table"])
     if result["plot"] is not None:
         typer.echo(f"flux maps: {result['plot']}")
+
+
+@pmsm_app.command("flux")
+def flux(
+    model: str = typer.Argument(..., help="A trained flux model: pmsm compare's OUT/models/NAME/seedN."),
+    out: str = typer.Option(None, help="The CSV file to write (default: MODEL/flux_map.csv)."),
+    points: int = typer.Option(41, help="Grid points per current axis."),
+    limit: float = typer.Option(None, help="The grid's largest |I_d| and |I_q|, per unit (default: the box of "
+                                "the currents the model was trained on)."),
+) -> None:
+    """The learned flux map as a look-up table: I_d, I_q, lambda_d, lambda_q and the differential inductances
+    L_dd, L_dq, L_qd, L_qq on a grid of currents (CSV)."""
+    from dartboard.platform.pmsm import write_flux_table
+
+    path, limit = write_flux_table(model, out, points=points, limit=limit)
+    typer.echo(f"flux map of {model}: {points} x {points} currents over [-{limit:.3g}, {limit:.3g}] p.u. written to "
+               f"{path}")
 
 
 def named_models(items: list[str]) -> dict[str, Any]:
