@@ -37,6 +37,14 @@ def check_dataset(name: str) -> str:
     return name
 
 
+def trained_on(name: str) -> str:
+    """The data a network searched on ``name`` trains on: a two-view dataset (NASiam's) is made from another, whose
+    images the SSL pretraining makes its own views of; every other dataset is its own."""
+    if name.startswith("digits-views"):
+        return "digits"
+    return name.removesuffix("-views")
+
+
 def absolute_root(root: str | None) -> str | None:
     """A local data folder as an absolute path (``~`` expanded): a study's trials and a training on Ray run in
     worker processes whose working folder is not the command's, where a relative path names nothing."""

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from dartboard.data.colour_digits import COLOUR_DIGITS, colourise
-from dartboard.errors import DataError
+from dartboard.errors import DataError, UserInputError
 
 DIGITS_TEST_SEED = 0  # the held-out test split of digits is fixed, so test accuracies compare
 
@@ -208,6 +208,15 @@ def search_split(train: Dataset, seed: int, fraction: float | None = 0.5) -> tup
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     cut = int(n * fraction)
     return Subset(train, perm[:cut]), Subset(train, perm[cut:])
+
+
+def check_batch(batch_size: int, sizes: dict[str, int]) -> None:
+    """Loaders that drop a last partial batch yield nothing from data smaller than one batch: a search or a
+    training would run no step, so that is refused, naming the part that is too small."""
+    for part, size in sizes.items():
+        if size < batch_size:
+            raise UserInputError(f"batch_size: {batch_size} is larger than the {part} ({size} samples); lower the "
+                                 f"batch size or give more data")
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False,

@@ -104,6 +104,7 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
             batch_size: int = 128) -> dict[str, Any]:
     """Train every model on every seed with the same budget; table (mean +- std), CSV, plot."""
     from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import check_batch
     from dartboard.training.pmsm import FluxTrainConfig, plot_flux_maps
 
     # Everything is checked before the first training, so that no model's results are lost to another's bad input.
@@ -120,9 +121,7 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
         FluxTrainConfig(epochs=epochs, lr=lr, seed=seed, device=device, batch_size=batch_size)  # its own checks
     out = Path(out)
     splits = load_dataset(dataset, data_root)
-    if len(splits.train) < batch_size:  # no full batch: nothing would train (the loader drops the last batch)
-        raise UserInputError(f"batch_size: {batch_size} is larger than the training split ({len(splits.train)} "
-                             f"samples); lower it (--batch-size) or give more data")
+    check_batch(batch_size, {"training split": len(splits.train)})  # before the first model trains
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     best_nets: dict[str, Any] = {}

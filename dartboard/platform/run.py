@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dartboard.data.catalog import absolute_root, load_dataset
-from dartboard.data.datasets import Splits, make_loader, search_split
+from dartboard.data.datasets import Splits, check_batch, make_loader, search_split
 from dartboard.errors import UserInputError, user_input
 from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE
 from dartboard.platform import search_checkpoint as ckpt
@@ -69,9 +69,7 @@ def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:
 
 def search_loaders(cfg: SearchRunConfig, splits: Splits, searcher: Any = None):
     train, val = search_split(splits.train, cfg.seed, train_fraction(cfg, searcher))
-    if len(train) < cfg.batch_size:
-        raise UserInputError(f"batch_size: {cfg.batch_size} is larger than the search training split "
-                         f"({len(train)} samples)")
+    check_batch(cfg.batch_size, {"search training split": len(train), "search validation split": len(val)})
     return (make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True),
             make_loader(val, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, drop_last=True))
 

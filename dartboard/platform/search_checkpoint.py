@@ -43,6 +43,20 @@ def start(out: Path, config: dict[str, Any]) -> None:
     (out / RUN_FILE).write_text(json.dumps(config, indent=1))
 
 
+def recorded_data(folder: str | Path) -> tuple[str, str | None] | None:
+    """(dataset, data_root) that the search in ``folder`` ran on, from its run.json; None where there is none."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not a search's run.json: nothing recorded
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    root = config.get("data_root")
+    return (dataset, root if isinstance(root, str) else None) if isinstance(dataset, str) else None
+
+
 def _generators(loaders: Sequence[Any]) -> list[torch.Generator]:
     gens = [getattr(loader, "generator", None) for loader in loaders]
     if any(g is None for g in gens):

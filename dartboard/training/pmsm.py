@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dartboard.data.datasets import make_loader
+from dartboard.data.datasets import check_batch, make_loader
 from dartboard.data.pmsm import PmsmSplits, torque
 from dartboard.errors import UserInputError
 from dartboard.model_files import WEIGHTS_FILE
@@ -118,9 +118,7 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
 
     if not isinstance(splits, PmsmSplits):
         raise ValueError("data: a flux model is trained on PMSM data (dataset 'pmsm')")
-    if len(splits.train) < cfg.batch_size:  # the loader drops the last partial batch: nothing would train
-        raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training split ({len(splits.train)} "
-                         f"samples)")
+    check_batch(cfg.batch_size, {"training split": len(splits.train)})  # the loader drops a last partial batch
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     net = FluxNet(genotype).to(device)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from dartboard.data.datasets import make_loader
+from dartboard.data.datasets import check_batch, make_loader
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.mlp_heads import NASIAM_OPS
 from dartboard.spaces.nasiam import HEAD_NAMES, HeadLayout, NasiamSupernet
@@ -112,6 +112,7 @@ def pretrain(genotype: gt.Genotype, views: Dataset, shape: tuple[int, int], cfg:
     """SSL pretraining on ``views`` (two-view samples); returns the network and the loss per epoch."""
     from dartboard.searchers.parts.siamese import OBJECTIVES  # importing it registers the Siamese objectives
 
+    check_batch(cfg.batch_size, {"pretraining samples": len(views)})  # the loader drops a last partial batch
     torch.manual_seed(cfg.seed)
     net, weights = head_network(genotype, shape[0], cfg.C)
     objective = OBJECTIVES.build({"name": cfg.framework, **dict(cfg.objective_options or {})})

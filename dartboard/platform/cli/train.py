@@ -50,7 +50,7 @@ def train(
     drop_path: float = typer.Option(None, help="Drop path probability, ramped linearly (default: 0.2 on CIFAR/image "
                                                "data as in DARTS, 0 on the small bundled data)."),
     dataset: str = typer.Option(None, help="digits, colour-digits, cifar10, cifar100, imagefolder, imagenet "
-                                "(default: digits; colour-digits for a ColorNAS genotype)."),
+                                "(default: a search folder's data, else digits; colour-digits for ColorNAS)."),
     data_root: str = typer.Option(None, help="Folder holding the local dataset (imagenet: train/ and val/, one "
                                              "folder per class; nothing is downloaded)."),
     seed: int = typer.Option(0),
@@ -81,9 +81,10 @@ def train(
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
-    from dartboard.data.catalog import check_data_root, check_dataset
+    from dartboard.data.catalog import check_data_root, check_dataset, trained_on
     from dartboard.data.colour_digits import COLOUR_DIGITS
     from dartboard.platform.config import resolve_device
+    from dartboard.platform.search_checkpoint import recorded_data
     from dartboard.spaces.catalog import resolve
     from dartboard.spaces.colour_genotype import ColourGenotype
 
@@ -100,6 +101,10 @@ def train(
                        "--register": register_as})
     with user_input():  # only checks that the device exists (its message names it)
         resolved = resolve_device(device)
+    if dataset is None and (searched := recorded_data(genotype)) is not None:  # a search's folder: its data
+        dataset, data_root = trained_on(searched[0]), data_root or searched[1]
+        log.info("train: on %s%s, the data the search ran on (--dataset for other data)", dataset,
+                 f" from {data_root}" if data_root else "")
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_data_root(check_dataset(dataset), data_root)
     if geno.kind == "mlp":

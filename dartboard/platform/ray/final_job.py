@@ -76,8 +76,11 @@ def broadcast_buffers(net: torch.nn.Module) -> None:
 def sharded_train_loader(train: Any, batch_size: int, seed: int, rank: int, world: int):
     from torch.utils.data import DataLoader, DistributedSampler
 
+    from dartboard.data.datasets import check_batch
+
     per_rank = per_rank_batch(batch_size, world)
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    check_batch(per_rank, {"training split's shard of one rank": len(sampler)})
     return DataLoader(train, batch_size=per_rank, sampler=sampler, drop_last=True), sampler
 
 

@@ -124,14 +124,14 @@ def sharded_loaders(cfg: Any, splits: Any, rank: int, world: int, fraction: floa
     """The search split's train/val halves, each sharded over ranks (equal batch counts per rank)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from dartboard.data.datasets import search_split
+    from dartboard.data.datasets import check_batch, search_split
 
     train, val = search_split(splits.train, cfg.seed, fraction)
     per_rank = per_rank_batch(cfg.batch_size, world)  # the global batch stays cfg.batch_size
     samplers = [DistributedSampler(d, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed + i, drop_last=True)
                 for i, d in enumerate((train, val))]
-    if len(samplers[0]) < per_rank:
-        raise ValueError(f"batch_size: {cfg.batch_size} is larger than one rank's shard ({len(samplers[0])} samples)")
+    check_batch(per_rank, {"search training split's shard of one rank": len(samplers[0]),
+                           "search validation split's shard of one rank": len(samplers[1])})
     loaders = [DataLoader(d, batch_size=per_rank, sampler=s, drop_last=True)
                for d, s in zip((train, val), samplers, strict=True)]
     return loaders, samplers, (train, val)

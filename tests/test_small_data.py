@@ -1,0 +1,127 @@
+"""A user's own data can be small. Wherever a loader drops its last partial batch (a search's two halves, a Ray
+search's and a Ray training's shards, NASiam's pretraining, a PMSM flux model's training), data smaller than one batch
+would give no step at all, and a network would come out untrained, silently: refused as the user's input, naming the
+part that is too small. And `dartboard train` of a search's folder trains on the data the search ran on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from dartboard.data.datasets import DatasetInfo, Splits
+from dartboard.errors import UserInputError, is_user_error
+
+
+def tensors(n: int, channels: int = 1, size: int = 8) -> TensorDataset:
+    return TensorDataset(torch.randn(n, channels, size, size), torch.arange(n) % 2)
+
+
+def local_search_halves():
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.run import search_loaders
+
+    cfg = SearchRunConfig(batch_size=10, train_fraction=0.8, mlflow=False)
+    search_loaders(cfg, Splits(tensors(40), tensors(4), DatasetInfo("t", 1, 8, 2)))  # halves of 32 and 8
+
+
+def ray_search_shards():
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.ray.worker import sharded_loaders
+
+    cfg = SearchRunConfig(batch_size=10, mlflow=False)  # 5 per rank; the parts of 10 and 8 give shards of 5 and 4
+    sharded_loaders(cfg, Splits(tensors(18), tensors(4), DatasetInfo("t", 1, 8, 2)), 0, 2, 0.6)
+
+
+def ray_training_shard():
+    from dartboard.platform.ray.final_job import sharded_train_loader
+
+    sharded_train_loader(tensors(14), 16, 0, 1, 2)  # 8 per rank, shards of 7
+
+
+def ssl_pretraining():
+    from dartboard.spaces.genotype import MlpGenotype
+    from dartboard.training.ssl_eval import SslConfig, pretrain
+
+    heads = MlpGenotype({"projector": ["linear_relu"], "predictor": ["linear_relu"]}, {})
+    views = TensorDataset(torch.randn(5, 2, 1, 8, 8), torch.zeros(5))
+    pretrain(heads, views, (1, 8), SslConfig(C=4, epochs=1, batch_size=8))
+
+
+def flux_training():
+    from dartboard.data.pmsm import PmsmSplits
+    from dartboard.spaces.catalog import resolve
+    from dartboard.training.pmsm import FluxTrainConfig, train_flux_model
+
+    rows = TensorDataset(torch.randn(6, 6), torch.randn(6, 2))
+    train_flux_model(resolve("pmsm-baseline"), PmsmSplits(rows, rows, DatasetInfo("pmsm", 6, 1, 2), val=rows),
+                     FluxTrainConfig(epochs=1, batch_size=8))
+
+
+@pytest.mark.parametrize("run, message", [
+    (local_search_halves, r"batch_size: 10 is larger than the search validation split \(8 samples\)"),
+    (ray_search_shards, r"batch_size: 5 is larger than the search validation split's shard of one rank \(4 samples\)"),
+    (ray_training_shard, r"batch_size: 8 is larger than the training split's shard of one rank \(7 samples\)"),
+    (ssl_pretraining, r"batch_size: 8 is larger than the pretraining samples \(5 samples\)"),
+    (flux_training, r"batch_size: 8 is larger than the training split \(6 samples\)"),
+])
+def test_data_smaller_than_a_batch_is_refused_where_the_last_batch_is_dropped(run, message):
+    with pytest.raises(UserInputError, match=message) as refused:
+        run()
+    assert is_user_error(refused.value)  # a study's trial ends on it at once, with the message; a command: one line
+
+
+def test_the_data_a_search_ran_on_is_the_data_its_network_trains_on():
+    from dartboard.data.catalog import DATASETS, trained_on
+
+    assert [trained_on(n) for n in ("digits-views", "digits-views-noaug", "imagefolder-views", "cifar10-views",
+                                    "cifar10", "colour-digits", "imagefolder")] == \
+        ["digits", "digits", "imagefolder", "cifar10", "cifar10", "colour-digits", "imagefolder"]
+    assert all(trained_on(n) in DATASETS for n in DATASETS)
+
+
+def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsys, monkeypatch, caplog):
+    """`dartboard search --dataset imagefolder --data-root imgs` then `dartboard train runs/S` trained on digits."""
+    import logging
+
+    from dartboard.platform.cli.main import main
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.published import darts_v2
+
+    for split in ("train", "test"):
+        for k, name in enumerate(("ants", "bees", "wasps")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((8, 8, 3), 40 * k + 10 * i, dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / name / f"{i}.png")
+    search = tmp_path / "search"
+    search.mkdir()
+    gt.save(darts_v2(), search / "genotype.json")
+    (search / "run.json").write_text(json.dumps({"searcher": "darts", "dataset": "imagefolder-views",
+                                                 "data_root": str(tmp_path / "imgs")}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def train(*extra: str) -> dict:
+        capsys.readouterr()
+        with caplog.at_level(logging.INFO, logger="dartboard"), pytest.raises(SystemExit) as done:
+            main(["train", str(search), "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",
+                  "--no-mlflow", "--json", "--out", "net", *extra])
+        said = capsys.readouterr()
+        assert done.value.code == 0, said.err[-3000:]
+        return json.loads(said.out)
+
+    result = train("--image-size", "8")
+    assert result["dataset"] == "imagefolder", result
+    assert json.loads((tmp_path / "elsewhere" / "net" / "network.json").read_text())["classes"] == \
+        ["ants", "bees", "wasps"]
+    assert any("the data the search ran on" in r.getMessage() and str(tmp_path / "imgs") in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    assert train("--dataset", "digits")["dataset"] == "digits"  # the flag decides
+    assert not any("the data the search ran on" in r.getMessage() for r in caplog.records)
