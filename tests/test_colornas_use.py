@@ -88,3 +88,27 @@ def test_predict_of_a_colornas_model_feeds_raw_pixels(trained, tmp_path, capsys)
     rows = json.loads(out)
     assert [r["class"] for r in rows] == expected.argmax(1).tolist()
     np.testing.assert_allclose([r["probabilities"] for r in rows], expected.numpy(), atol=1e-5)
+
+
+def test_a_colornas_genotype_trains_on_an_image_folder_without_the_published_auxiliary_head(trained, tmp_path, capsys,
+                                                                                           monkeypatch):
+    """On data other than the bundled digits the published protocol's defaults apply, auxiliary head included, which a
+    ColorNAS network does not have: `dartboard train G --dataset imagefolder` was refused unless --no-auxiliary."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for k, name in enumerate(("red", "blue")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixel = (200, 20 * i, 0) if k == 0 else (0, 20 * i, 200)
+                Image.new("RGB", (8, 8), pixel).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", str(trained["out"] / "genotype.json"), "--dataset", "imagefolder", "--data-root", "imgs",
+            "--image-size", "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",
+            "--no-mlflow", "--out", "net"]
+    code, out, err = run_main([*args, "--json"], capsys)
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["dataset"] == "imagefolder" and (tmp_path / "net" / "weights.safetensors").is_file()
+    assert json.loads((tmp_path / "net" / "network.json").read_text())["auxiliary"] is False
+    code, out, err = run_main([*args, "--auxiliary", "--out", "net2"], capsys)
+    assert code == 2 and "a ColorNAS network has no auxiliary head" in err, err[-3000:]

@@ -119,6 +119,8 @@ def train(
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
              "precision": precision, "grad_clip": grad_clip, "lr_schedule": lr_schedule, "lr_gamma": lr_gamma}
+    if isinstance(geno, ColourGenotype) and auxiliary is None:  # it has none: not the published protocol's default
+        given["auxiliary"] = False
     if label_smoothing is not None:
         given |= {"label_smoothing": label_smoothing > 0,
                   "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1}
