@@ -72,6 +72,27 @@ def test_summarize_table_and_csv(tmp_path):
         summarize(_study(report={"metrics": ["val_acc"]}), results)
 
 
+def test_the_size_plot_is_drawn_only_where_trials_report_a_size(tmp_path, caplog):
+    """A study whose objective trains no network (supernet) reports no parameters: the metric-vs-size scatter was an
+    empty plot, saved with a matplotlib warning; now none, and the log says why."""
+    import logging
+    import warnings
+
+    from dartboard.platform.reports.plots import plot_scatter
+
+    study = _study()
+    sized = [{"variant": "darts", "seed": 0, "test_error": 10.0, "parameters": 100.0},
+             {"variant": "B", "seed": 0, "test_error": 5.0, "parameters": 50.0}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no artists with labels" warning either
+        assert plot_scatter(study, sized, tmp_path / "a.png") == tmp_path / "a.png"
+        with caplog.at_level(logging.INFO, logger="dartboard"):
+            unsized = [{k: v for k, v in r.items() if k != "parameters"} for r in sized]
+            assert plot_scatter(study, unsized, tmp_path / "b.png") is None
+    assert (tmp_path / "a.png").stat().st_size > 5_000 and not (tmp_path / "b.png").exists()
+    assert "no b.png plot: no trial reports both 'parameters' and 'test_error'" in caplog.text
+
+
 def test_study_validation_names_the_field():
     with pytest.raises(ValueError, match="variants: names must be unique, repeated: darts"):
         _study(variants=[{"name": "darts", "searcher": "darts"}] * 2)

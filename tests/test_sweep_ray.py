@@ -83,6 +83,10 @@ def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
     assert slow["status"] == "pruned" and slow["epoch"] == 1 and slow["objective"] < good["metrics"]["val_acc"]
     assert result.counts == {"complete": 1, "pruned": 1, "error": 0} and result.best["trial_id"] == good["trial_id"]
     assert sorted(p["status"] for p in events) == ["complete", "pruned"]
+    # a search's last checkpoint holds its alphas epoch by epoch (an ablation's report plots them; before, only a
+    # trial's final training wrote them), a stopped trial's none
+    assert len(json.loads((Path(good["checkpoint"]) / "alpha_history.json").read_text())) == 3
+    assert not (Path(slow["checkpoint"]) / "alpha_history.json").exists()
     # the driver's span of each trial (the sweep-overhead benchmark's timeline), in the result file too: one
     # trial at a time, so the second starts after the first ended
     spans = sorted(t["span"] for t in result.trials)

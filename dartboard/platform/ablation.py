@@ -49,7 +49,8 @@ def write_report(result: StudyResult) -> tuple[list[Path], dict[str, float], dic
     md, csv_path = write_tables(cfg, rows, out)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
-    figures = [plot_scatter(cfg, results, plots / "metric_vs_size.png")] if results else []
+    scatter = plot_scatter(cfg, results, plots / "metric_vs_size.png") if results else None
+    figures = [scatter] if scatter is not None else []
     figures += plot_alphas(cfg, best_per_variant(cfg, results), folders, plots)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     numbers = {f"{row['variant']}.{m}_{s}": row[m][i] for row in rows for m in cfg.report.metrics

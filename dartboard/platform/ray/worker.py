@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,7 +253,7 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
         progress.setdefault("times", []).append(time.time())
         progress.setdefault("genotypes", []).append(report["genotype"])
         progress["done"] = bool(report["done"])
-        _report(report, searcher, progress, rank)
+        _report(report, searcher, progress, rank, partial(ck.write_alphas, searcher=searcher) if last else None)
         _epoch_gate(config.get("key", ""), done_epochs, rank)
         if last:
             break

@@ -4,27 +4,33 @@ evolution of each variant's best seed (Maile et al. Fig. 1, 4)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.reports.tables import METRIC_LABELS
 
+log = logging.getLogger("dartboard")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def plot_scatter(study: StudyConfig, results: list[dict[str, Any]], path: Path) -> Path:
+def plot_scatter(study: StudyConfig, results: list[dict[str, Any]], path: Path) -> Path | None:
     """Rank metric against network size, one marker and colour per variant. Variants that tie (the same
     derived network: equal size and metric) are set side by side instead of hiding one another, and
-    the legend says how many points each variant has."""
+    the legend says how many points each variant has. None (and no file) where no trial reports both: a
+    study whose objective trains no network (``supernet``) has no size to plot."""
+    size, rank = study.report.size_metric, study.report.rank_metric
+    points = {v.name: [(float(r[size]), float(r[rank])) for r in results
+                       if r["variant"] == v.name and size in r and rank in r] for v in study.variants}
+    if not any(points.values()):
+        log.info("ablation: no %s plot: no trial reports both %r and %r", path.name, size, rank)
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    size, rank = study.report.size_metric, study.report.rank_metric
-    points = {v.name: [(float(r[size]), float(r[rank])) for r in results
-                       if r["variant"] == v.name and size in r and rank in r] for v in study.variants}
     shown = dodge_ties(points)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, (name, pts) in enumerate(shown.items()):
