@@ -1,7 +1,9 @@
-"""A user's own data can be small. Wherever a loader drops its last partial batch (a search's two halves, a Ray
-search's and a Ray training's shards, NASiam's pretraining, a PMSM flux model's training), data smaller than one batch
-would give no step at all, and a network would come out untrained, silently: refused as the user's input, naming the
-part that is too small. And `dartboard train` of a search's folder trains on the data the search ran on."""
+"""Runs that would do nothing, silently. A user's own data can be small: wherever a loader drops its last partial
+batch (a search's two halves, a Ray search's and a Ray training's shards, NASiam's pretraining, a PMSM flux model's
+training), data smaller than one batch would give no step at all, and a network would come out untrained: refused as
+the user's input, naming the part that is too small. A search whose warm-up takes every epoch takes no alpha step: its
+genotype would be the initial alphas' (refused by `dartboard search` and a study's checks). And `dartboard train` of a
+search's folder trains on the data the search ran on."""
 
 from __future__ import annotations
 
@@ -125,3 +127,22 @@ def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsy
     caplog.clear()
     assert train("--dataset", "digits")["dataset"] == "digits"  # the flag decides
     assert not any("the data the search ran on" in r.getMessage() for r in caplog.records)
+
+
+def test_a_search_whose_warm_up_takes_every_epoch_is_refused(tmp_path, capsys, monkeypatch):
+    """`dartboard search --searcher pmsm-depth --set epochs=3` (warm-up 5) derived its genotype from the initial
+    alphas."""
+    from test_cli_bad_input import refused_here
+
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.space import dry_build
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    line = refused_here(["search", "--searcher", "pmsm-depth", "--set", "epochs=5", "--no-mlflow", "--out", "s"],
+                        tmp_path, capsys, monkeypatch)
+    assert "warmup_epochs: 5 warm-up epoch(s) (weights only) leave no search epoch of the 5 (epochs)" in line, line
+    with pytest.raises(ValueError, match=r"variants.dartopti: .*warmup_epochs: 5 warm-up epoch\(s\) .* of the 3 "):
+        dry_build(StudyConfig(name="s", searcher="dartopti", epochs=3, options={"C": 2}))
+    dry_build(StudyConfig(name="s", searcher="dartopti", epochs=6, options={"C": 2}))
+    # a searcher stepped by hand (tests, benchmarks) is no such search: it builds
+    assert build_searcher("pc-darts", {"C": 4, "layers": 3, "epochs": 2}, DataShape(1, 8, 10)).epochs == 2

@@ -122,7 +122,8 @@ def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local
     gt.save(resolve("resnet18"), tmp_path / "start.json")
     monkeypatch.chdir(tmp_path)
     base = {"name": "unreadable", "searcher": "dartopti", "dataset": "imagefolder", "image_size": 8, "epochs": 1,
-            "batch_size": 4, "num_samples": 1, "max_concurrent": 1, "options": {"C": 2, "start": "start.json"},
+            "batch_size": 4, "num_samples": 1, "max_concurrent": 1,
+            "options": {"C": 2, "start": "start.json", "warmup_epochs": 0},  # 1 epoch: no warm-up
             "scheduler": {"type": "fifo"}, "storage": str(tmp_path / "runs"), "max_failures": 2}
     with pytest.raises(ValueError, match=r"data_root: 'nowhere' does not exist"):
         run_sweep(StudyConfig(**base, data_root="nowhere"), mlflow=False)

@@ -23,7 +23,7 @@ from dartboard.platform.config import SearchRunConfig, resolve_device
 from dartboard.platform.progress import epochs_in_words
 from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything
-from dartboard.searchers.loop import run_search
+from dartboard.searchers.loop import check_search_epochs, run_search
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.colour_genotype import ColourGenotype
@@ -57,7 +57,9 @@ def make_searcher(cfg: SearchRunConfig, splits: Splits):
     with user_input():  # build_searcher names the searcher in its errors
         options = cfg.searcher_options()
         device = resolve_device(cfg.device)
-        return build_searcher(cfg.searcher, options, data_shape(splits), device)
+        searcher = build_searcher(cfg.searcher, options, data_shape(splits), device)
+        check_search_epochs(searcher)
+        return searcher
 
 
 def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:

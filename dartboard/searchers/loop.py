@@ -11,6 +11,17 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 StepCallback = Callable[[int, int], None]
 
 
+def check_search_epochs(searcher: Searcher) -> None:
+    """A search whose warm-up (epochs of weight steps only) takes every epoch takes no alpha step: its genotype
+    would be derived from the initial alphas, searched by nothing. Refused where a search is run (and a study's
+    variants are built), not where a searcher is built: a searcher stepped by hand is no such search."""
+    warmup = getattr(getattr(searcher, "config", None), "warmup_epochs", 0) or 0
+    if warmup >= searcher.epochs:
+        raise ValueError(f"warmup_epochs: {warmup} warm-up epoch(s) (weights only) leave no search epoch of the "
+                         f"{searcher.epochs} (epochs): the architecture would be derived from its initial alphas; "
+                         f"give more epochs than warm-up epochs (epochs, warmup_epochs)")
+
+
 def run_epoch(searcher: Searcher, train_loader: Iterable[Batch], val_loader: Iterable[Batch],
               on_step: StepCallback | None = None) -> dict[str, float]:
     """One epoch over ``train_loader``; ``val_loader`` is cycled alongside it."""

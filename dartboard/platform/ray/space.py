@@ -117,6 +117,7 @@ def dry_build(cfg: StudyConfig) -> None:
     at its lowest and at its highest value, and with each other value of a choice: option values the searcher
     refuses (a regularizer option that does not exist, a threshold out of range) fail here, before any trial
     starts."""
+    from dartboard.searchers.loop import check_search_epochs
     from dartboard.searchers.optim_imports import defer_dynamo_import
     from dartboard.searchers.registry import build_searcher
 
@@ -131,6 +132,7 @@ def dry_build(cfg: StudyConfig) -> None:
                 options["cuda_graph"] = False
             try:
                 searcher = build_searcher(run.searcher, options, shape, "cpu")
+                check_search_epochs(searcher)
                 if graph:
                     _check_cuda_graph(cfg, searcher)
                 searcher.derive()
