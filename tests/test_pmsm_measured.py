@@ -227,3 +227,16 @@ def test_a_flux_table_refuses_what_it_cannot_use(change, args, message, trained,
         (folder / "result.json").write_text(json.dumps(result))
     line = refused_here(["pmsm", "flux", "model", *args], tmp_path, capsys, monkeypatch)
     assert __import__("re").search(message, line), line
+
+
+def test_dartboard_load_reads_a_trained_flux_models_folder(trained):
+    from safetensors.torch import load_file
+
+    import dartboard
+    from dartboard.spaces.pmsm import FluxNet
+
+    net = dartboard.load(str(trained[0]))
+    assert isinstance(net, FluxNet) and not net.training and net.genotype == resolve("pmsm-thesis")
+    saved = load_file(str(trained[0] / "weights.safetensors"))
+    assert saved.keys() == net.state_dict().keys()
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in saved.items())

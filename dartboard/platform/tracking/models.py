@@ -326,7 +326,8 @@ def check_model_folder(ref: str, needed: tuple[str, ...]):
 def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None = None):
     """``dartboard.load("models:/NAME@champion")``: verified pull, then a ready network in eval
     mode (or the Genotype when the version holds no weights). ``ref`` may also be a folder of a model's files
-    (what ``dartboard train``, ``dartboard pull --to`` and ``dartboard prune --out`` write), read as it is."""
+    (what ``dartboard train``, ``dartboard pull --to``, ``dartboard prune --out`` and ``dartboard pmsm compare``
+    write), read as it is."""
     import tempfile
     from pathlib import Path
 
@@ -335,6 +336,10 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
         if uri is not None or cache_dir is not None:
             raise UserInputError(f"load: {ref!r} is a folder of model files, read without a registry or a cache; "
                                  f"give neither tracking_uri nor cache_dir")
+        if (Path(ref) / "result.json").is_file() and not (Path(ref) / GENOTYPE_FILE).is_file():
+            from dartboard.training.pmsm import load_flux_model  # a flux model `dartboard pmsm compare` trained
+
+            return load_flux_model(ref)[0]
         folder = check_model_folder(ref, (GENOTYPE_FILE,))
     else:
         from dartboard.platform.checks import check_tracking_server
