@@ -64,12 +64,30 @@ def flux_training():
                      FluxTrainConfig(epochs=1, batch_size=8))
 
 
+def nasiam_derived_objective():
+    from torch.utils.data import Subset
+
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.ray.derived import _derived_knn
+    from dartboard.spaces.genotype import MlpGenotype
+
+    heads = MlpGenotype({"projector": ["linear_relu"], "predictor": ["linear_relu"]}, {})
+    views = TensorDataset(torch.randn(20, 2, 1, 8, 8), torch.zeros(20))
+    halves = (Subset(views, list(range(12))), Subset(views, list(range(12, 20))))
+    cfg = SearchRunConfig(dataset="digits-views", mlflow=False)
+    objective = {"train_channels": 4, "train_epochs": 1, "train_batch_size": 16}
+    _derived_knn(heads, Splits(views, views, DatasetInfo("t", 1, 8, 10)), halves, objective, cfg,
+                 torch.device("cpu"), "simsiam")
+
+
 @pytest.mark.parametrize("run, message", [
     (local_search_halves, r"batch_size: 10 is larger than the search validation split \(8 samples\)"),
     (ray_search_shards, r"batch_size: 5 is larger than the search validation split's shard of one rank \(4 samples\)"),
     (ray_training_shard, r"batch_size: 8 is larger than the training split's shard of one rank \(7 samples\)"),
     (ssl_pretraining, r"batch_size: 8 is larger than the pretraining samples \(5 samples\)"),
     (flux_training, r"batch_size: 8 is larger than the training split \(6 samples\)"),
+    (nasiam_derived_objective, r"objective.train_batch_size: 16 is larger than the pretraining samples \(the "
+                               r"search-train half\) \(12 samples\)"),  # a study's key: the user's name for it
 ])
 def test_data_smaller_than_a_batch_is_refused_where_the_last_batch_is_dropped(run, message):
     with pytest.raises(UserInputError, match=message) as refused:

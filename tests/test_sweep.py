@@ -280,4 +280,6 @@ def test_the_sweeps_summary_names_the_best_trials_epochs(epoch, words, capsys, t
     result = SimpleNamespace(seconds=12.0, trials=[{"status": "complete", **best}], run_dir=str(tmp_path),
                              counts={"complete": 1}, best=best)
     echo_summary(result, registered=False)
-    assert f"best trial t1: objective 0.9000 {words}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"best trial t1: objective 0.9000 {words}" in out
+    assert "sweep finished in 12 s: 1 trial (1 complete, 0 stopped by ASHA, 0 errored)" in out  # was "1 trials"

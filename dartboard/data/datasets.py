@@ -210,12 +210,13 @@ def search_split(train: Dataset, seed: int, fraction: float | None = 0.5) -> tup
     return Subset(train, perm[:cut]), Subset(train, perm[cut:])
 
 
-def check_batch(batch_size: int, sizes: dict[str, int]) -> None:
+def check_batch(batch_size: int, sizes: dict[str, int], name: str = "batch_size") -> None:
     """Loaders that drop a last partial batch yield nothing from data smaller than one batch: a search or a
-    training would run no step, so that is refused, naming the part that is too small."""
+    training would run no step, so that is refused, naming the part that is too small (``name``: the setting that
+    gave the batch size, as the user wrote it)."""
     for part, size in sizes.items():
         if size < batch_size:
-            raise UserInputError(f"batch_size: {batch_size} is larger than the {part} ({size} samples); lower the "
+            raise UserInputError(f"{name}: {batch_size} is larger than the {part} ({size} samples); lower the "
                                  f"batch size or give more data")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dartboard.errors import UserInputError, refuse_with, user_input
+from dartboard.platform.progress import counted
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 
@@ -56,7 +57,8 @@ def ablate(
         summary = run_ablation(cfg, out=out, tracking_uri=tracking_uri, mlflow=not no_mlflow, promote=promote)
     trials = summary["result"].trials
     if not any(t["status"] == "complete" for t in trials):
-        typer.echo(f"no trial of the study completed ({len(trials)} trials); run directory: {summary['run_dir']}",
+        typer.echo(f"no trial of the study completed ({counted(len(trials), 'trial')}); run directory: "
+                   f"{summary['run_dir']}",
                    err=True)
         raise typer.Exit(1)
     typer.echo(Path(summary["table_md"]).read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from dartboard.errors import UserInputError, refuse_with, user_input
-from dartboard.platform.progress import epochs_in_words
+from dartboard.platform.progress import counted, epochs_in_words
 
 
 def sweep(
@@ -75,7 +75,7 @@ def study_settings(items: list[str] | None, overrides: dict) -> dict:
 def echo_summary(result, registered: bool) -> None:
     """The text summary: counts, errors, the best trial, its configuration and genotype, where it went."""
     c = result.counts
-    typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {len(result.trials)} trials "
+    typer.echo(f"\nsweep finished in {result.seconds:.0f} s: {counted(len(result.trials), 'trial')} "
                f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} stopped by ASHA, {c.get('error', 0)} errored)")
     for t in result.trials:
         if t["status"] == "error":

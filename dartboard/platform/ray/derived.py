@@ -38,10 +38,12 @@ def derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[st
 def _derived_knn(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
                  device: torch.device, framework: str) -> float:
     from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import check_batch
     from dartboard.training import ssl_eval as E
 
     plain = load_dataset(E.view_datasets(cfg.dataset)[0], cfg.data_root, cfg.image_size)
     batch = objective["train_batch_size"]
+    check_batch(batch, {"pretraining samples (the search-train half)": len(halves[0])}, "objective.train_batch_size")
     scfg = E.SslConfig(framework=framework, C=objective["train_channels"], epochs=objective["train_epochs"],
                        batch_size=batch, seed=cfg.seed, device=str(device),
                        objective_options={"queue_size": E.moco_queue(batch)} if framework == "moco" else None)
