@@ -236,3 +236,37 @@ def test_predict_names_the_classes_network_json_records(trained, tmp_path, capsy
     (folder / "network.json").write_text(json.dumps({**digits_spec, "classes": names[:3]}))
     line = refused_here(["predict", "named", "x.npy"], tmp_path, capsys, monkeypatch)
     assert line == "error: model 'named': network.json classes: expected 10 class names, got ['zero', 'one', 'two']"
+
+
+def test_evaluate_reads_the_test_split_of_the_folder_the_network_was_trained_on(tmp_path, capsys, monkeypatch):
+    # Before: `dartboard evaluate NET` of a network trained on an image folder said "imagefolder: no --data-root
+    # given", the folder being the one thing network.json did not record.
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for k, name in enumerate(("ants", "bees")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (100 * k, 30 * i, 0)).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["train", "darts-v2", "--dataset", "imagefolder", "--data-root", "imgs", "--image-size",
+                               "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",
+                               "--no-auxiliary", "--no-cutout", "--no-mlflow", "--out", "net"], capsys)
+    assert code == 0, err[-3000:]
+    assert json.loads((tmp_path / "net" / "network.json").read_text())["data_root"] == str(tmp_path / "imgs")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out, err = run_main(["evaluate", str(tmp_path / "net"), "--json"], capsys)
+    assert code == 0, err[-3000:]
+    recorded = json.loads(out)
+    assert recorded["data_root"] == str(tmp_path / "imgs") and recorded["test_samples"] == 8
+    code, out, err = run_main(["evaluate", str(tmp_path / "net")], capsys)
+    assert code == 0 and f"on the imagefolder test split in {tmp_path / 'imgs'} (8 images)" in out, err
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    code, out, err = run_main(["evaluate", str(tmp_path / "net"), "--data-root", str(tmp_path / "moved"), "--json"],
+                              capsys)
+    assert code == 0 and json.loads(out)["test_acc"] == recorded["test_acc"], err[-3000:]
+    line = refused_here(["evaluate", str(tmp_path / "net")], tmp_path / "elsewhere", capsys, monkeypatch)
+    assert line == (f"error: model {str(tmp_path / 'net')!r} was trained on imagefolder from "
+                    f"{str(tmp_path / 'imgs')!r} (its network.json), which is not on this machine; give the data's "
+                    f"folder with --data-root")

@@ -179,6 +179,7 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
     if not dataset:
         raise UserInputError(f"model {ref!r}: network.json names no data set to evaluate on")
     check_data_root(dataset, data_root, decided_by=f"model {ref!r} is evaluated on the data set it was trained on")
+    data_root = data_root or _recorded_root(ref, model.spec)
     splits = load_dataset(dataset, data_root, int(model.spec["input_size"]))
     now, recorded = preprocessing_of(splits.info), model.spec.get("preprocessing")
     if recorded and now is not None and now.to_dict() != recorded:
@@ -186,10 +187,22 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
                     recorded, now.to_dict())
     loader = make_loader(splits.test, batch_size, shuffle=False, seed=0)
     acc, loss = evaluate(_LogitsOnly(model.net), loader, torch.device("cpu"))
-    return {"model": model.name, "version": model.version, "dataset": dataset, "test_samples": len(splits.test),
+    return {"model": model.name, "version": model.version, "dataset": dataset, "data_root": data_root,
+            "test_samples": len(splits.test),
             "test_acc": acc, "test_loss": loss, "recorded_test_acc": model.recorded_test_acc,
             # the same figure under its earlier name (a registered version's tag), for scripts that read it
             "registered_test_acc": model.recorded_test_acc if model.version is not None else None}
+
+
+def _recorded_root(ref: str, spec: dict[str, Any]) -> str | None:
+    """The data folder the model was trained on (its network.json), where it is still there."""
+    root = spec.get("data_root")
+    if not isinstance(root, str):
+        return None
+    if "://" not in root and not Path(root).exists():
+        raise UserInputError(f"model {ref!r} was trained on {spec['dataset']} from {root!r} (its network.json), which "
+                             f"is not on this machine; give the data's folder with --data-root")
+    return root
 
 
 def _logits(out: Any) -> torch.Tensor:

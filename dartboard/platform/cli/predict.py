@@ -63,7 +63,8 @@ def evaluate(
         typer.echo(json.dumps(result, indent=1))
         return
     named = result["model"] if result["version"] is None else f"{result['model']} version {result['version']}"
-    typer.echo(f"{named} on the {result['dataset']} test split ({result['test_samples']} images)")
+    where = f" in {result['data_root']}" if result["data_root"] else ""
+    typer.echo(f"{named} on the {result['dataset']} test split{where} ({result['test_samples']} images)")
     typer.echo(f"test_loss {result['test_loss']:.4f}")
     typer.echo(f"test_acc {result['test_acc']:.4f}")
     if result["recorded_test_acc"] is not None:

@@ -300,7 +300,7 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
                 close_unfinished(logger, out_dir, "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit)
                                  else "FAILED", remove_dir=not out_existed)
             raise
-        (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
+        (Path(out_dir) / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset, data_root)))
         if logger is not None:
             _register(tracking_uri, genotype, dataset, cfg, result, out_dir, (name, alias), cluster, as_json,
                       logger.run_id)

@@ -142,7 +142,8 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
         progress["done"] = last
         out = Path(tempfile.mkdtemp(prefix="dartboard-final-")) if last else None
         if out is not None:
-            report.update(_finish(net, genotype, cfg, splits, config["dataset"], device, rank, out, progress))
+            report.update(_finish(net, genotype, cfg, splits, (config["dataset"], config["data_root"]), device, rank,
+                                  out, progress))
             progress["history"][-1] = _numbers(report)
         _report(report, trainer, progress, rank, world, json.dumps(gt.to_dict(genotype), sort_keys=True), out)
         _gate(rank, trainer.epoch)
@@ -167,7 +168,7 @@ def check_identity(where: str, recorded: dict[str, Any] | None, identity: dict[s
                              f"use a new output folder, or the same genotype and settings to resume it")
 
 
-def _finish(net, genotype, cfg, splits, dataset: str, device: torch.device, rank: int, out: Path,
+def _finish(net, genotype, cfg, splits, data: tuple[str, str | None], device: torch.device, rank: int, out: Path,
             progress: dict[str, Any]) -> dict[str, float]:
     """Rank 0 evaluates on the test split and writes the model files into ``out``; all ranks agree."""
     from dartboard.data.datasets import make_loader
@@ -180,7 +181,7 @@ def _finish(net, genotype, cfg, splits, dataset: str, device: torch.device, rank
         values[:2] = evaluate(net, make_loader(splits.test, 256, shuffle=False, seed=cfg.seed), device)
         save_trained(net, genotype, cfg, out, {"test_acc": values[0], "test_loss": values[1],
                                                "history": progress["history"]})
-        (out / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, dataset)))
+        (out / NETWORK_FILE).write_text(json.dumps(network_spec(cfg, splits.info, *data)))
     values = _broadcast(values, device)
     return {"test_acc": values[0], "test_loss": values[1], "parameters": values[2]}
 

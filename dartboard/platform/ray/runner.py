@@ -363,7 +363,7 @@ def _train_champion(cfg: StudyConfig, best: dict[str, Any], run_dir: str) -> dic
                                  cpus_per_worker=r.cpus_per_worker, address=cfg.ray_address,
                                  max_failures=cfg.train_max_failures, storage=f"{run_dir}/{CHAMPION_DIR}-ray",
                                  image_size=cfg.image_size)
-        (out / NETWORK_FILE).write_text(json.dumps(network_spec(train_cfg, splits.info, cfg.dataset)))
+        (out / NETWORK_FILE).write_text(json.dumps(network_spec(train_cfg, splits.info, cfg.dataset, cfg.data_root)))
         if staging is not None:
             st.upload_dir(staging, champion)
     finally:

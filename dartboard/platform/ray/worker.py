@@ -343,7 +343,7 @@ def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str,
         if rank == 0:
             r = train_genotype(genotype, splits, tcfg, out)
             values = [r.test_acc, r.test_loss, float(r.parameters), r.seconds, 1.0]
-            (out / NETWORK_FILE).write_text(json.dumps(network_spec(tcfg, splits.info, cfg.dataset)))
+            (out / NETWORK_FILE).write_text(json.dumps(network_spec(tcfg, splits.info, cfg.dataset, cfg.data_root)))
         values = _broadcast(values, device)
         result = {"test_acc": values[0], "test_error": 100.0 * (1.0 - values[0]), "test_loss": values[1],
                   "parameters": values[2], "train_seconds": values[3]}

@@ -354,9 +354,11 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
     return build_from_files(files)
 
 
-def network_spec(train_cfg, info, dataset: str) -> dict[str, Any]:
-    """Contents of network.json: everything needed to rebuild a trained network, and the preprocessing
-    (input size, channels, normalisation) its inputs need (``dartboard predict`` applies it)."""
+def network_spec(train_cfg, info, dataset: str, data_root: str | None = None) -> dict[str, Any]:
+    """Contents of network.json: everything needed to rebuild a trained network, the preprocessing (input size,
+    channels, normalisation) its inputs need (``dartboard predict`` applies it), and the folder of the data it was
+    trained on, where it read one (``dartboard evaluate`` reads its test split there by default)."""
+    from dartboard.data.catalog import absolute_root
     from dartboard.data.preprocess import preprocessing_of
 
     pre = preprocessing_of(info)
@@ -364,4 +366,5 @@ def network_spec(train_cfg, info, dataset: str) -> dict[str, Any]:
             "stem": getattr(train_cfg, "stem", "auto"),
             "in_channels": info.in_channels, "input_size": info.input_size, "num_classes": info.num_classes,
             "dataset": dataset, "preprocessing": pre.to_dict() if pre is not None else None,
-            **({"classes": list(info.classes)} if info.classes else {})}
+            **({"classes": list(info.classes)} if info.classes else {}),
+            **({"data_root": absolute_root(data_root)} if data_root is not None else {})}
