@@ -122,7 +122,7 @@ def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsy
     search.mkdir()
     gt.save(darts_v2(), search / "genotype.json")
     (search / "run.json").write_text(json.dumps({"searcher": "darts", "dataset": "imagefolder-views",
-                                                 "data_root": str(tmp_path / "imgs")}))
+                                                 "data_root": str(tmp_path / "imgs"), "image_size": 8}))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -136,10 +136,10 @@ def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsy
         assert done.value.code == 0, said.err[-3000:]
         return json.loads(said.out)
 
-    result = train("--image-size", "8")
+    result = train()
     assert result["dataset"] == "imagefolder", result
-    assert json.loads((tmp_path / "elsewhere" / "net" / "network.json").read_text())["classes"] == \
-        ["ants", "bees", "wasps"]
+    spec = json.loads((tmp_path / "elsewhere" / "net" / "network.json").read_text())
+    assert spec["classes"] == ["ants", "bees", "wasps"] and spec["input_size"] == 8  # resized as it was searched
     assert any("the data the search ran on" in r.getMessage() and str(tmp_path / "imgs") in r.getMessage()
                for r in caplog.records)
     caplog.clear()

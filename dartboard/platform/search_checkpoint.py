@@ -43,8 +43,9 @@ def start(out: Path, config: dict[str, Any]) -> None:
     (out / RUN_FILE).write_text(json.dumps(config, indent=1))
 
 
-def recorded_data(folder: str | Path) -> tuple[str, str | None] | None:
-    """(dataset, data_root) that the search in ``folder`` ran on, from its run.json; None where there is none."""
+def recorded_data(folder: str | Path) -> tuple[str, str | None, int | None] | None:
+    """(dataset, data_root, image_size) that the search in ``folder`` ran on, from its run.json; None where there is
+    none."""
     path = Path(folder) / RUN_FILE
     if not path.is_file():
         return None
@@ -53,8 +54,10 @@ def recorded_data(folder: str | Path) -> tuple[str, str | None] | None:
     except (OSError, ValueError):
         return None  # not a search's run.json: nothing recorded
     dataset = config.get("dataset") if isinstance(config, dict) else None
-    root = config.get("data_root")
-    return (dataset, root if isinstance(root, str) else None) if isinstance(dataset, str) else None
+    root, size = config.get("data_root"), config.get("image_size")
+    if not isinstance(dataset, str):
+        return None
+    return dataset, root if isinstance(root, str) else None, size if isinstance(size, int) else None
 
 
 def _generators(loaders: Sequence[Any]) -> list[torch.Generator]:

@@ -81,7 +81,7 @@ def train(
 ) -> None:
     """Train the network of a genotype from scratch and print its test accuracy; an mlp genotype (NASiam):
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
-    from dartboard.data.catalog import check_data_root, check_dataset, trained_on
+    from dartboard.data.catalog import FIXED_SIZE_DATASETS, check_data_root, check_dataset, trained_on
     from dartboard.data.colour_digits import COLOUR_DIGITS
     from dartboard.platform.config import resolve_device
     from dartboard.platform.search_checkpoint import recorded_data
@@ -103,8 +103,10 @@ def train(
         resolved = resolve_device(device)
     if dataset is None and (searched := recorded_data(genotype)) is not None:  # a search's folder: its data
         dataset, data_root = trained_on(searched[0]), data_root or searched[1]
-        log.info("train: on %s%s, the data the search ran on (--dataset for other data)", dataset,
-                 f" from {data_root}" if data_root else "")
+        if image_size is None and dataset not in FIXED_SIZE_DATASETS:  # an image folder: resized as it was searched
+            image_size = searched[2]
+        log.info("train: on %s%s%s, the data the search ran on (--dataset for other data)", dataset,
+                 f" from {data_root}" if data_root else "", f" at {image_size} px" if image_size else "")
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_data_root(check_dataset(dataset), data_root)
     if geno.kind == "mlp":
