@@ -356,7 +356,8 @@ def test_retrieve_refuses_a_threshold_no_cosine_reaches_and_a_seed_folders_do_no
     weights = _mlp_weights(tmp_path)
     line = refused_here(["retrieve", weights, "--query", "q", "--gallery", "g", "--seed", "3"], tmp_path, capsys,
                         monkeypatch)
-    assert line == "error: --query: folders are ranked as they are (the seed splits digits only); drop --seed"
+    assert line == ("error: --query: folders are ranked as they are (the seed splits the pretraining data only); "
+                    "drop --seed")
 
 
 def _mlp_weights(folder: Path) -> str:

@@ -142,3 +142,36 @@ def test_train_retrieve_and_info_commands_on_digits(tmp_path, capsys):
     assert code == 2
     code, text = run("info", str(path))
     assert code == 0 and "projector (1 layers): linear_relu" in text
+
+
+def test_retrieve_without_folders_ranks_the_held_out_part_of_the_data_the_weights_were_pretrained_on(
+        tmp_path, capsys, monkeypatch):
+    # Before: weights pretrained on an image folder were ranked on digits and failed with a conv's RuntimeError
+    # (3-channel weights, 1-channel digits); the weights now record their data.
+    from PIL import Image
+    from test_cli_contract import run_main
+
+    from dartboard.spaces.genotype import MlpGenotype
+
+    for split in ("train", "test"):
+        for k, name in enumerate(("red", "blue")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(10):
+                pixel = (200, 20 * i, 0) if k == 0 else (0, 20 * i, 200)
+                Image.new("RGB", (8, 8), pixel).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    gt.save(MlpGenotype({"projector": ["linear_relu"], "predictor": ["linear_relu"]}, {}), tmp_path / "heads.json")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["train", "heads.json", "--dataset", "imagefolder", "--data-root", "imgs", "--epochs",
+                               "1", "--channels", "4", "--batch-size", "8", "--no-mlflow", "--out", "w"], capsys)
+    assert code == 0, err[-3000:]
+    saved = torch.load(tmp_path / "w" / "ssl_weights.pt", weights_only=True)
+    assert (saved["dataset"], saved["data_root"]) == ("imagefolder", str(tmp_path / "imgs"))
+    code, out, err = run_main(["retrieve", "w"], capsys)
+    fit, held = E.fit_held_out(20, 0)
+    assert code == 0 and f"queries {len(held)}, gallery {len(fit)}, tau 0.0" in out, err[-3000:]
+    torch.save({k: v for k, v in saved.items() if k not in ("dataset", "data_root")}, tmp_path / "old.pt")
+    code, out, err = run_main(["retrieve", "old.pt"], capsys)  # written before the data was recorded: not digits
+    assert code == 2 and "were pretrained on 3-channel data they do not name; rank folders of it with --query" in err
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    code, out, err = run_main(["retrieve", "w"], capsys)
+    assert code == 2 and f"from {str(tmp_path / 'imgs')!r}, which is not on this machine" in err, err[-3000:]

@@ -29,7 +29,7 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     """SSL pretraining with the genotype's heads on the fit part of the train split, then the held-out metrics."""
     import torch
 
-    from dartboard.data.catalog import load_dataset
+    from dartboard.data.catalog import absolute_root, load_dataset
     from dartboard.spaces.genotype import to_dict
     from dartboard.training import ssl_eval as E
 
@@ -52,7 +52,8 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     out_dir = Path(out) if out is not None else home_folder(name) or Path("runs") / f"train-ssl-{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"genotype": to_dict(geno), "framework": cfg.framework, "C": cfg.C, "in_channels": info.in_channels,
-                "input_size": info.input_size, "state_dict": net.state_dict()}, out_dir / WEIGHTS_FILE)
+                "input_size": info.input_size, "dataset": plain_name, "data_root": absolute_root(data_root),
+                "state_dict": net.state_dict()}, out_dir / WEIGHTS_FILE)
     result = {**metrics, "framework": cfg.framework, "pretrain_loss": history, "weights": str(out_dir / WEIGHTS_FILE)}
     (out_dir / "ssl_metrics.json").write_text(json.dumps(result, indent=1))
     return result
@@ -95,7 +96,8 @@ def retrieve(
     seed: int = typer.Option(None, help="Digits mode: the fit / held-out split of the training run [default: 0]."),
 ) -> None:
     """Rank a query folder against a gallery by cosine similarity (thesis Eq 5.5) with threshold tau and
-    print the mAP; without folders: digits held-out queries against the fit gallery (relevant = same class)."""
+    print the mAP; without folders: the held-out queries of the data the weights were pretrained on against its fit
+    gallery (relevant = same class)."""
     import torch
     from torch.utils.data import Subset
 
@@ -120,14 +122,14 @@ def retrieve(
         net.attach_momentum_encoder(0.0, saved["state_dict"]["key_encoder.queue"].shape[0])
     net.load_state_dict(saved["state_dict"])
     if (query is None) != (gallery is None):
-        raise UserInputError("--query and --gallery: give both folders, or neither (digits held-out mode)")
+        raise UserInputError("--query and --gallery: give both folders, or neither (held-out mode: the data the "
+                             "weights were pretrained on)")
     if query is not None:
-        refuse_with("--query", {"--seed": seed}, "folders are ranked as they are (the seed splits digits only)")
+        refuse_with("--query", {"--seed": seed}, "folders are ranked as they are (the seed splits the pretraining "
+                    "data only)")
     seed = 0 if seed is None else seed
     if query is None:
-        from dartboard.data.catalog import load_dataset
-
-        plain = load_dataset("digits").train
+        plain = _pretraining_data(saved, weights)
         fit, held = E.fit_held_out(len(plain), seed)
         q_data, g_data = Subset(plain, held), Subset(plain, fit)
         q_f, q_y = E.embed(net.backbone, q_data)
@@ -141,6 +143,21 @@ def retrieve(
         g_f, _ = E.embed(net.backbone, g_data)
     typer.echo(f"queries {len(q_groups)}, gallery {len(g_groups)}, tau {tau}")
     typer.echo(f"mAP {E.retrieval_map(q_f, q_groups, g_f, g_groups, tau):.4f}")
+
+
+def _pretraining_data(saved: dict, weights: str):
+    """The training split the weights were pretrained on (their fit and held-out parts are the gallery and the
+    queries): recorded with them; digits for weights written before that was recorded."""
+    from dartboard.data.catalog import FIXED_SIZE_DATASETS, load_dataset
+
+    dataset, root = saved.get("dataset", "digits"), saved.get("data_root")
+    if "dataset" not in saved and saved["in_channels"] != 1:
+        raise UserInputError(f"weights: {weights!r} were pretrained on {saved['in_channels']}-channel data they do not "
+                             f"name; rank folders of it with --query and --gallery")
+    if root is not None and "://" not in root and not Path(root).exists():
+        raise UserInputError(f"weights: {weights!r} were pretrained on {dataset} from {root!r}, which is not on this "
+                             f"machine; rank folders of it with --query and --gallery")
+    return load_dataset(dataset, root, *(() if dataset in FIXED_SIZE_DATASETS else (saved["input_size"],))).train
 
 
 def train_mlp(geno, genotype: str, options: dict, tracking_uri: str | None, no_mlflow: bool, as_json: bool) -> None:
