@@ -93,7 +93,7 @@ def retrieve(
     gallery: str = typer.Option(None, help="Folder of gallery images, one subfolder per group."),
     tau: float = typer.Option(0.0, min=-1.0, max=1.0, help="Similarity threshold in [-1, 1] (a cosine): only "
                               "gallery items above it are ranked."),
-    seed: int = typer.Option(None, help="Digits mode: the fit / held-out split of the training run [default: 0]."),
+    seed: int = typer.Option(None, help="Held-out mode: the fit / held-out split of the training run [default: 0]."),
 ) -> None:
     """Rank a query folder against a gallery by cosine similarity (thesis Eq 5.5) with threshold tau and
     print the mAP; without folders: the held-out queries of the data the weights were pretrained on against its fit
