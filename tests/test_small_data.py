@@ -164,3 +164,30 @@ def test_a_search_whose_warm_up_takes_every_epoch_is_refused(tmp_path, capsys, m
     dry_build(StudyConfig(name="s", searcher="dartopti", epochs=6, options={"C": 2}))
     # a searcher stepped by hand (tests, benchmarks) is no such search: it builds
     assert build_searcher("pc-darts", {"C": 4, "layers": 3, "epochs": 2}, DataShape(1, 8, 10)).epochs == 2
+
+
+def test_a_search_without_a_reduction_cell_warns_that_its_reduce_cell_is_not_searched(caplog):
+    """Under 3 cells a DARTS supernet has no reduction cell: the reduce alphas get no gradient, and the genotype's
+    reduction cell (which a final network of more cells uses) is their initial values'. Said, not refused: a tiny
+    supernet is a legitimate quick test."""
+    import logging
+
+    from dartboard.data.catalog import load_dataset
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.run import make_searcher
+    from dartboard.searchers.loop import unsearched_reduce_cell
+    from dartboard.searchers.registry import DataShape, build_searcher
+
+    def built(**options):
+        return build_searcher("darts", {"C": 2, **options}, DataShape(1, 8, 10))
+
+    assert unsearched_reduce_cell(built(layers=2)) and unsearched_reduce_cell(built(layers=1))
+    assert not unsearched_reduce_cell(built(layers=3))
+    assert not unsearched_reduce_cell(built(layers=2, reductions=[1]))
+    assert not unsearched_reduce_cell(built(layers=2, grouping="per_cell"))  # no group named reduce
+    splits = load_dataset("digits")
+    with caplog.at_level(logging.WARNING, logger="dartboard"):
+        make_searcher(SearchRunConfig(options={"C": 2, "layers": 3}, mlflow=False), splits)
+        assert not caplog.records
+        make_searcher(SearchRunConfig(options={"C": 2, "layers": 2}, mlflow=False), splits)
+    assert "the supernet of 2 cell(s) has no reduction cell, so the reduce cell's alphas get no gradient" in caplog.text

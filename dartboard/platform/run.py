@@ -23,7 +23,7 @@ from dartboard.platform.config import SearchRunConfig, resolve_device
 from dartboard.platform.progress import epochs_in_words
 from dartboard.platform.ray.checkpoint import STATE_FILE
 from dartboard.searchers.base import seed_everything
-from dartboard.searchers.loop import check_search_epochs, run_search
+from dartboard.searchers.loop import check_search_epochs, run_search, unsearched_reduce_cell
 from dartboard.searchers.registry import DataShape, build_searcher
 from dartboard.spaces import genotype as gt
 from dartboard.spaces.colour_genotype import ColourGenotype
@@ -59,7 +59,11 @@ def make_searcher(cfg: SearchRunConfig, splits: Splits):
         device = resolve_device(cfg.device)
         searcher = build_searcher(cfg.searcher, options, data_shape(splits), device)
         check_search_epochs(searcher)
-        return searcher
+    if unsearched_reduce_cell(searcher):
+        log.warning("search: the supernet of %d cell(s) has no reduction cell, so the reduce cell's alphas get no "
+                    "gradient and the genotype's reduction cell is their initial values'; give layers >= 3 (or "
+                    "reductions) to search it", searcher.space_info["layers"])
+    return searcher
 
 
 def train_fraction(cfg: SearchRunConfig, searcher: Any) -> float:

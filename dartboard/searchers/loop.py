@@ -22,6 +22,14 @@ def check_search_epochs(searcher: Searcher) -> None:
                          f"give more epochs than warm-up epochs (epochs, warmup_epochs)")
 
 
+def unsearched_reduce_cell(searcher: Searcher) -> bool:
+    """Whether the searcher has a ``reduce`` alpha group but its supernet no reduction cell (fewer than 3 cells and
+    no ``reductions``): those alphas get no gradient, and the genotype's reduction cell is their initial values'."""
+    info = getattr(searcher, "space_info", None) or {}
+    names = [g.name for g in searcher.alpha_groups()]
+    return "reduce" in names and "reductions" in info and not info["reductions"]
+
+
 def run_epoch(searcher: Searcher, train_loader: Iterable[Batch], val_loader: Iterable[Batch],
               on_step: StepCallback | None = None) -> dict[str, float]:
     """One epoch over ``train_loader``; ``val_loader`` is cycled alongside it."""
