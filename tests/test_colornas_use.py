@@ -94,14 +94,9 @@ def test_a_colornas_genotype_trains_on_an_image_folder_without_the_published_aux
                                                                                            monkeypatch):
     """On data other than the bundled digits the published protocol's defaults apply, auxiliary head included, which a
     ColorNAS network does not have: `dartboard train G --dataset imagefolder` was refused unless --no-auxiliary."""
-    from PIL import Image
+    from image_folders import write_image_folder
 
-    for split in ("train", "test"):
-        for k, name in enumerate(("red", "blue")):
-            (tmp_path / "imgs" / split / name).mkdir(parents=True)
-            for i in range(4):
-                pixel = (200, 20 * i, 0) if k == 0 else (0, 20 * i, 200)
-                Image.new("RGB", (8, 8), pixel).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    write_image_folder(tmp_path / "imgs")
     monkeypatch.chdir(tmp_path)
     args = ["train", str(trained["out"] / "genotype.json"), "--dataset", "imagefolder", "--data-root", "imgs",
             "--image-size", "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",

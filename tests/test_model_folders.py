@@ -241,13 +241,9 @@ def test_predict_names_the_classes_network_json_records(trained, tmp_path, capsy
 def test_evaluate_reads_the_test_split_of_the_folder_the_network_was_trained_on(tmp_path, capsys, monkeypatch):
     # Before: `dartboard evaluate NET` of a network trained on an image folder said "imagefolder: no --data-root
     # given", the folder being the one thing network.json did not record.
-    from PIL import Image
+    from image_folders import write_image_folder
 
-    for split in ("train", "test"):
-        for k, name in enumerate(("ants", "bees")):
-            (tmp_path / "imgs" / split / name).mkdir(parents=True)
-            for i in range(4):
-                Image.new("RGB", (8, 8), (100 * k, 30 * i, 0)).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", ("ants", "bees"))
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["train", "darts-v2", "--dataset", "imagefolder", "--data-root", "imgs", "--image-size",
                                "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",

@@ -148,17 +148,12 @@ def test_retrieve_without_folders_ranks_the_held_out_part_of_the_data_the_weight
         tmp_path, capsys, monkeypatch):
     # Before: weights pretrained on an image folder were ranked on digits and failed with a conv's RuntimeError
     # (3-channel weights, 1-channel digits); the weights now record their data.
-    from PIL import Image
+    from image_folders import write_image_folder
     from test_cli_contract import run_main
 
     from dartboard.spaces.genotype import MlpGenotype
 
-    for split in ("train", "test"):
-        for k, name in enumerate(("red", "blue")):
-            (tmp_path / "imgs" / split / name).mkdir(parents=True)
-            for i in range(10):
-                pixel = (200, 20 * i, 0) if k == 0 else (0, 20 * i, 200)
-                Image.new("RGB", (8, 8), pixel).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", per_class=10)
     gt.save(MlpGenotype({"projector": ["linear_relu"], "predictor": ["linear_relu"]}, {}), tmp_path / "heads.json")
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["train", "heads.json", "--dataset", "imagefolder", "--data-root", "imgs", "--epochs",

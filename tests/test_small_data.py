@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import TensorDataset
 
 from dartboard.data.datasets import DatasetInfo, Splits
@@ -108,16 +106,13 @@ def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsy
     """`dartboard search --dataset imagefolder --data-root imgs` then `dartboard train runs/S` trained on digits."""
     import logging
 
+    from image_folders import write_image_folder
+
     from dartboard.platform.cli.main import main
     from dartboard.spaces import genotype as gt
     from dartboard.spaces.published import darts_v2
 
-    for split in ("train", "test"):
-        for k, name in enumerate(("ants", "bees", "wasps")):
-            (tmp_path / "imgs" / split / name).mkdir(parents=True)
-            for i in range(4):
-                Image.fromarray(np.full((8, 8, 3), 40 * k + 10 * i, dtype=np.uint8)).save(
-                    tmp_path / "imgs" / split / name / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", ("ants", "bees", "wasps"))
     search = tmp_path / "search"
     search.mkdir()
     gt.save(darts_v2(), search / "genotype.json")
