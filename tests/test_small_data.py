@@ -186,3 +186,21 @@ def test_a_search_without_a_reduction_cell_warns_that_its_reduce_cell_is_not_sea
         assert not caplog.records
         make_searcher(SearchRunConfig(options={"C": 2, "layers": 2}, mlflow=False), splits)
     assert "the supernet of 2 cell(s) has no reduction cell, so the reduce cell's alphas get no gradient" in caplog.text
+
+
+def test_a_study_whose_supernet_has_no_reduction_cell_warns_once_per_variant(caplog):
+    import logging
+
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.runner import load_study
+    from dartboard.platform.ray.space import dry_build
+
+    with caplog.at_level(logging.WARNING, logger="dartboard"):
+        dry_build(StudyConfig(name="s", searcher="darts", options={"C": 2, "layers": 3}))
+        dry_build(load_study("digits"))  # the quickstart's study: 3 or 4 cells drawn
+        assert not caplog.records
+        dry_build(StudyConfig(name="s", variants=[{"name": "tiny", "searcher": "darts", "options": {"layers": 2}},
+                                                  {"name": "ok", "searcher": "darts"}], options={"C": 2},
+                              params={"arch_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}))
+    (record,) = caplog.records
+    assert record.getMessage().startswith("study: the supernet of variant(s) tiny has no reduction cell")

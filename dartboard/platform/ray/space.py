@@ -8,11 +8,14 @@ left out where the study has only one.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from dartboard.platform.config import SearchRunConfig, StudyConfig
 from dartboard.platform.ray.options import parse_path, root_option, set_option
+
+log = logging.getLogger("dartboard")
 
 RESERVED = ("variant", "seed")
 
@@ -117,12 +120,13 @@ def dry_build(cfg: StudyConfig) -> None:
     at its lowest and at its highest value, and with each other value of a choice: option values the searcher
     refuses (a regularizer option that does not exist, a threshold out of range) fail here, before any trial
     starts."""
-    from dartboard.searchers.loop import check_search_epochs
+    from dartboard.searchers.loop import check_search_epochs, unsearched_reduce_cell
     from dartboard.searchers.optim_imports import defer_dynamo_import
     from dartboard.searchers.registry import build_searcher
 
     defer_dynamo_import()  # its optimizers would import torch._dynamo: 1.1 CPU s beside Ray's start
     shape = _dry_shape(cfg)
+    unsearched: list[str] = []  # variants whose supernet has no reduction cell
     for v in cfg.variants:
         for sample in _dry_samples(cfg, v):
             run = SearchRunConfig(**trial_run_config(cfg, sample))
@@ -133,6 +137,8 @@ def dry_build(cfg: StudyConfig) -> None:
             try:
                 searcher = build_searcher(run.searcher, options, shape, "cpu")
                 check_search_epochs(searcher)
+                if unsearched_reduce_cell(searcher) and v.name not in unsearched:
+                    unsearched.append(v.name)
                 if graph:
                     _check_cuda_graph(cfg, searcher)
                 searcher.derive()
@@ -140,6 +146,10 @@ def dry_build(cfg: StudyConfig) -> None:
                 names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
                 raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
                                  f"({names}): {err}") from None
+    if unsearched:
+        log.warning("study: the supernet of variant(s) %s has no reduction cell (fewer than 3 cells), so the reduce "
+                    "cell's alphas get no gradient and their genotypes' reduction cell is the initial alphas'; give "
+                    "layers >= 3 (or reductions) to search it", ", ".join(unsearched))
 
 
 def _dry_samples(cfg: StudyConfig, variant: Any) -> list[dict[str, Any]]:
