@@ -7,3 +7,4 @@ NETWORK_FILE = "network.json"  # a trained network's size, input and preprocessi
 WEIGHTS_FILE = "weights.safetensors"  # its weights
 TRAIN_FILE = "train.json"  # the training's config, results and per-epoch history (training.final)
 PRUNED_WEIGHTS_FILE = "model.safetensors"  # a pruned ViT's weights (`dartboard prune`, beside its gates genotype)
+FLUX_RESULT_FILE = "result.json"  # a trained flux model's genotype, figures, config and data box (`pmsm compare`)

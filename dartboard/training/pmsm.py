@@ -26,14 +26,13 @@ import torch
 from dartboard.data.datasets import check_batch, make_loader
 from dartboard.data.pmsm import PmsmSplits, torque
 from dartboard.errors import UserInputError
-from dartboard.model_files import WEIGHTS_FILE
+from dartboard.model_files import FLUX_RESULT_FILE, WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.parts.pmsm import DET_FLOOR, predicted_derivatives
 from dartboard.spaces.pmsm import FluxNet, count_parameters
 from dartboard.spaces.pmsm_genotype import FluxMlpGenotype
 
 log = logging.getLogger("dartboard")
-RESULT_FILE = "result.json"  # a trained flux model's figures, genotype, training config and data box
 
 
 @dataclass
@@ -156,7 +155,7 @@ def train_flux_model(genotype: FluxMlpGenotype, splits: PmsmSplits, cfg: FluxTra
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         save_file(weights, str(out / WEIGHTS_FILE))
-        (out / RESULT_FILE).write_text(json.dumps({**asdict(result), "config": asdict(cfg),
+        (out / FLUX_RESULT_FILE).write_text(json.dumps({**asdict(result), "config": asdict(cfg),
                                                    "data": {"current_limit": splits.current_limit()}}, indent=1))
     return net, result
 
@@ -169,15 +168,15 @@ def load_flux_model(folder: str | Path) -> tuple[FluxNet, dict[str, Any]]:
     from dartboard.spaces.genotype import from_dict
 
     folder = Path(folder)
-    missing = [name for name in (RESULT_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    missing = [name for name in (FLUX_RESULT_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
     if missing:
         raise UserInputError(f"flux model {str(folder)!r}: no {' and no '.join(missing)} there; `dartboard pmsm "
                              f"compare` writes a trained flux model to OUT/models/NAME/seedN")
     try:
-        result = json.loads((folder / RESULT_FILE).read_text())
+        result = json.loads((folder / FLUX_RESULT_FILE).read_text())
         genotype = from_dict(result["genotype"])
     except (ValueError, KeyError, TypeError) as err:
-        raise UserInputError(f"flux model {str(folder)!r}: {RESULT_FILE} is not a flux model's result "
+        raise UserInputError(f"flux model {str(folder)!r}: {FLUX_RESULT_FILE} is not a flux model's result "
                              f"({type(err).__name__}: {err})") from None
     net = FluxNet(genotype)
     try:

@@ -13,6 +13,7 @@ from typing import Any
 
 from dartboard.errors import UserInputError
 from dartboard.model_files import (  # noqa: F401  (also read from here)
+    FLUX_RESULT_FILE,
     GENOTYPE_FILE,
     NETWORK_FILE,
     PRUNED_WEIGHTS_FILE,
@@ -336,7 +337,7 @@ def load(ref: str, uri: str | None = None, cache_dir: str | os.PathLike | None =
         if uri is not None or cache_dir is not None:
             raise UserInputError(f"load: {ref!r} is a folder of model files, read without a registry or a cache; "
                                  f"give neither tracking_uri nor cache_dir")
-        if (Path(ref) / "result.json").is_file() and not (Path(ref) / GENOTYPE_FILE).is_file():
+        if (Path(ref) / FLUX_RESULT_FILE).is_file() and not (Path(ref) / GENOTYPE_FILE).is_file():
             from dartboard.training.pmsm import load_flux_model  # a flux model `dartboard pmsm compare` trained
 
             return load_flux_model(ref)[0]
