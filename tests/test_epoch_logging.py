@@ -61,3 +61,70 @@ def test_a_stopped_training_keeps_a_run_with_epochs_and_deletes_one_without(tmp_
     close_unfinished(empty, refused, remove_dir=True)  # refused before its first epoch: as if never started
     assert MlflowClient(uri).get_run(empty.run_id).info.lifecycle_stage == "deleted"
     assert not refused.exists() and (trained / RUN_FILE).is_file()
+
+
+def test_a_ctrl_c_during_an_epochs_write_ends_the_training_after_it_and_the_run_closes(tmp_path):
+    """The interrupt comes out of the sqlite driver's call that writes the epoch (the state the test makes: the
+    statement runs, then SIGINT): raised there it left the abandoned connection holding the store's write lock,
+    and closing the run as KILLED failed with "database is locked" after the store's busy timeout."""
+    import signal
+
+    from mlflow import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from dartboard.platform.tracking.epochs import log_epoch_safely
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = EpochLogger(uri, open_train_run(uri, "dartboard", "final-x", "darts-v2"))
+    log_epoch_safely(logger, 0, {"train_loss": 2.0, "train_acc": 0.1})
+    interrupted = []
+
+    def execute_then_interrupt(cursor, statement, parameters, context):
+        cursor.executemany(statement, parameters)
+        if not interrupted and "INSERT INTO metrics" in statement:
+            interrupted.append(statement)
+            signal.raise_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt here, in the driver's call
+        return True
+
+    event.listen(Engine, "do_executemany", execute_then_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            log_epoch_safely(logger, 1, {"train_loss": 1.5, "train_acc": 0.3})
+    finally:
+        event.remove(Engine, "do_executemany", execute_then_interrupt)
+    assert interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is the process's again
+    close_unfinished(logger, None, "KILLED")
+    client = MlflowClient(uri)
+    assert client.get_run(logger.run_id).info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(logger.run_id, "train_loss")] == [0, 1]  # the epoch is whole
+
+
+def test_an_interrupt_is_held_to_the_end_of_the_write_and_a_second_one_is_not():
+    import signal
+
+    from dartboard.platform.tracking.epochs import interrupts_held
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("after the first")
+    assert steps == ["after the first"]
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # the user insists: the write is left at once
+            steps.append("after the second")
+    assert steps == ["after the first"]
+    terms = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(signum))
+    try:
+        with interrupts_held():
+            signal.raise_signal(signal.SIGTERM)
+            assert terms == []
+        assert terms == [signal.SIGTERM]  # the handler that was set ran once the write ended
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +94,54 @@ class EpochLogger:
         return True
 
 
+@contextmanager
+def interrupts_held(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Run a store write whole: a Ctrl-C or SIGTERM that arrives during it takes effect (the handler that was
+    set runs) once the write has ended. An interrupt raised inside the sqlite driver's call leaves the
+    store's write lock held by the abandoned connection, so the run could then not be closed ("database is
+    locked"). A second signal of the same kind during the write is not held (a store that hangs can still be
+    left). Outside the main thread, where no handler can be set, the write runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signums}
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum in held:  # the second one: at once
+            held.remove(signum)
+            _deliver(signum, previous[signum], frame)
+        else:
+            held.append(signum)
+
+    for s in signums:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in held:
+            _deliver(s, previous[s], None)
+
+
+def _deliver(signum: int, handler: Any, frame: Any) -> None:
+    """What ``signum`` would have done with ``handler`` set: call it, or the default action, or nothing."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
 def log_epoch_safely(logger: EpochLogger | None, step: int, metrics: Mapping[str, Any]) -> None:
     """Live tracking must not stop a training: a store that cannot be reached is a warning (the run
     gets the whole history when the training registers its model)."""
     if logger is None:
         return
     try:
-        logger(step, metrics)
+        with interrupts_held():
+            logger(step, metrics)
     except Exception as err:  # noqa: BLE001 - any store error
         log.warning("MLflow: epoch %d not logged live (%s); it is logged with the model at the end", step, err)
 
@@ -110,10 +155,11 @@ def close_unfinished(logger: EpochLogger, out_dir: str | Path | None, status: st
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=logger.uri)
-    if client.get_metric_history(logger.run_id, MARKER):
-        client.set_terminated(logger.run_id, status)
-        return
-    client.delete_run(logger.run_id)
+    with interrupts_held():
+        if client.get_metric_history(logger.run_id, MARKER):
+            client.set_terminated(logger.run_id, status)
+            return
+        client.delete_run(logger.run_id)
     if out_dir is not None:
         (Path(out_dir) / RUN_FILE).unlink(missing_ok=True)
         if remove_dir and not any(Path(out_dir).iterdir()):
