@@ -310,16 +310,19 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
                                                   "would ignore 'vit_tiny_patch16_224'; give either --demo or the timm "
                                                   "model to prune"),
     (["prune", "vit_tiny_patch16_224", "--finetune-epochs", "3"],
-     "error: --finetune-epochs: only the demo fine-tunes (a named model is pruned, saved and registered as it is); "
-     "drop --finetune-epochs"),
+     "error: --finetune-epochs: a named model is fine-tuned on an image folder: add --data-root FOLDER (train/ and "
+     "test/, one folder per class); without one it is pruned, saved and registered as it is; drop --finetune-epochs"),
+    (["prune", "--data-root", "."], "error: --data-root: the demo trains and fine-tunes its own small ViT on digits "
+                                    "and would ignore the folder; name the timm model to prune (dartboard prune MODEL "
+                                    "--checkpoint FILE --data-root FOLDER)"),
     (["prune", "--threshold", "2"], "error: threshold: expected a value in (0, 1), got 2.0"),  # was: a traceback
     (["bench", "quality", "--no-mlflow", "--tracking-uri", "sqlite:///m.db"],
      "error: --no-mlflow: the benchmark logs to no tracking server; drop --tracking-uri"),
     (["bench", "quality", "--no-mlflow", "--searchers", "darts,dario"],  # was: a traceback
      "error: searcher 'dario' cannot search tiny81: it has no option C, layers, multiplier, reductions, space, steps"),
 ], ids=["search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow", "ablate-address-cpus",
-        "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-threshold",
-        "quality-no-mlflow", "quality-dario"])
+        "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-folder",
+        "prune-demo-threshold", "quality-no-mlflow", "quality-dario"])
 def test_a_flag_that_another_makes_unused_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "study.yaml").write_text("name: s\nsearcher: [darts, fairdarts]\nseeds: [0]\nsampler: grid\n")
     _no_work(monkeypatch)
@@ -561,7 +564,8 @@ def test_a_cells_genotype_of_more_than_100_cells_is_refused():
     ("pmsm-thesis", "genotype 'pmsm-thesis' is of kind 'flux_mlp'; train takes darts, cells, colornas or mlp "
                     "genotypes: a PMSM flux model is trained by `dartboard pmsm compare NAME=GENOTYPE`"),
     ("gates.json", "genotype 'gates.json' is of kind 'gates'; train takes darts, cells, colornas or mlp genotypes: "
-                   "a pruned ViT (DARIO's gates) is made and fine-tuned by `dartboard prune`"),
+                   "a pruned ViT (DARIO's gates) is made, and fine-tuned on an image folder, by `dartboard prune MODEL "
+                   "--checkpoint FILE --data-root FOLDER`"),
 ], ids=["flux", "gates"])
 def test_train_refuses_a_genotype_it_does_not_train_before_any_work(genotype, message, tmp_path, capsys,
                                                                     monkeypatch):

@@ -227,3 +227,12 @@ def test_a_gate_exactly_at_the_threshold_is_kept():
                                    torch.tensor([[0.5, 0.4999]] * 3), 0.5)
     assert genotype.blocks_kept == (0, 2)
     assert genotype.heads_kept[0] == (0,) and genotype.heads_kept[2] == (0,)
+
+
+def test_where_every_block_gate_is_under_the_threshold_the_highest_is_kept(caplog):
+    """A ViT of no block that pools its class token computes one output for every image: never a pruning result."""
+    genotype = genotype_from_gates(NAME, 3, 2, torch.tensor([0.3, 0.6, 0.5]), torch.tensor([[0.9, 0.1]] * 3), 0.65)
+    assert genotype.blocks_kept == (1,) and genotype.heads_kept == {1: (0,)}
+    assert "every block's gate is under the threshold 0.65; block 1, of the highest gate (0.600), is kept" in \
+        caplog.text
+    assert genotype_from_gates(NAME, 3, 2, torch.tensor([0.3, 0.7, 0.5]), None, 0.65).blocks_kept == (1,)

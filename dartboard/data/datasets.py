@@ -129,7 +129,7 @@ def imagenet_transforms(image_size: int) -> tuple[Callable, Callable]:
 
 def _imagenet(root: str | None, image_size: int) -> Splits:
     train_tf, test_tf = imagenet_transforms(image_size)
-    return _imagefolder(root, image_size, "imagenet", IMAGENET_MEAN, IMAGENET_STD, (train_tf, test_tf))
+    return image_folder(root, image_size, "imagenet", IMAGENET_MEAN, IMAGENET_STD, (train_tf, test_tf))
 
 
 def read_image(path: str):
@@ -144,7 +144,7 @@ def read_image(path: str):
                         f"replace it") from None
 
 
-def _imagefolder(root: str | None, image_size: int, name: str = "imagefolder",
+def image_folder(root: str | None, image_size: int, name: str = "imagefolder",
                  mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5),
                  transforms_: tuple[Callable, Callable] | None = None) -> Splits:
     """train/ and test/ (or val/: ImageNet's layout) of one folder per class, resized to ``image_size``
@@ -193,7 +193,7 @@ def load_builtin(name: str, root: str | None, image_size: int) -> Splits:
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root)
     if name == "imagefolder":
-        return _imagefolder(root, image_size)
+        return image_folder(root, image_size)
     if name == "imagenet":
         return _imagenet(root, image_size)
     raise DataError(f"dataset: {name!r} is not a built-in dataset")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-from dartboard.data.datasets import DatasetInfo, Splits, _cifar, _digits, _imagefolder
+from dartboard.data.datasets import DatasetInfo, Splits, _cifar, _digits, image_folder
 
 # Digits (8x8, standardised): crops of 50-100% of the area resized back to 8x8, contrast x[0.6, 1.4],
 # brightness +-0.4 std, Gaussian noise 0.1 std (a SimSiam-like policy scaled to 8x8 grayscale; no flips,
@@ -82,7 +82,7 @@ def image_views(name: str, root: str | None, image_size: int) -> Splits:
     """CIFAR-10/100 (``cifar10-views``) or an image folder (``imagefolder-views``) from a local path,
     with SimSiam's augmentations applied twice."""
     base = name[: -len("-views")]
-    splits = _imagefolder(root, image_size) if base == "imagefolder" else _cifar(base, root)
+    splits = image_folder(root, image_size) if base == "imagefolder" else _cifar(base, root)
     size = splits.info.input_size
     mean, std = ((0.5,) * 3, (0.5,) * 3) if base == "imagefolder" else (
         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 
 from dartboard.errors import check_file
 from dartboard.spaces.genotype import GateGenotype, GenotypeError
+
+log = logging.getLogger("dartboard")
 
 GRANULARITIES = ("block", "head", "both")  # thesis 6.1.1: block, attention head, bi-granularity
 
@@ -256,11 +259,19 @@ def prune_vit(model: nn.Module, genotype: GateGenotype) -> nn.Module:
 def genotype_from_gates(model_name: str, n_blocks: int, n_heads: int, block_gates: Tensor | None,
                         head_gates: Tensor | None, threshold: float,
                         meta: Mapping[str, Any] | None = None) -> GateGenotype:
-    """Gates under ``threshold`` are pruned (thesis 6.1.2: threshold 0.65 on sigmoid(alpha))."""
+    """Gates under ``threshold`` are pruned (thesis 6.1.2: threshold 0.65 on sigmoid(alpha)). Where every block's
+    gate is under it, the block of the highest gate is kept, with a warning: a ViT of no block reads its input
+    only through the patch embedding, and one that pools its class token computes the same output for every
+    image."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
     blocks = list(range(n_blocks)) if block_gates is None else \
         [i for i in range(n_blocks) if float(block_gates[i]) >= threshold]
+    if not blocks and n_blocks:
+        best = int(torch.as_tensor(block_gates).argmax())
+        log.warning("DARIO: every block's gate is under the threshold %g; block %d, of the highest gate (%.3f), is "
+                    "kept", threshold, best, float(block_gates[best]))
+        blocks = [best]
     heads: dict[int, tuple[int, ...]] = {}
     if head_gates is not None:
         for b in blocks:

@@ -40,6 +40,8 @@ def _kwargs(text: str | None) -> dict:
 
 
 DEMO_FINETUNE_EPOCHS = 15  # each fine-tuning protocol of `dartboard prune`'s demo (its settings: 30)
+FINETUNE_EPOCHS = 3  # a named model's fine-tuning on --data-root
+FINETUNE_LR = literal_constants("dartboard.training.vit_finetune", "FINETUNE_LR")["FINETUNE_LR"]
 THROUGHPUT_STEPS = 3  # images/s before and after pruning, recorded with the registered model
 
 
@@ -68,8 +70,16 @@ def prune(
     optimizer: str = typer.Option("sgd", help="sgd (Algorithm 5) or adam"),
     model_kwargs: str | None = typer.Option(None, help="JSON kwargs for timm.create_model, e.g. image size"),
     demo: bool = typer.Option(False, "--demo", help="train a small ViT on digits, then prune it"),
-    finetune_epochs: int | None = typer.Option(None, min=0, help="demo: epochs of each fine-tuning protocol "
-                                               f"[default: {DEMO_FINETUNE_EPOCHS}]"),
+    finetune_epochs: int | None = typer.Option(None, min=0, help="epochs of fine-tuning: each protocol of the demo "
+                                               f"[default: {DEMO_FINETUNE_EPOCHS}], a named model's on --data-root "
+                                               f"[default: {FINETUNE_EPOCHS}]"),
+    data_root: Path | None = typer.Option(None, file_okay=False, help="a named model: fine-tune the pruned ViT on "
+                                          "this image folder (train/ and test/ of one folder per class) and report "
+                                          "its test accuracy before and after"),
+    finetune: str = typer.Option("last-block", help="with --data-root: last-block (thesis 6.1.2: the last block, "
+                                 "the final norm and the head) or all (every layer)"),
+    finetune_lr: float = typer.Option(FINETUNE_LR, help="with --data-root: AdamW's learning rate"),
+    batch_size: int = typer.Option(64, min=1, help="with --data-root: the fine-tuning's batch size"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (CUDA where there is one), cpu, cuda[:N]; the demo runs on the "
                                "CPU"),
@@ -86,7 +96,7 @@ def prune(
 ) -> None:
     """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights;
     with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
-    is_demo = _demo_mode(model, demo, finetune_epochs)
+    is_demo = _demo_mode(model, demo, finetune_epochs, data_root)
     uri = _mlflow(mlflow_uri)
     out = out or default_out(model if not is_demo else "demo", seed)
     _check_outputs(is_demo, checkpoint, model_kwargs, out, uri, register_as)
@@ -95,7 +105,6 @@ def prune(
     from dartboard.platform import dario_run
     from dartboard.platform.config import resolve_device
     from dartboard.searchers.dario import DarioConfig
-    from dartboard.spaces.vit import count_parameters, create_vit, load_checkpoint
     search = {"warmup_samples": warmup_samples, "iterations": iterations, "search_lr": search_lr,
               "gate_gradient": gate_gradient}
     search = {k: v for k, v in search.items() if v is not None}
@@ -120,47 +129,88 @@ def prune(
         device = resolve_device("cpu" if is_demo else device)
         if cuda_graph and (is_demo or not device.startswith("cuda")):
             raise ValueError(f"--cuda-graph: CUDA graphs need --device cuda, got {'the demo' if is_demo else device!r}")
+    tuning = _finetuning(data_root, finetune_epochs, finetune, finetune_lr, batch_size, seed)
     torch.manual_seed(seed)
     if is_demo:
         report, result = dario_demo.run_demo(settings, seed=seed, config=config)
         for line in report.lines():
             typer.echo(line)
     else:
-        kwargs = _kwargs(model_kwargs)
-        with user_input():  # only builds the model the user named and reads their checkpoint into it
-            net = create_vit(model, **kwargs).eval()
-            if checkpoint is None:
-                log.warning("no --checkpoint: pruning randomly initialised weights (useful for speed tests only)")
-            else:
-                load_checkpoint(net, checkpoint, model)
-        net = net.to(device)
-        result = dario_run.prune_model(net, model, config, kwargs)
-        typer.echo(f"blocks kept: {list(result.genotype.blocks_kept)} of {result.genotype.n_blocks}"
-                   + (f"; heads kept: {dict(result.genotype.heads_kept)}" if result.genotype.heads_kept else ""))
-        typer.echo(f"parameters: original {count_parameters(net):,}  pruned {result.params_pruned:,}")
-        typer.echo(f"search: {result.search_seconds:.1f} s")
+        net, result = _prune_named(model, checkpoint, _kwargs(model_kwargs), config, device, data_root, tuning)
     dario_run.save_pruned(out, result.pruned, result.genotype)
     typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'} (dartboard.load({str(out)!r}) "
                f"rebuilds the pruned ViT)")
     if uri:
-        run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics,
-                                            params={"granularity": granularity, "proxy": proxy,
-                                                    "threshold": threshold, "seed": seed}, tracking_uri=uri)
+        params = {"granularity": granularity, "proxy": proxy, "threshold": threshold, "seed": seed}
+        if tuning is not None:
+            params.update(data_root=str(data_root.resolve()), finetune=finetune, finetune_epochs=tuning.epochs,
+                          finetune_lr=finetune_lr, batch_size=batch_size)
+        run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics, params=params,
+                                            tracking_uri=uri)
         typer.echo(f"mlflow run {run_id}")
         _register(uri, register_as or default_name(model if not is_demo else "demo"), run_id, result,
                   None if is_demo else net)
 
 
-def _demo_mode(model: str, demo: bool, finetune_epochs: int | None) -> bool:
-    """Whether the demo runs; a model named next to ``--demo``, or fine-tuning asked of a named model (only the
-    demo fine-tunes), would be ignored: refused."""
+def _finetuning(data_root: Path | None, epochs: int | None, protocol: str, lr: float, batch_size: int, seed: int):
+    """The fine-tuning on ``data_root`` (``dario_finetune.Finetuning``), checked; None without a folder."""
+    if data_root is None:
+        return None
+    from dartboard.platform.dario_finetune import Finetuning
+
+    tuning = Finetuning(FINETUNE_EPOCHS if epochs is None else epochs, protocol, lr, batch_size, seed)
+    with user_input():
+        tuning.validate()
+    return tuning
+
+
+def _prune_named(model: str, checkpoint: Path | None, kwargs: dict, config, device: str, data_root: Path | None,
+                 tuning) -> tuple:
+    """The timm model the user named, its checkpoint read into it, pruned (and fine-tuned on ``data_root`` with
+    ``tuning``); (the original model, ``dario_run.PruneResult``)."""
+    from dartboard.platform import dario_run
+    from dartboard.spaces.vit import count_parameters, create_vit, load_checkpoint
+
+    with user_input():  # only builds the model the user named and reads their checkpoint into it
+        net = create_vit(model, **kwargs).eval()
+        if checkpoint is None:
+            log.warning("no --checkpoint: pruning randomly initialised weights (useful for speed tests only)")
+        else:
+            load_checkpoint(net, checkpoint, model)
+    splits = None
+    if tuning is not None:  # read before the search: a folder that cannot be read fails at once
+        from dartboard.platform.dario_finetune import finetune_pruned, folder_for
+
+        splits = folder_for(net, str(data_root))
+    net = net.to(device)
+    result = dario_run.prune_model(net, model, config, kwargs)
+    typer.echo(f"blocks kept: {list(result.genotype.blocks_kept)} of {result.genotype.n_blocks}"
+               + (f"; heads kept: {dict(result.genotype.heads_kept)}" if result.genotype.heads_kept else ""))
+    typer.echo(f"parameters: original {count_parameters(net):,}  pruned {result.params_pruned:,}")
+    typer.echo(f"search: {result.search_seconds:.1f} s")
+    if splits is not None:
+        for line in finetune_pruned(net, result, splits, tuning, device):
+            typer.echo(line)
+    return net, result
+
+
+def _demo_mode(model: str, demo: bool, finetune_epochs: int | None, data_root: Path | None) -> bool:
+    """Whether the demo runs; a model named next to ``--demo``, a folder given to the demo (it trains and
+    fine-tunes on digits), or fine-tuning asked of a named model without a folder to fine-tune on, would be
+    ignored: refused."""
     if demo and model != "demo":
         raise UserInputError(f"--demo: the demo trains its own small ViT on digits and would ignore {model!r}; give "
                              "either --demo or the timm model to prune")
-    if model != "demo" and not demo:
-        refuse_with("--finetune-epochs", {"--finetune-epochs": finetune_epochs}, "only the demo fine-tunes (a "
-                    "named model is pruned, saved and registered as it is)")
-    return demo or model == "demo"
+    is_demo = demo or model == "demo"
+    if is_demo and data_root is not None:
+        raise UserInputError("--data-root: the demo trains and fine-tunes its own small ViT on digits and would "
+                             "ignore the folder; name the timm model to prune (dartboard prune MODEL --checkpoint "
+                             "FILE --data-root FOLDER)")
+    if not is_demo and data_root is None:
+        refuse_with("--finetune-epochs", {"--finetune-epochs": finetune_epochs}, "a named model is fine-tuned on an "
+                    "image folder: add --data-root FOLDER (train/ and test/, one folder per class); without one it "
+                    "is pruned, saved and registered as it is")
+    return is_demo
 
 
 def default_out(model: str, seed: int) -> Path:

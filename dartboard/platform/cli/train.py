@@ -23,7 +23,8 @@ PROTOCOLS = ("cifar", "imagenet")
 #: The commands that train the genotype kinds this one does not (it trains cell networks, and NASiam heads by their
 #: SSL framework).
 TRAINED_ELSEWHERE = {"flux_mlp": "a PMSM flux model is trained by `dartboard pmsm compare NAME=GENOTYPE`",
-                     "gates": "a pruned ViT (DARIO's gates) is made and fine-tuned by `dartboard prune`"}
+                     "gates": "a pruned ViT (DARIO's gates) is made, and fine-tuned on an image folder, by `dartboard "
+                              "prune MODEL --checkpoint FILE --data-root FOLDER`"}
 
 
 def train(

@@ -1,0 +1,91 @@
+"""`dartboard prune MODEL --checkpoint W --data-root FOLDER`: the pruned ViT fine-tuned on the user's own image
+folder (a tiny 3-channel timm ViT built locally, nothing downloaded; classes told apart by their colour). The
+fine-tuning must move the pruned model's test accuracy up, the folder's model must be the fine-tuned one
+(``dartboard.load`` computes the reported accuracy), a model whose head has other classes gets a new head that
+``dartboard.load`` rebuilds, and the accuracies reach MLflow with the pruned model. Bad folders and models are
+refused before the search."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from image_folders import write_image_folder
+from safetensors.torch import save_file
+from test_cli_contract import run_main
+
+import dartboard
+from dartboard.data.datasets import make_loader
+from dartboard.platform.dario_finetune import folder_for
+from dartboard.spaces.vit import create_vit, find_blocks
+from dartboard.training.vit_finetune import evaluate
+
+pytest.importorskip("timm")
+NAME = "vit_tiny_patch16_224"
+KWARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2, "num_classes": 3}
+
+
+def _setup(tmp_path, **changes):
+    kwargs = {**KWARGS, **changes}
+    torch.manual_seed(0)
+    model = create_vit(NAME, **kwargs)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    write_image_folder(tmp_path / "imgs", ("a", "b", "c"), per_class=6, size=16)
+    return ["prune", NAME, "--checkpoint", str(tmp_path / "vit.safetensors"), "--model-kwargs", json.dumps(kwargs),
+            "--k", "5", "--n", "5", "--data-root", str(tmp_path / "imgs"), "--batch-size", "8", "--out",
+            str(tmp_path / "out")]
+
+
+def test_the_pruned_vit_is_fine_tuned_on_the_folder_and_saved_fine_tuned(tmp_path, capsys):
+    args = _setup(tmp_path)
+    code, out, err = run_main([*args, "--finetune", "all", "--finetune-epochs", "10"], capsys)
+    assert code == 0, err
+    found = re.search(r"test accuracy \(18 images\): original ([\d.]+)%  pruned ([\d.]+)% before fine-tuning, "
+                      r"([\d.]+)% after", out)
+    assert found, out
+    original, before, after = map(float, found.groups())
+    assert after == 100.0 and after > before  # colours a random backbone's pruned model learns in 10 epochs
+    loaded = dartboard.load(str(tmp_path / "out"))
+    assert len(find_blocks(loaded)) < KWARGS["depth"]
+    test = make_loader(folder_for(loaded, str(tmp_path / "imgs")).test, 256, shuffle=False, seed=0)
+    assert evaluate(loaded, test) == after  # the saved weights are the fine-tuned ones
+    meta = json.loads((tmp_path / "out" / "genotype.json").read_text())["meta"]
+    assert meta["classes"] == ["a", "b", "c"] and meta["create_kwargs"]["num_classes"] == 3
+
+
+@pytest.mark.mlflow
+def test_a_head_of_other_classes_is_replaced_and_the_accuracy_logged(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    args = _setup(tmp_path, num_classes=5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = run_main([*args, "--finetune-epochs", "2", "--tracking-uri", uri], capsys)
+    assert code == 0, err
+    assert "of the pruned ViT with its new head, fine-tuned: " in out
+    loaded = dartboard.load(str(tmp_path / "out"))
+    assert loaded.num_classes == 3 and loaded(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("dario").experiment_id])
+    assert "accuracy_pruned_finetuned" in run.data.metrics and "accuracy_original" not in run.data.metrics
+    assert run.data.params["finetune"] == "last-block" and run.data.params["finetune_epochs"] == "2"
+    assert run.data.params["data_root"] == str((tmp_path / "imgs").resolve())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"in_chans": 1}, "error: --data-root: an image folder's images are RGB (3 channels), the model takes 1 "
+                      "(its in_chans)"),
+    ("no test", "error: imagefolder: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class"),
+    ("--finetune", "error: --finetune: expected one of last-block, all, got 'head'"),
+], ids=["grey-model", "no-test-split", "unknown-protocol"])
+def test_bad_folders_models_and_protocols_are_refused_before_the_search(change, message, tmp_path, capsys):
+    args = _setup(tmp_path, **(change if isinstance(change, dict) else {}))
+    if change == "no test":
+        import shutil
+
+        shutil.rmtree(tmp_path / "imgs" / "test")
+    if change == "--finetune":
+        args += ["--finetune", "head"]
+    code, out, err = run_main(args, capsys)
+    assert code == 2 and err.strip() == message.format(root=str(tmp_path / "imgs")), err
+    assert "blocks kept" not in out and not (tmp_path / "out").exists()
