@@ -23,7 +23,7 @@ from dartboard.spaces.vit import create_vit, find_blocks
 from dartboard.training.vit_finetune import evaluate
 
 pytest.importorskip("timm")
-NAME = "vit_tiny_patch16_224"
+NAME = "deit_tiny_patch16_224"  # ImageNet statistics: the normalisation of its inputs matters
 KWARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2, "num_classes": 3}
 
 
@@ -46,13 +46,28 @@ def test_the_pruned_vit_is_fine_tuned_on_the_folder_and_saved_fine_tuned(tmp_pat
                       r"([\d.]+)% after", out)
     assert found, out
     original, before, after = map(float, found.groups())
-    assert after == 100.0 and after > before  # colours a random backbone's pruned model learns in 10 epochs
+    assert after >= 90.0 and after >= before + 50  # colours a random backbone's pruned model learns in 10 epochs
     loaded = dartboard.load(str(tmp_path / "out"))
     assert len(find_blocks(loaded)) < KWARGS["depth"]
     test = make_loader(folder_for(loaded, str(tmp_path / "imgs")).test, 256, shuffle=False, seed=0)
-    assert evaluate(loaded, test) == after  # the saved weights are the fine-tuned ones
+    assert evaluate(loaded, test) == pytest.approx(after, abs=0.005)  # the saved weights are the fine-tuned ones
     meta = json.loads((tmp_path / "out" / "genotype.json").read_text())["meta"]
     assert meta["classes"] == ["a", "b", "c"] and meta["create_kwargs"]["num_classes"] == 3
+    # the folder is a trained network's: predicted with and evaluated on its data as the fine-tuning read them
+    code, out, err = run_main(["evaluate", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    evaluated = json.loads(out)
+    assert evaluated["test_acc"] == evaluated["recorded_test_acc"] == pytest.approx(after / 100, abs=5e-5)
+    assert evaluated["data_root"] == str((tmp_path / "imgs").resolve()) and evaluated["test_samples"] == 18
+    files = [str(tmp_path / "imgs" / "test" / c / "0.png") for c in ("a", "b", "c")]
+    code, out, err = run_main(["predict", str(tmp_path / "out"), *files, "--json"], capsys)
+    assert code == 0, err
+    assert [row["label"] for row in json.loads(out)] == ["a", "b", "c"]
+    # pruned again into the same folder without a folder to fine-tune on: no network.json of other weights is left
+    unfolded = [a for a in args if a not in ("--data-root", str(tmp_path / "imgs"), "--batch-size", "8")]
+    code, out, err = run_main(unfolded, capsys)
+    assert code == 0, err
+    assert not (tmp_path / "out" / "network.json").exists()
 
 
 @pytest.mark.mlflow
@@ -70,6 +85,12 @@ def test_a_head_of_other_classes_is_replaced_and_the_accuracy_logged(tmp_path, c
     assert "accuracy_pruned_finetuned" in run.data.metrics and "accuracy_original" not in run.data.metrics
     assert run.data.params["finetune"] == "last-block" and run.data.params["finetune_epochs"] == "2"
     assert run.data.params["data_root"] == str((tmp_path / "imgs").resolve())
+    # the registered version is a trained network too: pulled, verified, evaluated on the recorded folder
+    code, out, err = run_main(["evaluate", f"dario-{NAME}:1", "--tracking-uri", uri, "--json"], capsys)
+    assert code == 0, err
+    evaluated = json.loads(out)
+    finetuned = run.data.metrics["accuracy_pruned_finetuned"] / 100
+    assert evaluated["test_acc"] == evaluated["registered_test_acc"] == finetuned
 
 
 @pytest.mark.parametrize("change, message", [

@@ -60,10 +60,24 @@ def folder_for(model: nn.Module, root: str) -> Splits:
     return image_folder(root, height, "imagefolder", mean, std)
 
 
+def network_of(splits: Splits, data_root: str, test_acc: float) -> dict[str, Any]:
+    """network.json of the fine-tuned pruned ViT: its input (size, channels, normalisation), classes, the data
+    it was fine-tuned on (so that `dartboard predict` and `dartboard evaluate` take it as a trained network's)
+    and its test accuracy there (a fraction, as a trained network's)."""
+    from dartboard.data.catalog import absolute_root
+    from dartboard.data.preprocess import preprocessing_of
+
+    info = splits.info
+    return {"kind": "pruned-vit", "in_channels": info.in_channels, "input_size": info.input_size,
+            "num_classes": info.num_classes, "dataset": "imagefolder", "data_root": absolute_root(data_root),
+            "classes": list(info.classes), "preprocessing": preprocessing_of(info).to_dict(), "test_acc": test_acc}
+
+
 def finetune_pruned(original: nn.Module, result: PruneResult, splits: Splits, settings: Finetuning,
-                    device: Any = "cpu") -> list[str]:
-    """Fine-tune ``result.pruned`` in place on ``splits`` (a new head first where the classes differ, recorded
-    in ``result.genotype``); the accuracies go to ``result.metrics``; returns the lines to print."""
+                    data_root: str, device: Any = "cpu") -> list[str]:
+    """Fine-tune ``result.pruned`` in place on ``splits`` (read from ``data_root``; a new head first where the
+    classes differ, recorded in ``result.genotype``); the accuracies go to ``result.metrics``, the network's
+    record to ``result.network``; returns the lines to print."""
     classes = splits.info.classes
     test = make_loader(splits.test, 256, shuffle=False, seed=settings.seed)
     same_head = getattr(original, "num_classes", None) == len(classes)
@@ -90,6 +104,7 @@ def finetune_pruned(original: nn.Module, result: PruneResult, splits: Splits, se
         train_epochs(result.pruned, train, settings.epochs, settings.lr, device=device, warmup_epochs=warmup,
                      label_smoothing=0.1, description="fine-tuning all layers")
     after = result.metrics["accuracy_pruned_finetuned"] = evaluate(result.pruned, test, device)
+    result.network = network_of(splits, data_root, after / 100.0)
     if same_head:
         lines.append(f"test accuracy ({len(splits.test)} images): original {result.metrics['accuracy_original']:.2f}%"
                      f"  pruned {result.metrics['accuracy_pruned_before_finetune']:.2f}% before fine-tuning, "

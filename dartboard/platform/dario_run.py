@@ -108,6 +108,9 @@ class PruneResult:
     params_original: int
     params_pruned: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: network.json of a pruned ViT fine-tuned on an image folder (its data, preprocessing and classes, which
+    #: `dartboard predict` and `dartboard evaluate` read); None where it was not fine-tuned on a user's data
+    network: dict[str, Any] | None = None
 
 
 def prune_model(model: nn.Module, model_name: str, config: DarioConfig,
@@ -263,16 +266,23 @@ def _param(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)[:500]
 
 
-def save_pruned(out_dir: str | Path, pruned: nn.Module, genotype: GateGenotype) -> Path:
+def save_pruned(out_dir: str | Path, pruned: nn.Module, genotype: GateGenotype,
+                network: Mapping[str, Any] | None = None) -> Path:
     """genotype.json + model.safetensors under ``out_dir`` (rebuild with ``rebuild_pruned``, or
-    ``dartboard.load(out_dir)``)."""
+    ``dartboard.load(out_dir)``), and ``network`` as network.json where given (an earlier pruning's is removed
+    otherwise: it would describe other weights)."""
     from safetensors.torch import save_file
 
-    from dartboard.model_files import GENOTYPE_FILE, PRUNED_WEIGHTS_FILE
+    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, PRUNED_WEIGHTS_FILE
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save(genotype, out / GENOTYPE_FILE)
+    if network is not None:
+        (out / NETWORK_FILE).write_text(json.dumps(network, indent=2))
+    else:
+        (out / NETWORK_FILE).unlink(missing_ok=True)
+
     save_file({k: v.detach().cpu().contiguous() for k, v in pruned.state_dict().items()},
               str(out / PRUNED_WEIGHTS_FILE))
     return out

@@ -52,12 +52,18 @@ def pulled_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
 
 
 def local_network(ref: str) -> LoadedNetwork:
-    """The trained network in the folder ``ref`` (genotype.json, network.json, weights.safetensors)."""
+    """The trained network in the folder ``ref`` (genotype.json, network.json, weights.safetensors; a pruned ViT
+    fine-tuned on an image folder: model.safetensors, as `dartboard prune --data-root` writes it)."""
+    from dartboard.model_files import PRUNED_WEIGHTS_FILE
     from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, check_model_folder
 
-    folder = check_model_folder(ref, (GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE))
-    net, spec = network_of_files(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE,
+    pruned = not (Path(ref) / WEIGHTS_FILE).is_file() and (Path(ref) / PRUNED_WEIGHTS_FILE).is_file()
+    weights = PRUNED_WEIGHTS_FILE if pruned else WEIGHTS_FILE
+    folder = check_model_folder(ref, (GENOTYPE_FILE, NETWORK_FILE, weights))
+    net, spec = network_of_files(folder / GENOTYPE_FILE, folder / weights, folder / NETWORK_FILE,
                                  (f"model {ref!r}", f"model {ref!r}"))
+    if pruned:
+        return LoadedNetwork(net.eval(), spec, ref, None, spec.get("test_acc"))
     return LoadedNetwork(net.eval(), spec, ref, None, _recorded_test_acc(folder))
 
 
@@ -168,7 +174,7 @@ def class_names(spec: dict[str, Any], ref: str) -> list[str]:
 def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = None, batch_size: int = 256
                    ) -> dict[str, Any]:
     """Accuracy and loss of the model on the test split of the data set it records."""
-    from dartboard.data.catalog import check_data_root, load_dataset
+    from dartboard.data.catalog import check_data_root
     from dartboard.data.datasets import make_loader
     from dartboard.data.preprocess import preprocessing_of
     from dartboard.training.final import evaluate
@@ -180,7 +186,7 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
         raise UserInputError(f"model {ref!r}: network.json names no data set to evaluate on")
     check_data_root(dataset, data_root, decided_by=f"model {ref!r} is evaluated on the data set it was trained on")
     data_root = data_root or _recorded_root(ref, model.spec)
-    splits = load_dataset(dataset, data_root, int(model.spec["input_size"]))
+    splits = _test_data(model.spec, dataset, data_root)
     now, recorded = preprocessing_of(splits.info), model.spec.get("preprocessing")
     if recorded and now is not None and now.to_dict() != recorded:
         log.warning("model %s was trained on %s normalised with %s; the data set now loads with %s", ref, dataset,
@@ -192,6 +198,18 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
             "test_acc": acc, "test_loss": loss, "recorded_test_acc": model.recorded_test_acc,
             # the same figure under its earlier name (a registered version's tag), for scripts that read it
             "registered_test_acc": model.recorded_test_acc if model.version is not None else None}
+
+
+def _test_data(spec: dict[str, Any], dataset: str, data_root: str | None):
+    """The splits of ``dataset`` as the network saw them: an image folder normalised as network.json records (a
+    pruned ViT's own statistics; the folder loader's default for a network ``dartboard train`` trained)."""
+    from dartboard.data.catalog import load_dataset
+    from dartboard.data.datasets import image_folder
+
+    size, recorded = int(spec["input_size"]), spec.get("preprocessing")
+    if dataset == "imagefolder" and recorded:
+        return image_folder(data_root, size, dataset, tuple(recorded["mean"]), tuple(recorded["std"]))
+    return load_dataset(dataset, data_root, size)
 
 
 def _recorded_root(ref: str, spec: dict[str, Any]) -> str | None:

@@ -137,9 +137,10 @@ def prune(
             typer.echo(line)
     else:
         net, result = _prune_named(model, checkpoint, _kwargs(model_kwargs), config, device, data_root, tuning)
-    dario_run.save_pruned(out, result.pruned, result.genotype)
-    typer.echo(f"saved {out / 'genotype.json'} and {out / 'model.safetensors'} (dartboard.load({str(out)!r}) "
-               f"rebuilds the pruned ViT)")
+    dario_run.save_pruned(out, result.pruned, result.genotype, result.network)
+    typer.echo(f"saved {out / 'genotype.json'}" + (f", {out / 'network.json'}" if result.network else "")
+               + f" and {out / 'model.safetensors'} (dartboard.load({str(out)!r}) rebuilds the pruned ViT"
+               + ("; dartboard predict and evaluate take the folder)" if result.network else ")"))
     if uri:
         params = {"granularity": granularity, "proxy": proxy, "threshold": threshold, "seed": seed}
         if tuning is not None:
@@ -189,7 +190,7 @@ def _prune_named(model: str, checkpoint: Path | None, kwargs: dict, config, devi
     typer.echo(f"parameters: original {count_parameters(net):,}  pruned {result.params_pruned:,}")
     typer.echo(f"search: {result.search_seconds:.1f} s")
     if splits is not None:
-        for line in finetune_pruned(net, result, splits, tuning, device):
+        for line in finetune_pruned(net, result, splits, tuning, str(data_root), device):
             typer.echo(line)
     return net, result
 
@@ -254,8 +255,10 @@ def _check_no_other_model(out: Path) -> None:
             kind = "unreadable"
         if kind != "gates":
             others.insert(0, f"{GENOTYPE_FILE} of kind {kind!r}")
-        elif not others:
-            log.warning("prune: %s holds an earlier pruning; its files are replaced by this one's", out)
+        else:
+            others = [name for name in others if name != NETWORK_FILE]  # a fine-tuned pruning's record
+            if not others:
+                log.warning("prune: %s holds an earlier pruning; its files are replaced by this one's", out)
     if others:
         raise UserInputError(f"--out: {str(out)!r} holds another model's files ({', '.join(others)}); the pruned "
                              f"ViT's {GENOTYPE_FILE} would replace its genotype: give another --out")
@@ -279,7 +282,8 @@ def _register(uri: str, register_as: str, run_id: str, result, original) -> None
                                                   steps=THROUGHPUT_STEPS, warmup=1)
     name, _, alias = register_as.partition("@")
     version = register_pruned(uri, name, run_id, result.pruned, result.genotype, params_original=result.params_original,
-                              params_pruned=result.params_pruned, throughput=throughput, alias=alias or None)
+                              params_pruned=result.params_pruned, throughput=throughput, alias=alias or None,
+                              network=result.network)
     typer.echo(f"registered {name} version {version.version}" + (f" (@{alias})" if alias else ""))
 
 

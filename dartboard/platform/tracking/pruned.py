@@ -6,13 +6,14 @@ physically smaller timm model from the genotype and load the weights (nothing is
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dartboard.platform.tracking.models import GENOTYPE_FILE, WEIGHTS_FILE, register_model_files
+from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, register_model_files
 
 
 def default_pruned_name(model_name: str) -> str:
@@ -33,8 +34,11 @@ def pruned_tags(params_original: int, params_pruned: int, throughput: Mapping[st
 
 def register_pruned(uri: str | None, name: str, run_id: str, pruned: Any, genotype: Any, *, params_original: int,
                     params_pruned: int, throughput: Mapping[str, float] | None = None,
-                    extra_tags: Mapping[str, Any] = (), alias: str | None = None):
-    """Register ``pruned`` (with its gates ``genotype``) as a version of ``name`` under the run ``run_id``."""
+                    extra_tags: Mapping[str, Any] = (), alias: str | None = None,
+                    network: Mapping[str, Any] | None = None):
+    """Register ``pruned`` (with its gates ``genotype``) as a version of ``name`` under the run ``run_id``; with
+    ``network`` (the network.json of a pruned ViT fine-tuned on an image folder) its data, preprocessing and test
+    accuracy too, so that the version is predicted with and evaluated as a trained network is."""
     from safetensors.torch import save_file
 
     from dartboard.spaces.genotype import save
@@ -44,7 +48,10 @@ def register_pruned(uri: str | None, name: str, run_id: str, pruned: Any, genoty
         save(genotype, folder / GENOTYPE_FILE)
         save_file({k: v.detach().cpu().contiguous() for k, v in pruned.state_dict().items()},
                   str(folder / WEIGHTS_FILE))
+        files = {"genotype": folder / GENOTYPE_FILE, "weights": folder / WEIGHTS_FILE}
         tags = {**pruned_tags(params_original, params_pruned, throughput, genotype), **dict(extra_tags)}
-        return register_model_files(uri, name, run_id, {"genotype": folder / GENOTYPE_FILE,
-                                                        "weights": folder / WEIGHTS_FILE}, tags,
-                                    aliases=(alias,) if alias else ())
+        if network is not None:
+            (folder / NETWORK_FILE).write_text(json.dumps(dict(network), indent=2))
+            files["network"] = folder / NETWORK_FILE
+            tags["metric.test_acc"] = network["test_acc"]
+        return register_model_files(uri, name, run_id, files, tags, aliases=(alias,) if alias else ())
