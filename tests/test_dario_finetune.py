@@ -63,6 +63,14 @@ def test_the_pruned_vit_is_fine_tuned_on_the_folder_and_saved_fine_tuned(tmp_pat
     code, out, err = run_main(["predict", str(tmp_path / "out"), *files, "--json"], capsys)
     assert code == 0, err
     assert [row["label"] for row in json.loads(out)] == ["a", "b", "c"]
+    code, out, err = run_main(["info", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    sized, kept = json.loads(out), len(find_blocks(loaded))
+    assert sized["input"] == [3, 16, 16] and sized["parameters"] == sum(p.numel() for p in loaded.parameters())
+    # by hand: the 4x4 patch conv (4 x 4 outputs of 32 channels from 3 x 4 x 4 taps), per block qkv, proj, fc1, fc2
+    # on 17 tokens of width 32 (mlp 128), the head on the class token
+    per_block = 17 * (96 * 32 + 32 * 32 + 128 * 32 + 32 * 128)
+    assert sized["multiply_adds"] == 16 * 32 * 48 + kept * per_block + 3 * 32
     # pruned again into the same folder without a folder to fine-tune on: no network.json of other weights is left
     unfolded = [a for a in args if a not in ("--data-root", str(tmp_path / "imgs"), "--batch-size", "8")]
     code, out, err = run_main(unfolded, capsys)

@@ -53,17 +53,33 @@ def folder_info(folder: str) -> dict[str, Any]:
     from dartboard.training.final import network_of, recorded_network
 
     path = check_model_folder(folder, (GENOTYPE_FILE, NETWORK_FILE))
+    geno = load(path / GENOTYPE_FILE)
     try:
         spec = json.loads((path / NETWORK_FILE).read_text())
+        if geno.kind == "gates":
+            return pruned_info(folder, geno, spec)
         cfg, shape = recorded_network(spec)
     except (ValueError, KeyError, TypeError) as err:
         raise UserInputError(f"model {folder!r}: {NETWORK_FILE} is not a trained network's record ({err!r})") \
             from None
-    net = network_of(load(path / GENOTYPE_FILE), cfg, shape).eval()
+    net = network_of(geno, cfg, shape).eval()
     return {"genotype": folder, "channels": cfg.channels, "layers": cfg.layers, "auxiliary": cfg.auxiliary,
             "dataset": spec.get("dataset"), "input": [shape.in_channels, shape.input_size, shape.input_size],
             "parameters": count_parameters(net), "parameters_with_auxiliary": count_parameters(net, None),
             "multiply_adds": multiply_adds(net, (1, shape.in_channels, shape.input_size, shape.input_size))}
+
+
+def pruned_info(folder: str, geno: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """A pruned ViT fine-tuned on an image folder (``dartboard prune --data-root``): what was kept, its input,
+    parameters and the multiply-adds of its convolutions and linear layers (attention's products left out)."""
+    from dartboard.spaces.networks import multiply_adds
+    from dartboard.spaces.vit import count_parameters, rebuild_pruned
+
+    net = rebuild_pruned(geno).eval()
+    shape = [int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"])]
+    return {"genotype": folder, "kind": "gates", "model": geno.model, "blocks_kept": list(geno.blocks_kept),
+            "n_blocks": geno.n_blocks, "dataset": spec.get("dataset"), "input": shape,
+            "parameters": count_parameters(net), "multiply_adds": multiply_adds(net, (1, *shape))}
 
 
 def flux_info(name: str, geno: Any) -> dict[str, Any]:
@@ -131,6 +147,12 @@ def info(
 def _print_sized(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(result))
+        return
+    if result.get("kind") == "gates":
+        typer.echo(f"{result['genotype']}: {result['model']} pruned by DARIO, blocks kept {result['blocks_kept']} of "
+                   f"{result['n_blocks']}, {result['dataset']} input ({' x '.join(map(str, result['input']))})")
+        typer.echo(f"parameters: {result['parameters']:,} ({result['parameters'] / 1e6:.2f}M)")
+        typer.echo(f"multiply-adds of its convolutions and linear layers: {result['multiply_adds']:,}")
         return
     shape = f" ({result['input'][0]} x {result['input'][1]} x {result['input'][2]})" if "input" in result else ""
     typer.echo(f"{result['genotype']}: C={result['channels']}, {result['layers']} cells, {result['dataset']} "
