@@ -43,7 +43,6 @@ def heads(folder: Path) -> str:
     (["--layers", "3"], "--layers"),
     (["--lr-schedule", "step"], "--lr-schedule"),
     (["--lr-gamma", "0.9"], "--lr-gamma"),
-    (["--image-size", "32"], "--image-size"),
     (["--auxiliary"], "--auxiliary"),
     (["--no-auxiliary"], "--no-auxiliary"),
     (["--drop-path", "0"], "--drop-path"),

@@ -142,6 +142,31 @@ def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsy
     assert not any("the data the search ran on" in r.getMessage() for r in caplog.records)
 
 
+def test_ssl_pretraining_of_a_nasiam_search_folder_reads_its_images_at_the_searchs_size(tmp_path, capsys, monkeypatch):
+    """A NASiam search on an image folder at 8 px, then `dartboard train` of its folder: the heads were pretrained
+    on the images at 32 px (the size was fixed for mlp genotypes, and --image-size refused)."""
+    import torch
+    from image_folders import write_image_folder
+    from test_cli_contract import run_main
+
+    from dartboard.spaces import genotype as gt
+
+    write_image_folder(tmp_path / "imgs", ("ants", "bees", "wasps"), per_class=6, size=20)
+    search = tmp_path / "search"
+    search.mkdir()
+    gt.save(gt.MlpGenotype({"projector": ("linear_relu",), "predictor": ("linear_relu",)}, {"space": "nasiam-mlp"}),
+            search / "genotype.json")
+    (search / "run.json").write_text(json.dumps({"searcher": "nasiam", "dataset": "imagefolder-views",
+                                                 "data_root": str(tmp_path / "imgs"), "image_size": 8}))
+    monkeypatch.chdir(tmp_path)
+    for extra, size in (((), 8), (("--image-size", "12"), 12)):
+        code, out, err = run_main(["train", str(search), "--epochs", "1", "--channels", "2", "--batch-size", "4",
+                                   "--no-mlflow", "--json", "--out", f"ssl{size}", *extra], capsys)
+        assert code == 0, err[-3000:]
+        saved = torch.load(tmp_path / f"ssl{size}" / "ssl_weights.pt", weights_only=True)
+        assert (saved["dataset"], saved["input_size"], saved["in_channels"]) == ("imagefolder", size, 3)
+
+
 def test_a_search_whose_warm_up_takes_every_epoch_is_refused(tmp_path, capsys, monkeypatch):
     """`dartboard search --searcher pmsm-depth --set epochs=3` (warm-up 5) derived its genotype from the initial
     alphas."""

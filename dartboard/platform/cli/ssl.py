@@ -25,8 +25,9 @@ def framework_of(geno: Any, framework: str | None) -> str:
 
 def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | None, epochs: int | None,
                 batch_size: int | None, lr: float, dataset: str, data_root: str | None, seed: int, device: str,
-                out: str | None) -> dict[str, Any]:
-    """SSL pretraining with the genotype's heads on the fit part of the train split, then the held-out metrics."""
+                out: str | None, image_size: int = 32) -> dict[str, Any]:
+    """SSL pretraining with the genotype's heads on the fit part of the train split (an image folder's images
+    resized to ``image_size``), then the held-out metrics."""
     import torch
 
     from dartboard.data.catalog import absolute_root, load_dataset
@@ -34,7 +35,7 @@ def train_heads(geno: Any, name: str, *, framework: str | None, channels: int | 
     from dartboard.training import ssl_eval as E
 
     plain_name, views_name = E.view_datasets(dataset)
-    plain, views = load_dataset(plain_name, data_root), load_dataset(views_name, data_root)
+    plain, views = load_dataset(plain_name, data_root, image_size), load_dataset(views_name, data_root, image_size)
     cfg = E.SslConfig(framework=framework_of(geno, framework), C=channels or 16, epochs=epochs or 20,
                       batch_size=batch_size or 64, lr=lr, seed=seed, device=device)
     if cfg.epochs < 1 or cfg.C < 1 or cfg.batch_size < 1:

@@ -95,7 +95,7 @@ def train(
                    no_mlflow=no_mlflow, register_as=register_as, tracking_uri=tracking_uri, protocol=protocol,
                    framework=framework, label_smoothing=label_smoothing, cell_only={
                        "--layers": layers, "--lr-schedule": lr_schedule, "--lr-gamma": lr_gamma,
-                       "--image-size": image_size, "--drop-path": drop_path, "--cutout-length": cutout_length,
+                       "--drop-path": drop_path, "--cutout-length": cutout_length,
                        "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None,
                        "--cutout" if cutout else "--no-cutout": cutout is not None,
                        "--label-smoothing": label_smoothing, "--precision": precision, "--grad-clip": grad_clip,
@@ -110,14 +110,15 @@ def train(
                  f" from {data_root}" if data_root else "", f" at {image_size} px" if image_size else "")
     dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
     check_data_root(check_dataset(dataset), data_root)
+    _check_image_size(image_size, dataset)
     if geno.kind == "mlp":
         from dartboard.platform.cli.ssl import train_mlp
 
         train_mlp(geno, genotype, dict(framework=framework, channels=channels, epochs=epochs, batch_size=batch_size,
                                         lr=0.06 if lr is None else lr, dataset=dataset, data_root=data_root,
-                                        seed=seed, device=resolved, out=out), tracking_uri, no_mlflow, as_json)
+                                        image_size=image_size or 32, seed=seed, device=resolved, out=out),
+                  tracking_uri, no_mlflow, as_json)
         return
-    _check_image_size(image_size, dataset)
     name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
