@@ -7,6 +7,7 @@ ends pruned at that epoch, never as a complete trial with a truncated value."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +101,16 @@ def test_asha_stops_the_trial_behind_at_its_first_rung(ray_local, tmp_path):
     assert saved._ot_study.best_trial.params["w_lr"] == 0.05
 
 
-def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(workers, ray_local, tmp_path, monkeypatch):
     """An image folder and a DARTOpti start genotype's file given relative to the command's folder (the Ray workers
     run in folders of their own: before, every trial said "folder 'imgs' does not exist", and with an absolute folder
     "genotype 'start.json' is neither a file nor a catalog name"), the folder holding a file that is no image (read
     in the first epoch, after the start genotype): the trial ends errored with the data's message after one attempt
     (before: three attempts of Ray Train's start and the same error, about 30 s each), and the study's checks
-    refuse a data_root that does not exist before any trial."""
+    refuse a data_root that does not exist before any trial. With two workers, the rank that read the file ended its
+    run while the other waited for it in the gradients' all-reduce: the trial hung (Ray Train's collective timeout,
+    30 min), and a failing rank was retried as a bug."""
     from PIL import Image
 
     from dartboard.platform.sweep import run_sweep
@@ -124,7 +128,8 @@ def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local
     base = {"name": "unreadable", "searcher": "dartopti", "dataset": "imagefolder", "image_size": 8, "epochs": 1,
             "batch_size": 4, "num_samples": 1, "max_concurrent": 1,
             "options": {"C": 2, "start": "start.json", "warmup_epochs": 0},  # 1 epoch: no warm-up
-            "scheduler": {"type": "fifo"}, "storage": str(tmp_path / "runs"), "max_failures": 2}
+            "scheduler": {"type": "fifo"}, "storage": str(tmp_path / "runs"), "max_failures": 2,
+            "resources": {"workers": workers}}
     with pytest.raises(ValueError, match=r"data_root: 'nowhere' does not exist"):
         run_sweep(StudyConfig(**base, data_root="nowhere"), mlflow=False)
     assert not (tmp_path / "runs").exists()
@@ -137,6 +142,9 @@ def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(ray_local
     (reports,) = [[json.loads(line) for line in p.read_text().splitlines()]
                   for p in Path(result.run_dir).glob("run_trial_*/result.json")]
     assert [r.get("input_error") for r in reports] == [1.0]  # one attempt: not retried
+    if workers == 2:  # the run of both ranks ended by the one that read the file; Ray Train tried it once
+        assert re.search(r"; remove or replace it \(rank [01]\)$", trial["error"]), trial["error"]
+        return
     # where the trial ran, so that the study frees its placement group should Ray Train's own cleaner fail (it does
     # where two Ray instances share the machine: the group held its CPU and a later trial waited for it forever)
     assert reports[0]["placement_group_id"] and reports[0]["node_id"]

@@ -94,8 +94,14 @@ def test_a_trials_input_error_ends_it_with_one_report_and_a_bug_is_raised(monkey
     from dartboard.platform.ray import worker
     from dartboard.spaces.genotype import GenotypeError
 
-    reports = []
+    reports, ranks = [], [1]
+
+    class Context:
+        def get_world_size(self) -> int:
+            return ranks[0]
+
     monkeypatch.setattr(ray.train, "report", reports.append)
+    monkeypatch.setattr(ray.train, "get_context", Context)
     monkeypatch.setattr(worker, "trial_place", lambda: {"node_id": "n", "placement_group_id": "p"})
     raised = GenotypeError("genotype file 'start.json': normal.edges: missing field")
     monkeypatch.setattr(worker, "_search_loop", lambda config: (_ for _ in ()).throw(raised))
@@ -109,6 +115,38 @@ def test_a_trials_input_error_ends_it_with_one_report_and_a_bug_is_raised(monkey
     with pytest.raises(RuntimeError, match="a bug"):
         worker.search_loop_per_worker({"cwd": None})
     assert len(reports) == 1
+    # one of two ranks: a report of its own would leave the other waiting in a collective; the run ends instead
+    ranks[0] = 2
+    monkeypatch.setattr(worker, "_search_loop", lambda config: (_ for _ in ()).throw(raised))
+    with pytest.raises(GenotypeError):
+        worker.search_loop_per_worker({"required_metrics": ["objective"], "cwd": None})
+    assert len(reports) == 1
+
+
+def test_a_train_run_failed_by_the_users_input_is_not_tried_again():
+    """Ray Train's failure policy retries a failed worker group (max_failures); the same input fails alike, so a run
+    with a worker failed by it is raised at once, named by its rank; other failures keep Ray's decision."""
+    from ray.train import FailureConfig, WorkerGroupError
+    from ray.train.v2._internal.execution.failure_handling import create_failure_policy
+    from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+
+    from dartboard.errors import DataError
+    from dartboard.platform.ray.trainer import input_error_of, input_errors_raise
+
+    class Wrapped(RuntimeError):  # as Ray hands a worker's exception over: with it as ``cause``
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__(str(cause))
+            self.cause = cause
+
+    unreadable = DataError("image folder: cannot read 'b/7.png' as an image")
+    policy = input_errors_raise(create_failure_policy(FailureConfig(max_failures=2)))
+    bug = WorkerGroupError("failed", {0: RuntimeError("a bug")})
+    assert policy.make_decision(bug) == FailureDecision.RETRY and input_error_of(bug) is None
+    for failures in ({1: unreadable}, {0: RuntimeError("collateral"), 1: Wrapped(unreadable)}):
+        failed = WorkerGroupError("failed", failures)
+        assert policy.make_decision(failed) == FailureDecision.RAISE
+        assert input_error_of(failed) == (1, unreadable)
+    assert input_error_of(RuntimeError("not a Train run's")) is None
 
 
 @pytest.mark.ray

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, one_line
 from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, TRAIN_FILE, WEIGHTS_FILE
 from dartboard.platform.ray import checkpoint as ck
 from dartboard.platform.ray.storage import run_checkpoints
@@ -292,9 +292,18 @@ def train_on_ray(genotype: Any, cfg: Any, dataset: str, data_root: str | None, o
         check_resources(workers, cpus_per_worker, gpus_per_worker, float(total.get("CPU", 0)),
                         float(total.get("GPU", 0)))
         start = time.perf_counter()
-        result = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
-                                    cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                                    max_failures=max_failures, image_size=image_size, mlflow=mlflow).fit()
+        trainer = make_final_trainer(gt.to_dict(genotype), train, dataset, data_root, storage, workers=workers,
+                                     cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                                     max_failures=max_failures, image_size=image_size, mlflow=mlflow)
+        try:
+            result = trainer.fit()
+        except Exception as err:
+            from dartboard.platform.ray.trainer import input_error_of
+
+            found = input_error_of(err)
+            if found is None:
+                raise
+            raise UserInputError(f"{one_line(found[1])} (rank {found[0]} of the Ray Train job)") from None
         seconds = time.perf_counter() - start
     finally:
         if started:  # this call's own Ray instance (a study's or a test's stays up)

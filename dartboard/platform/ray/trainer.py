@@ -88,6 +88,7 @@ class DartboardTrainer(DataParallelTrainer):
         from ray.train.v2._internal.constants import get_env_vars_to_propagate
         from ray.train.v2._internal.execution.controller import TrainController
 
+        controller_init_kwargs["failure_policy"] = input_errors_raise(controller_init_kwargs["failure_policy"])
         env_vars = get_env_vars_to_propagate()
         env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, NO_WARN)
         node = {ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
@@ -103,6 +104,42 @@ class DartboardTrainer(DataParallelTrainer):
         finally:
             with _LOCK:
                 _RUNNING.remove(controller)
+
+
+def input_error_of(err: BaseException) -> tuple[int, BaseException] | None:
+    """(rank, error) of the first worker of a failed Train run whose error is about the user's input
+    (``errors.is_user_error``: an image in the data folder that cannot be read, say), or None. Ray hands the
+    worker's exception over as it was raised, or wrapped with it as ``cause``."""
+    from dartboard.errors import is_user_error
+
+    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
+        for candidate in (failure, getattr(failure, "cause", None)):
+            if isinstance(candidate, BaseException) and is_user_error(candidate):
+                return rank, candidate
+    return None
+
+
+def input_errors_raise(policy):
+    """Ray's failure policy, except that a run failed by the user's input is not tried again: the same data and
+    options fail the same way (an unreadable image failed 3 times with the default 2 retries). Ray's internal
+    class: if a Ray release moves it, its policy stays as it is."""
+    try:
+        from ray.train.v2._internal.execution.failure_handling import FailurePolicy
+        from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+    except ImportError:
+        return policy
+
+    class InputErrorsRaise(FailurePolicy):
+        def __init__(self, inner) -> None:
+            super().__init__(inner.failure_config)
+            self.inner = inner
+
+        def make_decision(self, training_failed_error):
+            if input_error_of(training_failed_error) is not None:
+                return FailureDecision.RAISE
+            return self.inner.make_decision(training_failed_error)
+
+    return InputErrorsRaise(policy)
 
 
 _LOCK = threading.Lock()

@@ -6,7 +6,8 @@ diverged trials and hands every finished trial to the study's hooks.
 NaN/inf: the workers end a diverged trial with a ``nonfinite`` report; :class:`TrialCallback` turns
 Tune's retries off for it and :func:`run_trial` raises :class:`NonFiniteLossError`, so the trial
 ends as errored with that reason and the study goes on. Input that cannot be used (a data folder, an image
-in it) ends the trial with an ``input_error`` report, its last (``done``): errored with that reason, not retried.
+in it) ends the trial with an ``input_error`` report, its last (``done``): errored with that reason, not retried
+(the worker's report; with several workers, :func:`run_trial`'s, once Ray Train has ended the run).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ray import tune
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray.space import trial_key, trial_run_config
 from dartboard.platform.ray.storage import train_run_finished
-from dartboard.platform.ray.worker import NonFiniteLossError, make_trainer
+from dartboard.platform.ray.worker import NonFiniteLossError, input_error_report, make_trainer
 
 log = logging.getLogger("dartboard")
 TrialHook = Callable[[dict[str, Any]], None]
@@ -43,7 +44,16 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
                            key=trial_key(cfg, config, trial_id), callbacks=[report_callback(trial_id)],
                            required_metrics=["objective", cfg.scheduler.metric], cwd=study.get("cwd"))
     finished_before = train_run_finished(study["run_dir"], trial_id)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        from dartboard.platform.ray.trainer import input_error_of
+
+        found = input_error_of(err)  # a rank of several read input it cannot use: the run ended, not retried
+        if found is None:
+            raise
+        tune.report(input_error_report(found[1], ["objective", cfg.scheduler.metric], f" (rank {found[0]})"))
+        return
     if finished_before and result.metrics:
         # The Train run had ended before a driver crash, but Tune never recorded its end (or this
         # trial would not run again): fit() resumes nothing and forwards nothing, so report it here.

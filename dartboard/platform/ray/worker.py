@@ -171,9 +171,11 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         _search_loop(config)
     except Exception as err:  # noqa: BLE001 - only the user's input errors end here; the others are raised again
-        if not is_user_error(err):
-            raise
-        _report_input_error(err, config.get("required_metrics", ()))
+        import ray.train
+
+        if not is_user_error(err) or ray.train.get_context().get_world_size() > 1:
+            raise  # of several ranks, one would wait for the others: the run ends, trial.run_trial reports it
+        ray.train.report({**input_error_report(err, config.get("required_metrics", ())), **trial_place()})
 
 
 def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
@@ -314,14 +316,11 @@ def trial_place() -> dict[str, str]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "placement_group_id": pg.id.hex() if pg else ""}
 
 
-def _report_input_error(err: Exception, required: Sequence[str] = ()) -> None:
+def input_error_report(err: BaseException, required: Sequence[str] = (), where: str = "") -> dict[str, Any]:
     """The trial's last report: its input cannot be used (``errors.is_user_error``: a data folder, an image in it, a
     genotype file, an option). It ends the trial (``done``): the study counts it errored and does not run it again."""
-    import ray.train
-
-    ray.train.report({**{k: math.nan for k in required}, "input_error": 1.0,
-                      "error": f"{type(err).__name__}: {one_line(err)}", "epoch": 0, "search_done": 0.0, "done": 1.0,
-                      **trial_place()})
+    return {**{k: math.nan for k in required}, "input_error": 1.0, "error": f"{type(err).__name__}: {one_line(err)}"
+            + where, "epoch": 0, "search_done": 0.0, "done": 1.0}
 
 
 def _final_training(searcher: Any, genotype: Any, splits: Any, config: dict[str, Any], cfg: Any,
