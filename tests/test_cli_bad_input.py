@@ -294,6 +294,9 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
 
 # ------------------------------------------------------------------ flags that another flag makes unused
 @pytest.mark.parametrize("args, message", [
+    (["search", "--set", "image_size=8", "--set", "batch_size=4", "--set", "train_fraction=0.3", "--no-mlflow"],
+     "error: --set: image_size, batch_size, train_fraction are settings of the run, not options of the searcher; "
+     "give --image-size, --batch-size, train_fraction: in the --config file"),
     (["search", "--epochs", "3", "--set", "epochs=2"],
      "error: --set: --epochs given both as a flag and with --set; give each once"),  # was: --set won unseen
     (["search", "--no-mlflow", "--tracking-uri", "http://127.0.0.1:5000"],
@@ -320,7 +323,7 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
      "error: --no-mlflow: the benchmark logs to no tracking server; drop --tracking-uri"),
     (["bench", "quality", "--no-mlflow", "--searchers", "darts,dario"],  # was: a traceback
      "error: searcher 'dario' cannot search tiny81: it has no option C, layers, multiplier, reductions, space, steps"),
-], ids=["search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow", "ablate-address-cpus",
+], ids=["search-set-run-setting", "search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow", "ablate-address-cpus",
         "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-folder",
         "prune-demo-threshold", "quality-no-mlflow", "quality-dario"])
 def test_a_flag_that_another_makes_unused_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):

@@ -142,6 +142,23 @@ def test_train_of_a_search_folder_trains_on_the_searchs_own_data(tmp_path, capsy
     assert not any("the data the search ran on" in r.getMessage() for r in caplog.records)
 
 
+def test_a_search_on_an_image_folder_takes_its_image_size_as_a_flag(tmp_path, capsys, monkeypatch):
+    """The size was a config file's key only (`--set image_size=8`: "unknown option"); a searcher's own option of a
+    run setting's name (D-DARTS' seed of its ablation loss) stays the searcher's."""
+    from image_folders import write_image_folder
+    from test_cli_contract import run_main
+
+    write_image_folder(tmp_path / "imgs", ("ants", "bees"), per_class=8, size=20)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["search", "--searcher", "ddarts", "--dataset", "imagefolder", "--data-root", "imgs",
+                               "--image-size", "8", "--batch-size", "4", "--set", "epochs=1", "--set", "C=2",
+                               "--set", "layers=3", "--set", "seed=3", "--no-mlflow", "--out", "s"], capsys)
+    assert code == 0, err[-3000:]
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["image_size"] == 8 and run["batch_size"] == 4, run
+    assert run["options"]["seed"] == 3, run
+
+
 def test_ssl_pretraining_of_a_nasiam_search_folder_reads_its_images_at_the_searchs_size(tmp_path, capsys, monkeypatch):
     """A NASiam search on an image folder at 8 px, then `dartboard train` of its folder: the heads were pretrained
     on the images at 32 px (the size was fixed for mlp genotypes, and --image-size refused)."""

@@ -40,6 +40,7 @@ def search(
     data_root: str = typer.Option(None, help="Folder holding the local dataset."),
     epochs: int = typer.Option(None, help="Search epochs."),
     batch_size: int = typer.Option(None, help="Batch size (train and val)."),
+    image_size: int = typer.Option(None, help="Image folders are resized to this many pixels (default 32)."),
     order: int = typer.Option(None, help="DARTS order: 1 or 2."),
     precision: str = typer.Option(None, help="fp32, bf16 or fp16."),
     seed: int = typer.Option(None, help="Seed of the run."),
@@ -61,7 +62,8 @@ def search(
     if resume is not None:
         refuse_with("--resume", {"--config": config, "--searcher": searcher, "--space": space, "--start": start,
                                  "--dataset": dataset, "--data-root": data_root, "--epochs": epochs,
-                                 "--batch-size": batch_size, "--order": order, "--precision": precision,
+                                 "--batch-size": batch_size, "--image-size": image_size, "--order": order,
+                                 "--precision": precision,
                                  "--seed": seed, "--device": device, "--out": out, "--tracking-uri": tracking_uri,
                                  "--no-mlflow": no_mlflow, "--set": set_},
                     "the search resumes with the config it started with")
@@ -71,7 +73,7 @@ def search(
     with user_input():  # only reads and checks the YAML file
         data = load_yaml(config) if config else {}
     flags = {"searcher": searcher, "dataset": dataset, "data_root": data_root, "batch_size": batch_size,
-             "seed": seed, "device": device, "out": out, "tracking_uri": tracking_uri}
+             "image_size": image_size, "seed": seed, "device": device, "out": out, "tracking_uri": tracking_uri}
     data.update({k: v for k, v in flags.items() if v is not None})
     if no_mlflow:
         refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the search logs to no tracking server")
@@ -81,6 +83,7 @@ def search(
                                "precision": precision}.items() if v is not None}
     options.update(named)
     extra = parse_set(set_)
+    _check_not_run_settings(extra, set(flags), data.get("searcher", "darts"))
     both = [f"--{k}" for k in extra if k in named]
     if both:  # one of the two would win unseen
         raise UserInputError(f"--set: {', '.join(both)} given both as a flag and with --set; give each once")
@@ -88,6 +91,24 @@ def search(
     data["options"] = options
     cfg = SearchRunConfig(**data)
     _report(run_search_job(cfg), as_json)
+
+
+def _check_not_run_settings(options: dict, flagged: set[str], searcher: str) -> None:
+    """``--set KEY=V`` of a setting of the run (the batch size, the image size, ...) that is no option of the
+    searcher: refused with the flag (or the config file's key) that sets it, instead of "unknown option"."""
+    from dartboard.platform.config import SearchRunConfig
+    from dartboard.searchers.registry import get_searcher_spec
+
+    try:
+        own = set(get_searcher_spec(searcher).options)
+    except (KeyError, ValueError):  # an unknown searcher: named by the run's own check
+        return
+    run = [k for k in options if k in SearchRunConfig.model_fields and k != "options" and k not in own]
+    if run:
+        where = [f"--{k.replace('_', '-')}" if k in flagged else f"{k}: in the --config file" for k in run]
+        raise UserInputError(f"--set: {', '.join(run)} {'is a setting' if len(run) == 1 else 'are settings'} of the "
+                             f"run, not {'an option' if len(run) == 1 else 'options'} of the searcher; give "
+                             f"{', '.join(where)}")
 
 
 def _report(result, as_json: bool = False) -> None:
