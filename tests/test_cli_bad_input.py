@@ -323,7 +323,8 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
      "error: --no-mlflow: the benchmark logs to no tracking server; drop --tracking-uri"),
     (["bench", "quality", "--no-mlflow", "--searchers", "darts,dario"],  # was: a traceback
      "error: searcher 'dario' cannot search tiny81: it has no option C, layers, multiplier, reductions, space, steps"),
-], ids=["search-set-run-setting", "search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow", "ablate-address-cpus",
+], ids=["search-set-run-setting", "search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow",
+        "ablate-address-cpus",
         "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-folder",
         "prune-demo-threshold", "quality-no-mlflow", "quality-dario"])
 def test_a_flag_that_another_makes_unused_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):

@@ -88,6 +88,10 @@ def test_validation_names_the_parameter():
         validate_study(_study(params={"x": {"type": "choice", "values": [1], "when": {"variant": "nope"}}}))
     with pytest.raises(ValidationError, match="give either 'searcher' \\(names\\) or 'variants'"):
         _study(variants=[{"name": "a", "searcher": "darts"}])
+    # the sweep's search space written as `space:`, which names the cell space: said so, not "a valid string"
+    with pytest.raises(ValidationError, match="space: .* the outer hyperparameters to sample, with their "
+                                              "distributions, go under params:"):
+        _study(space={"w_lr": {"type": "loguniform", "low": 0.01, "high": 0.1}})
 
 
 def test_grid_is_variants_x_seeds_x_choices():

@@ -294,6 +294,14 @@ class StudyConfig(BaseModel):
     experiment: str = "dartboard-studies"  # MLflow experiment of the parent run
     register_as: str | None = None  # registered-model name of the champion (None: the study's name)
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_is_a_name(cls, value: Any) -> Any:
+        if isinstance(value, dict | list):  # the search space of a sweep is `params`
+            raise ValueError("expected the name of a cell space (darts, darts-none, s_o, ...); the outer "
+                             "hyperparameters to sample, with their distributions, go under params:")
+        return value
+
     @model_validator(mode="after")
     def _variants_and_seeds(self) -> StudyConfig:
         if self.searcher is not None and self.variants:
