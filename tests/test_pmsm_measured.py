@@ -99,7 +99,7 @@ def test_compare_on_measured_data_reports_the_criterion_and_no_flux_errors(tmp_p
     write_measurements(tmp_path / "bench.csv", make_splits(MotorParams(**SMALL)))
     monkeypatch.chdir(tmp_path)
     code, err = run_here(["pmsm", "compare", "base=pmsm-baseline", "--data-root", "bench.csv", "--seeds", "0",
-                          "--epochs", "2", "--batch-size", "64", "--out", "cmp"], capsys)
+                          "--epochs", "2", "--batch-size", "64", "--out", "cmp", "--no-mlflow"], capsys)
     assert code == 0, err[-2000:]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| base "))

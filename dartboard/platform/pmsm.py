@@ -125,17 +125,15 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     best_nets: dict[str, Any] = {}
+    best_rows: dict[str, dict[str, Any]] = {}  # each model's seed of the lowest validation criterion
     start = time.perf_counter()
     for name, genotype in models.items():
-        best = None
         for seed in seeds:
             net, row = _train_one(name, genotype, splits, FluxTrainConfig(epochs=epochs, lr=lr, seed=seed,
                                                                           device=device, batch_size=batch_size), out)
             rows.append(row)
-            if net is not None and (best is None or row["criterion_val"] < best[0]):
-                best = (row["criterion_val"], net)
-        if best is not None:
-            best_nets[name] = best[1]
+            if net is not None and (name not in best_rows or row["criterion_val"] < best_rows[name]["criterion_val"]):
+                best_nets[name], best_rows[name] = net, row
     summary = summarize(rows, models)
     with open(out / "runs.csv", "w", newline="") as f:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("model", "seed"), k))
@@ -148,7 +146,9 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
                                                      "epochs": epochs, "seconds": time.perf_counter() - start},
                                                     indent=1, default=str))
     plot = plot_flux_maps(best_nets, splits, out / "flux_maps.png") if best_nets else None
-    return {"summary": summary, "runs": rows, "table": table, "plot": plot}
+    best = {name: {**row, "folder": str(out / "models" / name / f"seed{row['seed']}")}
+            for name, row in best_rows.items()}
+    return {"summary": summary, "runs": rows, "table": table, "plot": plot, "best": best}
 
 
 def write_flux_table(model: str | Path, out: str | Path | None = None, *, points: int = 41,

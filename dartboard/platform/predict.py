@@ -42,6 +42,7 @@ def pulled_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
     from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, pull_model
 
     folder, version = pull_model(uri, ref, folder)
+    _not_a_flux_model(ref, folder)
     if not (folder / NETWORK_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only (no trained "
                              "weights); train it first (dartboard train) or use a study with final_training")
@@ -57,6 +58,7 @@ def local_network(ref: str) -> LoadedNetwork:
     from dartboard.model_files import PRUNED_WEIGHTS_FILE
     from dartboard.platform.tracking.models import GENOTYPE_FILE, NETWORK_FILE, WEIGHTS_FILE, check_model_folder
 
+    _not_a_flux_model(ref, Path(ref))
     pruned = not (Path(ref) / WEIGHTS_FILE).is_file() and (Path(ref) / PRUNED_WEIGHTS_FILE).is_file()
     weights = PRUNED_WEIGHTS_FILE if pruned else WEIGHTS_FILE
     folder = check_model_folder(ref, (GENOTYPE_FILE, NETWORK_FILE, weights))
@@ -65,6 +67,17 @@ def local_network(ref: str) -> LoadedNetwork:
     if pruned:
         return LoadedNetwork(net.eval(), spec, ref, None, spec.get("test_acc"))
     return LoadedNetwork(net.eval(), spec, ref, None, _recorded_test_acc(folder))
+
+
+def _not_a_flux_model(ref: str, folder: Path) -> None:
+    """A PMSM flux model (``pmsm compare``'s, or its registered version) maps currents to flux linkages: no images
+    to predict or evaluate on; said so, with the commands that use it."""
+    from dartboard.model_files import FLUX_RESULT_FILE
+
+    if (folder / FLUX_RESULT_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        raise UserInputError(f"model {ref!r} is a PMSM flux model (currents to flux linkages), not an image "
+                             f"classifier: `dartboard pmsm flux` writes its flux map as a look-up table, `dartboard "
+                             f"pmsm compare` measures it, dartboard.load returns it")
 
 
 def _recorded_test_acc(folder: Path) -> float | None:

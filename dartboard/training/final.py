@@ -257,6 +257,14 @@ def network_from_files(files: Mapping[str, str | os.PathLike]):
         from dartboard.spaces.vit import rebuild_pruned
 
         return rebuild_pruned(genotype, pruned_state=load_file(str(files["weights"]))).eval()
+    if genotype.kind == "flux_mlp" and "weights" in files:  # a PMSM flux model (`pmsm compare`, registered)
+        from safetensors.torch import load_file
+
+        from dartboard.spaces.pmsm import FluxNet
+
+        net = FluxNet(genotype)
+        net.load_state_dict(load_file(str(files["weights"])))
+        return net.eval()
     if "network" not in files or "weights" not in files:
         return genotype
     cfg, info = recorded_network(json.loads(Path(files["network"]).read_text()))

@@ -55,8 +55,13 @@ def compare(
     data_root: str = typer.Option(None, help="A JSON/YAML file of motor parameters, or a CSV file of "
                                    "measurements (no flux errors then: they need the true flux map)."),
     out: str = typer.Option("runs/pmsm-compare", help="Output folder (comparison.md, runs.csv, flux_maps.png)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                     "sqlite:///mlflow.db): the comparison's run, each model's best seed registered "
+                                     "as pmsm-NAME."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Log nothing to MLflow, register nothing."),
 ) -> None:
-    """Train each flux model over the seeds through criterion C; report C and flux error (mean +- std)."""
+    """Train each flux model over the seeds through criterion C; report C and flux error (mean +- std); log the
+    comparison to MLflow and register each model's best seed (pmsm-NAME)."""
     from dartboard.platform.pmsm import compare as run_compare
 
     models = named_models(genotypes)
@@ -76,10 +81,34 @@ def compare(
         raise UserInputError(f"--lr: expected a finite number > 0, got {lr}")
     if batch_size < 1:
         raise UserInputError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    uri = _tracking(tracking_uri, no_mlflow)
     result = run_compare(models, seed_list, out, epochs=epochs, data_root=data_root, lr=lr, batch_size=batch_size)
     typer.echo(result["table"])
     if result["plot"] is not None:
         typer.echo(f"flux maps: {result['plot']}")
+    if uri is not None:
+        from dartboard.data.catalog import absolute_root
+        from dartboard.platform.tracking.flux import log_comparison, registered_name
+
+        settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "data_root": absolute_root(data_root)}
+        versions = log_comparison(uri, result, models, seed_list, settings, out)
+        for name, version in versions.items():
+            typer.echo(f"registered {registered_name(name)} version {version} (seed {result['best'][name]['seed']}, "
+                       f"the lowest validation criterion)")
+
+
+def _tracking(tracking_uri: str | None, no_mlflow: bool) -> str | None:
+    """The tracking URI the comparison logs to, checked before any training; None with ``--no-mlflow``."""
+    from dartboard.platform.checks import check_tracking_server
+    from dartboard.platform.tracking.epochs import absolute_uri
+    from dartboard.platform.tracking.runs import tracking_uri as resolved_uri
+
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the comparison logs to no tracking server")
+        return None
+    uri = absolute_uri(resolved_uri(tracking_uri))
+    check_tracking_server(uri)
+    return uri
 
 
 @pmsm_app.command("flux")
