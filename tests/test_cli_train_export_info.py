@@ -96,8 +96,8 @@ def test_an_mlp_genotype_prints_json_with_json(tmp_path, capsys, monkeypatch):
     assert (result["knn_acc"], result["pretrain_loss"], result["weights"]) == (0.25, [-0.5, -0.75],
                                                                                str(Path("run") / "ssl_weights.pt"))
     assert calls == [{"framework": "simsiam", "channels": 4, "epochs": 2, "batch_size": None, "lr": 0.06,
-                      "dataset": "digits", "data_root": None, "seed": 0, "device": calls[0]["device"],
-                      "out": "run"}]
+                      "dataset": "digits", "data_root": None, "image_size": 32, "seed": 0,
+                      "device": calls[0]["device"], "out": "run"}]
 
 
 def test_an_mlp_genotype_logs_its_run_to_mlflow(tmp_path, capsys, monkeypatch):

@@ -38,7 +38,8 @@ def _setup(tmp_path, **changes):
             str(tmp_path / "out")]
 
 
-def test_the_pruned_vit_is_fine_tuned_on_the_folder_and_saved_fine_tuned(tmp_path, capsys):
+def test_the_pruned_vit_is_fine_tuned_on_the_folder_and_saved_fine_tuned(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # nothing logged: a folder's model only
     args = _setup(tmp_path)
     code, out, err = run_main([*args, "--finetune", "all", "--finetune-epochs", "10"], capsys)
     assert code == 0, err
@@ -107,7 +108,9 @@ def test_a_head_of_other_classes_is_replaced_and_the_accuracy_logged(tmp_path, c
     ("no test", "error: imagefolder: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class"),
     ("--finetune", "error: --finetune: expected one of last-block, all, got 'head'"),
 ], ids=["grey-model", "no-test-split", "unknown-protocol"])
-def test_bad_folders_models_and_protocols_are_refused_before_the_search(change, message, tmp_path, capsys):
+def test_bad_folders_models_and_protocols_are_refused_before_the_search(change, message, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     args = _setup(tmp_path, **(change if isinstance(change, dict) else {}))
     if change == "no test":
         import shutil
