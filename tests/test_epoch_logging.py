@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 import pytest
 
@@ -63,6 +64,19 @@ def test_a_stopped_training_keeps_a_run_with_epochs_and_deletes_one_without(tmp_
     assert not refused.exists() and (trained / RUN_FILE).is_file()
 
 
+@contextmanager
+def python_ctrl_c(ignored: bool = False):
+    """SIGINT as a command's process has it (Python's handler: KeyboardInterrupt), or ignored; restored after. A
+    pytest-xdist worker ignores SIGINT (its controller takes Ctrl-C)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_ctrl_c_during_an_epochs_write_ends_the_training_after_it_and_the_run_closes(tmp_path):
     """The interrupt comes out of the sqlite driver's call that writes the epoch (the state the test makes: the
     statement runs, then SIGINT): raised there it left the abandoned connection holding the store's write lock,
@@ -89,12 +103,13 @@ def test_a_ctrl_c_during_an_epochs_write_ends_the_training_after_it_and_the_run_
 
     event.listen(Engine, "do_executemany", execute_then_interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            log_epoch_safely(logger, 1, {"train_loss": 1.5, "train_acc": 0.3})
+        with python_ctrl_c():
+            with pytest.raises(KeyboardInterrupt):
+                log_epoch_safely(logger, 1, {"train_loss": 1.5, "train_acc": 0.3})
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the process's handler again
     finally:
         event.remove(Engine, "do_executemany", execute_then_interrupt)
     assert interrupted
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is the process's again
     close_unfinished(logger, None, "KILLED")
     client = MlflowClient(uri)
     assert client.get_run(logger.run_id).info.status == "KILLED"
@@ -107,17 +122,21 @@ def test_an_interrupt_is_held_to_the_end_of_the_write_and_a_second_one_is_not():
     from dartboard.platform.tracking.epochs import interrupts_held
 
     steps = []
-    with pytest.raises(KeyboardInterrupt):
+    with python_ctrl_c(), pytest.raises(KeyboardInterrupt):
         with interrupts_held():
             signal.raise_signal(signal.SIGINT)
             steps.append("after the first")
     assert steps == ["after the first"]
-    with pytest.raises(KeyboardInterrupt):
+    with python_ctrl_c(), pytest.raises(KeyboardInterrupt):
         with interrupts_held():
             signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGINT)  # the user insists: the write is left at once
             steps.append("after the second")
     assert steps == ["after the first"]
+    with python_ctrl_c(ignored=True), interrupts_held():  # an ignored Ctrl-C stays ignored
+        signal.raise_signal(signal.SIGINT)
+        steps.append("ignored")
+    assert steps == ["after the first", "ignored"]
     terms = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(signum))
     try:

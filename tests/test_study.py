@@ -89,8 +89,8 @@ def test_validation_names_the_parameter():
     with pytest.raises(ValidationError, match="give either 'searcher' \\(names\\) or 'variants'"):
         _study(variants=[{"name": "a", "searcher": "darts"}])
     # the sweep's search space written as `space:`, which names the cell space: said so, not "a valid string"
-    with pytest.raises(ValidationError, match="space: .* the outer hyperparameters to sample, with their "
-                                              "distributions, go under params:"):
+    with pytest.raises(ValidationError, match="space\n.*expected the name of a cell space .* the outer hyperparameters "
+                                              "to sample, with their distributions, go under params:"):
         _study(space={"w_lr": {"type": "loguniform", "low": 0.01, "high": 0.1}})
 
 
