@@ -312,9 +312,12 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
     (["prune", "vit_tiny_patch16_224", "--demo"], "error: --demo: the demo trains its own small ViT on digits and "
                                                   "would ignore 'vit_tiny_patch16_224'; give either --demo or the timm "
                                                   "model to prune"),
-    (["prune", "vit_tiny_patch16_224", "--finetune-epochs", "3"],
-     "error: --finetune-epochs: a named model is fine-tuned on an image folder: add --data-root FOLDER (train/ and "
-     "test/, one folder per class); without one it is pruned, saved and registered as it is; drop --finetune-epochs"),
+    (["prune", "vit_tiny_patch16_224", "--finetune-epochs", "3", "--batch-size", "4"],
+     "error: --data-root: a named model is fine-tuned on an image folder: add --data-root FOLDER (train/ and test/, "
+     "one folder per class); without one it is pruned, saved and registered as it is; drop --finetune-epochs, "
+     "--batch-size"),
+    (["prune", "--finetune", "all"], "error: the demo: it fine-tunes with its own settings (--finetune-epochs sets its "
+                                     "epochs); drop --finetune"),
     (["prune", "--data-root", "."], "error: --data-root: the demo trains and fine-tunes its own small ViT on digits "
                                     "and would ignore the folder; name the timm model to prune (dartboard prune MODEL "
                                     "--checkpoint FILE --data-root FOLDER)"),
@@ -324,9 +327,8 @@ def test_options_that_resume_or_rescore_decide_are_refused_by_name(args, message
     (["bench", "quality", "--no-mlflow", "--searchers", "darts,dario"],  # was: a traceback
      "error: searcher 'dario' cannot search tiny81: it has no option C, layers, multiplier, reductions, space, steps"),
 ], ids=["search-set-run-setting", "search-set-and-flag", "search-no-mlflow", "sweep-no-mlflow", "ablate-no-mlflow",
-        "ablate-address-cpus",
-        "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named", "prune-demo-folder",
-        "prune-demo-threshold", "quality-no-mlflow", "quality-dario"])
+        "ablate-address-cpus", "ablate-out-storage", "prune-demo-and-model", "prune-finetune-named",
+        "prune-demo-finetune", "prune-demo-folder", "prune-demo-threshold", "quality-no-mlflow", "quality-dario"])
 def test_a_flag_that_another_makes_unused_is_refused_by_name(args, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "study.yaml").write_text("name: s\nsearcher: [darts, fairdarts]\nseeds: [0]\nsampler: grid\n")
     _no_work(monkeypatch)

@@ -40,7 +40,7 @@ def _kwargs(text: str | None) -> dict:
 
 
 DEMO_FINETUNE_EPOCHS = 15  # each fine-tuning protocol of `dartboard prune`'s demo (its settings: 30)
-FINETUNE_EPOCHS = 3  # a named model's fine-tuning on --data-root
+FINETUNE_EPOCHS, FINETUNE_BATCH = 3, 64  # a named model's fine-tuning on --data-root
 FINETUNE_LR = literal_constants("dartboard.training.vit_finetune", "FINETUNE_LR")["FINETUNE_LR"]
 THROUGHPUT_STEPS = 3  # images/s before and after pruning, recorded with the registered model
 
@@ -76,10 +76,12 @@ def prune(
     data_root: Path | None = typer.Option(None, file_okay=False, help="a named model: fine-tune the pruned ViT on "
                                           "this image folder (train/ and test/ of one folder per class) and report "
                                           "its test accuracy before and after"),
-    finetune: str = typer.Option("last-block", help="with --data-root: last-block (thesis 6.1.2: the last block, "
-                                 "the final norm and the head) or all (every layer)"),
-    finetune_lr: float = typer.Option(FINETUNE_LR, help="with --data-root: AdamW's learning rate"),
-    batch_size: int = typer.Option(64, min=1, help="with --data-root: the fine-tuning's batch size"),
+    finetune: str | None = typer.Option(None, help="with --data-root: last-block (thesis 6.1.2: the last block, "
+                                        "the final norm and the head) or all (every layer) [default: last-block]"),
+    finetune_lr: float | None = typer.Option(None, help=f"with --data-root: AdamW's learning rate [default: "
+                                             f"{FINETUNE_LR:g}]"),
+    batch_size: int | None = typer.Option(None, min=1, help=f"with --data-root: the fine-tuning's batch size "
+                                          f"[default: {FINETUNE_BATCH}]"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (CUDA where there is one), cpu, cuda[:N]; the demo runs on the "
                                "CPU"),
@@ -96,7 +98,8 @@ def prune(
 ) -> None:
     """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights;
     with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
-    is_demo = _demo_mode(model, demo, finetune_epochs, data_root)
+    is_demo = _demo_mode(model, demo, finetune_epochs, data_root, {"--finetune": finetune, "--finetune-lr": finetune_lr,
+                                                                   "--batch-size": batch_size})
     uri = _mlflow(mlflow_uri)
     out = out or default_out(model if not is_demo else "demo", seed)
     _check_outputs(is_demo, checkpoint, model_kwargs, out, uri, register_as)
@@ -144,8 +147,8 @@ def prune(
     if uri:
         params = {"granularity": granularity, "proxy": proxy, "threshold": threshold, "seed": seed}
         if tuning is not None:
-            params.update(data_root=str(data_root.resolve()), finetune=finetune, finetune_epochs=tuning.epochs,
-                          finetune_lr=finetune_lr, batch_size=batch_size)
+            params.update(data_root=str(data_root.resolve()), finetune=tuning.protocol, finetune_epochs=tuning.epochs,
+                          finetune_lr=tuning.lr, batch_size=tuning.batch_size)
         run_id = dario_run.log_pruned_model(result.pruned, result.genotype, metrics=result.metrics, params=params,
                                             tracking_uri=uri)
         typer.echo(f"mlflow run {run_id}")
@@ -153,13 +156,15 @@ def prune(
                   None if is_demo else net)
 
 
-def _finetuning(data_root: Path | None, epochs: int | None, protocol: str, lr: float, batch_size: int, seed: int):
+def _finetuning(data_root: Path | None, epochs: int | None, protocol: str | None, lr: float | None,
+                batch_size: int | None, seed: int):
     """The fine-tuning on ``data_root`` (``dario_finetune.Finetuning``), checked; None without a folder."""
     if data_root is None:
         return None
     from dartboard.platform.dario_finetune import Finetuning
 
-    tuning = Finetuning(FINETUNE_EPOCHS if epochs is None else epochs, protocol, lr, batch_size, seed)
+    tuning = Finetuning(FINETUNE_EPOCHS if epochs is None else epochs, protocol or "last-block",
+                        FINETUNE_LR if lr is None else lr, batch_size or FINETUNE_BATCH, seed)
     with user_input():
         tuning.validate()
     return tuning
@@ -195,10 +200,11 @@ def _prune_named(model: str, checkpoint: Path | None, kwargs: dict, config, devi
     return net, result
 
 
-def _demo_mode(model: str, demo: bool, finetune_epochs: int | None, data_root: Path | None) -> bool:
+def _demo_mode(model: str, demo: bool, finetune_epochs: int | None, data_root: Path | None,
+               tuning: dict[str, object]) -> bool:
     """Whether the demo runs; a model named next to ``--demo``, a folder given to the demo (it trains and
-    fine-tunes on digits), or fine-tuning asked of a named model without a folder to fine-tune on, would be
-    ignored: refused."""
+    fine-tunes on digits with its own settings), or fine-tuning asked of a named model without a folder to
+    fine-tune on (``tuning``: the fine-tuning's flags as given), would be ignored: refused."""
     if demo and model != "demo":
         raise UserInputError(f"--demo: the demo trains its own small ViT on digits and would ignore {model!r}; give "
                              "either --demo or the timm model to prune")
@@ -207,9 +213,11 @@ def _demo_mode(model: str, demo: bool, finetune_epochs: int | None, data_root: P
         raise UserInputError("--data-root: the demo trains and fine-tunes its own small ViT on digits and would "
                              "ignore the folder; name the timm model to prune (dartboard prune MODEL --checkpoint "
                              "FILE --data-root FOLDER)")
-    if not is_demo and data_root is None:
-        refuse_with("--finetune-epochs", {"--finetune-epochs": finetune_epochs}, "a named model is fine-tuned on an "
-                    "image folder: add --data-root FOLDER (train/ and test/, one folder per class); without one it "
+    if is_demo:
+        refuse_with("the demo", tuning, "it fine-tunes with its own settings (--finetune-epochs sets its epochs)")
+    elif data_root is None:
+        refuse_with("--data-root", {"--finetune-epochs": finetune_epochs, **tuning}, "a named model is fine-tuned on "
+                    "an image folder: add --data-root FOLDER (train/ and test/, one folder per class); without one it "
                     "is pruned, saved and registered as it is")
     return is_demo
 
