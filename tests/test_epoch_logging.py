@@ -146,4 +146,7 @@ def test_an_interrupt_is_held_to_the_end_of_the_write_and_a_second_one_is_not():
         assert terms == [signal.SIGTERM]  # the handler that was set ran once the write ended
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with python_ctrl_c():
+        with interrupts_held():
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler that was set, again
