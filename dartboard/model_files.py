@@ -8,3 +8,11 @@ WEIGHTS_FILE = "weights.safetensors"  # its weights
 TRAIN_FILE = "train.json"  # the training's config, results and per-epoch history (training.final)
 PRUNED_WEIGHTS_FILE = "model.safetensors"  # a pruned ViT's weights (`dartboard prune`, beside its gates genotype)
 FLUX_RESULT_FILE = "result.json"  # a trained flux model's genotype, figures, config and data box (`pmsm compare`)
+
+
+def is_flux_model(folder) -> bool:
+    """A folder holding a trained PMSM flux model (``pmsm compare``'s ``OUT/models/NAME/seedN``, or its registered
+    version pulled): its result.json and weights."""
+    from pathlib import Path
+
+    return (Path(folder) / FLUX_RESULT_FILE).is_file() and (Path(folder) / WEIGHTS_FILE).is_file()

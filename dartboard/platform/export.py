@@ -66,9 +66,10 @@ def check_format(fmt: str) -> None:
                              f"(pip install {' '.join(missing)})")
 
 
-def export_network(net: nn.Module, input_shape: tuple[int, int, int], fmt: str, out: str | Path,
-                   seed: int = 0) -> ExportReport:
-    """Export ``net`` (eval mode) for inputs (N, *input_shape); verified, then published at ``out``."""
+def export_network(net: nn.Module, input_shape: tuple[int, ...], fmt: str, out: str | Path, seed: int = 0,
+                   names: tuple[str, str] = ("input", "logits")) -> ExportReport:
+    """Export ``net`` (eval mode) for inputs (N, *input_shape); verified, then published at ``out``. ``names``:
+    the input's and the output's in an ONNX graph."""
     check_format(fmt)
     net = net.eval()
     out = Path(out)
@@ -79,7 +80,7 @@ def export_network(net: nn.Module, input_shape: tuple[int, int, int], fmt: str, 
     check = torch.randn(CHECK_BATCH, *input_shape, generator=generator)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write(net, example, fmt, partial)
+        _write(net, example, fmt, partial, names)
         with torch.no_grad():
             expected = net(check)
         actual = torch.as_tensor(run_exported(fmt, partial, check))
@@ -96,7 +97,7 @@ def export_network(net: nn.Module, input_shape: tuple[int, int, int], fmt: str, 
     return ExportReport(out, fmt, difference, out.stat().st_size)
 
 
-def _write(net: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
+def _write(net: nn.Module, example: torch.Tensor, fmt: str, path: Path, names: tuple[str, str]) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     if fmt == "torchscript":
         with torch.no_grad():
@@ -106,8 +107,8 @@ def _write(net: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
     else:
         for name in ("onnxscript", "onnx_ir"):  # their INFO lines (every rewrite rule applied) are not ours
             logging.getLogger(name).setLevel(logging.WARNING)
-        torch.onnx.export(net, (example,), str(path), dynamo=True, external_data=False, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+        torch.onnx.export(net, (example,), str(path), dynamo=True, external_data=False, input_names=[names[0]],
+                          output_names=[names[1]], dynamic_shapes=({0: batch},), verbose=False)
 
 
 def run_exported(fmt: str, path: str | Path, x: torch.Tensor):

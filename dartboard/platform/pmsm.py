@@ -151,24 +151,30 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     return {"summary": summary, "runs": rows, "table": table, "plot": plot, "best": best}
 
 
-def write_flux_table(model: str | Path, out: str | Path | None = None, *, points: int = 41,
-                     limit: float | None = None) -> tuple[Path, float]:
-    """The learned flux map of a trained flux model (``pmsm compare``'s ``OUT/models/NAME/seedN``) as a CSV look-up
-    table: I_d, I_q, lambda_d, lambda_q and the differential inductances over a ``points`` x ``points`` grid of
-    [-limit, limit]^2 (default: the box of the currents it was trained on). Returns (the file, the limit)."""
-    from dartboard.training.pmsm import flux_table, load_flux_model
-
+def check_table_options(points: Any, limit: Any) -> None:
+    """The grid of a flux table: ``points`` >= 2 per axis, ``limit`` a finite positive current (or None)."""
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
         raise UserInputError(f"points: expected an integer >= 2 (points per current axis), got {points!r}")
     if limit is not None and not (isinstance(limit, int | float) and 0 < limit < float("inf")):
         raise UserInputError(f"limit: expected a finite number > 0 (the largest |I_d|, |I_q| of the table, per unit), "
                              f"got {limit!r}")
+
+
+def write_flux_table(model: str | Path, out: str | Path | None = None, *, points: int = 41,
+                     limit: float | None = None, label: str | None = None) -> tuple[Path, float]:
+    """The learned flux map of a trained flux model (``pmsm compare``'s ``OUT/models/NAME/seedN``) as a CSV look-up
+    table: I_d, I_q, lambda_d, lambda_q and the differential inductances over a ``points`` x ``points`` grid of
+    [-limit, limit]^2 (default: the box of the currents it was trained on). Returns (the file, the limit).
+    ``label``: how the user named the model, in errors (default: the folder)."""
+    from dartboard.training.pmsm import flux_table, load_flux_model
+
+    check_table_options(points, limit)
     net, result = load_flux_model(model)
     if limit is None:
         limit = (result.get("data") or {}).get("current_limit")
         if limit is None:
-            raise UserInputError(f"flux model {str(model)!r}: its result.json does not say the currents it was "
-                                 f"trained on; give the table's range with --limit")
+            raise UserInputError(f"flux model {label or str(model)!r}: its result.json does not say the currents it "
+                                 f"was trained on; give the table's range with --limit")
     path = Path(out) if out is not None else Path(model) / "flux_map.csv"
     columns = flux_table(net, float(limit), points)
     path.parent.mkdir(parents=True, exist_ok=True)

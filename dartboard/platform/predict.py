@@ -72,12 +72,13 @@ def local_network(ref: str) -> LoadedNetwork:
 def _not_a_flux_model(ref: str, folder: Path) -> None:
     """A PMSM flux model (``pmsm compare``'s, or its registered version) maps currents to flux linkages: no images
     to predict or evaluate on; said so, with the commands that use it."""
-    from dartboard.model_files import FLUX_RESULT_FILE
+    from dartboard.model_files import is_flux_model
 
-    if (folder / FLUX_RESULT_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+    if is_flux_model(folder):
         raise UserInputError(f"model {ref!r} is a PMSM flux model (currents to flux linkages), not an image "
                              f"classifier: `dartboard pmsm flux` writes its flux map as a look-up table, `dartboard "
-                             f"pmsm compare` measures it, dartboard.load returns it")
+                             f"pmsm compare` measures it, `dartboard export` writes it as a file that computes its "
+                             f"flux and inductances, dartboard.load returns it")
 
 
 def _recorded_test_acc(folder: Path) -> float | None:

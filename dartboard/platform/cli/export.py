@@ -7,7 +7,10 @@ from pathlib import Path
 import typer
 
 from dartboard.errors import UserInputError, refuse_with
-from dartboard.model_files import NETWORK_FILE
+from dartboard.model_files import NETWORK_FILE, is_flux_model
+
+#: what an exported PMSM flux model computes, said when it is written
+FLUX_IO = ("currents", "flux_and_inductances")
 
 
 def is_model_ref(source: str) -> bool:
@@ -38,15 +41,12 @@ def export(
     if is_model_ref(source):
         refuse_with(f"registered model {source!r}", {"--weights": weights, "--network": network},
                     "its weights and network.json are exported from the registry, not from files")
-        net, spec = _registered(source, tracking_uri)
+        net, shape = _registered(source, tracking_uri)
     elif Path(source).is_dir():
-        from dartboard.platform.predict import local_network
-
         refuse_with(f"model folder {source!r}", {"--weights": weights, "--network": network,
                                                  "--tracking-uri": tracking_uri},
                     "its weights and network.json are the folder's own")
-        model = local_network(source)
-        net, spec = model.net, model.spec
+        net, shape = _folder(source)
     else:
         if tracking_uri is not None:
             raise UserInputError(f"--tracking-uri: {tracking_uri!r} would be ignored: {source!r} is a genotype, "
@@ -55,16 +55,44 @@ def export(
         from dartboard.spaces.genotype import CELL_NETWORK_KINDS as CELLS  # `dartboard train` writes their files
 
         genotype = resolve(source)
+        if genotype.kind == "flux_mlp":
+            raise UserInputError(f"genotype {source!r} is a PMSM flux model's; export its trained model: the folder "
+                                 f"`dartboard pmsm compare` wrote it to (OUT/models/NAME/seedN) or its registered "
+                                 f"version (pmsm-NAME)")
         if genotype.kind not in CELLS:
             raise UserInputError(f"genotype {source!r} is of kind {genotype.kind!r}; export takes the trained network "
                                  f"of a {', '.join(CELLS[:-1])} or {CELLS[-1]} genotype")
-        net, spec = _from_files(source, genotype, weights, network)
+        net, shape = _image_input(*_from_files(source, genotype, weights, network))
     from dartboard.platform.export import export_network
 
-    report = export_network(net, (int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"])), fmt,
-                            out)
+    flux = shape == (2,)
+    report = export_network(net, shape, fmt, out, names=FLUX_IO if flux else ("input", "logits"))
     typer.echo(f"{report.format} written to {report.path} ({report.bytes} bytes); outputs equal the network's on "
                f"random inputs (max |difference| {report.max_abs_difference:.3g})")
+    if flux:
+        from dartboard.spaces.pmsm_lookup import COLUMNS
+
+        typer.echo(f"input: currents [N, 2] (I_d, I_q, per unit); output [N, 6]: {', '.join(COLUMNS)} (the flux "
+                   f"linkages and the differential inductances L_xy = d lambda_x / d I_y)")
+
+
+def _image_input(net, spec) -> tuple:
+    """(the network, the shape of one input) of an image network and its network.json."""
+    return net, (int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"]))
+
+
+def _folder(source: str) -> tuple:
+    """The network of a model folder and the shape of one input: a PMSM flux model's look-up (currents to flux and
+    inductances), else the image network of its files."""
+    if is_flux_model(source):
+        from dartboard.spaces.pmsm_lookup import FluxLookup
+        from dartboard.training.pmsm import load_flux_model
+
+        return FluxLookup(load_flux_model(source)[0]).eval(), (2,)
+    from dartboard.platform.predict import local_network
+
+    model = local_network(source)
+    return _image_input(model.net, model.spec)
 
 
 def _registered(ref: str, uri: str | None):
@@ -76,9 +104,11 @@ def _registered(ref: str, uri: str | None):
     check_registry(uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder, version = pull_model(uri, ref, tmp)  # verified against the recorded SHA-256
+        if is_flux_model(folder):
+            return _folder(str(folder))
         if not (folder / WEIGHTS_FILE).is_file() or not (folder / NETWORK_FILE).is_file():
             raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only, no trained network")
-        return _build(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE)
+        return _image_input(*_build(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE))
 
 
 def _from_files(source: str, genotype, weights: Path | None, network: Path | None):

@@ -108,18 +108,20 @@ def info(
     size per flux evaluation."""
     from pathlib import Path
 
-    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE
+    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, is_flux_model
     from dartboard.spaces.catalog import resolve
 
     folder = Path(genotype)  # a trained network's folder; a search's (genotype.json alone) is its genotype's
-    if folder.is_dir() and ((folder / NETWORK_FILE).is_file() or not (folder / GENOTYPE_FILE).is_file()):
+    flux_model = folder.is_dir() and is_flux_model(folder)  # pmsm compare's OUT/models/NAME/seedN
+    if not flux_model and folder.is_dir() and ((folder / NETWORK_FILE).is_file()
+                                               or not (folder / GENOTYPE_FILE).is_file()):
         refuse_with(f"model folder {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
                                                    "--auxiliary" if auxiliary else "--no-auxiliary":
                                                    auxiliary is not None},
                     "the trained network's channels, cells, input and auxiliary head are in its network.json")
         _print_sized(folder_info(genotype), as_json)
         return
-    geno = resolve(genotype)
+    geno = _flux_model_genotype(folder) if flux_model else resolve(genotype)
     if geno.kind in SIZED:  # their size is their own: the cell network's flags would be ignored (not checked)
         refuse_with(f"genotype {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
                                                "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None},
@@ -142,6 +144,13 @@ def info(
     channels, layers = 36 if channels is None else channels, 20 if layers is None else layers
     auxiliary, dataset = bool(auxiliary), "cifar10" if dataset is None else dataset
     _print_sized({**network_info(genotype, channels, layers, auxiliary, dataset), "auxiliary": auxiliary}, as_json)
+
+
+def _flux_model_genotype(folder):
+    """The genotype of a trained flux model's folder (its result.json; the weights are checked against it)."""
+    from dartboard.training.pmsm import load_flux_model
+
+    return load_flux_model(folder)[0].genotype
 
 
 def _print_sized(result: dict[str, Any], as_json: bool) -> None:

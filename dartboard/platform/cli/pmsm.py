@@ -113,19 +113,49 @@ def _tracking(tracking_uri: str | None, no_mlflow: bool) -> str | None:
 
 @pmsm_app.command("flux")
 def flux(
-    model: str = typer.Argument(..., help="A trained flux model: pmsm compare's OUT/models/NAME/seedN."),
-    out: str = typer.Option(None, help="The CSV file to write (default: MODEL/flux_map.csv)."),
+    model: str = typer.Argument(..., help="A trained flux model: pmsm compare's OUT/models/NAME/seedN, or its "
+                                "registered version (pmsm-NAME:VERSION, pmsm-NAME@ALIAS, models:/...)."),
+    out: str = typer.Option(None, help="The CSV file to write (default: MODEL/flux_map.csv; for a registered "
+                            "model NAME-vVERSION-flux_map.csv in the current folder)."),
     points: int = typer.Option(41, help="Grid points per current axis."),
     limit: float = typer.Option(None, help="The grid's largest |I_d| and |I_q|, per unit (default: the box of "
                                 "the currents the model was trained on)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (a registered model)."),
 ) -> None:
     """The learned flux map as a look-up table: I_d, I_q, lambda_d, lambda_q and the differential inductances
     L_dd, L_dq, L_qd, L_qq on a grid of currents (CSV)."""
-    from dartboard.platform.pmsm import write_flux_table
+    from dartboard.platform.cli.export import is_model_ref
+    from dartboard.platform.pmsm import check_table_options, write_flux_table
 
-    path, limit = write_flux_table(model, out, points=points, limit=limit)
+    check_table_options(points, limit)
+    if is_model_ref(model):
+        path, limit = _registered_flux_table(model, out, points, limit, tracking_uri)
+    else:
+        refuse_with(f"flux model folder {model!r}", {"--tracking-uri": tracking_uri},
+                    "the model is read from the folder, not from a registry")
+        path, limit = write_flux_table(model, out, points=points, limit=limit)
     typer.echo(f"flux map of {model}: {points} x {points} currents over [-{limit:.3g}, {limit:.3g}] p.u. written to "
                f"{path}")
+
+
+def _registered_flux_table(ref: str, out: str | None, points: int, limit: float | None, uri: str | None):
+    """The flux table of a registered flux model, pulled (verified) into a temporary folder."""
+    import tempfile
+
+    from dartboard.model_files import is_flux_model
+    from dartboard.platform.cli.models import check_registry
+    from dartboard.platform.pmsm import write_flux_table
+    from dartboard.platform.tracking.models import pull_model
+
+    check_registry(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, version = pull_model(uri, ref, tmp)  # verified against the recorded SHA-256
+        if not is_flux_model(folder):
+            held = ", ".join(sorted(p.name for p in folder.iterdir()))
+            raise UserInputError(f"model {ref!r}: version {version.version} is not a PMSM flux model (it holds {held}; "
+                                 f"`dartboard pmsm compare` registers flux models as pmsm-NAME)")
+        out = out if out is not None else f"{version.name}-v{version.version}-flux_map.csv"
+        return write_flux_table(folder, out, points=points, limit=limit, label=ref)
 
 
 def named_models(items: list[str]) -> dict[str, Any]:
