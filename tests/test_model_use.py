@@ -195,3 +195,25 @@ def test_pull_never_overwrites_other_files_and_pulls_the_same_version_again(serv
     (folder / "model.json").write_text(json.dumps({**record, "version": "999"}))  # another version's folder
     with pytest.raises(UserInputError, match="already holds model.json, other than"):
         models.pull_model(server["uri"], ref, folder)
+
+
+def test_a_palette_image_with_a_transparent_colour_is_read_without_a_warning(tmp_path):
+    """PIL warns on every palette PNG with a transparent colour converted straight to RGB (the form many image
+    editors save small pictures in): both readers go through RGBA and give the palette's colours."""
+    import warnings
+
+    from PIL import Image
+
+    from dartboard.data.datasets import read_image as folder_image
+
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], dtype=np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 red, 1 blue
+    palette.save(tmp_path / "p.png", transparency=b"\x33\x00")  # alpha per index (bytes): 0.2 and 0
+    assert isinstance(Image.open(tmp_path / "p.png").info["transparency"], bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folder = np.asarray(folder_image(str(tmp_path / "p.png")))
+        picture = read_image(tmp_path / "p.png")
+    assert folder.shape == (2, 2, 3) and tuple(folder[0, 0]) == (255, 0, 0) and tuple(folder[0, 1]) == (0, 0, 255)
+    assert picture.shape == (4, 2, 2)  # RGBA: the palette's colours and its alphas
+    assert tuple(picture[:, 0, 0]) == (1, 0, 0, 0.2) and tuple(picture[:, 0, 1]) == (0, 0, 1, 0)

@@ -133,12 +133,17 @@ def _imagenet(root: str | None, image_size: int) -> Splits:
 
 
 def read_image(path: str):
-    """torchvision's image loader (an RGB PIL image) for a user's image folders: a file it cannot read (not an
-    image, truncated) is named as the data's error, wherever in an epoch it is first read."""
-    from torchvision.datasets.folder import default_loader
+    """An RGB PIL image (torchvision's folder loader does the same) for a user's image folders: a file it cannot read
+    (not an image, truncated) is named as the data's error, wherever in an epoch it is first read. A palette image
+    with a transparent colour goes through RGBA, as PIL asks (converted straight to RGB, PIL warns on every such
+    file)."""
+    from PIL import Image
 
     try:
-        return default_loader(path)
+        with Image.open(path) as img:
+            if img.mode == "P" and "transparency" in img.info:
+                return img.convert("RGBA").convert("RGB")
+            return img.convert("RGB")
     except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
         raise DataError(f"image folder: cannot read {path!r} as an image ({' '.join(str(err).split())}); remove or "
                         f"replace it") from None

@@ -105,8 +105,9 @@ def _read_picture(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale
                 return (np.asarray(img, dtype=np.float32) / 65535.0)[None]
-            if img.mode not in ("L", "RGB", "RGBA"):
-                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+            if img.mode not in ("L", "RGB", "RGBA"):  # a palette's transparent colour is an alpha, as PIL asks
+                alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
+                img = img.convert("RGBA" if alpha else "RGB")
             array = np.asarray(img, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as err:
         raise UserInputError(f"{path}: not a readable image ({err})") from None
