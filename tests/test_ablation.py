@@ -108,6 +108,31 @@ def test_study_validation_names_the_field():
         validate_study(_study(variants=[{"name": "nope", "searcher": "nope"}, {"name": "ok", "searcher": "darts"}]))
 
 
+def test_asha_lets_a_trial_that_trains_after_its_search_run_its_final_training():
+    """ASHA stopped every trial whose report reached its max_t, the last search epoch: a trial that then trains its
+    genotype (final_training scope trial) lost that training's report, or was stopped inside it. Its rungs stay."""
+    from types import SimpleNamespace
+
+    from dartboard.platform.ray.space import make_scheduler
+
+    def actions(cfg: StudyConfig, *rows: tuple[str, int, float]) -> list[str]:
+        scheduler = make_scheduler(cfg)
+        for trial_id in {r[0] for r in rows}:
+            scheduler.on_trial_add(None, SimpleNamespace(trial_id=trial_id))
+        return [scheduler.on_trial_result(None, SimpleNamespace(trial_id=t), {"epoch": e, "val_acc": v})
+                for t, e, v in rows]
+
+    base = {"name": "s", "searcher": "darts", "epochs": 2}
+    # without a final training the last epoch ends the trial, as before
+    assert actions(StudyConfig(**base), ("a", 1, 0.5), ("a", 2, 0.5)) == ["CONTINUE", "STOP"]
+    trained = StudyConfig(**base, final_training={"scope": "trial", "epochs": 1})
+    # the last search epoch and the final training's report (the same epoch) go on
+    assert actions(trained, ("a", 1, 0.5), ("a", 2, 0.5), ("a", 2, 0.5)) == ["CONTINUE"] * 3
+    # the rung at the last epoch still stops the trial behind (reduction factor 2: the top half goes on)
+    assert actions(trained, ("a", 1, 0.5), ("b", 1, 0.9), ("a", 2, 0.9), ("b", 2, 0.1)) == \
+        ["CONTINUE", "CONTINUE", "CONTINUE", "STOP"]
+
+
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*ablation*.yaml")), ids=lambda p: p.name)
 def test_presets_load_and_name_registered_searchers(path):
     study = load_study(path)

@@ -133,3 +133,47 @@ def test_a_sqlite_stores_artifacts_go_beside_its_database_wherever_the_command_r
     assert artifact_uri.startswith(str(tmp_path / "store" / "mlruns" / "beside")), artifact_uri  # one per experiment
     assert list((tmp_path / "store" / "mlruns").rglob("genotype.json")) and not list(elsewhere.iterdir())
     assert runs.artifact_location("http://127.0.0.1:5000", "beside") is None  # a server chooses its own
+
+
+def test_a_final_value_of_a_metric_the_last_epoch_holds_is_the_runs_latest_and_its_model_registers(tmp_path):
+    """A 1-epoch trial whose objective is its final training's: the search's objective of epoch 0 and the final one
+    are two values of one metric at step 0. Logged at one time they were no order (the run's latest value either
+    one), and logging the champion's model into that run failed in MLflow's logged-model metrics ("UNIQUE
+    constraint failed"), after the whole study had run."""
+    from dartboard.platform.tracking import models, runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    genotype = gt.save(resolve("darts-v2"), tmp_path / "genotype.json")
+    parent = runs.start_parent_run(uri, "one-epoch", "study-one-epoch", {"epochs": 1}, {"study": "one-epoch"})
+    rid = runs.log_child_run(uri, parent, "darts/seed0", {"seed": 0}, [{"objective": 0.375, "val_acc": 0.375}],
+                             {"objective": 0.75, "val_acc": 0.375, "test_acc": 0.75}, [genotype], started=1000.0,
+                             times=[1010.0])
+    version = models.register_model_files(uri, "one-epoch-champion", rid, {"genotype": genotype}, {"trial": "x"})
+    assert str(version.version) == "1"
+    c = runs.client(uri)
+    assert c.get_run(rid).data.metrics["objective"] == 0.75  # the final value
+    history = sorted((m.timestamp, m.step, m.value) for m in c.get_metric_history(rid, "objective"))
+    assert history == [(1010000, 0, 0.375), (1010001, 0, 0.75)]
+    assert [m.value for m in c.get_metric_history(rid, "val_acc")] == [0.375]  # the curve's own value: once
+
+
+def test_a_trials_record_is_its_last_checkpoints_where_tune_missed_its_last_report(tmp_path):
+    """ASHA's stop at the last epoch's rung can reach a trial as its final training reports: the report is in the
+    trial's checkpoint (written before Tune is told) but not Tune's last result. The trial's objective and metrics
+    are the checkpoint's, its final training's."""
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.storage import train_dir
+    from dartboard.platform.ray.trial import trial_payload
+
+    cfg = StudyConfig(name="raced", epochs=1, final_training={"scope": "trial", "epochs": 1},
+                      objective={"kind": "final"})
+    run_dir = str(tmp_path / "raced")
+    epoch = {"epoch": 1.0, "objective": 0.25, "val_acc": 0.25, "search_done": 1.0, "done": 0.0}
+    final = {**epoch, "objective": 0.75, "test_acc": 0.75, "test_error": 25.0, "parameters": 123.0, "done": 1.0}
+    checkpoint = tmp_path / "raced" / train_dir("", "t")[1:] / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "progress.json").write_text(json.dumps({"done": True, "history": [final]}))
+    tune_last = {**epoch, "genotype": json.dumps(gt.to_dict(resolve("darts-v2"))), "trial_id": "t"}
+    p = trial_payload(cfg, run_dir, "t", {}, tune_last, None)
+    assert p["status"] == "complete" and p["objective"] == 0.75
+    assert p["metrics"]["test_acc"] == 0.75 and p["metrics"]["parameters"] == 123.0

@@ -148,3 +148,36 @@ def test_a_trial_whose_data_cannot_be_read_errors_once_with_the_reason(workers, 
     # where the trial ran, so that the study frees its placement group should Ray Train's own cleaner fail (it does
     # where two Ray instances share the machine: the group held its CPU and a later trial waited for it forever)
     assert reports[0]["placement_group_id"] and reports[0]["node_id"]
+
+
+def test_under_asha_a_one_epoch_ablation_takes_its_final_trainings_objective_and_registers(ray_local, tmp_path):
+    """ASHA (a study's default scheduler) stopped each trial at its last search epoch, so the report of the trial's
+    final training never reached Tune: the objective of `objective.kind: final` stayed the supernet's, and the
+    champion was chosen by it. With one epoch the final metrics also met the epoch's at step 0 in the trial's MLflow
+    run, and registering the champion there failed after every trial had run."""
+    from dartboard.platform.ablation import run_ablation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # one trial at a time, the better second: each is ahead at the last epoch's rung, so both train after the search
+    cfg = StudyConfig(name="final-asha", space="tiny81", epochs=1, batch_size=64, seeds=[0], sampler="grid",
+                      max_concurrent=1, storage=str(tmp_path / "studies"), register_as="final-asha-champion",
+                      variants=[{"name": "a-frozen", "searcher": "darts", "options": {"w_lr": 1e-6}},
+                                {"name": "b-darts", "searcher": "darts"}],
+                      final_training={"scope": "trial", "channels": 4, "layers": 2, "epochs": 1},
+                      objective={"kind": "final"},
+                      report={"metrics": ["test_error", "parameters"], "rank_metric": "test_error", "rank_mode": "min"})
+    assert cfg.scheduler.type == "asha"
+    summary = run_ablation(cfg, tracking_uri=uri)
+    trials = summary["result"].trials
+    assert [t["status"] for t in trials] == ["complete", "complete"]
+    for t in trials:  # the final training's test accuracy, not the supernet's validation accuracy
+        assert t["objective"] == t["metrics"]["test_acc"] and t["metrics"]["val_acc"] != t["objective"]
+        # and Tune was told of it (its searcher, Optuna in a sweep, learns from that result): not stopped before
+        (tune_results,) = Path(summary["run_dir"]).glob(f"run_trial_{t['trial_id']}/result.json")
+        assert json.loads(tune_results.read_text().splitlines()[-1]).get("test_acc") == t["metrics"]["test_acc"]
+    best = max(trials, key=lambda t: t["metrics"]["test_acc"])
+    assert summary["result"].best["key"] == best["key"]
+    from mlflow import MlflowClient
+
+    version = MlflowClient(uri).get_model_version_by_alias("final-asha-champion", "champion")
+    assert version.tags["trial"] == best["key"] and float(version.tags["metric.objective"]) == best["objective"]

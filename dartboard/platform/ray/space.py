@@ -259,5 +259,11 @@ def make_scheduler(cfg: StudyConfig):
     s = cfg.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
+    # ASHA stops every trial whose report reaches max_t (the last search epoch) unless told not to: a trial that
+    # trains its genotype after its search (final_training scope trial) would lose that training's report (Tune's
+    # last result, the objective of `objective.kind: final`, the champion's choice) or be stopped inside it. Its
+    # rungs still apply, the last epoch's included: a trial in the bottom there gets no final training.
+    trains_after = cfg.final_training is not None and cfg.final_training.scope == "trial"
     return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=cfg.epochs,
-                         grace_period=min(s.grace_period, cfg.epochs), reduction_factor=s.reduction_factor)
+                         grace_period=min(s.grace_period, cfg.epochs), reduction_factor=s.reduction_factor,
+                         stop_last_trials=not trains_after)

@@ -262,9 +262,13 @@ def trial_payload(cfg: StudyConfig, run_dir: str, trial_id: str, config: dict, m
     last = history[-1] if history else {}
     from ray.tune.result import AUTO_RESULT_KEYS  # Tune's bookkeeping (pid, timers), not the trial's
 
-    keep = {k: v for k, v in {**last, **metrics}.items()
+    # A finished trial's checkpoint holds its last report, written before Tune is told of it: where Tune missed that
+    # report (its final training's, when ASHA's stop at the last epoch's rung came as the trial ended) it is the
+    # record. A stopped trial's stays Tune's: its checkpoint may hold an epoch run while the stop was on its way.
+    done = bool(found and found[1].get("done"))
+    keep = {k: v for k, v in ({**metrics, **last} if done else {**last, **metrics}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in AUTO_RESULT_KEYS}
-    if found and status == "complete" and not found[1].get("done"):
+    if found and status == "complete" and not done:
         status = "pruned"  # its last epoch reported, but the trial never finished (e.g. final training)
     genotype = metrics.get("genotype")
     genotypes = [json.loads(g) for g in found[1].get("genotypes", [])] if found else []

@@ -189,10 +189,14 @@ def log_child_run(uri: str | None, parent_id: str, key: str, params: Mapping[str
             c.log_param(rid, k, v)
         points = [Metric(mlflow_name(k), float(v), stamps[step], step) for step, m in enumerate(history)
                   for k, v in m.items() if _is_number(v)]
-        # final metrics belong to the last epoch; those its curve already holds are not logged again
+        # final metrics belong to the last epoch; those its curve already holds are not logged again. One that has
+        # another value there (the objective of a final training against the search's) is logged a millisecond
+        # after the epoch: two values of one metric at one step and time are no order, the run's latest value
+        # would be either, and MLflow's logged model refuses them (a model logged into a 1-epoch trial's run:
+        # "UNIQUE constraint failed: logged_model_metrics")
         last = history[-1] if history else {}
-        points += [Metric(mlflow_name(k), float(v), end, max(len(history) - 1, 0)) for k, v in metrics.items()
-                   if _is_number(v) and last.get(k) != v]
+        points += [Metric(mlflow_name(k), float(v), end + (k in last), max(len(history) - 1, 0))
+                   for k, v in metrics.items() if _is_number(v) and last.get(k) != v]
         for start in range(0, len(points), 900):  # the REST API takes at most 1000 metrics per batch
             c.log_batch(rid, metrics=points[start:start + 900])
         for path in artifacts:
