@@ -133,6 +133,23 @@ def test_asha_lets_a_trial_that_trains_after_its_search_run_its_final_training()
         ["CONTINUE", "CONTINUE", "CONTINUE", "STOP"]
 
 
+def test_an_ablation_without_a_scheduler_runs_every_trial_to_its_end(tmp_path):
+    """A comparison needs every variant x seed: `dartboard ablate` of a file that names no scheduler runs FIFO (a
+    study's own default, ASHA, would stop the trials behind: rows, and final trainings, missing from the table);
+    one that asks for ASHA gets it; a sweep keeps ASHA."""
+    from dartboard.platform.ray.runner import load_study as load_sweep
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"name": "a", "sampler": "grid", "seeds": [0, 1],
+                                                     "variants": [{"name": "darts", "searcher": "darts"}]}))
+    assert load_study(tmp_path / "a.yaml").scheduler.type == "fifo"
+    assert load_study(tmp_path / "a.yaml", settings={"scheduler.type": "asha"}).scheduler.type == "asha"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "b", "sampler": "grid", "seeds": [0],
+                                                     "variants": [{"name": "darts", "searcher": "darts"}],
+                                                     "scheduler": {"type": "asha", "metric": "val_loss"}}))
+    assert load_study(tmp_path / "b.yaml").scheduler.model_dump()["metric"] == "val_loss"
+    assert load_sweep(tmp_path / "a.yaml").scheduler.type == "asha"
+
+
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*ablation*.yaml")), ids=lambda p: p.name)
 def test_presets_load_and_name_registered_searchers(path):
     study = load_study(path)

@@ -17,11 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from dartboard.platform.config import StudyConfig
-from dartboard.platform.ray.runner import StudyResult, load_study, run_study  # noqa: F401 - load_study re-exported
+from dartboard.platform.ray import runner
+from dartboard.platform.ray.runner import StudyResult, run_study
 from dartboard.platform.reports.plots import plot_alphas, plot_scatter, slug
 from dartboard.platform.reports.tables import best_per_variant, summarize, trial_results, write_tables
 
 log = logging.getLogger("dartboard")
+
+
+#: What an ablation study file may leave out: a comparison runs every trial to its end. (A study's own default
+#: scheduler is ASHA, which stops the trials behind at its rungs, the last search epoch's included: their rows, and
+#: with ``final_training.scope: trial`` their final trainings, would be missing from the table.)
+ABLATION_DEFAULTS: dict[str, Any] = {"scheduler": {"type": "fifo"}}
+
+
+def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None,
+               settings: dict[str, Any] | None = None) -> StudyConfig:
+    """An ablation study (file or preset), as ``runner.load_study`` reads it, with :data:`ABLATION_DEFAULTS` for
+    the keys the file leaves out."""
+    return runner.load_study(name_or_path, overrides, settings, defaults=ABLATION_DEFAULTS)
 
 
 def report_dir(run_dir: str, name: str) -> Path:

@@ -77,11 +77,13 @@ def study_path(name_or_path: str | None) -> Path:
 
 
 def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None,
-               settings: dict[str, Any] | None = None) -> StudyConfig:
+               settings: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> StudyConfig:
     """The study file (or preset) with ``overrides`` (top-level keys) and ``settings`` (``--set``: dotted keys into
-    the study's mappings, ``options.C``) on top, validated."""
+    the study's mappings, ``options.C``) on top, validated; ``defaults``: top-level keys the file may leave out (a
+    front end's own defaults)."""
     # An empty study file is a mistake, not the default study: refused like a file that holds no mapping.
-    study = {**load_yaml(study_path(name_or_path), empty_ok=False, what="a study (a mapping at the top level)"),
+    study = {**(defaults or {}),
+             **load_yaml(study_path(name_or_path), empty_ok=False, what="a study (a mapping at the top level)"),
              **(overrides or {})}
     for key, value in (settings or {}).items():
         set_study_key(study, key, value)
