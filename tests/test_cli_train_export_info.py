@@ -202,9 +202,13 @@ def test_export_refuses_a_genotype_that_is_no_cell_network(source, no_work, tmp_
     (tmp_path / "w.pt").write_bytes(b"")
     line = refused_here(["export", name, "--weights", "w.pt", "--out", "net.onnx", "--format", "onnx"], tmp_path,
                         capsys, monkeypatch)
-    kind = "mlp" if source == "heads" else "flux_mlp"
-    assert line == (f"error: genotype {name!r} is of kind {kind!r}; export takes the trained network of a darts, "
-                    f"cells or colornas genotype"), line
+    if source == "heads":
+        assert line == (f"error: genotype {name!r} is of kind 'mlp'; export takes the trained network of a darts, "
+                        f"cells or colornas genotype"), line
+    else:  # a flux model is exported from its trained model's folder or registered version (tests/test_pmsm_lookup.py)
+        assert line == (f"error: genotype {name!r} is a PMSM flux model's; export its trained model: the folder "
+                        f"`dartboard pmsm compare` wrote it to (OUT/models/NAME/seedN) or its registered version "
+                        f"(pmsm-NAME)"), line
 
 
 # ------------------------------------------------------------------ info
