@@ -132,6 +132,28 @@ def test_train_retrieve_and_info_commands_on_digits(tmp_path, capsys):
     code, text = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "q"), "--gallery",
                      str(tmp_path / "g"))
     assert code == 0 and f"mAP {expected:.4f}" in text, text
+    # a gallery that holds some query groups only: the others' queries are left out of the mAP, and said to be;
+    # one that holds none of them: refused (an mAP of 0 looked like a result)
+    import shutil
+
+    (tmp_path / "some").mkdir()
+    kept = sorted(p.name for p in (tmp_path / "g").iterdir())[:2]
+    for group in kept:
+        shutil.copytree(tmp_path / "g" / group, tmp_path / "some" / group)
+    left_out = sum(1 for g, _, _ in pixels["q"] if g not in kept)
+    code, text = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "q"), "--gallery",
+                     str(tmp_path / "some"))
+    n_queries = len(pixels["q"])
+    assert code == 0 and 0 < left_out < n_queries, text
+    assert (f"queries {n_queries} ({n_queries - left_out} scored: {left_out} whose group has no image in the gallery "
+            f"left out), gallery") in text, text
+    (tmp_path / "other" / "x").mkdir(parents=True)
+    shutil.copy(next((tmp_path / "g").rglob("*.png")), tmp_path / "other" / "x" / "a.png")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "q"), "--gallery",
+              str(tmp_path / "other")])
+    assert "no query's group has an image in the gallery" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     code, _ = run("retrieve", str(out / "ssl_weights.pt"), "--query", str(tmp_path / "empty"), "--gallery",
                   str(tmp_path / "empty"))

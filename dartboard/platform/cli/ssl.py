@@ -142,7 +142,16 @@ def retrieve(
                                                           saved["in_channels"]))
         q_f, _ = E.embed(net.backbone, q_data)
         g_f, _ = E.embed(net.backbone, g_data)
-    typer.echo(f"queries {len(q_groups)}, gallery {len(g_groups)}, tau {tau}")
+    in_gallery = set(g_groups)
+    unmatched = sum(g not in in_gallery for g in q_groups)
+    if unmatched == len(q_groups):
+        raise UserInputError(f"retrieve: no query's group has an image in the gallery (query groups: "
+                             f"{', '.join(map(str, sorted(set(q_groups))))}; gallery groups: "
+                             f"{', '.join(map(str, sorted(in_gallery)))}): there is nothing to retrieve, the mAP is "
+                             f"undefined")
+    scored = f" ({len(q_groups) - unmatched} scored: {unmatched} whose group has no image in the gallery left out)" \
+        if unmatched else ""
+    typer.echo(f"queries {len(q_groups)}{scored}, gallery {len(g_groups)}, tau {tau}")
     typer.echo(f"mAP {E.retrieval_map(q_f, q_groups, g_f, g_groups, tau):.4f}")
 
 
