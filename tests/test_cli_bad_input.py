@@ -188,17 +188,20 @@ def test_resuming_a_study_that_never_reached_tune_is_one_line(tmp_path):
                                            "ignore it"),
     (["--register", "mine"], "--register: registering needs MLflow"),
     (["--out", "junk.pt/pruned"], "--out: cannot write to 'junk.pt/pruned'"),
-    (["--mlflow-uri", UNREACHABLE], f"--mlflow-uri: cannot reach the MLflow tracking server at {UNREACHABLE}"),
-    (["--tracking-uri", UNREACHABLE], f"--mlflow-uri: cannot reach the MLflow tracking server at {UNREACHABLE}"),
-    (["--tracking-uri", "./mlruns"], "--mlflow-uri: './mlruns' is a file store (a folder of runs)"),
+    (["--mlflow-uri", UNREACHABLE], f"--tracking-uri: cannot reach the MLflow tracking server at {UNREACHABLE}"),
+    (["--tracking-uri", UNREACHABLE], f"--tracking-uri: cannot reach the MLflow tracking server at {UNREACHABLE}"),
+    (["--tracking-uri", "./mlruns"], "--tracking-uri: './mlruns' is a file store (a folder of runs)"),
     (["no_such_vit"], "model: 'no_such_vit' is not a timm model"),
     (["vit_tiny_patch16_224", "--model-kwargs", '{"img_size": "x"}'],
      "model: timm's 'vit_tiny_patch16_224' does not take {'img_size': 'x'}: TypeError"),
     (["vit_tiny_patch16_224", "--checkpoint", "junk.safetensors"],
      "checkpoint: 'junk.safetensors' is not a safetensors file"),
     (["vit_tiny_patch16_224", "--checkpoint", "junk.pt"], "checkpoint: 'junk.pt' is not a torch file of tensors"),
+    (["--no-mlflow", "--tracking-uri", UNREACHABLE], "--no-mlflow: the pruned ViT is logged to no tracking server and "
+                                                     "registered nowhere; drop --tracking-uri"),
+    (["--no-mlflow", "--register", "mine"], "drop --register"),
 ], ids=["demo-checkpoint", "register-no-mlflow", "out", "mlflow-down", "tracking-uri-down", "tracking-uri-file-store",
-      "model", "model-kwargs", "safetensors", "pt"])
+      "model", "model-kwargs", "safetensors", "pt", "no-mlflow-uri", "no-mlflow-register"])
 def test_prune_refuses_what_it_cannot_use_before_the_search(args, message, tmp_path, capsys, monkeypatch):
     # Before: the demo ran for minutes ignoring the checkpoint; a model, its arguments or a checkpoint it could not
     # use ended in a traceback; --out and the server were found out only after the search.

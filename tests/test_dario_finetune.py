@@ -80,6 +80,16 @@ def test_the_pruned_vit_is_fine_tuned_on_the_folder_and_saved_fine_tuned(tmp_pat
 
 
 @pytest.mark.mlflow
+def test_no_mlflow_logs_nothing_where_a_tracking_uri_is_set(tmp_path, capsys, monkeypatch):
+    """MLFLOW_TRACKING_URI set (as MLflow's own tools leave it): `--no-mlflow` logs and registers nothing (before,
+    prune had no way to opt out but to unset it)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'set.db'}")
+    code, out, err = run_main([*_setup(tmp_path), "--finetune-epochs", "1", "--no-mlflow"], capsys)
+    assert code == 0, err
+    assert "saved" in out and "mlflow run" not in out and "registry:" not in out and "registered" not in out
+    assert not (tmp_path / "set.db").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+
+
 def test_a_head_of_other_classes_is_replaced_and_the_accuracy_logged(tmp_path, capsys):
     from mlflow import MlflowClient
 

@@ -95,12 +95,17 @@ def prune(
                                                "command"),
     register_as: str | None = typer.Option(None, "--register", help="with MLflow: the registered model NAME or "
                                            "NAME@ALIAS of the pruned ViT (default: dario-<model>, no alias)"),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="log and register nothing, even where "
+                                   "MLFLOW_TRACKING_URI is set"),
 ) -> None:
     """Prune a pre-trained ViT with DARIO: search gates, cut blocks/heads, save the genotype and weights;
     with MLflow, log the run and register the pruned model (parameters and throughput before/after)."""
     is_demo = _demo_mode(model, demo, finetune_epochs, data_root, {"--finetune": finetune, "--finetune-lr": finetune_lr,
                                                                    "--batch-size": batch_size})
-    uri = _mlflow(mlflow_uri)
+    if no_mlflow:
+        refuse_with("--no-mlflow", {"--tracking-uri": mlflow_uri, "--register": register_as},
+                    "the pruned ViT is logged to no tracking server and registered nowhere")
+    uri = None if no_mlflow else _mlflow(mlflow_uri)
     out = out or default_out(model if not is_demo else "demo", seed)
     _check_outputs(is_demo, checkpoint, model_kwargs, out, uri, register_as)
     import torch
@@ -241,11 +246,11 @@ def _check_outputs(is_demo: bool, checkpoint: Path | None, model_kwargs: str | N
         raise UserInputError(f"{flag}: the demo trains its own small ViT on digits and would ignore it; name the "
                              f"timm model to prune (dartboard prune MODEL --checkpoint FILE --model-kwargs JSON)")
     if register_as and not uri:
-        raise UserInputError("--register: registering needs MLflow: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+        raise UserInputError("--register: registering needs MLflow: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     check_writable_dir(out, "--out")
     _check_no_other_model(out)
     if uri:
-        check_tracking_server(uri, "--mlflow-uri")
+        check_tracking_server(uri, "--tracking-uri")
 
 
 def _check_no_other_model(out: Path) -> None:
