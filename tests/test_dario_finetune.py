@@ -131,3 +131,24 @@ def test_bad_folders_models_and_protocols_are_refused_before_the_search(change, 
     code, out, err = run_main(args, capsys)
     assert code == 2 and err.strip() == message.format(root=str(tmp_path / "imgs")), err
     assert "blocks kept" not in out and not (tmp_path / "out").exists()
+
+
+def test_info_of_a_head_pruned_vit_says_which_heads_each_block_kept(tmp_path, capsys, monkeypatch):
+    """`--granularity head` keeps every block and cuts attention heads: info said "blocks kept [0, 1, 2, 3] of 4" only,
+    the same as for the unpruned model, beside a smaller parameter count."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, err = run_main([*_setup(tmp_path), "--granularity", "head", "--threshold", "0.9", "--finetune-epochs",
+                               "1"], capsys)
+    assert code == 0, err
+    genotype = json.loads((tmp_path / "out" / "genotype.json").read_text())
+    kept = {int(b): heads for b, heads in genotype["heads_kept"].items()}
+    assert any(len(kept.get(b, [0, 1])) < 2 for b in genotype["blocks_kept"])  # threshold 0.9: some head is cut
+    code, out, err = run_main(["info", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    sized = json.loads(out)
+    assert sized["n_heads"] == 2 and {int(b): h for b, h in sized["heads_kept"].items()} == kept
+    assert sized["parameters"] == sum(p.numel() for p in dartboard.load(str(tmp_path / "out")).parameters())
+    code, out, err = run_main(["info", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    listed = ", ".join(f"block {b}: {len(kept.get(b, [0, 1]))} of 2" for b in genotype["blocks_kept"])
+    assert f"attention heads kept: {listed}\n" in out, out

@@ -77,8 +77,10 @@ def pruned_info(folder: str, geno: Any, spec: dict[str, Any]) -> dict[str, Any]:
 
     net = rebuild_pruned(geno).eval()
     shape = [int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"])]
+    heads = {int(b): sorted(int(h) for h in kept) for b, kept in geno.heads_kept.items()}
     return {"genotype": folder, "kind": "gates", "model": geno.model, "blocks_kept": list(geno.blocks_kept),
-            "n_blocks": geno.n_blocks, "dataset": spec.get("dataset"), "input": shape,
+            "n_blocks": geno.n_blocks, "heads_kept": {str(b): heads[b] for b in sorted(heads)},
+            "n_heads": geno.n_heads, "dataset": spec.get("dataset"), "input": shape,
             "parameters": count_parameters(net), "multiply_adds": multiply_adds(net, (1, *shape))}
 
 
@@ -160,6 +162,10 @@ def _print_sized(result: dict[str, Any], as_json: bool) -> None:
     if result.get("kind") == "gates":
         typer.echo(f"{result['genotype']}: {result['model']} pruned by DARIO, blocks kept {result['blocks_kept']} of "
                    f"{result['n_blocks']}, {result['dataset']} input ({' x '.join(map(str, result['input']))})")
+        n_heads, heads = result["n_heads"], result["heads_kept"]
+        if any(len(heads.get(str(b), range(n_heads))) < n_heads for b in result["blocks_kept"]):  # heads pruned
+            typer.echo("attention heads kept: " + ", ".join(
+                f"block {b}: {len(heads.get(str(b), range(n_heads)))} of {n_heads}" for b in result["blocks_kept"]))
         typer.echo(f"parameters: {result['parameters']:,} ({result['parameters'] / 1e6:.2f}M)")
         typer.echo(f"multiply-adds of its convolutions and linear layers: {result['multiply_adds']:,}")
         return
