@@ -282,4 +282,15 @@ def test_the_sweeps_summary_names_the_best_trials_epochs(epoch, words, capsys, t
     echo_summary(result, registered=False)
     out = capsys.readouterr().out
     assert f"best trial t1: objective 0.9000 {words}" in out
+    # with the study's config, the objective is named by its kind
+    from dartboard.platform.config import StudyConfig
+
+    for kind, metrics, said in (("supernet", {"val_acc": 0.9}, "the supernet's validation accuracy"),
+                                ("supernet", {"val_loss": -0.9}, "minus the supernet's validation loss"),  # PMSM
+                                ("derived", {}, "the derived model's accuracy after a short training"),
+                                ("final", {}, "its final training's test accuracy")):
+        extra = {"final_training": {"scope": "trial"}} if kind == "final" else {}
+        result.config, best["metrics"] = StudyConfig(name="s", objective={"kind": kind}, **extra), metrics
+        echo_summary(result, registered=False)
+        assert f"best trial t1: objective 0.9000 ({said}) {words}" in capsys.readouterr().out
     assert "sweep finished in 12 s: 1 trial (1 complete, 0 stopped by ASHA, 0 errored)" in out  # was "1 trials"

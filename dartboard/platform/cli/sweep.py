@@ -72,6 +72,12 @@ def study_settings(items: list[str] | None, overrides: dict) -> dict:
     return settings
 
 
+#: what a study's objective is, by its kind (config.StudyObjective), as the summary says it (a supernet without
+#: accuracy, PMSM's, is scored by minus its validation loss)
+OBJECTIVE_WORDS = {"supernet": "the supernet's validation accuracy", "derived": "the derived model's accuracy after a "
+                   "short training", "final": "its final training's test accuracy"}
+
+
 def echo_summary(result, registered: bool) -> None:
     """The text summary: counts, errors, the best trial, its configuration and genotype, where it went."""
     c = result.counts
@@ -85,7 +91,11 @@ def echo_summary(result, registered: bool) -> None:
         typer.echo("no trial completed; nothing to recommend")
         raise typer.Exit(1)
     best = result.best
-    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f} "
+    kind = getattr(getattr(getattr(result, "config", None), "objective", None), "kind", None)
+    said = f" ({OBJECTIVE_WORDS[kind]})" if kind in OBJECTIVE_WORDS else ""
+    if kind == "supernet" and "val_acc" not in best.get("metrics", {}):
+        said = " (minus the supernet's validation loss)"
+    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f}{said} "
                f"after {epochs_in_words(best['epoch'])}")
     typer.echo("best configuration: " + json.dumps({"variant": best["variant"], **best["config"]}, sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
