@@ -126,6 +126,52 @@ def test_darts_pt_projects_every_edge_and_derives_its_choices():
                           if gg == g and (g, e) not in s.activation.removed}
 
 
+
+def decision_steps(s, monkeypatch) -> list[int]:
+    """The search step at which each DARTS-PT decision is made (the step being taken, counted from 0)."""
+    steps, decide = [], s.activation.decide
+
+    def recorded(ctx, decision):
+        steps.append(ctx.global_step)
+        decide(ctx, decision)
+
+    monkeypatch.setattr(s.activation, "decide", recorded)
+    return steps
+
+
+def test_darts_pt_fits_its_decisions_into_the_steps_left(monkeypatch):
+    # 12 decisions, 8 steps left and 10 fine-tuning steps asked between decisions: two at once while fewer steps
+    # than decisions are left, then one a step; the projection ends with the search, not 9 decisions short
+    s = tiny("darts-pt", pt_start_epoch=1, pt_tune_steps=10, epochs=2, **{"activation.val_batches": 1})
+    steps = decision_steps(s, monkeypatch)
+    history = run(s, 2, steps=8)
+    assert steps == [8, 8, 9, 9, 10, 10, 11, 11, 12, 13, 14, 15]
+    assert history[-1]["pt_pending"] == 0.0 and history[-1]["pt_decided_edges"] == 10.0
+
+
+def test_darts_pt_keeps_its_fine_tuning_where_the_steps_left_hold_it(monkeypatch):
+    # 28 steps left for 12 decisions: 1 fine-tuning step between them fits (24 steps): one decision every 2 steps
+    s = tiny("darts-pt", pt_start_epoch=1, pt_tune_steps=1, epochs=3, **{"activation.val_batches": 1})
+    steps = decision_steps(s, monkeypatch)
+    run(s, 3, steps=14)
+    assert steps == [14 + 2 * i for i in range(12)]
+
+
+def test_darts_pt_started_in_the_first_epoch_finishes_when_the_search_closes(monkeypatch):
+    # one epoch: the projection starts at epoch 0 (half of 1), before the epoch's length is known; the decisions
+    # the fine-tuning pace leaves pending are made when the last epoch closes
+    s = tiny("darts-pt", pt_tune_steps=10, epochs=1, **{"activation.val_batches": 1})
+    steps = decision_steps(s, monkeypatch)
+    history = run(s, 1, steps=6)
+    assert steps[:1] == [0] and steps[1:] == [6] * 11
+    assert history[-1]["pt_pending"] == 0.0 and history[-1]["pt_removed_edges"] == 2.0
+
+
+def test_darts_pt_refuses_a_projection_that_would_never_start():
+    with pytest.raises(ValueError, match=r"\(pt_start_epoch\): the projection would start at epoch 3 of a search of 3"):
+        tiny("darts-pt", pt_start_epoch=3, epochs=3)
+
+
 # ----------------------------------------------------------------------------- data-parallel replicas
 class PairReducer:
     """Two ranks in two threads: each rank's arch gradients become the mean of both (an all-reduce)."""

@@ -276,6 +276,7 @@ class Engine:
     # ------------------------------------------------------------------ epochs
     def end_epoch(self) -> dict[str, float]:
         self._deferred_weight_steps()
+        self.activation.end_epoch(self.ctx)
         metrics = self.meter.read()
         metrics["lr"] = self.w_optimizer.param_groups[0]["lr"]
         metrics["arch_steps"] = float(self.arch_steps)

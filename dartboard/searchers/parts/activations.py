@@ -41,6 +41,9 @@ class Activation(Part, ABC):
     def constrain(self, ctx: Any) -> None:
         """After every alpha step (projection, masking)."""
 
+    def end_epoch(self, ctx: Any) -> None:
+        """When an epoch closes, before its mixing weights are recorded (``ctx.epoch``: the epoch closing)."""
+
 
 @ACTIVATIONS.register("softmax")
 class Softmax(Activation):

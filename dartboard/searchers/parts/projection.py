@@ -9,7 +9,12 @@ first half trains the supernet as DARTS does), projects the supernet one decisio
    accuracy most are kept, the others are removed (weights 0).
 
 Between decisions the supernet is fine-tuned for ``tune_steps`` weight steps (the search's own
-steps continue; the alphas are frozen: no gradient reaches them once projection starts).
+steps continue; the alphas are frozen: no gradient reaches them once projection starts). The
+decisions fit in the search's epochs: where the steps left (counted from the steps per epoch seen
+so far) cannot hold every pending decision with ``tune_steps`` between them, fewer steps are put
+between them, down to several decisions in one step; a decision still pending when the last epoch
+closes (a projection that starts in the first epoch, before its length is known) is made then. So
+the derived genotype is always the whole projection, never a half-projected supernet's parse.
 Accuracy is measured on the last ``val_batches`` validation batches the search saw, ties broken
 by the larger loss. Decisions are read on the host (``.item()``-like reads, once per decision).
 The derivation reads the projected weights (unprojected edges: softmax(alpha)).
@@ -53,9 +58,15 @@ class PerturbationProjection(_GroupSampler):
         self.queue: list[list] | None = None  # pending decisions ["op", group, edge] / ["edge", group, node]
         self.since = 0
         self.buffer: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.epoch_seen: int | None = None
+        self.per_epoch: int | None = None  # search steps per epoch, known from the second epoch on
 
     def start(self, ctx: Any) -> None:
         super().start(ctx)
+        if self.start_epoch is not None and not 0 <= int(self.start_epoch) < ctx.epochs:
+            raise ValueError(f"start_epoch (pt_start_epoch): the projection would start at epoch {self.start_epoch} "
+                             f"of a search of {ctx.epochs} epochs (0 to {ctx.epochs - 1}): it would never run, and the "
+                             f"genotype would be plain DARTS's; give a start_epoch below epochs")
         ctx.skip_zero_weight_ops()  # projected-out ops cost nothing
 
     @property
@@ -90,17 +101,39 @@ class PerturbationProjection(_GroupSampler):
         self.step = ctx.global_step
         if ctx.last_val_batch is not None:
             self.buffer = (self.buffer + [tuple(ctx.last_val_batch)])[-self.val_batches:]
+        if ctx.epoch != self.epoch_seen:  # an epoch's first step: every epoch before it took as many steps
+            self.epoch_seen = ctx.epoch
+            self.per_epoch = ctx.global_step // ctx.epoch if ctx.epoch else None
         start = ctx.epochs // 2 if self.start_epoch is None else int(self.start_epoch)
         if ctx.epoch < start:
             return
         if self.queue is None:
             self.queue = self.plan(ctx)
             self.since = self.tune_steps
-        if self.queue and self.since >= self.tune_steps:
+        due = self.due(ctx)
+        for _ in range(due):
             self.decide(ctx, self.queue.pop(0))
-            self.since = 0
-        else:
-            self.since += 1
+        self.since = 0 if due else self.since + 1
+
+    def due(self, ctx: Any) -> int:
+        """Decisions to make at this step: one after ``tune_steps`` fine-tuning steps, fewer steps between them
+        where the steps left would not hold every pending decision, several at once where fewer steps than
+        decisions are left."""
+        pending = len(self.queue or [])
+        if not pending:
+            return 0
+        gap = self.tune_steps
+        if self.per_epoch:
+            left = self.per_epoch * ctx.epochs - ctx.global_step  # this step included
+            if left < pending:
+                return -(-pending // max(left, 1))
+            gap = min(gap, left // pending - 1)
+        return 1 if self.since >= gap else 0
+
+    def end_epoch(self, ctx: Any) -> None:
+        """At the last epoch's close, the decisions still pending are made (without fine-tuning between them)."""
+        while self.queue and ctx.epoch + 1 >= ctx.epochs:
+            self.decide(ctx, self.queue.pop(0))
 
     def plan(self, ctx: Any) -> list[list]:
         """Every edge in random order, then every node with more than 2 inputs in random order."""
