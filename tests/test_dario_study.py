@@ -2,12 +2,14 @@
 runner: the bundled `dario-outer` study (threshold, gamma, proxy, granularity) with 2 trials and its
 budget scaled down. Each trial's sampled values reach the gate search (its genotype records them), and
 its objective is the pruned ViT's accuracy on the val half after fine-tuning its last block and head,
-recomputed here from the trial's last checkpoint; the champion's gates genotype is registered.
+recomputed here from the trial's last checkpoint; the champion registered is the fine-tuned pruned ViT
+the best trial scored (its gates genotype, weights and network.json: evaluated as any trained network).
 Without Ray: the searcher spreads Algorithm 5's iterations over its search epochs as documented, resumes
 its pre-training bit-identically from a checkpoint, and refuses bad options by name."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,12 +104,15 @@ def test_bad_dario_options_are_refused_by_name(options, message):
 def test_the_dario_outer_study_sweeps_two_trials_on_ray(ray_local, tmp_path):
     from dartboard.data.datasets import search_split
     from dartboard.platform.config import SearchRunConfig
+    from dartboard.platform.predict import evaluate_model
     from dartboard.platform.ray.checkpoint import STATE_FILE
     from dartboard.platform.ray.derived import finetuned_accuracy
     from dartboard.platform.ray.runner import load_study
     from dartboard.platform.ray.space import trial_run_config
     from dartboard.platform.sweep import run_sweep
     from dartboard.platform.tracking import runs
+    from dartboard.platform.tracking.models import load, pull_model
+    from dartboard.training.vit_finetune import evaluate
 
     shipped = load_study("dario-outer")
     cfg = load_study("dario-outer", {"num_samples": 2, "epochs": 4, "storage": str(tmp_path / "studies"),
@@ -136,3 +141,16 @@ def test_the_dario_outer_study_sweeps_two_trials_on_ray(ray_local, tmp_path):
     assert result.best["objective"] == max(t["objective"] for t in result.trials)
     version = runs.client(uri).get_model_version_by_alias("dario-outer", "champion")
     assert version.tags["searcher"] == "dario"
+    # the champion is the fine-tuned pruned ViT the best trial scored (before: its gates genotype alone, which
+    # `evaluate`, `predict`, `export` and `info` refused as "no trained network")
+    assert version.tags["dartboard.kind"] == "network"
+    folder, _ = pull_model(uri, "dario-outer@champion", tmp_path / "pulled")
+    network = json.loads((folder / "network.json").read_text())
+    assert network["kind"] == "pruned-vit" and network["dataset"] == "digits" and network["input_size"] == 8
+    vit = load(str(folder))
+    assert gt.load(folder / "genotype.json") == gt.from_dict(result.best["genotype"])
+    accuracy = evaluate(vit, make_loader(halves[1], 256, shuffle=False, seed=0)) / 100.0
+    assert accuracy == pytest.approx(result.best["objective"], abs=0.01)
+    evaluated = evaluate_model("dario-outer@champion", uri)
+    assert evaluated["test_acc"] == pytest.approx(network["test_acc"], abs=1e-6)
+    assert evaluated["recorded_test_acc"] == network["test_acc"]

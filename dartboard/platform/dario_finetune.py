@@ -60,17 +60,19 @@ def folder_for(model: nn.Module, root: str) -> Splits:
     return image_folder(root, height, "imagefolder", mean, std)
 
 
-def network_of(splits: Splits, data_root: str, test_acc: float) -> dict[str, Any]:
-    """network.json of the fine-tuned pruned ViT: its input (size, channels, normalisation), classes, the data
+def network_of(info: Any, dataset: str, data_root: str | None, test_acc: float) -> dict[str, Any]:
+    """network.json of a fine-tuned pruned ViT: its input (size, channels, normalisation), classes, the data
     it was fine-tuned on (so that `dartboard predict` and `dartboard evaluate` take it as a trained network's)
     and its test accuracy there (a fraction, as a trained network's)."""
     from dartboard.data.catalog import absolute_root
     from dartboard.data.preprocess import preprocessing_of
 
-    info = splits.info
+    pre = preprocessing_of(info)
     return {"kind": "pruned-vit", "in_channels": info.in_channels, "input_size": info.input_size,
-            "num_classes": info.num_classes, "dataset": "imagefolder", "data_root": absolute_root(data_root),
-            "classes": list(info.classes), "preprocessing": preprocessing_of(info).to_dict(), "test_acc": test_acc}
+            "num_classes": info.num_classes, "dataset": dataset,
+            **({"data_root": absolute_root(data_root)} if data_root is not None else {}),
+            **({"classes": list(info.classes)} if info.classes else {}),
+            "preprocessing": pre.to_dict() if pre is not None else None, "test_acc": test_acc}
 
 
 def finetune_pruned(original: nn.Module, result: PruneResult, splits: Splits, settings: Finetuning,
@@ -104,7 +106,7 @@ def finetune_pruned(original: nn.Module, result: PruneResult, splits: Splits, se
         train_epochs(result.pruned, train, settings.epochs, settings.lr, device=device, warmup_epochs=warmup,
                      label_smoothing=0.1, description="fine-tuning all layers")
     after = result.metrics["accuracy_pruned_finetuned"] = evaluate(result.pruned, test, device)
-    result.network = network_of(splits, data_root, after / 100.0)
+    result.network = network_of(splits.info, "imagefolder", data_root, after / 100.0)
     if same_head:
         lines.append(f"test accuracy ({len(splits.test)} images): original {result.metrics['accuracy_original']:.2f}%"
                      f"  pruned {result.metrics['accuracy_pruned_before_finetune']:.2f}% before fine-tuning, "

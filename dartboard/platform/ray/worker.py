@@ -186,7 +186,7 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
     from dartboard.bench.regret import attach_if_tiny81
     from dartboard.data.catalog import load_dataset
     from dartboard.platform.config import SearchRunConfig
-    from dartboard.platform.ray.derived import derived_accuracy
+    from dartboard.platform.ray.derived import derived_score
     from dartboard.searchers.base import seed_everything
     from dartboard.searchers.registry import DataShape, build_searcher
 
@@ -223,7 +223,7 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
     from dartboard.searchers.loop import run_epoch
 
     epochs, final = searcher.epochs, config.get("final")
-    genotype = None
+    genotype = model_files = None
     searched = bool(progress["history"]) and progress["history"][-1].get("search_done") == 1.0
     for epoch in range(epochs if searched else searcher.epoch, epochs):
         for s in samplers:
@@ -247,15 +247,16 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
                   "epoch": done_epochs, "objective": supernet_objective(metrics), "search_done": float(last),
                   "search_seconds": progress["search_seconds"], "genotype": genotype_json(genotype), "done": 0.0}
         if last and config["objective"]["kind"] == "derived":
-            report["derived_acc"] = _broadcast([derived_accuracy(genotype, splits, halves, config["objective"], cfg,
-                                                                 device, rank, searcher)], device)[0]
+            acc, model_files = derived_score(genotype, splits, halves, config["objective"], cfg, device, rank, searcher)
+            report["derived_acc"] = _broadcast([acc], device)[0]
             report["objective"] = report["derived_acc"]
         report["done"] = float(last and final is None)
         progress["history"].append(_numbers(report))
         progress.setdefault("times", []).append(time.time())
         progress.setdefault("genotypes", []).append(report["genotype"])
         progress["done"] = bool(report["done"])
-        _report(report, searcher, progress, rank, partial(ck.write_alphas, searcher=searcher) if last else None)
+        _report(report, searcher, progress, rank, partial(ck.write_alphas, searcher=searcher, model=model_files)
+                if last else None)
         _epoch_gate(config.get("key", ""), done_epochs, rank)
         if last:
             break

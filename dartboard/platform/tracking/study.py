@@ -14,7 +14,13 @@ from typing import Any
 
 from dartboard.platform.tracking import runs
 from dartboard.platform.tracking.champion import SIGNATURE_TAG, Decision, decide, objective_signature
-from dartboard.platform.tracking.models import CHAMPION_ALIAS, GENOTYPE_FILE, filter_literal, register_champion
+from dartboard.platform.tracking.models import (
+    CHAMPION_ALIAS,
+    GENOTYPE_FILE,
+    NETWORK_FILE,
+    filter_literal,
+    register_champion,
+)
 
 log = logging.getLogger("dartboard")
 SKIP_FILES = {"searcher.pt", "progress.json"}  # the search state: large and of no use outside a resume
@@ -133,15 +139,29 @@ class StudyTracker:
         # full precision (str of a float round-trips), as the final-training registration stores them
         tags.update({f"metric.{k}": str(metrics[k]) for k in ("test_acc", "test_error", "parameters")
                      if isinstance(metrics.get(k), (int, float))})
-        self.decision = decide(_alias_tags(c, name), tags, self.promote)
-        log.info("champion: %s %s (%s)", name, "takes @" + CHAMPION_ALIAS if self.decision.move
-                 else "is registered without the alias", self.decision.reason)
         with tempfile.TemporaryDirectory() as tmp:
             folder = _champion_folder(best, Path(tmp))
+            tags.update(_pruned_vit_tags(folder))
+            self.decision = decide(_alias_tags(c, name), tags, self.promote)
+            log.info("champion: %s %s (%s)", name, "takes @" + CHAMPION_ALIAS if self.decision.move
+                     else "is registered without the alias", self.decision.reason)
             return register_champion(self.uri, name, self.children.get(best["key"]) or self.parent, folder,
                                      {**tags, "champion.decision": self.decision.reason,
                                       "champion.moved": "1" if self.decision.move else "0"},
                                      alias=CHAMPION_ALIAS if self.decision.move else None)
+
+
+def _pruned_vit_tags(folder: Path) -> dict[str, str]:
+    """A DARIO trial's fine-tuned pruned ViT records its accuracy on the test split in its network.json: the
+    version's ``metric.test_acc``, as a final training's (and a pruned ViT of ``dartboard prune``) has it."""
+    import json
+
+    try:
+        network = json.loads((folder / NETWORK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    acc = network.get("test_acc") if isinstance(network, dict) and network.get("kind") == "pruned-vit" else None
+    return {"metric.test_acc": str(float(acc))} if isinstance(acc, int | float) else {}
 
 
 def _space(study: Any, trial: Mapping[str, Any]) -> str:
