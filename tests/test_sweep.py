@@ -293,4 +293,11 @@ def test_the_sweeps_summary_names_the_best_trials_epochs(epoch, words, capsys, t
         result.config, best["metrics"] = StudyConfig(name="s", objective={"kind": kind}, **extra), metrics
         echo_summary(result, registered=False)
         assert f"best trial t1: objective 0.9000 ({said}) {words}" in capsys.readouterr().out
+    # a derived objective of a DARIO or NASiam study scores no trained cell network (was: "after a short training")
+    result.config = StudyConfig(name="s", objective={"kind": "derived"})
+    for genotype, said in (("gates", "the pruned ViT's validation accuracy after fine-tuning its last block"),
+                           ("mlp", "the kNN accuracy of a backbone pretrained briefly with the derived heads")):
+        best["genotype"] = {"kind": genotype}
+        echo_summary(result, registered=False)
+        assert f"best trial t1: objective 0.9000 ({said}) {words}" in capsys.readouterr().out
     assert "sweep finished in 12 s: 1 trial (1 complete, 0 stopped by ASHA, 0 errored)" in out  # was "1 trials"

@@ -76,6 +76,9 @@ def study_settings(items: list[str] | None, overrides: dict) -> dict:
 #: accuracy, PMSM's, is scored by minus its validation loss)
 OBJECTIVE_WORDS = {"supernet": "the supernet's validation accuracy", "derived": "the derived model's accuracy after a "
                    "short training", "final": "its final training's test accuracy"}
+#: The ``derived`` objective of genotypes that are no cell network (platform/ray/derived.py)
+DERIVED_WORDS = {"gates": "the pruned ViT's validation accuracy after fine-tuning its last block",
+                 "mlp": "the kNN accuracy of a backbone pretrained briefly with the derived heads"}
 
 
 def echo_summary(result, registered: bool) -> None:
@@ -93,6 +96,8 @@ def echo_summary(result, registered: bool) -> None:
     best = result.best
     kind = getattr(getattr(getattr(result, "config", None), "objective", None), "kind", None)
     said = f" ({OBJECTIVE_WORDS[kind]})" if kind in OBJECTIVE_WORDS else ""
+    if kind == "derived" and (best.get("genotype") or {}).get("kind") in DERIVED_WORDS:
+        said = f" ({DERIVED_WORDS[best['genotype']['kind']]})"
     if kind == "supernet" and "val_acc" not in best.get("metrics", {}):
         said = " (minus the supernet's validation loss)"
     typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f}{said} "
