@@ -171,7 +171,8 @@ def test_train_refuses_the_flags_it_would_not_use(args, message, no_work, tmp_pa
     ("imagenet", "imagenet", {"cutout": True, "cutout_length": 16}),
 ])
 def test_the_flags_the_effective_settings_use_are_not_refused(protocol, dataset, given):
-    from dartboard.platform.cli.train import _check_used, _settings
+    from dartboard.platform.cli.train_settings import check_used as _check_used
+    from dartboard.platform.cli.train_settings import settings_of as _settings
 
     given = {"lr_schedule": None, "lr_gamma": None, "cutout": None, "cutout_length": None, **given}
     _check_used(_settings(protocol, dataset, given), given, "the defaults")  # raises nothing

@@ -15,7 +15,7 @@ from test_cli import run_cli, run_ok
 from test_final_training import N, tiny_splits
 
 from dartboard.errors import UserInputError
-from dartboard.platform.cli.train import _train_config
+from dartboard.platform.cli.train_settings import train_config as _train_config
 from dartboard.spaces.catalog import resolve
 from dartboard.spaces.networks import count_parameters
 from dartboard.training.final import (

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dartboard.data.datasets import DatasetInfo, Splits
-from dartboard.platform.cli.train import protocol_switches
+from dartboard.platform.cli.train_settings import protocol_switches
 from dartboard.spaces.catalog import resolve
 from dartboard.spaces.colour_genotype import ColourGenotype
 from dartboard.training import protocol

@@ -4,11 +4,10 @@
     space x grouping x alpha init x activation x arch optimizer x schedule x regularizers
         x weight-step perturbation x mixed-op modifier x discretizer x objective x epoch hooks
 
-Each iteration: (schedule permitting, after the warm-up epochs) one alpha step on a
-validation batch, first order or unrolled (:mod:`dartboard.searchers.hypergradient`), then
-one weight step on a training batch. The activation is sampled once per step and read by
-both. No ``.item()`` and no branching on tensor values inside :meth:`Engine.step` (a part
-that must read a tensor, such as FIMT or CRB masking, says so itself).
+Each iteration: (schedule permitting, after the warm-up epochs) one alpha step on a validation batch, first order or
+unrolled (:mod:`dartboard.searchers.hypergradient`), then one weight step on a training batch. The activation is
+sampled once per step and read by both. No ``.item()`` and no branching on tensor values inside :meth:`Engine.step`
+(a part that must read a tensor, such as FIMT or CRB masking, says so itself).
 """
 
 from __future__ import annotations
