@@ -21,8 +21,9 @@ TRAINED_ELSEWHERE = {"flux_mlp": "a PMSM flux model is trained by `dartboard pms
 
 
 def train(
-    genotype: str = typer.Argument(..., help="Genotype JSON file, catalog name (e.g. darts-v2) or a "
-                                                  "folder holding genotype.json (a search's output)."),
+    genotype: str = typer.Argument(..., help="Genotype JSON file, catalog name (e.g. darts-v2), a folder holding "
+                                   "genotype.json (a search's output) or a registered version NAME@ALIAS or "
+                                   "NAME:VERSION (its genotype, pulled into --out; default runs/NAME-vVERSION)."),
     channels: int = typer.Option(None, help="Initial channels C."),
     layers: int = typer.Option(None, help="Number of cells."),
     epochs: int = typer.Option(None, help="Training epochs."),
@@ -77,15 +78,21 @@ def train(
     SSL pretraining with its heads, then linear probe, kNN, collapse and retrieval mAP on held-out data."""
     from dartboard.data.catalog import FIXED_SIZE_DATASETS, check_data_root, check_dataset, trained_on
     from dartboard.data.colour_digits import COLOUR_DIGITS
+    from dartboard.platform.cli.registered import is_registry_reference, pulled_genotype
     from dartboard.platform.config import resolve_device
     from dartboard.platform.search_checkpoint import recorded_data
     from dartboard.spaces.catalog import resolve
     from dartboard.spaces.colour_genotype import ColourGenotype
 
+    registered = is_registry_reference(genotype)
+    if registered:  # --tracking-uri names the registry it is read from (with --no-mlflow too)
+        genotype, recorded_dataset = pulled_genotype(genotype, tracking_uri, out)
+        out, dataset = genotype, dataset or recorded_dataset
     geno = resolve(genotype)
     distributed = workers != 1 or address is not None
     _check_options(geno, genotype, distributed, storage=storage, gpus_per_worker=gpus_per_worker,
-                   no_mlflow=no_mlflow, register_as=register_as, tracking_uri=tracking_uri, protocol=protocol,
+                   no_mlflow=no_mlflow, register_as=register_as, tracking_uri=None if registered else tracking_uri,
+                   protocol=protocol,
                    framework=framework, label_smoothing=label_smoothing, cell_only={
                        "--layers": layers, "--lr-schedule": lr_schedule, "--lr-gamma": lr_gamma,
                        "--drop-path": drop_path, "--cutout-length": cutout_length,

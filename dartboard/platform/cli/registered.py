@@ -1,0 +1,47 @@
+"""A registered version named where `dartboard train` takes a genotype (``dartboard train NAME@champion``): the
+version's genotype.json, pulled and verified, is written into the folder the training writes to, which is then
+trained as a genotype folder is. Only the genotype is taken: the version's weights (if any) are not the network
+this training makes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+from dartboard.errors import UserInputError
+
+log = logging.getLogger("dartboard")
+
+#: NAME@ALIAS or NAME:VERSION (registered names hold no ``/``), or an MLflow ``models:/`` URI
+_REFERENCE = re.compile(r"models:/.+|[^/\\@:]+(@[^/\\@:]+|:\d+)")
+
+
+def is_registry_reference(text: str) -> bool:
+    """Whether ``text`` names a registered version rather than a catalog name or a file or folder that exists."""
+    from dartboard.spaces.catalog import GENOTYPES
+
+    return text not in GENOTYPES and not Path(text).exists() and _REFERENCE.fullmatch(text) is not None
+
+
+def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, str | None]:
+    """Pull ``ref`` (verified) and write its genotype.json into ``out`` (default ``runs/NAME-vVERSION``); return that
+    folder and the data set the version records (its ``dataset`` tag), the training's default data."""
+    from dartboard.model_files import GENOTYPE_FILE
+    from dartboard.platform.tracking.models import pull_model
+    from dartboard.spaces import genotype as gt
+
+    with tempfile.TemporaryDirectory(prefix="dartboard-train-") as tmp:
+        folder, version = pull_model(uri, ref, Path(tmp) / "model")
+        genotype = gt.load(folder / GENOTYPE_FILE)
+        text = (folder / GENOTYPE_FILE).read_text()
+    dest = Path(out) if out is not None else Path("runs") / f"{version.name}-v{version.version}"
+    target = dest / GENOTYPE_FILE
+    if target.exists() and not gt.holds(target, genotype):
+        raise UserInputError(f"--out: {str(dest)!r} holds another {GENOTYPE_FILE} than {version.name} version "
+                             f"{version.version}'s; give another --out (nothing was written)")
+    dest.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    log.info("train: %s version %s's genotype pulled into %s", version.name, version.version, dest)
+    return str(dest), version.tags.get("dataset") or None

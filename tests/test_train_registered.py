@@ -1,0 +1,76 @@
+"""`dartboard train NAME@ALIAS`: a registered version's genotype (a study's champion) trained without a
+`dartboard pull` first. The genotype is pulled (verified) into --out (default runs/NAME-vVERSION) and trained
+there on the data set the version records; --tracking-uri names the registry, with --no-mlflow too; an --out
+that holds another genotype is refused with nothing written. Real MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from test_cli_contract import run_main
+
+from dartboard.platform.cli.registered import is_registry_reference
+from dartboard.platform.tracking import models
+from dartboard.spaces import genotype as gt
+from dartboard.spaces.catalog import resolve
+
+
+def test_what_names_a_registered_version(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "held@out").mkdir()
+    for text, expected in (("champ@champion", True), ("champ:3", True), ("models:/champ/3", True),
+                           ("darts-v2", False), ("champ", False), ("champ:latest", False), ("runs/a@b", False),
+                           ("held@out", False)):  # an existing folder is a folder, whatever its name
+        assert is_registry_reference(text) is expected, text
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch):
+    """darts-v2 registered as a genotype-only version of 'searched' (alias champion, searched on colour-digits)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("studies")
+    with mlflow.start_run() as run:
+        pass
+    path = tmp_path / "genotype.json"
+    gt.save(resolve("darts-v2"), path)
+    models.register_model_files(uri, "searched", run.info.run_id, {"genotype": path}, {"dataset": "colour-digits"},
+                                aliases=("champion",))
+    return uri
+
+
+def test_a_registered_genotype_is_pulled_and_trained(registered, tmp_path, capsys):
+    code, out, err = run_main(["train", "searched@champion", "--epochs", "1", "--channels", "4", "--layers", "2",
+                               "--no-mlflow", "--tracking-uri", registered], capsys)
+    assert code == 0, err[-3000:]
+    folder = tmp_path / "runs" / "searched-v1"
+    assert gt.to_dict(gt.load(folder / "genotype.json")) == gt.to_dict(resolve("darts-v2"))
+    assert (folder / "weights.safetensors").is_file()
+    assert json.loads((folder / "network.json").read_text())["dataset"] == "colour-digits"  # the version's data
+    assert "test_acc" in out
+    # the same command again trains the same genotype in the same folder (no refusal of its own genotype)
+    code, _, err = run_main(["train", "searched:1", "--epochs", "1", "--channels", "4", "--layers", "2",
+                             "--no-mlflow", "--tracking-uri", registered, "--out", str(folder)], capsys)
+    assert code == 0, err[-3000:]
+
+
+def test_an_out_holding_another_genotype_is_refused(registered, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    gt.save(resolve("darts-v1"), other / "genotype.json")
+    before = (other / "genotype.json").read_bytes()
+    code, _, err = run_main(["train", "searched@champion", "--epochs", "1", "--channels", "4", "--layers", "2",
+                             "--no-mlflow", "--tracking-uri", registered, "--out", str(other)], capsys)
+    assert code == 2
+    assert "--out: " in err and "holds another genotype.json than searched version 1's" in err
+    assert (other / "genotype.json").read_bytes() == before and sorted(p.name for p in other.iterdir()) == [
+        "genotype.json"]
+
+
+def test_a_missing_version_is_named(registered, capsys):
+    code, _, err = run_main(["train", "searched@nowhere", "--no-mlflow", "--tracking-uri", registered], capsys)
+    assert code == 2 and "model 'searched@nowhere' not found in the registry" in err
