@@ -95,8 +95,9 @@ def flux_info(name: str, geno: Any) -> dict[str, Any]:
 
 
 def info(
-    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name, a search's output folder, or "
-                                             "a trained network's folder (its size and input from network.json)."),
+    genotype: str = typer.Argument(..., help="Genotype JSON file or catalog name, a search's output folder, a "
+                                             "trained network's folder (its size and input from network.json), or a "
+                                             "registered version NAME@ALIAS or NAME:VERSION (its files, pulled)."),
     channels: int = typer.Option(None, help="Initial channels C (default 36)."),
     layers: int = typer.Option(None, help="Number of cells (default 20)."),
     auxiliary: bool = typer.Option(None, "--auxiliary/--no-auxiliary", help="Build the auxiliary head too "
@@ -104,16 +105,40 @@ def info(
     dataset: str = typer.Option(None, help="Input shape: digits, colour-digits, cifar10 (default), cifar100, "
                                            "imagenet."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (registered versions; default: "
+                                                "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
 ) -> None:
     """Parameter count (without / with the auxiliary head) and multiply-adds of a genotype's network (of a
     trained network's folder: as trained); an mlp genotype (NASiam heads): its chains; a PMSM flux model: its
     size per flux evaluation."""
+    import tempfile
+    from pathlib import Path
+
+    from dartboard.platform.cli.registered import is_registry_reference
+
+    sizes = {"channels": channels, "layers": layers, "auxiliary": auxiliary, "dataset": dataset}
+    if not is_registry_reference(genotype):
+        if tracking_uri is not None:
+            raise UserInputError(f"--tracking-uri: {genotype!r} is no registered version (NAME@ALIAS or "
+                                 f"NAME:VERSION); a file, folder or catalog name is read without a registry")
+        _describe(genotype, genotype, sizes, as_json)
+        return
+    from dartboard.platform.tracking.models import pull_model
+
+    with tempfile.TemporaryDirectory(prefix="dartboard-info-") as tmp:
+        folder, _ = pull_model(tracking_uri, genotype, Path(tmp) / "model")
+        _describe(str(folder), genotype, sizes, as_json)
+
+
+def _describe(path: str, genotype: str, sizes: dict[str, Any], as_json: bool) -> None:
+    """:func:`info` of the genotype, search folder or model folder at ``path``, named ``genotype``."""
     from pathlib import Path
 
     from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, is_flux_model
     from dartboard.spaces.catalog import resolve
 
-    folder = Path(genotype)  # a trained network's folder; a search's (genotype.json alone) is its genotype's
+    channels, layers, auxiliary, dataset = (sizes[k] for k in ("channels", "layers", "auxiliary", "dataset"))
+    folder = Path(path)  # a trained network's folder; a search's (genotype.json alone) is its genotype's
     flux_model = folder.is_dir() and is_flux_model(folder)  # pmsm compare's OUT/models/NAME/seedN
     if not flux_model and folder.is_dir() and ((folder / NETWORK_FILE).is_file()
                                                or not (folder / GENOTYPE_FILE).is_file()):
@@ -121,9 +146,9 @@ def info(
                                                    "--auxiliary" if auxiliary else "--no-auxiliary":
                                                    auxiliary is not None},
                     "the trained network's channels, cells, input and auxiliary head are in its network.json")
-        _print_sized(folder_info(genotype), as_json)
+        _print_sized({**folder_info(path), "genotype": genotype}, as_json)
         return
-    geno = _flux_model_genotype(folder) if flux_model else resolve(genotype)
+    geno = _flux_model_genotype(folder) if flux_model else resolve(path)
     if geno.kind in SIZED:  # their size is their own: the cell network's flags would be ignored (not checked)
         refuse_with(f"genotype {genotype!r}", {"--channels": channels, "--layers": layers, "--dataset": dataset,
                                                "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None},
@@ -145,7 +170,8 @@ def info(
         return
     channels, layers = 36 if channels is None else channels, 20 if layers is None else layers
     auxiliary, dataset = bool(auxiliary), "cifar10" if dataset is None else dataset
-    _print_sized({**network_info(genotype, channels, layers, auxiliary, dataset), "auxiliary": auxiliary}, as_json)
+    _print_sized({**network_info(path, channels, layers, auxiliary, dataset), "genotype": genotype,
+                  "auxiliary": auxiliary}, as_json)
 
 
 def _flux_model_genotype(folder):

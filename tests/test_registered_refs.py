@@ -1,7 +1,9 @@
-"""`dartboard train NAME@ALIAS`: a registered version's genotype (a study's champion) trained without a
-`dartboard pull` first. The genotype is pulled (verified) into --out (default runs/NAME-vVERSION) and trained
-there on the data set the version records; --tracking-uri names the registry, with --no-mlflow too; an --out
-that holds another genotype is refused with nothing written. Real MLflow (sqlite)."""
+"""A registered version named where a command takes a genotype, without a `dartboard pull` first.
+`dartboard train NAME@ALIAS`: the genotype (a study's champion) is pulled (verified) into --out (default
+runs/NAME-vVERSION) and trained there on the data set the version records; --tracking-uri names the registry,
+with --no-mlflow too; an --out that holds another genotype is refused with nothing written. `dartboard info
+NAME@ALIAS`: the version's files described as its folder would be, under the reference's name. Real MLflow
+(sqlite)."""
 
 from __future__ import annotations
 
@@ -74,3 +76,13 @@ def test_an_out_holding_another_genotype_is_refused(registered, tmp_path, capsys
 def test_a_missing_version_is_named(registered, capsys):
     code, _, err = run_main(["train", "searched@nowhere", "--no-mlflow", "--tracking-uri", registered], capsys)
     assert code == 2 and "model 'searched@nowhere' not found in the registry" in err
+
+
+def test_info_describes_a_registered_version(registered, capsys):
+    code, out, err = run_main(["info", "searched@champion", "--tracking-uri", registered], capsys)
+    assert code == 0, err[-3000:]
+    code, catalog, _ = run_main(["info", "darts-v2"], capsys)
+    assert out.splitlines()[0] == "searched@champion: C=36, 20 cells, cifar10 input"
+    assert out.splitlines()[1:] == catalog.splitlines()[1:]  # the same genotype's size
+    code, _, err = run_main(["info", "darts-v2", "--tracking-uri", registered], capsys)
+    assert code == 2 and "--tracking-uri: 'darts-v2' is no registered version" in err
