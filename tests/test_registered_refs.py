@@ -2,8 +2,8 @@
 `dartboard train NAME@ALIAS`: the genotype (a study's champion) is pulled (verified) into --out (default
 runs/NAME-vVERSION) and trained there on the data set the version records; --tracking-uri names the registry,
 with --no-mlflow too; an --out that holds another genotype is refused with nothing written. `dartboard info
-NAME@ALIAS`: the version's files described as its folder would be, under the reference's name. Real MLflow
-(sqlite)."""
+NAME@ALIAS`: the version's files described as its folder would be, under the reference's name. `dartboard
+distance`: a registered version's genotype compared as a file's would be. Real MLflow (sqlite)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,13 @@ def test_info_describes_a_registered_version(registered, capsys):
     assert out.splitlines()[1:] == catalog.splitlines()[1:]  # the same genotype's size
     code, _, err = run_main(["info", "darts-v2", "--tracking-uri", registered], capsys)
     assert code == 2 and "--tracking-uri: 'darts-v2' is no registered version" in err
+
+
+def test_distance_takes_registered_versions(registered, capsys):
+    code, out, err = run_main(["distance", "searched@champion", "darts-v2", "darts-v1", "--tracking-uri",
+                               registered], capsys)
+    assert code == 0, err[-3000:]
+    code, catalog, _ = run_main(["distance", "darts-v2", "darts-v1"], capsys)
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    expected = {line.split()[0]: line.split()[1:] for line in catalog.splitlines()[1:]}
+    assert rows["searched@champion"] == ["0.0000", *expected["darts-v2"]]  # darts-v2, registered

@@ -10,11 +10,14 @@ from dartboard.errors import UserInputError
 
 
 def distance(
-    genotypes: list[str] = typer.Argument(..., help="two or more catalog names or genotype JSON files"),
+    genotypes: list[str] = typer.Argument(..., help="two or more catalog names, genotype JSON files, search "
+                                                    "folders or registered versions (NAME@ALIAS, NAME:VERSION)"),
     out: Path | None = typer.Option(None, "--out", help="draw the heatmap of M into this PNG"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (registered versions; default: "
+                                                "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
 ) -> None:
     """Print the matrix of the architecture distance M (thesis Eq 4.8) between genotypes."""
-    from dartboard.spaces.catalog import resolve
+    from dartboard.platform.cli.registered import genotype_of
     from dartboard.spaces.distance import distance_matrix
 
     if len(genotypes) < 2:
@@ -25,7 +28,7 @@ def distance(
         check_writable_file(out, "--out")
         _check_image_format(out)
     labels = genotype_labels(genotypes)
-    matrix = distance_matrix([resolve(g) for g in genotypes], names=genotypes)
+    matrix = distance_matrix([genotype_of(g, tracking_uri) for g in genotypes], names=genotypes)
     width = max(8, *(len(label) for label in labels)) + 2
     typer.echo(" " * width + "".join(f"{label:>{width}}" for label in labels))
     for label, row in zip(labels, matrix, strict=False):

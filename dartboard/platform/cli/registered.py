@@ -1,7 +1,7 @@
-"""A registered version named where `dartboard train` takes a genotype (``dartboard train NAME@champion``): the
-version's genotype.json, pulled and verified, is written into the folder the training writes to, which is then
-trained as a genotype folder is. Only the genotype is taken: the version's weights (if any) are not the network
-this training makes."""
+"""A registered version named where a command takes a genotype (``dartboard train NAME@champion``, ``dartboard
+distance A@champion B:2``). `train` writes the version's genotype.json, pulled and verified, into the folder the
+training writes to, which is then trained as a genotype folder is: only the genotype is taken, the version's
+weights (if any) are not the network this training makes."""
 
 from __future__ import annotations
 
@@ -45,3 +45,18 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
     target.write_text(text)
     log.info("train: %s version %s's genotype pulled into %s", version.name, version.version, dest)
     return str(dest), version.tags.get("dataset") or None
+
+
+def genotype_of(text: str, uri: str | None):
+    """The genotype a command's argument names: a registered version's (pulled and verified into a temporary
+    folder), else a catalog name's, a file's or a folder's (``resolve``)."""
+    from dartboard.model_files import GENOTYPE_FILE
+    from dartboard.platform.tracking.models import pull_model
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.catalog import resolve
+
+    if not is_registry_reference(text):
+        return resolve(text)
+    with tempfile.TemporaryDirectory(prefix="dartboard-genotype-") as tmp:
+        folder, _ = pull_model(uri, text, Path(tmp) / "model")
+        return gt.load(folder / GENOTYPE_FILE)
