@@ -203,6 +203,27 @@ def test_a_search_whose_warm_up_takes_every_epoch_is_refused(tmp_path, capsys, m
     assert build_searcher("pc-darts", {"C": 4, "layers": 3, "epochs": 2}, DataShape(1, 8, 10)).epochs == 2
 
 
+def test_a_search_whose_schedule_took_no_alpha_step_says_so(tmp_path, capsys, monkeypatch, caplog):
+    """FIMT's schedule lets alpha steps run once the Fisher trace falls under its threshold: in a 1-epoch digits
+    search it never did, and the genotype written was the initial alphas' parse, said nowhere."""
+    import logging
+
+    from test_cli_contract import run_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    words = "no alpha step in 1 epoch (arch_steps 0: the update schedule never let one run)"
+    # the preset's supernet (C=16, 8 cells): its trace stays over the threshold for the 20 steps of one epoch
+    for searcher, size, said in (("darts+fimt", [], True), ("darts", ["--set", "C=2", "--set", "layers=3"], False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dartboard"):
+            code, _, err = run_main(["search", "--searcher", searcher, "--epochs", "1", *size, "--no-mlflow",
+                                     "--out", searcher], capsys)
+        assert code == 0, err[-3000:]
+        assert (words in caplog.text) is said, caplog.text
+        assert (tmp_path / searcher / "genotype.json").is_file()
+
+
 def test_a_search_without_a_reduction_cell_warns_that_its_reduce_cell_is_not_searched(caplog):
     """Under 3 cells a DARTS supernet has no reduction cell: the reduce alphas get no gradient, and the genotype's
     reduction cell (which a final network of more cells uses) is their initial values'. Said, not refused: a tiny

@@ -184,6 +184,10 @@ def _search(cfg: SearchRunConfig, out: Path, progress: bool, resume: bool) -> Se
         save_interrupted(cfg, searcher, finished, epochs, out)
         raise
     genotype = searcher.derive()
+    if finished and finished[-1].get("arch_steps") == 0.0:  # e.g. FIMT's schedule: the Fisher trace stayed high
+        log.warning("search: no alpha step in %s (arch_steps 0: the update schedule never let one run); the genotype "
+                    "is the parse of the initial alphas, searched by nothing: give more epochs",
+                    epochs_in_words(len(finished)))
     artifacts = write_search_artifacts(searcher, genotype, finished, out)
     result = SearchResult(genotype, finished, out, state.seconds, artifacts, searcher)
     if cfg.mlflow:
