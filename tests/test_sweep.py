@@ -293,6 +293,11 @@ def test_the_sweeps_summary_names_the_best_trials_epochs(epoch, words, capsys, t
         result.config, best["metrics"] = StudyConfig(name="s", objective={"kind": kind}, **extra), metrics
         echo_summary(result, registered=False)
         assert f"best trial t1: objective 0.9000 ({said}) {words}" in capsys.readouterr().out
+    assert "took no alpha step" not in out
+    best["metrics"] = {"arch_steps": 0.0}  # the update schedule never let one run (FIMT on a short search)
+    echo_summary(result, registered=False)
+    assert "best trial took no alpha step (arch_steps 0): its genotype is the parse of the initial alphas" in (
+        capsys.readouterr().out)
     # a derived objective of a DARIO or NASiam study scores no trained cell network (was: "after a short training")
     result.config = StudyConfig(name="s", objective={"kind": "derived"})
     for genotype, said in (("gates", "the pruned ViT's validation accuracy after fine-tuning its last block"),

@@ -104,6 +104,9 @@ def echo_summary(result, registered: bool) -> None:
                f"after {epochs_in_words(best['epoch'])}")
     typer.echo("best configuration: " + json.dumps({"variant": best["variant"], **best["config"]}, sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
+    if (best.get("metrics") or {}).get("arch_steps") == 0.0:  # e.g. FIMT's schedule never let one run
+        typer.echo("best trial took no alpha step (arch_steps 0): its genotype is the parse of the initial alphas, "
+                   "searched by nothing; give more epochs")
     if best.get("final"):
         final = best["final"]
         typer.echo(f"champion trained from scratch: test accuracy {final['test_acc']:.4f}, "
