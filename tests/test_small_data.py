@@ -267,3 +267,27 @@ def test_a_study_whose_supernet_has_no_reduction_cell_warns_once_per_variant(cap
                               params={"arch_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}))
     (record,) = caplog.records
     assert record.getMessage().startswith("study: the supernet of variant(s) tiny has no reduction cell")
+
+
+def test_a_study_whose_trials_would_train_a_genotype_no_study_trains_is_refused_before_them():
+    """A PMSM study with the objective 'derived' and a DARIO study with a final training ran every trial's whole
+    search, then failed each one ("kind: a 'flux_mlp' genotype is not a cell network") or the champion's training."""
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.ray.space import dry_build
+
+    dario = {"searcher": "dario", "epochs": 3, "options": {"pretrain_epochs": 1, "model_kwargs": {
+        "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}}}
+    with pytest.raises(ValueError, match=r"variants.pmsm-depth: objective 'derived' trains the derived network "
+                                         r"briefly, and its genotype is a 'flux_mlp' genotype"):
+        dry_build(StudyConfig(name="s", searcher="pmsm-depth", dataset="pmsm", epochs=7, objective={"kind": "derived"}))
+    with pytest.raises(ValueError, match=r"variants.dario: final_training trains a cell network from scratch, and "
+                                         r"its genotype is a 'gates' genotype"):
+        dry_build(StudyConfig(name="s", **dario, final_training={"scope": "champion"}))
+    with pytest.raises(ValueError, match=r"variants.nasiam-simsiam: final_training .* a 'mlp' genotype"):
+        dry_build(StudyConfig(name="s", searcher="nasiam-simsiam", epochs=2, options={"C": 4},
+                              final_training={"scope": "trial"}, objective={"kind": "final"}))
+    # what the trials can train passes: the supernet objective of PMSM, the derived one of DARIO and NASiam
+    dry_build(StudyConfig(name="s", searcher="pmsm-depth", dataset="pmsm", epochs=7))
+    dry_build(StudyConfig(name="s", **dario, objective={"kind": "derived"}))
+    dry_build(StudyConfig(name="s", searcher="nasiam-simsiam", epochs=2, options={"C": 4},
+                          objective={"kind": "derived"}))

@@ -141,15 +141,37 @@ def dry_build(cfg: StudyConfig) -> None:
                     unsearched.append(v.name)
                 if graph:
                     _check_cuda_graph(cfg, searcher)
-                searcher.derive()
+                genotype = searcher.derive()
             except (ValueError, TypeError, KeyError) as err:
                 names = ", ".join(f"{k}={sample[k]}" for k in sample if k != "variant") or "its fixed options"
                 raise ValueError(f"variants.{v.name}: searcher {v.searcher!r} refuses the study's options "
                                  f"({names}): {err}") from None
+            check_trainable(cfg, v.name, genotype.kind)
     if unsearched:
         log.warning("study: the supernet of variant(s) %s has no reduction cell (fewer than 3 cells), so the reduce "
                     "cell's alphas get no gradient and their genotypes' reduction cell is the initial alphas'; give "
                     "layers >= 3 (or reductions) to search it", ", ".join(unsearched))
+
+
+#: What makes a genotype that is no cell network into a model, for the errors of :func:`check_trainable`
+MADE_ELSEWHERE = {"gates": "a DARIO study's champion is the pruned ViT its objective 'derived' fine-tunes",
+                  "mlp": "NASiam heads are pretrained by their SSL framework: `dartboard train` of the champion",
+                  "flux_mlp": "a PMSM flux model is trained by `dartboard pmsm compare`"}
+
+
+def check_trainable(cfg: StudyConfig, variant: str, kind: str) -> None:
+    """A study whose trials train the derived genotype (``final_training``: a cell network from scratch; objective
+    ``derived``: a cell network, NASiam heads or a pruned ViT briefly) refuses a variant whose genotype that training
+    cannot take, before any trial: each would run its whole search, then fail."""
+    from dartboard.spaces.genotype import CELL_NETWORK_KINDS
+
+    why = MADE_ELSEWHERE.get(kind, f"a {kind!r} genotype is trained by no study")
+    if cfg.final_training is not None and kind not in CELL_NETWORK_KINDS:
+        raise ValueError(f"variants.{variant}: final_training trains a cell network from scratch, and its genotype is "
+                         f"a {kind!r} genotype ({why}); drop final_training (and an objective of kind 'final')")
+    if cfg.objective.kind == "derived" and kind not in (*CELL_NETWORK_KINDS, "mlp", "gates"):
+        raise ValueError(f"variants.{variant}: objective 'derived' trains the derived network briefly, and its "
+                         f"genotype is a {kind!r} genotype ({why}); give the objective kind 'supernet'")
 
 
 def _dry_samples(cfg: StudyConfig, variant: Any) -> list[dict[str, Any]]:
