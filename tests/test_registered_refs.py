@@ -73,6 +73,14 @@ def test_an_out_holding_another_genotype_is_refused(registered, tmp_path, capsys
         "genotype.json"]
 
 
+def test_an_out_that_is_a_file_is_refused(registered, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    code, _, err = run_main(["train", "searched@champion", "--epochs", "1", "--channels", "4", "--layers", "2",
+                             "--no-mlflow", "--tracking-uri", registered, "--out", "taken"], capsys)
+    assert code == 2 and "--out: 'taken' exists and is not a folder" in err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 def test_a_missing_version_is_named(registered, capsys):
     code, _, err = run_main(["train", "searched@nowhere", "--no-mlflow", "--tracking-uri", registered], capsys)
     assert code == 2 and "model 'searched@nowhere' not found in the registry" in err

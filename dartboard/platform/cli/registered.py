@@ -29,6 +29,7 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
     """Pull ``ref`` (verified) and write its genotype.json into ``out`` (default ``runs/NAME-vVERSION``); return that
     folder and the data set the version records (its ``dataset`` tag), the training's default data."""
     from dartboard.model_files import GENOTYPE_FILE
+    from dartboard.platform.checks import check_writable_dir
     from dartboard.platform.tracking.models import pull_model
     from dartboard.spaces import genotype as gt
 
@@ -37,6 +38,7 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
         genotype = gt.load(folder / GENOTYPE_FILE)
         text = (folder / GENOTYPE_FILE).read_text()
     dest = Path(out) if out is not None else Path("runs") / f"{version.name}-v{version.version}"
+    check_writable_dir(dest, "--out")
     target = dest / GENOTYPE_FILE
     if target.exists() and not gt.holds(target, genotype):
         raise UserInputError(f"--out: {str(dest)!r} holds another {GENOTYPE_FILE} than {version.name} version "
