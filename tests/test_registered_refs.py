@@ -104,3 +104,14 @@ def test_distance_takes_registered_versions(registered, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     expected = {line.split()[0]: line.split()[1:] for line in catalog.splitlines()[1:]}
     assert rows["searched@champion"] == ["0.0000", *expected["darts-v2"]]  # darts-v2, registered
+
+
+def test_a_genotype_only_version_points_to_its_training(registered, tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 8, 8), np.float32))
+    code, _, err = run_main(["predict", "searched@champion", "x.npy", "--tracking-uri", registered], capsys)
+    assert code == 2 and "holds a genotype only (no trained weights); train it first (dartboard train " \
+                         "searched@champion)" in err
+    code, _, err = run_main(["export", "searched@champion", "--out", "x.onnx", "--tracking-uri", registered], capsys)
+    assert code == 2 and "holds a genotype only, no trained network (dartboard train searched@champion" in err

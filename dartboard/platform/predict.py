@@ -45,7 +45,7 @@ def pulled_network(ref: str, uri: str | None, folder: Path) -> LoadedNetwork:
     _not_a_flux_model(ref, folder)
     if not (folder / NETWORK_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only (no trained "
-                             "weights); train it first (dartboard train) or use a study with final_training")
+                             f"weights); train it first (dartboard train {ref}) or use a study with final_training")
     net, spec = network_of_files(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE)
     recorded = version.tags.get("metric.test_acc")
     return LoadedNetwork(net.eval(), spec, version.name, version.version,

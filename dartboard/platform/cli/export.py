@@ -107,7 +107,8 @@ def _registered(ref: str, uri: str | None):
         if is_flux_model(folder):
             return _folder(str(folder))
         if not (folder / WEIGHTS_FILE).is_file() or not (folder / NETWORK_FILE).is_file():
-            raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only, no trained network")
+            raise UserInputError(f"model {ref!r}: version {version.version} holds a genotype only, no trained network "
+                                 f"(dartboard train {ref} trains one)")
         return _image_input(*_build(folder / GENOTYPE_FILE, folder / WEIGHTS_FILE, folder / NETWORK_FILE))
 
 
