@@ -64,3 +64,29 @@ def test_a_name_with_both_quotes_is_one_line(registry, capsys):
     code, _, err = _cli(["models", "show", BOTH, "--tracking-uri", registry], capsys)
     assert code == 2 and err.strip().splitlines() == [f"error: {BOTH!r} holds both kinds of quote, which an MLflow "
                                                       f"registry search cannot name"]
+
+
+def test_models_show_prints_aliases_and_shows_the_version_a_reference_names(tmp_path, capsys):
+    """A version search leaves the aliases out: `models show NAME` printed none (`models list` did); and
+    `models show NAME@ALIAS` said "no registered model of that name"."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    c.create_registered_model("net")
+    for _ in range(3):
+        c.create_model_version("net", source=str(tmp_path))
+    c.set_registered_model_alias("net", "champion", "2")
+    c.set_registered_model_alias("net", "baseline", "2")
+
+    def heads(*args: str) -> list[str]:
+        code, out, err = _cli(["models", "show", *args, "--tracking-uri", uri], capsys)
+        assert code == 0, err
+        return [" ".join(line.split()[:-2]) for line in out.splitlines() if not line.startswith(" ")]
+
+    assert heads("net") == ["net v1", "net v2 @baseline @champion", "net v3"]
+    assert heads("net@champion") == heads("net:2") == ["net v2 @baseline @champion"]
+    for ref, said in (("net@best", "model 'net@best': net has no alias 'best'"),
+                      ("net:7", "model 'net:7': net has no version 7")):
+        code, _, err = _cli(["models", "show", ref, "--tracking-uri", uri], capsys)
+        assert code == 2 and err.strip() == f"error: {said}", err

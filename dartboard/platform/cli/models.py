@@ -71,19 +71,18 @@ def models_list(tracking_uri: str = typer.Option(None, help=TRACKING_HELP)) -> N
 
 
 def models_show(
-    name: str = typer.Argument(..., help="Registered model name."),
+    name: str = typer.Argument(..., help="Registered model NAME (every version), or NAME@ALIAS / NAME:VERSION (that "
+                                         "version)."),
     tracking_uri: str = typer.Option(None, help=TRACKING_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Every version of NAME with its aliases, tags (study, searcher, metrics, SHA-256) and run metrics."""
+    """Every version of NAME (or the one NAME@ALIAS or NAME:VERSION names) with its aliases, tags (study, searcher,
+    metrics, SHA-256) and run metrics."""
     check_registry(tracking_uri)
-    from dartboard.platform.tracking.models import client, filter_literal
+    from dartboard.platform.tracking.models import client
 
     c = client(tracking_uri)
-    versions = sorted(every_page(c.search_model_versions, filter_string=f"name={filter_literal(name)}"),
-                      key=lambda v: int(v.version))
-    if not versions:
-        raise UserInputError(f"model {name!r}: no registered model of that name")
+    name, versions, aliases = _versions(c, name)
     out = []
     for v in versions:
         metrics = {}
@@ -92,7 +91,7 @@ def models_show(
                 metrics = c.get_run(v.run_id).data.metrics
             except Exception:  # noqa: BLE001 - run deleted: show the version anyway
                 metrics = {}
-        out.append({"version": v.version, "aliases": list(v.aliases or []), "tags": dict(v.tags),
+        out.append({"version": v.version, "aliases": aliases.get(str(v.version), []), "tags": dict(v.tags),
                     "run_id": v.run_id, "metrics": metrics})
     if as_json:
         typer.echo(json.dumps(out, indent=1))
@@ -104,6 +103,27 @@ def models_show(
             typer.echo(f"    tag    {k} = {val}")
         for k, val in sorted(item["metrics"].items()):
             typer.echo(f"    metric {k} = {val:.6g}")
+
+
+def _versions(c, ref: str) -> tuple[str, list, dict[str, list[str]]]:
+    """The registered model's name, the versions ``ref`` names (NAME: every one, NAME@ALIAS or NAME:VERSION: that
+    one) in order, and each version's aliases (from the registered model: a version search leaves them out)."""
+    from dartboard.platform.tracking.models import filter_literal, parse_model_ref
+
+    name, alias, number = parse_model_ref(ref)
+    versions = sorted(every_page(c.search_model_versions, filter_string=f"name={filter_literal(name)}"),
+                      key=lambda v: int(v.version))
+    if not versions:
+        raise UserInputError(f"model {name!r}: no registered model of that name")
+    aliases: dict[str, list[str]] = {}
+    for a, v in sorted((c.get_registered_model(name).aliases or {}).items()):
+        aliases.setdefault(str(v), []).append(a)
+    if alias is not None or number is not None:
+        versions = [v for v in versions if alias in aliases.get(str(v.version), []) or str(v.version) == number]
+        if not versions:
+            raise UserInputError(f"model {ref!r}: {name} has no " + (f"alias {alias!r}" if alias else
+                                                                      f"version {number}"))
+    return name, versions, aliases
 
 
 def register(app: typer.Typer) -> None:
