@@ -15,6 +15,7 @@ from test_cli_contract import run_main
 
 from dartboard.data.catalog import load_dataset
 from dartboard.platform.tracking import models
+from dartboard.spaces import genotype as gt
 from dartboard.spaces.catalog import resolve
 
 
@@ -139,6 +140,21 @@ def test_a_folder_that_is_no_trained_network_is_refused_by_name(args, message, t
                                                          for c in ("normal", "reduce")}}))
     line = refused_here([a.format(folder="search") for a in args], tmp_path, capsys, monkeypatch)
     assert message.format(folder="search") in line
+
+
+@pytest.mark.parametrize("command", [["predict", "ssl", "x.npy"], ["evaluate", "ssl"], ["export", "ssl", "--out",
+                                                                                         "m.onnx"]])
+def test_a_nasiam_pretraining_folder_is_named_for_what_it_holds(command, tmp_path, capsys, monkeypatch):
+    """`dartboard train` of NASiam heads writes a pretrained backbone (ssl_weights.pt), which the refusal called "no
+    trained network, `dartboard train` ... write one"."""
+    folder = tmp_path / "ssl"
+    folder.mkdir()
+    gt.save(gt.MlpGenotype({"projector": ("linear_relu",)}, {"space": "nasiam-mlp"}), folder / "genotype.json")
+    (folder / "ssl_weights.pt").write_bytes(b"weights")
+    (folder / "ssl_metrics.json").write_text("{}")
+    line = refused_here(command, tmp_path, capsys, monkeypatch)
+    assert "model 'ssl': the folder holds a backbone pretrained with NASiam heads (ssl_weights.pt, its held-out " \
+           "probe and kNN metrics in ssl_metrics.json), not a trained classifier" in line, line
 
 
 def test_dartboard_load_of_a_folder(trained, tmp_path):

@@ -317,6 +317,10 @@ def check_model_folder(ref: str, needed: tuple[str, ...]):
         raise UserInputError(f"model {ref!r}: no such folder (a trained network's folder, or NAME@ALIAS / "
                              f"NAME:VERSION of a registered one)")
     missing = [name for name in needed if not (folder / name).is_file()]
+    if missing and (folder / "ssl_weights.pt").is_file():  # `dartboard train` of an mlp genotype (NASiam heads)
+        raise UserInputError(f"model {ref!r}: the folder holds a backbone pretrained with NASiam heads "
+                             f"(ssl_weights.pt, its held-out probe and kNN metrics in ssl_metrics.json), not a trained "
+                             f"classifier ({', '.join(missing)} missing)")
     if missing:
         what = "no trained network" if len(needed) > 1 else "no model"
         raise UserInputError(f"model {ref!r}: the folder holds {what} ({', '.join(missing)} missing); "
