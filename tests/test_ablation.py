@@ -150,6 +150,20 @@ def test_an_ablation_without_a_scheduler_runs_every_trial_to_its_end(tmp_path):
     assert load_sweep(tmp_path / "a.yaml").scheduler.type == "asha"
 
 
+def test_an_ablation_without_a_sampler_runs_every_variant_with_every_seed_once(tmp_path):
+    """Before: a file that named no sampler got a study's default, TPE with 8 samples: 2 variants x 1 seed ran as
+    8 trials, TPE's picks (2 of one variant, 6 of the other: the table's rows of unequal counts)."""
+    from dartboard.platform.ray.runner import load_study as load_sweep
+
+    study = {"name": "a", "seeds": [0], "variants": [{"name": "x", "searcher": "darts"},
+                                                     {"name": "y", "searcher": "fairdarts"}]}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(study))
+    cfg = load_study(tmp_path / "a.yaml")
+    assert (cfg.sampler, cfg.num_samples) == ("grid", 1)
+    assert load_study(tmp_path / "a.yaml", settings={"sampler": "tpe"}).sampler == "tpe"  # asked for: kept
+    assert load_sweep(tmp_path / "a.yaml").sampler == "tpe"  # a sweep's default is its own
+
+
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*ablation*.yaml")), ids=lambda p: p.name)
 def test_presets_load_and_name_registered_searchers(path):
     study = load_study(path)

@@ -28,7 +28,7 @@ log = logging.getLogger("dartboard")
 #: What an ablation study file may leave out: a comparison runs every trial to its end. (A study's own default
 #: scheduler is ASHA, which stops the trials behind at its rungs, the last search epoch's included: their rows, and
 #: with ``final_training.scope: trial`` their final trainings, would be missing from the table.)
-ABLATION_DEFAULTS: dict[str, Any] = {"scheduler": {"type": "fifo"}}
+ABLATION_DEFAULTS: dict[str, Any] = {"scheduler": {"type": "fifo"}, "sampler": "grid"}
 
 
 def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None = None,
