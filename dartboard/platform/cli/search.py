@@ -78,7 +78,7 @@ def search(
     if no_mlflow:
         refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the search logs to no tracking server")
         data["mlflow"] = False
-    options = dict(data.get("options") or {})
+    options = _lifted(data)
     named = {k: v for k, v in {"space": space, "start": start, "epochs": epochs, "order": order,
                                "precision": precision}.items() if v is not None}
     options.update(named)
@@ -91,6 +91,24 @@ def search(
     data["options"] = options
     cfg = SearchRunConfig(**data)
     _report(run_search_job(cfg), as_json)
+
+
+#: Searcher options that `dartboard search` takes as flags: a run config may give them beside the flags' other
+#: settings, at its top level (as a study file gives ``epochs``), or under ``options``
+FLAGGED_OPTIONS = ("space", "start", "epochs", "order", "precision")
+
+
+def _lifted(data: dict) -> dict:
+    """The run config's ``options`` with the flagged options given at its top level moved in (taken out of
+    ``data``); one given both ways is refused by name."""
+    options = dict(data.get("options") or {})
+    for key in FLAGGED_OPTIONS:
+        if key in data:
+            if key in options:
+                raise UserInputError(f"--config: {key} is given both at the top of the file and under options; "
+                                     f"give it once")
+            options[key] = data.pop(key)
+    return options
 
 
 def _check_not_run_settings(options: dict, flagged: set[str], searcher: str) -> None:
