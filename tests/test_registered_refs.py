@@ -115,3 +115,25 @@ def test_a_genotype_only_version_points_to_its_training(registered, tmp_path, ca
                          "searched@champion)" in err
     code, _, err = run_main(["export", "searched@champion", "--out", "x.onnx", "--tracking-uri", registered], capsys)
     assert code == 2 and "holds a genotype only, no trained network (dartboard train searched@champion" in err
+
+
+def test_training_a_trained_version_names_the_size_it_was_trained_at(registered, tmp_path, capsys, caplog):
+    import logging
+
+    with mlflow.start_run() as run:
+        pass
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    gt.save(resolve("darts-v2"), folder / "genotype.json")
+    (folder / "network.json").write_text(json.dumps({"channels": 8, "layers": 5}))
+    (folder / "weights.safetensors").write_bytes(b"weights")
+    models.register_model_files(registered, "trained", run.info.run_id, {
+        "genotype": folder / "genotype.json", "network": folder / "network.json",
+        "weights": folder / "weights.safetensors"}, {"dataset": "digits"})
+    for ref, said in (("trained:1", True), ("searched@champion", False)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="dartboard"):
+            code, _, err = run_main(["train", ref, "--epochs", "1", "--channels", "4", "--layers", "2",
+                                     "--no-mlflow", "--tracking-uri", registered, "--out", f"out-{said}"], capsys)
+        assert code == 0, err[-3000:]
+        assert ("holds a network of C=8, 5 cells trained from it" in caplog.text) is said, caplog.text

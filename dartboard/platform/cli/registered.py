@@ -28,7 +28,7 @@ def is_registry_reference(text: str) -> bool:
 def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, str | None]:
     """Pull ``ref`` (verified) and write its genotype.json into ``out`` (default ``runs/NAME-vVERSION``); return that
     folder and the data set the version records (its ``dataset`` tag), the training's default data."""
-    from dartboard.model_files import GENOTYPE_FILE
+    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE
     from dartboard.platform.checks import check_writable_dir
     from dartboard.platform.tracking.models import pull_model
     from dartboard.spaces import genotype as gt
@@ -37,6 +37,7 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
         folder, version = pull_model(uri, ref, Path(tmp) / "model")
         genotype = gt.load(folder / GENOTYPE_FILE)
         text = (folder / GENOTYPE_FILE).read_text()
+        trained = _network_size(folder / NETWORK_FILE)
     dest = Path(out) if out is not None else Path("runs") / f"{version.name}-v{version.version}"
     check_writable_dir(dest, "--out")
     target = dest / GENOTYPE_FILE
@@ -46,7 +47,21 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
     dest.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     log.info("train: %s version %s's genotype pulled into %s", version.name, version.version, dest)
+    if trained is not None:
+        log.info("train: %s version %s holds a network of %s trained from it; this training's size is the "
+                 "protocol's unless --channels and --layers give one", version.name, version.version, trained)
     return str(dest), version.tags.get("dataset") or None
+
+
+def _network_size(path: Path) -> str | None:
+    """``C=8, 5 cells`` of a trained network's network.json; None without one (a genotype-only version)."""
+    import json
+
+    try:
+        spec = json.loads(path.read_text())
+        return f"C={int(spec['channels'])}, {int(spec['layers'])} cells"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def genotype_of(text: str, uri: str | None):
