@@ -28,19 +28,22 @@ def test_what_names_a_registered_version(tmp_path, monkeypatch):
         assert is_registry_reference(text) is expected, text
 
 
+def empty_run(uri: str) -> str:
+    """The id of a new, empty run of the experiment 'studies' in the registry at ``uri`` (versions belong to a run)."""
+    c = mlflow.MlflowClient(uri)
+    experiment = c.get_experiment_by_name("studies")
+    return c.create_run(experiment.experiment_id if experiment else c.create_experiment("studies")).info.run_id
+
+
 @pytest.fixture
 def registered(tmp_path, monkeypatch):
     """darts-v2 registered as a genotype-only version of 'searched' (alias champion, searched on colour-digits)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("studies")
-    with mlflow.start_run() as run:
-        pass
     path = tmp_path / "genotype.json"
     gt.save(resolve("darts-v2"), path)
-    models.register_model_files(uri, "searched", run.info.run_id, {"genotype": path}, {"dataset": "colour-digits"},
+    models.register_model_files(uri, "searched", empty_run(uri), {"genotype": path}, {"dataset": "colour-digits"},
                                 aliases=("champion",))
     return uri
 
@@ -120,14 +123,12 @@ def test_a_genotype_only_version_points_to_its_training(registered, tmp_path, ca
 def test_training_a_trained_version_names_the_size_it_was_trained_at(registered, tmp_path, capsys, caplog):
     import logging
 
-    with mlflow.start_run() as run:
-        pass
     folder = tmp_path / "trained"
     folder.mkdir()
     gt.save(resolve("darts-v2"), folder / "genotype.json")
     (folder / "network.json").write_text(json.dumps({"channels": 8, "layers": 5}))
     (folder / "weights.safetensors").write_bytes(b"weights")
-    models.register_model_files(registered, "trained", run.info.run_id, {
+    models.register_model_files(registered, "trained", empty_run(registered), {
         "genotype": folder / "genotype.json", "network": folder / "network.json",
         "weights": folder / "weights.safetensors"}, {"dataset": "digits"})
     for ref, said in (("trained:1", True), ("searched@champion", False)):

@@ -5,10 +5,12 @@ weights (if any) are not the network this training makes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from dartboard.errors import UserInputError
 
@@ -28,16 +30,12 @@ def is_registry_reference(text: str) -> bool:
 def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, str | None]:
     """Pull ``ref`` (verified) and write its genotype.json into ``out`` (default ``runs/NAME-vVERSION``); return that
     folder and the data set the version records (its ``dataset`` tag), the training's default data."""
-    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE
+    from dartboard.model_files import GENOTYPE_FILE
     from dartboard.platform.checks import check_writable_dir
-    from dartboard.platform.tracking.models import pull_model
     from dartboard.spaces import genotype as gt
 
-    with tempfile.TemporaryDirectory(prefix="dartboard-train-") as tmp:
-        folder, version = pull_model(uri, ref, Path(tmp) / "model")
-        genotype = gt.load(folder / GENOTYPE_FILE)
-        text = (folder / GENOTYPE_FILE).read_text()
-        trained = _network_size(folder / NETWORK_FILE)
+    version, text, trained = _pulled(ref, uri)
+    genotype = gt.from_dict(json.loads(text))
     dest = Path(out) if out is not None else Path("runs") / f"{version.name}-v{version.version}"
     check_writable_dir(dest, "--out")
     target = dest / GENOTYPE_FILE
@@ -53,27 +51,32 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
     return str(dest), version.tags.get("dataset") or None
 
 
-def _network_size(path: Path) -> str | None:
-    """``C=8, 5 cells`` of a trained network's network.json; None without one (a genotype-only version)."""
-    import json
-
-    try:
-        spec = json.loads(path.read_text())
-        return f"C={int(spec['channels'])}, {int(spec['layers'])} cells"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def genotype_of(text: str, uri: str | None):
-    """The genotype a command's argument names: a registered version's (pulled and verified into a temporary
-    folder), else a catalog name's, a file's or a folder's (``resolve``)."""
-    from dartboard.model_files import GENOTYPE_FILE
-    from dartboard.platform.tracking.models import pull_model
+    """The genotype a command's argument names: a registered version's (pulled and verified), else a catalog name's,
+    a file's or a folder's (``resolve``)."""
     from dartboard.spaces import genotype as gt
     from dartboard.spaces.catalog import resolve
 
     if not is_registry_reference(text):
         return resolve(text)
-    with tempfile.TemporaryDirectory(prefix="dartboard-genotype-") as tmp:
-        folder, _ = pull_model(uri, text, Path(tmp) / "model")
-        return gt.load(folder / GENOTYPE_FILE)
+    return gt.from_dict(json.loads(_pulled(text, uri)[1]))
+
+
+def _pulled(ref: str, uri: str | None) -> tuple[Any, str, str | None]:
+    """The version ``ref`` names, its genotype.json's text and the size of the network it holds, if any (``C=8, 5
+    cells`` from its network.json), pulled into a temporary folder (``pull_model`` verifies the files and validates
+    the genotype)."""
+    from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE
+    from dartboard.platform.tracking.models import pull_model
+
+    with tempfile.TemporaryDirectory(prefix="dartboard-pull-") as tmp:
+        folder, version = pull_model(uri, ref, Path(tmp) / "model")
+        return version, (folder / GENOTYPE_FILE).read_text(), _network_size(folder / NETWORK_FILE)
+
+
+def _network_size(path: Path) -> str | None:
+    try:
+        spec = json.loads(path.read_text())
+        return f"C={int(spec['channels'])}, {int(spec['layers'])} cells"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -53,11 +53,16 @@ def read_progress(folder: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.is_file() else {"history": [], "search_seconds": 0.0, "done": False}
 
 
-def write_alphas(folder: Path, searcher: Any, model: Callable[[Path], None] | None = None) -> None:
-    """The alpha history and how to read it (Searcher protocol ``alpha_groups``), for reports; ``model`` writes the
-    files of the model the trial scored (a DARIO trial's fine-tuned pruned ViT) beside them."""
+def write_last(folder: Path, searcher: Any, model: Callable[[Path], None] | None = None) -> None:
+    """A search's last checkpoint beyond its state: the alpha history (:func:`write_alphas`) and, where ``model`` is
+    given, the files of the model the trial scored (a DARIO trial's fine-tuned pruned ViT)."""
+    write_alphas(folder, searcher)
     if model is not None:
         model(folder)
+
+
+def write_alphas(folder: Path, searcher: Any) -> None:
+    """The alpha history and how to read it (Searcher protocol ``alpha_groups``), for reports."""
     groups = [{"name": g.name, "rows": [list(r) if isinstance(r, tuple) else r for r in g.rows],
                "primitives": [list(p) for p in g.primitives]} for g in searcher.alpha_groups()]
     (folder / ALPHA_GROUPS_FILE).write_text(json.dumps(groups))

@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
+from dartboard.spaces.genotype import CELL_NETWORK_KINDS
+
 ModelFiles = Callable[[Path], None]  # writes the scored model's files into a trial's last checkpoint
+#: The genotype kinds :func:`derived_score` scores: cell networks (trained), NASiam heads (kNN), DARIO's gates
+#: (the pruned ViT fine-tuned)
+DERIVED_KINDS = (*CELL_NETWORK_KINDS, "mlp", "gates")
 
 
 def derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,

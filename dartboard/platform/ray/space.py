@@ -163,13 +163,14 @@ def check_trainable(cfg: StudyConfig, variant: str, kind: str) -> None:
     """A study whose trials train the derived genotype (``final_training``: a cell network from scratch; objective
     ``derived``: a cell network, NASiam heads or a pruned ViT briefly) refuses a variant whose genotype that training
     cannot take, before any trial: each would run its whole search, then fail."""
+    from dartboard.platform.ray.derived import DERIVED_KINDS
     from dartboard.spaces.genotype import CELL_NETWORK_KINDS
 
     why = MADE_ELSEWHERE.get(kind, f"a {kind!r} genotype is trained by no study")
     if cfg.final_training is not None and kind not in CELL_NETWORK_KINDS:
         raise ValueError(f"variants.{variant}: final_training trains a cell network from scratch, and its genotype is "
                          f"a {kind!r} genotype ({why}); drop final_training (and an objective of kind 'final')")
-    if cfg.objective.kind == "derived" and kind not in (*CELL_NETWORK_KINDS, "mlp", "gates"):
+    if cfg.objective.kind == "derived" and kind not in DERIVED_KINDS:
         raise ValueError(f"variants.{variant}: objective 'derived' trains the derived network briefly, and its "
                          f"genotype is a {kind!r} genotype ({why}); give the objective kind 'supernet'")
 

@@ -255,7 +255,7 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
         progress.setdefault("times", []).append(time.time())
         progress.setdefault("genotypes", []).append(report["genotype"])
         progress["done"] = bool(report["done"])
-        _report(report, searcher, progress, rank, partial(ck.write_alphas, searcher=searcher, model=model_files)
+        _report(report, searcher, progress, rank, partial(ck.write_last, searcher=searcher, model=model_files)
                 if last else None)
         _epoch_gate(config.get("key", ""), done_epochs, rank)
         if last:
