@@ -138,3 +138,21 @@ def test_training_a_trained_version_names_the_size_it_was_trained_at(registered,
                                      "--no-mlflow", "--tracking-uri", registered, "--out", f"out-{said}"], capsys)
         assert code == 0, err[-3000:]
         assert ("holds a network of C=8, 5 cells trained from it" in caplog.text) is said, caplog.text
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--framework", "simclr"], "--framework: only for mlp genotypes"),  # a flag this genotype's training refuses
+    (["--dataset", "nowhere"], "nowhere"),  # data it cannot train on
+])
+def test_a_refused_training_of_a_registered_version_writes_nothing(registered, tmp_path, capsys, flags, said):
+    code, _, err = run_main(["train", "searched@champion", "--epochs", "1", "--no-mlflow", "--tracking-uri",
+                             registered, *flags], capsys)
+    assert code == 2 and said in err, err
+    assert not (tmp_path / "runs").exists()  # its default folder (runs/searched-v1) was not made
+    held = tmp_path / "held"  # a folder of the user's: the pulled genotype is not left in it
+    held.mkdir()
+    (held / "notes.txt").write_text("mine")
+    code, _, err = run_main(["train", "searched@champion", "--epochs", "1", "--no-mlflow", "--tracking-uri",
+                             registered, "--out", str(held), *flags], capsys)
+    assert code == 2 and said in err, err
+    assert sorted(p.name for p in held.iterdir()) == ["notes.txt"]

@@ -9,6 +9,8 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ def is_registry_reference(text: str) -> bool:
     return text not in GENOTYPES and not Path(text).exists() and _REFERENCE.fullmatch(text) is not None
 
 
-def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, str | None]:
-    """Pull ``ref`` (verified) and write its genotype.json into ``out`` (default ``runs/NAME-vVERSION``); return that
-    folder and the data set the version records (its ``dataset`` tag), the training's default data."""
+@contextmanager
+def pulled_genotype(ref: str, uri: str | None, out: str | None) -> Iterator[tuple[str, str | None]]:
+    """Pull ``ref`` (verified) and write its genotype.json into ``out`` (default ``runs/NAME-vVERSION``); give that
+    folder and the data set the version records (its ``dataset`` tag), the training's default data. A refusal inside
+    (a flag, the data) takes back what was written here while nothing else was written into the folder."""
     from dartboard.model_files import GENOTYPE_FILE
     from dartboard.platform.checks import check_writable_dir
     from dartboard.spaces import genotype as gt
@@ -42,13 +46,23 @@ def pulled_genotype(ref: str, uri: str | None, out: str | None) -> tuple[str, st
     if target.exists() and not gt.holds(target, genotype):
         raise UserInputError(f"--out: {str(dest)!r} holds another {GENOTYPE_FILE} than {version.name} version "
                              f"{version.version}'s; give another --out (nothing was written)")
+    made = [p for p in (*reversed(dest.parents), dest) if not p.exists()]
+    written = not target.exists()
+    before = {p.name for p in dest.iterdir()} if dest.is_dir() else set()
     dest.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     log.info("train: %s version %s's genotype pulled into %s", version.name, version.version, dest)
     if trained is not None:
         log.info("train: %s version %s holds a network of %s trained from it; this training's size is the "
                  "protocol's unless --channels and --layers give one", version.name, version.version, trained)
-    return str(dest), version.tags.get("dataset") or None
+    try:
+        yield str(dest), version.tags.get("dataset") or None
+    except UserInputError:
+        if written and {p.name for p in dest.iterdir()} - before == {GENOTYPE_FILE}:  # nothing else written since
+            target.unlink()
+            for folder in reversed(made):  # the folders made for it, deepest first
+                folder.rmdir()
+        raise
 
 
 def genotype_of(text: str, uri: str | None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -85,56 +86,58 @@ def train(
     from dartboard.spaces.colour_genotype import ColourGenotype
 
     registered = is_registry_reference(genotype)
-    if registered:  # --tracking-uri names the registry it is read from (with --no-mlflow too)
-        genotype, recorded_dataset = pulled_genotype(genotype, tracking_uri, out)
-        out, dataset = genotype, dataset or recorded_dataset
-    geno = resolve(genotype)
-    distributed = workers != 1 or address is not None
-    _check_options(geno, genotype, distributed, storage=storage, gpus_per_worker=gpus_per_worker,
-                   no_mlflow=no_mlflow, register_as=register_as, tracking_uri=None if registered else tracking_uri,
-                   protocol=protocol,
-                   framework=framework, label_smoothing=label_smoothing, cell_only={
-                       "--layers": layers, "--lr-schedule": lr_schedule, "--lr-gamma": lr_gamma,
-                       "--drop-path": drop_path, "--cutout-length": cutout_length,
-                       "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None,
-                       "--cutout" if cutout else "--no-cutout": cutout is not None,
-                       "--label-smoothing": label_smoothing, "--precision": precision, "--grad-clip": grad_clip,
-                       "--register": register_as})
-    with user_input():  # only checks that the device exists (its message names it)
-        resolved = resolve_device(device)
-    if dataset is None and (searched := recorded_data(genotype)) is not None:  # a search's folder: its data
-        dataset, data_root = trained_on(searched[0]), data_root or searched[1]
-        if image_size is None and dataset not in FIXED_SIZE_DATASETS:  # an image folder: resized as it was searched
-            image_size = searched[2]
-        log.info("train: on %s%s%s, the data the search ran on (--dataset for other data)", dataset,
-                 f" from {data_root}" if data_root else "", f" at {image_size} px" if image_size else "")
-    dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
-    check_data_root(check_dataset(dataset), data_root)
-    check_image_size(image_size, dataset)
-    if geno.kind == "mlp":
-        from dartboard.platform.cli.ssl import train_mlp
+    # --tracking-uri names the registry a registered version is read from (with --no-mlflow too); a refusal below
+    # leaves nothing of it in --out
+    with pulled_genotype(genotype, tracking_uri, out) if registered else nullcontext((genotype, None)) as pulled:
+        if registered:
+            genotype, out, dataset = pulled[0], pulled[0], dataset or pulled[1]
+        geno = resolve(genotype)
+        distributed = workers != 1 or address is not None
+        _check_options(geno, genotype, distributed, storage=storage, gpus_per_worker=gpus_per_worker,
+                       no_mlflow=no_mlflow, register_as=register_as, tracking_uri=None if registered else tracking_uri,
+                       protocol=protocol,
+                       framework=framework, label_smoothing=label_smoothing, cell_only={
+                           "--layers": layers, "--lr-schedule": lr_schedule, "--lr-gamma": lr_gamma,
+                           "--drop-path": drop_path, "--cutout-length": cutout_length,
+                           "--auxiliary" if auxiliary else "--no-auxiliary": auxiliary is not None,
+                           "--cutout" if cutout else "--no-cutout": cutout is not None,
+                           "--label-smoothing": label_smoothing, "--precision": precision, "--grad-clip": grad_clip,
+                           "--register": register_as})
+        with user_input():  # only checks that the device exists (its message names it)
+            resolved = resolve_device(device)
+        if dataset is None and (searched := recorded_data(genotype)) is not None:  # a search's folder: its data
+            dataset, data_root = trained_on(searched[0]), data_root or searched[1]
+            if image_size is None and dataset not in FIXED_SIZE_DATASETS:  # an image folder: resized as it was searched
+                image_size = searched[2]
+            log.info("train: on %s%s%s, the data the search ran on (--dataset for other data)", dataset,
+                     f" from {data_root}" if data_root else "", f" at {image_size} px" if image_size else "")
+        dataset = dataset or (COLOUR_DIGITS if isinstance(geno, ColourGenotype) else "digits")
+        check_data_root(check_dataset(dataset), data_root)
+        check_image_size(image_size, dataset)
+        if geno.kind == "mlp":
+            from dartboard.platform.cli.ssl import train_mlp
 
-        train_mlp(geno, genotype, dict(framework=framework, channels=channels, epochs=epochs, batch_size=batch_size,
-                                        lr=0.06 if lr is None else lr, dataset=dataset, data_root=data_root,
-                                        image_size=image_size or 32, seed=seed, device=resolved, out=out),
-                  tracking_uri, no_mlflow, as_json)
-        return
-    name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
-    given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
-             "precision": precision, "grad_clip": grad_clip, "lr_schedule": lr_schedule, "lr_gamma": lr_gamma}
-    if isinstance(geno, ColourGenotype) and auxiliary is None:  # it has none: not the published protocol's default
-        given["auxiliary"] = False
-    if label_smoothing is not None:
-        given |= {"label_smoothing": label_smoothing > 0,
-                  "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1}
-    check_used(settings_of(name, dataset, given), given, f"the {name} protocol's default on {dataset!r}")
-    cfg = train_config(name, dataset, given, seed=seed, device=resolved)
-    image_size = image_size or (224 if name == "imagenet" else 32)
-    cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker or 0.0, "address": address,
-               "storage": storage} if distributed else None
-    _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
-                 register_as, image_size)
+            train_mlp(geno, genotype, dict(framework=framework, channels=channels, epochs=epochs, batch_size=batch_size,
+                                            lr=0.06 if lr is None else lr, dataset=dataset, data_root=data_root,
+                                            image_size=image_size or 32, seed=seed, device=resolved, out=out),
+                      tracking_uri, no_mlflow, as_json)
+            return
+        name = protocol or ("imagenet" if dataset == "imagenet" else "cifar")
+        given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                 "auxiliary": auxiliary, "drop_path_prob": drop_path, "cutout": cutout, "cutout_length": cutout_length,
+                 "precision": precision, "grad_clip": grad_clip, "lr_schedule": lr_schedule, "lr_gamma": lr_gamma}
+        if isinstance(geno, ColourGenotype) and auxiliary is None:  # it has none: not the published protocol's default
+            given["auxiliary"] = False
+        if label_smoothing is not None:
+            given |= {"label_smoothing": label_smoothing > 0,
+                      "label_smoothing_eps": label_smoothing if label_smoothing > 0 else 0.1}
+        check_used(settings_of(name, dataset, given), given, f"the {name} protocol's default on {dataset!r}")
+        cfg = train_config(name, dataset, given, seed=seed, device=resolved)
+        image_size = image_size or (224 if name == "imagenet" else 32)
+        cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker or 0.0, "address": address,
+                   "storage": storage} if distributed else None
+        _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
+                     register_as, image_size)
 
 
 def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_worker, no_mlflow, register_as,
