@@ -72,6 +72,24 @@ def test_summarize_table_and_csv(tmp_path):
         summarize(_study(report={"metrics": ["val_acc"]}), results)
 
 
+def test_a_sampled_ablation_counts_trials_not_seeds(tmp_path):
+    """Under tpe or random a variant's trials are draws of params with the study's one seed: the table counts them
+    as trials and says that their spread is the hyperparameters'."""
+    study = _study(sampler="random", seeds=None, num_samples=3, seed=4,
+                   params={"w_lr": {"type": "uniform", "low": 0.001, "high": 0.01}})
+    results = [{"variant": "darts", "seed": 4, "test_error": 10.0, "parameters": 100.0},
+               {"variant": "darts", "seed": 4, "test_error": 14.0, "parameters": 100.0},
+               {"variant": "B", "seed": 4, "test_error": 5.0, "parameters": 50.0}]
+    md, csv_path = write_tables(study, summarize(study, results), tmp_path)
+    text = md.read_text()
+    assert "| variant | searcher | trials | test error (%) | parameters |" in text
+    assert "A variant with one trial shows its value alone" in text
+    assert text.endswith("\n\nEach variant's trials are the random sampler's draws of params (seed 4): their spread "
+                         "is the hyperparameters', not the seeds'.\n")
+    assert csv_path.read_text().splitlines()[0].startswith("variant,searcher,trials,")
+    assert "| seeds |" in write_tables(_study(), summarize(_study(), results), tmp_path)[0].read_text()  # the grid
+
+
 def test_the_size_plot_is_drawn_only_where_trials_report_a_size(tmp_path, caplog):
     """A study whose objective trains no network (supernet) reports no parameters: the metric-vs-size scatter was an
     empty plot, saved with a matplotlib warning; now none, and the log says why."""
@@ -100,8 +118,12 @@ def test_study_validation_names_the_field():
         _study(seeds=[1, 1])
     with pytest.raises(ValueError, match="seeds: the 'tpe' sampler draws one configuration per trial"):
         _study(sampler="tpe")
-    with pytest.raises(ValueError, match="num_samples: the grid sampler runs each grid point once"):
+    with pytest.raises(ValueError, match=r"num_samples: the grid sampler runs each grid point once .*got 3; run "
+                       r"each 3 times with seeds \(seeds: \[0, 1, 2\]\) \["):  # pydantic's [type=...] follows
         _study(num_samples=3)
+    with pytest.raises(ValueError, match=r"\(seeds: \[0, 1\]\), or draw 2 configurations of params with sampler: "
+                       r"random or tpe \["):  # with params to draw
+        _study(num_samples=2, params={"w_lr": {"type": "uniform", "low": 0.001, "high": 0.01}})
     with pytest.raises(ValueError, match="objective.kind: 'final' needs final_training with scope: trial"):
         _study(objective={"kind": "final"})
     with pytest.raises(ValueError, match="variants.nope.searcher: unknown searcher 'nope'"):

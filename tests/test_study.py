@@ -254,7 +254,8 @@ def test_the_thread_that_started_ray_lives_until_ray_is_stopped(tmp_path, monkey
 def test_a_study_with_cuda_graph_is_checked_on_the_cpu(change, message):
     """The dry build runs on the CPU: it builds the searcher without the graph, then checks what a GPU
     trial would refuse (its resources, its parts) before any trial starts."""
-    cfg = _study(**{"searcher": "darts", "params": {}, "options": {"C": 4, "layers": 3, "cuda_graph": True},
+    cfg = _study(**{"searcher": "darts", "params": {}, "sampler": "grid",
+                    "options": {"C": 4, "layers": 3, "cuda_graph": True},
                     "resources": {"workers": 1, "gpus_per_worker": 1}, **change})
     if message is None:
         validate_study(cfg)
@@ -322,3 +323,15 @@ def test_set_on_a_study_command_is_refused_in_one_line_where_it_cannot_apply(arg
     from test_cli_bad_input import refused_here
 
     assert refused_here(args, tmp_path, capsys, monkeypatch) == message
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_sampler_with_nothing_to_sample_is_refused_before_any_trial(sampler):
+    """With no params a tpe or random draw is only a variant: more than one trial would repeat a configuration and
+    its seed, and give the same result again."""
+    study = {"searcher": ["darts", "fairdarts"], "params": {}, "sampler": sampler, "options": {"C": 4, "layers": 3}}
+    with pytest.raises(ValueError, match=rf"sampler: with no params, the '{sampler}' sampler draws only the variant; "
+                                         r"its 3 trials would repeat one configuration .* sampler: grid"):
+        validate_study(_study(**study, num_samples=3))
+    validate_study(_study(**study, num_samples=1))  # one draw repeats nothing
+    validate_study(_study(**{**study, "sampler": "grid"}))  # each variant once

@@ -324,8 +324,10 @@ class StudyConfig(BaseModel):
         if self.num_samples is None:
             self.num_samples = 1 if self.sampler == "grid" else 8
         elif self.sampler == "grid" and self.num_samples != 1:
-            raise ValueError(f"num_samples: the grid sampler runs each grid point once, got {self.num_samples}; "
-                             "vary seeds with 'seeds'")
+            n = self.num_samples
+            drawn = f", or draw {n} configurations of params with sampler: random or tpe" if self.params else ""
+            raise ValueError(f"num_samples: the grid sampler runs each grid point once (it is an ablation's default), "
+                             f"got {n}; run each {n} times with seeds (seeds: {list(range(n))}){drawn}")
         if self.objective.kind == "final" and (self.final_training is None or self.final_training.scope != "trial"):
             raise ValueError("objective.kind: 'final' needs final_training with scope: trial")
         return self

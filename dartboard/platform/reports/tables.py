@@ -48,6 +48,11 @@ def summarize(study: StudyConfig, results: list[dict[str, Any]]) -> list[dict[st
     return rows
 
 
+def _count_label(study: StudyConfig) -> str:
+    """What a row's count is: the grid runs each variant once per seed; another sampler draws trials of params."""
+    return "seeds" if study.sampler == "grid" else "trials"
+
+
 def _fmt(value: float) -> str:
     if math.isnan(value):
         return "-"
@@ -57,7 +62,7 @@ def _fmt(value: float) -> str:
 def markdown_table(study: StudyConfig, rows: list[dict[str, Any]]) -> str:
     """Mean ± std of each metric; a variant with one seed shows its value alone (one value has no spread, and
     "± 0.00" would read as a measured one), said under the table."""
-    head = ["variant", "searcher", "seeds"] + [METRIC_LABELS.get(m, m) for m in study.report.metrics]
+    head = ["variant", "searcher", _count_label(study)] + [METRIC_LABELS.get(m, m) for m in study.report.metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["variant"], f"`{row['searcher']}`", str(row["seeds"])]
@@ -65,7 +70,11 @@ def markdown_table(study: StudyConfig, rows: list[dict[str, Any]]) -> str:
                   for m in study.report.metrics]
         lines.append("| " + " | ".join(cells) + " |")
     if any(row["seeds"] == 1 for row in rows):
-        lines += ["", "A variant with one seed shows its value alone: one value has no standard deviation."]
+        one = "one seed" if study.sampler == "grid" else "one trial"
+        lines += ["", f"A variant with {one} shows its value alone: one value has no standard deviation."]
+    if study.sampler != "grid":
+        lines += ["", f"Each variant's trials are the {study.sampler} sampler's draws of params (seed {study.seed}): "
+                      f"their spread is the hyperparameters', not the seeds'."]
     return "\n".join(lines) + "\n"
 
 
@@ -76,7 +85,8 @@ def write_tables(study: StudyConfig, rows: list[dict[str, Any]], out: Path) -> t
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         metrics = study.report.metrics
-        writer.writerow(["variant", "searcher", "seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
+        writer.writerow(["variant", "searcher", _count_label(study)]
+                        + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
         for row in rows:
             writer.writerow([row["variant"], row["searcher"], row["seeds"]]
                             + [f"{x:.6g}" for m in metrics for x in row[m]])
