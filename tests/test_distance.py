@@ -148,3 +148,24 @@ def test_the_distance_command_refuses_in_one_line(args, message, tmp_path, capsy
     assert message in line
     if args[1] == "heads.json":  # once through the installed console script too
         assert refused(args, tmp_path) == line
+
+
+def test_a_colornas_genotype_is_compared_by_its_channels_cells(tmp_path, capsys):
+    """One row per colour channel (NAME/R, ...): M between the cells of each channel's network, the same value as
+    M between those cell genotypes given as files; a ColorNAS genotype alone compares its channels."""
+    from dartboard.platform.cli.distance import distance
+    from dartboard.spaces import genotype as gt
+    from dartboard.spaces.colour_genotype import ColourGenotype
+
+    v1, v2 = resolve("darts-v1"), resolve("darts-v2")
+    gt.save(ColourGenotype("rb", (v1, v2), (16,)), tmp_path / "rb.json")
+    gt.save(v2, tmp_path / "v2.json")
+    distance([str(tmp_path / "rb.json"), str(tmp_path / "v2.json")], out=None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rb/R", "rb/B", "v2"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:]}
+    expected = architecture_distance(v1, v2)
+    assert expected > 0 and rows["rb/R"] == pytest.approx([0.0, expected, expected], abs=5e-5)
+    assert rows["rb/B"] == pytest.approx([expected, 0.0, 0.0], abs=5e-5) and rows["v2"] == rows["rb/B"]
+    distance([str(tmp_path / "rb.json")], out=None)  # its channels against one another
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["rb/R", "rb/B"]

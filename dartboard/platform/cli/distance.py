@@ -11,7 +11,9 @@ from dartboard.errors import UserInputError
 
 def distance(
     genotypes: list[str] = typer.Argument(..., help="two or more catalog names, genotype JSON files, search "
-                                                    "folders or registered versions (NAME@ALIAS, NAME:VERSION)"),
+                                                    "folders or registered versions (NAME@ALIAS, NAME:VERSION); a "
+                                                    "ColorNAS genotype is compared by its channels' cells (one "
+                                                    "row each: NAME/R, NAME/G, ...)"),
     out: Path | None = typer.Option(None, "--out", help="draw the heatmap of M into this PNG"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (registered versions; default: "
                                                 "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
@@ -20,15 +22,18 @@ def distance(
     from dartboard.platform.cli.registered import genotype_of
     from dartboard.spaces.distance import distance_matrix
 
-    if len(genotypes) < 2:
-        raise UserInputError(f"genotypes: expected at least two, got {len(genotypes)}")
+    if not genotypes:
+        raise UserInputError("genotypes: expected at least two, got 0")
     if out is not None:
         from dartboard.platform.checks import check_writable_file
 
         check_writable_file(out, "--out")
         _check_image_format(out)
-    labels = genotype_labels(genotypes)
-    matrix = distance_matrix([genotype_of(g, tracking_uri) for g in genotypes], names=genotypes)
+    rows = _compared([genotype_of(g, tracking_uri) for g in genotypes], genotypes, genotype_labels(genotypes))
+    if len(rows) < 2:
+        raise UserInputError(f"genotypes: expected at least two, got {len(genotypes)}")
+    labels = [label for label, _, _ in rows]
+    matrix = distance_matrix([geno for _, geno, _ in rows], names=[name for _, _, name in rows])
     width = max(8, *(len(label) for label in labels)) + 2
     typer.echo(" " * width + "".join(f"{label:>{width}}" for label in labels))
     for label, row in zip(labels, matrix, strict=False):
@@ -36,6 +41,23 @@ def distance(
     if out is not None:
         _heatmap(matrix, labels, out)
         typer.echo(f"heatmap: {out}")
+
+
+def _compared(genos: list, given: list[str], labels: list[str]) -> list[tuple[str, object, str]]:
+    """(label, genotype, name in messages) of each compared cell genotype: a ColorNAS genotype gives one per colour
+    channel (``LABEL/R``), the cells of that channel's network; any other genotype is compared as it is."""
+    from dartboard.spaces.colour import colour_model_spec
+    from dartboard.spaces.colour_genotype import ColourGenotype
+
+    rows = []
+    for geno, text, label in zip(genos, given, labels, strict=True):
+        if isinstance(geno, ColourGenotype):
+            channels = colour_model_spec(geno.colour_model).channels
+            rows += [(f"{label}/{c}", cells, f"{text} (channel {c})") for c, cells in zip(channels, geno.channels,
+                                                                                        strict=True)]
+        else:
+            rows.append((label, geno, text))
+    return rows
 
 
 def genotype_labels(genotypes: list[str]) -> list[str]:
