@@ -112,6 +112,7 @@ def test_the_dario_outer_study_sweeps_two_trials_on_ray(ray_local, tmp_path):
     from dartboard.platform.sweep import run_sweep
     from dartboard.platform.tracking import runs
     from dartboard.platform.tracking.models import load, pull_model
+    from dartboard.spaces.vit import count_parameters
     from dartboard.training.vit_finetune import evaluate
 
     shipped = load_study("dario-outer")
@@ -154,3 +155,9 @@ def test_the_dario_outer_study_sweeps_two_trials_on_ray(ray_local, tmp_path):
     evaluated = evaluate_model("dario-outer@champion", uri)
     assert evaluated["test_acc"] == pytest.approx(network["test_acc"], abs=1e-6)
     assert evaluated["recorded_test_acc"] == network["test_acc"]
+    # its sizes, as a pruned ViT of `dartboard prune` records them (before: none)
+    original = count_parameters(build_searcher("dario", run.searcher_options(), SHAPE).model)
+    assert int(version.tags["params_original"]) == original and result.best["metrics"]["params_original"] == original
+    assert int(version.tags["params_pruned"]) == count_parameters(vit) == result.best["metrics"]["parameters"]
+    assert version.tags["metric.parameters"] == str(float(count_parameters(vit))) and count_parameters(vit) < original
+    assert version.tags["blocks_kept"] == ",".join(map(str, gt.load(folder / "genotype.json").blocks_kept))

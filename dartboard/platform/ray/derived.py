@@ -21,13 +21,15 @@ DERIVED_KINDS = (*CELL_NETWORK_KINDS, "mlp", "gates")
 
 def derived_accuracy(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
                      device: torch.device, rank: int, searcher: Any) -> float:
-    return derived_score(genotype, splits, halves, objective, cfg, device, rank, searcher)[0]
+    return derived_score(genotype, splits, halves, objective, cfg, device, rank, searcher)[0]["derived_acc"]
 
 
 def derived_score(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,
-                  device: torch.device, rank: int, searcher: Any) -> tuple[float, ModelFiles | None]:
+                  device: torch.device, rank: int, searcher: Any) -> tuple[dict[str, float], ModelFiles | None]:
     """Train the derived architecture briefly on the search-train half, score it on the val half
-    (never on the test split: the study selects on this number). Rank 0 trains; other ranks get 0.0.
+    (never on the test split: the study selects on this number): ``derived_acc``, with a pruned ViT's sizes
+    (``parameters``, ``params_original``: the table's size axis and the registered version's tags, as ``dartboard
+    prune`` records them). Rank 0 trains; the other ranks get the same keys, at 0 (the worker broadcasts rank 0's).
     Cell genotypes: accuracy of the network trained from scratch. ``mlp`` genotypes (NASiam heads):
     weighted-kNN accuracy of the backbone after a short SSL pretraining with the derived heads (the
     searcher's framework), kNN fitted on the search-train half. ``gates`` genotypes (DARIO): accuracy of
@@ -39,10 +41,15 @@ def derived_score(genotype: Any, splits: Any, halves: Any, objective: dict[str, 
     from dartboard.training.final import TrainConfig, train_genotype
 
     acc, files = 0.0, None
+    sizes = dict.fromkeys(("parameters", "params_original"), 0.0) if isinstance(genotype, GateGenotype) else {}
     if rank == 0 and isinstance(genotype, GateGenotype):
+        from dartboard.spaces.vit import count_parameters
+
         pruned, acc = finetuned_model(searcher, genotype, halves, objective["train_epochs"],
                                       objective["train_batch_size"], cfg.seed)
         files = pruned_vit_files(pruned, splits, cfg, searcher.device)
+        sizes = {"parameters": float(count_parameters(pruned)), "params_original": float(count_parameters(
+            searcher.model))}
     elif rank == 0 and isinstance(genotype, MlpGenotype):
         acc = _derived_knn(genotype, splits, halves, objective, cfg, device, searcher.objective.name)
     elif rank == 0:
@@ -50,7 +57,7 @@ def derived_score(genotype: Any, splits: Any, halves: Any, objective: dict[str, 
                            epochs=objective["train_epochs"], batch_size=objective["train_batch_size"],
                            seed=cfg.seed, device=str(device))
         acc = train_genotype(genotype, Splits(halves[0], halves[1], splits.info), tcfg).test_acc
-    return acc, files
+    return {"derived_acc": acc, **sizes}, files
 
 
 def _derived_knn(genotype: Any, splits: Any, halves: Any, objective: dict[str, Any], cfg: Any,

@@ -247,8 +247,9 @@ def _search_loop(config: dict[str, Any]) -> None:  # noqa: C901  (to split)
                   "epoch": done_epochs, "objective": supernet_objective(metrics), "search_done": float(last),
                   "search_seconds": progress["search_seconds"], "genotype": genotype_json(genotype), "done": 0.0}
         if last and config["objective"]["kind"] == "derived":
-            acc, model_files = derived_score(genotype, splits, halves, config["objective"], cfg, device, rank, searcher)
-            report["derived_acc"] = _broadcast([acc], device)[0]
+            scores, model_files = derived_score(genotype, splits, halves, config["objective"], cfg, device, rank,
+                                                searcher)
+            report.update(zip(scores, _broadcast(list(scores.values()), device), strict=True))
             report["objective"] = report["derived_acc"]
         report["done"] = float(last and final is None)
         progress["history"].append(_numbers(report))

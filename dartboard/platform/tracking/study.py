@@ -141,7 +141,7 @@ class StudyTracker:
                      if isinstance(metrics.get(k), (int, float))})
         with tempfile.TemporaryDirectory() as tmp:
             folder = _champion_folder(best, Path(tmp))
-            tags.update(_pruned_vit_tags(folder))
+            tags.update(_pruned_vit_tags(folder, metrics))
             self.decision = decide(_alias_tags(c, name), tags, self.promote)
             log.info("champion: %s %s (%s)", name, "takes @" + CHAMPION_ALIAS if self.decision.move
                      else "is registered without the alias", self.decision.reason)
@@ -151,17 +151,28 @@ class StudyTracker:
                                      alias=CHAMPION_ALIAS if self.decision.move else None)
 
 
-def _pruned_vit_tags(folder: Path) -> dict[str, str]:
+def _pruned_vit_tags(folder: Path, metrics: Mapping[str, Any]) -> dict[str, str]:
     """A DARIO trial's fine-tuned pruned ViT records its accuracy on the test split in its network.json: the
-    version's ``metric.test_acc``, as a final training's (and a pruned ViT of ``dartboard prune``) has it."""
+    version's ``metric.test_acc``, as a final training's has it; its parameter counts before and after the pruning
+    (the trial's ``params_original`` and ``parameters``), the kept blocks and the model: the tags a pruned ViT of
+    ``dartboard prune`` has."""
     import json
+
+    from dartboard.platform.tracking.pruned import pruned_tags
+    from dartboard.spaces.genotype import GateGenotype, load
 
     try:
         network = json.loads((folder / NETWORK_FILE).read_text())
-    except (OSError, ValueError):
+        genotype = load(folder / GENOTYPE_FILE)
+    except (OSError, ValueError):  # a GenotypeError is one
         return {}
-    acc = network.get("test_acc") if isinstance(network, dict) and network.get("kind") == "pruned-vit" else None
-    return {"metric.test_acc": str(float(acc))} if isinstance(acc, int | float) else {}
+    if not isinstance(network, dict) or network.get("kind") != "pruned-vit" or not isinstance(genotype, GateGenotype):
+        return {}
+    acc, sizes = network.get("test_acc"), [metrics.get(k) for k in ("params_original", "parameters")]
+    tags = {"metric.test_acc": str(float(acc))} if isinstance(acc, int | float) else {}
+    if all(isinstance(n, int | float) and n > 0 for n in sizes):
+        tags.update({k: str(v) for k, v in pruned_tags(int(sizes[0]), int(sizes[1]), None, genotype).items()})
+    return tags
 
 
 def _space(study: Any, trial: Mapping[str, Any]) -> str:
