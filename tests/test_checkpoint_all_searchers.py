@@ -23,7 +23,8 @@ SHAPE = DataShape(1, 8, 10)
 TINY = {"C": 4, "layers": 2, "epochs": 3}
 OWN = {"dartopti": {"C": 4, "epochs": 3},  # its cell count is its start genotype's (ResNet-18: 4 cells)
        "pc-darts": {**TINY, "warmup_epochs": 1},  # alpha and beta steps before and after the checkpoint
-       "darts-pt": {**TINY, "pt_start_epoch": 0, "pt_tune_steps": 0},  # projection decisions on both sides
+       # projection decisions on both sides, one a step (a budget of 20 epochs holds all 34, one a step)
+       "darts-pt": {**TINY, "epochs": 20, "pt_start_epoch": 0, "pt_tune_steps": 0},
        # gates, their optimiser and the warm start's generator on both sides of the checkpoint
        "dario": {"epochs": 3, "pretrain_epochs": 0, "iterations": 6, "warmup_samples": 3,
                  "model_kwargs": {"patch_size": 4, "embed_dim": 16, "depth": 3, "num_heads": 2}}}
