@@ -92,6 +92,26 @@ def test_option_paths_with_brackets_are_logged_as_mlflow_accepts_them(tmp_path, 
     assert child.data.params["regularizers/zero_one.weight"] == "12.5"
     assert child.data.params["discretizer_options.sigma_threshold"] == "0.75"
     assert runs.mlflow_name("a b:c/d.e-f_g") == "a b:c/d.e-f_g" and runs.mlflow_name("x[0]@y") == "x/0_y"
+    # the champion's version names the space its trial searched, FairDARTS' own (before: an empty tag)
+    version = runs.client(uri).get_model_version_by_alias("fair", "champion")
+    assert version.tags["space"] == child.data.tags["space"] == "darts-none"
+
+
+def test_a_trials_space_is_laid_out_as_its_run_config_lays_it():
+    """Sampled > the study's `space` > the variant's option > the study's options > the preset's own."""
+    from dartboard.platform.config import StudyConfig
+    from dartboard.platform.tracking.study import _space
+
+    variants = [{"name": "own", "searcher": "fairdarts"}, {"name": "tiny", "searcher": "darts",
+                                                            "options": {"space": "tiny81"}}]
+    cfg = StudyConfig(name="s", variants=variants, options={"space": "tiny625"}, sampler="grid")
+    trial = {"variant": "tiny", "searcher": "darts", "config": {"variant": "tiny"}}
+    assert _space(cfg, trial) == "tiny81"
+    assert _space(cfg, {**trial, "variant": "own", "searcher": "fairdarts"}) == "tiny625"
+    assert _space(cfg, {**trial, "config": {"space": "darts"}}) == "darts"
+    assert _space(cfg.model_copy(update={"space": "darts-none"}), trial) == "darts-none"
+    assert _space(cfg.model_copy(update={"options": {}}), {**trial, "variant": "own", "searcher": "fairdarts"}) == \
+        "darts-none"
 
 
 def test_a_half_logged_trial_run_is_logged_again_in_full(tmp_path, monkeypatch):

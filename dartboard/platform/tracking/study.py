@@ -133,7 +133,7 @@ class StudyTracker:
                     c.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
                 return version
         tags = {"study": cfg.name, "trial": best["key"], "searcher": best["searcher"],
-                "space": cfg.space or best["config"].get("space", ""), "dataset": cfg.dataset, "seed": best["seed"],
+                "space": _space(cfg, best), "dataset": cfg.dataset, "seed": best["seed"],
                 "metric.objective": best.get("objective"), SIGNATURE_TAG: objective_signature(cfg)}
         metrics = {**best.get("metrics", {}), **(best.get("final") or {})}
         # full precision (str of a float round-trips), as the final-training registration stores them
@@ -176,10 +176,14 @@ def _pruned_vit_tags(folder: Path, metrics: Mapping[str, Any]) -> dict[str, str]
 
 
 def _space(study: Any, trial: Mapping[str, Any]) -> str:
-    """The space a trial searched: its own option, the study's, else its preset's default."""
+    """The space a trial searched: a sampled one, the study's, its variant's option, the study's options', else its
+    preset's default (the order ``trial_run_config`` lays them in)."""
     from dartboard.searchers.presets import space_of
 
-    return space_of(trial["searcher"], {"space": trial["config"].get("space") or study.space})
+    variant = next((v for v in study.variants if v.name == trial.get("variant")), None)
+    given = (trial["config"].get("space") or study.space or (variant.options.get("space") if variant else None)
+             or study.options.get("space"))
+    return space_of(trial["searcher"], {"space": given})
 
 
 def _alias_tags(c: Any, name: str) -> dict[str, str] | None:
