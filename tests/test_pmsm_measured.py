@@ -79,6 +79,22 @@ def test_without_a_split_column_the_rows_are_split_4_1_1_by_a_fixed_shuffle(tmp_
         assert torch.equal(getattr(first, name).tensors[0], getattr(second, name).tensors[0])
 
 
+def test_a_file_in_si_units_is_said_once_and_a_per_unit_one_is_not(tmp_path, caplog):
+    """Values far from order 1 (a bench log in volts and rad/s) are read, and said: per unit is what the searches are
+    set for. Once per file and process: the two-step search reads its file twice."""
+    import logging
+
+    per_unit = str(write_measurements(tmp_path / "pu.csv", make_splits(MotorParams(n_train=40, n_val=10, n_test=10))))
+    si = rows_file(tmp_path / "si.csv", [GOOD[:2] + ["314.2", "230.0"] + GOOD[4:]] * 6)
+    with caplog.at_level(logging.WARNING, logger="dartboard"):
+        load_dataset("pmsm", per_unit)
+        assert "read per unit" not in caplog.text
+        for _ in range(2):
+            load_dataset("pmsm", str(tmp_path / si))
+    warned = [r.getMessage() for r in caplog.records if "read per unit" in r.getMessage()]
+    assert len(warned) == 1 and "|omega_e| reaches 314.2, |v_d| reaches 230: values in SI units?" in warned[0]
+
+
 def test_a_search_on_the_file_equals_the_search_on_the_simulators_rows(tmp_path, capsys, monkeypatch):
     params = MotorParams(**SMALL)
     write_measurements(tmp_path / "bench.csv", make_splits(params))

@@ -21,6 +21,7 @@ by name, with the file's line.
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import torch
@@ -30,6 +31,13 @@ from dartboard.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0  # the shuffle of a file without a split column: fixed, so that a search and a comparison agree
+#: Per unit, the currents, voltages and speed of a motor's operating points are of order 1 (the simulator's:
+#: |I| <= 1.25, |v| <= 1, |omega_e| <= 1); a column reaching this is taken for SI units and said
+PER_UNIT_BOUND = 10.0
+PER_UNIT_COLUMNS = ("I_d", "I_q", "omega_e", "v_d", "v_q")
+
+log = logging.getLogger("dartboard")
+_said: set[str] = set()  # the files already warned about in this process (`pmsm search` reads its file twice)
 
 
 def is_measurements(root: str | Path | None) -> bool:
@@ -117,6 +125,21 @@ def measured_datasets(path: str | Path, features: tuple[str, ...], targets: tupl
                       ) -> dict[str, TensorDataset]:
     """train / val / test TensorDatasets (x: ``features``, y: ``targets``, float32) of a CSV of measurements."""
     table, splits = read_measurements(path, (*features, *targets))
+    _warn_if_not_per_unit(path, table, (*features, *targets))
     rows = split_rows(len(table), splits, path)
     x, y = table[:, :len(features)].float(), table[:, len(features):].float()
     return {name: TensorDataset(x[idx], y[idx]) for name, idx in rows.items()}
+
+
+def _warn_if_not_per_unit(path: str | Path, table: torch.Tensor, columns: tuple[str, ...]) -> None:
+    """Say, once per file, that columns reaching :data:`PER_UNIT_BOUND` look like SI units: the file is read per
+    unit, and SI values (volts, amperes, rad/s) put the losses and the flux model's inputs millions of times off
+    the scale the searches are set for."""
+    large = {name: float(table[:, i].abs().max()) for i, name in enumerate(columns)
+             if name in PER_UNIT_COLUMNS and float(table[:, i].abs().max()) >= PER_UNIT_BOUND}
+    if large and str(path) not in _said:
+        _said.add(str(path))
+        log.warning("pmsm: %r is read per unit (currents in rated current, voltages in rated voltage, speed in base "
+                    "speed: values of order 1), but %s: values in SI units? Divide each column by its base value "
+                    "(the derivatives by rated current times base speed)", str(path),
+                    ", ".join(f"|{name}| reaches {value:.4g}" for name, value in large.items()))
