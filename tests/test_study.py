@@ -13,7 +13,7 @@ from dartboard.platform.config import SearchRunConfig, StudyConfig
 from dartboard.platform.ray.options import parse_path, set_option
 from dartboard.platform.ray.runner import STUDIES_DIR, load_study
 from dartboard.platform.ray.samplers import StudySpace
-from dartboard.platform.ray.space import grid_param_space, trial_run_config, validate_study
+from dartboard.platform.ray.space import check_study, grid_param_space, trial_run_config, validate_study
 from dartboard.searchers.registry import DataShape, build_searcher, get_searcher_spec
 
 
@@ -268,7 +268,7 @@ def test_a_study_with_cuda_graph_is_checked_on_the_cpu(change, message):
 def test_every_shipped_study_passes_the_checks_its_command_runs_before_any_trial(path):
     """What `dartboard sweep NAME` / `dartboard ablate NAME` check while Ray starts: the study's validation and each
     variant's searcher built and derived with every parameter at its low and its high end."""
-    from dartboard.platform.ray.space import check_study, dry_build
+    from dartboard.platform.ray.space import dry_build
 
     cfg = load_study(path.stem)
     check_study(cfg)
@@ -334,4 +334,5 @@ def test_a_sampler_with_nothing_to_sample_is_refused_before_any_trial(sampler):
                                          r"its 3 trials would repeat one configuration .* sampler: grid"):
         validate_study(_study(**study, num_samples=3))
     validate_study(_study(**study, num_samples=1))  # one draw repeats nothing
+    check_study(_study(**study, num_samples=3), new=False)  # a study that ran before the check is resumed as it was
     validate_study(_study(**{**study, "sampler": "grid"}))  # each variant once

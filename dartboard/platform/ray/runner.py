@@ -145,7 +145,7 @@ def _checks(cfg: StudyConfig, resume: str | None, run_dir: str | None) -> str | 
     study's own checks (its searchers, options, parameters, data, and the dry build of each variant on a tiny
     shape) only validate what the study file says: what they refuse is the user's input."""
     with user_input():
-        check_study(cfg)
+        check_study(cfg, new=resume is None)
         dry_build(cfg)
     if resume is None:
         run_dir = _new_run_dir(cfg, run_dir)
