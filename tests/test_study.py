@@ -156,7 +156,7 @@ def test_the_checks_run_while_ray_starts_and_a_refused_study_writes_nothing(tmp_
         events.append("ray started")
         return True
 
-    def check_study(cfg):
+    def check_study(cfg, new=True):
         assert ray_starting.wait(10), "the checks ran before Ray started"
         events.append("checked")
         checked.set()
@@ -192,7 +192,7 @@ def test_the_checks_yield_the_cores_to_rays_start_and_their_error_reaches_the_ca
 
     before, seen = niceness(), {}
 
-    def check_study(cfg):
+    def check_study(cfg, new=True):
         seen["thread"], seen["niceness"] = threading.current_thread(), niceness()
 
     def dry_build(cfg):
