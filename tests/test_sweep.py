@@ -306,3 +306,7 @@ def test_the_sweeps_summary_names_the_best_trials_epochs(epoch, words, capsys, t
         echo_summary(result, registered=False)
         assert f"best trial t1: objective 0.9000 ({said}) {words}" in capsys.readouterr().out
     assert "sweep finished in 12 s: 1 trial (1 complete, 0 stopped by ASHA, 0 errored)" in out  # was "1 trials"
+    assert "pruned ViT" not in out
+    best["metrics"] = {"parameters": 31114.0, "params_original": 52042.0}  # a DARIO trial's sizes
+    echo_summary(result, registered=False)
+    assert "best pruned ViT: 31,114 of the original's 52,042 parameters (59.8 %)\n" in capsys.readouterr().out

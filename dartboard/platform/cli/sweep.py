@@ -94,16 +94,12 @@ def echo_summary(result, registered: bool) -> None:
         typer.echo("no trial completed; nothing to recommend")
         raise typer.Exit(1)
     best = result.best
-    kind = getattr(getattr(getattr(result, "config", None), "objective", None), "kind", None)
-    said = f" ({OBJECTIVE_WORDS[kind]})" if kind in OBJECTIVE_WORDS else ""
-    if kind == "derived" and (best.get("genotype") or {}).get("kind") in DERIVED_WORDS:
-        said = f" ({DERIVED_WORDS[best['genotype']['kind']]})"
-    if kind == "supernet" and "val_acc" not in best.get("metrics", {}):
-        said = " (minus the supernet's validation loss)"
-    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f}{said} "
+    typer.echo(f"best trial {best['trial_id']}: objective {best['objective']:.4f}{_objective_words(result)} "
                f"after {epochs_in_words(best['epoch'])}")
     typer.echo("best configuration: " + json.dumps({"variant": best["variant"], **best["config"]}, sort_keys=True))
     typer.echo("best genotype: " + json.dumps(best["genotype"]))
+    if (size := _pruned_size(best.get("metrics") or {})) is not None:
+        typer.echo(size)
     if (best.get("metrics") or {}).get("arch_steps") == 0.0:  # e.g. FIMT's schedule never let one run
         typer.echo("best trial took no alpha step (arch_steps 0): its genotype is the parse of the initial alphas, "
                    "searched by nothing; give more epochs")
@@ -115,6 +111,26 @@ def echo_summary(result, registered: bool) -> None:
         _say_champion(result)
     if "://" not in result.run_dir:
         typer.echo(f"best genotype written to {Path(result.run_dir) / 'best_genotype.json'}")
+
+
+def _objective_words(result) -> str:
+    """What the best trial's objective is (by the study's objective kind and the genotype), in brackets."""
+    best = result.best
+    kind = getattr(getattr(getattr(result, "config", None), "objective", None), "kind", None)
+    if kind == "derived" and (best.get("genotype") or {}).get("kind") in DERIVED_WORDS:
+        return f" ({DERIVED_WORDS[best['genotype']['kind']]})"
+    if kind == "supernet" and "val_acc" not in best.get("metrics", {}):
+        return " (minus the supernet's validation loss)"
+    return f" ({OBJECTIVE_WORDS[kind]})" if kind in OBJECTIVE_WORDS else ""
+
+
+def _pruned_size(metrics: dict) -> str | None:
+    """A DARIO trial's pruned ViT against the original (its ``parameters`` and ``params_original``), as a line."""
+    pruned, original = metrics.get("parameters"), metrics.get("params_original")
+    if not (isinstance(pruned, int | float) and isinstance(original, int | float) and original > 0):
+        return None
+    return f"best pruned ViT: {int(pruned):,} of the original's {int(original):,} parameters " \
+           f"({100 * pruned / original:.1f} %)"
 
 
 def _registered(result) -> dict | None:
