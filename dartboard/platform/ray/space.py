@@ -32,11 +32,11 @@ def check_study(cfg: StudyConfig, new: bool = True) -> None:
     """The checks of :func:`validate_study` without the dry build (which builds every variant's searcher
     and its optimizers: about a second). The searcher registry imports torch (1.3 s on 2 cores). ``new``: a study
     about to start, not one resumed (a study that ran is finished as it was designed)."""
+    specs = _searcher_specs(cfg)  # an unknown searcher first: the study's other checks read the variants
     if new and cfg.sampler != "grid" and not cfg.params and cfg.num_samples > 1:  # a draw is a variant, nothing else
         raise ValueError(f"sampler: with no params, the {cfg.sampler!r} sampler draws only the variant; its "
                          f"{cfg.num_samples} trials would repeat one configuration with one seed (identical results). "
                          f"Compare the variants with sampler: grid (each variant x each of seeds), or give params")
-    specs = _searcher_specs(cfg)
     _check_fixed_options(cfg, specs)
     for pname, dist in cfg.params.items():
         _check_param(cfg, specs, pname, dist)
