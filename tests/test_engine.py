@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -218,6 +219,34 @@ def test_aliases_and_dotted_paths_set_part_options():
     t = build("fairdarts", **{"regularizers.zero_one.weight": 2.0, "discretizer": "threshold",
                               "discretizer.sigma_threshold": 0.6})
     assert t.regularizers[0].weight == 2.0 and t.discretizer.keywords == {"sigma_threshold": 0.6}
+    # a study's params name a list's part by its name in brackets; `search --set` takes the same path (was refused)
+    u = build("darts+admm", **{"regularizers[admm].rho": 0.5, "regularizers[admm].lambda_u": 1})
+    assert (u.regularizers[0].rho, u.regularizers[0].lambda_u) == (0.5, 1.0)
+    with pytest.raises(ValueError, match=r"regularizers\[nope\]\.rho: this search has no regularizers named 'nope'"):
+        build("darts+admm", **{"regularizers[nope].rho": 0.5})
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("darts+admm", {"regularizers.admm.rho": -1}, "regularizer 'admm': rho: expected a number >= 0, got -1"),
+    ("darts+admm", {"regularizers.admm.rho": "abc"}, "regularizer 'admm': rho: expected a number >= 0, got 'abc'"),
+    ("darts+admm", {"regularizers.admm.lambda_u": 2}, "regularizer 'admm': lambda_u: expected a number in [0, 1], "
+                                                       "got 2"),
+    ("darts+admm", {"regularizers.admm.period": 1.5}, "regularizer 'admm': period: expected an integer >= 1, got 1.5"),
+    ("darts+pr", {"regularizers.proximity.rho": -0.1}, "regularizer 'proximity': rho: expected a number >= 0"),
+    ("fairdarts", {"regularizers.zero_one.weight": float("nan")}, "regularizer 'zero_one': weight: expected a number "
+                                                                   ">= 0, got nan"),
+    ("beta-darts", {"regularizers.beta_decay.max_weight": True}, "regularizer 'beta_decay': max_weight: expected a "
+                                                                  "number >= 0, got True"),
+])
+def test_a_regularizers_value_out_of_its_range_is_refused_naming_the_part_and_option(name, options, message):
+    """Before: a negative rho or weight ran a search that pushed the alphas away from the discrete architecture
+    (or from 0/1), and 'abc' was "could not convert string to float" without the option's name."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build(name, **options)
+
+
+def test_an_integral_float_is_an_integer_option():
+    assert build("darts+admm", **{"regularizers.admm.period": 10.0}).regularizers[0].period == 10
 
 
 def test_unrolled_step_reads_momentum_and_weight_decay_from_the_optimizer():

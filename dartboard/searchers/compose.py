@@ -19,6 +19,7 @@ Unknown keys, parts and part options are refused with the known ones listed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,7 +72,10 @@ def _as_mapping(kind: str, spec: Any) -> dict[str, Any]:
 
 
 def _set_path(specs: dict[str, Any], path: str, value: Any) -> None:
-    head, _, rest = path.partition(".")
+    """One option by its path: ``<part>.<option>``, ``<regularizers|hooks>.<name>.<option>`` or, as a study's params
+    name it, ``<regularizers|hooks>[<name>].<option>``."""
+    listed = re.fullmatch(r"(regularizers|hooks)\[([^\]]+)\]\.([^.]+)", path)
+    head, _, rest = (f"{listed[1]}.{listed[2]}.{listed[3]}" if listed else path).partition(".")
     if head in PART_KINDS and rest and "." not in rest:
         specs[head] = {**_as_mapping(head, specs[head]), rest: value}
         return
@@ -87,7 +91,7 @@ def _set_path(specs: dict[str, Any], path: str, value: Any) -> None:
         specs[head] = entries
         return
     raise ValueError(f"{path}: a dotted option is <part>.<option> ({', '.join(PART_KINDS)}) or "
-                     f"<regularizers|hooks>.<name>.<option>")
+                     f"<regularizers|hooks>.<name>.<option> (or <regularizers|hooks>[<name>].<option>)")
 
 
 def resolve(preset: Mapping[str, Any], options: Mapping[str, Any], aliases: Mapping[str, str] = {}  # noqa: B006

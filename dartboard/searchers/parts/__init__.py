@@ -9,6 +9,7 @@ it and lists the known ones (no ``**kwargs`` swallows a typo).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -59,4 +60,25 @@ class PartRegistry(Registry[Callable[..., Any]]):
 
     def build(self, spec: PartSpec) -> Any:
         name, options = self.check(spec)
-        return self.lookup(name)(**options)
+        try:
+            return self.lookup(name)(**options)
+        except ValueError as err:  # an option's value: said with the part it belongs to
+            if type(err) is not ValueError:
+                raise
+            raise ValueError(f"{self.kind} {name!r}: {err}") from None
+
+
+def number(name: str, value: Any, low: float | None = None, high: float | None = None, *,
+           integer: bool = False) -> Any:
+    """A part's numeric option checked: a finite number (an integer where ``integer``) within [low, high], else
+    a ValueError naming the option and what it takes (a string from --set, a bool, a NaN are refused too)."""
+    what = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        what += f" in [{low:g}, {high:g}]"
+    elif low is not None:
+        what += f" >= {low:g}"
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (
+        not integer or isinstance(value, int) or float(value).is_integer())  # 10.0 is an integer, 1.5 is not
+    if not ok or not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return int(value) if integer else float(value)

@@ -19,7 +19,7 @@ import torch
 
 from dartboard.searchers.base import EpochMeter
 from dartboard.searchers.discretize import genotype_mask
-from dartboard.searchers.parts import PartRegistry
+from dartboard.searchers.parts import PartRegistry, number
 from dartboard.searchers.parts.base import Part
 
 REGULARIZERS = PartRegistry("regularizer")
@@ -117,7 +117,7 @@ class ZeroOne(Regularizer):
     every group's own L01^i (D-DARTS, thesis Eq 4.5: each cell's L_T^i has its L01^i)."""
 
     def __init__(self, weight: float = W01_FAIRDARTS, per_group: bool = False):
-        self.weight, self.per_group = float(weight), bool(per_group)
+        self.weight, self.per_group = number("weight", weight, 0.0), bool(per_group)
         self.meter = EpochMeter()
 
     def loss(self, ctx, group_weights):
@@ -138,9 +138,7 @@ class L1(Regularizer):
     """lambda * ||alpha||_1 (sparse DARTS, ALGORITHMS.md)."""
 
     def __init__(self, weight: float = SPARSE_L1_WEIGHT, on: str = "alphas"):
-        if weight < 0:
-            raise ValueError(f"weight: expected >= 0, got {weight}")
-        self.weight, self.on = float(weight), _check_on(on)
+        self.weight, self.on = number("weight", weight, 0.0), _check_on(on)
 
     def loss(self, ctx, group_weights):
         return self.weight * l1_loss(_values(ctx, group_weights, self.on))
@@ -151,7 +149,7 @@ class Proximity(Regularizer):
     """Maile et al. Eq 6 with c = progress of the search (linear 0 -> 1)."""
 
     def __init__(self, rho: float = RHO_PROXIMITY, on: str = "alphas"):
-        self.rho, self.on = float(rho), _check_on(on)
+        self.rho, self.on = number("rho", rho, 0.0), _check_on(on)
         self.last_c = 0.0
 
     def loss(self, ctx, group_weights):
@@ -170,9 +168,8 @@ class Admm(Regularizer):
 
     def __init__(self, rho: float = RHO_ADMM, lambda_u: float = LAMBDA_U_ADMM, period: int = ADMM_PERIOD,
                  squared: bool = True, on: str = "alphas"):
-        if period < 1:
-            raise ValueError(f"period: expected >= 1, got {period}")
-        self.rho, self.lambda_u, self.period, self.squared = float(rho), float(lambda_u), int(period), squared
+        self.rho, self.lambda_u = number("rho", rho, 0.0), number("lambda_u", lambda_u, 0.0, 1.0)  # u's decay
+        self.period, self.squared = number("period", period, 1, integer=True), squared
         self.on = _check_on(on)
         self.z: list[torch.Tensor] | None = None
         self.u: list[torch.Tensor] | None = None
@@ -221,9 +218,8 @@ class BetaDecay(Regularizer):
     (reference: 50 * epoch / 100), on the pre-softmax alphas."""
 
     def __init__(self, max_weight: float = BETA_MAX_WEIGHT, ramp_epochs: int = BETA_RAMP_EPOCHS):
-        if ramp_epochs < 1:
-            raise ValueError(f"ramp_epochs: expected >= 1, got {ramp_epochs}")
-        self.max_weight, self.ramp_epochs = float(max_weight), int(ramp_epochs)
+        self.max_weight = number("max_weight", max_weight, 0.0)
+        self.ramp_epochs = number("ramp_epochs", ramp_epochs, 1, integer=True)
 
     def weight(self, epoch: int) -> float:
         return self.max_weight * epoch / self.ramp_epochs
