@@ -237,6 +237,7 @@ def test_aliases_and_dotted_paths_set_part_options():
                                                                    ">= 0, got nan"),
     ("beta-darts", {"regularizers.beta_decay.max_weight": True}, "regularizer 'beta_decay': max_weight: expected a "
                                                                   "number >= 0, got True"),
+    ("snas", {"activation.tau_max": "x"}, "activation 'gumbel': tau_max: expected a number, got 'x'"),  # a TypeError
 ])
 def test_a_regularizers_value_out_of_its_range_is_refused_naming_the_part_and_option(name, options, message):
     """Before: a negative rho or weight ran a search that pushed the alphas away from the discrete architecture

@@ -21,6 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.distributions.dirichlet import _Dirichlet_backward
 
+from dartboard.searchers.parts import number
 from dartboard.searchers.parts.activations import ACTIVATIONS, Activation
 
 # GDAS (Dong & Yang 2019, 4.1 and the reference code): tau decays linearly from 10 to 0.1.
@@ -137,6 +138,7 @@ class GumbelSoftmax(_GroupSampler):
                  tau_schedule: str = "linear", seed: int | None = None):
         if tau_schedule not in TAU_SCHEDULES:
             raise ValueError(f"tau_schedule: expected one of {', '.join(TAU_SCHEDULES)}, got {tau_schedule!r}")
+        tau_min, tau_max = number("tau_min", tau_min), number("tau_max", tau_max)  # a string: named, not a TypeError
         if not 0.0 < tau_min <= tau_max:
             raise ValueError(f"tau_min, tau_max: expected 0 < tau_min <= tau_max, got {tau_min}, {tau_max}")
         super().__init__(seed)
