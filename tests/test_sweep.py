@@ -54,6 +54,8 @@ def test_bad_distributions_name_the_problem():
         study(params={"arch_lr": {"type": "uniform", "low": 2.0, "high": 1.0}})
     with pytest.raises(ValidationError, match="non-empty 'values'"):
         study(params={"C": {"type": "choice", "values": []}})
+    with pytest.raises(ValidationError, match="a 'choice' distribution lists 4 more than once; give each value once"):
+        study(params={"C": {"type": "choice", "values": [4, 8, 4.0]}})  # the grid would run C=4 twice
 
 
 def test_impossible_resource_request():

@@ -138,6 +138,9 @@ class Distribution(BaseModel):
         if self.type == "choice":
             if not self.values:
                 raise ValueError("a 'choice' distribution needs a non-empty 'values' list")
+            twice = [w for i, v in enumerate(self.values) for w in self.values[:i] if v == w]  # the first of each
+            if twice:  # the grid would run the same trial twice; TPE would weigh the value double
+                raise ValueError(f"a 'choice' distribution lists {twice[0]!r} more than once; give each value once")
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"a {self.type!r} distribution needs 'low' and 'high'")
