@@ -90,6 +90,40 @@ def test_a_sampled_ablation_counts_trials_not_seeds(tmp_path):
     assert "| seeds |" in write_tables(_study(), summarize(_study(), results), tmp_path)[0].read_text()  # the grid
 
 
+def test_a_report_metric_no_trial_reports_keeps_the_trials_and_a_resume_can_change_the_report(tmp_path):
+    """Before: a report metric the trials do not report failed the study after its last trial, and --resume refused
+    --set, so the table could not be made without editing the run's study.yaml by hand."""
+    import yaml
+
+    from dartboard.errors import UserInputError
+    from dartboard.platform.ablation import set_report, write_report
+    from dartboard.platform.ray.runner import StudyResult, stored_study
+
+    study = _study(report={"metrics": ["nope"]})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "study.yaml").write_text(yaml.safe_dump(study.model_dump(), sort_keys=False))
+    trials = [{"status": "complete", "variant": v, "searcher": "darts", "seed": 0, "key": f"{v}/seed0",
+               "metrics": {"test_error": e, "parameters": 10.0}} for v, e in (("darts", 5.0), ("B", 7.0))]
+    with pytest.raises(UserInputError, match=rf"report.metrics: 'nope' is not reported by the trials; they report "
+                                             rf"parameters, seed, test_error; the trials are done and kept: dartboard "
+                                             rf"ablate --resume {run} --set report.metrics=\[...\] writes the table"):
+        write_report(StudyResult(str(run), study, trials, trials[0], 1.0))
+    set_report(str(run), {"report.metrics": ["test_error"], "report.rank_mode": "min"})
+    fixed = stored_study(str(run))
+    assert fixed.report.metrics == ["test_error"] and fixed.report.rank_mode == "min"
+    assert fixed.model_dump(exclude={"report"}) == study.model_dump(exclude={"report"})  # nothing else changed
+    files, numbers, _ = write_report(StudyResult(str(run), fixed, trials, trials[0], 1.0))
+    assert numbers["darts.test_error_mean"] == 5.0 and (run / "table.md").is_file()
+    before = (run / "study.yaml").read_text()
+    for settings, message in (({"epochs": 1, "report.metrics": ["x"]}, "--set: epochs: a resumed study keeps what its "
+                                                                       "trials ran with"),
+                              ({"report.rank_mode": "lowest"}, "rank_mode")):
+        with pytest.raises(ValueError, match=message):  # a UserInputError, or pydantic's error of the study file
+            set_report(str(run), settings)
+    assert (run / "study.yaml").read_text() == before  # a refused change writes nothing
+
+
 def test_the_size_plot_is_drawn_only_where_trials_report_a_size(tmp_path, caplog):
     """A study whose objective trains no network (supernet) reports no parameters: the metric-vs-size scatter was an
     empty plot, saved with a matplotlib warning; now none, and the log says why."""

@@ -313,8 +313,10 @@ def test_set_changes_a_study_key_and_reaches_into_its_mappings():
      "error: --set: --num-cpus given both as a flag and with --set; give each once"),
     (["sweep", "--resume", "runs/x", "--set", "epochs=1"],
      "error: --resume: the sweep resumes with the study, storage and Ray address it started with; drop --set"),
-    (["ablate", "--resume", "runs/x", "--set", "epochs=1"], "error: --resume: the study resumes in its run directory "
-                                                             "with the storage and Ray it started with; drop --set"),
+    (["ablate", "--resume", "runs/x", "--set", "epochs=1"], "error: --set: epochs: a resumed study keeps what its "
+                                                             "trials ran with; only its report (report.metrics, "
+                                                             "report.size_metric, report.rank_metric, "
+                                                             "report.rank_mode) may change"),
     (["sweep", "digits", "--set", "epochs"], "error: --set 'epochs': expected KEY=VALUE"),
     (["sweep", "digits", "--set", "nope=1"], "error: invalid configuration: nope: Extra inputs are not permitted"),
 ], ids=["sweep-both", "ablate-both", "sweep-resume", "ablate-resume", "no-value", "unknown-key"])

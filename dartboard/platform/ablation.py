@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dartboard.errors import UserInputError, user_input
 from dartboard.platform.config import StudyConfig
 from dartboard.platform.ray import runner
 from dartboard.platform.ray.runner import StudyResult, run_study
@@ -36,6 +37,28 @@ def load_study(name_or_path: str | None = None, overrides: dict[str, Any] | None
     """An ablation study (file or preset), as ``runner.load_study`` reads it, with :data:`ABLATION_DEFAULTS` for
     the keys the file leaves out."""
     return runner.load_study(name_or_path, overrides, settings, defaults=ABLATION_DEFAULTS)
+
+
+def set_report(run_dir: str, settings: dict[str, Any]) -> None:
+    """``--set report.KEY=VALUE`` on a study to resume: its stored study file gets the new report (the table's
+    metrics, the plots' axes), validated; nothing its trials ran with may change."""
+    import yaml
+
+    from dartboard.platform.ray import storage as st
+    from dartboard.platform.ray.options import set_study_key
+
+    other = sorted(k for k in settings if k.split(".")[0] != "report")
+    if other:
+        raise UserInputError(f"--set: {', '.join(other)}: a resumed study keeps what its trials ran with; only its "
+                             f"report (report.metrics, report.size_metric, report.rank_metric, report.rank_mode) "
+                             f"may change")
+    uri = st.resolve_storage(run_dir)
+    study = runner.stored_study(uri).model_dump()
+    for key, value in settings.items():
+        set_study_key(study, key, value)
+    with user_input():
+        cfg = StudyConfig(**study)
+    st.write_text(f"{uri}/{st.STUDY_FILE}", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
 def report_dir(run_dir: str, name: str) -> Path:
@@ -59,7 +82,11 @@ def write_report(result: StudyResult) -> tuple[list[Path], dict[str, float], dic
             shutil.rmtree(folder, ignore_errors=True)
             folders[t["key"]] = download_dir(t["checkpoint"], folder)
             (folder / "searcher.pt").unlink(missing_ok=True)
-    rows = summarize(cfg, results)
+    try:
+        rows = summarize(cfg, results)
+    except ValueError as err:  # a report metric no trial reports: the trials are kept, the table can be made again
+        raise UserInputError(f"{err}; the trials are done and kept: dartboard ablate --resume {result.run_dir} --set "
+                             f"report.metrics=[...] writes the table") from None
     md, csv_path = write_tables(cfg, rows, out)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -74,10 +101,15 @@ def write_report(result: StudyResult) -> tuple[list[Path], dict[str, float], dic
 
 
 def run_ablation(cfg: StudyConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
-                 tracking_uri: str | None = None, mlflow: bool = True, promote: bool = False) -> dict[str, Any]:
+                 tracking_uri: str | None = None, mlflow: bool = True, promote: bool = False,
+                 report_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or, with ``resume`` = its run directory, continue) an ablation study; return the table
-    rows, results, file paths, the parent run id and the registered champion version."""
+    rows, results, file paths, the parent run id and the registered champion version. ``report_settings``
+    (``report.metrics``: ``--set`` keys of the study's report, with ``resume``): the table and plots made anew."""
     from dartboard.platform.tracking.study import StudyTracker
+
+    if resume is not None and report_settings:
+        set_report(str(resume), report_settings)
 
     tracker = StudyTracker(tracking_uri, promote=promote) if mlflow else None
     summary: dict[str, Any] = {}

@@ -24,7 +24,8 @@ def ablate(
     promote: bool = typer.Option(False, "--promote", help="Give the @champion alias to this study's champion even "
                                  "if it does not beat the current one."),
     set_: list[str] = typer.Option(None, "--set", help="Study key KEY=VALUE, the value as YAML (repeatable; "
-                                   "dotted keys reach into mappings: epochs=2, options.C=4, scheduler.type=fifo)."),
+                                   "dotted keys reach into mappings: epochs=2, options.C=4, scheduler.type=fifo); "
+                                   "with --resume the report's keys only (report.metrics=[test_error, parameters])."),
 ) -> None:
     """Run a comparative ablation study (variants x seeds on Ray) and write its table and plots."""
     from dartboard.platform.ablation import load_study, run_ablation
@@ -39,11 +40,12 @@ def ablate(
     if resume is not None:
         if study is not None:
             raise UserInputError("resume: give either a study or --resume RUN_DIR, not both")
-        refuse_with("--resume", {"--out": out, "--address": address, "--num-cpus": num_cpus, "--storage": storage,
-                                 "--set": set_}, "the study resumes in its run directory with the storage and Ray it "
-                                                 "started with")
+        refuse_with("--resume", {"--out": out, "--address": address, "--num-cpus": num_cpus, "--storage": storage},
+                    "the study resumes in its run directory with the storage and Ray it started with")
+        from dartboard.platform.cli.sweep import study_settings
+
         summary = run_ablation(resume=str(resume), tracking_uri=tracking_uri, mlflow=not no_mlflow,
-                               promote=promote)
+                               promote=promote, report_settings=study_settings(set_, {}))
     else:
         if study is None:
             raise UserInputError("study: give a study YAML or preset name (or --resume RUN_DIR)")
