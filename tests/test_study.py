@@ -338,3 +338,20 @@ def test_a_sampler_with_nothing_to_sample_is_refused_before_any_trial(sampler):
     validate_study(_study(**study, num_samples=1))  # one draw repeats nothing
     check_study(_study(**study, num_samples=3), new=False)  # a study that ran before the check is resumed as it was
     validate_study(_study(**{**study, "sampler": "grid"}))  # each variant once
+
+
+def test_two_variants_that_are_the_same_search_are_refused_on_the_grid():
+    """A copied variant whose options were not changed: the grid would run the same trials twice."""
+    variants = [{"name": "a", "searcher": "darts", "options": {"C": 4}}, {"name": "b", "searcher": "darts",
+                                                                          "options": {"C": 4}}]
+    base = {"searcher": None, "variants": variants, "sampler": "grid", "seeds": [0, 1], "options": {"layers": 3},
+            "params": {}}
+    with pytest.raises(ValueError, match="variants: 'a' and 'b' are the same search \\(searcher 'darts', the same "
+                                         "options\\): the grid would run their trials twice"):
+        check_study(_study(**base))
+    check_study(_study(**base), new=False)  # a study that ran before the check is resumed as it was
+    other = [variants[0], {**variants[1], "options": {"C": 6}}]
+    check_study(_study(**{**base, "variants": other}))  # other options
+    both = {"arch_lr": {"type": "choice", "values": [0.001, 0.01]}}  # the grid's params are every variant's
+    with pytest.raises(ValueError, match="variants: 'a' and 'b' are the same search"):
+        check_study(_study(**{**base, "params": both}))

@@ -8,6 +8,7 @@ left out where the study has only one.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,32 @@ def check_study(cfg: StudyConfig, new: bool = True) -> None:
     and its optimizers: about a second). The searcher registry imports torch (1.3 s on 2 cores). ``new``: a study
     about to start, not one resumed (a study that ran is finished as it was designed)."""
     specs = _searcher_specs(cfg)  # an unknown searcher first: the study's other checks read the variants
-    if new and cfg.sampler != "grid" and not cfg.params and cfg.num_samples > 1:  # a draw is a variant, nothing else
-        raise ValueError(f"sampler: with no params, the {cfg.sampler!r} sampler draws only the variant; its "
-                         f"{cfg.num_samples} trials would repeat one configuration with one seed (identical results). "
-                         f"Compare the variants with sampler: grid (each variant x each of seeds), or give params")
+    if new:
+        _check_repeats(cfg)
     _check_fixed_options(cfg, specs)
     for pname, dist in cfg.params.items():
         _check_param(cfg, specs, pname, dist)
     _check_data(cfg)
+
+
+def _check_repeats(cfg: StudyConfig) -> None:
+    """Refuse a study whose trials would repeat one another (one configuration, one seed: identical results): a tpe
+    or random sampler with no params (a draw is then only a variant), or two variants of the grid that are the same
+    search (searcher and options)."""
+    if cfg.sampler != "grid":
+        if not cfg.params and cfg.num_samples > 1:
+            raise ValueError(f"sampler: with no params, the {cfg.sampler!r} sampler draws only the variant; its "
+                             f"{cfg.num_samples} trials would repeat one configuration with one seed (identical "
+                             f"results). Compare the variants with sampler: grid (each variant x each of seeds), or "
+                             f"give params")
+        return
+    seen: dict[str, str] = {}
+    for v in cfg.variants:  # the grid's params (no `when` on the grid) are every variant's
+        same = seen.setdefault(json.dumps([v.searcher, v.options], sort_keys=True, default=str), v.name)
+        if same != v.name:
+            raise ValueError(f"variants: {same!r} and {v.name!r} are the same search (searcher {v.searcher!r}, the "
+                             f"same options): the grid would run their trials twice, with the same results; give one "
+                             f"of them other options")
 
 
 def _searcher_specs(cfg: StudyConfig) -> dict[str, Any]:
