@@ -246,6 +246,25 @@ def test_a_regularizers_value_out_of_its_range_is_refused_naming_the_part_and_op
         build(name, **options)
 
 
+def test_a_cells_output_of_its_last_nodes_is_the_genotypes_concat():
+    """``multiplier``: the supernet's cells concatenate their last ``multiplier`` nodes, and the genotype says so (its
+    concat was every node, a network other than the one searched); more nodes than the cell has are refused (was a
+    TypeError inside the supernet's forward)."""
+    def darts(**options):
+        torch.manual_seed(0)
+        return build_searcher("darts", {"C": 4, "layers": 3, **options}, SHAPE)
+
+    s = darts(multiplier=2)
+    batches = data(2)
+    s.step(batches[0], batches[1])  # the cells' outputs (2 nodes) fit the next cells' preprocessing
+    genotype = s.derive()
+    assert genotype.normal.concat == genotype.reduce.concat == (4, 5)
+    assert darts().derive().normal.concat == (2, 3, 4, 5)  # DARTS' multiplier 4: every node
+    with pytest.raises(ValueError, match=r"multiplier: a cell concatenates its last 1 to 4 nodes \(space 'darts' has "
+                                         r"4 steps\), got 9"):
+        darts(multiplier=9)
+
+
 def test_an_integral_float_is_an_integer_option():
     assert build("darts+admm", **{"regularizers.admm.period": 10.0}).regularizers[0].period == 10
 

@@ -129,6 +129,9 @@ class CellSpace:
         if config.start is None:
             if self.steps != config.steps:
                 raise ValueError(f"steps: space {self.name!r} has {self.steps} steps, config says {config.steps}")
+            if not 1 <= config.multiplier <= self.steps:  # a cell's output: its last `multiplier` nodes
+                raise ValueError(f"multiplier: a cell concatenates its last 1 to {self.steps} nodes (space "
+                                 f"{self.name!r} has {self.steps} steps), got {config.multiplier}")
             return plain_layout(self, config.layers, config.reductions)
         return start_layout(self, config.start)
 
@@ -187,7 +190,7 @@ class CellSupernet(nn.Module):
                  num_classes: int, in_channels: int, input_size: int, stem_multiplier: int, multiplier: int,
                  node_bn: bool = False):
         super().__init__()
-        self.layout, self.cell_group = layout, tuple(cell_group)
+        self.layout, self.cell_group, self.multiplier = layout, tuple(cell_group), multiplier
         if len(self.cell_group) != layout.layers:
             raise ValueError(f"grouping: expected a group for each of the {layout.layers} cells")
         if layout.start is None:
@@ -265,6 +268,8 @@ class CellSupernet(nn.Module):
             cells = [canonical_cell(CellGenotype(c.edges, tuple(range(2, 2 + self.layout.steps[self.cells_of(g)[0]]))))
                      if self.cells_of(g) else c for g, c in enumerate(cells)]
             return CellsGenotype(tuple(cells[g] for g in self.cell_group), layout.reductions, layout.types)
+        # a cell's output is its last `multiplier` nodes (DARTS' concat = range(2 + steps - multiplier, steps + 2))
+        cells = [CellGenotype(c.edges, c.concat[-self.multiplier:], c.n_inputs) for c in cells]
         if len(cells) == 2 and self.cell_group == layout.types:
             return DartsGenotype(normal=cells[0], reduce=cells[1])
         return CellsGenotype(tuple(cells[g] for g in self.cell_group), layout.reductions)
