@@ -238,6 +238,7 @@ def test_aliases_and_dotted_paths_set_part_options():
     ("beta-darts", {"regularizers.beta_decay.max_weight": True}, "regularizer 'beta_decay': max_weight: expected a "
                                                                   "number >= 0, got True"),
     ("snas", {"activation.tau_max": "x"}, "activation 'gumbel': tau_max: expected a number, got 'x'"),  # a TypeError
+    ("ddarts", {"w_ab": -1}, "regularizer 'ablation': weight: expected a number >= 0, got -1"),  # D-DARTS' L_AB
 ])
 def test_a_regularizers_value_out_of_its_range_is_refused_naming_the_part_and_option(name, options, message):
     """Before: a negative rho or weight ran a search that pushed the alphas away from the discrete architecture

@@ -30,6 +30,7 @@ import torch
 
 from dartboard.searchers.base import EpochMeter
 from dartboard.searchers.hypergradient import grads_or_zeros
+from dartboard.searchers.parts import number
 from dartboard.searchers.parts.regularizers import REGULARIZERS, Regularizer
 
 DEACTIVATIONS = ("uniform", "reference")
@@ -80,7 +81,7 @@ class Ablation(Regularizer):
             raise ValueError(f"ablation_grad: expected one of {', '.join(ABLATION_GRADS)}, got {grad!r}")
         if deactivation not in DEACTIVATIONS:
             raise ValueError(f"deactivation: expected one of {', '.join(DEACTIVATIONS)}, got {deactivation!r}")
-        self.weight, self.grad, self.deactivation = float(weight), grad, deactivation
+        self.weight, self.grad, self.deactivation = number("weight", weight, 0.0), grad, deactivation
         self.generator = torch.Generator().manual_seed(int(seed))
         self.meter = EpochMeter()
 
