@@ -298,6 +298,8 @@ def test_supernets_forward_derive_and_refuse_a_wrong_grouping():
         build_searcher("pmsm-depth", {"order": 2}, SHAPE)
     with pytest.raises(ValueError, match="flux_criterion' needs a PMSM flux space"):
         build_searcher("darts", {"objective": "flux_criterion"}, SHAPE)
+    with pytest.raises(ValueError, match="objective 'flux_criterion': det_floor: expected a number > 0, got -1"):
+        build_searcher("pmsm-depth", {"objective.det_floor": -1}, SHAPE)  # the part named once, by its registry
 
 
 def test_depth_supernet_derives_by_argmax_identity_layers_vanish():

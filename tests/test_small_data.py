@@ -214,7 +214,7 @@ def test_a_search_whose_schedule_took_no_alpha_step_says_so(tmp_path, capsys, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     words = "no alpha step in 1 epoch (arch_steps 0: the update schedule never let one run)"
     # a tiny supernet whose Fisher trace stays over a threshold of 1e-9 for the 20 steps of one epoch (the preset's
-    # own supernet, C=16 and 8 cells, stays over the default threshold: the same case, in twice the time)
+    # own supernet, C=16 and 8 cells, stays over the default threshold: the same case, in more time)
     tiny = ["--set", "C=2", "--set", "layers=3"]
     for searcher, size, said in (("darts+fimt", [*tiny, "--set", "schedule.threshold=1e-9"], True),
                                  ("darts", tiny, False)):

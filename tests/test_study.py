@@ -352,6 +352,9 @@ def test_two_variants_that_are_the_same_search_are_refused_on_the_grid():
     check_study(_study(**base), new=False)  # a study that ran before the check is resumed as it was
     other = [variants[0], {**variants[1], "options": {"C": 6}}]
     check_study(_study(**{**base, "variants": other}))  # other options
+    given_by_the_study = [{**variants[0], "options": {}}, variants[1]]
+    with pytest.raises(ValueError, match="variants: 'a' and 'b' are the same search"):
+        check_study(_study(**{**base, "variants": given_by_the_study, "options": {"layers": 3, "C": 4}}))
     both = {"arch_lr": {"type": "choice", "values": [0.001, 0.01]}}  # the grid's params are every variant's
     with pytest.raises(ValueError, match="variants: 'a' and 'b' are the same search"):
         check_study(_study(**{**base, "params": both}))

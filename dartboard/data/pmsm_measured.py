@@ -135,8 +135,8 @@ def _warn_if_not_per_unit(path: str | Path, table: torch.Tensor, columns: tuple[
     """Say, once per file, that columns reaching :data:`PER_UNIT_BOUND` look like SI units: the file is read per
     unit, and SI values (volts, amperes, rad/s) put the losses and the flux model's inputs millions of times off
     the scale the searches are set for."""
-    large = {name: float(table[:, i].abs().max()) for i, name in enumerate(columns)
-             if name in PER_UNIT_COLUMNS and float(table[:, i].abs().max()) >= PER_UNIT_BOUND}
+    peaks = {name: float(table[:, i].abs().max()) for i, name in enumerate(columns) if name in PER_UNIT_COLUMNS}
+    large = {name: peak for name, peak in peaks.items() if peak >= PER_UNIT_BOUND}
     if large and str(path) not in _said:
         _said.add(str(path))
         log.warning("pmsm: %r is read per unit (currents in rated current, voltages in rated voltage, speed in base "

@@ -86,14 +86,14 @@ class EngineConfig:
     def _betas(value: object) -> tuple[float, float]:
         """Adam's (beta1, beta2) of the alpha step: two numbers in [0, 1)."""
         pair = _as_tuple(value)
-        if len(pair) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in pair):
+        if len(pair) != 2 or not all(is_number(b) and 0.0 <= b < 1.0 for b in pair):
             raise ValueError(f"arch_betas: expected two numbers in [0, 1) such as [0.5, 0.999], got {value!r}")
         return float(pair[0]), float(pair[1])
 
     @staticmethod
     def _positions(value: object) -> tuple[int, ...]:
         positions = _as_tuple(value)
-        if not positions and value or not all(_is_int(r) for r in positions):
+        if not positions and value or not all(is_int(r) for r in positions):
             raise ValueError(f"reductions: expected a list of cell positions (integers), got {value!r}")
         return tuple(int(r) for r in positions)
 
@@ -123,15 +123,15 @@ class EngineConfig:
                                  f"got {value!r}")
         for name in ("warmup_epochs", "projector_layers", "predictor_layers"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
         for name in ("w_lr", "grad_clip", "unrolled_r"):
             value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
+            if not is_number(value) or value <= 0:
                 raise ValueError(f"{name}: expected a number > 0, got {value!r}")
         for name in ("arch_lr", "w_lr_min", "w_momentum", "w_weight_decay", "arch_weight_decay"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
 
     def _check_weight_step(self) -> None:
@@ -142,11 +142,11 @@ class EngineConfig:
             raise ValueError(f"w_momentum: expected a number in [0, 1), got {self.w_momentum!r}")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     """A finite int or float (not a bool: True is 1 to Python, never a learning rate to a user)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 

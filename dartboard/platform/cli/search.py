@@ -79,8 +79,8 @@ def search(
         refuse_with("--no-mlflow", {"--tracking-uri": tracking_uri}, "the search logs to no tracking server")
         data["mlflow"] = False
     options = _lifted(data)
-    named = {k: v for k, v in {"space": space, "start": start, "epochs": epochs, "order": order,
-                               "precision": precision}.items() if v is not None}
+    named = {k: v for k, v in zip(FLAGGED_OPTIONS, (space, start, epochs, order, precision), strict=True)
+             if v is not None}
     options.update(named)
     extra = parse_set(set_)
     _check_not_run_settings(extra, set(flags), data.get("searcher", "darts"))

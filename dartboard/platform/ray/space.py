@@ -54,8 +54,9 @@ def _check_repeats(cfg: StudyConfig) -> None:
                              f"give params")
         return
     seen: dict[str, str] = {}
-    for v in cfg.variants:  # the grid's params (no `when` on the grid) are every variant's
-        same = seen.setdefault(json.dumps([v.searcher, v.options], sort_keys=True, default=str), v.name)
+    for v in cfg.variants:  # the study's options and the grid's params (no `when` on the grid) are every variant's
+        options = {**cfg.options, **v.options}
+        same = seen.setdefault(json.dumps([v.searcher, options], sort_keys=True, default=str), v.name)
         if same != v.name:
             raise ValueError(f"variants: {same!r} and {v.name!r} are the same search (searcher {v.searcher!r}, the "
                              f"same options): the grid would run their trials twice, with the same results; give one "

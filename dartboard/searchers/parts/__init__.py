@@ -9,11 +9,11 @@ it and lists the known ones (no ``**kwargs`` swallows a typo).
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from dartboard.registries import Registry
+from dartboard.searchers.config import is_int, is_number
 
 PartSpec = str | Mapping[str, Any]
 
@@ -77,8 +77,7 @@ def number(name: str, value: Any, low: float | None = None, high: float | None =
         what += f" in [{low:g}, {high:g}]"
     elif low is not None:
         what += f" >= {low:g}"
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and (
-        not integer or isinstance(value, int) or float(value).is_integer())  # 10.0 is an integer, 1.5 is not
-    if not ok or not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+    ok = is_int(value) or (is_number(value) and (not integer or float(value).is_integer()))  # 10.0 is one, 1.5 not
+    if not ok or (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name}: expected {what}, got {value!r}")
     return int(value) if integer else float(value)

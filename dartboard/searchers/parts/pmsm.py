@@ -86,7 +86,7 @@ class FluxCriterion(Part):
         if form not in FORMS:
             raise ValueError(f"objective.form: expected one of {', '.join(FORMS)}, got {form!r}")
         if isinstance(det_floor, bool) or not isinstance(det_floor, int | float) or not det_floor > 0:
-            raise ValueError(f"objective.det_floor: expected a number > 0, got {det_floor!r}")
+            raise ValueError(f"det_floor: expected a number > 0, got {det_floor!r}")  # the part is named around it
         self.form, self.det_floor = form, float(det_floor)
 
     def check(self, config: Any, layout: Any) -> None:
