@@ -34,21 +34,46 @@ def trained(tmp_path_factory):
     return {"out": out, "test_acc": result.test_acc, "test_loss": result.test_loss, "net": net, "splits": splits}
 
 
-def test_predict_of_a_folder_gives_the_networks_classes(trained, tmp_path, capsys):
-    n = 30
+def _test_files(trained, folder, n):
+    """The first ``n`` test images as NPY files, and those images as the network's inputs."""
     images = trained["splits"].test.tensors[0][:n]
     files = []
     for i in range(n):  # the test tensors, undone to [0, 1] pixels: the model's own preprocessing must redo it
         pre = json.loads((trained["out"] / "network.json").read_text())["preprocessing"]
         unit = images[i, 0].numpy() * pre["std"][0] + pre["mean"][0]
-        np.save(tmp_path / f"d{i}.npy", np.clip(unit, 0.0, 1.0).astype(np.float32))
-        files.append(str(tmp_path / f"d{i}.npy"))
+        np.save(folder / f"d{i}.npy", np.clip(unit, 0.0, 1.0).astype(np.float32))
+        files.append(str(folder / f"d{i}.npy"))
+    return files, images
+
+
+def test_predict_of_a_folder_gives_the_networks_classes(trained, tmp_path, capsys):
+    files, images = _test_files(trained, tmp_path, 30)
     with torch.no_grad():
         expected = trained["net"](images).argmax(1).tolist()
     assert len(set(expected)) >= 5, "a network that predicts few classes would make this test weak"
     code, out, err = run_main(["predict", str(trained["out"]), *files, "--json"], capsys)
     assert code == 0, err[-3000:]
     assert [r["class"] for r in json.loads(out)] == expected
+
+
+def test_predict_reads_and_classifies_many_files_a_batch_at_a_time(trained, tmp_path, capsys, monkeypatch):
+    """A shell glob of thousands of files is not one forward: at most PREDICT_BATCH images are read and classified
+    at once, with the probabilities of one batch (eval mode)."""
+    from dartboard.data import preprocess
+    from dartboard.platform import predict
+
+    files, images = _test_files(trained, tmp_path, 30)
+    with torch.no_grad():
+        expected = torch.softmax(trained["net"](images), dim=1)
+    read, load_inputs = [], preprocess.load_inputs
+    monkeypatch.setattr(preprocess, "load_inputs", lambda paths, p: read.append(len(paths)) or load_inputs(paths, p))
+    monkeypatch.setattr(predict, "PREDICT_BATCH", 8)
+    code, out, err = run_main(["predict", str(trained["out"]), *files, "--json"], capsys)
+    assert code == 0, err[-3000:]
+    assert read == [8, 8, 8, 6]
+    rows = json.loads(out)
+    assert [r["file"] for r in rows] == files
+    assert torch.tensor([r["probabilities"] for r in rows]) == pytest.approx(expected, abs=2e-6)
 
 
 def test_evaluate_of_a_folder_reports_its_accuracy_and_the_recorded_one(trained, capsys):

@@ -20,6 +20,9 @@ from dartboard.model_files import TRAIN_FILE, WEIGHTS_FILE
 
 log = logging.getLogger("dartboard")
 
+#: How many files `predict` reads and classifies in one forward.
+PREDICT_BATCH = 256
+
 
 @dataclass
 class LoadedNetwork:
@@ -161,8 +164,10 @@ def predict_files(ref: str, files: list[str], uri: str | None = None) -> list[di
     with tempfile.TemporaryDirectory(prefix="dartboard-predict-") as tmp:
         model = loaded_network(ref, uri, Path(tmp) / "model")
     pre = model_preprocessing(model.spec, ref)
-    batch = load_inputs(files, pre)
-    probabilities = torch.softmax(_logits(model.net(batch)), dim=1)
+    # read and classified PREDICT_BATCH files at a time: a shell glob of a test set's thousands of files in one
+    # forward would hold every image's activations at once (eval mode: the chunks' outputs are the one batch's)
+    probabilities = torch.cat([torch.softmax(_logits(model.net(load_inputs(files[i:i + PREDICT_BATCH], pre))), dim=1)
+                               for i in range(0, len(files), PREDICT_BATCH)])
     names = class_names(model.spec, ref)
     rows = []
     for path, p in zip(files, probabilities, strict=True):
