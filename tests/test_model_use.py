@@ -89,6 +89,37 @@ def test_read_image_scales_shapes_and_channels(tmp_path):
         read_image(tmp_path / "x.gif")
 
 
+def _text(path):
+    path.write_text("not an array")
+
+
+def _npz(path):
+    with open(path, "wb") as f:
+        np.savez(f, a=np.zeros((4, 4)))
+
+
+def _truncated(path):
+    np.save(path, np.zeros((4, 4), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("write, message", [
+    (_text, "not a NumPy .npy file"),
+    (_npz, r"an archive of arrays \(.npz\)"),
+    (_truncated, "not a NumPy array of pixels"),
+    (lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True), "not a NumPy array of pixels"),
+    (lambda p: np.save(p, np.full((4, 4), np.nan, dtype=np.float32)), "16 pixel value.s. are NaN or infinite"),
+    (lambda p: np.save(p, np.array([[0.5, np.inf]])), "1 pixel value.s. are NaN or infinite"),
+    (lambda p: np.save(p, np.zeros((0, 4), dtype=np.float32)), r"expected an array .* got shape \(1, 0, 4\)"),
+])
+def test_an_npy_file_that_is_no_image_is_refused_by_name(write, message, tmp_path):
+    """A file that is not an array of pixels (text, an .npz archive, a cut file, Python objects, NaN pixels, no
+    pixels) is refused naming the file, not a NumPy error or a NaN prediction."""
+    write(tmp_path / "x.npy")
+    with pytest.raises(UserInputError, match=rf"x\.npy: {message}"):
+        read_image(tmp_path / "x.npy")
+
+
 def test_predict_on_digits_images_gives_the_networks_classes(server, usable, tmp_path):  # noqa: F811
     """PNG (8-bit) and NPY files of digits test images through `dartboard predict` give the classes of
     the network applied in Python to the loader's test tensors."""

@@ -114,13 +114,28 @@ def _read_picture(path: Path) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """The one array of an .npy file; any other file (text, an .npz archive, a cut file, Python objects) refused."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK"):
+        raise UserInputError(f"{path}: an archive of arrays (.npz), not one NumPy array of pixels")
+    if head != b"\x93NUMPY":
+        raise UserInputError(f"{path}: not a NumPy .npy file (it does not start with NumPy's header)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # a truncated file, or Python objects (never unpickled)
+        raise UserInputError(f"{path}: not a NumPy array of pixels ({err})") from None
+    return array
+
+
 def _read_array(path: Path) -> np.ndarray:
-    array = np.load(path, allow_pickle=False)
+    array = _load_npy(path)
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[-1] < array.shape[0]:
         array = array.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W); the smaller end axis is the channels
     elif array.ndim == 2:
         array = array[None]
-    if array.ndim != 3 or array.shape[0] not in (1, 3, 4):
+    if array.ndim != 3 or array.shape[0] not in (1, 3, 4) or not array.size:
         raise UserInputError(f"{path}: expected an array (H, W), (C, H, W) or (H, W, C) with 1, 3 or 4 channels, "
                              f"got shape {array.shape}")
     if array.dtype == np.uint8:
@@ -129,7 +144,9 @@ def _read_array(path: Path) -> np.ndarray:
         return array.astype(np.float32) / 65535.0
     if not np.issubdtype(array.dtype, np.floating):
         raise UserInputError(f"{path}: expected uint8, uint16 or float values, got {array.dtype}")
-    if array.size and (float(array.min()) < 0.0 or float(array.max()) > 1.0):
+    if not np.isfinite(array).all():
+        raise UserInputError(f"{path}: {int((~np.isfinite(array)).sum())} pixel value(s) are NaN or infinite")
+    if float(array.min()) < 0.0 or float(array.max()) > 1.0:
         raise UserInputError(f"{path}: float pixel values must lie in [0, 1], got [{array.min():.4g}, "
                              f"{array.max():.4g}]")
     return array.astype(np.float32)
