@@ -248,3 +248,25 @@ def test_a_palette_image_with_a_transparent_colour_is_read_without_a_warning(tmp
     assert folder.shape == (2, 2, 3) and tuple(folder[0, 0]) == (255, 0, 0) and tuple(folder[0, 1]) == (0, 0, 255)
     assert picture.shape == (4, 2, 2)  # RGBA: the palette's colours and its alphas
     assert tuple(picture[:, 0, 0]) == (1, 0, 0, 0.2) and tuple(picture[:, 0, 1]) == (0, 0, 1, 0)
+
+
+def test_a_16_bit_image_folder_trains_on_the_pixels_predict_reads(tmp_path):
+    """A 16-bit grayscale PNG (scientific and medical pictures) is scaled to [0, 1] by both readers: PIL's own RGB
+    conversion clips every value from 255 up, so the folder loader gave the network a nearly white picture while
+    `dartboard predict` read the same file right."""
+    from PIL import Image
+
+    from dartboard.data.datasets import image_folder
+
+    pixels = (np.arange(16).reshape(4, 4) * 4000).astype(np.uint16)
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / split / "a" / "x.png")
+    assert Image.open(tmp_path / "train" / "a" / "x.png").mode.startswith("I")
+    splits = image_folder(str(tmp_path), 4)
+    folder = splits.train[0][0]
+    pre = Preprocessing(4, 3, splits.info.mean, splits.info.std)
+    predicted = pre.apply(read_image(tmp_path / "train" / "a" / "x.png"))
+    assert folder.shape == predicted.shape == (3, 4, 4)
+    assert torch.allclose(folder, predicted, atol=2 * 0.5 / 255 / 0.5)  # 8-bit rounding, normalised by std 0.5
+    assert float(folder.max()) < 0.9  # 60,000 / 65,535 -> 0.83 after normalisation, not 1 (white)

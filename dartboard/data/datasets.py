@@ -136,11 +136,16 @@ def read_image(path: str):
     """An RGB PIL image (torchvision's folder loader does the same) for a user's image folders: a file it cannot read
     (not an image, truncated) is named as the data's error, wherever in an epoch it is first read. A palette image
     with a transparent colour goes through RGBA, as PIL asks (converted straight to RGB, PIL warns on every such
-    file)."""
+    file). A 16-bit grayscale picture is scaled to 8 bits (PIL's own conversion clips it: every value from 255 up,
+    nearly the whole picture, would be white), as ``dartboard predict`` reads it."""
     from PIL import Image
+
+    from dartboard.data.preprocess import SIXTEEN_BIT_MODES, sixteen_bit_unit
 
     try:
         with Image.open(path) as img:
+            if img.mode in SIXTEEN_BIT_MODES:
+                return Image.fromarray(np.round(sixteen_bit_unit(img) * 255.0).astype(np.uint8)).convert("RGB")
             if img.mode == "P" and "transparency" in img.info:
                 return img.convert("RGBA").convert("RGB")
             return img.convert("RGB")

@@ -22,6 +22,8 @@ from dartboard.errors import UserInputError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ARRAY_SUFFIXES = (".npy",)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's RGB -> L conversion uses
+#: PIL's modes of 16-bit grayscale pictures (a 16-bit PNG opens as one of them): values 0..65535.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def _read_picture(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale
-                return (np.asarray(img, dtype=np.float32) / 65535.0)[None]
+            if img.mode in SIXTEEN_BIT_MODES:
+                return sixteen_bit_unit(img)[None]
             if img.mode not in ("L", "RGB", "RGBA"):  # a palette's transparent colour is an alpha, as PIL asks
                 alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
                 img = img.convert("RGBA" if alpha else "RGB")
@@ -112,6 +114,11 @@ def _read_picture(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as err:
         raise UserInputError(f"{path}: not a readable image ({err})") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def sixteen_bit_unit(img: Any) -> np.ndarray:
+    """A 16-bit grayscale PIL picture as float32 (H, W) values in [0, 1]."""
+    return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
 
 
 def _load_npy(path: Path) -> np.ndarray:
