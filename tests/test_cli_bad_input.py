@@ -370,6 +370,14 @@ def test_retrieve_refuses_a_threshold_no_cosine_reaches_and_a_seed_folders_do_no
                         monkeypatch)
     assert line == ("error: --query: folders are ranked as they are (the seed splits the pretraining data only); "
                     "drop --seed")
+    for folder, group in (("q", "one"), ("g", "one"), ("g", "empty")):  # a gallery group without an image
+        (tmp_path / folder / group).mkdir()
+        if group == "one":
+            (tmp_path / folder / group / "x.npy").write_text("no picture type a folder reads")
+    (tmp_path / "q" / "one" / "x.png").write_bytes(b"")
+    line = refused_here(["retrieve", weights, "--query", "q", "--gallery", "g"], tmp_path, capsys, monkeypatch)
+    assert re.fullmatch(r"error: --gallery: 'g': class folder\(s\) 'empty', 'one' hold no image file \(.jpg, .*\); "
+                        r"each class needs at least one image, or remove its folder", line), line
 
 
 def _mlp_weights(folder: Path) -> str:
@@ -382,7 +390,7 @@ def _mlp_weights(folder: Path) -> str:
     genotype = MlpGenotype({"projector": ("linear_relu",), "predictor": ()}, {"framework": "simsiam"})
     net, _ = E.head_network(genotype, 1, 4)
     path = folder / "w.pt"
-    torch.save({"genotype": to_dict(genotype), "in_channels": 1, "C": 4, "framework": "simsiam",
+    torch.save({"genotype": to_dict(genotype), "in_channels": 1, "C": 4, "framework": "simsiam", "input_size": 8,
                 "state_dict": net.state_dict()}, path)
     return path.name
 

@@ -161,6 +161,54 @@ def test_a_test_folder_without_a_class_keeps_the_training_labels(tmp_path):
     with pytest.raises(DataError, match=r"class folder\(s\) 'd' not in train/ \(its classes: a, b, c\)"):
         load_dataset("imagefolder", str(tmp_path), image_size=8)
 
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_class_folder_without_an_image_is_refused_by_name(split, tmp_path):
+    """torchvision's FileNotFoundError with a traceback, before: an empty class folder, or one of other files."""
+    write_folder(tmp_path, "train", {"a": [(10, 0, 0)], "b": [(20, 0, 0)]})
+    write_folder(tmp_path, "test", {"a": [(40, 0, 0)], "b": [(50, 0, 0)]})
+    (tmp_path / split / "c").mkdir()
+    (tmp_path / split / "d").mkdir()
+    (tmp_path / split / "d" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=rf"imagefolder: '.*{split}': class folder\(s\) 'c', 'd' hold no image file "
+                                        r"\(.jpg, .*\); each class needs at least one image, or remove its folder"):
+        load_dataset("imagefolder", str(tmp_path), image_size=8)
+    for part in ("train", "test"):  # an image in each: read
+        for name in ("c", "d"):
+            (tmp_path / part / name).mkdir(exist_ok=True)
+            (tmp_path / part / name / "0.png").write_bytes((tmp_path / part / "a" / "0.png").read_bytes())
+    assert load_dataset("imagefolder", str(tmp_path), image_size=8).info.num_classes == 4
+
+
+def test_a_split_without_class_folders_is_refused_by_name(tmp_path):
+    write_folder(tmp_path, "train", {"a": [(10, 0, 0)], "b": [(20, 0, 0)]})
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "0.png").write_bytes((tmp_path / "train" / "a" / "0.png").read_bytes())
+    with pytest.raises(DataError, match=r"imagefolder: '.*test': .*Expected one subfolder of images \(.jpg, .*\) "
+                                        r"per class"):
+        load_dataset("imagefolder", str(tmp_path), image_size=8)
+
+
+def test_one_class_is_read_but_refused_by_a_search_and_a_training(tmp_path):
+    """Every label the same: a classifier's cross-entropy is 0 from the first step, and it learns nothing. The folder
+    still loads: self-supervised pretraining (NASiam) reads one folder of unlabelled images."""
+    from dartboard.searchers.registry import DataShape, build_searcher
+    from dartboard.spaces.catalog import resolve
+    from dartboard.training.final import TrainConfig, build_network
+
+    write_folder(tmp_path, "train", {"only": [(10, 0, 0), (20, 0, 0)]})
+    write_folder(tmp_path, "test", {"only": [(40, 0, 0)]})
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    assert splits.info.num_classes == 1
+    with pytest.raises(ValueError, match="objective 'classification': the data has 1 class; a classifier needs at "
+                                         "least two"):
+        build_searcher("darts", {"C": 4, "layers": 3}, DataShape(3, 8, 1), "cpu")
+    with pytest.raises(DataError, match="imagefolder: the data has 1 class; a classifier needs at least two"):
+        build_network(resolve("darts-v2"), TrainConfig(channels=4, layers=2), splits)
+    assert build_searcher("nasiam-simsiam", {}, DataShape(3, 8, 1), "cpu") is not None
+    assert build_searcher("darts", {"C": 4, "layers": 3}, DataShape(3, 8, 2), "cpu") is not None
+
+
 def test_an_image_that_cannot_be_read_is_named_as_the_datas_error(tmp_path):
     write_folder(tmp_path, "train", {"cat": [(255, 0, 0)], "dog": [(0, 0, 255)]})
     write_folder(tmp_path, "test", {"cat": [(51, 102, 153)], "dog": [(255, 255, 255)]})

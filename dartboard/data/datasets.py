@@ -167,15 +167,33 @@ def image_folder(root: str | None, image_size: int, name: str = "imagefolder",
     test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
     if not (base / "train").is_dir() or test_dir is None:
         raise DataError(f"{name}: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class")
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                              transforms.Normalize(mean, std)])
     train_tf, test_tf = transforms_ or (tf, tf)
-    train = datasets.ImageFolder(str(base / "train"), transform=train_tf, loader=read_image)
-    test = datasets.ImageFolder(str(test_dir), transform=test_tf, loader=read_image)
+    train = class_folders(base / "train", train_tf, name)
+    test = class_folders(test_dir, test_tf, name)
     _labels_of(train, test, f"{name}: {str(test_dir)!r}")
     return Splits(train, test, DatasetInfo(name, 3, image_size, len(train.classes), mean, std, tuple(train.classes)))
+
+
+def class_folders(folder: str | Path, transform: Callable, where: str) -> Any:
+    """torchvision's ``ImageFolder`` of ``folder`` (one subfolder of images per class) read with :func:`read_image`;
+    a class folder without an image file is refused naming it (torchvision raises a FileNotFoundError)."""
+    from torchvision import datasets
+
+    try:
+        return datasets.ImageFolder(str(folder), transform=transform, loader=read_image)
+    except FileNotFoundError as err:  # no class folder, or a class folder of no image files
+        extensions = ", ".join(datasets.folder.IMG_EXTENSIONS)
+        empty = sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not any(
+            f.is_file() and f.name.lower().endswith(datasets.folder.IMG_EXTENSIONS) for f in d.rglob("*")))
+        if not empty:  # no class folder at all
+            raise DataError(f"{where}: {str(folder)!r}: {' '.join(str(err).split())} Expected one subfolder of "
+                            f"images ({extensions}) per class") from None
+        raise DataError(f"{where}: {str(folder)!r}: class folder(s) {', '.join(map(repr, empty))} hold no image file "
+                        f"({extensions}); each class needs at least one image, or remove its folder") from None
 
 
 def _labels_of(train: Any, test: Any, where: str) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dartboard.data.datasets import Splits, make_loader
-from dartboard.errors import UserInputError
+from dartboard.errors import DataError, UserInputError
 from dartboard.model_files import GENOTYPE_FILE, TRAIN_FILE, WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.spaces import genotype as gt
@@ -125,6 +125,9 @@ def build_network(genotype: gt.Genotype, cfg: TrainConfig, splits: Splits) -> nn
 def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
     """The final network of a cell genotype (DiscreteNetwork) or of a ColorNAS genotype (one cell
     network per colour channel + the meta-learner, each channel's network C channels, ``layers`` cells)."""
+    if info is not None and info.num_classes < 2:  # every label the same: the cross-entropy is 0 from the first step
+        raise DataError(f"{info.name}: the data has {info.num_classes} class; a classifier needs at least two "
+                        f"(an image folder: one subfolder of images per class in train/)")
     if isinstance(genotype, ColourGenotype):
         from dartboard.spaces.colornas import ColourNetwork
 

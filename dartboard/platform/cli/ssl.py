@@ -64,7 +64,7 @@ def _folder(path: str, role: str, image_size: int, in_channels: int = 3):
     """An image folder as the backbone's inputs: ``in_channels`` 3 (the colour data sets: normalised by 0.5, as
     ``imagefolder-views``), or 1: grayscale, normalised as the digits the only one-channel pretraining read
     (``digits-views``)."""
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     if not Path(path).is_dir():
         raise UserInputError(f"--{role}: folder {path!r} does not exist")
@@ -81,9 +81,9 @@ def _folder(path: str, role: str, image_size: int, in_channels: int = 3):
         to_channels, mean, std = [], (0.5,) * 3, (0.5,) * 3
     tf = transforms.Compose([*to_channels, transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                              transforms.Normalize(mean, std)])
-    from dartboard.data.datasets import read_image
+    from dartboard.data.datasets import class_folders
 
-    data = datasets.ImageFolder(path, transform=tf, loader=read_image)
+    data = class_folders(path, tf, f"--{role}")
     return data, [data.classes[t] for t in data.targets]
 
 

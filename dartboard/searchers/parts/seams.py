@@ -27,6 +27,10 @@ class Classification(Part):
         if getattr(layout, "siamese", False):
             raise ValueError(f"objective 'classification': space {config.space!r} has no classifier; "
                              f"its objectives are simsiam, simclr and moco")
+        if config.num_classes < 2:  # every label the same: the cross-entropy is 0 from the first step
+            raise ValueError(f"objective 'classification': the data has {config.num_classes} class; a classifier "
+                             f"needs at least two (self-supervised search reads unlabelled images: NASiam's presets "
+                             f"on a -views dataset)")
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if output.dtype in (torch.float16, torch.bfloat16):
