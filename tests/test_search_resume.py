@@ -123,3 +123,40 @@ def test_an_unfinished_searchs_progress_is_said_in_words(epochs, words, monkeypa
 
     monkeypatch.setattr(run_module.ckpt, "read", lambda folder: SimpleNamespace(history=[{}] * epochs))
     assert run_module._how_far(tmp_path) == words
+
+
+def _one_epoch(out) -> SearchRunConfig:
+    return _cfg(out).model_copy(update={"options": {**OPTIONS, "epochs": 1}})
+
+
+def _cut(path) -> None:
+    path.write_bytes(path.read_bytes()[:200])  # a write cut short (a full disk)
+
+
+@pytest.mark.parametrize("damage, file", [
+    (lambda out: _cut(out / "checkpoint" / "searcher.pt"), "checkpoint/searcher.pt"),
+    (lambda out: (out / "checkpoint" / "loaders.pt").unlink(), "checkpoint/loaders.pt"),
+    (lambda out: (out / "checkpoint" / "progress.json").write_text("{"), "checkpoint/progress.json"),
+    (lambda out: (out / "run.json").write_text("["), "run.json"),
+])
+def test_a_damaged_checkpoint_is_refused_naming_its_file_and_the_ways_to_search_anew(damage, file, tmp_path):
+    """A checkpoint file cut short, gone or edited: was a traceback (torch's OSError, a JSONDecodeError, a
+    FileNotFoundError). Deleting the checkpoint, as the refusal says, lets a new search run in the folder."""
+    out = tmp_path / "out"
+    run_search_job(_one_epoch(out), progress=False)
+    (out / "genotype.json").unlink()  # as a killed search leaves it: a checkpoint, no genotype
+    damage(out)
+    with pytest.raises(UserInputError) as refused:
+        resume_search_job(out, progress=False)
+    assert str(refused.value).startswith(f"--resume: '{out / file}' cannot be read (")
+    assert str(refused.value).endswith(f"): the checkpoint is damaged and the search cannot continue from it; search "
+                                       f"anew with another --out, or delete '{out / 'checkpoint'}' to search anew in "
+                                       f"'{out}'")
+    if file == "checkpoint/progress.json":  # the same command again is refused: not told to --resume
+        with pytest.raises(UserInputError, match=f"--out: '{out}' holds an unfinished search whose checkpoint cannot "
+                                                 f"be read; give another --out, or delete '{out / 'checkpoint'}'"):
+            run_search_job(_one_epoch(out), progress=False)
+    for path in sorted((out / "checkpoint").iterdir()):
+        path.unlink()
+    (out / "checkpoint").rmdir()
+    assert run_search_job(_one_epoch(out), progress=False).history

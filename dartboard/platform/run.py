@@ -125,7 +125,12 @@ def run_search_job(cfg: SearchRunConfig, progress: bool = True) -> SearchResult:
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     with folder_held(out, "--out"):  # no other search or training writes there meanwhile
         if _unfinished(out):  # a new search would clear its checkpoint: the interrupted one could not be finished
-            raise UserInputError(f"--out: {str(out)!r} holds an unfinished search ({_how_far(out)}); finish it "
+            how_far = _how_far(out)
+            if how_far is None:
+                raise UserInputError(f"--out: {str(out)!r} holds an unfinished search whose checkpoint cannot be read; "
+                                     f"give another --out, or delete {str(out / ckpt.CHECKPOINT_DIR)!r} to search "
+                                     f"anew there")
+            raise UserInputError(f"--out: {str(out)!r} holds an unfinished search ({how_far}); finish it "
                                  f"with `dartboard search --resume {out}`, or give another --out")
         _check_no_trained_network(out)
         check_outputs(cfg, out)
@@ -144,7 +149,7 @@ def resume_search_job(folder: str | Path, progress: bool = True) -> SearchResult
                              f"and {ckpt.CHECKPOINT_DIR}/{STATE_FILE}, written by `dartboard search`)")
     if not _unfinished(folder):
         raise UserInputError(f"--resume: the search in {str(folder)!r} has finished; nothing to resume")
-    cfg = SearchRunConfig(**json.loads(run_file.read_text()))
+    cfg = SearchRunConfig(**ckpt.readable(folder, run_file, lambda: json.loads(run_file.read_text())))
     with folder_held(folder, "--resume"):  # the search is not still running there
         check_outputs(cfg, folder)
         return _search(cfg, folder, progress, resume=True)
@@ -219,11 +224,12 @@ def _unfinished(folder: Path) -> bool:
             and (not (folder / GENOTYPE_FILE).is_file() or (folder / INTERRUPTED_FILE).is_file()))
 
 
-def _how_far(folder: Path) -> str:
+def _how_far(folder: Path) -> str | None:
+    """How many epochs the unfinished search in ``folder`` has done; None where its checkpoint cannot be read."""
     try:
         return f"{epochs_in_words(len(ckpt.read(folder).history))} done"
-    except (OSError, ValueError, KeyError):
-        return "its checkpoint cannot be read"
+    except (OSError, ValueError, KeyError):  # UserInputError is a ValueError
+        return None
 
 
 def check_outputs(cfg: SearchRunConfig, out: Path) -> None:

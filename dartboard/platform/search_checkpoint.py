@@ -14,15 +14,17 @@ while writing leaves the previous epoch's checkpoint whole. Nothing is unpickled
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dartboard.platform.ray.checkpoint import read_progress, write_epoch
+from dartboard.errors import UserInputError
+from dartboard.platform.ray.checkpoint import PROGRESS_FILE, read_progress, write_epoch
 from dartboard.training.checkpoint import load_state, save_state
 
 RUN_FILE = "run.json"
@@ -85,15 +87,33 @@ def write(out: Path, searcher: Any, loaders: Sequence[Any], progress: SearchProg
 
 
 def read(out: Path) -> SearchProgress:
-    progress = read_progress(out / CHECKPOINT_DIR)
-    return SearchProgress(list(progress["history"]), float(progress["search_seconds"]))
+    def progress() -> SearchProgress:
+        data = read_progress(out / CHECKPOINT_DIR)
+        return SearchProgress(list(data["history"]), float(data["search_seconds"]))
+
+    return readable(out, out / CHECKPOINT_DIR / PROGRESS_FILE, progress)
 
 
 def restore(out: Path, searcher: Any, loaders: Sequence[Any]) -> None:
     """The searcher's full state and the loaders' shuffling state after the last finished epoch."""
     from dartboard.platform.ray.checkpoint import STATE_FILE
 
-    searcher.load_state_dict(load_state(out / CHECKPOINT_DIR / STATE_FILE))
-    states = load_state(out / CHECKPOINT_DIR / LOADERS_FILE)["generators"]
+    state, loaders_file = out / CHECKPOINT_DIR / STATE_FILE, out / CHECKPOINT_DIR / LOADERS_FILE
+    searcher.load_state_dict(readable(out, state, lambda: load_state(state)))
+    states = readable(out, loaders_file, lambda: load_state(loaders_file)["generators"])
     for gen, state in zip(_generators(loaders), states, strict=True):
         gen.set_state(state)
+
+
+def readable(out: Path, path: Path, read: Callable[[], Any]) -> Any:
+    """``read()`` of the search's file ``path`` (in ``out``); a file that is missing or cannot be read (cut by a full
+    disk, edited) is refused naming it, with the ways to search anew (a new search in ``out`` would be refused: it
+    holds an unfinished search)."""
+    try:
+        return read()
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"--resume: {str(path)!r} cannot be read ({first}): the "
+                             f"checkpoint is damaged and the search cannot continue from it; search anew with "
+                             f"another --out, or delete {str(out / CHECKPOINT_DIR)!r} to search anew in "
+                             f"{str(out)!r}") from None
