@@ -94,6 +94,12 @@ def test_a_checkpoint_of_another_training_is_refused_and_kept(tmp_path):
         with pytest.raises(UserInputError, match=r"progress.json cannot be read \(.*\); remove the folder to start "
                                                  r"the training anew, or use a new output folder"):
             _checkpoint(out)
+    (out / CHECKPOINT_DIR / "progress.json").write_bytes(saved["progress.json"])
+    for damage in (lambda f: f.write_bytes(saved["trainer.pt"][:300]), lambda f: f.unlink()):  # cut short, gone
+        damage(out / CHECKPOINT_DIR / "trainer.pt")
+        with pytest.raises(UserInputError, match=r"trainer.pt cannot be read \(.*\); remove the folder to start the "
+                                                 r"training anew, or use a new output folder"):  # was a traceback
+            train_genotype(resolve("darts-v2"), tiny_splits(), CFG, out, checkpoint=_checkpoint(out))
     assert train_checkpoint.CHECKPOINT_DIR != search_checkpoint.CHECKPOINT_DIR  # both may live in one OUT
 
 

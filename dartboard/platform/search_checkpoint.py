@@ -14,7 +14,6 @@ while writing leaves the previous epoch's checkpoint whole. Nothing is unpickled
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 
 from dartboard.errors import UserInputError
 from dartboard.platform.ray.checkpoint import PROGRESS_FILE, read_progress, write_epoch
-from dartboard.training.checkpoint import load_state, save_state
+from dartboard.training.checkpoint import UNREADABLE, load_state, save_state
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -111,7 +110,7 @@ def readable(out: Path, path: Path, read: Callable[[], Any]) -> Any:
     holds an unfinished search)."""
     try:
         return read()
-    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
+    except UNREADABLE as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserInputError(f"--resume: {str(path)!r} cannot be read ({first}): the "
                              f"checkpoint is damaged and the search cannot continue from it; search anew with "

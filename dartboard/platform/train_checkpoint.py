@@ -52,11 +52,17 @@ class TrainCheckpoint:
         (0 when there is no checkpoint)."""
         if not self.epochs_done:
             return 0.0
-        from dartboard.training.checkpoint import load_state
+        from dartboard.training.checkpoint import UNREADABLE, load_state
 
-        state = load_state(self.folder / STATE_FILE)
-        trainer.load_state_dict(state["trainer"])
-        loader.generator.set_state(state["loader"])
+        try:
+            state = load_state(self.folder / STATE_FILE)
+            saved_trainer, saved_loader = state["trainer"], state["loader"]
+        except UNREADABLE as err:  # cut short by a full disk, gone, edited
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"checkpoint {self.folder}: {STATE_FILE} cannot be read ({first}); remove the folder "
+                                 f"to start the training anew, or use a new output folder") from None
+        trainer.load_state_dict(saved_trainer)
+        loader.generator.set_state(saved_loader)
         return self.seconds
 
     def save(self, trainer: Any, loader: Any, seconds: float) -> None:

@@ -9,6 +9,7 @@ and numbers by :func:`to_plain` and restored by :func:`from_plain`.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def from_plain(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return tuple(from_plain(v) for v in obj)
     return obj
+
+
+#: What reading a damaged checkpoint file raises: gone (OSError), cut short (torch: OSError, RuntimeError, EOFError;
+#: JSON: ValueError), edited (KeyError, TypeError, pickle's UnpicklingError from ``weights_only``).
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError)
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
