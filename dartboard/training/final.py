@@ -126,8 +126,8 @@ def network_of(genotype: gt.Genotype, cfg: TrainConfig, info) -> nn.Module:
     """The final network of a cell genotype (DiscreteNetwork) or of a ColorNAS genotype (one cell
     network per colour channel + the meta-learner, each channel's network C channels, ``layers`` cells)."""
     if info is not None and info.num_classes < 2:  # every label the same: the cross-entropy is 0 from the first step
-        raise DataError(f"{info.name}: the data has {info.num_classes} class; a classifier needs at least two "
-                        f"(an image folder: one subfolder of images per class in train/)")
+        raise DataError(f"{getattr(info, 'name', 'network')}: the data has {info.num_classes} class; a classifier "
+                        f"needs at least two (an image folder: one subfolder of images per class in train/)")
     if isinstance(genotype, ColourGenotype):
         from dartboard.spaces.colornas import ColourNetwork
 
