@@ -28,6 +28,11 @@ def test_missing_cifar_says_how_to_provide_it(tmp_path):
     with pytest.raises(DataError, match="never downloads") as got:
         load_dataset("cifar10", str(tmp_path))
     assert f"looked for 'cifar-10-batches-py' under {str(tmp_path)!r}" in str(got.value)
+    for name, folder in (("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")):
+        (tmp_path / folder).mkdir()  # the extracted folder given itself: its parent is the root
+        with pytest.raises(DataError, match=rf"{name}: --data-root '.*{folder}' is the '{folder}' folder itself; "
+                                            rf"pass the folder that holds it: {str(tmp_path)!r}"):
+            load_dataset(name, str(tmp_path / folder))
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenet", "imagefolder"])

@@ -83,6 +83,9 @@ def _colour_digits() -> Splits:
 
 def _cifar(name: str, root: str | None) -> Splits:
     folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    if root is not None and Path(root).name == folder and Path(root).is_dir() and not (Path(root) / folder).is_dir():
+        raise DataError(f"{name}: --data-root {root!r} is the {folder!r} folder itself; pass the folder that holds it: "
+                        f"{str(Path(root).parent)!r}")
     if root is None or not (Path(root) / folder).is_dir():
         where = "no --data-root given" if root is None else f"looked for {folder!r} under {root!r}"
         raise DataError(
