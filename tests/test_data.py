@@ -52,6 +52,11 @@ def test_a_missing_image_folder_is_named(tmp_path):
 def test_imagefolder_needs_train_and_test(tmp_path):
     with pytest.raises(DataError, match="train/ and test/"):
         load_dataset("imagefolder", str(tmp_path))
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"train/ and test/ \(or val/\) subfolders, one folder per class; '.*val' "
+                                        rf"is a split itself: pass the folder that holds it, {str(tmp_path)!r}"):
+        load_dataset("imagenet", str(tmp_path / "val"))
 
 
 def test_unknown_dataset():

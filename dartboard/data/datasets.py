@@ -169,7 +169,9 @@ def image_folder(root: str | None, image_size: int, name: str = "imagefolder",
     base = Path(root)
     test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
     if not (base / "train").is_dir() or test_dir is None:
-        raise DataError(f"{name}: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class")
+        split = base.name in ("train", "test", "val") and (base.parent / "train").is_dir()
+        hint = f"; {root!r} is a split itself: pass the folder that holds it, {str(base.parent)!r}" if split else ""
+        raise DataError(f"{name}: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class{hint}")
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
