@@ -180,6 +180,23 @@ def test_a_class_folder_without_an_image_is_refused_by_name(split, tmp_path):
     assert load_dataset("imagefolder", str(tmp_path), image_size=8).info.num_classes == 4
 
 
+def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
+    """Jupyter's .ipynb_checkpoints folder was a class, macOS's ._x.png metadata copies were images that could not be
+    read (an error in the middle of an epoch)."""
+    write_folder(tmp_path, "train", {"a": [(10, 0, 0), (11, 0, 0)], "b": [(20, 0, 0)],
+                                     ".ipynb_checkpoints": [(0, 0, 0)]})
+    write_folder(tmp_path, "test", {"a": [(40, 0, 0)], "b": [(50, 0, 0)]})
+    (tmp_path / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    (tmp_path / "train" / "b" / ".thumbnails").mkdir()
+    (tmp_path / "train" / "b" / ".thumbnails" / "0.png").write_bytes((tmp_path / "train" / "b" / "0.png").read_bytes())
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=8)
+    assert splits.info.classes == ("a", "b") and len(splits.train) == 3
+    assert [y for _, y in splits.train] == [0, 0, 1]
+    (tmp_path / "train" / "b" / "0.png").unlink()  # b: only a hidden copy left
+    with pytest.raises(DataError, match=r"class folder\(s\) 'b' hold no image file"):
+        load_dataset("imagefolder", str(tmp_path), image_size=8)
+
+
 def test_a_split_without_class_folders_is_refused_by_name(tmp_path):
     write_folder(tmp_path, "train", {"a": [(10, 0, 0)], "b": [(20, 0, 0)]})
     (tmp_path / "test").mkdir()

@@ -9,6 +9,7 @@ protocol's train/val halves with the run's seed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,21 +185,41 @@ def image_folder(root: str | None, image_size: int, name: str = "imagefolder",
 
 
 def class_folders(folder: str | Path, transform: Callable, where: str) -> Any:
-    """torchvision's ``ImageFolder`` of ``folder`` (one subfolder of images per class) read with :func:`read_image`;
-    a class folder without an image file is refused naming it (torchvision raises a FileNotFoundError)."""
+    """torchvision's ``ImageFolder`` of ``folder`` (one subfolder of images per class) read with :func:`read_image`.
+    Hidden folders and files (a name that starts with a dot: Jupyter's ``.ipynb_checkpoints``, macOS's ``._x.png``
+    copies of a file's metadata) are neither classes nor images; torchvision takes them as both. A class folder without
+    an image file is refused naming it (torchvision raises a FileNotFoundError)."""
     from torchvision import datasets
 
+    root = Path(folder)
+    extensions, expanded = datasets.folder.IMG_EXTENSIONS, os.path.expanduser(str(root))  # as torchvision reads it
+
+    def is_image(path: str) -> bool:
+        return path.lower().endswith(extensions) and not _hidden(Path(os.path.relpath(path, expanded)))
+
+    class VisibleImageFolder(datasets.ImageFolder):
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            classes, _ = super().find_classes(directory)
+            classes = [c for c in classes if not c.startswith(".")]
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {c: i for i, c in enumerate(classes)}
+
     try:
-        return datasets.ImageFolder(str(folder), transform=transform, loader=read_image)
+        return VisibleImageFolder(str(root), transform=transform, loader=read_image, is_valid_file=is_image)
     except FileNotFoundError as err:  # no class folder, or a class folder of no image files
-        extensions = ", ".join(datasets.folder.IMG_EXTENSIONS)
-        empty = sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not any(
-            f.is_file() and f.name.lower().endswith(datasets.folder.IMG_EXTENSIONS) for f in d.rglob("*")))
+        named = ", ".join(extensions)
+        empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not any(
+            f.is_file() and is_image(str(f)) for f in d.rglob("*")))
         if not empty:  # no class folder at all
-            raise DataError(f"{where}: {str(folder)!r}: {' '.join(str(err).split())} Expected one subfolder of "
-                            f"images ({extensions}) per class") from None
-        raise DataError(f"{where}: {str(folder)!r}: class folder(s) {', '.join(map(repr, empty))} hold no image file "
-                        f"({extensions}); each class needs at least one image, or remove its folder") from None
+            raise DataError(f"{where}: {str(root)!r}: {' '.join(str(err).split())} Expected one subfolder of "
+                            f"images ({named}) per class") from None
+        raise DataError(f"{where}: {str(root)!r}: class folder(s) {', '.join(map(repr, empty))} hold no image file "
+                        f"({named}); each class needs at least one image, or remove its folder") from None
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith(".") for part in path.parts)
 
 
 def _labels_of(train: Any, test: Any, where: str) -> None:
