@@ -178,6 +178,42 @@ def test_the_flags_the_effective_settings_use_are_not_refused(protocol, dataset,
     _check_used(_settings(protocol, dataset, given), given, "the defaults")  # raises nothing
 
 
+def test_a_default_cutout_fits_small_images_and_one_that_blanks_them_is_refused(tmp_path, capsys, monkeypatch):
+    """Cutout is on by default on image folders (DARTS' CIFAR protocol: a 16-px square on 32-px images). On 8-px
+    images that square blanked every training image wherever it was centred: the network learnt nothing (a
+    red-or-blue folder trained to 50 %, tested at 0 %). A default cutout takes half the images' side there; a given
+    length that blanks them is refused."""
+    from image_folders import write_image_folder
+    from test_cli_contract import run_main
+
+    write_image_folder(tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "darts-v2", "--dataset", "imagefolder", "--data-root", "imgs", "--image-size", "8", "--epochs",
+            "1", "--channels", "2", "--layers", "2", "--batch-size", "4", "--no-mlflow", "--no-auxiliary"]
+    code, out, err = run_main([*args, "--out", "net", "--json"], capsys)
+    assert code == 0, err[-3000:]
+    config = json.loads(out)["config"]
+    assert config["cutout"] is True and config["cutout_length"] == 4
+    line = refused_here([*args, "--out", "net2", "--cutout-length", "16"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: --cutout-length: a 16-px cutout square blanks the whole of every 8-px training image, "
+                    "wherever it is centred; give at most 15 px (DARTS: 16 on CIFAR's 32-px images), or turn cutout "
+                    "off")
+    assert not (tmp_path / "net2").exists()
+
+
+def test_a_training_whose_cutout_blanks_every_image_is_refused():
+    """The same check where every training starts (a study's final training, Python), not only the command line."""
+    from test_final_training import tiny_splits
+
+    from dartboard.errors import UserInputError
+    from dartboard.spaces.catalog import resolve
+    from dartboard.training.final import TrainConfig, train_genotype
+
+    cfg = TrainConfig(channels=2, layers=2, epochs=1, batch_size=8, cutout=True, cutout_length=16)
+    with pytest.raises(UserInputError, match="cutout_length: a 16-px cutout square blanks the whole of every 8-px"):
+        train_genotype(resolve("darts-v2"), tiny_splits(), cfg)
+
+
 # ------------------------------------------------------------------ export
 @pytest.mark.parametrize("source, flags, message", [
     ("models:/final-darts-v2-digits/1", ["--network", "network.json"],

@@ -95,6 +95,15 @@ class TrainConfig:
             raise UserInputError(f"stem: expected one of {', '.join(STEMS)}, got {self.stem!r}")
 
 
+def check_cutout(cfg: TrainConfig, input_size: int, name: str = "cutout_length") -> None:
+    """A cutout square of twice the images' side or more covers the whole image wherever it is centred: the network
+    would train on blank images and learn nothing. Refused (``name``: the setting as the user gave it)."""
+    if cfg.cutout and cfg.cutout_length >= 2 * input_size:
+        raise UserInputError(f"{name}: a {cfg.cutout_length}-px cutout square blanks the whole of every "
+                             f"{input_size}-px training image, wherever it is centred; give at most "
+                             f"{2 * input_size - 1} px (DARTS: 16 on CIFAR's 32-px images), or turn cutout off")
+
+
 #: The ImageNet mobile setting of the DARTS evaluation protocol (Liu et al. 2019, 5.2 and the
 #: reference ``train_imagenet.py``): C=48, 14 cells, the ImageNet stem, batch 128, SGD lr 0.1,
 #: momentum 0.9, weight decay 3e-5, lr x 0.97 every epoch, 250 epochs, auxiliary weight 0.4, label
@@ -187,6 +196,7 @@ def train_genotype(genotype: gt.Genotype, splits: Splits, cfg: TrainConfig, out_
     gets the epoch's means over its samples (train mode). With a ``checkpoint`` the training continues from
     its saved state (the epochs after it are those of an uninterrupted training, bit for bit) and saves its
     state after every epoch."""
+    check_cutout(cfg, splits.info.input_size)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     net = build_network(genotype, cfg, splits).to(device)

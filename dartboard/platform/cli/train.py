@@ -137,7 +137,7 @@ def train(
         cluster = {"workers": workers, "gpus_per_worker": gpus_per_worker or 0.0, "address": address,
                    "storage": storage} if distributed else None
         _train_cells(geno, genotype, cfg, dataset, data_root, out, tracking_uri, no_mlflow, as_json, cluster,
-                     register_as, image_size)
+                     register_as, image_size, cutout_given=cutout_length is not None)
 
 
 def _check_options(geno, genotype: str, distributed: bool, *, storage, gpus_per_worker, no_mlflow, register_as,
@@ -185,7 +185,8 @@ def _check_kind(geno, genotype: str) -> None:
 
 def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, tracking_uri, no_mlflow: bool,
                  as_json: bool, cluster: dict | None = None, register_as: str | None = None,
-                 image_size: int = 32) -> None:
+                 image_size: int = 32, cutout_given: bool = False) -> None:
+    from dartboard.data.catalog import load_dataset
     from dartboard.platform.checks import check_tracking_server, check_writable_dir, folder_held
     from dartboard.platform.tracking.final import default_model_name
     from dartboard.platform.tracking.models import NETWORK_FILE, network_spec
@@ -193,6 +194,8 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
 
     out_dir = Path(out) if out is not None else home_folder(genotype) or Path("runs") / f"train-{genotype}"
     check_writable_dir(out_dir, "--out")  # before training, not after it
+    splits = load_dataset(dataset, data_root, image_size)
+    cfg = _fitted_cutout(cfg, splits.info.input_size, cutout_given)
     if cluster is not None and cluster["address"] is None:  # a local cluster: this machine's GPUs
         import torch
 
@@ -226,8 +229,8 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
             # the output folder, so that the same command relaunched after an interrupt goes on in the same run
             logger = EpochLogger(tracking_uri, open_train_run(tracking_uri, TRAIN_EXPERIMENT, name, genotype, out_dir))
         try:
-            result, splits = _fit(geno, genotype, cfg, dataset, data_root, out_dir, cluster, image_size, logger,
-                                  checkpoint)
+            result = _fit(geno, genotype, cfg, (dataset, data_root, splits), out_dir, cluster, image_size, logger,
+                          checkpoint)
         except BaseException as err:
             if checkpoint is not None and checkpoint.epochs_done:
                 log.warning("train: stopped after epoch %d of %d; the same command continues it from %s",
@@ -279,15 +282,28 @@ def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
     return TrainCheckpoint(out_dir, job_identity(to_dict(geno), asdict(cfg), dataset, image_size))  # device left out
 
 
-def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: dict | None, image_size: int,
-         logger, checkpoint=None):
-    """Train in this process (continuing ``checkpoint``'s training when it holds one) or as a Ray Train job;
-    (TrainResult, splits)."""
-    from dartboard.data.catalog import load_dataset
+def _fitted_cutout(cfg, input_size: int, given: bool):
+    """The training's cutout at this input size (a default one: half the images' side at most); a square that
+    blanks every image refused by the flag's name."""
+    from dartboard.platform.cli.train_settings import fitted_cutout
+    from dartboard.training.final import check_cutout
+
+    fitted = fitted_cutout(cfg, input_size, given)
+    if fitted.cutout_length != cfg.cutout_length:
+        log.info("train: cutout of %d px, half the %d-px images' side (DARTS' 16 px is half of CIFAR's 32; "
+                 "--cutout-length for another)", fitted.cutout_length, input_size)
+    check_cutout(fitted, input_size, "--cutout-length")
+    return fitted
+
+
+def _fit(geno, genotype: str, cfg, data: tuple, out_dir, cluster: dict | None, image_size: int, logger,
+         checkpoint=None):
+    """Train on ``data`` (dataset, data_root, splits) in this process (continuing ``checkpoint``'s training when
+    it holds one) or as a Ray Train job; the TrainResult."""
     from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.training.final import network_of, train_genotype
 
-    splits = load_dataset(dataset, data_root, image_size)
+    dataset, data_root, splits = data
     with user_input(f"genotype {genotype!r} on {dataset}"):  # builds the network once: bad input fails before training
         network_of(geno, cfg, splits.info)
     log.info("train: %s, C=%d, %d cells, %s on %s", genotype, cfg.channels, cfg.layers, epochs_in_words(cfg.epochs),
@@ -311,7 +327,7 @@ def _fit(geno, genotype: str, cfg, dataset: str, data_root, out_dir, cluster: di
             log.info("Ray Train: the training in %s had finished before; its result is reported again", out_dir)
         log.info("Ray Train: %d workers, replicas identical %s, resumed at epochs %s", int(last["workers"]),
                  bool(last["replicas_identical"]), last["resumed_at"] or "none")
-    return result, splits
+    return result
 
 
 def _register(uri, genotype: str, dataset: str, cfg, result, out_dir, name_alias: tuple[str, str],

@@ -71,6 +71,16 @@ def check_used(settings: dict, given: dict, default: str) -> None:
                              f"add --cutout, or drop --cutout-length")
 
 
+def fitted_cutout(cfg, input_size: int, given: bool):
+    """The published cutout square, 16 px, is half the side of CIFAR's 32-px images; on smaller images a default
+    cutout (no ``--cutout-length``) takes half their side (16 px centred anywhere in an 8-px image blanks it all)."""
+    from dataclasses import replace
+
+    if cfg.cutout and not given and cfg.cutout_length > input_size // 2:
+        return replace(cfg, cutout_length=max(1, input_size // 2))
+    return cfg
+
+
 def train_config(protocol: str, dataset: str, given: dict, **fixed):
     """The :func:`settings_of` as a TrainConfig, with ``fixed`` (seed, device) on top."""
     from dartboard.training.final import TrainConfig

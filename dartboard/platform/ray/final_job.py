@@ -96,7 +96,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     from dartboard.platform.tracking.epochs import log_epoch_safely
     from dartboard.searchers.base import seed_everything, set_rng_state
     from dartboard.spaces import genotype as gt
-    from dartboard.training.final import TrainConfig, network_of
+    from dartboard.training.final import TrainConfig, check_cutout, network_of
     from dartboard.training.protocol import FinalTrainer
 
     ctx = ray.train.get_context()
@@ -107,6 +107,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     genotype = gt.from_dict(config["genotype"])
     seed_everything(cfg.seed)
     splits = load_dataset(config["dataset"], config["data_root"], int(config.get("image_size", 32)))
+    check_cutout(cfg, splits.info.input_size)
     net = network_of(genotype, cfg, splits.info).to(device)
     loader, sampler = sharded_train_loader(splits.train, cfg.batch_size, cfg.seed, rank, world)
     trainer = FinalTrainer(net, cfg, device, ddp_wrapper(device) if world > 1 else None)
