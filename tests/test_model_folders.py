@@ -115,9 +115,14 @@ def test_a_pulled_folder_reports_the_registered_accuracy(trained, tmp_path):
 
 
 def test_export_of_a_folder(trained, tmp_path, capsys):
-    code, _, err = run_main(["export", str(trained["out"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
-                            capsys)
+    code, out, err = run_main(["export", str(trained["out"]), "--format", "torchscript", "--out",
+                               str(tmp_path / "m.pt")], capsys)
     assert code == 0, err[-3000:]
+    # the file holds the network only: what its input must be is said (the normalisation network.json records)
+    pre = json.loads((trained["out"] / "network.json").read_text())["preprocessing"]
+    assert out.splitlines()[-1] == (f"input: images [N, 1, 8, 8], pixels in [0, 1] normalised per channel, "
+                                    f"(x - mean) / std with mean {pre['mean']} and std {pre['std']} (network.json's "
+                                    f"preprocessing, which dartboard predict applies); output: logits [N, 10]")
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
     x = trained["splits"].test.tensors[0][:4]
     with torch.no_grad():

@@ -41,12 +41,12 @@ def export(
     if is_model_ref(source):
         refuse_with(f"registered model {source!r}", {"--weights": weights, "--network": network},
                     "its weights and network.json are exported from the registry, not from files")
-        net, shape = _registered(source, tracking_uri)
+        net, shape, io = _registered(source, tracking_uri)
     elif Path(source).is_dir():
         refuse_with(f"model folder {source!r}", {"--weights": weights, "--network": network,
                                                  "--tracking-uri": tracking_uri},
                     "its weights and network.json are the folder's own")
-        net, shape = _folder(source)
+        net, shape, io = _folder(source)
     else:
         if tracking_uri is not None:
             raise UserInputError(f"--tracking-uri: {tracking_uri!r} would be ignored: {source!r} is a genotype, "
@@ -62,33 +62,43 @@ def export(
         if genotype.kind not in CELLS:
             raise UserInputError(f"genotype {source!r} is of kind {genotype.kind!r}; export takes the trained network "
                                  f"of a {', '.join(CELLS[:-1])} or {CELLS[-1]} genotype")
-        net, shape = _image_input(*_from_files(source, genotype, weights, network))
+        net, shape, io = _image_input(*_from_files(source, genotype, weights, network))
     from dartboard.platform.export import export_network
 
     flux = shape == (2,)
     report = export_network(net, shape, fmt, out, names=FLUX_IO if flux else ("input", "logits"))
     typer.echo(f"{report.format} written to {report.path} ({report.bytes} bytes); outputs equal the network's on "
                f"random inputs (max |difference| {report.max_abs_difference:.3g})")
-    if flux:
-        from dartboard.spaces.pmsm_lookup import COLUMNS
+    typer.echo(io)
 
-        typer.echo(f"input: currents [N, 2] (I_d, I_q, per unit); output [N, 6]: {', '.join(COLUMNS)} (the flux "
-                   f"linkages and the differential inductances L_xy = d lambda_x / d I_y)")
+
+def _flux_io() -> str:
+    from dartboard.spaces.pmsm_lookup import COLUMNS
+
+    return (f"input: currents [N, 2] (I_d, I_q, per unit); output [N, 6]: {', '.join(COLUMNS)} (the flux linkages "
+            f"and the differential inductances L_xy = d lambda_x / d I_y)")
 
 
 def _image_input(net, spec) -> tuple:
-    """(the network, the shape of one input) of an image network and its network.json."""
-    return net, (int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"]))
+    """(the network, the shape of one input, what it reads and returns in words) of an image network and its
+    network.json. The file holds the network only: the normalisation network.json records is the caller's to apply."""
+    shape = (int(spec["in_channels"]), int(spec["input_size"]), int(spec["input_size"]))
+    pre = spec.get("preprocessing") or {}
+    how = (f"pixels in [0, 1] normalised per channel, (x - mean) / std with mean {pre['mean']} and std {pre['std']} "
+           f"(network.json's preprocessing, which dartboard predict applies)" if pre.get("mean") and pre.get("std")
+           else "normalised as the training data's loader did (network.json records no preprocessing)")
+    return net, shape, (f"input: images [N, {shape[0]}, {shape[1]}, {shape[2]}], {how}; output: logits "
+                        f"[N, {spec.get('num_classes', '?')}]")
 
 
 def _folder(source: str) -> tuple:
-    """The network of a model folder and the shape of one input: a PMSM flux model's look-up (currents to flux and
-    inductances), else the image network of its files."""
+    """The network of a model folder, the shape of one input and what it reads and returns: a PMSM flux model's
+    look-up (currents to flux and inductances), else the image network of its files."""
     if is_flux_model(source):
         from dartboard.spaces.pmsm_lookup import FluxLookup
         from dartboard.training.pmsm import load_flux_model
 
-        return FluxLookup(load_flux_model(source)[0]).eval(), (2,)
+        return FluxLookup(load_flux_model(source)[0]).eval(), (2,), _flux_io()
     from dartboard.platform.predict import local_network
 
     model = local_network(source)
