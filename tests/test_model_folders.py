@@ -312,3 +312,43 @@ def test_evaluate_reads_the_test_split_of_the_folder_the_network_was_trained_on(
     assert line == (f"error: model {str(tmp_path / 'net')!r} was trained on imagefolder from "
                     f"{str(tmp_path / 'imgs')!r} (its network.json), which is not on this machine; give the data's "
                     f"folder with --data-root")
+
+
+def test_evaluate_labels_a_folder_by_the_class_names_the_network_was_trained_on(tmp_path, capsys, monkeypatch):
+    """A folder's labels are its class folders' order. A class added to the folder since the training (sorted before
+    the others) gave an IndexError; one renamed was evaluated as another class. The test images are labelled by
+    their class's name now: a class only in train/ moves no label, a class the network does not know is refused."""
+    import shutil
+
+    from image_folders import write_image_folder
+
+    write_image_folder(tmp_path / "imgs", ("bees", "wasps"))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["train", "darts-v2", "--dataset", "imagefolder", "--data-root", "imgs", "--image-size",
+                               "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",
+                               "--no-auxiliary", "--no-cutout", "--no-mlflow", "--out", "net"], capsys)
+    assert code == 0, err[-3000:]
+    code, out, err = run_main(["evaluate", "net", "--json"], capsys)
+    assert code == 0, err[-3000:]
+    before = json.loads(out)
+    shutil.copytree(tmp_path / "imgs" / "train" / "bees", tmp_path / "imgs" / "train" / "ants")  # label 0 in train/
+    code, out, err = run_main(["evaluate", "net", "--json"], capsys)
+    assert code == 0, err[-3000:]
+    assert {k: json.loads(out)[k] for k in ("test_acc", "test_loss", "test_samples")} == \
+        {k: before[k] for k in ("test_acc", "test_loss", "test_samples")}
+    shutil.copytree(tmp_path / "imgs" / "test" / "bees", tmp_path / "imgs" / "test" / "ants")
+    line = refused_here(["evaluate", "net"], tmp_path, capsys, monkeypatch)
+    assert line == ("error: model 'net': the test split's class folder(s) 'ants' are not classes of the network (it "
+                    "was trained on bees, wasps)")
+
+
+def test_evaluate_without_recorded_class_names_refuses_another_class_count():
+    from types import SimpleNamespace
+
+    from dartboard.errors import UserInputError
+    from dartboard.platform.predict import _labelled_as_trained
+
+    splits = SimpleNamespace(info=SimpleNamespace(classes=(), num_classes=3, name="imagefolder"), test=[(0, 2)])
+    assert _labelled_as_trained(splits, {"num_classes": 3}, "net") is splits.test
+    with pytest.raises(UserInputError, match="model 'net' was trained on 10 classes; the imagefolder data has 3 now"):
+        _labelled_as_trained(splits, {"num_classes": 10}, "net")

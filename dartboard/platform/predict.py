@@ -206,17 +206,52 @@ def evaluate_model(ref: str, uri: str | None = None, data_root: str | None = Non
     check_data_root(dataset, data_root, decided_by=f"model {ref!r} is evaluated on the data set it was trained on")
     data_root = data_root or _recorded_root(ref, model.spec)
     splits = _test_data(model.spec, dataset, data_root)
+    test = _labelled_as_trained(splits, model.spec, ref)
     now, recorded = preprocessing_of(splits.info), model.spec.get("preprocessing")
     if recorded and now is not None and now.to_dict() != recorded:
         log.warning("model %s was trained on %s normalised with %s; the data set now loads with %s", ref, dataset,
                     recorded, now.to_dict())
-    loader = make_loader(splits.test, batch_size, shuffle=False, seed=0)
+    loader = make_loader(test, batch_size, shuffle=False, seed=0)
     acc, loss = evaluate(_LogitsOnly(model.net), loader, torch.device("cpu"))
     return {"model": model.name, "version": model.version, "dataset": dataset, "data_root": data_root,
-            "test_samples": len(splits.test),
+            "test_samples": len(test),
             "test_acc": acc, "test_loss": loss, "recorded_test_acc": model.recorded_test_acc,
             # the same figure under its earlier name (a registered version's tag), for scripts that read it
             "registered_test_acc": model.recorded_test_acc if model.version is not None else None}
+
+
+def _labelled_as_trained(splits: Any, spec: dict[str, Any], ref: str) -> Any:
+    """The test split with the network's labels. A folder's labels are its class folders' order: a class added or
+    renamed since the training moves them (an IndexError, or an accuracy against other classes). Where network.json
+    names the classes, the test images are relabelled by their class's name, and a class the network does not know
+    is refused; else the class counts must agree."""
+    from torch.utils.data import Dataset
+
+    trained, now = class_names(spec, ref), list(splits.info.classes or ())
+    if not trained or not now:
+        if splits.info.num_classes != int(spec.get("num_classes", splits.info.num_classes)):
+            raise UserInputError(f"model {ref!r} was trained on {spec['num_classes']} classes; the {splits.info.name} "
+                                 f"data has {splits.info.num_classes} now")
+        return splits.test
+    if now == trained:
+        return splits.test
+    targets = getattr(splits.test, "targets", None)
+    present = sorted({now[int(t)] for t in targets}) if targets is not None else now
+    unknown = [c for c in present if c not in trained]
+    if unknown:
+        raise UserInputError(f"model {ref!r}: the test split's class folder(s) {', '.join(map(repr, unknown))} are "
+                             f"not classes of the network (it was trained on {', '.join(trained)})")
+    label = [trained.index(c) if c in trained else -1 for c in now]
+
+    class Relabelled(Dataset):
+        def __len__(self) -> int:
+            return len(splits.test)
+
+        def __getitem__(self, i: int):
+            x, y = splits.test[i]
+            return x, label[int(y)]
+
+    return Relabelled()
 
 
 def _test_data(spec: dict[str, Any], dataset: str, data_root: str | None):
