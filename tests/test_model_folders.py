@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from image_folders import write_image_folder
 from test_cli_bad_input import refused_here
 from test_cli_contract import run_main
 
@@ -284,17 +285,20 @@ def test_predict_names_the_classes_network_json_records(trained, tmp_path, capsy
     assert line == "error: model 'named': network.json classes: expected 10 class names, got ['zero', 'one', 'two']"
 
 
-def test_evaluate_reads_the_test_split_of_the_folder_the_network_was_trained_on(tmp_path, capsys, monkeypatch):
-    # Before: `dartboard evaluate NET` of a network trained on an image folder said "imagefolder: no --data-root
-    # given", the folder being the one thing network.json did not record.
-    from image_folders import write_image_folder
-
-    write_image_folder(tmp_path / "imgs", ("ants", "bees"))
+def _train_on_a_folder(tmp_path, capsys, monkeypatch) -> None:
+    """darts-v2 trained one epoch on the image folder ``tmp_path/imgs`` into ``tmp_path/net``, from ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["train", "darts-v2", "--dataset", "imagefolder", "--data-root", "imgs", "--image-size",
                                "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",
                                "--no-auxiliary", "--no-cutout", "--no-mlflow", "--out", "net"], capsys)
     assert code == 0, err[-3000:]
+
+
+def test_evaluate_reads_the_test_split_of_the_folder_the_network_was_trained_on(tmp_path, capsys, monkeypatch):
+    # Before: `dartboard evaluate NET` of a network trained on an image folder said "imagefolder: no --data-root
+    # given", the folder being the one thing network.json did not record.
+    write_image_folder(tmp_path / "imgs", ("ants", "bees"))
+    _train_on_a_folder(tmp_path, capsys, monkeypatch)
     assert json.loads((tmp_path / "net" / "network.json").read_text())["data_root"] == str(tmp_path / "imgs")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -320,14 +324,8 @@ def test_evaluate_labels_a_folder_by_the_class_names_the_network_was_trained_on(
     their class's name now: a class only in train/ moves no label, a class the network does not know is refused."""
     import shutil
 
-    from image_folders import write_image_folder
-
     write_image_folder(tmp_path / "imgs", ("bees", "wasps"))
-    monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(["train", "darts-v2", "--dataset", "imagefolder", "--data-root", "imgs", "--image-size",
-                               "8", "--epochs", "1", "--channels", "2", "--layers", "2", "--batch-size", "4",
-                               "--no-auxiliary", "--no-cutout", "--no-mlflow", "--out", "net"], capsys)
-    assert code == 0, err[-3000:]
+    _train_on_a_folder(tmp_path, capsys, monkeypatch)
     code, out, err = run_main(["evaluate", "net", "--json"], capsys)
     assert code == 0, err[-3000:]
     before = json.loads(out)
