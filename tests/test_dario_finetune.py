@@ -117,7 +117,9 @@ def test_a_head_of_other_classes_is_replaced_and_the_accuracy_logged(tmp_path, c
                       "(its in_chans)"),
     ("no test", "error: imagefolder: {root!r} must hold train/ and test/ (or val/) subfolders, one folder per class"),
     ("--finetune", "error: --finetune: expected one of last-block, all, got 'head'"),
-], ids=["grey-model", "no-test-split", "unknown-protocol"])
+    ("one class", "error: --data-root: {root!r} holds one class folder in train/ (a); fine-tuning a classifier "
+                  "needs at least two classes"),
+], ids=["grey-model", "no-test-split", "unknown-protocol", "one-class"])
 def test_bad_folders_models_and_protocols_are_refused_before_the_search(change, message, tmp_path, capsys,
                                                                        monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -128,6 +130,12 @@ def test_bad_folders_models_and_protocols_are_refused_before_the_search(change, 
         shutil.rmtree(tmp_path / "imgs" / "test")
     if change == "--finetune":
         args += ["--finetune", "head"]
+    if change == "one class":
+        import shutil
+
+        for split in ("train", "test"):
+            for name in ("b", "c"):
+                shutil.rmtree(tmp_path / "imgs" / split / name)
     code, out, err = run_main(args, capsys)
     assert code == 2 and err.strip() == message.format(root=str(tmp_path / "imgs")), err
     assert "blocks kept" not in out and not (tmp_path / "out").exists()

@@ -57,7 +57,11 @@ def folder_for(model: nn.Module, root: str) -> Splits:
         raise DataError(f"--data-root: the model takes {height}x{width} images; image folders are read square")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-    return image_folder(root, height, "imagefolder", mean, std)
+    splits = image_folder(root, height, "imagefolder", mean, std)
+    if splits.info.num_classes < 2:  # every label the same: the fine-tuning's cross-entropy is 0 from the first step
+        raise DataError(f"--data-root: {root!r} holds one class folder in train/ ({', '.join(splits.info.classes)}); "
+                        f"fine-tuning a classifier needs at least two classes")
+    return splits
 
 
 def network_of(info: Any, dataset: str, data_root: str | None, test_acc: float) -> dict[str, Any]:
