@@ -173,3 +173,44 @@ def test_an_unfinished_training_of_the_other_kind_is_refused(tmp_path, capsys, m
     check_no_other_kind(job, ray_job=True)
     (epoch / "progress.json").write_text(json.dumps({"history": [{}, {}], "done": True}))
     check_no_other_kind(job, ray_job=False)  # a finished job's folder takes a new training, as before
+
+
+def test_a_checkpoint_of_data_whose_classes_changed_is_refused(tmp_path):
+    """An image folder whose class folders changed since the interrupt: other labels, another classifier (it ended
+    in a size-mismatch traceback). A checkpoint records its classes and refuses other ones by name; one written
+    before it recorded them is refused when its network does not fit."""
+    from torch.utils.data import TensorDataset
+
+    from dartboard.data.datasets import DatasetInfo, Splits
+
+    out = tmp_path / "out"
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, metrics):
+        raise Stop
+
+    train = {k: v for k, v in asdict(CFG).items() if k != "device"}
+    identity = job_identity(to_dict(resolve("darts-v2")), train, "tiny", 32)
+    names = [f"c{i}" for i in range(10)]
+    with pytest.raises(Stop):  # stopped after the first epoch's checkpoint
+        train_genotype(resolve("darts-v2"), tiny_splits(), CFG, out, on_epoch=lambda e, m: e == 1 and stop(e, m),
+                       checkpoint=TrainCheckpoint(out, identity, names))
+    assert json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())["classes"] == names
+    assert TrainCheckpoint(out, identity, names).epochs_done == 1
+    renamed = ["bird", *names[1:]]
+    with pytest.raises(UserInputError, match=rf"checkpoint {out / CHECKPOINT_DIR}: it trained on the classes c0, c1, "
+                                             r".*; the data has bird, c1, .* now \(class folders added, removed or "
+                                             r"renamed since\); restore the data to continue it"):
+        TrainCheckpoint(out, identity, renamed)
+    progress = json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())
+    del progress["classes"]  # as a checkpoint written before the classes were recorded
+    (out / CHECKPOINT_DIR / "progress.json").write_text(json.dumps(progress))
+    g = torch.Generator().manual_seed(0)
+    three = Splits(TensorDataset(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)),
+                   TensorDataset(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)),
+                   DatasetInfo("tiny", 1, 8, 3))
+    with pytest.raises(UserInputError, match=r"its network does not fit this training's \(size mismatch for "
+                                             r"classifier.*\); the data changed since"):
+        train_genotype(resolve("darts-v2"), three, CFG, out, checkpoint=TrainCheckpoint(out, identity, None))

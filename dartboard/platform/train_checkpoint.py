@@ -29,12 +29,14 @@ PROGRESS_FILE = "progress.json"
 
 class TrainCheckpoint:
     """The checkpoint in ``out`` of the training whose :func:`~dartboard.platform.ray.final_job.job_identity` is
-    ``identity``; ``epochs_done`` > 0 when one was found (the training continues after it)."""
+    ``identity``, on data of the class names ``classes`` (recorded, and checked where a checkpoint records them: an
+    image folder whose class folders changed since would give other labels, another classifier); ``epochs_done`` > 0
+    when one was found (the training continues after it)."""
 
-    def __init__(self, out: str | Path, identity: dict[str, Any]):
+    def __init__(self, out: str | Path, identity: dict[str, Any], classes: list[str] | None = None):
         from dartboard.platform.ray.final_job import check_identity
 
-        self.folder, self.identity = Path(out) / CHECKPOINT_DIR, identity
+        self.folder, self.identity, self.classes = Path(out) / CHECKPOINT_DIR, identity, classes
         self.epochs_done, self.seconds = 0, 0.0  # the epochs and the training seconds the checkpoint holds
         progress = self.folder / PROGRESS_FILE
         if progress.is_file():
@@ -45,7 +47,16 @@ class TrainCheckpoint:
                 raise UserInputError(f"checkpoint {self.folder}: {PROGRESS_FILE} cannot be read ({err!r}); remove the "
                                      f"folder to start the training anew, or use a new output folder") from None
             check_identity(str(self.folder), recorded, identity)
+            self._check_classes(saved.get("classes"))
             self.epochs_done, self.seconds = done, seconds
+
+    def _check_classes(self, recorded: Any) -> None:
+        if recorded is None or self.classes is None or list(recorded) == list(self.classes):
+            return
+        raise UserInputError(f"checkpoint {self.folder}: it trained on the classes {', '.join(map(str, recorded))}; "
+                             f"the data has {', '.join(self.classes) or 'none'} now (class folders added, removed or "
+                             f"renamed since); restore the data to continue it, or remove the folder to start the "
+                             f"training anew, or use a new output folder")
 
     def restore(self, trainer: Any, loader: Any) -> float:
         """Load the saved state into ``trainer`` and ``loader``'s shuffling generator; the seconds trained before
@@ -61,7 +72,13 @@ class TrainCheckpoint:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UserInputError(f"checkpoint {self.folder}: {STATE_FILE} cannot be read ({first}); remove the folder "
                                  f"to start the training anew, or use a new output folder") from None
-        trainer.load_state_dict(saved_trainer)
+        try:
+            trainer.load_state_dict(saved_trainer)
+        except RuntimeError as err:  # a checkpoint that records no classes, of data whose class count changed since
+            first = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
+            raise UserInputError(f"checkpoint {self.folder}: its network does not fit this training's ({first}); the "
+                                 f"data changed since (its classes?): restore it to continue the training, or remove "
+                                 f"the folder to start anew, or use a new output folder") from None
         loader.generator.set_state(saved_loader)
         return self.seconds
 
@@ -73,7 +90,8 @@ class TrainCheckpoint:
         tmp.mkdir(parents=True)
         save_state({"trainer": trainer.state_dict(), "loader": loader.generator.get_state()}, tmp / STATE_FILE)
         (tmp / PROGRESS_FILE).write_text(json.dumps({"identity": self.identity, "epochs_done": trainer.epoch,
-                                                     "seconds": seconds}))
+                                                     "seconds": seconds,
+                                                     **({"classes": self.classes} if self.classes else {})}))
         shutil.rmtree(old, ignore_errors=True)
         if self.folder.exists():
             self.folder.rename(old)

@@ -210,7 +210,8 @@ def _train_cells(geno, genotype: str, cfg, dataset: str, data_root, out, trackin
 
         check_no_other_kind(out_dir, ray_job=cluster is not None)
         _check_same_genotype(geno, genotype, out_dir)
-        checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir)
+        checkpoint = None if cluster is not None else _local_checkpoint(geno, cfg, dataset, image_size, out_dir,
+                                                                        list(splits.info.classes))
         if not no_mlflow:
             from dartboard.platform.tracking.epochs import (
                 RUN_FILE,
@@ -270,7 +271,7 @@ def _check_same_genotype(geno, genotype: str, out_dir: Path) -> None:
                              f"{genotype!r} there would replace: give another --out")
 
 
-def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
+def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path, classes: list[str]):
     """The epoch checkpoint of a training in this process; refused before any work when ``out_dir`` holds an
     unfinished training with other settings."""
     from dataclasses import asdict
@@ -279,7 +280,8 @@ def _local_checkpoint(geno, cfg, dataset: str, image_size: int, out_dir: Path):
     from dartboard.platform.train_checkpoint import TrainCheckpoint
     from dartboard.spaces.genotype import to_dict
 
-    return TrainCheckpoint(out_dir, job_identity(to_dict(geno), asdict(cfg), dataset, image_size))  # device left out
+    return TrainCheckpoint(out_dir, job_identity(to_dict(geno), asdict(cfg), dataset, image_size),  # device left out
+                           classes or None)
 
 
 def _fitted_cutout(cfg, input_size: int, given: bool):
