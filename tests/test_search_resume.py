@@ -160,3 +160,25 @@ def test_a_damaged_checkpoint_is_refused_naming_its_file_and_the_ways_to_search_
         path.unlink()
     (out / "checkpoint").rmdir()
     assert run_search_job(_one_epoch(out), progress=False).history
+
+
+def test_resume_on_data_whose_classes_changed_is_refused(tmp_path):
+    """A class folder added to the image folder since the search started: another classifier (was a size-mismatch
+    traceback)."""
+    import shutil
+
+    from image_folders import write_image_folder
+
+    write_image_folder(tmp_path / "imgs", ("ants", "bees"), per_class=8)
+    out = tmp_path / "out"
+    cfg = SearchRunConfig(searcher="darts", dataset="imagefolder", data_root=str(tmp_path / "imgs"), image_size=8,
+                          batch_size=4, seed=0, device="cpu", mlflow=False, out=str(out),
+                          options={"C": 4, "layers": 3, "epochs": 1})
+    run_search_job(cfg, progress=False)
+    (out / "genotype.json").unlink()  # as a killed search leaves it
+    for split in ("train", "test"):
+        shutil.copytree(tmp_path / "imgs" / split / "bees", tmp_path / "imgs" / split / "aphids")
+    with pytest.raises(UserInputError, match=rf"--resume: the supernet of '{out / 'checkpoint' / 'searcher.pt'}' "
+                                             r"does not fit this search's \(size mismatch for .*classifier.*\); the "
+                                             r"data changed since the search started"):
+        resume_search_job(out, progress=False)

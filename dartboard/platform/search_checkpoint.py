@@ -98,7 +98,14 @@ def restore(out: Path, searcher: Any, loaders: Sequence[Any]) -> None:
     from dartboard.platform.ray.checkpoint import STATE_FILE
 
     state, loaders_file = out / CHECKPOINT_DIR / STATE_FILE, out / CHECKPOINT_DIR / LOADERS_FILE
-    searcher.load_state_dict(readable(out, state, lambda: load_state(state)))
+    saved = readable(out, state, lambda: load_state(state))
+    try:
+        searcher.load_state_dict(saved)
+    except RuntimeError as err:  # e.g. an image folder given a class folder since: another classifier
+        first = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
+        raise UserInputError(f"--resume: the supernet of {str(state)!r} does not fit this search's ({first}); the data "
+                             f"changed since the search started (its classes?): restore it to finish the search, or "
+                             f"search anew with another --out") from None
     states = readable(out, loaders_file, lambda: load_state(loaders_file)["generators"])
     for gen, state in zip(_generators(loaders), states, strict=True):
         gen.set_state(state)
