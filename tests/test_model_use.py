@@ -120,6 +120,12 @@ def test_an_npy_file_that_is_no_image_is_refused_by_name(write, message, tmp_pat
         read_image(tmp_path / "x.npy")
 
 
+def test_a_folder_given_as_an_image_file_is_named_a_folder(tmp_path):
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(UserInputError, match=r"cats: a folder, not an image file; give its files \(.*cats/\*.png"):
+        read_image(tmp_path / "cats")  # was "no such file"
+
+
 def test_predict_on_digits_images_gives_the_networks_classes(server, usable, tmp_path):  # noqa: F811
     """PNG (8-bit) and NPY files of digits test images through `dartboard predict` give the classes of
     the network applied in Python to the loader's test tensors."""

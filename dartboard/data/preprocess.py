@@ -90,6 +90,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """A PNG/JPEG/BMP or NPY file as float32 (C, H, W) with values in [0, 1]."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise UserInputError(f"{path}: a folder, not an image file; give its files ({path}/*.png, ...)")
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
     if suffix in IMAGE_SUFFIXES:
