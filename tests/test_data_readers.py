@@ -192,6 +192,8 @@ def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
     splits = load_dataset("imagefolder", str(tmp_path), image_size=8)
     assert splits.info.classes == ("a", "b") and len(splits.train) == 3
     assert [y for _, y in splits.train] == [0, 0, 1]
+    copy = pickle.loads(pickle.dumps(splits.train))  # as a DataLoader's worker processes get it (spawn)
+    assert copy.classes == ["a", "b"] and [y for _, y in copy] == [0, 0, 1]
     (tmp_path / "train" / "b" / "0.png").unlink()  # b: only a hidden copy left
     with pytest.raises(DataError, match=r"class folder\(s\) 'b' hold no image file"):
         load_dataset("imagefolder", str(tmp_path), image_size=8)

@@ -193,29 +193,31 @@ def class_folders(folder: str | Path, transform: Callable, where: str) -> Any:
 
     root = Path(folder)
     extensions, expanded = datasets.folder.IMG_EXTENSIONS, os.path.expanduser(str(root))  # as torchvision reads it
+    named = ", ".join(extensions)
 
     def is_image(path: str) -> bool:
         return path.lower().endswith(extensions) and not _hidden(Path(os.path.relpath(path, expanded)))
 
-    class VisibleImageFolder(datasets.ImageFolder):
-        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-            classes, _ = super().find_classes(directory)
-            classes = [c for c in classes if not c.startswith(".")]
-            if not classes:
-                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-            return classes, {c: i for i, c in enumerate(classes)}
-
     try:
-        return VisibleImageFolder(str(root), transform=transform, loader=read_image, is_valid_file=is_image)
-    except FileNotFoundError as err:  # no class folder, or a class folder of no image files
-        named = ", ".join(extensions)
-        empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not any(
-            f.is_file() and is_image(str(f)) for f in d.rglob("*")))
-        if not empty:  # no class folder at all
-            raise DataError(f"{where}: {str(root)!r}: {' '.join(str(err).split())} Expected one subfolder of "
-                            f"images ({named}) per class") from None
+        data = datasets.ImageFolder(str(root), transform=transform, loader=read_image, is_valid_file=is_image,
+                                    allow_empty=True)
+    except FileNotFoundError as err:  # no class folder at all
+        raise DataError(f"{where}: {str(root)!r}: {' '.join(str(err).split())} Expected one subfolder of images "
+                        f"({named}) per class") from None
+    classes = [c for c in data.classes if not c.startswith(".")]
+    if not classes:
+        raise DataError(f"{where}: {str(root)!r}: no class folder (only hidden ones); expected one subfolder of "
+                        f"images ({named}) per class")
+    if classes != data.classes:  # the hidden ones dropped, the labels renumbered (a plain ImageFolder: picklable)
+        label = {data.class_to_idx[c]: i for i, c in enumerate(classes)}
+        data.samples = data.imgs = [(path, label[t]) for path, t in data.samples if t in label]
+        data.targets = [t for _, t in data.samples]
+        data.classes, data.class_to_idx = classes, {c: i for i, c in enumerate(classes)}
+    empty = sorted(set(classes) - {classes[t] for t in data.targets})
+    if empty:
         raise DataError(f"{where}: {str(root)!r}: class folder(s) {', '.join(map(repr, empty))} hold no image file "
-                        f"({named}); each class needs at least one image, or remove its folder") from None
+                        f"({named}); each class needs at least one image, or remove its folder")
+    return data
 
 
 def _hidden(path: Path) -> bool:

@@ -225,8 +225,6 @@ def _labelled_as_trained(splits: Any, spec: dict[str, Any], ref: str) -> Any:
     renamed since the training moves them (an IndexError, or an accuracy against other classes). Where network.json
     names the classes, the test images are relabelled by their class's name, and a class the network does not know
     is refused; else the class counts must agree."""
-    from torch.utils.data import Dataset
-
     trained, now = class_names(spec, ref), list(splits.info.classes or ())
     if not trained or not now:
         if splits.info.num_classes != int(spec.get("num_classes", splits.info.num_classes)):
@@ -241,17 +239,21 @@ def _labelled_as_trained(splits: Any, spec: dict[str, Any], ref: str) -> Any:
     if unknown:
         raise UserInputError(f"model {ref!r}: the test split's class folder(s) {', '.join(map(repr, unknown))} are "
                              f"not classes of the network (it was trained on {', '.join(trained)})")
-    label = [trained.index(c) if c in trained else -1 for c in now]
+    return _Relabelled(splits.test, [trained.index(c) if c in trained else -1 for c in now])
 
-    class Relabelled(Dataset):
-        def __len__(self) -> int:
-            return len(splits.test)
 
-        def __getitem__(self, i: int):
-            x, y = splits.test[i]
-            return x, label[int(y)]
+class _Relabelled(torch.utils.data.Dataset):
+    """``data`` with each label ``y`` replaced by ``label[y]``."""
 
-    return Relabelled()
+    def __init__(self, data: Any, label: list[int]):
+        self.data, self.label = data, label
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        x, y = self.data[i]
+        return x, self.label[int(y)]
 
 
 def _test_data(spec: dict[str, Any], dataset: str, data_root: str | None):
