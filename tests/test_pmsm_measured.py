@@ -218,11 +218,31 @@ def test_the_flux_table_is_the_models_flux_and_its_finite_difference_inductances
     assert read_table(tmp_path / "lut.csv")["I_q"].tolist() == [-0.5, 0.0, 0.5] * 3
 
 
+def test_a_flux_table_is_computed_a_chunk_of_rows_at_a_time(monkeypatch):
+    """1001 x 1001 points in one forward peaked at 2.1 GB (the Jacobian's work, about 2 kB a row): the grid goes
+    through the network FLUX_TABLE_CHUNK rows at a time, with the table of one forward."""
+    from dartboard.spaces.pmsm import FluxNet
+    from dartboard.training import pmsm as training
+
+    torch.manual_seed(0)
+    net = FluxNet(resolve("pmsm-thesis")).eval()
+    whole = training.flux_table(net, 1.0, 7)
+    rows, forward = [], net.forward
+    monkeypatch.setattr(net, "forward", lambda x: rows.append(len(x)) or forward(x))
+    monkeypatch.setattr(training, "FLUX_TABLE_CHUNK", 20)
+    chunked = training.flux_table(net, 1.0, 7)
+    assert rows == [20, 20, 9]
+    assert list(chunked) == list(whole)
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("change, args, message", [
     ("no result", [], r"no result.json there; `dartboard pmsm compare` writes a trained flux model"),
     ("old result", [], r"does not say the currents it was trained on; give the table's range with --limit"),
     ("other genotype", [], r"weights.safetensors does not fit MLP"),
     (None, ["--points", "1"], r"points: expected an integer >= 2"),
+    (None, ["--points", "4098"], r"points: at most 4097 per current axis, got 4098 \(a table of 16,793,604 rows\)"),
     (None, ["--limit", "0"], r"limit: expected a finite number > 0"),
 ])
 def test_a_flux_table_refuses_what_it_cannot_use(change, args, message, trained, tmp_path, capsys, monkeypatch):

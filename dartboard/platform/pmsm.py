@@ -151,10 +151,18 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     return {"summary": summary, "runs": rows, "table": table, "plot": plot, "best": best}
 
 
+#: The most grid points per current axis of a flux table: 16.8 million rows (about 1.5 GB of CSV); a controller's
+#: look-up tables hold tens to hundreds per axis, and a typo of 100000 would ask for 10^10 rows.
+MAX_TABLE_POINTS = 4097
+
+
 def check_table_options(points: Any, limit: Any) -> None:
     """The grid of a flux table: ``points`` >= 2 per axis, ``limit`` a finite positive current (or None)."""
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
         raise UserInputError(f"points: expected an integer >= 2 (points per current axis), got {points!r}")
+    if points > MAX_TABLE_POINTS:
+        raise UserInputError(f"points: at most {MAX_TABLE_POINTS} per current axis, got {points} (a table of "
+                             f"{points ** 2:,} rows)")
     if limit is not None and not (isinstance(limit, int | float) and 0 < limit < float("inf")):
         raise UserInputError(f"limit: expected a finite number > 0 (the largest |I_d|, |I_q| of the table, per unit), "
                              f"got {limit!r}")
