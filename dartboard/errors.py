@@ -75,6 +75,13 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def message_line(err: BaseException, last: bool = False) -> str:
+    """One line of an error's message: the first, or the ``last`` (torch's state_dict errors end with the mismatch);
+    its type's name where the message is empty."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]) if lines else type(err).__name__
+
+
 def _pydantic_part(error: dict) -> str:
     """One of pydantic's errors as ``field: message``. A validator's own ``ValueError`` already names its field
     and reads ``Value error, ...`` in pydantic's message: it is given as the validator wrote it, after the

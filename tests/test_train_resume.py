@@ -28,9 +28,24 @@ CFG = TrainConfig(channels=4, layers=3, epochs=3, batch_size=8, auxiliary=True, 
                   cutout_length=4, seed=5)
 
 
-def _checkpoint(out, cfg: TrainConfig = CFG) -> TrainCheckpoint:
+def _checkpoint(out, cfg: TrainConfig = CFG, classes: list[str] | None = None) -> TrainCheckpoint:
     train = {k: v for k, v in asdict(cfg).items() if k != "device"}
-    return TrainCheckpoint(out, job_identity(to_dict(resolve("darts-v2")), train, "tiny", 32))
+    return TrainCheckpoint(out, job_identity(to_dict(resolve("darts-v2")), train, "tiny", 32), classes)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stopped_after_its_first_epoch(out, checkpoint: TrainCheckpoint) -> None:
+    """Train CFG into ``out``, stopped in the second epoch: its first epoch's checkpoint is written."""
+
+    def stop(epoch, metrics):
+        if epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_genotype(resolve("darts-v2"), tiny_splits(), CFG, out, on_epoch=stop, checkpoint=checkpoint)
 
 
 def test_an_interrupted_training_continues_bit_identically(tmp_path, monkeypatch):
@@ -68,17 +83,7 @@ def test_an_interrupted_training_continues_bit_identically(tmp_path, monkeypatch
 
 def test_a_checkpoint_of_another_training_is_refused_and_kept(tmp_path):
     out = tmp_path / "out"
-    checkpoint = _checkpoint(out)
-
-    class Stop(Exception):
-        pass
-
-    def stop(epoch, metrics):
-        raise Stop
-
-    with pytest.raises(Stop):  # stopped after the first epoch's checkpoint
-        train_genotype(resolve("darts-v2"), tiny_splits(), CFG, out, on_epoch=lambda e, m: e == 1 and stop(e, m),
-                       checkpoint=checkpoint)
+    _stopped_after_its_first_epoch(out, _checkpoint(out))
     saved = {p.name: p.read_bytes() for p in (out / CHECKPOINT_DIR).iterdir()}
     other = TrainConfig(**{**asdict(CFG), "epochs": 4, "seed": 6})
     with pytest.raises(UserInputError, match=rf"checkpoint {out / CHECKPOINT_DIR}: it belongs to another training "
@@ -184,26 +189,15 @@ def test_a_checkpoint_of_data_whose_classes_changed_is_refused(tmp_path):
     from dartboard.data.datasets import DatasetInfo, Splits
 
     out = tmp_path / "out"
-
-    class Stop(Exception):
-        pass
-
-    def stop(epoch, metrics):
-        raise Stop
-
-    train = {k: v for k, v in asdict(CFG).items() if k != "device"}
-    identity = job_identity(to_dict(resolve("darts-v2")), train, "tiny", 32)
     names = [f"c{i}" for i in range(10)]
-    with pytest.raises(Stop):  # stopped after the first epoch's checkpoint
-        train_genotype(resolve("darts-v2"), tiny_splits(), CFG, out, on_epoch=lambda e, m: e == 1 and stop(e, m),
-                       checkpoint=TrainCheckpoint(out, identity, names))
+    _stopped_after_its_first_epoch(out, _checkpoint(out, classes=names))
     assert json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())["classes"] == names
-    assert TrainCheckpoint(out, identity, names).epochs_done == 1
+    assert _checkpoint(out, classes=names).epochs_done == 1
     renamed = ["bird", *names[1:]]
     with pytest.raises(UserInputError, match=rf"checkpoint {out / CHECKPOINT_DIR}: it trained on the classes c0, c1, "
                                              r".*; the data has bird, c1, .* now \(class folders added, removed or "
                                              r"renamed since\); restore the data to continue it"):
-        TrainCheckpoint(out, identity, renamed)
+        _checkpoint(out, classes=renamed)
     progress = json.loads((out / CHECKPOINT_DIR / "progress.json").read_text())
     del progress["classes"]  # as a checkpoint written before the classes were recorded
     (out / CHECKPOINT_DIR / "progress.json").write_text(json.dumps(progress))
@@ -213,4 +207,4 @@ def test_a_checkpoint_of_data_whose_classes_changed_is_refused(tmp_path):
                    DatasetInfo("tiny", 1, 8, 3))
     with pytest.raises(UserInputError, match=r"its network does not fit this training's \(size mismatch for "
                                              r"classifier.*\); the data changed since"):
-        train_genotype(resolve("darts-v2"), three, CFG, out, checkpoint=TrainCheckpoint(out, identity, None))
+        train_genotype(resolve("darts-v2"), three, CFG, out, checkpoint=_checkpoint(out))

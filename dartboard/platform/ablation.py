@@ -84,7 +84,7 @@ def write_report(result: StudyResult) -> tuple[list[Path], dict[str, float], dic
             (folder / "searcher.pt").unlink(missing_ok=True)
     try:
         rows = summarize(cfg, results)
-    except ValueError as err:  # a report metric no trial reports: the trials are kept, the table can be made again
+    except UserInputError as err:  # a report metric no trial reports: the trials are kept, the table can be made again
         raise UserInputError(f"{err}; the trials are done and kept: dartboard ablate --resume {result.run_dir} --set "
                              f"report.metrics=[...] writes the table") from None
     md, csv_path = write_tables(cfg, rows, out)

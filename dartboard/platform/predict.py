@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, message_line
 from dartboard.model_files import TRAIN_FILE, WEIGHTS_FILE
 
 log = logging.getLogger("dartboard")
@@ -126,8 +126,8 @@ def network_of_files(genotype: Path, weights: Path, network: Path, labels: tuple
     try:
         net = network_from_files({"genotype": genotype, "network": network, "weights": weights})
     except (SafetensorError, RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"{labels[0]}: {str(weights)!r} is not the trained weights of this network ({first})") \
+        raise UserInputError(f"{labels[0]}: {str(weights)!r} is not the trained weights of this network "
+                             f"({message_line(err)})") \
             from None
     return net, spec
 

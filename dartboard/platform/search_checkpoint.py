@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, message_line
 from dartboard.platform.ray.checkpoint import PROGRESS_FILE, read_progress, write_epoch
 from dartboard.training.checkpoint import UNREADABLE, load_state, save_state
 
@@ -102,10 +102,9 @@ def restore(out: Path, searcher: Any, loaders: Sequence[Any]) -> None:
     try:
         searcher.load_state_dict(saved)
     except RuntimeError as err:  # e.g. an image folder given a class folder since: another classifier
-        first = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
-        raise UserInputError(f"--resume: the supernet of {str(state)!r} does not fit this search's ({first}); the data "
-                             f"changed since the search started (its classes?): restore it to finish the search, or "
-                             f"search anew with another --out") from None
+        raise UserInputError(f"--resume: the supernet of {str(state)!r} does not fit this search's "
+                             f"({message_line(err, last=True)}); the data changed since the search started (its "
+                             f"classes?): restore it to finish the search, or search anew with another --out") from None
     states = readable(out, loaders_file, lambda: load_state(loaders_file)["generators"])
     for gen, state in zip(_generators(loaders), states, strict=True):
         gen.set_state(state)
@@ -118,8 +117,7 @@ def readable(out: Path, path: Path, read: Callable[[], Any]) -> Any:
     try:
         return read()
     except UNREADABLE as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserInputError(f"--resume: {str(path)!r} cannot be read ({first}): the "
+        raise UserInputError(f"--resume: {str(path)!r} cannot be read ({message_line(err)}): the "
                              f"checkpoint is damaged and the search cannot continue from it; search anew with "
                              f"another --out, or delete {str(out / CHECKPOINT_DIR)!r} to search anew in "
                              f"{str(out)!r}") from None

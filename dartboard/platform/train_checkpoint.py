@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, message_line
 
 CHECKPOINT_DIR = "train-checkpoint"
 STATE_FILE = "trainer.pt"
@@ -69,14 +69,13 @@ class TrainCheckpoint:
             state = load_state(self.folder / STATE_FILE)
             saved_trainer, saved_loader = state["trainer"], state["loader"]
         except UNREADABLE as err:  # cut short by a full disk, gone, edited
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserInputError(f"checkpoint {self.folder}: {STATE_FILE} cannot be read ({first}); remove the folder "
-                                 f"to start the training anew, or use a new output folder") from None
+            raise UserInputError(f"checkpoint {self.folder}: {STATE_FILE} cannot be read ({message_line(err)}); remove "
+                                 f"the folder to start the training anew, or use a new output folder") from None
         try:
             trainer.load_state_dict(saved_trainer)
         except RuntimeError as err:  # a checkpoint that records no classes, of data whose class count changed since
-            first = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
-            raise UserInputError(f"checkpoint {self.folder}: its network does not fit this training's ({first}); the "
+            raise UserInputError(f"checkpoint {self.folder}: its network does not fit this training's "
+                                 f"({message_line(err, last=True)}); the "
                                  f"data changed since (its classes?): restore it to continue the training, or remove "
                                  f"the folder to start anew, or use a new output folder") from None
         loader.generator.set_state(saved_loader)

@@ -25,7 +25,7 @@ import torch
 
 from dartboard.data.datasets import check_batch, make_loader
 from dartboard.data.pmsm import PmsmSplits, torque
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, message_line
 from dartboard.model_files import FLUX_RESULT_FILE, WEIGHTS_FILE
 from dartboard.searchers.base import seed_everything
 from dartboard.searchers.parts.pmsm import DET_FLOOR, predicted_derivatives
@@ -183,7 +183,7 @@ def load_flux_model(folder: str | Path) -> tuple[FluxNet, dict[str, Any]]:
         net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except RuntimeError as err:
         raise UserInputError(f"flux model {str(folder)!r}: {WEIGHTS_FILE} does not fit {genotype.describe()} "
-                             f"({str(err).splitlines()[0]})") from None
+                             f"({message_line(err)})") from None
     return net.eval(), result
 
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dartboard.errors import UserInputError
 from dartboard.platform.config import StudyConfig
 
 METRIC_LABELS = {"test_error": "test error (%)", "parameters": "parameters", "search_seconds": "search (s)",
@@ -41,7 +42,7 @@ def summarize(study: StudyConfig, results: list[dict[str, Any]]) -> list[dict[st
         for metric in study.report.metrics:
             values = [float(r[metric]) for r in mine if metric in r]
             if mine and not values:
-                raise ValueError(f"report.metrics: {metric!r} is not reported by the trials; they report "
+                raise UserInputError(f"report.metrics: {metric!r} is not reported by the trials; they report "
                                  f"{', '.join(sorted(k for k in mine[0] if isinstance(mine[0][k], (int, float))))}")
             row[metric] = mean_std(values)
         rows.append(row)

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from dartboard.errors import UserInputError
+from dartboard.errors import UserInputError, message_line
 from dartboard.model_files import (  # noqa: F401  (also read from here)
     FLUX_RESULT_FILE,
     GENOTYPE_FILE,
@@ -187,7 +187,7 @@ def resolve_version(uri: str | None, ref: str):
         versions = c.search_model_versions(f"name={filter_literal(name)}")
     except Exception as err:  # noqa: BLE001 - MLflow raises RestException/MlflowException
         raise UserInputError(f"model {ref!r} not found in the registry at {tracking_uri(uri)}: "
-                         f"{str(err).splitlines()[0]}") from None
+                         f"{message_line(err)}") from None
     if not versions:
         raise UserInputError(f"model {ref!r}: no registered model named {name!r} at {tracking_uri(uri)}")
     return max(versions, key=lambda v: int(v.version))
