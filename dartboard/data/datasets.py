@@ -195,8 +195,8 @@ def class_folders(folder: str | Path, transform: Callable, where: str) -> Any:
     extensions, expanded = datasets.folder.IMG_EXTENSIONS, os.path.expanduser(str(root))  # as torchvision reads it
     named = ", ".join(extensions)
 
-    def is_image(path: str) -> bool:
-        return path.lower().endswith(extensions) and not _hidden(Path(os.path.relpath(path, expanded)))
+    def is_image(path: str) -> bool:  # torchvision joins ``expanded`` and the rest; 0.1 us a file (ImageNet: 1.28M)
+        return path.lower().endswith(extensions) and os.sep + "." not in path[len(expanded):]
 
     try:
         data = datasets.ImageFolder(str(root), transform=transform, loader=read_image, is_valid_file=is_image,
@@ -218,10 +218,6 @@ def class_folders(folder: str | Path, transform: Callable, where: str) -> Any:
         raise DataError(f"{where}: {str(root)!r}: class folder(s) {', '.join(map(repr, empty))} hold no image file "
                         f"({named}); each class needs at least one image, or remove its folder")
     return data
-
-
-def _hidden(path: Path) -> bool:
-    return any(part.startswith(".") for part in path.parts)
 
 
 def _labels_of(train: Any, test: Any, where: str) -> None:
