@@ -151,8 +151,8 @@ def compare(models: Mapping[str, FluxMlpGenotype], seeds: Sequence[int], out: st
     return {"summary": summary, "runs": rows, "table": table, "plot": plot, "best": best}
 
 
-#: The most grid points per current axis of a flux table: 16.8 million rows (about 1.5 GB of CSV); a controller's
-#: look-up tables hold tens to hundreds per axis, and a typo of 100000 would ask for 10^10 rows.
+#: The most grid points per current axis of a flux table: 16.8 million rows. A controller's look-up tables hold
+#: tens to hundreds per axis, and a typo of 100000 would ask for 10^10 rows.
 MAX_TABLE_POINTS = 4097
 
 
