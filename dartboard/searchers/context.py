@@ -6,6 +6,7 @@ restore a snapshot)."""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,10 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 
 class SearchContext:
     def __init__(self, engine: Engine):
-        self._engine = engine
+        # A weak reference: the engine holds its context, so a strong one back would make every searcher a
+        # reference cycle, freed only by Python's cyclic collector (tens of thousands of objects per supernet, each
+        # walked by every full collection until then) instead of when its last reference goes.
+        self._engine = weakref.proxy(engine)
 
     # ------------------------------------------------------------------ views
     @property

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dartboard.registries import Registry
 from dartboard.searchers.presets import PRESETS, Preset
+from dartboard.spaces.construction import collector_paused
 
 if TYPE_CHECKING:
     from dartboard.searchers.engine import Engine
@@ -92,6 +93,11 @@ def build_searcher(name: str, options: Mapping[str, Any] | None, shape: DataShap
         options = {}
     elif not isinstance(options, Mapping):
         raise ValueError(f"searcher {name!r}: options: expected a mapping of option names to values, got {options!r}")
+    with collector_paused():  # thousands of modules, none of them garbage (spaces/construction.py)
+        return _build(name, spec, options, shape, device)
+
+
+def _build(name: str, spec: SearcherSpec, options: Mapping[str, Any], shape: DataShape, device: str) -> Engine:
     if spec.factory is not None:
         try:
             return spec.factory(dict(options), shape, device)
