@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dartboard.collector import collector_paused
 from dartboard.registries import Registry
 from dartboard.searchers.presets import PRESETS, Preset
-from dartboard.spaces.construction import collector_paused
 
 if TYPE_CHECKING:
     from dartboard.searchers.engine import Engine
@@ -93,7 +93,7 @@ def build_searcher(name: str, options: Mapping[str, Any] | None, shape: DataShap
         options = {}
     elif not isinstance(options, Mapping):
         raise ValueError(f"searcher {name!r}: options: expected a mapping of option names to values, got {options!r}")
-    with collector_paused():  # thousands of modules, none of them garbage (spaces/construction.py)
+    with collector_paused():  # thousands of modules, none of them garbage (dartboard/collector.py)
         return _build(name, spec, options, shape, device)
 
 

@@ -33,6 +33,7 @@ import threading
 
 import typer
 
+from dartboard.collector import collect_less_often
 from dartboard.errors import ServiceError, is_user_error, one_line
 
 #: Modules whose ``register(app)`` adds commands; one per command group.
@@ -107,6 +108,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the command line and exit with the contract's code (never returns)."""
+    collect_less_often()  # the imports and builds of a command are most of its objects (dartboard/collector.py)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _terminated.clear()
     if argv is None and hasattr(signal, "SIGUSR1"):  # the real command line: `kill -USR1 PID` prints every

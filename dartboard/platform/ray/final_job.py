@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dartboard.collector import collect_less_often
 from dartboard.errors import UserInputError, one_line
 from dartboard.model_files import GENOTYPE_FILE, NETWORK_FILE, TRAIN_FILE, WEIGHTS_FILE
 from dartboard.platform.ray import checkpoint as ck
@@ -89,6 +90,7 @@ def final_loop_per_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``. ``config``: ``genotype`` (dict), ``train`` (TrainConfig fields),
     ``dataset``, ``data_root``, ``image_size``, ``threads``, ``mlflow`` (an ``EpochLogger`` or None: rank 0
     logs each epoch's metrics into the training's MLflow run as the epoch ends)."""
+    collect_less_often()  # dartboard/collector.py
     import ray.train
     import ray.train.torch
 

@@ -1,14 +1,13 @@
 """The Ray Train worker: one trial's search as a Ray Train run (``trainer.DartboardTrainer``) with N workers.
 
-Per rank: the same seed builds the same searcher (rank 0's alphas are broadcast anyway), the search
-split is sharded with a ``DistributedSampler``, and the searcher is distributed through the Searcher
-protocol: ``distribute(wrap=DDP, reduce_arch_grads=all-reduce mean)``, so every rank takes the same
-alpha step and derives the same genotype. Nothing else of the searcher is reached into.
+Per rank: one seed builds one searcher (rank 0's alphas are broadcast anyway), a ``DistributedSampler`` shards the
+search split, the Searcher protocol distributes the searcher (``distribute(wrap=DDP, reduce_arch_grads=all-reduce
+mean)``): every rank takes the same alpha step, derives the same genotype; nothing else is reached into.
 
-Every epoch the all-reduced metrics are reported with a checkpoint (``checkpoint.py``); a restored
-trial loads the searcher's full state (RNG included) and continues bit-identically. With
-``final_training.scope: trial`` rank 0 then trains the derived genotype from scratch and the last
-report carries its test metrics. A NaN/inf loss ends the trial with a ``nonfinite`` report.
+Every epoch the all-reduced metrics are reported with a checkpoint (``checkpoint.py``); a restored trial loads the
+searcher's full state (RNG included) and continues bit-identically. With ``final_training.scope: trial`` rank 0 then
+trains the derived genotype from scratch and the last report carries its test metrics. A NaN/inf loss ends the trial
+with a ``nonfinite`` report.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dartboard.collector import collect_less_often
 from dartboard.errors import UserInputError, is_user_error, one_line
 from dartboard.platform.ray import checkpoint as ck
 
@@ -165,6 +165,7 @@ def search_loop_per_worker(config: dict[str, Any]) -> None:
 
     An error about the trial's input (its data folder, a file in it that cannot be read, an option) ends the trial
     with an ``input_error`` report: retrying it, as Ray Train and Tune retry a failed worker, would fail alike."""
+    collect_less_often()  # dartboard/collector.py
     cwd = config.get("cwd")
     if cwd and os.path.isdir(cwd):  # a cluster's node without the command's folder keeps Ray's
         os.chdir(cwd)

@@ -1,6 +1,7 @@
-"""Building a searcher costs no garbage collection: the collector is paused while the supernet's modules are built
-(spaces/construction.py), and a searcher holds no reference cycle, so that it is freed when its last reference goes
-rather than by a full collection that walks every object of the process."""
+"""Python's cyclic collector run less often (dartboard/collector.py): a command and a Train worker collect their
+youngest generation every 10,000 allocations; building a searcher runs no collection (the collector is paused while
+the supernet's modules are built); a searcher holds no reference cycle, so that it is freed when its last reference
+goes rather than by a full collection that walks every object of the process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import weakref
 
 import pytest
 
+from dartboard.collector import THRESHOLDS, collect_less_often, collector_paused
 from dartboard.searchers import registry
 from dartboard.searchers.registry import SEARCHERS, DataShape, build_searcher, get_searcher_spec
-from dartboard.spaces.construction import collector_paused
 
 SHAPE = DataShape(1, 8, 10)
 TINY = {"C": 4, "layers": 2}
@@ -88,3 +89,40 @@ def test_a_searcher_is_freed_when_its_last_reference_goes(name):
         assert engine() is None and supernet() is None, f"{name}: the searcher is kept alive by a reference cycle"
     finally:
         gc.enable()
+
+
+@pytest.fixture
+def default_thresholds():
+    """Python's default thresholds for the test, the process's own again after it."""
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*saved)
+
+
+def test_a_command_collects_less_often_and_keeps_a_higher_setting(default_thresholds):
+    collect_less_often()
+    assert gc.get_threshold() == THRESHOLDS == (10_000, 10, 10)
+    gc.set_threshold(50_000, 20, 20)  # a caller's own, higher setting
+    collect_less_often()
+    assert gc.get_threshold() == (50_000, 20, 20)
+
+
+def test_the_command_line_sets_the_thresholds_before_its_command_runs(default_thresholds):
+    from dartboard.platform.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert gc.get_threshold() == THRESHOLDS
+
+
+@pytest.mark.parametrize("loop", ["search_job", "final_job"])
+def test_a_train_workers_loop_sets_the_thresholds_first(loop, default_thresholds):
+    from dartboard.platform.ray.final_job import final_loop_per_worker
+    from dartboard.platform.ray.worker import search_loop_per_worker
+
+    run = {"search_job": search_loop_per_worker, "final_job": final_loop_per_worker}[loop]
+    with pytest.raises(Exception):  # noqa: B017,PT011 - outside a Train run the loop fails, after its first line
+        run({})
+    assert gc.get_threshold() == THRESHOLDS
