@@ -7,6 +7,9 @@ import sys
 import pytest
 import torch
 
+from dartboard.collector import collect_less_often
+
+collect_less_often()  # the test processes collect as the commands and Train workers do (dartboard/collector.py)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per xdist worker: the workers share the cores
     torch.set_num_threads(1)
     # ... and so does every process a test starts (console scripts, drivers, servers; Ray's workers inherit
