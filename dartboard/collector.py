@@ -4,14 +4,14 @@ A collection of the oldest generation walks every object the process holds (torc
 built so far: half a million in a search command), and it starts whenever the objects that survived younger
 collections reach a quarter of those it holds. Importing the libraries and building a supernet allocate hundreds of
 thousands of container objects that all survive, so with Python's default thresholds a one-epoch digits search ran 8
-of those collections and spent 12 % of its CPU time in the collector (``benchmarks/HISTORY.md``). Two remedies:
+of those collections and spent 11-13 % of its CPU time in the collector (``benchmarks/HISTORY.md``). Two remedies:
 
 - :func:`collector_paused` around a build: a supernet is thousands of modules, each a handful of dicts, none of them
   garbage, so the collector has nothing to find there; it runs again once the build is over;
 - :func:`collect_less_often` in a process that runs a command or a Ray Train worker: the youngest generation is
   collected every 10,000 allocations instead of every 700, so the survivors of the imports reach the oldest
   generation in far fewer, larger steps. Reference counting frees objects as always; only garbage in reference
-  cycles waits longer (a few thousand allocations).
+  cycles waits longer (up to 10,000 allocations more).
 """
 
 from __future__ import annotations
